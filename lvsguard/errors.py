@@ -1,0 +1,128 @@
+"""Every error lvsguard raises on purpose, in one hierarchy.
+
+::
+
+    LvsguardError
+     ├── ConfigError          a config file is invalid (carries every problem found)
+     ├── KernelError          the kernel refused or failed an IPVS request
+     │    ├── NotPermitted         EPERM/EACCES: netlink needs CAP_NET_ADMIN
+     │    ├── IPVSUnavailable      no IPVS in this kernel / namespace
+     │    ├── NoSuchService        ESRCH on a service
+     │    ├── NoSuchDestination    ENOENT on a real server
+     │    ├── AlreadyExists        EEXIST
+     │    └── InvalidRequest       EINVAL and friends
+     ├── NamespaceError       the named network namespace cannot be entered
+     └── PolicyRefused        the actuator's safety rules refused an action
+
+An exception carries the objects it is about (``service``, ``real_server``,
+``errno``) and its message names them the way an operator writes them:
+``real server 10.0.1.2:80 of TCP 192.0.2.10:80: no such destination``.
+errno is translated once, at the kernel edge (``lvsguard.ipvs``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lvsguard.model import RealServerKey, ServiceKey
+
+
+class LvsguardError(Exception):
+    """Base of every error lvsguard raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One problem in a config file: where it is and what is wrong."""
+
+    file: str
+    line: int  # 1-based; 0 when unknown
+    column: int  # 1-based; 0 when unknown
+    key: str  # dotted path, e.g. "services[0].real_servers[2].weight"
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line:
+            where += f":{self.line}"
+            if self.column:
+                where += f":{self.column}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(LvsguardError):
+    """A config is invalid; ``problems`` holds all of them, sorted by position."""
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.key))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class KernelError(LvsguardError):
+    """The kernel refused or failed an IPVS request about ``service``/``real_server``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: ServiceKey | None = None,
+        real_server: RealServerKey | None = None,
+        errno: int | None = None,
+    ):
+        self.service = service
+        self.real_server = real_server
+        self.errno = errno
+        self.reason = message
+        super().__init__(_name_object(service, real_server) + message)
+
+
+def _name_object(service: ServiceKey | None, real_server: RealServerKey | None) -> str:
+    if real_server is not None and service is not None:
+        return f"real server {real_server} of {service}: "
+    if real_server is not None:
+        return f"real server {real_server}: "
+    if service is not None:
+        return f"service {service}: "
+    return ""
+
+
+class NotPermitted(KernelError):
+    """EPERM/EACCES: reading or writing IPVS over netlink needs CAP_NET_ADMIN."""
+
+
+class IPVSUnavailable(KernelError):
+    """The kernel has no IPVS (module not loaded, or the family is missing)."""
+
+
+class NoSuchService(KernelError):
+    """The virtual service does not exist."""
+
+
+class NoSuchDestination(KernelError):
+    """The real server does not exist in its virtual service."""
+
+
+class AlreadyExists(KernelError):
+    """The service or real server already exists."""
+
+
+class InvalidRequest(KernelError):
+    """The kernel rejected the request's arguments (EINVAL, EAFNOSUPPORT, ...)."""
+
+
+class NamespaceError(LvsguardError):
+    """The named network namespace does not exist or cannot be entered."""
+
+    def __init__(self, netns: str, reason: str):
+        self.netns = netns
+        super().__init__(f"network namespace {netns!r}: {reason}")
+
+
+class PolicyRefused(LvsguardError):
+    """The actuator's safety rules refused an action; ``reason`` is machine-readable."""
+
+    def __init__(self, message: str, *, reason: str):
+        self.reason = reason
+        super().__init__(message)
