@@ -1,0 +1,68 @@
+# lvsguard: `make demo` and `make test` work on a fresh Debian 12 machine as root.
+# Both are idempotent: they install what is missing (apt packages, .venv, the lab
+# VM's kernel cache) and skip what is already there.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LAB_VM := lab/vm.sh
+
+# Debian packages: the lab VM's tools (it runs commands from the host's root
+# file system), the real peers the tests run against, and the benchmark's peers.
+APT_PACKAGES := iproute2 ipvsadm kmod procps nftables \
+	prometheus prometheus-node-exporter
+
+.PHONY: all setup apt venv lab-prepare test test-unit test-kernel demo bench clean help
+
+all: help
+
+help:
+	@echo "make demo    boot the lab VM, send real traffic, show the exporter's view"
+	@echo "make test    unit tests on the host + kernel tests in the lab VM"
+	@echo "make bench   benchmarks against the peers (not a test; takes minutes)"
+
+setup: apt venv lab-prepare
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "== apt-get install" $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "== creating $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+lab-prepare: apt
+	@$(LAB_VM) --prepare
+
+test: setup
+	@rc=0; \
+	echo "== unit tests (host)"; \
+	$(PY) -m pytest tests/unit -q -p no:cacheprovider || rc=1; \
+	echo "== kernel tests (lab VM)"; \
+	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider -m kernel || rc=1; \
+	exit $$rc
+
+test-unit: venv
+	$(PY) -m pytest tests/unit -q
+
+test-kernel: setup
+	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -m kernel
+
+demo: setup
+	$(LAB_VM) $(PY) lab/demo.py
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

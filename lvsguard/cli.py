@@ -1,0 +1,173 @@
+"""The ``lvsguard`` command line: parse arguments, call the packages, print errors plainly.
+
+No logic lives here. Every failure that lvsguard raises on purpose is printed as
+``lvsguard: <message>`` with a non-zero exit; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from lvsguard import __version__
+from lvsguard.errors import LvsguardError
+
+DEFAULT_EXPORTER_LISTEN = "127.0.0.1:9910"
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    configure_logging(args.log_level)
+    try:
+        return args.func(args) or 0
+    except LvsguardError as exc:
+        if args.debug:
+            raise
+        print(f"lvsguard: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvsguard",
+        description="Observe and steer an LVS (IPVS) load-balancing cluster.",
+        epilog="Run 'lvsguard COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"lvsguard {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LVSGUARD_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info, or $LVSGUARD_LOG_LEVEL)",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    exp = sub.add_parser(
+        "exporter",
+        help="export the IPVS table as Prometheus metrics",
+        description="Serve the kernel's IPVS table (services, real servers, host totals, sync daemon, "
+        "VIPs) as Prometheus metrics on /metrics. Reads over netlink (needs CAP_NET_ADMIN), "
+        "falls back to /proc/net/ip_vs read-only.",
+    )
+    _add_config(exp)
+    exp.add_argument("--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_EXPORTER_LISTEN})")
+    _add_netns(exp)
+    exp.set_defaults(func=cmd_exporter)
+
+    st = sub.add_parser(
+        "status",
+        help="show the IPVS table with names and stats",
+        description="Print the IPVS table like 'ipvsadm -Ln --stats', with the names from the config.",
+    )
+    _add_config(st)
+    _add_netns(st)
+    st.add_argument("--exact", action="store_true", help="print exact byte and packet counts")
+    st.add_argument("--source", choices=["auto", "netlink", "procfs"], default="auto", help="how to read the table (default: auto)")
+    st.set_defaults(func=cmd_status)
+
+    cfg = sub.add_parser("config", help="work with config files", description="Work with lvsguard config files.")
+    cfg_sub = cfg.add_subparsers(title="config commands", metavar="COMMAND")
+    chk = cfg_sub.add_parser(
+        "check", help="validate a config file", description="Validate a config file without starting anything; print every problem with its file, line and key."
+    )
+    chk.add_argument("file", type=Path, help="the YAML config file")
+    chk.set_defaults(func=cmd_config_check)
+    cfg.set_defaults(func=lambda _args: _print_help(cfg))
+
+    lab = sub.add_parser(
+        "lab",
+        help="the real-kernel lab (from a source checkout)",
+        description="Boot a throw-away User-Mode Linux kernel with IPVS and run the lab in it. "
+        "Works from a source checkout of lvsguard (needs lab/).",
+    )
+    lab_sub = lab.add_subparsers(title="lab commands", metavar="COMMAND")
+    demo = lab_sub.add_parser("demo", help="build the lab cluster, send traffic and show the exporter's view")
+    demo.set_defaults(func=lambda args: _run_lab(["demo"]))
+    ltest = lab_sub.add_parser("test", help="run the kernel tests inside the lab VM")
+    ltest.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest")
+    ltest.set_defaults(func=lambda args: _run_lab(["test", *args.pytest_args]))
+    lab.set_defaults(func=lambda _args: _print_help(lab))
+    return parser
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, metavar="FILE", help="YAML config (names, exporter options); optional")
+
+
+def _add_netns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--netns", metavar="NAME", help="read the IPVS table of this network namespace (as 'ip netns')")
+
+
+def _print_help(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return EXIT_USAGE
+
+
+def configure_logging(level: str) -> None:
+    """Structured, one line per event: ``time level logger message key=value ...``."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        stream=sys.stderr,
+    )
+
+
+def _load_config(path: Path | None):  # -> lvsguard.config.Config
+    from lvsguard import config
+
+    return config.load(path) if path else config.Config()
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from exporter import main as exporter_main
+
+    cfg = _load_config(args.config)
+    listen = args.listen or cfg.exporter.listen or DEFAULT_EXPORTER_LISTEN
+    netns = args.netns or cfg.director.netns
+    exporter_main.serve(cfg, listen=listen, netns=netns)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lvsguard import status
+
+    cfg = _load_config(args.config)
+    netns = args.netns or cfg.director.netns
+    print(status.render(status.read_table(netns=netns, source=args.source), cfg, exact=args.exact), end="")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from lvsguard import config
+
+    cfg = config.load(args.file)
+    print(f"{args.file}: ok ({len(cfg.services)} services)")
+    return 0
+
+
+def _run_lab(argv: list[str]) -> int:
+    root = Path(__file__).resolve().parent.parent
+    runner = root / "lab" / "run.py"
+    if not runner.exists():
+        raise LvsguardError("'lvsguard lab' needs a source checkout of lvsguard (lab/run.py not found)")
+    os.execv(sys.executable, [sys.executable, str(runner), *argv])
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
