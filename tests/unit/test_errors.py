@@ -1,0 +1,40 @@
+"""Errors name the object they are about, the way an operator writes it."""
+
+from __future__ import annotations
+
+import pytest
+
+from lvsguard.errors import ConfigError, ConfigProblem, KernelError, NamespaceError, NoSuchDestination, NoSuchService
+from lvsguard.model import RealServerKey, ServiceKey
+
+SVC = ServiceKey.parse("TCP 192.0.2.10:80")
+RS = RealServerKey.parse("10.0.1.2:80")
+
+
+@pytest.mark.parametrize(
+    "exc, message",
+    [
+        (NoSuchDestination("no such destination", service=SVC, real_server=RS, errno=2), "real server 10.0.1.2:80 of TCP 192.0.2.10:80: no such destination"),
+        (NoSuchService("no such service", service=SVC, errno=3), "service TCP 192.0.2.10:80: no such service"),
+        (KernelError("netlink socket closed"), "netlink socket closed"),
+        (NamespaceError("lvs-dir9", "No such file or directory"), "network namespace 'lvs-dir9': No such file or directory"),
+    ],
+    ids=["destination", "service", "no-object", "namespace"],
+)
+def test_message_names_the_object(exc: Exception, message: str) -> None:
+    assert str(exc) == message
+
+
+def test_kernel_error_keeps_its_objects() -> None:
+    exc = NoSuchDestination("no such destination", service=SVC, real_server=RS, errno=2)
+    assert (exc.service, exc.real_server, exc.errno, exc.reason) == (SVC, RS, 2, "no such destination")
+
+
+def test_config_error_sorts_every_problem() -> None:
+    exc = ConfigError(
+        [
+            ConfigProblem("a.yaml", 9, 3, "exporter.listen", "bad"),
+            ConfigProblem("a.yaml", 2, 1, "services[0].name", "missing"),
+        ]
+    )
+    assert str(exc).splitlines() == ["a.yaml:2:1: services[0].name: missing", "a.yaml:9:3: exporter.listen: bad"]
