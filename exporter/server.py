@@ -1,0 +1,235 @@
+"""The exporter's HTTP server: ``/metrics``, ``/`` and ``/-/healthy``.
+
+The standard library's threading HTTP server is enough: a scrape is one
+request, and the work is rendering, not connection handling. ``/metrics``
+streams the fast exposition as HTTP/1.1 chunks (gzip-compressed when the
+scraper accepts it), so a 150 MB scrape is never held in memory at once. A
+table that cannot be read is not an HTTP error: the scrape answers 200 with
+``ipvs_up 0``, and the exporter keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Collection, Iterable, Iterator, Mapping
+from urllib.parse import urlsplit
+
+from exporter.collector import BACKEND_LABELS, IPVSCollector, Names
+from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
+from exporter.logs import event
+from lvsguard import __version__
+from lvsguard.errors import LvsguardError
+from lvsguard.ipvs import TableReader
+from lvsguard.model import ServiceKey
+
+log = logging.getLogger("exporter.http")
+
+IDLE_TIMEOUT = 120.0  # seconds a keep-alive connection may sit idle (Prometheus scrapes every 15-60 s)
+
+INDEX_HTML = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>lvsguard exporter</title></head>
+<body><h1>lvsguard exporter</h1>
+<p>IPVS metrics of this director, version {version}.</p>
+<ul><li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="/-/healthy">/-/healthy</a>: liveness</li></ul>
+</body></html>
+"""
+
+
+class ListenError(LvsguardError):
+    """The exporter cannot listen on the address it was given."""
+
+    def __init__(self, listen: str, reason: str):
+        self.listen = listen
+        super().__init__(f"cannot listen on {listen}: {reason}")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:9910``, ``[::1]:9910``, ``:9910`` (every IPv4 address) -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ListenError(listen, "expected HOST:PORT, [IPv6]:PORT or :PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ListenError(listen, "write an IPv6 address in brackets: [::1]:9910")
+    return host, int(port)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (``gzip``, ``gzip;q=0.5``; not ``gzip;q=0``)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and _q_is_zero(q[2:]))
+    return False
+
+
+def _q_is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
+
+
+class ExporterServer(ThreadingHTTPServer):
+    """Serves ``exposition`` on ``listen`` (port 0 picks a free port; see ``url``)."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, listen: str, exposition: Exposition):
+        host, port = parse_listen(listen)
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.exposition = exposition
+        self.listen = listen
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as exc:
+            raise ListenError(listen, exc.strerror or str(exc)) from None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = f"lvsguard-exporter/{__version__}"
+    timeout = IDLE_TIMEOUT
+    server: ExporterServer
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            self._metrics()
+        elif path == "/":
+            self._reply(HTTPStatus.OK, "text/html; charset=utf-8", INDEX_HTML.format(version=__version__).encode())
+        elif path == "/-/healthy":
+            self._reply(HTTPStatus.OK, "text/plain; charset=utf-8", b"OK\n")
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", f"{path}: not found; metrics are on /metrics\n".encode())
+
+    def _reply(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _metrics(self) -> None:
+        started = time.perf_counter()
+        gzip = accepts_gzip(self.headers.get("Accept-Encoding", ""))
+        chunked = self.request_version == "HTTP/1.1"
+        body: Iterator[bytes] = encoded(self.server.exposition.chunks())
+        if gzip:
+            body = gzipped(body)
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Vary", "Accept-Encoding")
+        if gzip:
+            self.send_header("Content-Encoding", "gzip")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.close_connection = True  # HTTP/1.0: the end of the body is the end of the connection
+        self.end_headers()
+        sent = self._stream(body, chunked)
+        event(log, logging.DEBUG, "scrape_served", client=self.client_address[0], bytes=sent, gzip=gzip, seconds=f"{time.perf_counter() - started:.3f}")
+
+    def _stream(self, body: Iterator[bytes], chunked: bool) -> int:
+        sent = 0
+        try:
+            for part in body:
+                if part:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+                    sent += len(part)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
+            self.close_connection = True
+            event(log, logging.DEBUG, "scrape_aborted", client=self.client_address[0], reason=type(exc).__name__, bytes=sent)
+        except Exception as exc:  # noqa: BLE001 - a rendering bug must not kill the server; the scraper sees a cut body
+            self.close_connection = True
+            event(log, logging.ERROR, "scrape_failed", client=self.client_address[0], reason=f"{type(exc).__name__}: {exc}")
+            log.debug("scrape_failed traceback", exc_info=exc)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        return sent
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        event(log, logging.DEBUG, "http_request", client=self.client_address[0], request=self.requestline, status=code)
+
+    def log_error(self, format: str, *args: object) -> None:  # noqa: A002 - the http.server API
+        event(log, logging.DEBUG, "http_error", client=self.client_address[0], reason=format % args)
+
+
+def run(
+    reader_factory: Callable[[], TableReader],
+    listen: str,
+    *,
+    backend_labels: str | Iterable[str] = BACKEND_LABELS,
+    services: Collection[ServiceKey] | None = None,
+    names: Names | None = None,
+    addresses: Callable[[], Mapping[str, str]] | None = None,
+    ready: Callable[[ExporterServer], None] | None = None,
+) -> None:
+    """Serve the IPVS metrics on ``listen`` until SIGTERM or SIGINT (or ``server.shutdown()``).
+
+    ``ready`` is called with the listening server (tests use it to learn the port
+    and to stop it).
+    """
+    collector = IPVSCollector(reader_factory(), backend_labels=backend_labels, services=services, names=names, addresses=addresses)
+    try:
+        server = ExporterServer(listen, Exposition(collector))
+    except ListenError:
+        collector.reader.close()
+        raise
+    restore = _stop_on_signals(server)
+    event(
+        log,
+        logging.INFO,
+        "exporter_started",
+        url=server.url,
+        version=__version__,
+        backend_labels=",".join(collector.backend_labels),
+        services="all" if services is None else len(collector.services or ()),
+    )
+    try:
+        if ready is not None:
+            ready(server)
+        server.serve_forever()
+    finally:
+        restore()
+        server.server_close()
+        collector.reader.close()
+        event(log, logging.INFO, "exporter_stopped", url=server.url)
+
+
+def _stop_on_signals(server: ExporterServer) -> Callable[[], None]:
+    """SIGTERM/SIGINT stop ``serve_forever`` (from another thread: shutdown() waits for the loop)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, _frame: object) -> None:
+        event(log, logging.INFO, "exporter_stopping", signal=signal.Signals(signum).name)
+        threading.Thread(target=server.shutdown, name="exporter-shutdown", daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
