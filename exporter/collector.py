@@ -256,8 +256,9 @@ class Scrape:
     table: Table | None  # None when the table could not be read (ipvs_up 0)
     source: str  # "netlink", "procfs", or "" before any reader was opened
     addresses: Mapping[str, str] | None  # local address -> interface; None when not read
-    started: float  # time.perf_counter() when the scrape began
+    started: float  # clock() when the scrape began
     version: str
+    clock: Callable[[], float] = time.perf_counter
 
     @property
     def netlink(self) -> bool:
@@ -295,7 +296,7 @@ class Scrape:
         return families
 
     def duration(self) -> Family:
-        return Family(SCRAPE_DURATION, (), [((), time.perf_counter() - self.started)])
+        return Family(SCRAPE_DURATION, (), [((), self.clock() - self.started)])
 
 
 class _ReasonLog:
@@ -339,7 +340,8 @@ class IPVSCollector(Collector):
     summed), ``services`` is an allow-list of service keys (None: every service),
     ``names`` names services and real servers, ``addresses`` returns this
     director's local addresses (address -> interface) for ``lvs_director_vip_owned``
-    (None: that family is not exported).
+    (None: that family is not exported). ``version`` and ``clock`` (seconds, for
+    the scrape duration) are there for tests.
     """
 
     def __init__(
@@ -352,6 +354,7 @@ class IPVSCollector(Collector):
         addresses: Callable[[], Mapping[str, str]] | None = None,
         version: str = __version__,
         logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.reader = reader
         self.backend_labels = parse_backend_labels(backend_labels)
@@ -359,6 +362,7 @@ class IPVSCollector(Collector):
         self.services = frozenset(services) if services is not None else None
         self.names: Names = names if names is not None else NoNames()
         self.version = version
+        self.clock = clock
         self._addresses = addresses
         self.logger = logger or logging.getLogger("exporter.ipvs")
         self._table_log = _ReasonLog(self.logger, "ipvs_read")
@@ -367,7 +371,7 @@ class IPVSCollector(Collector):
     # The one wrapper around I/O: never raises.
     def scrape(self) -> Scrape:
         """Read the table (and the local addresses) for one scrape."""
-        started = time.perf_counter()
+        started = self.clock()
         table: Table | None = None
         try:
             table = self.reader.read()
@@ -386,7 +390,7 @@ class IPVSCollector(Collector):
         if table is not None and self.services is not None:
             table = replace(table, services=tuple(s for s in table.services if s.key in self.services))
         source = table.source if table is not None else getattr(self.reader, "source", "")
-        return Scrape(table, source, addresses, started, self.version)
+        return Scrape(table, source, addresses, started, self.version, self.clock)
 
     def backend_values(self, service: ServiceKey, key: RealServerKey) -> tuple[str, ...]:
         """Values of ``self.backend_labels`` for one real server."""
