@@ -1,0 +1,748 @@
+"""The only code that writes to IPVS: quarantine, restore, drain, add, remove, set weight.
+
+Webhook, API and CLI all come here, so every write goes through the ledger and
+:mod:`actuator.policy`, under one lock (SQLite and the kernel see one writer).
+
+The model is *desired state*: holds (one per alert fingerprint or manual
+holder) say that a real server should be out; the ``backends`` table says what
+the actuator did to the kernel. Every operation records the intent, then
+converges the two: take the real server out when it has a hold and is in, bring
+it back when its last hold is gone. A refused convergence (quorum, hold-down,
+rate limit) is retried by :meth:`Actions.retry_pending` while the hold lasts,
+which is how "applied later, when the quorum allows it and the alert still
+fires" works.
+
+Order of writes for crash safety: ledger intent (``write_pending``) committed,
+kernel write, ledger confirmation committed. :meth:`Actions.reconcile` at start
+finishes or reports whatever a kill -9 interrupted. A kernel weight that differs
+from the ledger with no write pending was changed by hand: it is reported
+(audit ``drift``) and never overwritten.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Protocol
+
+from lvsguard.errors import KernelError, NoSuchService, PolicyRefused
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
+
+from actuator.ledger import Backend, Hold, Job, Ledger
+from actuator.policy import Policy, RefusedForNow
+from actuator.settings import ActuatorSettings
+from actuator.targets import Target
+
+
+class Kernel(Protocol):
+    """The part of ``lvsguard.ipvs.netlink.NetlinkIPVS`` the actuator uses (``tests/fakes.py`` has the fake)."""
+
+    def read(self) -> Table: ...
+    def read_service(self, key: ServiceKey) -> VirtualService: ...
+    def set_weight(self, service: ServiceKey, key: RealServerKey, weight: int) -> RealServer: ...
+    def add_real_server(self, service: ServiceKey, rs: RealServer) -> None: ...
+    def delete_real_server(self, service: ServiceKey, key: RealServerKey) -> None: ...
+
+
+class Recorder(Protocol):
+    """Where outcomes are counted (``actuator.metrics.ActuatorMetrics``)."""
+
+    def action(self, action: str, result: str, source: str) -> None: ...
+    def refusal(self, action: str, reason: str) -> None: ...
+
+
+class _NoMetrics:
+    def action(self, action: str, result: str, source: str) -> None:
+        return None
+
+    def refusal(self, action: str, reason: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asked: an alert (``name`` = fingerprint), an API token or the CLI (``name`` = token name)."""
+
+    source: str  # "alertmanager", "api", "cli", "actuator" (retries, reconciliation, jobs)
+    name: str
+    alertname: str = ""
+
+    @property
+    def hold_kind(self) -> str:
+        return "alert" if self.source == "alertmanager" else "manual"
+
+    def __str__(self) -> str:
+        if self.source == "alertmanager":
+            return f"alert {self.alertname or '?'} ({self.name})"
+        return f"{self.source} {self.name}"
+
+
+ACTUATOR = Actor("actuator", "actuator")
+
+RESULTS = ("applied", "recorded", "noop", "refused", "dry_run", "not_found", "drift", "error")
+"""applied: the kernel was written or a job started; recorded: the ledger changed but
+the kernel needed no write (another holder keeps the real server out); noop: nothing
+to do (a repeat); refused: a safety rule said no (``reason``); dry_run: would have
+written; not_found: no such service or real server; drift: the kernel weight was
+changed by hand and is left as it is; error: the kernel failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one action did, for the API reply, the webhook reply, the audit trail and the metrics."""
+
+    action: str
+    target: Target | None
+    result: str
+    message: str
+    reason: str = ""  # refusal reason (policy.REASONS) or error class
+    weight: int | None = None  # the real server's kernel weight afterwards, when known
+    job_id: int | None = None
+    holders: tuple[str, ...] = ()
+    retry_after: float | None = None
+    details: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "action": self.action,
+            "result": self.result,
+            "message": self.message,
+            "reason": self.reason,
+            "service": str(self.target.service) if self.target else "",
+            "real_server": str(self.target.real_server) if self.target else "",
+            "weight": self.weight,
+            "job_id": self.job_id,
+            "holders": list(self.holders),
+        }
+        if self.retry_after is not None:
+            out["retry_after"] = math.ceil(self.retry_after)
+        return out
+
+
+def ramp_weight(target_weight: int, elapsed: float, period: float, steps: int) -> int:
+    """Weight after ``elapsed`` seconds of a slow start to ``target_weight`` over ``period`` seconds.
+
+    Steps of ``period / steps`` seconds, never below 1 (0 would be "out") and
+    never above the target.
+    """
+    if period <= 0 or elapsed >= period or target_weight <= 1:
+        return target_weight
+    step = min(steps, int(elapsed / (period / steps)) + 1)
+    return max(1, min(target_weight, math.ceil(target_weight * step / steps)))
+
+
+def _holder_text(hold: Hold) -> str:
+    if hold.kind == "alert":
+        return f"alert {hold.alertname or '?'} ({hold.holder})"
+    return f"manual ({hold.source} {hold.holder})"
+
+
+class Actions:
+    """The action layer: one per actuator process, shared by every request and job thread."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        settings: ActuatorSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: Recorder | None = None,
+    ):
+        self.kernel = kernel
+        self.settings = settings
+        self.clock = clock
+        self.policy = Policy(settings, clock=clock)
+        self.metrics: Recorder = metrics or _NoMetrics()
+        self.lock = threading.RLock()
+        self.start_job: Callable[[int], None] = lambda job_id: None
+        """Called with a new job's id; the app's JobRunner replaces it with one that starts a thread."""
+        self._last_refusal: dict[tuple[Target, str], str] = {}
+
+    @contextmanager
+    def session(self, ledger: Ledger, *, table: Table | None = None) -> Iterator[Session]:
+        """Hold the lock for a batch of actions that share one view of the kernel table."""
+        with self.lock:
+            yield Session(self, ledger, table)
+
+    def retry_pending(self, ledger: Ledger) -> list[Outcome]:
+        """Converge every real server whose holds and kernel state disagree (refused earlier)."""
+        with self.session(ledger) as s:
+            return s.converge_all()
+
+    def reconcile(self, ledger: Ledger) -> list[Outcome]:
+        """At start: finish or report what a crash interrupted; returns what was found."""
+        with self.session(ledger) as s:
+            return s.reconcile()
+
+    def step_job(self, ledger: Ledger, job_id: int) -> bool:
+        """Advance one job by one step; True when it has finished."""
+        with self.session(ledger) as s:
+            return s.step_job(job_id)
+
+
+class Session:
+    """A batch of actions under the lock, with a cached view of the services they touch."""
+
+    def __init__(self, actions: Actions, ledger: Ledger, table: Table | None):
+        self.a = actions
+        self.ledger = ledger
+        self.kernel = actions.kernel
+        self.policy = actions.policy
+        self.settings = actions.settings
+        self._services: dict[ServiceKey, VirtualService | None] = {}
+        if table is not None:
+            self._services = {svc.key: svc for svc in table.services}
+            self._complete = True
+        else:
+            self._complete = False
+
+    # kernel view
+
+    def service(self, key: ServiceKey) -> VirtualService | None:
+        """The service as the kernel has it (cached for this session); None when absent."""
+        if key in self._services:
+            return self._services[key]
+        if self._complete:
+            return None
+        try:
+            svc: VirtualService | None = self.kernel.read_service(key)
+        except NoSuchService:
+            svc = None
+        self._services[key] = svc
+        return svc
+
+    def real_server(self, target: Target) -> tuple[VirtualService | None, RealServer | None]:
+        svc = self.service(target.service)
+        return svc, (svc.real_server(target.real_server) if svc else None)
+
+    def _forget(self, key: ServiceKey) -> None:
+        self._services.pop(key, None)
+        self._complete = False
+
+    def _replace_rs(self, target: Target, rs: RealServer) -> None:
+        svc = self._services.get(target.service)
+        if svc is None:
+            return
+        servers = tuple(rs if r.key == rs.key else r for r in svc.real_servers)
+        self._services[target.service] = replace(svc, real_servers=servers)
+
+    # recording
+
+    def _finish(self, outcome: Outcome, actor: Actor, *, audit: bool = True) -> Outcome:
+        """Audit and count an outcome; a noop is only counted.
+
+        A refusal repeated by a retry or a re-sent alert (same real server, action
+        and reason) is audited and counted once; an operator's every attempt is.
+        """
+        if not audit:
+            self.a.metrics.action(outcome.action, outcome.result, actor.source)
+            return outcome
+        key = (outcome.target, outcome.action) if outcome.target else None
+        if outcome.result == "refused" and key is not None:
+            if self.a._last_refusal.get(key) == outcome.reason and actor.source in ("actuator", "alertmanager"):
+                return outcome
+            self.a._last_refusal[key] = outcome.reason
+            self.a.metrics.refusal(outcome.action, outcome.reason)
+        elif key is not None and outcome.result in ("applied", "recorded"):
+            self.a._last_refusal.pop(key, None)
+        details = dict(outcome.details)
+        if outcome.weight is not None:
+            details["weight"] = outcome.weight
+        if outcome.job_id is not None:
+            details["job_id"] = outcome.job_id
+        with self.ledger.transaction():
+            self.ledger.audit(
+                source=actor.source,
+                actor=actor.name if not actor.alertname else f"{actor.alertname}/{actor.name}",
+                action=outcome.action,
+                result=outcome.result,
+                target=outcome.target,
+                reason=outcome.reason,
+                message=outcome.message,
+                details=details,
+            )
+        self.a.metrics.action(outcome.action, outcome.result, actor.source)
+        return outcome
+
+    def _refused(self, action: str, target: Target, exc: PolicyRefused, actor: Actor, **extra: Any) -> Outcome:
+        retry = exc.retry_after if isinstance(exc, RefusedForNow) else None
+        return self._finish(Outcome(action, target, "refused", str(exc), exc.reason, retry_after=retry, **extra), actor)
+
+    def _write(
+        self,
+        target: Target,
+        weight: int,
+        *,
+        state: str,
+        original: int,
+        previous: int,
+        job_id: int | None = None,
+        touch: bool = True,
+        done: bool = False,
+    ) -> RealServer:
+        """Ledger intent, kernel write, ledger confirmation; undo the intent if the kernel says no.
+
+        ``done``: the write ends the actuator's involvement (a restore), so the
+        confirmation also drops the backend row, in the same transaction.
+        """
+        before = self.ledger.backend(target)
+        with self.ledger.transaction():
+            self.ledger.begin_write(target, state=state, original=original, expected=weight, previous=previous, job_id=job_id)
+        try:
+            rs = self.kernel.set_weight(target.service, target.real_server, weight)
+        except KernelError:
+            with self.ledger.transaction():
+                self._put_backend(target, before)
+            self._forget(target.service)
+            raise
+        with self.ledger.transaction():
+            self.ledger.end_write(target)
+            if touch:
+                self.ledger.touch(target)
+            if done:
+                self.ledger.delete_backend(target)
+        self._replace_rs(target, rs)
+        return rs
+
+    def _put_backend(self, target: Target, backend: Backend | None) -> None:
+        self.ledger.delete_backend(target)
+        if backend is not None:
+            self.ledger.begin_write(
+                target, state=backend.state, original=backend.original_weight, expected=backend.expected_weight,
+                previous=backend.previous_weight, job_id=backend.job_id,
+            )  # fmt: skip
+            if not backend.write_pending:
+                self.ledger.end_write(target)
+
+    # holds: quarantine and drain
+
+    def hold(
+        self,
+        target: Target,
+        actor: Actor,
+        *,
+        action: str = "quarantine",
+        reason: str = "",
+        force: bool = False,
+        drain_timeout: float | None = None,
+        drain_delete: bool = False,
+    ) -> Outcome:
+        """Record ``actor``'s hold on the real server and take it out (weight 0); a drain also starts a job."""
+        svc, rs = self.real_server(target)
+        if rs is None:
+            return self._absent(action, target, svc, actor)
+        if self.policy.dry_run:
+            try:
+                if self.ledger.backend(target) is None:
+                    self.policy.check_take_out(target, svc, self.ledger.changed_at(target), force=force)  # type: ignore[arg-type]
+            except PolicyRefused as exc:
+                return self._refused(action, target, exc, actor)
+            return self._finish(Outcome(action, target, "dry_run", f"dry run: would set {target} to weight 0", weight=rs.weight), actor)
+        with self.ledger.transaction():
+            hold, new = self.ledger.add_hold(
+                target, kind=actor.hold_kind, holder=actor.name, source=actor.source, action=action,
+                alertname=actor.alertname, reason=reason,
+            )  # fmt: skip
+        backend = self.ledger.backend(target)
+        if not new and backend is not None and backend.state == "out":
+            outcome = Outcome(action, target, "noop", f"{target} is already held by {_holder_text(hold)}", weight=rs.weight,
+                              holders=self._holders(target))  # fmt: skip
+            return self._finish(outcome, actor, audit=False)
+        outcome = self._take_out(target, actor, action=action, force=force)
+        if action == "drain" and outcome.result in ("applied", "recorded"):
+            job = self._ensure_drain_job(target, actor, timeout=drain_timeout, delete=drain_delete)
+            outcome = replace(outcome, job_id=job.id, message=f"{outcome.message}; drain job {job.id}")
+        return self._finish(outcome, actor) if outcome.result != "refused" else outcome
+
+    def _absent(self, action: str, target: Target, svc: VirtualService | None, actor: Actor) -> Outcome:
+        try:
+            self.policy.check_allowed(target, svc)
+        except PolicyRefused as exc:
+            return self._refused(action, target, exc, actor)
+        what = f"no service {target.service}" if svc is None else f"no real server {target.real_server} in {target.service}"
+        return self._finish(Outcome(action, target, "not_found", f"{what} in the kernel table"), actor)
+
+    def _holders(self, target: Target) -> tuple[str, ...]:
+        return tuple(_holder_text(h) for h in self.ledger.active_holds(target))
+
+    def _take_out(self, target: Target, actor: Actor, *, action: str, force: bool = False) -> Outcome:
+        """Converge towards "out": weight 0 with the original weight recorded (refusals are audited here)."""
+        svc, rs = self.real_server(target)
+        if svc is None or rs is None:
+            return self._absent(action, target, svc, actor)
+        backend = self.ledger.backend(target)
+        holders = self._holders(target)
+        if backend is not None and backend.state == "out":
+            return Outcome(action, target, "recorded", f"{target} stays out, held by {len(holders)}", weight=rs.weight, holders=holders)
+        try:
+            self.policy.check_take_out(target, svc, self.ledger.changed_at(target), force=force)
+        except PolicyRefused as exc:
+            return self._refused(action, target, exc, actor, weight=rs.weight, holders=holders,
+                                 details={"pending": bool(holders)})  # fmt: skip
+        if backend is not None:
+            self._cancel_jobs(target, "slow_start", f"taken out again by {actor}")
+        original = backend.original_weight if backend is not None else rs.weight
+        new = self._write(target, 0, state="out", original=original, previous=rs.weight)
+        if rs.weight > 0:
+            self.policy.record_write()
+        return Outcome(action, target, "applied", f"{target}: weight {rs.weight} -> 0 (original {original} recorded)",
+                       weight=new.weight, holders=holders, details={"original_weight": original})  # fmt: skip
+
+    def _ensure_drain_job(self, target: Target, actor: Actor, *, timeout: float | None, delete: bool) -> Job:
+        for job in self.ledger.open_jobs(target):
+            if job.kind == "drain":
+                return job
+        _svc, rs = self.real_server(target)
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        initial = rs.active_connections if rs else 0
+        params = {"timeout": timeout, "delete": delete, "deadline": self.a.clock() + timeout, "initial_active": initial}
+        with self.ledger.transaction():
+            job = self.ledger.create_job("drain", target, params=params, actor=str(actor),
+                                         message=f"waiting for {initial} active connections")  # fmt: skip
+        self.a.start_job(job.id)
+        return job
+
+    def release(self, target: Target, actor: Actor, *, all_holders: bool = False, force: bool = False) -> Outcome:
+        """Drop ``actor``'s hold (an alert: its fingerprint; manual: every manual hold); bring back on the last one."""
+        holds = self.ledger.active_holds(target)
+        if actor.hold_kind == "alert":
+            mine = [h for h in holds if h.kind == "alert" and h.holder == actor.name]
+        elif all_holders:
+            mine = holds
+        else:
+            mine = [h for h in holds if h.kind == "manual"]
+        backend = self.ledger.backend(target)
+        if not mine and not (backend is not None and backend.state == "out" and not holds):
+            if not holds:
+                _svc, rs = self.real_server(target)
+                outcome = Outcome("restore", target, "noop", f"{target} is not held", weight=rs.weight if rs else None)
+            else:
+                outcome = Outcome("restore", target, "noop", f"{target} stays out: held by "
+                                  + ", ".join(_holder_text(h) for h in holds) + " (an alert's hold ends when it resolves)",
+                                  holders=tuple(_holder_text(h) for h in holds))  # fmt: skip
+            return self._finish(outcome, actor, audit=False)
+        with self.ledger.transaction():
+            for h in mine:
+                self.ledger.release_hold(h.id, by=str(actor))
+        remaining = self.ledger.active_holds(target)
+        if remaining:
+            names = tuple(_holder_text(h) for h in remaining)
+            return self._finish(Outcome("restore", target, "recorded",
+                                        f"released {len(mine)} hold(s); {target} stays out, held by " + ", ".join(names),
+                                        holders=names), actor)  # fmt: skip
+        self._cancel_jobs(target, "drain", f"restored by {actor}")
+        outcome = self._bring_back(target, actor, force=force)
+        return outcome if outcome.result == "refused" else self._finish(outcome, actor)
+
+    def _bring_back(self, target: Target, actor: Actor, *, force: bool = False) -> Outcome:
+        """Converge towards "in": the recorded weight, at once or as a slow-start job."""
+        backend = self.ledger.backend(target)
+        svc, rs = self.real_server(target)
+        if backend is None:
+            return Outcome("restore", target, "noop", f"{target} is not out", weight=rs.weight if rs else None)
+        if backend.state == "restoring":
+            return Outcome("restore", target, "noop", f"{target} is already coming back (job {backend.job_id})",
+                           weight=rs.weight if rs else None, job_id=backend.job_id)  # fmt: skip
+        if svc is None or rs is None:
+            with self.ledger.transaction():
+                self.ledger.delete_backend(target)
+            return Outcome("restore", target, "not_found", f"{target} is no longer in the kernel table; nothing to restore")
+        if backend.drift or rs.weight != backend.expected_weight:
+            with self.ledger.transaction():
+                self.ledger.delete_backend(target)
+            return Outcome("restore", target, "drift",
+                           f"{target}: weight was changed by hand to {rs.weight} (the actuator set "
+                           f"{backend.expected_weight}); left as it is, original {backend.original_weight} not restored",
+                           reason="changed_by_hand", weight=rs.weight)  # fmt: skip
+        try:
+            self.policy.check_bring_back(target, svc, self.ledger.changed_at(target), force=force)
+        except PolicyRefused as exc:
+            return self._refused("restore", target, exc, actor, weight=rs.weight)
+        if self.policy.dry_run:
+            return Outcome("restore", target, "dry_run", f"dry run: would restore {target} to weight {backend.original_weight}")
+        original = backend.original_weight
+        if self.settings.slow_start > 0 and original > 1:
+            return self._start_slow_start(target, actor, original, rs.weight, message_prefix="restore")
+        new = self._write(target, original, state="restoring", original=original, previous=rs.weight, done=True)
+        return Outcome("restore", target, "applied", f"{target}: weight {rs.weight} -> {original} (restored)", weight=new.weight)
+
+    def _start_slow_start(self, target: Target, actor: Actor, weight: int, previous: int, *, message_prefix: str) -> Outcome:
+        period, steps = self.settings.slow_start, self.settings.slow_start_steps
+        params = {"target_weight": weight, "period": period, "steps": steps, "started_at": self.a.clock()}
+        first = ramp_weight(weight, 0.0, period, steps)
+        with self.ledger.transaction():
+            job = self.ledger.create_job("slow_start", target, params=params, actor=str(actor),
+                                         message=f"weight {first} of {weight}")  # fmt: skip
+        new = self._write(target, first, state="restoring", original=weight, previous=previous, job_id=job.id)
+        self.a.start_job(job.id)
+        return Outcome(message_prefix, target, "applied",
+                       f"{target}: weight {previous} -> {first}, ramping to {weight} over {period:g} s (job {job.id})",
+                       weight=new.weight, job_id=job.id)  # fmt: skip
+
+    def _cancel_jobs(self, target: Target, kind: str, why: str) -> None:
+        with self.ledger.transaction():
+            for job in self.ledger.open_jobs(target):
+                if job.kind == kind:
+                    self.ledger.finish_job(job.id, "cancelled", why)
+
+    # weights and membership
+
+    def set_weight(self, target: Target, weight: int, actor: Actor, *, force: bool = False) -> Outcome:
+        """Set a weight; on a held real server, change the weight it comes back at instead."""
+        svc, rs = self.real_server(target)
+        if svc is None or rs is None:
+            return self._absent("weight", target, svc, actor)
+        backend = self.ledger.backend(target)
+        if backend is not None:
+            with self.ledger.transaction():
+                self.ledger.set_original_weight(target, weight)
+            holders = self._holders(target)
+            return self._finish(Outcome("weight", target, "recorded",
+                                        f"{target} is held out; it will come back at weight {weight}",
+                                        weight=rs.weight, holders=holders), actor)  # fmt: skip
+        if rs.weight == weight:
+            return self._finish(Outcome("weight", target, "noop", f"{target} already has weight {weight}", weight=weight), actor,
+                                audit=False)  # fmt: skip
+        try:
+            if weight == 0:
+                self.policy.check_take_out(target, svc, self.ledger.changed_at(target), force=force)
+            else:
+                self.policy.check_bring_back(target, svc, self.ledger.changed_at(target), force=force)
+        except PolicyRefused as exc:
+            return self._refused("weight", target, exc, actor, weight=rs.weight)
+        if self.policy.dry_run:
+            return self._finish(Outcome("weight", target, "dry_run", f"dry run: would set {target} to weight {weight}",
+                                        weight=rs.weight), actor)  # fmt: skip
+        new = self.kernel.set_weight(target.service, target.real_server, weight)
+        with self.ledger.transaction():
+            self.ledger.touch(target)
+        self._replace_rs(target, new)
+        if weight == 0:
+            self.policy.record_write()
+        return self._finish(Outcome("weight", target, "applied", f"{target}: weight {rs.weight} -> {weight}", weight=new.weight), actor)
+
+    def add(
+        self,
+        target: Target,
+        actor: Actor,
+        *,
+        weight: int = 1,
+        forward: Forward | None = None,
+        upper_threshold: int = 0,
+        lower_threshold: int = 0,
+    ) -> Outcome:
+        """Add a real server (idempotent); with slow start, it ramps up to ``weight`` as a job."""
+        svc, rs = self.real_server(target)
+        if svc is None:
+            return self._finish(Outcome("add", target, "not_found", f"no service {target.service} in the kernel table"), actor)
+        if rs is not None:
+            outcome = Outcome("add", target, "noop", f"{target} is already in the service (weight {rs.weight})", weight=rs.weight)
+            return self._finish(outcome, actor, audit=False)
+        try:
+            self.policy.check_add(target)
+        except PolicyRefused as exc:
+            return self._refused("add", target, exc, actor)
+        if forward is None:
+            methods = {r.forward for r in svc.real_servers}
+            if len(methods) != 1:
+                raise ValueError(f"forward is required: {target.service} has real servers with "
+                                 f"{'no' if not methods else 'several'} forwarding methods")  # fmt: skip
+            forward = methods.pop()
+        if self.policy.dry_run:
+            return self._finish(Outcome("add", target, "dry_run", f"dry run: would add {target} with weight {weight}"), actor)
+        slow = self.settings.slow_start > 0 and weight > 1
+        first = ramp_weight(weight, 0.0, self.settings.slow_start, self.settings.slow_start_steps) if slow else weight
+        self.kernel.add_real_server(
+            target.service, RealServer(target.real_server, first, forward, upper_threshold, lower_threshold)
+        )
+        self._forget(target.service)
+        with self.ledger.transaction():
+            self.ledger.touch(target)
+        if slow:
+            outcome = self._start_slow_start(target, actor, weight, first, message_prefix="add")
+            return self._finish(replace(outcome, message=f"{target} added; {outcome.message}"), actor)
+        return self._finish(Outcome("add", target, "applied", f"{target} added with weight {weight} ({forward})", weight=first), actor)
+
+    def remove(self, target: Target, actor: Actor, *, force: bool = False) -> Outcome:
+        """Delete a real server at once (drain first to let connections finish)."""
+        svc, rs = self.real_server(target)
+        if svc is None or rs is None:
+            return self._absent("remove", target, svc, actor)
+        try:
+            self.policy.check_take_out(target, svc, self.ledger.changed_at(target), force=force, removing=True)
+        except PolicyRefused as exc:
+            return self._refused("remove", target, exc, actor)
+        if self.policy.dry_run:
+            return self._finish(Outcome("remove", target, "dry_run", f"dry run: would delete {target}"), actor)
+        return self._finish(self._delete(target, actor, rs), actor)
+
+    def _delete(self, target: Target, actor: Actor, rs: RealServer) -> Outcome:
+        backend = self.ledger.backend(target)
+        self.kernel.delete_real_server(target.service, target.real_server)
+        self._forget(target.service)
+        with self.ledger.transaction():
+            closed = self.ledger.close_holds(target, state="removed", by=str(actor))
+            self.ledger.delete_backend(target)
+            for job in self.ledger.open_jobs(target):
+                if job.kind == "slow_start":
+                    self.ledger.finish_job(job.id, "cancelled", "real server deleted")
+            self.ledger.touch(target)
+        if rs.weight > 0:
+            self.policy.record_write()
+        original = backend.original_weight if backend is not None else rs.weight
+        return Outcome("remove", target, "applied", f"{target} deleted (weight was {original}; {closed} hold(s) closed)",
+                       details={"original_weight": original})  # fmt: skip
+
+    # convergence, jobs, reconciliation
+
+    def converge(self, target: Target) -> Outcome | None:
+        """Bring the kernel in line with the holds of one real server; None when they agree."""
+        holds = self.ledger.active_holds(target)
+        backend = self.ledger.backend(target)
+        if holds and (backend is None or backend.state == "restoring"):
+            first = holds[0]
+            actor = Actor(first.source, first.holder, first.alertname) if first.kind == "alert" else ACTUATOR
+            outcome = self._take_out(target, actor, action=first.action)
+            if outcome.result == "refused":
+                return outcome
+            if any(h.action == "drain" for h in holds):
+                job = self._ensure_drain_job(target, actor, timeout=None, delete=False)
+                outcome = replace(outcome, job_id=job.id)
+            return self._finish(outcome, ACTUATOR if outcome.result != "applied" else actor)
+        if not holds and backend is not None and backend.state == "out":
+            outcome = self._bring_back(target, ACTUATOR)
+            return outcome if outcome.result == "refused" else self._finish(outcome, ACTUATOR)
+        return None
+
+    def converge_all(self) -> list[Outcome]:
+        targets = {h.target for h in self.ledger.active_holds()} | {b.target for b in self.ledger.backends()}
+        outcomes = []
+        for target in sorted(targets, key=str):
+            outcome = self.converge(target)
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    def step_job(self, job_id: int) -> bool:
+        job = self.ledger.job(job_id)
+        if job is None or job.state != "running":
+            return True
+        if job.kind == "drain":
+            return self._step_drain(job)
+        return self._step_slow_start(job)
+
+    def _end_job(self, job: Job, state: str, message: str, *, progress: float | None = None, drop_backend: bool = False) -> bool:
+        with self.ledger.transaction():
+            if drop_backend:
+                self.ledger.delete_backend(job.target)
+            self.ledger.finish_job(job.id, state, message, progress=progress)
+            self.ledger.audit(source="actuator", actor=job.actor, action=job.kind, result=state, target=job.target,
+                              message=message, details={"job_id": job.id})  # fmt: skip
+        self.a.metrics.action(job.kind, state, "actuator")
+        return True
+
+    def _step_drain(self, job: Job) -> bool:
+        target = job.target
+        self._forget(target.service)
+        svc, rs = self.real_server(target)
+        if rs is None:
+            return self._end_job(job, "done", f"{target} is no longer in the kernel table", progress=1.0)
+        backend = self.ledger.backend(target)
+        if backend is None or backend.state != "out":
+            return self._end_job(job, "cancelled", f"{target} was restored before the drain finished")
+        initial = int(job.params.get("initial_active", 0))
+        active = rs.active_connections
+        progress = 1.0 if initial <= 0 else max(0.0, 1.0 - active / initial)
+        if active == 0:
+            if job.params.get("delete"):
+                try:
+                    self.policy.check_quorum(target, svc, removing=True)  # type: ignore[arg-type]
+                except PolicyRefused as exc:
+                    return self._end_job(job, "failed", f"drained, not deleted: {exc}", progress=1.0)
+                self._delete(target, Actor("actuator", job.actor), rs)
+                return self._end_job(job, "done", f"{target} drained and deleted", progress=1.0)
+            return self._end_job(job, "done", f"{target} drained: 0 active connections", progress=1.0)
+        if self.a.clock() >= float(job.params["deadline"]):
+            return self._end_job(job, "timeout", f"{target}: {active} active connections left after "
+                                 f"{float(job.params['timeout']):g} s; it stays at weight 0", progress=progress)  # fmt: skip
+        with self.ledger.transaction():
+            self.ledger.update_job(job.id, progress=progress, message=f"{active} active connections left",
+                                   params={**job.params, "active": active})  # fmt: skip
+        return False
+
+    def _step_slow_start(self, job: Job) -> bool:
+        target = job.target
+        self._forget(target.service)
+        _svc, rs = self.real_server(target)
+        backend = self.ledger.backend(target)
+        if backend is None or backend.state != "restoring" or backend.job_id != job.id:
+            return self._end_job(job, "cancelled", f"{target} was taken out again")
+        if rs is None:
+            return self._end_job(job, "failed", f"{target} is no longer in the kernel table", drop_backend=True)
+        if rs.weight != backend.expected_weight:
+            with self.ledger.transaction():
+                self.ledger.delete_backend(target)
+            self._finish(Outcome("slow_start", target, "drift", f"{target}: weight changed by hand to {rs.weight} during "
+                                 f"the slow start (expected {backend.expected_weight}); ramp stopped",
+                                 reason="changed_by_hand", weight=rs.weight), ACTUATOR)  # fmt: skip
+            return self._end_job(job, "failed", f"weight changed by hand to {rs.weight}; ramp stopped")
+        goal = backend.original_weight
+        elapsed = self.a.clock() - float(job.params["started_at"])
+        weight = ramp_weight(goal, elapsed, float(job.params["period"]), int(job.params["steps"]))
+        if weight != rs.weight:
+            self._write(target, weight, state="restoring", original=goal, previous=rs.weight, job_id=job.id, touch=False)
+        if weight >= goal:
+            return self._end_job(job, "done", f"{target} back at weight {goal}", progress=1.0, drop_backend=True)
+        with self.ledger.transaction():
+            self.ledger.update_job(job.id, progress=weight / goal, message=f"weight {weight} of {goal}")
+        return False
+
+    def reconcile(self) -> list[Outcome]:
+        """Compare the ledger with the kernel after a start; finish interrupted writes, report drift."""
+        outcomes = []
+        for backend in self.ledger.backends():
+            outcome = self._reconcile_backend(backend)
+            if outcome is not None:
+                outcomes.append(self._finish(outcome, ACTUATOR))
+        return outcomes
+
+    def _reconcile_backend(self, backend: Backend) -> Outcome | None:
+        target = backend.target
+        _svc, rs = self.real_server(target)
+        if rs is None:
+            with self.ledger.transaction():
+                self.ledger.delete_backend(target)
+                closed = self.ledger.close_holds(target, state="removed", by="reconcile")
+                for job in self.ledger.open_jobs(target):
+                    self.ledger.finish_job(job.id, "failed", "real server gone after a restart")
+            return Outcome("reconcile", target, "not_found",
+                           f"{target} is no longer in the kernel table; {closed} hold(s) closed")  # fmt: skip
+        immediate_restore = backend.state == "restoring" and backend.job_id is None
+        if rs.weight == backend.expected_weight:
+            if not backend.write_pending:
+                if immediate_restore:
+                    with self.ledger.transaction():
+                        self.ledger.delete_backend(target)
+                return None
+            with self.ledger.transaction():
+                self.ledger.end_write(target)
+                if immediate_restore:
+                    self.ledger.delete_backend(target)
+            return Outcome("reconcile", target, "applied", f"{target}: interrupted write to weight {rs.weight} had reached the kernel",
+                           weight=rs.weight)  # fmt: skip
+        if backend.write_pending and rs.weight == backend.previous_weight:
+            self._write(target, backend.expected_weight, state=backend.state, original=backend.original_weight,
+                        previous=rs.weight, job_id=backend.job_id, touch=False, done=immediate_restore)  # fmt: skip
+            return Outcome("reconcile", target, "applied",
+                           f"{target}: interrupted write completed, weight {rs.weight} -> {backend.expected_weight}",
+                           weight=backend.expected_weight)  # fmt: skip
+        drift = f"weight is {rs.weight} in the kernel, the actuator set {backend.expected_weight}"
+        if backend.drift == drift:
+            return None
+        with self.ledger.transaction():
+            self.ledger.set_drift(target, drift)
+        return Outcome("reconcile", target, "drift", f"{target}: {drift} (changed by hand; left as it is)",
+                       reason="changed_by_hand", weight=rs.weight)  # fmt: skip

@@ -1,0 +1,497 @@
+"""The ledger: who holds which real server out, what it weighed, the jobs and the audit trail.
+
+SQLite in WAL mode, so that the API reads while an action writes, and
+``synchronous=NORMAL``: a commit survives a crash of the process (kill -9) but
+not necessarily a power cut, which is what a director's actuator needs.
+
+Crash safety comes from the order of writes (see ``actuator.actions``): the
+intent is committed with ``write_pending=1`` *before* the kernel write and
+cleared *after* it, so that after a kill -9 at any step the reconciliation at
+start knows whether the kernel saw the write.
+
+Like flaskr's ``db.py``: one connection per request on ``flask.g``, closed at
+teardown; background jobs open their own with :meth:`Ledger.open`.
+
+Tables:
+
+- ``holds``: one row per holder of a real server (an alert fingerprint, or a
+  manual hold by an API token name); ``state`` active -> released | removed.
+- ``backends``: one row per real server the actuator has taken out (or is
+  ramping back in): the original weight to restore, the weight the kernel
+  should show now, and the write-ahead flag.
+- ``changes``: the last time the actuator changed each real server's weight
+  (the hold-down survives a restart).
+- ``jobs``: drains and slow-start restores, with progress.
+- ``audit``: every decision, applied or refused, with the actor.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from flask import Flask, current_app, g
+
+from actuator.targets import Target
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS holds (
+    id INTEGER PRIMARY KEY,
+    service TEXT NOT NULL,
+    real_server TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    alertname TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    released_at REAL,
+    released_by TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS holds_active
+    ON holds (service, real_server, kind, holder) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS backends (
+    service TEXT NOT NULL,
+    real_server TEXT NOT NULL,
+    state TEXT NOT NULL,
+    original_weight INTEGER NOT NULL,
+    expected_weight INTEGER NOT NULL,
+    previous_weight INTEGER NOT NULL,
+    write_pending INTEGER NOT NULL DEFAULT 0,
+    since REAL NOT NULL,
+    drift TEXT NOT NULL DEFAULT '',
+    job_id INTEGER,
+    PRIMARY KEY (service, real_server)
+);
+CREATE TABLE IF NOT EXISTS changes (
+    service TEXT NOT NULL,
+    real_server TEXT NOT NULL,
+    changed_at REAL NOT NULL,
+    PRIMARY KEY (service, real_server)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    service TEXT NOT NULL,
+    real_server TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    params TEXT NOT NULL DEFAULT '{}',
+    actor TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    source TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    service TEXT NOT NULL DEFAULT '',
+    real_server TEXT NOT NULL DEFAULT '',
+    result TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL DEFAULT '',
+    details TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+HOLD_KINDS = ("alert", "manual")
+JOB_KINDS = ("drain", "slow_start")
+JOB_OPEN = "running"
+JOB_STATES = ("running", "done", "failed", "timeout", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One holder keeping a real server out."""
+
+    id: int
+    target: Target
+    kind: str  # "alert" (holder = fingerprint) or "manual" (holder = API token name)
+    holder: str
+    alertname: str
+    source: str  # "alertmanager", "api", "cli"
+    action: str  # "quarantine" or "drain"
+    reason: str
+    state: str  # "active", "released", "removed"
+    created_at: float
+    released_at: float | None
+    released_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A real server the actuator has taken out or is ramping back in."""
+
+    target: Target
+    state: str  # "out" or "restoring"
+    original_weight: int  # the weight to restore
+    expected_weight: int  # what the kernel should show once the pending write (if any) is done
+    previous_weight: int  # the kernel's weight before the pending write
+    write_pending: bool  # the kernel write was started but not confirmed
+    since: float
+    drift: str  # why the kernel no longer matches (a weight changed by hand); "" when it does
+    job_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A drain or a slow-start restore that outlives its request."""
+
+    id: int
+    kind: str
+    target: Target
+    state: str
+    progress: float  # 0..1
+    message: str
+    params: dict[str, Any] = field(hash=False)
+    actor: str
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One decision of the actuator."""
+
+    id: int
+    at: float
+    source: str
+    actor: str
+    action: str
+    service: str
+    real_server: str
+    result: str
+    reason: str
+    message: str
+    details: dict[str, Any] = field(hash=False)
+
+
+class Ledger:
+    """A connection to the ledger file; not shared between threads."""
+
+    def __init__(self, conn: sqlite3.Connection, *, clock: Any = time.time):
+        self.conn = conn
+        self.clock = clock
+
+    @classmethod
+    def open(cls, path: str, *, clock: Any = time.time, create: bool = True) -> Ledger:
+        """Open the ledger at ``path`` (``create``: make the tables first; once per process is enough)."""
+        conn = sqlite3.connect(path, isolation_level=None, timeout=10.0, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if create:
+            conn.executescript(SCHEMA)
+        return cls(conn, clock=clock)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE: the write lock is taken up front)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # holds
+
+    def add_hold(
+        self, target: Target, *, kind: str, holder: str, source: str, action: str, alertname: str = "", reason: str = ""
+    ) -> tuple[Hold, bool]:
+        """Record a hold; (hold, True) when new, (the existing active hold, False) on a repeat."""
+        existing = self.active_hold(target, kind, holder)
+        if existing is not None:
+            return existing, False
+        cur = self.conn.execute(
+            "INSERT INTO holds (service, real_server, kind, holder, alertname, source, action, reason, state, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
+            (str(target.service), str(target.real_server), kind, holder, alertname, source, action, reason, self.clock()),
+        )
+        hold = self.hold(int(cur.lastrowid or 0))
+        assert hold is not None
+        return hold, True
+
+    def hold(self, hold_id: int) -> Hold | None:
+        row = self.conn.execute("SELECT * FROM holds WHERE id = ?", (hold_id,)).fetchone()
+        return _hold(row) if row else None
+
+    def active_hold(self, target: Target, kind: str, holder: str) -> Hold | None:
+        row = self.conn.execute(
+            "SELECT * FROM holds WHERE service = ? AND real_server = ? AND kind = ? AND holder = ? AND state = 'active'",
+            (str(target.service), str(target.real_server), kind, holder),
+        ).fetchone()
+        return _hold(row) if row else None
+
+    def active_holds(self, target: Target | None = None) -> list[Hold]:
+        """Active holds of one real server, or of all of them (oldest first)."""
+        if target is None:
+            rows = self.conn.execute("SELECT * FROM holds WHERE state = 'active' ORDER BY id").fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT * FROM holds WHERE service = ? AND real_server = ? AND state = 'active' ORDER BY id",
+                (str(target.service), str(target.real_server)),
+            ).fetchall()
+        return [_hold(r) for r in rows]
+
+    def holds_of(self, kind: str, holder: str) -> list[Hold]:
+        """Active holds of one holder (an alert fingerprint may hold several real servers)."""
+        rows = self.conn.execute(
+            "SELECT * FROM holds WHERE kind = ? AND holder = ? AND state = 'active' ORDER BY id", (kind, holder)
+        ).fetchall()
+        return [_hold(r) for r in rows]
+
+    def holds(self, *, limit: int = 100, include_released: bool = True) -> list[Hold]:
+        """Newest first: the ledger as the API and the CLI show it."""
+        where = "" if include_released else "WHERE state = 'active'"
+        rows = self.conn.execute(f"SELECT * FROM holds {where} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [_hold(r) for r in rows]
+
+    def release_hold(self, hold_id: int, *, state: str = "released", by: str = "") -> None:
+        self.conn.execute(
+            "UPDATE holds SET state = ?, released_at = ?, released_by = ? WHERE id = ? AND state = 'active'",
+            (state, self.clock(), by, hold_id),
+        )
+
+    def close_holds(self, target: Target, *, state: str, by: str) -> int:
+        """End every active hold of a real server (it was deleted): returns how many."""
+        cur = self.conn.execute(
+            "UPDATE holds SET state = ?, released_at = ?, released_by = ?"
+            " WHERE service = ? AND real_server = ? AND state = 'active'",
+            (state, self.clock(), by, str(target.service), str(target.real_server)),
+        )
+        return cur.rowcount
+
+    # backends
+
+    def backend(self, target: Target) -> Backend | None:
+        row = self.conn.execute(
+            "SELECT * FROM backends WHERE service = ? AND real_server = ?", (str(target.service), str(target.real_server))
+        ).fetchone()
+        return _backend(row) if row else None
+
+    def backends(self) -> list[Backend]:
+        return [_backend(r) for r in self.conn.execute("SELECT * FROM backends ORDER BY service, real_server")]
+
+    def begin_write(self, target: Target, *, state: str, original: int, expected: int, previous: int, job_id: int | None = None) -> None:
+        """Record the intent (``write_pending=1``) before the kernel write."""
+        self.conn.execute(
+            "INSERT INTO backends (service, real_server, state, original_weight, expected_weight, previous_weight,"
+            " write_pending, since, drift, job_id) VALUES (?, ?, ?, ?, ?, ?, 1, ?, '', ?)"
+            " ON CONFLICT (service, real_server) DO UPDATE SET state = excluded.state,"
+            " original_weight = excluded.original_weight, expected_weight = excluded.expected_weight,"
+            " previous_weight = excluded.previous_weight, write_pending = 1, drift = '', job_id = excluded.job_id",
+            (str(target.service), str(target.real_server), state, original, expected, previous, self.clock(), job_id),
+        )
+
+    def end_write(self, target: Target) -> None:
+        """The kernel confirmed the write."""
+        self.conn.execute(
+            "UPDATE backends SET write_pending = 0 WHERE service = ? AND real_server = ?",
+            (str(target.service), str(target.real_server)),
+        )
+
+    def set_original_weight(self, target: Target, weight: int) -> None:
+        self.conn.execute(
+            "UPDATE backends SET original_weight = ? WHERE service = ? AND real_server = ?",
+            (weight, str(target.service), str(target.real_server)),
+        )
+
+    def set_drift(self, target: Target, drift: str) -> None:
+        self.conn.execute(
+            "UPDATE backends SET drift = ?, write_pending = 0 WHERE service = ? AND real_server = ?",
+            (drift, str(target.service), str(target.real_server)),
+        )
+
+    def delete_backend(self, target: Target) -> None:
+        self.conn.execute(
+            "DELETE FROM backends WHERE service = ? AND real_server = ?", (str(target.service), str(target.real_server))
+        )
+
+    # hold-down
+
+    def changed_at(self, target: Target) -> float | None:
+        row = self.conn.execute(
+            "SELECT changed_at FROM changes WHERE service = ? AND real_server = ?",
+            (str(target.service), str(target.real_server)),
+        ).fetchone()
+        return float(row[0]) if row else None
+
+    def touch(self, target: Target) -> None:
+        self.conn.execute(
+            "INSERT INTO changes (service, real_server, changed_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (service, real_server) DO UPDATE SET changed_at = excluded.changed_at",
+            (str(target.service), str(target.real_server), self.clock()),
+        )
+
+    # jobs
+
+    def create_job(self, kind: str, target: Target, *, params: dict[str, Any], actor: str, message: str = "") -> Job:
+        now = self.clock()
+        cur = self.conn.execute(
+            "INSERT INTO jobs (kind, service, real_server, state, progress, message, params, actor, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?, ?)",
+            (kind, str(target.service), str(target.real_server), message, json.dumps(params), actor, now, now),
+        )
+        job = self.job(int(cur.lastrowid or 0))
+        assert job is not None
+        return job
+
+    def job(self, job_id: int) -> Job | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def jobs(self, *, state: str | None = None, limit: int = 100) -> list[Job]:
+        if state is None:
+            rows = self.conn.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        else:
+            rows = self.conn.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id DESC LIMIT ?", (state, limit)).fetchall()
+        return [_job(r) for r in rows]
+
+    def open_jobs(self, target: Target | None = None) -> list[Job]:
+        if target is None:
+            rows = self.conn.execute("SELECT * FROM jobs WHERE state = 'running' ORDER BY id").fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT * FROM jobs WHERE state = 'running' AND service = ? AND real_server = ? ORDER BY id",
+                (str(target.service), str(target.real_server)),
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def update_job(
+        self, job_id: int, *, progress: float | None = None, message: str | None = None, params: dict[str, Any] | None = None
+    ) -> None:
+        sets, args = ["updated_at = ?"], [self.clock()]
+        if progress is not None:
+            sets.append("progress = ?")
+            args.append(max(0.0, min(1.0, progress)))
+        if message is not None:
+            sets.append("message = ?")
+            args.append(message)
+        if params is not None:
+            sets.append("params = ?")
+            args.append(json.dumps(params))
+        self.conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+
+    def finish_job(self, job_id: int, state: str, message: str, *, progress: float | None = None) -> None:
+        """End a running job (a finished job is never reopened)."""
+        now = self.clock()
+        if progress is None:
+            self.conn.execute(
+                "UPDATE jobs SET state = ?, message = ?, updated_at = ?, finished_at = ? WHERE id = ? AND state = 'running'",
+                (state, message, now, now, job_id),
+            )
+        else:
+            self.conn.execute(
+                "UPDATE jobs SET state = ?, message = ?, progress = ?, updated_at = ?, finished_at = ?"
+                " WHERE id = ? AND state = 'running'",
+                (state, message, progress, now, now, job_id),
+            )
+
+    # audit
+
+    def audit(
+        self,
+        *,
+        source: str,
+        actor: str,
+        action: str,
+        result: str,
+        target: Target | None = None,
+        reason: str = "",
+        message: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO audit (at, source, actor, action, service, real_server, result, reason, message, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.clock(),
+                source,
+                actor,
+                action,
+                str(target.service) if target else "",
+                str(target.real_server) if target else "",
+                result,
+                reason,
+                message,
+                json.dumps(details or {}),
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def audit_events(self, *, limit: int = 100, after: int = 0) -> list[AuditEvent]:
+        """Newest first; ``after`` gives only events with a larger id (for polling)."""
+        rows = self.conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id DESC LIMIT ?", (after, limit)).fetchall()
+        return [_audit(r) for r in rows]
+
+
+def _target(row: sqlite3.Row) -> Target:
+    return Target.parse(row["service"], row["real_server"])
+
+
+def _hold(row: sqlite3.Row) -> Hold:
+    return Hold(
+        row["id"], _target(row), row["kind"], row["holder"], row["alertname"], row["source"], row["action"],
+        row["reason"], row["state"], row["created_at"], row["released_at"], row["released_by"],
+    )  # fmt: skip
+
+
+def _backend(row: sqlite3.Row) -> Backend:
+    return Backend(
+        _target(row), row["state"], row["original_weight"], row["expected_weight"], row["previous_weight"],
+        bool(row["write_pending"]), row["since"], row["drift"], row["job_id"],
+    )  # fmt: skip
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        row["id"], row["kind"], _target(row), row["state"], row["progress"], row["message"], json.loads(row["params"]),
+        row["actor"], row["created_at"], row["updated_at"], row["finished_at"],
+    )  # fmt: skip
+
+
+def _audit(row: sqlite3.Row) -> AuditEvent:
+    return AuditEvent(
+        row["id"], row["at"], row["source"], row["actor"], row["action"], row["service"], row["real_server"],
+        row["result"], row["reason"], row["message"], json.loads(row["details"]),
+    )  # fmt: skip
+
+
+def get_ledger() -> Ledger:
+    """This request's ledger connection, opened on first use (flaskr's ``get_db``)."""
+    if "ledger" not in g:
+        g.ledger = Ledger.open(current_app.config["LVSGUARD_LEDGER"], clock=current_app.config["LVSGUARD_CLOCK"], create=False)
+    ledger: Ledger = g.ledger
+    return ledger
+
+
+def close_ledger(_exc: BaseException | None = None) -> None:
+    ledger = g.pop("ledger", None)
+    if ledger is not None:
+        ledger.close()
+
+
+def init_app(app: Flask) -> None:
+    """Create the schema once and close each request's connection at teardown."""
+    Ledger.open(app.config["LVSGUARD_LEDGER"]).close()
+    app.teardown_appcontext(close_ledger)
