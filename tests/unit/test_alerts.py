@@ -1,0 +1,151 @@
+"""The bundled Prometheus rules and Alertmanager example: lint, unit tests, runbooks.
+
+``promtool`` (Debian ``prometheus``) and ``amtool`` (Debian
+``prometheus-alertmanager``) do the real checking; these tests run them and
+fail when they fail. On a development box without them the tests skip; under CI
+(``CI`` set) a missing tool is a failure, because CI installs both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "alerts" / "lvsguard.rules.yml"
+RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*_test.yml"))
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+ALERTMANAGER = ROOT / "alerts" / "alertmanager.yml"
+
+SEVERITIES = {"critical", "warning"}
+ACTIONS = {"quarantine", "drain", "restore", "failover"}  # DESIGN §6; "none" is never put on a rule
+ANNOTATIONS = ("summary", "description", "runbook_url")
+
+
+def tool(name: str, package: str) -> str:
+    """The path of a Debian-packaged CLI; skip without it on a dev box, fail under CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def load_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [rule for rule in load_rules() if "alert" in rule]
+
+
+def recordings() -> list[dict[str, Any]]:
+    return [rule for rule in load_rules() if "record" in rule]
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """Anchors GitHub gives the headings: lower case, punctuation dropped, spaces to hyphens."""
+    anchors = set()
+    for line in markdown.splitlines():
+        heading = re.match(r"#{1,6}\s+(.*)", line)
+        if heading:
+            text = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def test_promtool_check_rules_passes() -> None:
+    result = run([tool("promtool", "prometheus"), "check", "rules", str(RULES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(load_rules())} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    assert RULE_TESTS, "no alerts/tests/*_test.yml"
+    result = run([tool("promtool", "prometheus"), "test", "rules", *map(str, RULE_TESTS)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(RULE_TESTS), result.stdout
+
+
+def test_promtool_unit_tests_fail_on_a_wrong_expectation(tmp_path: Path) -> None:
+    """The unit tests compare labels and annotations: a changed expectation must fail."""
+    source = ROOT / "alerts" / "tests" / "components_test.yml"
+    broken = source.read_text().replace("severity: critical", "severity: warning", 1)
+    assert broken != source.read_text()
+    (tmp_path / "lvsguard.rules.yml").write_text(RULES.read_text())
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / source.name).write_text(broken)
+    result = run([tool("promtool", "prometheus"), "test", "rules", str(tmp_path / "tests" / source.name)])
+    assert result.returncode != 0
+    assert "FAILED" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("rule", alerts(), ids=lambda rule: rule["alert"])
+def test_alert_has_severity_and_annotations(rule: dict[str, Any]) -> None:
+    assert rule.get("labels", {}).get("severity") in SEVERITIES
+    for key in ANNOTATIONS:
+        assert rule.get("annotations", {}).get(key, "").strip(), f"{rule['alert']}: annotation {key} is empty"
+    action = rule["labels"].get("lvsguard_action")
+    assert action is None or action in ACTIONS, f"{rule['alert']}: lvsguard_action {action!r}"
+
+
+@pytest.mark.parametrize("rule", alerts(), ids=lambda rule: rule["alert"])
+def test_runbook_section_exists(rule: dict[str, Any]) -> None:
+    url = rule["annotations"]["runbook_url"]
+    path, _, anchor = url.partition("#")
+    assert path == "docs/runbooks.md", url
+    assert anchor == rule["alert"].lower(), url
+    assert anchor in github_anchors(RUNBOOKS.read_text()), f"docs/runbooks.md has no section #{anchor}"
+
+
+def test_alert_names_are_unique() -> None:
+    names = [rule["alert"] for rule in alerts()]
+    assert len(names) == len(set(names)), names
+
+
+def test_alerts_the_actuator_acts_on_fire_without_delay() -> None:
+    """The loop's budget is scrape + rule interval + group_wait: no `for` on action alerts."""
+    acting = [rule for rule in alerts() if "lvsguard_action" in rule["labels"]]
+    assert acting, "no rule carries lvsguard_action"
+    for rule in acting:
+        assert rule.get("for", "0s") in ("0s", "0m"), rule["alert"]
+
+
+def rule_test_cases() -> list[dict[str, Any]]:
+    return [case for path in RULE_TESTS for case in yaml.safe_load(path.read_text())["tests"]]
+
+
+@pytest.mark.parametrize("rule", alerts(), ids=lambda rule: rule["alert"])
+def test_every_alert_is_shown_firing_and_not_firing(rule: dict[str, Any]) -> None:
+    firing, quiet = False, False
+    for case in rule_test_cases():
+        for check in case.get("alert_rule_test", []):
+            if check["alertname"] == rule["alert"]:
+                firing |= bool(check.get("exp_alerts"))
+                quiet |= not check.get("exp_alerts")
+    assert firing, f"no promtool test shows {rule['alert']} firing"
+    assert quiet, f"no promtool test shows {rule['alert']} not firing"
+
+
+@pytest.mark.parametrize("rule", recordings(), ids=lambda rule: rule["record"])
+def test_every_recording_rule_has_an_expression_test(rule: dict[str, Any]) -> None:
+    tested = [
+        check
+        for case in rule_test_cases()
+        for check in case.get("promql_expr_test", [])
+        if rule["record"] in check["expr"] and check.get("exp_samples")
+    ]
+    assert tested, f"no promql_expr_test checks {rule['record']}"
