@@ -149,3 +149,68 @@ def test_every_recording_rule_has_an_expression_test(rule: dict[str, Any]) -> No
         if rule["record"] in check["expr"] and check.get("exp_samples")
     ]
     assert tested, f"no promql_expr_test checks {rule['record']}"
+
+
+def test_amtool_check_config_passes() -> None:
+    result = run([tool("amtool", "prometheus-alertmanager"), "check-config", str(ALERTMANAGER)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("labels", "receivers"),
+    [
+        pytest.param(
+            ["alertname=LvsRealServerDown", "lvsguard_action=quarantine", "severity=warning"],
+            "lvsguard-actuator,operators",
+            id="quarantine-to-actuator-and-people",
+        ),
+        pytest.param(
+            ["alertname=Anything", "lvsguard_action=failover", "severity=critical"],
+            "lvsguard-actuator,operators",
+            id="failover-to-actuator-and-people",
+        ),
+        pytest.param(["alertname=LvsVipNotHeld", "severity=critical"], "operators", id="no-action-to-people-only"),
+        pytest.param(
+            ["alertname=LvsRealServerDown", "lvsguard_action=none", "severity=warning"],
+            "operators",
+            id="action-none-to-people-only",
+        ),
+    ],
+)
+def test_amtool_routes(labels: list[str], receivers: str) -> None:
+    argv = [tool("amtool", "prometheus-alertmanager"), "config", "routes", "test", f"--config.file={ALERTMANAGER}"]
+    result = run([*argv, f"--verify.receivers={receivers}", *labels])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receivers
+
+
+def test_amtool_routes_verification_can_fail() -> None:
+    """--verify.receivers is what the routing tests rely on: a wrong expectation exits non-zero."""
+    argv = [tool("amtool", "prometheus-alertmanager"), "config", "routes", "test", f"--config.file={ALERTMANAGER}"]
+    result = run([*argv, "--verify.receivers=lvsguard-actuator", "alertname=LvsVipNotHeld"])
+    assert result.returncode != 0
+
+
+def alertmanager_config() -> dict[str, Any]:
+    return yaml.safe_load(ALERTMANAGER.read_text())
+
+
+def test_actuator_receiver_uses_bearer_token_file_and_sends_resolved() -> None:
+    receiver = next(r for r in alertmanager_config()["receivers"] if r["name"] == "lvsguard-actuator")
+    for webhook in receiver["webhook_configs"]:
+        assert webhook["url"].endswith("/webhook/alertmanager")
+        assert webhook["send_resolved"] is True
+        authorization = webhook["http_config"]["authorization"]
+        assert authorization["type"] == "Bearer"
+        assert authorization["credentials_file"], "the token comes from a file, never inline"
+        assert "credentials" not in authorization
+
+
+def test_inhibitions_name_existing_alerts() -> None:
+    names = {rule["alert"] for rule in alerts()}
+    for inhibit in alertmanager_config()["inhibit_rules"]:
+        for matcher in inhibit["source_matchers"] + inhibit["target_matchers"]:
+            value = re.fullmatch(r'alertname(=~?)"?([^"]*)"?', matcher)
+            assert value, matcher
+            assert set(value.group(2).split("|")) <= names, matcher
