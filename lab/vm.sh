@@ -26,7 +26,7 @@
 # Environment only:
 #   LAB_VM_CACHE        cache of the kernel package (default /var/cache/lvsguard-lab)
 #   LAB_VM_MODULES      modules loaded at boot (default: IPVS + schedulers, conntrack,
-#                       veth, dummy, bridge, nf_tables); others autoload on demand
+#                       veth, dummy, bridge, iptables mangle + MARK); others autoload
 #   LAB_VM_NO_APT=1     never call apt-get
 # Inside the guest: IPVS_VM_GUEST=1, you are root, `lo` is up, hostname lvs-lab.
 # Exit status: the command's; 124 timeout; 125 the VM did not boot or failed.
@@ -34,7 +34,7 @@
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
-MODULES_DEFAULT="ip_vs ip_vs_rr ip_vs_wrr ip_vs_wlc ip_vs_sh ip_vs_mh nf_conntrack veth dummy bridge nf_tables"
+MODULES_DEFAULT="ip_vs ip_vs_rr ip_vs_wrr ip_vs_wlc ip_vs_sh ip_vs_mh nf_conntrack veth dummy bridge ip_tables iptable_mangle xt_mark xt_multiport"
 
 ###############################################################################
 # Guest side.  This same file is the guest's init (PID 1): the kernel runs it
@@ -52,7 +52,7 @@ guest_init() {
     read -r wrapper < "$C/modprobe_wrapper"
     read -r modules < "$C/modules" || true
     read -r -d '' cwd < "$C/cwd" || true
-    # Module autoload (ipvsadm -s sh, ip link add type veth, nft, ...): the kernel
+    # Module autoload (ipvsadm -s sh, ip link add type veth, iptables, ...): the kernel
     # execs this wrapper, which points kmod at this kernel's modules in the cache.
     echo "$wrapper" > /proc/sys/kernel/modprobe
     echo lvs-lab > /proc/sys/kernel/hostname
@@ -189,8 +189,8 @@ prepare_cache() {   # $CACHE/uml: the unpacked user-mode-linux .deb, modprobe wr
 }
 
 prepare() {
-    # ip, ipvsadm, nft, kmod, mount, stty... run INSIDE the guest, from the host's root
-    need_pkgs ip:iproute2 ipvsadm:ipvsadm nft:nftables modprobe:kmod chroot:coreutils \
+    # ip, ipvsadm, iptables, kmod, mount, stty... run INSIDE the guest, from the host's root
+    need_pkgs ip:iproute2 ipvsadm:ipvsadm iptables-legacy:iptables modprobe:kmod chroot:coreutils \
               mount:mount findmnt:util-linux sysctl:procps dpkg-deb:dpkg
     prepare_cache
 }

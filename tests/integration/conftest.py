@@ -1,0 +1,43 @@
+"""Fixtures of the kernel tests: one lab cluster per test session.
+
+The lab (lab.topology) is built once, the first time a test asks for ``lab``,
+and torn down when the session ends. Tests that send traffic must compare
+counter *differences* (``lab.connections`` before and after), because the
+table is shared by every test of the session, and must restore any weight they
+change. On a host without IPVS the fixture skips; outside the lab VM it skips
+unless FORCE=1 says the host is disposable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+import pytest
+
+from lab.topology import Lab, in_lab_vm
+
+_build_seconds: list[float] = []
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The running cluster: director lvs-dir1, real servers lvs-rs1..3, client lvs-cli1 (docs/lab.md)."""
+    if not (os.path.exists("/proc/net/ip_vs") and os.geteuid() == 0):
+        pytest.skip("needs a kernel with IPVS and root (run it in the lab VM: make test)")
+    if not in_lab_vm():
+        pytest.skip("builds namespaces and IPVS services: runs inside lab/vm.sh, or with FORCE=1 on a disposable host")
+    cluster = Lab(real_servers=int(os.environ.get("LAB_REAL_SERVERS", "3")))
+    started = time.monotonic()
+    cluster.build()
+    _build_seconds.append(time.monotonic() - started)
+    try:
+        yield cluster
+    finally:
+        cluster.teardown()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _build_seconds:
+        terminalreporter.write_line(f"lab: cluster built in {_build_seconds[0]:.1f} s")
