@@ -480,6 +480,14 @@ class Lab:
                 return delta
             time.sleep(0.25)
 
+    def config_yaml(self, *, listen: str = "127.0.0.1:9910") -> str:
+        """An lvsguard config for this lab: the director's netns, and services and real servers named as here."""
+        lines = ["director:", f"  netns: {self.director.netns}", "exporter:", f"  listen: \"{listen}\"", "services:"]
+        for service in self.services.values():
+            lines += [f"  - name: {service.name}", f"    service: \"{service.key}\"", "    real_servers:"]
+            lines += [f"      - {{name: {name}, address: \"{key}\"}}" for key, name in service.backends]
+        return "\n".join(lines) + "\n"
+
     def set_weight(self, service: LabService, real_server: str, weight: int) -> None:
         """Change one real server's weight (``ipvsadm -e``), keeping its forwarding method and thresholds."""
         rs = service.config.real_server(service.real_server(real_server))
