@@ -1,0 +1,541 @@
+"""The config file: YAML in, frozen validated objects out.
+
+Everything is checked at load, before any socket opens, and every problem is
+reported at once, sorted, in one ``ConfigError``; each names the file, line,
+column and key::
+
+    lvsguard.yaml:14:7: services[0].real_servers[2].adress: unknown key; did you mean 'address'?
+
+The YAML is composed into nodes (which keep their marks) rather than loaded
+into dicts, so a position is known for every value, and duplicate keys, which
+YAML loaders silently drop, are errors. Nothing reads raw YAML after
+``load``: the result is a ``Config`` of frozen dataclasses.
+
+Each mapping of the file is described once, by a ``Schema``: the dataclass it
+becomes and a parser per key. The same driver walks every schema, so adding a
+section (``actuator``, ``probes``, ``snmp``) is a dataclass, a schema and a
+line in ``SECTIONS``. The YAML keys are the dataclass field names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from os import PathLike
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from exporter.collector import BACKEND_LABELS, UnknownBackendLabels, parse_backend_labels
+from lvsguard.errors import ConfigError, ConfigProblem
+from lvsguard.ipvs import SOURCES
+from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey
+
+DEFAULT_LISTEN = "127.0.0.1:9910"
+
+# --- the result ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorConfig:
+    """Section ``director``: where this director's IPVS table is."""
+
+    netns: str | None = None  # network namespace name (as `ip netns`) or path; None: our own
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterConfig:
+    """Section ``exporter``: the Prometheus exporter."""
+
+    listen: str = DEFAULT_LISTEN  # HOST:PORT, [IPv6]:PORT or :PORT
+    ipvs_source: str = "auto"  # auto (netlink, procfs when not permitted), netlink or procfs
+    backend_labels: tuple[str, ...] = BACKEND_LABELS  # labels kept on ipvs_backend_* series, in output order
+    services: tuple[ServiceKey, ...] = ()  # allow-list of services to export; () exports every service
+
+
+@dataclass(frozen=True, slots=True)
+class RealServerConfig:
+    """A named real server of a service (``services[].real_servers[]``)."""
+
+    name: str
+    address: RealServerKey
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """A named virtual service (``services[]``) and the names of its real servers."""
+
+    name: str
+    service: ServiceKey
+    real_servers: tuple[RealServerConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole config. ``Config()`` is the config of no file: every default, no names."""
+
+    director: DirectorConfig = DirectorConfig()
+    exporter: ExporterConfig = ExporterConfig()
+    services: tuple[ServiceConfig, ...] = ()
+    file: str = ""  # where it was loaded from ("" for Config())
+    _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
+    _real_server_names: Mapping[tuple[ServiceKey, RealServerKey], str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_service_names", MappingProxyType({s.service: s.name for s in self.services}))
+        real_servers = {(s.service, rs.address): rs.name for s in self.services for rs in s.real_servers}
+        object.__setattr__(self, "_real_server_names", MappingProxyType(real_servers))
+
+    def service_name(self, key: ServiceKey) -> str:
+        """The configured name of service ``key``; "" when it has none."""
+        return self._service_names.get(key, "")
+
+    def real_server_name(self, service: ServiceKey, key: RealServerKey) -> str:
+        """The configured name of real server ``key`` of ``service``; "" when it has none."""
+        return self._real_server_names.get((service, key), "")
+
+
+# --- the schema machinery ------------------------------------------------------
+
+
+class Invalid(ValueError):
+    """A value is wrong: the driver records the message at the value's position."""
+
+
+class _Recorded(Exception):
+    """A value failed and its problems are already recorded at their own positions."""
+
+
+Parser = Callable[[Node, str, "_Context"], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of a mapping: how its value is parsed, and whether it must be given."""
+
+    parse: Parser
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """One mapping of the file: the frozen class it becomes and its keys (named as that class's fields).
+
+    ``unique`` names keys whose values must differ between the items of a
+    list of these mappings.
+    """
+
+    build: Callable[..., Any]
+    keys: Mapping[str, Key]
+    unique: tuple[str, ...] = ()
+
+
+_FAILED: Any = object()  # a value that could not be parsed; its problem is already recorded
+_STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
+_MERGE = "tag:yaml.org,2002:merge"
+_TYPE_NAMES = {
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:timestamp": "a date",
+    _NULL: "nothing",
+    _STR: "a string",
+}
+
+Pairs = dict[str, tuple[Node, Node]]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the closest choice, or ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    shown = f" {node.value!r}" if node.tag != _NULL else ""
+    return _TYPE_NAMES.get(node.tag, f"a {node.tag!r} value") + shown
+
+
+class _Context:
+    """One load: the file name, the problems found so far, and what later sections look up."""
+
+    def __init__(self, file: str, loader: yaml.SafeLoader):
+        self.file = file
+        self.loader = loader
+        self.problems: list[ConfigProblem] = []
+        self.service_names: dict[str, ServiceKey] = {}  # filled by `services`, read by `exporter.services`
+        self.service_names_complete = True  # False when `services` had problems: a name may be in a broken entry
+
+    def problem(self, node: Node | None, key: str, message: str) -> None:
+        line, column = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (0, 0)
+        self.problems.append(ConfigProblem(self.file, line, column, key, message))
+
+    def parse(self, parser: Parser, node: Node, path: str) -> Any:
+        """``parser(node)``, or _FAILED with the problem recorded."""
+        try:
+            return parser(node, path, self)
+        except _Recorded:
+            return _FAILED
+        except Invalid as exc:
+            self.problem(node, path, str(exc))
+            return _FAILED
+
+    def pairs(self, node: Node, path: str) -> Pairs | None:
+        """The keys of a mapping node with their key and value nodes; None (recorded) when it is no mapping."""
+        if _is_null(node):
+            return {}
+        if not isinstance(node, MappingNode):
+            self.problem(node, path, f"must be a mapping, got {_kind(node)}")
+            return None
+        seen: dict[str, Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            if not _is_text(key_node):
+                self.problem(key_node, path, f"keys must be strings, got {_kind(key_node)}")
+            elif key_node.value in seen:
+                first = seen[key_node.value].start_mark.line + 1
+                self.problem(key_node, _join(path, key_node.value), f"duplicate key (first given on line {first})")
+            else:
+                seen[key_node.value] = key_node
+        try:
+            self.loader.flatten_mapping(node)  # `<<: *anchor` merge keys; explicit keys win
+        except yaml.MarkedYAMLError as exc:
+            self.problem(node, path, f"bad merge key: {exc.problem}")
+            return None
+        # After a problem above, go on with the last value of each string key so
+        # that the rest of the mapping is still checked; the load fails anyway.
+        return {k.value: (k, v) for k, v in node.value if _is_text(k)}
+
+
+def _record(node: Node, path: str, schema: Schema, ctx: _Context) -> tuple[Any, Pairs, dict[str, Any]]:
+    """Build ``schema``'s class from a mapping node.
+
+    Returns (object or _FAILED, the key/value nodes, the values that parsed):
+    the last two let a list check its ``unique`` keys even on items with a
+    problem elsewhere.
+    """
+    pairs = ctx.pairs(node, path)
+    if pairs is None:
+        return _FAILED, {}, {}
+    values: dict[str, Any] = {}
+    ok = True
+    for key_name, (key_node, _) in pairs.items():
+        if key_name not in schema.keys:
+            hint = _suggest(key_name, schema.keys) or f" (known keys: {', '.join(schema.keys)})"
+            ctx.problem(key_node, _join(path, key_name), f"unknown key{hint}")
+            ok = False
+    for key_name, key in schema.keys.items():  # in schema order: a key may refer to one parsed before it
+        value_node = pairs[key_name][1] if key_name in pairs else None
+        if value_node is None or _is_null(value_node):  # absent, or `key:` with no value: the default
+            if key.required:
+                missing = value_node is None
+                ctx.problem(node if missing else value_node, _join(path, key_name), "required key is missing" if missing else "must not be empty")
+                ok = False
+            continue
+        value = ctx.parse(key.parse, value_node, _join(path, key_name))
+        if value is _FAILED:
+            ok = False
+        else:
+            values[key_name] = value
+    return (schema.build(**values) if ok else _FAILED), pairs, values
+
+
+def section(schema: Schema) -> Parser:
+    """A parser of one mapping (a section, or a record inside one)."""
+
+    def parse(node: Node, path: str, ctx: _Context) -> Any:
+        value, _, _ = _record(node, path, schema, ctx)
+        if value is _FAILED:
+            raise _Recorded()
+        return value
+
+    return parse
+
+
+def records(schema: Schema) -> Parser:
+    """A parser of a list of ``schema`` mappings; values of ``schema.unique`` keys must differ between items."""
+
+    def parse(node: Node, path: str, ctx: _Context) -> tuple[Any, ...]:
+        built = [_record(item, f"{path}[{i}]", schema, ctx) for i, item in enumerate(_items(node))]
+        failed = any(value is _FAILED for value, _, _ in built)
+        for key in schema.unique:
+            first: dict[Any, int] = {}
+            for i, (_, pairs, values) in enumerate(built):
+                if key not in values:
+                    continue
+                seen_at = first.setdefault(values[key], i)
+                if seen_at != i:
+                    shown = str(values[key])
+                    ctx.problem(pairs[key][1], f"{path}[{i}].{key}", f"duplicate {key} {shown!r} (first in {path}[{seen_at}])")
+                    failed = True
+        if failed:
+            raise _Recorded()
+        return tuple(value for value, _, _ in built)
+
+    return parse
+
+
+def list_of(parser: Parser) -> Parser:
+    """A parser of a list whose items ``parser`` parses; every bad item is reported."""
+
+    def parse(node: Node, path: str, ctx: _Context) -> tuple[Any, ...]:
+        values = tuple(ctx.parse(parser, item, f"{path}[{i}]") for i, item in enumerate(_items(node)))
+        if any(v is _FAILED for v in values):
+            raise _Recorded()
+        return values
+
+    return parse
+
+
+def _items(node: Node) -> list[Node]:
+    if not isinstance(node, SequenceNode):
+        raise Invalid(f"must be a list, got {_kind(node)}")
+    return list(node.value)
+
+
+def _is_text(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _STR
+
+
+def _text(node: Node) -> str:
+    """The value of a string scalar (quoted or plain); a number or boolean is refused."""
+    if not _is_text(node):
+        quote = " (quote it to make it a string)" if isinstance(node, ScalarNode) else ""
+        raise Invalid(f"must be a string, got {_kind(node)}{quote}")
+    return node.value
+
+
+# --- value parsers ---------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def text(node: Node, path: str, ctx: _Context) -> str:
+    return _text(node)
+
+
+def name(node: Node, path: str, ctx: _Context) -> str:
+    """A name of a service or real server: it becomes a label value and is typed on command lines."""
+    value = _text(node)
+    if not _NAME.fullmatch(value):
+        raise Invalid(f"must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, got {value!r}")
+    return value
+
+
+def service_key(node: Node, path: str, ctx: _Context) -> ServiceKey:
+    try:
+        return ServiceKey.parse(_text(node))
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def real_server_key(node: Node, path: str, ctx: _Context) -> RealServerKey:
+    try:
+        return RealServerKey.parse(_text(node))
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def netns(node: Node, path: str, ctx: _Context) -> str:
+    """A name under /run/netns (as `ip netns`) or an absolute path to a namespace file."""
+    value = _text(node)
+    if "/" in value:
+        if not value.startswith("/"):
+            raise Invalid(f"a namespace path must be absolute, got {value!r}")
+    elif not value or value in (".", "..") or len(value) > 255 or any(c.isspace() or c == "\0" for c in value):
+        raise Invalid(f"must be a network namespace name (as 'ip netns') or an absolute path, got {value!r}")
+    return value
+
+
+def listen(node: Node, path: str, ctx: _Context) -> str:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every IPv4 address); port 0 picks a free port."""
+    value = _text(node)
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise Invalid(f"must be HOST:PORT, [IPv6]:PORT or :PORT with a port 0..65535, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        _address(host[1:-1], ipaddress.IPv6Address, "an IPv6 address")
+    elif ":" in host:
+        raise Invalid(f"write an IPv6 address in brackets, as [::1]:{port}, got {value!r}")
+    elif re.fullmatch(r"[0-9.]+", host):
+        _address(host, ipaddress.IPv4Address, "an IPv4 address")
+    elif host and not _HOSTNAME.fullmatch(host):
+        raise Invalid(f"{host!r} is not an IP address or host name")
+    return value
+
+
+def _address(text: str, kind: Callable[[str], object], what: str) -> None:
+    try:
+        kind(text)
+    except ValueError:
+        raise Invalid(f"{text!r} is not {what}") from None
+
+
+def choice(values: Sequence[str]) -> Parser:
+    """One of ``values``, with a "did you mean" for a near miss."""
+
+    def parse(node: Node, path: str, ctx: _Context) -> str:
+        value = _text(node)
+        if value not in values:
+            raise Invalid(f"must be one of {', '.join(values)}, got {value!r}{_suggest(value, values)}")
+        return value
+
+    return parse
+
+
+def backend_labels(node: Node, path: str, ctx: _Context) -> tuple[str, ...]:
+    """A list of label names, or one comma-separated string as node_exporter's ``--collector.ipvs.backend-labels``.
+
+    Validated by the exporter's own ``parse_backend_labels``, so the config
+    accepts what the exporter does, with node_exporter's error message.
+    """
+    if isinstance(node, SequenceNode):
+        labels: Sequence[str] = list_of(text)(node, path, ctx)
+    elif _is_text(node):
+        labels = node.value.split(",")
+    else:
+        raise Invalid(f"must be a list of label names or one comma-separated string, got {_kind(node)}")
+    try:
+        return parse_backend_labels(labels)
+    except UnknownBackendLabels as exc:
+        raise Invalid(str(exc)) from None
+
+
+def service_refs(node: Node, path: str, ctx: _Context) -> tuple[ServiceKey, ...]:
+    """Services given by name (from ``services``) or by key (``TCP 192.0.2.10:80``); repeats are dropped."""
+    return tuple(dict.fromkeys(list_of(_service_ref)(node, path, ctx)))
+
+
+def _service_ref(node: Node, path: str, ctx: _Context) -> ServiceKey:
+    value = _text(node)
+    words = value.split()
+    if len(words) > 1 and words[0].upper() in (*PROTOCOLS, FWM):
+        return service_key(node, path, ctx)
+    if value in ctx.service_names:
+        return ctx.service_names[value]
+    if not ctx.service_names_complete:
+        raise _Recorded()  # the name may be that of a service entry with a problem of its own
+    known = f" (named services: {', '.join(sorted(ctx.service_names))})" if ctx.service_names else " (no service is named in 'services')"
+    raise Invalid(f"{value!r} is neither a service name nor a service like 'TCP 192.0.2.10:80'{_suggest(value, ctx.service_names) or known}")
+
+
+def _named_services(parser: Parser) -> Parser:
+    """Parse ``services`` and remember its names for the sections that refer to them."""
+
+    def parse(node: Node, path: str, ctx: _Context) -> tuple[ServiceConfig, ...]:
+        try:
+            services = parser(node, path, ctx)
+        except (Invalid, _Recorded):
+            ctx.service_names_complete = False
+            raise
+        ctx.service_names.update((s.name, s.service) for s in services)
+        return services
+
+    return parse
+
+
+# --- the schema ------------------------------------------------------------------
+
+REAL_SERVER = Schema(
+    RealServerConfig,
+    {"name": Key(name, required=True), "address": Key(real_server_key, required=True)},
+    unique=("name", "address"),
+)
+
+SERVICE = Schema(
+    ServiceConfig,
+    {"name": Key(name, required=True), "service": Key(service_key, required=True), "real_servers": Key(records(REAL_SERVER))},
+    unique=("name", "service"),
+)
+
+DIRECTOR = Schema(DirectorConfig, {"netns": Key(netns)})
+
+EXPORTER = Schema(
+    ExporterConfig,
+    {
+        "listen": Key(listen),
+        "ipvs_source": Key(choice(SOURCES)),
+        "backend_labels": Key(backend_labels),
+        "services": Key(service_refs),
+    },
+)
+
+SECTIONS: Mapping[str, Key] = {
+    "director": Key(section(DIRECTOR)),
+    "services": Key(_named_services(records(SERVICE))),  # before `exporter`, whose allow-list names them
+    "exporter": Key(section(EXPORTER)),
+}
+"""The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def loads(text: str, filename: str = "<string>") -> Config:
+    """Parse and validate a config; raises ConfigError with every problem found."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            raise ConfigError([_syntax_problem(filename, exc)]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([ConfigProblem(filename, 0, 0, "", f"YAML error: {exc}")]) from None
+        if root is None or _is_null(root):
+            return Config(file=filename)
+        ctx = _Context(filename, loader)
+        if isinstance(root, MappingNode):
+            config, _, _ = _record(root, "", Schema(partial(Config, file=filename), SECTIONS), ctx)
+        else:
+            ctx.problem(root, "", f"a config is a mapping of sections ({', '.join(SECTIONS)}), got {_kind(root)}")
+    finally:
+        loader.dispose()
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return config
+
+
+def _syntax_problem(filename: str, exc: yaml.MarkedYAMLError) -> ConfigProblem:
+    mark = exc.problem_mark or exc.context_mark
+    message = f"YAML syntax error: {exc.problem or exc.context}"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        message += f" ({exc.context} on line {exc.context_mark.line + 1})"
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+    return ConfigProblem(filename, line, column, "", message)
+
+
+def load(path: str | PathLike[str]) -> Config:
+    """Read and validate the config file at ``path``; every failure is a ConfigError naming the file."""
+    filename = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(filename, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([ConfigProblem(filename, line, 0, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+    return loads(text, filename)
