@@ -3,7 +3,9 @@
 The standard library's threading HTTP server is enough: a scrape is one
 request, and the work is rendering, not connection handling. ``/metrics``
 streams the fast exposition as HTTP/1.1 chunks (gzip-compressed when the
-scraper accepts it), so a 150 MB scrape is never held in memory at once. A
+scraper accepts it), so a 150 MB scrape is never held in memory at once; the
+rendering runs a few chunks ahead in a worker thread, overlapping with
+compression and sending, which release the GIL. A
 table that cannot be read is not an HTTP error: the scrape answers 200 with
 ``ipvs_up 0``, and the exporter keeps serving.
 """
@@ -17,11 +19,11 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from exporter.collector import BACKEND_LABELS, IPVSCollector, Names
-from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
+from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped, prefetched
 from exporter.logs import event
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
@@ -130,9 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         gzip = accepts_gzip(self.headers.get("Accept-Encoding", ""))
         chunked = self.request_version == "HTTP/1.1"
-        body: Iterator[bytes] = encoded(self.server.exposition.chunks())
-        if gzip:
-            body = gzipped(body)
+        rendered = prefetched(encoded(self.server.exposition.chunks()))
+        body = gzipped(rendered) if gzip else rendered
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Vary", "Accept-Encoding")
@@ -143,10 +144,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.close_connection = True  # HTTP/1.0: the end of the body is the end of the connection
         self.end_headers()
-        sent = self._stream(body, chunked)
+        try:
+            sent = self._stream(body, chunked)
+        finally:
+            body.close()
+            rendered.close()  # stops the render worker when the scraper went away
         event(log, logging.DEBUG, "scrape_served", client=self.client_address[0], bytes=sent, gzip=gzip, seconds=f"{time.perf_counter() - started:.3f}")
 
-    def _stream(self, body: Iterator[bytes], chunked: bool) -> int:
+    def _stream(self, body: Iterable[bytes], chunked: bool) -> int:
         sent = 0
         try:
             for part in body:
@@ -162,10 +167,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             event(log, logging.ERROR, "scrape_failed", client=self.client_address[0], reason=f"{type(exc).__name__}: {exc}")
             log.debug("scrape_failed traceback", exc_info=exc)
-        finally:
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
         return sent
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
