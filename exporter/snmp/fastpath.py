@@ -48,6 +48,7 @@ class AgentStats:
     unsupported_pdus: int = 0
     responses: int = 0
     v3_messages: int = 0
+    v3_rejected: int = 0  # v3 messages pysnmp raised on (malformed in ways its decoder misses)
     internal_errors: int = 0  # exceptions caught around a packet (a bug, logged)
 
 

@@ -1,0 +1,52 @@
+"""SNMP agent settings: every problem reported at once, sorted, each naming its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.snmp.layout import DEFAULT_BASE
+from exporter.snmp.settings import SnmpSettingsError, V3User, build_settings
+
+
+def test_defaults() -> None:
+    settings = build_settings(communities=("public",))
+    assert settings.listen == "127.0.0.1:1161"
+    assert settings.host_port == ("127.0.0.1", 1161, 4)
+    assert settings.base_oid == DEFAULT_BASE
+
+
+def test_ipv6_listen_and_custom_base() -> None:
+    settings = build_settings(listen="[::1]:161", communities=("c",), base_oid=".1.3.6.1.4.1.99999.1")
+    assert settings.host_port == ("::1", 161, 6)
+    assert settings.base_oid == (1, 3, 6, 1, 4, 1, 99999, 1)
+
+
+def test_every_problem_at_once() -> None:
+    users = (
+        V3User("ops", "short", "also-fine-key", "MD5", "DES"),
+        V3User("ops", "long-enough-key", "long-enough-key"),
+    )
+    with pytest.raises(SnmpSettingsError) as info:
+        build_settings(listen="localhost:1161", users=users, base_oid="1.3.x", max_age=0, engine_id="zz")
+    assert info.value.problems == [
+        "base_oid: '1.3.x' is not a dotted OID",
+        "engine_id: 'zz' is not hexadecimal",
+        "listen: 'localhost:1161': 'localhost' is not an IP address",
+        "max_age: must be > 0 seconds, got 0",
+        "users[0] (ops).auth_key: must have at least 8 characters",
+        "users[0] (ops).auth_protocol: 'MD5' is not one of SHA, SHA-224, SHA-256, SHA-384, SHA-512",
+        "users[0] (ops).priv_protocol: 'DES' is not one of AES, AES-192, AES-256",
+        "users[0] (ops): duplicate user name",
+        "users[1] (ops): duplicate user name",
+    ]
+
+
+def test_nothing_to_serve_is_an_error() -> None:
+    with pytest.raises(SnmpSettingsError, match="neither a v2c community nor a v3 user"):
+        build_settings()
+
+
+def test_keys_never_show_in_repr() -> None:
+    user = V3User("ops", "secret-auth-key", "secret-priv-key")
+    assert "secret" not in repr(user)
+    assert "secret" not in repr(build_settings(users=(user,), communities=("secret-community",)))
