@@ -302,29 +302,42 @@ class Lab:
 
     def _create_network(self) -> None:
         _ip_batch(f"netns add {ns}" for ns in self.namespaces)
+        # Before any link exists: a new interface copies its namespace's "default" settings.
         _sysctl(self.switch, {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"})
+        for netns, settings in self._host_sysctls().items():
+            _sysctl(netns, settings)
         _ip_batch(self._switch_commands(), netns=self.switch)
-        _sysctl(self.director.netns, {
-            "net.ipv4.ip_forward": "1",
-            "net.ipv6.conf.all.forwarding": "1",
-            # DR replies come back through the director with the VIP, a local address, as source.
-            "net.ipv4.conf.all.accept_local": "1",
-            "net.ipv4.conf.all.rp_filter": "0",
-        })
         _ip_batch(self._director_commands(), netns=self.director.netns)
         self._mark_fwmark_traffic()
         _ip_batch(self._host_commands(self.client, self.director.client_ipv4, self.director.client_ipv6),
                   netns=self.client.netns)
         for rs in self.real_servers:
-            # ARP for the DR VIP (on lo) must come from the director only.
-            _sysctl(rs.netns, {"net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2"})
             commands = self._host_commands(rs, self.director.server_ipv4, self.director.server_ipv6)
             _ip_batch([*commands, f"addr add {VIP_DR}/32 dev lo"], netns=rs.netns)
+
+    def _host_sysctls(self) -> dict[str, dict[str, str]]:
+        # No duplicate address detection: while a link-local address is tentative
+        # (about 1 s after link up) the kernel sends no neighbour solicitation from
+        # it, and the first IPv6 connection through the director waited for a SYN
+        # retransmission (observed on 6.1).
+        no_dad = {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
+        director = {
+            **no_dad,
+            "net.ipv4.ip_forward": "1",
+            "net.ipv6.conf.all.forwarding": "1",
+            # DR replies come back through the director with the VIP, a local address, as source.
+            "net.ipv4.conf.all.accept_local": "1",
+            "net.ipv4.conf.all.rp_filter": "0",
+        }
+        # ARP for the DR VIP (on lo) must come from the director only.
+        real_server = {**no_dad, "net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2"}
+        return {self.director.netns: director, self.client.netns: no_dad,
+                **{rs.netns: real_server for rs in self.real_servers}}
 
     def _switch_commands(self) -> list[str]:
         cmds = ["link set lo up"]
         for bridge in ("br-client", "br-server"):
-            cmds += [f"link add {bridge} type bridge", f"link set {bridge} up"]
+            cmds += [f"link add {bridge} type bridge mcast_snooping 0", f"link set {bridge} up"]
         ports = [("c-dir1", "eth0", self.director.netns, "br-client"),
                  ("s-dir1", "eth1", self.director.netns, "br-server"),
                  (f"c-{self.client.name}", "eth0", self.client.netns, "br-client")]
