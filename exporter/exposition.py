@@ -48,7 +48,8 @@ T = TypeVar("T")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BATCH_ROWS = 2048  # samples per chunk of a large family: ~350 KB of text
 GZIP_LEVEL = 1  # the text is repetitive: level 1 already shrinks it ~30x, at ~250 MB/s
-PREFETCH_DEPTH = 4  # chunks rendered ahead of the compressor/socket: bounds the memory of a scrape
+PIECE_BYTES = 1 << 20  # what the worker hands over at a time: fewer hand-offs between threads, fewer syscalls
+PREFETCH_DEPTH = 3  # pieces rendered ahead of the compressor/socket: bounds the memory of a scrape (~4 MB)
 
 
 def escape_label_value(value: str) -> str:
@@ -203,11 +204,18 @@ class Exposition:
                 yield from _samples(metric.name, grouped[0], summed(metric, grouped[1]), self._batch)
 
 
-def encoded(chunks: Iterable[str]) -> Iterator[bytes]:
-    """The text stream as UTF-8 (names from the config may be any text)."""
+def encoded(chunks: Iterable[str], size: int = PIECE_BYTES) -> Iterator[bytes]:
+    """The text stream as UTF-8 (names from the config may be any text), in pieces of about ``size`` bytes."""
+    pending: list[str] = []
+    length = 0
     for chunk in chunks:
-        if chunk:
-            yield chunk.encode()
+        pending.append(chunk)
+        length += len(chunk)
+        if length >= size:
+            yield "".join(pending).encode()
+            pending, length = [], 0
+    if length:
+        yield "".join(pending).encode()
 
 
 def gzipped(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
