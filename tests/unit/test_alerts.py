@@ -8,6 +8,7 @@ fail when they fail. On a development box without them the tests skip; under CI
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -214,3 +215,22 @@ def test_inhibitions_name_existing_alerts() -> None:
             value = re.fullmatch(r'alertname(=~?)"?([^"]*)"?', matcher)
             assert value, matcher
             assert set(value.group(2).split("|")) <= names, matcher
+
+
+def known_metrics() -> set[str]:
+    """The exporter's and actuator's metric contract, as the dashboards generator lists it."""
+    spec = importlib.util.spec_from_file_location("lvsguard_dashboard_generator", ROOT / "dashboards" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return set(module.METRICS)
+
+
+@pytest.mark.parametrize("rule", load_rules(), ids=lambda rule: rule.get("alert") or rule["record"])
+def test_rule_names_only_known_metrics(rule: dict[str, Any]) -> None:
+    identifier = re.compile(r"\b((?:ipvs|lvs|lvsguard)_[a-z0-9_:]+|up)\b(?!\s*(?:=|!=|=~|!~))")
+    expr = re.sub(r'"[^"]*"', '""', rule["expr"])
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    known = known_metrics() | {r["record"] for r in recordings()}
+    unknown = set(identifier.findall(expr)) - known
+    assert not unknown, f"unknown metrics {sorted(unknown)}"
