@@ -82,16 +82,16 @@ class MetricDef:
 
 _TRAFFIC = (  # Stats field, what it counts
     ("connections", "Connections scheduled"),
-    ("incoming_packets", "Incoming packets (client to real server)"),
-    ("outgoing_packets", "Outgoing packets (real server to client; they pass the director with NAT only)"),
-    ("incoming_bytes", "Incoming bytes (client to real server)"),
-    ("outgoing_bytes", "Outgoing bytes (real server to client; they pass the director with NAT only)"),
+    ("incoming_packets", "Incoming packets, client to real server"),
+    ("outgoing_packets", "Outgoing packets, real server to client; only NAT sends them through the director"),
+    ("incoming_bytes", "Incoming bytes, client to real server"),
+    ("outgoing_bytes", "Outgoing bytes, real server to client; only NAT sends them through the director"),
 )
 
 
 def _traffic(prefix: str, scope: str, path: str, *, netlink_only: bool) -> tuple[MetricDef, ...]:
     return tuple(
-        MetricDef(f"{prefix}{name}_total", COUNTER, f"{what}, {scope}.", path + name, netlink_only) for name, what in _TRAFFIC
+        MetricDef(f"{prefix}{name}_total", COUNTER, f"{what} ({scope}).", path + name, netlink_only) for name, what in _TRAFFIC
     )
 
 
@@ -99,14 +99,14 @@ UP = MetricDef("ipvs_up", GAUGE, "1 when the IPVS table was read for this scrape
 EXPORTER_INFO = MetricDef(
     "lvsguard_exporter_info", GAUGE, "lvsguard version and the source of the IPVS table (netlink, or procfs without traffic counters); always 1."
 )
-HOST_METRICS = _traffic("ipvs_", "all virtual services of this host", "", netlink_only=False)
+HOST_METRICS = _traffic("ipvs_", "host total, all virtual services", "", netlink_only=False)
 SERVICE_INFO = MetricDef(
     "ipvs_service_info",
     GAUGE,
     "A virtual service: scheduler, persistence and the forwarding method of its real servers (mixed when they differ); always 1.",
 )
-SERVICE_METRICS = _traffic("ipvs_service_", "of the virtual service", "stats.", netlink_only=True)
-BACKEND_METRICS = _traffic("ipvs_backend_", "of the real server", "stats.", netlink_only=True) + (
+SERVICE_METRICS = _traffic("ipvs_service_", "per virtual service", "stats.", netlink_only=True)
+BACKEND_METRICS = _traffic("ipvs_backend_", "per real server", "stats.", netlink_only=True) + (
     MetricDef("ipvs_backend_connections_active", GAUGE, "Active (established) connections of the real server.", "active_connections"),
     MetricDef("ipvs_backend_connections_inactive", GAUGE, "Inactive connections (other states) of the real server.", "inactive_connections"),
     MetricDef(
@@ -400,7 +400,7 @@ class IPVSCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         """Every family, without samples: registering the collector does not read the kernel."""
         for metric in ALL_METRICS:
-            yield _family(metric, self._labels_of(metric))
+            yield _family(metric, self.labels_of(metric))
 
     def collect(self) -> Iterator[Metric]:
         scrape = self.scrape()
@@ -415,7 +415,8 @@ class IPVSCollector(Collector):
             yield _filled(fam)
         yield _filled(scrape.duration())
 
-    def _labels_of(self, metric: MetricDef) -> tuple[str, ...]:
+    def labels_of(self, metric: MetricDef) -> tuple[str, ...]:
+        """The label names of ``metric``'s series with this collector's options."""
         if metric in BACKEND_METRICS:
             return self.backend_labels
         if metric in SERVICE_METRICS:

@@ -423,3 +423,12 @@ def test_allow_list_without_a_matching_service_keeps_host_metrics() -> None:
     assert "ipvs_up 1\n" in text
     assert "ipvs_connections_total 23765872\n" in text
     assert "ipvs_service" not in text and "ipvs_backend" not in text
+
+
+def test_every_metric_and_label_is_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent.parent / "docs" / "metrics.md").read_text()
+    collector = IPVSCollector(FakeReader(TABLE))
+    for metric in ALL_METRICS:
+        assert f"| `{metric.name}` | {metric.type}" in doc, metric.name
+    for label in {label for metric in ALL_METRICS for label in collector.labels_of(metric)}:
+        assert f"`{label}`" in doc, label
