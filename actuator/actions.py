@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
-from lvsguard.errors import KernelError, NoSuchService, PolicyRefused
+from lvsguard.errors import KernelError, NoSuchDestination, NoSuchService, PolicyRefused
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
 from actuator.ledger import Backend, Hold, Job, Ledger
@@ -42,7 +42,7 @@ class Kernel(Protocol):
 
     def read(self) -> Table: ...
     def read_service(self, key: ServiceKey) -> VirtualService: ...
-    def set_weight(self, service: ServiceKey, key: RealServerKey, weight: int) -> RealServer: ...
+    def edit_real_server(self, service: ServiceKey, rs: RealServer) -> None: ...
     def add_real_server(self, service: ServiceKey, rs: RealServer) -> None: ...
     def delete_real_server(self, service: ServiceKey, key: RealServerKey) -> None: ...
 
@@ -183,6 +183,24 @@ class Actions:
             return s.step_job(job_id)
 
 
+class ServiceView:
+    """One service of the session's kernel view, indexed by real server (O(1) per alert in a big batch)."""
+
+    def __init__(self, svc: VirtualService):
+        self.key = svc.key
+        self.servers = {rs.key: rs for rs in svc.real_servers}
+        self.healthy = sum(1 for rs in svc.real_servers if rs.weight > 0)
+        self.total = len(self.servers)
+
+    def real_server(self, key: RealServerKey) -> RealServer | None:
+        return self.servers.get(key)
+
+    def update(self, rs: RealServer) -> None:
+        old = self.servers.get(rs.key)
+        self.healthy += (rs.weight > 0) - (old is not None and old.weight > 0)
+        self.servers[rs.key] = rs
+
+
 class Session:
     """A batch of actions under the lock, with a cached view of the services they touch."""
 
@@ -192,29 +210,29 @@ class Session:
         self.kernel = actions.kernel
         self.policy = actions.policy
         self.settings = actions.settings
-        self._services: dict[ServiceKey, VirtualService | None] = {}
+        self._services: dict[ServiceKey, ServiceView | None] = {}
         if table is not None:
-            self._services = {svc.key: svc for svc in table.services}
+            self._services = {svc.key: ServiceView(svc) for svc in table.services}
             self._complete = True
         else:
             self._complete = False
 
     # kernel view
 
-    def service(self, key: ServiceKey) -> VirtualService | None:
-        """The service as the kernel has it (cached for this session); None when absent."""
+    def service(self, key: ServiceKey) -> ServiceView | None:
+        """The service as the kernel has it (read once per session); None when absent."""
         if key in self._services:
             return self._services[key]
         if self._complete:
             return None
         try:
-            svc: VirtualService | None = self.kernel.read_service(key)
+            svc: ServiceView | None = ServiceView(self.kernel.read_service(key))
         except NoSuchService:
             svc = None
         self._services[key] = svc
         return svc
 
-    def real_server(self, target: Target) -> tuple[VirtualService | None, RealServer | None]:
+    def real_server(self, target: Target) -> tuple[ServiceView | None, RealServer | None]:
         svc = self.service(target.service)
         return svc, (svc.real_server(target.real_server) if svc else None)
 
@@ -223,11 +241,9 @@ class Session:
         self._complete = False
 
     def _replace_rs(self, target: Target, rs: RealServer) -> None:
-        svc = self._services.get(target.service)
-        if svc is None:
-            return
-        servers = tuple(rs if r.key == rs.key else r for r in svc.real_servers)
-        self._services[target.service] = replace(svc, real_servers=servers)
+        view = self._services.get(target.service)
+        if view is not None:
+            view.update(rs)
 
     # recording
 
@@ -288,11 +304,15 @@ class Session:
         ``done``: the write ends the actuator's involvement (a restore), so the
         confirmation also drops the backend row, in the same transaction.
         """
+        _view, current = self.real_server(target)
+        if current is None:
+            raise NoSuchDestination("no such destination", service=target.service, real_server=target.real_server)
+        rs = replace(current, weight=weight)
         before = self.ledger.backend(target)
         with self.ledger.transaction():
             self.ledger.begin_write(target, state=state, original=original, expected=weight, previous=previous, job_id=job_id)
         try:
-            rs = self.kernel.set_weight(target.service, target.real_server, weight)
+            self.kernel.edit_real_server(target.service, rs)
         except KernelError:
             with self.ledger.transaction():
                 self._put_backend(target, before)
@@ -352,18 +372,21 @@ class Session:
                               holders=self._holders(target))  # fmt: skip
             return self._finish(outcome, actor, audit=False)
         outcome = self._take_out(target, actor, action=action, force=force)
+        if outcome.result == "refused" and new and actor.hold_kind == "manual":
+            with self.ledger.transaction():  # an operator's refused request leaves no hold; an alert's waits
+                self.ledger.delete_hold(hold.id)
+            return replace(outcome, holders=tuple(h for h in outcome.holders if h != _holder_text(hold)))
         if action == "drain" and outcome.result in ("applied", "recorded"):
             job = self._ensure_drain_job(target, actor, timeout=drain_timeout, delete=drain_delete)
             outcome = replace(outcome, job_id=job.id, message=f"{outcome.message}; drain job {job.id}")
         return self._finish(outcome, actor) if outcome.result != "refused" else outcome
 
-    def _absent(self, action: str, target: Target, svc: VirtualService | None, actor: Actor) -> Outcome:
-        try:
-            self.policy.check_allowed(target, svc)
-        except PolicyRefused as exc:
-            return self._refused(action, target, exc, actor)
-        what = f"no service {target.service}" if svc is None else f"no real server {target.real_server} in {target.service}"
-        return self._finish(Outcome(action, target, "not_found", f"{what} in the kernel table"), actor)
+    def _absent(self, action: str, target: Target, svc: ServiceView | None, actor: Actor) -> Outcome:
+        """The target is not in the kernel table: recorded and answered, never raised."""
+        listed = target.real_server in self.settings.real_servers_allowed.get(target.service, frozenset())
+        where = f"no service {target.service}" if svc is None else f"no real server {target.real_server} in {target.service}"
+        note = " (the config lists it)" if listed else ""
+        return self._finish(Outcome(action, target, "not_found", f"{where} in the kernel table{note}"), actor)
 
     def _holders(self, target: Target) -> tuple[str, ...]:
         return tuple(_holder_text(h) for h in self.ledger.active_holds(target))
@@ -405,13 +428,21 @@ class Session:
         self.a.start_job(job.id)
         return job
 
-    def release(self, target: Target, actor: Actor, *, all_holders: bool = False, force: bool = False) -> Outcome:
-        """Drop ``actor``'s hold (an alert: its fingerprint; manual: every manual hold); bring back on the last one."""
+    def release(self, target: Target, actor: Actor, *, scope: str = "own", force: bool = False) -> Outcome:
+        """Drop holds and bring the real server back when the last one is gone.
+
+        ``scope``: ``own`` is the actor's own hold (an alert: its fingerprint;
+        an operator: every manual hold), ``alerts`` every alert's hold (an alert
+        whose action is ``restore``), ``all`` every hold (an operator's override;
+        an alert still firing takes the real server out again on its next notification).
+        """
         holds = self.ledger.active_holds(target)
-        if actor.hold_kind == "alert":
-            mine = [h for h in holds if h.kind == "alert" and h.holder == actor.name]
-        elif all_holders:
+        if scope == "all":
             mine = holds
+        elif scope == "alerts":
+            mine = [h for h in holds if h.kind == "alert"]
+        elif actor.hold_kind == "alert":
+            mine = [h for h in holds if h.kind == "alert" and h.holder == actor.name]
         else:
             mine = [h for h in holds if h.kind == "manual"]
         backend = self.ledger.backend(target)
@@ -516,7 +547,8 @@ class Session:
         if self.policy.dry_run:
             return self._finish(Outcome("weight", target, "dry_run", f"dry run: would set {target} to weight {weight}",
                                         weight=rs.weight), actor)  # fmt: skip
-        new = self.kernel.set_weight(target.service, target.real_server, weight)
+        new = replace(rs, weight=weight)
+        self.kernel.edit_real_server(target.service, new)
         with self.ledger.transaction():
             self.ledger.touch(target)
         self._replace_rs(target, new)
@@ -546,7 +578,7 @@ class Session:
         except PolicyRefused as exc:
             return self._refused("add", target, exc, actor)
         if forward is None:
-            methods = {r.forward for r in svc.real_servers}
+            methods = {r.forward for r in svc.servers.values()}
             if len(methods) != 1:
                 raise ValueError(f"forward is required: {target.service} has real servers with "
                                  f"{'no' if not methods else 'several'} forwarding methods")  # fmt: skip

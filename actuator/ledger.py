@@ -27,6 +27,7 @@ Tables:
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -222,14 +223,13 @@ class Ledger:
         existing = self.active_hold(target, kind, holder)
         if existing is not None:
             return existing, False
+        now = self.clock()
         cur = self.conn.execute(
             "INSERT INTO holds (service, real_server, kind, holder, alertname, source, action, reason, state, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
-            (str(target.service), str(target.real_server), kind, holder, alertname, source, action, reason, self.clock()),
+            (str(target.service), str(target.real_server), kind, holder, alertname, source, action, reason, now),
         )
-        hold = self.hold(int(cur.lastrowid or 0))
-        assert hold is not None
-        return hold, True
+        return Hold(int(cur.lastrowid or 0), target, kind, holder, alertname, source, action, reason, "active", now, None, ""), True
 
     def hold(self, hold_id: int) -> Hold | None:
         row = self.conn.execute("SELECT * FROM holds WHERE id = ?", (hold_id,)).fetchone()
@@ -271,6 +271,10 @@ class Ledger:
             "UPDATE holds SET state = ?, released_at = ?, released_by = ? WHERE id = ? AND state = 'active'",
             (state, self.clock(), by, hold_id),
         )
+
+    def delete_hold(self, hold_id: int) -> None:
+        """Forget a hold that never took effect (an operator's refused request)."""
+        self.conn.execute("DELETE FROM holds WHERE id = ?", (hold_id,))
 
     def close_holds(self, target: Target, *, state: str, by: str) -> int:
         """End every active hold of a real server (it was deleted): returns how many."""
@@ -445,8 +449,13 @@ class Ledger:
         return [_audit(r) for r in rows]
 
 
+@functools.lru_cache(maxsize=65536)
+def _parse_target(service: str, real_server: str) -> Target:
+    return Target.parse(service, real_server)
+
+
 def _target(row: sqlite3.Row) -> Target:
-    return Target.parse(row["service"], row["real_server"])
+    return _parse_target(row["service"], row["real_server"])
 
 
 def _hold(row: sqlite3.Row) -> Hold:

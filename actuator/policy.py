@@ -6,7 +6,9 @@ the write came from Alertmanager, the API or the CLI. A refusal is a
 ("refused: service web would have 1 healthy real server, min 2") and whose
 ``reason`` is what metrics and the API use:
 
-- ``allow_list``: the real server is neither in the kernel table nor in the config;
+- ``allow_list``: only real servers in the kernel table are acted on (one that
+  is not is answered ``not_found`` by the actions layer), and ``add`` takes only
+  the real servers the config lists for a service, when it lists some;
 - ``quorum``: the service would have fewer real servers with a non-zero weight
   than ``min_healthy`` (a count, or a fraction of its real servers rounded up);
 - ``hold_down``: the actuator changed this real server's weight less than
@@ -26,15 +28,24 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Protocol
 
 from lvsguard.errors import PolicyRefused
-from lvsguard.model import VirtualService
+from lvsguard.model import RealServer, RealServerKey
 
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
 
 REASONS = ("allow_list", "quorum", "hold_down", "rate_limit")
+
+
+class Standing(Protocol):
+    """A service as the rules see it (``actions.ServiceView``): its real servers and how many are in."""
+
+    healthy: int  # real servers with a non-zero weight
+    total: int  # real servers
+
+    def real_server(self, key: RealServerKey) -> RealServer | None: ...
 
 
 class RefusedForNow(PolicyRefused):
@@ -58,7 +69,7 @@ class Policy:
     def dry_run(self) -> bool:
         return self.settings.dry_run
 
-    def check_allowed(self, target: Target, service: VirtualService | None) -> None:
+    def check_allowed(self, target: Target, service: Standing | None) -> None:
         """The real server is in the kernel table or listed in the config."""
         if service is not None and service.real_server(target.real_server) is not None:
             return
@@ -78,20 +89,20 @@ class Policy:
                 reason="allow_list",
             )
 
-    def check_quorum(self, target: Target, service: VirtualService, *, removing: bool = False) -> None:
+    def check_quorum(self, target: Target, service: Standing, *, removing: bool = False) -> None:
         """Taking ``target`` out (weight 0, or deleting it) must leave ``min_healthy`` real servers in."""
         current = service.real_server(target.real_server)
         if current is None or current.weight == 0:
             return
-        healthy = sum(1 for rs in service.real_servers if rs.weight > 0) - 1
+        healthy = service.healthy - 1
         quorum = self.settings.quorum_for(target.service)
-        required = quorum.required(len(service.real_servers) - (1 if removing else 0))
+        required = quorum.required(service.total - (1 if removing else 0))
         if healthy < required:
             plural = "" if healthy == 1 else "s"
             raise PolicyRefused(
                 f"refused: service {self.settings.names.describe_service(target.service)} would have "
                 f"{healthy} healthy real server{plural}, min {required}"
-                + (f" ({quorum} of {len(service.real_servers)})" if quorum.fraction else ""),
+                + (f" ({quorum} of {service.total})" if quorum.fraction else ""),
                 reason="quorum",
             )
 
@@ -135,7 +146,7 @@ class Policy:
             self._writes.append(now)
 
     def check_take_out(
-        self, target: Target, service: VirtualService, changed_at: float | None, *, force: bool = False, removing: bool = False
+        self, target: Target, service: Standing, changed_at: float | None, *, force: bool = False, removing: bool = False
     ) -> None:
         """All the rules for a write that removes capacity (weight 0, delete), in the order an operator reads them."""
         self.check_allowed(target, service)
@@ -145,7 +156,7 @@ class Policy:
         if current is not None and current.weight > 0:
             self.check_rate(force=force)
 
-    def check_bring_back(self, target: Target, service: VirtualService, changed_at: float | None, *, force: bool = False) -> None:
+    def check_bring_back(self, target: Target, service: Standing, changed_at: float | None, *, force: bool = False) -> None:
         """The rules for a restore: the allow-list and the hold-down."""
         self.check_allowed(target, service)
         self.check_hold_down(target, changed_at, force=force)

@@ -143,7 +143,8 @@ class ActuatorSettings:
     names: Names = Names()
     real_servers_allowed: Mapping[ServiceKey, frozenset[RealServerKey]] = field(default_factory=dict)
     """Real servers the config declares per service; ``add`` of another one is refused there."""
-    failover_track_file: str = ""  # keepalived track_file the ``failover`` action writes
+    role_file: str = ""  # where keepalived's notify script writes this director's state (MASTER, BACKUP, FAULT)
+    ledger_path: str = "/var/lib/lvsguard/actuator.db"
 
     def quorum_for(self, service: ServiceKey) -> Quorum:
         return self.service_min_healthy.get(service, self.min_healthy)

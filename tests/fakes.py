@@ -22,7 +22,11 @@ class FakeKernel:
     source = "fake"
 
     def __init__(self, services: Iterable[VirtualService] = ()):
-        self._services: dict[ServiceKey, VirtualService] = {svc.key: svc for svc in services}
+        self._services: dict[ServiceKey, VirtualService] = {}
+        self._servers: dict[ServiceKey, dict[RealServerKey, RealServer]] = {}
+        for svc in services:
+            self._services[svc.key] = replace(svc, real_servers=())
+            self._servers[svc.key] = {rs.key: rs for rs in svc.real_servers}
         self._daemons: dict[str, SyncDaemon] = {}
         self._lock = threading.Lock()
         self.writes: list[tuple[str, str, str, int | None]] = []
@@ -37,15 +41,15 @@ class FakeKernel:
     def read(self) -> Table:
         self._check_read()
         with self._lock:
-            return Table(tuple(self._services.values()), sync_daemons=tuple(self._daemons.values()), source=self.source)
+            services = tuple(self._build(key) for key in self._services)
+            return Table(services, sync_daemons=tuple(self._daemons.values()), source=self.source)
 
     def read_service(self, key: ServiceKey) -> VirtualService:
         self._check_read()
         with self._lock:
-            try:
-                return self._services[key]
-            except KeyError:
-                raise NoSuchService("no such service", service=key) from None
+            if key not in self._services:
+                raise NoSuchService("no such service", service=key)
+            return self._build(key)
 
     def sync_daemons(self) -> tuple[SyncDaemon, ...]:
         self._check_read()
@@ -58,27 +62,28 @@ class FakeKernel:
             self._check_write()
             if svc.key in self._services:
                 raise AlreadyExists("service already exists", service=svc.key)
-            self._services[svc.key] = svc
+            self._services[svc.key] = replace(svc, real_servers=())
+            self._servers[svc.key] = {rs.key: rs for rs in svc.real_servers}
             self.writes.append(("add_service", str(svc.key), "", None))
 
     def edit_service(self, svc: VirtualService) -> None:
         with self._lock:
-            old = self._service(svc.key)
-            self._services[svc.key] = replace(svc, real_servers=old.real_servers)
+            self._servers_of(svc.key)
+            self._services[svc.key] = replace(svc, real_servers=())
             self.writes.append(("edit_service", str(svc.key), "", None))
 
     def delete_service(self, key: ServiceKey) -> None:
         with self._lock:
-            self._service(key)
-            del self._services[key]
+            self._servers_of(key)
+            del self._services[key], self._servers[key]
             self.writes.append(("delete_service", str(key), "", None))
 
     def add_real_server(self, service: ServiceKey, rs: RealServer) -> None:
         with self._lock:
-            svc = self._service(service)
-            if svc.real_server(rs.key) is not None:
+            servers = self._servers_of(service)
+            if rs.key in servers:
                 raise AlreadyExists("already exists", service=service, real_server=rs.key)
-            self._services[service] = replace(svc, real_servers=svc.real_servers + (rs,))
+            servers[rs.key] = rs
             self.writes.append(("add_real_server", str(service), str(rs.key), rs.weight))
 
     def add_real_servers(self, service: ServiceKey, servers: Iterable[RealServer]) -> int:
@@ -89,23 +94,24 @@ class FakeKernel:
         return count
 
     def edit_real_server(self, service: ServiceKey, rs: RealServer) -> None:
+        """SET_DEST: every setting replaced; the counters stay the kernel's."""
         with self._lock:
-            self._replace(service, rs.key, lambda old: replace(old, weight=rs.weight, forward=rs.forward,
-                                                                 upper_threshold=rs.upper_threshold,
-                                                                 lower_threshold=rs.lower_threshold))  # fmt: skip
+            old = self._dest(service, rs.key)
+            self._servers[service][rs.key] = replace(
+                old, weight=rs.weight, forward=rs.forward, upper_threshold=rs.upper_threshold, lower_threshold=rs.lower_threshold
+            )
             self.writes.append(("edit_real_server", str(service), str(rs.key), rs.weight))
 
     def delete_real_server(self, service: ServiceKey, key: RealServerKey) -> None:
         with self._lock:
-            svc = self._service(service)
-            if svc.real_server(key) is None:
-                raise NoSuchDestination("no such destination", service=service, real_server=key)
-            self._services[service] = replace(svc, real_servers=tuple(r for r in svc.real_servers if r.key != key))
+            self._dest(service, key)
+            del self._servers[service][key]
             self.writes.append(("delete_real_server", str(service), str(key), None))
 
     def set_weight(self, service: ServiceKey, key: RealServerKey, weight: int) -> RealServer:
         with self._lock:
-            new = self._replace(service, key, lambda old: replace(old, weight=weight))
+            new = replace(self._dest(service, key), weight=weight)
+            self._servers[service][key] = new
             self.writes.append(("set_weight", str(service), str(key), weight))
             return new
 
@@ -123,6 +129,7 @@ class FakeKernel:
         with self._lock:
             self._check_write()
             self._services.clear()
+            self._servers.clear()
 
     def close(self) -> None:
         return None
@@ -131,20 +138,21 @@ class FakeKernel:
 
     def set_connections(self, service: ServiceKey, key: RealServerKey, active: int, inactive: int = 0) -> None:
         with self._lock:
-            self._replace(service, key, lambda old: replace(old, active_connections=active, inactive_connections=inactive),
-                          write=False)  # fmt: skip
+            old = self._servers[service][key]
+            self._servers[service][key] = replace(old, active_connections=active, inactive_connections=inactive)
 
     def set_weight_by_hand(self, service: ServiceKey, key: RealServerKey, weight: int) -> None:
         """An operator's ``ipvsadm -e ... -w N``: not recorded in ``writes``."""
         with self._lock:
-            self._replace(service, key, lambda old: replace(old, weight=weight), write=False)
+            self._servers[service][key] = replace(self._servers[service][key], weight=weight)
 
     def weight(self, service: ServiceKey, key: RealServerKey) -> int:
-        rs = self._services[service].real_server(key)
-        assert rs is not None, f"{key} not in {service}"
-        return rs.weight
+        return self._servers[service][key].weight
 
     # internals
+
+    def _build(self, key: ServiceKey) -> VirtualService:
+        return replace(self._services[key], real_servers=tuple(self._servers[key].values()))
 
     def _check_read(self) -> None:
         if self.fail_reads is not None:
@@ -154,21 +162,18 @@ class FakeKernel:
         if self.fail_writes is not None:
             raise self.fail_writes
 
-    def _service(self, key: ServiceKey) -> VirtualService:
+    def _servers_of(self, key: ServiceKey) -> dict[RealServerKey, RealServer]:
         self._check_write()
         try:
-            return self._services[key]
+            return self._servers[key]
         except KeyError:
             raise NoSuchService("no such service", service=key) from None
 
-    def _replace(self, service: ServiceKey, key: RealServerKey, change, *, write: bool = True) -> RealServer:  # type: ignore[no-untyped-def]
-        svc = self._service(service) if write else self._services[service]
-        old = svc.real_server(key)
-        if old is None:
-            raise NoSuchDestination("no such destination", service=service, real_server=key)
-        new: RealServer = change(old)
-        self._services[service] = replace(svc, real_servers=tuple(new if r.key == key else r for r in svc.real_servers))
-        return new
+    def _dest(self, service: ServiceKey, key: RealServerKey) -> RealServer:
+        try:
+            return self._servers_of(service)[key]
+        except KeyError:
+            raise NoSuchDestination("no such destination", service=service, real_server=key) from None
 
 
 def service(text: str = "TCP 192.0.2.10:80", *servers: tuple[str, int], scheduler: str = "wrr") -> VirtualService:
@@ -190,3 +195,50 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def am_alert(
+    fingerprint: str,
+    *,
+    status: str = "firing",
+    service: str = "TCP 192.0.2.10:80",
+    real_server: str = "10.0.1.1:80",
+    **labels: str,
+) -> dict[str, object]:
+    """One alert as Alertmanager 0.25+ sends it, labelled like the exporter's ``ipvs_backend_*`` series."""
+    svc = ServiceKey.parse(service)
+    rs = RealServerKey.parse(real_server)
+    exporter_labels = {
+        "proto": svc.protocol,
+        "local_address": svc.address,
+        "local_port": str(svc.port),
+        "local_mark": str(svc.fwmark) if svc.fwmark else "",
+        "remote_address": rs.address,
+        "remote_port": str(rs.port),
+    }
+    return {
+        "status": status,
+        "labels": {"alertname": "IPVSBackendDown", **exporter_labels, **labels},
+        "annotations": {"summary": f"{rs} does not answer"},
+        "startsAt": "2026-11-25T21:00:00.123456789Z",
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-11-25T21:05:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=lvs_backend_healthy+%3D%3D+0",
+        "fingerprint": fingerprint,
+    }
+
+
+def am_payload(*alerts: dict[str, object], status: str | None = None) -> dict[str, object]:
+    """A version-4 webhook notification carrying ``alerts``."""
+    firing = any(a["status"] == "firing" for a in alerts)
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="IPVSBackendDown"}',
+        "truncatedAlerts": 0,
+        "status": status or ("firing" if firing else "resolved"),
+        "receiver": "lvsguard",
+        "groupLabels": {"alertname": "IPVSBackendDown"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": list(alerts),
+    }

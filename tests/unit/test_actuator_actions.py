@@ -79,7 +79,7 @@ def test_repeated_alert_is_idempotent(env: Env) -> None:
     env.do("hold", t(0), alert("fp1"))
     again = env.do("hold", t(0), alert("fp1"))
     assert again.result == "noop"
-    assert env.writes() == [("set_weight", str(WEB), str(RS[0]), 0)]
+    assert env.writes() == [("edit_real_server", str(WEB), str(RS[0]), 0)]
     assert len(env.ledger.active_holds(t(0))) == 1
     env.do("release", t(0), alert("fp1"))
     assert env.do("release", t(0), alert("fp1")).result == "noop"
@@ -118,7 +118,7 @@ def test_manual_restore_keeps_alert_holds_unless_all_holders(env: Env) -> None:
     env.do("hold", t(0), alert("fp1"))
     kept = env.do("release", t(0), OPERATOR)
     assert kept.result == "noop" and env.weight(0) == 0
-    forced = env.do("release", t(0), OPERATOR, all_holders=True)
+    forced = env.do("release", t(0), OPERATOR, scope="all")
     assert forced.result == "applied" and env.weight(0) == 5
 
 
@@ -129,6 +129,7 @@ def test_quorum_refusal_names_the_service_and_the_minimum(tmp_path: Path) -> Non
     assert out.message == "refused: service web would have 1 healthy real server, min 2"
     assert env.weight(0) == 5
     assert env.ledger.audit_events()[0].result == "refused"
+    assert env.ledger.active_holds() == []  # an operator's refused request leaves no hold behind
 
 
 def test_quorum_as_a_fraction_rounds_up(tmp_path: Path) -> None:
@@ -216,15 +217,17 @@ def test_dry_run_decides_and_records_without_writing(tmp_path: Path) -> None:
 def test_unknown_target_is_answered_not_raised(env: Env) -> None:
     missing = Target(WEB, RealServerKey.parse("10.9.9.9:80"))
     out = env.do("hold", missing, alert("a"))
-    assert out.result == "refused" and out.reason == "allow_list"
+    assert (out.result, out.message) == ("not_found", "no real server 10.9.9.9:80 in TCP 192.0.2.10:80 in the kernel table")
     no_service = Target(ServiceKey.parse("TCP 192.0.2.99:80"), RS[0])
-    assert env.do("hold", no_service, alert("a")).reason == "allow_list"
+    assert env.do("hold", no_service, alert("a")).message == "no service TCP 192.0.2.99:80 in the kernel table"
+    assert env.ledger.active_holds() == [] and env.writes() == []
+    assert [e.result for e in env.ledger.audit_events()] == ["not_found", "not_found"]
 
 
 def test_target_listed_in_config_but_absent_is_not_found(tmp_path: Path) -> None:
     extra = RealServerKey.parse("10.0.1.9:80")
     env = make_env(tmp_path, real_servers_allowed={WEB: frozenset({extra})})
-    assert env.do("hold", Target(WEB, extra), alert("a")).result == "not_found"
+    assert env.do("hold", Target(WEB, extra), alert("a")).message.endswith("(the config lists it)")
 
 
 def test_set_weight_on_a_held_server_changes_the_weight_it_comes_back_at(env: Env) -> None:

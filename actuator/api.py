@@ -1,0 +1,455 @@
+"""The admin API under ``/api/v1`` (JSON; described by ``/api/v1/openapi.json``).
+
+Mutating calls take a JSON object naming the real server the way an operator
+does: ``{"service": "web" | "TCP 192.0.2.10:80", "real_server": "rs1" |
+"10.0.1.2:80"}``. Every one of them goes through ``actuator.actions`` (and so
+the ledger and the safety rules) and answers with the outcome; the HTTP status
+follows the result (see :data:`RESULT_STATUS`). The CLI identifies itself with
+``X-Lvsguard-Client: cli`` so that the ledger says "cli" rather than "api".
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any
+
+from flask import Blueprint, current_app, g, request
+
+from lvsguard.errors import LvsguardError
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, VirtualService
+
+from actuator.actions import Actions, Actor, Outcome
+from actuator.auth import read_only, require_token
+from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger
+from actuator.openapi import document
+from actuator.settings import ActuatorSettings
+from actuator.targets import Target
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+RESULT_STATUS = {
+    "applied": 200,
+    "recorded": 200,
+    "noop": 200,
+    "dry_run": 200,
+    "refused": 409,
+    "not_found": 404,
+    "drift": 409,
+    "error": 502,
+}
+"""HTTP status of each outcome; a refusal that time lifts (hold-down, rate limit) is 429."""
+
+MAX_WEIGHT = 65535
+MAX_LIMIT = 1000
+
+
+class ApiError(LvsguardError):
+    """A request the API cannot take: ``status``, and ``path`` names the bad field."""
+
+    def __init__(self, status: int, message: str, path: str = ""):
+        self.status = status
+        self.path = path
+        self.message = message
+        super().__init__(message)
+
+
+# request helpers
+
+
+def _settings() -> ActuatorSettings:
+    settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
+    return settings
+
+
+def _actions() -> Actions:
+    actions: Actions = current_app.extensions["lvsguard"].actions
+    return actions
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if name not in body:
+        if default is ...:
+            raise ApiError(400, "required field is missing", name)
+        return default
+    value = body[name]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ApiError(400, f"must be {_kind_name(kind)}, got a boolean", name)
+    if not isinstance(value, kind):
+        raise ApiError(400, f"must be {_kind_name(kind)}", name)
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "a boolean", float: "a number"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _service(text: str) -> ServiceKey:
+    names = _settings().names
+    if text in names.services:
+        return names.services[text]
+    try:
+        return ServiceKey.parse(text)
+    except ValueError as exc:
+        raise ApiError(400, f"neither a service name from the config nor a service: {exc}", "service") from None
+
+
+def _target(body: dict[str, Any]) -> Target:
+    service = _service(_field(body, "service", str))
+    text = _field(body, "real_server", str)
+    named = _settings().names.real_servers.get(service, {})
+    if text in named:
+        return Target(service, named[text])
+    try:
+        return Target(service, RealServerKey.parse(text))
+    except ValueError as exc:
+        raise ApiError(400, f"neither a real server name from the config nor ADDRESS:PORT: {exc}", "real_server") from None
+
+
+def _weight(body: dict[str, Any], default: Any = ...) -> int:
+    weight = _field(body, "weight", int, default)
+    if not 0 <= weight <= MAX_WEIGHT:
+        raise ApiError(400, f"must be 0..{MAX_WEIGHT}, got {weight}", "weight")
+    return int(weight)
+
+
+def _actor() -> Actor:
+    source = "cli" if request.headers.get("X-Lvsguard-Client", "").lower() == "cli" else "api"
+    return Actor(source, g.token_name)
+
+
+def _limit() -> int:
+    text = request.args.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise ApiError(400, f"must be an integer 1..{MAX_LIMIT}", "limit")
+    return int(text)
+
+
+def reply(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The outcome as JSON with the status its result calls for."""
+    body = outcome.to_json()
+    status = RESULT_STATUS[outcome.result]
+    headers: dict[str, str] = {}
+    if outcome.retry_after is not None:
+        status = 429
+        headers["Retry-After"] = str(max(1, math.ceil(outcome.retry_after)))
+    if outcome.result == "applied" and outcome.job_id is not None and outcome.action == "drain":
+        status = 202
+    if status >= 400:
+        body["error"] = outcome.message
+    return body, status, headers
+
+
+# JSON views of model and ledger values
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as RFC 3339 UTC (what the OpenAPI document calls date-time)."""
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def stats_json(stats: Stats) -> dict[str, int]:
+    return {
+        "connections": stats.connections,
+        "incoming_packets": stats.incoming_packets,
+        "outgoing_packets": stats.outgoing_packets,
+        "incoming_bytes": stats.incoming_bytes,
+        "outgoing_bytes": stats.outgoing_bytes,
+        "cps": stats.cps,
+        "incoming_pps": stats.incoming_pps,
+        "outgoing_pps": stats.outgoing_pps,
+        "incoming_bps": stats.incoming_bps,
+        "outgoing_bps": stats.outgoing_bps,
+    }
+
+
+def hold_json(hold: Hold) -> dict[str, Any]:
+    return {
+        "id": hold.id,
+        "service": str(hold.target.service),
+        "real_server": str(hold.target.real_server),
+        "kind": hold.kind,
+        "holder": hold.holder,
+        "alertname": hold.alertname,
+        "source": hold.source,
+        "action": hold.action,
+        "reason": hold.reason,
+        "state": hold.state,
+        "created_at": iso(hold.created_at),
+        "released_at": iso(hold.released_at),
+        "released_by": hold.released_by,
+    }
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "service": str(job.target.service),
+        "real_server": str(job.target.real_server),
+        "state": job.state,
+        "progress": job.progress,
+        "message": job.message,
+        "params": job.params,
+        "actor": job.actor,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": iso(event.at),
+        "source": event.source,
+        "actor": event.actor,
+        "action": event.action,
+        "service": event.service,
+        "real_server": event.real_server,
+        "result": event.result,
+        "reason": event.reason,
+        "message": event.message,
+        "details": event.details,
+    }
+
+
+def _real_server_json(svc: VirtualService, rs: RealServer, holds: list[Hold], backend: Backend | None) -> dict[str, Any]:
+    names = _settings().names
+    if backend is None:
+        state = "in"
+    elif backend.drift:
+        state = "drift"
+    else:
+        state = backend.state
+    return {
+        "real_server": str(rs.key),
+        "name": names.real_server_name(svc.key, rs.key),
+        "weight": rs.weight,
+        "forward": rs.forward.label,
+        "upper_threshold": rs.upper_threshold,
+        "lower_threshold": rs.lower_threshold,
+        "active_connections": rs.active_connections,
+        "inactive_connections": rs.inactive_connections,
+        "persistent_connections": rs.persistent_connections,
+        "stats": stats_json(rs.stats),
+        "state": state,
+        "original_weight": backend.original_weight if backend is not None else None,
+        "drift": backend.drift if backend is not None else "",
+        "holds": [hold_json(h) for h in holds],
+    }
+
+
+def _service_json(svc: VirtualService, holds: dict[Target, list[Hold]], backends: dict[Target, Backend]) -> dict[str, Any]:
+    settings = _settings()
+    quorum = settings.quorum_for(svc.key)
+    healthy = sum(1 for rs in svc.real_servers if rs.weight > 0)
+    return {
+        "service": str(svc.key),
+        "name": settings.names.service_name(svc.key),
+        "scheduler": svc.scheduler,
+        "persistent": svc.persistent,
+        "timeout": svc.timeout,
+        "stats": stats_json(svc.stats),
+        "healthy": healthy,
+        "min_healthy": quorum.required(len(svc.real_servers)),
+        "real_servers": [
+            _real_server_json(svc, rs, holds.get(Target(svc.key, rs.key), []), backends.get(Target(svc.key, rs.key)))
+            for rs in svc.real_servers
+        ],
+    }
+
+
+# read-only endpoints
+
+
+@bp.get("/services")
+@read_only
+def services() -> dict[str, Any]:
+    table = _actions().kernel.read()
+    ledger = get_ledger()
+    holds: dict[Target, list[Hold]] = {}
+    for hold in ledger.active_holds():
+        holds.setdefault(hold.target, []).append(hold)
+    backends = {b.target: b for b in ledger.backends()}
+    return {
+        "source": table.source,
+        "dry_run": _settings().dry_run,
+        "services": [_service_json(svc, holds, backends) for svc in table.services],
+    }
+
+
+@bp.get("/jobs")
+@read_only
+def jobs() -> dict[str, Any]:
+    state = request.args.get("state")
+    if state is not None and state not in ("running", "done", "failed", "timeout", "cancelled"):
+        raise ApiError(400, "must be running, done, failed, timeout or cancelled", "state")
+    return {"jobs": [job_json(j) for j in get_ledger().jobs(state=state, limit=_limit())]}
+
+
+@bp.get("/jobs/<int:job_id>")
+@read_only
+def job(job_id: int) -> dict[str, Any]:
+    found = get_ledger().job(job_id)
+    if found is None:
+        raise ApiError(404, f"no job {job_id}", "job_id")
+    return job_json(found)
+
+
+@bp.get("/ledger")
+@read_only
+def ledger_view() -> dict[str, Any]:
+    active_only = request.args.get("active", "false").lower() in ("1", "true", "yes")
+    ledger = get_ledger()
+    return {
+        "holds": [hold_json(h) for h in ledger.holds(limit=_limit(), include_released=not active_only)],
+        "backends": [
+            {
+                "service": str(b.target.service),
+                "real_server": str(b.target.real_server),
+                "state": b.state,
+                "original_weight": b.original_weight,
+                "expected_weight": b.expected_weight,
+                "write_pending": b.write_pending,
+                "since": iso(b.since),
+                "drift": b.drift,
+                "job_id": b.job_id,
+            }
+            for b in ledger.backends()
+        ],
+    }
+
+
+@bp.get("/audit")
+@read_only
+def audit() -> dict[str, Any]:
+    after = request.args.get("after", "0")
+    if not after.isdigit():
+        raise ApiError(400, "must be an integer >= 0", "after")
+    return {"events": [audit_json(e) for e in get_ledger().audit_events(limit=_limit(), after=int(after))]}
+
+
+@bp.get("/director")
+@read_only
+def director() -> dict[str, Any]:
+    settings = _settings()
+    role = "unknown"
+    if settings.role_file:
+        try:
+            with open(settings.role_file, encoding="utf-8") as fh:
+                role = fh.read().strip().lower() or "unknown"
+        except OSError:
+            role = "unknown"
+    kernel = _actions().kernel
+    daemons = kernel.read().sync_daemons
+    return {
+        "role": role,
+        "dry_run": settings.dry_run,
+        "sync_daemons": [
+            {"role": d.role, "mcast_interface": d.mcast_interface, "sync_id": d.sync_id, "mcast_group": d.mcast_group,
+             "mcast_port": d.mcast_port}  # fmt: skip
+            for d in daemons
+        ],
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    return document()
+
+
+# mutating endpoints
+
+
+@bp.post("/quarantine")
+@require_token
+def quarantine() -> Any:
+    body = _body()
+    target = _target(body)
+    reason = _field(body, "reason", str, "")
+    force = _field(body, "force", bool, False)
+    with _actions().session(get_ledger()) as s:
+        return reply(s.hold(target, _actor(), action="quarantine", reason=reason, force=force))
+
+
+@bp.post("/restore")
+@require_token
+def restore() -> Any:
+    body = _body()
+    target = _target(body)
+    scope = "all" if _field(body, "all_holders", bool, False) else "own"
+    force = _field(body, "force", bool, False)
+    with _actions().session(get_ledger()) as s:
+        return reply(s.release(target, _actor(), scope=scope, force=force))
+
+
+@bp.post("/drain")
+@require_token
+def drain() -> Any:
+    body = _body()
+    target = _target(body)
+    timeout = _field(body, "timeout", (int, float), None)
+    if timeout is not None and not 0 < timeout <= 86400:
+        raise ApiError(400, f"must be 0 < timeout <= 86400 seconds, got {timeout}", "timeout")
+    delete = _field(body, "delete", bool, False)
+    reason = _field(body, "reason", str, "")
+    force = _field(body, "force", bool, False)
+    with _actions().session(get_ledger()) as s:
+        return reply(s.hold(target, _actor(), action="drain", reason=reason, force=force, drain_timeout=timeout, drain_delete=delete))
+
+
+@bp.post("/weight")
+@require_token
+def weight() -> Any:
+    body = _body()
+    target = _target(body)
+    value = _weight(body)
+    force = _field(body, "force", bool, False)
+    with _actions().session(get_ledger()) as s:
+        return reply(s.set_weight(target, value, _actor(), force=force))
+
+
+@bp.post("/add")
+@require_token
+def add() -> Any:
+    body = _body()
+    target = _target(body)
+    value = _weight(body, 1)
+    forward_text = _field(body, "forward", str, None)
+    try:
+        forward = Forward.from_name(forward_text) if forward_text is not None else None
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "forward") from None
+    upper = _field(body, "upper_threshold", int, 0)
+    lower = _field(body, "lower_threshold", int, 0)
+    for name, value_ in (("upper_threshold", upper), ("lower_threshold", lower)):
+        if not 0 <= value_ < 2**32:
+            raise ApiError(400, f"must be 0..4294967295, got {value_}", name)
+    with _actions().session(get_ledger()) as s:
+        try:
+            outcome = s.add(target, _actor(), weight=value, forward=forward, upper_threshold=upper, lower_threshold=lower)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "forward") from None
+        return reply(outcome)
+
+
+@bp.post("/remove")
+@require_token
+def remove() -> Any:
+    body = _body()
+    target = _target(body)
+    force = _field(body, "force", bool, False)
+    with _actions().session(get_ledger()) as s:
+        return reply(s.remove(target, _actor(), force=force))

@@ -1,0 +1,200 @@
+"""The actuator's Flask app (factory, blueprints, one error handler) and ``serve`` for the CLI.
+
+``create_app`` builds everything from its arguments, so a test gets a fresh app
+on a temporary ledger with the fake kernel; ``serve`` adds the real kernel
+(netlink, in a named netns if asked), the background threads and waitress.
+Flask's development server is never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from flask import Flask, Response, current_app, g, request
+import waitress
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import HTTPException
+
+from exporter.logs import event
+from lvsguard.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    IPVSUnavailable,
+    KernelError,
+    LvsguardError,
+    NoSuchDestination,
+    NoSuchService,
+    NotPermitted,
+    PolicyRefused,
+)
+
+from actuator import api, ledger, webhook
+from actuator.actions import Actions, Kernel
+from actuator.auth import Unauthorized
+from actuator.jobs import JobRunner
+from actuator.metrics import ActuatorMetrics, QuarantineCollector
+from actuator.settings import ActuatorSettings
+
+log = logging.getLogger("lvsguard.actuator")
+
+DEFAULT_LISTEN = "127.0.0.1:9911"
+MAX_BODY = 16 * 1024 * 1024  # bytes; 1 000 alerts are about 1 MB
+
+ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (webhook.PayloadError, 400),
+    (Unauthorized, 401),
+    (PolicyRefused, 409),
+    (NoSuchService, 404),
+    (NoSuchDestination, 404),
+    (AlreadyExists, 409),
+    (InvalidRequest, 400),
+    (NotPermitted, 503),  # CAP_NET_ADMIN missing: an operator fixes it, Alertmanager's retry then succeeds
+    (IPVSUnavailable, 503),
+    (KernelError, 503),
+    (sqlite3.OperationalError, 503),  # the ledger is locked or its disk is full: retry later
+)
+"""Exception class -> HTTP status, first match wins; 5xx only where a retry can help."""
+
+
+@dataclass
+class ActuatorState:
+    """What the app shares between requests (``app.extensions["lvsguard"]``)."""
+
+    actions: Actions
+    runner: JobRunner
+    metrics: ActuatorMetrics
+    registry: CollectorRegistry
+
+
+def create_app(
+    settings: ActuatorSettings,
+    *,
+    kernel: Kernel | None = None,
+    ledger_path: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """The WSGI app. ``kernel`` defaults to netlink in the current namespace."""
+    if kernel is None:
+        from lvsguard.ipvs.netlink import NetlinkIPVS  # imports pyroute2: not needed with a given kernel
+
+        kernel = NetlinkIPVS()
+    app = Flask(__name__)
+    app.config.update(
+        LVSGUARD_SETTINGS=settings,
+        LVSGUARD_LEDGER=ledger_path or settings.ledger_path,
+        LVSGUARD_CLOCK=clock,
+        MAX_CONTENT_LENGTH=MAX_BODY,
+    )
+    ledger.init_app(app)
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = ActuatorMetrics(registry)
+    registry.register(QuarantineCollector(app.config["LVSGUARD_LEDGER"], settings.names))
+    actions = Actions(kernel, settings, clock=clock, metrics=metrics)
+    runner = JobRunner(actions, app.config["LVSGUARD_LEDGER"])
+    app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry)
+    app.register_blueprint(webhook.bp)
+    app.register_blueprint(api.bp)
+    app.add_url_rule("/metrics", "metrics", _metrics)
+    app.register_error_handler(Exception, handle_error)
+    app.after_request(_after)
+    return app
+
+
+def _metrics() -> Response:
+    registry = current_app.extensions["lvsguard"].registry
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def error_status(exc: BaseException) -> int:
+    if isinstance(exc, api.ApiError):
+        return exc.status
+    for cls, status in ERROR_STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def handle_error(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The one error handler: exception class -> status and a JSON body (never a traceback)."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, HTTPException):
+        return {"error": exc.description or exc.name}, exc.code or 500, headers
+    status = error_status(exc)
+    body: dict[str, Any] = {"error": str(exc)}
+    if isinstance(exc, (api.ApiError, webhook.PayloadError)):
+        body = {"error": exc.message, "path": exc.path}
+    elif isinstance(exc, PolicyRefused):
+        body["reason"] = exc.reason
+    elif isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="lvsguard"'
+    elif isinstance(exc, sqlite3.OperationalError):
+        body = {"error": f"ledger: {exc}"}
+    if status == 503:
+        headers["Retry-After"] = "5"
+    if status == 500 or not isinstance(exc, (LvsguardError, sqlite3.OperationalError)):
+        log.exception("internal error on %s %s", request.method, request.path)
+        body = {"error": "internal error; the actuator's log has the details"}
+        status = 500
+    return body, status, headers
+
+
+def _after(response: Response) -> Response:
+    """Count webhook replies by status and log every request on one line (token name, never the token)."""
+    if request.endpoint == "webhook.alertmanager":
+        current_app.extensions["lvsguard"].metrics.webhook.labels(str(response.status_code)).inc()
+    if request.endpoint != "metrics":
+        event(log, logging.INFO, "request", method=request.method, path=request.path, status=response.status_code,
+              token=g.get("token_name", "-"), alerts=g.get("webhook_alerts", "-"))  # fmt: skip
+    return response
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:9911`` / ``[::1]:9911`` / ``:9911`` -> (host, port); ValueError names the text."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def serve(
+    settings: ActuatorSettings,
+    *,
+    listen: str = DEFAULT_LISTEN,
+    netns: str | None = None,
+    ledger_path: str | None = None,
+    threads: int = 8,
+) -> None:
+    """Run the actuator until interrupted (the CLI's ``lvsguard actuator``).
+
+    Refuses to start without a token: the webhook and every mutating call need one.
+    """
+    from lvsguard.ipvs.netlink import NetlinkIPVS  # imports pyroute2: only when serving for real
+
+    if not settings.tokens:
+        raise LvsguardError("no token: set LVSGUARD_TOKEN or --token-file (the webhook and every mutating call need one)")
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise LvsguardError(str(exc)) from None
+    path = ledger_path or settings.ledger_path
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise LvsguardError(f"ledger {path}: directory {directory} does not exist")
+    kernel = NetlinkIPVS(netns)
+    app = create_app(settings, kernel=kernel, ledger_path=path)
+    state: ActuatorState = app.extensions["lvsguard"]
+    state.runner.begin()
+    event(log, logging.INFO, "actuator_started", listen=f"{host}:{port}", netns=netns or "-", ledger=path,
+          tokens=",".join(sorted(settings.tokens)), dry_run=settings.dry_run)  # fmt: skip
+    try:
+        waitress.serve(app, host=host, port=port, threads=threads, ident="lvsguard", _quiet=True)
+    finally:
+        state.runner.stop()
+        kernel.close()

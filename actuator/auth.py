@@ -1,0 +1,129 @@
+"""Bearer tokens: several named tokens, constant-time comparison, never logged.
+
+A token is known by its *name* (``alertmanager``, ``alice``); the name goes
+into the ledger and the audit trail, the secret goes nowhere. There is no
+default token: an actuator without one answers every mutating call with 401.
+
+Token sources (the CLI's ``--token-file`` and ``LVSGUARD_TOKEN``):
+
+- ``LVSGUARD_TOKEN=SECRET`` is one token named ``env``;
+- a token file has one token per line, ``NAME:SECRET`` or a bare ``SECRET``
+  (named ``token<line>``); blank lines and ``#`` comments are skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import re
+from typing import Any, Callable, Mapping, TypeVar
+
+from flask import current_app, g, request
+
+from lvsguard.errors import LvsguardError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+MIN_SECRET = 16  # characters; shorter secrets are refused at load
+
+
+class Unauthorized(LvsguardError):
+    """No or a wrong bearer token (401)."""
+
+
+class TokenFileError(LvsguardError):
+    """A token file or LVSGUARD_TOKEN is unusable; the message names the file and line."""
+
+
+def parse_tokens(text: str, source: str) -> dict[str, str]:
+    """Tokens from a token file's text; errors name ``source`` and the line."""
+    tokens: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, secret = line.partition(":")
+        if not sep:
+            name, secret = f"token{number}", line
+        name, secret = name.strip(), secret.strip()
+        if not TOKEN_NAME.fullmatch(name):
+            raise TokenFileError(f"{source}:{number}: token name {name!r} must be 1-64 of A-Z a-z 0-9 _ . @ -")
+        if len(secret) < MIN_SECRET or any(c.isspace() for c in secret):
+            raise TokenFileError(f"{source}:{number}: token {name!r} must be at least {MIN_SECRET} characters without spaces")
+        if name in tokens:
+            raise TokenFileError(f"{source}:{number}: token name {name!r} appears twice")
+        tokens[name] = secret
+    return tokens
+
+
+def load_tokens(env: Mapping[str, str], token_file: str | None) -> dict[str, str]:
+    """``LVSGUARD_TOKEN`` (named ``env``) plus every token of ``token_file``."""
+    tokens: dict[str, str] = {}
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise TokenFileError(f"{token_file}: cannot read the token file: {exc.strerror}") from None
+        tokens.update(parse_tokens(text, token_file))
+    secret = env.get("LVSGUARD_TOKEN", "").strip()
+    if secret:
+        if len(secret) < MIN_SECRET:
+            raise TokenFileError(f"LVSGUARD_TOKEN must be at least {MIN_SECRET} characters")
+        tokens.setdefault("env", secret)
+    return tokens
+
+
+def token_name(tokens: Mapping[str, str], header: str | None) -> str | None:
+    """The name of the token in an ``Authorization: Bearer ...`` header, or None.
+
+    Every configured token is compared (constant time each), so the time taken
+    does not tell which one, or how much of one, matched.
+    """
+    if not header:
+        return None
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return None
+    given = presented.strip().encode()
+    found = None
+    for name, secret in tokens.items():
+        if hmac.compare_digest(given, secret.encode()) and found is None:
+            found = name
+    return found
+
+
+def authenticate() -> str:
+    """The calling token's name (also on ``g.token_name``); Unauthorized otherwise."""
+    tokens = current_app.config["LVSGUARD_SETTINGS"].tokens
+    if not tokens:
+        raise Unauthorized("this actuator has no token configured: set LVSGUARD_TOKEN or --token-file")
+    name = token_name(tokens, request.headers.get("Authorization"))
+    if name is None:
+        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+    g.token_name = name
+    return name
+
+
+def require_token(view: F) -> F:
+    """Mutating endpoints and the webhook."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        authenticate()
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def read_only(view: F) -> F:
+    """GET endpoints: open unless the settings protect them (``read_only_open: false``)."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not current_app.config["LVSGUARD_SETTINGS"].read_only_open:
+            authenticate()
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]

@@ -1,0 +1,89 @@
+"""The actuator's own ``/metrics``: what it did, what it refused, what it holds out.
+
+Counters live in a registry per app (tests build several apps). The quarantine
+gauge is collected at scrape time from the ledger, so it is right after a
+restart and never drifts from what the ledger says.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lvsguard.model import FWM
+
+from actuator.ledger import Ledger
+from actuator.settings import Names
+
+BACKEND_LABELS = ("local_address", "local_port", "proto", "local_mark", "remote_address", "remote_port", "service", "real_server")
+"""node_exporter's IPVS label names plus the config names, as the exporter's ``ipvs_backend_*``."""
+
+
+class QuarantineCollector(Collector):
+    """``lvsguard_quarantined`` (1 per real server held out) and ``lvsguard_holds`` from the ledger."""
+
+    def __init__(self, ledger_path: str, names: Names):
+        self.ledger_path = ledger_path
+        self.names = names
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("lvsguard_quarantined", "Real servers the actuator holds out (weight 0).", labels=BACKEND_LABELS)
+        yield GaugeMetricFamily("lvsguard_holds", "Active holds per real server (alerts and manual).", labels=(*BACKEND_LABELS, "kind"))
+
+    def collect(self) -> Iterator[Metric]:
+        quarantined = GaugeMetricFamily("lvsguard_quarantined", "Real servers the actuator holds out (weight 0).", labels=BACKEND_LABELS)
+        holds = GaugeMetricFamily("lvsguard_holds", "Active holds per real server (alerts and manual).", labels=(*BACKEND_LABELS, "kind"))
+        ledger = Ledger.open(self.ledger_path, create=False)
+        try:
+            for backend in ledger.backends():
+                if backend.state == "out":
+                    quarantined.add_metric(self._labels(backend.target), 1)
+            counts: dict[tuple[str, ...], int] = {}
+            for hold in ledger.active_holds():
+                key = (*self._labels(hold.target), hold.kind)
+                counts[key] = counts.get(key, 0) + 1
+            for key, count in counts.items():
+                holds.add_metric(key, count)
+        finally:
+            ledger.close()
+        yield quarantined
+        yield holds
+
+    def _labels(self, target) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+        svc, rs = target.service, target.real_server
+        fwm = svc.protocol == FWM
+        return (
+            "" if fwm else svc.address,
+            "0" if fwm else str(svc.port),
+            svc.protocol,
+            str(svc.fwmark) if fwm else "",
+            rs.address,
+            str(rs.port),
+            self.names.service_name(svc),
+            self.names.real_server_name(svc, rs),
+        )
+
+
+class ActuatorMetrics:
+    """Counters the action layer and the webhook update (implements ``actions.Recorder``)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.actions = Counter(
+            "lvsguard_actions_total", "Actions decided by the actuator, by outcome.", ("action", "result", "source"), registry=registry
+        )
+        self.refusals = Counter(
+            "lvsguard_refusals_total", "Actions the safety rules refused, by reason.", ("action", "reason"), registry=registry
+        )
+        self.webhook = Counter(
+            "lvsguard_webhook_requests_total", "Alertmanager webhook requests, by HTTP status.", ("status",), registry=registry
+        )
+
+    def action(self, action: str, result: str, source: str) -> None:
+        self.actions.labels(action, result, source).inc()
+
+    def refusal(self, action: str, reason: str) -> None:
+        self.refusals.labels(action, reason).inc()
