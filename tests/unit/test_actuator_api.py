@@ -18,8 +18,6 @@ from actuator.openapi import BODIES, document
 from actuator.settings import ActuatorSettings, Names, Quorum
 from tests.fakes import FakeKernel, am_alert, am_payload, service
 
-jsonschema = pytest.importorskip("jsonschema")
-
 ADMIN = "admin-secret-0123456789"
 AM = "am-secret-01234567890"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -47,8 +45,9 @@ def client(app: Flask) -> FlaskClient:
 class OpenAPI:
     """Validates a reply against the document's schema for (path, method, status)."""
 
-    def __init__(self, doc: dict[str, Any]):
+    def __init__(self, doc: dict[str, Any], jsonschema: Any):
         self.doc = doc
+        self.jsonschema = jsonschema
         self.schemas = {name: _json_schema(s) for name, s in doc["components"]["schemas"].items()}
 
     def check(self, path: str, method: str, status: int, body: Any) -> None:
@@ -57,13 +56,13 @@ class OpenAPI:
         assert str(status) in responses, f"{method.upper()} {template}: status {status} is not documented"
         schema = _json_schema(responses[str(status)]["content"]["application/json"]["schema"])
         resolver_schema = {**schema, "$defs": self.schemas}
-        checker = jsonschema.FormatChecker()
+        checker = self.jsonschema.FormatChecker()
 
         @checker.checks("date-time")
         def _rfc3339(value: object) -> bool:
             return not isinstance(value, str) or re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value) is not None
 
-        jsonschema.Draft202012Validator(resolver_schema, format_checker=checker).validate(body)
+        self.jsonschema.Draft202012Validator(resolver_schema, format_checker=checker).validate(body)
 
     def _template(self, path: str) -> str:
         path = path.split("?")[0]
@@ -92,9 +91,10 @@ def _json_schema(node: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def openapi() -> OpenAPI:
+    jsonschema = pytest.importorskip("jsonschema")
     doc = document()
     jsonschema.Draft202012Validator.check_schema(_json_schema({"$defs": doc["components"]["schemas"]}))
-    return OpenAPI(doc)
+    return OpenAPI(doc, jsonschema)
 
 
 def call(client: FlaskClient, openapi: OpenAPI, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
