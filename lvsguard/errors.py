@@ -10,7 +10,8 @@
      │    ├── NoSuchService        ESRCH on a service
      │    ├── NoSuchDestination    ENOENT on a real server
      │    ├── AlreadyExists        EEXIST
-     │    └── InvalidRequest       EINVAL and friends
+     │    ├── InvalidRequest       EINVAL and friends
+     │    └── BulkFailed           some requests of a bulk write failed (one typed error each)
      ├── NamespaceError       the named network namespace cannot be entered
      └── PolicyRefused        the actuator's safety rules refused an action
 
@@ -110,6 +111,19 @@ class AlreadyExists(KernelError):
 
 class InvalidRequest(KernelError):
     """The kernel rejected the request's arguments (EINVAL, EAFNOSUPPORT, ...)."""
+
+
+class BulkFailed(KernelError):
+    """Some requests of a bulk write failed; ``failures`` holds one typed error per object.
+
+    The requests not named in ``failures`` succeeded.
+    """
+
+    def __init__(self, message: str, failures: list[KernelError], *, service: ServiceKey | None = None):
+        self.failures = tuple(failures)
+        shown = "; ".join(str(f) for f in self.failures[:5])
+        more = f"; and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
+        super().__init__(f"{message}: {shown}{more}", service=service)
 
 
 class NamespaceError(LvsguardError):

@@ -1,0 +1,135 @@
+"""The real-server dump decoder alone: µs per real server, ours against pyroute2's, same bytes.
+
+    .venv/bin/python bench/decoder.py [--repeat N] [--sizes 1000,10000]
+
+The bytes are a GET_DEST dump of 10 000 real servers recorded from a real
+kernel (tests/fixtures/netlink/dests-10000.bin.gz, see record.py there). Their
+counters were zero when recorded; this script writes random 40-bit values into
+every counter and rate first, so that neither decoder profits from Python's
+cached small ints. The N-real-server case is the first N messages plus the
+dump's NLMSG_DONE.
+
+Ours: bytes -> tuple of lvsguard.model.RealServer (keys, Stats, everything),
+"cold" with a fresh decoder (layout compile and key creation included) and
+"warm" with one that decoded a dump before, as a reader does from its second
+scrape on. pyroute2 gets the dump cut into datagrams of at most 32 KiB, as its
+socket would, and is measured twice: ``Marshal.parse`` alone (the message
+objects; pyroute2 decodes attributes lazily, so this reads none of them) and
+parse plus reading every attribute of every real server, stats64 included,
+which is what a reader needs. Reported: the best CPU time (time.process_time)
+of ``--repeat`` runs (pyroute2's full read: fewer runs, it is slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import random
+import struct
+import time
+from pathlib import Path
+from typing import Callable
+
+from pyroute2.netlink.generic.ipvs import ipvsmsg
+from pyroute2.netlink.marshal import Marshal
+
+from lvsguard.ipvs import _genl
+from lvsguard.ipvs.netlink import ATTR_DEST, DEST_STATS, DEST_STATS64, DestDecoder, parse_dests
+
+DUMP = Path(__file__).resolve().parent.parent / "tests/fixtures/netlink/dests-10000.bin.gz"
+
+
+def with_random_counters(dump: bytes, seed: int = 1) -> bytes:
+    """The dump with every STATS/STATS64 value replaced by a random 40-bit (32-bit where the field is) value."""
+    rng = random.Random(seed)
+    out = bytearray(dump)
+    for kind, _flags, _seq, start, end in _genl.iter_messages(dump):
+        if kind < _genl.NLMSG_MIN_TYPE:
+            continue
+        dest = _genl.attributes(dump, start + _genl.HEADER_LEN, end)[ATTR_DEST]
+        attrs = _genl.attributes(dump, *dest)
+        for nest in (DEST_STATS, DEST_STATS64):
+            for lo, hi in _genl.attributes(dump, *attrs[nest]).values():
+                if hi - lo == 8:
+                    struct.pack_into("=Q", out, lo, rng.getrandbits(40))
+                elif hi - lo == 4:
+                    struct.pack_into("=I", out, lo, rng.getrandbits(32))
+    return bytes(out)
+
+
+def first(dump: bytes, count: int) -> bytes:
+    """The first ``count`` real-server messages and the NLMSG_DONE that ends the dump."""
+    messages = list(_genl.iter_messages(dump))
+    data = [m for m in messages if m[0] >= _genl.NLMSG_MIN_TYPE][:count]
+    done = next(m for m in messages if m[0] == _genl.NLMSG_DONE)
+    return dump[: data[-1][4]] + dump[done[3] : done[4]]
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    """Best CPU time of ``repeat`` runs (CPU, not wall: other work on the machine does not count)."""
+    times = []
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+def datagrams(dump: bytes, limit: int = 32768) -> list[bytes]:
+    """The dump cut at message boundaries into pieces of at most ``limit`` bytes, like the kernel's datagrams."""
+    pieces, start = [], 0
+    for _kind, _flags, _seq, lo, hi in _genl.iter_messages(dump):
+        if hi - start > limit:
+            pieces.append(dump[start:lo])
+            start = lo
+    pieces.append(dump[start:])
+    return pieces
+
+
+def pyroute2_reader(marshal: Marshal, family: int, pieces: list[bytes], read: bool) -> Callable[[], object]:
+    def parse() -> object:
+        return [m for piece in pieces for m in marshal.parse(piece)]
+
+    def parse_and_read() -> object:
+        rows = []
+        for piece in pieces:
+            for msg in marshal.parse(piece):
+                if msg["header"]["type"] == family:
+                    dest = msg.get("IPVS_CMD_ATTR_DEST")
+                    rows.append((dict(dest["attrs"]), dict(dest.get("IPVS_DEST_ATTR_STATS64")["attrs"])))
+        return rows
+
+    return parse_and_read if read else parse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=7, help="runs per figure; the best is reported (default 7)")
+    parser.add_argument("--sizes", default="1000,10000", help="real servers per dump, comma-separated (at most 10000)")
+    args = parser.parse_args()
+
+    full = with_random_counters(gzip.decompress(DUMP.read_bytes()))
+    family = next(kind for kind, *_ in _genl.iter_messages(full) if kind >= _genl.NLMSG_MIN_TYPE)
+    marshal = Marshal()
+    marshal.msg_map[family] = ipvsmsg
+
+    print("µs per real server (CPU time, best run)")
+    print(f"{'real servers':>12} {'ours cold':>10} {'ours warm':>10} {'pyroute2 parse':>15} {'pyroute2 parse+read':>20} {'ratio':>7}")
+    for size in (int(s) for s in args.sizes.split(",")):
+        dump = first(full, size)
+        decoded = parse_dests(dump)
+        if len(decoded) != size:
+            raise SystemExit(f"decoded {len(decoded)} real servers, expected {size}")
+        warm = DestDecoder()
+        warm.decode(dump, [])
+        cold = best(lambda: parse_dests(dump), args.repeat) / size * 1e6
+        ours = best(lambda: warm.decode(dump, []), args.repeat) / size * 1e6
+        pieces = datagrams(dump)
+        parse = best(pyroute2_reader(marshal, family, pieces, False), args.repeat) / size * 1e6
+        read = best(pyroute2_reader(marshal, family, pieces, True), max(1, args.repeat // 4)) / size * 1e6
+        print(f"{size:>12} {cold:>10.2f} {ours:>10.2f} {parse:>15.1f} {read:>20.1f} {read / ours:>6.0f}x")
+    print("ratio: pyroute2 parse+read / ours warm")
+
+
+if __name__ == "__main__":
+    main()
