@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Iterable
 
 import pytest
 
-from lab import traffic
+from lab import bigtable, ipvsadm, traffic
 from lab.topology import ConnectionCounts, Lab, LabService
+from lvsguard.model import Forward, RealServerKey, ServiceKey, VirtualService
 
 pytestmark = pytest.mark.kernel
 
@@ -82,16 +84,13 @@ def test_kernel_counts_exactly_the_clients_connections(lab: Lab, sent: dict[str,
     assert delta == ConnectionCounts(sum(expected.values()), expected)
 
 
+def shape(services: Iterable[VirtualService]) -> dict[ServiceKey, tuple[str, set[tuple[RealServerKey, int, Forward]]]]:
+    """Scheduler and real servers (key, weight, forwarding) of each service, whatever the listing order."""
+    return {s.key: (s.scheduler, {(rs.key, rs.weight, rs.forward) for rs in s.real_servers}) for s in services}
+
+
 def test_director_table_is_the_lab_config(lab: Lab) -> None:
-    table = lab.read_table()
-    assert {s.key for s in table.services} == {s.key for s in lab.services.values()}
-    for service in lab.services.values():
-        kernel = table.service(service.key)
-        assert kernel is not None
-        assert kernel.scheduler == service.config.scheduler
-        assert [(rs.key, rs.weight, rs.forward) for rs in kernel.real_servers] == [
-            (rs.key, rs.weight, rs.forward) for rs in service.config.real_servers
-        ]
+    assert shape(lab.read_table().services) == shape(s.config for s in lab.services.values())
 
 
 def active_connections(lab: Lab, service: LabService) -> Counter[str]:
@@ -128,3 +127,15 @@ def test_weight_zero_takes_new_connections_away(lab: Lab) -> None:
     assert drained not in seen
     assert sum(seen.values()) == 3 * cycle_length(service)
     assert lab.read_table().service(service.key).real_server(service.real_server(drained)).weight == service.weights[drained]
+
+
+def test_big_table_is_built_as_planned(lab: Lab) -> None:
+    """lab.bigtable (used by the scale tests and benchmarks) creates exactly plan(); ipvsadm is the witness."""
+    big = bigtable.build(services=50, per_service=200, netns="lvs-big-test")
+    try:
+        listed = ipvsadm.read_table(netns=big.netns)
+    finally:
+        bigtable.destroy(big.netns)
+    assert big.real_server_count == 10_000
+    assert listed.real_server_count == 10_000
+    assert shape(listed.services) == shape(big.services)
