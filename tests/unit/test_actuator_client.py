@@ -1,0 +1,149 @@
+"""The CLI commands against a real HTTP actuator (waitress on loopback, fake kernel)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import waitress
+from flask import Flask
+
+from lvsguard.model import RealServerKey, ServiceKey
+
+from actuator.app import create_app
+from actuator.client import COMMANDS, ClientError, ProgressBar, status_from_api
+from actuator.ledger import Ledger
+from actuator.settings import ActuatorSettings, Names, Quorum
+from tests.fakes import FakeKernel, service
+
+TOKEN = "cli-secret-0123456789"
+WEB = ServiceKey.parse("TCP 192.0.2.10:80")
+RS1 = RealServerKey.parse("10.0.1.1:80")
+NAMES = Names(services={"web": WEB}, real_servers={WEB: {"rs1": RS1}})
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
+    settings = ActuatorSettings(tokens={"alice": TOKEN}, hold_down=0.0, names=NAMES, min_healthy=Quorum(2))
+    kernel = FakeKernel([service(str(WEB), ("10.0.1.1:80", 5), ("10.0.1.2:80", 5), ("10.0.1.3:80", 5))])
+    app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2, asyncore_loop_timeout=0.05)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield app, f"http://127.0.0.1:{server.effective_port}"
+    server.close()
+    thread.join(5)
+
+
+def cli(url: str, *argv: str, token_file: Path | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lvsguard")
+    sub = parser.add_subparsers()
+    for setup in COMMANDS.values():
+        setup(sub)
+    extra = ["--token-file", str(token_file)] if token_file else []
+    return parser.parse_args([argv[0], *argv[1:], "--url", url, *extra])
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(f"alice:{TOKEN}\n")
+    return path
+
+
+def test_quarantine_and_restore_from_the_cli(served: tuple[Flask, str], token_file: Path) -> None:
+    app, url = served
+    out = io.StringIO()
+    args = cli(url, "quarantine", "web", "rs1", "--reason", "disk full", token_file=token_file)
+    assert args.func(args, out) == 0
+    assert out.getvalue() == "real server 10.0.1.1:80 of TCP 192.0.2.10:80: weight 5 -> 0 (original 5 recorded)\n"
+    assert app.extensions["lvsguard"].actions.kernel.weight(WEB, RS1) == 0
+    ledger_out = io.StringIO()
+    args = cli(url, "ledger", "--active", token_file=token_file)
+    args.func(args, ledger_out)
+    assert "cli alice" in ledger_out.getvalue() and "disk full" in ledger_out.getvalue()
+    args = cli(url, "restore", "web", "10.0.1.1:80", token_file=token_file)
+    assert args.func(args, io.StringIO()) == 0
+    assert app.extensions["lvsguard"].actions.kernel.weight(WEB, RS1) == 5
+
+
+def test_refusal_reads_plainly(served: tuple[Flask, str], token_file: Path) -> None:
+    _app, url = served
+    first = cli(url, "quarantine", "web", "rs1", token_file=token_file)
+    first.func(first, io.StringIO())
+    second = cli(url, "quarantine", "web", "10.0.1.2:80", token_file=token_file)
+    with pytest.raises(ClientError) as info:
+        second.func(second, io.StringIO())
+    assert str(info.value) == "refused: service web would have 1 healthy real server, min 2"
+    assert info.value.status == 409
+
+
+def test_bad_field_names_the_field(served: tuple[Flask, str], token_file: Path) -> None:
+    args = cli(served[1], "weight", "web", "rs1", "70000", token_file=token_file)
+    with pytest.raises(ClientError, match="^weight: must be 0..65535, got 70000$"):
+        args.func(args, io.StringIO())
+
+
+def test_drain_shows_progress_until_done(served: tuple[Flask, str], token_file: Path) -> None:
+    app, url = served
+    kernel = app.extensions["lvsguard"].actions.kernel
+    kernel.set_connections(WEB, RS1, active=4)
+    ledger = Ledger.open(app.config["LVSGUARD_LEDGER"])
+    remaining = iter([2, 0])
+
+    def sleep(_seconds: float) -> None:  # the actuator's job thread, one step per poll
+        kernel.set_connections(WEB, RS1, active=next(remaining))
+        job = ledger.open_jobs()[0]
+        app.extensions["lvsguard"].actions.step_job(ledger, job.id)
+
+    out, bar = io.StringIO(), io.StringIO()
+    args = cli(url, "drain", "web", "rs1", "--timeout", "60", "--delete", token_file=token_file)
+    assert args.func(args, out, poll=0, sleep=sleep, progress=bar) == 0
+    lines = bar.getvalue().splitlines()
+    assert lines == [
+        "[..............................]   0% waiting for 4 active connections",
+        "[###############...............]  50% 2 active connections left",
+        "[##############################] 100% real server 10.0.1.1:80 of TCP 192.0.2.10:80 drained and deleted",
+    ]
+    assert out.getvalue().splitlines()[-1].startswith("drain job 1: done")
+    assert kernel.read_service(WEB).real_server(RS1) is None
+
+
+def test_status_from_the_api(served: tuple[Flask, str], token_file: Path) -> None:
+    _app, url = served
+    args = cli(url, "quarantine", "web", "rs1", token_file=token_file)
+    args.func(args, io.StringIO())
+    out = io.StringIO()
+    status_from_api(argparse.Namespace(url=url, token_file=None, token_name=None), out)
+    text = out.getvalue()
+    assert text.splitlines()[0] == "web TCP 192.0.2.10:80 (wrr)  healthy 2/3, min 2"
+    assert "out (cli alice)" in text
+
+
+def test_unreachable_actuator_and_wrong_token(tmp_path: Path, served: tuple[Flask, str]) -> None:
+    args = cli("http://127.0.0.1:1", "ledger")
+    with pytest.raises(ClientError, match=r"^cannot reach the actuator at http://127.0.0.1:1: "):
+        args.func(args, io.StringIO())
+    bad = tmp_path / "bad"
+    bad.write_text("x:wrong-token-0123456789\n")
+    args = cli(served[1], "remove", "web", "rs1", token_file=bad)
+    with pytest.raises(ClientError, match="^missing or wrong bearer token"):
+        args.func(args, io.StringIO())
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out: Any = Tty()
+    bar = ProgressBar(out)
+    bar.show(0.5, "two left")
+    bar.show(0.5, "two left")
+    bar.show(1.0, "done")
+    bar.done()
+    assert out.getvalue() == "\r[###############...............]  50% two left\r[##############################] 100% done    \n"
