@@ -35,8 +35,10 @@ def served(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield app, f"http://127.0.0.1:{server.effective_port}"
-    server.close()
+    # close every channel from inside waitress's loop (closing from here races its select): the loop ends when none is left
+    server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
     thread.join(5)
+    server.task_dispatcher.shutdown()
 
 
 def cli(url: str, *argv: str, token_file: Path | None = None) -> argparse.Namespace:
