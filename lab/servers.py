@@ -60,14 +60,25 @@ class ServerSpec:
         )
 
 
-def _listener(family: socket.AddressFamily, kind: socket.SocketKind, port: int) -> socket.socket:
+class ListenError(OSError):
+    """A socket of one real server could not be opened; the message names it."""
+
+
+def _listener(server: str, family: socket.AddressFamily, kind: socket.SocketKind, port: int) -> socket.socket:
+    address = "::" if family == socket.AF_INET6 else "0.0.0.0"
     sock = socket.socket(family, kind)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
-    if kind == socket.SOCK_STREAM:
-        sock.listen(BACKLOG)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+        where = f"[{address}]:{port}" if family == socket.AF_INET6 else f"{address}:{port}"
+        raise ListenError(exc.errno, f"real server {server}: {proto} {where}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
 
@@ -77,9 +88,9 @@ def open_sockets(spec: ServerSpec) -> list[tuple[str, socket.socket]]:
     sockets: list[tuple[str, socket.socket]] = []
     for name, netns in spec.servers:
         with entered(netns):
-            sockets += [(name, _listener(socket.AF_INET, socket.SOCK_STREAM, p)) for p in spec.tcp]
-            sockets += [(name, _listener(socket.AF_INET6, socket.SOCK_STREAM, p)) for p in spec.tcp6]
-            sockets += [(name, _listener(socket.AF_INET, socket.SOCK_DGRAM, p)) for p in spec.udp]
+            sockets += [(name, _listener(name, socket.AF_INET, socket.SOCK_STREAM, p)) for p in spec.tcp]
+            sockets += [(name, _listener(name, socket.AF_INET6, socket.SOCK_STREAM, p)) for p in spec.tcp6]
+            sockets += [(name, _listener(name, socket.AF_INET, socket.SOCK_DGRAM, p)) for p in spec.udp]
     return sockets
 
 
@@ -113,7 +124,7 @@ async def _serve_http(name: str, reader: asyncio.StreamReader, writer: asyncio.S
         else:
             writer.write(_response(name, name.encode(), length=True))
             await writer.drain()
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
         pass
     finally:
         writer.close()
@@ -162,6 +173,9 @@ def main(argv: list[str]) -> int:
         return 0  # the lab gave up before sending a spec
     try:
         asyncio.run(serve(ServerSpec.from_json(line)))
+    except ListenError as exc:
+        print(f"lab.servers: {exc.strerror}", file=sys.stderr)
+        return 1
     except (OSError, LvsguardError, ValueError, KeyError) as exc:
         print(f"lab.servers: {exc}", file=sys.stderr)
         return 1

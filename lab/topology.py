@@ -30,11 +30,12 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import IO, Callable, Iterable
 
 from lab import ipvsadm
 from lab.servers import ServerSpec
@@ -205,6 +206,8 @@ class Lab:
         self.services = {s.name: s for s in self._services()}
         self._servers: subprocess.Popen[str] | None = None
         self._servers_listening = False
+        self._servers_log: IO[bytes] | None = None
+        self._servers_error = ""  # what lab.servers printed on stderr, once stopped
 
     # --- the services ---------------------------------------------------------------
 
@@ -403,9 +406,10 @@ class Lab:
     def _spawn_servers(self) -> None:
         """Start the lab.servers process; it waits for its spec on stdin (see start_servers)."""
         if self._servers is None:
+            self._servers_log = tempfile.TemporaryFile()  # a file: a full pipe would stall the servers
             self._servers = subprocess.Popen(
                 [sys.executable, "-m", "lab.servers"], cwd=ROOT, text=True,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._servers_log,
             )
             self._servers_listening = False
 
@@ -424,10 +428,8 @@ class Lab:
         ready, _, _ = select.select([proc.stdout], [], [], SERVERS_READY_TIMEOUT)
         line = proc.stdout.readline().strip() if ready else ""
         if line != "ready":
-            self._servers = None
-            proc.kill()
-            _, err = proc.communicate()
-            raise LabError(f"the real servers (lab.servers) did not start: {err.strip() or 'no ready line'}")
+            self.stop_servers()
+            raise LabError(f"the real servers (lab.servers) did not start: {self._servers_error or 'no ready line'}")
         self._servers_listening = True
 
     def stop_servers(self) -> None:
@@ -442,9 +444,13 @@ class Lab:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
+        if proc.stdout:
+            proc.stdout.close()
+        if self._servers_log is not None:
+            self._servers_log.seek(0)
+            self._servers_error = self._servers_log.read().decode(errors="replace").strip()
+            self._servers_log.close()
+            self._servers_log = None
 
     # --- the IPVS table ----------------------------------------------------------------
 
