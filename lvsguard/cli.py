@@ -24,7 +24,13 @@ EXIT_USAGE = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `lab test` hands every unknown option to pytest (lvsguard lab test -k netlink -x)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(raw)
+    if getattr(args, "pass_through", False):
+        args.pytest_args = raw[raw.index("test") + 1 :]  # in their order, options included
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -98,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = lab_sub.add_parser("demo", help="build the lab cluster, send traffic and show the exporter's view")
     demo.set_defaults(func=lambda args: _run_lab(["demo"]))
     ltest = lab_sub.add_parser("test", help="run the kernel tests inside the lab VM")
-    ltest.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra arguments for pytest")
-    ltest.set_defaults(func=lambda args: _run_lab(["test", *args.pytest_args]))
+    ltest.add_argument("pytest_args", nargs="*", metavar="PYTEST_ARG", help="extra arguments for pytest (e.g. -k netlink -x)")
+    ltest.set_defaults(func=lambda args: _run_lab(["test", *args.pytest_args]), pass_through=True)
     lab.set_defaults(func=lambda _args: _print_help(lab))
     return parser
 
