@@ -119,37 +119,30 @@ def oid_body(oid: Oid) -> bytes:
     """Content octets of an OBJECT IDENTIFIER (first two arcs folded into one)."""
     if len(oid) < 2:
         raise BerError(f"OID {format_oid(oid)} has fewer than two arcs")
-    out = bytearray()
-    first = oid[0] * 40 + oid[1]
-    for sub in (first, *oid[2:]):
-        if sub < 0x80:
-            out.append(sub)
-            continue
-        chunk = bytearray((sub & 0x7F,))
+    return _encode_subid(oid[0] * 40 + oid[1]) + subids_body(oid[2:])
+
+
+def _encode_subid(sub: int) -> bytes:
+    """Base-128 big-endian with continuation bits (X.690 8.19.2)."""
+    if sub < 0x80:
+        return bytes((sub,))
+    chunk = bytearray((sub & 0x7F,))
+    sub >>= 7
+    while sub:
+        chunk.append(0x80 | (sub & 0x7F))
         sub >>= 7
-        while sub:
-            chunk.append(0x80 | (sub & 0x7F))
-            sub >>= 7
-        chunk.reverse()
-        out += chunk
-    return bytes(out)
+    chunk.reverse()
+    return bytes(chunk)
+
+
+_SUBID = [_encode_subid(i) for i in range(1 << 14)]
+"""Encoded sub-identifiers below 16384: index suffixes (addresses, ports) are built from these."""
 
 
 def subids_body(subids: Oid) -> bytes:
     """Content octets of sub-identifiers past the first two arcs (an index suffix, a column)."""
-    out = bytearray()
-    for sub in subids:
-        if sub < 0x80:
-            out.append(sub)
-            continue
-        chunk = bytearray((sub & 0x7F,))
-        sub >>= 7
-        while sub:
-            chunk.append(0x80 | (sub & 0x7F))
-            sub >>= 7
-        chunk.reverse()
-        out += chunk
-    return bytes(out)
+    table = _SUBID
+    return b"".join([table[s] if s < 16384 else _encode_subid(s) for s in subids])
 
 
 def encode_oid(oid: Oid) -> bytes:

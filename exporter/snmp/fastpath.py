@@ -211,6 +211,8 @@ class V2cResponder:
         cursors: list[tuple[Oid, tuple[int, int, int] | None]] = [(oid, None) for oid in oids[n:]]
         if not cursors:
             return out
+        if len(cursors) == 1:
+            return self._walk(view, cursors[0][0], m, out, used, budget)
         for repetition in range(m):
             all_ended = True
             for i, (last, pos) in enumerate(cursors):
@@ -233,4 +235,34 @@ class V2cResponder:
                 cursors[i] = (last, pos)
             if all_ended:
                 break
+        return out
+
+    @staticmethod
+    def _walk(view: MibView, start: Oid, m: int, out: list[bytes], used: int, budget: int) -> list[bytes]:
+        """One repeater (every bulk walk): whole slices of the encoded columns, no cursor per varbind."""
+        pos = view.next_position(start)
+        last = start
+        left = m
+        while left > 0 and pos is not None:
+            i, c, r = pos
+            column = view.subtrees[i].column(c)
+            chunk = column[r : r + left]
+            size = sum(map(len, chunk))
+            if used + size > budget:
+                for varbind in chunk:
+                    used += len(varbind)
+                    if used > budget:
+                        return out
+                    out.append(varbind)
+            out.extend(chunk)
+            used += size
+            left -= len(chunk)
+            end = (i, c, r + len(chunk) - 1)
+            pos = view.advance(end)
+            if pos is None:
+                last = view.oid(end)
+        if left > 0 and pos is None:
+            varbind = exception_varbind(last, END_OF_MIB_VIEW)
+            if used + len(varbind) <= budget:
+                out.append(varbind)
         return out

@@ -6,8 +6,9 @@ tuple, and the OID of a cell is ``entry + (column,) + index``, so Python's
 tuple order is SNMP's lexicographic OID order: GETNEXT is a bisection, and a
 GETBULK repetition is one step of a cursor (next row, else next column, else
 next subtree). The OID prefix of every column and the BER suffix of every
-row index are encoded once per snapshot; a varbind is then two byte strings
-joined and one value encoded.
+row index are encoded once per snapshot, and a column's VarBinds are encoded
+on its first use and kept until the next snapshot: a GETBULK answer is then a
+join of ready byte strings.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Column:
 class Subtree:
     """A table (or scalar group) of rows sorted by index, with pre-encoded OID parts."""
 
-    __slots__ = ("entry", "columns", "subids", "indexes", "rows", "col_prefix", "row_suffix", "encoders")
+    __slots__ = ("entry", "columns", "subids", "indexes", "rows", "col_prefix", "row_suffix", "encoders", "cache", "dynamic")
 
     def __init__(self, entry: Oid, columns: Sequence[Column], rows: Sequence[tuple[Oid, Sequence[Any]]]) -> None:
         ordered = sorted(rows, key=lambda r: r[0])
@@ -69,9 +70,37 @@ class Subtree:
         self.col_prefix = [ber.oid_body(entry + (c.subid,)) for c in self.columns]
         self.row_suffix = [ber.subids_body(index) for index in self.indexes]
         self.encoders = [ENCODERS[c.kind] for c in self.columns]
+        self.dynamic = [c.kind.startswith("dyn-") for c in self.columns]
+        self.cache: list[list[bytes] | None] = [None] * len(self.columns)
 
     def oid(self, col: int, row: int) -> Oid:
         return self.entry + (self.columns[col].subid,) + self.indexes[row]
+
+    def column(self, col: int) -> list[bytes]:
+        """The encoded VarBinds of one column, row by row; built on first use, kept for the snapshot."""
+        encoded = self.cache[col]
+        if encoded is None:
+            encoded = self._encode_column(col)
+            if not self.dynamic[col]:
+                self.cache[col] = encoded
+        return encoded
+
+    def _encode_column(self, col: int) -> list[bytes]:
+        prefix = self.col_prefix[col]
+        encode = self.encoders[col]
+        oid_header, seq_header, tlv = _OID_HEADER, _SEQ_HEADER, ber.tlv
+        out = []
+        for suffix, row in zip(self.row_suffix, self.rows):
+            name = prefix + suffix
+            n = len(name)
+            inner = (oid_header[n] + name if n < 0x80 else tlv(ber.OBJECT_IDENTIFIER, name)) + encode(row[col])
+            m = len(inner)
+            out.append(seq_header[m] + inner if m < 0x80 else tlv(ber.SEQUENCE, inner))
+        return out
+
+
+_OID_HEADER = [bytes((ber.OBJECT_IDENTIFIER, n)) for n in range(0x80)]
+_SEQ_HEADER = [bytes((ber.SEQUENCE, n)) for n in range(0x80)]
 
 
 class MibView:
@@ -150,11 +179,7 @@ class MibView:
     def varbind(self, pos: Position) -> bytes:
         """The encoded VarBind (SEQUENCE of OID and value) of one cell."""
         i, c, r = pos
-        tree = self.subtrees[i]
-        body = tree.col_prefix[c] + tree.row_suffix[r]
-        value = tree.encoders[c](tree.rows[r][c])
-        inner = ber.tlv(ber.OBJECT_IDENTIFIER, body) + value
-        return ber.tlv(ber.SEQUENCE, inner)
+        return self.subtrees[i].column(c)[r]
 
     def oid(self, pos: Position) -> Oid:
         i, c, r = pos

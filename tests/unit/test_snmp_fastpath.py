@@ -144,8 +144,19 @@ def test_getnext_walk_visits_every_cell_in_order(responder: V2cResponder) -> Non
         (2, 3, [(1, 3), BASE, BASE + layout.SYNC_ENTRY]),
         (0, 0, [BASE]),
         (5, 4, [BASE]),
+        (0, 50, [BASE + layout.SYNC_ENTRY]),
+        (0, 50, [BASE + layout.SYNC_ENTRY, BASE + layout.RS_ENTRY]),
     ],
-    ids=["one-repeater", "two-repeaters", "non-repeater-and-repeater", "only-non-repeaters", "zero-repetitions", "n-over-count"],
+    ids=[
+        "one-repeater",
+        "two-repeaters",
+        "non-repeater-and-repeater",
+        "only-non-repeaters",
+        "zero-repetitions",
+        "n-over-count",
+        "one-repeater-past-the-end",
+        "two-repeaters-past-the-end",
+    ],
 )
 def test_getbulk_equals_getnext_steps(responder: V2cResponder, non_repeaters, max_repetitions, starts) -> None:
     """RFC 3416 4.2.3 spelled out with GETNEXT: N single steps, then M rounds over the R repeaters."""
