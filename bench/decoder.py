@@ -16,8 +16,9 @@ scrape on. pyroute2 gets the dump cut into datagrams of at most 32 KiB, as its
 socket would, and is measured twice: ``Marshal.parse`` alone (the message
 objects; pyroute2 decodes attributes lazily, so this reads none of them) and
 parse plus reading every attribute of every real server, stats64 included,
-which is what a reader needs. Reported: the best CPU time (time.process_time)
-of ``--repeat`` runs (pyroute2's full read: fewer runs, it is slow).
+which is what a reader needs. Reported: CPU time (time.process_time) per call,
+the best of ``--repeat`` samples (pyroute2's full read: fewer, single-call
+samples, it is slow).
 """
 
 from __future__ import annotations
@@ -65,13 +66,22 @@ def first(dump: bytes, count: int) -> bytes:
     return dump[: data[-1][4]] + dump[done[3] : done[4]]
 
 
-def best(fn: Callable[[], object], repeat: int) -> float:
-    """Best CPU time of ``repeat`` runs (CPU, not wall: other work on the machine does not count)."""
+def best(fn: Callable[[], object], repeat: int, sample: float = 0.2) -> float:
+    """Seconds of CPU per call: the best of ``repeat`` samples, each at least ``sample`` s of calls.
+
+    CPU time, not wall time, so that other work on the machine does not count;
+    whole samples because the CPU clock can be as coarse as a jiffy (10 ms in UML).
+    """
     times = []
     for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
+        calls, start = 0, time.process_time()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.process_time() - start
+            if elapsed >= sample:
+                break
+        times.append(elapsed / calls)
     return min(times)
 
 
@@ -126,7 +136,7 @@ def main() -> None:
         ours = best(lambda: warm.decode(dump, []), args.repeat) / size * 1e6
         pieces = datagrams(dump)
         parse = best(pyroute2_reader(marshal, family, pieces, False), args.repeat) / size * 1e6
-        read = best(pyroute2_reader(marshal, family, pieces, True), max(1, args.repeat // 4)) / size * 1e6
+        read = best(pyroute2_reader(marshal, family, pieces, True), max(1, args.repeat // 4), 0) / size * 1e6
         print(f"{size:>12} {cold:>10.2f} {ours:>10.2f} {parse:>15.1f} {read:>20.1f} {read / ours:>6.0f}x")
     print("ratio: pyroute2 parse+read / ours warm")
 

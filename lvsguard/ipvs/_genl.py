@@ -76,6 +76,10 @@ class MalformedReply(KernelError):
     """A netlink reply we cannot decode (truncated, garbled, or not what was asked for)."""
 
 
+class TransportError(KernelError):
+    """The exchange itself failed: a socket error, no reply in time, replies lost to a full buffer."""
+
+
 def malformed(what: str) -> MalformedReply:
     """The error for a reply we cannot decode: names what was wrong and where."""
     return MalformedReply(f"malformed netlink reply: {what}")

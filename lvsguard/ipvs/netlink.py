@@ -49,6 +49,7 @@ from lvsguard.ipvs._genl import (
     NLMSG_ERROR,
     NLMSG_MIN_TYPE,
     NetlinkErrno,
+    TransportError,
     align,
     attributes,
     error_of,
@@ -157,6 +158,7 @@ U8 = struct.Struct("=B")
 U16 = struct.Struct("=H")
 BE16 = struct.Struct(">H")
 U32 = struct.Struct("=I")
+U64 = struct.Struct("=Q")
 BE32 = struct.Struct(">I")
 SVC_FLAGS_STRUCT = struct.Struct("=II")  # struct ip_vs_flags {flags, mask}
 
@@ -448,8 +450,7 @@ def _stats(buf: bytes | bytearray | memoryview, attrs: dict[int, tuple[int, int]
         span = attrs.get(kind)
         if span is not None:
             inner = attributes(buf, *span)
-            formats = {"I": U32, "Q": struct.Struct("=Q")}
-            values = [_number(buf, inner, i, formats[fmt], f"stats field {name}", 0) for i, (name, fmt) in schema.items()]
+            values = [_number(buf, inner, i, U32 if fmt == "I" else U64, f"stats field {name}", 0) for i, (name, fmt) in schema.items()]
             return Stats(*values)
     return ZERO_STATS
 
@@ -577,6 +578,7 @@ def _in_range(value: int, top: int, what: str) -> int:
 
 
 def dest_id_attrs(key: RealServerKey) -> bytes:
+    """The attributes that name a real server inside its service, unnested."""
     if key.family not in AF:
         raise ValueError(f"address family must be 4 or 6, got {key.family}")
     return b"".join(
@@ -717,10 +719,11 @@ class NetlinkIPVS:
             services = parse_services(b"".join(self._transact(CMD_GET_SERVICE, b"", NLM_F_REQUEST | NLM_F_DUMP)))
             full = tuple(dataclasses.replace(svc, real_servers=self._dests(svc.key)) for svc in services)
             daemons = parse_daemons(b"".join(self._transact(CMD_GET_DAEMON, b"", NLM_F_REQUEST | NLM_F_DUMP)))
-        count_rs = sum(len(s.real_servers) for s in full)
-        if len(self._decoder.keys) > 2 * count_rs + 1024:
-            self._decoder.prune(rs.key for s in full for rs in s.real_servers)
-        return Table(services=full, totals=self._totals(), sync_daemons=daemons, source=self.source)
+            totals = self._totals()
+            count_rs = sum(len(s.real_servers) for s in full)
+            if len(self._decoder.keys) > 2 * count_rs + 1024:
+                self._decoder.prune(rs.key for s in full for rs in s.real_servers)
+        return Table(services=full, totals=totals, sync_daemons=daemons, source=self.source)
 
     def read_service(self, key: ServiceKey) -> VirtualService:
         """One service with its real servers; raises NoSuchService."""
@@ -838,14 +841,21 @@ class NetlinkIPVS:
 
     @contextmanager
     def _kernel(self, op: str, service: ServiceKey | None = None, real_server: RealServerKey | None = None, subject: str = "", hint: str = "") -> Iterator[None]:
-        """Translate kernel errors once; after a broken exchange, start over on a fresh socket."""
+        """Translate kernel errors once; after a broken exchange, start over on a fresh socket.
+
+        An errno reply ends its exchange, and the typed errors raised here are
+        raised between exchanges, so the socket stays usable. Anything else
+        (a malformed reply, a timeout, an interrupt) may leave replies queued,
+        or a dump running, that the next request would read as its own.
+        """
         try:
             yield
-        except NetlinkErrno as exc:  # the reply ended cleanly with an errno
+        except NetlinkErrno as exc:
             raise translate(exc, op, service, real_server, subject, hint) from None
-        except KernelError as exc:
-            if not isinstance(exc, (InvalidRequest, NoSuchService, NoSuchDestination, AlreadyExists, NotPermitted, BulkFailed)):
-                self._reopen()  # malformed reply, timeout, overflow: replies may still be queued
+        except (InvalidRequest, NoSuchService, NoSuchDestination, AlreadyExists, NotPermitted, BulkFailed):
+            raise
+        except BaseException:
+            self._reopen()
             raise
 
     def _reopen(self) -> None:
@@ -878,18 +888,18 @@ class NetlinkIPVS:
         except OSError as exc:
             raise self._os_error(exc, "receive") from None
         if size > len(self._buf):
-            raise KernelError(f"netlink reply of {size} bytes does not fit the {len(self._buf)}-byte buffer")
+            raise TransportError(f"netlink reply of {size} bytes does not fit the {len(self._buf)}-byte buffer")
         return bytes(self._view[:size])
 
     @staticmethod
     def _os_error(exc: OSError, what: str) -> KernelError:
         if isinstance(exc, TimeoutError):
-            return KernelError(f"no netlink reply from the kernel within {_genl.TIMEOUT:.0f} s")
+            return TransportError(f"no netlink reply from the kernel within {_genl.TIMEOUT:.0f} s")
         if exc.errno in (E.EPERM, E.EACCES):
             return NotPermitted(f"netlink {what}: operation not permitted", errno=exc.errno)
         if exc.errno == E.ENOBUFS:
-            return KernelError("netlink replies were lost: the socket's receive buffer overflowed", errno=exc.errno)
-        return KernelError(f"netlink {what} failed: {exc.strerror or exc}", errno=exc.errno)
+            return TransportError("netlink replies were lost: the socket's receive buffer overflowed", errno=exc.errno)
+        return TransportError(f"netlink {what} failed: {exc.strerror or exc}", errno=exc.errno)
 
     def _transact(self, cmd: int, payload: bytes, flags: int) -> list[bytes]:
         """Send one request and return the data messages of its reply.
