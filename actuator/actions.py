@@ -21,6 +21,7 @@ from the ledger with no write pending was changed by hand: it is reported
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
+from exporter.logs import event
 from lvsguard.errors import KernelError, NoSuchDestination, NoSuchService, PolicyRefused
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
@@ -35,6 +37,9 @@ from actuator.ledger import Backend, Hold, Job, Ledger
 from actuator.policy import Policy, RefusedForNow
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
+
+
+log = logging.getLogger("lvsguard.actuator")
 
 
 class Kernel(Protocol):
@@ -281,6 +286,10 @@ class Session:
                 details=details,
             )
         self.a.metrics.action(outcome.action, outcome.result, actor.source)
+        level = logging.WARNING if outcome.result in ("refused", "drift", "error") else logging.INFO
+        event(log, level, "action", action=outcome.action, result=outcome.result, reason=outcome.reason or "-",
+              target=outcome.target or "-", source=actor.source, actor=actor.name, alertname=actor.alertname or "-",
+              message=outcome.message)  # fmt: skip
         return outcome
 
     def _refused(self, action: str, target: Target, exc: PolicyRefused, actor: Actor, **extra: Any) -> Outcome:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from lvsguard.model import RealServerKey, ServiceKey
 
@@ -158,3 +158,194 @@ class ActuatorSettings:
         if label in ACTIONS:
             return label, None
         return "none", None
+
+
+KEYS = (
+    "ledger", "dry_run", "read_only_open", "min_healthy", "quorum", "rate_limit", "hold_down", "slow_start",
+    "slow_start_steps", "drain_timeout", "job_poll_interval", "retry_interval", "role_file", "rules", "listen",
+)  # fmt: skip
+"""Keys of the config's ``actuator:`` section (``listen`` is the CLI's default address, read by the CLI)."""
+
+RULE_KEYS = ("match", "match_re", "action", "drain_timeout", "drain_delete")
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class SettingsError(ValueError):
+    """The ``actuator:`` section is invalid: ``problems`` is every (key path, message), sorted."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = sorted(problems)
+        super().__init__("; ".join(f"{key}: {message}" for key, message in self.problems))
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a Prometheus-style ``30s`` / ``5m`` / ``250ms`` / ``1h``."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a duration (seconds, or like 30s, 5m), got {value!r}")
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        m = DURATION.fullmatch(value.strip())
+        if m:
+            return float(m.group(1)) * UNITS[m.group(2)]
+    raise ValueError(f"must be a duration (seconds, or like 30s, 5m), got {value!r}")
+
+
+def from_mapping(
+    data: Mapping[str, object] | None,
+    *,
+    names: Names = Names(),
+    real_servers_allowed: Mapping[ServiceKey, frozenset[RealServerKey]] | None = None,
+    tokens: Mapping[str, str] | None = None,
+) -> ActuatorSettings:
+    """Build the settings from the config's ``actuator:`` section (already YAML-decoded).
+
+    ``names`` and ``real_servers_allowed`` come from the config's ``services``,
+    ``tokens`` from LVSGUARD_TOKEN / --token-file. Every problem is collected
+    and raised at once as SettingsError, keyed by its path in the section
+    (``rules[0].action``), so that the config loader can add file and line.
+    """
+    data = data or {}
+    problems: list[tuple[str, str]] = []
+    values: dict[str, object] = {"names": names, "real_servers_allowed": dict(real_servers_allowed or {}),
+                                 "tokens": dict(tokens or {})}  # fmt: skip
+    if not isinstance(data, Mapping):
+        raise SettingsError([("", f"must be a mapping, got {type(data).__name__}")])
+    for key in data:
+        if key not in KEYS:
+            problems.append((str(key), f"unknown key (known: {', '.join(sorted(KEYS))})"))
+
+    def take(key: str, convert: Callable[[object], object], target: str | None = None) -> None:
+        if key in data:
+            try:
+                values[target or key] = convert(data[key])
+            except ValueError as exc:
+                problems.append((key, str(exc)))
+
+    take("ledger", _text, "ledger_path")
+    take("role_file", _text)
+    take("dry_run", _flag)
+    take("read_only_open", _flag)
+    take("min_healthy", lambda v: Quorum.parse(v))  # type: ignore[arg-type]
+    take("hold_down", parse_duration)
+    take("slow_start", parse_duration)
+    take("drain_timeout", parse_duration)
+    take("job_poll_interval", parse_duration)
+    take("retry_interval", parse_duration)
+    take("slow_start_steps", lambda v: _int(v, 1, 1000))
+    if "rate_limit" in data:
+        values["rate_limit"] = _rate_limit(data["rate_limit"], problems)
+    if "quorum" in data:
+        values["service_min_healthy"] = _quorums(data["quorum"], names, problems)
+    if "rules" in data:
+        values["rules"] = _rules(data["rules"], problems)
+    if problems:
+        raise SettingsError(problems)
+    return ActuatorSettings(**values)  # type: ignore[arg-type]
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _int(value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"must be an integer {low}..{high}, got {value!r}")
+    return value
+
+
+def _rate_limit(value: object, problems: list[tuple[str, str]]) -> RateLimit:
+    if not isinstance(value, Mapping):
+        problems.append(("rate_limit", f"must be a mapping with actions and per, got {value!r}"))
+        return RateLimit()
+    for key in value:
+        if key not in ("actions", "per"):
+            problems.append((f"rate_limit.{key}", "unknown key (known: actions, per)"))
+    actions, per = RateLimit().actions, RateLimit().per
+    try:
+        actions = _int(value.get("actions", actions), 0, 1_000_000)
+    except ValueError as exc:
+        problems.append(("rate_limit.actions", str(exc)))
+    try:
+        per = parse_duration(value.get("per", per))
+        if per <= 0:
+            raise ValueError("must be more than 0 seconds")
+    except ValueError as exc:
+        problems.append(("rate_limit.per", str(exc)))
+    return RateLimit(actions, per)
+
+
+def _quorums(value: object, names: Names, problems: list[tuple[str, str]]) -> dict[ServiceKey, Quorum]:
+    if not isinstance(value, Mapping):
+        problems.append(("quorum", f"must map service names (or 'TCP 192.0.2.10:80') to min_healthy, got {value!r}"))
+        return {}
+    out: dict[ServiceKey, Quorum] = {}
+    for name, q in value.items():
+        key = f"quorum.{name}"
+        if name in names.services:
+            service = names.services[name]
+        else:
+            try:
+                service = ServiceKey.parse(str(name))
+            except ValueError:
+                problems.append((key, "neither a service name from the config nor a service like 'TCP 192.0.2.10:80'"))
+                continue
+        try:
+            out[service] = Quorum.parse(q)  # type: ignore[arg-type]
+        except ValueError as exc:
+            problems.append((key, str(exc)))
+    return out
+
+
+def _labels(value: object, key: str, problems: list[tuple[str, str]]) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        problems.append((key, f"must map label names to strings, got {value!r}"))
+        return {}
+    return dict(value)
+
+
+def _rules(value: object, problems: list[tuple[str, str]]) -> tuple[Rule, ...]:
+    if not isinstance(value, list):
+        problems.append(("rules", f"must be a list, got {value!r}"))
+        return ()
+    rules = []
+    for i, item in enumerate(value):
+        where = f"rules[{i}]"
+        if not isinstance(item, Mapping):
+            problems.append((where, f"must be a mapping, got {item!r}"))
+            continue
+        for key in item:
+            if key not in RULE_KEYS:
+                problems.append((f"{where}.{key}", f"unknown key (known: {', '.join(RULE_KEYS)})"))
+        action = item.get("action")
+        if action not in ACTIONS:
+            problems.append((f"{where}.action", f"must be one of {', '.join(ACTIONS)}, got {action!r}"))
+            continue
+        match = _labels(item.get("match", {}), f"{where}.match", problems)
+        patterns = []
+        for name, text in _labels(item.get("match_re", {}), f"{where}.match_re", problems).items():
+            try:
+                patterns.append((name, re.compile(text)))
+            except re.error as exc:
+                problems.append((f"{where}.match_re.{name}", f"invalid regex {text!r}: {exc}"))
+        timeout = None
+        if "drain_timeout" in item:
+            try:
+                timeout = parse_duration(item["drain_timeout"])
+            except ValueError as exc:
+                problems.append((f"{where}.drain_timeout", str(exc)))
+        delete = item.get("drain_delete", False)
+        if not isinstance(delete, bool):
+            problems.append((f"{where}.drain_delete", f"must be true or false, got {delete!r}"))
+            delete = False
+        rules.append(Rule(str(action), tuple(match.items()), tuple(patterns), timeout, delete))
+    return tuple(rules)

@@ -8,7 +8,7 @@ import pytest
 
 from lvsguard.model import RealServerKey, ServiceKey
 
-from actuator.settings import ActuatorSettings, Names, Quorum, Rule
+from actuator.settings import ActuatorSettings, Names, Quorum, RateLimit, Rule, SettingsError, from_mapping, parse_duration
 from actuator.targets import Target, TargetError, target_from_labels
 
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
@@ -86,3 +86,48 @@ def test_target_from_labels(labels: dict[str, str], expected: Target) -> None:
 def test_target_errors_say_which_label(labels: dict[str, str], message: str) -> None:
     with pytest.raises(TargetError, match=re.escape(message)):
         target_from_labels(labels, NAMES)
+
+
+def test_settings_from_the_config_section() -> None:
+    section = {
+        "ledger": "/var/lib/lvsguard/a.db",
+        "dry_run": True,
+        "min_healthy": "50%",
+        "quorum": {"web": 2, "UDP 192.0.2.10:53": 0.25},
+        "rate_limit": {"actions": 10, "per": "1m"},
+        "hold_down": "30s",
+        "slow_start": 20,
+        "rules": [
+            {"match": {"alertname": "LvsRealServerDown"}, "action": "quarantine"},
+            {"match_re": {"alertname": "Maint.*"}, "action": "drain", "drain_timeout": "5m", "drain_delete": True},
+        ],
+    }
+    s = from_mapping(section, names=NAMES, tokens={"am": "x" * 16})
+    assert (s.ledger_path, s.dry_run, str(s.min_healthy), s.hold_down, s.slow_start) == ("/var/lib/lvsguard/a.db", True, "50%", 30.0, 20.0)
+    assert s.rate_limit == RateLimit(10, 60.0) and s.tokens == {"am": "x" * 16}
+    assert s.quorum_for(WEB) == Quorum(2) and s.quorum_for(ServiceKey.parse("UDP 192.0.2.10:53")) == Quorum(0.25, True)
+    assert s.action_for({"alertname": "Maintenance"})[1].drain_timeout == 300.0  # type: ignore[union-attr]
+    assert from_mapping(None) == ActuatorSettings()
+
+
+def test_settings_report_every_problem_with_its_key() -> None:
+    section = {
+        "min_healthy": -1,
+        "hold_down": "soon",
+        "rate_limit": {"actions": "many", "per": 0, "burst": 3},
+        "quorum": {"nope": 1},
+        "rules": [{"action": "reboot"}, {"action": "drain", "match_re": {"x": "("}, "when": 1}, "x"],
+        "dryrun": True,
+    }
+    with pytest.raises(SettingsError) as info:
+        from_mapping(section, names=NAMES)
+    assert [key for key, _ in info.value.problems] == [
+        "dryrun", "hold_down", "min_healthy", "quorum.nope", "rate_limit.actions", "rate_limit.burst", "rate_limit.per",
+        "rules[0].action", "rules[1].match_re.x", "rules[1].when", "rules[2]",
+    ]  # fmt: skip
+    assert "unknown key (known: " in str(info.value) and "must be one of quarantine, drain" in str(info.value)
+
+
+@pytest.mark.parametrize("text, seconds", [(30, 30.0), ("30s", 30.0), ("5m", 300.0), ("250ms", 0.25), ("1h", 3600.0), (0.5, 0.5)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
