@@ -3,9 +3,7 @@
 The standard library's threading HTTP server is enough: a scrape is one
 request, and the work is rendering, not connection handling. ``/metrics``
 streams the fast exposition as HTTP/1.1 chunks (gzip-compressed when the
-scraper accepts it), so a 150 MB scrape is never held in memory at once; the
-rendering runs a few chunks ahead in a worker thread, overlapping with
-compression and sending, which release the GIL. A
+scraper accepts it), so a 165 MB scrape is never held in memory at once. A
 table that cannot be read is not an HTTP error: the scrape answers 200 with
 ``ipvs_up 0``, and the exporter keeps serving.
 """
@@ -23,7 +21,7 @@ from typing import Callable, Collection, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from exporter.collector import BACKEND_LABELS, IPVSCollector, Names
-from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped, prefetched
+from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
 from exporter.logs import event
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
@@ -132,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         gzip = accepts_gzip(self.headers.get("Accept-Encoding", ""))
         chunked = self.request_version == "HTTP/1.1"
-        rendered = prefetched(encoded(self.server.exposition.chunks()))
+        rendered = encoded(self.server.exposition.chunks())
         body = gzipped(rendered) if gzip else rendered
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", CONTENT_TYPE)
@@ -148,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
             sent = self._stream(body, chunked)
         finally:
             body.close()
-            rendered.close()  # stops the render worker when the scraper went away
+            rendered.close()  # a scraper that went away stops the rendering here
         event(log, logging.DEBUG, "scrape_served", client=self.client_address[0], bytes=sent, gzip=gzip, seconds=f"{time.perf_counter() - started:.3f}")
 
     def _stream(self, body: Iterable[bytes], chunked: bool) -> int:
