@@ -29,8 +29,10 @@ from exporter.snmp.ber import BerError
 from exporter.snmp.fastpath import VERSION_V3, AgentStats, V2cResponder, peek_version
 from exporter.snmp.layout import Counters, FirstSeen, Uptime, build_subtrees
 from exporter.snmp.mibview import MibView
+from exporter.snmp.notify import TrapSender, changes
 from exporter.snmp.settings import AgentSettings
-from exporter.snmp.snapshot import SnapshotProvider
+from exporter.snmp.snapshot import Snapshot, SnapshotProvider
+from lvsguard.model import parse_endpoint
 from exporter.snmp.v3 import crypto_available, make_engine
 from lvsguard.errors import LvsguardError
 
@@ -73,7 +75,10 @@ class SnmpAgent:
         self._first_seen = FirstSeen(clock)
         self._responder = V2cResponder((c.encode() for c in settings.communities), self.stats, settings.max_response_size)
         self._view: MibView | None = None
+        self._snapshot: Snapshot | None = None
         self._view_time = 0.0
+        self._sender: TrapSender | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Future[MibView] | None = None
         self._engine: pysnmp_engine.SnmpEngine | None = None
         self._transport: Any = None
@@ -92,6 +97,14 @@ class SnmpAgent:
     async def start(self) -> None:
         """Read the first snapshot and bind the socket; SnmpAgentError if the address is unusable."""
         host, port, version = self.settings.host_port
+        if self.settings.trap_targets:
+            self._sender = TrapSender(
+                [parse_endpoint(t) for t in self.settings.trap_targets],
+                self.settings.trap_community,
+                self.settings.base_oid,
+                self.uptime,
+                inform=self.settings.inform,
+            )
         if self.settings.users and not crypto_available():
             raise SnmpAgentError(
                 f"SNMP agent on {self.settings.listen}: v3 users need the Python package 'cryptography' (AES), not installed"
@@ -115,6 +128,8 @@ class SnmpAgent:
             self._engine = make_engine(self.settings.users, self.current_view, self.settings.engine_id)
             domain = udp.DOMAIN_NAME if version == 4 else udp6.DOMAIN_NAME
             pysnmp_config.add_transport(self._engine, domain, transport)
+        if self._sender is not None:
+            self._watch = asyncio.ensure_future(self._watch_loop())
         log.info(
             "SNMP agent on %s: v2c %s, v3 users %s, base %s",
             self.address_text,
@@ -124,6 +139,11 @@ class SnmpAgent:
         )
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._sender is not None:
+            self._sender.close()
         if self._engine is not None:
             self._engine.close_dispatcher()
             self._engine = None
@@ -151,25 +171,42 @@ class SnmpAgent:
             raise SnmpAgentError("SNMP agent has no snapshot yet")
         return self._view
 
-    def _build(self) -> MibView:
+    def _build(self) -> tuple[Snapshot, MibView]:
         snap = self.provider()
-        return MibView(build_subtrees(snap, self.settings.base_oid, self.uptime, self._first_seen, self._counters))
+        return snap, MibView(build_subtrees(snap, self.settings.base_oid, self.uptime, self._first_seen, self._counters))
 
     async def refresh(self) -> MibView:
-        """A fresh view, shared by every caller while one is being built."""
+        """A fresh view, shared by every caller while one is being built; notifications go out from here."""
         if self._refreshing is None:
             loop = asyncio.get_running_loop()
             self._refreshing = loop.create_future()
             try:
-                view = await loop.run_in_executor(None, self._build)
+                snap, view = await loop.run_in_executor(None, self._build)
             except Exception as exc:  # noqa: BLE001 - a provider bug must not stop the agent
                 log.error("SNMP snapshot failed, serving the previous one: %s: %s", type(exc).__name__, exc)
-                view = self._view if self._view is not None else MibView([])
+                snap, view = self._snapshot, self._view if self._view is not None else MibView([])
+            else:
+                self._notify(snap)
+            self._snapshot = snap
             self._view, self._view_time = view, self._clock()
             future, self._refreshing = self._refreshing, None
             future.set_result(view)
             return view
         return await asyncio.shield(self._refreshing)
+
+    def _notify(self, snap: Snapshot) -> None:
+        if self._sender is None:
+            return
+        found = changes(self._snapshot, snap, self.settings.base_oid)
+        if found:
+            asyncio.ensure_future(self._sender.send_all(found))
+
+    async def _watch_loop(self) -> None:
+        """With notification targets, read a snapshot every max_age even when nobody polls."""
+        while True:
+            await asyncio.sleep(self.settings.max_age)
+            if not self._fresh():
+                await self.refresh()
 
     def _fresh(self) -> bool:
         return self._view is not None and self._clock() - self._view_time < self.settings.max_age

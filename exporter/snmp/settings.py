@@ -50,7 +50,9 @@ class AgentSettings:
     max_age: float = 2.0  # seconds a snapshot is served before the next request re-reads it
     max_response_size: int = 65000  # bytes of one answer (a GETBULK answer is cut to fit)
     engine_id: bytes | None = None  # snmpEngineID; None = pysnmp's default
-    trap_targets: tuple[str, ...] = field(default=())  # host:port of v2c trap receivers
+    trap_targets: tuple[str, ...] = ()  # host:port of v2c notification receivers; none = no notifications
+    trap_community: str = field(default="", repr=False)
+    inform: bool = False  # send informs (acknowledged, re-sent) instead of traps
 
     @property
     def host_port(self) -> tuple[str, int, int]:
@@ -68,6 +70,8 @@ def build_settings(
     max_response_size: int = 65000,
     engine_id: str | None = None,
     trap_targets: tuple[str, ...] = (),
+    trap_community: str = "",
+    inform: bool = False,
 ) -> AgentSettings:
     """Check every value and return the settings, or raise SnmpSettingsError with all problems."""
     problems: list[str] = []
@@ -80,6 +84,8 @@ def build_settings(
             parse_endpoint(target)
         except ValueError as exc:
             problems.append(f"trap_targets: {exc}")
+    if trap_targets and not trap_community:
+        problems.append("trap_community: required when trap_targets are configured")
     base = DEFAULT_BASE
     if base_oid is not None:
         try:
@@ -129,4 +135,6 @@ def build_settings(
         max_response_size=max_response_size,
         engine_id=engine,
         trap_targets=tuple(trap_targets),
+        trap_community=trap_community,
+        inform=inform,
     )

@@ -67,6 +67,9 @@ class RealServerState:
     hold: Hold = Hold.NONE
     last_change: float | None = None  # time.time() of the last health or hold change
     name: str = ""  # "" = use str(key)
+    reason: str = ""  # why the last change happened (probe message, alert, operator's words)
+    actor: str = ""  # who asked for the current hold (alertmanager, fast-path, an operator)
+    original_weight: int | None = None  # the weight the ledger restores, while a hold is on
 
 
 @dataclass(frozen=True, slots=True)
