@@ -188,8 +188,9 @@ DEST_SCHEMA: Schema = {
 DEST_MESSAGE_SCHEMA: Schema = {ATTR_DEST: ("dest", DEST_SCHEMA)}
 SCALAR_SIZES = {"B": 1, "H": 2, "be16": 2, "I": 4, "Q": 8}
 
-# The order in which a compiled layout hands the fields of a real server to the decoder.
-DEST_FIELDS = ("addr", "port", "af", "fwd", "weight", "u_thresh", "l_thresh", "active", "inactive", "persist", "tun_type", "tun_port", "tun_flags")
+# The order in which a compiled layout hands the fields of a real server to the decoder: the
+# order kernels >= 5.3 write them in, so that their layout needs no reordering.
+DEST_FIELDS = ("addr", "port", "fwd", "weight", "tun_type", "tun_port", "tun_flags", "u_thresh", "l_thresh", "active", "inactive", "persist", "af")
 DEST_REQUIRED = ("addr", "port", "fwd", "weight")
 
 make_stats = fast_constructor(Stats)
@@ -210,11 +211,12 @@ class Layout:
     nlmsg_len, nlmsg_type, the genl command, and the length and type of every
     attribute. A message has this layout when ``int.from_bytes(message) & mask
     == expected``, one big-integer operation however many attributes there are.
-    ``unpack`` then reads only the data fields, and ``values`` puts them in
-    ``DEST_FIELDS`` + ``STATS_NAMES`` order (``defaults`` fills the missing).
+    ``unpack`` then reads only the data fields. When they are not in
+    ``DEST_FIELDS`` + ``STATS_NAMES`` order, or some are missing, ``reorder``
+    puts them in that order (``defaults`` fills the missing).
     """
 
-    __slots__ = ("length", "advance", "mask", "expected", "unpack", "values", "defaults")
+    __slots__ = ("length", "advance", "mask", "expected", "unpack", "reorder", "defaults")
 
     def __init__(self, message: bytes, structure: bytes, fmt: str, value_index: list[int], defaults: tuple[int, ...]):
         self.length = len(message)
@@ -222,7 +224,8 @@ class Layout:
         self.mask = int.from_bytes(structure, "little")
         self.expected = int.from_bytes(message, "little") & self.mask
         self.unpack = struct.Struct(fmt).unpack_from
-        self.values = itemgetter(*value_index)
+        in_order = value_index == list(range(len(value_index))) and not defaults
+        self.reorder: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None if in_order else itemgetter(*value_index)
         self.defaults = defaults
 
 
@@ -320,10 +323,10 @@ class DestDecoder:
                 if layout is None:
                     return True
             values = layout.unpack(buf, off)
-            if layout.defaults:
-                values += layout.defaults
-            (addr, port, af, fwd, weight, uth, lth, act, inact, pers, tt, tp, tf,
-             c, ip, op, ib, ob, cps, ipps, opps, ibps, obps) = layout.values(values)  # fmt: skip
+            if layout.reorder is not None:
+                values = layout.reorder(values + layout.defaults)
+            (addr, port, fwd, weight, tt, tp, tf, uth, lth, act, inact, pers, af,
+             c, ip, op, ib, ob, cps, ipps, opps, ibps, obps) = values  # fmt: skip
             key = keys.get((addr, port, af))
             if key is None:
                 key = self._key(addr, port, af)
