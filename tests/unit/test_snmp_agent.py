@@ -8,7 +8,6 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 from typing import Callable
 
 import pytest
@@ -19,6 +18,7 @@ from pysnmp.proto import api
 from exporter.snmp import layout
 from exporter.snmp.agent import SnmpAgent, SnmpAgentError
 from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
+from exporter.snmp.runner import start_in_thread
 from exporter.snmp.settings import V3User, build_settings
 from exporter.snmp.snapshot import Health, RealServerState, Snapshot
 from exporter.snmp.v3 import crypto_available
@@ -59,25 +59,18 @@ def make_table(web_servers: int = 4) -> Table:
 
 
 class AgentThread:
-    """An SnmpAgent on its own event loop in a thread, so that tests can run blocking clients."""
+    """An SnmpAgent on its own event loop in a thread (``runner.start_in_thread``), so that tests can run blocking clients."""
 
     def __init__(self, provider: Callable[[], Snapshot], clock: Callable[[], float] | None = None, **settings) -> None:
         settings.setdefault("communities", ("public",))
         settings.setdefault("users", (ALICE, BOB) if crypto_available() else ())
         self.settings = build_settings(listen="127.0.0.1:0", **settings)
-        self.loop = asyncio.new_event_loop()
-        kwargs = {"clock": clock} if clock else {}
-        self.agent = SnmpAgent(self.settings, provider, **kwargs)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.agent.start(), self.loop).result(10)
+        self.running = start_in_thread(self.settings, provider, **({"clock": clock} if clock else {}))
+        self.agent = self.running.agent
         self.target = "127.0.0.1:%d" % self.agent.address[1]
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.agent.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.running.stop()
 
 
 @pytest.fixture(scope="module")
