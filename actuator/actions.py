@@ -33,7 +33,8 @@ from exporter.logs import event
 from lvsguard.errors import KernelError, NoSuchDestination, NoSuchService, PolicyRefused
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
-from actuator.ledger import Backend, Hold, Job, Ledger
+from actuator.failover import read_track_file, write_track_file
+from actuator.ledger import Backend, FailoverHold, Hold, Job, Ledger
 from actuator.policy import Policy, RefusedForNow
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
@@ -57,6 +58,7 @@ class Recorder(Protocol):
 
     def action(self, action: str, result: str, source: str) -> None: ...
     def refusal(self, action: str, reason: str) -> None: ...
+    def failover(self) -> None: ...
 
 
 class _NoMetrics:
@@ -64,6 +66,9 @@ class _NoMetrics:
         return None
 
     def refusal(self, action: str, reason: str) -> None:
+        return None
+
+    def failover(self) -> None:
         return None
 
 
@@ -137,6 +142,12 @@ def ramp_weight(target_weight: int, elapsed: float, period: float, steps: int) -
         return target_weight
     step = min(steps, int(elapsed / (period / steps)) + 1)
     return max(1, min(target_weight, math.ceil(target_weight * step / steps)))
+
+
+def _failover_text(hold: FailoverHold) -> str:
+    if hold.kind == "alert":
+        return f"alert {hold.alertname or '?'} ({hold.holder})"
+    return f"manual ({hold.source} {hold.holder})"
 
 
 def _holder_text(hold: Hold) -> str:
@@ -528,6 +539,52 @@ class Session:
                 if job.kind == kind:
                     self.ledger.finish_job(job.id, "cancelled", why)
 
+    # failover (the director, not a real server)
+
+    def failover(self, actor: Actor, *, reason: str = "") -> Outcome:
+        """Record ``actor``'s request that this director hands its VIPs over, and write the track file."""
+        path = self.settings.failover_track_file
+        if not path:
+            return self._finish(Outcome("failover", None, "refused", "refused: failover is not configured "
+                                        "(actuator.failover_track_file)", "not_configured"), actor)  # fmt: skip
+        if self.policy.dry_run:
+            return self._finish(Outcome("failover", None, "dry_run", f"dry run: would write 1 to {path}"), actor)
+        with self.ledger.transaction():
+            new = self.ledger.add_failover(kind=actor.hold_kind, holder=actor.name, source=actor.source,
+                                           alertname=actor.alertname, reason=reason)  # fmt: skip
+        holders = tuple(_failover_text(f) for f in self.ledger.active_failovers())
+        if read_track_file(path):
+            if not new:
+                return self._finish(Outcome("failover", None, "noop", "failover already requested by this holder",
+                                            holders=holders), actor, audit=False)  # fmt: skip
+            return self._finish(Outcome("failover", None, "recorded", f"failover already requested ({path} = 1); "
+                                        f"{len(holders)} holder(s) now", holders=holders), actor)  # fmt: skip
+        write_track_file(path, True)
+        self.a.metrics.failover()
+        return self._finish(Outcome("failover", None, "applied", f"failover requested: {path} = 1 "
+                                    "(keepalived lowers this director's priority)", holders=holders), actor)  # fmt: skip
+
+    def end_failover(self, actor: Actor, *, scope: str = "own") -> Outcome:
+        """Release failover requests (``own``/``alerts``/``all`` as for holds); ``0`` once none is left."""
+        path = self.settings.failover_track_file
+        if not path:
+            return self._finish(Outcome("failover", None, "noop", "failover is not configured"), actor, audit=False)
+        kind = None if scope == "all" else ("alert" if scope == "alerts" else actor.hold_kind)
+        holder = actor.name if scope == "own" and actor.hold_kind == "alert" else None
+        with self.ledger.transaction():
+            released = self.ledger.release_failovers(kind=kind, holder=holder, by=str(actor))
+        remaining = tuple(_failover_text(f) for f in self.ledger.active_failovers())
+        if remaining:
+            result = "recorded" if released else "noop"
+            return self._finish(Outcome("failover", None, result, "failover still requested by " + ", ".join(remaining),
+                                        holders=remaining), actor, audit=bool(released))  # fmt: skip
+        if not released and read_track_file(path) is False:
+            return self._finish(Outcome("failover", None, "noop", "no failover is requested"), actor, audit=False)
+        if self.policy.dry_run:
+            return self._finish(Outcome("failover", None, "dry_run", f"dry run: would write 0 to {path}"), actor)
+        write_track_file(path, False)
+        return self._finish(Outcome("failover", None, "applied", f"failover released: {path} = 0"), actor)
+
     # weights and membership
 
     def set_weight(self, target: Target, weight: int, actor: Actor, *, force: bool = False) -> Outcome:
@@ -744,6 +801,13 @@ class Session:
     def reconcile(self) -> list[Outcome]:
         """Compare the ledger with the kernel after a start; finish interrupted writes, report drift."""
         outcomes = []
+        path = self.settings.failover_track_file
+        if path and not self.policy.dry_run:
+            wanted = bool(self.ledger.active_failovers())
+            if read_track_file(path) is not wanted:
+                write_track_file(path, wanted)
+                outcomes.append(self._finish(Outcome("failover", None, "applied",
+                                                     f"{path} set to {int(wanted)} from the ledger at start"), ACTUATOR))  # fmt: skip
         for backend in self.ledger.backends():
             outcome = self._reconcile_backend(backend)
             if outcome is not None:

@@ -21,6 +21,7 @@ from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats
 
 from actuator.actions import Actions, Actor, Outcome
 from actuator.auth import read_only, require_token
+from actuator.failover import read_track_file
 from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger
 from actuator.openapi import document
 from actuator.settings import ActuatorSettings
@@ -354,9 +355,18 @@ def director() -> dict[str, Any]:
             role = "unknown"
     kernel = _actions().kernel
     daemons = kernel.read().sync_daemons
+    path = settings.failover_track_file
+    failovers = get_ledger().active_failovers()
     return {
         "role": role,
         "dry_run": settings.dry_run,
+        "failover": {
+            "configured": bool(path),
+            "track_file": path,
+            "requested": read_track_file(path) if path else None,
+            "holders": [{"kind": f.kind, "holder": f.holder, "alertname": f.alertname, "source": f.source,
+                         "reason": f.reason, "since": iso(f.created_at)} for f in failovers],
+        },
         "sync_daemons": [
             {"role": d.role, "mcast_interface": d.mcast_interface, "sync_id": d.sync_id, "mcast_group": d.mcast_group,
              "mcast_port": d.mcast_port}  # fmt: skip
@@ -443,6 +453,24 @@ def add() -> Any:
         except ValueError as exc:
             raise ApiError(400, str(exc), "forward") from None
         return reply(outcome)
+
+
+@bp.post("/failover")
+@require_token
+def failover() -> Any:
+    body = _body()
+    reason = _field(body, "reason", str, "")
+    with _actions().session(get_ledger()) as s:
+        return reply(s.failover(_actor(), reason=reason))
+
+
+@bp.post("/failover/release")
+@require_token
+def failover_release() -> Any:
+    body = _body()
+    scope = "all" if _field(body, "all_holders", bool, False) else "own"
+    with _actions().session(get_ledger()) as s:
+        return reply(s.end_failover(_actor(), scope=scope))
 
 
 @bp.post("/remove")

@@ -363,6 +363,27 @@ def status_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
+def setup_failover(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = sub.add_parser("failover", help="ask keepalived to move this director's VIPs to the backup",
+                       description="Write 1 to the actuator's keepalived track file (its VRRP priority drops, the backup "
+                                   "takes the VIPs); --release writes 0 once no alert asks for a failover either.")  # fmt: skip
+    p.add_argument("--release", action="store_true", help="release the manual failover request")
+    p.add_argument("--all-holders", action="store_true", help="with --release: also release the alerts' requests")
+    p.add_argument("--reason", default="", help="why, for the ledger")
+    add_client_options(p)
+    p.set_defaults(func=run_failover)
+    return p
+
+
+def run_failover(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    client = client_from_args(args)
+    if args.release:
+        reply = client.post("/api/v1/failover/release", {"all_holders": args.all_holders})
+    else:
+        reply = client.post("/api/v1/failover", {"reason": args.reason})
+    return _outcome(reply, out)
+
+
 COMMANDS = {
     "quarantine": setup_quarantine,
     "restore": setup_restore,
@@ -371,5 +392,6 @@ COMMANDS = {
     "add": setup_add,
     "remove": setup_remove,
     "ledger": setup_ledger,
+    "failover": setup_failover,
 }
 """Every actuator command of the CLI: name -> setup function (``lvsguard/cli.py`` loops over it)."""

@@ -22,6 +22,7 @@ Tables:
 - ``changes``: the last time the actuator changed each real server's weight
   (the hold-down survives a restart).
 - ``jobs``: drains and slow-start restores, with progress.
+- ``failovers``: who asks this director to give its VIPs up (same holders as ``holds``).
 - ``audit``: every decision, applied or refused, with the actor.
 """
 
@@ -90,6 +91,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL,
     finished_at REAL
 );
+CREATE TABLE IF NOT EXISTS failovers (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    alertname TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    released_at REAL,
+    released_by TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS failovers_active ON failovers (kind, holder) WHERE state = 'active';
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -124,6 +138,22 @@ class Hold:
     action: str  # "quarantine" or "drain"
     reason: str
     state: str  # "active", "released", "removed"
+    created_at: float
+    released_at: float | None
+    released_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverHold:
+    """One holder asking this director to hand its VIPs to the backup."""
+
+    id: int
+    kind: str  # "alert" or "manual"
+    holder: str
+    alertname: str
+    source: str
+    reason: str
+    state: str  # "active" or "released"
     created_at: float
     released_at: float | None
     released_by: str
@@ -282,6 +312,36 @@ class Ledger:
             "UPDATE holds SET state = ?, released_at = ?, released_by = ?"
             " WHERE service = ? AND real_server = ? AND state = 'active'",
             (state, self.clock(), by, str(target.service), str(target.real_server)),
+        )
+        return cur.rowcount
+
+    # failover
+
+    def add_failover(self, *, kind: str, holder: str, source: str, alertname: str = "", reason: str = "") -> bool:
+        """Record a failover request; False when this holder already has one."""
+        cur = self.conn.execute(
+            "INSERT INTO failovers (kind, holder, alertname, source, reason, state, created_at)"
+            " VALUES (?, ?, ?, ?, ?, 'active', ?) ON CONFLICT DO NOTHING",
+            (kind, holder, alertname, source, reason, self.clock()),
+        )
+        return cur.rowcount == 1
+
+    def active_failovers(self) -> list[FailoverHold]:
+        rows = self.conn.execute("SELECT * FROM failovers WHERE state = 'active' ORDER BY id").fetchall()
+        return [FailoverHold(*(r[k] for k in r.keys())) for r in rows]
+
+    def release_failovers(self, *, kind: str | None, holder: str | None, by: str) -> int:
+        """End the failover requests of one holder (or of a kind, or all): returns how many."""
+        where, args = ["state = 'active'"], []
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        if holder is not None:
+            where.append("holder = ?")
+            args.append(holder)
+        cur = self.conn.execute(
+            f"UPDATE failovers SET state = 'released', released_at = ?, released_by = ? WHERE {' AND '.join(where)}",
+            (self.clock(), by, *args),
         )
         return cur.rowcount
 

@@ -78,6 +78,9 @@ class ActuatorMetrics:
         self.refusals = Counter(
             "lvsguard_refusals_total", "Actions the safety rules refused, by reason.", ("action", "reason"), registry=registry
         )
+        self.failovers = Counter(
+            "lvsguard_failover_requested_total", "Times this actuator asked keepalived to hand the VIPs over.", registry=registry
+        )
         self.webhook = Counter(
             "lvsguard_webhook_requests_total", "Alertmanager webhook requests, by HTTP status.", ("status",), registry=registry
         )
@@ -87,3 +90,6 @@ class ActuatorMetrics:
 
     def refusal(self, action: str, reason: str) -> None:
         self.refusals.labels(action, reason).inc()
+
+    def failover(self) -> None:
+        self.failovers.inc()

@@ -123,8 +123,14 @@ SCHEMAS: S = {
     ),  # fmt: skip
     "Audit": _obj(["events"], {"events": {"type": "array", "items": _ref("AuditEvent")}}),
     "Director": _obj(
-        ["role", "dry_run", "sync_daemons"],
-        {"role": STR, "dry_run": BOOL, "sync_daemons": {"type": "array", "items": _obj(
+        ["role", "dry_run", "failover", "sync_daemons"],
+        {"role": STR, "dry_run": BOOL,
+         "failover": _obj(["configured", "track_file", "requested", "holders"], {
+             "configured": BOOL, "track_file": STR, "requested": {"type": "boolean", "nullable": True},
+             "holders": {"type": "array", "items": _obj(["kind", "holder", "alertname", "source", "reason", "since"], {
+                 "kind": {"type": "string", "enum": ["alert", "manual"]}, "holder": STR, "alertname": STR, "source": STR,
+                 "reason": STR, "since": TIME})}}),
+         "sync_daemons": {"type": "array", "items": _obj(
             ["role", "mcast_interface", "sync_id", "mcast_group", "mcast_port"],
             {"role": {"type": "string", "enum": ["master", "backup"]}, "mcast_interface": STR, "sync_id": INT,
              "mcast_group": STR, "mcast_port": INT})}},
@@ -188,6 +194,10 @@ BODIES: dict[str, tuple[str, S]] = {
         "weight": {"type": "integer", "minimum": 0, "maximum": 65535}, "forward": STR,
         "upper_threshold": INT, "lower_threshold": INT})),
     "/remove": ("Delete a real server at once (drain first to let connections finish)", _body_schema({"force": FORCE})),
+    "/failover": ("Ask keepalived to hand this director's VIPs to the backup (writes 1 to the track file)",
+                  {"type": "object", "properties": {"reason": STR}}),
+    "/failover/release": ("Release the manual failover requests (all_holders: every request); 0 once none is left",
+                          {"type": "object", "properties": {"all_holders": BOOL}}),
 }  # fmt: skip
 
 GETS: dict[str, tuple[str, str, list[S]]] = {

@@ -144,6 +144,7 @@ class ActuatorSettings:
     real_servers_allowed: Mapping[ServiceKey, frozenset[RealServerKey]] = field(default_factory=dict)
     """Real servers the config declares per service; ``add`` of another one is refused there."""
     role_file: str = ""  # where keepalived's notify script writes this director's state (MASTER, BACKUP, FAULT)
+    failover_track_file: str = ""  # keepalived track_file the ``failover`` action writes ("1" = give the VIPs up)
     ledger_path: str = "/var/lib/lvsguard/actuator.db"
 
     def quorum_for(self, service: ServiceKey) -> Quorum:
@@ -162,7 +163,8 @@ class ActuatorSettings:
 
 KEYS = (
     "ledger", "dry_run", "read_only_open", "min_healthy", "quorum", "rate_limit", "hold_down", "slow_start",
-    "slow_start_steps", "drain_timeout", "job_poll_interval", "retry_interval", "role_file", "rules", "listen",
+    "slow_start_steps", "drain_timeout", "job_poll_interval", "retry_interval", "role_file", "failover_track_file",
+    "rules", "listen",
 )  # fmt: skip
 """Keys of the config's ``actuator:`` section (``listen`` is the CLI's default address, read by the CLI)."""
 
@@ -225,6 +227,7 @@ def from_mapping(
 
     take("ledger", _text, "ledger_path")
     take("role_file", _text)
+    take("failover_track_file", _text)
     take("dry_run", _flag)
     take("read_only_open", _flag)
     take("min_healthy", lambda v: Quorum.parse(v))  # type: ignore[arg-type]

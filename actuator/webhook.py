@@ -178,7 +178,7 @@ def handle_alert(session: Session, settings: ActuatorSettings, alert: Alert) -> 
     if action == "none":
         return {**base, **_ignored(session, actor, "none", "no rule matches and no lvsguard_action label", audit=False)}
     if action == "failover":
-        return {**base, **_ignored(session, actor, "failover", "failover is not available on this actuator")}
+        return {**base, **_result(session.failover(actor, reason=alert.annotations.get("summary", "") or alert.alertname))}
     try:
         target = target_from_labels(alert.labels, settings.names)
     except TargetError as exc:
@@ -208,10 +208,12 @@ def _handle_one(session: Session, settings: ActuatorSettings, alert: Alert) -> d
 def _resolve(session: Session, actor: Actor) -> dict[str, Any]:
     """Release every hold of this fingerprint (whatever the rules say now)."""
     holds = session.ledger.holds_of("alert", actor.name)
-    if not holds:
-        return {"action": "restore", "result": "noop", "message": "this alert holds no real server", "reason": "",
-                "service": "", "real_server": "", "weight": None, "job_id": None, "holders": []}  # fmt: skip
     outcomes = [session.release(h.target, actor) for h in holds]
+    if any(f.kind == "alert" and f.holder == actor.name for f in session.ledger.active_failovers()):
+        outcomes.append(session.end_failover(actor))
+    if not outcomes:
+        return {"action": "restore", "result": "noop", "message": "this alert holds nothing", "reason": "",
+                "service": "", "real_server": "", "weight": None, "job_id": None, "holders": []}  # fmt: skip
     return _result(outcomes[0]) if len(outcomes) == 1 else {**_result(outcomes[0]), "others": [_result(o) for o in outcomes[1:]]}
 
 

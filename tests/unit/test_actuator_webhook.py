@@ -263,3 +263,39 @@ def test_token_never_reaches_the_log(client: FlaskClient, caplog: pytest.LogCapt
     client.post("/webhook/alertmanager", json={}, headers={"Authorization": "Bearer guessed-wrong-token"})
     assert "token=alertmanager" in caplog.text
     assert TOKEN not in caplog.text and "guessed-wrong-token" not in caplog.text
+
+
+def test_failover_alerts_drive_the_track_file(tmp_path: Path) -> None:
+    track = tmp_path / "failover"
+    app = make_app(tmp_path, failover_track_file=str(track))
+    client = app.test_client()
+    alerts = [am_alert(fp, lvsguard_action="failover", alertname=name) for fp, name in (("f1", "VipNotHeld"), ("f2", "SyncDown"))]
+    results = post(client, am_payload(*alerts)).get_json()["results"]
+    assert [r["result"] for r in results] == ["applied", "recorded"] and track.read_text() == "1\n"
+    assert post(client, am_payload(*alerts)).get_json()["results"][0]["result"] == "noop"  # a repeat
+    assert post(client, am_payload(alerts[0] | {"status": "resolved"})).get_json()["results"][0]["result"] == "recorded"
+    assert track.read_text() == "1\n"
+    manual = client.post("/api/v1/failover", json={"reason": "kernel upgrade"}, headers=AUTH)
+    assert manual.get_json()["result"] == "recorded"
+    post(client, am_payload(alerts[1] | {"status": "resolved"}))
+    assert track.read_text() == "1\n"  # the operator's request outlives the alerts
+    director = client.get("/api/v1/director").get_json()["failover"]
+    assert director["requested"] is True and [h["reason"] for h in director["holders"]] == ["kernel upgrade"]
+    released = client.post("/api/v1/failover/release", json={}, headers=AUTH).get_json()
+    assert released["result"] == "applied" and track.read_text() == "0\n"
+    assert "lvsguard_failover_requested_total 1.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_failover_without_a_track_file_is_refused(client: FlaskClient) -> None:
+    r = client.post("/api/v1/failover", json={}, headers=AUTH)
+    assert r.status_code == 409 and "actuator.failover_track_file" in r.get_json()["error"]
+
+
+def test_track_file_follows_the_ledger_after_a_restart(tmp_path: Path) -> None:
+    track = tmp_path / "failover"
+    app = make_app(tmp_path, failover_track_file=str(track))
+    post(app.test_client(), am_payload(am_alert("f1", lvsguard_action="failover")))
+    track.write_text("0\n")  # lost, e.g. /run was a tmpfs and the host rebooted
+    restarted = make_app(tmp_path, kernel=kernel_of(app), failover_track_file=str(track))
+    outcomes = restarted.extensions["lvsguard"].actions.reconcile(Ledger.open(restarted.config["LVSGUARD_LEDGER"]))
+    assert [o.result for o in outcomes] == ["applied"] and track.read_text() == "1\n"
