@@ -460,12 +460,12 @@ class IPVSCollector(Collector):
             yield fam
 
 
-def _family(metric: MetricDef, labels: Sequence[str]) -> Metric:
+def _family(metric: MetricDef, labels: Sequence[str]) -> CounterMetricFamily | GaugeMetricFamily:
     cls = CounterMetricFamily if metric.type == COUNTER else GaugeMetricFamily
     return cls(metric.name, metric.help, labels=list(labels))
 
 
-def _filled(fam: Family) -> Metric:
+def _filled(fam: Family) -> CounterMetricFamily | GaugeMetricFamily:
     out = _family(fam.metric, fam.labels)
     for values, value in fam.rows:
         out.add_metric(list(values), value)

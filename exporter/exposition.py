@@ -24,9 +24,7 @@ from __future__ import annotations
 import threading
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
-
-from prometheus_client.utils import floatToGoString
+from typing import Generator, Iterable, Iterator, Sequence
 
 from exporter.collector import (
     BACKEND_METRICS,
@@ -66,8 +64,8 @@ def label_string(names: Sequence[str], values: Sequence[str]) -> str:
 
 
 def format_value(value: int | float) -> str:
-    """Ints exactly (counters above 2**53 included); floats as Prometheus writes them."""
-    return str(int(value)) if isinstance(value, int) else floatToGoString(value)
+    """Ints exactly (counters above 2**53 included); floats in Python's shortest round-trip form."""
+    return str(int(value)) if isinstance(value, int) else repr(float(value))
 
 
 def header(metric: MetricDef) -> str:
@@ -201,14 +199,14 @@ class Exposition:
                 yield from _samples(metric.name, grouped[0], summed(metric, grouped[1]), self._batch)
 
 
-def encoded(chunks: Iterable[str]) -> Iterator[bytes]:
+def encoded(chunks: Iterable[str]) -> Generator[bytes, None, None]:
     """The text stream as UTF-8 (names from the config may be any text)."""
     for chunk in chunks:
         if chunk:
             yield chunk.encode()
 
 
-def gzipped(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
+def gzipped(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Generator[bytes, None, None]:
     """A gzip stream of ``chunks``, compressed as they come."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     for chunk in chunks:

@@ -80,7 +80,7 @@ def _q_is_zero(text: str) -> bool:
 
 
 class ExporterServer(ThreadingHTTPServer):
-    """Serves ``exposition`` on ``listen`` (port 0 picks a free port; see ``url``)."""
+    """Serves ``exposition`` on ``listen``; ``url`` is where it listens (port 0 picks a free port)."""
 
     daemon_threads = True
     block_on_close = False
@@ -95,11 +95,8 @@ class ExporterServer(ThreadingHTTPServer):
             super().__init__((host, port), _Handler)
         except OSError as exc:
             raise ListenError(listen, exc.strerror or str(exc)) from None
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+        bound_host, bound_port = self.socket.getsockname()[:2]
+        self.url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -33,21 +33,16 @@ class ExporterReader:
             raise ValueError(f"unknown IPVS source {mode!r} (one of {', '.join(SOURCES)})")
         self.netns = netns
         self.mode = mode
+        self.source = "" if mode == "auto" else mode  # the source in use; "" before the first open in auto mode
         self._opener = opener
         self._reader: TableReader | None = None
         self._lock = threading.Lock()
-
-    @property
-    def source(self) -> str:
-        """The source in use: netlink or procfs; "" before the first successful open in auto mode."""
-        if self._reader is not None:
-            return self._reader.source
-        return "" if self.mode == "auto" else self.mode
 
     def read(self) -> Table:
         with self._lock:
             if self._reader is None:
                 self._reader = self._opener(self.netns, self.mode)
+                self.source = self._reader.source
             reader = self._reader
             try:
                 return reader.read()
@@ -58,6 +53,7 @@ class ExporterReader:
                 self._reader = None
                 reader.close()
                 self._reader = self._opener(self.netns, "procfs")
+                self.source = self._reader.source
                 return self._reader.read()
             except (IPVSUnavailable, NamespaceError):
                 self._reader = None  # the next scrape opens a new socket (module loaded, namespace back)
