@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import shutil
@@ -371,3 +372,41 @@ def test_listen_on_a_busy_port_names_the_address() -> None:
         agent = SnmpAgent(build_settings(listen=f"127.0.0.1:{port}", communities=("public",)), lambda: Snapshot(None))
         with pytest.raises(SnmpAgentError, match=f"127.0.0.1:{port}: Address already in use"):
             asyncio.run(agent.start())
+
+
+@pytest.fixture
+def snmpd_proxy(running: AgentThread, tmp_path):
+    """net-snmp's snmpd with the ``proxy`` line of docs/snmp.md, forwarding LVSGUARD-MIB to the agent."""
+    if shutil.which("snmpd") is None:
+        pytest.skip("snmpd not installed (Debian snmpd)")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "proxy.conf"
+    base = ".".join(map(str, layout.DEFAULT_BASE))
+    conf.write_text(f"rocommunity nms 127.0.0.1\nproxy -v 2c -c public {running.target} .{base}\n")
+    (tmp_path / "state").mkdir()
+    proc = subprocess.Popen(
+        ["snmpd", "-f", "-Lo", "-C", "-c", str(conf), "-p", str(tmp_path / "pid"), f"udp:127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "state"), "MIBS": ""},
+    )
+    target = f"127.0.0.1:{port}"
+    for _ in range(100):
+        if net_snmp("snmpget", "-v2c", "-c", "nms", "-m", "", target, ".1.3.6.1.2.1.1.3.0", check=False).returncode == 0:
+            break
+    yield target
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_snmpd_proxy_serves_the_agent_under_its_own_port(running: AgentThread, snmpd_proxy: str, mibs) -> None:
+    direct = net_snmp("snmpbulkwalk", *v2c(), *mibs, running.target, "lvsguardMIB").stdout
+    proxied = net_snmp("snmpbulkwalk", *v2c("nms"), *mibs, snmpd_proxy, "lvsguardMIB").stdout
+    keep = lambda out: [line for line in out.splitlines() if line.startswith("LVSGUARD-MIB::lvsg") and "No more variables" not in line]
+    assert keep(proxied) == keep(direct)
+    assert len(keep(direct)) > 100
+    # snmpd still answers its own objects: only the LVSGUARD-MIB subtree is forwarded
+    own = net_snmp("snmpget", *v2c("nms"), *mibs, "-Ov", snmpd_proxy, "SNMPv2-MIB::sysDescr.0").stdout
+    assert layout.SYS_DESCR not in own
