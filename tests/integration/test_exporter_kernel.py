@@ -2,9 +2,9 @@
 
 The exporter runs as it does in production (``exporter.server.run`` with the
 netlink reader, in the lab director's namespace, names from the lab's
-services) and is scraped over HTTP. What it says is compared with ``ipvsadm``
-(the independent witness), with what the clients did, and with
-``ip -json addr``. Counters lag the traffic by up to 2 s (the kernel's
+services) and is scraped over HTTP, by the tests and by a real Prometheus.
+What it says is compared with ``ipvsadm`` (the independent witness), with what
+the clients did, and with ``ip -json addr``. Counters lag the traffic by up to 2 s (the kernel's
 estimator folds per-CPU counters), so every comparison after traffic polls.
 """
 
@@ -15,12 +15,15 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import pytest
@@ -239,6 +242,68 @@ def test_active_connections_while_clients_hold_them(lab: Lab, exporter: Exporter
         assert sum(held.values()) == 5
         poll("active connections while held", active, lambda now: now == held)
     poll("active connections after the clients closed", active, lambda now: not now)
+
+
+@pytest.fixture
+def prometheus(exporter: ExporterServer, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus (Debian's) scraping the exporter every second; yields its URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("Prometheus is not installed (apt-get install prometheus)")
+    target = exporter.url.removeprefix("http://")
+    (tmp_path / "prometheus.yml").write_text(
+        json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": [{"job_name": "lvsguard", "static_configs": [{"targets": [target]}]}]})
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path / "prometheus.log", "w")
+    process = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        poll("Prometheus ready", lambda: _status(f"{url}/-/ready"), lambda status: status == 200, timeout=60)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except OSError:
+        return 0
+
+
+def promql(prometheus: str, expr: str) -> dict[str, float]:
+    """Instant query: ``{real_server label (or ""): value}``."""
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return {r["metric"].get("real_server", ""): float(r["value"][1]) for r in body["data"]["result"]}
+
+
+def test_a_real_prometheus_scrapes_the_exporter(lab: Lab, prometheus: str) -> None:
+    nat = lab.nat
+    poll("the scrape target up", lambda: promql(prometheus, 'up{job="lvsguard"}'), lambda r: r == {"": 1.0}, timeout=60)
+    traffic.http_get(lab, nat.address, nat.port, 9)
+
+    def kernel_and_prometheus() -> tuple[dict[str, float], dict[str, float]]:
+        counts = lab.connections(nat).by_real_server
+        return {node: float(counts[node]) for node in nat.weights}, promql(
+            prometheus, 'ipvs_backend_connections_total{service="nat"}'
+        )
+
+    poll("Prometheus has the connections ipvsadm counts", kernel_and_prometheus, lambda pair: pair[0] == pair[1], timeout=60)
+    assert promql(prometheus, 'ipvs_backend_weight{service="nat"}') == {node: float(w) for node, w in nat.weights.items()}
+    assert promql(prometheus, "ipvs_up") == {"": 1.0}
 
 
 def test_gzip_scrape_is_the_same_exposition(exporter: ExporterServer) -> None:
