@@ -1,10 +1,11 @@
-"""Fixtures of the kernel tests: one lab cluster per test session.
+"""Fixtures of the kernel tests: one lab cluster per test module.
 
-The lab (lab.topology) is built once, the first time a test asks for ``lab``,
-and torn down when the session ends. Tests that send traffic must compare
-counter *differences* (``lab.connections`` before and after), because the
-table is shared by every test of the session, and must restore any weight they
-change. On a host without IPVS the fixture skips; outside the lab VM it skips
+The lab (lab.topology) is built afresh for every module that asks for ``lab``
+(about 2-5 s) and torn down at the module's end, so one module's weights,
+quarantines or stopped servers never leak into another, and two labs (they
+share namespace names) never exist at once. Inside a module the table is
+shared: tests that send traffic compare counter *differences*
+(``lab.connections`` before and after) and restore any weight they change. On a host without IPVS the fixture skips; outside the lab VM it skips
 unless FORCE=1 says the host is disposable.
 """
 
@@ -21,7 +22,7 @@ from lab.topology import Lab, in_lab_vm
 _build_seconds: list[float] = []
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """The running cluster: director lvs-dir1, real servers lvs-rs1..3, client lvs-cli1 (docs/lab.md)."""
     if not (os.path.exists("/proc/net/ip_vs") and os.geteuid() == 0):
@@ -40,4 +41,6 @@ def lab() -> Iterator[Lab]:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _build_seconds:
-        terminalreporter.write_line(f"lab: cluster built in {_build_seconds[0]:.1f} s")
+        terminalreporter.write_line(
+            f"lab: cluster built {len(_build_seconds)} times, {min(_build_seconds):.1f}-{max(_build_seconds):.1f} s each"
+        )

@@ -67,12 +67,6 @@ class LabNames:
             return ""
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab(real_servers=3) as built:
-        yield built
-
-
 def serve(reader: ExporterReader, **options: object) -> tuple[ExporterServer, threading.Thread]:
     started = threading.Event()
     box: list[ExporterServer] = []
