@@ -33,22 +33,24 @@ from exporter.logs import event
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs import TableReader
+from lvsguard.labels import (  # the shared label vocabulary (re-exported: tests and docs use it from here)
+    BACKEND_LABELS,
+    LOCAL_ADDRESS,
+    LOCAL_MARK,
+    LOCAL_PORT,
+    PROTO,
+    REAL_SERVER,
+    REMOTE_ADDRESS,
+    REMOTE_PORT,
+    SERVICE,
+    SERVICE_LABELS,
+    UnknownBackendLabels,
+    parse_backend_labels,
+)
 from lvsguard.model import RealServerKey, ServiceKey, Table, VirtualService
 
 # --- label names -------------------------------------------------------------
 
-LOCAL_ADDRESS = "local_address"
-LOCAL_PORT = "local_port"
-REMOTE_ADDRESS = "remote_address"
-REMOTE_PORT = "remote_port"
-PROTO = "proto"
-LOCAL_MARK = "local_mark"
-SERVICE = "service"
-REAL_SERVER = "real_server"
-
-BACKEND_LABELS: tuple[str, ...] = (LOCAL_ADDRESS, LOCAL_PORT, REMOTE_ADDRESS, REMOTE_PORT, PROTO, LOCAL_MARK, SERVICE, REAL_SERVER)
-"""Every label of an ``ipvs_backend_*`` series, in output order; ``backend_labels`` picks from these."""
-SERVICE_LABELS: tuple[str, ...] = (LOCAL_ADDRESS, LOCAL_PORT, PROTO, LOCAL_MARK, SERVICE)
 SERVICE_INFO_LABELS: tuple[str, ...] = SERVICE_LABELS + ("scheduler", "persistent", "forward")
 SYNC_DAEMON_LABELS: tuple[str, ...] = ("role", "mcast_interface", "sync_id")
 VIP_LABELS: tuple[str, ...] = ("vip", "interface")
@@ -140,27 +142,6 @@ ALL_METRICS: tuple[MetricDef, ...] = (
 
 
 # --- labels ------------------------------------------------------------------
-
-
-class UnknownBackendLabels(ValueError):
-    """``backend_labels`` names labels that do not exist; ``unknown`` holds them, sorted."""
-
-    def __init__(self, unknown: Sequence[str]):
-        self.unknown = sorted(unknown)
-        super().__init__(f'unknown IPVS backend labels: "{", ".join(self.unknown)}"')
-
-
-def parse_backend_labels(labels: str | Iterable[str]) -> tuple[str, ...]:
-    """Validate ``backend_labels`` (a list, or a comma-separated string as node_exporter's flag).
-
-    Returns the chosen labels in output order. Empty entries are ignored, so
-    ``""`` keeps no label at all and sums every real server into one series.
-    """
-    chosen = {label.strip() for label in (labels.split(",") if isinstance(labels, str) else labels)} - {""}
-    unknown = chosen - set(BACKEND_LABELS)
-    if unknown:
-        raise UnknownBackendLabels(sorted(unknown))
-    return tuple(label for label in BACKEND_LABELS if label in chosen)
 
 
 class Names(Protocol):

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from exporter.collector import BACKEND_LABELS, UnknownBackendLabels, parse_backend_labels
+from lvsguard.labels import BACKEND_LABELS, UnknownBackendLabels, parse_backend_labels
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.ipvs import SOURCES
 from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey

@@ -1,0 +1,45 @@
+"""The label vocabulary of lvsguard's metrics, shared by the config and the exporter.
+
+Names follow node_exporter's IPVS collector so that series join; ``service``
+and ``real_server`` carry the names from the config. The config validates
+``exporter.backend_labels`` with the same function the exporter uses, so both
+accept the same values and give node_exporter's error message.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+LOCAL_ADDRESS = "local_address"
+LOCAL_PORT = "local_port"
+REMOTE_ADDRESS = "remote_address"
+REMOTE_PORT = "remote_port"
+PROTO = "proto"
+LOCAL_MARK = "local_mark"
+SERVICE = "service"
+REAL_SERVER = "real_server"
+
+BACKEND_LABELS: tuple[str, ...] = (LOCAL_ADDRESS, LOCAL_PORT, REMOTE_ADDRESS, REMOTE_PORT, PROTO, LOCAL_MARK, SERVICE, REAL_SERVER)
+"""Every label of an ``ipvs_backend_*`` series, in output order; ``backend_labels`` picks from these."""
+SERVICE_LABELS: tuple[str, ...] = (LOCAL_ADDRESS, LOCAL_PORT, PROTO, LOCAL_MARK, SERVICE)
+
+
+class UnknownBackendLabels(ValueError):
+    """``backend_labels`` names labels that do not exist; ``unknown`` holds them, sorted."""
+
+    def __init__(self, unknown: Sequence[str]):
+        self.unknown = sorted(unknown)
+        super().__init__(f'unknown IPVS backend labels: "{", ".join(self.unknown)}"')
+
+
+def parse_backend_labels(labels: str | Iterable[str]) -> tuple[str, ...]:
+    """Validate ``backend_labels`` (a list, or a comma-separated string as node_exporter's flag).
+
+    Returns the chosen labels in output order. Empty entries are ignored, so
+    ``""`` keeps no label at all and sums every real server into one series.
+    """
+    chosen = {label.strip() for label in (labels.split(",") if isinstance(labels, str) else labels)} - {""}
+    unknown = chosen - set(BACKEND_LABELS)
+    if unknown:
+        raise UnknownBackendLabels(sorted(unknown))
+    return tuple(label for label in BACKEND_LABELS if label in chosen)
