@@ -244,7 +244,11 @@ def alertmanager() -> tuple[dict[str, Any], int]:
     settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
     ledger = get_ledger()
     table = actions.kernel.read() if len(note.alerts) > PRELOAD_TABLE else None
-    with actions.session(ledger, table=table) as session:
+    with actions.session(ledger, table=table, batch=True) as session:
         results = [_handle_one(session, settings, a) for a in note.alerts]
+    for result in results:  # a kernel write of the batch failed: say so for the alerts that asked for it
+        for target, message in session.failed.items():
+            if result["result"] == "applied" and (result["service"], result["real_server"]) == (str(target.service), str(target.real_server)):
+                result.update(result="error", message=f"{result['message']}: not applied, {message}")
     g.webhook_alerts = len(note.alerts)
     return {"status": "ok", "receiver": note.receiver, "groupKey": note.group_key, "results": results}, 200

@@ -299,3 +299,27 @@ def test_track_file_follows_the_ledger_after_a_restart(tmp_path: Path) -> None:
     restarted = make_app(tmp_path, kernel=kernel_of(app), failover_track_file=str(track))
     outcomes = restarted.extensions["lvsguard"].actions.reconcile(Ledger.open(restarted.config["LVSGUARD_LEDGER"]))
     assert [o.result for o in outcomes] == ["applied"] and track.read_text() == "1\n"
+
+
+def test_kernel_refusing_a_batch_write_is_answered_per_alert_and_undone(app: Flask, client: FlaskClient) -> None:
+    from lvsguard.errors import InvalidRequest
+
+    kernel_of(app).fail_writes = InvalidRequest("invalid argument")
+    results = post(client, am_payload(quarantine_alert("fp1"), quarantine_alert("fp2", "10.0.1.2:80"))).get_json()["results"]
+    assert [r["result"] for r in results] == ["error", "error"]
+    assert results[0]["message"].endswith("not applied, invalid argument")
+    ledger = Ledger.open(app.config["LVSGUARD_LEDGER"])
+    assert ledger.backends() == [] and len(ledger.active_holds()) == 2  # the alerts still ask; a retry applies them
+    assert [e.result for e in ledger.audit_events()] == ["error", "error"]
+    kernel_of(app).fail_writes = None
+    assert [o.result for o in app.extensions["lvsguard"].actions.retry_pending(ledger)] == ["applied", "applied"]
+    assert weight(app, "10.0.1.1:80") == weight(app, "10.0.1.2:80") == 0
+
+
+def test_fire_and_resolve_in_one_batch_ends_where_it_started(app: Flask, client: FlaskClient) -> None:
+    results = post(client, am_payload(quarantine_alert("fp1"), quarantine_alert("fp1") | {"status": "resolved"})).get_json()["results"]
+    assert [r["result"] for r in results] == ["applied", "applied"]
+    assert weight(app, "10.0.1.1:80") == 5
+    assert [w[3] for w in kernel_of(app).writes] == [0, 5]
+    ledger = Ledger.open(app.config["LVSGUARD_LEDGER"])
+    assert ledger.backends() == [] and ledger.active_holds() == []
