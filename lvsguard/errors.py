@@ -11,6 +11,7 @@
      │    ├── NoSuchDestination    ENOENT on a real server
      │    ├── AlreadyExists        EEXIST
      │    ├── InvalidRequest       EINVAL and friends
+     │    ├── ProcfsFormatError    a /proc/net/ip_vs* line is not in the kernel's format
      │    └── BulkFailed           some requests of a bulk write failed (one typed error each)
      ├── NamespaceError       the named network namespace cannot be entered
      └── PolicyRefused        the actuator's safety rules refused an action
@@ -124,6 +125,16 @@ class BulkFailed(KernelError):
         shown = "; ".join(str(f) for f in self.failures[:5])
         more = f"; and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
         super().__init__(f"{message}: {shown}{more}", service=service)
+
+
+class ProcfsFormatError(KernelError):
+    """A line of /proc/net/ip_vs or ip_vs_stats is not in the kernel's format."""
+
+    def __init__(self, path: str, lineno: int, line: str, reason: str):
+        self.path = path
+        self.lineno = lineno
+        self.line = line
+        super().__init__(f"{path}:{lineno}: {reason}: {line!r}")
 
 
 class NamespaceError(LvsguardError):

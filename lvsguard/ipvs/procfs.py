@@ -51,7 +51,7 @@ import string
 import threading
 import time
 
-from lvsguard.errors import IPVSUnavailable, KernelError, NotPermitted
+from lvsguard.errors import IPVSUnavailable, KernelError, NotPermitted, ProcfsFormatError
 from lvsguard.ipvs.netns import entered, proc_net_path
 from lvsguard.model import (
     FWM,
@@ -83,16 +83,6 @@ _FORWARD = {
 
 _HZ_VALUES = (100, 250, 300, 1000)  # the CONFIG_HZ choices of kernel/Kconfig.hz
 _INITIAL_JIFFIES_SECONDS = 300  # jiffies start 300 s before wrapping 32 bits (INITIAL_JIFFIES)
-
-
-class ProcfsFormatError(KernelError):
-    """A line of /proc/net/ip_vs or ip_vs_stats is not in the kernel's format."""
-
-    def __init__(self, path: str, lineno: int, line: str, reason: str):
-        self.path = path
-        self.lineno = lineno
-        self.line = line
-        super().__init__(f"{path}:{lineno}: {reason}: {line!r}")
 
 
 class _Lines:
