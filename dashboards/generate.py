@@ -759,7 +759,7 @@ def high_availability() -> dict[str, Any]:
             "Which director has each virtual IP on an interface.",
             f"max by (vip, instance) ({owned})",
             "{{vip}} on {{instance}}",
-            mappings=value_map((0, "not held", "transparent"), (1, "held", "green")),
+            mappings=value_map((0, "not held", "text"), (1, "held", "green")),
         ),
         stat(
             "Directors holding each VIP",
@@ -772,8 +772,9 @@ def high_availability() -> dict[str, Any]:
         row("Failovers"),
         timeseries(
             "VIP moves",
-            "Changes of VIP ownership per director (a failover shows on both).",
-            [target(f"sum by (instance) (changes({owned}[$__rate_interval]))", "{{instance}}")],
+            "Changes of VIP ownership per director (a failover shows on both). The series of a VIP changes"
+            " its interface label when the VIP moves, so the changes are counted on max by (vip, instance).",
+            [target(f"sum by (instance) (changes(max by (vip, instance) ({owned})[$__rate_interval:]))", "{{instance}}")],
             unit="short",
             bars=True,
         ),
@@ -788,7 +789,7 @@ def high_availability() -> dict[str, Any]:
         state_timeline(
             "Sync daemons",
             "IPVS connection-sync daemons per director and role. The active director should run the master, the standby the backup.",
-            f"ipvs_sync_daemon_up{{{D}}}",
+            f"max by (instance, role) (ipvs_sync_daemon_up{{{D}}})",
             "{{instance}} {{role}}",
             mappings=value_map((0, "not running", "text"), (1, "running", "green")),
         ),
