@@ -332,7 +332,7 @@ def _table(header: list[str], rows: list[list[Any]], out: TextIO) -> None:
     cells = [header, *[[("" if c is None else str(c)) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
     if not rows:
         print("(none)", file=out)
 
