@@ -242,7 +242,7 @@ def compile_layout(buf: bytes | bytearray | memoryview, off: int, end: int, fami
     structure = bytearray(len(message))
     structure[0:6] = b"\xff" * 6  # nlmsg_len, nlmsg_type (flags, seq and pid vary)
     structure[16] = 0xFF  # genl cmd
-    fmt = ["=20x"]
+    fmt = [f"={HEADER_LEN}x"]
     fields: dict[str, tuple[int, str]] = {}  # name -> (byte offset, format)
 
     def walk(pos: int, stop: int, schema: Schema, prefix: str) -> None:
@@ -272,7 +272,7 @@ def compile_layout(buf: bytes | bytearray | memoryview, off: int, end: int, fami
     stats = "dest.stats64." if "dest.stats64.conns" in fields else "dest.stats."
     wanted = [f"dest.{n}" for n in DEST_FIELDS] + [stats + n for n in STATS_NAMES]
     present = sorted((fields[name][0], name) for name in wanted if name in fields)
-    position = 20
+    position = HEADER_LEN
     order: dict[str, int] = {}
     for index, (at, name) in enumerate(present):
         fmt.append(f"{at - position}x" if at > position else "")
