@@ -4,7 +4,9 @@ Each drain or slow-start job runs in its own thread with its own ledger
 connection, calling ``Actions.step_job`` every ``job_poll_interval`` seconds
 until the job ends; the step is the unit of work, so tests drive it directly
 and a restarted actuator resumes a job by starting its thread again. One more
-thread retries refused alert actions every ``retry_interval`` seconds.
+thread, every ``retry_interval`` seconds, compares the ledger with the kernel
+(a weight changed by hand is reported once, never overwritten) and retries the
+alert actions that the safety rules refused.
 
 Threads start only after :meth:`JobRunner.begin` (``serve`` calls it): an app
 built for a test records new jobs and runs nothing behind the test's back.
@@ -89,6 +91,9 @@ class JobRunner:
         try:
             while not self._stop.wait(self.actions.settings.retry_interval):
                 try:
+                    for outcome in self.actions.reconcile(ledger):  # a weight changed by hand since: reported once
+                        event(log, logging.WARNING, "reconcile", result=outcome.result, target=outcome.target,
+                              message=outcome.message)  # fmt: skip
                     for outcome in self.actions.retry_pending(ledger):
                         if outcome.result != "refused":
                             event(log, logging.INFO, "retry", result=outcome.result, target=outcome.target,

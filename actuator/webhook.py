@@ -17,12 +17,14 @@ cannot be reached), so that Alertmanager retries.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from flask import Blueprint, current_app, g, request
 
+from exporter.logs import event
 from lvsguard.errors import IPVSUnavailable, KernelError, LvsguardError, NotPermitted
 
 from actuator.actions import Actions, Actor, Outcome, Session
@@ -32,6 +34,7 @@ from actuator.settings import ACTIONS, ActuatorSettings
 from actuator.targets import TargetError, target_from_labels
 
 bp = Blueprint("webhook", __name__)
+log = logging.getLogger("lvsguard.actuator")
 
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
@@ -240,6 +243,9 @@ def alertmanager() -> tuple[dict[str, Any], int]:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PayloadError(f"the body is not JSON: {exc}", "") from None
     note = parse_payload(body)
+    if note.truncated_alerts:
+        event(log, logging.WARNING, "webhook_truncated", receiver=note.receiver, truncated=note.truncated_alerts,
+              hint="raise or remove max_alerts in the Alertmanager webhook config")  # fmt: skip
     actions: Actions = current_app.extensions["lvsguard"].actions
     settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
     ledger = get_ledger()

@@ -72,3 +72,21 @@ def test_generated_payloads_never_get_a_5xx_or_a_traceback(client: FlaskClient, 
     if r.status_code == 400:
         assert set(reply) == {"error", "path"} and reply["error"]
     assert "Traceback" not in r.get_data(as_text=True)
+
+
+API_PATHS = ["/api/v1/quarantine", "/api/v1/restore", "/api/v1/drain", "/api/v1/weight", "/api/v1/add", "/api/v1/remove",
+             "/api/v1/failover", "/api/v1/failover/release"]  # fmt: skip
+FIELDS = st.sampled_from(["service", "real_server", "weight", "timeout", "delete", "force", "all_holders", "forward",
+                          "reason", "upper_threshold", "lower_threshold"])  # fmt: skip
+VALUES = st.one_of(JSON, st.sampled_from(["TCP 192.0.2.10:80", "10.0.1.1:80", "10.0.1.9:80", "FWM 1", "nat", "UDP [::1]:53"]))
+
+
+@hsettings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(path=st.sampled_from(API_PATHS), body=st.one_of(JSON, st.dictionaries(FIELDS, VALUES, max_size=6)))
+def test_generated_api_bodies_never_get_a_5xx(client: FlaskClient, path: str, body: Any) -> None:
+    r = client.post(path, data=json.dumps(body), headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code < 500, r.get_data(as_text=True)
+    reply = r.get_json()
+    assert isinstance(reply, dict)
+    if r.status_code >= 400:
+        assert reply["error"]
