@@ -77,7 +77,7 @@ class SnmpAgent:
         self._view: MibView | None = None
         self._snapshot: Snapshot | None = None
         self._view_time = 0.0
-        self._sender: TrapSender | None = None
+        self._sender: TrapSender | Any = None  # TrapSender, or notify_v3.V3TrapSender
         self._watch: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Future[MibView] | None = None
         self._engine: pysnmp_engine.SnmpEngine | None = None
@@ -97,18 +97,12 @@ class SnmpAgent:
     async def start(self) -> None:
         """Read the first snapshot and bind the socket; SnmpAgentError if the address is unusable."""
         host, port, version = self.settings.host_port
-        if self.settings.trap_targets:
-            self._sender = TrapSender(
-                [parse_endpoint(t) for t in self.settings.trap_targets],
-                self.settings.trap_community,
-                self.settings.base_oid,
-                self.uptime,
-                inform=self.settings.inform,
-            )
-        if self.settings.users and not crypto_available():
+        if (self.settings.users or self.settings.trap_user) and not crypto_available():
             raise SnmpAgentError(
                 f"SNMP agent on {self.settings.listen}: v3 users need the Python package 'cryptography' (AES), not installed"
             )
+        if self.settings.trap_targets:
+            self._sender = self._make_sender()
         await self.refresh()
         cls = _transport_class(version)
         transport = cls()
@@ -137,6 +131,21 @@ class SnmpAgent:
             ", ".join(u.name for u in self.settings.users) or "none",
             ".".join(map(str, self.settings.base_oid)),
         )
+
+    def _make_sender(self) -> Any:
+        targets = [parse_endpoint(t) for t in self.settings.trap_targets]
+        if self.settings.trap_user is not None:
+            from exporter.snmp.notify_v3 import V3TrapSender  # pysnmp's originator, only when asked for
+
+            return V3TrapSender(
+                targets,
+                self.settings.trap_user,
+                self.settings.base_oid,
+                self.uptime,
+                engine_id=self.settings.engine_id,
+                inform=self.settings.inform,
+            )
+        return TrapSender(targets, self.settings.trap_community, self.settings.base_oid, self.uptime, inform=self.settings.inform)
 
     async def stop(self) -> None:
         if self._watch is not None:

@@ -52,6 +52,7 @@ class AgentSettings:
     engine_id: bytes | None = None  # snmpEngineID; None = pysnmp's default
     trap_targets: tuple[str, ...] = ()  # host:port of v2c notification receivers; none = no notifications
     trap_community: str = field(default="", repr=False)
+    trap_user: V3User | None = None  # send SNMPv3 authPriv notifications as this user instead of v2c
     inform: bool = False  # send informs (acknowledged, re-sent) instead of traps
 
     @property
@@ -71,6 +72,7 @@ def build_settings(
     engine_id: str | None = None,
     trap_targets: tuple[str, ...] = (),
     trap_community: str = "",
+    trap_user: V3User | None = None,
     inform: bool = False,
 ) -> AgentSettings:
     """Check every value and return the settings, or raise SnmpSettingsError with all problems."""
@@ -84,8 +86,10 @@ def build_settings(
             parse_endpoint(target)
         except ValueError as exc:
             problems.append(f"trap_targets: {exc}")
-    if trap_targets and not trap_community:
-        problems.append("trap_community: required when trap_targets are configured")
+    if trap_targets and not trap_community and trap_user is None:
+        problems.append("trap_community/trap_user: one is required when trap_targets are configured")
+    if trap_user is not None:
+        problems += _user_problems("trap_user", trap_user)
     base = DEFAULT_BASE
     if base_oid is not None:
         try:
@@ -99,18 +103,11 @@ def build_settings(
             problems.append(f"communities[{i}]: empty community")
     names = [u.name for u in users]
     for i, user in enumerate(users):
-        where = f"users[{i}] ({user.name})"
         if not user.name:
             problems.append(f"users[{i}]: empty name")
         if names.count(user.name) > 1:
-            problems.append(f"{where}: duplicate user name")
-        if user.auth_protocol not in AUTH_PROTOCOLS:
-            problems.append(f"{where}.auth_protocol: {user.auth_protocol!r} is not one of {', '.join(AUTH_PROTOCOLS)}")
-        if user.priv_protocol not in PRIV_PROTOCOLS:
-            problems.append(f"{where}.priv_protocol: {user.priv_protocol!r} is not one of {', '.join(PRIV_PROTOCOLS)}")
-        for key_name, key in (("auth_key", user.auth_key), ("priv_key", user.priv_key)):
-            if len(key.encode()) < MIN_KEY_LENGTH:
-                problems.append(f"{where}.{key_name}: must have at least {MIN_KEY_LENGTH} characters")
+            problems.append(f"users[{i}] ({user.name}): duplicate user name")
+        problems += _user_problems(f"users[{i}] ({user.name})", user)
     if not max_age > 0:
         problems.append(f"max_age: must be > 0 seconds, got {max_age}")
     if not 484 <= max_response_size <= 65507:
@@ -136,5 +133,18 @@ def build_settings(
         engine_id=engine,
         trap_targets=tuple(trap_targets),
         trap_community=trap_community,
+        trap_user=trap_user,
         inform=inform,
     )
+
+
+def _user_problems(where: str, user: V3User) -> list[str]:
+    problems = []
+    if user.auth_protocol not in AUTH_PROTOCOLS:
+        problems.append(f"{where}.auth_protocol: {user.auth_protocol!r} is not one of {', '.join(AUTH_PROTOCOLS)}")
+    if user.priv_protocol not in PRIV_PROTOCOLS:
+        problems.append(f"{where}.priv_protocol: {user.priv_protocol!r} is not one of {', '.join(PRIV_PROTOCOLS)}")
+    for key_name, key in (("auth_key", user.auth_key), ("priv_key", user.priv_key)):
+        if len(key.encode()) < MIN_KEY_LENGTH:
+            problems.append(f"{where}.{key_name}: must have at least {MIN_KEY_LENGTH} characters")
+    return problems

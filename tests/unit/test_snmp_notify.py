@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -13,10 +14,17 @@ import pytest
 from exporter.snmp import layout
 from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
 from exporter.snmp.notify import changes, encode_notification, response_request_id
+from exporter.snmp.settings import V3User
 from exporter.snmp.snapshot import DirectorState, Health, Hold, RealServerState, Role, ServiceState, Snapshot
+from exporter.snmp.v3 import crypto_available
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
+from test_snmp_agent import AgentThread  # the threaded agent harness
+
 BASE = layout.DEFAULT_BASE
+TRAP_USER = V3User("trapper", "trapper-auth-key", "trapper-priv-key", "SHA-256", "AES")
+ENGINE_ID = "80001f8880c0ffee0001"
+needs_crypto = pytest.mark.skipif(not crypto_available(), reason="SNMPv3 AES needs the Python package cryptography")
 WEB = ServiceKey("TCP", "192.0.2.10", 80)
 KEYS = [RealServerKey(f"10.0.0.{i}", 80) for i in (1, 2, 3)]
 TABLE = Table((VirtualService(WEB, "wlc", real_servers=tuple(RealServer(k, 5, Forward.ROUTE) for k in KEYS)),))
@@ -142,12 +150,20 @@ def trapd(mibpath: str, tmp_path: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     conf = tmp_path / "trapd.conf"
-    conf.write_text("authCommunity log traps\n")
+    user = f"{TRAP_USER.name} {TRAP_USER.auth_protocol} {TRAP_USER.auth_key} {TRAP_USER.priv_protocol} {TRAP_USER.priv_key}"
+    conf.write_text(
+        "authCommunity log traps\n"
+        f"createUser -e 0x{ENGINE_ID} {user}\n"  # traps: the agent is the authoritative engine
+        f"createUser {user}\n"  # informs: snmptrapd is
+        f"authUser log {TRAP_USER.name} priv\n"
+    )
     out = tmp_path / "traps.log"
+    (tmp_path / "state").mkdir()
     proc = subprocess.Popen(
         ["snmptrapd", "-f", "-Lf", str(out), "-C", "-c", str(conf), "-M", mibpath, "-m", "SNMPv2-MIB:LVSGUARD-MIB", f"udp:127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "state")},
     )
     yield port, out
     proc.terminate()
@@ -165,20 +181,23 @@ def wait_for(path: Path, needles: list[str], timeout: float = 20.0) -> str:
     raise AssertionError(f"snmptrapd did not log {needles}; it logged:\n{text}")
 
 
-@pytest.mark.parametrize("inform", [False, True], ids=["trap", "inform"])
-def test_snmptrapd_receives_failure_and_recovery(trapd, inform: bool) -> None:
-    from test_snmp_agent import AgentThread  # the same threaded agent harness
-
+@pytest.mark.parametrize(
+    "version,inform",
+    [("v2c", False), ("v2c", True), pytest.param("v3", False, marks=needs_crypto), pytest.param("v3", True, marks=needs_crypto)],
+    ids=["v2c-trap", "v2c-inform", "v3-trap", "v3-inform"],
+)
+def test_snmptrapd_receives_failure_and_recovery(trapd, version: str, inform: bool) -> None:
     port, log_file = trapd
     state = {"now": {1: ALIVE}}
+    auth = {"trap_community": "traps"} if version == "v2c" else {"trap_user": TRAP_USER, "engine_id": ENGINE_ID}
     agent = AgentThread(
         lambda: snap(state["now"], quorum=1),
         communities=("public",),
         users=(),
         max_age=0.05,
         trap_targets=(f"127.0.0.1:{port}",),
-        trap_community="traps",
         inform=inform,
+        **auth,
     )
     try:
         state["now"] = {1: RealServerState(Health.DEAD, reason="HTTP 503")}
