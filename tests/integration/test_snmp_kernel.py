@@ -187,3 +187,51 @@ def test_a_row_keeps_its_index_when_others_are_removed(agent: RunningAgent, netl
         assert after == {kept: "3"}
     finally:
         netlink.delete_service(SCRATCH)
+
+
+def test_prometheus_snmp_exporter_reads_the_kernel_counters(lab: Lab, agent: RunningAgent, netlink: NetlinkIPVS, tmp_path) -> None:
+    """Debian's prometheus-snmp-exporter, with the module the project ships, scrapes what netlink reads."""
+    if shutil.which("prometheus-snmp-exporter") is None:
+        pytest.skip("prometheus-snmp-exporter not installed")
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.snmp.mibfiles import MIB_DIR
+
+    module = (MIB_DIR.parent / "snmp_exporter" / "snmp.yml").read_text().replace("community: public", "community: lab")
+    (tmp_path / "snmp.yml").write_text(module)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["prometheus-snmp-exporter", f"--config.file={tmp_path / 'snmp.yml'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        traffic.http_get(lab, lab.nat.address, lab.nat.port, 9)
+        url = f"http://127.0.0.1:{port}/snmp?module=lvsguard&target=127.0.0.1:{agent.address[1]}"
+
+        def scraped_and_kernel() -> tuple[dict[str, float], dict[str, float]]:
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    text = response.read().decode()
+            except OSError:
+                return {}, {"": -1.0}
+            got = {
+                s.labels["lvsgRsName"]: s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name.startswith("lvsgRsStatsInBytes") and s.labels.get("lvsgVsName") == "nat"
+            }
+            nat = next(svc for svc in netlink.read().services if svc.key == lab.nat.key)
+            want = {str(rs.key): float(rs.stats.incoming_bytes) for rs in nat.real_servers}
+            return got, want
+
+        got, want = poll("snmp_exporter scrape vs netlink", scraped_and_kernel, lambda pair: pair[0] == pair[1])
+        assert got == want and sum(want.values()) > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
