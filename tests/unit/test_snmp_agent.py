@@ -410,3 +410,16 @@ def test_snmpd_proxy_serves_the_agent_under_its_own_port(running: AgentThread, s
     # snmpd still answers its own objects: only the LVSGUARD-MIB subtree is forwarded
     own = net_snmp("snmpget", *v2c("nms"), *mibs, "-Ov", snmpd_proxy, "SNMPv2-MIB::sysDescr.0").stdout
     assert layout.SYS_DESCR not in own
+
+
+def test_ipv6_listen(mibs) -> None:
+    settings = build_settings(listen="[::1]:0", communities=("v6",))
+    try:
+        running = start_in_thread(settings, lambda: Snapshot(make_table(web_servers=1)))
+    except SnmpAgentError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        out = net_snmp("snmpget", *v2c("v6"), *mibs, "-Ov", f"udp6:[::1]:{running.address[1]}", "SNMPv2-MIB::sysDescr.0").stdout
+        assert out.strip() == f"STRING: {layout.SYS_DESCR}"
+    finally:
+        running.stop()

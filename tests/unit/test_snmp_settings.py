@@ -50,3 +50,27 @@ def test_keys_never_show_in_repr() -> None:
     user = V3User("ops", "secret-auth-key", "secret-priv-key")
     assert "secret" not in repr(user)
     assert "secret" not in repr(build_settings(users=(user,), communities=("secret-community",)))
+
+
+def test_reader_provider_serves_the_table_or_nothing_on_a_kernel_error(caplog) -> None:
+    from exporter.snmp.snapshot import reader_provider
+    from lvsguard.errors import IPVSUnavailable
+    from lvsguard.model import Table
+
+    class Reader:
+        source = "netlink"
+
+        def __init__(self) -> None:
+            self.fail = False
+
+        def read(self) -> Table:
+            if self.fail:
+                raise IPVSUnavailable("no IPVS in namespace lvs-dir1")
+            return Table(())
+
+    reader = Reader()
+    provide = reader_provider(reader)
+    assert provide().table == Table(())
+    reader.fail = True
+    assert provide().table is None
+    assert "no IPVS in namespace lvs-dir1" in caplog.text
