@@ -12,6 +12,8 @@
      │    ├── AlreadyExists        EEXIST
      │    ├── InvalidRequest       EINVAL and friends
      │    ├── ProcfsFormatError    a /proc/net/ip_vs* line is not in the kernel's format
+     │    ├── MalformedReply       a netlink reply we cannot decode
+     │    ├── TransportError       the netlink exchange itself failed (socket error, timeout)
      │    └── BulkFailed           some requests of a bulk write failed (one typed error each)
      ├── NamespaceError       the named network namespace cannot be entered
      └── PolicyRefused        the actuator's safety rules refused an action
@@ -125,6 +127,14 @@ class BulkFailed(KernelError):
         shown = "; ".join(str(f) for f in self.failures[:5])
         more = f"; and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
         super().__init__(f"{message}: {shown}{more}", service=service)
+
+
+class MalformedReply(KernelError):
+    """A netlink reply we cannot decode (truncated, garbled, or not what was asked for)."""
+
+
+class TransportError(KernelError):
+    """The exchange itself failed: a socket error, no reply in time, replies lost to a full buffer."""
 
 
 class ProcfsFormatError(KernelError):

@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import Iterator
 
-from lvsguard.errors import IPVSUnavailable, KernelError, NotPermitted
+from lvsguard.errors import IPVSUnavailable, KernelError, MalformedReply, NotPermitted, TransportError
 
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270
@@ -70,14 +70,6 @@ class NetlinkErrno(Exception):
         """``no such process`` or the kernel's extack message when it sent one."""
         text = os.strerror(self.errno).lower() if self.errno else "error"
         return f"{text} ({self.message})" if self.message else text
-
-
-class MalformedReply(KernelError):
-    """A netlink reply we cannot decode (truncated, garbled, or not what was asked for)."""
-
-
-class TransportError(KernelError):
-    """The exchange itself failed: a socket error, no reply in time, replies lost to a full buffer."""
 
 
 def malformed(what: str) -> MalformedReply:

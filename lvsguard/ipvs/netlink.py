@@ -38,6 +38,7 @@ from lvsguard.errors import (
     NoSuchDestination,
     NoSuchService,
     NotPermitted,
+    TransportError,
 )
 from lvsguard.ipvs import _genl
 from lvsguard.ipvs._genl import (
@@ -50,7 +51,6 @@ from lvsguard.ipvs._genl import (
     NLMSG_ERROR,
     NLMSG_MIN_TYPE,
     NetlinkErrno,
-    TransportError,
     align,
     attributes,
     error_of,

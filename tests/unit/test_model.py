@@ -75,6 +75,7 @@ def test_fast_constructor_equals_init_and_stays_frozen() -> None:
     make = fast_constructor(Stats)
     values = (1, 2, 3, 2**64 - 1, 5, 6, 7, 8, 9, 10)
     built = make(*values)
+    assert type(built) is Stats
     assert built == Stats(*values)
     assert hash(built) == hash(Stats(*values))
     with pytest.raises(dataclasses.FrozenInstanceError):

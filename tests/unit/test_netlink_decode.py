@@ -21,7 +21,8 @@ import pytest
 
 from lvsguard.errors import AlreadyExists, InvalidRequest, KernelError, NoSuchDestination, NoSuchService, NotPermitted
 from lvsguard.ipvs import _genl, netlink
-from lvsguard.ipvs._genl import MalformedReply, NetlinkErrno
+from lvsguard.errors import MalformedReply
+from lvsguard.ipvs._genl import NetlinkErrno
 from lvsguard.ipvs.netlink import (
     ATTR_DEST,
     ATTR_SERVICE,
