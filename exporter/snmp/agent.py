@@ -79,6 +79,7 @@ class SnmpAgent:
         self._view_time = 0.0
         self._sender: TrapSender | Any = None  # TrapSender, or notify_v3.V3TrapSender
         self._watch: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()  # asyncio keeps only weak references to tasks
         self._refreshing: asyncio.Future[MibView] | None = None
         self._engine: pysnmp_engine.SnmpEngine | None = None
         self._transport: Any = None
@@ -208,7 +209,7 @@ class SnmpAgent:
             return
         found = changes(self._snapshot, snap, self.settings.base_oid)
         if found:
-            asyncio.ensure_future(self._sender.send_all(found))
+            self._spawn(self._sender.send_all(found))
 
     async def _watch_loop(self) -> None:
         """With notification targets, read a snapshot every max_age even when nobody polls."""
@@ -216,6 +217,11 @@ class SnmpAgent:
             await asyncio.sleep(self.settings.max_age)
             if not self._fresh():
                 await self.refresh()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _fresh(self) -> bool:
         return self._view is not None and self._clock() - self._view_time < self.settings.max_age
@@ -228,7 +234,7 @@ class SnmpAgent:
         if self._fresh():
             self._handle(transport, data, address)
         else:
-            asyncio.ensure_future(self._handle_after_refresh(transport, data, address))
+            self._spawn(self._handle_after_refresh(transport, data, address))
 
     async def _handle_after_refresh(self, transport: Any, data: bytes, address: Any) -> None:
         await self.refresh()
