@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from os import PathLike
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -36,6 +36,9 @@ from lvsguard.labels import BACKEND_LABELS, UnknownBackendLabels, parse_backend_
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.ipvs import SOURCES
 from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey
+
+if TYPE_CHECKING:
+    from actuator.settings import ActuatorSettings
 
 DEFAULT_LISTEN = "127.0.0.1:9910"
 
@@ -83,6 +86,7 @@ class Config:
     director: DirectorConfig = DirectorConfig()
     exporter: ExporterConfig = ExporterConfig()
     services: tuple[ServiceConfig, ...] = ()
+    actuator: ActuatorSettings | None = None  # section ``actuator`` (validated by actuator.settings); None: defaults
     file: str = ""  # where it was loaded from ("" for Config())
     _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
     _real_server_names: Mapping[tuple[ServiceKey, RealServerKey], str] = field(init=False, repr=False, compare=False)
@@ -183,6 +187,7 @@ class _Context:
         self.loader = loader
         self.problems: list[ConfigProblem] = []
         self.service_names: dict[str, ServiceKey] = {}  # filled by `services`, read by `exporter.services`
+        self.services: tuple[ServiceConfig, ...] = ()  # filled by `services`, read by `actuator`
         self.service_names_complete = True  # False when `services` had problems: a name may be in a broken entry
 
     def problem(self, node: Node | None, key: str, message: str) -> None:
@@ -450,9 +455,62 @@ def _named_services(parser: Parser) -> Parser:
             ctx.service_names_complete = False
             raise
         ctx.service_names.update((s.name, s.service) for s in services)
+        ctx.services = services
         return services
 
     return parse
+
+
+def actuator_section(node: Node, path: str, ctx: _Context) -> ActuatorSettings:
+    """Section ``actuator``: validated by the actuator's own settings module.
+
+    ``actuator.settings.from_mapping`` owns the keys (docs/actuator.md); this
+    hands it the section as plain data with the names of ``services``, and puts
+    each of its problems back at its position in the file.
+    """
+    from actuator.settings import Names, SettingsError, from_mapping  # the actuator owns its section
+
+    if not isinstance(node, MappingNode):
+        raise Invalid(f"must be a mapping, got {_kind(node)}")
+    data = ctx.loader.construct_document(node)
+    names = Names(
+        services=dict(ctx.service_names),
+        real_servers={s.service: {rs.name: rs.address for rs in s.real_servers} for s in ctx.services},
+    )
+    allowed = {s.service: frozenset(rs.address for rs in s.real_servers) for s in ctx.services if s.real_servers}
+    try:
+        return from_mapping(data, names=names, real_servers_allowed=allowed)
+    except SettingsError as exc:
+        for key_path, message in exc.problems:
+            unknown = message.startswith("unknown key")
+            target = _node_at(node, key_path, key=unknown)
+            if unknown:
+                known = [k.value for k, _ in node.value if _is_text(k)]
+                message += _suggest(key_path.rsplit(".", 1)[-1], _settings_keys()) if key_path in known else ""
+            ctx.problem(target, _join(path, key_path), message)
+        raise _Recorded() from None
+
+
+def _settings_keys() -> tuple[str, ...]:
+    from actuator.settings import KEYS
+
+    return KEYS
+
+
+def _node_at(node: Node, key_path: str, *, key: bool = False) -> Node:
+    """The value node at ``rules[0].action`` inside ``node`` (as deep as it exists); its key node with ``key``."""
+    parts = re.findall(r"[^.\[\]]+|\[\d+\]", key_path)
+    for i, part in enumerate(parts):
+        if part.startswith("[") and isinstance(node, SequenceNode) and int(part[1:-1]) < len(node.value):
+            node = node.value[int(part[1:-1])]
+        elif isinstance(node, MappingNode):
+            found = [(k, v) for k, v in node.value if _is_text(k) and k.value == part]
+            if not found:
+                break
+            node = found[-1][0] if key and i == len(parts) - 1 else found[-1][1]
+        else:
+            break
+    return node
 
 
 # --- the schema ------------------------------------------------------------------
@@ -485,6 +543,7 @@ SECTIONS: Mapping[str, Key] = {
     "director": Key(section(DIRECTOR)),
     "services": Key(_named_services(records(SERVICE))),  # before `exporter`, whose allow-list names them
     "exporter": Key(section(EXPORTER)),
+    "actuator": Key(actuator_section),  # after `services`, whose names it resolves
 }
 """The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
 
