@@ -11,7 +11,7 @@ LAB_VM := lab/vm.sh
 # Debian packages: the lab VM's tools (it runs commands from the host's root
 # file system), the real peers the tests run against, and the benchmark's peers.
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
-	prometheus prometheus-node-exporter
+	prometheus prometheus-node-exporter prometheus-alertmanager
 
 .PHONY: all setup apt venv lab-prepare test test-unit test-kernel demo bench clean help
 

@@ -17,6 +17,7 @@ from lvsguard import __version__
 from lvsguard.errors import LvsguardError
 
 DEFAULT_EXPORTER_LISTEN = "127.0.0.1:9910"
+DEFAULT_ACTUATOR_LISTEN = "127.0.0.1:9911"
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -74,16 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_netns(exp)
     exp.set_defaults(func=cmd_exporter)
 
+    act = sub.add_parser(
+        "actuator",
+        help="serve the Alertmanager webhook and the admin API (the only writer of IPVS)",
+        description="Quarantine, drain and restore real servers from Alertmanager webhooks and the admin API "
+        "(/api/v1), with the ledger and the safety rules. The token comes from $LVSGUARD_TOKEN or --token-file.",
+    )
+    _add_config(act)
+    act.add_argument("--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_ACTUATOR_LISTEN})")
+    _add_netns(act)
+    act.add_argument("--token-file", metavar="FILE", help="bearer tokens, one 'NAME:TOKEN' per line")
+    act.add_argument("--ledger", metavar="FILE", help="the SQLite ledger (default: config or /var/lib/lvsguard/actuator.db)")
+    act.set_defaults(func=cmd_actuator)
+
     st = sub.add_parser(
         "status",
         help="show the IPVS table with names and stats",
-        description="Print the IPVS table like 'ipvsadm -Ln --stats', with the names from the config.",
+        description="Print the IPVS table like 'ipvsadm -Ln --stats', with the names from the config; "
+        "with --url, the actuator's view (weights, connections, holds).",
     )
     _add_config(st)
     _add_netns(st)
     st.add_argument("--exact", action="store_true", help="print exact byte and packet counts")
     st.add_argument("--source", choices=["auto", "netlink", "procfs"], default="auto", help="how to read the table (default: auto)")
+    st.add_argument("--url", help="ask the actuator at URL instead of reading the local kernel")
+    st.add_argument("--token-file", help="file with the bearer token for --url (default: $LVSGUARD_TOKEN)")
+    st.add_argument("--token-name", help="which token of --token-file to use")
+    st.add_argument("--json", action="store_true", help="with --url: print the API's JSON")
     st.set_defaults(func=cmd_status)
+
+    from actuator import client
+
+    for setup in client.COMMANDS.values():
+        setup(sub)
 
     cfg = sub.add_parser("config", help="work with config files", description="Work with lvsguard config files.")
     cfg_sub = cfg.add_subparsers(title="config commands", metavar="COMMAND")
@@ -149,9 +173,31 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_actuator(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from actuator import app, auth, settings
+
+    cfg = _load_config(args.config)
+    actuator_settings = cfg.actuator or settings.from_mapping(None)
+    tokens = auth.load_tokens(os.environ, args.token_file)  # TokenFileError is an LvsguardError
+    actuator_settings = dataclasses.replace(actuator_settings, tokens=tokens)
+    app.serve(
+        actuator_settings,
+        listen=args.listen or DEFAULT_ACTUATOR_LISTEN,
+        netns=args.netns or cfg.director.netns,
+        ledger_path=args.ledger,
+    )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from lvsguard import status
 
+    if args.url:
+        from actuator.client import status_from_api
+
+        return status_from_api(args)
     cfg = _load_config(args.config)
     netns = args.netns or cfg.director.netns
     print(status.render(status.read_table(netns=netns, source=args.source), cfg, exact=args.exact), end="")
