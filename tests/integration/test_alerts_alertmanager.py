@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
@@ -157,11 +157,15 @@ def get_alerts(url: str, alertname: str) -> list[dict[str, Any]]:
 
 
 def alert(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    """A firing alert as Prometheus posts it."""
+    """A firing alert as Prometheus posts it: startsAt is when it started firing, now.
+
+    (An older startsAt would make Alertmanager flush its group at once, without
+    group_wait, as it does for alerts that are already old.)
+    """
     return {
         "labels": {"alertname": name, **labels},
         "annotations": {"summary": name},
-        "startsAt": (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat(),
+        "startsAt": datetime.now(timezone.utc).isoformat(),
         "generatorURL": "http://prometheus.test/graph",
     }
 
