@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
-from exporter.logs import event
+from lvsguard.logs import event
 from lvsguard.errors import KernelError, NoSuchDestination, NoSuchService, PolicyRefused
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
-from exporter.logs import event
+from lvsguard.logs import event
 from lvsguard.errors import (
     AlreadyExists,
     InvalidRequest,

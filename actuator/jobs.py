@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from exporter.logs import event
+from lvsguard.logs import event
 
 from actuator.actions import Actions
 from actuator.ledger import Ledger

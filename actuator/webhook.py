@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from flask import Blueprint, current_app, g, request
 
-from exporter.logs import event
+from lvsguard.logs import event
 from lvsguard.errors import IPVSUnavailable, KernelError, LvsguardError, NotPermitted
 
 from actuator.actions import Actions, Actor, Outcome, Session

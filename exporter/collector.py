@@ -29,7 +29,7 @@ from typing import Callable, Collection, Hashable, Iterable, Iterator, Mapping, 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.logs import event
+from lvsguard.logs import event
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs import TableReader

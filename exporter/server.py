@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from exporter.collector import BACKEND_LABELS, IPVSCollector, Names
 from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
-from exporter.logs import event
+from lvsguard.logs import event
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs import TableReader

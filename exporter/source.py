@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Callable
 
-from exporter.logs import event
+from lvsguard.logs import event
 from lvsguard.errors import IPVSUnavailable, NamespaceError, NotPermitted
 from lvsguard.ipvs import SOURCES, TableReader, open_reader
 from lvsguard.model import Table
