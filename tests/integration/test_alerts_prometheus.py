@@ -99,18 +99,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    """This module's own lab, built and torn down around it.
-
-    Not the session fixture: another module's ``Lab().build()`` tears down the
-    namespaces of a lab built before it, so a session lab must not be alive
-    when a module-scoped one is built.
-    """
-    with Lab(real_servers=3) as built:
-        yield built
-
-
-@pytest.fixture(scope="module")
 def exporter(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``lvsguard exporter`` process on the lab director's table; yields its host:port."""
     tmp = tmp_path_factory.mktemp("exporter")
