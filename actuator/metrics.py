@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lvsguard.labels import mark_label
 from lvsguard.model import FWM
 
 from actuator.ledger import Ledger
@@ -59,7 +60,7 @@ class QuarantineCollector(Collector):
             "" if fwm else svc.address,
             "0" if fwm else str(svc.port),
             svc.protocol,
-            str(svc.fwmark) if fwm else "",
+            mark_label(svc.fwmark) if fwm else "",
             rs.address,
             str(rs.port),
             self.names.service_name(svc),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from lvsguard.labels import parse_mark_label
 from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey, format_endpoint, parse_endpoint
 
 from actuator.settings import Names
@@ -41,10 +42,12 @@ def service_from_labels(labels: Mapping[str, str], names: Names) -> ServiceKey:
     """The virtual service named by the labels (exporter labels first, then the config name)."""
     mark = labels.get("local_mark", "")
     if mark:
-        if not mark.isdigit() or not 0 < int(mark) < 2**32:
-            raise TargetError(f"label local_mark={mark!r} is not a firewall mark (1..4294967295)")
+        try:
+            fwmark = parse_mark_label(mark)
+        except ValueError as exc:
+            raise TargetError(str(exc)) from None
         family = 6 if ":" in labels.get("remote_address", "") else 4
-        return ServiceKey(FWM, "", 0, int(mark), family)
+        return ServiceKey(FWM, "", 0, fwmark, family)
     address = labels.get("local_address", "")
     if address:
         proto = labels.get("proto", "").upper()

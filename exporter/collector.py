@@ -45,6 +45,7 @@ from lvsguard.labels import (  # the shared label vocabulary (re-exported: tests
     SERVICE,
     SERVICE_LABELS,
     UnknownBackendLabels,
+    mark_label,
     parse_backend_labels,
 )
 from lvsguard.model import RealServerKey, ServiceKey, Table, VirtualService
@@ -165,7 +166,7 @@ class NoNames:
 def service_label_values(key: ServiceKey, name: str) -> tuple[str, ...]:
     """Values of SERVICE_LABELS, as node_exporter writes them."""
     if key.is_fwmark:
-        return ("", "0", key.protocol, f"{key.fwmark:08X}", name)
+        return ("", "0", key.protocol, mark_label(key.fwmark), name)
     return (key.address, str(key.port), key.protocol, "", name)
 
 

@@ -43,3 +43,19 @@ def parse_backend_labels(labels: str | Iterable[str]) -> tuple[str, ...]:
     if unknown:
         raise UnknownBackendLabels(sorted(unknown))
     return tuple(label for label in BACKEND_LABELS if label in chosen)
+
+
+def mark_label(fwmark: int) -> str:
+    """A firewall mark as node_exporter prints ``local_mark``: 8 upper-case hex digits (16 -> ``00000010``)."""
+    return f"{fwmark:08X}"
+
+
+def parse_mark_label(text: str) -> int:
+    """The firewall mark of a ``local_mark`` label value (hex, as exported); ValueError when it is none."""
+    try:
+        mark = int(text, 16)
+    except ValueError:
+        mark = 0
+    if not 0 < mark < 2**32 or text.strip() != text or text.startswith(("0x", "0X", "+", "-")):
+        raise ValueError(f"label local_mark={text!r} is not a firewall mark (8 hex digits, 00000001..FFFFFFFF)")
+    return mark

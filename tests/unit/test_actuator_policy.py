@@ -58,10 +58,15 @@ def test_rule_rejects_an_unknown_action() -> None:
          Target(ServiceKey.parse("UDP [2001:db8::1]:53"), RealServerKey.parse("[2001:db8::2]:53"))),
         ({"proto": "FWM", "local_mark": "7", "local_address": "", "remote_address": "10.0.1.2", "remote_port": "0"},
          Target(ServiceKey.parse("FWM 7"), RealServerKey.parse("10.0.1.2:0"))),
+        ({"proto": "FWM", "local_mark": "00000010", "local_address": "", "remote_address": "10.0.1.2", "remote_port": "0"},
+         Target(ServiceKey.parse("FWM 16"), RealServerKey.parse("10.0.1.2:0"))),
+        ({"proto": "FWM", "local_mark": "0000000A", "local_address": "", "remote_address": "10.0.1.2", "remote_port": "0"},
+         Target(ServiceKey.parse("FWM 10"), RealServerKey.parse("10.0.1.2:0"))),
         ({"service": "web", "real_server": "rs1"}, Target(WEB, RealServerKey.parse("10.0.1.1:80"))),
         ({"service": "web", "remote_address": "10.0.1.3", "remote_port": "80"}, Target(WEB, RealServerKey.parse("10.0.1.3:80"))),
     ],
-    ids=["exporter-labels", "ipv6-normalised", "fwmark", "config-names", "name-and-address"],
+    ids=["exporter-labels", "ipv6-normalised", "fwmark", "fwmark-hex-as-exported", "fwmark-hex-letter", "config-names",
+         "name-and-address"],
 )  # fmt: skip
 def test_target_from_labels(labels: dict[str, str], expected: Target) -> None:
     assert target_from_labels(labels, NAMES) == expected
@@ -78,10 +83,12 @@ def test_target_from_labels(labels: dict[str, str], expected: Target) -> None:
         ({"proto": "TCP", "local_address": "192.0.2.1", "local_port": "http"}, "are not an address and a port"),
         ({"proto": "TCP", "local_address": "example", "local_port": "80"}, "are not an address and a port"),
         ({"local_mark": "x"}, "is not a firewall mark"),
+        ({"local_mark": "00000000"}, "is not a firewall mark"),
+        ({"local_mark": "100000000"}, "is not a firewall mark"),
         ({"service": "web", "remote_address": "10.0.1.3", "remote_port": "70000"}, "remote_port='70000'"),
     ],
     ids=["nothing", "no-real-server", "unknown-service-name", "unknown-rs-name", "bad-proto", "bad-port", "bad-address",
-         "bad-mark", "port-out-of-range"],
+         "bad-mark", "zero-mark", "mark-too-big", "port-out-of-range"],
 )  # fmt: skip
 def test_target_errors_say_which_label(labels: dict[str, str], message: str) -> None:
     with pytest.raises(TargetError, match=re.escape(message)):
