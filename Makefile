@@ -13,7 +13,7 @@ LAB_VM := lab/vm.sh
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
 	prometheus prometheus-node-exporter prometheus-alertmanager
 
-.PHONY: all setup apt venv lab-prepare test test-unit test-kernel demo bench clean help
+.PHONY: all setup apt venv lab-prepare test test-unit test-kernel demo bench previews clean help
 
 all: help
 
@@ -46,14 +46,14 @@ lab-prepare: apt
 
 test: setup
 	@rc=0; \
-	echo "== unit tests (host)"; \
-	$(PY) -m pytest tests/unit -q -p no:cacheprovider || rc=1; \
+	echo "== unit tests and host-side integration tests (host)"; \
+	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q -p no:cacheprovider || rc=1; \
 	echo "== kernel tests (lab VM)"; \
 	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider -m kernel || rc=1; \
 	exit $$rc
 
 test-unit: venv
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q
 
 test-kernel: setup
 	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -m kernel
@@ -63,6 +63,11 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+previews: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[previews]'
+	$(LAB_VM) --mem 1024 $(PY) dashboards/previews.py collect --out .previews-data.json
+	$(PY) dashboards/previews.py render .previews-data.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
