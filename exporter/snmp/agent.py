@@ -187,22 +187,23 @@ class SnmpAgent:
 
     async def refresh(self) -> MibView:
         """A fresh view, shared by every caller while one is being built; notifications go out from here."""
-        if self._refreshing is None:
-            loop = asyncio.get_running_loop()
-            self._refreshing = loop.create_future()
-            try:
-                snap, view = await loop.run_in_executor(None, self._build)
-            except Exception as exc:  # noqa: BLE001 - a provider bug must not stop the agent
-                log.error("SNMP snapshot failed, serving the previous one: %s: %s", type(exc).__name__, exc)
-                snap, view = self._snapshot, self._view if self._view is not None else MibView([])
-            else:
-                self._notify(snap)
+        if self._refreshing is not None:
+            return await asyncio.shield(self._refreshing)
+        loop = asyncio.get_running_loop()
+        self._refreshing = future = loop.create_future()
+        view = self._view if self._view is not None else MibView([])
+        try:
+            snap, view = await loop.run_in_executor(None, self._build)
+            self._notify(snap)
             self._snapshot = snap
+        except Exception as exc:  # noqa: BLE001 - a provider bug must not stop the agent
+            log.error("SNMP snapshot failed, serving the previous one: %s: %s", type(exc).__name__, exc)
+        finally:
+            # whatever happened, the waiters get a view and the next request may try again
             self._view, self._view_time = view, self._clock()
-            future, self._refreshing = self._refreshing, None
+            self._refreshing = None
             future.set_result(view)
-            return view
-        return await asyncio.shield(self._refreshing)
+        return view
 
     def _notify(self, snap: Snapshot) -> None:
         if self._sender is None:

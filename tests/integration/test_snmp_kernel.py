@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import pytest
@@ -22,10 +23,11 @@ from exporter.snmp import layout
 from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
 from exporter.snmp.runner import RunningAgent, start_in_thread
 from exporter.snmp.settings import build_settings
-from exporter.snmp.snapshot import ServiceState, Snapshot
+from exporter.snmp.snapshot import Health, RealServerState, ServiceState, Snapshot
 from lab import traffic
 from lab.topology import Lab
 from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.ipvs.netns import entered
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
 pytestmark = [
@@ -235,3 +237,104 @@ def test_prometheus_snmp_exporter_reads_the_kernel_counters(lab: Lab, agent: Run
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _tcp_alive(address: str, port: int, netns: str) -> bool:
+    """A minimal TCP probe from the director (the probe engine's job in production)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with entered(netns):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(0.5)
+        sock.connect((address, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def trapd(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    if shutil.which("snmptrapd") is None:
+        pytest.skip("snmptrapd not installed (Debian snmptrapd)")
+    try:
+        path = mib_search_path()
+    except BaseMibsUnavailable as exc:
+        pytest.skip(str(exc))
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "trapd.conf"
+    conf.write_text("authCommunity log traps\n")
+    out = tmp_path / "traps.log"
+    proc = subprocess.Popen(
+        ["snmptrapd", "-f", "-Lf", str(out), "-C", "-c", str(conf), "-M", path, "-m", "SNMPv2-MIB:LVSGUARD-MIB", f"udp:127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_until_listening(port, out, proc)
+        yield port, out
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_snmptrapd_hears_real_servers_fail_and_recover(lab: Lab, netlink: NetlinkIPVS, trapd) -> None:
+    """The real servers' processes stop and start again; the agent's traps say so, with the objects named."""
+    port, log_file = trapd
+    nat = lab.nat
+
+    def provider() -> Snapshot:
+        health = {
+            (nat.key, key): RealServerState(Health.ALIVE if _tcp_alive(key.address, key.port, lab.director.netns) else Health.DEAD)
+            for key, _ in nat.backends
+        }
+        return Snapshot(netlink.read(), services={nat.key: ServiceState(name="nat", quorum=2)}, real_servers=health)
+
+    settings = build_settings(
+        listen="127.0.0.1:0", communities=("lab",), max_age=0.3, trap_targets=(f"127.0.0.1:{port}",), trap_community="traps"
+    )
+    running = start_in_thread(settings, provider)
+    stopped = False
+    try:
+        assert sum(traffic.http_get(lab, nat.address, nat.port, 3).values()) == 3
+        lab.stop_servers()
+        stopped = True
+        text = poll("traps for the failure", lambda: log_file.read_text() if log_file.exists() else "",
+                    lambda t: t.count("INTEGER: dead(2)") == len(nat.backends) and "lvsgVsQuorumLost" in t)
+        for key, _ in nat.backends:
+            assert f'ipv4."{key.address}".{key.port} = INTEGER: dead(2)' in text
+        assert 'lvsgVsName.tcp.ipv4."192.0.2.10".80.0 = STRING: nat' in text
+        lab.start_servers()
+        stopped = False
+        text = poll("traps for the recovery", lambda: log_file.read_text(),
+                    lambda t: t.count("INTEGER: alive(1)") == len(nat.backends) and "lvsgVsQuorumRegained" in t)
+        assert "Unknown" not in text
+        assert sum(traffic.http_get(lab, nat.address, nat.port, 3).values()) == 3
+    finally:
+        if stopped:
+            lab.start_servers()
+        running.stop()
+
+
+def _wait_until_listening(port: int, log_file: Path, proc: subprocess.Popen) -> None:
+    """Send a v2c trap until snmptrapd logs it: then it has bound its port (the agent must not get it first)."""
+    import socket
+
+    from exporter.snmp.notify import Notification, encode_notification
+
+    ready = Notification("lvsgDirectorRoleChange", ((layout.DEFAULT_BASE + (1, 7, 1, 0), "text", "snmptrapd-ready"),))
+    data = encode_notification(ready, layout.DEFAULT_BASE, b"traps", 1, 0, inform=False)
+    deadline = time.monotonic() + 30
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while "snmptrapd-ready" not in (log_file.read_text() if log_file.exists() else ""):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"snmptrapd did not start on port {port}: {log_file.read_text() if log_file.exists() else ''}")
+            sock.sendto(data, ("127.0.0.1", port))
+            time.sleep(0.2)

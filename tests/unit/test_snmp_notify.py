@@ -165,9 +165,12 @@ def trapd(mibpath: str, tmp_path: Path):
         stderr=subprocess.DEVNULL,
         env={**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "state")},
     )
-    yield port, out
-    proc.terminate()
-    proc.wait(10)
+    try:
+        _wait_until_listening(port, out, proc)
+        yield port, out
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def wait_for(path: Path, needles: list[str], timeout: float = 20.0) -> str:
@@ -210,3 +213,20 @@ def test_snmptrapd_receives_failure_and_recovery(trapd, version: str, inform: bo
         assert sender is not None and sender.unacknowledged == 0
     finally:
         agent.close()
+
+
+def _wait_until_listening(port: int, log_file: Path, proc: subprocess.Popen) -> None:
+    """Send a v2c trap until snmptrapd logs it: then it has bound its port (the agent must not get it first)."""
+    import socket
+
+    from exporter.snmp.notify import Notification, encode_notification
+
+    ready = Notification("lvsgDirectorRoleChange", ((layout.DEFAULT_BASE + (1, 7, 1, 0), "text", "snmptrapd-ready"),))
+    data = encode_notification(ready, layout.DEFAULT_BASE, b"traps", 1, 0, inform=False)
+    deadline = time.monotonic() + 30
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while "snmptrapd-ready" not in (log_file.read_text() if log_file.exists() else ""):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"snmptrapd did not start on port {port}: {log_file.read_text() if log_file.exists() else ''}")
+            sock.sendto(data, ("127.0.0.1", port))
+            time.sleep(0.2)
