@@ -126,8 +126,16 @@ class TableReader(Protocol):
     def read(self) -> Table: ...
 
 
-def reader_provider(reader: TableReader) -> SnapshotProvider:
-    """A provider that serves the kernel table alone; a failed read serves empty tables.
+class Names(Protocol):
+    """What the config knows of names (``lvsguard.config.Config`` has these); "" = no name."""
+
+    def service_name(self, key: ServiceKey) -> str: ...
+
+    def real_server_name(self, service: ServiceKey, key: RealServerKey) -> str: ...
+
+
+def reader_provider(reader: TableReader, names: Names | None = None) -> SnapshotProvider:
+    """A provider that serves the kernel table (with the config's names); a failed read serves empty tables.
 
     The failure is logged once per read with the reader's message (which names
     the namespace or file), and lvsgDirectorTableSource reads unavailable.
@@ -135,9 +143,19 @@ def reader_provider(reader: TableReader) -> SnapshotProvider:
 
     def provide() -> Snapshot:
         try:
-            return Snapshot(reader.read())
+            table = reader.read()
         except LvsguardError as exc:
             log.warning("SNMP snapshot: IPVS table unreadable (%s source): %s", reader.source, exc)
             return Snapshot(None)
+        if names is None:
+            return Snapshot(table)
+        services = {svc.key: ServiceState(name=names.service_name(svc.key)) for svc in table.services}
+        real_servers = {
+            (svc.key, rs.key): RealServerState(name=name)
+            for svc in table.services
+            for rs in svc.real_servers
+            if (name := names.real_server_name(svc.key, rs.key))
+        }
+        return Snapshot(table, services=services, real_servers=real_servers)
 
     return provide

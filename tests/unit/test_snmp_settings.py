@@ -74,3 +74,30 @@ def test_reader_provider_serves_the_table_or_nothing_on_a_kernel_error(caplog) -
     reader.fail = True
     assert provide().table is None
     assert "no IPVS in namespace lvs-dir1" in caplog.text
+
+
+def test_reader_provider_takes_the_config_names() -> None:
+    from exporter.snmp.snapshot import Health, reader_provider
+    from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
+
+    web, rs1, rs2 = ServiceKey("TCP", "192.0.2.10", 80), RealServerKey("10.0.0.1", 80), RealServerKey("10.0.0.2", 80)
+    table = Table((VirtualService(web, "rr", real_servers=(RealServer(rs1, 1, Forward.ROUTE), RealServer(rs2, 1, Forward.ROUTE))),))
+
+    class Reader:
+        source = "netlink"
+
+        def read(self) -> Table:
+            return table
+
+    class Names:
+        def service_name(self, key: ServiceKey) -> str:
+            return "web" if key == web else ""
+
+        def real_server_name(self, service: ServiceKey, key: RealServerKey) -> str:
+            return "web-1" if key == rs1 else ""
+
+    snap = reader_provider(Reader(), Names())()
+    assert snap.services[web].name == "web"
+    assert snap.real_servers[(web, rs1)].name == "web-1"
+    assert (web, rs2) not in snap.real_servers
+    assert snap.real_servers[(web, rs1)].health is Health.UNKNOWN
