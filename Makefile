@@ -12,9 +12,10 @@ LAB_VM := lab/vm.sh
 # Debian packages: the lab VM's tools (it runs commands from the host's root
 # file system), the real peers the tests run against, and the benchmark's peers.
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
-	prometheus prometheus-node-exporter prometheus-alertmanager
+	prometheus prometheus-node-exporter prometheus-alertmanager \
+	smitools snmp snmpd snmptrapd prometheus-snmp-exporter
 
-.PHONY: all setup apt venv lab-prepare test test-unit test-kernel demo bench previews clean help
+.PHONY: all setup apt mibs venv lab-prepare test test-unit test-kernel demo bench previews clean help
 
 all: help
 
@@ -23,7 +24,12 @@ help:
 	@echo "make test    unit tests on the host + kernel tests in the lab VM"
 	@echo "make bench   benchmarks against the peers (not a test; takes minutes)"
 
-setup: apt venv lab-prepare
+setup: apt venv lab-prepare mibs
+
+# The IETF base MIBs that LVSGUARD-MIB imports (from Debian's erlang-snmp .deb;
+# not committed). Fetched on the host: the lab VM has no network.
+mibs: apt
+	@exporter/snmp/mibs/fetch-base-mibs.sh "$${LVSGUARD_MIB_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/lvsguard/base-mibs}"
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \
