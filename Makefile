@@ -13,7 +13,7 @@ LAB_VM := lab/vm.sh
 # file system), the real peers the tests run against, and the benchmark's peers.
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
-	smitools snmp snmpd snmptrapd prometheus-snmp-exporter
+	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived
 
 .PHONY: all setup apt mibs venv lab-prepare test test-unit test-kernel demo bench previews clean help
 
