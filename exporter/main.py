@@ -1,29 +1,59 @@
-"""``lvsguard exporter``: wire the config to the reader, the collector and the HTTP server."""
+"""``lvsguard exporter``: wire the config to the reader, the collector, the HTTP server and the SNMP agent."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
 from exporter.server import run
 from exporter.source import ExporterReader
+from lvsguard.errors import LvsguardError
 from lvsguard.ipvs.addresses import local_addresses
+from lvsguard.logs import event
 
 if TYPE_CHECKING:
+    from exporter.snmp.runner import RunningAgent
     from lvsguard.config import Config
 
+log = logging.getLogger("lvsguard.exporter")
 
-def serve(config: Config, *, listen: str, netns: str | None) -> None:
+
+def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | None = None) -> None:
     """Serve the IPVS metrics of ``netns`` on ``listen`` until SIGTERM/SIGINT.
 
     Names of services and real servers, ``backend_labels``, the ``services``
-    allow-list and ``ipvs_source`` come from ``config``.
+    allow-list and ``ipvs_source`` come from ``config``. With an ``snmp``
+    section the SNMP agent serves the same table (its own reader, so a slow
+    walk never holds up a scrape); ``snmp_listen`` overrides its address.
     """
     options = config.exporter
-    run(
-        lambda: ExporterReader(netns, options.ipvs_source),
-        listen,
-        backend_labels=options.backend_labels,
-        services=options.services or None,
-        names=config,
-        addresses=lambda: local_addresses(netns),
-    )
+    agent = start_snmp(config, netns, snmp_listen)
+    try:
+        run(
+            lambda: ExporterReader(netns, options.ipvs_source),
+            listen,
+            backend_labels=options.backend_labels,
+            services=options.services or None,
+            names=config,
+            addresses=lambda: local_addresses(netns),
+        )
+    finally:
+        if agent is not None:
+            agent.stop()
+
+
+def start_snmp(config: Config, netns: str | None, listen: str | None) -> RunningAgent | None:
+    """Start the SNMP agent of the config's ``snmp`` section in a thread; None without one."""
+    if config.snmp is None:
+        if listen:
+            raise LvsguardError("--snmp-listen needs an 'snmp' section in the config (communities or v3 users)")
+        return None
+    from exporter.snmp.runner import start_in_thread
+    from exporter.snmp.snapshot import reader_provider
+
+    settings = dataclasses.replace(config.snmp, listen=listen) if listen else config.snmp
+    agent = start_in_thread(settings, reader_provider(ExporterReader(netns, config.exporter.ipvs_source), names=config))
+    event(log, logging.INFO, "snmp_agent_started", listen=settings.listen, v2c=bool(settings.communities),
+          v3_users=",".join(u.name for u in settings.users) or "-", traps=",".join(settings.trap_targets) or "-")  # fmt: skip
+    return agent

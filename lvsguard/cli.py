@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(exp)
     exp.add_argument("--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_EXPORTER_LISTEN})")
+    exp.add_argument("--snmp-listen", metavar="HOST:PORT", help="address of the SNMP agent (needs an 'snmp' config section; default: its listen)")
     _add_netns(exp)
     exp.set_defaults(func=cmd_exporter)
 
@@ -169,7 +170,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     listen = args.listen or cfg.exporter.listen or DEFAULT_EXPORTER_LISTEN
     netns = args.netns or cfg.director.netns
-    exporter_main.serve(cfg, listen=listen, netns=netns)
+    exporter_main.serve(cfg, listen=listen, netns=netns, snmp_listen=args.snmp_listen)
     return 0
 
 

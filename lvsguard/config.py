@@ -39,6 +39,7 @@ from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey
 
 if TYPE_CHECKING:
     from actuator.settings import ActuatorSettings
+    from exporter.snmp.settings import AgentSettings
 
 DEFAULT_LISTEN = "127.0.0.1:9910"
 
@@ -87,6 +88,7 @@ class Config:
     exporter: ExporterConfig = ExporterConfig()
     services: tuple[ServiceConfig, ...] = ()
     actuator: ActuatorSettings | None = None  # section ``actuator`` (validated by actuator.settings); None: defaults
+    snmp: AgentSettings | None = None  # section ``snmp`` (validated by exporter.snmp.settings); None: no SNMP agent
     file: str = ""  # where it was loaded from ("" for Config())
     _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
     _real_server_names: Mapping[tuple[ServiceKey, RealServerKey], str] = field(init=False, repr=False, compare=False)
@@ -491,6 +493,91 @@ def actuator_section(node: Node, path: str, ctx: _Context) -> ActuatorSettings:
         raise _Recorded() from None
 
 
+SNMP_KEYS = (
+    "listen", "communities", "users", "base_oid", "max_age", "max_response_size", "engine_id",
+    "trap_targets", "trap_community", "trap_user", "inform",
+)  # fmt: skip
+SNMP_USER_KEYS = ("name", "auth_key", "priv_key", "auth_protocol", "priv_protocol")
+
+
+def snmp_section(node: Node, path: str, ctx: _Context) -> AgentSettings:
+    """Section ``snmp``: the exporter's SNMP agent, validated by ``exporter.snmp.settings.build_settings``.
+
+    The agent owns the meaning of its keys (docs/snmp.md); this checks the
+    shape (known keys, types), hands the values over, and puts each problem
+    back at its place in the file.
+    """
+    from exporter.snmp.settings import SnmpSettingsError, V3User, build_settings  # the agent owns its section
+
+    pairs = ctx.pairs(node, path)
+    if pairs is None:
+        raise _Recorded()
+    data = ctx.loader.construct_document(node)
+    ok = True
+    for key_name, (key_node, _) in pairs.items():
+        if key_name not in SNMP_KEYS:
+            ctx.problem(key_node, _join(path, key_name), f"unknown key{_suggest(key_name, SNMP_KEYS) or ' (known keys: ' + ', '.join(SNMP_KEYS) + ')'}")
+            ok = False
+
+    def user(value: Any, where: str) -> V3User | None:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            ctx.problem(_node_at(node, where.removeprefix(path + ".")), where, "must be a mapping of strings (name, auth_key, priv_key, auth_protocol, priv_protocol)")
+            return None
+        unknown = sorted(set(value) - set(SNMP_USER_KEYS))
+        missing = [k for k in ("name", "auth_key", "priv_key") if k not in value]
+        if unknown or missing:
+            what = "; ".join(filter(None, [f"unknown keys {unknown}" if unknown else "", f"missing {missing}" if missing else ""]))
+            ctx.problem(_node_at(node, where.removeprefix(path + ".")), where, what)
+            return None
+        return V3User(**value)
+
+    options: dict[str, Any] = {}
+    for key_name, value in (data or {}).items():
+        if key_name not in SNMP_KEYS:
+            continue
+        if key_name in ("communities", "trap_targets"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                ctx.problem(pairs[key_name][1], _join(path, key_name), "must be a list of strings")
+                ok = False
+                continue
+            value = tuple(value)
+        elif key_name == "users":
+            if not isinstance(value, list):
+                ctx.problem(pairs[key_name][1], _join(path, key_name), "must be a list of users")
+                ok = False
+                continue
+            users = [user(v, f"{path}.users[{i}]") for i, v in enumerate(value)]
+            ok = ok and None not in users
+            value = tuple(u for u in users if u is not None)
+        elif key_name == "trap_user":
+            value = user(value, f"{path}.trap_user")
+            ok = ok and value is not None
+        elif key_name == "inform" and not isinstance(value, bool):
+            ctx.problem(pairs[key_name][1], _join(path, key_name), f"must be true or false, got {value!r}")
+            ok = False
+            continue
+        elif key_name in ("max_age", "max_response_size") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            ctx.problem(pairs[key_name][1], _join(path, key_name), f"must be a number, got {value!r}")
+            ok = False
+            continue
+        elif key_name in ("listen", "base_oid", "engine_id", "trap_community") and not isinstance(value, str):
+            ctx.problem(pairs[key_name][1], _join(path, key_name), f"must be a string, got {value!r}")
+            ok = False
+            continue
+        options[key_name] = value
+    if not ok:
+        raise _Recorded()
+    try:
+        return build_settings(**options)
+    except SnmpSettingsError as exc:
+        for problem in exc.problems:
+            key_path, _, message = problem.partition(": ")
+            key_path = re.sub(r" \([^)]*\)", "", key_path)  # "users[0] (nms).auth_key" -> "users[0].auth_key"
+            where = _node_at(node, key_path.split("/", 1)[0])  # "communities/users": at the first of them
+            ctx.problem(where, _join(path, key_path), message)
+        raise _Recorded() from None
+
+
 def _settings_keys() -> tuple[str, ...]:
     from actuator.settings import KEYS
 
@@ -544,6 +631,7 @@ SECTIONS: Mapping[str, Key] = {
     "services": Key(_named_services(records(SERVICE))),  # before `exporter`, whose allow-list names them
     "exporter": Key(section(EXPORTER)),
     "actuator": Key(actuator_section),  # after `services`, whose names it resolves
+    "snmp": Key(snmp_section),
 }
 """The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
 

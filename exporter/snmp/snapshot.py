@@ -137,16 +137,23 @@ class Names(Protocol):
 def reader_provider(reader: TableReader, names: Names | None = None) -> SnapshotProvider:
     """A provider that serves the kernel table (with the config's names); a failed read serves empty tables.
 
-    The failure is logged once per read with the reader's message (which names
-    the namespace or file), and lvsgDirectorTableSource reads unavailable.
+    A failure is logged once per change of reason (as the Prometheus side does),
+    with the reader's message (which names the namespace or file), and
+    lvsgDirectorTableSource reads unavailable.
     """
+    last_failure = [""]
 
     def provide() -> Snapshot:
         try:
             table = reader.read()
         except LvsguardError as exc:
-            log.warning("SNMP snapshot: IPVS table unreadable (%s source): %s", reader.source, exc)
+            if str(exc) != last_failure[0]:
+                log.warning("SNMP snapshot: IPVS table unreadable: %s", exc)
+                last_failure[0] = str(exc)
             return Snapshot(None)
+        if last_failure[0]:
+            log.info("SNMP snapshot: IPVS table readable again (%s)", reader.source)
+            last_failure[0] = ""
         if names is None:
             return Snapshot(table)
         services = {svc.key: ServiceState(name=names.service_name(svc.key)) for svc in table.services}
