@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a file (lab/demo.py): make the checkout 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import traffic  # noqa: E402
-from lab.topology import ROOT, Lab, LabError, LabService  # noqa: E402
+from lab.topology import ROOT, Lab, LabError  # noqa: E402
 
 LISTEN = "127.0.0.1:9910"
 EXPORTER_READY_TIMEOUT = 60.0  # seconds: Python start-up and imports are slow under UML

@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import Iterator
 
-from lvsguard.errors import IPVSUnavailable, KernelError, MalformedReply, NotPermitted, TransportError
+from lvsguard.errors import IPVSUnavailable, KernelError, MalformedReply, NotPermitted
 
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import pytest
 import yaml
 
+from lab.polling import poll as lab_poll
 from lab import traffic
 from lab.topology import Lab
 from lvsguard.ipvs.addresses import local_addresses
@@ -56,14 +57,7 @@ def free_port() -> int:
 
 
 def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if done(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {result!r} after {timeout:.0f} s")
-        time.sleep(0.5)
+    return lab_poll(what, probe, done, timeout, interval=0.5)
 
 
 def get_json(url: str) -> Any:

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -33,6 +32,7 @@ from exporter.collector import BACKEND_METRICS, IPVSCollector
 from exporter.exposition import Exposition
 from exporter.server import ExporterServer, run
 from exporter.source import ExporterReader
+from lab.polling import poll as lab_poll
 from lab import traffic
 from lab.topology import Lab, LabError, LabService
 from lvsguard.ipvs.addresses import local_addresses
@@ -134,14 +134,7 @@ def value(found: Series, name: str, **labels: str) -> float:
 
 
 def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if done(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {result!r} after {timeout:.0f} s")
-        time.sleep(0.3)
+    return lab_poll(what, probe, done, timeout, interval=0.3)
 
 
 def promtool_check(text: str) -> None:

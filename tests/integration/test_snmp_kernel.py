@@ -24,6 +24,7 @@ from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
 from exporter.snmp.runner import RunningAgent, start_in_thread
 from exporter.snmp.settings import build_settings
 from exporter.snmp.snapshot import Health, RealServerState, ServiceState, Snapshot
+from lab.polling import poll as lab_poll
 from lab import traffic
 from lab.topology import Lab
 from lvsguard.ipvs.netlink import NetlinkIPVS
@@ -104,14 +105,7 @@ def snmp_cells(cells: dict[tuple[int, ...], str], service: ServiceKey, rs: RealS
 
 
 def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if done(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {result!r} after {timeout:.0f} s")
-        time.sleep(0.5)
+    return lab_poll(what, probe, done, timeout, interval=0.5)
 
 
 def mismatches(agent: RunningAgent, netlink: NetlinkIPVS) -> list[str]:

@@ -1,0 +1,26 @@
+"""Wait for the kernel (or a peer) to show what a test or the demo expects.
+
+IPVS folds its per-CPU counters on a 2-second estimator tick, Prometheus scrapes
+on its interval, keepalived and Alertmanager act on theirs: a single read right
+after the action proves nothing. ``poll`` reads until the condition holds or the
+time runs out, and its failure says what was last seen.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0, interval: float = 0.3) -> T:
+    """Call ``probe`` until ``done(result)``; AssertionError naming ``what`` and the last result after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {result!r} after {timeout:.0f} s")
+        time.sleep(interval)
