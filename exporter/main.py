@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from exporter.server import run
+from exporter.server import Reloadable, run
 from exporter.source import ExporterReader
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs.addresses import local_addresses
@@ -37,10 +37,41 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
             services=options.services or None,
             names=config,
             addresses=lambda: local_addresses(netns),
+            reload=reloader(config, listen=listen, netns=netns) if config.file else None,
         )
     finally:
         if agent is not None:
             agent.stop()
+
+
+def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[], Reloadable]:
+    """SIGHUP: read ``running.file`` again; names, backend labels and the allow-list change at once.
+
+    A bad file raises ConfigError (every problem with its file:line:key) and
+    the server keeps the running config. Keys that need new sockets (listen,
+    ipvs_source, netns, snmp) are logged as needing a restart and keep their
+    running values.
+    """
+
+    def load() -> Reloadable:
+        from lvsguard import config as config_module
+
+        new = config_module.load(running.file)
+        needs_restart = [
+            key
+            for key, before, after in (
+                ("exporter.listen", running.exporter.listen, new.exporter.listen),
+                ("exporter.ipvs_source", running.exporter.ipvs_source, new.exporter.ipvs_source),
+                ("director.netns", running.director.netns, new.director.netns),
+                ("snmp", running.snmp, new.snmp),
+            )
+            if before != after
+        ]
+        if needs_restart:
+            event(log, logging.WARNING, "reload_needs_restart", keys=",".join(needs_restart), listen=listen, netns=netns or "-")
+        return Reloadable(backend_labels=new.exporter.backend_labels, services=new.exporter.services or None, names=new)
+
+    return load
 
 
 def start_snmp(config: Config, netns: str | None, listen: str | None) -> RunningAgent | None:

@@ -6,6 +6,11 @@ streams the fast exposition as HTTP/1.1 chunks (gzip-compressed when the
 scraper accepts it), so a 165 MB scrape is never held in memory at once. A
 table that cannot be read is not an HTTP error: the scrape answers 200 with
 ``ipvs_up 0``, and the exporter keeps serving.
+
+SIGHUP reloads what a config may change without a restart (names,
+``backend_labels``, the ``services`` allow-list): the new settings get a new
+collector over the same reader, so the kernel socket stays open and no scrape
+sees half of each. A reload that fails is logged and the old settings stay.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -79,6 +85,15 @@ def _q_is_zero(text: str) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class Reloadable:
+    """What a reload changes: the labels, the allow-list and the names of the metrics."""
+
+    backend_labels: str | Iterable[str] = BACKEND_LABELS
+    services: Collection[ServiceKey] | None = None
+    names: Names | None = None
+
+
 class ExporterServer(ThreadingHTTPServer):
     """Serves ``exposition`` on ``listen``; ``url`` is where it listens (port 0 picks a free port)."""
 
@@ -97,6 +112,37 @@ class ExporterServer(ThreadingHTTPServer):
             raise ListenError(listen, exc.strerror or str(exc)) from None
         bound_host, bound_port = self.socket.getsockname()[:2]
         self.url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
+        self._reload_lock = threading.Lock()
+
+    def reconfigure(self, options: Reloadable) -> None:
+        """Serve with ``options`` from the next scrape on: a new collector and exposition over the same reader."""
+        old = self.exposition.collector
+        collector = IPVSCollector(
+            old.reader,
+            backend_labels=options.backend_labels,
+            services=options.services,
+            names=options.names,
+            addresses=old._addresses,  # noqa: SLF001 - the same director, the same address reader
+            version=old.version,
+            logger=old.logger,
+            clock=old.clock,
+        )
+        self.exposition = Exposition(collector)  # one assignment: a scrape uses the old or the new, never a mix
+
+    def reload(self, load: Callable[[], Reloadable]) -> bool:
+        """Apply ``load()``; when it raises an LvsguardError (a bad config) log why and keep serving as before."""
+        with self._reload_lock:
+            try:
+                options = load()
+                self.reconfigure(options)
+            except LvsguardError as exc:
+                for line in str(exc).splitlines():
+                    event(log, logging.ERROR, "reload_failed", reason=line, kept="the running config")
+                return False
+            collector = self.exposition.collector
+            event(log, logging.INFO, "reload_done", backend_labels=",".join(collector.backend_labels),
+                  services="all" if collector.services is None else len(collector.services))  # fmt: skip
+            return True
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -180,11 +226,13 @@ def run(
     names: Names | None = None,
     addresses: Callable[[], Mapping[str, str]] | None = None,
     ready: Callable[[ExporterServer], None] | None = None,
+    reload: Callable[[], Reloadable] | None = None,
 ) -> None:
     """Serve the IPVS metrics on ``listen`` until SIGTERM or SIGINT (or ``server.shutdown()``).
 
     ``ready`` is called with the listening server (tests use it to learn the port
-    and to stop it).
+    and to stop it). ``reload`` (on SIGHUP) returns the new settings, or raises
+    an LvsguardError to keep the running ones.
     """
     collector = IPVSCollector(reader_factory(), backend_labels=backend_labels, services=services, names=names, addresses=addresses)
     try:
@@ -192,7 +240,7 @@ def run(
     except ListenError:
         collector.reader.close()
         raise
-    restore = _stop_on_signals(server)
+    restore = _stop_on_signals(server, reload)
     event(
         log,
         logging.INFO,
@@ -213,8 +261,8 @@ def run(
         event(log, logging.INFO, "exporter_stopped", url=server.url)
 
 
-def _stop_on_signals(server: ExporterServer) -> Callable[[], None]:
-    """SIGTERM/SIGINT stop ``serve_forever`` (from another thread: shutdown() waits for the loop)."""
+def _stop_on_signals(server: ExporterServer, reload: Callable[[], Reloadable] | None = None) -> Callable[[], None]:
+    """SIGTERM/SIGINT stop ``serve_forever`` (from another thread: shutdown() waits for the loop); SIGHUP reloads."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
@@ -222,7 +270,14 @@ def _stop_on_signals(server: ExporterServer) -> Callable[[], None]:
         event(log, logging.INFO, "exporter_stopping", signal=signal.Signals(signum).name)
         threading.Thread(target=server.shutdown, name="exporter-shutdown", daemon=True).start()
 
+    def hup(_signum: int, _frame: object) -> None:
+        if reload is None:
+            event(log, logging.WARNING, "reload_skipped", reason="started without --config: nothing to reload")
+            return
+        threading.Thread(target=server.reload, args=(reload,), name="exporter-reload", daemon=True).start()
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hup)
 
     def restore() -> None:
         for sig, handler in previous.items():
