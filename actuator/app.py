@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,6 +38,7 @@ from lvsguard.errors import (
 
 from actuator import api, ledger, webhook
 from actuator.actions import Actions, Kernel
+from actuator import reload as reloading
 from actuator.auth import Unauthorized
 from actuator.jobs import JobRunner
 from actuator.metrics import ActuatorMetrics, QuarantineCollector
@@ -70,6 +73,7 @@ class ActuatorState:
     runner: JobRunner
     metrics: ActuatorMetrics
     registry: CollectorRegistry
+    quarantine: QuarantineCollector | None = None  # its names change on reload
 
 
 def create_app(
@@ -94,10 +98,11 @@ def create_app(
     ledger.init_app(app)
     registry = CollectorRegistry(auto_describe=True)
     metrics = ActuatorMetrics(registry)
-    registry.register(QuarantineCollector(app.config["LVSGUARD_LEDGER"], settings.names))
+    quarantine = QuarantineCollector(app.config["LVSGUARD_LEDGER"], settings.names)
+    registry.register(quarantine)
     actions = Actions(kernel, settings, clock=clock, metrics=metrics)
     runner = JobRunner(actions, app.config["LVSGUARD_LEDGER"])
-    app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry)
+    app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry, quarantine)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
     app.add_url_rule("/metrics", "metrics", _metrics)
@@ -170,10 +175,13 @@ def serve(
     netns: str | None = None,
     ledger_path: str | None = None,
     threads: int = 8,
+    reload: Callable[[], ActuatorSettings] | None = None,
 ) -> None:
     """Run the actuator until interrupted (the CLI's ``lvsguard actuator``).
 
     Refuses to start without a token: the webhook and every mutating call need one.
+    On SIGHUP, ``reload`` returns the new settings (config and tokens) or raises
+    an LvsguardError to keep the running ones (``actuator/reload.py``).
     """
     from lvsguard.ipvs.netlink import NetlinkIPVS  # imports pyroute2: only when serving for real
 
@@ -191,6 +199,9 @@ def serve(
     app = create_app(settings, kernel=kernel, ledger_path=path)
     state: ActuatorState = app.extensions["lvsguard"]
     state.runner.begin()
+    if reload is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: threading.Thread(
+            target=reloading.reload, args=(app, reload), name="actuator-reload", daemon=True).start())  # fmt: skip
     event(log, logging.INFO, "actuator_started", listen=f"{host}:{port}", netns=netns or "-", ledger=path,
           tokens=",".join(sorted(settings.tokens)), dry_run=settings.dry_run)  # fmt: skip
     try:

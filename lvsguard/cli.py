@@ -175,21 +175,28 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def cmd_actuator(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from actuator import app, auth, settings
+    from actuator import app
 
     cfg = _load_config(args.config)
-    actuator_settings = cfg.actuator or settings.from_mapping(None)
-    tokens = auth.load_tokens(os.environ, args.token_file)  # TokenFileError is an LvsguardError
-    actuator_settings = dataclasses.replace(actuator_settings, tokens=tokens)
     app.serve(
-        actuator_settings,
+        _actuator_settings(args),
         listen=args.listen or DEFAULT_ACTUATOR_LISTEN,
         netns=args.netns or cfg.director.netns,
         ledger_path=args.ledger,
+        reload=lambda: _actuator_settings(args),  # SIGHUP: the config and the tokens again
     )
     return 0
+
+
+def _actuator_settings(args: argparse.Namespace):  # -> actuator.settings.ActuatorSettings
+    """The actuator's settings from the config and the tokens (LVSGUARD_TOKEN, --token-file)."""
+    import dataclasses
+
+    from actuator import auth, settings
+
+    actuator_settings = _load_config(args.config).actuator or settings.from_mapping(None)
+    tokens = auth.load_tokens(os.environ, args.token_file)  # TokenFileError is an LvsguardError
+    return dataclasses.replace(actuator_settings, tokens=tokens)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

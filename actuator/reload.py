@@ -1,0 +1,57 @@
+"""SIGHUP: the running actuator takes a new config and new tokens, or keeps the old ones.
+
+The settings are one frozen object, read afresh by every request, session and
+job step, so a reload is one swap under the action lock: no request sees half
+of each. What lives outside the settings is kept as it is: the ledger
+(holds, jobs, audit), the kernel socket, the running jobs, the rate-limit
+window and the hold-down clocks. A new config or token file that does not
+load is logged with every problem (file:line:key) and nothing changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable
+
+from flask import Flask
+
+from actuator.settings import ActuatorSettings
+from lvsguard.errors import LvsguardError
+from lvsguard.logs import event
+
+log = logging.getLogger("lvsguard.actuator")
+
+
+def apply(app: Flask, new: ActuatorSettings) -> list[str]:
+    """Make ``new`` the app's settings; returns the keys that changed but need a restart (they keep their running values)."""
+    state = app.extensions["lvsguard"]
+    old: ActuatorSettings = app.config["LVSGUARD_SETTINGS"]
+    needs_restart = []
+    if new.ledger_path != old.ledger_path:  # the open ledger stays: holds and jobs are in it
+        needs_restart.append("actuator.ledger")
+        new = dataclasses.replace(new, ledger_path=old.ledger_path)
+    with state.actions.lock:
+        state.actions.settings = new
+        state.actions.policy.settings = new  # same Policy: its rate-limit window carries over
+        app.config["LVSGUARD_SETTINGS"] = new
+        if state.quarantine is not None:
+            state.quarantine.names = new.names
+    return needs_restart
+
+
+def reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
+    """``apply(app, load())``; a ``load`` that raises LvsguardError is logged and the running settings stay."""
+    try:
+        new = load()
+        if not new.tokens:
+            raise LvsguardError("no token: set LVSGUARD_TOKEN or --token-file (the webhook and every mutating call need one)")
+    except LvsguardError as exc:
+        for line in str(exc).splitlines():
+            event(log, logging.ERROR, "reload_failed", reason=line, kept="the running config and tokens")
+        return False
+    needs_restart = apply(app, new)
+    if needs_restart:
+        event(log, logging.WARNING, "reload_needs_restart", keys=",".join(needs_restart))
+    event(log, logging.INFO, "reload_done", tokens=",".join(sorted(new.tokens)), rules=len(new.rules), dry_run=new.dry_run)
+    return True
