@@ -36,7 +36,7 @@ from lvsguard.errors import (
     PolicyRefused,
 )
 
-from actuator import api, ledger, webhook
+from actuator import api, ledger, ui, webhook
 from actuator.actions import Actions, Kernel
 from actuator import reload as reloading
 from actuator.auth import Unauthorized
@@ -105,6 +105,7 @@ def create_app(
     app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry, quarantine)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
+    ui.init_app(app)
     app.add_url_rule("/metrics", "metrics", _metrics)
     app.register_error_handler(Exception, handle_error)
     app.after_request(_after)
