@@ -52,9 +52,17 @@ class CheckSpec:
 Plan = Callable[[ServiceKey, RealServerKey], tuple[CheckSpec, ...]]
 
 
+_TCP = CheckSpec("tcp", TCPChecker())
+
+
 def default_plan(service: ServiceKey, real_server: RealServerKey) -> tuple[CheckSpec, ...]:
-    """With no config: a tcp check on the real server's own port (none for port 0, as fwmark real servers may have)."""
-    return (CheckSpec("tcp", TCPChecker()),) if real_server.port else ()
+    """With no config: a tcp check on the real server's own port.
+
+    Not for UDP services (no generic UDP check exists: a datagram service may
+    ignore a probe it does not understand), nor for port 0 (fwmark real
+    servers often have none); configure those in ``probes.checks``.
+    """
+    return (_TCP,) if real_server.port and service.protocol != "UDP" else ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,225 @@
+"""Probes against the lab's real servers, transitions through a real actuator into the real kernel.
+
+The probe engine runs on a thread inside the director's namespace (its
+sockets reach the real servers from there); the publisher's thread stays in
+the test's namespace, where the actuator listens on loopback. A real
+server's port is closed by a reject rule in its own namespace (``tcp reset``:
+what a stopped listener answers), and opened again by deleting the rule.
+Times are printed (pytest -s), never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import waitress
+
+from actuator.app import create_app
+from actuator.settings import ActuatorSettings
+from exporter.probes.agent import AgentChecker
+from exporter.probes.engine import CheckSpec, Damping, Plan, ProbeEngine
+from exporter.probes.metrics import ProbeMetrics
+from exporter.probes.publish import HTTPPublisher
+from exporter.probes.tcp import TCPChecker
+from lab import traffic
+from lab.topology import Lab, LabService
+from lvsguard.agent import Agent, AgentOptions, serve as serve_agent
+from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.ipvs.netns import entered
+
+pytestmark = pytest.mark.kernel
+
+TOKEN = "probe-kernel-test-token-0123456789"
+AGENT_PORT = 5555
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0, step: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(step)
+
+
+@contextmanager
+def actuator(lab: Lab, tmp_path: Path) -> Iterator[str]:
+    settings = ActuatorSettings(tokens={"probes": TOKEN}, hold_down=0.0, job_poll_interval=0.2)
+    kernel = NetlinkIPVS(lab.director.netns)
+    app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
+    state = app.extensions["lvsguard"]
+    state.runner.begin()
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.05)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
+        thread.join(5)
+        server.task_dispatcher.shutdown()
+        state.runner.stop()
+        kernel.close()
+
+
+@contextmanager
+def engine(lab: Lab, plan: Plan, url: str, damping: Damping = Damping()) -> Iterator[ProbeEngine]:
+    """A running engine in the director's namespace, publishing to the actuator at ``url``."""
+    publisher = HTTPPublisher(url, token=TOKEN)  # its thread lives here, beside the actuator
+    probes = ProbeEngine(plan, metrics=ProbeMetrics(), publisher=publisher, damping=damping)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        with entered(lab.director.netns):
+            reader = NetlinkIPVS(lab.director.netns)
+            try:
+                loop.call_soon(started.set)
+                loop.run_until_complete(probes.run(reader, refresh=0.5))
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - reported by the test below
+                failure.append(exc)
+            finally:
+                reader.close()
+
+    thread = threading.Thread(target=run, name="probe-engine", daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield probes
+    finally:
+        for task in asyncio.all_tasks(loop) if not loop.is_closed() else ():
+            loop.call_soon_threadsafe(task.cancel)
+        thread.join(10)
+        publisher.close()
+        loop.close()
+    assert not failure, failure
+
+
+def nat_only(lab: Lab, spec: CheckSpec) -> Plan:
+    return lambda service, real_server: (spec,) if service == lab.nat.key else ()
+
+
+def weight(lab: Lab, service: LabService, name: str) -> int:
+    svc = lab.read_table().service(service.key)
+    assert svc is not None
+    return svc.real_server(service.real_server(name)).weight  # type: ignore[union-attr]
+
+
+def reject(netns: str, port: int, op: str) -> None:
+    """Add (-A) or delete (-D) a rule that resets TCP connections to ``port`` (iptables-legacy: the lab
+    kernel's nf_tables has no ip/inet families, see lab.topology)."""
+    rule = ["INPUT", "-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with", "tcp-reset"]
+    subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy", op, *rule], check=True)
+
+
+@contextmanager
+def port_closed(lab: Lab, name: str, port: int) -> Iterator[Callable[[], None]]:
+    """Close ``port`` of real server ``name`` (connections get a reset); the yielded function opens it again."""
+    netns = lab.node(name).netns
+    reject(netns, port, "-A")
+    opened = False
+
+    def reopen() -> None:
+        nonlocal opened
+        if not opened:
+            reject(netns, port, "-D")
+            opened = True
+
+    try:
+        yield reopen
+    finally:
+        reopen()
+
+
+@pytest.fixture
+def nat(lab: Lab) -> Iterator[LabService]:
+    service = lab.nat
+    yield service
+    for name, w in service.weights.items():
+        if weight(lab, service, name) != w:
+            lab.set_weight(service, name, w)
+
+
+def test_closed_port_is_quarantined_in_the_kernel_and_restored(lab: Lab, nat: LabService, tmp_path: Path) -> None:
+    spec = CheckSpec("tcp", TCPChecker(), interval=0.1, timeout=0.1, rise=2, fall=1)
+    with actuator(lab, tmp_path) as url, engine(lab, nat_only(lab, spec), url) as probes:
+        wait_for(lambda: len(probes.jobs) == 3 and all(j.last is not None for j in probes.jobs.values()), "first probes of nat")
+        job = probes.jobs[(nat.key, nat.real_server("rs1"), "tcp")]
+        kernel = NetlinkIPVS(lab.director.netns)  # a fast poll for the times; the assertions use ipvsadm's view
+        rs1 = lambda: kernel.read_service(nat.key).real_server(nat.real_server("rs1")).weight  # type: ignore[union-attr]  # noqa: E731
+        times = []
+        try:
+            for _ in range(5):
+                closed_at = time.time()  # before the rule's command starts: its 30-60 ms of process start under UML count
+                with port_closed(lab, "rs1", nat.real_server("rs1").port) as reopen:
+                    wait_for(lambda: rs1() == 0, "rs1 quarantined", step=0.002)
+                    quarantined, detected = time.time() - closed_at, job.health.changed_at - closed_at
+                    assert weight(lab, nat, "rs1") == 0
+                    seen = traffic.http_get(lab, nat.address, nat.port, 20)
+                    assert "rs1" not in seen and sum(seen.values()) == 20  # no client request failed, none reached rs1
+                    opened_at = time.time()
+                    reopen()
+                    wait_for(lambda: rs1() == 3, "rs1 restored", step=0.002)
+                    times.append((detected, quarantined, time.time() - opened_at))
+        finally:
+            kernel.close()
+        healthy = {str(k[1]): j.health.healthy for k, j in probes.jobs.items()}
+    print("\nprobe tcp interval 0.1 s timeout 0.1 s fall 1 rise 2 (seconds):")
+    for detected, quarantined, restored in times:
+        print(f"  port closed -> unhealthy {detected:.3f}, -> weight 0 in the kernel {quarantined:.3f}; port open -> weight back {restored:.3f}")
+    assert all(healthy.values()) and traffic.http_get(lab, nat.address, nat.port, 30)["rs1"] > 0
+
+
+def test_quorum_keeps_the_last_real_server(lab: Lab, nat: LabService, tmp_path: Path) -> None:
+    spec = CheckSpec("tcp", TCPChecker(), interval=0.1, timeout=0.2, rise=1, fall=1)
+    port = nat.real_server("rs1").port
+    with actuator(lab, tmp_path) as url, engine(lab, nat_only(lab, spec), url) as probes:
+        wait_for(lambda: len(probes.jobs) == 3, "nat's probes")
+        with port_closed(lab, "rs1", port), port_closed(lab, "rs2", port), port_closed(lab, "rs3", port):
+            wait_for(lambda: not any(j.health.healthy for j in probes.jobs.values()), "every nat real server unhealthy")
+            wait_for(lambda: [weight(lab, nat, n) for n in ("rs1", "rs2", "rs3")].count(0) == 2, "two of three quarantined")
+            time.sleep(1.0)  # the actuator retries refused holds: the last one must still stand after that
+            weights = [weight(lab, nat, n) for n in ("rs1", "rs2", "rs3")]
+            assert weights.count(0) == 2, f"min_healthy 1 must keep one real server in: {weights}"
+        wait_for(lambda: [weight(lab, nat, n) for n in ("rs1", "rs2", "rs3")] == [3, 2, 1], "all three restored")
+
+
+def test_agent_weight_halves_and_maint_quarantines(lab: Lab, nat: LabService, tmp_path: Path) -> None:
+    """lvsguard agent on rs2 (its namespace), reporting 50% from a command, then maint."""
+    maint = tmp_path / "maint"
+    agent = Agent(AgentOptions(load="command", command=("echo", "50"), maint_file=str(maint)))
+    agent_loop = asyncio.new_event_loop()
+
+    def run_agent() -> None:
+        with entered(lab.node("rs2").netns):
+            try:
+                agent_loop.run_until_complete(serve_agent(agent, "", AGENT_PORT))
+            except asyncio.CancelledError:
+                pass
+
+    threading.Thread(target=run_agent, daemon=True).start()
+    rs2 = nat.real_server("rs2")
+    spec = CheckSpec("agent", AgentChecker(), interval=0.2, timeout=1.0, rise=1, fall=1, port=AGENT_PORT)
+    plan: Plan = lambda service, real_server: (spec,) if (service, real_server) == (nat.key, rs2) else ()  # noqa: E731
+    try:
+        with actuator(lab, tmp_path) as url, engine(lab, plan, url, Damping(min_step=1, min_interval=0)):
+            wait_for(lambda: weight(lab, nat, "rs2") == 1, "rs2 at 50% of weight 2")
+            maint.touch()
+            wait_for(lambda: weight(lab, nat, "rs2") == 0, "rs2 in maintenance")
+            maint.unlink()
+            wait_for(lambda: weight(lab, nat, "rs2") == 1, "rs2 back at 50%")
+    finally:
+        for task in asyncio.all_tasks(agent_loop):
+            agent_loop.call_soon_threadsafe(task.cancel)
