@@ -1,0 +1,117 @@
+"""The wheel: it builds from a fresh checkout, installs into a clean venv, and works from there.
+
+Host-side (no kernel). The checkout's tracked files are copied to a temporary
+directory first, so nothing that only exists in this working tree (egg-info,
+caches, untracked files) can end up in the wheel or make it work. The venv is
+laid out as docs/install.md says (``/opt/lvsguard``), so the units' ExecStart
+is checked against a real install. It needs the package index (PyPI) for the
+build backend and the dependencies; without it the module skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("lvsguard", "exporter", "actuator")
+INSTALL_PREFIX = "/opt/lvsguard"  # the venv of docs/install.md and packaging/systemd
+
+
+def _index_reachable() -> bool:
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout"),
+    pytest.mark.skipif(not _index_reachable(), reason="needs the package index (pypi.org) for the build backend and the dependencies"),
+]
+
+
+def run(*argv: str | Path, cwd: Path, timeout: float = 600) -> str:
+    done = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})  # fmt: skip
+    assert done.returncode == 0, f"{' '.join(map(str, argv))} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built with ``python -m build`` from a copy of the tracked files."""
+    checkout = tmp_path_factory.mktemp("checkout")
+    for name in tracked_files():
+        target = checkout / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    dist = tmp_path_factory.mktemp("dist")
+    run(sys.executable, "-m", "build", "--wheel", "--outdir", dist, checkout, cwd=checkout)
+    wheels = list(dist.glob("lvsguard-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+@pytest.fixture(scope="module")
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean venv (no system site-packages) with the wheel and its dependencies installed."""
+    prefix = tmp_path_factory.mktemp("opt") / "lvsguard"
+    run(sys.executable, "-m", "venv", prefix, cwd=prefix.parent)
+    run(prefix / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel, cwd=prefix.parent)
+    return prefix
+
+
+def test_the_wheel_holds_every_packaged_file_of_the_checkout(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f for f in tracked_files() if f.split("/")[0] in PACKAGES and "__pycache__" not in f}
+    assert sorted(expected - names) == []
+    assert "exporter/snmp/mibs/LVSGUARD-MIB.txt" in names
+    assert not [n for n in names if n.startswith(("tests/", "lab/", "bench/"))]
+
+
+def test_help_and_version_from_the_venv(venv: Path, tmp_path: Path) -> None:
+    lvsguard = venv / "bin" / "lvsguard"
+    assert "exporter" in run(lvsguard, "--help", cwd=tmp_path)
+    for command in ("exporter", "actuator", "status", "config"):
+        assert run(lvsguard, command, "--help", cwd=tmp_path).startswith(f"usage: lvsguard {command}")
+    from lvsguard import __version__
+
+    assert run(lvsguard, "--version", cwd=tmp_path).strip() == f"lvsguard {__version__}"
+
+
+def test_config_check_of_the_example_from_the_venv(venv: Path, tmp_path: Path) -> None:
+    example = ROOT / "examples" / "lvsguard.yaml"
+    assert run(venv / "bin" / "lvsguard", "config", "check", example, cwd=tmp_path).startswith(f"{example}: ok (")
+
+
+def test_the_installed_code_is_the_wheel_and_finds_its_mib(venv: Path, tmp_path: Path) -> None:
+    code = "import exporter.snmp.mibfiles as m, lvsguard; print(lvsguard.__file__); print((m.MIB_DIR / 'LVSGUARD-MIB.txt').is_file())"
+    where, mib = run(venv / "bin" / "python", "-c", code, cwd=tmp_path).split()
+    assert where.startswith(str(venv))  # not the source tree
+    assert mib == "True"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian package systemd)")
+def test_the_units_exec_start_exists_in_the_installed_layout(venv: Path, tmp_path: Path) -> None:
+    for unit in (ROOT / "packaging" / "systemd").glob("*.service"):
+        text = unit.read_text()
+        assert f"ExecStart={INSTALL_PREFIX}/bin/lvsguard " in text
+        (tmp_path / unit.name).write_text(text.replace(INSTALL_PREFIX, str(venv)))
+    units = sorted(str(p) for p in tmp_path.glob("*.service"))
+    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if str(tmp_path) in line] == []
