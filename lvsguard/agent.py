@@ -1,0 +1,153 @@
+"""``lvsguard agent``: the agent-check answerer that runs on a real server.
+
+The director's ``agent`` check connects; the agent writes one line and
+closes (HAProxy's agent-check protocol):
+
+- ``maint`` while the maintenance file exists;
+- ``drain`` while the drain file exists (``lvsguard agent --drain`` is just
+  ``touch`` of that file);
+- otherwise ``up NN%``, the share of the configured weight this server should
+  carry, from its load: ``loadavg`` (1 - load1 / CPUs), ``cpu`` (idle share of
+  /proc/stat between two answers) or ``command`` (the first line the command
+  prints: a number, or a whole reply such as ``down`` or ``50%``).
+
+Pure Python: works on Linux and FreeBSD (loadavg), and on Windows with
+``command``. The director damps the weights it derives (``probes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from lvsguard.errors import LvsguardError
+from lvsguard.logs import event
+
+log = logging.getLogger("lvsguard.agent")
+
+LOAD_SOURCES = ("loadavg", "cpu", "command")
+COMMAND_TIMEOUT = 2.0
+MIN_PERCENT = 1  # an up server never reports 0% (that is drain's job)
+
+
+class AgentError(LvsguardError):
+    """The agent cannot start (bad option, port in use)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    load: str = "loadavg"
+    command: tuple[str, ...] = ()
+    maint_file: str = ""
+    drain_file: str = ""
+
+
+def percent_from_loadavg(load1: float, cpus: int) -> int:
+    """100% idle to MIN_PERCENT when the run queue is as long as the CPU count or longer."""
+    return max(MIN_PERCENT, min(100, round(100 * (1 - load1 / max(cpus, 1)))))
+
+
+def read_cpu_times(path: str = "/proc/stat") -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs from /proc/stat's first line."""
+    with open(path, encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return idle, sum(fields)
+
+
+class CPUIdle:
+    """Idle share of the CPUs since the previous call (the first call: since boot)."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]] = read_cpu_times):
+        self._read = read
+        self._last = (0, 0)
+
+    def percent(self) -> int:
+        idle, total = self._read()
+        d_idle, d_total = idle - self._last[0], total - self._last[1]
+        self._last = (idle, total)
+        return max(MIN_PERCENT, min(100, round(100 * d_idle / d_total))) if d_total > 0 else 100
+
+
+def command_reply(argv: tuple[str, ...]) -> str:
+    """The reply from a command's first output line: a bare number becomes ``up N%``."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"down #command failed: {exc}"
+    line = (done.stdout.strip().splitlines() or [""])[0].strip()
+    if done.returncode != 0 or not line:
+        return f"down #command exit {done.returncode}"
+    try:
+        return f"up {max(0, min(100, round(float(line.rstrip('%')))))}%"
+    except ValueError:
+        return line
+
+
+class Agent:
+    """Computes the reply line for each connection."""
+
+    def __init__(self, options: AgentOptions, *, loadavg: Callable[[], float] = lambda: os.getloadavg()[0], cpus: int | None = None):
+        if options.load not in LOAD_SOURCES:
+            raise AgentError(f"unknown load source {options.load!r} (one of {', '.join(LOAD_SOURCES)})")
+        if options.load == "command" and not options.command:
+            raise AgentError("load source 'command' needs a command")
+        self.options = options
+        self._loadavg = loadavg
+        self._cpus = cpus or os.cpu_count() or 1
+        self._cpu = CPUIdle() if options.load == "cpu" else None
+
+    def reply(self) -> str:
+        o = self.options
+        if o.maint_file and Path(o.maint_file).exists():
+            return "maint"
+        if o.drain_file and Path(o.drain_file).exists():
+            return "drain"
+        if o.load == "command":
+            return command_reply(o.command)
+        if self._cpu is not None:
+            return f"up {self._cpu.percent()}%"
+        return f"up {percent_from_loadavg(self._loadavg(), self._cpus)}%"
+
+
+async def serve(agent: Agent, host: str, port: int, ready: Callable[[int], None] | None = None) -> None:
+    """Answer agent checks on host:port until cancelled; ``ready`` gets the bound port."""
+    loop = asyncio.get_running_loop()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await loop.run_in_executor(None, agent.reply) if agent.options.load == "command" else agent.reply()
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+        except OSError:
+            pass  # the director went away: nothing to answer
+        finally:
+            writer.close()
+
+    try:
+        server = await asyncio.start_server(answer, host or None, port)
+    except OSError as exc:
+        raise AgentError(f"cannot listen on {host or '*'}:{port}: {exc.strerror}") from None
+    bound = server.sockets[0].getsockname()[1]
+    event(log, logging.INFO, "agent_started", listen=f"{host or '*'}:{bound}", load=agent.options.load)
+    if ready is not None:
+        ready(bound)
+    async with server:
+        await server.serve_forever()
+
+
+def request_drain(drain_file: str, on: bool) -> None:
+    """``--drain`` / ``--undrain``: create or remove the drain file."""
+    path = Path(drain_file)
+    try:
+        if on:
+            path.touch()
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise AgentError(f"{drain_file}: {exc.strerror}") from None
