@@ -367,7 +367,7 @@ class Lab:
                 "link set eth0 up",
                 f"route add default via {gateway4}", f"route add default via {gateway6}"]
 
-    def _mark_fwmark_traffic(self) -> None:
+    def _mark_fwmark_traffic(self, netns: str | None = None) -> None:
         """Mark TCP to the fwmark VIP on ports 80 and 443 before routing.
 
         iptables-legacy first: Debian's user-mode-linux 6.1 kernel has nf_tables
@@ -389,7 +389,7 @@ class Lab:
         else:
             raise LabError("the fwmark service needs iptables-legacy (Debian package iptables) or nft")
         try:
-            ipvsadm.run(args, netns=self.director.netns, stdin=stdin)
+            ipvsadm.run(args, netns=netns or self.director.netns, stdin=stdin)
         except ipvsadm.IpvsadmError as exc:
             raise LabError(f"fwmark rule: {exc}") from None
 
@@ -454,9 +454,9 @@ class Lab:
 
     # --- the IPVS table ----------------------------------------------------------------
 
-    def create_services(self) -> None:
-        """Create the lab's services as configured (``ipvsadm -R`` in the director)."""
-        ipvsadm.restore((s.config for s in self.services.values()), netns=self.director.netns)
+    def create_services(self, netns: str | None = None) -> None:
+        """Create the lab's services as configured (``ipvsadm -R`` in the director, or in ``netns``)."""
+        ipvsadm.restore((s.config for s in self.services.values()), netns=netns or self.director.netns)
 
     def reset_services(self) -> None:
         """Delete every service of the director and create the lab's again (counters start at 0)."""

@@ -1,0 +1,327 @@
+"""Two directors with real keepalived (VRRPv3) and the IPVS sync daemon, driven by two real actuators.
+
+The module builds its own cluster, ``lab.ha.HALab`` (the shared ``lab`` fixture
+builds the single-director one), and one actuator per director in this process
+(waitress on loopback, netlink in that director's namespace), each with its
+director's keepalived track file and role file. Traffic comes from the client
+namespace through the VRRP addresses. Tests run in file order and each one
+leaves dir1 holding the VIPs, with no failover requested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import waitress
+
+from actuator.app import create_app
+from actuator.settings import ActuatorSettings
+from lab import traffic
+from lab.ha import HALab
+from lab.keepalived import available as keepalived_available
+from lab.topology import LabService, in_lab_vm
+from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.ipvs.netns import entered, proc_net_path
+from tests.fakes import am_alert, am_payload
+
+pytestmark = pytest.mark.kernel
+
+TOKEN = "ha-kernel-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+HELD = 20  # long-lived connections per service in the sync tests
+
+
+def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=AUTH)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def actuator(lab: HALab, name: str, ledger: Path) -> Iterator[str]:
+    """A running actuator for director ``name``; yields its base URL."""
+    director = lab.director_named(name)
+    settings = ActuatorSettings(tokens={"test": TOKEN}, hold_down=0.0, job_poll_interval=0.2,
+                                failover_track_file=str(lab.track_file(name)), role_file=str(lab.role_file(name)))  # fmt: skip
+    kernel = NetlinkIPVS(director.netns)
+    app = create_app(settings, kernel=kernel, ledger_path=str(ledger))
+    state = app.extensions["lvsguard"]
+    state.runner.begin()
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.05)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
+        thread.join(5)
+        server.task_dispatcher.shutdown()
+        state.runner.stop()
+        kernel.close()
+
+
+@pytest.fixture(scope="module")
+def ha_lab() -> Iterator[HALab]:
+    """The two-director cluster with preemption; torn down at the module's end."""
+    if not (os.path.exists("/proc/net/ip_vs") and os.geteuid() == 0):
+        pytest.skip("needs a kernel with IPVS and root (run it in the lab VM: make test)")
+    if not in_lab_vm():
+        pytest.skip("builds namespaces, IPVS services and keepalived: runs inside lab/vm.sh, or with FORCE=1")
+    if not keepalived_available():
+        pytest.fail("keepalived is not installed (Debian package keepalived; make apt)")
+    cluster = HALab(preempt=True)
+    cluster.build()
+    try:
+        yield cluster
+    finally:
+        cluster.teardown()
+
+
+@pytest.fixture(scope="module")
+def actuators(ha_lab: HALab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Base URLs of the actuators of dir1 and dir2."""
+    directory = tmp_path_factory.mktemp("actuators")
+    with ExitStack() as stack:
+        yield {name: stack.enter_context(actuator(ha_lab, name, directory / f"{name}.db")) for name in ("dir1", "dir2")}
+
+
+@pytest.fixture
+def primary(ha_lab: HALab) -> Iterator[HALab]:
+    """Checks that dir1 holds the VIPs before the test, and gives them back to it afterwards."""
+    ha_lab.wait_for_vip_owner("dir1")
+    yield ha_lab
+    for name in ("dir1", "dir2"):
+        if ha_lab.track_file(name).read_text().strip() != "0":
+            ha_lab.track_file(name).write_text("0\n")
+    if ha_lab.vip_owners() != ("dir1",) or not all(k.running for k in ha_lab.keepalived.values()) or not ha_lab.preempt:
+        ha_lab.restart_keepalived(preempt=True)
+
+
+def sync_roles(lab: HALab, name: str) -> set[str]:
+    with NetlinkIPVS(lab.director_named(name).netns) as kernel:
+        return {d.role for d in kernel.sync_daemons()}
+
+
+def synced_connections(lab: HALab, name: str, service: LabService) -> int:
+    """ESTABLISHED connections to ``service`` in director ``name``'s connection table."""
+    vip_port = f"{bytes(map(int, service.address.split('.'))).hex().upper()} {service.port:04X}"
+    with entered(lab.director_named(name).netns), open(proc_net_path("ip_vs_conn")) as fh:
+        return sum(1 for line in fh if vip_port in line and "ESTABLISHED" in line)
+
+
+def open_held(lab: HALab, service: LabService, n: int) -> list[socket.socket]:
+    """``n`` long-lived HTTP connections (``/hold``) from the client, each answered with its real server's name."""
+    socks = []
+    with entered(lab.client.netns):
+        for _ in range(n):
+            sock = socket.create_connection((service.address, service.port), timeout=5)
+            socks.append(sock)
+            sock.sendall(b"GET /hold?seconds=120 HTTP/1.0\r\nHost: lab\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or not data.partition(b"\r\n\r\n")[2].endswith(b"\n"):
+                chunk = sock.recv(4096)
+                assert chunk, f"{service}: a held connection closed before the real server named itself"
+                data += chunk
+    return socks
+
+
+def survivors(socks: list[socket.socket]) -> int:
+    """Close each connection from the client's side; count those the real server closes in turn (FIN, not RST).
+
+    A director that lacks the connection answers the client's FIN with a reset:
+    nothing listens on the VIP itself.
+    """
+    alive = 0
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(5)
+            if sock.recv(4096) == b"":
+                alive += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return alive
+
+
+# --- the cluster -----------------------------------------------------------------------
+
+
+def test_the_primary_holds_the_vips_and_every_service_answers_through_them(primary: HALab) -> None:
+    lab = primary
+    assert lab.vip_owners() == ("dir1",)
+    assert lab.keepalived["dir1"].wait_for_role(("MASTER",)) == "MASTER"
+    assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
+    n = len(lab.real_servers)
+    for service in (lab.nat, lab.dr, lab.nat6):
+        seen = traffic.http_get(lab, service.address, service.port, 2 * n)
+        assert set(seen) == {rs.name for rs in lab.real_servers}, service
+    assert sum(traffic.udp_exchange(lab, lab.udp.address, lab.udp.port, n).values()) == n
+
+
+def test_the_sync_daemon_follows_the_vrrp_role(primary: HALab) -> None:
+    lab = primary
+    assert wait_for(lambda: sync_roles(lab, "dir1") == {"master"}, "dir1: master sync daemon")
+    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon")
+    lab.track_file("dir1").write_text("1\n")
+    lab.wait_for_vip_owner("dir2")
+    assert wait_for(lambda: sync_roles(lab, "dir2") == {"master"}, "dir2: master sync daemon after the failover")
+    assert wait_for(lambda: sync_roles(lab, "dir1") == {"backup"}, "dir1: backup sync daemon after the failover")
+
+
+# --- failover through the actuator -----------------------------------------------------
+
+
+def test_failover_through_the_actuator_moves_the_vips_and_release_brings_them_back(
+        primary: HALab, actuators: dict[str, str], record_property: Callable[[str, object], None]) -> None:
+    lab = primary
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "kernel test"})
+    moved = lab.wait_for_vip_owner("dir2", poll=0.002)  # measured from the actuator's reply
+    assert status == 200 and body["result"] == "applied", body
+    record_property("failover_seconds", round(moved, 3))
+    print(f"\nfailover: VIPs on dir2 alone {moved * 1000:.0f} ms after the actuator's reply")
+    seen = traffic.http_get(lab, lab.nat.address, lab.nat.port, 6)
+    assert sum(seen.values()) == 6
+    assert lab.keepalived["dir1"].wait_for_role(("FAULT",)) == "FAULT"
+    status, director = http("GET", f"{actuators['dir1']}/api/v1/director")
+    assert status == 200 and director["role"] == "fault" and director["failover"]["requested"] is True
+    assert [h["reason"] for h in director["failover"]["holders"]] == ["kernel test"]
+
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover/release", {})
+    assert status == 200 and body["result"] == "applied", body
+    back = lab.wait_for_vip_owner("dir1", poll=0.002)
+    print(f"release: VIPs back on dir1 (preempt) {back * 1000:.0f} ms after the actuator's reply")
+    assert lab.track_file("dir1").read_text().strip() == "0"
+    status, audit = http("GET", f"{actuators['dir1']}/api/v1/audit")
+    assert [e["action"] for e in audit["events"]][:2] == ["failover", "failover"]
+
+
+def test_long_lived_connections_survive_a_failover_with_connection_sync(primary: HALab) -> None:
+    lab = primary
+    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon")
+    held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
+    try:
+        for service in (lab.nat, lab.dr):
+            wait_for(lambda s=service: synced_connections(lab, "dir2", s) >= HELD, f"{service}: connections synced to dir2")
+        lab.track_file("dir1").write_text("1\n")
+        lab.wait_for_vip_owner("dir2")
+        alive = {name: survivors(socks) for name, socks in held.items()}
+    finally:
+        for socks in held.values():
+            for sock in socks:
+                sock.close()
+    print(f"\nwith sync: {alive} of {HELD} held connections per service survived the failover")
+    assert alive == {"nat": HELD, "dr": HELD}
+
+
+def test_without_connection_sync_the_long_lived_connections_break(primary: HALab) -> None:
+    lab = primary
+    with NetlinkIPVS(lab.directors[1].netns) as kernel:
+        wait_for(lambda: {d.role for d in kernel.sync_daemons()} == {"backup"}, "dir2: backup sync daemon")
+        kernel.stop_sync_daemon("backup")
+    held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
+    try:
+        time.sleep(2.5)  # longer than the master's sync flush interval (2 s): nothing could arrive late
+        assert synced_connections(lab, "dir2", lab.nat) == 0
+        lab.track_file("dir1").write_text("1\n")
+        lab.wait_for_vip_owner("dir2")
+        alive = {name: survivors(socks) for name, socks in held.items()}
+    finally:
+        for socks in held.values():
+            for sock in socks:
+                sock.close()
+    print(f"\nwithout sync: {alive} of {HELD} held connections per service survived the failover")
+    assert alive == {"nat": 0, "dr": 0}
+    assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 3).values()) == 3  # new connections are fine
+
+
+def test_a_quarantine_sent_to_both_actuators_survives_the_failover(primary: HALab, actuators: dict[str, str]) -> None:
+    lab, nat = primary, primary.nat
+    key = nat.real_server("rs1")
+    alert = am_alert("ha-q-rs1", service=str(nat.key), real_server=str(key), lvsguard_action="quarantine")
+    for url in actuators.values():  # Alertmanager's receiver lists both directors' actuators
+        status, body = http("POST", f"{url}/webhook/alertmanager", am_payload(alert))
+        assert status == 200 and body["results"][0]["result"] == "applied", body
+    for director in lab.directors:
+        with NetlinkIPVS(director.netns) as kernel:
+            assert kernel.read_service(nat.key).real_server(key).weight == 0, director.name  # type: ignore[union-attr]
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "quarantine test"})
+    assert status == 200, body
+    lab.wait_for_vip_owner("dir2")
+    seen = traffic.http_get(lab, nat.address, nat.port, 12)
+    assert sum(seen.values()) == 12 and "rs1" not in seen
+    resolved = am_alert("ha-q-rs1", status="resolved", service=str(nat.key), real_server=str(key),
+                        lvsguard_action="quarantine")
+    for url in actuators.values():
+        status, body = http("POST", f"{url}/webhook/alertmanager", am_payload(resolved))
+        assert status == 200, body
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover/release", {})
+    assert status == 200, body
+    lab.wait_for_vip_owner("dir1")
+    for director in lab.directors:
+        with NetlinkIPVS(director.netns) as kernel:
+            assert kernel.read_service(nat.key).real_server(key).weight == nat.weights["rs1"], director.name  # type: ignore[union-attr]
+
+
+# --- recovery policies ------------------------------------------------------------------
+
+
+def test_stopping_the_active_keepalived_hands_over_and_preemption_takes_the_vips_back(primary: HALab) -> None:
+    lab = primary
+    lab.stop_keepalived("dir1")
+    lab.wait_for_vip_owner("dir2")
+    assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
+    lab.start_keepalived(("dir1",))
+    lab.wait_for_vip_owner("dir1")
+    assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
+    assert sum(traffic.http_get(lab, lab.dr.address, lab.dr.port, 6).values()) == 6
+
+
+def test_with_nopreempt_the_returning_primary_stays_backup(primary: HALab, actuators: dict[str, str]) -> None:
+    lab = primary
+    lab.restart_keepalived(preempt=False)
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "nopreempt test"})
+    assert status == 200, body
+    lab.wait_for_vip_owner("dir2")
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover/release", {})
+    assert status == 200, body
+    assert lab.keepalived["dir1"].wait_for_role(("BACKUP",)) == "BACKUP"
+    time.sleep(1.0)  # more than twice the master-down interval (about 0.4 s): a preempting dir1 would be MASTER by now
+    assert lab.vip_owners() == ("dir2",)
+    assert lab.keepalived["dir1"].role() == "BACKUP"
+    assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
+    # Handing the VIPs back takes a failover of dir2.
+    status, body = http("POST", f"{actuators['dir2']}/api/v1/failover", {"reason": "give them back"})
+    assert status == 200, body
+    lab.wait_for_vip_owner("dir1")
+    status, body = http("POST", f"{actuators['dir2']}/api/v1/failover/release", {})
+    assert status == 200, body
+    assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
+    assert lab.vip_owners() == ("dir1",)
