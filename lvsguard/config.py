@@ -641,7 +641,10 @@ SECTIONS: Mapping[str, Key] = {
 
 def loads(text: str, filename: str = "<string>") -> Config:
     """Parse and validate a config; raises ConfigError with every problem found."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters before any parsing
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([_reader_problem(filename, text, exc)]) from None
     try:
         try:
             root = loader.get_single_node()
@@ -661,6 +664,14 @@ def loads(text: str, filename: str = "<string>") -> Config:
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return config
+
+
+def _reader_problem(filename: str, text: str, exc: yaml.reader.ReaderError) -> ConfigProblem:
+    """A character YAML does not allow (NUL, other control characters), at its line and column."""
+    line = text.count("\n", 0, exc.position) + 1
+    column = exc.position - text.rfind("\n", 0, exc.position)
+    shown = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+    return ConfigProblem(filename, line, column, "", f"character {shown} is not allowed in YAML ({exc.reason})")
 
 
 def _syntax_problem(filename: str, exc: yaml.MarkedYAMLError) -> ConfigProblem:
