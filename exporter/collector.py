@@ -153,6 +153,14 @@ class Names(Protocol):
     def real_server_name(self, service: ServiceKey, key: RealServerKey) -> str: ...
 
 
+class ExtraFamilies(Protocol):
+    """More families served after the IPVS ones (the probes' ``exporter.probes.metrics.ProbeMetrics``)."""
+
+    def families(self) -> Iterator[Metric]: ...
+
+    def chunks(self) -> Iterator[str]: ...
+
+
 class NoNames:
     """The names when there is no config: every name is empty."""
 
@@ -337,8 +345,10 @@ class IPVSCollector(Collector):
         version: str = __version__,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        probes: ExtraFamilies | None = None,
     ):
         self.reader = reader
+        self.probes = probes  # the health-check series, rendered after the IPVS families
         self.backend_labels = parse_backend_labels(backend_labels)
         self.backend_select = tuple(BACKEND_LABELS.index(label) for label in self.backend_labels)
         self.services = frozenset(services) if services is not None else None
@@ -395,6 +405,8 @@ class IPVSCollector(Collector):
                 yield from self._backend_families(scrape, table)
         for fam in scrape.tail():
             yield _filled(fam)
+        if self.probes is not None:
+            yield from self.probes.families()
         yield _filled(scrape.duration())
 
     def labels_of(self, metric: MetricDef) -> tuple[str, ...]:

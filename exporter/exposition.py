@@ -141,6 +141,8 @@ class Exposition:
                 yield from self._families(scrape, BACKEND_METRICS, frame.server_labels, frame.servers)
         for fam in scrape.tail():
             yield render_family(fam)
+        if self.collector.probes is not None:
+            yield from self.collector.probes.chunks()
         yield render_family(scrape.duration())
 
     def _frame(self, table: Table) -> _Frame:

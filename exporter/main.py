@@ -13,6 +13,7 @@ from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.logs import event
 
 if TYPE_CHECKING:
+    from exporter.probes.runner import ProbeRunner
     from exporter.snmp.runner import RunningAgent
     from lvsguard.config import Config
 
@@ -29,6 +30,7 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
     """
     options = config.exporter
     agent = start_snmp(config, netns, snmp_listen)
+    probes = start_probes(config, netns)
     try:
         run(
             lambda: ExporterReader(netns, options.ipvs_source),
@@ -38,8 +40,11 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
             names=config,
             addresses=lambda: local_addresses(netns),
             reload=reloader(config, listen=listen, netns=netns) if config.file else None,
+            probes=probes.engine.metrics if probes is not None else None,
         )
     finally:
+        if probes is not None:
+            probes.stop()
         if agent is not None:
             agent.stop()
 
@@ -88,3 +93,13 @@ def start_snmp(config: Config, netns: str | None, listen: str | None) -> Running
     event(log, logging.INFO, "snmp_agent_started", listen=settings.listen, v2c=bool(settings.communities),
           v3_users=",".join(u.name for u in settings.users) or "-", traps=",".join(settings.trap_targets) or "-")  # fmt: skip
     return agent
+
+
+def start_probes(config: Config, netns: str | None) -> ProbeRunner | None:
+    """Start the health checks of the ``probes`` section (on by default: tcp on every TCP real server); None when disabled."""
+    if not config.probes.enabled:
+        return None
+    from exporter.probes.metrics import ProbeMetrics
+    from exporter.probes.runner import start
+
+    return start(config, netns, ProbeMetrics(names=config))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Mapping
 from urllib.parse import urlsplit
 
-from exporter.collector import BACKEND_LABELS, IPVSCollector, Names
+from exporter.collector import BACKEND_LABELS, ExtraFamilies, IPVSCollector, Names
 from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
 from lvsguard.logs import event
 from lvsguard import __version__
@@ -227,14 +227,18 @@ def run(
     addresses: Callable[[], Mapping[str, str]] | None = None,
     ready: Callable[[ExporterServer], None] | None = None,
     reload: Callable[[], Reloadable] | None = None,
+    probes: ExtraFamilies | None = None,
 ) -> None:
     """Serve the IPVS metrics on ``listen`` until SIGTERM or SIGINT (or ``server.shutdown()``).
 
     ``ready`` is called with the listening server (tests use it to learn the port
     and to stop it). ``reload`` (on SIGHUP) returns the new settings, or raises
-    an LvsguardError to keep the running ones.
+    an LvsguardError to keep the running ones. ``probes`` adds the health-check
+    series (``exporter.probes.metrics.ProbeMetrics``).
     """
-    collector = IPVSCollector(reader_factory(), backend_labels=backend_labels, services=services, names=names, addresses=addresses)
+    collector = IPVSCollector(
+        reader_factory(), backend_labels=backend_labels, services=services, names=names, addresses=addresses, probes=probes
+    )
     try:
         server = ExporterServer(listen, Exposition(collector))
     except ListenError:

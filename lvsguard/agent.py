@@ -151,3 +151,27 @@ def request_drain(drain_file: str, on: bool) -> None:
             path.unlink(missing_ok=True)
     except OSError as exc:
         raise AgentError(f"{drain_file}: {exc.strerror}") from None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``:5555``, ``0.0.0.0:5555``, ``[::]:5555`` -> (host, port); "" host = every address."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AgentError(f"--listen {listen!r}: expected HOST:PORT, [IPv6]:PORT or :PORT")
+    return host.strip("[]"), int(port)
+
+
+def run(listen: str, options: AgentOptions, *, drain: bool | None = None) -> int:
+    """``lvsguard agent``: with ``drain`` True/False only set or clear the drain request; else serve until interrupted."""
+    if drain is not None:
+        if not options.drain_file:
+            raise AgentError("--drain and --undrain need --drain-file (the file the serving agent watches)")
+        request_drain(options.drain_file, drain)
+        return 0
+    host, port = parse_listen(listen)
+    agent = Agent(options)
+    try:
+        asyncio.run(serve(agent, host, port))
+    except KeyboardInterrupt:
+        pass
+    return 0

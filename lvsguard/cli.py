@@ -105,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="with --url: print the API's JSON")
     st.set_defaults(func=cmd_status)
 
+    ag = sub.add_parser(
+        "agent",
+        help="answer the director's agent checks on a real server",
+        description="Answer HAProxy agent-check connections (the director's 'agent' probe) with this real "
+        "server's state: 'maint' while --maint-file exists, 'drain' while --drain-file exists, otherwise "
+        "'up NN%%' from the load (load average, CPU idle, or a command's output).",
+    )
+    ag.add_argument("--listen", default=":5555", metavar="HOST:PORT", help="address to answer on (default: :5555)")
+    ag.add_argument("--load", choices=["loadavg", "cpu", "command"], default="loadavg", help="where the weight percentage comes from (default: loadavg)")
+    ag.add_argument("--command", metavar="CMD", help="with --load command: a command whose first output line is a percentage or a whole reply")
+    ag.add_argument("--maint-file", metavar="FILE", default="", help="answer 'maint' while this file exists")
+    ag.add_argument("--drain-file", metavar="FILE", default="", help="answer 'drain' while this file exists")
+    ag.add_argument("--drain", dest="drain", action="store_const", const=True, help="create --drain-file and exit")
+    ag.add_argument("--undrain", dest="drain", action="store_const", const=False, help="remove --drain-file and exit")
+    ag.set_defaults(func=cmd_agent)
+
     from actuator import client
 
     for setup in client.COMMANDS.values():
@@ -210,6 +226,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     netns = args.netns or cfg.director.netns
     print(status.render(status.read_table(netns=netns, source=args.source), cfg, exact=args.exact), end="")
     return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    import shlex
+
+    from lvsguard import agent
+
+    options = agent.AgentOptions(args.load, tuple(shlex.split(args.command or "")), args.maint_file, args.drain_file)
+    return agent.run(args.listen, options, drain=args.drain)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

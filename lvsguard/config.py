@@ -23,7 +23,7 @@ import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from os import PathLike
 from types import MappingProxyType
@@ -81,6 +81,64 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckConfig:
+    """One health check (``probes.checks[]``): which real servers, the type, its timing and type-specific keys."""
+
+    type: str
+    service: ServiceKey | None = None  # None: every service
+    real_server: RealServerKey | None = None  # None: every real server of the service(s)
+    name: str = ""  # the ``check`` label; "" = the type
+    interval: float = 1.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    port: int | None = None  # None: the real server's own port
+    method: str = "GET"  # http, https
+    path: str = "/"
+    host: str = ""  # Host header; "" = the real server's address
+    statuses: tuple[int, ...] = ()  # () = 200-399
+    body: str = ""  # regex the body must match; "" = any body
+    tls_verify: bool = True  # https
+    sni: str = ""  # https: TLS server name; "" = host, else the address
+    payload: str = "lvsguard-probe\n"  # udp
+    expect: str = ""  # udp: regex the reply must match; "" = any reply
+    query_name: str = ""  # dns
+    query_type: str = "A"
+    rcode: str = "NOERROR"
+    answer: str = ""  # dns: regex one answer must match; "" = any
+    command: tuple[str, ...] = ()  # script
+    send: str = ""  # agent: a line sent before reading the reply
+    url: str = ""  # prometheus: base URL of the Prometheus server
+    query: str = ""  # prometheus: PromQL; its value is a weight percentage
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    """``probes.publish``: where health transitions and weight changes go (never to IPVS directly)."""
+
+    mode: str = "actuator"  # actuator (its webhook and API: the fast path) or alertmanager (its /api/v2/alerts)
+    url: str = "http://127.0.0.1:9911"
+    token_file: str = ""  # the actuator token (NAME:SECRET or SECRET); "" = $LVSGUARD_TOKEN
+
+
+@dataclass(frozen=True, slots=True)
+class ProbesConfig:
+    """Section ``probes``: health checks of the real servers (DESIGN §5)."""
+
+    enabled: bool = True
+    default_tcp: bool = True  # a tcp check on every real server of a TCP/SCTP service that no check names
+    refresh: float = 2.0  # seconds between two reads of the kernel table (the checked set follows it)
+    weight_min_step: int = 1  # damping of agent/prometheus/script weights: smallest change published
+    weight_min_interval: float = 10.0  # and seconds between two published changes of one real server
+    publish: PublishConfig | None = None  # None: transitions are only exported as metrics
+    checks: tuple[CheckConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole config. ``Config()`` is the config of no file: every default, no names."""
 
@@ -88,6 +146,7 @@ class Config:
     exporter: ExporterConfig = ExporterConfig()
     services: tuple[ServiceConfig, ...] = ()
     actuator: ActuatorSettings | None = None  # section ``actuator`` (validated by actuator.settings); None: defaults
+    probes: ProbesConfig = ProbesConfig()
     snmp: AgentSettings | None = None  # section ``snmp`` (validated by exporter.snmp.settings); None: no SNMP agent
     file: str = ""  # where it was loaded from ("" for Config())
     _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
@@ -626,12 +685,194 @@ EXPORTER = Schema(
     },
 )
 
+# --- probes ------------------------------------------------------------------------
+
+CHECK_TYPES = ("tcp", "http", "https", "udp", "icmp", "dns", "script", "agent", "prometheus")
+_CHECK_COMMON = ("type", "service", "real_server", "name", "interval", "timeout", "rise", "fall", "port")
+CHECK_KEYS: Mapping[str, tuple[str, ...]] = {
+    "tcp": (),
+    "http": ("method", "path", "host", "statuses", "body"),
+    "https": ("method", "path", "host", "statuses", "body", "tls_verify", "sni"),
+    "udp": ("payload", "expect"),
+    "icmp": (),
+    "dns": ("query_name", "query_type", "rcode", "answer"),
+    "script": ("command",),
+    "agent": ("send",),
+    "prometheus": ("url", "query"),
+}
+"""The keys each check type takes besides the common ones."""
+CHECK_REQUIRED: Mapping[str, tuple[str, ...]] = {"dns": ("query_name",), "script": ("command",), "agent": ("port",), "prometheus": ("url", "query")}
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
+
+
+def integer(low: int, high: int) -> Parser:
+    def parse(node: Node, path: str, ctx: _Context) -> int:
+        if not (isinstance(node, ScalarNode) and node.tag == _INT):
+            raise Invalid(f"must be an integer {low}..{high}, got {_kind(node)}")
+        value = int(node.value.replace("_", ""), 0)
+        if not low <= value <= high:
+            raise Invalid(f"must be {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def boolean(node: Node, path: str, ctx: _Context) -> bool:
+    if not (isinstance(node, ScalarNode) and node.tag == _BOOL):
+        raise Invalid(f"must be true or false, got {_kind(node)}")
+    return node.value.lower() in ("true", "yes", "on")
+
+
+def duration(node: Node, path: str, ctx: _Context) -> float:
+    """Seconds: a number, or a string with a unit (``500ms``, ``1.5s``, ``2m``); more than 0, at most 1 day."""
+    if isinstance(node, ScalarNode) and node.tag in (_INT, _FLOAT):
+        value = float(node.value)
+    else:
+        match = _DURATION.fullmatch(_text(node).strip())
+        if match is None:
+            raise Invalid(f"must be a duration such as 1s, 500ms or 2m, got {node.value!r}")
+        value = float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
+    if not 0 < value <= 86400:
+        raise Invalid(f"must be more than 0 and at most 86400 seconds, got {value:g}")
+    return value
+
+
+def regex(node: Node, path: str, ctx: _Context) -> str:
+    value = _text(node)
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise Invalid(f"is not a regular expression: {exc}") from None
+    return value
+
+
+def http_url(node: Node, path: str, ctx: _Context) -> str:
+    value = _text(node)
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+        raise Invalid(f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def statuses(node: Node, path: str, ctx: _Context) -> tuple[int, ...]:
+    return tuple(sorted(set(list_of(integer(100, 599))(node, path, ctx))))
+
+
+def command(node: Node, path: str, ctx: _Context) -> tuple[str, ...]:
+    """A list of arguments, or one string split as a shell would (no shell runs it)."""
+    import shlex
+
+    if isinstance(node, SequenceNode):
+        argv = tuple(list_of(text)(node, path, ctx))
+    else:
+        try:
+            argv = tuple(shlex.split(_text(node)))
+        except ValueError as exc:
+            raise Invalid(f"cannot be split into arguments: {exc}") from None
+    if not argv:
+        raise Invalid("must name a program")
+    return argv
+
+
+def _real_server_ref(node: Node, path: str, ctx: _Context) -> str:
+    return _text(node)  # resolved in check_entry, once the entry's service is known
+
+
+CHECK = Schema(
+    CheckConfig,
+    {
+        "type": Key(choice(CHECK_TYPES), required=True),
+        "service": Key(_service_ref),
+        "real_server": Key(_real_server_ref),
+        "name": Key(name),
+        "interval": Key(duration),
+        "timeout": Key(duration),
+        "rise": Key(integer(1, 100)),
+        "fall": Key(integer(1, 100)),
+        "port": Key(integer(1, 65535)),
+        "method": Key(choice(("GET", "HEAD", "POST", "OPTIONS"))),
+        "path": Key(text),
+        "host": Key(text),
+        "statuses": Key(statuses),
+        "body": Key(regex),
+        "tls_verify": Key(boolean),
+        "sni": Key(text),
+        "payload": Key(text),
+        "expect": Key(regex),
+        "query_name": Key(text),
+        "query_type": Key(choice(("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT"))),
+        "rcode": Key(choice(("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"))),
+        "answer": Key(regex),
+        "command": Key(command),
+        "send": Key(text),
+        "url": Key(http_url),
+        "query": Key(text),
+    },
+)
+
+
+def check_entry(node: Node, path: str, ctx: _Context) -> CheckConfig:
+    """One check: the common keys, then only the keys of its type; a real server by name or address."""
+    value, pairs, values = _record(node, path, CHECK, ctx)
+    kind = values.get("type")
+    ok = value is not _FAILED
+    if kind is not None:
+        allowed = set(_CHECK_COMMON) | set(CHECK_KEYS[kind])
+        for key_name, (key_node, _) in pairs.items():
+            if key_name in CHECK.keys and key_name not in allowed:
+                takes = ", ".join(CHECK_KEYS[kind]) or "only the common keys"
+                ctx.problem(key_node, _join(path, key_name), f"does not apply to a {kind} check (it takes {takes})")
+                ok = False
+        for key_name in CHECK_REQUIRED.get(kind, ()):
+            if key_name not in pairs:
+                ctx.problem(node, _join(path, key_name), f"required for a {kind} check")
+                ok = False
+    if not ok:
+        raise _Recorded()
+    if values.get("timeout", value.timeout) > values.get("interval", value.interval):
+        raise Invalid(f"timeout ({value.timeout:g} s) must not exceed interval ({value.interval:g} s)")
+    ref = values.get("real_server")
+    if ref is None:
+        return value
+    try:
+        return replace(value, real_server=RealServerKey.parse(ref))
+    except ValueError:
+        pass
+    for svc in ctx.services:
+        if value.service in (None, svc.service):
+            for rs in svc.real_servers:
+                if rs.name == ref:
+                    return replace(value, real_server=rs.address)
+    ctx.problem(pairs["real_server"][1], _join(path, "real_server"),
+                f"{ref!r} is neither an address:port nor the name of a real server of {value.service or 'a named service'}")  # fmt: skip
+    raise _Recorded()
+
+
+PUBLISH = Schema(PublishConfig, {"mode": Key(choice(("actuator", "alertmanager"))), "url": Key(http_url), "token_file": Key(text)})
+
+PROBES = Schema(
+    ProbesConfig,
+    {
+        "enabled": Key(boolean),
+        "default_tcp": Key(boolean),
+        "refresh": Key(duration),
+        "weight_min_step": Key(integer(1, 65535)),
+        "weight_min_interval": Key(duration),
+        "publish": Key(section(PUBLISH)),
+        "checks": Key(list_of(check_entry)),
+    },
+)
+
+
 SECTIONS: Mapping[str, Key] = {
     "director": Key(section(DIRECTOR)),
     "services": Key(_named_services(records(SERVICE))),  # before `exporter`, whose allow-list names them
     "exporter": Key(section(EXPORTER)),
     "actuator": Key(actuator_section),  # after `services`, whose names it resolves
     "snmp": Key(snmp_section),
+    "probes": Key(section(PROBES)),  # after `services`, whose names its checks use
 }
 """The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
 

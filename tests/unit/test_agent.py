@@ -80,3 +80,45 @@ def test_port_in_use_is_a_clear_error() -> None:
 
     with pytest.raises(AgentError, match="cannot listen on 127.0.0.1:"):
         asyncio.run(body())
+
+
+def test_cli_drain_and_undrain(tmp_path: Path) -> None:
+    from lvsguard.cli import main
+
+    drain = tmp_path / "drain"
+    assert main(["agent", "--drain-file", str(drain), "--drain"]) == 0 and drain.exists()
+    assert main(["agent", "--drain-file", str(drain), "--undrain"]) == 0 and not drain.exists()
+
+
+def test_cli_errors_are_plain(capsys: pytest.CaptureFixture[str]) -> None:
+    from lvsguard.cli import main
+
+    assert main(["agent", "--drain"]) == 1
+    assert main(["agent", "--listen", "nowhere"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["lvsguard: --drain and --undrain need --drain-file (the file the serving agent watches)",
+                   "lvsguard: --listen 'nowhere': expected HOST:PORT, [IPv6]:PORT or :PORT"]  # fmt: skip
+
+
+def test_cli_serves_agent_checks(tmp_path: Path) -> None:
+    """``lvsguard agent`` as a process: the director's check reads its reply."""
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lvsguard.cli", "agent", "--listen", f"127.0.0.1:{port}", "--load", "command",
+                             "--command", f"{sys.executable} -c 'print(40)'"])  # fmt: skip
+    try:
+        result = None
+        for _ in range(100):
+            result = asyncio.run(AgentChecker().check(Target("127.0.0.1", port)))
+            if result.ok:
+                break
+            time.sleep(0.05)
+        assert result is not None and (result.ok, result.weight_percent) == (True, 40.0), result
+    finally:
+        proc.terminate()
+        proc.wait(5)
