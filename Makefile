@@ -13,7 +13,8 @@ LAB_VM := lab/vm.sh
 # file system), the real peers the tests run against, and the benchmark's peers.
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
-	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived
+	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived \
+	chromium chromium-driver
 
 .PHONY: all setup apt mibs venv lab-prepare test test-unit test-kernel demo bench previews clean help
 
@@ -56,14 +57,14 @@ test: setup
 	echo "== unit tests and host-side integration tests (host)"; \
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q -p no:cacheprovider || rc=1; \
 	echo "== kernel tests (lab VM)"; \
-	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider -m kernel || rc=1; \
+	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider -m kernel || rc=1; \
 	exit $$rc
 
 test-unit: venv
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q
 
 test-kernel: setup
-	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -m kernel
+	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -m kernel
 
 demo: setup
 	$(LAB_VM) $(PY) lab/demo.py
