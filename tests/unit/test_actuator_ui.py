@@ -6,6 +6,7 @@ the real action layer, ledger and policy, so a refusal here is the policy's.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from pathlib import Path
@@ -128,6 +129,15 @@ def test_a_session_of_another_actuator_is_not_accepted(tmp_path: Path) -> None:
     assert cookie is not None
     second.set_cookie("lvsguard_ui", cookie.value, path="/ui")
     assert 'id="user"' not in second.get("/ui/").get_data(as_text=True)
+
+
+def test_a_session_ends_when_its_token_is_no_longer_configured(app: Flask, client: FlaskClient) -> None:
+    login(client)
+    settings = app.config["LVSGUARD_SETTINGS"]
+    app.config["LVSGUARD_SETTINGS"] = dataclasses.replace(settings, tokens={"bob": BOB})  # as a SIGHUP reload does
+    assert 'id="user"' not in client.get("/ui/").get_data(as_text=True)
+    assert act(client, "quarantine", real_server="rs1").status_code == 401
+    assert kernel_of(app).writes == []
 
 
 # CSRF
