@@ -196,10 +196,16 @@ def serve(
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise LvsguardError(f"ledger {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):  # SQLite writes its -wal and -shm files next to the ledger
+        raise LvsguardError(f"ledger {path}: directory {directory} is not writable by this user (uid {os.geteuid()})")
     kernel = NetlinkIPVS(netns)
-    app = create_app(settings, kernel=kernel, ledger_path=path)
-    state: ActuatorState = app.extensions["lvsguard"]
-    state.runner.begin()
+    try:
+        app = create_app(settings, kernel=kernel, ledger_path=path)
+        state: ActuatorState = app.extensions["lvsguard"]
+        state.runner.begin()
+    except sqlite3.Error as exc:  # unreadable, corrupt or locked at start: say which file, no traceback
+        kernel.close()
+        raise LvsguardError(f"ledger {path}: {exc}") from None
     if reload is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda _sig, _frame: threading.Thread(
             target=reloading.reload, args=(app, reload), name="actuator-reload", daemon=True).start())  # fmt: skip

@@ -27,10 +27,11 @@ WAIT = 30.0  # seconds: an upper bound for a slow machine, never a measured time
 class Exporter:
     """``lvsguard exporter`` as a child process; its log lines are collected as they come."""
 
-    def __init__(self, config: Path, *extra: str):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def __init__(self, config: Path, *extra: str, wrap: list[str] = []):  # noqa: B006 - never mutated
+        """``wrap`` goes in front of the command (``setpriv ...`` to run it as another user)."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lvsguard.cli", "--log-level", "info", "exporter", "--config", str(config),
+            [*wrap, sys.executable, "-m", "lvsguard.cli", "--log-level", "info", "exporter", "--config", str(config),
              "--listen", "127.0.0.1:0", *extra],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
         )  # fmt: skip

@@ -1,0 +1,187 @@
+"""Faults under a running exporter and actuator, against the real kernel in the lab VM.
+
+- The IPVS table changes under them (a service deleted, the table flushed):
+  the exporter's metrics follow the kernel, ``ipvs_up`` stays 1; a running
+  job ends with its reason recorded; later requests about the gone service
+  are answered 404, never 5xx.
+- Least privilege, as the systemd units run them: an unprivileged user with
+  only the capabilities of packaging/systemd (plus the netns drop-in's
+  CAP_SYS_ADMIN, since the lab's director is a namespace) reads and writes
+  IPVS; without CAP_NET_ADMIN the exporter falls back to procfs and says so.
+- An unwritable state directory: the actuator refuses to start with a
+  message that names the ledger, and no traceback.
+
+kill -9 of the actuator during jobs is in test_actuator_kernel.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from lab.topology import Lab
+from lvsguard.ipvs.netlink import NetlinkIPVS
+from tests.integration.test_actuator_kernel import TOKEN, actuator, http, wait_for
+from tests.integration.test_reload import Exporter
+
+pytestmark = pytest.mark.kernel
+
+NOBODY = "65534"
+
+
+@pytest.fixture
+def public() -> Iterator[Path]:
+    """A directory user nobody can reach (pytest's own tmp_path is under a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="lvsguard-faults-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def restored(lab: Lab) -> Iterator[Lab]:
+    """The lab; its services are created afresh afterwards (the tests delete them)."""
+    yield lab
+    lab.reset_services()
+
+
+def backend_lines(metrics: str, proto: str) -> list[str]:
+    return [line for line in metrics.splitlines() if line.startswith("ipvs_backend_weight{") and f'proto="{proto}"' in line]
+
+
+def scrape_until(exporter: Exporter, done: Callable[[str], bool], what: str) -> str:
+    """The first scrape for which ``done`` holds."""
+    scrapes: list[str] = []
+
+    def check() -> bool:
+        scrapes.append(exporter.metrics())
+        return done(scrapes[-1])
+
+    wait_for(check, what)
+    return scrapes[-1]
+
+
+def test_a_service_deleted_and_the_table_flushed_under_the_exporter_and_the_actuator(restored: Lab, tmp_path: Path) -> None:
+    lab = restored
+    udp, nat = lab.udp, lab.nat
+    config = tmp_path / "empty.yaml"
+    config.write_text("")
+    exporter = Exporter(config, "--netns", lab.director.netns)
+    try:
+        before = exporter.metrics()
+        assert backend_lines(before, "UDP") and "ipvs_up 1" in before
+        lab.set_weight(udp, "rs1", 3)  # a slow start needs a weight above 1
+        with actuator(lab, tmp_path, slow_start=120.0) as url:
+            rs1 = {"service": str(udp.key), "real_server": str(udp.real_server("rs1"))}
+            assert http("POST", f"{url}/api/v1/quarantine", rs1)[1]["result"] == "applied"
+            _, restore = http("POST", f"{url}/api/v1/restore", rs1)
+            assert restore["job_id"] is not None, restore
+            job_url = f"{url}/api/v1/jobs/{restore['job_id']}"
+            assert http("GET", job_url)[1]["state"] == "running"  # a slow start ramping rs1 back up
+
+            with NetlinkIPVS(lab.director.netns) as kernel:
+                kernel.delete_service(udp.key)
+
+            job = wait_for(lambda: (j := http("GET", job_url)[1])["state"] != "running" and j, "the ramp to end")
+            assert job["state"] == "failed" and job["message"].endswith("is no longer in the kernel table"), job
+            status, reply = http("POST", f"{url}/api/v1/quarantine", {"service": str(udp.key), "real_server": str(udp.real_server("rs2"))})
+            assert (status, reply["result"]) == (404, "not_found")
+            services = http("GET", f"{url}/api/v1/services")[1]["services"]
+            assert str(udp.key) not in {s["service"] for s in services}
+            after = scrape_until(exporter, lambda m: not backend_lines(m, "UDP"), "the exporter to drop the service")
+            assert "ipvs_up 1" in after and backend_lines(after, "TCP")  # the rest is still exported
+
+            with NetlinkIPVS(lab.director.netns) as kernel:
+                kernel.flush()
+            flushed = scrape_until(exporter, lambda m: "ipvs_backend_weight{" not in m, "the exporter to see the flush")
+            assert "ipvs_up 1" in flushed
+            status, reply = http("POST", f"{url}/api/v1/quarantine", {"service": str(nat.key), "real_server": str(nat.real_server("rs1"))})
+            assert (status, reply["result"]) == (404, "not_found")
+            assert http("GET", f"{url}/api/v1/services")[1]["services"] == []
+        assert "Traceback" not in "\n".join(exporter.log)
+    finally:
+        exporter.stop()
+
+
+def as_nobody(caps: list[str], *argv: str) -> list[str]:
+    """``argv`` as user nobody with exactly ``caps`` (bounding, inheritable and ambient), as a unit's User= and AmbientCapabilities= do."""
+    spec = ",".join(f"+{c}" for c in caps)
+    drop = ["--bounding-set=-all" + ("," + spec if caps else ""), "--inh-caps=-all" + ("," + spec if caps else "")]
+    ambient = [f"--ambient-caps=-all,{spec}"] if caps else []
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *drop, *ambient, "--no-new-privs", *argv]
+
+
+def test_the_units_capabilities_are_enough_and_needed(restored: Lab, public: Path) -> None:
+    lab = restored
+    config = public / "empty.yaml"
+    config.write_text("")
+    nat = lab.nat
+    cli = [sys.executable, "-m", "lvsguard.cli"]
+    env = {**os.environ, "LVSGUARD_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    with_caps = Exporter(config, "--netns", lab.director.netns, wrap=as_nobody(["net_admin", "sys_admin"]))
+    try:
+        assert 'ipvs_source="netlink"' in with_caps.metrics() and backend_lines(with_caps.metrics(), "TCP")
+    finally:
+        with_caps.stop()
+
+    state = public / "state"
+    state.mkdir()
+    os.chown(state, int(NOBODY), int(NOBODY))
+    port = 19931
+    proc = subprocess.Popen(
+        as_nobody(["net_admin", "sys_admin"], *cli, "actuator", "--netns", lab.director.netns, "--listen", f"127.0.0.1:{port}",
+                  "--ledger", str(state / "actuator.db")),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: proc.poll() is not None or _answers(url), "the actuator to listen", timeout=60)
+        assert proc.poll() is None
+        target = {"service": str(nat.key), "real_server": str(nat.real_server("rs2"))}
+        assert http("POST", f"{url}/api/v1/quarantine", target)[1]["result"] == "applied"
+        assert lab.read_table().service(nat.key).real_server(nat.real_server("rs2")).weight == 0  # type: ignore[union-attr]
+        assert http("POST", f"{url}/api/v1/restore", {**target, "force": True})[1]["result"] == "applied"  # force: the default hold-down
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err
+
+    without = Exporter(config, "--netns", lab.director.netns, wrap=as_nobody(["sys_admin"]))
+    try:
+        metrics = without.metrics()
+        assert 'ipvs_source="procfs"' in metrics and "ipvs_up 1" in metrics  # read-only fallback, said plainly
+    finally:
+        without.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        http("GET", f"{url}/api/v1/jobs")
+    except OSError:
+        return False
+    return True
+
+
+def test_an_unwritable_state_directory_is_a_clear_error(lab: Lab, public: Path) -> None:
+    state = public / "state"
+    state.mkdir(mode=0o755)  # root's, as /var/lib/lvsguard would be without StateDirectory=
+    env = {**os.environ, "LVSGUARD_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        as_nobody(["net_admin", "sys_admin"], sys.executable, "-m", "lvsguard.cli", "actuator", "--netns", lab.director.netns,
+                  "--listen", "127.0.0.1:19932", "--ledger", str(state / "actuator.db")),
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert re.search(rf"^lvsguard: .*{re.escape(str(state / 'actuator.db'))}", done.stderr, re.M), done.stderr
