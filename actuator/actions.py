@@ -42,6 +42,11 @@ from actuator.targets import Target
 
 log = logging.getLogger("lvsguard.actuator")
 
+VIEW_TTL = 0.5
+"""Seconds a webhook session may reuse the view of a big service read by an earlier session."""
+VIEW_CACHE_MIN = 64
+"""Real servers from which a service's view is worth caching (its read costs O(real servers))."""
+
 
 class Kernel(Protocol):
     """The part of ``lvsguard.ipvs.netlink.NetlinkIPVS`` the actuator uses (``tests/fakes.py`` has the fake)."""
@@ -176,10 +181,22 @@ class Actions:
         self.start_job: Callable[[int], None] = lambda job_id: None
         """Called with a new job's id; the app's JobRunner replaces it with one that starts a thread."""
         self._last_refusal: dict[tuple[Target, str], str] = {}
+        self.views: dict[ServiceKey, tuple[float, ServiceView]] = {}
+        """Views of big services (``VIEW_CACHE_MIN``) by read time (``time.monotonic``); only used under the lock."""
 
     @contextmanager
-    def session(self, ledger: Ledger, *, table: Table | None = None, batch: bool = False) -> Iterator[Session]:
+    def session(
+        self, ledger: Ledger, *, table: Table | None = None, batch: bool = False, cached: bool = False
+    ) -> Iterator[Session]:
         """Hold the lock for actions that share one view of the kernel table.
+
+        ``cached``: a big service's view read less than ``VIEW_TTL`` seconds ago by
+        another session is used instead of a new read (the webhook at a high rate:
+        reading a service of 1 000 real servers costs more than the rest of the
+        request). Every session's writes update the shared view in place, and a
+        failed write or a rolled-back batch drops it, so the cache only misses
+        what another program wrote in the last ``VIEW_TTL`` seconds. Sessions of
+        the API, the jobs, the retries and the reconciliation always read afresh.
 
         ``batch``: one ledger transaction for the whole session. Kernel writes
         wait until its end: the holds and intents are committed first, then
@@ -189,7 +206,7 @@ class Actions:
         payload of 1 000 alerts).
         """
         with self.lock:
-            session = Session(self, ledger, table, batch=batch)
+            session = Session(self, ledger, table, batch=batch, cached=cached)
             if not batch:
                 yield session
                 return
@@ -198,6 +215,7 @@ class Actions:
                 yield session
             except BaseException:
                 ledger.conn.execute("ROLLBACK")  # nothing reached the kernel yet
+                self.views.clear()  # the session's views have writes that never happened
                 raise
             session.flush()
 
@@ -249,9 +267,10 @@ class _QueuedWrite:
 class Session:
     """A batch of actions under the lock, with a cached view of the services they touch."""
 
-    def __init__(self, actions: Actions, ledger: Ledger, table: Table | None, *, batch: bool = False):
+    def __init__(self, actions: Actions, ledger: Ledger, table: Table | None, *, batch: bool = False, cached: bool = False):
         self.a = actions
         self.batch = batch
+        self.cached = cached
         self._queued: list[_QueuedWrite] = []
         self._audits: list[dict[str, Any]] = []
         self._jobs: list[int] = []
@@ -265,6 +284,9 @@ class Session:
         if table is not None:
             self._services = {svc.key: ServiceView(svc) for svc in table.services}
             self._complete = True
+            now = time.monotonic()
+            for view in self._services.values():
+                self._remember(view, now)
         else:
             self._complete = False
 
@@ -276,12 +298,28 @@ class Session:
             return self._services[key]
         if self._complete:
             return None
+        now = time.monotonic()
+        if self.cached and key in self.a.views:
+            read_at, view = self.a.views[key]
+            if now - read_at < VIEW_TTL:
+                self._services[key] = view
+                return view
         try:
             svc: ServiceView | None = ServiceView(self.kernel.read_service(key))
         except NoSuchService:
             svc = None
+            self.a.views.pop(key, None)
         self._services[key] = svc
+        if svc is not None:
+            self._remember(svc, now)
         return svc
+
+    def _remember(self, view: ServiceView, read_at: float) -> None:
+        """Share a big service's view with later cached sessions (writes update it in place)."""
+        if view.total >= VIEW_CACHE_MIN:
+            self.a.views[view.key] = (read_at, view)
+        else:
+            self.a.views.pop(view.key, None)
 
     def real_server(self, target: Target) -> tuple[ServiceView | None, RealServer | None]:
         svc = self.service(target.service)
@@ -289,6 +327,7 @@ class Session:
 
     def _forget(self, key: ServiceKey) -> None:
         self._services.pop(key, None)
+        self.a.views.pop(key, None)
         self._complete = False
 
     def _replace_rs(self, target: Target, rs: RealServer) -> None:

@@ -9,8 +9,12 @@ intent is committed with ``write_pending=1`` *before* the kernel write and
 cleared *after* it, so that after a kill -9 at any step the reconciliation at
 start knows whether the kernel saw the write.
 
-Like flaskr's ``db.py``: one connection per request on ``flask.g``, closed at
-teardown; background jobs open their own with :meth:`Ledger.open`.
+One connection per thread, opened on first use and kept: waitress serves
+requests from a fixed pool of threads, and opening a connection (file, WAL
+index, pragmas) costs more than the rest of a webhook request under a slow
+kernel. A request that ends inside a transaction (an error) rolls it back at
+teardown, so the next request on that thread starts clean. Background jobs
+open their own with :meth:`Ledger.open`.
 
 Tables:
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +63,7 @@ CREATE TABLE IF NOT EXISTS holds (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS holds_active
     ON holds (service, real_server, kind, holder) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS holds_holder ON holds (holder) WHERE state = 'active';
 CREATE TABLE IF NOT EXISTS backends (
     service TEXT NOT NULL,
     real_server TEXT NOT NULL,
@@ -91,6 +97,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL,
     finished_at REAL
 );
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (service, real_server) WHERE state = 'running';
 CREATE TABLE IF NOT EXISTS failovers (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -547,20 +554,25 @@ def _audit(row: sqlite3.Row) -> AuditEvent:
 
 
 def get_ledger() -> Ledger:
-    """This request's ledger connection, opened on first use (flaskr's ``get_db``)."""
-    if "ledger" not in g:
-        g.ledger = Ledger.open(current_app.config["LVSGUARD_LEDGER"], clock=current_app.config["LVSGUARD_CLOCK"], create=False)
-    ledger: Ledger = g.ledger
+    """This thread's ledger connection for the current app, opened on first use and kept."""
+    local: threading.local = current_app.extensions["lvsguard_ledgers"]
+    ledger: Ledger | None = getattr(local, "ledger", None)
+    if ledger is None:
+        ledger = Ledger.open(current_app.config["LVSGUARD_LEDGER"], clock=current_app.config["LVSGUARD_CLOCK"], create=False)
+        local.ledger = ledger
+    g.ledger = ledger
     return ledger
 
 
-def close_ledger(_exc: BaseException | None = None) -> None:
-    ledger = g.pop("ledger", None)
-    if ledger is not None:
-        ledger.close()
+def end_request(_exc: BaseException | None = None) -> None:
+    """Teardown: a transaction left open by a failed request is rolled back (the connection stays)."""
+    ledger: Ledger | None = g.pop("ledger", None)
+    if ledger is not None and ledger.conn.in_transaction:
+        ledger.conn.execute("ROLLBACK")
 
 
 def init_app(app: Flask) -> None:
-    """Create the schema once and close each request's connection at teardown."""
+    """Create the schema once; one connection per serving thread, cleaned up after each request."""
     Ledger.open(app.config["LVSGUARD_LEDGER"]).close()
-    app.teardown_appcontext(close_ledger)
+    app.extensions["lvsguard_ledgers"] = threading.local()
+    app.teardown_appcontext(end_request)

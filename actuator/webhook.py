@@ -250,7 +250,7 @@ def alertmanager() -> tuple[dict[str, Any], int]:
     settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
     ledger = get_ledger()
     table = actions.kernel.read() if len(note.alerts) > PRELOAD_TABLE else None
-    with actions.session(ledger, table=table, batch=True) as session:
+    with actions.session(ledger, table=table, batch=True, cached=True) as session:
         results = [_handle_one(session, settings, a) for a in note.alerts]
     for result in results:  # a kernel write of the batch failed: say so for the alerts that asked for it
         for target, message in session.failed.items():
