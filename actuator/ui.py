@@ -234,6 +234,12 @@ class Live:
     values: dict[str, str]
     chart: dict[str, dict[str, float]]
 
+    @property
+    def layout(self) -> str:
+        """Which services and real servers exist: when it changes, the page reloads to show new rows."""
+        return " ".join(sorted(f"{s['service']}|{rs['real_server']}" for s in self.services for rs in s["real_servers"])
+                        + sorted(s["service"] for s in self.services))  # fmt: skip
+
 
 def rate(value: float, unit: str = "") -> str:
     """A rate for people: 950, 12.3k, 4.5M (``unit`` appended)."""
@@ -321,7 +327,7 @@ def service_page() -> Any:
 @viewer
 def live_json() -> Any:
     live = live_view()
-    return {"values": live.values, "chart": live.chart}
+    return {"values": live.values, "chart": live.chart, "layout": live.layout}
 
 
 @bp.get("/ledger")

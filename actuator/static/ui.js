@@ -56,9 +56,12 @@
   }
 
   function updateJobs(jobs) {
+    if (jobs.some(function (job) { return !document.querySelector('[data-job="' + job.id + '|state"]'); })) {
+      location.reload();  // a new job: its row comes with the page
+      return;
+    }
     jobs.forEach(function (job) {
       const state = document.querySelector('[data-job="' + job.id + '|state"]');
-      if (!state) return;
       state.textContent = job.state;
       const bar = document.querySelector('[data-job="' + job.id + '|progress"]');
       bar.value = job.progress;
@@ -74,6 +77,10 @@
       .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
       .then(function (data) {
         if (jobsPage) { updateJobs(data.jobs); return; }
+        if (body.dataset.layout !== undefined && data.layout !== body.dataset.layout) {
+          location.reload();  // a real server or a service came or went: new rows come with the page
+          return;
+        }
         update(data.values);
         if (canvas) draw(data.chart[canvas.dataset.service] || {});
         body.dataset.updated = String(Date.now());

@@ -224,6 +224,11 @@ def test_live_json_follows_the_kernel(app: Flask, client: FlaskClient) -> None:
     data = client.get("/ui/live.json").get_json()
     assert data["values"]["TCP 192.0.2.10:80|10.0.1.2:80|weight"] == "9"
     assert set(data["chart"]["TCP 192.0.2.10:80"]) == {"rs1", "10.0.1.2:80", "10.0.1.3:80", "10.0.1.4:80"}
+    page = client.get("/ui/service?s=web").get_data(as_text=True)
+    assert f'data-layout="{data["layout"]}"' in page  # the script reloads the page when the layout changes
+    kernel_of(app).delete_real_server(WEB, RS2)
+    changed = client.get("/ui/live.json").get_json()["layout"]
+    assert changed != data["layout"] and "10.0.1.2:80" not in changed and "TCP 192.0.2.10:80|10.0.1.3:80" in changed
 
 
 def test_pages_carry_a_strict_content_security_policy(client: FlaskClient) -> None:
