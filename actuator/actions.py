@@ -33,7 +33,7 @@ from lvsguard.logs import event
 from lvsguard.errors import KernelError, NoSuchDestination, NoSuchService, PolicyRefused
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
-from actuator.failover import read_track_file, write_track_file
+from actuator.failover import peer_problem, read_track_file, write_track_file
 from actuator.ledger import Backend, FailoverHold, Hold, Job, Ledger
 from actuator.policy import Policy, RefusedForNow
 from actuator.settings import ActuatorSettings
@@ -674,6 +674,10 @@ class Session:
         if not path:
             return self._finish(Outcome("failover", None, "refused", "refused: failover is not configured "
                                         "(actuator.failover_track_file)", "not_configured"), actor)  # fmt: skip
+        peer = self.settings.failover_peer_url
+        problem = peer_problem(peer) if peer and not read_track_file(path) else None
+        if problem:
+            return self._finish(Outcome("failover", None, "refused", f"refused: {problem}", "peer"), actor)
         if self.policy.dry_run:
             return self._finish(Outcome("failover", None, "dry_run", f"dry run: would write 1 to {path}"), actor)
         with self.ledger.transaction():

@@ -145,6 +145,7 @@ class ActuatorSettings:
     """Real servers the config declares per service; ``add`` of another one is refused there."""
     role_file: str = ""  # where keepalived's notify script writes this director's state (MASTER, BACKUP, FAULT)
     failover_track_file: str = ""  # keepalived track_file the ``failover`` action writes ("1" = give the VIPs up)
+    failover_peer_url: str = ""  # the other director's actuator; a failover is refused unless it is a healthy backup
     ledger_path: str = "/var/lib/lvsguard/actuator.db"
 
     def quorum_for(self, service: ServiceKey) -> Quorum:
@@ -164,7 +165,7 @@ class ActuatorSettings:
 KEYS = (
     "ledger", "dry_run", "read_only_open", "min_healthy", "quorum", "rate_limit", "hold_down", "slow_start",
     "slow_start_steps", "drain_timeout", "job_poll_interval", "retry_interval", "role_file", "failover_track_file",
-    "rules", "listen",
+    "failover_peer_url", "rules", "listen",
 )  # fmt: skip
 """Keys of the config's ``actuator:`` section (``listen`` is the CLI's default address, read by the CLI)."""
 
@@ -228,6 +229,7 @@ def from_mapping(
     take("ledger", _text, "ledger_path")
     take("role_file", _text)
     take("failover_track_file", _text)
+    take("failover_peer_url", _text)
     take("dry_run", _flag)
     take("read_only_open", _flag)
     take("min_healthy", lambda v: Quorum.parse(v))  # type: ignore[arg-type]

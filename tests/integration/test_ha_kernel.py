@@ -40,6 +40,7 @@ pytestmark = pytest.mark.kernel
 TOKEN = "ha-kernel-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 HELD = 20  # long-lived connections per service in the sync tests
+PORTS = {"dir1": 19921, "dir2": 19922}  # each actuator knows its peer's URL before either starts
 
 
 def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
@@ -52,28 +53,30 @@ def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0, detail: Callable[[], str] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}" + (f"\n{detail()}" if detail else ""))
         time.sleep(0.05)
 
 
 @contextmanager
 def actuator(lab: HALab, name: str, ledger: Path) -> Iterator[str]:
-    """A running actuator for director ``name``; yields its base URL."""
+    """A running actuator for director ``name``, its peer the other director's; yields its base URL."""
     director = lab.director_named(name)
+    peer = next(other for other in PORTS if other != name)
     settings = ActuatorSettings(tokens={"test": TOKEN}, hold_down=0.0, job_poll_interval=0.2,
-                                failover_track_file=str(lab.track_file(name)), role_file=str(lab.role_file(name)))  # fmt: skip
+                                failover_track_file=str(lab.track_file(name)), role_file=str(lab.role_file(name)),
+                                failover_peer_url=f"http://127.0.0.1:{PORTS[peer]}")  # fmt: skip
     kernel = NetlinkIPVS(director.netns)
     app = create_app(settings, kernel=kernel, ledger_path=str(ledger))
     state = app.extensions["lvsguard"]
     state.runner.begin()
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.05)
+    server = waitress.create_server(app, host="127.0.0.1", port=PORTS[name], threads=4, asyncore_loop_timeout=0.05)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -123,6 +126,14 @@ def primary(ha_lab: HALab) -> Iterator[HALab]:
         ha_lab.restart_keepalived(preempt=True)
 
 
+def sync_state(lab: HALab) -> str:
+    """Both directors' sync daemons and keepalived's lines about them: the message of a failed wait."""
+    lines = [f"{name}: {sorted(sync_roles(lab, name))}, role {k.role()!r}, keepalived log: "
+             + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
+             for name, k in lab.keepalived.items()]  # fmt: skip
+    return "\n".join(lines)
+
+
 def sync_roles(lab: HALab, name: str) -> set[str]:
     with NetlinkIPVS(lab.director_named(name).netns) as kernel:
         return {d.role for d in kernel.sync_daemons()}
@@ -149,6 +160,24 @@ def open_held(lab: HALab, service: LabService, n: int) -> list[socket.socket]:
                 assert chunk, f"{service}: a held connection closed before the real server named itself"
                 data += chunk
     return socks
+
+
+def served_again(lab: HALab, service: LabService, since: float, timeout: float = 15.0) -> float:
+    """Retry one HTTP request through ``service`` until it is answered; seconds from ``since`` (monotonic).
+
+    Right after the VIPs move, the client may still send to the old director
+    (until the new one's gratuitous ARP arrives), which answers "network
+    unreachable"; a real client retries, and so does this.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if sum(traffic.http_get(lab, service.address, service.port, 1, timeout=1.0).values()) == 1:
+                return time.monotonic() - since
+        except traffic.TrafficError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
 
 
 def survivors(socks: list[socket.socket]) -> int:
@@ -188,12 +217,12 @@ def test_the_primary_holds_the_vips_and_every_service_answers_through_them(prima
 
 def test_the_sync_daemon_follows_the_vrrp_role(primary: HALab) -> None:
     lab = primary
-    assert wait_for(lambda: sync_roles(lab, "dir1") == {"master"}, "dir1: master sync daemon")
-    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon")
+    assert wait_for(lambda: sync_roles(lab, "dir1") == {"master"}, "dir1: master sync daemon", detail=lambda: sync_state(lab))
+    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab))
     lab.track_file("dir1").write_text("1\n")
     lab.wait_for_vip_owner("dir2")
-    assert wait_for(lambda: sync_roles(lab, "dir2") == {"master"}, "dir2: master sync daemon after the failover")
-    assert wait_for(lambda: sync_roles(lab, "dir1") == {"backup"}, "dir1: backup sync daemon after the failover")
+    assert wait_for(lambda: sync_roles(lab, "dir2") == {"master"}, "dir2: master sync daemon after the failover", detail=lambda: sync_state(lab))
+    assert wait_for(lambda: sync_roles(lab, "dir1") == {"backup"}, "dir1: backup sync daemon after the failover", detail=lambda: sync_state(lab))
 
 
 # --- failover through the actuator -----------------------------------------------------
@@ -203,10 +232,13 @@ def test_failover_through_the_actuator_moves_the_vips_and_release_brings_them_ba
         primary: HALab, actuators: dict[str, str], record_property: Callable[[str, object], None]) -> None:
     lab = primary
     status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "kernel test"})
-    moved = lab.wait_for_vip_owner("dir2", poll=0.002)  # measured from the actuator's reply
+    replied = time.monotonic()
+    moved = lab.wait_for_vip_owner("dir2", poll=0.002)
+    served = served_again(lab, lab.nat, replied)
     assert status == 200 and body["result"] == "applied", body
     record_property("failover_seconds", round(moved, 3))
-    print(f"\nfailover: VIPs on dir2 alone {moved * 1000:.0f} ms after the actuator's reply")
+    print(f"\nfailover: VIPs on dir2 alone {moved * 1000:.0f} ms after the actuator's reply, "
+          f"the client served through dir2 after {served * 1000:.0f} ms")
     seen = traffic.http_get(lab, lab.nat.address, lab.nat.port, 6)
     assert sum(seen.values()) == 6
     assert lab.keepalived["dir1"].wait_for_role(("FAULT",)) == "FAULT"
@@ -225,13 +257,14 @@ def test_failover_through_the_actuator_moves_the_vips_and_release_brings_them_ba
 
 def test_long_lived_connections_survive_a_failover_with_connection_sync(primary: HALab) -> None:
     lab = primary
-    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon")
+    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab))
     held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
     try:
         for service in (lab.nat, lab.dr):
             wait_for(lambda s=service: synced_connections(lab, "dir2", s) >= HELD, f"{service}: connections synced to dir2")
         lab.track_file("dir1").write_text("1\n")
         lab.wait_for_vip_owner("dir2")
+        served_again(lab, lab.nat, time.monotonic())
         alive = {name: survivors(socks) for name, socks in held.items()}
     finally:
         for socks in held.values():
@@ -252,6 +285,7 @@ def test_without_connection_sync_the_long_lived_connections_break(primary: HALab
         assert synced_connections(lab, "dir2", lab.nat) == 0
         lab.track_file("dir1").write_text("1\n")
         lab.wait_for_vip_owner("dir2")
+        served_again(lab, lab.nat, time.monotonic())
         alive = {name: survivors(socks) for name, socks in held.items()}
     finally:
         for socks in held.values():
@@ -275,6 +309,7 @@ def test_a_quarantine_sent_to_both_actuators_survives_the_failover(primary: HALa
     status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "quarantine test"})
     assert status == 200, body
     lab.wait_for_vip_owner("dir2")
+    served_again(lab, nat, time.monotonic())
     seen = traffic.http_get(lab, nat.address, nat.port, 12)
     assert sum(seen.values()) == 12 and "rs1" not in seen
     resolved = am_alert("ha-q-rs1", status="resolved", service=str(nat.key), real_server=str(key),
@@ -290,6 +325,23 @@ def test_a_quarantine_sent_to_both_actuators_survives_the_failover(primary: HALa
             assert kernel.read_service(nat.key).real_server(key).weight == nat.weights["rs1"], director.name  # type: ignore[union-attr]
 
 
+def test_a_failover_is_refused_while_the_peer_cannot_take_over_and_nothing_changes(
+        primary: HALab, actuators: dict[str, str]) -> None:
+    lab = primary
+    lab.stop_keepalived("dir2")
+    role = lab.keepalived["dir2"].role()
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "peer is down"})
+    assert status == 409 and body["result"] == "refused" and "peer director" in body["message"], (role, body)
+    assert lab.track_file("dir1").read_text().strip() == "0"
+    time.sleep(0.5)  # longer than the failover takes when it is allowed (about 0.1 s)
+    assert lab.vip_owners() == ("dir1",)
+    status, director = http("GET", f"{actuators['dir1']}/api/v1/director")
+    assert director["role"] == "master" and director["failover"]["holders"] == []
+    status, audit = http("GET", f"{actuators['dir1']}/api/v1/audit")
+    assert (audit["events"][0]["action"], audit["events"][0]["result"]) == ("failover", "refused")
+    print(f"\nrefused while dir2's keepalived is stopped (its role file: {role!r}): {body['message']}")
+
+
 # --- recovery policies ------------------------------------------------------------------
 
 
@@ -297,10 +349,12 @@ def test_stopping_the_active_keepalived_hands_over_and_preemption_takes_the_vips
     lab = primary
     lab.stop_keepalived("dir1")
     lab.wait_for_vip_owner("dir2")
+    served_again(lab, lab.nat, time.monotonic())
     assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
     lab.start_keepalived(("dir1",))
     lab.wait_for_vip_owner("dir1")
     assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
+    served_again(lab, lab.dr, time.monotonic())
     assert sum(traffic.http_get(lab, lab.dr.address, lab.dr.port, 6).values()) == 6
 
 
@@ -316,6 +370,7 @@ def test_with_nopreempt_the_returning_primary_stays_backup(primary: HALab, actua
     time.sleep(1.0)  # more than twice the master-down interval (about 0.4 s): a preempting dir1 would be MASTER by now
     assert lab.vip_owners() == ("dir2",)
     assert lab.keepalived["dir1"].role() == "BACKUP"
+    served_again(lab, lab.nat, time.monotonic())
     assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
     # Handing the VIPs back takes a failover of dir2.
     status, body = http("POST", f"{actuators['dir2']}/api/v1/failover", {"reason": "give them back"})
