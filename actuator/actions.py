@@ -352,6 +352,8 @@ class Session:
                 return outcome
             self.a._last_refusal[key] = outcome.reason
             self.a.metrics.refusal(outcome.action, outcome.reason)
+        elif outcome.result == "refused":  # the director's own actions (failover) have no real server
+            self.a.metrics.refusal(outcome.action, outcome.reason)
         elif key is not None and outcome.result in ("applied", "recorded"):
             self.a._last_refusal.pop(key, None)
         details = dict(outcome.details)

@@ -100,6 +100,8 @@ def test_the_failover_is_refused_and_audited_while_the_peer_is_not_ready(tmp_pat
     assert client.get("/api/v1/director").get_json()["failover"]["holders"] == []
     audit = client.get("/api/v1/audit").get_json()["events"]
     assert (audit[0]["action"], audit[0]["result"]) == ("failover", "refused")
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'lvsguard_refusals_total{action="failover",reason="peer"} 1.0' in metrics
     peer[0].body = {"role": "backup", "failover": {"requested": False}}
     applied = client.post("/api/v1/failover", json={"reason": "upgrade"}, headers=AUTH)
     assert applied.status_code == 200 and track.read_text() == "1\n"
