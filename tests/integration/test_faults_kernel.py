@@ -11,25 +11,34 @@
 - An unwritable state directory: the actuator refuses to start with a
   message that names the ledger, and no traceback.
 
-kill -9 of the actuator during jobs is in test_actuator_kernel.py.
+- kill -9 of the actuator at random points of a churn of quarantines,
+  restores and weight changes: after the restart the ledger and the kernel
+  agree, and nothing acknowledged is lost. (kill -9 during a drain and a
+  slow start is in test_actuator_kernel.py.)
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from http.client import HTTPException
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from lab.topology import Lab
+from lab.topology import Lab, LabService
 from lvsguard.ipvs.netlink import NetlinkIPVS
-from tests.integration.test_actuator_kernel import TOKEN, actuator, http, wait_for
+from lvsguard.model import RealServerKey
+from tests.integration.test_actuator_kernel import TOKEN, actuator, actuator_process, http, wait_for
 from tests.integration.test_reload import Exporter
 
 pytestmark = pytest.mark.kernel
@@ -185,3 +194,90 @@ def test_an_unwritable_state_directory_is_a_clear_error(lab: Lab, public: Path) 
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert re.search(rf"^lvsguard: .*{re.escape(str(state / 'actuator.db'))}", done.stderr, re.M), done.stderr
+
+
+# --- kill -9 of the actuator during a churn of quarantines, restores and weight changes --------------
+
+
+class Expected:
+    """What the acknowledged requests say about one real server; None where a kill left it unknown."""
+
+    def __init__(self, weight: int):
+        self.held: bool | None = False
+        self.weight: int | None = weight
+
+    def acknowledged(self, op: str, weight: int, result: str) -> None:
+        if result in ("refused", "not_found"):
+            return  # nothing changed
+        if op == "quarantine":
+            self.held = True
+        elif op == "restore":
+            self.held = False
+        else:
+            self.weight = weight
+
+    def lost(self, op: str) -> None:
+        """The request was cut by the kill: it may or may not have happened."""
+        if op == "weight":
+            self.weight = None
+        else:
+            self.held = None
+
+
+def churn(url: str, service: LabService, expected: dict[str, Expected], rng: random.Random, stop: threading.Event) -> int:
+    """Random quarantines, restores and weight changes until the actuator dies or ``stop``; the count sent."""
+    sent = 0
+    while not stop.is_set():
+        name = rng.choice(sorted(expected))
+        op = rng.choice(["quarantine", "restore", "weight"])
+        weight = rng.randint(1, 5)
+        body = {"service": str(service.key), "real_server": str(service.real_server(name)), "force": True}
+        if op == "weight":
+            body["weight"] = weight
+        sent += 1
+        try:
+            _, reply = http("POST", f"{url}/api/v1/{op}", body)
+        except (OSError, ValueError, HTTPException):  # refused, reset, or a reply cut short: the process was killed
+            expected[name].lost(op)
+            return sent
+        expected[name].acknowledged(op, weight, reply.get("result", ""))
+    return sent
+
+
+def test_kill_9_during_a_churn_then_the_ledger_and_the_kernel_agree(restored: Lab, tmp_path: Path) -> None:
+    lab = restored
+    nat = lab.nat
+    rng = random.Random(int(os.environ.get("LVSGUARD_CHURN_SEED", "9")))
+    expected = {name: Expected(weight) for name, weight in nat.weights.items()}
+    ledger, port = tmp_path / "ledger.db", 19941
+    url = f"http://127.0.0.1:{port}"
+    kills = sent = 0
+    for _ in range(6):
+        with actuator_process(lab, ledger, port) as proc:
+            stop = threading.Event()
+            result: list[int] = []
+            worker = threading.Thread(target=lambda: result.append(churn(url, nat, expected, rng, stop)))
+            worker.start()
+            time.sleep(rng.uniform(0.2, 1.5))  # a random point in the churn, not a timing assertion
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            kills += 1
+            stop.set()
+            worker.join(30)
+            sent += result[0] if result else 0
+    with actuator_process(lab, ledger, port):  # the restart reconciles the ledger with the kernel
+        view = http("GET", f"{url}/api/v1/ledger?active=true")[1]
+        kernel = {nat.name_of(rs.key): rs.weight for rs in lab.read_table().service(nat.key).real_servers}  # type: ignore[union-attr]
+    held = {name for name in expected if any(h["real_server"] == str(nat.real_server(name)) for h in view["holds"])}
+    backends = {nat.name_of(RealServerKey.parse(b["real_server"])): b for b in view["backends"]}
+    assert kills == 6 and sent > kills
+    unknown = sum(w.held is None or w.weight is None for w in expected.values())
+    print(f"churn: {sent} requests, {kills} kills, {len(held)} held at the end, {unknown} real servers left unknown by a kill")
+    assert [b for b in view["backends"] if b["write_pending"]] == []
+    for name, want in expected.items():
+        assert (kernel[name] == 0) == (name in held), (name, kernel, held)  # out exactly while held
+        if want.held is not None:
+            assert (name in held) == want.held, (name, "hold lost or invented")
+        if want.weight is not None:
+            back_at = backends[name]["original_weight"] if name in held else kernel[name]
+            assert back_at == want.weight, (name, "weight lost", back_at, want.weight)
