@@ -5,6 +5,8 @@
 2. Full scrapes of 1 000, 10 000 and 100 000 real servers inside the lab VM,
    lvsguard vs node_exporter's IPVS collector on the same kernel table
    (bench/scrape.py).
+3. The actuator inside the lab VM: Alertmanager webhook -> weight in the
+   kernel at 100 requests/s, and one payload of 1 000 alerts (bench/actuator.py).
 
 The results are printed as Markdown tables (bench/README.md keeps a copy of
 the last run with the machine it ran on) and written as JSON to bench/results/.
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10,100,1000", help="services per scraped table (x 100 real servers)")
     parser.add_argument("--skip-decoder", action="store_true")
     parser.add_argument("--skip-scrape", action="store_true")
+    parser.add_argument("--skip-actuator", action="store_true")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -46,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             "full scrape vs node_exporter (lab VM, same kernel table)",
             ["lab/vm.sh", "--mem", str(VM_MEM_MIB), "--timeout", "3000", py, "bench/scrape.py",
              "--sizes", args.sizes, "--json", str(RESULTS / "scrape.json")],
+        )
+    if not args.skip_actuator:
+        step(
+            "actuator: webhook -> weight in the kernel (lab VM)",
+            ["lab/vm.sh", "--mem", "1024", "--timeout", "900", py, "bench/actuator.py",
+             "--json", str(RESULTS / "actuator.json")],
         )
     return 0
 
