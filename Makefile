@@ -14,7 +14,7 @@ LAB_VM := lab/vm.sh
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
 	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived \
-	chromium chromium-driver systemd
+	chromium chromium-driver dnsmasq-base prometheus-blackbox-exporter systemd
 
 .PHONY: all setup apt mibs venv lab-prepare test test-unit test-kernel demo bench fuzz previews clean help
 

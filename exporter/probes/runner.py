@@ -51,10 +51,13 @@ class ProbeRunner:
     thread: threading.Thread
     publisher: Publisher | None
 
+    main: asyncio.Task[None]
+
     def stop(self) -> None:
-        if not self.loop.is_closed():
-            for task in asyncio.all_tasks(self.loop):
-                self.loop.call_soon_threadsafe(task.cancel)
+        try:
+            self.loop.call_soon_threadsafe(self.main.cancel)  # the engine's run() cancels every check on its way out
+        except RuntimeError:
+            pass  # the loop already ended
         self.thread.join(10)
         if self.publisher is not None:
             self.publisher.close()
@@ -69,12 +72,13 @@ def start(config: Config, netns: str | None, metrics: ProbeMetrics) -> ProbeRunn
     engine = ProbeEngine(build_plan(probes), metrics=metrics, publisher=publisher,
                          damping=Damping(probes.weight_min_step, probes.weight_min_interval))  # fmt: skip
     loop = asyncio.new_event_loop()
+    reader = ExporterReader(netns, config.exporter.ipvs_source)  # opens on its first read, inside the namespace
+    main = loop.create_task(engine.run(reader, probes.refresh))
 
     def run() -> None:
         with entered(netns) if netns else nullcontext():
-            reader = ExporterReader(netns, config.exporter.ipvs_source)
             try:
-                loop.run_until_complete(engine.run(reader, probes.refresh))
+                loop.run_until_complete(main)
             except asyncio.CancelledError:
                 pass
             finally:
@@ -86,4 +90,4 @@ def start(config: Config, netns: str | None, metrics: ProbeMetrics) -> ProbeRunn
     thread.start()
     event(log, logging.INFO, "probes_started", publish=probes.publish.mode if probes.publish else "metrics only",
           checks=len(probes.checks), default_tcp=probes.default_tcp)  # fmt: skip
-    return ProbeRunner(engine, loop, thread, publisher)
+    return ProbeRunner(engine, loop, thread, publisher, main)
