@@ -8,9 +8,10 @@
   only the capabilities of packaging/systemd (plus the netns drop-in's
   CAP_SYS_ADMIN, since the lab's director is a namespace) reads and writes
   IPVS; without CAP_NET_ADMIN the exporter falls back to procfs and says so.
+- A full disk under the ledger: 503s that name it, nothing half done,
+  PRAGMA integrity_check ok afterwards.
 - An unwritable state directory: the actuator refuses to start with a
   message that names the ledger, and no traceback.
-
 - kill -9 of the actuator at random points of a churn of quarantines,
   restores and weight changes: after the restart the ledger and the kernel
   agree, and nothing acknowledged is lost. (kill -9 during a drain and a
@@ -281,3 +282,49 @@ def test_kill_9_during_a_churn_then_the_ledger_and_the_kernel_agree(restored: La
         if want.weight is not None:
             back_at = backends[name]["original_weight"] if name in held else kernel[name]
             assert back_at == want.weight, (name, "weight lost", back_at, want.weight)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the file system has no space left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == 28, exc  # ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_under_the_ledger_gives_clear_503s_and_no_corruption(restored: Lab) -> None:
+    lab = restored
+    nat = lab.nat
+    disk = Path(tempfile.mkdtemp(prefix="lvsguard-full-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "lvsguard-full", str(disk)], check=True)
+    try:
+        with actuator(lab, disk) as url:
+            http("GET", f"{url}/api/v1/ledger")  # the ledger exists
+            filler = disk / "filler"
+            fill(filler)
+            statuses = []
+            for i in range(12):
+                name = ("rs1", "rs2")[i % 2]
+                op = "quarantine" if i % 4 < 2 else "restore"
+                status, reply = http("POST", f"{url}/api/v1/{op}", {"service": str(nat.key), "real_server": str(nat.real_server(name)), "force": True})
+                statuses.append(status)
+                assert status in (200, 503), reply  # never a 500
+                if status == 503:
+                    assert reply["error"].startswith("ledger: ") and "full" in reply["error"], reply
+            filler.unlink()
+            view = http("GET", f"{url}/api/v1/ledger?active=true")[1]
+            held = {h["real_server"] for h in view["holds"]}
+            kernel = {str(rs.key): rs.weight for rs in lab.read_table().service(nat.key).real_servers}  # type: ignore[union-attr]
+            assert {rs for rs, w in kernel.items() if w == 0} == held  # whatever was refused left nothing half done
+            assert [b for b in view["backends"] if b["write_pending"]] == []
+            print(f"disk full: replies {statuses}")
+        done = subprocess.run([sys.executable, "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])",
+                               str(disk / "ledger.db")], capture_output=True, text=True, check=True)  # fmt: skip
+        assert done.stdout.strip() == "ok"
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+        shutil.rmtree(disk, ignore_errors=True)
