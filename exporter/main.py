@@ -13,6 +13,7 @@ from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.logs import event
 
 if TYPE_CHECKING:
+    from exporter.collector import ExtraFamilies
     from exporter.probes.runner import ProbeRunner
     from exporter.snmp.runner import RunningAgent
     from lvsguard.config import Config
@@ -40,7 +41,7 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
             names=config,
             addresses=lambda: local_addresses(netns),
             reload=reloader(config, listen=listen, netns=netns) if config.file else None,
-            probes=probes.engine.metrics if probes is not None else None,
+            probes=extras(probes, config),
         )
     finally:
         if probes is not None:
@@ -68,6 +69,7 @@ def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[],
                 ("exporter.listen", running.exporter.listen, new.exporter.listen),
                 ("exporter.ipvs_source", running.exporter.ipvs_source, new.exporter.ipvs_source),
                 ("director.netns", running.director.netns, new.director.netns),
+                ("director.keepalived_fifo", running.director.keepalived_fifo, new.director.keepalived_fifo),
                 ("snmp", running.snmp, new.snmp),
             )
             if before != after
@@ -93,6 +95,22 @@ def start_snmp(config: Config, netns: str | None, listen: str | None) -> Running
     event(log, logging.INFO, "snmp_agent_started", listen=settings.listen, v2c=bool(settings.communities),
           v3_users=",".join(u.name for u in settings.users) or "-", traps=",".join(settings.trap_targets) or "-")  # fmt: skip
     return agent
+
+
+def extras(probes: ProbeRunner | None, config: Config) -> ExtraFamilies | None:
+    """The families served after the IPVS ones: the probes' and keepalived's VRRP state (``director.keepalived_fifo``)."""
+    fifo = None
+    if config.director.keepalived_fifo:
+        from exporter.keepalived import KeepalivedFifo
+
+        fifo = KeepalivedFifo(config.director.keepalived_fifo)
+        fifo.start()
+    metrics = probes.engine.metrics if probes is not None else None
+    if fifo is None:
+        return metrics
+    from exporter.keepalived import Extras
+
+    return Extras(metrics, fifo)
 
 
 def start_probes(config: Config, netns: str | None) -> ProbeRunner | None:

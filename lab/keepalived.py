@@ -25,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,7 @@ class Keepalived:
         self.files = InstanceFiles(directory)
         self._proc: subprocess.Popen[bytes] | None = None
         self._follower: threading.Thread | None = None
+        self.listeners: list[Callable[[str], None]] = []  # called with every FIFO line (an exporter under test)
 
     @property
     def running(self) -> bool:
@@ -173,6 +175,8 @@ class Keepalived:
                 parts = line.split()
                 if parts == ["STOP"]:
                     return
+                for listener in self.listeners:
+                    listener(line)
                 if len(parts) >= 3 and parts[0] == "INSTANCE" and parts[1].strip('"') == INSTANCE:
                     tmp = self.files.role.with_suffix(".tmp")
                     tmp.write_text(parts[2] + "\n")

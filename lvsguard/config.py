@@ -51,6 +51,7 @@ class DirectorConfig:
     """Section ``director``: where this director's IPVS table is."""
 
     netns: str | None = None  # network namespace name (as `ip netns`) or path; None: our own
+    keepalived_fifo: str | None = None  # keepalived's notify FIFO, for the exporter's VRRP state (docs/ha.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +435,13 @@ def netns(node: Node, path: str, ctx: _Context) -> str:
     return value
 
 
+def absolute_path(node: Node, path: str, ctx: _Context) -> str:
+    value = _text(node)
+    if not value.startswith("/"):
+        raise Invalid(f"must be an absolute path, got {value!r}")
+    return value
+
+
 def listen(node: Node, path: str, ctx: _Context) -> str:
     """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every IPv4 address); port 0 picks a free port."""
     value = _text(node)
@@ -673,7 +681,7 @@ SERVICE = Schema(
     unique=("name", "service"),
 )
 
-DIRECTOR = Schema(DirectorConfig, {"netns": Key(netns)})
+DIRECTOR = Schema(DirectorConfig, {"netns": Key(netns), "keepalived_fifo": Key(absolute_path)})
 
 EXPORTER = Schema(
     ExporterConfig,

@@ -27,10 +27,13 @@ import waitress
 
 from actuator.app import create_app
 from actuator.settings import ActuatorSettings
+from exporter.collector import IPVSCollector
+from exporter.keepalived import KeepalivedFifo
 from lab import traffic
 from lab.ha import HALab
 from lab.keepalived import available as keepalived_available
 from lab.topology import LabService, in_lab_vm
+from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered, proc_net_path
 from tests.fakes import am_alert, am_payload
@@ -139,11 +142,12 @@ def sync_roles(lab: HALab, name: str) -> set[str]:
         return {d.role for d in kernel.sync_daemons()}
 
 
-def synced_connections(lab: HALab, name: str, service: LabService) -> int:
-    """ESTABLISHED connections to ``service`` in director ``name``'s connection table."""
-    vip_port = f"{bytes(map(int, service.address.split('.'))).hex().upper()} {service.port:04X}"
+def synced_connections(lab: HALab, name: str, socks: list[socket.socket]) -> int:
+    """How many of the client's connections ``socks`` director ``name`` has as ESTABLISHED (by client port)."""
+    ports = {f"{sock.getsockname()[1]:04X}" for sock in socks}
     with entered(lab.director_named(name).netns), open(proc_net_path("ip_vs_conn")) as fh:
-        return sum(1 for line in fh if vip_port in line and "ESTABLISHED" in line)
+        rows = [line.split() for line in fh]
+    return sum(1 for row in rows if len(row) > 7 and row[2] in ports and row[7] == "ESTABLISHED")
 
 
 def open_held(lab: HALab, service: LabService, n: int) -> list[socket.socket]:
@@ -225,6 +229,47 @@ def test_the_sync_daemon_follows_the_vrrp_role(primary: HALab) -> None:
     assert wait_for(lambda: sync_roles(lab, "dir1") == {"backup"}, "dir1: backup sync daemon after the failover", detail=lambda: sync_state(lab))
 
 
+def test_the_exporter_reports_vrrp_state_sync_daemons_and_vip_ownership(primary: HALab) -> None:
+    lab = primary
+    fifo = KeepalivedFifo("unused: fed by the lab's FIFO follower")
+    lab.keepalived["dir1"].listeners.append(fifo.feed)
+    try:
+        lab.track_file("dir1").write_text("1\n")
+        lab.wait_for_vip_owner("dir2")
+        wait_for(lambda: fifo.states().get("VI_1") and fifo.states()["VI_1"].state == "fault", "dir1 exported as fault")
+        scraped = wait_for(lambda: scrape_swapped(lab), "the exporters to show the sync daemons swapped",
+                           detail=lambda: sync_state(lab))  # fmt: skip
+        lab.track_file("dir1").write_text("0\n")
+        lab.wait_for_vip_owner("dir1")
+        wait_for(lambda: fifo.states()["VI_1"].state == "master", "dir1 exported as master again")
+    finally:
+        lab.keepalived["dir1"].listeners.remove(fifo.feed)
+    assert fifo.states()["VI_1"].priority == 150 and fifo.states()["VI_1"].transitions >= 3  # fault, backup, master
+    owned = {name: {s.labels["vip"] for s in samples["lvs_director_vip_owned"] if s.value == 1}
+             for name, samples in scraped.items()}  # fmt: skip
+    assert owned == {"dir1": set(), "dir2": {lab.nat.address, lab.dr.address, lab.nat6.address}}
+
+
+def running_roles(samples: dict[str, list[Any]]) -> set[str]:
+    return {s.labels["role"] for s in samples["ipvs_sync_daemon_up"] if s.value == 1}
+
+
+def scrape_swapped(lab: HALab) -> dict[str, dict[str, list[Any]]] | None:
+    """Both directors' scrapes once they show dir2's sync daemon as master and dir1's as backup, else None."""
+    scraped = {name: scrape(lab, name) for name in ("dir1", "dir2")}
+    if (running_roles(scraped["dir1"]), running_roles(scraped["dir2"])) == ({"backup"}, {"master"}):
+        return scraped
+    return None
+
+
+def scrape(lab: HALab, name: str) -> dict[str, list[Any]]:
+    """One scrape of an exporter collector for director ``name``: samples by family name."""
+    netns = lab.director_named(name).netns
+    with NetlinkIPVS(netns) as reader:
+        collector = IPVSCollector(reader, addresses=lambda: local_addresses(netns))
+        return {family.name: list(family.samples) for family in collector.collect()}
+
+
 # --- failover through the actuator -----------------------------------------------------
 
 
@@ -260,8 +305,8 @@ def test_long_lived_connections_survive_a_failover_with_connection_sync(primary:
     assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab))
     held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
     try:
-        for service in (lab.nat, lab.dr):
-            wait_for(lambda s=service: synced_connections(lab, "dir2", s) >= HELD, f"{service}: connections synced to dir2")
+        for name, socks in held.items():
+            wait_for(lambda s=socks: synced_connections(lab, "dir2", s) == HELD, f"{name}: connections synced to dir2")
         lab.track_file("dir1").write_text("1\n")
         lab.wait_for_vip_owner("dir2")
         served_again(lab, lab.nat, time.monotonic())
@@ -282,7 +327,7 @@ def test_without_connection_sync_the_long_lived_connections_break(primary: HALab
     held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
     try:
         time.sleep(2.5)  # longer than the master's sync flush interval (2 s): nothing could arrive late
-        assert synced_connections(lab, "dir2", lab.nat) == 0
+        assert synced_connections(lab, "dir2", held["nat"] + held["dr"]) == 0
         lab.track_file("dir1").write_text("1\n")
         lab.wait_for_vip_owner("dir2")
         served_again(lab, lab.nat, time.monotonic())

@@ -152,7 +152,7 @@ def case(id: str, text: str, *problems: str) -> object:
         case('duplicate-yaml-key', 'director:\n  netns: a\n  netns: b\n', '3:3: director.netns: duplicate key (first given on line 2)'),
         case('non-string-key', 'director:\n  1: a\n', "2:3: director: keys must be strings, got an integer '1'"),
         case('bad-merge-key', 'director:\n  <<: 5\n', '2:3: director: bad merge key: expected a mapping or list of mappings for merging, but found scalar'),
-        case('netns-unknown-key', 'director:\n  namespace: lvs\n', '2:3: director.namespace: unknown key (known keys: netns)'),
+        case('netns-unknown-key', 'director:\n  namespace: lvs\n', '2:3: director.namespace: unknown key (known keys: netns, keepalived_fifo)'),
         case('netns-empty', "director:\n  netns: ''\n", "2:10: director.netns: must be a network namespace name (as 'ip netns') or an absolute path, got ''"),
         case('netns-relative-path', 'director:\n  netns: run/netns/x\n', "2:10: director.netns: a namespace path must be absolute, got 'run/netns/x'"),
         case('netns-with-space', 'director:\n  netns: lvs dir\n', "2:10: director.netns: must be a network namespace name (as 'ip netns') or an absolute path, got 'lvs dir'"),
