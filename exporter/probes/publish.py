@@ -9,7 +9,10 @@ Two ways, chosen in the config (``probes.publish``):
   server and check, so the actuator's hold is this check's and only its
   resolve releases it. A weight change is ``POST /api/v1/weight``.
 - ``alertmanager``: the same alerts to an Alertmanager's ``/api/v2/alerts``;
-  its routes and the actuator's webhook receiver do the rest.
+  its routes and the actuator's webhook receiver do the rest. As Prometheus
+  does, a firing alert is sent again every ``RESEND`` seconds with ``endsAt``
+  four resends ahead, so Alertmanager never resolves it on its own while the
+  real server is still down.
 
 Posting happens on a thread of its own, so the event loop never blocks on
 HTTP; events are sent in order, a failed post is logged and retried a few
@@ -40,6 +43,7 @@ ALERTNAME = "LvsguardProbeFailed"
 RETRIES = 3
 RETRY_DELAY = 0.5
 HTTP_TIMEOUT = 5.0
+RESEND = 60.0  # seconds between two sends of a firing alert to Alertmanager
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the actuator is local: never via a proxy
 
 
@@ -122,6 +126,9 @@ class HTTPPublisher:
         self.token = token
         self.names: Names = names if names is not None else NoNames()
         self.sent = 0
+        self.resend = RESEND
+        self._firing: dict[str, tuple[dict[str, Any], str]] = {}  # fingerprint -> v2 alert, real server (alertmanager mode)
+        self._firing_lock = threading.Lock()  # the engine's thread adds and removes, the sender's thread resends
         self._queue: queue.Queue[tuple[str, dict[str, Any] | list[Any], str] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="probe-publisher", daemon=True)
         self._thread.start()
@@ -129,8 +136,14 @@ class HTTPPublisher:
     def transition(self, change: Transition) -> None:
         one = alert(change, self.names, time.time())
         if self.mode == "alertmanager":
-            body: dict[str, Any] | list[Any] = [{k: one[k] for k in ("labels", "annotations", "startsAt", "endsAt", "generatorURL")}]
-            self._queue.put((f"{self.url}/api/v2/alerts", body, str(change.real_server)))
+            v2 = {k: one[k] for k in ("labels", "annotations", "startsAt", "endsAt", "generatorURL")}
+            with self._firing_lock:
+                if not change.healthy:
+                    v2["endsAt"] = _rfc3339(time.time() + 4 * self.resend)
+                    self._firing[one["fingerprint"]] = (dict(v2), str(change.real_server))
+                else:
+                    self._firing.pop(one["fingerprint"], None)
+            self._queue.put((f"{self.url}/api/v2/alerts", [v2], str(change.real_server)))
         else:
             self._queue.put((f"{self.url}/webhook/alertmanager", webhook_payload([one]), str(change.real_server)))
 
@@ -146,8 +159,20 @@ class HTTPPublisher:
         self._queue.put(None)
         self._thread.join(HTTP_TIMEOUT * RETRIES)
 
+    def _next(self) -> tuple[str, dict[str, Any] | list[Any], str] | None:
+        """The next event; on a quiet ``resend`` interval, the firing alerts again (alertmanager mode)."""
+        while True:
+            try:
+                return self._queue.get(timeout=self.resend if self._firing else None)
+            except queue.Empty:
+                with self._firing_lock:
+                    ends = _rfc3339(time.time() + 4 * self.resend)
+                    alerts = [{**v2, "endsAt": ends} for v2, _ in self._firing.values()]
+                if alerts:
+                    return (f"{self.url}/api/v2/alerts", alerts, f"{len(alerts)} firing")
+
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (item := self._next()) is not None:
             url, body, about = item
             for attempt in range(1, RETRIES + 1):
                 try:

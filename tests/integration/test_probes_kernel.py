@@ -33,6 +33,8 @@ from lab.topology import Lab, LabService
 from lvsguard.agent import Agent, AgentOptions, serve as serve_agent
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered
+from tests.integration.test_actuator_alertmanager import alertmanager_for  # noqa: F401 - a fixture: the project's Alertmanager config
+from tests.integration.test_actuator_kernel import TOKEN as AM_TOKEN  # the token that fixture's Alertmanager sends
 
 pytestmark = pytest.mark.kernel
 
@@ -52,8 +54,8 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0, step: f
 
 
 @contextmanager
-def actuator(lab: Lab, tmp_path: Path) -> Iterator[str]:
-    settings = ActuatorSettings(tokens={"probes": TOKEN}, hold_down=0.0, job_poll_interval=0.2)
+def actuator(lab: Lab, tmp_path: Path, extra_tokens: dict[str, str] | None = None) -> Iterator[str]:
+    settings = ActuatorSettings(tokens={"probes": TOKEN, **(extra_tokens or {})}, hold_down=0.0, job_poll_interval=0.2)
     kernel = NetlinkIPVS(lab.director.netns)
     app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
     state = app.extensions["lvsguard"]
@@ -72,9 +74,9 @@ def actuator(lab: Lab, tmp_path: Path) -> Iterator[str]:
 
 
 @contextmanager
-def engine(lab: Lab, plan: Plan, url: str, damping: Damping = Damping()) -> Iterator[ProbeEngine]:
-    """A running engine in the director's namespace, publishing to the actuator at ``url``."""
-    publisher = HTTPPublisher(url, token=TOKEN)  # its thread lives here, beside the actuator
+def engine(lab: Lab, plan: Plan, url: str, damping: Damping = Damping(), mode: str = "actuator") -> Iterator[ProbeEngine]:
+    """A running engine in the director's namespace, publishing to the actuator (or Alertmanager) at ``url``."""
+    publisher = HTTPPublisher(url, mode=mode, token=TOKEN)  # its thread lives here, beside the actuator
     probes = ProbeEngine(plan, metrics=ProbeMetrics(), publisher=publisher, damping=damping)
     loop = asyncio.new_event_loop()
     reader = NetlinkIPVS(lab.director.netns)
@@ -229,3 +231,14 @@ def test_agent_weight_halves_and_maint_quarantines(lab: Lab, nat: LabService, tm
             wait_for(lambda: weight(lab, nat, "rs2") == 1, "rs2 back at 50%")
     finally:
         agent_loop.call_soon_threadsafe(agent_task.cancel)
+
+
+def test_alertmanager_mode_through_a_real_alertmanager(lab: Lab, nat: LabService, tmp_path: Path, alertmanager_for: Any) -> None:
+    """publish.mode alertmanager: the project's example Alertmanager config routes the probe's alert to the actuator."""
+    spec = CheckSpec("tcp", TCPChecker(), interval=0.2, timeout=0.2, rise=1, fall=1)
+    with actuator(lab, tmp_path, extra_tokens={"alertmanager": AM_TOKEN}) as url:
+        alertmanager = alertmanager_for(f"{url}/webhook/alertmanager")
+        with engine(lab, nat_only(lab, spec), alertmanager, mode="alertmanager"):
+            with port_closed(lab, "rs3", nat.real_server("rs3").port):
+                wait_for(lambda: weight(lab, nat, "rs3") == 0, "rs3 quarantined through Alertmanager", timeout=60, step=0.2)
+            wait_for(lambda: weight(lab, nat, "rs3") == 1, "rs3 restored through Alertmanager", timeout=60, step=0.2)

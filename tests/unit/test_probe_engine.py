@@ -219,3 +219,19 @@ def test_alertmanager_publisher_posts_v2_alerts(sink: str) -> None:
     path, _, body = posts[0]
     assert path == "/api/v2/alerts" and isinstance(body, list) and set(body[0]) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
     assert body[0]["labels"]["check"] == "tcp"
+
+
+def test_alertmanager_publisher_resends_firing_alerts_until_resolved(sink: str) -> None:
+    key = RealServerKey.parse("10.0.1.3:8080")
+    publisher = HTTPPublisher(sink, mode="alertmanager")
+    publisher.resend = 0.2
+    publisher.transition(Transition(SVC, key, "tcp", False, "refused"))
+    posts = wait_posts(3)  # the transition, then resends
+    publisher.transition(Transition(SVC, key, "tcp", True, "connected"))
+    time.sleep(0.5)
+    count = len(_Sink.posts)
+    time.sleep(0.5)
+    publisher.close()
+    assert all(p[2][0]["labels"]["remote_address"] == "10.0.1.3" for p in posts[:3])
+    assert posts[1][2][0]["endsAt"] > posts[0][2][0]["startsAt"]  # each resend pushes endsAt ahead
+    assert len(_Sink.posts) == count  # resolved: no more resends
