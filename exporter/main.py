@@ -54,9 +54,10 @@ def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[],
     """SIGHUP: read ``running.file`` again; names, backend labels and the allow-list change at once.
 
     A bad file raises ConfigError (every problem with its file:line:key) and
-    the server keeps the running config. Keys that need new sockets (listen,
-    ipvs_source, netns, snmp) are logged as needing a restart and keep their
-    running values.
+    the server keeps the running config. Keys that need new sockets or
+    threads (listen, ipvs_source, netns, keepalived_fifo, snmp, probes) are
+    logged as needing a restart and keep their running values; the probes keep
+    running through a reload.
     """
 
     def load() -> Reloadable:
@@ -71,6 +72,8 @@ def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[],
                 ("director.netns", running.director.netns, new.director.netns),
                 ("director.keepalived_fifo", running.director.keepalived_fifo, new.director.keepalived_fifo),
                 ("snmp", running.snmp, new.snmp),
+                ("probes", running.probes, new.probes),
+                ("director.keepalived_fifo", running.director.keepalived_fifo, new.director.keepalived_fifo),
             )
             if before != after
         ]

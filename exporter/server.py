@@ -126,6 +126,7 @@ class ExporterServer(ThreadingHTTPServer):
             version=old.version,
             logger=old.logger,
             clock=old.clock,
+            probes=old.probes,  # the running health checks and their series are kept
         )
         self.exposition = Exposition(collector)  # one assignment: a scrape uses the old or the new, never a mix
 

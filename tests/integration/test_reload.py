@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -167,6 +168,17 @@ def lab_config(lab, names: dict[str, str], only: list[str] | None) -> str:  # no
     return allow + "services:\n" + "".join(services)
 
 
+def probe_lines(exporter: Exporter) -> int:
+    """How many lvs_probe_success series the exporter serves, once its first checks have run."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        count = sum(line.startswith("lvs_probe_success{") for line in exporter.metrics().splitlines())
+        if count:
+            return count
+        time.sleep(0.2)
+    pytest.fail("no lvs_probe_success series: the default tcp probes did not run")
+
+
 def service_names(metrics: str) -> set[str]:
     return set(re.findall(r'ipvs_backend_weight\{[^}]*service="([^"]*)"', metrics))
 
@@ -178,11 +190,13 @@ def test_hup_renames_and_filters_in_the_lab(lab, tmp_path: Path) -> None:  # noq
     exporter = Exporter(config, "--netns", lab.director.netns)
     try:
         assert {"web", "dns"} <= service_names(exporter.metrics())
+        probes = probe_lines(exporter)
         config.write_text(lab_config(lab, {"nat": "www", "udp": "resolver"}, ["www"]))
         exporter.hup()
         exporter.wait_for(r"reload_done ")
         after = exporter.metrics()
         assert service_names(after) == {"www"}
+        assert probe_lines(exporter) == probes  # the health checks keep running through a reload
         assert 'real_server="www-rs1"' in after
         config.write_text("services:\n  - name: bad name\n    service: TCP 192.0.2.10:80\n")
         exporter.hup()
