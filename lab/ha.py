@@ -50,6 +50,7 @@ from lab.topology import (
     _sysctl,
 )
 from lvsguard.ipvs.addresses import local_addresses
+from lvsguard.ipvs.netlink import NetlinkIPVS
 
 DIRECTOR2_NETNS = "lvs-dir2"
 PRIORITIES = {"dir1": 150, "dir2": 100}
@@ -79,6 +80,7 @@ class HALab(Lab):
     def __init__(self, real_servers: int = 3, *, preempt: bool = True) -> None:
         super().__init__(real_servers)
         self.preempt = preempt
+        self.sync = True  # keepalived runs the IPVS sync daemons
         self.directors = (_director("dir1", self.director.netns, 251), _director("dir2", DIRECTOR2_NETNS, 252))
         self.director = self.directors[0]
         self._tmp: Path | None = None
@@ -164,7 +166,7 @@ class HALab(Lab):
                  (f"{INSIDE4}/24", "eth1"))  # fmt: skip
         vips6 = ((f"{GATEWAY6}/64", "eth0"), *((f"{vip}/128", "eth0") for vip in director.vips if ":" in vip),
                  (f"{INSIDE6}/64", "eth1"))  # fmt: skip
-        return VrrpConfig(director.name, director.netns, PRIORITIES[director.name], preempt, vips4, vips6)
+        return VrrpConfig(director.name, director.netns, PRIORITIES[director.name], preempt, vips4, vips6, sync=self.sync)
 
     def start_keepalived(self, names: tuple[str, ...] | None = None) -> None:
         """Start keepalived in the named directors (default: both) with the lab's preemption policy."""
@@ -186,10 +188,20 @@ class HALab(Lab):
         """Stop one director's keepalived (SIGTERM: it gives its VIPs up)."""
         self.keepalived[name].stop()
 
-    def restart_keepalived(self, *, preempt: bool) -> None:
-        """Both keepalived stopped, the policy switched, both started again; dir1 ends up holding the VIPs."""
+    def restart_keepalived(self, *, preempt: bool, sync: bool = True) -> None:
+        """Both keepalived stopped, the policy switched, both started again; dir1 ends up holding the VIPs.
+
+        ``sync=False`` leaves ``lvs_sync_daemon`` out and stops the kernel's sync
+        daemons, so that no connection reaches the standby.
+        """
         for instance in self.keepalived.values():
             instance.stop()
+        self.sync = sync
+        if not sync:
+            for director in self.directors:
+                with NetlinkIPVS(director.netns) as kernel:
+                    for daemon in kernel.sync_daemons():
+                        kernel.stop_sync_daemon(daemon.role)
         for director in self.directors:
             track = self.track_file(director.name)
             if track.exists():

@@ -53,6 +53,7 @@ class VrrpConfig:
     interface: str = "eth0"  # VRRP adverts
     sync_interface: str = "eth1"  # IPVS sync daemon multicast
     advert_int: float = 0.1
+    sync: bool = True  # keepalived runs the IPVS sync daemon (lvs_sync_daemon)
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,13 @@ def render(config: VrrpConfig, files: InstanceFiles) -> str:
     """
     addresses4 = "\n".join(f"        {address} dev {dev}" for address, dev in config.vips4)
     addresses6 = "\n".join(f"        {address} dev {dev}" for address, dev in config.vips6)
+    sync = f"    lvs_sync_daemon {config.sync_interface} {INSTANCE} id {SYNC_ID}\n" if config.sync else ""
     return f"""global_defs {{
     router_id {config.name}
     vrrp_version 3
     vrrp_garp_master_delay 1
     vrrp_garp_master_repeat 2
-    lvs_sync_daemon {config.sync_interface} {INSTANCE} id {SYNC_ID}
-    notify_fifo {files.fifo}
+{sync}    notify_fifo {files.fifo}
 }}
 
 track_file lvsguard_failover {{
