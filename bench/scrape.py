@@ -4,7 +4,8 @@ Runs inside the lab VM (``make bench`` starts it there). For each table size
 it builds one IPVS table (``lab.bigtable``: services x 100 real servers) in a
 namespace, starts both exporters in that namespace on the same table, and
 scrapes each several times with the same client (curl, as Prometheus does:
-``Accept-Encoding: gzip``). It reports per exporter: median scrape wall time,
+``Accept-Encoding: gzip``). lvsguard runs with its health checks off, so both
+export the IPVS table only. It reports per exporter: median scrape wall time,
 CPU seconds per scrape (the exporter process's utime+stime), peak RSS
 (VmHWM), the number of series per real server, and the ratios.
 
@@ -122,14 +123,20 @@ def measure(name: str, cmd: list[str], url: str, backend_prefix: str, real_serve
             proc.kill()
 
 
+OURS_CONFIG = "/tmp/lvsguard-bench.yaml"
+"""The IPVS metrics only, as node_exporter's collector: no health checks (with no config
+the exporter would also run a default tcp check on every real server of the table)."""
+
+
 def run_size(services: int, per_service: int, scrapes: int) -> list[Measurement]:
     print(f"== {services * per_service} real servers ({services} services x {per_service})", flush=True)
     big = bigtable.build(services, per_service, netns=NETNS, progress=lambda m: print("  " + m, flush=True))
     print(f"  table built in {big.seconds:.1f} s", flush=True)
     try:
         n = big.real_server_count
+        Path(OURS_CONFIG).write_text("probes:\n  enabled: false\n")
         ours = measure("lvsguard", [sys.executable, "-m", "lvsguard.cli", "--log-level", "warning", "exporter",
-                                    "--listen", f"127.0.0.1:{OURS_PORT}"],
+                                    "--config", OURS_CONFIG, "--listen", f"127.0.0.1:{OURS_PORT}"],
                        f"http://127.0.0.1:{OURS_PORT}/metrics", "ipvs_backend_", n, scrapes)
         node = measure("node_exporter", [NODE_EXPORTER, "--collector.disable-defaults", "--collector.ipvs",
                                          f"--web.listen-address=127.0.0.1:{NODE_PORT}"],
