@@ -104,7 +104,8 @@ def _service(text: str) -> ServiceKey:
         raise ApiError(400, f"neither a service name from the config nor a service: {exc}", "service") from None
 
 
-def _target(body: dict[str, Any]) -> Target:
+def target_of(body: dict[str, Any]) -> Target:
+    """The real server a request body names (``service`` + ``real_server``, by name or key); ApiError naming the field."""
     service = _service(_field(body, "service", str))
     text = _field(body, "real_server", str)
     named = _settings().names.real_servers.get(service, {})
@@ -116,7 +117,8 @@ def _target(body: dict[str, Any]) -> Target:
         raise ApiError(400, f"neither a real server name from the config nor ADDRESS:PORT: {exc}", "real_server") from None
 
 
-def _weight(body: dict[str, Any], default: Any = ...) -> int:
+def weight_of(body: dict[str, Any], default: Any = ...) -> int:
+    """The ``weight`` of a request body, checked against the kernel's range; ApiError naming the field."""
     weight = _field(body, "weight", int, default)
     if not 0 <= weight <= MAX_WEIGHT:
         raise ApiError(400, f"must be 0..{MAX_WEIGHT}, got {weight}", "weight")
@@ -387,7 +389,7 @@ def openapi() -> dict[str, Any]:
 @require_token
 def quarantine() -> Any:
     body = _body()
-    target = _target(body)
+    target = target_of(body)
     reason = _field(body, "reason", str, "")
     force = _field(body, "force", bool, False)
     with _actions().session(get_ledger()) as s:
@@ -398,7 +400,7 @@ def quarantine() -> Any:
 @require_token
 def restore() -> Any:
     body = _body()
-    target = _target(body)
+    target = target_of(body)
     scope = "all" if _field(body, "all_holders", bool, False) else "own"
     force = _field(body, "force", bool, False)
     with _actions().session(get_ledger()) as s:
@@ -409,7 +411,7 @@ def restore() -> Any:
 @require_token
 def drain() -> Any:
     body = _body()
-    target = _target(body)
+    target = target_of(body)
     timeout = _field(body, "timeout", (int, float), None)
     if timeout is not None and not 0 < timeout <= 86400:
         raise ApiError(400, f"must be 0 < timeout <= 86400 seconds, got {timeout}", "timeout")
@@ -424,8 +426,8 @@ def drain() -> Any:
 @require_token
 def weight() -> Any:
     body = _body()
-    target = _target(body)
-    value = _weight(body)
+    target = target_of(body)
+    value = weight_of(body)
     force = _field(body, "force", bool, False)
     with _actions().session(get_ledger()) as s:
         return reply(s.set_weight(target, value, _actor(), force=force))
@@ -435,8 +437,8 @@ def weight() -> Any:
 @require_token
 def add() -> Any:
     body = _body()
-    target = _target(body)
-    value = _weight(body, 1)
+    target = target_of(body)
+    value = weight_of(body, 1)
     forward_text = _field(body, "forward", str, None)
     try:
         forward = Forward.from_name(forward_text) if forward_text is not None else None
@@ -477,7 +479,7 @@ def failover_release() -> Any:
 @require_token
 def remove() -> Any:
     body = _body()
-    target = _target(body)
+    target = target_of(body)
     force = _field(body, "force", bool, False)
     with _actions().session(get_ledger()) as s:
         return reply(s.remove(target, _actor(), force=force))

@@ -409,10 +409,10 @@ class ActionRequest:
 
 def parse_action(action: str, body: dict[str, Any]) -> ActionRequest:
     """Check every field of ``body`` as ``/api/v1`` does (ApiError names a bad field)."""
-    target: Target = api._target(body)
+    target: Target = api.target_of(body)
     weight = forward = timeout = None
     if action in ("add", "weight"):
-        weight = api._weight(body)
+        weight = api.weight_of(body)
     if action == "add":
         try:
             forward = Forward.from_name(body["forward"]) if "forward" in body else None
