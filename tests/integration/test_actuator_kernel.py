@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,13 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-import waitress
 
 from lab import traffic
+from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
-from lvsguard.ipvs.netlink import NetlinkIPVS
 
-from actuator.app import create_app
 from actuator.settings import ActuatorSettings, Quorum
 from tests.fakes import am_alert, am_payload
 
@@ -63,21 +60,8 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
 def actuator(lab: Lab, tmp_path: Path, **overrides: Any) -> Iterator[str]:
     """A running actuator (job threads on) for the lab's director; yields its base URL."""
     settings = ActuatorSettings(**{"tokens": {"test": TOKEN}, "hold_down": 0.0, "job_poll_interval": 0.2, **overrides})
-    kernel = NetlinkIPVS(lab.director.netns)
-    app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
-    state = app.extensions["lvsguard"]
-    state.runner.begin()
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.05)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
-        thread.join(5)
-        server.task_dispatcher.shutdown()
-        state.runner.stop()
-        kernel.close()
+    with running_actuator(settings, lab.director.netns, str(tmp_path / "ledger.db")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import waitress
 
-from actuator.app import create_app
 from actuator.settings import ActuatorSettings
 from exporter.collector import IPVSCollector
 from exporter.keepalived import KeepalivedFifo
 from lab import traffic
+from lab.actuator import running_actuator
 from lab.ha import HALab
 from lab.keepalived import available as keepalived_available
 from lab.topology import LabService, in_lab_vm
@@ -75,21 +73,8 @@ def actuator(lab: HALab, name: str, ledger: Path) -> Iterator[str]:
     settings = ActuatorSettings(tokens={"test": TOKEN}, hold_down=0.0, job_poll_interval=0.2,
                                 failover_track_file=str(lab.track_file(name)), role_file=str(lab.role_file(name)),
                                 failover_peer_url=f"http://127.0.0.1:{PORTS[peer]}")  # fmt: skip
-    kernel = NetlinkIPVS(director.netns)
-    app = create_app(settings, kernel=kernel, ledger_path=str(ledger))
-    state = app.extensions["lvsguard"]
-    state.runner.begin()
-    server = waitress.create_server(app, host="127.0.0.1", port=PORTS[name], threads=4, asyncore_loop_timeout=0.05)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
-        thread.join(5)
-        server.task_dispatcher.shutdown()
-        state.runner.stop()
-        kernel.close()
+    with running_actuator(settings, director.netns, str(ledger), port=PORTS[name]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

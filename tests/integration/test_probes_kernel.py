@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-import waitress
 
-from actuator.app import create_app
 from actuator.settings import ActuatorSettings
 from exporter.probes.agent import AgentChecker
 from exporter.probes.engine import CheckSpec, Damping, Plan, ProbeEngine
@@ -29,6 +27,7 @@ from exporter.probes.metrics import ProbeMetrics
 from exporter.probes.publish import HTTPPublisher
 from exporter.probes.tcp import TCPChecker
 from lab import traffic
+from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
 from lvsguard.agent import Agent, AgentOptions, serve as serve_agent
 from lvsguard.ipvs.netlink import NetlinkIPVS
@@ -56,21 +55,8 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0, step: f
 @contextmanager
 def actuator(lab: Lab, tmp_path: Path, extra_tokens: dict[str, str] | None = None) -> Iterator[str]:
     settings = ActuatorSettings(tokens={"probes": TOKEN, **(extra_tokens or {})}, hold_down=0.0, job_poll_interval=0.2)
-    kernel = NetlinkIPVS(lab.director.netns)
-    app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
-    state = app.extensions["lvsguard"]
-    state.runner.begin()
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.05)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
-        thread.join(5)
-        server.task_dispatcher.shutdown()
-        state.runner.stop()
-        kernel.close()
+    with running_actuator(settings, lab.director.netns, str(tmp_path / "ledger.db")) as url:
+        yield url
 
 
 @contextmanager

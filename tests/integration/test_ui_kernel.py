@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import waitress
 
-from actuator.app import create_app
 from actuator.settings import ActuatorSettings, Names, Quorum
 from lab import traffic
+from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
-from lvsguard.ipvs.netlink import NetlinkIPVS
 
 MIN_MEMORY_KIB = 1_800_000  # Chromium's tab crashes in the lab VM's default 512 MiB
 
@@ -69,21 +67,8 @@ def actuator(lab: Lab, tmp: Path) -> Iterator[str]:
     role.write_text("MASTER\n")
     settings = ActuatorSettings(tokens={"operator": TOKEN}, hold_down=0.0, job_poll_interval=0.2, names=names,
                                 service_min_healthy={nat.key: Quorum(2)}, role_file=str(role))  # fmt: skip
-    kernel = NetlinkIPVS(lab.director.netns)
-    app = create_app(settings, kernel=kernel, ledger_path=str(tmp / "ledger.db"))
-    state = app.extensions["lvsguard"]
-    state.runner.begin()
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.05)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
-        thread.join(5)
-        server.task_dispatcher.shutdown()
-        state.runner.stop()
-        kernel.close()
+    with running_actuator(settings, lab.director.netns, str(tmp / "ledger.db")) as url:
+        yield url
 
 
 @contextmanager
