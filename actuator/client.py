@@ -133,17 +133,35 @@ def _action(args: argparse.Namespace, path: str, body: dict[str, Any], out: Text
 
 # commands
 
+Option = tuple[tuple[str, ...], dict[str, Any]]
+FORCE: Option = (("--force",), {"action": "store_true", "help": "skip the hold-down and the rate limit (never the quorum)"})
+REASON: Option = (("--reason",), {"default": "", "help": "why, for the ledger"})
+
+
+def _command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    run: Callable[..., int],
+    *options: Option,
+    help: str,
+    description: str,
+    target: bool = True,
+) -> argparse.ArgumentParser:
+    """One subcommand: the real server it acts on (unless ``target`` is false), its own options, then the client's."""
+    p = sub.add_parser(name, help=help, description=description)
+    if target:
+        _add_target(p)
+    for flags, kwargs in options:
+        p.add_argument(*flags, **kwargs)
+    add_client_options(p)
+    p.set_defaults(func=run)
+    return p
+
 
 def setup_quarantine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("quarantine", help="take a real server out (weight 0) until restored",
-                       description="Set a real server's weight to 0 with a manual hold; existing connections finish. "
-                                   "The original weight is recorded; an alert never lifts a manual hold.")  # fmt: skip
-    _add_target(p)
-    p.add_argument("--reason", default="", help="why, for the ledger")
-    p.add_argument("--force", action="store_true", help="skip the hold-down and the rate limit (never the quorum)")
-    add_client_options(p)
-    p.set_defaults(func=run_quarantine)
-    return p
+    return _command(sub, "quarantine", run_quarantine, REASON, FORCE, help="take a real server out (weight 0) until restored",
+                    description="Set a real server's weight to 0 with a manual hold; existing connections finish. "
+                                "The original weight is recorded; an alert never lifts a manual hold.")  # fmt: skip
 
 
 def run_quarantine(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -151,15 +169,12 @@ def run_quarantine(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_restore(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("restore", help="release the manual hold and bring a real server back",
-                       description="Release the manual holds of a real server; it comes back at its recorded weight "
-                                   "(ramped when slow start is configured) once no alert holds it either.")  # fmt: skip
-    _add_target(p)
-    p.add_argument("--all-holders", action="store_true", help="also release the holds of alerts (they come back if still firing)")
-    p.add_argument("--force", action="store_true", help="skip the hold-down")
-    add_client_options(p)
-    p.set_defaults(func=run_restore)
-    return p
+    return _command(sub, "restore", run_restore,
+                    (("--all-holders",), {"action": "store_true", "help": "also release the holds of alerts (they come back if still firing)"}),
+                    (("--force",), {"action": "store_true", "help": "skip the hold-down"}),
+                    help="release the manual hold and bring a real server back",
+                    description="Release the manual holds of a real server; it comes back at its recorded weight "
+                                "(ramped when slow start is configured) once no alert holds it either.")  # fmt: skip
 
 
 def run_restore(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -167,14 +182,9 @@ def run_restore(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_weight(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("weight", help="set a real server's weight",
-                       description="Set a weight; on a held real server, the weight it will come back at.")  # fmt: skip
-    _add_target(p)
-    p.add_argument("weight", type=int, help="0..65535")
-    p.add_argument("--force", action="store_true", help="skip the hold-down and the rate limit (never the quorum)")
-    add_client_options(p)
-    p.set_defaults(func=run_weight)
-    return p
+    return _command(sub, "weight", run_weight, (("weight",), {"type": int, "help": "0..65535"}), FORCE,
+                    help="set a real server's weight",
+                    description="Set a weight; on a held real server, the weight it will come back at.")  # fmt: skip
 
 
 def run_weight(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -182,16 +192,13 @@ def run_weight(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("add", help="add a real server to a service",
-                       description="Add a real server (nothing happens when it is already there).")  # fmt: skip
-    _add_target(p)
-    p.add_argument("--weight", type=int, default=1, help="weight (default 1; ramped when slow start is configured)")
-    p.add_argument("--forward", help="masq|nat, route|dr, tunnel|ipip (default: the service's other real servers')")
-    p.add_argument("--upper-threshold", type=int, default=0, help="max connections (0 = no limit)")
-    p.add_argument("--lower-threshold", type=int, default=0)
-    add_client_options(p)
-    p.set_defaults(func=run_add)
-    return p
+    return _command(sub, "add", run_add,
+                    (("--weight",), {"type": int, "default": 1, "help": "weight (default 1; ramped when slow start is configured)"}),
+                    (("--forward",), {"help": "masq|nat, route|dr, tunnel|ipip (default: the service's other real servers')"}),
+                    (("--upper-threshold",), {"type": int, "default": 0, "help": "max connections (0 = no limit)"}),
+                    (("--lower-threshold",), {"type": int, "default": 0}),
+                    help="add a real server to a service",
+                    description="Add a real server (nothing happens when it is already there).")  # fmt: skip
 
 
 def run_add(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -202,13 +209,8 @@ def run_add(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_remove(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("remove", help="delete a real server at once (drain it first)",
-                       description="Delete a real server now; its connections break. Use 'drain --delete' to let them finish.")  # fmt: skip
-    _add_target(p)
-    p.add_argument("--force", action="store_true", help="skip the hold-down and the rate limit (never the quorum)")
-    add_client_options(p)
-    p.set_defaults(func=run_remove)
-    return p
+    return _command(sub, "remove", run_remove, FORCE, help="delete a real server at once (drain it first)",
+                    description="Delete a real server now; its connections break. Use 'drain --delete' to let them finish.")  # fmt: skip
 
 
 def run_remove(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -216,18 +218,15 @@ def run_remove(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_drain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("drain", help="weight 0, wait for connections to finish, optionally delete",
-                       description="Take a real server out (weight 0) and wait until its active connections reach 0 "
-                                   "or the timeout; with --delete, delete it then. Shows the progress.")  # fmt: skip
-    _add_target(p)
-    p.add_argument("--timeout", type=float, help="seconds to wait (default: the actuator's drain_timeout)")
-    p.add_argument("--delete", action="store_true", help="delete the real server once drained")
-    p.add_argument("--reason", default="", help="why, for the ledger")
-    p.add_argument("--no-wait", action="store_true", help="start the drain and return")
-    p.add_argument("--force", action="store_true", help="skip the hold-down and the rate limit (never the quorum)")
-    add_client_options(p)
-    p.set_defaults(func=run_drain)
-    return p
+    return _command(sub, "drain", run_drain,
+                    (("--timeout",), {"type": float, "help": "seconds to wait (default: the actuator's drain_timeout)"}),
+                    (("--delete",), {"action": "store_true", "help": "delete the real server once drained"}),
+                    REASON,
+                    (("--no-wait",), {"action": "store_true", "help": "start the drain and return"}),
+                    FORCE,
+                    help="weight 0, wait for connections to finish, optionally delete",
+                    description="Take a real server out (weight 0) and wait until its active connections reach 0 "
+                                "or the timeout; with --delete, delete it then. Shows the progress.")  # fmt: skip
 
 
 def run_drain(
@@ -288,15 +287,13 @@ class ProgressBar:
 
 
 def setup_ledger(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("ledger", help="who holds which real server out, and the audit trail",
-                       description="Show the actuator's holds (newest first) and, with --audit, its audit events.")  # fmt: skip
-    p.add_argument("--active", action="store_true", help="only holds in force")
-    p.add_argument("--audit", action="store_true", help="show the audit events instead")
-    p.add_argument("--limit", type=int, default=50, help="at most this many rows (1..1000)")
-    p.add_argument("--json", action="store_true", help="print the API's JSON")
-    add_client_options(p)
-    p.set_defaults(func=run_ledger)
-    return p
+    return _command(sub, "ledger", run_ledger,
+                    (("--active",), {"action": "store_true", "help": "only holds in force"}),
+                    (("--audit",), {"action": "store_true", "help": "show the audit events instead"}),
+                    (("--limit",), {"type": int, "default": 50, "help": "at most this many rows (1..1000)"}),
+                    (("--json",), {"action": "store_true", "help": "print the API's JSON"}),
+                    target=False, help="who holds which real server out, and the audit trail",
+                    description="Show the actuator's holds (newest first) and, with --audit, its audit events.")  # fmt: skip
 
 
 def run_ledger(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -364,15 +361,13 @@ def status_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_failover(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    p = sub.add_parser("failover", help="ask keepalived to move this director's VIPs to the backup",
-                       description="Write 1 to the actuator's keepalived track file (its VRRP priority drops, the backup "
-                                   "takes the VIPs); --release writes 0 once no alert asks for a failover either.")  # fmt: skip
-    p.add_argument("--release", action="store_true", help="release the manual failover request")
-    p.add_argument("--all-holders", action="store_true", help="with --release: also release the alerts' requests")
-    p.add_argument("--reason", default="", help="why, for the ledger")
-    add_client_options(p)
-    p.set_defaults(func=run_failover)
-    return p
+    return _command(sub, "failover", run_failover,
+                    (("--release",), {"action": "store_true", "help": "release the manual failover request"}),
+                    (("--all-holders",), {"action": "store_true", "help": "with --release: also release the alerts' requests"}),
+                    REASON,
+                    target=False, help="ask keepalived to move this director's VIPs to the backup",
+                    description="Write 1 to the actuator's keepalived track file (its VRRP priority drops, the backup "
+                                "takes the VIPs); --release writes 0 once no alert asks for a failover either.")  # fmt: skip
 
 
 def run_failover(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
