@@ -122,3 +122,111 @@ def test_cli_serves_agent_checks(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# --- platforms without a source: FreeBSD (no /proc), Windows (no getloadavg, no /proc) ---------
+
+
+def test_freebsd_cp_time_parsed() -> None:
+    from lvsguard.agent import parse_cp_time
+
+    assert parse_cp_time("10 0 30 0 60\n") == (60, 100)
+    with pytest.raises(ValueError, match="kern.cp_time: expected 5 numbers"):
+        parse_cp_time("10 20")
+
+
+def test_cpu_sources_per_platform(tmp_path: Path) -> None:
+    from lvsguard.agent import cpu_time_readers
+
+    missing = str(tmp_path / "no-proc" / "stat")
+    assert [n for n, _ in cpu_time_readers("linux", missing)] == [missing]
+    assert [n for n, _ in cpu_time_readers("freebsd14", missing)] == [missing, "sysctl kern.cp_time"]
+    assert [n for n, _ in cpu_time_readers("win32", missing)] == [missing, "GetSystemTimes"]
+
+
+def test_cpu_source_without_proc_is_refused_with_the_alternatives(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-proc" / "stat")
+    with pytest.raises(AgentError, match=r"load source 'cpu' is not available on linux \(tried .*no-proc/stat\): use --load loadavg or --load command"):
+        Agent(AgentOptions(load="cpu"), platform="linux", proc_stat=missing)
+
+
+def test_cpu_source_on_windows_without_getsystemtimes_is_refused(tmp_path: Path) -> None:
+    """On Linux ctypes has no windll: the Windows reader fails as it would where the call fails."""
+    missing = str(tmp_path / "no-proc" / "stat")
+    with pytest.raises(AgentError, match=r"not available on win32 \(tried .*, GetSystemTimes\)"):
+        Agent(AgentOptions(load="cpu"), platform="win32", proc_stat=missing)
+
+
+def test_cpu_source_falls_back_past_a_missing_proc(tmp_path: Path) -> None:
+    from lvsguard.agent import first_working, read_cpu_times
+
+    missing = str(tmp_path / "no-proc" / "stat")
+    samples = iter([(0, 0), (50, 100), (80, 200)])
+    found = first_working([(missing, lambda: read_cpu_times(missing)), ("sysctl", lambda: next(samples))])
+    assert found is not None and found[0] == "sysctl"
+    agent = Agent(AgentOptions(load="cpu"), cpu_times=found[1])
+    assert [agent.reply(), agent.reply()] == ["up 50%", "up 30%"]
+
+
+def test_loadavg_missing_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows: os has no getloadavg."""
+    from lvsguard.agent import system_loadavg
+
+    monkeypatch.delattr("os.getloadavg")
+    assert system_loadavg() is None
+    with pytest.raises(AgentError, match=r"load source 'loadavg' is not available on win32 \(no os.getloadavg\): use --load cpu or --load command"):
+        Agent(AgentOptions(load="loadavg"), platform="win32")
+
+
+def test_loadavg_unobtainable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Platforms where getloadavg exists but raises OSError ("Load averages are unobtainable")."""
+
+    def unobtainable() -> tuple[float, float, float]:
+        raise OSError("Load averages are unobtainable")
+
+    monkeypatch.setattr("os.getloadavg", unobtainable)
+    with pytest.raises(AgentError, match="'loadavg' is not available"):
+        Agent(AgentOptions(load="loadavg"))
+
+
+def test_command_source_needs_no_platform_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delattr("os.getloadavg")
+    agent = Agent(AgentOptions(load="command", command=(sys.executable, "-c", "print(70)")), platform="win32", proc_stat=str(tmp_path / "none"))
+    assert agent.reply() == "up 70%"
+
+
+def test_a_source_failing_later_answers_bare_up(caplog: pytest.LogCaptureFixture) -> None:
+    """A read error after start keeps the server in rotation at its weight, logged once, and recovers."""
+    state = {"fail": True}
+
+    def cp_time() -> tuple[int, int]:
+        if state["fail"]:
+            raise OSError("sysctl kern.cp_time: exit 1")
+        return (50, 100)
+
+    agent = Agent(AgentOptions(load="cpu"), cpu_times=cp_time)
+    with caplog.at_level("INFO", logger="lvsguard.agent"):
+        assert [agent.reply(), agent.reply()] == ["up", "up"]
+        state["fail"] = False
+        assert agent.reply() == "up 50%"
+    events = [r.getMessage() for r in caplog.records]
+    assert sum("agent_load_unreadable" in m for m in events) == 1
+    assert sum("agent_load_readable" in m for m in events) == 1
+
+
+def test_bare_up_keeps_the_directors_weight() -> None:
+    from exporter.probes.agent import parse_reply
+
+    reply = parse_reply("up")
+    assert (reply.state, reply.percent) == ("up", None)
+
+
+def test_windows_system_times_fail_cleanly_off_windows() -> None:
+    from lvsguard.agent import read_system_times
+
+    if sys.platform == "win32":
+        idle, total = read_system_times()
+        assert 0 <= idle <= total
+    else:
+        with pytest.raises(OSError, match="GetSystemTimes failed"):
+            read_system_times()
