@@ -24,6 +24,7 @@ from actuator.auth import read_only, require_token
 from actuator.failover import read_track_file
 from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger
 from actuator.openapi import document
+from actuator.probestate import CheckState, ProbeView, probe_view
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
 
@@ -132,7 +133,7 @@ def _actor() -> Actor:
 
 def _limit() -> int:
     text = request.args.get("limit", "100")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise ApiError(400, f"must be an integer 1..{MAX_LIMIT}", "limit")
     return int(text)
 
@@ -228,7 +229,37 @@ def audit_json(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-def _real_server_json(svc: VirtualService, rs: RealServer, holds: list[Hold], backend: Backend | None) -> dict[str, Any]:
+def _check_json(check: CheckState) -> dict[str, Any]:
+    return {
+        "check": check.check,
+        "healthy": check.healthy,
+        "success": check.success,
+        "latency_seconds": check.latency,
+        "last_change": iso(check.last_change) if check.last_change > 0 else None,
+    }
+
+
+def probe_json(view: ProbeView, target: Target) -> dict[str, Any]:
+    """A real server's probe state from the exporter: the worst latency and the newest change of its checks."""
+    state, checks = view.of(target)
+    latencies = [c.latency for c in checks if c.latency is not None]
+    changes = [c.last_change for c in checks if c.last_change > 0]
+    return {
+        "state": state,
+        "latency_seconds": max(latencies) if latencies else None,
+        "last_change": iso(max(changes)) if changes else None,
+        "checks": [_check_json(c) for c in checks],
+    }
+
+
+def probes_json(view: ProbeView) -> dict[str, Any]:
+    """Where the probe state comes from and whether it is known (``actuator.exporter_url``)."""
+    return {"state": view.state, "source": view.source, "error": view.error, "read_at": iso(view.read_at) if view.read_at else None}
+
+
+def _real_server_json(
+    svc: VirtualService, rs: RealServer, holds: list[Hold], backend: Backend | None, probes: ProbeView
+) -> dict[str, Any]:
     names = _settings().names
     if backend is None:
         state = "in"
@@ -251,10 +282,13 @@ def _real_server_json(svc: VirtualService, rs: RealServer, holds: list[Hold], ba
         "original_weight": backend.original_weight if backend is not None else None,
         "drift": backend.drift if backend is not None else "",
         "holds": [hold_json(h) for h in holds],
+        "probe": probe_json(probes, Target(svc.key, rs.key)),
     }
 
 
-def _service_json(svc: VirtualService, holds: dict[Target, list[Hold]], backends: dict[Target, Backend]) -> dict[str, Any]:
+def _service_json(
+    svc: VirtualService, holds: dict[Target, list[Hold]], backends: dict[Target, Backend], probes: ProbeView
+) -> dict[str, Any]:
     settings = _settings()
     quorum = settings.quorum_for(svc.key)
     healthy = sum(1 for rs in svc.real_servers if rs.weight > 0)
@@ -268,7 +302,7 @@ def _service_json(svc: VirtualService, holds: dict[Target, list[Hold]], backends
         "healthy": healthy,
         "min_healthy": quorum.required(len(svc.real_servers)),
         "real_servers": [
-            _real_server_json(svc, rs, holds.get(Target(svc.key, rs.key), []), backends.get(Target(svc.key, rs.key)))
+            _real_server_json(svc, rs, holds.get(Target(svc.key, rs.key), []), backends.get(Target(svc.key, rs.key)), probes)
             for rs in svc.real_servers
         ],
     }
@@ -286,10 +320,12 @@ def services() -> dict[str, Any]:
     for hold in ledger.active_holds():
         holds.setdefault(hold.target, []).append(hold)
     backends = {b.target: b for b in ledger.backends()}
+    probes = probe_view(current_app)  # type: ignore[arg-type]  # the app behind the proxy
     return {
         "source": table.source,
         "dry_run": _settings().dry_run,
-        "services": [_service_json(svc, holds, backends) for svc in table.services],
+        "probes": probes_json(probes),
+        "services": [_service_json(svc, holds, backends, probes) for svc in table.services],
     }
 
 
@@ -339,7 +375,7 @@ def ledger_view() -> dict[str, Any]:
 @read_only
 def audit() -> dict[str, Any]:
     after = request.args.get("after", "0")
-    if not after.isdigit():
+    if not (after.isascii() and after.isdigit()):  # "²".isdigit() is True but int() refuses it
         raise ApiError(400, "must be an integer >= 0", "after")
     return {"events": [audit_json(e) for e in get_ledger().audit_events(limit=_limit(), after=int(after))]}
 

@@ -130,6 +130,7 @@ HOLD_KINDS = ("alert", "manual")
 JOB_KINDS = ("drain", "slow_start")
 JOB_OPEN = "running"
 JOB_STATES = ("running", "done", "failed", "timeout", "cancelled")
+SQLITE_MAX_INT = 2**63 - 1  # a larger Python int bound to a query is an OverflowError, not "no row"
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +429,8 @@ class Ledger:
         return job
 
     def job(self, job_id: int) -> Job | None:
+        if not 0 <= job_id <= SQLITE_MAX_INT:  # no such row, and SQLite cannot even take the number
+            return None
         row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
@@ -512,6 +515,7 @@ class Ledger:
 
     def audit_events(self, *, limit: int = 100, after: int = 0) -> list[AuditEvent]:
         """Newest first; ``after`` gives only events with a larger id (for polling)."""
+        after = min(after, SQLITE_MAX_INT)
         rows = self.conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id DESC LIMIT ?", (after, limit)).fetchall()
         return [_audit(r) for r in rows]
 
