@@ -10,6 +10,7 @@ is pure; ``lvsguard agent`` (lvsguard/agent.py) is the answering side.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ def parse_reply(line: str) -> AgentReply:
     for word in filter(None, re.split(r"[\s,]+", text.strip().lower())):
         if match := _PERCENT.fullmatch(word):
             percent = float(match.group(1))
+            if math.isinf(percent):  # 400 nines: no weight can be computed from it
+                raise ValueError(f"agent reply {line.strip()[:60]!r}: weight {word[:20]}... is out of range")
         elif word in UP_WORDS:
             state = "up" if state in ("", "up") else state
         elif word in DOWN_WORDS:
