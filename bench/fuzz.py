@@ -1,71 +1,123 @@
-"""Long fuzz run: the properties of tests/unit/test_fuzz_inputs.py with many more cases.
+"""Long fuzz run: every hostile-input property of the test suite, with many more cases.
 
-    .venv/bin/python bench/fuzz.py [--examples 10000] [-k netlink]
+    .venv/bin/python bench/fuzz.py [--examples 10000] [-k agent]
 
-The test suite runs each property a few hundred times; this runs each one
-``--examples`` times (hypothesis ``max_examples``) and prints the cases run
-per surface (config, netlink, procfs) and per property. A property that finds
-a failing input stops the run with hypothesis's minimal example, and the exit
-status is 1. Results go to bench/results/fuzz.json.
+The suite runs each property a few hundred times; this runs the same pytest
+tests with ``--examples`` cases each (hypothesis ``max_examples``, set on each
+test here, so the suite's own small budgets do not cap it) and counts the
+cases actually run per input surface: config files, netlink dump bytes,
+procfs text, webhook payloads, the REST API (schemathesis over the OpenAPI
+document, every endpoint, schema-valid and broken requests), API request
+bodies, SNMP packets and agent-check replies. A property that finds a failing
+input fails its test with hypothesis's minimal example, and the exit status
+is 1. Results go to bench/results/fuzz.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import functools
 import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
-from types import ModuleType
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
+SURFACES: tuple[tuple[str, str], ...] = (
+    ("tests/unit/test_fuzz_inputs.py::test_config_", "config"),
+    ("tests/unit/test_fuzz_inputs.py::test_netlink_", "netlink"),
+    ("tests/unit/test_fuzz_inputs.py::test_procfs_", "procfs"),
+    ("tests/unit/test_actuator_webhook_fuzz.py::test_generated_payloads", "webhook"),
+    ("tests/unit/test_actuator_schemathesis.py::test_generated_requests", "rest (schemathesis)"),
+    ("tests/unit/test_actuator_webhook_fuzz.py::test_generated_api_bodies", "rest bodies"),
+    ("tests/unit/test_snmp_fuzz.py::test_any_bytes", "snmp"),
+    ("tests/unit/test_snmp_fuzz.py::test_mutated_requests", "snmp"),
+    ("tests/unit/test_agent_reply_fuzz.py::test_any_reply", "agent"),
+    ("tests/unit/test_agent_reply_fuzz.py::test_parse_reply", "agent"),
+)
+"""Test node id prefix -> input surface; the tests named here are the ones this runs."""
 
-def load_properties(examples: int) -> ModuleType:
-    os.environ["LVSGUARD_FUZZ_EXAMPLES"] = str(examples)  # read when the module is imported
-    sys.path.insert(0, str(ROOT))
-    path = ROOT / "tests" / "unit" / "test_fuzz_inputs.py"
-    spec = importlib.util.spec_from_file_location("test_fuzz_inputs", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+class Budget:
+    """A pytest plugin: ``examples`` cases for each fuzz test, and a count of the cases each one ran."""
+
+    def __init__(self, examples: int, select: str) -> None:
+        self.examples = examples
+        self.select = select
+        self.per_test: Counter[str] = Counter()
+        self.seconds: dict[str, float] = {}
+        self.failed: list[str] = []
+
+    def surface(self, nodeid: str) -> str | None:
+        return next((name for prefix, name in SURFACES if nodeid.startswith(prefix)), None)
+
+    def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
+        from hypothesis import settings
+
+        kept = []
+        for item in items:
+            surface = self.surface(item.nodeid)
+            test = getattr(item, "obj", None)
+            if surface is None or not hasattr(test, "hypothesis") or self.select not in f"{surface} {item.nodeid}":
+                continue
+            test._hypothesis_internal_use_settings = settings(test._hypothesis_internal_use_settings, max_examples=self.examples)
+            test.hypothesis.inner_test = self._counting(item.nodeid, test.hypothesis.inner_test)
+            kept.append(item)
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+    def _counting(self, nodeid: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(inner)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            self.per_test[nodeid] += 1
+            return inner(*args, **kwargs)
+
+        return run
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.when == "call":
+            self.seconds[report.nodeid] = report.duration
+            if report.failed:
+                self.failed.append(report.nodeid)
+
+    def per_surface(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for nodeid, cases in self.per_test.items():
+            counts[self.surface(nodeid) or "?"] += cases
+        return dict(sorted(counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=10_000, help="hypothesis max_examples per property (default 10000)")
-    parser.add_argument("-k", dest="select", default="", help="run only properties whose name contains this")
+    parser.add_argument("-k", dest="select", default="", help="run only properties whose surface or test id contains this")
     args = parser.parse_args(argv)
-    module = load_properties(args.examples)
-    properties = [(name, fn) for name, fn in vars(module).items() if name.startswith("test_") and hasattr(fn, "hypothesis") and args.select in name]
-    per_property: dict[str, int] = {}
-    failed = ""
+    import pytest
+
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    budget = Budget(args.examples, args.select)
+    files = sorted({prefix.split("::")[0] for prefix, _ in SURFACES})
     started = time.monotonic()
-    print(f"| property | cases | seconds |\n|---|---:|---:|", flush=True)
-    for name, fn in properties:
-        before = sum(module.CASES.values())
-        t0 = time.monotonic()
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - hypothesis re-raises the minimal failing case: report it and stop
-            failed = f"{name}: {type(exc).__name__}: {exc}"
-            print(f"| {name} | FAILED | {time.monotonic() - t0:.1f} |")
-            break
-        per_property[name] = sum(module.CASES.values()) - before
-        print(f"| {name} | {per_property[name]} | {time.monotonic() - t0:.1f} |", flush=True)
-    surfaces = dict(sorted(module.CASES.items()))
+    status = pytest.main(["-q", "-p", "no:cacheprovider", "-x", *files], plugins=[budget])
+    print("\n| property | cases | seconds |\n|---|---:|---:|")
+    for nodeid, cases in budget.per_test.items():
+        print(f"| {nodeid.split('::', 1)[1]} | {cases} | {budget.seconds.get(nodeid, 0.0):.0f} |")
+    surfaces = budget.per_surface()
     print("\n| surface | cases |\n|---|---:|")
     for surface, count in surfaces.items():
         print(f"| {surface} | {count} |")
     print(f"\n{sum(surfaces.values())} cases in {time.monotonic() - started:.0f} s")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fuzz.json").write_text(json.dumps({"examples": args.examples, "surfaces": surfaces, "properties": per_property, "failed": failed}, indent=2))
-    if failed:
-        print(f"\nfuzz: {failed}", file=sys.stderr)
+    (RESULTS / "fuzz.json").write_text(json.dumps({"examples": args.examples, "surfaces": surfaces, "properties": dict(budget.per_test),
+                                                   "failed": budget.failed}, indent=2))  # fmt: skip
+    if status != 0 or budget.failed:
+        print(f"\nfuzz: failed: {', '.join(budget.failed) or f'pytest exit status {status}'}", file=sys.stderr)
         return 1
     return 0
 
