@@ -183,10 +183,15 @@ Parser = Callable[[Node, str, "_Context"], Any]
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One key of a mapping: how its value is parsed, and whether it must be given."""
+    """One key of a mapping: how its value is parsed, whether it must be given, and what it means.
+
+    ``doc`` is the key's line in docs/configuration-reference.md, which
+    ``lvsguard.configdoc`` generates from these schemas.
+    """
 
     parse: Parser
     required: bool = False
+    doc: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,11 +565,30 @@ def actuator_section(node: Node, path: str, ctx: _Context) -> ActuatorSettings:
         raise _Recorded() from None
 
 
-SNMP_KEYS = (
-    "listen", "communities", "users", "base_oid", "max_age", "max_response_size", "engine_id",
-    "trap_targets", "trap_community", "trap_user", "inform",
-)  # fmt: skip
-SNMP_USER_KEYS = ("name", "auth_key", "priv_key", "auth_protocol", "priv_protocol")
+SNMP_KEY_DOCS: Mapping[str, tuple[str, str]] = {
+    "listen": ("`HOST:PORT` or `[IPv6]:PORT`", "UDP address of the agent."),
+    "communities": ("list of strings", "SNMPv2c read-only communities; empty: v2c off. A community or a user is required."),
+    "users": ("list of users", "SNMPv3 authPriv users (see `snmp.users[]`); empty: v3 off."),
+    "base_oid": ("OID", "Where LVSGUARD-MIB's tables are served; absent: its registered OID."),
+    "max_age": ("number (seconds, > 0)", "How long one read of the kernel table answers requests before the next request re-reads it."),
+    "max_response_size": ("integer 484..65507", "Bytes of one answer; a GETBULK answer is cut to fit."),
+    "engine_id": ("hexadecimal string, 5..32 octets", "snmpEngineID; absent: pysnmp's default."),
+    "trap_targets": ("list of `HOST:PORT`", "Receivers of notifications (real server up/down, weight changes); empty: none sent."),
+    "trap_community": ("string", "Community of v2c notifications; required with `trap_targets` unless `trap_user` is set."),
+    "trap_user": ("user", "Send SNMPv3 authPriv notifications as this user instead of v2c."),
+    "inform": ("boolean", "Send informs (acknowledged, re-sent) instead of traps."),
+}
+"""Keys of section ``snmp``: (type, meaning); the agent's ``build_settings`` checks the values."""
+SNMP_USER_KEY_DOCS: Mapping[str, tuple[str, str]] = {
+    "name": ("string", "The USM user name; unique."),
+    "auth_key": ("string, at least 8 characters", "Authentication pass phrase."),
+    "priv_key": ("string, at least 8 characters", "Privacy (encryption) pass phrase."),
+    "auth_protocol": ("SHA, SHA-224, SHA-256, SHA-384 or SHA-512", "Authentication protocol."),
+    "priv_protocol": ("AES, AES-192 or AES-256", "Privacy protocol."),
+}
+"""Keys of an SNMPv3 user (``snmp.users[]``, ``snmp.trap_user``): (type, meaning)."""
+SNMP_KEYS = tuple(SNMP_KEY_DOCS)
+SNMP_USER_KEYS = tuple(SNMP_USER_KEY_DOCS)
 
 
 def snmp_section(node: Node, path: str, ctx: _Context) -> AgentSettings:
@@ -671,25 +695,35 @@ def _node_at(node: Node, key_path: str, *, key: bool = False) -> Node:
 
 REAL_SERVER = Schema(
     RealServerConfig,
-    {"name": Key(name, required=True), "address": Key(real_server_key, required=True)},
+    {
+        "name": Key(name, required=True, doc="The real server's name (the `real_server` label); unique within its service."),
+        "address": Key(real_server_key, required=True, doc="The real server as the kernel knows it (`10.0.1.2:80`, `\"[2001:db8:1::2]:80\"`); unique within its service."),
+    },
     unique=("name", "address"),
 )
 
 SERVICE = Schema(
     ServiceConfig,
-    {"name": Key(name, required=True), "service": Key(service_key, required=True), "real_servers": Key(records(REAL_SERVER))},
+    {
+        "name": Key(name, required=True, doc="The service's name (the `service` label); unique among services."),
+        "service": Key(service_key, required=True, doc="The virtual service: `TCP 192.0.2.10:80`, `\"UDP [2001:db8::10]:53\"`, `FWM 1`; unique among services."),
+        "real_servers": Key(records(REAL_SERVER), doc="Names of this service's real servers."),
+    },
     unique=("name", "service"),
 )
 
-DIRECTOR = Schema(DirectorConfig, {"netns": Key(netns), "keepalived_fifo": Key(absolute_path)})
+DIRECTOR = Schema(DirectorConfig, {
+    "netns": Key(netns, doc="The network namespace whose IPVS table is read and written: a name of `ip netns` or an absolute path (`/proc/1234/ns/net`); `--netns` wins."),
+    "keepalived_fifo": Key(absolute_path, doc="keepalived's notify FIFO, read by the exporter alone for the VRRP state series (docs/ha.md)."),
+})  # fmt: skip
 
 EXPORTER = Schema(
     ExporterConfig,
     {
-        "listen": Key(listen),
-        "ipvs_source": Key(choice(SOURCES)),
-        "backend_labels": Key(backend_labels),
-        "services": Key(service_refs),
+        "listen": Key(listen, doc="Address of the HTTP server (`/metrics`): `HOST:PORT`, `[IPv6]:PORT` or `:PORT`; port 0 picks a free port; `--listen` wins."),
+        "ipvs_source": Key(choice(SOURCES), doc="How the table is read: netlink (needs CAP_NET_ADMIN, everything), procfs (world-readable, fewer fields) or auto (netlink, procfs when not permitted)."),
+        "backend_labels": Key(backend_labels, doc="Labels kept on the `ipvs_backend_*` series, as node_exporter's `--collector.ipvs.backend-labels`; real servers with equal kept labels are summed."),
+        "services": Key(service_refs, doc="Allow-list: only these services are exported, by name (from `services`) or as `TCP 192.0.2.10:80`; empty exports every service."),
     },
 )
 
@@ -791,32 +825,32 @@ def _real_server_ref(node: Node, path: str, ctx: _Context) -> str:
 CHECK = Schema(
     CheckConfig,
     {
-        "type": Key(choice(CHECK_TYPES), required=True),
-        "service": Key(_service_ref),
-        "real_server": Key(_real_server_ref),
-        "name": Key(name),
-        "interval": Key(duration),
-        "timeout": Key(duration),
-        "rise": Key(integer(1, 100)),
-        "fall": Key(integer(1, 100)),
-        "port": Key(integer(1, 65535)),
-        "method": Key(choice(("GET", "HEAD", "POST", "OPTIONS"))),
-        "path": Key(text),
-        "host": Key(text),
-        "statuses": Key(statuses),
-        "body": Key(regex),
-        "tls_verify": Key(boolean),
-        "sni": Key(text),
-        "payload": Key(text),
-        "expect": Key(regex),
-        "query_name": Key(text),
-        "query_type": Key(choice(("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT"))),
-        "rcode": Key(choice(("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"))),
-        "answer": Key(regex),
-        "command": Key(command),
-        "send": Key(text),
-        "url": Key(http_url),
-        "query": Key(text),
+        "type": Key(choice(CHECK_TYPES), required=True, doc="The check type; keys of another type are refused."),
+        "service": Key(_service_ref, doc="Which service's real servers: a name from `services` or `TCP 192.0.2.10:80`; absent: every service."),
+        "real_server": Key(_real_server_ref, doc="Which real server: a name from `services[].real_servers` or `ADDRESS:PORT`; absent: every real server."),
+        "name": Key(name, doc="The `check` label; two checks of one type on one real server need different names. Absent: the type."),
+        "interval": Key(duration, doc="Time between two checks (the first is jittered over one interval)."),
+        "timeout": Key(duration, doc="A check that takes longer fails; at most `interval`."),
+        "rise": Key(integer(1, 100), doc="Consecutive successes that make an unhealthy real server healthy."),
+        "fall": Key(integer(1, 100), doc="Consecutive failures that make a healthy real server unhealthy."),
+        "port": Key(integer(1, 65535), doc="The port to check; absent: the real server's own port (an agent check must give the agent's port)."),
+        "method": Key(choice(("GET", "HEAD", "POST", "OPTIONS")), doc="The request method."),
+        "path": Key(text, doc="The request path."),
+        "host": Key(text, doc="The Host header; empty: the real server's address."),
+        "statuses": Key(statuses, doc="The statuses that pass; empty: 200..399."),
+        "body": Key(regex, doc="A regular expression the body (first 64 KiB) must match; empty: any body."),
+        "tls_verify": Key(boolean, doc="Verify the real server's certificate (false for self-signed real servers)."),
+        "sni": Key(text, doc="The TLS server name; empty: `host`, else none."),
+        "payload": Key(text, doc="The datagram sent."),
+        "expect": Key(regex, doc="A regular expression the reply must match; empty: any reply."),
+        "query_name": Key(text, doc="The name asked."),
+        "query_type": Key(choice(("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT")), doc="The record type asked."),
+        "rcode": Key(choice(("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")), doc="The expected response code."),
+        "answer": Key(regex, doc="A regular expression one answer must match; empty: any."),
+        "command": Key(command, doc="The program and its arguments (`{address}`, `{port}` replaced; no shell): exit 0 up, 1 down, 2..255 up with weight code - 2."),
+        "send": Key(text, doc="A line sent before reading the reply (HAProxy's `agent-send`)."),
+        "url": Key(http_url, doc="Base URL of the Prometheus server."),
+        "query": Key(text, doc="PromQL giving one sample: the weight percentage (`{address}`, `{port}` replaced)."),
     },
 )
 
@@ -858,29 +892,33 @@ def check_entry(node: Node, path: str, ctx: _Context) -> CheckConfig:
     raise _Recorded()
 
 
-PUBLISH = Schema(PublishConfig, {"mode": Key(choice(("actuator", "alertmanager"))), "url": Key(http_url), "token_file": Key(text)})
+PUBLISH = Schema(PublishConfig, {
+    "mode": Key(choice(("actuator", "alertmanager")), doc="actuator: the fast path, to the actuator's webhook and `POST /api/v1/weight`; alertmanager: alerts to its `/api/v2/alerts` (weights are not published)."),
+    "url": Key(http_url, doc="Base URL of the actuator or the Alertmanager."),
+    "token_file": Key(text, doc="A file holding the actuator token (`NAME:SECRET` or `SECRET`, first line); empty: `$LVSGUARD_TOKEN`."),
+})  # fmt: skip
 
 PROBES = Schema(
     ProbesConfig,
     {
-        "enabled": Key(boolean),
-        "default_tcp": Key(boolean),
-        "refresh": Key(duration),
-        "weight_min_step": Key(integer(1, 65535)),
-        "weight_min_interval": Key(duration),
-        "publish": Key(section(PUBLISH)),
-        "checks": Key(list_of(check_entry)),
+        "enabled": Key(boolean, doc="Run health checks at all."),
+        "default_tcp": Key(boolean, doc="A tcp check on every real server of a TCP/SCTP service that no entry of `checks` names."),
+        "refresh": Key(duration, doc="How often the kernel table is re-read to follow real servers that come and go."),
+        "weight_min_step": Key(integer(1, 65535), doc="Damping of agent/prometheus/script weights: a smaller change is not published (a move to or from 0 always is)."),
+        "weight_min_interval": Key(duration, doc="Damping: the least time between two published weight changes of one real server (keep it at or above the actuator's `hold_down`)."),
+        "publish": Key(section(PUBLISH), doc="Where health transitions and weight changes go; absent: they are only exported as metrics."),
+        "checks": Key(list_of(check_entry), doc="Health checks; each applies to the real servers its `service` and `real_server` match."),
     },
 )
 
 
 SECTIONS: Mapping[str, Key] = {
-    "director": Key(section(DIRECTOR)),
-    "services": Key(_named_services(records(SERVICE))),  # before `exporter`, whose allow-list names them
-    "exporter": Key(section(EXPORTER)),
-    "actuator": Key(actuator_section),  # after `services`, whose names it resolves
-    "snmp": Key(snmp_section),
-    "probes": Key(section(PROBES)),  # after `services`, whose names its checks use
+    "director": Key(section(DIRECTOR), doc="Which IPVS table this director is."),
+    "services": Key(_named_services(records(SERVICE)), doc="Names for virtual services and their real servers (labels, status, actuator targets)."),  # before `exporter`, whose allow-list names them
+    "exporter": Key(section(EXPORTER), doc="The Prometheus exporter, `lvsguard exporter` (docs/metrics.md)."),
+    "actuator": Key(actuator_section, doc="The actuator, `lvsguard actuator` (docs/actuator.md); absent: its safe defaults."),  # after `services`, whose names it resolves
+    "snmp": Key(snmp_section, doc="The exporter's SNMP agent (docs/snmp.md); absent: no SNMP agent."),
+    "probes": Key(section(PROBES), doc="Health checks of the real servers (docs/probes.md)."),  # after `services`, whose names its checks use
 }
 """The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
 
