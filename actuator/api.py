@@ -320,7 +320,7 @@ def services() -> dict[str, Any]:
     for hold in ledger.active_holds():
         holds.setdefault(hold.target, []).append(hold)
     backends = {b.target: b for b in ledger.backends()}
-    probes = probe_view(current_app)  # type: ignore[arg-type]  # the app behind the proxy
+    probes = probe_view(current_app)
     return {
         "source": table.source,
         "dry_run": _settings().dry_run,

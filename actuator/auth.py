@@ -16,6 +16,9 @@ from __future__ import annotations
 import functools
 import hmac
 import re
+import threading
+import time
+from collections import deque
 from typing import Any, Callable, Mapping, TypeVar
 
 from flask import current_app, g, request
@@ -92,6 +95,60 @@ def token_name(tokens: Mapping[str, str], header: str | None) -> str | None:
         if hmac.compare_digest(given, secret.encode()) and found is None:
             found = name
     return found
+
+
+class LoginLimiter:
+    """At most ``failures`` failed console logins per client address in any ``per`` seconds.
+
+    Why: a console login is a token guess anyone who reaches the port can
+    make; this slows guessing to ``failures`` per ``per`` seconds and address
+    without locking anybody out for long. Successful logins are not counted
+    and clear the address's failures. Behind a reverse proxy every client has
+    the proxy's address, so the limit is then shared (docs/ui.md).
+    """
+
+    def __init__(self, failures: int = 5, per: float = 60.0, *, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = 10_000):  # fmt: skip
+        self.failures = failures
+        self.per = per
+        self.max_clients = max_clients  # addresses remembered; the stalest go first
+        self._clock = clock
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until ``client`` may try again; 0 when it may now."""
+        with self._lock:
+            times = self._recent(client)
+            if len(times) < self.failures:
+                return 0.0
+            return max(times[0] + self.per - self._clock(), 0.001)
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            times = self._recent(client)
+            times.append(self._clock())
+            self._seen[client] = times
+            if len(self._seen) > self.max_clients:
+                self._forget()
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._seen.pop(client, None)
+
+    def _recent(self, client: str) -> deque[float]:
+        times = self._seen.get(client, deque())
+        while times and times[0] <= self._clock() - self.per:
+            times.popleft()
+        return times
+
+    def _forget(self) -> None:
+        """Drop the addresses with no recent failure, then the stalest, down to ``max_clients``."""
+        cutoff = self._clock() - self.per
+        for client in [c for c, times in self._seen.items() if not times or times[-1] <= cutoff]:
+            del self._seen[client]
+        for client in sorted(self._seen, key=lambda c: self._seen[c][-1])[: len(self._seen) - self.max_clients]:
+            del self._seen[client]
 
 
 def authenticate() -> str:

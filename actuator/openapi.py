@@ -32,6 +32,8 @@ NUM: S = {"type": "number"}
 BOOL: S = {"type": "boolean"}
 TIME: S = {"type": "string", "format": "date-time"}
 TIME_OR_NULL: S = {"type": "string", "format": "date-time", "nullable": True}
+NUM_OR_NULL: S = {"type": "number", "nullable": True}
+BOOL_OR_NULL: S = {"type": "boolean", "nullable": True}
 STRMAP: S = {"type": "object", "additionalProperties": {"type": "string"}}
 
 SCHEMAS: S = {
@@ -88,7 +90,7 @@ SCHEMAS: S = {
     ),  # fmt: skip
     "RealServer": _obj(
         ["real_server", "name", "weight", "forward", "active_connections", "inactive_connections",
-         "persistent_connections", "stats", "state", "original_weight", "drift", "holds"],
+         "persistent_connections", "stats", "state", "original_weight", "drift", "holds", "probe"],
         {
             "real_server": STR, "name": STR, "weight": INT,
             "forward": {"type": "string", "enum": ["masq", "local", "tunnel", "route", "bypass"]},
@@ -98,15 +100,34 @@ SCHEMAS: S = {
             "state": {"type": "string", "enum": ["in", "out", "restoring", "drift"]},
             "original_weight": {"type": "integer", "nullable": True}, "drift": STR,
             "holds": {"type": "array", "items": _ref("Hold")},
+            "probe": _ref("Probe"),
         },
+    ),  # fmt: skip
+    "Probe": _obj(
+        ["state", "latency_seconds", "last_change", "checks"],
+        {
+            "state": {"type": "string", "enum": ["healthy", "unhealthy", "unchecked", "unknown"]},
+            "latency_seconds": NUM_OR_NULL, "last_change": TIME_OR_NULL,
+            "checks": {"type": "array", "items": _obj(
+                ["check", "healthy", "success", "latency_seconds", "last_change"],
+                {"check": STR, "healthy": BOOL_OR_NULL, "success": BOOL_OR_NULL, "latency_seconds": NUM_OR_NULL,
+                 "last_change": TIME_OR_NULL},
+            )},
+        },
+    ),  # fmt: skip
+    "ProbeSource": _obj(
+        ["state", "source", "error", "read_at"],
+        {"state": {"type": "string", "enum": ["ok", "off", "unreachable"]}, "source": STR, "error": STR,
+         "read_at": TIME_OR_NULL},
     ),  # fmt: skip
     "Service": _obj(
         ["service", "name", "scheduler", "persistent", "stats", "healthy", "min_healthy", "real_servers"],
         {"service": STR, "name": STR, "scheduler": STR, "persistent": BOOL, "timeout": INT, "stats": _ref("Stats"),
          "healthy": INT, "min_healthy": INT, "real_servers": {"type": "array", "items": _ref("RealServer")}},
     ),  # fmt: skip
-    "Services": _obj(["source", "dry_run", "services"],
-                     {"source": STR, "dry_run": BOOL, "services": {"type": "array", "items": _ref("Service")}}),
+    "Services": _obj(["source", "dry_run", "probes", "services"],
+                     {"source": STR, "dry_run": BOOL, "probes": _ref("ProbeSource"),
+                      "services": {"type": "array", "items": _ref("Service")}}),
     "Jobs": _obj(["jobs"], {"jobs": {"type": "array", "items": _ref("Job")}}),
     "Ledger": _obj(
         ["holds", "backends"],

@@ -147,6 +147,10 @@ class ActuatorSettings:
     failover_track_file: str = ""  # keepalived track_file the ``failover`` action writes ("1" = give the VIPs up)
     failover_peer_url: str = ""  # the other director's actuator; a failover is refused unless it is a healthy backup
     ledger_path: str = "/var/lib/lvsguard/actuator.db"
+    exporter_url: str = ""  # the local exporter's /metrics: probe state for the console and /api/v1/services; "" = none
+    exporter_timeout: float = 2.0  # seconds one read of exporter_url may take before the probe state reads "unknown"
+    session_secret: bytes = field(default=b"", repr=False)
+    """Signing key of the console's session cookie (from ``session_secret_file``); b"" = random per process."""
 
     def quorum_for(self, service: ServiceKey) -> Quorum:
         return self.service_min_healthy.get(service, self.min_healthy)
@@ -165,13 +169,14 @@ class ActuatorSettings:
 KEYS = (
     "ledger", "dry_run", "read_only_open", "min_healthy", "quorum", "rate_limit", "hold_down", "slow_start",
     "slow_start_steps", "drain_timeout", "job_poll_interval", "retry_interval", "role_file", "failover_track_file",
-    "failover_peer_url", "rules", "listen",
+    "failover_peer_url", "rules", "listen", "exporter_url", "exporter_timeout", "session_secret_file",
 )  # fmt: skip
 """Keys of the config's ``actuator:`` section (``listen`` is the CLI's default address, read by the CLI)."""
 
 RULE_KEYS = ("match", "match_re", "action", "drain_timeout", "drain_delete")
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+MIN_SESSION_SECRET = 32  # bytes in session_secret_file (surrounding whitespace not counted)
 
 
 class SettingsError(ValueError):
@@ -230,6 +235,9 @@ def from_mapping(
     take("role_file", _text)
     take("failover_track_file", _text)
     take("failover_peer_url", _text)
+    take("exporter_url", _http_url)
+    take("exporter_timeout", _positive_duration)
+    take("session_secret_file", _secret_file, "session_secret")
     take("dry_run", _flag)
     take("read_only_open", _flag)
     take("min_healthy", lambda v: Quorum.parse(v))  # type: ignore[arg-type]
@@ -254,6 +262,35 @@ def _text(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {value!r}")
     return value
+
+
+def _http_url(value: object) -> str:
+    text = _text(value).strip()
+    scheme, sep, rest = text.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/") or any(c.isspace() for c in text):
+        raise ValueError(f"must be an http:// or https:// URL like http://127.0.0.1:9910/metrics, got {value!r}")
+    return text
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if not 0 < seconds <= 60:
+        raise ValueError(f"must be more than 0 and at most 60 seconds, got {value!r}")
+    return seconds
+
+
+def _secret_file(value: object) -> bytes:
+    """The bytes of a session secret file: read at load, so a missing or short file is a config error at its line."""
+    path = _text(value)
+    try:
+        with open(path, "rb") as fh:
+            secret = fh.read(4096).strip()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the session secret: {exc.strerror}") from None
+    if len(secret) < MIN_SESSION_SECRET:
+        raise ValueError(f"{path}: the session secret must be at least {MIN_SESSION_SECRET} bytes, got {len(secret)}"
+                         " (make one with: head -c 32 /dev/urandom | base64 > FILE)")  # fmt: skip
+    return secret
 
 
 def _flag(value: object) -> bool:

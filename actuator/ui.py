@@ -11,8 +11,11 @@ Security:
 
 - Log in with an API token; the session (a signed cookie, HttpOnly,
   SameSite=Strict) keeps only the token's *name* and a CSRF token. The token
-  itself is never stored, logged or rendered. ``SECRET_KEY`` is random per
-  process unless the app was given one, so a restart logs everybody out.
+  itself is never stored, logged or rendered. The cookie is signed with the
+  config's ``session_secret_file`` (read again on reload), else with a key
+  random per process, so that a restart logs everybody out.
+- Failed logins are limited per client address (:class:`LoginLimiter`): then
+  429 with ``Retry-After``, before the token is even compared.
 - Every POST carries the session's CSRF token (compared in constant time).
 - Read-only pages are open without a login when ``read_only_open`` allows it.
 - A Content-Security-Policy of ``'self'`` only: the pages use no inline script
@@ -24,14 +27,18 @@ then shows the outcome in plain words and, for a drain, the job's progress.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hmac
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from flask import (
     Blueprint,
     Flask,
@@ -48,7 +55,7 @@ from flask import (
 
 from actuator import api
 from actuator.actions import Actions, Actor, Outcome
-from actuator.auth import token_name
+from actuator.auth import LoginLimiter, token_name
 from actuator.ledger import get_ledger
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
@@ -67,6 +74,9 @@ FORWARDS = ("nat", "dr", "tunnel")
 AUDIT_FILTERS = ("service", "real_server", "action", "result", "source", "actor")
 AUDIT_SCAN = 1000  # newest audit events the filters look through
 REFRESH_SECONDS = 2  # the kernel's rate estimator updates every 2 s
+SESSION_HOURS = 12  # a console session ends this long after the login, whatever the key
+LOGIN_FAILURES = 5  # failed logins per client address ...
+LOGIN_PER = 60.0  # ... in any this many seconds, then 429 until the oldest is that old
 
 RESULT_WORDS = {
     "applied": "Done",
@@ -92,6 +102,21 @@ class UiError(LvsguardError):
         super().__init__(message)
 
 
+class SettingsSessionInterface(SecureCookieSessionInterface):
+    """Signs the session cookie with the settings' ``session_secret`` when the config has one.
+
+    Read on every request, so a reload with a new secret file ends every
+    session; without one, the app's ``SECRET_KEY`` (random per process) signs.
+    """
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        secret: bytes = app.config["LVSGUARD_SETTINGS"].session_secret
+        if not secret:
+            return super().get_signing_serializer(app)
+        return URLSafeTimedSerializer(secret, salt=self.salt, serializer=self.serializer,
+                                      signer_kwargs={"key_derivation": self.key_derivation, "digest_method": self.digest_method})  # fmt: skip
+
+
 def init_app(app: Flask) -> None:
     """Register the console and configure its session cookie (called by ``create_app``)."""
     if not app.config.get("SECRET_KEY"):
@@ -101,7 +126,10 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_PATH="/ui",
+        PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=SESSION_HOURS),
     )
+    app.session_interface = SettingsSessionInterface()
+    app.extensions["lvsguard_login"] = LoginLimiter(LOGIN_FAILURES, LOGIN_PER)
     app.register_blueprint(bp)
 
 
@@ -190,12 +218,23 @@ def login() -> Any:
 @bp.post("/login")
 def login_post() -> Any:
     _check_csrf()
+    limiter: LoginLimiter = current_app.extensions["lvsguard_login"]
+    client = request.remote_addr or "-"
+    target = _safe_next(request.form.get("next", ""))
+    wait = limiter.retry_after(client)
+    if wait > 0:  # before the token is compared: a blocked address learns nothing
+        seconds = math.ceil(wait)
+        event(log, logging.WARNING, "ui_login_limited", remote=client, retry_after=seconds)
+        error = (f"Too many failed logins from {client} (at most {limiter.failures} in {limiter.per:g} s). "
+                 f"Try again in {seconds} s.")  # fmt: skip
+        return render_template("ui/login.html", next=target, error=error), 429, {"Retry-After": str(seconds)}
     given = request.form.get("token", "").strip()
     name = token_name(_settings().tokens, f"Bearer {given}") if given else None
-    target = _safe_next(request.form.get("next", ""))
     if name is None:
-        event(log, logging.WARNING, "ui_login_failed", remote=request.remote_addr or "-")
+        limiter.failed(client)
+        event(log, logging.WARNING, "ui_login_failed", remote=client)
         return render_template("ui/login.html", next=target, error="That token is not one of this actuator's tokens."), 401
+    limiter.succeeded(client)
     session.clear()
     session["user"] = name
     session["csrf"] = secrets.token_urlsafe(32)
@@ -253,7 +292,7 @@ def live_view() -> Live:
     """Services and director as ``/api/v1/services`` and ``/api/v1/director`` give them, plus the shares."""
     table = api.services.__wrapped__()  # type: ignore[attr-defined]  # the API view without its token check
     director = api.director.__wrapped__()  # type: ignore[attr-defined]
-    values: dict[str, str] = {}
+    values: dict[str, str] = {"probes": probes_note(table["probes"])}
     chart: dict[str, dict[str, float]] = {}
     for svc in table["services"]:
         key = svc["service"]
@@ -283,8 +322,44 @@ def live_view() -> Live:
             values[f"{prefix}|share"] = f"{share:.0%}"
             values[f"{prefix}|state"] = rs["state"]
             values[f"{prefix}|holders"] = rs["holders"] or "—"
+            values[f"{prefix}|health"] = rs["probe"]["state"]
+            values[f"{prefix}|latency"] = seconds(rs["probe"]["latency_seconds"])
+            values[f"{prefix}|checks"] = checks_text(rs["probe"]["checks"])
             chart[key][rs["name"] or rs["real_server"]] = float(rs["stats"]["cps"])
     return Live(table["services"], director, values, chart)
+
+
+def seconds(value: float | None) -> str:
+    """A probe latency for people: 850 µs, 12.3 ms, 1.20 s; — when unknown."""
+    if value is None:
+        return "—"
+    if value < 0.001:
+        return f"{value * 1e6:.0f} µs"
+    if value < 1:
+        return f"{value * 1e3:.1f} ms"
+    return f"{value:.2f} s"
+
+
+def checks_text(checks: list[dict[str, Any]]) -> str:
+    """Each check of a real server in a few words: ``tcp ok · http failed, down since 12:03:04Z``."""
+    parts = []
+    for c in checks:
+        last = "—" if c["success"] is None else ("ok" if c["success"] else "failed")
+        health = ""
+        if c["healthy"] is not None and (c["last_change"] or c["healthy"] != c["success"]):
+            health = ", up" if c["healthy"] else ", down"
+            health += f" since {c['last_change'][11:19]}Z" if c["last_change"] else ""
+        parts.append(f"{c['check']} {last}{health}")
+    return " · ".join(parts)
+
+
+def probes_note(probes: dict[str, Any]) -> str:
+    """Where the health column comes from, and why it reads unknown when it does."""
+    if probes["state"] == "off":
+        return "Health: unknown (no actuator.exporter_url in the config to read the probes from)."
+    if probes["state"] == "unreachable":
+        return f"Health: unknown (the exporter at {probes['source']} did not answer: {probes['error']})."
+    return f"Health from the exporter's probes ({probes['source']}), read at {probes['read_at'][11:19]}Z."
 
 
 def _holder(hold: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@
       const value = values[el.dataset.live];
       if (value !== undefined && el.textContent !== value) {
         el.textContent = value;
+        if (el.dataset.value !== undefined) el.dataset.value = value;  // styles by value (health)
       }
     });
   }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,13 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from actuator.app import create_app
+from actuator.auth import LoginLimiter
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings, Names, Quorum
 from lvsguard.model import RealServerKey, ServiceKey
-from tests.fakes import FakeKernel, service
+from tests.fakes import FakeClock, FakeKernel, service
+from tests.unit.test_actuator_api import OpenAPI, call, openapi  # noqa: F401 - a fixture: the document's validator
+from tests.unit.test_actuator_probestate import Exporter, exporter, exposition  # noqa: F401 - a fixture: an HTTP exporter
 
 ADMIN = "admin-secret-0123456789"
 BOB = "bob-secret-012345678901"
@@ -402,3 +406,195 @@ def test_no_token_is_rendered_into_any_page(app: Flask, client: FlaskClient) -> 
     for body in bodies:
         assert ADMIN not in body and BOB not in body
     assert "wrong-token-0123456789" not in bodies[-1]
+
+
+# probe state and latency from the exporter (actuator.exporter_url)
+
+
+def serve_probes(handler: type[Exporter]) -> None:
+    """The exporter's probe families: rs1 healthy (two checks), rs2 unhealthy since a transition; rs3, rs4 unchecked."""
+    handler.body = ("ipvs_up 1\n" + exposition(
+        (WEB, RS1, "tcp", True, 0.0012, True, 0.0),
+        (WEB, RS1, "http", True, 0.0034, True, 0.0),
+        (WEB, RS2, "tcp", False, 0.25, False, 1_700_000_123.0),
+    )).encode()  # fmt: skip
+
+
+def test_service_page_shows_probe_state_and_latency_from_the_exporter(
+    tmp_path: Path, exporter: tuple[str, type[Exporter]]
+) -> None:
+    url, handler = exporter
+    serve_probes(handler)
+    client = make_app(tmp_path, exporter_url=url).test_client()
+    page = html.unescape(client.get("/ui/service?s=web").get_data(as_text=True))
+    assert 'data-live="TCP 192.0.2.10:80|10.0.1.1:80|health" data-value="healthy" class="health">healthy<' in page
+    assert 'data-live="TCP 192.0.2.10:80|10.0.1.1:80|latency">3.4 ms<' in page  # the slower of its two checks
+    assert 'data-live="TCP 192.0.2.10:80|10.0.1.1:80|checks">http ok · tcp ok<' in page
+    assert 'data-live="TCP 192.0.2.10:80|10.0.1.2:80|health" data-value="unhealthy" class="health">unhealthy<' in page
+    assert 'data-live="TCP 192.0.2.10:80|10.0.1.2:80|checks">tcp failed, down since 22:15:23Z<' in page
+    assert 'data-live="TCP 192.0.2.10:80|10.0.1.3:80|health" data-value="unchecked" class="health">unchecked<' in page
+    assert f"Health from the exporter's probes ({url})" in page
+    values = client.get("/ui/live.json").get_json()["values"]
+    assert values["TCP 192.0.2.10:80|10.0.1.2:80|latency"] == "250.0 ms"
+
+
+def test_probe_state_is_unknown_when_the_exporter_does_not_answer(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/metrics"
+    client = make_app(tmp_path, exporter_url=url).test_client()
+    r = client.get("/ui/service?s=web")
+    page = html.unescape(r.get_data(as_text=True))
+    assert r.status_code == 200
+    assert page.count('data-value="unknown" class="health">unknown<') == 4
+    assert f"Health: unknown (the exporter at {url} did not answer: Connection refused)." in page
+
+
+def test_without_exporter_url_the_page_says_where_health_would_come_from(client: FlaskClient) -> None:
+    page = client.get("/ui/service?s=web").get_data(as_text=True)
+    assert "Health: unknown (no actuator.exporter_url in the config to read the probes from)." in page
+
+
+def test_api_services_carries_the_probe_state_and_matches_the_openapi_document(
+    tmp_path: Path, exporter: tuple[str, type[Exporter]], openapi: OpenAPI
+) -> None:
+    url, handler = exporter
+    serve_probes(handler)
+    client = make_app(tmp_path, exporter_url=url).test_client()
+    body = call(client, openapi, "get", "/api/v1/services").get_json()
+    assert body["probes"]["state"] == "ok" and body["probes"]["source"] == url
+    by_rs = {rs["real_server"]: rs["probe"] for rs in body["services"][0]["real_servers"]}
+    assert by_rs["10.0.1.1:80"]["state"] == "healthy" and by_rs["10.0.1.1:80"]["latency_seconds"] == pytest.approx(0.0034)
+    assert by_rs["10.0.1.2:80"] == {
+        "state": "unhealthy", "latency_seconds": 0.25, "last_change": "2023-11-14T22:15:23Z",
+        "checks": [{"check": "tcp", "healthy": False, "success": False, "latency_seconds": 0.25,
+                    "last_change": "2023-11-14T22:15:23Z"}],
+    }  # fmt: skip
+    assert by_rs["10.0.1.3:80"] == {"state": "unchecked", "latency_seconds": None, "last_change": None, "checks": []}
+    handler.status = 503  # the exporter fails: unknown, still a valid 200 reply
+    (tmp_path / "down").mkdir()
+    down = make_app(tmp_path / "down", exporter_url=url).test_client()  # a fresh app: no read cached
+    body = call(down, openapi, "get", "/api/v1/services").get_json()
+    assert body["probes"]["state"] == "unreachable" and "503" in body["probes"]["error"]
+    assert {rs["probe"]["state"] for rs in body["services"][0]["real_servers"]} == {"unknown"}
+
+
+# login attempts are limited per client address
+
+
+def test_failed_logins_are_limited_per_address_then_429_with_retry_after(app: Flask, client: FlaskClient) -> None:
+    clock = FakeClock()
+    app.extensions["lvsguard_login"] = LoginLimiter(5, 60.0, clock=clock)
+    for _ in range(5):
+        assert login(client, "wrong-token-0123456789").status_code == 401
+        clock.advance(1)
+    r = login(client)  # the right token too: a blocked address learns nothing
+    assert r.status_code == 429 and r.headers["Retry-After"] == "55"
+    assert flashes(r) == ["Too many failed logins from 127.0.0.1 (at most 5 in 60 s). Try again in 55 s."]
+    assert 'id="user"' not in client.get("/ui/").get_data(as_text=True)
+    other = app.test_client()  # another address is not limited
+    csrf = csrf_of(other)
+    assert other.post("/ui/login", data={"csrf": csrf, "token": ADMIN}, environ_base={"REMOTE_ADDR": "192.0.2.99"}).status_code == 302
+    clock.advance(55)
+    assert login(client).status_code == 302
+
+
+def test_successful_logins_are_not_counted_and_clear_the_failures(app: Flask, client: FlaskClient) -> None:
+    app.extensions["lvsguard_login"] = LoginLimiter(5, 60.0, clock=FakeClock())
+    for _ in range(4):
+        login(client, "wrong-token-0123456789")
+    for _ in range(10):
+        assert login(client).status_code == 302
+    for _ in range(4):
+        assert login(client, "wrong-token-0123456789").status_code == 401
+    assert login(client).status_code == 302
+
+
+def test_login_limiter_forgets_the_stalest_addresses_beyond_its_bound() -> None:
+    clock = FakeClock()
+    limiter = LoginLimiter(1, 60.0, clock=clock, max_clients=3)
+    for i in range(5):
+        limiter.failed(f"192.0.2.{i}")
+        clock.advance(1)
+    assert [limiter.retry_after(f"192.0.2.{i}") > 0 for i in range(5)] == [False, False, True, True, True]
+
+
+# the session secret from the config (actuator.session_secret_file)
+
+
+def test_a_configured_session_secret_keeps_sessions_across_a_restart(tmp_path: Path) -> None:
+    secret = b"k" * 40
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    first = make_app(tmp_path / "a", session_secret=secret).test_client()
+    login(first)
+    cookie = first.get_cookie("lvsguard_ui", path="/ui")
+    assert cookie is not None
+    restarted = make_app(tmp_path / "b", session_secret=secret).test_client()  # a new process: a new random SECRET_KEY
+    restarted.set_cookie("lvsguard_ui", cookie.value, path="/ui")
+    assert '<b id="user">alice</b>' in restarted.get("/ui/").get_data(as_text=True)
+    other = make_app(tmp_path / "c", session_secret=b"o" * 40).test_client()
+    other.set_cookie("lvsguard_ui", cookie.value, path="/ui")
+    assert 'id="user"' not in other.get("/ui/").get_data(as_text=True)
+
+
+def test_a_reload_with_a_new_session_secret_ends_every_session(tmp_path: Path) -> None:
+    app = make_app(tmp_path, session_secret=b"k" * 40)
+    client = app.test_client()
+    login(client)
+    assert 'id="user"' in client.get("/ui/").get_data(as_text=True)
+    app.config["LVSGUARD_SETTINGS"] = dataclasses.replace(app.config["LVSGUARD_SETTINGS"], session_secret=b"n" * 40)
+    assert 'id="user"' not in client.get("/ui/").get_data(as_text=True)
+
+
+# accessibility basics: every visible form field has a label
+
+
+class Fields(HTMLParser):
+    """Collects the form fields of a page that a person fills in, and what labels them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[dict[str, str | None]] = []
+        self.label_for: set[str] = set()
+        self.open_labels = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "label":
+            self.open_labels += 1
+            if a.get("for"):
+                self.label_for.add(str(a["for"]))
+        elif tag in ("input", "select", "textarea") and a.get("type") not in ("hidden", "submit"):
+            self.fields.append({**a, "_wrapped": "1" if self.open_labels else None})
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "label":
+            self.open_labels -= 1
+
+    def unlabelled(self) -> list[str]:
+        return [str(f.get("name")) for f in self.fields
+                if not f["_wrapped"] and not f.get("aria-label") and f.get("id") not in self.label_for]  # fmt: skip
+
+
+def test_every_form_field_of_every_page_has_a_label(app: Flask, client: FlaskClient) -> None:
+    login(client)
+    act(client, "drain", real_server="rs1")  # a job, so the jobs page has its rows
+    pages = [*PAGES[:-1], "/ui/ledger?source=ui", "/ui/login"]
+    counted = 0
+    for path in pages:
+        parser = Fields()
+        parser.feed(client.get(path).get_data(as_text=True))
+        assert parser.unlabelled() == [], path
+        counted += len(parser.fields)
+    confirm = Fields()
+    confirm.feed(client.post("/ui/action", data={"csrf": csrf_of(client, "/ui/"), "action": "quarantine", "service": "web",
+                                                  "real_server": "rs1"}).get_data(as_text=True))  # fmt: skip
+    assert confirm.unlabelled() == []
+    assert counted >= 10  # the service page's weight, reason and add fields, the ledger filters
+    client.post("/ui/logout", data={"csrf": csrf_of(client, "/ui/")})
+    login_page = Fields()
+    login_page.feed(client.get("/ui/login").get_data(as_text=True))
+    assert [f["name"] for f in login_page.fields] == ["token"] and "autofocus" in login_page.fields[0]
