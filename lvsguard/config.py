@@ -133,6 +133,7 @@ class ProbesConfig:
     enabled: bool = True
     default_tcp: bool = True  # a tcp check on every real server of a TCP/SCTP service that no check names
     refresh: float = 2.0  # seconds between two reads of the kernel table (the checked set follows it)
+    default_rate: int = 1000  # default tcp probes per second at most, all together (their interval stretches beyond)
     weight_min_step: int = 1  # damping of agent/prometheus/script weights: smallest change published
     weight_min_interval: float = 10.0  # and seconds between two published changes of one real server
     publish: PublishConfig | None = None  # None: transitions are only exported as metrics
@@ -904,6 +905,7 @@ PROBES = Schema(
         "enabled": Key(boolean, doc="Run health checks at all."),
         "default_tcp": Key(boolean, doc="A tcp check on every real server of a TCP/SCTP service that no entry of `checks` names."),
         "refresh": Key(duration, doc="How often the kernel table is re-read to follow real servers that come and go."),
+        "default_rate": Key(integer(1, 1000000), doc="The most default tcp probes a second, all real servers together: above it their interval stretches to checks / rate (logged once per change); configured checks keep theirs."),
         "weight_min_step": Key(integer(1, 65535), doc="Damping of agent/prometheus/script weights: a smaller change is not published (a move to or from 0 always is)."),
         "weight_min_interval": Key(duration, doc="Damping: the least time between two published weight changes of one real server (keep it at or above the actuator's `hold_down`)."),
         "publish": Key(section(PUBLISH), doc="Where health transitions and weight changes go; absent: they are only exported as metrics."),
