@@ -173,7 +173,41 @@ KEYS = (
 )  # fmt: skip
 """Keys of the config's ``actuator:`` section (``listen`` is the CLI's default address, read by the CLI)."""
 
-RULE_KEYS = ("match", "match_re", "action", "drain_timeout", "drain_delete")
+KEY_DOCS: Mapping[str, tuple[str, str]] = {
+    "ledger": ("path", "The SQLite ledger (holds, jobs, audit); its directory must be writable (SQLite writes `-wal` and `-shm` files beside it)."),
+    "dry_run": ("boolean", "Decide and record everything, write nothing to the kernel."),
+    "read_only_open": ("boolean", "GET endpoints need no token (mutating calls always need one)."),
+    "min_healthy": ("count, fraction 0..1 or percentage (`\"50%\"`)", "Real servers of a service that must keep a non-zero weight (a fraction is rounded up); an action that would leave fewer is refused."),
+    "quorum": ("mapping of service name (or `TCP 192.0.2.10:80`) to `min_healthy`", "`min_healthy` of single services."),
+    "rate_limit": ("mapping", "At most `actions` capacity-removing kernel writes in any `per` seconds."),
+    "hold_down": ("duration", "Least time between two weight changes of one real server."),
+    "slow_start": ("duration", "Time to ramp a restored weight up; 0: restore at once."),
+    "slow_start_steps": ("integer 1..1000", "Steps of a slow start."),
+    "drain_timeout": ("duration", "How long a drain waits for the active connections to reach 0."),
+    "job_poll_interval": ("duration", "Time between two steps of a drain or slow-start job."),
+    "retry_interval": ("duration", "Time between two retries of alert actions a safety rule refused."),
+    "role_file": ("path", "Where keepalived's notify script writes this director's state (MASTER, BACKUP, FAULT); empty: unknown."),
+    "failover_track_file": ("path", "The keepalived `track_file` the `failover` action writes (`1` gives the VIPs up); empty: failover is not configured."),
+    "failover_peer_url": ("`http://` URL", "The other director's actuator: a failover is refused unless it reports a healthy backup; empty: not checked."),
+    "rules": ("list of mappings", "Alert labels -> action; the first matching rule wins, else the alert's `lvsguard_action` label, else none."),
+    "listen": ("`HOST:PORT`", "Address of the actuator's HTTP server (API, webhook, console), read by the CLI; `--listen` wins."),
+    "exporter_url": ("`http://` or `https://` URL", "The local exporter's `/metrics`: probe state for the console and `/api/v1/services`; empty: none."),
+    "exporter_timeout": ("duration, more than 0, at most 60 s", "How long one read of `exporter_url` may take before the probe state reads unknown."),
+    "session_secret_file": ("path", "A file holding the signing key of the console's session cookie (at least 32 bytes); absent: a random key per process."),
+}
+"""(type, meaning) of each key in KEYS; docs/configuration-reference.md is generated from it (lvsguard/configdoc.py)."""
+RULE_KEY_DOCS: Mapping[str, tuple[str, str]] = {
+    "match": ("mapping of label names to strings", "Labels the alert must have, compared exactly (a missing label is empty)."),
+    "match_re": ("mapping of label names to regular expressions", "Labels the alert must match in full."),
+    "action": ("one of " + ", ".join(f"`{a}`" for a in ACTIONS), "What a matching alert asks for."),
+    "drain_timeout": ("duration", "This rule's drain timeout; absent: `actuator.drain_timeout`."),
+    "drain_delete": ("boolean", "Delete the real server once its connections reach 0."),
+}
+RATE_LIMIT_KEY_DOCS: Mapping[str, tuple[str, str]] = {
+    "actions": ("integer 0..1000000", "Capacity-removing kernel writes allowed in one window; 0: no limit."),
+    "per": ("duration, more than 0", "The window."),
+}
+RULE_KEYS = tuple(RULE_KEY_DOCS)
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 MIN_SESSION_SECRET = 32  # bytes in session_secret_file (surrounding whitespace not counted)
@@ -310,8 +344,8 @@ def _rate_limit(value: object, problems: list[tuple[str, str]]) -> RateLimit:
         problems.append(("rate_limit", f"must be a mapping with actions and per, got {value!r}"))
         return RateLimit()
     for key in value:
-        if key not in ("actions", "per"):
-            problems.append((f"rate_limit.{key}", "unknown key (known: actions, per)"))
+        if key not in RATE_LIMIT_KEY_DOCS:
+            problems.append((f"rate_limit.{key}", f"unknown key (known: {', '.join(RATE_LIMIT_KEY_DOCS)})"))
     actions, per = RateLimit().actions, RateLimit().per
     try:
         actions = _int(value.get("actions", actions), 0, 1_000_000)
