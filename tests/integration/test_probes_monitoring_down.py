@@ -1,0 +1,198 @@
+"""Prometheus and Alertmanager die while the probes run: checks go on, the fast path still acts, the prometheus check holds.
+
+Host-side, no kernel: real node_exporter, Prometheus and Alertmanager
+processes, the real actuator (Flask app over waitress, real SQLite ledger) on
+the in-memory table of ``tests/fakes.py``, and the real probe engine with the
+real HTTP publishers. Two real servers: A is a TCP listener with a tcp check
+published on the fast path (straight to the actuator, no Prometheus or
+Alertmanager on the way); B is node_exporter, whose weight comes from a
+prometheus check (``up * 50``: 50 %). A second engine publishes A's health to
+Alertmanager. Then Prometheus and Alertmanager are killed (SIGKILL):
+
+- the checks keep running (both engines' probe counts go on rising);
+- B's prometheus check holds its last answer (healthy, no new weight: the
+  weight 5 stays), says so in its result and logs ``prometheus_unreachable``;
+- A's listener closes: the tcp check fails and the actuator quarantines A
+  (weight 0 in the table) through the fast path;
+- the Alertmanager publisher fails its posts (logged) without stopping its engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import waitress
+import yaml
+
+from actuator.app import create_app
+from actuator.settings import ActuatorSettings
+from exporter.probes.engine import CheckSpec, Damping, ProbeEngine
+from exporter.probes.prometheus import UNREACHABLE, PrometheusChecker
+from exporter.probes.publish import HTTPPublisher
+from exporter.probes.tcp import TCPChecker
+from lvsguard.model import RealServerKey, ServiceKey
+from tests.fakes import FakeKernel, service
+from tests.integration.test_probes_prometheus import free_port, get_json, spawn
+
+TOKEN = "probes-0123456789abcdef"
+WAIT = 60.0
+SERVICE = ServiceKey.parse("TCP 192.0.2.10:80")
+
+
+def poll(what: str, condition: Callable[[], Any], timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.1)
+
+
+def reachable(url: str) -> bool:
+    try:
+        get_json(url)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def monitoring(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """node_exporter, Prometheus scraping it every second, and Alertmanager; all ready."""
+    binaries = {name: shutil.which(name) for name in ("prometheus", "prometheus-node-exporter", "prometheus-alertmanager")}
+    if None in binaries.values():
+        pytest.fail(f"needs Debian's {', '.join(n for n, p in binaries.items() if p is None)} (make setup installs them)")
+    node_port, prom_port, am_port = free_port(), free_port(), free_port()
+    node = spawn([binaries["prometheus-node-exporter"], "--collector.disable-defaults", "--collector.loadavg",
+                  f"--web.listen-address=127.0.0.1:{node_port}"], tmp_path / "node.log")  # fmt: skip
+    scrape = {"global": {"scrape_interval": "1s"}, "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": [f"127.0.0.1:{node_port}"]}]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape))
+    prometheus = spawn([binaries["prometheus"], f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"], tmp_path / "prometheus.log")  # fmt: skip
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}))
+    alertmanager = spawn([binaries["prometheus-alertmanager"], f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
+                          f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=", "--log.level=warn"], tmp_path / "am.log")  # fmt: skip
+    processes = [node, prometheus, alertmanager]
+    try:
+        up = f"http://127.0.0.1:{prom_port}/api/v1/query?query=" + urllib.parse.quote(f'up{{instance="127.0.0.1:{node_port}"}} == 1')
+        poll("Prometheus scrapes node_exporter", lambda: reachable(up) and get_json(up)["data"]["result"])
+        poll("Alertmanager is ready", lambda: reachable(f"http://127.0.0.1:{am_port}/api/v2/status"))
+        yield {"node_port": node_port, "prometheus": prometheus, "prometheus_url": f"http://127.0.0.1:{prom_port}",
+               "alertmanager": alertmanager, "alertmanager_url": f"http://127.0.0.1:{am_port}"}  # fmt: skip
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def actuator(tmp_path: Path, monitoring: dict[str, Any]) -> Iterator[tuple[str, FakeKernel, socket.socket]]:
+    """(URL, table, A's listener): the real actuator over waitress, on a table with A (a TCP listener) and B (node_exporter)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    a_port = listener.getsockname()[1]
+    kernel = FakeKernel([service(str(SERVICE), (f"127.0.0.1:{a_port}", 10), (f"127.0.0.1:{monitoring['node_port']}", 10))])
+    settings = ActuatorSettings(tokens={"probes": TOKEN}, hold_down=0.0, min_healthy=ActuatorSettings().min_healthy)
+    app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
+    state = app.extensions["lvsguard"]
+    state.runner.begin()
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.05)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}", kernel, listener
+    finally:
+        server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
+        thread.join(5)
+        server.task_dispatcher.shutdown()
+        state.runner.stop()
+        listener.close()
+
+
+def weight(kernel: FakeKernel, address: str) -> int:
+    key = RealServerKey.parse(address)
+    return next(rs.weight for rs in kernel.read_service(SERVICE).real_servers if rs.key == key)
+
+
+def test_probes_and_the_fast_path_outlive_prometheus_and_alertmanager(monitoring: dict[str, Any], actuator: tuple[str, FakeKernel, socket.socket]) -> None:
+    url, kernel, listener = actuator
+    a = f"127.0.0.1:{listener.getsockname()[1]}"
+    b = f"127.0.0.1:{monitoring['node_port']}"
+    tcp = CheckSpec("tcp", TCPChecker(), interval=0.2, timeout=1.0, rise=1, fall=1)
+    load = CheckSpec("prometheus", PrometheusChecker(monitoring["prometheus_url"], 'up{instance="{address}:{port}"} * 50'),
+                     interval=0.2, timeout=1.0, rise=1, fall=1)  # fmt: skip
+    fast = ProbeEngine(lambda s, r: (tcp,) if str(r) == a else (load,),
+                       publisher=HTTPPublisher(url, mode="actuator", token=TOKEN), damping=Damping(1, 0.0))  # fmt: skip
+    via_alertmanager = ProbeEngine(lambda s, r: (tcp,) if str(r) == a else (),
+                                   publisher=HTTPPublisher(monitoring["alertmanager_url"], mode="alertmanager"))  # fmt: skip
+    records = Records()
+    logging.getLogger().addHandler(records)
+    loop = asyncio.new_event_loop()
+    stopping = asyncio.Event()
+
+    async def run() -> None:
+        fast.sync(kernel.read())
+        via_alertmanager.sync(kernel.read())
+        await stopping.wait()
+        await fast.stop()
+        await via_alertmanager.stop()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    try:
+        job_b = poll("B's prometheus check is running", lambda: next((j for k, j in fast.jobs.items() if str(k[1]) == b), None))
+        poll("B's weight 50 % (5 of 10) from Prometheus, set through the actuator", lambda: weight(kernel, b) == 5)
+
+        monitoring["prometheus"].send_signal(signal.SIGKILL)
+        monitoring["alertmanager"].send_signal(signal.SIGKILL)
+        monitoring["prometheus"].wait()
+        monitoring["alertmanager"].wait()
+        writes_before = len(kernel.writes)
+        probes = (fast.stats.probes, via_alertmanager.stats.probes)
+
+        held = poll("B's check holds", lambda: job_b.last if job_b.last is not None and job_b.last.error == UNREACHABLE else None)
+        assert held.ok and held.weight_percent is None, held
+        assert "holding the last answer" in held.message and monitoring["prometheus_url"] in held.message
+        assert job_b.health.healthy
+        poll("prometheus_unreachable is logged", lambda: any("prometheus_unreachable" in line for line in records.lines))
+
+        listener.close()  # A stops answering: the fast path must still act
+        poll("A quarantined through the actuator (weight 0)", lambda: weight(kernel, a) == 0)
+        poll("the Alertmanager publisher's failures are logged", lambda: any("probe_publish_failed" in line and "/api/v2/alerts" in line for line in records.lines))
+        poll("both engines keep checking", lambda: fast.stats.probes > probes[0] + 20 and via_alertmanager.stats.probes > probes[1] + 10)
+
+        assert weight(kernel, b) == 5  # held: nothing was published for B while Prometheus was gone
+        assert [w for w in kernel.writes[writes_before:] if w[2] == b] == []
+        assert job_b.last is not None and job_b.last.error == UNREACHABLE and job_b.health.healthy
+        assert sum("prometheus_unreachable" in line for line in records.lines) == 1  # said once, not per probe
+    finally:
+        loop.call_soon_threadsafe(stopping.set)
+        thread.join(10)
+        loop.close()
+        logging.getLogger().removeHandler(records)
+        for engine in (fast, via_alertmanager):
+            if engine.publisher is not None:
+                engine.publisher.close()
