@@ -1,28 +1,45 @@
 """The probe engine: one asyncio loop runs every check of every real server.
 
-Each check of each real server is one task that sleeps until its next slot:
-the first slot is jittered over one interval (thousands of checks do not fire
-at once), later ones keep a fixed cadence, and a check that overran its slot
-runs at once rather than piling up. ``timeout`` bounds every check
-(``asyncio.timeout``: the checker is cancelled, a script's process group is
-killed). Results go through rise/fall (``state.Health``); a transition, and a
-damped weight change from a check that reports load, go to the publisher.
+Scheduling is one heap of (due time, job) and one loop timer, not a task and a
+sleep per check: the timer fires when the earliest check is due (never more
+often than every ``TICK``), starts every check that is due, and re-arms. The
+first slot of a check is jittered over one interval (thousands of checks do
+not fire at once), later ones keep a fixed cadence, and a check that overran
+its slot runs at once rather than piling up.
+
+Checks with a hot path (tcp, plain http: a ``begin`` method) run as bare
+sockets in the engine's epoll set (``poller.Poller``); their deadlines sit in
+a second heap served by the same timer. Every other check runs as an asyncio
+task bounded by ``asyncio.timeout`` (the checker is cancelled, a script's
+process group is killed). Results go through rise/fall (``state.Health``); a
+transition, and a damped weight change from a check that reports load, go to
+the publisher.
 
 Which checks run comes from a ``Plan``: with no config, a ``tcp`` check on
 every real server's own port. ``run`` re-reads the kernel table every
 ``refresh`` seconds and adds or cancels checks as real servers come and go.
+
+Big tables (``Budget``): the default checks together stay under
+``default_rate`` probes a second (their interval stretches, logged once per
+change), and the table is re-read no more often than ``REFRESH_FACTOR``
+times what one read and sync took, so that the engine, which shares the
+exporter's process, leaves the scrapes most of the interpreter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
+import itertools
 import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from exporter.probes.metrics import JobKey, ProbeMetrics
+from exporter.probes.poller import Poller
 from exporter.probes.publish import Publisher, Transition, WeightChange
 from exporter.probes.result import Checker, ProbeResult, Target
 from exporter.probes.state import Damper, Health, weight_of
@@ -34,11 +51,18 @@ from lvsguard.model import RealServerKey, ServiceKey, Table
 log = logging.getLogger("exporter.probes")
 
 DEFAULT_REFRESH = 2.0
+DEFAULT_RATE = 1000  # default (unconfigured) probes per second at most, all real servers together
+REFRESH_FACTOR = 10  # the table is re-read at most every REFRESH_FACTOR x (read + sync time)
+TICK = 0.002  # the scheduler's timer fires at most this often
 
 
 @dataclass(frozen=True, slots=True)
 class CheckSpec:
-    """One check as configured: its name (the ``check`` label), checker and timing."""
+    """One check as configured: its name (the ``check`` label), checker and timing.
+
+    ``default`` marks the unconfigured tcp check every real server gets; only
+    those stretch their interval under the engine's ``default_rate``.
+    """
 
     name: str
     checker: Checker
@@ -47,12 +71,13 @@ class CheckSpec:
     rise: int = 2
     fall: int = 3
     port: int | None = None  # None: the real server's own port
+    default: bool = False
 
 
 Plan = Callable[[ServiceKey, RealServerKey], tuple[CheckSpec, ...]]
 
 
-_TCP = CheckSpec("tcp", TCPChecker())
+_TCP = CheckSpec("tcp", TCPChecker(), default=True)
 
 
 def default_plan(service: ServiceKey, real_server: RealServerKey) -> tuple[CheckSpec, ...]:
@@ -63,6 +88,13 @@ def default_plan(service: ServiceKey, real_server: RealServerKey) -> tuple[Check
     servers often have none); configure those in ``probes.checks``.
     """
     return (_TCP,) if real_server.port and service.protocol != "UDP" else ()
+
+
+def stretched_interval(checks: int, interval: float, rate: float) -> float:
+    """The interval that keeps ``checks`` checks under ``rate`` probes a second (``interval`` when they already are)."""
+    if checks <= 0 or rate <= 0:
+        return interval
+    return max(interval, checks / rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,18 +112,25 @@ class _Job:
     target: Target
     health: Health
     damper: Damper
-    task: asyncio.Task[None] | None = None
+    interval: float = 0.0  # spec.interval, or longer for a default check over the budget
+    task: asyncio.Task[ProbeResult] | None = None  # the check in flight as a task (checks without a hot path)
     last: ProbeResult | None = None
+    inflight: Any = None  # the hot-path probe in flight (has cancel()), _PENDING while it starts, or None
+    due: float = 0.0  # the slot of the check in flight or next
+    live: bool = True  # False once the real server left: a late result is dropped
+
+
+_PENDING = object()
 
 
 @dataclass(slots=True)
 class _Stats:
     probes: int = 0
-    lateness: list[float] = field(default_factory=list)  # seconds each probe started after its slot (sampled)
+    lateness: list[float] = field(default_factory=list)  # seconds each probe started after its slot (when kept)
 
 
 class ProbeEngine:
-    """Runs ``plan``'s checks for every real server of the tables it is given."""
+    """Runs ``plan``'s checks for every real server of the tables it is given (on one event loop)."""
 
     def __init__(
         self,
@@ -103,6 +142,8 @@ class ProbeEngine:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         keep_lateness: bool = False,
+        default_rate: float = DEFAULT_RATE,
+        hot_path: bool = True,
     ):
         self.plan = plan
         self.metrics = metrics if metrics is not None else ProbeMetrics()
@@ -111,9 +152,21 @@ class ProbeEngine:
         self.clock = clock
         self.jitter = jitter
         self.stats = _Stats()
+        self.default_rate = default_rate
+        self.default_interval: float | None = None  # the stretched interval of the default checks, None: as configured
+        self.refresh_wait = DEFAULT_REFRESH  # the wait before the next table read (stretched on big tables)
         self._keep_lateness = keep_lateness
+        self._hot_path = hot_path and Poller.available()
         self._jobs: dict[JobKey, _Job] = {}
         self._full: dict[tuple[ServiceKey, RealServerKey], int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: Poller | None = None
+        self._due: list[tuple[float, int, _Job]] = []  # checks to start
+        self._deadlines: list[tuple[float, int, _Job, Any]] = []  # hot-path probes in flight
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._logged_interval: float | None = None
 
     @property
     def jobs(self) -> dict[JobKey, _Job]:
@@ -121,27 +174,61 @@ class ProbeEngine:
 
     def sync(self, table: Table) -> None:
         """Start checks for new real servers and cancel those of real servers that left (call on the loop)."""
+        loop = self._loop = asyncio.get_running_loop()
+        if self._hot_path and self._poller is None:
+            self._poller = Poller(loop)
         wanted: dict[JobKey, tuple[CheckSpec, Target]] = {}
+        full = self._full
+        present = set()
         for svc in table.services:
+            skey = svc.key
             for rs in svc.real_servers:
-                if rs.weight > 0:  # the full weight is the first non-zero one seen (ours may have lowered it since)
-                    self._full.setdefault((svc.key, rs.key), rs.weight)
-                for spec in self.plan(svc.key, rs.key):
-                    port = spec.port if spec.port is not None else rs.key.port
-                    wanted[(svc.key, rs.key, spec.name)] = (spec, Target(rs.key.address, port))
-        for key in [k for k in self._jobs if k not in wanted]:
-            job = self._jobs.pop(key)
-            if job.task is not None:
-                job.task.cancel()
+                rkey = rs.key
+                pair = (skey, rkey)
+                present.add(pair)
+                if rs.weight > 0 and pair not in full:  # the full weight is the first non-zero one seen (ours may have lowered it since)
+                    full[pair] = rs.weight
+                for spec in self.plan(skey, rkey):
+                    port = spec.port if spec.port is not None else rkey.port
+                    wanted[(skey, rkey, spec.name)] = (spec, Target(rkey.address, port))
+        jobs = self._jobs
+        for key in [k for k in jobs if k not in wanted]:
+            self._drop(jobs.pop(key))
             self.metrics.remove(key)
+        default_interval = self._budget(spec for spec, _ in wanted.values())
+        now = loop.time()
         for key, (spec, target) in wanted.items():
-            if key not in self._jobs:
-                job = _Job(key, spec, target, Health(spec.rise, spec.fall), Damper(self.damping.min_step, self.damping.min_interval))
-                self._jobs[key] = job
+            job = jobs.get(key)
+            interval = default_interval if spec.default and default_interval is not None else spec.interval
+            if job is None:
+                job = _Job(key, spec, target, Health(spec.rise, spec.fall), Damper(self.damping.min_step, self.damping.min_interval), interval)
+                jobs[key] = job
                 self.metrics.add(key)
-                job.task = asyncio.get_running_loop().create_task(self._loop(job), name=f"probe {spec.name} {target}")
-        live = {(s, r) for s, r, _ in self._jobs}
-        self._full = {k: v for k, v in self._full.items() if k in live}
+                self._schedule(job, now + interval * self.jitter())
+            else:
+                job.interval = interval
+        if len(full) > len(present) or any(k not in present for k in full):
+            self._full = {k: v for k, v in full.items() if k in present}
+
+    def _budget(self, specs: Any) -> float | None:
+        """The default checks' interval under ``default_rate`` (None: as configured), logged when it changes."""
+        count, configured = 0, 0.0
+        for spec in specs:
+            if spec.default:
+                count += 1
+                configured = spec.interval
+        stretched = stretched_interval(count, configured, self.default_rate) if count else configured
+        interval = stretched if count and stretched > configured else None
+        self.default_interval = interval
+        logged = self._logged_interval
+        if interval != logged and (interval is None or logged is None or abs(interval - logged) > 0.25 * logged):
+            if interval is not None:
+                event(log, logging.WARNING, "probe_default_interval_stretched", checks=count, interval=round(interval, 3),
+                      configured=configured, max_rate=self.default_rate)  # fmt: skip
+            else:
+                event(log, logging.INFO, "probe_default_interval_restored", checks=count, interval=configured)
+            self._logged_interval = interval
+        return interval
 
     async def run(self, reader: TableReader, refresh: float = DEFAULT_REFRESH) -> None:
         """Follow the kernel table (read off the loop) until cancelled; a failed read keeps the checks running."""
@@ -149,6 +236,7 @@ class ProbeEngine:
         failing = ""
         try:
             while True:
+                started = time.monotonic()
                 try:
                     table = await loop.run_in_executor(None, reader.read)
                 except Exception as exc:  # noqa: BLE001 - a failed read is logged once; the checks go on
@@ -159,31 +247,119 @@ class ProbeEngine:
                 else:
                     failing = ""
                     self.sync(table)
-                await asyncio.sleep(refresh)
+                self.refresh_wait = max(refresh, REFRESH_FACTOR * (time.monotonic() - started))
+                await asyncio.sleep(self.refresh_wait)
         finally:
             await self.stop()
 
     async def stop(self) -> None:
-        tasks = [j.task for j in self._jobs.values() if j.task is not None]
-        for task in tasks:
-            task.cancel()
+        """Cancel every check in flight and the scheduler; the jobs and their last results stay readable."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
+        self._due.clear()
+        tasks = []
+        for job in self._jobs.values():
+            if job.inflight is not None and job.inflight is not _PENDING:
+                job.inflight.cancel()
+            job.inflight = None
+            if job.task is not None:
+                job.task.cancel()
+                tasks.append(job.task)
+        self._deadlines.clear()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _loop(self, job: _Job) -> None:
-        loop = asyncio.get_running_loop()
-        interval = job.spec.interval
-        slot = loop.time() + interval * self.jitter()
-        while True:
-            delay = slot - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            started = loop.time()
-            if self._keep_lateness:
-                self.stats.lateness.append(started - slot)
-            self.record(job, await probe(job.spec, job.target))
-            slot += interval
-            if slot < loop.time():
-                slot = loop.time()
+    # --- scheduling ----------------------------------------------------------------------
+
+    def _schedule(self, job: _Job, due: float) -> None:
+        job.due = due
+        heapq.heappush(self._due, (due, next(self._seq), job))
+        if due < self._timer_at:
+            self._arm(due)
+
+    def _arm(self, when: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        when = max(when, loop.time() + TICK)
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        due = self._due
+        lateness = self.stats.lateness if self._keep_lateness else None
+        ready = []  # popped first: a check that ends at once and is due again waits for the next tick
+        while due and due[0][0] <= now:
+            slot, _, job = heapq.heappop(due)
+            if job.live:
+                ready.append(job)
+                if lateness is not None:
+                    lateness.append(now - slot)
+        for job in ready:
+            self._start(job, now)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, job, inflight = heapq.heappop(deadlines)
+            if job.inflight is inflight:  # still waiting: the probe took too long
+                inflight.cancel()
+                job.inflight = None
+                spec = job.spec
+                self._finish(job, ProbeResult(False, f"{spec.name} {job.target}: no answer within {spec.timeout:g} s", spec.timeout, "TimeoutError"))
+        nxt = min(due[0][0] if due else float("inf"), deadlines[0][0] if deadlines else float("inf"))
+        if nxt != float("inf"):
+            self._arm(nxt)
+
+    def _start(self, job: _Job, now: float) -> None:
+        spec = job.spec
+        begin = getattr(spec.checker, "begin", None) if self._poller is not None else None
+        if begin is None:
+            task = asyncio.ensure_future(probe(spec, job.target))
+            job.task = task
+            task.add_done_callback(functools.partial(self._task_done, job))
+            return
+        job.inflight = _PENDING
+        inflight = begin(self._poller, job.target, self._finish, job)
+        if job.inflight is _PENDING:  # not finished while starting (a refused connect finishes at once)
+            job.inflight = inflight
+            deadline = now + spec.timeout
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), job, inflight))
+            if deadline < self._timer_at:
+                self._arm(deadline)
+
+    def _task_done(self, job: _Job, task: asyncio.Task[ProbeResult]) -> None:
+        job.task = None
+        if task.cancelled() or not job.live:
+            return
+        self._finish(job, task.result())
+
+    def _finish(self, job: _Job, result: ProbeResult) -> None:
+        """A check of ``job`` ended (hot path or task): record it and book the next slot."""
+        job.inflight = None
+        if not job.live:
+            return
+        self.record(job, result)
+        assert self._loop is not None
+        now = self._loop.time()
+        slot = job.due + job.interval
+        self._schedule(job, slot if slot > now else now)
+
+    def _drop(self, job: _Job) -> None:
+        job.live = False
+        if job.inflight is not None and job.inflight is not _PENDING:
+            job.inflight.cancel()
+        job.inflight = None
+        if job.task is not None:
+            job.task.cancel()
+
+    # --- results -------------------------------------------------------------------------
 
     def record(self, job: _Job, result: ProbeResult) -> None:
         """Rise/fall, metrics, and what to publish, for one result of ``job``."""

@@ -1,14 +1,25 @@
-"""``http`` and ``https``: a request whose status is in the expected set and whose body matches a regex."""
+"""``http`` and ``https``: a request whose status is in the expected set and whose body matches a regex.
+
+Plain ``http`` has a hot path for the engine, ``begin``: the request on a bare
+socket in the engine's epoll set (connect, send, read until the answer is
+complete), parsed by the same parser as the coroutine client. ``https`` and
+one-off checks use ``check`` (asyncio streams, TLS).
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from exporter.probes import httpclient
-from exporter.probes.result import ProbeResult, Target, guarded
+from exporter.probes.poller import IN, OUT, Poller
+from exporter.probes.result import ProbeResult, Target, failed, guarded
+from exporter.probes.tcp import ABORT, IN_PROGRESS, Done, open_nonblocking
 
 DEFAULT_STATUSES = frozenset(range(200, 400))
 
@@ -38,6 +49,23 @@ class HTTPChecker:
     def kind(self) -> str:
         return "https" if self.tls is not None else "http"
 
+    @property
+    def begin(self) -> Any:
+        """The engine's hot path for plain http; None for https (TLS runs on asyncio streams)."""
+        return self._begin if self.tls is None else None
+
+    def _begin(self, poller: Poller, target: Target, done: Done, token: Any) -> Exchange:
+        return Exchange(self, poller, target, done, token)
+
+    def judge(self, answer: httpclient.Response, took: float) -> ProbeResult:
+        """The result of an answer: its status in the expected set, its body matching."""
+        what = f"{self.method} {self.path}: {answer.status} {answer.reason}".rstrip()
+        if answer.status not in self.statuses:
+            return ProbeResult(False, f"{what}, status not expected", took, "UnexpectedStatus")
+        if self.body is not None and not self.body.search(answer.body):
+            return ProbeResult(False, f"{what}, body does not match {self.body.pattern.decode(errors='replace')!r}", took, "BodyMismatch")
+        return ProbeResult(True, what, took)
+
     async def check(self, target: Target) -> ProbeResult:
         return await guarded(f"{self.method} {self.kind}://{target}{self.path}", lambda: self._get(target))
 
@@ -46,10 +74,85 @@ class HTTPChecker:
         answer = await httpclient.request(
             target.address, target.port, method=self.method, path=self.path, host_header=self.host, tls=self.tls, sni=self.sni
         )
-        took = time.perf_counter() - started
-        what = f"{self.method} {self.path}: {answer.status} {answer.reason}".rstrip()
-        if answer.status not in self.statuses:
-            return ProbeResult(False, f"{what}, status not expected", took, "UnexpectedStatus")
-        if self.body is not None and not self.body.search(answer.body):
-            return ProbeResult(False, f"{what}, body does not match {self.body.pattern.decode(errors='replace')!r}", took, "BodyMismatch")
-        return ProbeResult(True, what, took)
+        return self.judge(answer, time.perf_counter() - started)
+
+
+class Exchange:
+    """One plain-http probe in flight on the engine's poller: connect, send, read, judge."""
+
+    __slots__ = ("checker", "poller", "target", "done", "token", "started", "sock", "fd", "data")
+
+    def __init__(self, checker: HTTPChecker, poller: Poller, target: Target, done: Done, token: Any):
+        self.checker = checker
+        self.poller = poller
+        self.target = target
+        self.done = done
+        self.token = token
+        self.started = time.perf_counter()
+        self.data = b""
+        self.fd = -1
+        try:
+            self.sock = sock = open_nonblocking(target)
+            self.fd = sock.fileno()
+            code = sock.connect_ex((target.address, target.port))
+            if code in IN_PROGRESS:
+                poller.watch(self.fd, OUT, self._connected)
+            elif code:
+                self._fail(OSError(code, os.strerror(code)))
+            else:
+                self._connected(OUT)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _what(self) -> str:
+        c = self.checker
+        return f"{c.method} http://{self.target}{c.path}"
+
+    def _connected(self, events: int) -> None:
+        sock = self.sock
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        try:
+            if code:
+                raise OSError(code, os.strerror(code))
+            c, t = self.checker, self.target
+            sock.send(httpclient.request_bytes(t.address, t.port, c.method, c.path, c.host))
+            self.poller.rewatch(self.fd, IN, self._readable)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _readable(self, events: int) -> None:
+        sock = self.sock
+        eof = False
+        try:
+            while True:
+                try:
+                    more = sock.recv(httpclient.READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not more:
+                    eof = True
+                    break
+                self.data += more
+                if len(self.data) > httpclient.MAX_HEAD + httpclient.MAX_BODY:
+                    eof = True
+                    break
+            answer = httpclient.parse_response(self.data, self.checker.method, httpclient.MAX_BODY, eof)
+        except (OSError, ValueError) as exc:
+            self._fail(exc)
+            return
+        if answer is None:
+            self.poller.rewatch(self.fd, IN, self._readable)
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
+        sock.close()
+        self.done(self.token, self.checker.judge(answer, time.perf_counter() - self.started))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.fd >= 0:
+            self.poller.forget(self.fd)
+            self.sock.close()
+        self.done(self.token, failed(exc, self.started, self._what()))
+
+    def cancel(self) -> None:
+        self.poller.forget(self.fd)
+        self.sock.close()

@@ -70,7 +70,7 @@ def start(config: Config, netns: str | None, metrics: ProbeMetrics) -> ProbeRunn
     if probes.publish is not None:
         publisher = HTTPPublisher(probes.publish.url, mode=probes.publish.mode, token=read_token(probes.publish), names=config)
     engine = ProbeEngine(build_plan(probes), metrics=metrics, publisher=publisher,
-                         damping=Damping(probes.weight_min_step, probes.weight_min_interval))  # fmt: skip
+                         damping=Damping(probes.weight_min_step, probes.weight_min_interval), default_rate=probes.default_rate)  # fmt: skip
     loop = asyncio.new_event_loop()
     reader = ExporterReader(netns, config.exporter.ipvs_source)  # opens on its first read, inside the namespace
     main = loop.create_task(engine.run(reader, probes.refresh))

@@ -1,28 +1,105 @@
 """``tcp``: the real server accepts a connection on the port (keepalived's TCP_CHECK).
 
-A bare non-blocking socket and ``loop.sock_connect``: no stream objects, so a
-probe costs one socket, one connect and one close. The close is an abortive
-one (SO_LINGER 0: a reset, as HAProxy's health checks do): the director keeps
-no TIME_WAIT socket per probe, which at thousands of probes a second would
-fill its port range, and the real server's application never sees a request.
+Two ways to run the same check. The engine's hot path, ``begin``, is a bare
+non-blocking socket in the engine's epoll set (``poller.Poller``): no future,
+no task, no timer of its own (the engine keeps the deadlines), so a probe costs
+``socket``, ``connect``, one ``epoll_ctl``, ``getsockopt`` and ``close``.
+``check`` is the same connect as a coroutine, for one-off checks and for
+platforms without epoll.
+
+The close is an abortive one (SO_LINGER 0: a reset, as HAProxy's health checks
+do): the director keeps no TIME_WAIT socket per probe, which at thousands of
+probes a second would fill its port range, and the real server's application
+never sees a request.
 """
 
 from __future__ import annotations
 
+import _socket
 import asyncio
+import errno
+import os
 import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
-from exporter.probes.result import ProbeResult, Target, guarded
+from exporter.probes.poller import OUT, Poller
+from exporter.probes.result import ProbeResult, Target, failed, guarded
 
-_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
+
+Done = Callable[[Any, ProbeResult], None]  # (the engine's token, the result)
+
+
+def error_name(code: int) -> str:
+    """The OSError subclass name of an errno (``ConnectionRefusedError``), as the coroutine path reports it."""
+    return type(OSError(code, "")).__name__
+
+
+def open_nonblocking(target: Target) -> _socket.socket:
+    """A non-blocking stream socket for ``target`` (the C-level class: no Python wrapper to build per probe)."""
+    sock = _socket.socket(socket.AF_INET6 if ":" in target.address else socket.AF_INET, socket.SOCK_STREAM | _NONBLOCK)
+    if not _NONBLOCK:
+        sock.setblocking(False)
+    return sock
+
+
+class Connect:
+    """One tcp probe in flight on the engine's poller; ``cancel()`` drops it without a result."""
+
+    __slots__ = ("sock", "fd", "target", "done", "token", "started", "poller")
+
+    def __init__(self, poller: Poller, target: Target, done: Done, token: Any):
+        self.poller = poller
+        self.target = target
+        self.done = done
+        self.token = token
+        self.started = time.perf_counter()
+        self.fd = -1
+        try:
+            self.sock = sock = open_nonblocking(target)
+            self.fd = sock.fileno()
+            code = sock.connect_ex((target.address, target.port))
+            if code in IN_PROGRESS:
+                poller.watch(self.fd, OUT, self._writable)
+                return
+        except OSError as exc:  # no descriptor left, an address the family refuses
+            if self.fd >= 0:
+                self.sock.close()
+            done(token, failed(exc, self.started, f"connect to {target}"))
+            return
+        self._end(code)
+
+    def _writable(self, events: int) -> None:
+        self._end(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _end(self, code: int) -> None:
+        sock = self.sock
+        took = time.perf_counter() - self.started
+        if code == 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
+            sock.close()
+            self.done(self.token, ProbeResult(True, f"connected to {self.target}", took))
+        else:
+            sock.close()
+            self.done(self.token, ProbeResult(False, f"connect to {self.target}: {os.strerror(code)}", took, error_name(code)))
+
+    def cancel(self) -> None:
+        self.poller.forget(self.fd)
+        self.sock.close()
 
 
 @dataclass(frozen=True, slots=True)
 class TCPChecker:
     kind = "tcp"
+
+    def begin(self, poller: Poller, target: Target, done: Done, token: Any) -> Connect:
+        """Start one probe on the engine's poller; ``done(token, result)`` is called once unless cancelled."""
+        return Connect(poller, target, done, token)
 
     async def check(self, target: Target) -> ProbeResult:
         return await guarded(f"connect to {target}", lambda: self._connect(target))
@@ -33,7 +110,7 @@ class TCPChecker:
         try:
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, (target.address, target.port))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
         finally:
             sock.close()
         return ProbeResult(True, f"connected to {target}", time.perf_counter() - started)
