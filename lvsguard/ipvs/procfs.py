@@ -202,6 +202,8 @@ def _service_line(tokens: list[str], cache: dict[str, tuple[str, int, int]]) -> 
         svc.flags |= ServiceFlags.PERSISTENT
         svc.jiffies = _dec(flags[1], "persistence timeout")
         svc.raw_netmask = _hex(flags[2], "persistence netmask")
+        if svc.raw_netmask > 0xFFFFFFFF:  # the kernel prints a 32-bit mask (or IPv6 prefix length)
+            raise ValueError(f"persistence netmask {flags[2]!r} is wider than 32 bits")
     elif flags:
         raise ValueError(f"unknown service flags {' '.join(flags)!r}")
     return svc

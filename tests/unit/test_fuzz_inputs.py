@@ -194,3 +194,12 @@ def test_a_control_character_is_a_config_error_at_its_line() -> None:
     with pytest.raises(ConfigError) as info:
         loads("services:\n  - name: w\x00\n", "nul.yaml")
     assert str(info.value) == "nul.yaml:2:12: character U+0000 is not allowed in YAML (special characters are not allowed)"
+
+
+def test_a_persistence_netmask_wider_than_32_bits_is_a_format_error_at_its_line() -> None:
+    """Found by the fuzzer: an edited IPv6 mask of 9 hex digits overflowed int.to_bytes (an OverflowError)."""
+    text = ("IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+            "TCP  [20010DB8000000000000000000000010]:0050 wlc persistent 300 1FFFFFFFF\n")  # fmt: skip
+    with pytest.raises(ProcfsFormatError, match=r":4: persistence netmask '1FFFFFFFF' is wider than 32 bits"):
+        parse_ip_vs(text)
