@@ -14,7 +14,9 @@ from lvsguard.logs import event
 
 if TYPE_CHECKING:
     from exporter.collector import ExtraFamilies
+    from exporter.keepalived import KeepalivedFifo
     from exporter.probes.runner import ProbeRunner
+    from exporter.snmp.feeds import FeedingProvider
     from exporter.snmp.runner import RunningAgent
     from lvsguard.config import Config
 
@@ -30,9 +32,11 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
     walk never holds up a scrape); ``snmp_listen`` overrides its address.
     """
     options = config.exporter
-    agent = start_snmp(config, netns, snmp_listen)
     probes = start_probes(config, netns)
+    agent = None
     try:
+        fifo = start_fifo(config)
+        agent = start_snmp(config, netns, snmp_listen, probes=probes, fifo=fifo)
         run(
             lambda: ExporterReader(netns, options.ipvs_source),
             listen,
@@ -41,13 +45,13 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
             names=config,
             addresses=lambda: local_addresses(netns),
             reload=reloader(config, listen=listen, netns=netns) if config.file else None,
-            probes=extras(probes, config),
+            probes=extras(probes, fifo),
         )
     finally:
+        if agent is not None:  # first: a stopping engine is no news to send
+            agent.stop()
         if probes is not None:
             probes.stop()
-        if agent is not None:
-            agent.stop()
 
 
 def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[], Reloadable]:
@@ -55,7 +59,8 @@ def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[],
 
     A bad file raises ConfigError (every problem with its file:line:key) and
     the server keeps the running config. Keys that need new sockets or
-    threads (listen, ipvs_source, netns, keepalived_fifo, snmp, probes) are
+    threads (listen, ipvs_source, netns, keepalived_fifo, snmp, probes, and
+    the ledger path and quorums the SNMP agent took from ``actuator``) are
     logged as needing a restart and keep their running values; the probes keep
     running through a reload.
     """
@@ -73,6 +78,7 @@ def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[],
                 ("snmp", running.snmp, new.snmp),
                 ("probes", running.probes, new.probes),
                 ("director.keepalived_fifo", running.director.keepalived_fifo, new.director.keepalived_fifo),
+                *_snmp_actuator_keys(running, new),
             )
             if before != after
         ]
@@ -83,30 +89,85 @@ def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[],
     return load
 
 
-def start_snmp(config: Config, netns: str | None, listen: str | None) -> RunningAgent | None:
-    """Start the SNMP agent of the config's ``snmp`` section in a thread; None without one."""
+def _snmp_actuator_keys(running: Config, new: Config) -> list[tuple[str, object, object]]:
+    """What the SNMP agent took from the ``actuator`` section at start: the ledger it reads and the quorums."""
+    if running.snmp is None:
+        return []
+    from actuator.settings import ActuatorSettings
+
+    before, after = running.actuator or ActuatorSettings(), new.actuator or ActuatorSettings()
+    return [
+        ("actuator.ledger", before.ledger_path, after.ledger_path),
+        ("actuator.quorum", (before.min_healthy, dict(before.service_min_healthy), running.actuator is None),
+         (after.min_healthy, dict(after.service_min_healthy), new.actuator is None)),
+    ]  # fmt: skip
+
+
+def start_snmp(
+    config: Config,
+    netns: str | None,
+    listen: str | None,
+    *,
+    probes: ProbeRunner | None = None,
+    fifo: KeepalivedFifo | None = None,
+) -> RunningAgent | None:
+    """Start the SNMP agent of the config's ``snmp`` section in a thread; None without one.
+
+    Its snapshots are fed (``exporter.snmp.feeds``) by this process's probe
+    engine (health, probe results), the actuator's ledger read-only
+    (``actuator.ledger``: holds, actors, original weights), keepalived's FIFO
+    reader shared with /metrics (the role) and the namespace's addresses (VIPs
+    held). Quorums are the actuator's ``min_healthy``/``quorum`` when the
+    config has an ``actuator`` section.
+    """
     if config.snmp is None:
         if listen:
             raise LvsguardError("--snmp-listen needs an 'snmp' section in the config (communities or v3 users)")
         return None
     from exporter.snmp.runner import start_in_thread
-    from exporter.snmp.snapshot import reader_provider
 
     settings = dataclasses.replace(config.snmp, listen=listen) if listen else config.snmp
-    agent = start_in_thread(settings, reader_provider(ExporterReader(netns, config.exporter.ipvs_source), names=config))
+    provider = snmp_provider(config, netns, probes=probes, fifo=fifo)
+    agent = start_in_thread(settings, provider)
     event(log, logging.INFO, "snmp_agent_started", listen=settings.listen, v2c=bool(settings.communities),
-          v3_users=",".join(u.name for u in settings.users) or "-", traps=",".join(settings.trap_targets) or "-")  # fmt: skip
+          v3_users=",".join(u.name for u in settings.users) or "-", traps=",".join(settings.trap_targets) or "-",
+          probes="on" if probes is not None else "off", ledger=provider.ledger.path if provider.ledger else "-",
+          keepalived=config.director.keepalived_fifo or "-")  # fmt: skip
     return agent
 
 
-def extras(probes: ProbeRunner | None, config: Config) -> ExtraFamilies | None:
-    """The families served after the IPVS ones: the probes' and keepalived's VRRP state (``director.keepalived_fifo``)."""
-    fifo = None
-    if config.director.keepalived_fifo:
-        from exporter.keepalived import KeepalivedFifo
+def snmp_provider(
+    config: Config, netns: str | None, *, probes: ProbeRunner | None, fifo: KeepalivedFifo | None
+) -> FeedingProvider:
+    """The agent's snapshots: the kernel table with the config's names, fed by the probes, the ledger and keepalived."""
+    from actuator.settings import ActuatorSettings
+    from exporter.snmp.feeds import DirectorFeed, FeedingProvider, LedgerFeed, ProbeFeed
+    from exporter.snmp.snapshot import reader_provider
 
-        fifo = KeepalivedFifo(config.director.keepalived_fifo)
-        fifo.start()
+    actuator = config.actuator
+    engine = probes.engine if probes is not None else None
+    return FeedingProvider(
+        reader_provider(ExporterReader(netns, config.exporter.ipvs_source), names=config),
+        probes=ProbeFeed(lambda: engine.jobs) if engine is not None else None,
+        ledger=LedgerFeed((actuator or ActuatorSettings()).ledger_path),
+        director=DirectorFeed(fifo, lambda: local_addresses(netns), configured=[s.service for s in config.services]),
+        quorum=(lambda key, total: actuator.quorum_for(key).required(total)) if actuator is not None else None,
+    )
+
+
+def start_fifo(config: Config) -> KeepalivedFifo | None:
+    """Follow keepalived's notify FIFO (``director.keepalived_fifo``): one reader for /metrics and the SNMP agent."""
+    if not config.director.keepalived_fifo:
+        return None
+    from exporter.keepalived import KeepalivedFifo
+
+    fifo = KeepalivedFifo(config.director.keepalived_fifo)
+    fifo.start()
+    return fifo
+
+
+def extras(probes: ProbeRunner | None, fifo: KeepalivedFifo | None) -> ExtraFamilies | None:
+    """The families served after the IPVS ones: the probes' and keepalived's VRRP state."""
     metrics = probes.engine.metrics if probes is not None else None
     if fifo is None:
         return metrics

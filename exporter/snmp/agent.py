@@ -31,7 +31,7 @@ from exporter.snmp.layout import Counters, FirstSeen, Uptime, build_subtrees
 from exporter.snmp.mibview import MibView
 from exporter.snmp.notify import TrapSender, changes
 from exporter.snmp.settings import AgentSettings
-from exporter.snmp.snapshot import Snapshot, SnapshotProvider
+from exporter.snmp.snapshot import Health, RsRef, Snapshot, SnapshotProvider
 from lvsguard.model import parse_endpoint
 from exporter.snmp.v3 import crypto_available, make_engine
 from lvsguard.errors import LvsguardError
@@ -76,6 +76,7 @@ class SnmpAgent:
         self._responder = V2cResponder((c.encode() for c in settings.communities), self.stats, settings.max_response_size)
         self._view: MibView | None = None
         self._snapshot: Snapshot | None = None
+        self._quiet: set[RsRef] | None = None  # found at start with no verdict yet: a first "dead" is not news (notify.changes)
         self._view_time = 0.0
         self._sender: TrapSender | Any = None  # TrapSender, or notify_v3.V3TrapSender
         self._watch: asyncio.Task[None] | None = None
@@ -208,7 +209,8 @@ class SnmpAgent:
     def _notify(self, snap: Snapshot) -> None:
         if self._sender is None:
             return
-        found = changes(self._snapshot, snap, self.settings.base_oid)
+        found = changes(self._snapshot, snap, self.settings.base_oid, self._quiet or frozenset())
+        self._quiet = quiet_after(snap, self._quiet)
         if found:
             self._spawn(self._sender.send_all(found))
 
@@ -268,3 +270,21 @@ class SnmpAgent:
         except Exception as exc:  # noqa: BLE001 - pysnmp raises on some malformed v3 messages
             self.stats.v3_rejected += 1
             log.debug("SNMP agent: v3 message from %s rejected by pysnmp: %s: %s", address, type(exc).__name__, exc)
+
+
+def quiet_after(new: Snapshot, quiet: set[RsRef] | None) -> set[RsRef] | None:
+    """The real servers whose first verdict of dead is no news, after ``new``; None until a table was read.
+
+    On the first snapshot with a table: every real server with no verdict yet. A restarted
+    exporter finds the same servers, and those already dead were announced by
+    the process before it. A real server leaves the set once it has a verdict
+    (from then on transitions are news) or leaves the table; one added later
+    never enters it, so its first "dead" is sent.
+    """
+    if new.table is None:
+        return quiet
+    states = new.real_servers
+    present = {(svc.key, rs.key) for svc in new.table.services for rs in svc.real_servers}
+    if quiet is None:
+        return {ref for ref in present if states.get(ref) is None or states[ref].health is Health.UNKNOWN}
+    return {ref for ref in quiet if ref in present and (ref not in states or states[ref].health is Health.UNKNOWN)}

@@ -5,10 +5,16 @@ it, so every event source (probe engine, actuator ledger, keepalived) only
 has to show up in the snapshot for a manager to hear about it:
 
 - lvsgRsHealthChange: a real server's health changed between alive and dead
-  (a first result of dead counts; a first result of alive is not news);
-- lvsgVsQuorumLost / lvsgVsQuorumRegained: a service's quorum status changed;
+  (a first result of dead counts, except for the real servers in ``quiet``:
+  those the agent found when it started, so that a restart does not repeat
+  what the previous process already sent; a first result of alive is not news);
+- lvsgVsQuorumLost / lvsgVsQuorumRegained: a service's quorum status changed
+  (a real server's first verdict is not a change: while probes settle after a
+  start, a quorum does not "regain");
 - lvsgRsQuarantined, lvsgRsRestored, lvsgRsDrainDone: the ledger's hold went
-  none -> quarantined, any hold -> none, draining -> drained;
+  none -> quarantined, any hold -> none, draining -> drained (only between two
+  snapshots that could both read the ledger: a ledger that comes back after
+  being unreadable, or after a restart, is no news);
 - lvsgDirectorRoleChange: the VRRP role changed.
 
 Each notification carries its objects with their instance (service and real
@@ -24,6 +30,7 @@ import itertools
 import logging
 import socket
 from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
 from typing import Any, Iterable, Sequence
 
 from exporter.snmp import ber
@@ -110,8 +117,25 @@ def _quorum_status(state: ServiceState, up: int) -> int:
     return QUORUM_MET if up >= state.quorum else QUORUM_NOT_MET
 
 
-def changes(old: Snapshot | None, new: Snapshot, base: Oid) -> list[Notification]:
-    """The notifications that lead from ``old`` to ``new`` (none for the first snapshot)."""
+def _first_verdicts(
+    old: dict[tuple[ServiceKey, RealServerKey], RealServerState], new: dict[tuple[ServiceKey, RealServerKey], RealServerState]
+) -> dict[tuple[ServiceKey, RealServerKey], RealServerState]:
+    """``old`` where every real server that was unknown and is known now counts with its new health."""
+    merged = dict(old)
+    for ref, state in new.items():
+        before = old.get(ref, _NO_STATE)
+        if before.health is Health.UNKNOWN and state.health is not Health.UNKNOWN:
+            merged[ref] = state
+    return merged
+
+
+def changes(
+    old: Snapshot | None, new: Snapshot, base: Oid, quiet: AbstractSet[tuple[ServiceKey, RealServerKey]] = frozenset()
+) -> list[Notification]:
+    """The notifications that lead from ``old`` to ``new`` (none for the first snapshot).
+
+    ``quiet``: real servers whose first verdict of dead is not news (see the module's docstring).
+    """
     if old is None:
         return []
     obj = _Objects(base)
@@ -132,8 +156,10 @@ def changes(old: Snapshot | None, new: Snapshot, base: Oid) -> list[Notification
     if new.table is None or old.table is None:
         return out
     old_services = {svc.key: svc for svc in old.table.services}
-    old_states = dict(old.real_servers)
     new_states = dict(new.real_servers)
+    old_states = dict(old.real_servers)
+    quorum_before = _first_verdicts(old_states, new_states)
+    holds_news = old.holds_known and new.holds_known
     for svc in new.table.services:
         before = old_services.get(svc.key)
         if before is None:
@@ -145,10 +171,11 @@ def changes(old: Snapshot | None, new: Snapshot, base: Oid) -> list[Notification
         known = {rs.key for rs in before.real_servers}
         for rs in svc.real_servers:
             if rs.key in known:
-                out.extend(
-                    _rs_changes(obj, svc, rs, vs_index, name, up, old_states.get((svc.key, rs.key), _NO_STATE), new_states)
-                )
-        old_status = _quorum_status(old.services.get(svc.key, ServiceState()), _alive(before, old_states))
+                ref = (svc.key, rs.key)
+                before_rs = old_states.get(ref, _NO_STATE)
+                found = _rs_changes(obj, svc, rs, vs_index, name, up, before_rs, new_states, first_dead=ref not in quiet, holds=holds_news)
+                out.extend(found)
+        old_status = _quorum_status(old.services.get(svc.key, ServiceState()), _alive(before, quorum_before))
         new_status = _quorum_status(state, up)
         if {old_status, new_status} == {QUORUM_MET, QUORUM_NOT_MET}:
             out.append(
@@ -175,13 +202,16 @@ def _rs_changes(
     up: int,
     before: RealServerState,
     states: dict[tuple[ServiceKey, RealServerKey], RealServerState],
+    *,
+    first_dead: bool = True,
+    holds: bool = True,
 ) -> list[Notification]:
     now = states.get((svc.key, rs.key), _NO_STATE)
     index = real_server_index(vs_index, rs)
     rs_name = now.name or str(rs.key)
     out: list[Notification] = []
     health_news = now.health is not before.health and now.health is not Health.UNKNOWN
-    if health_news and (before.health is not Health.UNKNOWN or now.health is Health.DEAD):
+    if health_news and (before.health is not Health.UNKNOWN or (now.health is Health.DEAD and first_dead)):
         out.append(
             Notification(
                 "lvsgRsHealthChange",
@@ -197,7 +227,7 @@ def _rs_changes(
                 ),
             )
         )
-    if now.hold is before.hold:
+    if now.hold is before.hold or not holds:
         return out
     if before.hold is Hold.NONE and now.hold is Hold.QUARANTINED:
         kind = "lvsgRsQuarantined"

@@ -113,6 +113,7 @@ class Snapshot:
     real_servers: Mapping[RsRef, RealServerState] = field(default_factory=dict)
     probes: Mapping[RsRef, tuple[ProbeState, ...]] = field(default_factory=dict)
     director: DirectorState = DirectorState()
+    holds_known: bool = True  # False: the actuator's ledger could not be read (holds read none, and are no news)
 
 
 SnapshotProvider = Callable[[], Snapshot]
