@@ -18,6 +18,7 @@ the ``lvs_`` lines are looked at, so the IPVS series of a big table cost one
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 import threading
@@ -149,7 +150,7 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def fetch_lines(url: str, timeout: float) -> Iterable[str]:
-    """The exposition's lines (read within ``timeout`` seconds in all); OSError or TimeoutError on failure."""
+    """The exposition's lines (read within ``timeout`` seconds in all); OSError or http.client.HTTPException on failure."""
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"Accept": "text/plain"})
     with OPENER.open(request, timeout=timeout) as response:
@@ -195,7 +196,7 @@ class ProbeSource:
         started = self._clock()
         try:
             raw = parse_probe_metrics(self._fetch(self.url, self.timeout), names)
-        except (OSError, ValueError) as exc:  # urllib's errors are OSErrors; a bad status line is a ValueError
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, cut short, garbled
             reason = _reason(exc)
             if self._view.state != "unreachable" or self._view.error != reason:
                 event(log, logging.WARNING, "probe_state_unknown", exporter_url=self.url, reason=reason)
@@ -211,6 +212,8 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
         inner = exc.reason
         return str(inner.strerror if isinstance(inner, OSError) and inner.strerror else inner)
+    if isinstance(exc, http.client.HTTPException):
+        return f"its reply was cut short or garbled ({type(exc).__name__})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

@@ -6,6 +6,12 @@ the lab's director namespace. One browser for the whole module: under UML the
 first page takes about a minute, later ones a few seconds. The VM needs about
 2 GiB for Chromium (``lab/vm.sh --mem 2048``).
 
+A real exporter runs beside it (``exporter.main.start_probes`` and the
+exporter's HTTP server, from a config as ``lvsguard exporter`` reads it) with
+tcp checks of the NAT service's real servers, plus a check of rs3 on a port
+where nothing listens; the actuator reads the probe state from its
+``/metrics`` (``actuator.exporter_url``).
+
 Screenshots go to ``$LVSGUARD_UI_SCREENSHOTS`` when set (``docs/screenshots``
 is made that way), else to the test's temporary directory.
 """
@@ -16,6 +22,7 @@ import os
 import shutil
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +30,16 @@ from typing import Any
 
 import pytest
 
+from actuator.probestate import parse_probe_metrics
 from actuator.settings import ActuatorSettings, Names, Quorum
+from actuator.targets import Target
+from exporter.main import start_probes
+from exporter.server import ExporterServer, run
+from exporter.source import ExporterReader
 from lab import traffic
 from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
+from lvsguard import config
 
 MIN_MEMORY_KIB = 1_800_000  # Chromium's tab crashes in the lab VM's default 512 MiB
 
@@ -56,17 +69,68 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1000")  # fmt: skip
 WAIT = 120.0  # seconds; Chromium under UML is slow, and counters lag up to 2 s
+CLOSED_PORT = 9  # nothing listens there on the lab's real servers: a check of it fails at once
 
 
 @contextmanager
-def actuator(lab: Lab, tmp: Path) -> Iterator[str]:
+def exporter(lab: Lab) -> Iterator[str]:
+    """The exporter with its probes, as ``lvsguard exporter`` runs them, for the lab's director; yields its /metrics URL."""
+    nat = lab.nat
+    cfg = config.loads(f"""\
+probes:
+  default_tcp: false
+  refresh: 1s
+  checks:
+    - {{type: tcp, service: "{nat.key}", interval: 0.5s, timeout: 0.5s}}
+    - {{type: tcp, name: admin, service: "{nat.key}", real_server: "{nat.real_server('rs3')}", port: {CLOSED_PORT},
+       interval: 0.5s, timeout: 0.5s, fall: 1}}
+""", "ui-test.yaml")  # fmt: skip
+    netns = lab.director.netns
+    probes = start_probes(cfg, netns)
+    started = threading.Event()
+    box: list[ExporterServer] = []
+
+    def ready(server: ExporterServer) -> None:
+        box.append(server)
+        started.set()
+
+    thread = threading.Thread(target=run, args=(lambda: ExporterReader(netns, "auto"), "127.0.0.1:0"),
+                              kwargs={"ready": ready, "names": cfg, "probes": probes.engine.metrics if probes else None},
+                              daemon=True)  # fmt: skip
+    thread.start()
+    try:
+        assert started.wait(30), "the exporter did not start"
+        yield box[0].url + "/metrics"
+    finally:
+        if box:
+            box[0].shutdown()
+        thread.join(10)
+        if probes is not None:
+            probes.stop()
+
+
+def exporter_health(url: str, lab: Lab) -> dict[str, str]:
+    """Each NAT real server's health as the exporter itself says it (read straight, not through the actuator)."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        raw = parse_probe_metrics(response.read().decode().splitlines())
+    nat = lab.nat
+    out = {}
+    for name in nat.weights:
+        checks = [r for (target, _check), r in raw.items() if target == Target(nat.key, nat.real_server(name))]
+        out[name] = "unhealthy" if any(r.healthy is False for r in checks) else "healthy" if checks else "unchecked"
+    return out
+
+
+@contextmanager
+def actuator(lab: Lab, tmp: Path, exporter_url: str) -> Iterator[str]:
     """An actuator (job threads on) for the lab's director, quorum 2 on the NAT service; yields its URL."""
     nat = lab.nat
     names = Names(services={"nat": nat.key}, real_servers={nat.key: {name: nat.real_server(name) for name in nat.weights}})
     role = tmp / "role"
     role.write_text("MASTER\n")
     settings = ActuatorSettings(tokens={"operator": TOKEN}, hold_down=0.0, job_poll_interval=0.2, names=names,
-                                service_min_healthy={nat.key: Quorum(2)}, role_file=str(role))  # fmt: skip
+                                service_min_healthy={nat.key: Quorum(2)}, role_file=str(role),
+                                exporter_url=exporter_url)  # fmt: skip
     with running_actuator(settings, lab.director.netns, str(tmp / "ledger.db")) as url:
         yield url
 
@@ -174,7 +238,7 @@ def test_console_in_a_browser(lab: Lab, tmp_path: Path) -> None:
     shots = Path(os.environ.get("LVSGUARD_UI_SCREENSHOTS", "") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        with actuator(lab, tmp_path) as url, chromium() as driver:
+        with exporter(lab) as metrics, actuator(lab, tmp_path, metrics) as url, chromium() as driver:
             ui = Console(driver, url, shots)
 
             # log in with the keyboard (the token field has the focus)
@@ -200,10 +264,26 @@ def test_console_in_a_browser(lab: Lab, tmp_path: Path) -> None:
                                  f"the page's active connections of {name} to match the kernel's")  # fmt: skip
                     assert int(ui.live(f"{key}|{rs['rs1']}|active")) >= held["rs1"]
                     ui.until(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#legend li")) == 3, "the chart's legend")
+
+                    # probe state and latency: from the exporter's real checks, as the exporter itself reports them
+                    ui.until(lambda: ui.live(f"{key}|{rs['rs3']}|health") == "unhealthy", "rs3's failing admin check")
+                    assert exporter_health(metrics, lab) == {"rs1": "healthy", "rs2": "healthy", "rs3": "unhealthy"}
+                    for name in ("rs1", "rs2"):
+                        assert ui.live(f"{key}|{rs[name]}|health") == "healthy"
+                        assert ui.live(f"{key}|{rs[name]}|checks") == "tcp ok"
+                        assert ui.live(f"{key}|{rs[name]}|latency").endswith(("µs", "ms", " s"))
+                    assert ui.live(f"{key}|{rs['rs3']}|checks").startswith("admin failed, down since ")
+                    assert ui.text("#probes").startswith(f"Health from the exporter's probes ({metrics})")
                     body = driver.find_element(By.TAG_NAME, "body")
                     body.send_keys(Keys.TAB)
                     assert driver.switch_to.active_element.text == "Skip to content"
                     ui.shot("service")
+                    driver.switch_to.active_element.send_keys(Keys.ENTER)  # past the header, to the page's first field
+                    driver.switch_to.active_element.send_keys(Keys.TAB)
+                    field = str(driver.switch_to.active_element.get_attribute("id"))
+                    assert field.startswith("w-"), field  # a real server's weight field, with its label:
+                    label = driver.find_element(By.CSS_SELECTOR, f'label[for="{field}"]').get_attribute("textContent")
+                    assert str(label).startswith("weight of "), label
 
                     # drain rs1: the job waits for the held connections, then finishes
                     question = ui.row_action(rs["rs1"], "drain")

@@ -7,6 +7,7 @@ exporter's format breaks these tests, not the console in production.
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import threading
 from collections.abc import Iterator
@@ -164,6 +165,10 @@ def test_an_unreachable_exporter_makes_the_state_unknown_then_known_again() -> N
     clock.advance(MIN_AGE)
     fetch.error = TimeoutError("not read within 1 s")
     assert source.view(Names()).of(Target(WEB, RS1)) == ("unknown", ())
+    clock.advance(MIN_AGE)
+    fetch.error = http.client.IncompleteRead(b"", 100)  # the exporter died in the middle of its reply
+    view = source.view(Names())
+    assert view.state == "unreachable" and "IncompleteRead" in view.error
 
 
 class Exporter(http.server.BaseHTTPRequestHandler):
