@@ -1,0 +1,228 @@
+"""Prometheus and Alertmanager (Debian's packages) as processes beside the lab.
+
+The end-to-end loop (lab.e2e_loop), its test and its benchmark run the real
+monitoring stack on loopback: a Prometheus that scrapes the lab's exporter and
+actuator and evaluates the bundled rules (alerts/lvsguard.rules.yml), and an
+Alertmanager that runs a copy of the bundled example (alerts/alertmanager.yml)
+in which only the actuator's address and token file are swapped. Routes,
+group_wait, group_interval and inhibitions stay the file's own, so what is
+measured is what an operator who drops the files in gets.
+
+Both processes run in the caller's network namespace (the VM's root one,
+where the actuator listens); their data and logs go to a work directory, and
+an error quotes the end of the log.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "alerts" / "lvsguard.rules.yml"
+ALERTMANAGER_EXAMPLE = ROOT / "alerts" / "alertmanager.yml"
+ACTUATOR_RECEIVER = "lvsguard-actuator"
+READY_TIMEOUT = 60.0  # seconds for a process to answer /-/ready (start-up is slow under UML on a loaded machine)
+
+
+class MonitoringError(RuntimeError):
+    """Prometheus or Alertmanager is missing, did not start, or answered something unexpected; the message says which."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def binary(names: Sequence[str], package: str) -> str:
+    """The first of ``names`` on PATH; MonitoringError naming the Debian package otherwise."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise MonitoringError(f"{names[0]} is not installed (apt-get install {package})")
+
+
+def get_json(url: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds of an RFC 3339 time as Prometheus (nanoseconds) and Alertmanager (milliseconds) write it."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if match is None:
+        raise MonitoringError(f"not an RFC 3339 time: {text!r}")
+    whole, fraction, zone = match.groups()
+    stamp = datetime.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return stamp.timestamp() + float("0." + (fraction or "0"))
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise MonitoringError(f"{process.args[0]} exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise MonitoringError(f"{url} not ready within {READY_TIMEOUT:.0f} s: {log.read_text()[-2000:]}")
+
+
+@contextmanager
+def _running(argv: list[str], url: str, log: Path) -> Iterator[str]:
+    with open(log, "w") as err:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        _wait_ready(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def prometheus_config(
+    jobs: Mapping[str, Sequence[str]], *, alertmanagers: Sequence[str] = (), rule_files: Sequence[Path] = (RULES,),
+    scrape_interval: float = 1.0, evaluation_interval: float = 1.0,
+) -> dict[str, Any]:
+    """A Prometheus config: one static scrape job per name (``host:port`` targets), the rules, the Alertmanagers."""
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": f"{scrape_interval:g}s", "evaluation_interval": f"{evaluation_interval:g}s"},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in jobs.items()],
+    }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
+    return config
+
+
+@contextmanager
+def running_prometheus(workdir: Path, config: Mapping[str, Any]) -> Iterator[str]:
+    """Run Debian's ``prometheus`` with ``config`` on a free loopback port; yields its base URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(dict(config)))
+    port = free_port()
+    argv = [
+        binary(["prometheus"], "prometheus"),
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    with _running(argv, f"http://127.0.0.1:{port}", workdir / "prometheus.log") as url:
+        yield url
+
+
+def alertmanager_config(webhook_urls: Sequence[str], token_file: Path, example: Path = ALERTMANAGER_EXAMPLE) -> dict[str, Any]:
+    """The bundled example with its actuator receiver pointed at ``webhook_urls`` (one per director) and ``token_file``.
+
+    Every other setting of the receiver's first webhook entry (send_resolved,
+    max_alerts, the bearer authorization) is kept for each URL; routes,
+    timings and inhibitions are not touched.
+    """
+    config = yaml.safe_load(example.read_text())
+    receivers = [r for r in config.get("receivers", []) if r.get("name") == ACTUATOR_RECEIVER]
+    if not receivers or not receivers[0].get("webhook_configs"):
+        raise MonitoringError(f"{example}: no receiver {ACTUATOR_RECEIVER!r} with webhook_configs")
+    template = receivers[0]["webhook_configs"][0]
+    webhooks = []
+    for url in webhook_urls:
+        webhook = copy.deepcopy(template)
+        webhook["url"] = url
+        webhook.setdefault("http_config", {}).setdefault("authorization", {})["credentials_file"] = str(token_file)
+        webhooks.append(webhook)
+    receivers[0]["webhook_configs"] = webhooks
+    return dict(config)
+
+
+def route_timings(config: Mapping[str, Any], action: str) -> dict[str, float]:
+    """group_wait, group_interval and repeat_interval (seconds) of the route an alert with ``lvsguard_action=action`` takes."""
+    root = config["route"]
+    for route in root.get("routes", []):
+        for matcher in route.get("matchers", []):
+            match = re.fullmatch(r'\s*lvsguard_action\s*(=~|=)\s*"([^"]*)"\s*', matcher)
+            if match and re.fullmatch(match.group(2) if match.group(1) == "=~" else re.escape(match.group(2)), action):
+                return {key: duration(str(route.get(key, root.get(key)))) for key in ("group_wait", "group_interval", "repeat_interval")}
+    raise MonitoringError(f"no route of the Alertmanager config matches lvsguard_action={action!r}")
+
+
+def duration(text: str) -> float:
+    """Seconds of a Prometheus duration (``1s``, ``5m``, ``1h30m``, ``250ms``)."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise MonitoringError(f"not a duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def rule(name: str, rules: Path = RULES) -> dict[str, Any]:
+    """The alerting rule ``name`` of a rules file."""
+    for group in yaml.safe_load(rules.read_text())["groups"]:
+        for item in group["rules"]:
+            if item.get("alert") == name:
+                return dict(item)
+    raise MonitoringError(f"{rules}: no alerting rule {name!r}")
+
+
+@contextmanager
+def running_alertmanager(workdir: Path, config: Mapping[str, Any]) -> Iterator[str]:
+    """Run Debian's ``prometheus-alertmanager`` with ``config`` on a free loopback port, no cluster; yields its base URL.
+
+    ``--cluster.listen-address=`` turns the gossip cluster off: a lone
+    clustered Alertmanager holds notifications back until its peers settle.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(dict(config)))
+    port = free_port()
+    argv = [
+        binary(["prometheus-alertmanager", "alertmanager"], "prometheus-alertmanager"),
+        f"--config.file={workdir / 'alertmanager.yml'}",
+        f"--storage.path={workdir / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+    with _running(argv, f"http://127.0.0.1:{port}", workdir / "alertmanager.log") as url:
+        yield url
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    """The result of an instant query (a vector or a matrix as a list)."""
+    body = get_json(f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    if body.get("status") != "success":
+        raise MonitoringError(f"query {expr!r}: {body}")
+    result = body["data"]["result"]
+    return result if isinstance(result, list) else [result]
+
+
+def prometheus_alerts(prometheus: str, alertname: str) -> list[dict[str, Any]]:
+    """Prometheus' pending and firing alerts named ``alertname`` (labels, state, activeAt)."""
+    return [a for a in get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"] if a["labels"].get("alertname") == alertname]
+
+
+def alertmanager_alerts(alertmanager: str, alertname: str) -> list[dict[str, Any]]:
+    """Alertmanager's unresolved alerts named ``alertname`` (labels, startsAt, updatedAt, status)."""
+    matcher = urllib.parse.quote(f'alertname="{alertname}"')
+    return list(get_json(f"{alertmanager}/api/v2/alerts?filter={matcher}"))
