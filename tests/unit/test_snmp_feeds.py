@@ -313,3 +313,18 @@ def test_the_quiet_set_is_seeded_by_the_first_readable_table() -> None:
     seeded = quiet_after(Snapshot(TABLE, real_servers={(WEB, KEYS[0]): RealServerState(Health.ALIVE)}), None)
     assert seeded == {(WEB, KEYS[1]), (WEB, KEYS[2]), (FWM, RealServerKey("10.0.0.1", 0))}
     assert quiet_after(Snapshot(None), seeded) == seeded
+
+
+def test_the_exporters_provider_reads_the_configured_ledger(tmp_path: Path) -> None:
+    from exporter.main import snmp_provider
+    from lvsguard import config as config_module
+
+    write_ledger(tmp_path / "actuator.db")
+    config = config_module.loads(f"snmp: {{communities: [x]}}\nactuator: {{ledger: {tmp_path / 'actuator.db'}, min_healthy: 2}}\n")
+    provider = snmp_provider(config, None, probes=None, fifo=None)
+    assert provider.ledger is not None and provider.ledger.path == str(tmp_path / "actuator.db")
+    assert provider.probes is None and provider.quorum is not None and provider.quorum(WEB, 3) == 2
+    holds = provider.ledger.read()
+    assert holds is not None and holds[(WEB, KEYS[0])].hold is Hold.QUARANTINED
+    without = snmp_provider(config_module.loads("snmp: {communities: [x]}\n"), None, probes=None, fifo=None)
+    assert without.quorum is None and without.ledger is not None and without.ledger.path.endswith("actuator.db")
