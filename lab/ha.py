@@ -22,10 +22,21 @@ them keeps them. ``restart_keepalived(preempt=...)`` switches policy.
 from __future__ import annotations
 
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from lab import traffic
 from lab.keepalived import (
     InstanceFiles,
     Keepalived,
@@ -45,12 +56,14 @@ from lab.topology import (
     Director,
     Lab,
     LabError,
+    LabService,
     Progress,
     _ip_batch,
     _sysctl,
 )
 from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.ipvs.netns import entered, proc_net_path
 
 DIRECTOR2_NETNS = "lvs-dir2"
 PRIORITIES = {"dir1": 150, "dir2": 100}
@@ -61,6 +74,85 @@ INSIDE4, INSIDE6 = SERVER_PREFIX4 + "1", SERVER_PREFIX6 + "1"
 # second after a failover (measured 1.1 s). Hosts that route through a VRRP address
 # want locktime 0 (or keepalived's use_vmac, which moves the MAC with the addresses).
 NO_ARP_LOCKTIME = "ntable change name arp_cache dev eth0 locktime 0"
+EXPORTER_PORTS = {"dir1": 19931, "dir2": 19932}  # on 127.0.0.1 of the VM's own namespace
+ACTUATOR_PORTS = {"dir1": 19941, "dir2": 19942}
+READY_TIMEOUT = 60.0  # seconds: Python start-up and importing pyroute2 take about 2 s each under UML
+ROOT = Path(__file__).resolve().parent.parent
+ALERTMANAGER_EXAMPLE = ROOT / "alerts" / "alertmanager.yml"
+
+
+class Lvsguard:
+    """``lvsguard exporter`` and ``lvsguard actuator`` of one lab director, as real processes.
+
+    Both run in the VM's own namespace with ``--netns`` (netlink in the
+    director's namespace) and listen on 127.0.0.1, so tests and benchmarks
+    reach them over HTTP without entering a namespace. The exporter follows the
+    director's keepalived through its ``vrrp_notify_fifo``; the actuator writes
+    the director's track file and asks the other director's actuator before a
+    failover.
+    """
+
+    def __init__(self, name: str, directory: Path) -> None:
+        self.name = name
+        self.directory = directory
+        self.exporter_url = f"http://127.0.0.1:{EXPORTER_PORTS[name]}"
+        self.actuator_url = f"http://127.0.0.1:{ACTUATOR_PORTS[name]}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, config: Path, token_file: Path, netns: str) -> None:
+        """Start both processes (not waiting for them: ``wait_ready``), niced.
+
+        Python's start-up (about 2 s of CPU each under UML) must not starve
+        keepalived: with ``advert_int 0.1`` a backup that misses adverts for 0.4 s
+        takes the VIPs, and in the lab such a flap during a preemption once left
+        both directors MASTER for good.
+        """
+        commands = {
+            "exporter": ["exporter", "--config", str(config), "--netns", netns, "--listen", self.exporter_url[7:]],
+            "actuator": ["actuator", "--config", str(config), "--netns", netns, "--listen", self.actuator_url[7:],
+                         "--token-file", str(token_file), "--ledger", str(self.directory / "actuator.db")],
+        }  # fmt: skip
+        for what, argv in commands.items():
+            with open(self.directory / f"{what}.log", "ab") as log:
+                self.procs[what] = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "lvsguard.cli", *argv], cwd=ROOT,
+                                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Poll /metrics of both until they answer; raise with the process's log if one exits or never answers."""
+        deadline = time.monotonic() + timeout
+        for what, url in (("exporter", self.exporter_url), ("actuator", self.actuator_url)):
+            while True:
+                proc = self.procs[what]
+                if proc.poll() is not None:
+                    raise LabError(f"lvsguard {what} of {self.name} exited ({proc.returncode}): {self.log_tail(what)}")
+                try:
+                    with urllib.request.urlopen(f"{url}/metrics", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise LabError(f"lvsguard {what} of {self.name} does not answer on {url} after {timeout:g} s: "
+                                   f"{self.log_tail(what)}")  # fmt: skip
+                time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = {}
+
+    def log_tail(self, what: str, lines: int = 15) -> str:
+        try:
+            return "\n".join((self.directory / f"{what}.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
 
 def _director(name: str, netns: str, host: int) -> Director:
@@ -85,6 +177,10 @@ class HALab(Lab):
         self.director = self.directors[0]
         self._tmp: Path | None = None
         self.keepalived: dict[str, Keepalived] = {}
+        self.lvsguard: dict[str, Lvsguard] = {}  # the exporter and actuator processes (start_lvsguard)
+        self.token = ""
+        self.probes = "probes:\n  enabled: false\n"  # the ``probes`` section of the lvsguard processes' config
+        self.crashed: set[str] = set()  # directors whose processes were killed and links taken down (crash)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -116,7 +212,10 @@ class HALab(Lab):
             raise
 
     def teardown(self) -> None:
-        """Stop keepalived (before the namespaces go), then everything ``Lab.teardown`` removes."""
+        """Stop lvsguard and keepalived (before the namespaces go), then everything ``Lab.teardown`` removes."""
+        for processes in self.lvsguard.values():
+            processes.stop()
+        self.lvsguard = {}
         for instance in self.keepalived.values():
             instance.stop()
         self.keepalived = {}
@@ -226,11 +325,98 @@ class HALab(Lab):
         """Director ``name``'s VRRP state (MASTER, BACKUP, FAULT): its actuator's ``role_file``."""
         return self._files(name).role
 
+    # --- lvsguard processes and whole-director crashes ---------------------------------
+
+    def lvsguard_config(self, name: str, probes: str = "probes:\n  enabled: false\n") -> str:
+        """The config of director ``name``'s exporter and actuator: names, its FIFO, track and role files, its peer.
+
+        ``probes`` is the config's ``probes`` section (YAML); by default none run.
+        """
+        peer = next(d.name for d in self.directors if d.name != name)
+        files = self._files(name)
+        return (self.config_yaml_for(name, listen=f"127.0.0.1:{EXPORTER_PORTS[name]}")
+                .replace("director:\n", f"director:\n  keepalived_fifo: {files.exporter_fifo}\n", 1)
+                + probes
+                + "actuator:\n  hold_down: 0\n  job_poll_interval: 0.2\n"
+                + f"  role_file: {files.role}\n  failover_track_file: {files.track}\n"
+                + f"  failover_peer_url: http://127.0.0.1:{ACTUATOR_PORTS[peer]}\n")  # fmt: skip
+
+    def start_lvsguard(self, token: str, names: tuple[str, ...] | None = None, *,
+                       probes: str | None = None) -> dict[str, Lvsguard]:
+        """Start ``lvsguard exporter`` and ``lvsguard actuator`` for the named directors (default: both); wait for them.
+
+        All processes start before the first wait: under UML each takes about 2 s to serve.
+        ``probes`` (a ``probes`` section) is kept for later restarts (``revive``).
+        """
+        if self._tmp is None:
+            raise LabError("the HA lab is not built")
+        self.token = token
+        if probes is not None:
+            self.probes = probes
+        token_file = self._tmp / "tokens"
+        token_file.write_text(f"lab:{token}\n")
+        token_file.chmod(0o600)
+        started = []
+        for director in self.directors:
+            if names is not None and director.name not in names:
+                continue
+            directory = self._tmp / director.name
+            config = directory / "lvsguard.yaml"
+            config.write_text(self.lvsguard_config(director.name, self.probes))
+            processes = self.lvsguard.get(director.name) or Lvsguard(director.name, directory)
+            processes.stop()
+            processes.start(config, token_file, director.netns)
+            self.lvsguard[director.name] = processes
+            started.append(processes)
+        for processes in started:
+            processes.wait_ready()
+        return dict(self.lvsguard)
+
+    def crash(self, name: str) -> float:
+        """Director ``name`` dies at once: SIGKILL to keepalived, the exporter and the actuator, then its links down.
+
+        Like a power cut, nothing is given up cleanly: the VRRP addresses stay
+        configured on the dead interfaces and no priority-0 advert is sent, so the
+        peer takes over when the master-down timer expires. ``vip_owners`` and
+        ``wait_for_vip_owner`` leave a crashed director out. Returns the
+        ``time.monotonic()`` at which keepalived was killed.
+        """
+        killed = time.monotonic()
+        self.keepalived[name].crash()
+        if name in self.lvsguard:
+            self.lvsguard[name].stop(signal.SIGKILL)
+        self.crashed.add(name)
+        _ip_batch(["link set eth0 down", "link set eth1 down"], netns=self.director_named(name).netns)
+        return killed
+
+    def revive(self, name: str, *, lvsguard: bool = True) -> None:
+        """Boot director ``name`` again after ``crash``: a clean network and no sync daemon, then lvsguard and keepalived.
+
+        A rebooted director starts with its own addresses only (the VRRP ones are
+        keepalived's to add) and no kernel sync daemon (keepalived starts it in
+        the role VRRP gives it). Its IPVS table is kept, as provisioning would
+        restore it.
+        """
+        director = self.director_named(name)
+        config = self.vrrp_config(director, preempt=self.preempt)
+        for address, dev in (*config.vips4, *config.vips6):
+            subprocess.run(["ip", "-n", director.netns, "addr", "del", address, "dev", dev],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+        with NetlinkIPVS(director.netns) as kernel:
+            for daemon in kernel.sync_daemons():
+                kernel.stop_sync_daemon(daemon.role)
+        _ip_batch([command.replace("addr add", "addr replace") for command in self._ha_director_commands(director)],
+                  netns=director.netns)  # fmt: skip
+        self.crashed.discard(name)
+        if lvsguard and self.token:  # first, as a booting director would: their start-up is heavy, VRRP is not
+            self.start_lvsguard(self.token, (name,))
+        self.start_keepalived((name,))
+
     # --- who holds the VIPs -----------------------------------------------------------
 
     def vip_owners(self) -> tuple[str, ...]:
         """The directors that have the NAT VIP on an interface now (one netlink dump each)."""
-        return tuple(d.name for d in self.directors if VIP_NAT in local_addresses(d.netns))
+        return tuple(d.name for d in self.directors if d.name not in self.crashed and VIP_NAT in local_addresses(d.netns))
 
     def wait_for_vip_owner(self, name: str, timeout: float = 30.0, poll: float = 0.005) -> float:
         """Poll until exactly director ``name`` holds every IPv4 VIP; return the seconds it took."""
@@ -238,9 +424,9 @@ class HALab(Lab):
         deadline = started + timeout
         wanted = {vip for vip in self.director.vips if ":" not in vip} | {GATEWAY4, INSIDE4}
         while True:
-            held = {d.name: set(local_addresses(d.netns)) & wanted for d in self.directors}
+            held = {d.name: set(local_addresses(d.netns)) & wanted for d in self.directors if d.name not in self.crashed}
             others = [n for n, addresses in held.items() if n != name and addresses]
-            if held[name] == wanted and not others:
+            if held.get(name) == wanted and not others:
                 return time.monotonic() - started
             if time.monotonic() > deadline:
                 logs = "\n".join(f"--- {n}: role {k.role() or 'none'}\n{k.log_tail()}" for n, k in self.keepalived.items())
@@ -252,3 +438,142 @@ class HALab(Lab):
         """``config_yaml`` for director ``name``."""
         return self.config_yaml(listen=listen).replace(f"netns: {self.director.netns}",
                                                        f"netns: {self.director_named(name).netns}", 1)
+
+
+# --- Alertmanager in front of both actuators ---------------------------------------------
+
+
+def alertmanager_config(webhook_urls: dict[str, str], token_file: Path, *,
+                        group_interval: str | None = None) -> dict[str, Any]:
+    """alerts/alertmanager.yml with its two actuator URLs pointed at ``webhook_urls`` (dir1's, dir2's) and ``token_file``.
+
+    ``group_interval`` replaces the quarantine route's (10 s) when given, so a
+    resolved notification comes sooner; nothing else of the example changes.
+    """
+    config: dict[str, Any] = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text())
+    [receiver] = [r for r in config["receivers"] if r["name"] == "lvsguard-actuator"]
+    if len(receiver["webhook_configs"]) != len(webhook_urls):
+        raise LabError(f"{ALERTMANAGER_EXAMPLE}: receiver lvsguard-actuator lists {len(receiver['webhook_configs'])} "
+                       f"webhooks, the HA lab has {len(webhook_urls)} actuators")  # fmt: skip
+    for webhook, url in zip(receiver["webhook_configs"], webhook_urls.values()):
+        webhook["url"] = url
+        webhook["http_config"]["authorization"]["credentials_file"] = str(token_file)
+    if group_interval is not None:
+        for route in config["route"]["routes"]:
+            if route["receiver"] == "lvsguard-actuator" and "quarantine" in route["matchers"][0]:
+                route["group_interval"] = group_interval
+    return config
+
+
+@contextmanager
+def running_alertmanager(workdir: Path, config: dict[str, Any], timeout: float = READY_TIMEOUT) -> Iterator[str]:
+    """A real Alertmanager (Debian's prometheus-alertmanager) with ``config`` on a free loopback port; yields its URL."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        raise LabError("Alertmanager is not installed (Debian package prometheus-alertmanager; make apt)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = workdir / "alertmanager.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [binary, f"--config.file={workdir / 'alertmanager.yml'}", f"--storage.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise LabError(f"Alertmanager exited ({process.returncode}): {log.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise LabError(f"Alertmanager not ready on {url} after {timeout:g} s: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- connections across a failover (tests, demo and benchmark) -----------------------
+
+
+def sync_roles(lab: HALab, name: str) -> set[str]:
+    """The roles (master, backup) of the IPVS sync daemons running in director ``name``."""
+    with NetlinkIPVS(lab.director_named(name).netns) as kernel:
+        return {d.role for d in kernel.sync_daemons()}
+
+
+def synced_connections(lab: HALab, name: str, socks: list[socket.socket]) -> int:
+    """How many of the client's connections ``socks`` director ``name`` has as ESTABLISHED (by client port)."""
+    ports = {f"{sock.getsockname()[1]:04X}" for sock in socks}
+    with entered(lab.director_named(name).netns), open(proc_net_path("ip_vs_conn")) as fh:
+        rows = [line.split() for line in fh]
+    return sum(1 for row in rows if len(row) > 7 and row[2] in ports and row[7] == "ESTABLISHED")
+
+
+def open_held(lab: HALab, service: LabService, n: int) -> list[socket.socket]:
+    """``n`` long-lived HTTP connections (``/hold``) from the client, each answered with its real server's name."""
+    socks = []
+    with entered(lab.client.netns):
+        for _ in range(n):
+            sock = socket.create_connection((service.address, service.port), timeout=5)
+            socks.append(sock)
+            sock.sendall(b"GET /hold?seconds=120 HTTP/1.0\r\nHost: lab\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or not data.partition(b"\r\n\r\n")[2].endswith(b"\n"):
+                chunk = sock.recv(4096)
+                assert chunk, f"{service}: a held connection closed before the real server named itself"
+                data += chunk
+    return socks
+
+
+def served_again(lab: HALab, service: LabService, since: float, timeout: float = 15.0) -> float:
+    """Retry one HTTP request through ``service`` until it is answered; seconds from ``since`` (monotonic).
+
+    Right after the VIPs move, the client may still send to the old director
+    (until the new one's gratuitous ARP arrives), which answers "network
+    unreachable"; a real client retries, and so does this.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if sum(traffic.http_get(lab, service.address, service.port, 1, timeout=1.0).values()) == 1:
+                return time.monotonic() - since
+        except traffic.TrafficError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
+
+
+def survivors(socks: list[socket.socket]) -> int:
+    """Close each connection from the client's side; count those the real server closes in turn (FIN, not RST).
+
+    A director that lacks the connection answers the client's FIN with a reset:
+    nothing listens on the VIP itself.
+    """
+    alive = 0
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(5)
+            if sock.recv(4096) == b"":
+                alive += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return alive

@@ -93,6 +93,11 @@ class InstanceFiles:
         return self.directory / "notify.fifo"
 
     @property
+    def exporter_fifo(self) -> Path:
+        """keepalived's ``vrrp_notify_fifo``: the exporter's ``director.keepalived_fifo`` (a reader of its own)."""
+        return self.directory / "exporter.fifo"
+
+    @property
     def log(self) -> Path:
         return self.directory / "keepalived.log"
 
@@ -112,6 +117,7 @@ def render(config: VrrpConfig, files: InstanceFiles) -> str:
     vrrp_garp_master_delay 1
     vrrp_garp_master_repeat 2
 {sync}    notify_fifo {files.fifo}
+    vrrp_notify_fifo {files.exporter_fifo}
 }}
 
 track_file lvsguard_failover {{
@@ -157,8 +163,9 @@ class Keepalived:
         """Config, the notify FIFO and a track file at 0 (keepalived reads it at start)."""
         self.files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.files.config.write_text(render(self.config, self.files))
-        if not self.files.fifo.exists():
-            os.mkfifo(self.files.fifo, 0o600)
+        for fifo in (self.files.fifo, self.files.exporter_fifo):
+            if not fifo.exists():
+                os.mkfifo(fifo, 0o600)
         if not self.files.track.exists():
             self.files.track.write_text("0\n")
 
@@ -184,7 +191,7 @@ class Keepalived:
                     os.replace(tmp, self.files.role)
 
     def start(self) -> None:
-        """Start keepalived in the director's namespace (the VRRP process only)."""
+        """Start keepalived in the director's namespace (the VRRP process only), its log line-buffered (``stdbuf``)."""
         if self.running:
             return
         self.write_files()
@@ -196,7 +203,7 @@ class Keepalived:
         try:
             with open(self.files.log, "ab") as log:  # the child keeps its own copy of the descriptor
                 self._proc = subprocess.Popen(
-                    ["ip", "netns", "exec", self.config.netns, KEEPALIVED, "-n", "-l", "-D", "--vrrp",
+                    ["ip", "netns", "exec", self.config.netns, "stdbuf", "-oL", KEEPALIVED, "-n", "-l", "-D", "--vrrp",
                      "-f", str(self.files.config), "-p", str(self.files.pid), "-r", str(self.files.vrrp_pid),
                      "-c", str(self.files.checkers_pid)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -219,6 +226,23 @@ class Keepalived:
             with open(self.files.fifo, "w") as fifo:  # the follower holds it open: this never blocks
                 fifo.write("STOP\n")
             follower.join(STOP_TIMEOUT)
+
+    def crash(self) -> None:
+        """SIGKILL both keepalived processes (the VRRP child first): no priority-0 advert, the VIPs stay configured.
+
+        Killing the parent alone is not a crash: the VRRP child would notice and
+        shut down cleanly, giving the VIPs up at once.
+        """
+        try:
+            child = int(self.files.vrrp_pid.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            child = 0
+        if child > 0:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.stop(signal.SIGKILL)
 
     def role(self) -> str:
         """What the notify FIFO last said (MASTER, BACKUP, FAULT), or "" before the first transition."""
