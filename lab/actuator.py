@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import waitress
 
@@ -21,23 +21,39 @@ from lvsguard.ipvs.netlink import NetlinkIPVS
 
 
 @contextmanager
+def serving(app: Any, *, port: int = 0, threads: int = 4) -> Iterator[str]:
+    """Serve a WSGI ``app`` over waitress on 127.0.0.1 in a thread; yields its base URL, and stops it for good.
+
+    The stop order matters: waitress's worker threads pull the loop's trigger
+    after each response, so they go first (a pull on a closed trigger is an
+    EBADF in a worker, or a byte written into whatever file took its number);
+    then the loop closes every channel from its own thread (closing from here
+    races its select) and ends when none is left.
+    """
+    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=threads, asyncore_loop_timeout=0.05)
+    thread = threading.Thread(target=server.run, name="waitress-loop", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.task_dispatcher.shutdown(timeout=5)
+        try:
+            server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
+        except OSError:  # the trigger is closed already: no loop is left to wake
+            server.close()
+        thread.join(5)
+
+
+@contextmanager
 def running_actuator(settings: ActuatorSettings, netns: str, ledger_path: str, *, port: int = 0) -> Iterator[str]:
     """Serve an actuator for the IPVS table of ``netns`` on 127.0.0.1 (``port`` 0: a free one); yields its base URL."""
     kernel = NetlinkIPVS(netns)
     app = create_app(settings, kernel=kernel, ledger_path=ledger_path)
     state = app.extensions["lvsguard"]
     state.runner.begin()
-    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=4, asyncore_loop_timeout=0.05)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.effective_port}"
+        with serving(app, port=port) as url:
+            yield url
     finally:
-        try:  # close every channel from the loop's own thread, then the loop ends
-            server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
-        except OSError:  # EBADF, seen once in the lab: the trigger was already closed, no loop is left to wake
-            server.close()
-        thread.join(5)
-        server.task_dispatcher.shutdown()
         state.runner.stop()
         kernel.close()

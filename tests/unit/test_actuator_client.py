@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import waitress
 from flask import Flask
 
 from lvsguard.model import RealServerKey, ServiceKey
@@ -18,6 +16,7 @@ from actuator.app import create_app
 from actuator.client import COMMANDS, ClientError, ProgressBar, status_from_api
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings, Names, Quorum
+from lab.actuator import serving
 from tests.fakes import FakeKernel, service
 
 TOKEN = "cli-secret-0123456789"
@@ -31,14 +30,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
     settings = ActuatorSettings(tokens={"alice": TOKEN}, hold_down=0.0, names=NAMES, min_healthy=Quorum(2))
     kernel = FakeKernel([service(str(WEB), ("10.0.1.1:80", 5), ("10.0.1.2:80", 5), ("10.0.1.3:80", 5))])
     app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2, asyncore_loop_timeout=0.05)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield app, f"http://127.0.0.1:{server.effective_port}"
-    # close every channel from inside waitress's loop (closing from here races its select): the loop ends when none is left
-    server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
-    thread.join(5)
-    server.task_dispatcher.shutdown()
+    with serving(app) as url:
+        yield app, url
 
 
 def cli(url: str, *argv: str, token_file: Path | None = None) -> argparse.Namespace:
