@@ -7,6 +7,9 @@
    (bench/scrape.py).
 3. The actuator inside the lab VM: Alertmanager webhook -> weight in the
    kernel at 100 requests/s, and one payload of 1 000 alerts (bench/actuator.py).
+4. The monitoring loop end to end inside the lab VM: a killed real server's
+   service -> probe -> Prometheus rule -> Alertmanager -> actuator -> weight 0,
+   and back, per-hop medians (bench/e2e_loop.py).
 
 The results are printed as Markdown tables (bench/README.md keeps a copy of
 the last run with the machine it ran on) and written as JSON to bench/results/.
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-decoder", action="store_true")
     parser.add_argument("--skip-scrape", action="store_true")
     parser.add_argument("--skip-actuator", action="store_true")
+    parser.add_argument("--skip-e2e", action="store_true")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -55,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             "actuator: webhook -> weight in the kernel (lab VM)",
             ["lab/vm.sh", "--mem", "1024", "--timeout", "900", py, "bench/actuator.py",
              "--json", str(RESULTS / "actuator.json")],
+        )
+    if not args.skip_e2e:
+        step(
+            "end-to-end loop: probe -> Prometheus -> Alertmanager -> actuator -> kernel (lab VM)",
+            ["lab/vm.sh", "--timeout", "900", py, "bench/e2e_loop.py", "--runs", "5", "--json", str(RESULTS / "e2e_loop.json")],
         )
     return 0
 
