@@ -72,10 +72,20 @@ class Budget:
         items[:] = kept
 
     def _counting(self, nodeid: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        """``inner``, counting the cases it ran; a draw hypothesis rejected (a filter, an assumption) is no case."""
+        from hypothesis.errors import Frozen, StopTest, UnsatisfiedAssumption
+
         @functools.wraps(inner)
         def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = inner(*args, **kwargs)
+            except (UnsatisfiedAssumption, StopTest, Frozen):
+                raise
+            except BaseException:
+                self.per_test[nodeid] += 1  # a failing case is a case
+                raise
             self.per_test[nodeid] += 1
-            return inner(*args, **kwargs)
+            return result
 
         return run
 
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(args.examples, args.select)
     files = sorted({prefix.split("::")[0] for prefix, _ in SURFACES})
     started = time.monotonic()
-    status = pytest.main(["-q", "-p", "no:cacheprovider", "-x", *files], plugins=[budget])
+    status = pytest.main(["-q", "-p", "no:cacheprovider", *files], plugins=[budget])
     print("\n| property | cases | seconds |\n|---|---:|---:|")
     for nodeid, cases in budget.per_test.items():
         print(f"| {nodeid.split('::', 1)[1]} | {cases} | {budget.seconds.get(nodeid, 0.0):.0f} |")
