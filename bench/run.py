@@ -11,6 +11,10 @@
    service -> probe -> Prometheus rule -> Alertmanager -> actuator -> weight 0,
    and back, per-hop medians (bench/e2e_loop.py).
 
+The director failover (bench/failover.py, lab VM): from a failover request to
+the VIP answering on the backup, through the actuator and through keepalived's
+track file alone, and the long-lived connections kept with and without sync.
+
 The results are printed as Markdown tables (bench/README.md keeps a copy of
 the last run with the machine it ran on) and written as JSON to bench/results/.
 """
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-decoder", action="store_true")
     parser.add_argument("--skip-scrape", action="store_true")
     parser.add_argument("--skip-actuator", action="store_true")
+    parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             "actuator: webhook -> weight in the kernel (lab VM)",
             ["lab/vm.sh", "--mem", "1024", "--timeout", "900", py, "bench/actuator.py",
              "--json", str(RESULTS / "actuator.json")],
+        )
+    if not args.skip_failover:
+        step(
+            "director failover: POST /api/v1/failover vs keepalived's track file alone, connections kept by sync (lab VM)",
+            ["lab/vm.sh", "--mem", "1024", "--timeout", "900", py, "bench/failover.py", "--runs", "10",
+             "--json", str(RESULTS / "failover.json")],
         )
     if not args.skip_e2e:
         step(
