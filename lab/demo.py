@@ -1,23 +1,28 @@
-"""``make demo``: the lab cluster with real traffic, seen through lvsguard's exporter.
+"""``make demo``: the two-director lab cluster with real traffic, seen and driven by lvsguard.
 
 Runs inside the lab VM (``lab/vm.sh .venv/bin/python lab/demo.py``). It builds
-the cluster (docs/lab.md), starts ``lvsguard exporter`` on the director's
-namespace, sends real HTTP and UDP traffic through the NAT, DR, fwmark, IPv6
-and UDP services, then prints the table (``lvsguard status``), the live
-counters scraped from the exporter, long-lived connections showing as active,
-and a weight change taking effect on new connections. Every step is checked:
-the exit status is 0 only when the kernel and the exporter agree with what the
-client did.
+the HA cluster (docs/lab.md, docs/ha.md: two directors with keepalived, three
+real servers, a client), starts a real Alertmanager that sends every
+notification to both directors' actuators, and ``lvsguard exporter`` and
+``lvsguard actuator`` on each director. First the single-director view, on the
+active director: real HTTP and UDP traffic through the NAT, DR, fwmark, IPv6
+and UDP services, the table (``lvsguard status``), the live counters scraped
+from the exporter, long-lived connections showing as active, and a weight
+change taking effect on new connections. Then the HA story with a timeline
+(lab/demo_ha.py): a real server dies and comes back, the active director
+crashes, the backup takes over with the long-lived connections, the primary
+returns. Every step is checked: the exit status is 0 only when the kernel, the
+exporter and the client agree with what should happen.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
+import secrets
+import shutil
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -25,11 +30,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (lab/demo.py): make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import traffic  # noqa: E402
-from lab.topology import ROOT, Lab, LabError  # noqa: E402
+from lab import demo_ha, traffic  # noqa: E402
+from lab.ha import SETTLE, ACTUATOR_PORTS, EXPORTER_PORTS, HALab, alertmanager_config, running_alertmanager  # noqa: E402
+from lab.keepalived import KeepalivedError  # noqa: E402
+from lab.topology import Lab, LabError  # noqa: E402
 
-LISTEN = "127.0.0.1:9910"
-EXPORTER_READY_TIMEOUT = 60.0  # seconds: Python start-up and imports are slow under UML
+LISTEN = f"127.0.0.1:{EXPORTER_PORTS['dir1']}"  # the active director's exporter
 COUNTERS_TIMEOUT = 10.0  # seconds: the kernel folds its counters every 2 s
 REQUESTS_PER_PORT = {"nat": 60, "dr": 30, "fwmark": 30, "nat6": 24, "udp": 30}
 
@@ -56,39 +62,6 @@ def split(counter: Counter[str]) -> str:
 
 
 # --- the exporter ----------------------------------------------------------------------
-
-
-def start_exporter(lab: Lab, config_file: Path, listen: str = LISTEN) -> subprocess.Popen[bytes]:
-    """Start ``lvsguard exporter`` on the director's namespace, serving on ``listen`` in ours."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "lvsguard.cli", "exporter", "--config", str(config_file),
-         "--netns", lab.director.netns, "--listen", listen],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-
-
-def wait_until_serving(proc: subprocess.Popen[bytes], listen: str = LISTEN) -> str | None:
-    """None once /metrics answers; otherwise why not (the exporter's own error when it exited)."""
-    deadline = time.monotonic() + EXPORTER_READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-            return f"the exporter exited ({proc.returncode}): {err or 'no message'}"
-        try:
-            scrape(listen)
-            return None
-        except (OSError, urllib.error.URLError):
-            time.sleep(0.2)
-    return f"the exporter did not answer on http://{listen}/metrics within {EXPORTER_READY_TIMEOUT:.0f} s"
-
-
-def stop_exporter(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def scrape(listen: str = LISTEN) -> str:
@@ -217,45 +190,52 @@ def show_weight_change(lab: Lab, exporter_ok: bool) -> None:
 
 
 def main() -> int:
-    print("lvsguard lab demo: a director, real servers and a client in network namespaces,")
-    print("real traffic through the kernel's IPVS, and lvsguard's exporter watching it.\n")
-    lab = Lab()
-    exporter: subprocess.Popen[bytes] | None = None
+    print("lvsguard lab demo: two directors (keepalived), real servers and a client in network namespaces,")
+    print("real traffic through the kernel's IPVS, lvsguard's exporter watching it and its actuator driving it.\n")
+    lab = HALab()
+    workdir = Path(tempfile.mkdtemp(prefix="lvsguard-demo-"))
     try:
         lab.build(progress=step)
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="lvsguard-lab-", delete=False) as f:
-            f.write(lab.config_yaml(listen=LISTEN))
-        step(f"starting lvsguard exporter --netns {lab.director.netns} --listen {LISTEN} (names from {f.name})")
-        exporter = start_exporter(lab, Path(f.name))
-
-        section("real traffic from the client namespace (every request is a new connection)")
-        before = {s.name: lab.connections(s) for s in lab.services.values()}
-        why_not = wait_until_serving(exporter)
-        exporter_before = samples(scrape(), "ipvs_backend_connections_total") if why_not is None else {}
-        seen = send_traffic(lab)
-
-        show_kernel_agrees(lab, seen, before)  # type: ignore[arg-type]
-        show_status(lab)
-        if why_not is None:
-            show_exporter(lab, seen, exporter_before)
-        else:
-            section("live counters from the exporter")
-            check(False, f"exporter not available: {why_not}")
-        show_active(lab, why_not is None)
-        show_weight_change(lab, why_not is None)
-    except (LabError, traffic.TrafficError, OSError) as exc:
+        token_file = workdir / "token"
+        token_file.write_text(secrets.token_hex(16) + "\n")
+        webhooks = {name: f"http://127.0.0.1:{port}/webhook/alertmanager" for name, port in ACTUATOR_PORTS.items()}
+        with running_alertmanager(workdir / "alertmanager", alertmanager_config(webhooks, token_file)) as alertmanager:
+            step(f"Alertmanager on {alertmanager} (alerts/alertmanager.yml), its webhook to both directors' actuators")
+            step("starting lvsguard exporter and lvsguard actuator for each director (--netns lvs-dir1, lvs-dir2)")
+            lab.start_lvsguard(token_file.read_text().strip(), probes=demo_ha.probes_section(alertmanager))
+            time.sleep(SETTLE)  # no VRRP transition right after they start (lab.ha.SETTLE says why)
+            step(f"exporters on {', '.join(p.exporter_url for p in lab.lvsguard.values())}, "
+                 f"actuators on {', '.join(p.actuator_url for p in lab.lvsguard.values())}")  # fmt: skip
+            single_director(lab)
+            section("high availability: the story, step by step")
+            timeline = demo_ha.story(lab, step, check)
+            section("timeline of the HA story (seconds since it began)")
+            print(timeline.render(), flush=True)
+    except (LabError, KeepalivedError, traffic.TrafficError, OSError) as exc:
         print(f"\nlab demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        if exporter is not None:
-            stop_exporter(exporter)
         lab.teardown()
+        shutil.rmtree(workdir, ignore_errors=True)
     print()
     if failures:
         print(f"DEMO FAILED: {len(failures)} check(s) failed:\n  " + "\n  ".join(failures))
         return 1
-    step("DEMO OK: the kernel and the exporter agree with the client, exactly")
+    step("DEMO OK: the kernel and the exporter agree with the client; a real server and a director failed and the cluster kept serving")
     return 0
+
+
+def single_director(lab: Lab) -> None:
+    """The active director's view: traffic, exact counters, the table, the exporter, active connections, a weight change."""
+    section("real traffic from the client namespace (every request is a new connection)")
+    before = {s.name: lab.connections(s) for s in lab.services.values()}
+    exporter_before = samples(scrape(), "ipvs_backend_connections_total")
+    seen = send_traffic(lab)
+    show_kernel_agrees(lab, seen, before)  # type: ignore[arg-type]
+    show_status(lab)
+    show_exporter(lab, seen, exporter_before)
+    show_active(lab, True)
+    show_weight_change(lab, True)
 
 
 if __name__ == "__main__":

@@ -251,6 +251,18 @@ class Keepalived:
         except OSError:
             return ""
 
+    def vrrp_process(self) -> str:
+        """keepalived's VRRP process: its state and kernel wait channel (what a stuck director shows), for error messages."""
+        try:
+            pid = self.files.vrrp_pid.read_text().split()[0]
+            state = Path(f"/proc/{pid}/status").read_text().splitlines()[2].split(":", 1)[1].strip()
+            wchan = Path(f"/proc/{pid}/wchan").read_text().strip() or "-"
+            stack = " <- ".join(line.split()[-1] for line in Path(f"/proc/{pid}/stack").read_text().splitlines()[:8]) \
+                if Path(f"/proc/{pid}/stack").exists() else ""
+        except (OSError, IndexError):
+            return "VRRP process not running"
+        return f"VRRP process {pid} {state}, wchan {wchan}" + (f", stack {stack}" if stack else "")
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.files.log.read_text(errors="replace").splitlines()[-lines:])

@@ -28,7 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab import traffic
-from lab.ha import (HALab, Lvsguard, alertmanager_config, open_held, running_alertmanager, served_again, survivors,
+from lab.ha import (SETTLE, HALab, Lvsguard, alertmanager_config, open_held, running_alertmanager, served_again, survivors,
                     sync_roles, synced_connections)
 from lab.keepalived import available as keepalived_available
 from lab.topology import LabService, in_lab_vm
@@ -83,7 +83,9 @@ def ha_lab() -> Iterator[HALab]:
 @pytest.fixture(scope="module")
 def lvsguard(ha_lab: HALab) -> dict[str, Lvsguard]:
     """``lvsguard exporter`` and ``lvsguard actuator`` processes of dir1 and dir2 (stopped by the lab's teardown)."""
-    return ha_lab.start_lvsguard(TOKEN)
+    processes = ha_lab.start_lvsguard(TOKEN)
+    time.sleep(SETTLE)  # no VRRP transition right after they start (lab.ha.SETTLE says why)
+    return processes
 
 
 @pytest.fixture(scope="module")
