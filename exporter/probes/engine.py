@@ -19,11 +19,14 @@ Which checks run comes from a ``Plan``: with no config, a ``tcp`` check on
 every real server's own port. ``run`` re-reads the kernel table every
 ``refresh`` seconds and adds or cancels checks as real servers come and go.
 
-Big tables (``Budget``): the default checks together stay under
-``default_rate`` probes a second (their interval stretches, logged once per
-change), and the table is re-read no more often than ``REFRESH_FACTOR``
-times what one read and sync took, so that the engine, which shares the
-exporter's process, leaves the scrapes most of the interpreter.
+Big tables: the default checks together stay under ``default_rate`` probes a
+second, and under what ``default_cpu_share`` of a core buys at the CPU cost
+per probe the engine measures on its own thread (their interval stretches,
+logged once per change of more than a quarter) and then export
+their durations per service, not per real server (``metrics``); the table is
+re-read no more often than ``REFRESH_FACTOR`` times what one read and sync
+took. The engine shares the exporter's process: this keeps it from taking the
+interpreter, and the scrape's size, away from the scrapes.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ log = logging.getLogger("exporter.probes")
 
 DEFAULT_REFRESH = 2.0
 DEFAULT_RATE = 1000  # default (unconfigured) probes per second at most, all real servers together
+DEFAULT_CPU_SHARE = 0.1  # and no more than this share of the engine thread's CPU, at the cost per probe measured
 REFRESH_FACTOR = 10  # the table is re-read at most every REFRESH_FACTOR x (read + sync time)
 TICK = 0.002  # the scheduler's timer fires at most this often
+BUDGET_PERIOD = 5.0  # seconds between two looks at the default checks' budget (besides each table read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,8 @@ class ProbeEngine:
         jitter: Callable[[], float] = random.random,
         keep_lateness: bool = False,
         default_rate: float = DEFAULT_RATE,
+        default_cpu_share: float = DEFAULT_CPU_SHARE,
+        cpu_clock: Callable[[], float] = time.thread_time,
         hot_path: bool = True,
     ):
         self.plan = plan
@@ -153,6 +160,10 @@ class ProbeEngine:
         self.jitter = jitter
         self.stats = _Stats()
         self.default_rate = default_rate
+        self.default_cpu_share = default_cpu_share
+        self.cpu_per_probe: float | None = None  # the engine thread's CPU seconds per probe since the previous sync
+        self._cpu_clock = cpu_clock
+        self._cpu_mark: tuple[float, int] | None = None
         self.default_interval: float | None = None  # the stretched interval of the default checks, None: as configured
         self.refresh_wait = DEFAULT_REFRESH  # the wait before the next table read (stretched on big tables)
         self._keep_lateness = keep_lateness
@@ -167,6 +178,9 @@ class ProbeEngine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._logged_interval: float | None = None
+        self._stretched = False
+        self._defaults: tuple[int, float] = (0, 1.0)  # default checks in the table, their configured interval
+        self._next_budget = 0.0
 
     @property
     def jobs(self) -> dict[JobKey, _Job]:
@@ -196,35 +210,80 @@ class ProbeEngine:
             self._drop(jobs.pop(key))
             self.metrics.remove(key)
         default_interval = self._budget(spec for spec, _ in wanted.values())
+        stretched = default_interval is not None  # the default checks' durations then go to per-service histograms
+        regroup = stretched != self._stretched
+        self._stretched = stretched
         now = loop.time()
+        metrics = self.metrics
         for key, (spec, target) in wanted.items():
             job = jobs.get(key)
-            interval = default_interval if spec.default and default_interval is not None else spec.interval
+            interval = default_interval if spec.default and stretched else spec.interval
             if job is None:
                 job = _Job(key, spec, target, Health(spec.rise, spec.fall), Damper(self.damping.min_step, self.damping.min_interval), interval)
                 jobs[key] = job
-                self.metrics.add(key)
+                metrics.add(key, shared=spec.default and stretched)
                 self._schedule(job, now + interval * self.jitter())
             else:
                 job.interval = interval
+                if regroup and spec.default:
+                    metrics.share(key, stretched)
         if len(full) > len(present) or any(k not in present for k in full):
             self._full = {k: v for k, v in full.items() if k in present}
+        self._cpu_mark = (self._cpu_clock(), self.stats.probes)
+
+    def affordable_rate(self) -> float:
+        """Default probes a second allowed now: ``default_rate``, or fewer where a probe costs more than
+        ``default_cpu_share`` of the engine thread's CPU allows (the cost is measured between two syncs,
+        so a slow machine, or a virtual one whose system calls are dear, stretches the default checks further)."""
+        cpu, probes = self._cpu_clock(), self.stats.probes
+        mark = self._cpu_mark  # taken at the end of the previous sync: a sync's own work is not a probe's
+        if mark is not None and probes - mark[1] >= 100:
+            self.cpu_per_probe = (cpu - mark[0]) / (probes - mark[1])
+        if not self.cpu_per_probe or self.cpu_per_probe <= 0:
+            return self.default_rate
+        return min(self.default_rate, self.default_cpu_share / self.cpu_per_probe)
 
     def _budget(self, specs: Any) -> float | None:
-        """The default checks' interval under ``default_rate`` (None: as configured), logged when it changes."""
+        """The default checks' interval under ``affordable_rate()`` (None: as configured), logged when it changes much."""
         count, configured = 0, 0.0
         for spec in specs:
             if spec.default:
                 count += 1
                 configured = spec.interval
-        stretched = stretched_interval(count, configured, self.default_rate) if count else configured
+        self._defaults = (count, configured)
+        return self._interval_for(count, configured)
+
+    def _rebudget(self, now: float) -> None:
+        """Between two table reads: the default checks' interval again from the CPU per probe measured since."""
+        self._next_budget = now + BUDGET_PERIOD
+        count, configured = self._defaults
+        if not count:
+            return
+        before = self.default_interval
+        interval = self._interval_for(count, configured)
+        self._cpu_mark = (self._cpu_clock(), self.stats.probes)
+        if interval == before:
+            return
+        stretched = interval is not None
+        regroup = stretched != self._stretched
+        self._stretched = stretched
+        for job in self._jobs.values():
+            if job.spec.default:
+                job.interval = interval if interval is not None else job.spec.interval
+                if regroup:
+                    self.metrics.share(job.key, stretched)
+
+    def _interval_for(self, count: int, configured: float) -> float | None:
+        rate = self.affordable_rate()
+        stretched = stretched_interval(count, configured, rate) if count else configured
         interval = stretched if count and stretched > configured else None
         self.default_interval = interval
         logged = self._logged_interval
         if interval != logged and (interval is None or logged is None or abs(interval - logged) > 0.25 * logged):
             if interval is not None:
                 event(log, logging.WARNING, "probe_default_interval_stretched", checks=count, interval=round(interval, 3),
-                      configured=configured, max_rate=self.default_rate)  # fmt: skip
+                      configured=configured, max_rate=round(rate, 1),
+                      cpu_per_probe_ms=round(1000 * self.cpu_per_probe, 3) if self.cpu_per_probe else "")  # fmt: skip
             else:
                 event(log, logging.INFO, "probe_default_interval_restored", checks=count, interval=configured)
             self._logged_interval = interval
@@ -294,6 +353,8 @@ class ProbeEngine:
         loop = self._loop
         assert loop is not None
         now = loop.time()
+        if now >= self._next_budget:
+            self._rebudget(now)
         due = self._due
         lateness = self.stats.lateness if self._keep_lateness else None
         ready = []  # popped first: a check that ends at once and is due again waits for the next tick

@@ -5,6 +5,13 @@ Every series carries all backend labels (``BACKEND_LABELS``, as
 they join with the IPVS series and two checks of one real server never
 collide. Both exposition paths read the same state: ``families()`` for
 prometheus_client, ``chunks()`` for the exporter's fast text path.
+
+A check added ``shared`` (the default tcp checks of a table over the engine's
+budget) keeps its own success, health and change series, but its durations go
+to one histogram per service and check, whose real-server labels are empty:
+17 histogram lines per real server would make a 100 000-real-server scrape
+four times the size of the IPVS table's own (420 MB of text), for latency
+figures nobody reads per real server at that scale.
 """
 
 from __future__ import annotations
@@ -51,6 +58,16 @@ class _Series:
     healthy: int = 1
     changes: int = 0
     changed_at: float = 0.0
+    shared: _Series | None = None  # the per-service histogram its durations go to, if any
+    members: int = 0  # of a shared histogram: the checks that feed it
+
+
+_Row = tuple[tuple[str, ...], str, int, int, int, float]  # labels, label text, success, healthy, changes, changed at
+_Hist = tuple[tuple[str, ...], str, list[int], float, int]  # labels, label text, buckets, sum, count
+
+
+def _service_key(key: JobKey) -> tuple[ServiceKey, str]:
+    return key[0], key[2]
 
 
 class ProbeMetrics:
@@ -59,17 +76,56 @@ class ProbeMetrics:
     def __init__(self, names: Names | None = None):
         self.names: Names = names if names is not None else NoNames()
         self._series: dict[JobKey, _Series] = {}
+        self._shared: dict[tuple[ServiceKey, str], _Series] = {}
         self._lock = threading.Lock()
 
-    def add(self, key: JobKey) -> None:
+    def add(self, key: JobKey, shared: bool = False) -> None:
+        """Series for check ``key``; ``shared``: its durations go to its service's histogram."""
         service, real_server, check = key
         values = backend_label_values(service, real_server, self.names) + (check,)
         with self._lock:
-            self._series.setdefault(key, _Series(values, label_string(PROBE_LABELS, values)))
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(values, label_string(PROBE_LABELS, values))
+            self._share(key, series, shared)
+
+    def share(self, key: JobKey, shared: bool) -> None:
+        """Move the durations of ``key`` to its service's histogram, or back to its own (which starts empty)."""
+        with self._lock:
+            series = self._series.get(key)
+            if series is not None:
+                self._share(key, series, shared)
+
+    def _share(self, key: JobKey, series: _Series, shared: bool) -> None:
+        if (series.shared is not None) == shared:
+            return
+        if shared:
+            group = self._shared.get(_service_key(key))
+            if group is None:
+                service, _, check = key
+                values = backend_label_values(service, RealServerKey("", 0), self.names) + (check,)
+                values = values[:2] + ("", "") + values[4:7] + ("",) + values[8:]  # no real server: the service's histogram
+                group = self._shared[_service_key(key)] = _Series(values, label_string(PROBE_LABELS, values))
+            group.members += 1
+            series.shared = group
+        else:
+            self._leave(key, series)
+        series.buckets = [0] * len(BUCKETS)
+        series.total, series.count = 0.0, 0
+
+    def _leave(self, key: JobKey, series: _Series) -> None:
+        group = series.shared
+        if group is not None:
+            group.members -= 1
+            if group.members <= 0:
+                self._shared.pop(_service_key(key), None)
+            series.shared = None
 
     def remove(self, key: JobKey) -> None:
         with self._lock:
-            self._series.pop(key, None)
+            series = self._series.pop(key, None)
+            if series is not None:
+                self._leave(key, series)
 
     def observe(self, key: JobKey, result: ProbeResult, health: Health) -> None:
         with self._lock:
@@ -77,26 +133,28 @@ class ProbeMetrics:
             if s is None:
                 return
             s.success = 1 if result.ok else 0
+            h = s.shared if s.shared is not None else s
             i = bisect.bisect_left(BUCKETS, result.duration)
             if i < len(BUCKETS):
-                s.buckets[i] += 1
-            s.total += result.duration
-            s.count += 1
+                h.buckets[i] += 1
+            h.total += result.duration
+            h.count += 1
             s.healthy = 1 if health.healthy else 0
             s.changes = health.changes
             s.changed_at = health.changed_at
 
-    def snapshot(self) -> list[_Series]:
+    def _snapshot(self) -> tuple[list[_Row], list[_Hist]]:
+        """(one row per check, the histograms: per check where not shared, then the per-service ones), copied under the lock."""
         with self._lock:
-            return [
-                _Series(s.labels, s.text, s.success, list(s.buckets), s.total, s.count, s.healthy, s.changes, s.changed_at)
-                for s in self._series.values()
-            ]
+            rows = [(s.labels, s.text, s.success, s.healthy, s.changes, s.changed_at) for s in self._series.values()]
+            hists = [(s.labels, s.text, list(s.buckets), s.total, s.count) for s in self._series.values() if s.shared is None]
+            hists += [(g.labels, g.text, list(g.buckets), g.total, g.count) for g in self._shared.values()]
+        return rows, hists
 
     def families(self) -> Iterator[Metric]:
         """prometheus_client families (the registry path)."""
-        series = self.snapshot()
-        if not series:
+        rows, hists = self._snapshot()
+        if not rows:
             return
         labels = list(PROBE_LABELS)
         success = GaugeMetricFamily(SUCCESS[0], SUCCESS[2], labels=labels)
@@ -104,34 +162,38 @@ class ProbeMetrics:
         healthy = GaugeMetricFamily(HEALTHY[0], HEALTHY[2], labels=labels)
         changes = CounterMetricFamily(CHANGES[0], CHANGES[2], labels=labels)
         last = GaugeMetricFamily(LAST_CHANGE[0], LAST_CHANGE[2], labels=labels)
-        for s in series:
-            values = list(s.labels)
-            success.add_metric(values, s.success)
-            cumulative = _cumulative(s.buckets)
-            duration.add_metric(values, [(_le(b), c) for b, c in zip(BUCKETS, cumulative)] + [("+Inf", s.count)], s.total)
-            healthy.add_metric(values, s.healthy)
-            changes.add_metric(values, s.changes)
-            last.add_metric(values, s.changed_at)
+        for values, _, buckets, total, count in hists:
+            cumulative = _cumulative(buckets)
+            duration.add_metric(list(values), [(_le(b), c) for b, c in zip(BUCKETS, cumulative)] + [("+Inf", count)], total)
+        for values, _, ok, up, changed, changed_at in rows:
+            success.add_metric(list(values), ok)
+            healthy.add_metric(list(values), up)
+            changes.add_metric(list(values), changed)
+            last.add_metric(list(values), changed_at)
         yield from (success, duration, healthy, changes, last)
 
     def chunks(self) -> Iterator[str]:
         """The same families as Prometheus text (the exporter's fast path)."""
-        series = self.snapshot()
-        if not series:
+        rows, hists = self._snapshot()
+        if not rows:
             return
         head = {name: f"# HELP {name} {help_}\n# TYPE {name} {kind}\n" for name, kind, help_ in FAMILIES}
-        yield head[SUCCESS[0]] + "".join(f"{SUCCESS[0]}{s.text} {s.success}\n" for s in series)
+        name = SUCCESS[0]
+        yield head[name] + "".join([f"{name}{r[1]} {r[2]}\n" for r in rows])
         out = [head[DURATION[0]]]
         les = [f',le="{_le(b)}"}} ' for b in BUCKETS] + [',le="+Inf"} ']
-        for s in series:
-            base = f"{DURATION[0]}_bucket{s.text[:-1]}"
-            counts = _cumulative(s.buckets) + [s.count]
+        for _, text, buckets, total, count in hists:
+            base = f"{DURATION[0]}_bucket{text[:-1]}"
+            counts = _cumulative(buckets) + [count]
             out += [f"{base}{le}{c}\n" for le, c in zip(les, counts)]
-            out.append(f"{DURATION[0]}_sum{s.text} {s.total!r}\n{DURATION[0]}_count{s.text} {s.count}\n")
+            out.append(f"{DURATION[0]}_sum{text} {total!r}\n{DURATION[0]}_count{text} {count}\n")
         yield "".join(out)
-        yield head[HEALTHY[0]] + "".join(f"{HEALTHY[0]}{s.text} {s.healthy}\n" for s in series)
-        yield head[CHANGES[0]] + "".join(f"{CHANGES[0]}{s.text} {s.changes}\n" for s in series)
-        yield head[LAST_CHANGE[0]] + "".join(f"{LAST_CHANGE[0]}{s.text} {s.changed_at!r}\n" for s in series)
+        name = HEALTHY[0]
+        yield head[name] + "".join([f"{name}{r[1]} {r[3]}\n" for r in rows])
+        name = CHANGES[0]
+        yield head[name] + "".join([f"{name}{r[1]} {r[4]}\n" for r in rows])
+        name = LAST_CHANGE[0]
+        yield head[name] + "".join([f"{name}{r[1]} {r[5]!r}\n" for r in rows])
 
 
 def _cumulative(buckets: list[int]) -> list[int]:

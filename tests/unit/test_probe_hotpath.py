@@ -319,3 +319,100 @@ def test_the_default_rate_is_the_config_default() -> None:
     from lvsguard.config import ProbesConfig
 
     assert ProbesConfig().default_rate == DEFAULT_RATE
+
+
+def test_stretched_default_checks_share_a_histogram_per_service() -> None:
+    """Over the budget, the default checks' durations go to one histogram per service; back under it, per real server."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def buckets(text: str) -> set[tuple[str, str]]:
+        return {(s.labels["local_port"], s.labels["remote_port"]) for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "lvs_probe_duration_seconds_count"}  # fmt: skip
+
+    def healthy(text: str) -> int:
+        return sum(1 for f in text_string_to_metric_families(text) for s in f.samples if s.name == "lvs_backend_healthy")
+
+    async def body() -> dict[str, str]:
+        engine = ProbeEngine(default_rate=10, jitter=lambda: 1.0)
+        engine.sync(table(1, 2, 3, address="192.0.2.77", services=2))  # 6 checks at 1 s: under 10/s
+        small = "".join(engine.metrics.chunks())
+        engine.sync(table(*range(1, 11), address="192.0.2.77", services=2))  # 20 checks: over
+        big = "".join(engine.metrics.chunks())
+        engine.sync(table(1, 2, address="192.0.2.77", services=2))  # under again
+        again = "".join(engine.metrics.chunks())
+        await engine.stop()
+        return {"small": small, "big": big, "again": again}
+
+    out = asyncio.run(body())
+    assert buckets(out["small"]) == {(p, str(r)) for p in ("80", "81") for r in (1, 2, 3)}
+    assert buckets(out["big"]) == {("80", ""), ("81", "")} and healthy(out["big"]) == 20
+    assert buckets(out["again"]) == {(p, str(r)) for p in ("80", "81") for r in (1, 2)} and healthy(out["again"]) == 4
+
+
+def test_shared_histogram_counts_every_member_and_matches_the_registry_path() -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.probes.metrics import ProbeMetrics
+    from exporter.probes.state import Health
+
+    metrics = ProbeMetrics()
+    keys = [(SVC, RealServerKey("10.0.0.1", p), "tcp") for p in (1, 2, 3)]
+    for key in keys:
+        metrics.add(key, shared=True)
+    for key, took in zip(keys, (0.0002, 0.003, 0.2)):
+        metrics.observe(key, ProbeResult(True, "ok", took), Health(1, 1))
+    metrics.remove(keys[0])
+
+    class Wrap:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return metrics.families()
+
+    registry = CollectorRegistry()
+    registry.register(Wrap())  # type: ignore[arg-type]
+    fast = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families("".join(metrics.chunks())) for s in f.samples}
+    slow = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in registry.collect() for s in f.samples}
+    assert fast == slow
+    counts = {dict(k[1])["remote_address"]: v for k, v in fast.items() if k[0] == "lvs_probe_duration_seconds_count"}
+    assert counts == {"": 3.0}  # one histogram, every observation kept after a member left
+    assert sum(1 for k in fast if k[0] == "lvs_probe_success") == 2
+
+
+def test_default_rate_follows_the_measured_cpu_per_probe() -> None:
+    """A probe measured at 1 ms of the engine thread's CPU: 10 % of a core buys 100 default probes a second."""
+    cpu = {"now": 0.0}
+
+    async def body() -> tuple[float | None, float | None, float | None]:
+        engine = ProbeEngine(default_rate=1000, default_cpu_share=0.1, cpu_clock=lambda: cpu["now"], jitter=lambda: 1.0)
+        engine.sync(table(*range(1, 301), address="192.0.2.77"))  # no probe measured yet: default_rate, 300 checks fit
+        first = engine.default_interval
+        engine.stats.probes += 200  # as if 200 probes ran ...
+        cpu["now"] += 0.2  # ... on 0.2 s of the thread's CPU
+        engine.sync(table(*range(1, 301), address="192.0.2.77"))
+        second = engine.default_interval
+        await engine.stop()
+        return first, second, engine.cpu_per_probe
+
+    first, second, per_probe = asyncio.run(body())
+    assert first is None  # 300 checks at 1 s are under 1000/s
+    assert per_probe == pytest.approx(0.001) and second == pytest.approx(3.0)
+
+
+def test_the_budget_is_revised_between_table_reads() -> None:
+    """Probes turning out dear stretch the running default checks without waiting for the next table read."""
+    cpu = {"now": 0.0}
+
+    async def body() -> tuple[set[float], float | None, str]:
+        engine = ProbeEngine(default_rate=1000, default_cpu_share=0.1, cpu_clock=lambda: cpu["now"], jitter=lambda: 1.0)
+        engine.sync(table(*range(1, 301), address="192.0.2.77"))
+        engine.stats.probes += 300
+        cpu["now"] += 0.6  # 2 ms a probe: 50 probes a second affordable, 300 checks every 6 s
+        engine._rebudget(asyncio.get_running_loop().time())
+        intervals = {j.interval for j in engine.jobs.values()}
+        text = "".join(engine.metrics.chunks())
+        await engine.stop()
+        return intervals, engine.default_interval, text
+
+    intervals, interval, text = asyncio.run(body())
+    assert [round(i, 6) for i in intervals] == [6.0] and interval == pytest.approx(6.0)
+    assert text.count("lvs_probe_duration_seconds_count{") == 1  # the per-service histogram took over
