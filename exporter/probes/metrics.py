@@ -60,6 +60,7 @@ class _Series:
     changed_at: float = 0.0
     shared: _Series | None = None  # the per-service histogram its durations go to, if any
     members: int = 0  # of a shared histogram: the checks that feed it
+    lines: tuple[str, str, str, str] | None = None  # its success/healthy/changes/last-change lines, until a value changes
 
 
 _Row = tuple[tuple[str, ...], str, int, int, int, float]  # labels, label text, success, healthy, changes, changed at
@@ -132,14 +133,17 @@ class ProbeMetrics:
             s = self._series.get(key)
             if s is None:
                 return
-            s.success = 1 if result.ok else 0
+            success, healthy = 1 if result.ok else 0, 1 if health.healthy else 0
+            if s.lines is not None and (success != s.success or healthy != s.healthy or health.changes != s.changes):
+                s.lines = None
+            s.success = success
             h = s.shared if s.shared is not None else s
             i = bisect.bisect_left(BUCKETS, result.duration)
             if i < len(BUCKETS):
                 h.buckets[i] += 1
             h.total += result.duration
             h.count += 1
-            s.healthy = 1 if health.healthy else 0
+            s.healthy = healthy
             s.changes = health.changes
             s.changed_at = health.changed_at
 
@@ -172,14 +176,30 @@ class ProbeMetrics:
             last.add_metric(list(values), changed_at)
         yield from (success, duration, healthy, changes, last)
 
+    def _lines(self) -> tuple[list[tuple[str, str, str, str]], list[_Hist]]:
+        """The per-check lines of the four gauge/counter families (kept between scrapes while unchanged), and the histograms."""
+        ok, up, changes, last = SUCCESS[0], HEALTHY[0], CHANGES[0], LAST_CHANGE[0]
+        with self._lock:
+            lines = []
+            for s in self._series.values():
+                cached = s.lines
+                if cached is None:
+                    t = s.text
+                    cached = s.lines = (f"{ok}{t} {s.success}\n", f"{up}{t} {s.healthy}\n", f"{changes}{t} {s.changes}\n",
+                                        f"{last}{t} {s.changed_at!r}\n")  # fmt: skip
+                lines.append(cached)
+            hists = [(s.labels, s.text, list(s.buckets), s.total, s.count) for s in self._series.values() if s.shared is None]
+            hists += [(g.labels, g.text, list(g.buckets), g.total, g.count) for g in self._shared.values()]
+        return lines, hists
+
     def chunks(self) -> Iterator[str]:
         """The same families as Prometheus text (the exporter's fast path)."""
-        rows, hists = self._snapshot()
-        if not rows:
+        lines, hists = self._lines()
+        if not lines:
             return
         head = {name: f"# HELP {name} {help_}\n# TYPE {name} {kind}\n" for name, kind, help_ in FAMILIES}
-        name = SUCCESS[0]
-        yield head[name] + "".join([f"{name}{r[1]} {r[2]}\n" for r in rows])
+        yield head[SUCCESS[0]]
+        yield "".join([x[0] for x in lines])
         out = [head[DURATION[0]]]
         les = [f',le="{_le(b)}"}} ' for b in BUCKETS] + [',le="+Inf"} ']
         for _, text, buckets, total, count in hists:
@@ -188,12 +208,12 @@ class ProbeMetrics:
             out += [f"{base}{le}{c}\n" for le, c in zip(les, counts)]
             out.append(f"{DURATION[0]}_sum{text} {total!r}\n{DURATION[0]}_count{text} {count}\n")
         yield "".join(out)
-        name = HEALTHY[0]
-        yield head[name] + "".join([f"{name}{r[1]} {r[3]}\n" for r in rows])
-        name = CHANGES[0]
-        yield head[name] + "".join([f"{name}{r[1]} {r[4]}\n" for r in rows])
-        name = LAST_CHANGE[0]
-        yield head[name] + "".join([f"{name}{r[1]} {r[5]!r}\n" for r in rows])
+        yield head[HEALTHY[0]]
+        yield "".join([x[1] for x in lines])
+        yield head[CHANGES[0]]
+        yield "".join([x[2] for x in lines])
+        yield head[LAST_CHANGE[0]]
+        yield "".join([x[3] for x in lines])
 
 
 def _cumulative(buckets: list[int]) -> list[int]:
