@@ -10,6 +10,11 @@
 4. The monitoring loop end to end inside the lab VM: a killed real server's
    service -> probe -> Prometheus rule -> Alertmanager -> actuator -> weight 0,
    and back, per-hop medians (bench/e2e_loop.py).
+5. Probes on the host: CPU per tcp/http probe against blackbox_exporter on the
+   same targets, and 5 000 checks at 1 s (bench/probes.py).
+6. A killed real server -> weight 0 under 40 new connections/s inside the lab
+   VM: lvsguard's fast path vs keepalived's own checker, at the common and the
+   fast setting (bench/keepalived_checker.py).
 
 The director failover (bench/failover.py, lab VM): from a failover request to
 the VIP answering on the backup, through the actuator and through keepalived's
@@ -48,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-actuator", action="store_true")
     parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-probes", action="store_true")
+    parser.add_argument("--skip-keepalived", action="store_true")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -75,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         step(
             "end-to-end loop: probe -> Prometheus -> Alertmanager -> actuator -> kernel (lab VM)",
             ["lab/vm.sh", "--timeout", "900", py, "bench/e2e_loop.py", "--runs", "5", "--json", str(RESULTS / "e2e_loop.json")],
+        )
+    if not args.skip_probes:
+        step("probes: CPU per probe vs blackbox_exporter, 5 000 checks at 1 s (host)", [py, "bench/probes.py"])
+    if not args.skip_keepalived:
+        step(
+            "real server killed -> weight 0: lvsguard's fast path vs keepalived's checker (lab VM, 40 connections/s)",
+            ["lab/vm.sh", "--timeout", "1400", py, "bench/keepalived_checker.py", "--kills", "5",
+             "--json", str(RESULTS / "keepalived_checker.json")],
         )
     return 0
 

@@ -1,0 +1,383 @@
+"""A real server dies (SIGKILL) -> weight 0 in the kernel: lvsguard's fast path vs keepalived's own checker.
+
+Runs inside the lab VM (``bench/run.py`` starts it there; by hand:
+``lab/vm.sh .venv/bin/python bench/keepalived_checker.py --kills 5``). On the
+lab, a service of its own (``TCP 192.0.2.10:82`` -> every real server's port
+8081, one ``lab.servers`` process per real server, as lab.e2e_loop) carries a
+client load of ``--rate`` new connections a second through the VIP from the
+client's namespace. Each kill SIGKILLs rs1's process (its port then answers
+with a reset), polls the kernel every ~5 ms until rs1's weight is 0, keeps the
+load on for a moment, starts the process again and polls until the weight is
+back. Two checkers, one after the other, at two settings each:
+
+- keepalived's checker (Debian ``keepalived -C``): ``virtual_server`` with a
+  ``TCP_CHECK`` per real server and ``inhibit_on_failure`` (weight 0 instead
+  of removal); keepalived creates the service itself;
+- lvsguard: a real ``lvsguard exporter`` process with one ``tcp`` check per
+  real server and ``probes.publish`` to a real actuator (the fast path), which
+  writes the weight over netlink;
+
+at the common setting (``delay_loop 1, connect_timeout 1, retry 1``; lvsguard
+``interval 1s, timeout 1s, fall 2``) and the fast one (``delay_loop 0.1,
+connect_timeout 0.1, retry 0``; lvsguard ``interval 100ms, timeout 100ms,
+fall 1``). Both bring a real server back on its first success (lvsguard
+``rise 1``).
+
+Reported per checker and setting: median and max time from the kill to
+weight 0, failed client requests per kill (and how many of them started
+after the weight was 0), CPU of the checker's processes (utime+stime over a
+quiet stretch with the checks running: keepalived's processes; the exporter
+process) and the restore time (the process listens again -> weight back).
+
+Not a test: the figures depend on the machine; compare only numbers of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from actuator.settings import ActuatorSettings, RateLimit  # noqa: E402
+from lab.actuator import running_actuator  # noqa: E402
+from lab.e2e_loop import BACKEND_PORT, HTTPService  # noqa: E402
+from lab.topology import VIP_NAT, Lab  # noqa: E402
+from lvsguard.errors import LvsguardError  # noqa: E402
+from lvsguard.ipvs.netlink import NetlinkIPVS  # noqa: E402
+from lvsguard.ipvs.netns import entered  # noqa: E402
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, VirtualService  # noqa: E402
+
+SERVICE_PORT = 82  # on the NAT VIP: the lab uses 80, 443, 53 and the e2e loop 81
+KEEPALIVED = "/usr/sbin/keepalived"
+TOKEN = "bench-keepalived-token-0123456789ab"
+POLL = 0.005  # seconds between two reads of the victim's weight
+WAIT = 30.0  # seconds: a guard against a hung part, not a measurement
+CPU_WINDOW = 10.0  # seconds of checks without kills over which CPU is measured
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    delay_loop: float  # keepalived; lvsguard's interval
+    connect_timeout: float  # keepalived; lvsguard's timeout
+    retry: int  # keepalived; lvsguard's fall is retry + 1
+
+    @property
+    def fall(self) -> int:
+        return self.retry + 1
+
+
+SETTINGS = (Setting("common", 1.0, 1.0, 1), Setting("fast", 0.1, 0.1, 0))
+
+
+@dataclass
+class Kill:
+    to_zero: float  # seconds from the kill to weight 0
+    restore: float  # seconds from listening again to the weight back
+    failed: int  # client requests that failed between the kill and the weight back
+    failed_after_zero: int  # of them, those started after the weight was 0
+
+
+@dataclass
+class Result:
+    checker: str
+    setting: str
+    kills: list[Kill] = field(default_factory=list)
+    cpu_percent: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        zero = [k.to_zero for k in self.kills]
+        return {
+            "median_to_zero_s": statistics.median(zero),
+            "max_to_zero_s": max(zero),
+            "failed_per_kill_median": statistics.median(k.failed for k in self.kills),
+            "failed_per_kill_max": max(k.failed for k in self.kills),
+            "failed_after_zero_total": sum(k.failed_after_zero for k in self.kills),
+            "restore_median_s": statistics.median(k.restore for k in self.kills),
+            "restore_max_s": max(k.restore for k in self.kills),
+            "cpu_percent": self.cpu_percent,
+        }
+
+
+class BenchError(RuntimeError):
+    """A part of the bench did not start or did not reach the state it waits for."""
+
+
+# --- client load ---------------------------------------------------------------------------
+
+
+class Load:
+    """``rate`` new connections a second to the VIP from the client's namespace; each one GET, its outcome kept."""
+
+    def __init__(self, netns: str, address: str, port: int, rate: float):
+        self.netns, self.address, self.port, self.interval = netns, address, port, 1.0 / rate
+        self.outcomes: list[tuple[float, bool]] = []  # (start time, ok)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="client-load", daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with entered(self.netns):
+            slot = time.monotonic()
+            while not self._stop.is_set():
+                started = time.time()
+                self.outcomes.append((started, self._one()))
+                slot += self.interval
+                delay = slot - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    slot = time.monotonic()
+
+    def _one(self) -> bool:
+        try:
+            with socket.create_connection((self.address, self.port), timeout=1.0) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+                return data.split(b"\r\n", 1)[0].split(b" ")[1:2] == [b"200"]
+        except OSError:
+            return False
+
+    def failures(self, since: float, until: float) -> list[float]:
+        return [t for t, ok in list(self.outcomes) if since <= t < until and not ok]
+
+
+# --- the two checkers ------------------------------------------------------------------------
+
+
+def keepalived_config(key: ServiceKey, servers: list[RealServer], setting: Setting) -> str:
+    """A checker-only keepalived.conf: one virtual_server, TCP_CHECK with inhibit_on_failure per real server."""
+    lines = ["global_defs {", "    router_id lvsguard_bench", "}", f"virtual_server {key.address} {key.port} {{",
+             f"    delay_loop {setting.delay_loop:g}", "    lb_algo wrr", "    lb_kind NAT", "    protocol TCP"]  # fmt: skip
+    for rs in servers:
+        lines += [f"    real_server {rs.key.address} {rs.key.port} {{", f"        weight {rs.weight}", "        inhibit_on_failure",
+                  "        TCP_CHECK {", f"            connect_timeout {setting.connect_timeout:g}", f"            retry {setting.retry}",
+                  f"            delay_before_retry {setting.delay_loop:g}", "        }", "    }"]  # fmt: skip
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (keepalived forks its checker; ip netns exec execs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+@contextmanager
+def keepalived(lab: Lab, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path) -> Iterator[list[int]]:
+    """keepalived's checker for the bench service; yields the pids of its processes."""
+    conf = workdir / f"keepalived-{setting.name}.conf"
+    conf.write_text(keepalived_config(key, servers, setting))
+    log = open(workdir / f"keepalived-{setting.name}.log", "ab")
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.director.netns, KEEPALIVED, "-n", "-l", "-D", "-C", "-f", str(conf),
+                             "-p", str(workdir / "k.pid"), "-c", str(workdir / "k-checkers.pid"), "-r", str(workdir / "k-vrrp.pid")],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        yield [proc.pid]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextmanager
+def lvsguard(lab: Lab, kernel: NetlinkIPVS, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path) -> Iterator[list[int]]:
+    """The bench service in the kernel, a real actuator, and an ``lvsguard exporter`` whose tcp checks publish to it."""
+    with ExitStack() as stack:
+        if weight_of(kernel, key, servers[0].key) is not None:  # left by a checker before
+            kernel.delete_service(key)
+        kernel.add_service(VirtualService(key, "wrr"))
+        stack.callback(kernel.delete_service, key)
+        kernel.add_real_servers(key, servers)
+        settings = ActuatorSettings(tokens={"probes": TOKEN}, hold_down=0.0, rate_limit=RateLimit(actions=0), job_poll_interval=0.2)
+        url = stack.enter_context(running_actuator(settings, lab.director.netns, str(workdir / f"actuator-{setting.name}.db")))
+        token = workdir / "token"
+        token.write_text(TOKEN + "\n")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            listen = f"127.0.0.1:{s.getsockname()[1]}"
+        config = workdir / f"lvsguard-{setting.name}.yaml"
+        config.write_text(
+            f"director:\n  netns: {lab.director.netns}\nexporter:\n  listen: \"{listen}\"\n"
+            f"probes:\n  default_tcp: false\n  refresh: 1s\n"
+            f"  publish: {{mode: actuator, url: \"{url}\", token_file: \"{token}\"}}\n"
+            f"  checks:\n    - {{type: tcp, service: \"{key}\", interval: {setting.delay_loop * 1000:g}ms,"
+            f" timeout: {setting.connect_timeout * 1000:g}ms, fall: {setting.fall}, rise: 1}}\n"
+        )
+        log = open(workdir / f"lvsguard-{setting.name}.log", "ab")
+        stack.callback(log.close)
+        proc = subprocess.Popen([sys.executable, "-m", "lvsguard.cli", "exporter", "--config", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+        def stop() -> None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        stack.callback(stop)
+        until(lambda: answers(f"http://{listen}/metrics") and b"lvs_backend_healthy" in answers(f"http://{listen}/metrics"),
+              "the exporter's first probes", timeout=120)  # fmt: skip
+        yield [proc.pid]
+
+
+def answers(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bytes(r.read())
+    except OSError:
+        return b""
+
+
+def until(done: object, what: str, timeout: float = WAIT, poll: float = POLL) -> float:
+    """Poll ``done()`` until true; the time (epoch seconds) it first was."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():  # type: ignore[operator]
+            return time.time()
+        time.sleep(poll)
+    raise BenchError(f"waited {timeout:.0f} s for {what}")
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def weight_of(kernel: NetlinkIPVS, key: ServiceKey, rs: RealServerKey) -> int | None:
+    try:
+        found = kernel.read_service(key).real_server(rs)
+    except LvsguardError:
+        return None
+    return found.weight if found is not None else None
+
+
+def measure(checker: str, setting: Setting, lab: Lab, kernel: NetlinkIPVS, services: dict[str, HTTPService], kills: int,
+            rate: float, workdir: Path) -> Result:  # fmt: skip
+    key = ServiceKey("TCP", VIP_NAT, SERVICE_PORT)
+    servers = [RealServer(RealServerKey(lab.node(n).ipv4, BACKEND_PORT), 3, Forward.MASQ) for n in services]
+    victim, full = servers[0].key, servers[0].weight
+    result = Result(checker, setting.name)
+    running = keepalived(lab, key, servers, setting, workdir) if checker == "keepalived" else lvsguard(lab, kernel, key, servers, setting, workdir)
+    with running as pids:
+        until(lambda: all(weight_of(kernel, key, rs.key) == full for rs in servers), f"{checker}'s service at full weight", timeout=60)
+        time.sleep(2 * setting.delay_loop)
+        tree = [p for pid in pids for p in process_tree(pid)]
+        cpu0, t0 = cpu_seconds(tree), time.monotonic()
+        time.sleep(CPU_WINDOW)
+        result.cpu_percent = 100 * (cpu_seconds(tree) - cpu0) / (time.monotonic() - t0)
+        with Load(lab.client.netns, VIP_NAT, SERVICE_PORT, rate) as load:
+            time.sleep(1.0)
+            for i in range(kills):
+                killed = services["rs1"].kill()
+                zero = until(lambda: weight_of(kernel, key, victim) == 0, f"{checker} ({setting.name}): weight 0 after kill {i + 1}")
+                time.sleep(max(1.0, 2 * setting.delay_loop))  # requests now go to the others only
+                listening = services["rs1"].start()
+                back = until(lambda: weight_of(kernel, key, victim) == full, f"{checker} ({setting.name}): weight back after kill {i + 1}")
+                failed = load.failures(killed - 1.0, back)  # a request started up to 1 s before the kill may fail with it
+                result.kills.append(Kill(zero - killed, back - listening, len(failed), sum(1 for t in failed if t >= zero)))
+                print(f"  {checker} {setting.name} kill {i + 1}: weight 0 after {zero - killed:.3f} s, back {back - listening:.3f} s"
+                      f" after listening, {len(failed)} failed requests", flush=True)  # fmt: skip
+                time.sleep(1.0)
+    return result
+
+
+def report(results: list[Result]) -> str:
+    lines = ["| checker | setting | kill -> weight 0 (median / max) | failed requests / kill (median / max) | failed after weight 0 | CPU | restore (median / max) |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in results:
+        s = r.summary()
+        lines.append(f"| {r.checker} | {r.setting} | {s['median_to_zero_s']:.3f} / {s['max_to_zero_s']:.3f} s"
+                     f" | {s['failed_per_kill_median']:g} / {s['failed_per_kill_max']:g} | {s['failed_after_zero_total']:g}"
+                     f" | {s['cpu_percent']:.1f} % | {s['restore_median_s']:.3f} / {s['restore_max_s']:.3f} s |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=5, help="kills per checker and setting")
+    parser.add_argument("--rate", type=float, default=40.0, help="new client connections a second through the VIP")
+    parser.add_argument("--settings", default="common,fast")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "keepalived_checker.json"))
+    args = parser.parse_args(argv)
+    if not os.path.exists(KEEPALIVED):
+        print(f"bench: {KEEPALIVED} is not installed (Debian package keepalived)", file=sys.stderr)
+        return 1
+    chosen = [s for s in SETTINGS if s.name in args.settings.split(",")]
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="lvsguard-kc-") as tmp, Lab() as lab, ExitStack() as stack:
+        workdir = Path(tmp)
+        services = {rs.name: HTTPService(rs.name, rs.netns) for rs in lab.real_servers}
+        for service in services.values():
+            service.spawn()
+            stack.callback(service.close)
+        for service in services.values():
+            service.ready()
+        kernel = NetlinkIPVS(lab.director.netns)
+        stack.callback(kernel.close)
+        for setting in chosen:
+            for checker in ("keepalived", "lvsguard"):
+                print(f"== {checker}, {setting.name} setting", flush=True)
+                results.append(measure(checker, setting, lab, kernel, services, args.kills, args.rate, workdir))
+    print()
+    print(report(results))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps([{"checker": r.checker, "setting": r.setting, **r.summary(),
+                                            "kills": [asdict(k) for k in r.kills]} for r in results], indent=2) + "\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
