@@ -365,7 +365,11 @@ class ProbeEngine:
                 if lateness is not None:
                     lateness.append(now - slot)
         for job in ready:
-            self._start(job, now)
+            try:
+                self._start(job, now)
+            except Exception as exc:  # noqa: BLE001 - a checker bug is that check's failure, not the scheduler's end
+                job.inflight = None
+                self._finish(job, ProbeResult(False, f"{job.spec.name} {job.target}: {type(exc).__name__}: {exc}", 0.0, type(exc).__name__))
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, job, inflight = heapq.heappop(deadlines)

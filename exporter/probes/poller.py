@@ -60,7 +60,10 @@ class Poller:
         for fd, events in self._epoll.poll(0, _BATCH):
             ready = waiting.pop(fd, None)
             if ready is not None:
-                ready(events)
+                try:
+                    ready(events)
+                except Exception as exc:  # noqa: BLE001 - one probe's bug must not drop the others' events
+                    self._loop.call_exception_handler({"message": f"probe callback for fd {fd} failed", "exception": exc})
 
     def close(self) -> None:
         if not self._epoll.closed:

@@ -416,3 +416,36 @@ def test_the_budget_is_revised_between_table_reads() -> None:
     intervals, interval, text = asyncio.run(body())
     assert [round(i, 6) for i in intervals] == [6.0] and interval == pytest.approx(6.0)
     assert text.count("lvs_probe_duration_seconds_count{") == 1  # the per-service histogram took over
+
+
+def test_a_checker_that_raises_is_a_failed_check_and_the_scheduler_goes_on() -> None:
+    class Broken:
+        kind = "broken"
+
+        def begin(self, poller: Poller, target: Target, done: Any, token: Any) -> Any:
+            raise RuntimeError("checker bug")
+
+        async def check(self, target: Target) -> ProbeResult:
+            raise RuntimeError("checker bug")
+
+    async def body() -> tuple[int, set[str]]:
+        spec = CheckSpec("broken", Broken(), interval=0.02, timeout=0.5, rise=1, fall=1)  # type: ignore[arg-type]
+        engine = ProbeEngine(lambda s, r: (spec,))
+        errors: set[str] = set()
+        record = engine.record
+
+        def spy(job: Any, result: ProbeResult) -> None:
+            errors.add(result.error)
+            record(job, result)
+
+        engine.record = spy  # type: ignore[method-assign]
+        engine.sync(table(1, address="192.0.2.77"))
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if engine.stats.probes >= 3:
+                break
+        await engine.stop()
+        return engine.stats.probes, errors
+
+    probes, errors = asyncio.run(body())
+    assert probes >= 3 and errors == {"RuntimeError"}
