@@ -1,4 +1,4 @@
-"""Prometheus and Alertmanager (Debian's packages) as processes beside the lab.
+"""Prometheus, Alertmanager, node_exporter and the lvsguard exporter as processes beside the lab.
 
 The end-to-end loop (lab.e2e_loop), its test and its benchmark run the real
 monitoring stack on loopback: a Prometheus that scrapes the lab's exporter and
@@ -8,9 +8,12 @@ in which only the actuator's address and token file are swapped. Routes,
 group_wait, group_interval and inhibitions stay the file's own, so what is
 measured is what an operator who drops the files in gets.
 
-Both processes run in the caller's network namespace (the VM's root one,
-where the actuator listens); their data and logs go to a work directory, and
-an error quotes the end of the log.
+The dashboard and probe tests, the previews and the loop all start these
+processes here, one way: in the caller's network namespace (the VM's root one,
+where the actuator listens, or the host's), on a free loopback port, with their
+data and logs in a work directory; an error quotes the end of the log. A test
+that kills a process on purpose takes the ``Server`` (URL and process) from
+``prometheus_server`` or ``alertmanager_server``.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -59,6 +64,7 @@ def binary(names: Sequence[str], package: str) -> str:
 
 
 def get_json(url: str, timeout: float = 10.0) -> Any:
+    """The JSON body of a GET (urllib's errors, an OSError, pass through)."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
 
@@ -73,13 +79,31 @@ def parse_time(text: str) -> float:
     return stamp.timestamp() + float("0." + (fraction or "0"))
 
 
+@dataclass(frozen=True)
+class Server:
+    """A process started here and the base URL it answers on."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminate ``process`` and reap it; killed if it takes more than 15 s (a no-op once it has exited)."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise MonitoringError(f"{process.args[0]} exited {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -88,19 +112,41 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def _running(argv: list[str], url: str, log: Path) -> Iterator[str]:
+def running_process(argv: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` (stderr to ``log``) until ``ready_url`` answers 200; stopped on the way out."""
     with open(log, "w") as err:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        _wait_ready(url, process, log)
-        yield url
+        _wait_ready(ready_url, process, log)
+        yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+@contextmanager
+def running_exporter(workdir: Path, config_yaml: Callable[[str], str]) -> Iterator[str]:
+    """Run ``lvsguard exporter`` on a free loopback port; yields its ``host:port`` once /metrics answers.
+
+    ``config_yaml`` gives the exporter's config for a listen address (the
+    lab's ``lambda listen: lab.config_yaml(listen=listen)``).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    address = f"127.0.0.1:{free_port()}"
+    (workdir / "lvsguard.yaml").write_text(config_yaml(address))
+    argv = [str(Path(sys.executable).with_name("lvsguard")), "exporter", "--config", str(workdir / "lvsguard.yaml")]
+    with running_process(argv, f"http://{address}/metrics", workdir / "exporter.log"):
+        yield address
+
+
+@contextmanager
+def running_node_exporter(workdir: Path) -> Iterator[str]:
+    """Run Debian's ``prometheus-node-exporter`` (load average only) on a free loopback port; yields its ``host:port``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    address = f"127.0.0.1:{free_port()}"
+    argv = [binary(["prometheus-node-exporter", "node_exporter"], "prometheus-node-exporter"),
+            "--collector.disable-defaults", "--collector.loadavg", f"--web.listen-address={address}"]  # fmt: skip
+    with running_process(argv, f"http://{address}/metrics", workdir / "node-exporter.log"):
+        yield address
 
 
 def prometheus_config(
@@ -121,6 +167,13 @@ def prometheus_config(
 @contextmanager
 def running_prometheus(workdir: Path, config: Mapping[str, Any]) -> Iterator[str]:
     """Run Debian's ``prometheus`` with ``config`` on a free loopback port; yields its base URL."""
+    with prometheus_server(workdir, config) as server:
+        yield server.url
+
+
+@contextmanager
+def prometheus_server(workdir: Path, config: Mapping[str, Any]) -> Iterator[Server]:
+    """``running_prometheus`` for a caller that needs the process too (to kill it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(dict(config)))
     port = free_port()
@@ -131,8 +184,9 @@ def running_prometheus(workdir: Path, config: Mapping[str, Any]) -> Iterator[str
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
     ]
-    with _running(argv, f"http://127.0.0.1:{port}", workdir / "prometheus.log") as url:
-        yield url
+    url = f"http://127.0.0.1:{port}"
+    with running_process(argv, f"{url}/-/ready", workdir / "prometheus.log") as process:
+        yield Server(url, process)
 
 
 def alertmanager_config(webhook_urls: Sequence[str], token_file: Path, example: Path = ALERTMANAGER_EXAMPLE) -> dict[str, Any]:
@@ -193,6 +247,13 @@ def running_alertmanager(workdir: Path, config: Mapping[str, Any]) -> Iterator[s
     ``--cluster.listen-address=`` turns the gossip cluster off: a lone
     clustered Alertmanager holds notifications back until its peers settle.
     """
+    with alertmanager_server(workdir, config) as server:
+        yield server.url
+
+
+@contextmanager
+def alertmanager_server(workdir: Path, config: Mapping[str, Any]) -> Iterator[Server]:
+    """``running_alertmanager`` for a caller that needs the process too (to kill it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "alertmanager.yml").write_text(yaml.safe_dump(dict(config)))
     port = free_port()
@@ -204,8 +265,9 @@ def running_alertmanager(workdir: Path, config: Mapping[str, Any]) -> Iterator[s
         "--cluster.listen-address=",
         "--log.level=warn",
     ]
-    with _running(argv, f"http://127.0.0.1:{port}", workdir / "alertmanager.log") as url:
-        yield url
+    url = f"http://127.0.0.1:{port}"
+    with running_process(argv, f"{url}/-/ready", workdir / "alertmanager.log") as process:
+        yield Server(url, process)
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
@@ -220,6 +282,15 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 def prometheus_alerts(prometheus: str, alertname: str) -> list[dict[str, Any]]:
     """Prometheus' pending and firing alerts named ``alertname`` (labels, state, activeAt)."""
     return [a for a in get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"] if a["labels"].get("alertname") == alertname]
+
+
+def post_alerts(alertmanager: str, alerts: Sequence[Mapping[str, Any]]) -> None:
+    """Alerts into Alertmanager's v2 API, as Prometheus posts them."""
+    request = urllib.request.Request(f"{alertmanager}/api/v2/alerts", data=json.dumps(list(alerts)).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status != 200:
+            raise MonitoringError(f"{alertmanager} answered {response.status} to {len(alerts)} alert(s)")
 
 
 def alertmanager_alerts(alertmanager: str, alertname: str) -> list[dict[str, Any]]:

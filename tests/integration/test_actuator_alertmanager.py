@@ -7,85 +7,40 @@ file swapped; the alert goes in through its v2 API, as Prometheus posts it.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
-import subprocess
+import itertools
 import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from lab import traffic
+from lab.monitoring import alertmanager_config, post_alerts, running_alertmanager
 from lab.topology import Lab, LabService
 
 from tests.integration.test_actuator_kernel import TOKEN, actuator, http, kernel_rs, nat, wait_for  # noqa: F401 (nat is a fixture)
+from tests.integration.test_alerts_alertmanager import require_alertmanager
 
 pytestmark = pytest.mark.kernel
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "alerts" / "alertmanager.yml"
-
-
-def alertmanager_binary() -> str:
-    path = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if path is None:
-        message = "Alertmanager is not installed (apt-get install prometheus-alertmanager)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture
-def alertmanager_for(tmp_path: Path) -> Iterator[Any]:
+def alertmanager_for(tmp_path: Path) -> Iterator[Callable[[str], str]]:
     """Start a real Alertmanager whose actuator receiver is ``webhook_url``; yields a starter."""
-    processes: list[subprocess.Popen[bytes]] = []
+    require_alertmanager()
+    token_file = tmp_path / "lvsguard.token"
+    token_file.write_text(TOKEN + "\n")
+    with ExitStack() as stack:
+        started = itertools.count(1)
 
-    def start(webhook_url: str) -> str:
-        config = yaml.safe_load(EXAMPLE.read_text())
-        token_file = tmp_path / "lvsguard.token"
-        token_file.write_text(TOKEN + "\n")
-        for receiver in config["receivers"]:
-            for webhook in receiver.get("webhook_configs", []):
-                webhook["url"] = webhook_url
-                webhook["http_config"]["authorization"]["credentials_file"] = str(token_file)
-        (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        log = tmp_path / "alertmanager.log"
-        process = subprocess.Popen(
-            [alertmanager_binary(), f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-        )  # fmt: skip
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _ready(url, process, log), "Alertmanager to be ready", timeout=60)
-        return url
+        def start(webhook_url: str) -> str:
+            workdir = tmp_path / f"alertmanager-{next(started)}"
+            return stack.enter_context(running_alertmanager(workdir, alertmanager_config([webhook_url], token_file)))
 
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(10)
-
-
-def _ready(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
-    if process.poll() is not None:
-        raise AssertionError(f"Alertmanager exited {process.returncode}: {log.read_text()}")
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
+        yield start
 
 
 def post_alert(alertmanager: str, labels: dict[str, str], *, resolved: bool = False) -> None:
@@ -98,14 +53,11 @@ def post_alert(alertmanager: str, labels: dict[str, str], *, resolved: bool = Fa
     }
     if resolved:
         alert["endsAt"] = now.isoformat()
-    request = urllib.request.Request(f"{alertmanager}/api/v2/alerts", data=json.dumps([alert]).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 200
+    post_alerts(alertmanager, [alert])
 
 
 def test_alertmanager_quarantines_and_the_resolved_alert_restores(
-    lab: Lab, nat: LabService, tmp_path: Path, alertmanager_for: Any
+    lab: Lab, nat: LabService, tmp_path: Path, alertmanager_for: Callable[[str], str]
 ) -> None:
     rs2 = nat.real_server("rs2")
     labels = {"alertname": "LvsRealServerDown", "instance": "dir1:9910", "severity": "warning", "proto": "TCP",

@@ -10,23 +10,17 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
-import socket
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "alerts" / "alertmanager.yml"
+from lab.monitoring import MonitoringError, alertmanager_alerts, alertmanager_config, binary, post_alerts, running_alertmanager
+
 TOKEN = "test-token-3f9c"
 WAIT = 30.0  # seconds: a guard against a hung Alertmanager, not a timing assertion
 
@@ -34,14 +28,14 @@ SERVICE = {"instance": "dir1:9910", "local_address": "192.0.2.10", "local_port":
 OTHER_SERVICE = {"instance": "dir1:9910", "local_address": "192.0.2.11", "local_port": "80", "proto": "TCP"}
 
 
-def alertmanager_binary() -> str:
-    path = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if path is None:
-        message = "Alertmanager is not installed (apt-get install prometheus-alertmanager)"
+def require_alertmanager() -> None:
+    """Skip without Alertmanager on a developer's machine; fail in CI, where it must be installed."""
+    try:
+        binary(["prometheus-alertmanager", "alertmanager"], "prometheus-alertmanager")
+    except MonitoringError as exc:
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 class Recorder:
@@ -82,12 +76,6 @@ class Recorder:
                 self.requests.put(request)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     rec = Recorder()
@@ -98,62 +86,11 @@ def recorder() -> Iterator[Recorder]:
 @pytest.fixture
 def alertmanager(tmp_path: Path, recorder: Recorder) -> Iterator[str]:
     """A real Alertmanager with the example config, its webhook pointed at the recorder."""
-    config = yaml.safe_load(EXAMPLE.read_text())
+    require_alertmanager()
     token_file = tmp_path / "lvsguard.token"
     token_file.write_text(TOKEN + "\n")
-    for receiver in config["receivers"]:
-        for webhook in receiver.get("webhook_configs", []):
-            webhook["url"] = recorder.url
-            webhook["http_config"]["authorization"]["credentials_file"] = str(token_file)
-    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            alertmanager_binary(),
-            f"--config.file={tmp_path / 'alertmanager.yml'}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "alertmanager.log", "w"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, tmp_path / "alertmanager.log")
+    with running_alertmanager(tmp_path / "alertmanager", alertmanager_config([recorder.url], token_file)) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"Alertmanager exited {process.returncode}: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"Alertmanager not ready within {WAIT} s: {log.read_text()}")
-
-
-def post_alerts(url: str, alerts: list[dict[str, Any]]) -> None:
-    request = urllib.request.Request(
-        f"{url}/api/v2/alerts", data=json.dumps(alerts).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 200
-
-
-def get_alerts(url: str, alertname: str) -> list[dict[str, Any]]:
-    query = urllib.parse.quote(f'alertname="{alertname}"')
-    with urllib.request.urlopen(f"{url}/api/v2/alerts?filter={query}", timeout=5) as response:
-        return json.loads(response.read())
 
 
 def alert(name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -212,7 +149,7 @@ def test_service_down_inhibits_its_real_server_alerts_only(alertmanager: str, re
     post_alerts(alertmanager, [service_down, real_server_down(SERVICE, "10.0.1.3"), real_server_down(OTHER_SERVICE, "10.0.1.4")])
 
     recorder.next(lambda b: has_alert(b, "firing", "10.0.1.4"))
-    states = {a["labels"]["remote_address"]: a["status"] for a in get_alerts(alertmanager, "LvsRealServerDown")}
+    states = {a["labels"]["remote_address"]: a["status"] for a in alertmanager_alerts(alertmanager, "LvsRealServerDown")}
     assert states["10.0.1.3"]["state"] == "suppressed"
     assert states["10.0.1.3"]["inhibitedBy"], "inhibited by the LvsServiceDown alert"
     assert states["10.0.1.4"]["state"] == "active"

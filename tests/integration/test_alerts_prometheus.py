@@ -21,29 +21,32 @@ panel must return data.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import re
-import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 import yaml
 
-from actuator.settings import ActuatorSettings, Names, Quorum
-from lab.actuator import running_actuator
-from lab.polling import poll as lab_poll
 from lab import traffic
+from lab.monitoring import (
+    get_json,
+    prometheus_config,
+    query,
+    running_exporter,
+    running_prometheus,
+)
+from lab.panels import (
+    RATE_WINDOW,
+    actuator_has_acted,
+    load_generator,
+    metrics_of,
+    running_lab_actuator,
+    service_variable_value,
+)
+from lab.polling import poll as lab_poll
 from lab.topology import Lab
 from lvsguard.ipvs.addresses import local_addresses
 
@@ -52,160 +55,35 @@ pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alerts" / "lvsguard.rules.yml"
 WAIT = 60.0  # seconds: guards against a hung process, not timing assertions
+STALE = 15.0  # seconds a panel query may stay empty: a scrape slower than the 1 s interval fails and leaves every series stale until the next
 ACTUATOR_TOKEN = "dashboards-test-token-0123456789"
-RATE_WINDOW = "15s"  # $__rate_interval at a 1 s scrape interval, with room for UML's slowness
-METRIC = re.compile(r"\b((?:ipvs|lvs|lvsguard)_[a-z0-9_]+|up)\b(?!\s*(?:=|!=|=~|!~))")
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = WAIT) -> T:
     return lab_poll(what, probe, done, timeout, interval=0.5)
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[0]} exited {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} not ready within {WAIT} s: {log.read_text()[-2000:]}")
-
-
-def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def exporter(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``lvsguard exporter`` process on the lab director's table; yields its host:port."""
-    tmp = tmp_path_factory.mktemp("exporter")
-    address = f"127.0.0.1:{free_port()}"
-    (tmp / "lvsguard.yaml").write_text(lab.config_yaml(listen=address))
-    lvsguard = Path(sys.executable).with_name("lvsguard")
-    process = spawn([str(lvsguard), "exporter", "--config", str(tmp / "lvsguard.yaml")], tmp / "exporter.log")
-    try:
-        wait_http(f"http://{address}/metrics", process, tmp / "exporter.log")
+    with running_exporter(tmp_path_factory.mktemp("exporter"), lambda listen: lab.config_yaml(listen=listen)) as address:
         yield address
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
 def actuator(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real actuator on the lab director's table (in this process: see lab/actuator.py); yields its base URL."""
-    every_dr_server = Quorum(len(lab.dr.weights))  # so that the dashboard test has a quarantine refused, without side effects
-    names = Names(  # the names of the exporter's config, as an operator gives both the same file
-        services={s.name: s.key for s in lab.services.values()},
-        real_servers={s.key: {node: key for key, node in s.backends} for s in lab.services.values()},
-    )
-    settings = ActuatorSettings(tokens={"test": ACTUATOR_TOKEN}, hold_down=0.0, names=names,
-                                service_min_healthy={lab.dr.key: every_dr_server})
-    ledger = tmp_path_factory.mktemp("actuator") / "ledger.db"
-    with running_actuator(settings, lab.director.netns, str(ledger)) as url:
+    with running_lab_actuator(lab, str(tmp_path_factory.mktemp("actuator") / "ledger.db"), ACTUATOR_TOKEN) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def prometheus(exporter: str, actuator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus with the bundled rules, scraping the exporter and the actuator every second."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("Prometheus is not installed (apt-get install prometheus)")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": "lvsguard-exporter", "static_configs": [{"targets": [exporter]}]},
-            {"job_name": "lvsguard-actuator", "static_configs": [{"targets": [actuator.removeprefix("http://")]}]},
-        ],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    argv = [
-        binary,
-        f"--config.file={tmp / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    process = spawn(argv, tmp / "prometheus.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/-/ready", process, tmp / "prometheus.log")
+    jobs = {"lvsguard-exporter": [exporter], "lvsguard-actuator": [actuator.removeprefix("http://")]}
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), prometheus_config(jobs, rule_files=[RULES])) as url:
         yield url
-    finally:
-        stop(process)
-
-
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    body = get_json(f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-    assert body["status"] == "success", f"{expr}: {body}"
-    result = body["data"]["result"]
-    return result if isinstance(result, list) else [result]
-
-
-def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
-    """POST JSON with the actuator's token; (status, JSON reply), errors included."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
-        "Authorization": f"Bearer {ACTUATOR_TOKEN}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-@contextmanager
-def actuator_has_acted(lab: Lab, actuator: str, prometheus: str) -> Iterator[None]:
-    """A quarantine applied (held inside the block), one refused and one webhook rejected, all scraped by Prometheus.
-
-    The series of the actuator's panels exist only after such events; the
-    block waits until Prometheus holds two samples of each, what increase()
-    over ``$__rate_interval`` needs.
-    """
-    nat = lab.nat
-    target = {"service": str(nat.key), "real_server": str(nat.real_server("rs3")), "reason": "dashboards test"}
-    status, reply = post(f"{actuator}/api/v1/quarantine", target)
-    assert status < 300 and reply["result"] == "applied", reply
-    try:
-        quorum = {"service": str(lab.dr.key), "real_server": str(lab.dr.real_server("rs1")), "reason": "dashboards test"}
-        status, reply = post(f"{actuator}/api/v1/quarantine", quorum)
-        assert reply["result"] == "refused" and status >= 400, reply
-        status, reply = post(f"{actuator}/webhook/alertmanager", {"version": "4"})
-        assert status == 400, reply
-        for series in ("lvsguard_quarantined", "lvsguard_refusals_total", 'lvsguard_webhook_requests_total{status!~"2.."}'):
-            expr = f"count_over_time({series}[{RATE_WINDOW}]) >= 2"
-            poll(f"two samples of {series} in Prometheus", lambda expr=expr: query(prometheus, expr), bool)
-        yield
-    finally:
-        status, reply = post(f"{actuator}/api/v1/restore", target)
-        assert status < 300, reply
 
 
 def firing_or_pending(prometheus: str, alertname: str) -> list[dict[str, str]]:
@@ -237,22 +115,7 @@ def test_prometheus_evaluates_every_bundled_rule_without_error(prometheus: str) 
     assert not broken, broken
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lvsguard_dashboard_generator", ROOT / "dashboards" / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 GENERATOR = load_generator()
-
-
-def metrics_of(expr: str) -> set[str]:
-    """Metric names in a query (label values and grouping labels left out)."""
-    expr = re.sub(r'"[^"]*"', '""', expr)
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    return set(METRIC.findall(expr))
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -265,17 +128,13 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return out
 
 
-def service_variable_value(prometheus: str, exporter: str, service_name: str) -> str:
-    """What Grafana puts in ``$service`` for the lab service: its query_result() line, through the regex."""
-    inner = re.fullmatch(r"query_result\((.*)\)", GENERATOR.SERVICE["query"], re.S)
-    assert inner
-    rows = query(prometheus, inner.group(1).replace("$director", exporter))
-    lines = ["{" + ",".join(f'{k}="{v}"' for k, v in row["metric"].items()) + "}" for row in rows]
-    regex = re.compile(GENERATOR.SERVICE["regex"].strip("/").replace("(?<value>", "(?P<value>"))
-    values = [m.group("value") for m in map(regex.search, lines) if m]
-    chosen = [v for v in values if f'service="{service_name}"' in v]
-    assert len(chosen) == 1, values
-    return chosen[0]
+def returns_data(prometheus: str, expr: str) -> bool:
+    """Whether ``expr`` returns data within ``STALE`` s (one failed scrape empties an instant query for a second)."""
+    try:
+        poll(f"data for {expr}", lambda: query(prometheus, expr), bool, timeout=STALE)
+    except AssertionError:
+        return False
+    return True
 
 
 def test_every_dashboard_query_returns_data(
@@ -284,11 +143,11 @@ def test_every_dashboard_query_returns_data(
     interface = local_addresses(lab.director.netns)[lab.director.server_ipv4]
     lab.ipvsadm("--start-daemon", "master", "--mcast-interface", interface, "--syncid", "9")
     try:
-        with actuator_has_acted(lab, actuator, prometheus):
+        with actuator_has_acted(lab, actuator, prometheus, ACTUATOR_TOKEN, "dashboards test"):
             poll("the sync daemon in Prometheus", lambda: query(prometheus, "ipvs_sync_daemon_up == 1"), bool)
             served = set(get_json(f"{prometheus}/api/v1/label/__name__/values")["data"])
             variables = {
-                "${service:raw}": service_variable_value(prometheus, exporter, lab.nat.name),
+                "${service:raw}": service_variable_value(GENERATOR, prometheus, exporter, lab.nat.name),
                 "$director": exporter,
                 "$__rate_interval": RATE_WINDOW,
             }
@@ -301,7 +160,7 @@ def test_every_dashboard_query_returns_data(
                 for variable, value in variables.items():
                     expr = expr.replace(variable, value)
                 checked += 1
-                if not query(prometheus, expr):
+                if not returns_data(prometheus, expr):
                     empty.append(f"{where}: {expr}")
     finally:
         lab.ipvsadm("--stop-daemon", "master")

@@ -21,20 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import socket
-import subprocess
 import threading
-import time
-import urllib.parse
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-import waitress
-import yaml
 
 from actuator.app import create_app
 from actuator.settings import ActuatorSettings
@@ -42,9 +37,12 @@ from exporter.probes.engine import CheckSpec, Damping, ProbeEngine
 from exporter.probes.prometheus import UNREACHABLE, PrometheusChecker
 from exporter.probes.publish import HTTPPublisher
 from exporter.probes.tcp import TCPChecker
+from lab.actuator import serving
+from lab.monitoring import alertmanager_server, prometheus_config, prometheus_server, running_node_exporter
+from lab.polling import poll as lab_poll
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, service
-from tests.integration.test_probes_prometheus import free_port, get_json, spawn
+from tests.integration.test_probes_prometheus import scraped
 
 TOKEN = "probes-0123456789abcdef"
 WAIT = 60.0
@@ -52,22 +50,8 @@ SERVICE = ServiceKey.parse("TCP 192.0.2.10:80")
 
 
 def poll(what: str, condition: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.1)
-
-
-def reachable(url: str) -> bool:
-    try:
-        get_json(url)
-        return True
-    except (OSError, ValueError):
-        return False
+    """The first true value of ``condition()``, polled every 0.1 s."""
+    return lab_poll(what, condition, bool, timeout, interval=0.1)
 
 
 class Records(logging.Handler):
@@ -82,31 +66,15 @@ class Records(logging.Handler):
 @pytest.fixture
 def monitoring(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """node_exporter, Prometheus scraping it every second, and Alertmanager; all ready."""
-    binaries = {name: shutil.which(name) for name in ("prometheus", "prometheus-node-exporter", "prometheus-alertmanager")}
-    if None in binaries.values():
-        pytest.fail(f"needs Debian's {', '.join(n for n, p in binaries.items() if p is None)} (make setup installs them)")
-    node_port, prom_port, am_port = free_port(), free_port(), free_port()
-    node = spawn([binaries["prometheus-node-exporter"], "--collector.disable-defaults", "--collector.loadavg",
-                  f"--web.listen-address=127.0.0.1:{node_port}"], tmp_path / "node.log")  # fmt: skip
-    scrape = {"global": {"scrape_interval": "1s"}, "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": [f"127.0.0.1:{node_port}"]}]}]}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape))
-    prometheus = spawn([binaries["prometheus"], f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                        f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"], tmp_path / "prometheus.log")  # fmt: skip
-    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}))
-    alertmanager = spawn([binaries["prometheus-alertmanager"], f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
-                          f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=", "--log.level=warn"], tmp_path / "am.log")  # fmt: skip
-    processes = [node, prometheus, alertmanager]
-    try:
-        up = f"http://127.0.0.1:{prom_port}/api/v1/query?query=" + urllib.parse.quote(f'up{{instance="127.0.0.1:{node_port}"}} == 1')
-        poll("Prometheus scrapes node_exporter", lambda: reachable(up) and get_json(up)["data"]["result"])
-        poll("Alertmanager is ready", lambda: reachable(f"http://127.0.0.1:{am_port}/api/v2/status"))
-        yield {"node_port": node_port, "prometheus": prometheus, "prometheus_url": f"http://127.0.0.1:{prom_port}",
-               "alertmanager": alertmanager, "alertmanager_url": f"http://127.0.0.1:{am_port}"}  # fmt: skip
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+    with ExitStack() as stack:
+        node = stack.enter_context(running_node_exporter(tmp_path / "node"))
+        prometheus = stack.enter_context(prometheus_server(tmp_path / "prometheus", prometheus_config({"node": [node]}, rule_files=())))
+        alertmanager = stack.enter_context(
+            alertmanager_server(tmp_path / "alertmanager", {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]})
+        )
+        scraped(prometheus.url, node)
+        yield {"node_port": int(node.rsplit(":", 1)[1]), "prometheus": prometheus.process, "prometheus_url": prometheus.url,
+               "alertmanager": alertmanager.process, "alertmanager_url": alertmanager.url}  # fmt: skip
 
 
 @pytest.fixture
@@ -119,15 +87,10 @@ def actuator(tmp_path: Path, monitoring: dict[str, Any]) -> Iterator[tuple[str, 
     app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
     state = app.extensions["lvsguard"]
     state.runner.begin()
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4, asyncore_loop_timeout=0.05)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.effective_port}", kernel, listener
+        with serving(app) as url:
+            yield url, kernel, listener
     finally:
-        server.trigger.pull_trigger(lambda: [channel.close() for channel in list(server._map.values())])
-        thread.join(5)
-        server.task_dispatcher.shutdown()
         state.runner.stop()
         listener.close()
 

@@ -8,78 +8,30 @@ target) turns what Prometheus knows about it into a weight percentage.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import socket
-import subprocess
-import time
-import urllib.parse
-import urllib.request
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
-import yaml
 
 from exporter.probes.prometheus import PrometheusChecker
 from exporter.probes.result import ProbeResult, Target
+from lab.monitoring import prometheus_config, query, running_node_exporter, running_prometheus
+from lab.polling import poll
 
 WAIT = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def scraped(prometheus: str, target: str) -> None:
+    """Wait until Prometheus has scraped ``target`` (``host:port``) successfully."""
+    poll(f"Prometheus scraping {target}", lambda: query(prometheus, f'up{{instance="{target}"}} == 1'), bool, WAIT, 0.5)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """(Prometheus URL, node_exporter port) once Prometheus has scraped node_exporter."""
-    prometheus, node = shutil.which("prometheus"), shutil.which("prometheus-node-exporter")
-    if prometheus is None or node is None:
-        pytest.fail("needs Debian prometheus and prometheus-node-exporter (make setup installs them)")
     tmp = tmp_path_factory.mktemp("prom")
-    node_port, prom_port = free_port(), free_port()
-    exporter = spawn([node, "--collector.disable-defaults", "--collector.loadavg", f"--web.listen-address=127.0.0.1:{node_port}"], tmp / "node.log")
-    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": [f"127.0.0.1:{node_port}"]}]}]}
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    server = spawn([prometheus, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"], tmp / "prometheus.log")  # fmt: skip
-    url = f"http://127.0.0.1:{prom_port}"
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                if get_json(f"{url}/api/v1/query?query=" + urllib.parse.quote(f'up{{instance="127.0.0.1:{node_port}"}} == 1'))["data"]["result"]:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"Prometheus did not scrape node_exporter within {WAIT} s: {(tmp / 'prometheus.log').read_text()[-1500:]}")
-            time.sleep(0.5)
-        yield url, node_port
-    finally:
-        stop(server)
-        stop(exporter)
+    with running_node_exporter(tmp) as node, running_prometheus(tmp, prometheus_config({"node": [node]}, rule_files=())) as url:
+        scraped(url, node)
+        yield url, int(node.rsplit(":", 1)[1])
 
 
 def check(url: str, query: str, target: Target) -> ProbeResult:
