@@ -10,88 +10,53 @@ matplotlib, from what the panels' queries return. Two steps:
     .venv/bin/python dashboards/previews.py render /tmp/previews.json
 
 The scenario (about 4 minutes): HTTP and UDP clients with a varying rate, a
-connection-sync daemon, long-lived connections, one real server taken out
-(weight 0) and put back, and a VIP that disappears from the director for a
-while. Panels whose metrics no running component serves yet say so.
+connection-sync daemon, long-lived connections, the real actuator quarantining
+a real server through its API (and refusing a quarantine against a quorum, and
+rejecting a malformed webhook), one real server taken out (weight 0) and put
+back, and a VIP that disappears from the director for a while. Panels whose
+metrics no running component serves say so.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RULES = ROOT / "alerts" / "lvsguard.rules.yml"
 STEP = 2  # seconds between points of a range query
-RATE_WINDOW = "15s"  # $__rate_interval at the 1 s scrape interval of the collection
-METRIC = re.compile(r"\b((?:ipvs|lvs|lvsguard)_[a-z0-9_]+|up)\b(?!\s*(?:=|!=|=~|!~))")
-
-
-def metrics_of(expr: str) -> set[str]:
-    """Metric names in a query (label values and grouping labels left out)."""
-    expr = re.sub(r'"[^"]*"', '""', expr)
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    return set(METRIC.findall(expr))
-
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lvsguard_dashboard_generator", HERE / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+RATE_WINDOW = "15s"  # $__rate_interval at the 1 s scrape interval of the collection (lab.panels.RATE_WINDOW)
+ACTUATOR_TOKEN = "previews-token-0123456789abcdef"
 
 
 # --- collect (inside the lab VM) ---------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def _wait_http(url: str, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit(f"previews: {what} did not answer on {url} within 60 s")
-
-
 def _query(prometheus: str, path: str, **params: str) -> list[dict[str, Any]]:
-    body = _get(f"{prometheus}/api/v1/{path}?" + urllib.parse.urlencode(params))
+    from lab.monitoring import get_json
+
+    body = get_json(f"{prometheus}/api/v1/{path}?" + urllib.parse.urlencode(params), timeout=60)
     if body["status"] != "success":
         raise SystemExit(f"previews: {params.get('query')}: {body}")
     return body["data"]["result"]
 
 
-def _scenario(lab: Any, seconds: float, log: Callable[[str], None]) -> None:
+def _scenario(lab: Any, actuator: str, prometheus: str, seconds: float, log: Callable[[str], None]) -> None:
     """Real traffic and real state changes in the lab's kernel, on a timeline."""
     from lab import traffic
+    from lab.panels import actuator_has_acted
     from lvsguard.ipvs.addresses import local_addresses
 
     netns = lab.director.netns
@@ -126,9 +91,18 @@ def _scenario(lab: Any, seconds: float, log: Callable[[str], None]) -> None:
     def at(second: float) -> None:
         time.sleep(max(0.0, t0 + second * seconds / 240 - time.monotonic()))
 
+    def acted(begin: float, until: float) -> None:
+        """The actuator acts (twice in the scenario: a counter's first event creates its series, the second shows in increase())."""
+        at(begin)
+        log("the actuator quarantines rs3 of nat, refuses a quarantine (quorum) and rejects a webhook")
+        with actuator_has_acted(lab, actuator, prometheus, ACTUATOR_TOKEN, "previews"):
+            at(until)
+        log("the actuator restores rs3 of nat")
+
     at(20)
     log("sync daemon master starts")
     lab.ipvsadm("--start-daemon", "master", "--mcast-interface", interface, "--syncid", "9")
+    acted(25, 35)
     at(40)
     log("6 long-lived connections open")
     with traffic.hold_connections(lab, lab.nat.address, lab.nat.port, 6, seconds=300):
@@ -145,6 +119,7 @@ def _scenario(lab: Any, seconds: float, log: Callable[[str], None]) -> None:
     at(200)
     log(f"VIP {vip} back")
     subprocess.run(["ip", "-n", netns, "addr", "add", vip_cidr, "dev", vip_dev], check=True)
+    acted(205, 225)
     at(240)
     stop.set()
     thread.join(30)
@@ -152,74 +127,45 @@ def _scenario(lab: Any, seconds: float, log: Callable[[str], None]) -> None:
     log(f"{failures[0]} client calls failed (the VIP was gone)")
 
 
-def _service_value(generator: ModuleType, prometheus: str, director: str, name: str) -> str:
-    """``$service`` for the lab service ``name``, as Grafana computes it from the variable's query."""
-    inner = re.fullmatch(r"query_result\((.*)\)", generator.SERVICE["query"], re.S)
-    assert inner is not None
-    rows = _query(prometheus, "query", query=inner.group(1).replace("$director", director))
-    lines = ["{" + ",".join(f'{k}="{v}"' for k, v in row["metric"].items()) + "}" for row in rows]
-    regex = re.compile(generator.SERVICE["regex"].strip("/").replace("(?<value>", "(?P<value>"))
-    return next(m.group("value") for m in map(regex.search, lines) if m and f'service="{name}"' in m.group("value"))
-
-
 def collect(out: Path, seconds: float) -> None:
-    import yaml
-
     sys.path.insert(0, str(ROOT))  # the lab is the project's code, not an installed package
+    from lab.monitoring import get_json, prometheus_config, running_exporter, running_prometheus
+    from lab.panels import load_generator, metrics_of, running_lab_actuator, service_variable_value
     from lab.topology import Lab
 
     generator = load_generator()
     log = lambda message: print(f"previews: {message}", file=sys.stderr, flush=True)  # noqa: E731
-    with Lab(real_servers=3) as lab, tempfile.TemporaryDirectory() as tmp_name:
+    with Lab(real_servers=3) as lab, tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
-        exporter = f"127.0.0.1:{_free_port()}"
-        (tmp / "lvsguard.yaml").write_text(lab.config_yaml(listen=exporter))
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(RULES)],
-            "scrape_configs": [{"job_name": "lvsguard-exporter", "static_configs": [{"targets": [exporter]}]}],
+        exporter = stack.enter_context(running_exporter(tmp / "exporter", lambda listen: lab.config_yaml(listen=listen)))
+        actuator = stack.enter_context(running_lab_actuator(lab, str(tmp / "ledger.db"), ACTUATOR_TOKEN))
+        jobs = {"lvsguard-exporter": [exporter], "lvsguard-actuator": [actuator.removeprefix("http://")]}
+        prometheus = stack.enter_context(running_prometheus(tmp / "prometheus", prometheus_config(jobs, rule_files=[RULES])))
+        start = time.time()
+        _scenario(lab, actuator, prometheus, seconds, log)
+        end = time.time()
+        variables = {
+            "${service:raw}": service_variable_value(generator, prometheus, exporter, lab.nat.name),
+            "$director": exporter,
+            "$__rate_interval": RATE_WINDOW,
         }
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        prometheus = f"http://127.0.0.1:{_free_port()}"
-        processes = [
-            subprocess.Popen([str(Path(sys.executable).with_name("lvsguard")), "exporter", "--config", str(tmp / "lvsguard.yaml")]),
-            subprocess.Popen(
-                ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                 f"--web.listen-address={prometheus.removeprefix('http://')}", "--log.level=warn"]  # fmt: skip
-            ),
-        ]
-        try:
-            _wait_http(f"http://{exporter}/metrics", "the exporter")
-            _wait_http(f"{prometheus}/-/ready", "Prometheus")
-            start = time.time()
-            _scenario(lab, seconds, log)
-            end = time.time()
-            variables = {
-                "${service:raw}": _service_value(generator, prometheus, exporter, lab.nat.name),
-                "$director": exporter,
-                "$__rate_interval": RATE_WINDOW,
-            }
-            served = set(_get(f"{prometheus}/api/v1/label/__name__/values")["data"])
-            result = {"start": start, "end": end, "service": variables["${service:raw}"], "dashboards": {}}
-            for name, build in generator.DASHBOARDS.items():
-                board = build()
-                for panel in board["panels"]:
-                    for t in panel.get("targets", []):
-                        expr = t["expr"]
-                        t["missing"] = sorted(metrics_of(expr) - served)
-                        for variable, value in variables.items():
-                            expr = expr.replace(variable, value)
-                        if t["instant"]:
-                            t["result"] = _query(prometheus, "query", query=expr, time=str(end))
-                        else:
-                            t["result"] = _query(prometheus, "query_range", query=expr, start=str(start), end=str(end), step=str(STEP))
-                result["dashboards"][name] = board
-            out.write_text(json.dumps(result))
-            log(f"wrote {out}")
-        finally:
-            for process in processes:
-                process.terminate()
-                process.wait(15)
+        served = set(get_json(f"{prometheus}/api/v1/label/__name__/values", timeout=60)["data"])
+        result = {"start": start, "end": end, "service": variables["${service:raw}"], "dashboards": {}}
+        for name, build in generator.DASHBOARDS.items():
+            board = build()
+            for panel in board["panels"]:
+                for t in panel.get("targets", []):
+                    expr = t["expr"]
+                    t["missing"] = sorted(metrics_of(expr) - served)
+                    for variable, value in variables.items():
+                        expr = expr.replace(variable, value)
+                    if t["instant"]:
+                        t["result"] = _query(prometheus, "query", query=expr, time=str(end))
+                    else:
+                        t["result"] = _query(prometheus, "query_range", query=expr, start=str(start), end=str(end), step=str(STEP))
+            result["dashboards"][name] = board
+        out.write_text(json.dumps(result))
+        log(f"wrote {out}")
 
 
 # --- render (anywhere) --------------------------------------------------------
@@ -283,9 +229,11 @@ def _missing(panel: dict[str, Any]) -> list[str]:
     return sorted({m for t in panel["targets"] for m in t.get("missing", [])})
 
 
-def _minutes_axis(ax: Any) -> None:
+def _minutes_axis(ax: Any, span: float) -> None:
+    """The whole collection on the x axis, as Grafana shows the dashboard's time range (a short series stays short)."""
     from matplotlib.ticker import MultipleLocator
 
+    ax.set_xlim(0, span)
     ax.xaxis.set_major_locator(MultipleLocator(1))
     ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:.0f} min")
 
@@ -301,7 +249,7 @@ def _series(panel: dict[str, Any]) -> list[tuple[str, list[float], list[float], 
     return out
 
 
-def _timeseries(ax: Any, panel: dict[str, Any], start: float) -> None:
+def _timeseries(ax: Any, panel: dict[str, Any], start: float, span: float) -> None:
     import numpy as np
 
     defaults = panel["fieldConfig"]["defaults"]
@@ -337,12 +285,12 @@ def _timeseries(ax: Any, panel: dict[str, Any], start: float) -> None:
     if "max" in defaults:
         ax.set_ylim(top=defaults["max"] * 1.02)
     ax.yaxis.set_major_formatter(lambda v, _pos: _human(abs(v), unit))
-    _minutes_axis(ax)
+    _minutes_axis(ax, span)
     ax.grid(color=GRID, lw=0.5)
     ax.tick_params(colors=TEXT, labelsize=7)
     handles = ax.get_legend_handles_labels()
     if handles[0]:
-        ax.legend(fontsize=6, loc="upper left", ncol=2 if len(handles[0]) > 4 else 1, facecolor=PANEL, edgecolor=GRID, labelcolor=TEXT, framealpha=0.8)
+        ax.legend(fontsize=6, loc="best", ncol=2 if len(handles[0]) > 4 else 1, facecolor=PANEL, edgecolor=GRID, labelcolor=TEXT, framealpha=0.8)
 
 
 def _stat(ax: Any, panel: dict[str, Any]) -> None:
@@ -389,7 +337,7 @@ def _table(ax: Any, panel: dict[str, Any]) -> None:
     table.scale(1, 1.1)
 
 
-def _state_timeline(ax: Any, panel: dict[str, Any], start: float) -> None:
+def _state_timeline(ax: Any, panel: dict[str, Any], start: float, span: float) -> None:
     series = _series(panel)
     if not series:
         _no_data(ax, "No data")
@@ -402,11 +350,11 @@ def _state_timeline(ax: Any, panel: dict[str, Any], start: float) -> None:
         ax.text(-0.01, (lane + 0.5) / len(series), name, ha="right", va="center", color=TEXT, fontsize=6, transform=ax.transAxes)
     ax.set_ylim(0, len(series))
     ax.set_yticks([])
-    _minutes_axis(ax)
+    _minutes_axis(ax, span)
     ax.tick_params(colors=TEXT, labelsize=7)
 
 
-def _heatmap(ax: Any, panel: dict[str, Any], start: float) -> None:
+def _heatmap(ax: Any, panel: dict[str, Any], start: float, span: float) -> None:
     import numpy as np
 
     series = [(float("inf") if name == "+Inf" else float(name), xs, ys) for name, xs, ys, _ in _series(panel)]
@@ -419,7 +367,7 @@ def _heatmap(ax: Any, panel: dict[str, Any], start: float) -> None:
     xs = (np.array(series[0][1]) - start) / 60
     ax.imshow(np.clip(cumulative, 0, None), aspect="auto", origin="lower", cmap="Oranges", extent=(xs[0], xs[-1], 0, len(series)))
     ax.set_yticks(np.arange(len(series)) + 0.5, [_human(le, "s") if le != float("inf") else "+Inf" for le, _, _ in series], fontsize=6)
-    _minutes_axis(ax)
+    _minutes_axis(ax, span)
     ax.tick_params(colors=TEXT, labelsize=7)
 
 
@@ -431,6 +379,7 @@ def render(data: Path, out_dir: Path) -> list[Path]:
 
     collected = json.loads(data.read_text())
     start = collected["start"]
+    span = (collected["end"] - start) / 60  # minutes
     written = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for board in collected["dashboards"].values():
@@ -460,11 +409,11 @@ def render(data: Path, out_dir: Path) -> list[Path]:
                 ax.set_xticks([])
                 ax.set_yticks([])
             drawer = {
-                "timeseries": lambda: _timeseries(ax, panel, start),
+                "timeseries": lambda: _timeseries(ax, panel, start, span),
                 "stat": lambda: _stat(ax, panel),
                 "table": lambda: _table(ax, panel),
-                "state-timeline": lambda: _state_timeline(ax, panel, start),
-                "heatmap": lambda: _heatmap(ax, panel, start),
+                "state-timeline": lambda: _state_timeline(ax, panel, start, span),
+                "heatmap": lambda: _heatmap(ax, panel, start, span),
             }[panel["type"]]
             drawer()
             missing = _missing(panel)
