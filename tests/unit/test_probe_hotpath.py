@@ -449,3 +449,24 @@ def test_a_checker_that_raises_is_a_failed_check_and_the_scheduler_goes_on() -> 
 
     probes, errors = asyncio.run(body())
     assert probes >= 3 and errors == {"RuntimeError"}
+
+
+def test_hot_paths_over_ipv6() -> None:
+    try:
+        probe6 = socket.socket(socket.AF_INET6)
+        probe6.bind(("::1", 0))
+        probe6.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+    async def body() -> tuple[ProbeResult, ProbeResult]:
+        server = await asyncio.start_server(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await hot(TCPChecker(), Target("::1", port)), await hot(HTTPChecker(body=re.compile(rb"ok")), Target("::1", port))
+        finally:
+            server.close()
+
+    tcp, http = asyncio.run(body())
+    assert tcp.ok and tcp.message.startswith("connected to [::1]:")
+    assert http.ok, http.message
