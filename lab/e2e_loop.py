@@ -280,32 +280,18 @@ class Loop:
         self.kernel.delete_service(self.key)
 
     def _start_exporter(self) -> str:
-        address = f"127.0.0.1:{monitoring.free_port()}"
-        config = yaml.safe_load(self.lab.config_yaml(listen=address))
-        config["services"].append({
-            "name": SERVICE_NAME, "service": str(self.key),
-            "real_servers": [{"name": n, "address": f"{self.lab.node(n).ipv4}:{BACKEND_PORT}"} for n in self.weights],
-        })  # fmt: skip
-        config["probes"] = {"default_tcp": False, "refresh": "1s", "checks": [PROBE]}  # no publish: the fast path is off
-        path = self.workdir / "lvsguard.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = self.workdir / "exporter.log"
-        with open(log, "w") as err:
-            process = subprocess.Popen([str(Path(sys.executable).with_name("lvsguard")), "exporter", "--config", str(path)],
-                                       stdout=subprocess.DEVNULL, stderr=err)
-        self.stack.callback(_stop, process)
+        """The exporter as a process, with the loop's service and an http check that publishes nothing (fast path off)."""
 
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise LoopError(f"the exporter exited {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://{address}/metrics", timeout=2):
-                    return True
-            except OSError:
-                return False
+        def config_yaml(listen: str) -> str:
+            config = yaml.safe_load(self.lab.config_yaml(listen=listen))
+            config["services"].append({
+                "name": SERVICE_NAME, "service": str(self.key),
+                "real_servers": [{"name": n, "address": f"{self.lab.node(n).ipv4}:{BACKEND_PORT}"} for n in self.weights],
+            })  # fmt: skip
+            config["probes"] = {"default_tcp": False, "refresh": "1s", "checks": [PROBE]}
+            return yaml.safe_dump(config)
 
-        wait("the exporter to answer", answers, bool)
-        return address
+        return self.stack.enter_context(monitoring.running_exporter(self.workdir, config_yaml))
 
     # --- one loop -----------------------------------------------------------------------
 
@@ -410,11 +396,3 @@ class Loop:
             raise LoopError(f"the actuator's audit has no applied {action} of {self.victim_key} from Alertmanager: {events}")
         return min(times)
 
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
