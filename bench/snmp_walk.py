@@ -255,7 +255,6 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"snmp_walk: {tool} not found (Debian packages snmp, snmpd)")
 
-    table = make_table(args.real_servers)
     rs_table = ".".join(map(str, layout.DEFAULT_BASE + layout.RS_ENTRY[:-1]))
     with tempfile.TemporaryDirectory() as tmp:
         ours, ours_port = start_lvsguard(args.real_servers)

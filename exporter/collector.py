@@ -33,21 +33,7 @@ from lvsguard.logs import event
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs import TableReader
-from lvsguard.labels import (  # the shared label vocabulary (re-exported: tests and docs use it from here)
-    BACKEND_LABELS,
-    LOCAL_ADDRESS,
-    LOCAL_MARK,
-    LOCAL_PORT,
-    PROTO,
-    REAL_SERVER,
-    REMOTE_ADDRESS,
-    REMOTE_PORT,
-    SERVICE,
-    SERVICE_LABELS,
-    UnknownBackendLabels,
-    mark_label,
-    parse_backend_labels,
-)
+from lvsguard.labels import BACKEND_LABELS, SERVICE_LABELS, mark_label, parse_backend_labels
 from lvsguard.model import RealServerKey, ServiceKey, Table, VirtualService
 
 # --- label names -------------------------------------------------------------

@@ -24,15 +24,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import (
-    ALL_METRICS,
-    BACKEND_LABELS,
-    IPVSCollector,
-    UnknownBackendLabels,
-    parse_backend_labels,
-)
+from exporter.collector import ALL_METRICS, BACKEND_LABELS, IPVSCollector, parse_backend_labels
 from exporter.exposition import Exposition, encoded, gzipped
 from lvsguard.errors import IPVSUnavailable, KernelError, NotPermitted
+from lvsguard.labels import UnknownBackendLabels
 from lvsguard.model import (
     Forward,
     RealServer,

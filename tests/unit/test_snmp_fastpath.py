@@ -8,7 +8,7 @@ import pytest
 from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api
 
-from exporter.snmp import ber, layout
+from exporter.snmp import layout
 from exporter.snmp.fastpath import AgentStats, V2cResponder
 from exporter.snmp.layout import FirstSeen, Uptime, build_subtrees
 from exporter.snmp.mibview import MibView
