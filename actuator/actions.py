@@ -27,10 +27,10 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from lvsguard.logs import event
-from lvsguard.errors import KernelError, NoSuchDestination, NoSuchService, PolicyRefused
+from lvsguard.errors import BulkFailed, KernelError, NoSuchDestination, NoSuchService, PolicyRefused
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
 from actuator.failover import peer_problem, read_track_file, write_track_file
@@ -46,6 +46,10 @@ VIEW_TTL = 0.5
 """Seconds a webhook session may reuse the view of a big service read by an earlier session."""
 VIEW_CACHE_MIN = 64
 """Real servers from which a service's view is worth caching (its read costs O(real servers))."""
+LOG_EACH = 8
+"""A batch with more decisions than this logs one summary line plus one line per warning (refused,
+drift, error) instead of one line per decision: a log line costs system calls, and the audit trail
+has every decision anyway."""
 
 
 class Kernel(Protocol):
@@ -53,7 +57,9 @@ class Kernel(Protocol):
 
     def read(self) -> Table: ...
     def read_service(self, key: ServiceKey) -> VirtualService: ...
+    def read_real_servers(self, key: ServiceKey) -> tuple[RealServer, ...]: ...
     def edit_real_server(self, service: ServiceKey, rs: RealServer) -> None: ...
+    def edit_real_servers(self, service: ServiceKey, servers: Iterable[RealServer]) -> int: ...
     def add_real_server(self, service: ServiceKey, rs: RealServer) -> None: ...
     def delete_real_server(self, service: ServiceKey, key: RealServerKey) -> None: ...
 
@@ -149,6 +155,18 @@ def ramp_weight(target_weight: int, elapsed: float, period: float, steps: int) -
     return max(1, min(target_weight, math.ceil(target_weight * step / steps)))
 
 
+WARNINGS = ("refused", "drift", "error")
+"""Results logged at WARNING, each on its own line even in a big batch."""
+
+
+def _log_action(entry: dict[str, Any], actor: Actor) -> None:
+    """The log line of one decision (``entry`` as the audit trail has it)."""
+    level = logging.WARNING if entry["result"] in WARNINGS else logging.INFO
+    event(log, level, "action", action=entry["action"], result=entry["result"], reason=entry["reason"] or "-",
+          target=entry["target"] or "-", source=actor.source, actor=actor.name, alertname=actor.alertname or "-",
+          message=entry["message"])  # fmt: skip
+
+
 def _failover_text(hold: FailoverHold) -> str:
     if hold.kind == "alert":
         return f"alert {hold.alertname or '?'} ({hold.holder})"
@@ -210,11 +228,11 @@ class Actions:
             if not batch:
                 yield session
                 return
-            ledger.conn.execute("BEGIN IMMEDIATE")
+            ledger.begin()
             try:
                 yield session
             except BaseException:
-                ledger.conn.execute("ROLLBACK")  # nothing reached the kernel yet
+                ledger.rollback()  # nothing reached the kernel yet
                 self.views.clear()  # the session's views have writes that never happened
                 raise
             session.flush()
@@ -238,10 +256,10 @@ class Actions:
 class ServiceView:
     """One service of the session's kernel view, indexed by real server (O(1) per alert in a big batch)."""
 
-    def __init__(self, svc: VirtualService):
-        self.key = svc.key
-        self.servers = {rs.key: rs for rs in svc.real_servers}
-        self.healthy = sum(1 for rs in svc.real_servers if rs.weight > 0)
+    def __init__(self, key: ServiceKey, real_servers: tuple[RealServer, ...]):
+        self.key = key
+        self.servers = {rs.key: rs for rs in real_servers}
+        self.healthy = sum(1 for rs in real_servers if rs.weight > 0)
         self.total = len(self.servers)
 
     def real_server(self, key: RealServerKey) -> RealServer | None:
@@ -272,7 +290,7 @@ class Session:
         self.batch = batch
         self.cached = cached
         self._queued: list[_QueuedWrite] = []
-        self._audits: list[dict[str, Any]] = []
+        self._audits: list[tuple[dict[str, Any], Actor]] = []
         self._jobs: list[int] = []
         self.failed: dict[Target, str] = {}
         """After a batch: real servers whose kernel write failed, with the kernel's message."""
@@ -282,7 +300,7 @@ class Session:
         self.settings = actions.settings
         self._services: dict[ServiceKey, ServiceView | None] = {}
         if table is not None:
-            self._services = {svc.key: ServiceView(svc) for svc in table.services}
+            self._services = {svc.key: ServiceView(svc.key, svc.real_servers) for svc in table.services}
             self._complete = True
             now = time.monotonic()
             for view in self._services.values():
@@ -305,7 +323,7 @@ class Session:
                 self._services[key] = view
                 return view
         try:
-            svc: ServiceView | None = ServiceView(self.kernel.read_service(key))
+            svc: ServiceView | None = ServiceView(key, self.kernel.read_real_servers(key))
         except NoSuchService:
             svc = None
             self.a.views.pop(key, None)
@@ -371,16 +389,13 @@ class Session:
             "message": outcome.message,
             "details": details,
         }
-        if self.batch:
-            self._audits.append(entry)  # written after the kernel writes, with their real result
-        else:
-            with self.ledger.transaction():
-                self.ledger.audit(**entry)
         self.a.metrics.action(outcome.action, outcome.result, actor.source)
-        level = logging.WARNING if outcome.result in ("refused", "drift", "error") else logging.INFO
-        event(log, level, "action", action=outcome.action, result=outcome.result, reason=outcome.reason or "-",
-              target=outcome.target or "-", source=actor.source, actor=actor.name, alertname=actor.alertname or "-",
-              message=outcome.message)  # fmt: skip
+        if self.batch:
+            self._audits.append((entry, actor))  # audited and logged after the kernel writes, with their real result
+            return outcome
+        with self.ledger.transaction():
+            self.ledger.audit(**entry)
+        _log_action(entry, actor)
         return outcome
 
     def _refused(self, action: str, target: Target, exc: PolicyRefused, actor: Actor, **extra: Any) -> Outcome:
@@ -439,42 +454,71 @@ class Session:
             self.a.start_job(job_id)
 
     def flush(self) -> None:
-        """End a batch: commit the intents, write the kernel, commit confirmations and audit, start jobs."""
-        self.ledger.conn.execute("COMMIT")
+        """End a batch: commit the intents, write the kernel, commit confirmations and audit, start jobs.
+
+        One kernel write per real server, the last queued one (a SET_DEST replaces the
+        real server's whole state, so the earlier ones of the batch change nothing the
+        last does not), all of a service's in one pipelined request. A real server whose
+        write failed keeps the kernel state from before the batch, and its ledger row
+        goes back to what it was then.
+        """
+        self.ledger.commit()
         by_target: dict[Target, list[_QueuedWrite]] = {}
         for write in self._queued:
             by_target.setdefault(write.target, []).append(write)
-        confirmed: list[tuple[Target, list[_QueuedWrite], int]] = []  # writes, and how many reached the kernel
-        for target, writes in by_target.items():
-            count = 0
-            for write in writes:
-                try:
-                    self.kernel.edit_real_server(target.service, write.rs)
-                except KernelError as exc:
+        by_service: dict[ServiceKey, dict[RealServerKey, Target]] = {}
+        for target in by_target:
+            by_service.setdefault(target.service, {})[target.real_server] = target
+        for service, targets in by_service.items():
+            try:
+                self.kernel.edit_real_servers(service, (by_target[t][-1].rs for t in targets.values()))
+            except BulkFailed as exc:
+                for failure in exc.failures:
+                    failed = [targets[failure.real_server]] if failure.real_server in targets else list(targets.values())
+                    for target in failed:
+                        self.failed[target] = str(failure)
+            except KernelError as exc:
+                for target in targets.values():
                     self.failed[target] = str(exc)
-                    break
-                count += 1
-            confirmed.append((target, writes, count))
         with self.ledger.transaction():
-            for target, writes, count in confirmed:
-                if count < len(writes):
-                    self._put_backend(target, writes[count].before)  # the failed write's intent is undone
-                    if count:
-                        self.ledger.end_write(target)  # the row is now the last write that did reach the kernel
+            for target, writes in by_target.items():
+                if target in self.failed:
+                    self._put_backend(target, writes[0].before)  # the batch's intents are undone
                     continue
                 self.ledger.end_write(target)
                 if any(w.touch for w in writes):
                     self.ledger.touch(target)
                 if writes[-1].done:
                     self.ledger.delete_backend(target)
-            for entry in self._audits:
+            entries = []
+            for entry, actor in self._audits:
                 if entry["target"] in self.failed and entry["result"] == "applied":
                     entry = {**entry, "result": "error", "message": f"{entry['message']}: not applied, {self.failed[entry['target']]}"}
                 self.ledger.audit(**entry)
+                entries.append((entry, actor))
+        self._log_batch(entries)
         for target in self.failed:
             self._forget(target.service)
         for job_id in self._jobs:
             self.a.start_job(job_id)
+
+    @staticmethod
+    def _log_batch(entries: list[tuple[dict[str, Any], Actor]]) -> None:
+        """One line per decision, or (``LOG_EACH``) one per warning and a summary of the rest."""
+        if len(entries) <= LOG_EACH:
+            for entry, actor in entries:
+                _log_action(entry, actor)
+            return
+        counts: dict[str, int] = {}
+        for entry, actor in entries:
+            if entry["result"] in WARNINGS:
+                _log_action(entry, actor)
+            else:
+                key = f"{entry['action']}_{entry['result']}"
+                counts[key] = counts.get(key, 0) + 1
+        sources = ",".join(sorted({actor.source for _entry, actor in entries}))
+        event(log, logging.INFO, "actions", decisions=len(entries), source=sources, **dict(sorted(counts.items())),
+              hint="one line per decision is in the audit trail")  # fmt: skip
 
     def _put_backend(self, target: Target, backend: Backend | None) -> None:
         self.ledger.delete_backend(target)
@@ -838,6 +882,8 @@ class Session:
             actor = Actor(first.source, first.holder, first.alertname) if first.kind == "alert" else ACTUATOR
             outcome = self._take_out(target, actor, action=first.action)
             if outcome.result == "refused":
+                if outcome.retry_after is None:
+                    self._drop_unapplied_manual_holds(holds)
                 return outcome
             if any(h.action == "drain" for h in holds):
                 job = self._ensure_drain_job(target, actor, timeout=None, delete=False)
@@ -847,6 +893,19 @@ class Session:
             outcome = self._bring_back(target, ACTUATOR)
             return outcome if outcome.result == "refused" else self._finish(outcome, ACTUATOR)
         return None
+
+    def _drop_unapplied_manual_holds(self, holds: list[Hold]) -> None:
+        """Forget operators' holds the rules refuse, as a refused request leaves none; an alert's hold waits.
+
+        A live refused request deletes its hold at once, so a manual hold left
+        here never took effect: a kill -9 cut its request between the hold's
+        commit and the kernel write, and the operator got no reply.
+        """
+        manual = [h for h in holds if h.kind == "manual"]
+        if manual:
+            with self.ledger.transaction():
+                for h in manual:
+                    self.ledger.delete_hold(h.id)
 
     def converge_all(self) -> list[Outcome]:
         targets = {h.target for h in self.ledger.active_holds()} | {b.target for b in self.ledger.backends()}
@@ -945,6 +1004,11 @@ class Session:
             outcome = self._reconcile_backend(backend)
             if outcome is not None:
                 outcomes.append(self._finish(outcome, ACTUATOR))
+        known = {b.target for b in self.ledger.backends()}
+        for target in sorted({h.target for h in self.ledger.active_holds() if h.kind == "manual"} - known, key=str):
+            outcome = self.converge(target)  # an operator's hold whose request a kill cut before the kernel write
+            if outcome is not None:
+                outcomes.append(outcome)
         return outcomes
 
     def _reconcile_backend(self, backend: Backend) -> Outcome | None:

@@ -198,6 +198,7 @@ def serve(
         raise LvsguardError(f"ledger {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):  # SQLite writes its -wal and -shm files next to the ledger
         raise LvsguardError(f"ledger {path}: directory {directory} is not writable by this user (uid {os.geteuid()})")
+    logging.logProcesses = False  # the log format has no process id: spare a getpid() per line
     kernel = NetlinkIPVS(netns)
     try:
         app = create_app(settings, kernel=kernel, ledger_path=path)

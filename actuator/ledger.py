@@ -222,6 +222,8 @@ class Ledger:
     def __init__(self, conn: sqlite3.Connection, *, clock: Any = time.time):
         self.conn = conn
         self.clock = clock
+        self._now: float | None = None
+        """The time of the open write transaction: every row it writes carries that one time."""
 
     @classmethod
     def open(cls, path: str, *, clock: Any = time.time, create: bool = True) -> Ledger:
@@ -244,13 +246,30 @@ class Ledger:
         if self.conn.in_transaction:
             yield
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.begin()
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.rollback()
             raise
+        self.commit()
+
+    def begin(self) -> None:
+        """Open a write transaction; the clock is read once for all of it (a clock read is a system call)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._now = self.clock()
+
+    def commit(self) -> None:
+        self._now = None
         self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self._now = None
+        self.conn.execute("ROLLBACK")
+
+    def now(self) -> float:
+        """The open transaction's time, else the clock's."""
+        return self.clock() if self._now is None else self._now
 
     # holds
 
@@ -261,11 +280,11 @@ class Ledger:
         existing = self.active_hold(target, kind, holder)
         if existing is not None:
             return existing, False
-        now = self.clock()
+        now = self.now()
         cur = self.conn.execute(
             "INSERT INTO holds (service, real_server, kind, holder, alertname, source, action, reason, state, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
-            (str(target.service), str(target.real_server), kind, holder, alertname, source, action, reason, now),
+            (*_columns(target), kind, holder, alertname, source, action, reason, now),
         )
         return Hold(int(cur.lastrowid or 0), target, kind, holder, alertname, source, action, reason, "active", now, None, ""), True
 
@@ -276,7 +295,7 @@ class Ledger:
     def active_hold(self, target: Target, kind: str, holder: str) -> Hold | None:
         row = self.conn.execute(
             "SELECT * FROM holds WHERE service = ? AND real_server = ? AND kind = ? AND holder = ? AND state = 'active'",
-            (str(target.service), str(target.real_server), kind, holder),
+            (*_columns(target), kind, holder),
         ).fetchone()
         return _hold(row) if row else None
 
@@ -287,7 +306,7 @@ class Ledger:
         else:
             rows = self.conn.execute(
                 "SELECT * FROM holds WHERE service = ? AND real_server = ? AND state = 'active' ORDER BY id",
-                (str(target.service), str(target.real_server)),
+                _columns(target),
             ).fetchall()
         return [_hold(r) for r in rows]
 
@@ -307,7 +326,7 @@ class Ledger:
     def release_hold(self, hold_id: int, *, state: str = "released", by: str = "") -> None:
         self.conn.execute(
             "UPDATE holds SET state = ?, released_at = ?, released_by = ? WHERE id = ? AND state = 'active'",
-            (state, self.clock(), by, hold_id),
+            (state, self.now(), by, hold_id),
         )
 
     def delete_hold(self, hold_id: int) -> None:
@@ -319,7 +338,7 @@ class Ledger:
         cur = self.conn.execute(
             "UPDATE holds SET state = ?, released_at = ?, released_by = ?"
             " WHERE service = ? AND real_server = ? AND state = 'active'",
-            (state, self.clock(), by, str(target.service), str(target.real_server)),
+            (state, self.now(), by, *_columns(target)),
         )
         return cur.rowcount
 
@@ -330,7 +349,7 @@ class Ledger:
         cur = self.conn.execute(
             "INSERT INTO failovers (kind, holder, alertname, source, reason, state, created_at)"
             " VALUES (?, ?, ?, ?, ?, 'active', ?) ON CONFLICT DO NOTHING",
-            (kind, holder, alertname, source, reason, self.clock()),
+            (kind, holder, alertname, source, reason, self.now()),
         )
         return cur.rowcount == 1
 
@@ -349,7 +368,7 @@ class Ledger:
             args.append(holder)
         cur = self.conn.execute(
             f"UPDATE failovers SET state = 'released', released_at = ?, released_by = ? WHERE {' AND '.join(where)}",
-            (self.clock(), by, *args),
+            (self.now(), by, *args),
         )
         return cur.rowcount
 
@@ -357,7 +376,7 @@ class Ledger:
 
     def backend(self, target: Target) -> Backend | None:
         row = self.conn.execute(
-            "SELECT * FROM backends WHERE service = ? AND real_server = ?", (str(target.service), str(target.real_server))
+            "SELECT * FROM backends WHERE service = ? AND real_server = ?", _columns(target)
         ).fetchone()
         return _backend(row) if row else None
 
@@ -372,31 +391,31 @@ class Ledger:
             " ON CONFLICT (service, real_server) DO UPDATE SET state = excluded.state,"
             " original_weight = excluded.original_weight, expected_weight = excluded.expected_weight,"
             " previous_weight = excluded.previous_weight, write_pending = 1, drift = '', job_id = excluded.job_id",
-            (str(target.service), str(target.real_server), state, original, expected, previous, self.clock(), job_id),
+            (*_columns(target), state, original, expected, previous, self.now(), job_id),
         )
 
     def end_write(self, target: Target) -> None:
         """The kernel confirmed the write."""
         self.conn.execute(
             "UPDATE backends SET write_pending = 0 WHERE service = ? AND real_server = ?",
-            (str(target.service), str(target.real_server)),
+            _columns(target),
         )
 
     def set_original_weight(self, target: Target, weight: int) -> None:
         self.conn.execute(
             "UPDATE backends SET original_weight = ? WHERE service = ? AND real_server = ?",
-            (weight, str(target.service), str(target.real_server)),
+            (weight, *_columns(target)),
         )
 
     def set_drift(self, target: Target, drift: str) -> None:
         self.conn.execute(
             "UPDATE backends SET drift = ?, write_pending = 0 WHERE service = ? AND real_server = ?",
-            (drift, str(target.service), str(target.real_server)),
+            (drift, *_columns(target)),
         )
 
     def delete_backend(self, target: Target) -> None:
         self.conn.execute(
-            "DELETE FROM backends WHERE service = ? AND real_server = ?", (str(target.service), str(target.real_server))
+            "DELETE FROM backends WHERE service = ? AND real_server = ?", _columns(target)
         )
 
     # hold-down
@@ -404,7 +423,7 @@ class Ledger:
     def changed_at(self, target: Target) -> float | None:
         row = self.conn.execute(
             "SELECT changed_at FROM changes WHERE service = ? AND real_server = ?",
-            (str(target.service), str(target.real_server)),
+            _columns(target),
         ).fetchone()
         return float(row[0]) if row else None
 
@@ -412,17 +431,17 @@ class Ledger:
         self.conn.execute(
             "INSERT INTO changes (service, real_server, changed_at) VALUES (?, ?, ?)"
             " ON CONFLICT (service, real_server) DO UPDATE SET changed_at = excluded.changed_at",
-            (str(target.service), str(target.real_server), self.clock()),
+            (*_columns(target), self.now()),
         )
 
     # jobs
 
     def create_job(self, kind: str, target: Target, *, params: dict[str, Any], actor: str, message: str = "") -> Job:
-        now = self.clock()
+        now = self.now()
         cur = self.conn.execute(
             "INSERT INTO jobs (kind, service, real_server, state, progress, message, params, actor, created_at, updated_at)"
             " VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?, ?)",
-            (kind, str(target.service), str(target.real_server), message, json.dumps(params), actor, now, now),
+            (kind, *_columns(target), message, json.dumps(params), actor, now, now),
         )
         job = self.job(int(cur.lastrowid or 0))
         assert job is not None
@@ -447,14 +466,14 @@ class Ledger:
         else:
             rows = self.conn.execute(
                 "SELECT * FROM jobs WHERE state = 'running' AND service = ? AND real_server = ? ORDER BY id",
-                (str(target.service), str(target.real_server)),
+                _columns(target),
             ).fetchall()
         return [_job(r) for r in rows]
 
     def update_job(
         self, job_id: int, *, progress: float | None = None, message: str | None = None, params: dict[str, Any] | None = None
     ) -> None:
-        sets, args = ["updated_at = ?"], [self.clock()]
+        sets, args = ["updated_at = ?"], [self.now()]
         if progress is not None:
             sets.append("progress = ?")
             args.append(max(0.0, min(1.0, progress)))
@@ -468,7 +487,7 @@ class Ledger:
 
     def finish_job(self, job_id: int, state: str, message: str, *, progress: float | None = None) -> None:
         """End a running job (a finished job is never reopened)."""
-        now = self.clock()
+        now = self.now()
         if progress is None:
             self.conn.execute(
                 "UPDATE jobs SET state = ?, message = ?, updated_at = ?, finished_at = ? WHERE id = ? AND state = 'running'",
@@ -499,12 +518,11 @@ class Ledger:
             "INSERT INTO audit (at, source, actor, action, service, real_server, result, reason, message, details)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                self.clock(),
+                self.now(),
                 source,
                 actor,
                 action,
-                str(target.service) if target else "",
-                str(target.real_server) if target else "",
+                *(_columns(target) if target else ("", "")),
                 result,
                 reason,
                 message,
@@ -518,6 +536,12 @@ class Ledger:
         after = min(after, SQLITE_MAX_INT)
         rows = self.conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id DESC LIMIT ?", (after, limit)).fetchall()
         return [_audit(r) for r in rows]
+
+
+@functools.lru_cache(maxsize=65536)
+def _columns(target: Target) -> tuple[str, str]:
+    """A target's two text columns (service, real server), rendered once per target."""
+    return str(target.service), str(target.real_server)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -568,11 +592,27 @@ def get_ledger() -> Ledger:
     return ledger
 
 
+def locked_ledger() -> Ledger:
+    """The app's one connection for the webhook, whose sessions run under the actions lock.
+
+    Only used while holding ``Actions.lock``, so one connection is enough; being
+    the same one every time keeps its page cache warm (a connection re-reads the
+    pages another connection changed, a system call each, and with one
+    connection per serving thread a burst of webhooks lands on a different cold
+    connection each time). The caller rolls back what an error leaves open.
+    """
+    ledger: Ledger | None = current_app.extensions.get("lvsguard_locked_ledger")
+    if ledger is None:
+        ledger = Ledger.open(current_app.config["LVSGUARD_LEDGER"], clock=current_app.config["LVSGUARD_CLOCK"], create=False)
+        current_app.extensions["lvsguard_locked_ledger"] = ledger
+    return ledger
+
+
 def end_request(_exc: BaseException | None = None) -> None:
     """Teardown: a transaction left open by a failed request is rolled back (the connection stays)."""
     ledger: Ledger | None = g.pop("ledger", None)
     if ledger is not None and ledger.conn.in_transaction:
-        ledger.conn.execute("ROLLBACK")
+        ledger.rollback()
 
 
 def init_app(app: Flask) -> None:

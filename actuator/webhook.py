@@ -29,7 +29,7 @@ from lvsguard.errors import IPVSUnavailable, KernelError, LvsguardError, NotPerm
 
 from actuator.actions import Actions, Actor, Outcome, Session
 from actuator.auth import require_token
-from actuator.ledger import get_ledger
+from actuator.ledger import locked_ledger
 from actuator.settings import ACTIONS, ActuatorSettings
 from actuator.targets import TargetError, target_from_labels
 
@@ -248,10 +248,15 @@ def alertmanager() -> tuple[dict[str, Any], int]:
               hint="raise or remove max_alerts in the Alertmanager webhook config")  # fmt: skip
     actions: Actions = current_app.extensions["lvsguard"].actions
     settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
-    ledger = get_ledger()
-    table = actions.kernel.read() if len(note.alerts) > PRELOAD_TABLE else None
-    with actions.session(ledger, table=table, batch=True, cached=True) as session:
-        results = [_handle_one(session, settings, a) for a in note.alerts]
+    with actions.lock:
+        ledger = locked_ledger()
+        try:
+            table = actions.kernel.read() if len(note.alerts) > PRELOAD_TABLE else None
+            with actions.session(ledger, table=table, batch=True, cached=True) as session:
+                results = [_handle_one(session, settings, a) for a in note.alerts]
+        finally:
+            if ledger.conn.in_transaction:  # a commit that failed (disk full, locked): the next request starts clean
+                ledger.rollback()
     for result in results:  # a kernel write of the batch failed: say so for the alerts that asked for it
         for target, message in session.failed.items():
             if result["result"] == "applied" and (result["service"], result["real_server"]) == (str(target.service), str(target.real_server)):

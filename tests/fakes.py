@@ -12,7 +12,7 @@ import threading
 from dataclasses import replace
 from typing import Iterable
 
-from lvsguard.errors import AlreadyExists, KernelError, NoSuchDestination, NoSuchService
+from lvsguard.errors import AlreadyExists, BulkFailed, KernelError, NoSuchDestination, NoSuchService
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, SyncDaemon, Table, VirtualService
 
 
@@ -50,6 +50,9 @@ class FakeKernel:
             if key not in self._services:
                 raise NoSuchService("no such service", service=key)
             return self._build(key)
+
+    def read_real_servers(self, key: ServiceKey) -> tuple[RealServer, ...]:
+        return self.read_service(key).real_servers
 
     def sync_daemons(self) -> tuple[SyncDaemon, ...]:
         self._check_read()
@@ -101,6 +104,20 @@ class FakeKernel:
                 old, weight=rs.weight, forward=rs.forward, upper_threshold=rs.upper_threshold, lower_threshold=rs.lower_threshold
             )
             self.writes.append(("edit_real_server", str(service), str(rs.key), rs.weight))
+
+    def edit_real_servers(self, service: ServiceKey, servers: Iterable[RealServer]) -> int:
+        """The pipelined form: each edit on its own, the failures in one BulkFailed (as netlink does)."""
+        failures: list[KernelError] = []
+        count = 0
+        for rs in servers:
+            count += 1
+            try:
+                self.edit_real_server(service, rs)
+            except KernelError as exc:
+                failures.append(exc)
+        if failures:
+            raise BulkFailed(f"{len(failures)} of {count} real servers not changed", failures, service=service)
+        return count
 
     def delete_real_server(self, service: ServiceKey, key: RealServerKey) -> None:
         with self._lock:

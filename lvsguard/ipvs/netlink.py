@@ -198,7 +198,7 @@ make_stats = fast_constructor(Stats)
 make_real_server = fast_constructor(RealServer)
 make_key = fast_constructor(RealServerKey)
 
-BATCH = 256  # write requests per sendmsg in add_real_servers
+BATCH = 256  # write requests per sendmsg in add_real_servers and edit_real_servers
 
 
 # ----------------------------------------------------------------------------------------
@@ -754,6 +754,20 @@ class NetlinkIPVS:
         with self._lock, self._kernel("service", service=key):
             return self._read_service(key)
 
+    def read_real_servers(self, key: ServiceKey) -> tuple[RealServer, ...]:
+        """The real servers of one service, without the service's own settings; raises NoSuchService.
+
+        One round trip where :meth:`read_service` needs two (what the actuator
+        reads before each write). The kernel answers the dump of a missing
+        service with no real servers rather than an error, so an empty answer
+        is checked with a read of the service.
+        """
+        with self._lock, self._kernel("service", service=key):
+            servers = self._dests(key)
+            if not servers:
+                self._read_service(key)
+            return servers
+
     def sync_daemons(self) -> tuple[SyncDaemon, ...]:
         with self._lock, self._kernel("read"):
             return parse_daemons(b"".join(self._transact(CMD_GET_DAEMON, b"", NLM_F_REQUEST | NLM_F_DUMP)))
@@ -828,6 +842,42 @@ class NetlinkIPVS:
                 attempted += len(batch)
         if failures:
             raise BulkFailed(f"{len(failures)} of {attempted} real servers not added", failures, service=service)
+        return attempted
+
+    def edit_real_servers(self, service: ServiceKey, servers: Iterable[RealServer]) -> int:
+        """Replace the settings of many real servers of one service at once; returns how many were sent.
+
+        The pipelined form of :meth:`edit_real_server` (a webhook payload of 1 000
+        alerts): every SET_DEST goes out without waiting, ``BATCH`` to a sendmsg,
+        an ack asked only of the last of each batch, so a batch costs one round
+        trip instead of one per real server. A SET_DEST replaces every attribute:
+        send what a read of the service returned, with the weight changed (the
+        caller's read-modify-write, one read for the whole batch). The kernel
+        applies each request on its own; when some fail, ``BulkFailed`` carries
+        one typed error per real server, naming the service and the real server
+        (the others were applied).
+        """
+        with self._lock, self._kernel("dest", service=service):
+            ident = nla(ATTR_SERVICE, self._encode(service_id_attrs, service, service=service))
+            failures: list[KernelError] = []
+            attempted = 0
+            batch: list[tuple[RealServer, bytes]] = []
+            for rs in servers:
+                try:
+                    batch.append((rs, ident + nla(ATTR_DEST, dest_attrs(rs))))
+                except ValueError as exc:
+                    failures.append(_invalid(exc, service, rs.key))
+                    attempted += 1
+                    continue
+                if len(batch) == BATCH:
+                    failures += self._send_batch(service, batch, CMD_SET_DEST)
+                    attempted += len(batch)
+                    batch = []
+            if batch:
+                failures += self._send_batch(service, batch, CMD_SET_DEST)
+                attempted += len(batch)
+        if failures:
+            raise BulkFailed(f"{len(failures)} of {attempted} real servers not changed", failures, service=service)
         return attempted
 
     def start_sync_daemon(self, daemon: SyncDaemon) -> None:
@@ -988,8 +1038,8 @@ class NetlinkIPVS:
             payload += nla(ATTR_DEST, self._encode(dest_attrs, rs, service=service, real_server=rs.key))
             self._ack(cmd, payload)
 
-    def _send_batch(self, service: ServiceKey, batch: Sequence[tuple[RealServer, bytes]]) -> list[KernelError]:
-        """One sendmsg of NEW_DEST requests; the typed errors of those that failed."""
+    def _send_batch(self, service: ServiceKey, batch: Sequence[tuple[RealServer, bytes]], cmd: int = CMD_NEW_DEST) -> list[KernelError]:
+        """One sendmsg of ``cmd`` (NEW_DEST, SET_DEST) requests; the typed errors of those that failed."""
         seqs: dict[int, RealServer] = {}
         parts = []
         last = 0
@@ -997,7 +1047,7 @@ class NetlinkIPVS:
             last = next(self._seq)
             seqs[last] = rs
             flags = NLM_F_REQUEST | (NLM_F_ACK if i == len(batch) - 1 else 0)
-            parts.append(_genl.message(self._family, CMD_NEW_DEST, flags, last, payload))
+            parts.append(_genl.message(self._family, cmd, flags, last, payload))
         self._send(b"".join(parts))
         failures: list[KernelError] = []
         while True:

@@ -280,6 +280,44 @@ def test_bulk_add_reports_each_failure(ipvs: NetlinkIPVS) -> None:
     assert len(ipvs.read_service(VIP).real_servers) == 8
 
 
+def test_bulk_edit_changes_each_real_server_and_keeps_what_it_was_sent(ipvs: NetlinkIPVS) -> None:
+    servers = [RealServer(RealServerKey(f"10.1.{i // 250}.{i % 250 + 1}", 80), 5, Forward.ROUTE, 100, 10) for i in range(600)]
+    ipvs.add_service(VirtualService(VIP, "wrr"))
+    ipvs.add_real_servers(VIP, servers)
+    changed = [dataclasses.replace(rs, weight=i % 3) for i, rs in enumerate(servers)]  # 600: three sendmsg batches
+    assert ipvs.edit_real_servers(VIP, changed) == 600
+    assert sorted(ipvs.read_real_servers(VIP), key=lambda rs: str(rs.key)) == sorted(changed, key=lambda rs: str(rs.key))
+    shown = ipvsadm_table()[str(VIP)][1]
+    assert shown["10.1.2.100:80"][:2] == ["Route", str(599 % 3)]
+
+
+def test_bulk_edit_reports_each_failure_and_applies_the_rest(ipvs: NetlinkIPVS) -> None:
+    ipvs.add_service(VirtualService(VIP, "wrr"))
+    for i in (1, 2, 3):
+        ipvs.add_real_server(VIP, nat(f"10.0.1.{i}:80"))
+    batch = [dataclasses.replace(nat("10.0.1.1:80"), weight=0), dataclasses.replace(nat("10.0.1.9:80"), weight=0),
+             dataclasses.replace(nat("10.0.1.3:80"), weight=7)]  # fmt: skip
+    with pytest.raises(BulkFailed) as info:
+        ipvs.edit_real_servers(VIP, batch)
+    assert [(type(f).__name__, str(f.service), str(f.real_server)) for f in info.value.failures] == [
+        ("NoSuchDestination", str(VIP), "10.0.1.9:80")]
+    assert str(info.value).startswith("service TCP 192.0.2.10:80: 1 of 3 real servers not changed: real server 10.0.1.9:80")
+    assert {str(rs.key): rs.weight for rs in ipvs.read_real_servers(VIP)} == {"10.0.1.1:80": 0, "10.0.1.2:80": 1, "10.0.1.3:80": 7}
+    with pytest.raises(BulkFailed) as info:
+        ipvs.edit_real_servers(ServiceKey.parse("TCP 192.0.2.99:80"), [nat("10.0.1.1:80")])
+    assert type(info.value.failures[0]).__name__ == "NoSuchService"
+
+
+def test_read_real_servers_tells_an_empty_service_from_a_missing_one(ipvs: NetlinkIPVS) -> None:
+    ipvs.add_service(VirtualService(VIP, "rr"))
+    assert ipvs.read_real_servers(VIP) == ()
+    ipvs.add_real_server(VIP, nat("10.0.1.1:80"))
+    assert ipvs.read_real_servers(VIP) == ipvs.read_service(VIP).real_servers
+    with pytest.raises(NoSuchService) as info:
+        ipvs.read_real_servers(ServiceKey.parse("TCP 192.0.2.99:80"))
+    assert "TCP 192.0.2.99:80" in str(info.value)
+
+
 def test_read_has_host_totals(ipvs: NetlinkIPVS) -> None:
     ipvs.add_service(VirtualService(VIP, "rr"))
     table = ipvs.read()

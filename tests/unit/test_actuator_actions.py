@@ -384,3 +384,23 @@ def test_reconcile_closes_holds_of_a_deleted_real_server(env: Env) -> None:
     found = env.actions.reconcile(env.ledger)
     assert [o.result for o in found] == ["not_found"]
     assert env.ledger.active_holds() == []
+
+
+@pytest.mark.parametrize("min_healthy, result", [(1, "applied"), (4, "refused")])
+def test_reconcile_settles_an_operator_hold_whose_request_a_kill_cut(tmp_path: Path, min_healthy: int, result: str) -> None:
+    env = make_env(tmp_path, min_healthy=Quorum(min_healthy))
+    with env.ledger.transaction():  # what a kill -9 leaves after the hold's commit, before the intent's
+        env.ledger.add_hold(t(0), kind="manual", holder="alice", source="api", action="quarantine")
+    found = Actions(env.kernel, env.actions.settings, clock=env.clock).reconcile(env.ledger)
+    assert [(o.result, o.target) for o in found] == [(result, t(0))]
+    if result == "applied":  # taken out, as the operator asked
+        assert env.weight(0) == 0 and len(env.ledger.active_holds()) == 1
+    else:  # refused, as the live request would have been: no hold is left behind
+        assert env.weight(0) == 5 and env.ledger.active_holds() == []
+    assert env.actions.reconcile(env.ledger) == []  # settled
+
+
+def test_reconcile_leaves_a_waiting_alert_hold_to_the_retries(tmp_path: Path) -> None:
+    env = make_env(tmp_path, min_healthy=Quorum(4))
+    assert env.do("hold", t(0), alert("fp1")).result == "refused"
+    assert env.actions.reconcile(env.ledger) == [] and len(env.ledger.active_holds()) == 1

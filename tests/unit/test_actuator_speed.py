@@ -8,12 +8,12 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lvsguard.errors import NotPermitted
-from lvsguard.model import RealServerKey, ServiceKey, VirtualService
+from lvsguard.errors import InvalidRequest, NotPermitted
+from lvsguard.model import RealServer, RealServerKey, ServiceKey, VirtualService
 
 from actuator.actions import VIEW_CACHE_MIN
 from actuator.app import create_app
-from actuator.ledger import get_ledger
+from actuator.ledger import Ledger, get_ledger
 from actuator.settings import ActuatorSettings
 from tests.fakes import FakeKernel, am_alert, am_payload, service
 
@@ -113,3 +113,32 @@ def test_a_serving_thread_keeps_its_ledger_connection_and_no_transaction_survive
         assert not second.conn.in_transaction
     client = app.test_client()
     assert fire(client, "s1", SMALL, 1)["result"] == "applied"
+
+
+class RefusingKernel(CountingKernel):
+    """The fake kernel, refusing every write to one real server."""
+
+    def __init__(self, refused: RealServerKey, *services: VirtualService):
+        super().__init__(*services)
+        self.refused = refused
+
+    def edit_real_server(self, service: ServiceKey, rs: RealServer) -> None:
+        if rs.key == self.refused:
+            raise InvalidRequest("invalid argument", service=service, real_server=rs.key)
+        super().edit_real_server(service, rs)
+
+
+def test_a_batch_sends_each_real_server_once_and_a_refused_one_fails_alone(tmp_path: Path) -> None:
+    refused = RealServerKey.parse(rs_of(2, SMALL))
+    kernel = RefusingKernel(refused, service(str(SMALL), *((rs_of(i, SMALL), 5) for i in range(1, 5))))
+    app = create_app(ActuatorSettings(tokens={"alertmanager": TOKEN}, hold_down=0.0), kernel=kernel,
+                     ledger_path=str(tmp_path / "ledger.db"))  # fmt: skip
+    alerts = [am_alert(f"b{i}", service=str(SMALL), real_server=rs_of(i, SMALL), lvsguard_action="quarantine") for i in (1, 2, 3)]
+    alerts.append(am_alert("b1", status="resolved", service=str(SMALL), real_server=rs_of(1, SMALL), lvsguard_action="quarantine"))
+    reply = app.test_client().post("/webhook/alertmanager", json=am_payload(*alerts), headers=AUTH)
+    assert [r["result"] for r in reply.json["results"]] == ["applied", "error", "applied", "applied"]  # type: ignore[index]
+    assert kernel.writes == [("edit_real_server", str(SMALL), rs_of(1, SMALL), 5), ("edit_real_server", str(SMALL), rs_of(3, SMALL), 0)]
+    ledger = Ledger.open(str(tmp_path / "ledger.db"))
+    assert [str(b.target.real_server) for b in ledger.backends()] == [rs_of(3, SMALL)]  # the refused one's intent is undone
+    assert all(not b.write_pending for b in ledger.backends())
+    assert len(ledger.active_holds()) == 2  # b2 still asks: a retry applies it
