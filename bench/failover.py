@@ -44,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.ha import SETTLE, HALab, open_held, served_again, survivors, synced_connections  # noqa: E402
+from lab.ha import HALab, open_held, served_again, survivors, synced_connections  # noqa: E402
 from lab.topology import in_lab_vm  # noqa: E402
 
 TOKEN = "bench-failover-token-0123456789"
@@ -110,12 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     if not in_lab_vm():
         print("bench/failover.py builds namespaces and keepalived: run it inside lab/vm.sh (make bench)", file=sys.stderr)
         return 2
-    lab = HALab(preempt=True)
+    lab = HALab(preempt=True, lvsguard_token=TOKEN)  # the lvsguard processes start before keepalived
     results: dict[str, Any] = {"runs": args.runs, "held": args.held, "advert_int": 0.1}
     try:
         lab.build(progress=lambda message: print(f"  {message}", flush=True))
-        actuator = lab.start_lvsguard(TOKEN)["dir1"].actuator_url
-        time.sleep(SETTLE)  # lab.ha.SETTLE: no VRRP transition right after the processes start
+        actuator = lab.lvsguard["dir1"].actuator_url
         track = lab.track_file("dir1")
 
         def api_request() -> None:

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a file (lab/demo.py): make the checkout 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import demo_ha, traffic  # noqa: E402
-from lab.ha import SETTLE, ACTUATOR_PORTS, EXPORTER_PORTS, HALab, alertmanager_config, running_alertmanager  # noqa: E402
+from lab.ha import ACTUATOR_PORTS, EXPORTER_PORTS, HALab, alertmanager_config, running_alertmanager  # noqa: E402
 from lab.keepalived import KeepalivedError  # noqa: E402
 from lab.topology import Lab, LabError  # noqa: E402
 
@@ -192,18 +192,17 @@ def show_weight_change(lab: Lab, exporter_ok: bool) -> None:
 def main() -> int:
     print("lvsguard lab demo: two directors (keepalived), real servers and a client in network namespaces,")
     print("real traffic through the kernel's IPVS, lvsguard's exporter watching it and its actuator driving it.\n")
-    lab = HALab()
     workdir = Path(tempfile.mkdtemp(prefix="lvsguard-demo-"))
+    token_file = workdir / "token"
+    token_file.write_text(secrets.token_hex(16) + "\n")
+    webhooks = {name: f"http://127.0.0.1:{port}/webhook/alertmanager" for name, port in ACTUATOR_PORTS.items()}
+    lab: HALab | None = None
     try:
-        lab.build(progress=step)
-        token_file = workdir / "token"
-        token_file.write_text(secrets.token_hex(16) + "\n")
-        webhooks = {name: f"http://127.0.0.1:{port}/webhook/alertmanager" for name, port in ACTUATOR_PORTS.items()}
         with running_alertmanager(workdir / "alertmanager", alertmanager_config(webhooks, token_file)) as alertmanager:
             step(f"Alertmanager on {alertmanager} (alerts/alertmanager.yml), its webhook to both directors' actuators")
-            step("starting lvsguard exporter and lvsguard actuator for each director (--netns lvs-dir1, lvs-dir2)")
-            lab.start_lvsguard(token_file.read_text().strip(), probes=demo_ha.probes_section(alertmanager))
-            time.sleep(SETTLE)  # no VRRP transition right after they start (lab.ha.SETTLE says why)
+            # lvsguard exporter and actuator per director (--netns), started by build() before keepalived
+            lab = HALab(lvsguard_token=token_file.read_text().strip(), probes=demo_ha.probes_section(alertmanager))
+            lab.build(progress=step)
             step(f"exporters on {', '.join(p.exporter_url for p in lab.lvsguard.values())}, "
                  f"actuators on {', '.join(p.actuator_url for p in lab.lvsguard.values())}")  # fmt: skip
             single_director(lab)
@@ -215,7 +214,8 @@ def main() -> int:
         print(f"\nlab demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        lab.teardown()
+        if lab is not None:
+            lab.teardown()
         shutil.rmtree(workdir, ignore_errors=True)
     print()
     if failures:

@@ -21,6 +21,7 @@ them keeps them. ``restart_keepalived(preempt=...)`` switches policy.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -76,11 +77,12 @@ INSIDE4, INSIDE6 = SERVER_PREFIX4 + "1", SERVER_PREFIX6 + "1"
 NO_ARP_LOCKTIME = "ntable change name arp_cache dev eth0 locktime 0"
 EXPORTER_PORTS = {"dir1": 19931, "dir2": 19932}  # on 127.0.0.1 of the VM's own namespace
 ACTUATOR_PORTS = {"dir1": 19941, "dir2": 19942}
-# Seconds between lvsguard processes serving and the next VRRP transition. Three times
-# in about fifteen lab runs on a loaded machine, a MASTER -> BACKUP transition within
-# a few seconds of their start left keepalived's VRRP process blocked for good in
-# netlink_recvmsg (waiting for the kernel's answer), so both directors stayed MASTER
-# (docs/ha.md, "Known issue"); never seen with this pause. Root cause not found.
+# Seconds between lvsguard processes serving and the next VRRP transition. On a loaded
+# machine, their start-up (about 2 s of CPU each) can starve keepalived into a quick
+# BACKUP -> MASTER -> BACKUP flap, and four times in about twenty lab runs such a
+# MASTER -> BACKUP left keepalived's VRRP process blocked for good in netlink_recvmsg,
+# both directors MASTER (docs/ha.md, "Known issue"; root cause not found). So the lab
+# starts them before keepalived (build with lvsguard_token, revive) and pauses after.
 SETTLE = 5.0
 READY_TIMEOUT = 60.0  # seconds: Python start-up and importing pyroute2 take about 2 s each under UML
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,7 +177,9 @@ class HALab(Lab):
     ``keepalived[name]`` each one's process and files (role, track file).
     """
 
-    def __init__(self, real_servers: int = 3, *, preempt: bool = True) -> None:
+    def __init__(self, real_servers: int = 3, *, preempt: bool = True, lvsguard_token: str = "",
+                 probes: str | None = None) -> None:
+        """``lvsguard_token`` set: ``build`` starts the lvsguard processes (``start_lvsguard``) before keepalived."""
         super().__init__(real_servers)
         self.preempt = preempt
         self.sync = True  # keepalived runs the IPVS sync daemons
@@ -184,8 +188,8 @@ class HALab(Lab):
         self._tmp: Path | None = None
         self.keepalived: dict[str, Keepalived] = {}
         self.lvsguard: dict[str, Lvsguard] = {}  # the exporter and actuator processes (start_lvsguard)
-        self.token = ""
-        self.probes = "probes:\n  enabled: false\n"  # the ``probes`` section of the lvsguard processes' config
+        self.token = lvsguard_token
+        self.probes = probes or "probes:\n  enabled: false\n"  # the ``probes`` section of the lvsguard processes' config
         self.crashed: set[str] = set()  # directors whose processes were killed and links taken down (crash)
 
     @property
@@ -210,8 +214,11 @@ class HALab(Lab):
             for director in self.directors[1:]:
                 self._mark_fwmark_traffic(director.netns)
                 self.create_services(director.netns)
-            say("starting keepalived in both directors")
             self._tmp = Path(tempfile.mkdtemp(prefix="lvsguard-ha-"))
+            if self.token:  # before keepalived: their heavy start must not starve VRRP into a flap (SETTLE)
+                say("starting lvsguard exporter and lvsguard actuator for both directors")
+                self.start_lvsguard(self.token)
+            say("starting keepalived in both directors")
             self.restart_keepalived(preempt=self.preempt)
         except BaseException:
             self.teardown()
@@ -367,6 +374,10 @@ class HALab(Lab):
             if names is not None and director.name not in names:
                 continue
             directory = self._tmp / director.name
+            directory.mkdir(mode=0o700, exist_ok=True)
+            fifo = InstanceFiles(directory).exporter_fifo
+            if not fifo.exists():  # keepalived may not run yet: the exporter opens its FIFO at start
+                os.mkfifo(fifo, 0o600)
             config = directory / "lvsguard.yaml"
             config.write_text(self.lvsguard_config(director.name, self.probes))
             processes = self.lvsguard.get(director.name) or Lvsguard(director.name, directory)

@@ -1,14 +1,11 @@
-"""Two directors with real keepalived (VRRPv3) and the IPVS sync daemon, each running lvsguard's exporter and actuator.
+"""Two directors with real keepalived (VRRPv3) and the IPVS sync daemon, driven by two real actuators.
 
 The module builds its own cluster, ``lab.ha.HALab`` (the shared ``lab`` fixture
-builds the single-director one), and starts ``lvsguard exporter`` and
-``lvsguard actuator`` as real processes for each director (``--netns``, HTTP on
-loopback, once per module: each takes about 2 s to start under UML), each
-actuator with its director's keepalived track file and role file and the
-other director's actuator as its peer. Tests talk to them over HTTP. Traffic
-comes from the client namespace through the VRRP addresses. Tests run in file
-order and each one leaves dir1 holding the VIPs, with no failover requested;
-the whole-director crash comes last.
+builds the single-director one), and one actuator per director in this process
+(waitress on loopback, netlink in that director's namespace), each with its
+director's keepalived track file and role file. Traffic comes from the client
+namespace through the VRRP addresses. Tests run in file order and each one
+leaves dir1 holding the VIPs, with no failover requested.
 """
 
 from __future__ import annotations
@@ -16,23 +13,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from actuator.settings import ActuatorSettings
+from exporter.collector import IPVSCollector
+from exporter.keepalived import KeepalivedFifo
 from lab import traffic
-from lab.ha import (SETTLE, HALab, Lvsguard, alertmanager_config, open_held, running_alertmanager, served_again, survivors,
-                    sync_roles, synced_connections)
+from lab.actuator import running_actuator
+from lab.ha import HALab, alertmanager_config, running_alertmanager
 from lab.keepalived import available as keepalived_available
 from lab.topology import LabService, in_lab_vm
+from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.ipvs.netns import entered, proc_net_path
 from tests.fakes import am_alert, am_payload
 
 pytestmark = pytest.mark.kernel
@@ -40,6 +43,7 @@ pytestmark = pytest.mark.kernel
 TOKEN = "ha-kernel-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 HELD = 20  # long-lived connections per service in the sync tests
+PORTS = {"dir1": 19921, "dir2": 19922}  # each actuator knows its peer's URL before either starts
 
 
 def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
@@ -63,6 +67,18 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0, detail:
         time.sleep(0.05)
 
 
+@contextmanager
+def actuator(lab: HALab, name: str, ledger: Path) -> Iterator[str]:
+    """A running actuator for director ``name``, its peer the other director's; yields its base URL."""
+    director = lab.director_named(name)
+    peer = next(other for other in PORTS if other != name)
+    settings = ActuatorSettings(tokens={"test": TOKEN}, hold_down=0.0, job_poll_interval=0.2,
+                                failover_track_file=str(lab.track_file(name)), role_file=str(lab.role_file(name)),
+                                failover_peer_url=f"http://127.0.0.1:{PORTS[peer]}")  # fmt: skip
+    with running_actuator(settings, director.netns, str(ledger), port=PORTS[name]) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def ha_lab() -> Iterator[HALab]:
     """The two-director cluster with preemption; torn down at the module's end."""
@@ -81,27 +97,18 @@ def ha_lab() -> Iterator[HALab]:
 
 
 @pytest.fixture(scope="module")
-def lvsguard(ha_lab: HALab) -> dict[str, Lvsguard]:
-    """``lvsguard exporter`` and ``lvsguard actuator`` processes of dir1 and dir2 (stopped by the lab's teardown)."""
-    processes = ha_lab.start_lvsguard(TOKEN)
-    time.sleep(SETTLE)  # no VRRP transition right after they start (lab.ha.SETTLE says why)
-    return processes
-
-
-@pytest.fixture(scope="module")
-def actuators(lvsguard: dict[str, Lvsguard]) -> dict[str, str]:
+def actuators(ha_lab: HALab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Base URLs of the actuators of dir1 and dir2."""
-    return {name: processes.actuator_url for name, processes in lvsguard.items()}
+    directory = tmp_path_factory.mktemp("actuators")
+    with ExitStack() as stack:
+        yield {name: stack.enter_context(actuator(ha_lab, name, directory / f"{name}.db")) for name in ("dir1", "dir2")}
 
 
 @pytest.fixture
 def primary(ha_lab: HALab) -> Iterator[HALab]:
     """Checks that dir1 holds the VIPs before the test, and gives them back to it afterwards."""
     ha_lab.wait_for_vip_owner("dir1")
-    served_again(ha_lab, ha_lab.nat, time.monotonic())  # the client's ARP follows the VIPs' last move
     yield ha_lab
-    for name in sorted(ha_lab.crashed):
-        ha_lab.revive(name)
     for name in ("dir1", "dir2"):
         if ha_lab.track_file(name).read_text().strip() != "0":
             ha_lab.track_file(name).write_text("0\n")
@@ -116,6 +123,73 @@ def sync_state(lab: HALab) -> str:
              + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
              for name, k in lab.keepalived.items()]  # fmt: skip
     return "\n".join(lines)
+
+
+def sync_roles(lab: HALab, name: str) -> set[str]:
+    with NetlinkIPVS(lab.director_named(name).netns) as kernel:
+        return {d.role for d in kernel.sync_daemons()}
+
+
+def synced_connections(lab: HALab, name: str, socks: list[socket.socket]) -> int:
+    """How many of the client's connections ``socks`` director ``name`` has as ESTABLISHED (by client port)."""
+    ports = {f"{sock.getsockname()[1]:04X}" for sock in socks}
+    with entered(lab.director_named(name).netns), open(proc_net_path("ip_vs_conn")) as fh:
+        rows = [line.split() for line in fh]
+    return sum(1 for row in rows if len(row) > 7 and row[2] in ports and row[7] == "ESTABLISHED")
+
+
+def open_held(lab: HALab, service: LabService, n: int) -> list[socket.socket]:
+    """``n`` long-lived HTTP connections (``/hold``) from the client, each answered with its real server's name."""
+    socks = []
+    with entered(lab.client.netns):
+        for _ in range(n):
+            sock = socket.create_connection((service.address, service.port), timeout=5)
+            socks.append(sock)
+            sock.sendall(b"GET /hold?seconds=120 HTTP/1.0\r\nHost: lab\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or not data.partition(b"\r\n\r\n")[2].endswith(b"\n"):
+                chunk = sock.recv(4096)
+                assert chunk, f"{service}: a held connection closed before the real server named itself"
+                data += chunk
+    return socks
+
+
+def served_again(lab: HALab, service: LabService, since: float, timeout: float = 15.0) -> float:
+    """Retry one HTTP request through ``service`` until it is answered; seconds from ``since`` (monotonic).
+
+    Right after the VIPs move, the client may still send to the old director
+    (until the new one's gratuitous ARP arrives), which answers "network
+    unreachable"; a real client retries, and so does this.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if sum(traffic.http_get(lab, service.address, service.port, 1, timeout=1.0).values()) == 1:
+                return time.monotonic() - since
+        except traffic.TrafficError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
+
+
+def survivors(socks: list[socket.socket]) -> int:
+    """Close each connection from the client's side; count those the real server closes in turn (FIN, not RST).
+
+    A director that lacks the connection answers the client's FIN with a reset:
+    nothing listens on the VIP itself.
+    """
+    alive = 0
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(5)
+            if sock.recv(4096) == b"":
+                alive += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return alive
 
 
 # --- the cluster -----------------------------------------------------------------------
@@ -143,55 +217,45 @@ def test_the_sync_daemon_follows_the_vrrp_role(primary: HALab) -> None:
     assert wait_for(lambda: sync_roles(lab, "dir1") == {"backup"}, "dir1: backup sync daemon after the failover", detail=lambda: sync_state(lab))
 
 
-def test_the_exporters_report_vrrp_state_sync_daemons_and_vip_ownership(
-        primary: HALab, lvsguard: dict[str, Lvsguard]) -> None:
+def test_the_exporter_reports_vrrp_state_sync_daemons_and_vip_ownership(primary: HALab) -> None:
     lab = primary
-    lab.track_file("dir1").write_text("1\n")
-    lab.wait_for_vip_owner("dir2")
-    swapped = wait_for(lambda: scraped_if(lvsguard, {"dir1": ("fault", {"backup"}), "dir2": ("master", {"master"})}),
-                       "the exporters to show dir1 in fault with a backup sync daemon, dir2 master",
-                       detail=lambda: sync_state(lab))  # fmt: skip
-    lab.track_file("dir1").write_text("0\n")
-    lab.wait_for_vip_owner("dir1")
-    back = wait_for(lambda: scraped_if(lvsguard, {"dir1": ("master", {"master"}), "dir2": ("backup", {"backup"})}),
-                    "the exporters to show dir1 master again", detail=lambda: sync_state(lab))  # fmt: skip
-    owned = {name: vips_owned(samples) for name, samples in swapped.items()}
+    fifo = KeepalivedFifo("unused: fed by the lab's FIFO follower")
+    lab.keepalived["dir1"].listeners.append(fifo.feed)
+    try:
+        lab.track_file("dir1").write_text("1\n")
+        lab.wait_for_vip_owner("dir2")
+        wait_for(lambda: fifo.states().get("VI_1") and fifo.states()["VI_1"].state == "fault", "dir1 exported as fault")
+        scraped = wait_for(lambda: scrape_swapped(lab), "the exporters to show the sync daemons swapped",
+                           detail=lambda: sync_state(lab))  # fmt: skip
+        lab.track_file("dir1").write_text("0\n")
+        lab.wait_for_vip_owner("dir1")
+        wait_for(lambda: fifo.states()["VI_1"].state == "master", "dir1 exported as master again")
+    finally:
+        lab.keepalived["dir1"].listeners.remove(fifo.feed)
+    assert fifo.states()["VI_1"].priority == 150 and fifo.states()["VI_1"].transitions >= 3  # fault, backup, master
+    owned = {name: {s.labels["vip"] for s in samples["lvs_director_vip_owned"] if s.value == 1}
+             for name, samples in scraped.items()}  # fmt: skip
     assert owned == {"dir1": set(), "dir2": {lab.nat.address, lab.dr.address, lab.nat6.address}}
-    assert {name: vips_owned(samples) for name, samples in back.items()} == {"dir1": owned["dir2"], "dir2": set()}
-    [priority] = back["dir1"]["lvs_director_vrrp_priority"]
-    [transitions] = back["dir1"]["lvs_director_vrrp_transitions_total"]
-    assert priority.value == 150 and transitions.value >= 3  # fault, backup, master
-
-
-def scrape(processes: Lvsguard) -> dict[str, list[Any]]:
-    """One scrape of a director's exporter process over HTTP: samples by sample name."""
-    with urllib.request.urlopen(f"{processes.exporter_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found: dict[str, list[Any]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found.setdefault(sample.name, []).append(sample)
-    return found
-
-
-def vrrp_state(samples: dict[str, list[Any]]) -> str:
-    return next((s.labels["state"] for s in samples.get("lvs_director_vrrp_state", []) if s.value == 1), "")
-
-
-def vips_owned(samples: dict[str, list[Any]]) -> set[str]:
-    return {s.labels["vip"] for s in samples["lvs_director_vip_owned"] if s.value == 1}
 
 
 def running_roles(samples: dict[str, list[Any]]) -> set[str]:
     return {s.labels["role"] for s in samples["ipvs_sync_daemon_up"] if s.value == 1}
 
 
-def scraped_if(lvsguard: dict[str, Lvsguard], wanted: dict[str, tuple[str, set[str]]]) -> dict[str, dict[str, list[Any]]] | None:
-    """Both exporters' scrapes once each shows ``(VRRP state, running sync daemon roles)`` as ``wanted``, else None."""
-    scraped = {name: scrape(processes) for name, processes in lvsguard.items()}
-    if all((vrrp_state(scraped[name]), running_roles(scraped[name])) == want for name, want in wanted.items()):
+def scrape_swapped(lab: HALab) -> dict[str, dict[str, list[Any]]] | None:
+    """Both directors' scrapes once they show dir2's sync daemon as master and dir1's as backup, else None."""
+    scraped = {name: scrape(lab, name) for name in ("dir1", "dir2")}
+    if (running_roles(scraped["dir1"]), running_roles(scraped["dir2"])) == ({"backup"}, {"master"}):
         return scraped
     return None
+
+
+def scrape(lab: HALab, name: str) -> dict[str, list[Any]]:
+    """One scrape of an exporter collector for director ``name``: samples by family name."""
+    netns = lab.director_named(name).netns
+    with NetlinkIPVS(netns) as reader:
+        collector = IPVSCollector(reader, addresses=lambda: local_addresses(netns))
+        return {family.name: list(family.samples) for family in collector.collect()}
 
 
 # --- failover through the actuator -----------------------------------------------------
@@ -310,46 +374,6 @@ def test_a_failover_is_refused_while_the_peer_cannot_take_over_and_nothing_chang
     print(f"\nrefused while dir2's keepalived is stopped (its role file: {role!r}): {body['message']}")
 
 
-# --- recovery policies ------------------------------------------------------------------
-
-
-def test_stopping_the_active_keepalived_hands_over_and_preemption_takes_the_vips_back(primary: HALab) -> None:
-    lab = primary
-    lab.stop_keepalived("dir1")
-    lab.wait_for_vip_owner("dir2")
-    served_again(lab, lab.nat, time.monotonic())
-    assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
-    lab.start_keepalived(("dir1",))
-    lab.wait_for_vip_owner("dir1")
-    assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
-    served_again(lab, lab.dr, time.monotonic())
-    assert sum(traffic.http_get(lab, lab.dr.address, lab.dr.port, 6).values()) == 6
-
-
-def test_with_nopreempt_the_returning_primary_stays_backup(primary: HALab, actuators: dict[str, str]) -> None:
-    lab = primary
-    lab.restart_keepalived(preempt=False)
-    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "nopreempt test"})
-    assert status == 200, body
-    lab.wait_for_vip_owner("dir2")
-    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover/release", {})
-    assert status == 200, body
-    assert lab.keepalived["dir1"].wait_for_role(("BACKUP",)) == "BACKUP"
-    time.sleep(1.0)  # more than twice the master-down interval (about 0.4 s): a preempting dir1 would be MASTER by now
-    assert lab.vip_owners() == ("dir2",)
-    assert lab.keepalived["dir1"].role() == "BACKUP"
-    served_again(lab, lab.nat, time.monotonic())
-    assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
-    # Handing the VIPs back takes a failover of dir2.
-    status, body = http("POST", f"{actuators['dir2']}/api/v1/failover", {"reason": "give them back"})
-    assert status == 200, body
-    lab.wait_for_vip_owner("dir1")
-    status, body = http("POST", f"{actuators['dir2']}/api/v1/failover/release", {})
-    assert status == 200, body
-    assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
-    assert lab.vip_owners() == ("dir1",)
-
-
 # --- Alertmanager delivers to both directors ---------------------------------------------
 
 
@@ -425,46 +449,44 @@ def test_alertmanager_delivers_one_alert_to_both_actuators_and_the_quarantine_su
     status, body = http("POST", f"{actuators['dir1']}/api/v1/failover/release", {})
     assert status == 200, body
     lab.wait_for_vip_owner("dir1")
+    served_again(lab, nat, time.monotonic())  # the client's ARP follows the VIPs back before the next test
 
 
-# --- a whole director dies ----------------------------------------------------------------
+# --- recovery policies ------------------------------------------------------------------
 
 
-def test_a_whole_director_crash_the_backup_serves_connections_survive_and_the_primary_returns(
-        primary: HALab, lvsguard: dict[str, Lvsguard], actuators: dict[str, str]) -> None:
+def test_stopping_the_active_keepalived_hands_over_and_preemption_takes_the_vips_back(primary: HALab) -> None:
     lab = primary
-    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab))
-    held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
-    try:
-        for name, socks in held.items():
-            wait_for(lambda s=socks: synced_connections(lab, "dir2", s) == HELD, f"{name}: connections synced to dir2")
-        crashed = lab.crash("dir1")  # keepalived, exporter and actuator killed with SIGKILL, links down
-        lab.wait_for_vip_owner("dir2", poll=0.002)
-        moved = time.monotonic() - crashed
-        served = served_again(lab, lab.nat, crashed)
-        alive = {name: survivors(socks) for name, socks in held.items()}
-    finally:
-        for socks in held.values():
-            for sock in socks:
-                sock.close()
-    print(f"\ncrash of dir1: VIPs on dir2 after {moved * 1000:.0f} ms, the client served after {served * 1000:.0f} ms; "
-          f"{alive} of {HELD} held connections per service survived")
-    assert alive == {"nat": HELD, "dr": HELD}
-    assert sum(traffic.http_get(lab, lab.dr.address, lab.dr.port, 6).values()) == 6
-    assert all(proc.poll() is not None for proc in lvsguard["dir1"].procs.values()) or not lvsguard["dir1"].procs
-    survivor = wait_for(lambda: scraped_if({"dir2": lvsguard["dir2"]}, {"dir2": ("master", {"master"})}),
-                        "dir2's exporter to show it master with a master sync daemon", detail=lambda: sync_state(lab))
-    assert vips_owned(survivor["dir2"]) == {lab.nat.address, lab.dr.address, lab.nat6.address}
-    status, body = http("POST", f"{actuators['dir2']}/api/v1/failover", {"reason": "nobody to take over"})
-    assert status == 409 and body["result"] == "refused" and "peer director" in body["message"], body
-
-    rebooted = time.monotonic()
-    lab.revive("dir1")  # keepalived, exporter and actuator started again; preemption takes the VIPs back
-    lab.wait_for_vip_owner("dir1")
-    back = time.monotonic() - rebooted
-    assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
+    lab.stop_keepalived("dir1")
+    lab.wait_for_vip_owner("dir2")
     served_again(lab, lab.nat, time.monotonic())
     assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
-    wait_for(lambda: http("GET", f"{actuators['dir1']}/api/v1/director")[1].get("role") == "master",
-             "dir1's new actuator to report it master")
-    print(f"dir1 back: it holds the VIPs again {back:.1f} s after its reboot began (keepalived, exporter, actuator)")
+    lab.start_keepalived(("dir1",))
+    lab.wait_for_vip_owner("dir1")
+    assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
+    served_again(lab, lab.dr, time.monotonic())
+    assert sum(traffic.http_get(lab, lab.dr.address, lab.dr.port, 6).values()) == 6
+
+
+def test_with_nopreempt_the_returning_primary_stays_backup(primary: HALab, actuators: dict[str, str]) -> None:
+    lab = primary
+    lab.restart_keepalived(preempt=False)
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "nopreempt test"})
+    assert status == 200, body
+    lab.wait_for_vip_owner("dir2")
+    status, body = http("POST", f"{actuators['dir1']}/api/v1/failover/release", {})
+    assert status == 200, body
+    assert lab.keepalived["dir1"].wait_for_role(("BACKUP",)) == "BACKUP"
+    time.sleep(1.0)  # more than twice the master-down interval (about 0.4 s): a preempting dir1 would be MASTER by now
+    assert lab.vip_owners() == ("dir2",)
+    assert lab.keepalived["dir1"].role() == "BACKUP"
+    served_again(lab, lab.nat, time.monotonic())
+    assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
+    # Handing the VIPs back takes a failover of dir2.
+    status, body = http("POST", f"{actuators['dir2']}/api/v1/failover", {"reason": "give them back"})
+    assert status == 200, body
+    lab.wait_for_vip_owner("dir1")
+    status, body = http("POST", f"{actuators['dir2']}/api/v1/failover/release", {})
+    assert status == 200, body
+    assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
+    assert lab.vip_owners() == ("dir1",)
