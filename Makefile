@@ -26,7 +26,7 @@ help:
 	@echo "make demo    boot the lab VM, send real traffic, show the exporter's view"
 	@echo "make test    unit tests on the host + kernel tests in the lab VM"
 	@echo "make bench   benchmarks against the peers (not a test; takes minutes)"
-	@echo "make fuzz    the fuzz properties with 10 000 cases each (about 12 minutes)"
+	@echo "make fuzz    every hostile-input property with 10 000 cases each, counted per surface (about 30 minutes)"
 
 setup: apt venv lab-prepare mibs
 
@@ -79,7 +79,7 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py
 
-# 10 000 cases per fuzz property (config, netlink, procfs); the tests run a few hundred
+# 10 000 cases per fuzz property (config, netlink, procfs, webhook, REST/schemathesis, SNMP, agent); the tests run a few hundred
 fuzz: venv
 	$(PY) bench/fuzz.py
 
