@@ -80,6 +80,7 @@ class SteadyResult:
     kernel_checked: int
     one_by_one_p50_ms: float = 0.0  # one client, one request at a time: the actuator's own time, no queueing
     one_by_one_p99_ms: float = 0.0
+    cpu_ms_per_request: float = 0.0  # the actuator process's CPU (user + system) per request, one at a time
 
 
 @dataclass
@@ -90,6 +91,7 @@ class PayloadResult:
     resolved_s: float
     applied: int
     restored: int
+    cpu_ms_per_alert: float = 0.0  # the actuator process's CPU per alert over both payloads
 
 
 def alert(fingerprint: str, service: ServiceKey, rs: RealServerKey, status: str) -> dict[str, Any]:
@@ -167,6 +169,12 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -351,10 +359,13 @@ def run_size(per_service: int, args: argparse.Namespace) -> tuple[SteadyResult, 
         try:
             checked = warm_up(client, kernel, service, servers)
             print(f"  warm-up: {checked} replies checked in the kernel (the weight was there at reply time)", flush=True)
+            cpu0 = cpu_seconds(proc.pid)
             p50, p99 = one_by_one(client, service, servers, SEQUENTIAL)
-            print(f"  one at a time ({2 * SEQUENTIAL} requests): p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+            cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * SEQUENTIAL)
+            print(f"  one at a time ({2 * SEQUENTIAL} requests): p50 {p50:.1f} ms, p99 {p99:.1f} ms; actuator CPU {cpu:.2f} ms"
+                  f" per request (room for {1000 / cpu:.0f} requests/s on one CPU)", flush=True)  # fmt: skip
             result = steady(service, servers, args.rate, args.seconds, checked)
-            result.one_by_one_p50_ms, result.one_by_one_p99_ms = p50, p99
+            result.one_by_one_p50_ms, result.one_by_one_p99_ms, result.cpu_ms_per_request = p50, p99, cpu
             print(f"  steady {result.rate:g}/s x {args.seconds:g} s: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms,"
                   f" max {result.max_ms:.1f} ms, {result.achieved_rate:.0f} answered/s; results {result.results}",
                   flush=True)  # fmt: skip
@@ -367,9 +378,11 @@ def run_size(per_service: int, args: argparse.Namespace) -> tuple[SteadyResult, 
             pay = None
             if per_service >= args.alerts:
                 client.post(payload([alert(f"fp{k}", service, servers[0], "resolved") for k in range(result.requests)]))
+                cpu0 = cpu_seconds(proc.pid)
                 pay = big_payload(client, kernel, service, servers, args.alerts)
-                print(f"  {pay.alerts} alerts in one payload: firing {pay.firing_s:.3f} s, resolved {pay.resolved_s:.3f} s",
-                      flush=True)  # fmt: skip
+                pay.cpu_ms_per_alert = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * pay.alerts)
+                print(f"  {pay.alerts} alerts in one payload: firing {pay.firing_s:.3f} s, resolved {pay.resolved_s:.3f} s;"
+                      f" actuator CPU {pay.cpu_ms_per_alert:.3f} ms per alert", flush=True)  # fmt: skip
             return result, pay
         finally:
             client.close()
@@ -391,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"load average in the VM at start: {os.getloadavg()[0]:.2f} (the host's is not visible here; see bench/README.md)")
     steady_results, payloads = [], []
     for size in sizes:
         s, p = run_size(size, args)
@@ -398,19 +412,19 @@ def main(argv: list[str] | None = None) -> int:
         if p is not None:
             payloads.append(p)
     print()
-    print("| real servers in the service | requests | answered/s | p50 | p90 | p99 | max | results | one at a time: p50 | p99 |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("| real servers in the service | requests | answered/s | p50 | p90 | p99 | max | results | one at a time: p50 | p99 | CPU / request |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for s in steady_results:
         results = ", ".join(f"{k} {v}" for k, v in s.results.items())
         print(f"| {s.real_servers:,} | {s.requests} at {s.rate:g}/s | {s.achieved_rate:.0f} | {s.p50_ms:.1f} ms | {s.p90_ms:.1f} ms | "
               f"{s.p99_ms:.1f} ms | {s.max_ms:.1f} ms | {results} | {s.one_by_one_p50_ms:.1f} ms | "
-              f"{s.one_by_one_p99_ms:.1f} ms |")  # fmt: skip
+              f"{s.one_by_one_p99_ms:.1f} ms | {s.cpu_ms_per_request:.2f} ms |")  # fmt: skip
     if payloads:
         print()
-        print("| real servers in the service | alerts in one payload | firing (quarantine) | resolved (restore) |")
-        print("|---:|---:|---:|---:|")
+        print("| real servers in the service | alerts in one payload | firing (quarantine) | resolved (restore) | CPU / alert |")
+        print("|---:|---:|---:|---:|---:|")
         for p in payloads:
-            print(f"| {p.real_servers:,} | {p.alerts:,} | {p.firing_s:.3f} s | {p.resolved_s:.3f} s |")
+            print(f"| {p.real_servers:,} | {p.alerts:,} | {p.firing_s:.3f} s | {p.resolved_s:.3f} s | {p.cpu_ms_per_alert:.3f} ms |")
     if args.json:
         Path(args.json).write_text(json.dumps({"steady": [asdict(s) for s in steady_results],
                                                "payload": [asdict(p) for p in payloads]}, indent=2))  # fmt: skip
