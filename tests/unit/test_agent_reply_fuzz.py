@@ -69,7 +69,7 @@ class _Agent:
 
     def ask(self, reply: bytes) -> ProbeResult:
         self.reply = reply
-        return self.loop.run_until_complete(asyncio.wait_for(AgentChecker().check(Target("127.0.0.1", self.port)), 5))
+        return self.loop.run_until_complete(asyncio.wait_for(AgentChecker().check(Target("127.0.0.1", self.port)), 30))  # generous: a loaded CI machine stalls for seconds
 
     def close(self) -> None:
         self.server.close()
