@@ -68,6 +68,15 @@ class QuarantineCollector(Collector):
         )
 
 
+ZERO_ACTIONS = ("quarantine", "restore", "drain")
+ZERO_RESULTS = ("applied", "refused", "error")
+ZERO_SOURCES = ("alertmanager", "api")
+ZERO_REFUSALS = (("quarantine", "quorum"), ("quarantine", "rate_limit"), ("quarantine", "hold_down"), ("drain", "quorum"))
+"""The series that exist at 0 from the start: ``increase()`` and alert rules then see the
+first quarantine, refusal or error, not only the second (a counter's first sample
+creates its series, it is no increase)."""
+
+
 class ActuatorMetrics:
     """Counters the action layer and the webhook update (implements ``actions.Recorder``)."""
 
@@ -85,6 +94,14 @@ class ActuatorMetrics:
         self.webhook = Counter(
             "lvsguard_webhook_requests_total", "Alertmanager webhook requests, by HTTP status.", ("status",), registry=registry
         )
+        for action in ZERO_ACTIONS:
+            for result in ZERO_RESULTS:
+                for source in ZERO_SOURCES:
+                    self.actions.labels(action, result, source)
+        for action, reason in ZERO_REFUSALS:
+            self.refusals.labels(action, reason)
+        for status in ("200", "400"):
+            self.webhook.labels(status)
 
     def action(self, action: str, result: str, source: str) -> None:
         self.actions.labels(action, result, source).inc()

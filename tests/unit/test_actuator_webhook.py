@@ -248,6 +248,16 @@ def test_metrics_count_webhook_replies_and_actions(client: FlaskClient) -> None:
     assert 'lvsguard_quarantined{local_address="192.0.2.10",local_mark="",local_port="80",proto="TCP",' in text
 
 
+def test_the_series_of_first_actions_exist_at_zero_before_anything_happens(client: FlaskClient) -> None:
+    """increase() sees the very first quarantine, refusal or failed webhook only if the series was there at 0 before."""
+    text = client.get("/metrics").get_data(as_text=True)
+    for series in ('lvsguard_actions_total{action="quarantine",result="applied",source="alertmanager"} 0.0',
+                   'lvsguard_actions_total{action="restore",result="error",source="api"} 0.0',
+                   'lvsguard_refusals_total{action="quarantine",reason="quorum"} 0.0',
+                   'lvsguard_webhook_requests_total{status="400"} 0.0'):  # fmt: skip
+        assert series in text
+
+
 def test_names_from_the_config_resolve_and_label_the_metrics(tmp_path: Path) -> None:
     names = Names(services={"web": WEB}, real_servers={WEB: {"rs2": RealServerKey.parse("10.0.1.2:80")}})
     app = make_app(tmp_path, names=names)
