@@ -151,6 +151,7 @@ class ActuatorSettings:
     exporter_timeout: float = 2.0  # seconds one read of exporter_url may take before the probe state reads "unknown"
     session_secret: bytes = field(default=b"", repr=False)
     """Signing key of the console's session cookie (from ``session_secret_file``); b"" = random per process."""
+    secure_cookie: bool = False  # the console is reached over HTTPS (a TLS proxy): its session cookie is marked Secure
 
     def quorum_for(self, service: ServiceKey) -> Quorum:
         return self.service_min_healthy.get(service, self.min_healthy)
@@ -170,6 +171,7 @@ KEYS = (
     "ledger", "dry_run", "read_only_open", "min_healthy", "quorum", "rate_limit", "hold_down", "slow_start",
     "slow_start_steps", "drain_timeout", "job_poll_interval", "retry_interval", "role_file", "failover_track_file",
     "failover_peer_url", "rules", "listen", "exporter_url", "exporter_timeout", "session_secret_file",
+    "secure_cookie",
 )  # fmt: skip
 """Keys of the config's ``actuator:`` section (``listen`` is the CLI's default address, read by the CLI)."""
 
@@ -194,6 +196,7 @@ KEY_DOCS: Mapping[str, tuple[str, str]] = {
     "exporter_url": ("`http://` or `https://` URL", "The local exporter's `/metrics`: probe state for the console and `/api/v1/services`; empty: none."),
     "exporter_timeout": ("duration, more than 0, at most 60 s", "How long one read of `exporter_url` may take before the probe state reads unknown."),
     "session_secret_file": ("path", "A file holding the signing key of the console's session cookie (at least 32 bytes); absent: a random key per process."),
+    "secure_cookie": ("boolean", "The console is reached over HTTPS (through a TLS reverse proxy): its session cookie is marked `Secure`, so a browser never sends it over plain HTTP."),
 }
 """(type, meaning) of each key in KEYS; docs/configuration-reference.md is generated from it (lvsguard/configdoc.py)."""
 RULE_KEY_DOCS: Mapping[str, tuple[str, str]] = {
@@ -272,6 +275,7 @@ def from_mapping(
     take("exporter_url", _http_url)
     take("exporter_timeout", _positive_duration)
     take("session_secret_file", _secret_file, "session_secret")
+    take("secure_cookie", _flag)
     take("dry_run", _flag)
     take("read_only_open", _flag)
     take("min_healthy", lambda v: Quorum.parse(v))  # type: ignore[arg-type]

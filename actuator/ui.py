@@ -116,6 +116,10 @@ class SettingsSessionInterface(SecureCookieSessionInterface):
         return URLSafeTimedSerializer(secret, salt=self.salt, serializer=self.serializer,
                                       signer_kwargs={"key_derivation": self.key_derivation, "digest_method": self.digest_method})  # fmt: skip
 
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """``secure_cookie`` of the settings (read per request: a reload turns it on or off)."""
+        return bool(app.config["LVSGUARD_SETTINGS"].secure_cookie)
+
 
 def init_app(app: Flask) -> None:
     """Register the console and configure its session cookie (called by ``create_app``)."""

@@ -92,6 +92,11 @@ def test_login_sets_a_strict_httponly_cookie_and_shows_the_token_name(client: Fl
     assert '<b id="user">alice</b>' in page and "Log out" in page
 
 
+def test_the_cookie_is_secure_only_when_the_config_says_the_console_is_behind_https(tmp_path: Path) -> None:
+    assert "Secure" not in login(make_app(tmp_path).test_client()).headers["Set-Cookie"]
+    assert "; Secure" in login(make_app(tmp_path, secure_cookie=True).test_client()).headers["Set-Cookie"]
+
+
 def test_wrong_token_is_refused_and_stays_logged_out(client: FlaskClient) -> None:
     r = login(client, "not-a-token-0123456789")
     assert r.status_code == 401

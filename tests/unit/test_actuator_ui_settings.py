@@ -20,7 +20,8 @@ def load(section: str) -> config.Config:
 def test_defaults_read_no_exporter_and_sign_with_a_random_key() -> None:
     settings = load("  dry_run: false\n").actuator
     assert settings is not None
-    assert (settings.exporter_url, settings.exporter_timeout, settings.session_secret) == ("", 2.0, b"")
+    assert (settings.exporter_url, settings.exporter_timeout, settings.session_secret, settings.secure_cookie) == ("", 2.0, b"", False)
+    assert load("  secure_cookie: true\n").actuator.secure_cookie is True  # type: ignore[union-attr]
 
 
 def test_keys_are_read(tmp_path: Path) -> None:
