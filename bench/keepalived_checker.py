@@ -8,14 +8,20 @@ client load of ``--rate`` new connections a second through the VIP from the
 client's namespace. Each kill SIGKILLs rs1's process (its port then answers
 with a reset), polls the kernel every ~5 ms until rs1's weight is 0, keeps the
 load on for a moment, starts the process again and polls until the weight is
-back. Two checkers, one after the other, at two settings each:
+back. The wait before each kill is 1 s plus a random part of one check
+interval (``--seed``): a server dies at any point of a checker's cycle. A
+fixed wait would kill at the same phase every time, one fixed by the
+previous restore (which comes right after a successful check), and so
+measure one point of the cycle instead of the spread: in runs with a fixed
+1 s wait lvsguard's probes met the kill 0.06-0.08 s after it nearly every
+time. Two checkers, one after the other, at two settings each:
 
 - keepalived's checker (Debian ``keepalived -C``): ``virtual_server`` with a
   ``TCP_CHECK`` per real server and ``inhibit_on_failure`` (weight 0 instead
   of removal); keepalived creates the service itself;
 - lvsguard: a real ``lvsguard exporter`` process with one ``tcp`` check per
-  real server and ``probes.publish`` to a real actuator (the fast path), which
-  writes the weight over netlink;
+  real server and ``probes.publish`` to a real ``lvsguard actuator`` process
+  (the fast path), which writes the weight over netlink;
 
 at the common setting (``delay_loop 1, connect_timeout 1, retry 1``; lvsguard
 ``interval 1s, timeout 1s, fall 2``) and the fast one (``delay_loop 0.1,
@@ -27,7 +33,8 @@ Reported per checker and setting: median and max time from the kill to
 weight 0, failed client requests per kill (and how many of them started
 after the weight was 0), CPU of the checker's processes (utime+stime over a
 quiet stretch with the checks running: keepalived's processes; the exporter
-process) and the restore time (the process listens again -> weight back).
+and the actuator processes, the actuator being the part that writes the weight)
+and the restore time (the process listens again -> weight back).
 
 Not a test: the figures depend on the machine; compare only numbers of one run.
 """
@@ -37,8 +44,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -54,8 +63,6 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actuator.settings import ActuatorSettings, RateLimit  # noqa: E402
-from lab.actuator import running_actuator  # noqa: E402
 from lab.e2e_loop import BACKEND_PORT, HTTPService  # noqa: E402
 from lab.topology import VIP_NAT, Lab  # noqa: E402
 from lvsguard.errors import LvsguardError  # noqa: E402
@@ -93,6 +100,9 @@ class Kill:
     restore: float  # seconds from listening again to the weight back
     failed: int  # client requests that failed between the kill and the weight back
     failed_after_zero: int  # of them, those started after the weight was 0
+    judged: float | None = None  # lvsguard: seconds from the kill to the exporter's transition (probe and fall)
+    audited: float | None = None  # lvsguard: seconds from the kill to the actuator's first ledger record of it
+    post: tuple[float, float] | None = None  # lvsguard: the exporter's publisher, ms queued and ms for the POST (its log)
 
 
 @dataclass
@@ -104,6 +114,16 @@ class Result:
 
     def summary(self) -> dict[str, float]:
         zero = [k.to_zero for k in self.kills]
+        parts = {}
+        if all(k.judged is not None and k.audited is not None for k in self.kills):
+            parts = {
+                "judged_median_s": statistics.median(k.judged or 0.0 for k in self.kills),
+                "judged_max_s": max(k.judged or 0.0 for k in self.kills),
+                "judged_to_actuator_median_s": statistics.median((k.audited or 0.0) - (k.judged or 0.0) for k in self.kills),
+                "judged_to_actuator_max_s": max((k.audited or 0.0) - (k.judged or 0.0) for k in self.kills),
+                "actuator_to_zero_median_s": statistics.median(k.to_zero - (k.audited or 0.0) for k in self.kills),
+                "actuator_to_zero_max_s": max(k.to_zero - (k.audited or 0.0) for k in self.kills),
+            }
         return {
             "median_to_zero_s": statistics.median(zero),
             "max_to_zero_s": max(zero),
@@ -113,6 +133,7 @@ class Result:
             "restore_median_s": statistics.median(k.restore for k in self.kills),
             "restore_max_s": max(k.restore for k in self.kills),
             "cpu_percent": self.cpu_percent,
+            **parts,
         }
 
 
@@ -232,47 +253,109 @@ def keepalived(lab: Lab, key: ServiceKey, servers: list[RealServer], setting: Se
         log.close()
 
 
+@dataclass
+class Lvsguard:
+    """The running lvsguard side: the exporter's and the actuator's pids, their URLs and the actuator's ledger."""
+
+    pids: list[int]
+    metrics_url: str
+    ledger: Path
+    exporter_log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
-def lvsguard(lab: Lab, kernel: NetlinkIPVS, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path) -> Iterator[list[int]]:
-    """The bench service in the kernel, a real actuator, and an ``lvsguard exporter`` whose tcp checks publish to it."""
+def lvsguard(lab: Lab, kernel: NetlinkIPVS, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path) -> Iterator[Lvsguard]:
+    """The bench service in the kernel, a real ``lvsguard actuator`` process, and an ``lvsguard exporter`` whose tcp checks publish to it.
+
+    Both are processes of their own, as in production: an actuator in the
+    bench's process would share its interpreter lock with the client load and
+    the 5 ms weight poll, which slows its answer to the exporter.
+    """
     with ExitStack() as stack:
         if weight_of(kernel, key, servers[0].key) is not None:  # left by a checker before
             kernel.delete_service(key)
         kernel.add_service(VirtualService(key, "wrr"))
         stack.callback(kernel.delete_service, key)
         kernel.add_real_servers(key, servers)
-        settings = ActuatorSettings(tokens={"probes": TOKEN}, hold_down=0.0, rate_limit=RateLimit(actions=0), job_poll_interval=0.2)
-        url = stack.enter_context(running_actuator(settings, lab.director.netns, str(workdir / f"actuator-{setting.name}.db")))
         token = workdir / "token"
         token.write_text(TOKEN + "\n")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            listen = f"127.0.0.1:{s.getsockname()[1]}"
+        tokens = workdir / "tokens"
+        tokens.write_text(f"probes:{TOKEN}\n")
+        listen, actuator_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        url = f"http://{actuator_listen}"
+        ledger = workdir / f"actuator-{setting.name}.db"
         config = workdir / f"lvsguard-{setting.name}.yaml"
         config.write_text(
             f"director:\n  netns: {lab.director.netns}\nexporter:\n  listen: \"{listen}\"\n"
+            f"actuator:\n  hold_down: 0\n  job_poll_interval: 0.2\n  rate_limit: {{actions: 0}}\n"
             f"probes:\n  default_tcp: false\n  refresh: 1s\n"
             f"  publish: {{mode: actuator, url: \"{url}\", token_file: \"{token}\"}}\n"
             f"  checks:\n    - {{type: tcp, service: \"{key}\", interval: {setting.delay_loop * 1000:g}ms,"
             f" timeout: {setting.connect_timeout * 1000:g}ms, fall: {setting.fall}, rise: 1}}\n"
         )
-        log = open(workdir / f"lvsguard-{setting.name}.log", "ab")
-        stack.callback(log.close)
-        proc = subprocess.Popen([sys.executable, "-m", "lvsguard.cli", "exporter", "--config", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        commands = {
+            "actuator": ["actuator", "--config", str(config), "--listen", actuator_listen, "--token-file", str(tokens), "--ledger", str(ledger)],
+            "exporter": ["exporter", "--config", str(config)],
+        }  # fmt: skip
+        pids = []
+        for what, argv in commands.items():
+            log = open(workdir / f"{what}-{setting.name}.log", "ab")
+            stack.callback(log.close)
+            proc = subprocess.Popen([sys.executable, "-m", "lvsguard.cli", *argv], cwd=ROOT,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            stack.callback(stop, proc)
+            pids.append(proc.pid)
+            if what == "actuator":
+                until(lambda p=proc: answers(f"{url}/metrics") != b"" or p.poll() is not None, "the actuator", timeout=120)
+                if proc.poll() is not None:
+                    raise BenchError(f"lvsguard actuator exited: {(workdir / f'actuator-{setting.name}.log').read_text()[-2000:]}")
+        until(lambda: b"lvs_backend_healthy" in answers(f"http://{listen}/metrics"), "the exporter's first probes", timeout=120)
+        yield Lvsguard(pids, f"http://{listen}/metrics", ledger, workdir / f"exporter-{setting.name}.log")
 
-        def stop() -> None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
-        stack.callback(stop)
-        until(lambda: answers(f"http://{listen}/metrics") and b"lvs_backend_healthy" in answers(f"http://{listen}/metrics"),
-              "the exporter's first probes", timeout=120)  # fmt: skip
-        yield [proc.pid]
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def judged_at(metrics: bytes, victim: RealServerKey) -> float:
+    """The exporter's time of the victim's last health transition (``lvs_backend_health_last_change_timestamp_seconds``)."""
+    for line in metrics.decode().splitlines():
+        if line.startswith("lvs_backend_health_last_change_timestamp_seconds{") and f'"{victim.address}"' in line and f'"{victim.port}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise BenchError(f"no lvs_backend_health_last_change_timestamp_seconds for {victim} in the exporter's metrics")
+
+
+def last_post(log: Path, victim: RealServerKey) -> tuple[float, float] | None:
+    """(queued_ms, post_ms) of the exporter's last ``probe_published`` line about the victim, None when it has none."""
+    found = None
+    for line in log.read_text(errors="replace").splitlines():
+        if " probe_published " in line and f"real_server={victim}" in line and "queued_ms=" in line:
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            found = (float(fields["queued_ms"]), float(fields["post_ms"]))
+    return found
+
+
+def audited_at(ledger: Path, victim: RealServerKey, since: float) -> float:
+    """When the actuator recorded its first decision about the victim after ``since`` (its audit log)."""
+    conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT MIN(at) FROM audit WHERE real_server = ? AND at >= ?", (str(victim), since)).fetchone()
+    finally:
+        conn.close()
+    if row is None or row[0] is None:
+        raise BenchError(f"the actuator's ledger {ledger} has no audit row for {victim} since the kill")
+    return float(row[0])
 
 
 def answers(url: str) -> bytes:
@@ -305,13 +388,15 @@ def weight_of(kernel: NetlinkIPVS, key: ServiceKey, rs: RealServerKey) -> int | 
 
 
 def measure(checker: str, setting: Setting, lab: Lab, kernel: NetlinkIPVS, services: dict[str, HTTPService], kills: int,
-            rate: float, workdir: Path) -> Result:  # fmt: skip
+            rate: float, workdir: Path, seed: int = 0) -> Result:  # fmt: skip
     key = ServiceKey("TCP", VIP_NAT, SERVICE_PORT)
     servers = [RealServer(RealServerKey(lab.node(n).ipv4, BACKEND_PORT), 3, Forward.MASQ) for n in services]
     victim, full = servers[0].key, servers[0].weight
     result = Result(checker, setting.name)
+    rng = random.Random(seed)  # the same kill phases for both checkers of a run
     running = keepalived(lab, key, servers, setting, workdir) if checker == "keepalived" else lvsguard(lab, kernel, key, servers, setting, workdir)
-    with running as pids:
+    with running as started:
+        pids = started.pids if isinstance(started, Lvsguard) else started
         until(lambda: all(weight_of(kernel, key, rs.key) == full for rs in servers), f"{checker}'s service at full weight", timeout=60)
         time.sleep(2 * setting.delay_loop)
         tree = [p for pid in pids for p in process_tree(pid)]
@@ -319,18 +404,25 @@ def measure(checker: str, setting: Setting, lab: Lab, kernel: NetlinkIPVS, servi
         time.sleep(CPU_WINDOW)
         result.cpu_percent = 100 * (cpu_seconds(tree) - cpu0) / (time.monotonic() - t0)
         with Load(lab.client.netns, VIP_NAT, SERVICE_PORT, rate) as load:
-            time.sleep(1.0)
             for i in range(kills):
+                time.sleep(1.0 + rng.uniform(0.0, setting.delay_loop))  # any phase of the checker's cycle
                 killed = services["rs1"].kill()
                 zero = until(lambda: weight_of(kernel, key, victim) == 0, f"{checker} ({setting.name}): weight 0 after kill {i + 1}")
+                judged = audited = None
+                if isinstance(started, Lvsguard):  # the exporter's transition time, read before the restore replaces it
+                    judged = judged_at(answers(started.metrics_url), victim) - killed
+                    audited = audited_at(started.ledger, victim, killed) - killed
                 time.sleep(max(1.0, 2 * setting.delay_loop))  # requests now go to the others only
+                post = last_post(started.exporter_log, victim) if isinstance(started, Lvsguard) else None
                 listening = services["rs1"].start()
                 back = until(lambda: weight_of(kernel, key, victim) == full, f"{checker} ({setting.name}): weight back after kill {i + 1}")
                 failed = load.failures(killed - 1.0, back)  # a request started up to 1 s before the kill may fail with it
-                result.kills.append(Kill(zero - killed, back - listening, len(failed), sum(1 for t in failed if t >= zero)))
-                print(f"  {checker} {setting.name} kill {i + 1}: weight 0 after {zero - killed:.3f} s, back {back - listening:.3f} s"
+                kill = Kill(zero - killed, back - listening, len(failed), sum(1 for t in failed if t >= zero), judged, audited, post)
+                parts = f" (judged {judged:.3f} s, actuator {audited:.3f} s" if judged is not None and audited is not None else ""
+                parts += f", publisher queued {post[0]:g} ms, POST {post[1]:g} ms)" if post is not None else (")" if parts else "")
+                result.kills.append(kill)
+                print(f"  {checker} {setting.name} kill {i + 1}: weight 0 after {zero - killed:.3f} s{parts}, back {back - listening:.3f} s"
                       f" after listening, {len(failed)} failed requests", flush=True)  # fmt: skip
-                time.sleep(1.0)
     return result
 
 
@@ -350,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=5, help="kills per checker and setting")
     parser.add_argument("--rate", type=float, default=40.0, help="new client connections a second through the VIP")
     parser.add_argument("--settings", default="common,fast")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the random wait before each kill")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "keepalived_checker.json"))
     args = parser.parse_args(argv)
     if not os.path.exists(KEEPALIVED):
@@ -370,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         for setting in chosen:
             for checker in ("keepalived", "lvsguard"):
                 print(f"== {checker}, {setting.name} setting", flush=True)
-                results.append(measure(checker, setting, lab, kernel, services, args.kills, args.rate, workdir))
+                results.append(measure(checker, setting, lab, kernel, services, args.kills, args.rate, workdir, args.seed))
     print()
     print(report(results))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

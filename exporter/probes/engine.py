@@ -433,11 +433,11 @@ class ProbeEngine:
         now = self.clock()
         service, real_server, check = job.key
         if job.health.update(result.ok, now):
+            if self.publisher is not None:  # first: its thread posts while this one logs
+                self.publisher.transition(Transition(service, real_server, check, job.health.healthy, result.message))
             event(log, logging.WARNING if not job.health.healthy else logging.INFO, "probe_transition",
                   check=check, service=str(service), real_server=str(real_server),
                   healthy=job.health.healthy, reason=result.message)  # fmt: skip
-            if self.publisher is not None:
-                self.publisher.transition(Transition(service, real_server, check, job.health.healthy, result.message))
         self.metrics.observe(job.key, result, job.health)
         if job.health.healthy and result.ok and (result.weight is not None or result.weight_percent is not None):
             self._weight(job, result, now)

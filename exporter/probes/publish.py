@@ -16,19 +16,25 @@ Two ways, chosen in the config (``probes.publish``):
 
 Posting happens on a thread of its own, so the event loop never blocks on
 HTTP; events are sent in order, a failed post is logged and retried a few
-times.
+times. The thread keeps one HTTP/1.1 keep-alive connection to the receiver
+(``Poster``): a transition then costs one request on a warm socket, not a
+TCP handshake, a fresh urllib opener and a connection teardown, which is the
+larger part of the way from a judged failure to the actuator under a
+virtual machine's dear system calls.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import queue
+import select
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -44,7 +50,6 @@ RETRIES = 3
 RETRY_DELAY = 0.5
 HTTP_TIMEOUT = 5.0
 RESEND = 60.0  # seconds between two sends of a firing alert to Alertmanager
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the actuator is local: never via a proxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,9 @@ class WeightChange:
     check: str
     weight: int
     message: str
+
+
+_Item = tuple[str, dict[str, Any] | list[Any], str, float]  # url, body, what it is about (for the log), perf_counter when queued
 
 
 class Publisher(Protocol):
@@ -129,7 +137,8 @@ class HTTPPublisher:
         self.resend = RESEND
         self._firing: dict[str, tuple[dict[str, Any], str]] = {}  # fingerprint -> v2 alert, real server (alertmanager mode)
         self._firing_lock = threading.Lock()  # the engine's thread adds and removes, the sender's thread resends
-        self._queue: queue.Queue[tuple[str, dict[str, Any] | list[Any], str] | None] = queue.Queue()
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._poster = Poster()
         self._thread = threading.Thread(target=self._run, name="probe-publisher", daemon=True)
         self._thread.start()
 
@@ -143,9 +152,9 @@ class HTTPPublisher:
                     self._firing[one["fingerprint"]] = (dict(v2), str(change.real_server))
                 else:
                     self._firing.pop(one["fingerprint"], None)
-            self._queue.put((f"{self.url}/api/v2/alerts", [v2], str(change.real_server)))
+            self._queue.put((f"{self.url}/api/v2/alerts", [v2], str(change.real_server), time.perf_counter()))
         else:
-            self._queue.put((f"{self.url}/webhook/alertmanager", webhook_payload([one]), str(change.real_server)))
+            self._queue.put((f"{self.url}/webhook/alertmanager", webhook_payload([one]), str(change.real_server), time.perf_counter()))
 
     def weight(self, change: WeightChange) -> None:
         if self.mode == "alertmanager":
@@ -153,13 +162,13 @@ class HTTPPublisher:
                   weight=change.weight, reason="weights need the actuator (probes.publish.mode: actuator)")  # fmt: skip
             return
         body = {"service": str(change.service), "real_server": str(change.real_server), "weight": change.weight}
-        self._queue.put((f"{self.url}/api/v1/weight", body, str(change.real_server)))
+        self._queue.put((f"{self.url}/api/v1/weight", body, str(change.real_server), time.perf_counter()))
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(HTTP_TIMEOUT * RETRIES)
 
-    def _next(self) -> tuple[str, dict[str, Any] | list[Any], str] | None:
+    def _next(self) -> _Item | None:
         """The next event; on a quiet ``resend`` interval, the firing alerts again (alertmanager mode)."""
         while True:
             try:
@@ -169,20 +178,29 @@ class HTTPPublisher:
                     ends = _rfc3339(time.time() + 4 * self.resend)
                     alerts = [{**v2, "endsAt": ends} for v2, _ in self._firing.values()]
                 if alerts:
-                    return (f"{self.url}/api/v2/alerts", alerts, f"{len(alerts)} firing")
+                    return (f"{self.url}/api/v2/alerts", alerts, f"{len(alerts)} firing", time.perf_counter())
 
     def _run(self) -> None:
+        try:
+            self._send_all()
+        finally:
+            self._poster.close()
+
+    def _send_all(self) -> None:
         while (item := self._next()) is not None:
-            url, body, about = item
+            url, body, about, queued = item
             for attempt in range(1, RETRIES + 1):
+                posting = time.perf_counter()
                 try:
                     status, reply = self._post(url, body)
                 except (OSError, ValueError) as exc:
                     status, reply = 0, str(getattr(exc, "reason", exc))
+                done = time.perf_counter()
                 if 200 <= status < 300 or 400 <= status < 500 and status != 429:
                     self.sent += 1
                     level = logging.INFO if status < 300 else logging.WARNING
-                    event(log, level, "probe_published", url=url, real_server=about, status=status, reply=reply[:300])
+                    event(log, level, "probe_published", url=url, real_server=about, status=status, reply=reply[:300],
+                          queued_ms=round(1000 * (posting - queued), 2), post_ms=round(1000 * (done - posting), 2))  # fmt: skip
                     break
                 event(log, logging.WARNING, "probe_publish_failed", url=url, real_server=about, status=status, reply=reply[:300], attempt=attempt)
                 time.sleep(RETRY_DELAY * attempt)
@@ -191,9 +209,76 @@ class HTTPPublisher:
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
-        try:
-            with _OPENER.open(request, timeout=HTTP_TIMEOUT) as response:
-                return response.status, response.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
+        return self._poster.post(url, json.dumps(body).encode(), headers)
+
+
+class Poster:
+    """POSTs over one kept-alive connection per receiver (never via a proxy: the actuator is local).
+
+    A connection the receiver closed while idle (its keep-alive timeout) is
+    seen before the request (the socket reads as ready: end of file) and
+    opened again; one that breaks during the request is retried once at once
+    on a fresh connection, since the request may simply have met that close.
+    """
+
+    def __init__(self, timeout: float = HTTP_TIMEOUT):
+        self.timeout = timeout
+        self.opened = 0  # connections opened (tests: one per receiver while it keeps them alive)
+        self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        """(status, reply text); raises OSError (or http.client.HTTPException, an OSError here) when it cannot."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"cannot post to {url!r}: not an http(s) URL")
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        for fresh in (False, True):
+            conn = self._connection(parts.scheme, parts.netloc, fresh)
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                reply = response.read().decode(errors="replace")
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._conns.pop((parts.scheme, parts.netloc), None)
+                if fresh or not isinstance(exc, (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)):
+                    raise OSError(f"{type(exc).__name__}: {exc}") from exc
+                continue
+            if response.will_close:
+                conn.close()
+                self._conns.pop((parts.scheme, parts.netloc), None)
+            return response.status, reply
+        raise AssertionError("unreachable")  # the fresh attempt returns or raises
+
+    def _connection(self, scheme: str, netloc: str, fresh: bool) -> http.client.HTTPConnection:
+        conn = self._conns.get((scheme, netloc))
+        if conn is not None and not fresh and _closed_by_peer(conn):
+            conn.close()
+            conn = None
+        if conn is None or fresh:
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ssl.create_default_context())
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
+            self.opened += 1
+            self._conns[(scheme, netloc)] = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
+def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive socket that reads as ready has an end of file (or a reset) waiting: the peer closed it."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
