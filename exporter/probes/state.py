@@ -63,8 +63,12 @@ class Damper:
         return weight
 
 
+MAX_WEIGHT = 65535
+"""The largest weight the actuator's API (and ipvsadm) takes: an agent's 1e300 % stops here."""
+
+
 def weight_of(full: int, percent: float) -> int:
-    """A percentage of ``full`` as a weight: 0% is 0, anything above rounds to at least 1."""
+    """A percentage of ``full`` as a weight: 0% is 0, anything above rounds to at least 1, and at most MAX_WEIGHT."""
     if percent <= 0:
         return 0
-    return max(1, round(full * percent / 100.0))
+    return min(MAX_WEIGHT, max(1, round(full * min(percent, 1e9) / 100.0)))

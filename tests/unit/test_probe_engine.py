@@ -55,6 +55,11 @@ def test_weight_of() -> None:
     assert (weight_of(10, 50), weight_of(3, 1), weight_of(3, 0), weight_of(4, 100)) == (5, 1, 0, 4)
 
 
+def test_a_huge_percentage_is_the_largest_weight_the_actuator_takes() -> None:
+    """Found by fuzzing agent replies: 1e300 % was a 300-digit weight the actuator refuses with a 400."""
+    assert (weight_of(10, 1e300), weight_of(65535, 200), weight_of(1, 6553500)) == (65535, 65535, 65535)
+
+
 class Scripted:
     """A checker that answers from a list (pure engine logic: no network)."""
 
