@@ -821,28 +821,7 @@ class NetlinkIPVS:
         ack. When some fail, ``BulkFailed`` carries one typed error per real server
         (the others were added).
         """
-        with self._lock, self._kernel("dest", service=service):
-            ident = nla(ATTR_SERVICE, self._encode(service_id_attrs, service, service=service))
-            failures: list[KernelError] = []
-            attempted = 0
-            batch: list[tuple[RealServer, bytes]] = []
-            for rs in servers:
-                try:
-                    batch.append((rs, ident + nla(ATTR_DEST, dest_attrs(rs))))
-                except ValueError as exc:
-                    failures.append(_invalid(exc, service, rs.key))
-                    attempted += 1
-                    continue
-                if len(batch) == BATCH:
-                    failures += self._send_batch(service, batch)
-                    attempted += len(batch)
-                    batch = []
-            if batch:
-                failures += self._send_batch(service, batch)
-                attempted += len(batch)
-        if failures:
-            raise BulkFailed(f"{len(failures)} of {attempted} real servers not added", failures, service=service)
-        return attempted
+        return self._pipelined(service, servers, CMD_NEW_DEST, "added")
 
     def edit_real_servers(self, service: ServiceKey, servers: Iterable[RealServer]) -> int:
         """Replace the settings of many real servers of one service at once; returns how many were sent.
@@ -857,6 +836,10 @@ class NetlinkIPVS:
         one typed error per real server, naming the service and the real server
         (the others were applied).
         """
+        return self._pipelined(service, servers, CMD_SET_DEST, "changed")
+
+    def _pipelined(self, service: ServiceKey, servers: Iterable[RealServer], cmd: int, done: str) -> int:
+        """Send ``cmd`` for each real server, ``BATCH`` to a sendmsg, an ack asked only of the last of each batch."""
         with self._lock, self._kernel("dest", service=service):
             ident = nla(ATTR_SERVICE, self._encode(service_id_attrs, service, service=service))
             failures: list[KernelError] = []
@@ -870,14 +853,14 @@ class NetlinkIPVS:
                     attempted += 1
                     continue
                 if len(batch) == BATCH:
-                    failures += self._send_batch(service, batch, CMD_SET_DEST)
+                    failures += self._send_batch(service, batch, cmd)
                     attempted += len(batch)
                     batch = []
             if batch:
-                failures += self._send_batch(service, batch, CMD_SET_DEST)
+                failures += self._send_batch(service, batch, cmd)
                 attempted += len(batch)
         if failures:
-            raise BulkFailed(f"{len(failures)} of {attempted} real servers not changed", failures, service=service)
+            raise BulkFailed(f"{len(failures)} of {attempted} real servers not {done}", failures, service=service)
         return attempted
 
     def start_sync_daemon(self, daemon: SyncDaemon) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -30,12 +29,12 @@ from exporter.collector import IPVSCollector
 from exporter.keepalived import KeepalivedFifo
 from lab import traffic
 from lab.actuator import running_actuator
-from lab.ha import HALab, alertmanager_config, running_alertmanager
+from lab.ha import (HALab, alertmanager_config, open_held, running_alertmanager, served_again, survivors,
+                    sync_roles, synced_connections)
 from lab.keepalived import available as keepalived_available
 from lab.topology import LabService, in_lab_vm
 from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.ipvs.netlink import NetlinkIPVS
-from lvsguard.ipvs.netns import entered, proc_net_path
 from tests.fakes import am_alert, am_payload
 
 pytestmark = pytest.mark.kernel
@@ -123,73 +122,6 @@ def sync_state(lab: HALab) -> str:
              + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
              for name, k in lab.keepalived.items()]  # fmt: skip
     return "\n".join(lines)
-
-
-def sync_roles(lab: HALab, name: str) -> set[str]:
-    with NetlinkIPVS(lab.director_named(name).netns) as kernel:
-        return {d.role for d in kernel.sync_daemons()}
-
-
-def synced_connections(lab: HALab, name: str, socks: list[socket.socket]) -> int:
-    """How many of the client's connections ``socks`` director ``name`` has as ESTABLISHED (by client port)."""
-    ports = {f"{sock.getsockname()[1]:04X}" for sock in socks}
-    with entered(lab.director_named(name).netns), open(proc_net_path("ip_vs_conn")) as fh:
-        rows = [line.split() for line in fh]
-    return sum(1 for row in rows if len(row) > 7 and row[2] in ports and row[7] == "ESTABLISHED")
-
-
-def open_held(lab: HALab, service: LabService, n: int) -> list[socket.socket]:
-    """``n`` long-lived HTTP connections (``/hold``) from the client, each answered with its real server's name."""
-    socks = []
-    with entered(lab.client.netns):
-        for _ in range(n):
-            sock = socket.create_connection((service.address, service.port), timeout=5)
-            socks.append(sock)
-            sock.sendall(b"GET /hold?seconds=120 HTTP/1.0\r\nHost: lab\r\n\r\n")
-            data = b""
-            while b"\r\n\r\n" not in data or not data.partition(b"\r\n\r\n")[2].endswith(b"\n"):
-                chunk = sock.recv(4096)
-                assert chunk, f"{service}: a held connection closed before the real server named itself"
-                data += chunk
-    return socks
-
-
-def served_again(lab: HALab, service: LabService, since: float, timeout: float = 15.0) -> float:
-    """Retry one HTTP request through ``service`` until it is answered; seconds from ``since`` (monotonic).
-
-    Right after the VIPs move, the client may still send to the old director
-    (until the new one's gratuitous ARP arrives), which answers "network
-    unreachable"; a real client retries, and so does this.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if sum(traffic.http_get(lab, service.address, service.port, 1, timeout=1.0).values()) == 1:
-                return time.monotonic() - since
-        except traffic.TrafficError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.005)
-
-
-def survivors(socks: list[socket.socket]) -> int:
-    """Close each connection from the client's side; count those the real server closes in turn (FIN, not RST).
-
-    A director that lacks the connection answers the client's FIN with a reset:
-    nothing listens on the VIP itself.
-    """
-    alive = 0
-    for sock in socks:
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(5)
-            if sock.recv(4096) == b"":
-                alive += 1
-        except OSError:
-            pass
-        finally:
-            sock.close()
-    return alive
 
 
 # --- the cluster -----------------------------------------------------------------------
