@@ -16,8 +16,10 @@ the same run, alternating:
 For each, from the moment the request is sent (or the file written): *VIPs
 moved* = dir2 holds every VRRP address and dir1 none (netlink, polled every
 2 ms), *VIP answers* = the first HTTP request from the client through the NAT
-VIP that is answered (retried every 5 ms, 1 s timeout each: a request that
-hits the old director is refused at once). Between runs dir1 takes the VIPs
+VIP that is answered (retried every 5 ms, 50 ms timeout each: a SYN that
+reaches the old director after it gave the VIP up is dropped, and a client's
+own retry would come 1 s later; the short timeout times the directors, not
+TCP's retry timer). Between runs dir1 takes the VIPs
 back (release, preemption) and the client is served through it again.
 
 3. **Connections that survive**: ``--held`` long-lived connections each
@@ -60,13 +62,16 @@ def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
+ATTEMPT = 0.05  # seconds one client request may take while waiting for the VIP to answer
+
+
 def one_failover(lab: HALab, request: Callable[[], None], release: Callable[[], None]) -> tuple[float, float]:
     """Seconds from ``request()`` being called to the VIPs on dir2 alone, and to the client served through the VIP."""
     started = time.monotonic()
     request()
     lab.wait_for_vip_owner("dir2", poll=0.002)
     moved = time.monotonic() - started
-    answered = served_again(lab, lab.nat, started)
+    answered = served_again(lab, lab.nat, started, attempt=ATTEMPT)
     release()
     lab.wait_for_vip_owner("dir1")
     served_again(lab, lab.nat, time.monotonic())
