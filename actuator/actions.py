@@ -721,7 +721,8 @@ class Session:
             return self._finish(Outcome("failover", None, "refused", "refused: failover is not configured "
                                         "(actuator.failover_track_file)", "not_configured"), actor)  # fmt: skip
         peer = self.settings.failover_peer_url
-        problem = peer_problem(peer) if peer and not read_track_file(path) else None
+        requested = read_track_file(path)  # under the lock: only this actuator writes the file
+        problem = peer_problem(peer) if peer and not requested else None
         if problem:
             return self._finish(Outcome("failover", None, "refused", f"refused: {problem}", "peer"), actor)
         if self.policy.dry_run:
@@ -729,14 +730,15 @@ class Session:
         with self.ledger.transaction():
             new = self.ledger.add_failover(kind=actor.hold_kind, holder=actor.name, source=actor.source,
                                            alertname=actor.alertname, reason=reason)  # fmt: skip
+        if not requested:
+            write_track_file(path, True)  # recorded first (crash order), then at once: the VIPs start moving
         holders = tuple(_failover_text(f) for f in self.ledger.active_failovers())
-        if read_track_file(path):
+        if requested:
             if not new:
                 return self._finish(Outcome("failover", None, "noop", "failover already requested by this holder",
                                             holders=holders), actor, audit=False)  # fmt: skip
             return self._finish(Outcome("failover", None, "recorded", f"failover already requested ({path} = 1); "
                                         f"{len(holders)} holder(s) now", holders=holders), actor)  # fmt: skip
-        write_track_file(path, True)
         self.a.metrics.failover()
         return self._finish(Outcome("failover", None, "applied", f"failover requested: {path} = 1 "
                                     "(keepalived lowers this director's priority)", holders=holders), actor)  # fmt: skip

@@ -19,15 +19,22 @@ would write ``1`` is refused unless the peer says it is a healthy BACKUP
 (``GET /api/v1/director``: role ``backup``, no failover requested there):
 giving the VIPs up with no director ready to take them would leave nobody
 holding them.
+
+The peer is asked afresh at every request that would write ``1``: no cached
+view, so a peer whose keepalived stopped a moment ago is seen as stopped. What
+is kept is the connection (:class:`PeerCheck`, HTTP/1.1 keep-alive): a new TCP
+connection per check cost about 18 ms of the failover's time in the lab VM
+(UML, where every system call is slow), a request on a kept connection about 6 ms.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.request
+import threading
+import urllib.parse
 
 from lvsguard.errors import LvsguardError
 
@@ -66,17 +73,91 @@ def read_track_file(path: str) -> bool | None:
     return text not in ("", "0")
 
 
+class PeerCheck:
+    """Asks the peer director's actuator whether it can take the VIPs over, on one kept-alive connection.
+
+    Every :meth:`problem` is a live ``GET /api/v1/director``: only the TCP
+    connection is reused, never an answer. A kept connection that the peer
+    closed meanwhile (its idle timeout, a restart) fails at once on reuse; the
+    request is then sent once more on a new connection, so a restarted peer
+    costs one extra connection and is not refused. A timeout is not retried:
+    it is a peer that does not answer.
+    """
+
+    def __init__(self, url: str, timeout: float = PEER_TIMEOUT) -> None:
+        self.where = url.rstrip("/") + "/api/v1/director"
+        parts = urllib.parse.urlsplit(self.where)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._path = parts.path
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def problem(self, timeout: float | None = None) -> str | None:
+        """Why the peer could not take the VIPs over now; None when it is a healthy backup."""
+        with self._lock:
+            try:
+                status, body = self._get(self.timeout if timeout is None else timeout)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+                return f"the peer director's actuator ({self.where}) cannot be reached: {reason}"
+        if status != 200:
+            return f"the peer director's actuator ({self.where}) answered HTTP {status}"
+        try:
+            director = json.loads(body)
+        except ValueError as exc:
+            return f"the peer director's actuator ({self.where}) cannot be reached: {exc}"
+        return _director_problem(director, self.where)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _get(self, timeout: float) -> tuple[int, bytes]:
+        if self._conn is not None:
+            try:
+                return self._request(self._conn, timeout)
+            except TimeoutError:
+                raise
+            except (OSError, http.client.HTTPException):
+                self.close()  # the peer closed the kept connection: one more try on a new one
+        conn_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        self._conn = conn_class(self._host, self._port, timeout=timeout)
+        return self._request(self._conn, timeout)
+
+    def _request(self, conn: http.client.HTTPConnection, timeout: float) -> tuple[int, bytes]:
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        conn.request("GET", self._path, headers={"Accept": "application/json"})
+        response = conn.getresponse()
+        body = response.read()  # read to the end, or the connection cannot carry the next request
+        if response.will_close:
+            self.close()
+        return response.status, body
+
+
+_checks: dict[str, PeerCheck] = {}
+_checks_lock = threading.Lock()
+
+
 def peer_problem(url: str, timeout: float = PEER_TIMEOUT) -> str | None:
-    """Why the peer director at ``url`` (its actuator) could not take the VIPs over; None when it can."""
-    where = url.rstrip("/") + "/api/v1/director"
-    try:
-        with urllib.request.urlopen(where, timeout=timeout) as response:
-            director = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return f"the peer director's actuator ({where}) answered HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        return f"the peer director's actuator ({where}) cannot be reached: {reason}"
+    """Why the peer director at ``url`` (its actuator) could not take the VIPs over; None when it can.
+
+    One :class:`PeerCheck` (one kept connection) per peer URL for the life of the process.
+    """
+    with _checks_lock:
+        check = _checks.get(url)
+        if check is None:
+            check = _checks[url] = PeerCheck(url)
+    return check.problem(timeout)
+
+
+def _director_problem(director: object, where: str) -> str | None:
     role = director.get("role") if isinstance(director, dict) else None
     if role != "backup":
         return f"the peer director is {role or 'in an unknown state'}, not backup ({where})"

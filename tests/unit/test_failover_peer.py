@@ -8,6 +8,7 @@ kernel.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from actuator.app import create_app
-from actuator.failover import peer_problem
+from actuator.failover import PeerCheck, peer_problem
 from actuator.settings import ActuatorSettings, SettingsError, from_mapping
 from tests.fakes import FakeKernel, service
 
@@ -26,18 +27,26 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Peer:
-    """What the fake peer answers: an HTTP status and a JSON body."""
+    """What the fake peer answers: an HTTP status and a JSON body; the connections it accepted."""
 
     def __init__(self) -> None:
         self.status = 200
         self.body: Any = {"role": "backup", "failover": {"requested": False}}
+        self.connections = 0
+        self.sockets: list[socket.socket] = []
 
 
-@pytest.fixture
-def peer() -> Iterator[tuple[Peer, str]]:
-    state = Peer()
+def serve(state: Peer, port: int = 0, keep_alive: bool = False) -> ThreadingHTTPServer:
+    """A peer actuator's ``/api/v1/director`` on loopback (HTTP/1.1 keep-alive when ``keep_alive``)."""
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+        def setup(self) -> None:
+            state.connections += 1
+            state.sockets.append(self.request)
+            super().setup()
+
         def do_GET(self) -> None:
             data = json.dumps(state.body).encode() if self.path == "/api/v1/director" else b"{}"
             self.send_response(state.status if self.path == "/api/v1/director" else 404)
@@ -49,9 +58,16 @@ def peer() -> Iterator[tuple[Peer, str]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[Peer, str]]:
+    state = Peer()
+    server = serve(state)
     try:
         yield state, f"http://127.0.0.1:{server.server_address[1]}"
     finally:
@@ -83,6 +99,57 @@ def test_a_peer_that_cannot_take_over_is_named(peer: tuple[Peer, str], status: i
 def test_an_unreachable_peer_is_a_problem() -> None:
     problem = peer_problem("http://127.0.0.1:9", timeout=1.0)
     assert problem is not None and "cannot be reached" in problem
+
+
+def test_one_kept_connection_carries_every_check_and_each_answer_is_fresh() -> None:
+    state = Peer()
+    server = serve(state, keep_alive=True)
+    check = PeerCheck(f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        assert check.problem() is None
+        state.body = {"role": "stop", "failover": {"requested": False}}
+        problem = check.problem()
+        assert problem is not None and "the peer director is stop, not backup" in problem
+        state.body = {"role": "backup", "failover": {"requested": False}}
+        assert check.problem() is None
+        assert state.connections == 1
+    finally:
+        check.close()
+        server.shutdown()
+        server.server_close()
+
+
+def stop(server: ThreadingHTTPServer, state: Peer) -> None:
+    """Stop the peer as a killed process stops: the listening socket and every accepted connection closed."""
+    server.shutdown()
+    server.server_close()
+    for sock in state.sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+    state.sockets.clear()
+
+
+def test_a_restarted_peer_is_asked_on_a_new_connection_and_a_stopped_one_is_a_problem() -> None:
+    state = Peer()
+    first = serve(state, keep_alive=True)
+    port = first.server_address[1]
+    check = PeerCheck(f"http://127.0.0.1:{port}", timeout=1.0)
+    try:
+        assert check.problem() is None
+        stop(first, state)
+        second = serve(state, port=port, keep_alive=True)
+        try:
+            assert check.problem() is None  # the kept connection was closed: asked again on a new one
+            assert state.connections == 2
+        finally:
+            stop(second, state)
+        problem = check.problem()
+        assert problem is not None and "cannot be reached" in problem
+    finally:
+        check.close()
 
 
 def test_the_failover_is_refused_and_audited_while_the_peer_is_not_ready(tmp_path: Path, peer: tuple[Peer, str]) -> None:
