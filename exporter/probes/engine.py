@@ -58,6 +58,8 @@ DEFAULT_RATE = 1000  # default (unconfigured) probes per second at most, all rea
 DEFAULT_CPU_SHARE = 0.1  # and no more than this share of the engine thread's CPU, at the cost per probe measured
 REFRESH_FACTOR = 10  # the table is re-read at most every REFRESH_FACTOR x (read + sync time)
 TICK = 0.002  # the scheduler's timer fires at most this often
+SLACK_SHARE = 0.02  # and at most every this share of the shortest check interval (checks due meanwhile start together)
+MAX_SLACK = 0.02  # seconds: the most a check may start after its slot for the sake of batching
 BUDGET_PERIOD = 5.0  # seconds between two looks at the default checks' budget (besides each table read)
 
 
@@ -177,6 +179,8 @@ class ProbeEngine:
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._slack = TICK  # the timer's least distance from now: TICK, or SLACK_SHARE of the shortest interval
+        self._eager = True  # poll the probes a tick started before going back to the loop (they may be done already)
         self._logged_interval: float | None = None
         self._stretched = False
         self._defaults: tuple[int, float] = (0, 1.0)  # default checks in the table, their configured interval
@@ -222,13 +226,14 @@ class ProbeEngine:
                 job = _Job(key, spec, target, Health(spec.rise, spec.fall), Damper(self.damping.min_step, self.damping.min_interval), interval)
                 jobs[key] = job
                 metrics.add(key, shared=spec.default and stretched)
-                self._schedule(job, now + interval * self.jitter())
+                self._schedule(job, now + interval * self.jitter(), now)
             else:
                 job.interval = interval
                 if regroup and spec.default:
                     metrics.share(key, stretched)
         if len(full) > len(present) or any(k not in present for k in full):
             self._full = {k: v for k, v in full.items() if k in present}
+        self._set_slack()
         self._cpu_mark = (self._cpu_clock(), self.stats.probes)
 
     def affordable_rate(self) -> float:
@@ -272,6 +277,17 @@ class ProbeEngine:
                 job.interval = interval if interval is not None else job.spec.interval
                 if regroup:
                     self.metrics.share(job.key, stretched)
+        self._set_slack()
+
+    def _set_slack(self) -> None:
+        """The timer's least distance from now: SLACK_SHARE of the shortest interval, between TICK and MAX_SLACK.
+
+        Checks due within one slack of each other start in one wake-up of the
+        loop (a wake-up costs about as much CPU as a probe); a check starts at
+        most one slack after its slot (20 ms at a 1 s interval, 2 ms at 100 ms).
+        """
+        shortest = min((job.interval for job in self._jobs.values()), default=1.0)
+        self._slack = min(MAX_SLACK, max(TICK, SLACK_SHARE * shortest))
 
     def _interval_for(self, count: int, configured: float) -> float | None:
         rate = self.affordable_rate()
@@ -333,26 +349,42 @@ class ProbeEngine:
 
     # --- scheduling ----------------------------------------------------------------------
 
-    def _schedule(self, job: _Job, due: float) -> None:
+    def _schedule(self, job: _Job, due: float, now: float) -> None:
         job.due = due
         heapq.heappush(self._due, (due, next(self._seq), job))
         if due < self._timer_at:
-            self._arm(due)
+            self._arm(due, now)
 
-    def _arm(self, when: float) -> None:
+    def _arm(self, when: float, now: float) -> None:
         loop = self._loop
         assert loop is not None
+        when = max(when, now + self._slack)
+        if when >= self._timer_at:  # the armed timer comes first anyway
+            return
         if self._timer is not None:
             self._timer.cancel()
-        when = max(when, loop.time() + TICK)
         self._timer_at = when
         self._timer = loop.call_at(when, self._tick)
 
     def _tick(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
+        self._timer, self._timer_at = None, float("-inf")  # no arming while ticking: the end of the tick arms once
         loop = self._loop
         assert loop is not None
         now = loop.time()
+        try:
+            self._run_due(now)
+        finally:
+            self._timer_at = float("inf")
+            due, deadlines = self._due, self._deadlines
+            nxt = min(due[0][0] if due else float("inf"), deadlines[0][0] if deadlines else float("inf"))
+            if nxt != float("inf"):
+                self._arm(nxt, now)
+
+    def _run_due(self, now: float) -> None:
+        """Start every check due at ``now`` and fail every hot-path probe past its deadline."""
+        poller = self._poller
+        if poller is not None:
+            poller.now = now  # the start time of the probes started now (no clock read each)
         if now >= self._next_budget:
             self._rebudget(now)
         due = self._due
@@ -369,7 +401,9 @@ class ProbeEngine:
                 self._start(job, now)
             except Exception as exc:  # noqa: BLE001 - a checker bug is that check's failure, not the scheduler's end
                 job.inflight = None
-                self._finish(job, ProbeResult(False, f"{job.spec.name} {job.target}: {type(exc).__name__}: {exc}", 0.0, type(exc).__name__))
+                self._complete(job, ProbeResult(False, f"{job.spec.name} {job.target}: {type(exc).__name__}: {exc}", 0.0, type(exc).__name__), now)
+        if ready and poller is not None and self._eager and len(poller):
+            poller.dispatch()  # connects that completed inside connect() (loopback, veth) end now, not one loop turn later
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, job, inflight = heapq.heappop(deadlines)
@@ -377,10 +411,9 @@ class ProbeEngine:
                 inflight.cancel()
                 job.inflight = None
                 spec = job.spec
-                self._finish(job, ProbeResult(False, f"{spec.name} {job.target}: no answer within {spec.timeout:g} s", spec.timeout, "TimeoutError"))
-        nxt = min(due[0][0] if due else float("inf"), deadlines[0][0] if deadlines else float("inf"))
-        if nxt != float("inf"):
-            self._arm(nxt)
+                self._complete(job, ProbeResult(False, f"{spec.name} {job.target}: no answer within {spec.timeout:g} s", spec.timeout, "TimeoutError"), now)
+        while deadlines and deadlines[0][2].inflight is not deadlines[0][3]:  # that probe ended: no wake-up for its deadline
+            heapq.heappop(deadlines)
 
     def _start(self, job: _Job, now: float) -> None:
         spec = job.spec
@@ -397,24 +430,28 @@ class ProbeEngine:
             deadline = now + spec.timeout
             heapq.heappush(self._deadlines, (deadline, next(self._seq), job, inflight))
             if deadline < self._timer_at:
-                self._arm(deadline)
+                self._arm(deadline, now)
 
     def _task_done(self, job: _Job, task: asyncio.Task[ProbeResult]) -> None:
         job.task = None
         if task.cancelled() or not job.live:
             return
-        self._finish(job, task.result())
+        assert self._loop is not None
+        self._complete(job, task.result(), self._loop.time())
 
     def _finish(self, job: _Job, result: ProbeResult) -> None:
-        """A check of ``job`` ended (hot path or task): record it and book the next slot."""
+        """A hot-path probe of ``job`` ended (its ``done``): now is the poller's batch time."""
+        assert self._poller is not None
+        self._complete(job, result, self._poller.now)
+
+    def _complete(self, job: _Job, result: ProbeResult, now: float) -> None:
+        """A check of ``job`` ended at ``now`` (loop time): record it and book the next slot."""
         job.inflight = None
         if not job.live:
             return
         self.record(job, result)
-        assert self._loop is not None
-        now = self._loop.time()
         slot = job.due + job.interval
-        self._schedule(job, slot if slot > now else now)
+        self._schedule(job, slot if slot > now else now, now)
 
     def _drop(self, job: _Job) -> None:
         job.live = False
@@ -430,7 +467,9 @@ class ProbeEngine:
         """Rise/fall, metrics, and what to publish, for one result of ``job``."""
         self.stats.probes += 1
         job.last = result
-        now = self.clock()
+        reports_weight = result.weight is not None or result.weight_percent is not None
+        # the wall clock only where it is used (a transition's time, the damper): most results change nothing
+        now = self.clock() if result.ok != job.health.healthy or reports_weight else 0.0
         service, real_server, check = job.key
         if job.health.update(result.ok, now):
             if self.publisher is not None:  # first: its thread posts while this one logs
@@ -439,7 +478,7 @@ class ProbeEngine:
                   check=check, service=str(service), real_server=str(real_server),
                   healthy=job.health.healthy, reason=result.message)  # fmt: skip
         self.metrics.observe(job.key, result, job.health)
-        if job.health.healthy and result.ok and (result.weight is not None or result.weight_percent is not None):
+        if job.health.healthy and result.ok and reports_weight:
             self._weight(job, result, now)
 
     def _weight(self, job: _Job, result: ProbeResult, now: float) -> None:

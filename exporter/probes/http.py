@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.probes import httpclient
-from exporter.probes.poller import IN, OUT, Poller
+from exporter.probes.poller import FAILED, IN, OUT, Poller
 from exporter.probes.result import ProbeResult, Target, failed, guarded
 from exporter.probes.tcp import ABORT, IN_PROGRESS, Done, open_nonblocking
 
@@ -88,7 +88,7 @@ class Exchange:
         self.target = target
         self.done = done
         self.token = token
-        self.started = time.perf_counter()
+        self.started = poller.now  # the poller's batch time: no clock read per probe (tcp.Connect)
         self.data = b""
         self.fd = -1
         try:
@@ -110,7 +110,7 @@ class Exchange:
 
     def _connected(self, events: int) -> None:
         sock = self.sock
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & FAILED else 0  # as tcp.Connect._writable
         try:
             if code:
                 raise OSError(code, os.strerror(code))
@@ -145,7 +145,7 @@ class Exchange:
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
         sock.close()
-        self.done(self.token, self.checker.judge(answer, time.perf_counter() - self.started))
+        self.done(self.token, self.checker.judge(answer, self.poller.now - self.started))
 
     def _fail(self, exc: BaseException) -> None:
         if self.fd >= 0:

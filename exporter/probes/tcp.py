@@ -2,8 +2,10 @@
 
 Two ways to run the same check. The engine's hot path, ``begin``, is a bare
 non-blocking socket in the engine's epoll set (``poller.Poller``): no future,
-no task, no timer of its own (the engine keeps the deadlines), so a probe costs
-``socket``, ``connect``, one ``epoll_ctl``, ``getsockopt`` and ``close``.
+no task, no timer of its own (the engine keeps the deadlines), and no clock read of its
+own (its start and end times are the poller's ``now``, read once per batch), so
+a probe costs ``socket``, ``connect``, one ``epoll_ctl``, ``setsockopt`` and
+``close`` (and ``getsockopt`` for the error of a failed connect).
 ``check`` is the same connect as a coroutine, for one-off checks and for
 platforms without epoll.
 
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from exporter.probes.poller import OUT, Poller
+from exporter.probes.poller import FAILED, OUT, Poller
 from exporter.probes.result import ProbeResult, Target, failed, guarded
 
 ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
@@ -58,7 +60,7 @@ class Connect:
         self.target = target
         self.done = done
         self.token = token
-        self.started = time.perf_counter()
+        self.started = poller.now
         self.fd = -1
         try:
             self.sock = sock = open_nonblocking(target)
@@ -75,11 +77,12 @@ class Connect:
         self._end(code)
 
     def _writable(self, events: int) -> None:
-        self._end(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        # writable without an error event: connected (the kernel flags a pending SO_ERROR as EPOLLERR), no getsockopt
+        self._end(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & FAILED else 0)
 
     def _end(self, code: int) -> None:
         sock = self.sock
-        took = time.perf_counter() - self.started
+        took = self.poller.now - self.started
         if code == 0:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
             sock.close()
