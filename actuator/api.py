@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import datetime
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from flask import Blueprint, current_app, g, request
 
 from lvsguard.errors import LvsguardError
-from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, VirtualService
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, VirtualService
 
 from actuator.actions import Actions, Actor, Outcome
 from actuator.auth import read_only, require_token
@@ -380,6 +380,13 @@ def audit() -> dict[str, Any]:
     return {"events": [audit_json(e) for e in get_ledger().audit_events(limit=_limit(), after=int(after))]}
 
 
+@runtime_checkable
+class _SyncDaemonReader(Protocol):
+    """A kernel that reads the sync daemons alone (``NetlinkIPVS``, the tests' fake)."""
+
+    def sync_daemons(self) -> tuple[SyncDaemon, ...]: ...
+
+
 @bp.get("/director")
 @read_only
 def director() -> dict[str, Any]:
@@ -392,7 +399,9 @@ def director() -> dict[str, Any]:
         except OSError:
             role = "unknown"
     kernel = _actions().kernel
-    daemons = kernel.read().sync_daemons
+    # The peer director's failover check asks this at every failover: one netlink
+    # request for the sync daemons, not a read of the whole table, whose cost grows with it.
+    daemons = kernel.sync_daemons() if isinstance(kernel, _SyncDaemonReader) else kernel.read().sync_daemons
     path = settings.failover_track_file
     failovers = get_ledger().active_failovers()
     return {

@@ -20,6 +20,7 @@ import pytest
 from actuator.app import create_app
 from actuator.failover import PeerCheck, peer_problem
 from actuator.settings import ActuatorSettings, SettingsError, from_mapping
+from lvsguard.model import SyncDaemon, Table
 from tests.fakes import FakeKernel, service
 
 TOKEN = "peer-test-token-0123456789"
@@ -172,6 +173,22 @@ def test_the_failover_is_refused_and_audited_while_the_peer_is_not_ready(tmp_pat
     peer[0].body = {"role": "backup", "failover": {"requested": False}}
     applied = client.post("/api/v1/failover", json={"reason": "upgrade"}, headers=AUTH)
     assert applied.status_code == 200 and track.read_text() == "1\n"
+
+
+class TableNotRead(FakeKernel):
+    """A kernel whose whole-table read fails the test: the director endpoint must not need it."""
+
+    def read(self) -> Table:
+        raise AssertionError("GET /api/v1/director read the whole table")
+
+
+def test_the_director_endpoint_reads_the_sync_daemons_alone(tmp_path: Path) -> None:
+    kernel = TableNotRead([service("TCP 192.0.2.10:80", ("10.0.1.2:80", 1))])
+    kernel.start_sync_daemon(SyncDaemon("master", "eth1", 51))
+    app = create_app(ActuatorSettings(tokens={"ops": TOKEN}), kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
+    response = app.test_client().get("/api/v1/director")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert [(d["role"], d["mcast_interface"], d["sync_id"]) for d in response.get_json()["sync_daemons"]] == [("master", "eth1", 51)]
 
 
 def test_the_peer_url_is_a_setting() -> None:
