@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 from flask import Blueprint, current_app, g, request
@@ -19,10 +21,10 @@ from flask import Blueprint, current_app, g, request
 from lvsguard.errors import LvsguardError
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, VirtualService
 
-from actuator.actions import Actions, Actor, Outcome
+from actuator.actions import Actions, Actor, Outcome, Session
 from actuator.auth import read_only, require_token
 from actuator.failover import read_track_file
-from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger
+from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger, locked_ledger
 from actuator.openapi import document
 from actuator.probestate import CheckState, ProbeView, probe_view
 from actuator.settings import ActuatorSettings
@@ -502,12 +504,31 @@ def add() -> Any:
         return reply(outcome)
 
 
+@contextmanager
+def _failover_session() -> Iterator[Session]:
+    """A session on the app's one warm ledger connection (``locked_ledger``), as the webhook's.
+
+    A failover's time to the track file counts: this thread's own connection may
+    be cold (opened on first use, or re-reading the pages other connections
+    changed), which costs a few dozen system calls, each slow in a VM.
+    """
+    actions = _actions()
+    with actions.lock:
+        ledger = locked_ledger()
+        try:
+            with actions.session(ledger) as session:
+                yield session
+        finally:
+            if ledger.conn.in_transaction:  # a commit that failed: the next request starts clean
+                ledger.rollback()
+
+
 @bp.post("/failover")
 @require_token
 def failover() -> Any:
     body = _body()
     reason = _field(body, "reason", str, "")
-    with _actions().session(get_ledger()) as s:
+    with _failover_session() as s:
         return reply(s.failover(_actor(), reason=reason))
 
 
@@ -516,7 +537,7 @@ def failover() -> Any:
 def failover_release() -> Any:
     body = _body()
     scope = "all" if _field(body, "all_holders", bool, False) else "own"
-    with _actions().session(get_ledger()) as s:
+    with _failover_session() as s:
         return reply(s.end_failover(_actor(), scope=scope))
 
 
