@@ -950,7 +950,7 @@ class NetlinkIPVS:
 
     @staticmethod
     def _os_error(exc: OSError, what: str) -> KernelError:
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) or exc.errno in (E.EAGAIN, E.EWOULDBLOCK):  # SO_RCVTIMEO/SO_SNDTIMEO ran out
             return TransportError(f"no netlink reply from the kernel within {_genl.TIMEOUT:.0f} s")
         if exc.errno in (E.EPERM, E.EACCES):
             return NotPermitted(f"netlink {what}: operation not permitted", errno=exc.errno)
