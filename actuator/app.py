@@ -153,7 +153,7 @@ def handle_error(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
 def _after(response: Response) -> Response:
     """Count webhook replies by status and log every request on one line (token name, never the token)."""
     if request.endpoint == "webhook.alertmanager":
-        current_app.extensions["lvsguard"].metrics.webhook.labels(str(response.status_code)).inc()
+        current_app.extensions["lvsguard"].metrics.webhook_reply(response.status_code)
     if request.endpoint != "metrics":
         event(log, logging.INFO, "request", method=request.method, path=request.path, status=response.status_code,
               token=g.get("token_name", "-"), alerts=g.get("webhook_alerts", "-"))  # fmt: skip

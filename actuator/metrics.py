@@ -82,6 +82,7 @@ class ActuatorMetrics:
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
+        self._children: dict[tuple[str, tuple[str, ...]], Counter] = {}
         self.actions = Counter(
             "lvsguard_actions_total", "Actions decided by the actuator, by outcome.", ("action", "result", "source"), registry=registry
         )
@@ -104,10 +105,21 @@ class ActuatorMetrics:
             self.webhook.labels(status)
 
     def action(self, action: str, result: str, source: str) -> None:
-        self.actions.labels(action, result, source).inc()
+        self._child(self.actions, action, result, source).inc()
 
     def refusal(self, action: str, reason: str) -> None:
-        self.refusals.labels(action, reason).inc()
+        self._child(self.refusals, action, reason).inc()
+
+    def webhook_reply(self, status: int) -> None:
+        self._child(self.webhook, str(status)).inc()
+
+    def _child(self, metric: Counter, *labels: str) -> Counter:
+        """The labelled child, looked up once: ``labels()`` takes the metric's lock on every call."""
+        key = (metric._name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def failover(self) -> None:
         self.failovers.inc()

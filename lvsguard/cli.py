@@ -15,6 +15,7 @@ from typing import Sequence
 
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
+from lvsguard.logs import LineHandler
 
 DEFAULT_EXPORTER_LISTEN = "127.0.0.1:9910"
 DEFAULT_ACTUATOR_LISTEN = "127.0.0.1:9911"
@@ -166,12 +167,9 @@ def _print_help(p: argparse.ArgumentParser) -> int:
 
 def configure_logging(level: str) -> None:
     """Structured, one line per event: ``time level logger message key=value ...``."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-        stream=sys.stderr,
-    )
+    handler = LineHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def _load_config(path: Path | None):  # -> lvsguard.config.Config

@@ -1,0 +1,58 @@
+"""The log line format and the lock-free line handler the CLI installs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+
+from lvsguard.logs import LineHandler, event, logfmt_value
+
+
+def _logger(handler: logging.Handler, name: str) -> logging.Logger:
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_logfmt_quotes_only_what_needs_it():
+    assert logfmt_value("plain") == "plain"
+    assert logfmt_value("two words") == '"two words"'
+    assert logfmt_value('say "hi"\n') == '"say \\"hi\\"\\n"'
+    assert logfmt_value("") == '""'
+
+
+def test_line_handler_writes_whole_lines_to_a_descriptor_from_many_threads():
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream:
+        logger = _logger(LineHandler(stream), "test.logs.fd")
+        assert logger.handlers[0].fd == write_end
+
+        def burst(n: int) -> None:
+            for i in range(50):
+                event(logger, logging.INFO, "tick", thread=n, i=i, pad="x" * 200)
+
+        threads = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    with os.fdopen(read_end) as fh:
+        lines = fh.read().splitlines()
+    assert len(lines) == 200
+    assert all(line.startswith("INFO tick thread=") and line.endswith("x" * 200) for line in lines)  # none torn
+
+
+def test_line_handler_falls_back_to_a_stream_without_descriptor_and_honours_filters():
+    stream = io.StringIO()
+    handler = LineHandler(stream)
+    assert handler.fd is None
+    handler.addFilter(lambda record: "secret" not in record.getMessage())
+    logger = _logger(handler, "test.logs.stream")
+    event(logger, logging.INFO, "request", path="/api/v1/services", status=200)
+    event(logger, logging.INFO, "request", path="/secret")
+    assert stream.getvalue() == "INFO request path=/api/v1/services status=200\n"
