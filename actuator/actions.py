@@ -237,14 +237,21 @@ class Actions:
                 raise
             session.flush()
 
-    def retry_pending(self, ledger: Ledger) -> list[Outcome]:
+    def retry_pending(self, ledger: Ledger, *, cached: bool = False) -> list[Outcome]:
         """Converge every real server whose holds and kernel state disagree (refused earlier)."""
-        with self.session(ledger) as s:
+        with self.session(ledger, cached=cached) as s:
             return s.converge_all()
 
-    def reconcile(self, ledger: Ledger) -> list[Outcome]:
-        """At start: finish or report what a crash interrupted; returns what was found."""
-        with self.session(ledger) as s:
+    def reconcile(self, ledger: Ledger, *, cached: bool = False) -> list[Outcome]:
+        """Finish or report what a crash interrupted, and report weights changed by hand; returns what was found.
+
+        ``cached``: the retry loop's periodic rounds may use a big service's view
+        that a webhook session read less than ``VIEW_TTL`` seconds ago. Reading a
+        service of 1 000 real servers afresh under the lock every round stalled
+        every webhook request behind it; a weight changed by hand is then
+        reported one round later at worst. The round at start reads afresh.
+        """
+        with self.session(ledger, cached=cached) as s:
             return s.reconcile()
 
     def step_job(self, ledger: Ledger, job_id: int) -> bool:

@@ -91,10 +91,10 @@ class JobRunner:
         try:
             while not self._stop.wait(self.actions.settings.retry_interval):
                 try:
-                    for outcome in self.actions.reconcile(ledger):  # a weight changed by hand since: reported once
+                    for outcome in self.actions.reconcile(ledger, cached=True):  # a weight changed by hand since: reported once
                         event(log, logging.WARNING, "reconcile", result=outcome.result, target=outcome.target,
                               message=outcome.message)  # fmt: skip
-                    for outcome in self.actions.retry_pending(ledger):
+                    for outcome in self.actions.retry_pending(ledger, cached=True):
                         if outcome.result != "refused":
                             event(log, logging.INFO, "retry", result=outcome.result, target=outcome.target,
                                   message=outcome.message)  # fmt: skip

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from lvsguard.errors import InvalidRequest, NotPermitted
 from lvsguard.model import RealServer, RealServerKey, ServiceKey, VirtualService
 
-from actuator.actions import VIEW_CACHE_MIN
+from actuator.actions import VIEW_CACHE_MIN, VIEW_TTL
 from actuator.app import create_app
 from actuator.ledger import Ledger, get_ledger
 from actuator.settings import ActuatorSettings
@@ -100,6 +100,23 @@ def test_the_reconciliation_reads_afresh_and_reports_a_hand_change_the_shared_vi
         outcomes = state.actions.reconcile(get_ledger())
     assert [o.result for o in outcomes] == ["drift"]
     assert state.actions.views[BIG][1].real_server(RealServerKey.parse(rs_of(1))).weight == 3
+
+
+def test_the_retry_loops_rounds_use_a_fresh_shared_view_and_report_a_hand_change_once_it_has_aged(tmp_path: Path) -> None:
+    app, kernel = make_app(tmp_path)
+    client = app.test_client()
+    fire(client, "a1", BIG, 1)
+    kernel.set_weight_by_hand(BIG, RealServerKey.parse(rs_of(1)), 3)
+    state = app.extensions["lvsguard"]
+    with app.app_context():
+        assert state.actions.reconcile(get_ledger(), cached=True) == []  # the webhook's view, read just now: no read
+        assert state.actions.retry_pending(get_ledger(), cached=True) == []
+        assert kernel.reads[BIG] == 1
+        read_at, view = state.actions.views[BIG]
+        state.actions.views[BIG] = (read_at - VIEW_TTL, view)  # the view ages: the next round reads afresh
+        outcomes = state.actions.reconcile(get_ledger(), cached=True)
+    assert [o.result for o in outcomes] == ["drift"]
+    assert kernel.reads[BIG] == 2
 
 
 def test_a_serving_thread_keeps_its_ledger_connection_and_no_transaction_survives_a_request(tmp_path: Path) -> None:
