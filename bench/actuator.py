@@ -22,6 +22,13 @@ measures:
    biggest service, firing), then the same alerts resolved: wall time of each
    POST, and the kernel read afterwards must show every weight changed.
 
+3. **The floor**: the same one-at-a-time and steady runs, same client, against
+   a Flask app on waitress (8 threads, as the actuator) that only checks the
+   token, parses the payload and answers the same shape (``--serve-floor``).
+   In this VM every system call is expensive, so what any Flask app on
+   waitress costs here is the baseline the actuator's figures are read
+   against (``--no-floor`` skips it).
+
 The settings make every request a write: ``hold_down: 0``, no rate limit,
 ``min_healthy: 0``. Not a test: the figures depend on the machine.
 """
@@ -207,6 +214,66 @@ def start_actuator(workdir: Path) -> subprocess.Popen[bytes]:
     raise SystemExit("bench: the actuator did not listen within 60 s")
 
 
+def serve_floor(port: int) -> None:
+    """The floor: the same webhook on Flask and waitress (8 threads), parsed and answered, and nothing else.
+
+    No ledger, no kernel, no rules, no logs: what any Flask app served by
+    waitress costs in this VM for the same requests and the same client. The
+    actuator's figures minus these are what lvsguard itself adds.
+    """
+    import hmac
+
+    import waitress
+    from flask import Flask, request
+
+    app = Flask("floor")
+    expected = f"Bearer {TOKEN}".encode()
+
+    @app.post("/webhook/alertmanager")
+    def webhook() -> tuple[dict[str, Any], int]:
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+            return {"error": "unauthorized"}, 401
+        body = json.loads(request.get_data(cache=False))
+        results = [{"fingerprint": a["fingerprint"], "status": a["status"], "result": "applied"} for a in body["alerts"]]
+        return {"status": "ok", "receiver": body["receiver"], "groupKey": body["groupKey"], "results": results}, 200
+
+    waitress.serve(app, host="127.0.0.1", port=port, threads=8, ident="floor", _quiet=True)
+
+
+def start_floor() -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(PORT)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", PORT), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("bench: the floor app did not listen within 30 s")
+
+
+def run_floor(service: ServiceKey, servers: list[RealServerKey], args: argparse.Namespace) -> SteadyResult:
+    """The same one-at-a-time and steady runs against the floor app."""
+    proc = start_floor()
+    client = Client()
+    try:
+        for i in range(WARMUP):
+            client.post(payload([alert(f"warm{i}", service, servers[0], "firing")]))
+        cpu0 = cpu_seconds(proc.pid)
+        p50, p99 = one_by_one(client, service, servers, SEQUENTIAL)
+        cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * SEQUENTIAL)
+        result = steady(service, servers, args.rate, args.seconds, 0)
+        result.one_by_one_p50_ms, result.one_by_one_p99_ms, result.cpu_ms_per_request = p50, p99, cpu
+        print(f"  floor (Flask + waitress, parse and answer only): one at a time p50 {p50:.1f} ms, p99 {p99:.1f} ms;"
+              f" steady {result.rate:g}/s: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max {result.max_ms:.1f} ms,"
+              f" {result.achieved_rate:.0f} answered/s", flush=True)  # fmt: skip
+        return result
+    finally:
+        client.close()
+        stop_actuator(proc)
+
+
 def stop_actuator(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -347,48 +414,51 @@ def big_payload(client: Client, kernel: NetlinkIPVS, service: ServiceKey, server
     return PayloadResult(len(servers), count, firing_s, resolved_s, applied, restored)
 
 
-def run_size(per_service: int, args: argparse.Namespace) -> tuple[SteadyResult, PayloadResult | None]:
+def run_size(per_service: int, args: argparse.Namespace) -> tuple[SteadyResult, PayloadResult | None, SteadyResult | None]:
     print(f"== 1 service x {per_service} real servers", flush=True)
     big = bigtable.build(1, per_service, netns=NETNS)
     service = big.services[0].key
     servers = [rs.key for rs in big.services[0].real_servers]
-    with tempfile.TemporaryDirectory(prefix="lvsguard-bench-") as tmp:
-        proc = start_actuator(Path(tmp))
-        kernel = NetlinkIPVS(NETNS)
-        client = Client()
-        try:
-            checked = warm_up(client, kernel, service, servers)
-            print(f"  warm-up: {checked} replies checked in the kernel (the weight was there at reply time)", flush=True)
-            cpu0 = cpu_seconds(proc.pid)
-            p50, p99 = one_by_one(client, service, servers, SEQUENTIAL)
-            cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * SEQUENTIAL)
-            print(f"  one at a time ({2 * SEQUENTIAL} requests): p50 {p50:.1f} ms, p99 {p99:.1f} ms; actuator CPU {cpu:.2f} ms"
-                  f" per request (room for {1000 / cpu:.0f} requests/s on one CPU)", flush=True)  # fmt: skip
-            result = steady(service, servers, args.rate, args.seconds, checked)
-            result.one_by_one_p50_ms, result.one_by_one_p99_ms, result.cpu_ms_per_request = p50, p99, cpu
-            print(f"  steady {result.rate:g}/s x {args.seconds:g} s: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms,"
-                  f" max {result.max_ms:.1f} ms, {result.achieved_rate:.0f} answered/s; results {result.results}",
-                  flush=True)  # fmt: skip
-            final = weights(kernel, service)
-            expected = {rs.key: rs.weight for rs in big.services[0].real_servers}
-            stuck = [str(k) for k, w in final.items() if w != expected[k]]
-            held = len(stuck)
-            if held > max(1, min(len(servers) // 2, 50)):
-                raise SystemExit(f"bench: {held} real servers are still out after the run: {stuck[:5]}")
-            pay = None
-            if per_service >= args.alerts:
-                client.post(payload([alert(f"fp{k}", service, servers[0], "resolved") for k in range(result.requests)]))
+    try:
+        with tempfile.TemporaryDirectory(prefix="lvsguard-bench-") as tmp:
+            proc = start_actuator(Path(tmp))
+            kernel = NetlinkIPVS(NETNS)
+            client = Client()
+            try:
+                checked = warm_up(client, kernel, service, servers)
+                print(f"  warm-up: {checked} replies checked in the kernel (the weight was there at reply time)", flush=True)
                 cpu0 = cpu_seconds(proc.pid)
-                pay = big_payload(client, kernel, service, servers, args.alerts)
-                pay.cpu_ms_per_alert = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * pay.alerts)
-                print(f"  {pay.alerts} alerts in one payload: firing {pay.firing_s:.3f} s, resolved {pay.resolved_s:.3f} s;"
-                      f" actuator CPU {pay.cpu_ms_per_alert:.3f} ms per alert", flush=True)  # fmt: skip
-            return result, pay
-        finally:
-            client.close()
-            kernel.close()
-            stop_actuator(proc)
-            bigtable.destroy(NETNS)
+                p50, p99 = one_by_one(client, service, servers, SEQUENTIAL)
+                cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * SEQUENTIAL)
+                print(f"  one at a time ({2 * SEQUENTIAL} requests): p50 {p50:.1f} ms, p99 {p99:.1f} ms; actuator CPU {cpu:.2f} ms"
+                      f" per request (room for {1000 / cpu:.0f} requests/s on one CPU)", flush=True)  # fmt: skip
+                result = steady(service, servers, args.rate, args.seconds, checked)
+                result.one_by_one_p50_ms, result.one_by_one_p99_ms, result.cpu_ms_per_request = p50, p99, cpu
+                print(f"  steady {result.rate:g}/s x {args.seconds:g} s: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms,"
+                      f" max {result.max_ms:.1f} ms, {result.achieved_rate:.0f} answered/s; results {result.results}",
+                      flush=True)  # fmt: skip
+                final = weights(kernel, service)
+                expected = {rs.key: rs.weight for rs in big.services[0].real_servers}
+                stuck = [str(k) for k, w in final.items() if w != expected[k]]
+                held = len(stuck)
+                if held > max(1, min(len(servers) // 2, 50)):
+                    raise SystemExit(f"bench: {held} real servers are still out after the run: {stuck[:5]}")
+                pay = None
+                if per_service >= args.alerts:
+                    client.post(payload([alert(f"fp{k}", service, servers[0], "resolved") for k in range(result.requests)]))
+                    cpu0 = cpu_seconds(proc.pid)
+                    pay = big_payload(client, kernel, service, servers, args.alerts)
+                    pay.cpu_ms_per_alert = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * pay.alerts)
+                    print(f"  {pay.alerts} alerts in one payload: firing {pay.firing_s:.3f} s, resolved {pay.resolved_s:.3f} s;"
+                          f" actuator CPU {pay.cpu_ms_per_alert:.3f} ms per alert", flush=True)  # fmt: skip
+            finally:
+                client.close()
+                kernel.close()
+                stop_actuator(proc)
+        floor = run_floor(service, servers, args) if args.floor else None
+    finally:
+        bigtable.destroy(NETNS)
+    return result, pay, floor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,19 +468,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each steady run")
     parser.add_argument("--alerts", type=int, default=1000, help="alerts in the one big payload (run on sizes >= this)")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor (the same requests to a Flask app on waitress that only parses and answers)")
+    parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
+        return 0
     if os.environ.get("IPVS_VM_GUEST") != "1":
         print("bench/actuator.py: run it inside the lab VM: lab/vm.sh --mem 1024 .venv/bin/python bench/actuator.py",
               file=sys.stderr)  # fmt: skip
         return 2
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"load average in the VM at start: {os.getloadavg()[0]:.2f} (the host's is not visible here; see bench/README.md)")
-    steady_results, payloads = [], []
+    steady_results, payloads, floors = [], [], []
     for size in sizes:
-        s, p = run_size(size, args)
+        s, p, f = run_size(size, args)
         steady_results.append(s)
         if p is not None:
             payloads.append(p)
+        if f is not None:
+            floors.append(f)
+        args.floor = False  # once is enough: the floor has no table
     print()
     print("| real servers in the service | requests | answered/s | p50 | p90 | p99 | max | results | one at a time: p50 | p99 | CPU / request |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
@@ -419,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {s.real_servers:,} | {s.requests} at {s.rate:g}/s | {s.achieved_rate:.0f} | {s.p50_ms:.1f} ms | {s.p90_ms:.1f} ms | "
               f"{s.p99_ms:.1f} ms | {s.max_ms:.1f} ms | {results} | {s.one_by_one_p50_ms:.1f} ms | "
               f"{s.one_by_one_p99_ms:.1f} ms | {s.cpu_ms_per_request:.2f} ms |")  # fmt: skip
+    for s in floors:
+        results = ", ".join(f"{k} {v}" for k, v in s.results.items())
+        print(f"| floor: Flask + waitress only | {s.requests} at {s.rate:g}/s | {s.achieved_rate:.0f} | {s.p50_ms:.1f} ms | "
+              f"{s.p90_ms:.1f} ms | {s.p99_ms:.1f} ms | {s.max_ms:.1f} ms | {results} | {s.one_by_one_p50_ms:.1f} ms | "
+              f"{s.one_by_one_p99_ms:.1f} ms | {s.cpu_ms_per_request:.2f} ms |")  # fmt: skip
     if payloads:
         print()
         print("| real servers in the service | alerts in one payload | firing (quarantine) | resolved (restore) | CPU / alert |")
@@ -426,8 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in payloads:
             print(f"| {p.real_servers:,} | {p.alerts:,} | {p.firing_s:.3f} s | {p.resolved_s:.3f} s | {p.cpu_ms_per_alert:.3f} ms |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"steady": [asdict(s) for s in steady_results],
-                                               "payload": [asdict(p) for p in payloads]}, indent=2))  # fmt: skip
+        Path(args.json).write_text(json.dumps({"steady": [asdict(s) for s in steady_results], "payload": [asdict(p) for p in payloads],
+                                               "floor": [asdict(f) for f in floors]}, indent=2))  # fmt: skip
     return 0
 
 
