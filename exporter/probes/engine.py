@@ -1,15 +1,20 @@
 """The probe engine: one asyncio loop runs every check of every real server.
 
 Scheduling is one heap of (due time, job) and one loop timer, not a task and a
-sleep per check: the timer fires when the earliest check is due (never more
-often than every ``TICK``), starts every check that is due, and re-arms. The
-first slot of a check is jittered over one interval (thousands of checks do
-not fire at once), later ones keep a fixed cadence, and a check that overran
-its slot runs at once rather than piling up.
+sleep per check: the timer fires when the earliest check is due, starts every
+check that is due, and re-arms. It fires at most every ``SLACK_SHARE`` of the
+shortest interval (between ``TICK`` and ``MAX_SLACK``: 2 ms at 100 ms, 20 ms
+at 1 s), so checks due close together start in one wake-up of the loop, which
+costs about as much CPU as a probe. The first slot of a check is jittered over
+one interval (thousands of checks do not fire at once), later ones keep a
+fixed cadence, and a check that overran its slot runs at once rather than
+piling up.
 
 Checks with a hot path (tcp, plain http: a ``begin`` method) run as bare
 sockets in the engine's epoll set (``poller.Poller``); their deadlines sit in
-a second heap served by the same timer. Every other check runs as an asyncio
+a second heap served by the same timer. A tick polls the probes it started
+before it returns (a connect to loopback or over a veth is done when
+``connect`` returns): one loop turn less per tick. Every other check runs as an asyncio
 task bounded by ``asyncio.timeout`` (the checker is cancelled, a script's
 process group is killed). Results go through rise/fall (``state.Health``); a
 transition, and a damped weight change from a check that reports load, go to
@@ -60,6 +65,7 @@ REFRESH_FACTOR = 10  # the table is re-read at most every REFRESH_FACTOR x (read
 TICK = 0.002  # the scheduler's timer fires at most this often
 SLACK_SHARE = 0.02  # and at most every this share of the shortest check interval (checks due meanwhile start together)
 MAX_SLACK = 0.02  # seconds: the most a check may start after its slot for the sake of batching
+EAGER_BACKOFF = 32  # ticks without the early poll after one that found no probe done (remote real servers)
 BUDGET_PERIOD = 5.0  # seconds between two looks at the default checks' budget (besides each table read)
 
 
@@ -180,7 +186,7 @@ class ProbeEngine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._slack = TICK  # the timer's least distance from now: TICK, or SLACK_SHARE of the shortest interval
-        self._eager = True  # poll the probes a tick started before going back to the loop (they may be done already)
+        self._eager_skip = 0  # ticks left before the next early poll of the probes a tick started
         self._logged_interval: float | None = None
         self._stretched = False
         self._defaults: tuple[int, float] = (0, 1.0)  # default checks in the table, their configured interval
@@ -402,8 +408,13 @@ class ProbeEngine:
             except Exception as exc:  # noqa: BLE001 - a checker bug is that check's failure, not the scheduler's end
                 job.inflight = None
                 self._complete(job, ProbeResult(False, f"{job.spec.name} {job.target}: {type(exc).__name__}: {exc}", 0.0, type(exc).__name__), now)
-        if ready and poller is not None and self._eager and len(poller):
-            poller.dispatch()  # connects that completed inside connect() (loopback, veth) end now, not one loop turn later
+        if ready and poller is not None and len(poller):
+            # connects that completed inside connect() (loopback, veth, a real server on the director) end now, not one
+            # loop turn later; where they never do (remote real servers) the poll is tried again only every EAGER_BACKOFF ticks
+            if self._eager_skip:
+                self._eager_skip -= 1
+            elif not poller.dispatch():
+                self._eager_skip = EAGER_BACKOFF
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, job, inflight = heapq.heappop(deadlines)

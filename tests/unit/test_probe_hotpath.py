@@ -470,3 +470,40 @@ def test_hot_paths_over_ipv6() -> None:
     tcp, http = asyncio.run(body())
     assert tcp.ok and tcp.message.startswith("connected to [::1]:")
     assert http.ok, http.message
+
+
+@pytest.mark.parametrize(("interval", "slack"), [(0.05, 0.002), (0.1, 0.002), (0.5, 0.01), (1.0, 0.02), (30.0, 0.02)])
+def test_the_timer_slack_follows_the_shortest_interval_within_its_bounds(interval: float, slack: float) -> None:
+    """Checks due within one slack start in one wake-up: 2 % of the shortest interval, at least 2 ms, at most 20 ms."""
+    fast = CheckSpec("fast", TCPChecker(), interval=interval, timeout=0.5)
+    slow = CheckSpec("slow", TCPChecker(), interval=60.0, timeout=0.5)
+
+    async def body() -> tuple[float, float]:
+        engine = ProbeEngine(lambda s, r: (fast, slow), jitter=lambda: 1.0)
+        engine.sync(table(closed_port()))
+        with_both = engine._slack
+        engine.sync(table())  # the real server left: no checks, the default slack
+        alone = engine._slack
+        await engine.stop()
+        return with_both, alone
+
+    with_both, alone = asyncio.run(body())
+    assert with_both == pytest.approx(slack) and alone == pytest.approx(0.02)
+
+
+def test_a_probe_that_ended_leaves_no_deadline_to_wake_for() -> None:
+    """A finished probe's deadline is dropped at the next tick instead of waking the loop at its time."""
+
+    async def body() -> tuple[int, int]:
+        server = await asyncio.start_server(lambda r, w: _close(w), "127.0.0.1", 0)
+        spec = CheckSpec("tcp", TCPChecker(), interval=0.05, timeout=30.0, rise=1, fall=1)
+        engine = ProbeEngine(lambda s, r: (spec,))
+        engine.sync(table(server.sockets[0].getsockname()[1]))
+        await asyncio.sleep(0.5)
+        probes, deadlines = engine.stats.probes, len(engine._deadlines)
+        await engine.stop()
+        server.close()
+        return probes, deadlines
+
+    probes, deadlines = asyncio.run(body())
+    assert probes >= 3 and deadlines <= 1  # without the pruning: one 30 s deadline per probe made
