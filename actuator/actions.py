@@ -214,7 +214,8 @@ class Actions:
         request). Every session's writes update the shared view in place, and a
         failed write or a rolled-back batch drops it, so the cache only misses
         what another program wrote in the last ``VIEW_TTL`` seconds. Sessions of
-        the API, the jobs, the retries and the reconciliation always read afresh.
+        the API, the jobs and the reconciliation at start always read afresh; the
+        retry loop's rounds use a fresh shared view too (``reconcile``).
 
         ``batch``: one ledger transaction for the whole session. Kernel writes
         wait until its end: the holds and intents are committed first, then
