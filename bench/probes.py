@@ -50,6 +50,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lab.cpus import cpus_awake  # noqa: E402
+
 TARGET_PORTS = 200
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -297,7 +299,16 @@ def main() -> int:
     parser.add_argument("--bigtable", type=int, default=0, metavar="SERVICES",
                         help="inside the lab VM: scrapes of a SERVICES x 100 table with default probes vs none (nothing else)")  # fmt: skip
     parser.add_argument("--scrapes", type=int, default=3, help="scrapes per side of --bigtable")
+    parser.add_argument("--cpu-idle", action="store_true",
+                        help="let the host's CPUs sleep when idle (by default they are held awake, as lab/vm.sh does: lab/cpus.py)")
     args = parser.parse_args()
+    with cpus_awake(not args.cpu_idle) as held:
+        print(f"host CPUs {'held awake (PM QoS 0 us)' if held else 'free to sleep when idle'}", flush=True)
+        return run(args, held)
+
+
+def run(args: argparse.Namespace, held: bool) -> int:
+    """The runs main() asked for; ``held``: whether the host's CPUs are held awake (recorded with the results)."""
     if args.bigtable:
         result = bigtable_scrapes(args.bigtable, 100, args.scrapes, settle=40.0)
         out = ROOT / "bench" / "results" / "probes-bigtable.json"
@@ -305,7 +316,7 @@ def main() -> int:
         out.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     targets, ports = start_targets(TARGET_PORTS)
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "target_ports": len(ports), "cpus": os.cpu_count()}
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "target_ports": len(ports), "cpus": os.cpu_count(), "cpus_awake": held}
     try:
         for kind in ("tcp", "http"):
             # lvsguard at ~1000 probes/s: 200 ports x 5 checks at 1 s, long enough for --probes probes
