@@ -29,7 +29,7 @@
 #                       veth, dummy, bridge, iptables mangle + MARK); others autoload
 #   LAB_VM_NO_APT=1     never call apt-get
 #   LAB_VM_CPU_LATENCY  "off": do not hold the host's CPUs out of their sleep
-#                       states while the VM runs (default on when root; see below)
+#                       states while the VM runs (default on when root; docs/lab.md says why)
 # Inside the guest: IPVS_VM_GUEST=1, you are root, `lo` is up, hostname lvs-lab.
 # Exit status: the command's; 124 timeout; 125 the VM did not boot or failed.
 # Not a sandbox: the guest's root can reach the host's files with our rights.
