@@ -82,7 +82,7 @@ class ActuatorMetrics:
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
-        self._children: dict[tuple[str, tuple[str, ...]], Counter] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
         self.actions = Counter(
             "lvsguard_actions_total", "Actions decided by the actuator, by outcome.", ("action", "result", "source"), registry=registry
         )
@@ -115,7 +115,7 @@ class ActuatorMetrics:
 
     def _child(self, metric: Counter, *labels: str) -> Counter:
         """The labelled child, looked up once: ``labels()`` takes the metric's lock on every call."""
-        key = (metric._name, labels)
+        key = (id(metric), labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)
