@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from actuator.webhook import parse_payload
@@ -20,6 +19,7 @@ from exporter.probes.publish import HTTPPublisher, Transition, WeightChange, fin
 from exporter.probes.result import ProbeResult, Target
 from exporter.probes.state import Damper, Health, weight_of
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
+from tests.probe_exposition import fast_and_slow
 
 SVC = ServiceKey.parse("TCP 192.0.2.10:80")
 
@@ -150,14 +150,7 @@ def test_metrics_fast_path_equals_registry_path() -> None:
     metrics.observe(key, ProbeResult(False, "503", 0.003, "UnexpectedStatus"), health)
     metrics.observe(key, ProbeResult(False, "503", 0.2), health)
 
-    class Wrap:
-        def collect(self):  # type: ignore[no-untyped-def]
-            return metrics.families()
-
-    registry = CollectorRegistry()
-    registry.register(Wrap())  # type: ignore[arg-type]
-    fast = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families("".join(metrics.chunks())) for s in f.samples}
-    slow = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in registry.collect() for s in f.samples}
+    fast, slow = fast_and_slow(metrics)
     assert fast == slow
     labels = dict(next(k for k in fast if k[0] == "lvs_backend_healthy")[1])
     assert labels["remote_address"] == "10.0.1.2" and labels["check"] == "http" and labels["local_port"] == "80"

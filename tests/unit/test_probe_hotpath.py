@@ -21,6 +21,7 @@ from exporter.probes.poller import Poller
 from exporter.probes.result import ProbeResult, Target
 from exporter.probes.tcp import TCPChecker
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
+from tests.probe_exposition import fast_and_slow
 
 SVC = ServiceKey.parse("TCP 192.0.2.10:80")
 
@@ -350,9 +351,6 @@ def test_stretched_default_checks_share_a_histogram_per_service() -> None:
 
 
 def test_shared_histogram_counts_every_member_and_matches_the_registry_path() -> None:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.parser import text_string_to_metric_families
-
     from exporter.probes.metrics import ProbeMetrics
     from exporter.probes.state import Health
 
@@ -364,14 +362,7 @@ def test_shared_histogram_counts_every_member_and_matches_the_registry_path() ->
         metrics.observe(key, ProbeResult(True, "ok", took), Health(1, 1))
     metrics.remove(keys[0])
 
-    class Wrap:
-        def collect(self):  # type: ignore[no-untyped-def]
-            return metrics.families()
-
-    registry = CollectorRegistry()
-    registry.register(Wrap())  # type: ignore[arg-type]
-    fast = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families("".join(metrics.chunks())) for s in f.samples}
-    slow = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in registry.collect() for s in f.samples}
+    fast, slow = fast_and_slow(metrics)
     assert fast == slow
     counts = {dict(k[1])["remote_address"]: v for k, v in fast.items() if k[0] == "lvs_probe_duration_seconds_count"}
     assert counts == {"": 3.0}  # one histogram, every observation kept after a member left
