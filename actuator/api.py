@@ -23,7 +23,7 @@ from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats
 
 from actuator.actions import Actions, Actor, Outcome, Session
 from actuator.auth import read_only, require_token
-from actuator.failover import read_track_file
+from actuator.failover import read_role_file, read_track_file
 from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger, locked_ledger
 from actuator.openapi import document
 from actuator.probestate import CheckState, ProbeView, probe_view
@@ -393,13 +393,7 @@ class _SyncDaemonReader(Protocol):
 @read_only
 def director() -> dict[str, Any]:
     settings = _settings()
-    role = "unknown"
-    if settings.role_file:
-        try:
-            with open(settings.role_file, encoding="utf-8") as fh:
-                role = fh.read().strip().lower() or "unknown"
-        except OSError:
-            role = "unknown"
+    role = read_role_file(settings.role_file) if settings.role_file else "unknown"
     kernel = _actions().kernel
     # The peer director's failover check asks this at every failover: one netlink
     # request for the sync daemons, not a read of the whole table, whose cost grows with it.

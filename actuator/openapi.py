@@ -145,7 +145,7 @@ SCHEMAS: S = {
     "Audit": _obj(["events"], {"events": {"type": "array", "items": _ref("AuditEvent")}}),
     "Director": _obj(
         ["role", "dry_run", "failover", "sync_daemons"],
-        {"role": STR, "dry_run": BOOL,
+        {"role": {"type": "string", "enum": ["master", "backup", "fault", "stop", "unknown"]}, "dry_run": BOOL,
          "failover": _obj(["configured", "track_file", "requested", "holders"], {
              "configured": BOOL, "track_file": STR, "requested": {"type": "boolean", "nullable": True},
              "holders": {"type": "array", "items": _obj(["kind", "holder", "alertname", "source", "reason", "since"], {

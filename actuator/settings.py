@@ -143,7 +143,7 @@ class ActuatorSettings:
     names: Names = Names()
     real_servers_allowed: Mapping[ServiceKey, frozenset[RealServerKey]] = field(default_factory=dict)
     """Real servers the config declares per service; ``add`` of another one is refused there."""
-    role_file: str = ""  # where keepalived's notify script writes this director's state (MASTER, BACKUP, FAULT)
+    role_file: str = ""  # this director's VRRP state (MASTER, BACKUP, FAULT, STOP), copied from keepalived's notify FIFO
     failover_track_file: str = ""  # keepalived track_file the ``failover`` action writes ("1" = give the VIPs up)
     failover_peer_url: str = ""  # the other director's actuator; a failover is refused unless it is a healthy backup
     ledger_path: str = "/var/lib/lvsguard/actuator.db"
@@ -188,7 +188,7 @@ KEY_DOCS: Mapping[str, tuple[str, str]] = {
     "drain_timeout": ("duration", "How long a drain waits for the active connections to reach 0."),
     "job_poll_interval": ("duration", "Time between two steps of a drain or slow-start job."),
     "retry_interval": ("duration", "Time between two retries of alert actions a safety rule refused."),
-    "role_file": ("path", "Where keepalived's notify script writes this director's state (MASTER, BACKUP, FAULT); empty: unknown."),
+    "role_file": ("path", "This director's VRRP state (MASTER, BACKUP, FAULT, STOP), copied from keepalived's notify FIFO (docs/ha.md); empty, missing or anything else: unknown."),
     "failover_track_file": ("path", "The keepalived `track_file` the `failover` action writes (`1` gives the VIPs up); empty: failover is not configured."),
     "failover_peer_url": ("`http://` URL", "The other director's actuator: a failover is refused unless it reports a healthy backup; empty: not checked."),
     "rules": ("list of mappings", "Alert labels -> action; the first matching rule wins, else the alert's `lvsguard_action` label, else none."),
