@@ -34,6 +34,7 @@ VRID = 51
 SYNC_ID = 51
 INSTANCE = "VI_1"
 STOP_TIMEOUT = 5.0
+STATES = ("MASTER", "BACKUP", "FAULT", "STOP")  # what the notify FIFO reports as an instance's state
 
 
 class KeepalivedError(RuntimeError):
@@ -174,8 +175,10 @@ class Keepalived:
 
         The FIFO, not a ``notify`` script: keepalived forks one script per
         transition and they run in any order, so a quick MASTER -> BACKUP could
-        leave MASTER in the file (seen in the lab). Opened read-write, so a
-        restarting keepalived never makes it hit end-of-file.
+        leave MASTER in the file (seen in the lab). Only states are copied:
+        ``MASTER_RX_LOWER_PRI`` (a master heard a lower-priority advert) is an
+        event, not a transition. Opened read-write, so a restarting keepalived
+        never makes it hit end-of-file.
         """
         fd = os.open(self.files.fifo, os.O_RDWR)
         with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as fifo:
@@ -185,7 +188,7 @@ class Keepalived:
                     return
                 for listener in self.listeners:
                     listener(line)
-                if len(parts) >= 3 and parts[0] == "INSTANCE" and parts[1].strip('"') == INSTANCE:
+                if len(parts) >= 3 and parts[0] == "INSTANCE" and parts[1].strip('"') == INSTANCE and parts[2] in STATES:
                     tmp = self.files.role.with_suffix(".tmp")
                     tmp.write_text(parts[2] + "\n")
                     os.replace(tmp, self.files.role)
@@ -228,11 +231,18 @@ class Keepalived:
             follower.join(STOP_TIMEOUT)
 
     def crash(self) -> None:
-        """SIGKILL both keepalived processes (the VRRP child first): no priority-0 advert, the VIPs stay configured.
+        """SIGKILL both keepalived processes: no priority-0 advert, the VIPs stay configured.
 
         Killing the parent alone is not a crash: the VRRP child would notice and
-        shut down cleanly, giving the VIPs up at once.
+        shut down cleanly, giving the VIPs up at once. Killing the child first is
+        not one either: the parent respawns a VRRP child at once, and one that
+        outlived the "crash" took the VIPs back when the links came up and kept
+        the rebooted keepalived from starting ("daemon is already running", seen
+        in CI). So the parent is stopped (SIGSTOP) before the child is killed.
         """
+        parent = self._proc.pid if self.running and self._proc is not None else 0
+        if parent > 0:
+            os.kill(parent, signal.SIGSTOP)
         try:
             child = int(self.files.vrrp_pid.read_text().split()[0])
         except (OSError, ValueError, IndexError):
@@ -243,6 +253,24 @@ class Keepalived:
             except ProcessLookupError:
                 pass
         self.stop(signal.SIGKILL)
+
+    def processes(self) -> list[int]:
+        """The live processes running this instance's config (the parent and its VRRP child): none after a crash."""
+        config = os.fsencode(self.files.config)
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    argv = fh.read().split(b"\0")
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    zombie = fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+            except OSError:
+                continue
+            if config in argv and not zombie:
+                found.append(int(entry))
+        return found
 
     def role(self) -> str:
         """What the notify FIFO last said (MASTER, BACKUP, FAULT), or "" before the first transition."""

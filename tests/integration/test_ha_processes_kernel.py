@@ -147,6 +147,21 @@ def scrape(processes: Lvsguard) -> dict[str, list[Any]]:
     return found
 
 
+def director_detail(lab: HALab, url: str, name: str) -> str:
+    """What a director's actuator, role file and keepalived say, for a timed-out wait on its role."""
+    try:
+        answer: Any = http("GET", f"{url}/api/v1/director")
+    except OSError as exc:
+        answer = f"no answer: {exc}"
+    try:
+        role_file = repr(lab.role_file(name).read_text())
+    except OSError as exc:
+        role_file = f"unreadable: {exc.strerror}"
+    keepalived = lab.keepalived[name]
+    return (f"actuator: {answer}\nrole file {lab.role_file(name)}: {role_file}\n"
+            f"keepalived running: {keepalived.running}, {keepalived.vrrp_process()}\n{keepalived.log_tail()}")
+
+
 def vrrp_state(samples: dict[str, list[Any]]) -> str:
     return next((s.labels["state"] for s in samples.get("lvs_director_vrrp_state", []) if s.value == 1), "")
 
@@ -179,6 +194,8 @@ def test_a_whole_director_crash_the_backup_serves_connections_survive_and_the_pr
         for name, socks in held.items():
             wait_for(lambda s=socks: synced_connections(lab, "dir2", s) == HELD, f"{name}: connections synced to dir2")
         crashed = lab.crash("dir1")  # keepalived, exporter and actuator killed with SIGKILL, links down
+        # None left: a VRRP child respawned by its dying parent once outlived the crash and took the VIPs back.
+        assert lab.keepalived["dir1"].processes() == []
         lab.wait_for_vip_owner("dir2", poll=0.002)
         moved = time.monotonic() - crashed
         served = served_again(lab, lab.nat, crashed)
@@ -206,5 +223,5 @@ def test_a_whole_director_crash_the_backup_serves_connections_survive_and_the_pr
     served_again(lab, lab.nat, time.monotonic())
     assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
     wait_for(lambda: http("GET", f"{actuators['dir1']}/api/v1/director")[1].get("role") == "master",
-             "dir1's new actuator to report it master")
+             "dir1's new actuator to report it master", detail=lambda: director_detail(lab, actuators["dir1"], "dir1"))
     print(f"dir1 back: it holds the VIPs again {back:.1f} s after its reboot began (keepalived, exporter, actuator)")
