@@ -7,17 +7,14 @@ over real HTTP. Every test leaves the lab's weights as it found them.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -27,33 +24,14 @@ from lab.topology import Lab, LabService
 
 from actuator.settings import ActuatorSettings, Quorum
 from tests.fakes import am_alert, am_payload
+from tests.waiting import json_request, wait_for as shared_wait_for
 
 pytestmark = pytest.mark.kernel
 
 TOKEN = "kernel-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-
-
-def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=AUTH)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll ``check`` until it returns something truthy (kernel counters and jobs move on their own clock)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
+http = functools.partial(json_request, headers=AUTH)
+wait_for = functools.partial(shared_wait_for, timeout=20.0, step=0.2)  # jobs and counters move on their own clock
 
 
 @contextmanager

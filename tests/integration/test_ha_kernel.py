@@ -10,6 +10,7 @@ leaves dir1 holding the VIPs, with no failover requested.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -29,41 +30,23 @@ from exporter.collector import IPVSCollector
 from exporter.keepalived import KeepalivedFifo
 from lab import traffic
 from lab.actuator import running_actuator
-from lab.ha import (HALab, alertmanager_config, open_held, running_alertmanager, served_again, survivors,
+from lab.ha import (HALab, alertmanager_config, open_held, served_again, survivors,
                     sync_roles, synced_connections)
 from lab.keepalived import available as keepalived_available
+from lab.monitoring import running_alertmanager
 from lab.topology import LabService, in_lab_vm
 from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from tests.fakes import am_alert, am_payload
+from tests.waiting import json_request, wait_for
 
 pytestmark = pytest.mark.kernel
 
 TOKEN = "ha-kernel-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+http = functools.partial(json_request, headers=AUTH)
 HELD = 20  # long-lived connections per service in the sync tests
 PORTS = {"dir1": 19921, "dir2": 19922}  # each actuator knows its peer's URL before either starts
-
-
-def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=AUTH)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0, detail: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}" + (f"\n{detail()}" if detail else ""))
-        time.sleep(0.05)
 
 
 @contextmanager

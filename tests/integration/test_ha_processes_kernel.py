@@ -15,12 +15,12 @@ process's state and kernel stack should it happen again.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,33 +31,14 @@ from lab.ha import (HALab, Lvsguard, open_held, served_again, survivors,
                     sync_roles, synced_connections)
 from lab.keepalived import available as keepalived_available
 from lab.topology import in_lab_vm
+from tests.waiting import json_request, wait_for
 
 pytestmark = pytest.mark.kernel
 
 TOKEN = "ha-kernel-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+http = functools.partial(json_request, headers=AUTH)
 HELD = 20  # long-lived connections per service in the sync tests
-
-
-def http(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=AUTH)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0, detail: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}" + (f"\n{detail()}" if detail else ""))
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ Times are printed (pytest -s), never asserted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import threading
 import time
@@ -34,22 +35,13 @@ from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered
 from tests.integration.test_actuator_alertmanager import alertmanager_for  # noqa: F401 - a fixture: the project's Alertmanager config
 from tests.integration.test_actuator_kernel import TOKEN as AM_TOKEN  # the token that fixture's Alertmanager sends
+from tests.waiting import wait_for as shared_wait_for
 
 pytestmark = pytest.mark.kernel
 
 TOKEN = "probe-kernel-test-token-0123456789"
+wait_for = functools.partial(shared_wait_for, timeout=20.0, step=0.01)
 AGENT_PORT = 5555
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0, step: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(step)
 
 
 @contextmanager
