@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab import bigtable  # noqa: E402
+from lab.processes import stop  # noqa: E402
 from lvsguard.ipvs.netlink import NetlinkIPVS  # noqa: E402
 from lvsguard.model import RealServerKey, ServiceKey  # noqa: E402
 
@@ -271,16 +272,7 @@ def run_floor(service: ServiceKey, servers: list[RealServerKey], args: argparse.
         return result
     finally:
         client.close()
-        stop_actuator(proc)
-
-
-def stop_actuator(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        stop(proc)
 
 
 def weights(kernel: NetlinkIPVS, service: ServiceKey) -> dict[RealServerKey, int]:
@@ -454,7 +446,7 @@ def run_size(per_service: int, args: argparse.Namespace) -> tuple[SteadyResult, 
             finally:
                 client.close()
                 kernel.close()
-                stop_actuator(proc)
+                stop(proc)
         floor = run_floor(service, servers, args) if args.floor else None
     finally:
         bigtable.destroy(NETNS)

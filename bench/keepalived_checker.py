@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab.e2e_loop import BACKEND_PORT, HTTPService  # noqa: E402
+from lab.processes import stop  # noqa: E402
 from lab.topology import VIP_NAT, Lab  # noqa: E402
 from lvsguard.errors import LvsguardError  # noqa: E402
 from lvsguard.ipvs.netlink import NetlinkIPVS  # noqa: E402
@@ -317,15 +318,6 @@ def lvsguard(lab: Lab, kernel: NetlinkIPVS, key: ServiceKey, servers: list[RealS
                     raise BenchError(f"lvsguard actuator exited: {(workdir / f'actuator-{setting.name}.log').read_text()[-2000:]}")
         until(lambda: b"lvs_backend_healthy" in answers(f"http://{listen}/metrics"), "the exporter's first probes", timeout=120)
         yield Lvsguard(pids, f"http://{listen}/metrics", ledger, workdir / f"exporter-{setting.name}.log")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def judged_at(metrics: bytes, victim: RealServerKey) -> float:

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab import bigtable  # noqa: E402
+from lab.processes import stop  # noqa: E402
 
 NETNS = "lvs-bench"
 NODE_EXPORTER = "prometheus-node-exporter"
@@ -116,11 +117,7 @@ def measure(name: str, cmd: list[str], url: str, backend_prefix: str, real_serve
         return Measurement(name, real_servers, scrapes, statistics.median(walls), min(walls), cpu,
                            peak_rss_mb(proc.pid), series, per_rs, size)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 OURS_CONFIG = "/tmp/lvsguard-bench.yaml"

@@ -31,7 +31,8 @@ if __package__ in (None, ""):  # run as a file (lab/demo.py): make the checkout 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import demo_ha, traffic  # noqa: E402
-from lab.ha import ACTUATOR_PORTS, EXPORTER_PORTS, HALab, alertmanager_config, running_alertmanager  # noqa: E402
+from lab.ha import ACTUATOR_PORTS, EXPORTER_PORTS, HALab, alertmanager_config  # noqa: E402
+from lab.monitoring import running_alertmanager  # noqa: E402
 from lab.keepalived import KeepalivedError  # noqa: E402
 from lab.topology import Lab, LabError  # noqa: E402
 

@@ -30,14 +30,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from lab import traffic
+from lab import monitoring, traffic
 from lab.keepalived import (
     InstanceFiles,
     Keepalived,
@@ -86,7 +83,6 @@ ACTUATOR_PORTS = {"dir1": 19941, "dir2": 19942}
 SETTLE = 5.0
 READY_TIMEOUT = 60.0  # seconds: Python start-up and importing pyroute2 take about 2 s each under UML
 ROOT = Path(__file__).resolve().parent.parent
-ALERTMANAGER_EXAMPLE = ROOT / "alerts" / "alertmanager.yml"
 
 
 class Lvsguard:
@@ -464,67 +460,17 @@ class HALab(Lab):
 
 def alertmanager_config(webhook_urls: dict[str, str], token_file: Path, *,
                         group_interval: str | None = None) -> dict[str, Any]:
-    """alerts/alertmanager.yml with its two actuator URLs pointed at ``webhook_urls`` (dir1's, dir2's) and ``token_file``.
+    """alerts/alertmanager.yml with its actuator receiver pointed at ``webhook_urls`` (dir1's, dir2's) and ``token_file``.
 
     ``group_interval`` replaces the quarantine route's (10 s) when given, so a
     resolved notification comes sooner; nothing else of the example changes.
     """
-    config: dict[str, Any] = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text())
-    [receiver] = [r for r in config["receivers"] if r["name"] == "lvsguard-actuator"]
-    if len(receiver["webhook_configs"]) != len(webhook_urls):
-        raise LabError(f"{ALERTMANAGER_EXAMPLE}: receiver lvsguard-actuator lists {len(receiver['webhook_configs'])} "
-                       f"webhooks, the HA lab has {len(webhook_urls)} actuators")  # fmt: skip
-    for webhook, url in zip(receiver["webhook_configs"], webhook_urls.values()):
-        webhook["url"] = url
-        webhook["http_config"]["authorization"]["credentials_file"] = str(token_file)
+    config = monitoring.alertmanager_config(list(webhook_urls.values()), token_file)
     if group_interval is not None:
         for route in config["route"]["routes"]:
-            if route["receiver"] == "lvsguard-actuator" and "quarantine" in route["matchers"][0]:
+            if route["receiver"] == monitoring.ACTUATOR_RECEIVER and "quarantine" in route["matchers"][0]:
                 route["group_interval"] = group_interval
     return config
-
-
-@contextmanager
-def running_alertmanager(workdir: Path, config: dict[str, Any], timeout: float = READY_TIMEOUT) -> Iterator[str]:
-    """A real Alertmanager (Debian's prometheus-alertmanager) with ``config`` on a free loopback port; yields its URL."""
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if binary is None:
-        raise LabError("Alertmanager is not installed (Debian package prometheus-alertmanager; make apt)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = workdir / "alertmanager.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'alertmanager.yml'}", f"--storage.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise LabError(f"Alertmanager exited ({process.returncode}): {log.read_text(errors='replace')[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise LabError(f"Alertmanager not ready on {url} after {timeout:g} s: {log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- connections across a failover (tests, demo and benchmark) -----------------------

@@ -36,6 +36,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import yaml
 
+from lab.processes import stop
+from lab.topology import LabError
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "lvsguard.rules.yml"
 ALERTMANAGER_EXAMPLE = ROOT / "alerts" / "alertmanager.yml"
@@ -43,7 +46,7 @@ ACTUATOR_RECEIVER = "lvsguard-actuator"
 READY_TIMEOUT = 60.0  # seconds for a process to answer /-/ready (start-up is slow under UML on a loaded machine)
 
 
-class MonitoringError(RuntimeError):
+class MonitoringError(LabError):
     """Prometheus or Alertmanager is missing, did not start, or answered something unexpected; the message says which."""
 
 
@@ -87,15 +90,6 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate ``process`` and reap it; killed if it takes more than 15 s (a no-op once it has exited)."""
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
@@ -120,7 +114,7 @@ def running_process(argv: list[str], ready_url: str, log: Path) -> Iterator[subp
         _wait_ready(ready_url, process, log)
         yield process
     finally:
-        stop(process)
+        stop(process, timeout=15.0)
 
 
 @contextmanager
