@@ -33,7 +33,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-
 from lab import monitoring, traffic
 from lab.keepalived import (
     InstanceFiles,
