@@ -12,7 +12,7 @@ from lvsguard.errors import InvalidRequest, NotPermitted
 from lvsguard.model import RealServer, RealServerKey, ServiceKey, VirtualService
 
 from actuator.actions import VIEW_CACHE_MIN, VIEW_TTL
-from actuator.app import create_app
+from actuator.app import ActuatorState, create_app
 from actuator.ledger import Ledger, get_ledger
 from actuator.settings import ActuatorSettings
 from tests.fakes import FakeKernel, am_alert, am_payload, service
@@ -90,12 +90,16 @@ def test_a_failed_kernel_write_drops_the_shared_view(tmp_path: Path) -> None:
     assert kernel.weight(BIG, RealServerKey.parse(rs_of(2))) == 5
 
 
-def test_the_reconciliation_reads_afresh_and_reports_a_hand_change_the_shared_view_missed(tmp_path: Path) -> None:
+def quarantined_then_changed_by_hand(tmp_path: Path) -> tuple[Flask, CountingKernel, ActuatorState]:
+    """An app whose webhook quarantined real server 1 of BIG (its view now shared), then whose weight was set to 3 by hand."""
     app, kernel = make_app(tmp_path)
-    client = app.test_client()
-    fire(client, "a1", BIG, 1)
+    fire(app.test_client(), "a1", BIG, 1)
     kernel.set_weight_by_hand(BIG, RealServerKey.parse(rs_of(1)), 3)
-    state = app.extensions["lvsguard"]
+    return app, kernel, app.extensions["lvsguard"]
+
+
+def test_the_reconciliation_reads_afresh_and_reports_a_hand_change_the_shared_view_missed(tmp_path: Path) -> None:
+    app, _kernel, state = quarantined_then_changed_by_hand(tmp_path)
     with app.app_context():
         outcomes = state.actions.reconcile(get_ledger())
     assert [o.result for o in outcomes] == ["drift"]
@@ -103,11 +107,7 @@ def test_the_reconciliation_reads_afresh_and_reports_a_hand_change_the_shared_vi
 
 
 def test_the_retry_loops_rounds_use_a_fresh_shared_view_and_report_a_hand_change_once_it_has_aged(tmp_path: Path) -> None:
-    app, kernel = make_app(tmp_path)
-    client = app.test_client()
-    fire(client, "a1", BIG, 1)
-    kernel.set_weight_by_hand(BIG, RealServerKey.parse(rs_of(1)), 3)
-    state = app.extensions["lvsguard"]
+    app, kernel, state = quarantined_then_changed_by_hand(tmp_path)
     with app.app_context():
         assert state.actions.reconcile(get_ledger(), cached=True) == []  # the webhook's view, read just now: no read
         assert state.actions.retry_pending(get_ledger(), cached=True) == []
