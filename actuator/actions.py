@@ -25,20 +25,19 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Protocol
-
-from lvsguard.logs import event
-from lvsguard.errors import BulkFailed, KernelError, NoSuchDestination, NoSuchService, PolicyRefused
-from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
+from typing import Any, Protocol
 
 from actuator.failover import peer_problem, read_track_file, write_track_file
 from actuator.ledger import Backend, FailoverHold, Hold, Job, Ledger
 from actuator.policy import Policy, RefusedForNow
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
-
+from lvsguard.errors import BulkFailed, KernelError, NoSuchDestination, NoSuchService, PolicyRefused
+from lvsguard.logs import event
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
 log = logging.getLogger("lvsguard.actuator")
 
@@ -162,9 +161,19 @@ WARNINGS = ("refused", "drift", "error")
 def _log_action(entry: dict[str, Any], actor: Actor) -> None:
     """The log line of one decision (``entry`` as the audit trail has it)."""
     level = logging.WARNING if entry["result"] in WARNINGS else logging.INFO
-    event(log, level, "action", action=entry["action"], result=entry["result"], reason=entry["reason"] or "-",
-          target=entry["target"] or "-", source=actor.source, actor=actor.name, alertname=actor.alertname or "-",
-          message=entry["message"])  # fmt: skip
+    event(
+        log,
+        level,
+        "action",
+        action=entry["action"],
+        result=entry["result"],
+        reason=entry["reason"] or "-",
+        target=entry["target"] or "-",
+        source=actor.source,
+        actor=actor.name,
+        alertname=actor.alertname or "-",
+        message=entry["message"],
+    )
 
 
 def _failover_text(hold: FailoverHold) -> str:
@@ -293,7 +302,9 @@ class _QueuedWrite:
 class Session:
     """A batch of actions under the lock, with a cached view of the services they touch."""
 
-    def __init__(self, actions: Actions, ledger: Ledger, table: Table | None, *, batch: bool = False, cached: bool = False):
+    def __init__(
+        self, actions: Actions, ledger: Ledger, table: Table | None, *, batch: bool = False, cached: bool = False
+    ):
         self.a = actions
         self.batch = batch
         self.cached = cached
@@ -433,12 +444,16 @@ class Session:
         rs = replace(current, weight=weight)
         before = self.ledger.backend(target)
         if self.batch:
-            self.ledger.begin_write(target, state=state, original=original, expected=weight, previous=previous, job_id=job_id)
+            self.ledger.begin_write(
+                target, state=state, original=original, expected=weight, previous=previous, job_id=job_id
+            )
             self._queued.append(_QueuedWrite(target, rs, before, touch, done))
             self._replace_rs(target, rs)
             return rs
         with self.ledger.transaction():
-            self.ledger.begin_write(target, state=state, original=original, expected=weight, previous=previous, job_id=job_id)
+            self.ledger.begin_write(
+                target, state=state, original=original, expected=weight, previous=previous, job_id=job_id
+            )
         try:
             self.kernel.edit_real_server(target.service, rs)
         except KernelError:
@@ -482,7 +497,9 @@ class Session:
                 self.kernel.edit_real_servers(service, (by_target[t][-1].rs for t in targets.values()))
             except BulkFailed as exc:
                 for failure in exc.failures:
-                    failed = [targets[failure.real_server]] if failure.real_server in targets else list(targets.values())
+                    failed = (
+                        [targets[failure.real_server]] if failure.real_server in targets else list(targets.values())
+                    )
                     for target in failed:
                         self.failed[target] = str(failure)
             except KernelError as exc:
@@ -501,7 +518,11 @@ class Session:
             entries = []
             for entry, actor in self._audits:
                 if entry["target"] in self.failed and entry["result"] == "applied":
-                    entry = {**entry, "result": "error", "message": f"{entry['message']}: not applied, {self.failed[entry['target']]}"}
+                    entry = {
+                        **entry,
+                        "result": "error",
+                        "message": f"{entry['message']}: not applied, {self.failed[entry['target']]}",
+                    }
                 self.ledger.audit(**entry)
                 entries.append((entry, actor))
         self._log_batch(entries)
@@ -525,16 +546,27 @@ class Session:
                 key = f"{entry['action']}_{entry['result']}"
                 counts[key] = counts.get(key, 0) + 1
         sources = ",".join(sorted({actor.source for _entry, actor in entries}))
-        event(log, logging.INFO, "actions", decisions=len(entries), source=sources, **dict(sorted(counts.items())),
-              hint="one line per decision is in the audit trail")  # fmt: skip
+        event(
+            log,
+            logging.INFO,
+            "actions",
+            decisions=len(entries),
+            source=sources,
+            **dict(sorted(counts.items())),
+            hint="one line per decision is in the audit trail",
+        )
 
     def _put_backend(self, target: Target, backend: Backend | None) -> None:
         self.ledger.delete_backend(target)
         if backend is not None:
             self.ledger.begin_write(
-                target, state=backend.state, original=backend.original_weight, expected=backend.expected_weight,
-                previous=backend.previous_weight, job_id=backend.job_id,
-            )  # fmt: skip
+                target,
+                state=backend.state,
+                original=backend.original_weight,
+                expected=backend.expected_weight,
+                previous=backend.previous_weight,
+                job_id=backend.job_id,
+            )
             if not backend.write_pending:
                 self.ledger.end_write(target)
 
@@ -561,16 +593,29 @@ class Session:
                     self.policy.check_take_out(target, svc, self.ledger.changed_at(target), force=force)  # type: ignore[arg-type]
             except PolicyRefused as exc:
                 return self._refused(action, target, exc, actor)
-            return self._finish(Outcome(action, target, "dry_run", f"dry run: would set {target} to weight 0", weight=rs.weight), actor)
+            return self._finish(
+                Outcome(action, target, "dry_run", f"dry run: would set {target} to weight 0", weight=rs.weight), actor
+            )
         with self.ledger.transaction():
             hold, new = self.ledger.add_hold(
-                target, kind=actor.hold_kind, holder=actor.name, source=actor.source, action=action,
-                alertname=actor.alertname, reason=reason,
-            )  # fmt: skip
+                target,
+                kind=actor.hold_kind,
+                holder=actor.name,
+                source=actor.source,
+                action=action,
+                alertname=actor.alertname,
+                reason=reason,
+            )
         backend = self.ledger.backend(target)
         if not new and backend is not None and backend.state == "out":
-            outcome = Outcome(action, target, "noop", f"{target} is already held by {_holder_text(hold)}", weight=rs.weight,
-                              holders=self._holders(target))  # fmt: skip
+            outcome = Outcome(
+                action,
+                target,
+                "noop",
+                f"{target} is already held by {_holder_text(hold)}",
+                weight=rs.weight,
+                holders=self._holders(target),
+            )
             return self._finish(outcome, actor, audit=False)
         outcome = self._take_out(target, actor, action=action, force=force)
         if outcome.result == "refused" and new and actor.hold_kind == "manual":
@@ -585,7 +630,11 @@ class Session:
     def _absent(self, action: str, target: Target, svc: ServiceView | None, actor: Actor) -> Outcome:
         """The target is not in the kernel table: recorded and answered, never raised."""
         listed = target.real_server in self.settings.real_servers_allowed.get(target.service, frozenset())
-        where = f"no service {target.service}" if svc is None else f"no real server {target.real_server} in {target.service}"
+        where = (
+            f"no service {target.service}"
+            if svc is None
+            else f"no real server {target.real_server} in {target.service}"
+        )
         note = " (the config lists it)" if listed else ""
         return self._finish(Outcome(action, target, "not_found", f"{where} in the kernel table{note}"), actor)
 
@@ -600,20 +649,35 @@ class Session:
         backend = self.ledger.backend(target)
         holders = self._holders(target)
         if backend is not None and backend.state == "out":
-            return Outcome(action, target, "recorded", f"{target} stays out, held by {len(holders)}", weight=rs.weight, holders=holders)
+            return Outcome(
+                action,
+                target,
+                "recorded",
+                f"{target} stays out, held by {len(holders)}",
+                weight=rs.weight,
+                holders=holders,
+            )
         try:
             self.policy.check_take_out(target, svc, self.ledger.changed_at(target), force=force)
         except PolicyRefused as exc:
-            return self._refused(action, target, exc, actor, weight=rs.weight, holders=holders,
-                                 details={"pending": bool(holders)})  # fmt: skip
+            return self._refused(
+                action, target, exc, actor, weight=rs.weight, holders=holders, details={"pending": bool(holders)}
+            )
         if backend is not None:
             self._cancel_jobs(target, "slow_start", f"taken out again by {actor}")
         original = backend.original_weight if backend is not None else rs.weight
         new = self._write(target, 0, state="out", original=original, previous=rs.weight)
         if rs.weight > 0:
             self.policy.record_write()
-        return Outcome(action, target, "applied", f"{target}: weight {rs.weight} -> 0 (original {original} recorded)",
-                       weight=new.weight, holders=holders, details={"original_weight": original})  # fmt: skip
+        return Outcome(
+            action,
+            target,
+            "applied",
+            f"{target}: weight {rs.weight} -> 0 (original {original} recorded)",
+            weight=new.weight,
+            holders=holders,
+            details={"original_weight": original},
+        )
 
     def _ensure_drain_job(self, target: Target, actor: Actor, *, timeout: float | None, delete: bool) -> Job:
         for job in self.ledger.open_jobs(target):
@@ -624,8 +688,9 @@ class Session:
         initial = rs.active_connections if rs else 0
         params = {"timeout": timeout, "delete": delete, "deadline": self.a.clock() + timeout, "initial_active": initial}
         with self.ledger.transaction():
-            job = self.ledger.create_job("drain", target, params=params, actor=str(actor),
-                                         message=f"waiting for {initial} active connections")  # fmt: skip
+            job = self.ledger.create_job(
+                "drain", target, params=params, actor=str(actor), message=f"waiting for {initial} active connections"
+            )
         self._start_job(job.id)
         return job
 
@@ -652,9 +717,15 @@ class Session:
                 _svc, rs = self.real_server(target)
                 outcome = Outcome("restore", target, "noop", f"{target} is not held", weight=rs.weight if rs else None)
             else:
-                outcome = Outcome("restore", target, "noop", f"{target} stays out: held by "
-                                  + ", ".join(_holder_text(h) for h in holds) + " (an alert's hold ends when it resolves)",
-                                  holders=tuple(_holder_text(h) for h in holds))  # fmt: skip
+                outcome = Outcome(
+                    "restore",
+                    target,
+                    "noop",
+                    f"{target} stays out: held by "
+                    + ", ".join(_holder_text(h) for h in holds)
+                    + " (an alert's hold ends when it resolves)",
+                    holders=tuple(_holder_text(h) for h in holds),
+                )
             return self._finish(outcome, actor, audit=False)
         with self.ledger.transaction():
             for h in mine:
@@ -662,9 +733,16 @@ class Session:
         remaining = self.ledger.active_holds(target)
         if remaining:
             names = tuple(_holder_text(h) for h in remaining)
-            return self._finish(Outcome("restore", target, "recorded",
-                                        f"released {len(mine)} hold(s); {target} stays out, held by " + ", ".join(names),
-                                        holders=names), actor)  # fmt: skip
+            return self._finish(
+                Outcome(
+                    "restore",
+                    target,
+                    "recorded",
+                    f"released {len(mine)} hold(s); {target} stays out, held by " + ", ".join(names),
+                    holders=names,
+                ),
+                actor,
+            )
         self._cancel_jobs(target, "drain", f"restored by {actor}")
         outcome = self._bring_back(target, actor, force=force)
         return outcome if outcome.result == "refused" else self._finish(outcome, actor)
@@ -676,43 +754,68 @@ class Session:
         if backend is None:
             return Outcome("restore", target, "noop", f"{target} is not out", weight=rs.weight if rs else None)
         if backend.state == "restoring":
-            return Outcome("restore", target, "noop", f"{target} is already coming back (job {backend.job_id})",
-                           weight=rs.weight if rs else None, job_id=backend.job_id)  # fmt: skip
+            return Outcome(
+                "restore",
+                target,
+                "noop",
+                f"{target} is already coming back (job {backend.job_id})",
+                weight=rs.weight if rs else None,
+                job_id=backend.job_id,
+            )
         if svc is None or rs is None:
             with self.ledger.transaction():
                 self.ledger.delete_backend(target)
-            return Outcome("restore", target, "not_found", f"{target} is no longer in the kernel table; nothing to restore")
+            return Outcome(
+                "restore", target, "not_found", f"{target} is no longer in the kernel table; nothing to restore"
+            )
         if backend.drift or rs.weight != backend.expected_weight:
             with self.ledger.transaction():
                 self.ledger.delete_backend(target)
-            return Outcome("restore", target, "drift",
-                           f"{target}: weight was changed by hand to {rs.weight} (the actuator set "
-                           f"{backend.expected_weight}); left as it is, original {backend.original_weight} not restored",
-                           reason="changed_by_hand", weight=rs.weight)  # fmt: skip
+            return Outcome(
+                "restore",
+                target,
+                "drift",
+                f"{target}: weight was changed by hand to {rs.weight} (the actuator set "
+                f"{backend.expected_weight}); left as it is, original {backend.original_weight} not restored",
+                reason="changed_by_hand",
+                weight=rs.weight,
+            )
         try:
             self.policy.check_bring_back(target, svc, self.ledger.changed_at(target), force=force)
         except PolicyRefused as exc:
             return self._refused("restore", target, exc, actor, weight=rs.weight)
         if self.policy.dry_run:
-            return Outcome("restore", target, "dry_run", f"dry run: would restore {target} to weight {backend.original_weight}")
+            return Outcome(
+                "restore", target, "dry_run", f"dry run: would restore {target} to weight {backend.original_weight}"
+            )
         original = backend.original_weight
         if self.settings.slow_start > 0 and original > 1:
             return self._start_slow_start(target, actor, original, rs.weight, message_prefix="restore")
         new = self._write(target, original, state="restoring", original=original, previous=rs.weight, done=True)
-        return Outcome("restore", target, "applied", f"{target}: weight {rs.weight} -> {original} (restored)", weight=new.weight)
+        return Outcome(
+            "restore", target, "applied", f"{target}: weight {rs.weight} -> {original} (restored)", weight=new.weight
+        )
 
-    def _start_slow_start(self, target: Target, actor: Actor, weight: int, previous: int, *, message_prefix: str) -> Outcome:
+    def _start_slow_start(
+        self, target: Target, actor: Actor, weight: int, previous: int, *, message_prefix: str
+    ) -> Outcome:
         period, steps = self.settings.slow_start, self.settings.slow_start_steps
         params = {"target_weight": weight, "period": period, "steps": steps, "started_at": self.a.clock()}
         first = ramp_weight(weight, 0.0, period, steps)
         with self.ledger.transaction():
-            job = self.ledger.create_job("slow_start", target, params=params, actor=str(actor),
-                                         message=f"weight {first} of {weight}")  # fmt: skip
+            job = self.ledger.create_job(
+                "slow_start", target, params=params, actor=str(actor), message=f"weight {first} of {weight}"
+            )
         new = self._write(target, first, state="restoring", original=weight, previous=previous, job_id=job.id)
         self._start_job(job.id)
-        return Outcome(message_prefix, target, "applied",
-                       f"{target}: weight {previous} -> {first}, ramping to {weight} over {period:g} s (job {job.id})",
-                       weight=new.weight, job_id=job.id)  # fmt: skip
+        return Outcome(
+            message_prefix,
+            target,
+            "applied",
+            f"{target}: weight {previous} -> {first}, ramping to {weight} over {period:g} s (job {job.id})",
+            weight=new.weight,
+            job_id=job.id,
+        )
 
     def _cancel_jobs(self, target: Target, kind: str, why: str) -> None:
         with self.ledger.transaction():
@@ -726,8 +829,16 @@ class Session:
         """Record ``actor``'s request that this director hands its VIPs over, and write the track file."""
         path = self.settings.failover_track_file
         if not path:
-            return self._finish(Outcome("failover", None, "refused", "refused: failover is not configured "
-                                        "(actuator.failover_track_file)", "not_configured"), actor)  # fmt: skip
+            return self._finish(
+                Outcome(
+                    "failover",
+                    None,
+                    "refused",
+                    "refused: failover is not configured (actuator.failover_track_file)",
+                    "not_configured",
+                ),
+                actor,
+            )
         peer = self.settings.failover_peer_url
         requested = read_track_file(path)  # under the lock: only this actuator writes the file
         problem = peer_problem(peer) if peer and not requested else None
@@ -736,20 +847,40 @@ class Session:
         if self.policy.dry_run:
             return self._finish(Outcome("failover", None, "dry_run", f"dry run: would write 1 to {path}"), actor)
         with self.ledger.transaction():
-            new = self.ledger.add_failover(kind=actor.hold_kind, holder=actor.name, source=actor.source,
-                                           alertname=actor.alertname, reason=reason)  # fmt: skip
+            new = self.ledger.add_failover(
+                kind=actor.hold_kind, holder=actor.name, source=actor.source, alertname=actor.alertname, reason=reason
+            )
         if not requested:
             write_track_file(path, True)  # recorded first (crash order), then at once: the VIPs start moving
         holders = tuple(_failover_text(f) for f in self.ledger.active_failovers())
         if requested:
             if not new:
-                return self._finish(Outcome("failover", None, "noop", "failover already requested by this holder",
-                                            holders=holders), actor, audit=False)  # fmt: skip
-            return self._finish(Outcome("failover", None, "recorded", f"failover already requested ({path} = 1); "
-                                        f"{len(holders)} holder(s) now", holders=holders), actor)  # fmt: skip
+                return self._finish(
+                    Outcome("failover", None, "noop", "failover already requested by this holder", holders=holders),
+                    actor,
+                    audit=False,
+                )
+            return self._finish(
+                Outcome(
+                    "failover",
+                    None,
+                    "recorded",
+                    f"failover already requested ({path} = 1); {len(holders)} holder(s) now",
+                    holders=holders,
+                ),
+                actor,
+            )
         self.a.metrics.failover()
-        return self._finish(Outcome("failover", None, "applied", f"failover requested: {path} = 1 "
-                                    "(keepalived lowers this director's priority)", holders=holders), actor)  # fmt: skip
+        return self._finish(
+            Outcome(
+                "failover",
+                None,
+                "applied",
+                f"failover requested: {path} = 1 (keepalived lowers this director's priority)",
+                holders=holders,
+            ),
+            actor,
+        )
 
     def end_failover(self, actor: Actor, *, scope: str = "own") -> Outcome:
         """Release failover requests (``own``/``alerts``/``all`` as for holds); ``0`` once none is left."""
@@ -763,8 +894,13 @@ class Session:
         remaining = tuple(_failover_text(f) for f in self.ledger.active_failovers())
         if remaining:
             result = "recorded" if released else "noop"
-            return self._finish(Outcome("failover", None, result, "failover still requested by " + ", ".join(remaining),
-                                        holders=remaining), actor, audit=bool(released))  # fmt: skip
+            return self._finish(
+                Outcome(
+                    "failover", None, result, "failover still requested by " + ", ".join(remaining), holders=remaining
+                ),
+                actor,
+                audit=bool(released),
+            )
         if not released and read_track_file(path) is False:
             return self._finish(Outcome("failover", None, "noop", "no failover is requested"), actor, audit=False)
         if self.policy.dry_run:
@@ -784,12 +920,23 @@ class Session:
             with self.ledger.transaction():
                 self.ledger.set_original_weight(target, weight)
             holders = self._holders(target)
-            return self._finish(Outcome("weight", target, "recorded",
-                                        f"{target} is held out; it will come back at weight {weight}",
-                                        weight=rs.weight, holders=holders), actor)  # fmt: skip
+            return self._finish(
+                Outcome(
+                    "weight",
+                    target,
+                    "recorded",
+                    f"{target} is held out; it will come back at weight {weight}",
+                    weight=rs.weight,
+                    holders=holders,
+                ),
+                actor,
+            )
         if rs.weight == weight:
-            return self._finish(Outcome("weight", target, "noop", f"{target} already has weight {weight}", weight=weight), actor,
-                                audit=False)  # fmt: skip
+            return self._finish(
+                Outcome("weight", target, "noop", f"{target} already has weight {weight}", weight=weight),
+                actor,
+                audit=False,
+            )
         try:
             if weight == 0:
                 self.policy.check_take_out(target, svc, self.ledger.changed_at(target), force=force)
@@ -798,8 +945,12 @@ class Session:
         except PolicyRefused as exc:
             return self._refused("weight", target, exc, actor, weight=rs.weight)
         if self.policy.dry_run:
-            return self._finish(Outcome("weight", target, "dry_run", f"dry run: would set {target} to weight {weight}",
-                                        weight=rs.weight), actor)  # fmt: skip
+            return self._finish(
+                Outcome(
+                    "weight", target, "dry_run", f"dry run: would set {target} to weight {weight}", weight=rs.weight
+                ),
+                actor,
+            )
         new = replace(rs, weight=weight)
         self.kernel.edit_real_server(target.service, new)
         with self.ledger.transaction():
@@ -807,7 +958,9 @@ class Session:
         self._replace_rs(target, new)
         if weight == 0:
             self.policy.record_write()
-        return self._finish(Outcome("weight", target, "applied", f"{target}: weight {rs.weight} -> {weight}", weight=new.weight), actor)
+        return self._finish(
+            Outcome("weight", target, "applied", f"{target}: weight {rs.weight} -> {weight}", weight=new.weight), actor
+        )
 
     def add(
         self,
@@ -822,9 +975,13 @@ class Session:
         """Add a real server (idempotent); with slow start, it ramps up to ``weight`` as a job."""
         svc, rs = self.real_server(target)
         if svc is None:
-            return self._finish(Outcome("add", target, "not_found", f"no service {target.service} in the kernel table"), actor)
+            return self._finish(
+                Outcome("add", target, "not_found", f"no service {target.service} in the kernel table"), actor
+            )
         if rs is not None:
-            outcome = Outcome("add", target, "noop", f"{target} is already in the service (weight {rs.weight})", weight=rs.weight)
+            outcome = Outcome(
+                "add", target, "noop", f"{target} is already in the service (weight {rs.weight})", weight=rs.weight
+            )
             return self._finish(outcome, actor, audit=False)
         try:
             self.policy.check_add(target)
@@ -833,11 +990,15 @@ class Session:
         if forward is None:
             methods = {r.forward for r in svc.servers.values()}
             if len(methods) != 1:
-                raise ValueError(f"forward is required: {target.service} has real servers with "
-                                 f"{'no' if not methods else 'several'} forwarding methods")  # fmt: skip
+                raise ValueError(
+                    f"forward is required: {target.service} has real servers with "
+                    f"{'no' if not methods else 'several'} forwarding methods"
+                )
             forward = methods.pop()
         if self.policy.dry_run:
-            return self._finish(Outcome("add", target, "dry_run", f"dry run: would add {target} with weight {weight}"), actor)
+            return self._finish(
+                Outcome("add", target, "dry_run", f"dry run: would add {target} with weight {weight}"), actor
+            )
         slow = self.settings.slow_start > 0 and weight > 1
         first = ramp_weight(weight, 0.0, self.settings.slow_start, self.settings.slow_start_steps) if slow else weight
         self.kernel.add_real_server(
@@ -849,7 +1010,9 @@ class Session:
         if slow:
             outcome = self._start_slow_start(target, actor, weight, first, message_prefix="add")
             return self._finish(replace(outcome, message=f"{target} added; {outcome.message}"), actor)
-        return self._finish(Outcome("add", target, "applied", f"{target} added with weight {weight} ({forward})", weight=first), actor)
+        return self._finish(
+            Outcome("add", target, "applied", f"{target} added with weight {weight} ({forward})", weight=first), actor
+        )
 
     def remove(self, target: Target, actor: Actor, *, force: bool = False) -> Outcome:
         """Delete a real server at once (drain first to let connections finish)."""
@@ -878,8 +1041,13 @@ class Session:
         if rs.weight > 0:
             self.policy.record_write()
         original = backend.original_weight if backend is not None else rs.weight
-        return Outcome("remove", target, "applied", f"{target} deleted (weight was {original}; {closed} hold(s) closed)",
-                       details={"original_weight": original})  # fmt: skip
+        return Outcome(
+            "remove",
+            target,
+            "applied",
+            f"{target} deleted (weight was {original}; {closed} hold(s) closed)",
+            details={"original_weight": original},
+        )
 
     # convergence, jobs, reconciliation
 
@@ -934,13 +1102,22 @@ class Session:
             return self._step_drain(job)
         return self._step_slow_start(job)
 
-    def _end_job(self, job: Job, state: str, message: str, *, progress: float | None = None, drop_backend: bool = False) -> bool:
+    def _end_job(
+        self, job: Job, state: str, message: str, *, progress: float | None = None, drop_backend: bool = False
+    ) -> bool:
         with self.ledger.transaction():
             if drop_backend:
                 self.ledger.delete_backend(job.target)
             self.ledger.finish_job(job.id, state, message, progress=progress)
-            self.ledger.audit(source="actuator", actor=job.actor, action=job.kind, result=state, target=job.target,
-                              message=message, details={"job_id": job.id})  # fmt: skip
+            self.ledger.audit(
+                source="actuator",
+                actor=job.actor,
+                action=job.kind,
+                result=state,
+                target=job.target,
+                message=message,
+                details={"job_id": job.id},
+            )
         self.a.metrics.action(job.kind, state, "actuator")
         return True
 
@@ -966,11 +1143,20 @@ class Session:
                 return self._end_job(job, "done", f"{target} drained and deleted", progress=1.0)
             return self._end_job(job, "done", f"{target} drained: 0 active connections", progress=1.0)
         if self.a.clock() >= float(job.params["deadline"]):
-            return self._end_job(job, "timeout", f"{target}: {active} active connections left after "
-                                 f"{float(job.params['timeout']):g} s; it stays at weight 0", progress=progress)  # fmt: skip
+            return self._end_job(
+                job,
+                "timeout",
+                f"{target}: {active} active connections left after "
+                f"{float(job.params['timeout']):g} s; it stays at weight 0",
+                progress=progress,
+            )
         with self.ledger.transaction():
-            self.ledger.update_job(job.id, progress=progress, message=f"{active} active connections left",
-                                   params={**job.params, "active": active})  # fmt: skip
+            self.ledger.update_job(
+                job.id,
+                progress=progress,
+                message=f"{active} active connections left",
+                params={**job.params, "active": active},
+            )
         return False
 
     def _step_slow_start(self, job: Job) -> bool:
@@ -985,15 +1171,26 @@ class Session:
         if rs.weight != backend.expected_weight:
             with self.ledger.transaction():
                 self.ledger.delete_backend(target)
-            self._finish(Outcome("slow_start", target, "drift", f"{target}: weight changed by hand to {rs.weight} during "
-                                 f"the slow start (expected {backend.expected_weight}); ramp stopped",
-                                 reason="changed_by_hand", weight=rs.weight), ACTUATOR)  # fmt: skip
+            self._finish(
+                Outcome(
+                    "slow_start",
+                    target,
+                    "drift",
+                    f"{target}: weight changed by hand to {rs.weight} during "
+                    f"the slow start (expected {backend.expected_weight}); ramp stopped",
+                    reason="changed_by_hand",
+                    weight=rs.weight,
+                ),
+                ACTUATOR,
+            )
             return self._end_job(job, "failed", f"weight changed by hand to {rs.weight}; ramp stopped")
         goal = backend.original_weight
         elapsed = self.a.clock() - float(job.params["started_at"])
         weight = ramp_weight(goal, elapsed, float(job.params["period"]), int(job.params["steps"]))
         if weight != rs.weight:
-            self._write(target, weight, state="restoring", original=goal, previous=rs.weight, job_id=job.id, touch=False)
+            self._write(
+                target, weight, state="restoring", original=goal, previous=rs.weight, job_id=job.id, touch=False
+            )
         if weight >= goal:
             return self._end_job(job, "done", f"{target} back at weight {goal}", progress=1.0, drop_backend=True)
         with self.ledger.transaction():
@@ -1008,8 +1205,12 @@ class Session:
             wanted = bool(self.ledger.active_failovers())
             if read_track_file(path) is not wanted:
                 write_track_file(path, wanted)
-                outcomes.append(self._finish(Outcome("failover", None, "applied",
-                                                     f"{path} set to {int(wanted)} from the ledger at start"), ACTUATOR))  # fmt: skip
+                outcomes.append(
+                    self._finish(
+                        Outcome("failover", None, "applied", f"{path} set to {int(wanted)} from the ledger at start"),
+                        ACTUATOR,
+                    )
+                )
         for backend in self.ledger.backends():
             outcome = self._reconcile_backend(backend)
             if outcome is not None:
@@ -1030,8 +1231,9 @@ class Session:
                 closed = self.ledger.close_holds(target, state="removed", by="reconcile")
                 for job in self.ledger.open_jobs(target):
                     self.ledger.finish_job(job.id, "failed", "real server gone after a restart")
-            return Outcome("reconcile", target, "not_found",
-                           f"{target} is no longer in the kernel table; {closed} hold(s) closed")  # fmt: skip
+            return Outcome(
+                "reconcile", target, "not_found", f"{target} is no longer in the kernel table; {closed} hold(s) closed"
+            )
         immediate_restore = backend.state == "restoring" and backend.job_id is None
         if rs.weight == backend.expected_weight:
             if not backend.write_pending:
@@ -1043,18 +1245,41 @@ class Session:
                 self.ledger.end_write(target)
                 if immediate_restore:
                     self.ledger.delete_backend(target)
-            return Outcome("reconcile", target, "applied", f"{target}: interrupted write to weight {rs.weight} had reached the kernel",
-                           weight=rs.weight)  # fmt: skip
+            return Outcome(
+                "reconcile",
+                target,
+                "applied",
+                f"{target}: interrupted write to weight {rs.weight} had reached the kernel",
+                weight=rs.weight,
+            )
         if backend.write_pending and rs.weight == backend.previous_weight:
-            self._write(target, backend.expected_weight, state=backend.state, original=backend.original_weight,
-                        previous=rs.weight, job_id=backend.job_id, touch=False, done=immediate_restore)  # fmt: skip
-            return Outcome("reconcile", target, "applied",
-                           f"{target}: interrupted write completed, weight {rs.weight} -> {backend.expected_weight}",
-                           weight=backend.expected_weight)  # fmt: skip
+            self._write(
+                target,
+                backend.expected_weight,
+                state=backend.state,
+                original=backend.original_weight,
+                previous=rs.weight,
+                job_id=backend.job_id,
+                touch=False,
+                done=immediate_restore,
+            )
+            return Outcome(
+                "reconcile",
+                target,
+                "applied",
+                f"{target}: interrupted write completed, weight {rs.weight} -> {backend.expected_weight}",
+                weight=backend.expected_weight,
+            )
         drift = f"weight is {rs.weight} in the kernel, the actuator set {backend.expected_weight}"
         if backend.drift == drift:
             return None
         with self.ledger.transaction():
             self.ledger.set_drift(target, drift)
-        return Outcome("reconcile", target, "drift", f"{target}: {drift} (changed by hand; left as it is)",
-                       reason="changed_by_hand", weight=rs.weight)  # fmt: skip
+        return Outcome(
+            "reconcile",
+            target,
+            "drift",
+            f"{target}: {drift} (changed by hand; left as it is)",
+            reason="changed_by_hand",
+            weight=rs.weight,
+        )

@@ -18,9 +18,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from flask import Blueprint, current_app, g, request
 
-from lvsguard.errors import LvsguardError
-from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, VirtualService
-
 from actuator.actions import Actions, Actor, Outcome, Session
 from actuator.auth import read_only, require_token
 from actuator.failover import read_role_file, read_track_file
@@ -29,6 +26,8 @@ from actuator.openapi import document
 from actuator.probestate import CheckState, ProbeView, probe_view
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
+from lvsguard.errors import LvsguardError
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, VirtualService
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -117,7 +116,9 @@ def target_of(body: dict[str, Any]) -> Target:
     try:
         return Target(service, RealServerKey.parse(text))
     except ValueError as exc:
-        raise ApiError(400, f"neither a real server name from the config nor ADDRESS:PORT: {exc}", "real_server") from None
+        raise ApiError(
+            400, f"neither a real server name from the config nor ADDRESS:PORT: {exc}", "real_server"
+        ) from None
 
 
 def weight_of(body: dict[str, Any], default: Any = ...) -> int:
@@ -162,7 +163,7 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds as RFC 3339 UTC (what the OpenAPI document calls date-time)."""
     if ts is None:
         return None
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def stats_json(stats: Stats) -> dict[str, int]:
@@ -256,7 +257,12 @@ def probe_json(view: ProbeView, target: Target) -> dict[str, Any]:
 
 def probes_json(view: ProbeView) -> dict[str, Any]:
     """Where the probe state comes from and whether it is known (``actuator.exporter_url``)."""
-    return {"state": view.state, "source": view.source, "error": view.error, "read_at": iso(view.read_at) if view.read_at else None}
+    return {
+        "state": view.state,
+        "source": view.source,
+        "error": view.error,
+        "read_at": iso(view.read_at) if view.read_at else None,
+    }
 
 
 def _real_server_json(
@@ -304,7 +310,9 @@ def _service_json(
         "healthy": healthy,
         "min_healthy": quorum.required(len(svc.real_servers)),
         "real_servers": [
-            _real_server_json(svc, rs, holds.get(Target(svc.key, rs.key), []), backends.get(Target(svc.key, rs.key)), probes)
+            _real_server_json(
+                svc, rs, holds.get(Target(svc.key, rs.key), []), backends.get(Target(svc.key, rs.key)), probes
+            )
             for rs in svc.real_servers
         ],
     }
@@ -407,12 +415,26 @@ def director() -> dict[str, Any]:
             "configured": bool(path),
             "track_file": path,
             "requested": read_track_file(path) if path else None,
-            "holders": [{"kind": f.kind, "holder": f.holder, "alertname": f.alertname, "source": f.source,
-                         "reason": f.reason, "since": iso(f.created_at)} for f in failovers],
+            "holders": [
+                {
+                    "kind": f.kind,
+                    "holder": f.holder,
+                    "alertname": f.alertname,
+                    "source": f.source,
+                    "reason": f.reason,
+                    "since": iso(f.created_at),
+                }
+                for f in failovers
+            ],
         },
         "sync_daemons": [
-            {"role": d.role, "mcast_interface": d.mcast_interface, "sync_id": d.sync_id, "mcast_group": d.mcast_group,
-             "mcast_port": d.mcast_port}  # fmt: skip
+            {
+                "role": d.role,
+                "mcast_interface": d.mcast_interface,
+                "sync_id": d.sync_id,
+                "mcast_group": d.mcast_group,
+                "mcast_port": d.mcast_port,
+            }
             for d in daemons
         ],
     }
@@ -460,7 +482,11 @@ def drain() -> Any:
     reason = _field(body, "reason", str, "")
     force = _field(body, "force", bool, False)
     with _actions().session(get_ledger()) as s:
-        return reply(s.hold(target, _actor(), action="drain", reason=reason, force=force, drain_timeout=timeout, drain_delete=delete))
+        return reply(
+            s.hold(
+                target, _actor(), action="drain", reason=reason, force=force, drain_timeout=timeout, drain_delete=delete
+            )
+        )
 
 
 @bp.post("/weight")
@@ -492,7 +518,9 @@ def add() -> Any:
             raise ApiError(400, f"must be 0..4294967295, got {value_}", name)
     with _actions().session(get_ledger()) as s:
         try:
-            outcome = s.add(target, _actor(), weight=value, forward=forward, upper_threshold=upper, lower_threshold=lower)
+            outcome = s.add(
+                target, _actor(), weight=value, forward=forward, upper_threshold=upper, lower_threshold=lower
+            )
         except ValueError as exc:
             raise ApiError(400, str(exc), "forward") from None
         return reply(outcome)

@@ -14,16 +14,23 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from flask import Flask, Response, current_app, g, request
 import waitress
+from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
-from lvsguard.logs import event
+from actuator import api, ledger, ui, webhook
+from actuator import reload as reloading
+from actuator.actions import Actions, Kernel
+from actuator.auth import Unauthorized
+from actuator.jobs import JobRunner
+from actuator.metrics import ActuatorMetrics, QuarantineCollector
+from actuator.settings import ActuatorSettings
 from lvsguard.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -35,14 +42,7 @@ from lvsguard.errors import (
     NotPermitted,
     PolicyRefused,
 )
-
-from actuator import api, ledger, ui, webhook
-from actuator.actions import Actions, Kernel
-from actuator import reload as reloading
-from actuator.auth import Unauthorized
-from actuator.jobs import JobRunner
-from actuator.metrics import ActuatorMetrics, QuarantineCollector
-from actuator.settings import ActuatorSettings
+from lvsguard.logs import event
 
 log = logging.getLogger("lvsguard.actuator")
 
@@ -155,8 +155,16 @@ def _after(response: Response) -> Response:
     if request.endpoint == "webhook.alertmanager":
         current_app.extensions["lvsguard"].metrics.webhook_reply(response.status_code)
     if request.endpoint != "metrics":
-        event(log, logging.INFO, "request", method=request.method, path=request.path, status=response.status_code,
-              token=g.get("token_name", "-"), alerts=g.get("webhook_alerts", "-"))  # fmt: skip
+        event(
+            log,
+            logging.INFO,
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            token=g.get("token_name", "-"),
+            alerts=g.get("webhook_alerts", "-"),
+        )
     return response
 
 
@@ -187,7 +195,9 @@ def serve(
     from lvsguard.ipvs.netlink import NetlinkIPVS  # imports pyroute2: only when serving for real
 
     if not settings.tokens:
-        raise LvsguardError("no token: set LVSGUARD_TOKEN or --token-file (the webhook and every mutating call need one)")
+        raise LvsguardError(
+            "no token: set LVSGUARD_TOKEN or --token-file (the webhook and every mutating call need one)"
+        )
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
@@ -208,10 +218,22 @@ def serve(
         kernel.close()
         raise LvsguardError(f"ledger {path}: {exc}") from None
     if reload is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, lambda _sig, _frame: threading.Thread(
-            target=reloading.reload, args=(app, reload), name="actuator-reload", daemon=True).start())  # fmt: skip
-    event(log, logging.INFO, "actuator_started", listen=f"{host}:{port}", netns=netns or "-", ledger=path,
-          tokens=",".join(sorted(settings.tokens)), dry_run=settings.dry_run)  # fmt: skip
+        signal.signal(
+            signal.SIGHUP,
+            lambda _sig, _frame: threading.Thread(
+                target=reloading.reload, args=(app, reload), name="actuator-reload", daemon=True
+            ).start(),
+        )
+    event(
+        log,
+        logging.INFO,
+        "actuator_started",
+        listen=f"{host}:{port}",
+        netns=netns or "-",
+        ledger=path,
+        tokens=",".join(sorted(settings.tokens)),
+        dry_run=settings.dry_run,
+    )
     try:
         waitress.serve(app, host=host, port=port, threads=threads, ident="lvsguard", _quiet=True)
     finally:

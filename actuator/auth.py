@@ -19,7 +19,8 @@ import re
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
@@ -53,7 +54,9 @@ def parse_tokens(text: str, source: str) -> dict[str, str]:
         if not TOKEN_NAME.fullmatch(name):
             raise TokenFileError(f"{source}:{number}: token name {name!r} must be 1-64 of A-Z a-z 0-9 _ . @ -")
         if len(secret) < MIN_SECRET or any(c.isspace() for c in secret):
-            raise TokenFileError(f"{source}:{number}: token {name!r} must be at least {MIN_SECRET} characters without spaces")
+            raise TokenFileError(
+                f"{source}:{number}: token {name!r} must be at least {MIN_SECRET} characters without spaces"
+            )
         if name in tokens:
             raise TokenFileError(f"{source}:{number}: token name {name!r} appears twice")
         tokens[name] = secret
@@ -107,8 +110,14 @@ class LoginLimiter:
     the proxy's address, so the limit is then shared (docs/ui.md).
     """
 
-    def __init__(self, failures: int = 5, per: float = 60.0, *, clock: Callable[[], float] = time.monotonic,
-                 max_clients: int = 10_000):  # fmt: skip
+    def __init__(
+        self,
+        failures: int = 5,
+        per: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 10_000,
+    ):
         self.failures = failures
         self.per = per
         self.max_clients = max_clients  # addresses remembered; the stalest go first

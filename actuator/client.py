@@ -20,11 +20,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Mapping, TextIO
-
-from lvsguard.errors import LvsguardError
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
 
 from actuator.auth import TokenFileError, load_tokens
+from lvsguard.errors import LvsguardError
 
 DEFAULT_URL = "http://127.0.0.1:9911"
 OK_RESULTS = ("applied", "recorded", "noop", "dry_run")
@@ -92,9 +92,14 @@ def _decode(raw: bytes, where: str, *, status: int = 200) -> dict[str, Any]:
 
 def add_client_options(p: argparse.ArgumentParser) -> None:
     """``--url`` and ``--token-file`` (the token may also come from LVSGUARD_TOKEN)."""
-    p.add_argument("--url", default=os.environ.get("LVSGUARD_URL", DEFAULT_URL),
-                   help=f"the actuator's address (default: $LVSGUARD_URL or {DEFAULT_URL})")  # fmt: skip
-    p.add_argument("--token-file", help="file with the bearer token (NAME:TOKEN or TOKEN lines); default: $LVSGUARD_TOKEN")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("LVSGUARD_URL", DEFAULT_URL),
+        help=f"the actuator's address (default: $LVSGUARD_URL or {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--token-file", help="file with the bearer token (NAME:TOKEN or TOKEN lines); default: $LVSGUARD_TOKEN"
+    )
     p.add_argument("--token-name", help="which token of --token-file to use (default: the first)")
 
 
@@ -108,7 +113,9 @@ def client_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
             raise ClientError(str(exc)) from None
         if args.token_name:
             if args.token_name not in tokens:
-                raise ClientError(f"{args.token_file}: no token named {args.token_name!r} ({', '.join(sorted(tokens))})")
+                raise ClientError(
+                    f"{args.token_file}: no token named {args.token_name!r} ({', '.join(sorted(tokens))})"
+                )
             token = tokens[args.token_name]
         elif tokens:
             token = next(iter(tokens.values()))
@@ -134,7 +141,10 @@ def _action(args: argparse.Namespace, path: str, body: dict[str, Any], out: Text
 # commands
 
 Option = tuple[tuple[str, ...], dict[str, Any]]
-FORCE: Option = (("--force",), {"action": "store_true", "help": "skip the hold-down and the rate limit (never the quorum)"})
+FORCE: Option = (
+    ("--force",),
+    {"action": "store_true", "help": "skip the hold-down and the rate limit (never the quorum)"},
+)
 REASON: Option = (("--reason",), {"default": "", "help": "why, for the ledger"})
 
 
@@ -159,9 +169,16 @@ def _command(
 
 
 def setup_quarantine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    return _command(sub, "quarantine", run_quarantine, REASON, FORCE, help="take a real server out (weight 0) until restored",
-                    description="Set a real server's weight to 0 with a manual hold; existing connections finish. "
-                                "The original weight is recorded; an alert never lifts a manual hold.")  # fmt: skip
+    return _command(
+        sub,
+        "quarantine",
+        run_quarantine,
+        REASON,
+        FORCE,
+        help="take a real server out (weight 0) until restored",
+        description="Set a real server's weight to 0 with a manual hold; existing connections finish. "
+        "The original weight is recorded; an alert never lifts a manual hold.",
+    )
 
 
 def run_quarantine(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -169,12 +186,19 @@ def run_quarantine(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_restore(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    return _command(sub, "restore", run_restore,
-                    (("--all-holders",), {"action": "store_true", "help": "also release the holds of alerts (they come back if still firing)"}),
-                    (("--force",), {"action": "store_true", "help": "skip the hold-down"}),
-                    help="release the manual hold and bring a real server back",
-                    description="Release the manual holds of a real server; it comes back at its recorded weight "
-                                "(ramped when slow start is configured) once no alert holds it either.")  # fmt: skip
+    return _command(
+        sub,
+        "restore",
+        run_restore,
+        (
+            ("--all-holders",),
+            {"action": "store_true", "help": "also release the holds of alerts (they come back if still firing)"},
+        ),
+        (("--force",), {"action": "store_true", "help": "skip the hold-down"}),
+        help="release the manual hold and bring a real server back",
+        description="Release the manual holds of a real server; it comes back at its recorded weight "
+        "(ramped when slow start is configured) once no alert holds it either.",
+    )
 
 
 def run_restore(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -182,9 +206,15 @@ def run_restore(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_weight(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    return _command(sub, "weight", run_weight, (("weight",), {"type": int, "help": "0..65535"}), FORCE,
-                    help="set a real server's weight",
-                    description="Set a weight; on a held real server, the weight it will come back at.")  # fmt: skip
+    return _command(
+        sub,
+        "weight",
+        run_weight,
+        (("weight",), {"type": int, "help": "0..65535"}),
+        FORCE,
+        help="set a real server's weight",
+        description="Set a weight; on a held real server, the weight it will come back at.",
+    )
 
 
 def run_weight(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -192,25 +222,42 @@ def run_weight(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    return _command(sub, "add", run_add,
-                    (("--weight",), {"type": int, "default": 1, "help": "weight (default 1; ramped when slow start is configured)"}),
-                    (("--forward",), {"help": "masq|nat, route|dr, tunnel|ipip (default: the service's other real servers')"}),
-                    (("--upper-threshold",), {"type": int, "default": 0, "help": "max connections (0 = no limit)"}),
-                    (("--lower-threshold",), {"type": int, "default": 0}),
-                    help="add a real server to a service",
-                    description="Add a real server (nothing happens when it is already there).")  # fmt: skip
+    return _command(
+        sub,
+        "add",
+        run_add,
+        (
+            ("--weight",),
+            {"type": int, "default": 1, "help": "weight (default 1; ramped when slow start is configured)"},
+        ),
+        (("--forward",), {"help": "masq|nat, route|dr, tunnel|ipip (default: the service's other real servers')"}),
+        (("--upper-threshold",), {"type": int, "default": 0, "help": "max connections (0 = no limit)"}),
+        (("--lower-threshold",), {"type": int, "default": 0}),
+        help="add a real server to a service",
+        description="Add a real server (nothing happens when it is already there).",
+    )
 
 
 def run_add(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    body: dict[str, Any] = {"weight": args.weight, "upper_threshold": args.upper_threshold, "lower_threshold": args.lower_threshold}
+    body: dict[str, Any] = {
+        "weight": args.weight,
+        "upper_threshold": args.upper_threshold,
+        "lower_threshold": args.lower_threshold,
+    }
     if args.forward:
         body["forward"] = args.forward
     return _action(args, "/api/v1/add", body, out)
 
 
 def setup_remove(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    return _command(sub, "remove", run_remove, FORCE, help="delete a real server at once (drain it first)",
-                    description="Delete a real server now; its connections break. Use 'drain --delete' to let them finish.")  # fmt: skip
+    return _command(
+        sub,
+        "remove",
+        run_remove,
+        FORCE,
+        help="delete a real server at once (drain it first)",
+        description="Delete a real server now; its connections break. Use 'drain --delete' to let them finish.",
+    )
 
 
 def run_remove(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -218,15 +265,19 @@ def run_remove(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def setup_drain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    return _command(sub, "drain", run_drain,
-                    (("--timeout",), {"type": float, "help": "seconds to wait (default: the actuator's drain_timeout)"}),
-                    (("--delete",), {"action": "store_true", "help": "delete the real server once drained"}),
-                    REASON,
-                    (("--no-wait",), {"action": "store_true", "help": "start the drain and return"}),
-                    FORCE,
-                    help="weight 0, wait for connections to finish, optionally delete",
-                    description="Take a real server out (weight 0) and wait until its active connections reach 0 "
-                                "or the timeout; with --delete, delete it then. Shows the progress.")  # fmt: skip
+    return _command(
+        sub,
+        "drain",
+        run_drain,
+        (("--timeout",), {"type": float, "help": "seconds to wait (default: the actuator's drain_timeout)"}),
+        (("--delete",), {"action": "store_true", "help": "delete the real server once drained"}),
+        REASON,
+        (("--no-wait",), {"action": "store_true", "help": "start the drain and return"}),
+        FORCE,
+        help="weight 0, wait for connections to finish, optionally delete",
+        description="Take a real server out (weight 0) and wait until its active connections reach 0 "
+        "or the timeout; with --delete, delete it then. Shows the progress.",
+    )
 
 
 def run_drain(
@@ -238,8 +289,13 @@ def run_drain(
     progress: TextIO = sys.stderr,
 ) -> int:
     client = client_from_args(args)
-    body: dict[str, Any] = {"service": args.service, "real_server": args.real_server, "delete": args.delete,
-                            "reason": args.reason, "force": args.force}  # fmt: skip
+    body: dict[str, Any] = {
+        "service": args.service,
+        "real_server": args.real_server,
+        "delete": args.delete,
+        "reason": args.reason,
+        "force": args.force,
+    }
     if args.timeout is not None:
         body["timeout"] = args.timeout
     reply = client.post("/api/v1/drain", body)
@@ -287,13 +343,18 @@ class ProgressBar:
 
 
 def setup_ledger(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    return _command(sub, "ledger", run_ledger,
-                    (("--active",), {"action": "store_true", "help": "only holds in force"}),
-                    (("--audit",), {"action": "store_true", "help": "show the audit events instead"}),
-                    (("--limit",), {"type": int, "default": 50, "help": "at most this many rows (1..1000)"}),
-                    (("--json",), {"action": "store_true", "help": "print the API's JSON"}),
-                    target=False, help="who holds which real server out, and the audit trail",
-                    description="Show the actuator's holds (newest first) and, with --audit, its audit events.")  # fmt: skip
+    return _command(
+        sub,
+        "ledger",
+        run_ledger,
+        (("--active",), {"action": "store_true", "help": "only holds in force"}),
+        (("--audit",), {"action": "store_true", "help": "show the audit events instead"}),
+        (("--limit",), {"type": int, "default": 50, "help": "at most this many rows (1..1000)"}),
+        (("--json",), {"action": "store_true", "help": "print the API's JSON"}),
+        target=False,
+        help="who holds which real server out, and the audit trail",
+        description="Show the actuator's holds (newest first) and, with --audit, its audit events.",
+    )
 
 
 def run_ledger(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -303,7 +364,9 @@ def run_ledger(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if args.json:
             print(json.dumps(reply, indent=2), file=out)
             return 0
-        rows = [[e["at"], e["source"], e["actor"], e["action"], _rs(e), e["result"], e["message"]] for e in reply["events"]]
+        rows = [
+            [e["at"], e["source"], e["actor"], e["action"], _rs(e), e["result"], e["message"]] for e in reply["events"]
+        ]
         _table(["AT", "SOURCE", "ACTOR", "ACTION", "REAL SERVER", "RESULT", "MESSAGE"], rows, out)
         return 0
     reply = client.get(f"/api/v1/ledger?limit={args.limit}&active={'true' if args.active else 'false'}")
@@ -344,8 +407,11 @@ def status_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print("actuator in dry-run mode: nothing is written to the kernel", file=out)
     for svc in reply["services"]:
         name = f"{svc['name']} " if svc["name"] else ""
-        print(f"{name}{svc['service']} ({svc['scheduler']})  healthy {svc['healthy']}/{len(svc['real_servers'])}, "
-              f"min {svc['min_healthy']}", file=out)  # fmt: skip
+        print(
+            f"{name}{svc['service']} ({svc['scheduler']})  healthy {svc['healthy']}/{len(svc['real_servers'])}, "
+            f"min {svc['min_healthy']}",
+            file=out,
+        )
         rows = []
         for rs in svc["real_servers"]:
             state = rs["state"]
@@ -353,21 +419,35 @@ def status_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 state += " (" + ", ".join(_holder(h) for h in rs["holds"]) + ")"
             if rs["drift"]:
                 state += f" drift: {rs['drift']}"
-            rows.append(["  " + (rs["name"] or rs["real_server"]), rs["real_server"] if rs["name"] else "", rs["weight"],
-                         rs["original_weight"] if rs["original_weight"] is not None else "", rs["active_connections"],
-                         rs["inactive_connections"], rs["stats"]["connections"], state])  # fmt: skip
+            rows.append(
+                [
+                    "  " + (rs["name"] or rs["real_server"]),
+                    rs["real_server"] if rs["name"] else "",
+                    rs["weight"],
+                    rs["original_weight"] if rs["original_weight"] is not None else "",
+                    rs["active_connections"],
+                    rs["inactive_connections"],
+                    rs["stats"]["connections"],
+                    state,
+                ]
+            )
         _table(["  REAL SERVER", "ADDRESS", "WEIGHT", "ORIGINAL", "ACTIVE", "INACTIVE", "CONNS", "STATE"], rows, out)
     return 0
 
 
 def setup_failover(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    return _command(sub, "failover", run_failover,
-                    (("--release",), {"action": "store_true", "help": "release the manual failover request"}),
-                    (("--all-holders",), {"action": "store_true", "help": "with --release: also release the alerts' requests"}),
-                    REASON,
-                    target=False, help="ask keepalived to move this director's VIPs to the backup",
-                    description="Write 1 to the actuator's keepalived track file (its VRRP priority drops, the backup "
-                                "takes the VIPs); --release writes 0 once no alert asks for a failover either.")  # fmt: skip
+    return _command(
+        sub,
+        "failover",
+        run_failover,
+        (("--release",), {"action": "store_true", "help": "release the manual failover request"}),
+        (("--all-holders",), {"action": "store_true", "help": "with --release: also release the alerts' requests"}),
+        REASON,
+        target=False,
+        help="ask keepalived to move this director's VIPs to the backup",
+        description="Write 1 to the actuator's keepalived track file (its VRRP priority drops, the backup "
+        "takes the VIPs); --release writes 0 once no alert asks for a failover either.",
+    )
 
 
 def run_failover(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -17,10 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from lvsguard.logs import event
-
 from actuator.actions import Actions
 from actuator.ledger import Ledger
+from lvsguard.logs import event
 
 log = logging.getLogger("lvsguard.actuator")
 
@@ -56,8 +55,14 @@ class JobRunner:
         ledger = Ledger.open(self.ledger_path, clock=self.actions.clock)
         try:
             for outcome in self.actions.reconcile(ledger):
-                event(log, logging.WARNING if outcome.result == "drift" else logging.INFO, "reconcile",
-                      result=outcome.result, target=outcome.target, message=outcome.message)  # fmt: skip
+                event(
+                    log,
+                    logging.WARNING if outcome.result == "drift" else logging.INFO,
+                    "reconcile",
+                    result=outcome.result,
+                    target=outcome.target,
+                    message=outcome.message,
+                )
             open_jobs = [job.id for job in ledger.open_jobs()]
         finally:
             ledger.close()
@@ -91,13 +96,27 @@ class JobRunner:
         try:
             while not self._stop.wait(self.actions.settings.retry_interval):
                 try:
-                    for outcome in self.actions.reconcile(ledger, cached=True):  # a weight changed by hand since: reported once
-                        event(log, logging.WARNING, "reconcile", result=outcome.result, target=outcome.target,
-                              message=outcome.message)  # fmt: skip
+                    for outcome in self.actions.reconcile(
+                        ledger, cached=True
+                    ):  # a weight changed by hand since: reported once
+                        event(
+                            log,
+                            logging.WARNING,
+                            "reconcile",
+                            result=outcome.result,
+                            target=outcome.target,
+                            message=outcome.message,
+                        )
                     for outcome in self.actions.retry_pending(ledger, cached=True):
                         if outcome.result != "refused":
-                            event(log, logging.INFO, "retry", result=outcome.result, target=outcome.target,
-                                  message=outcome.message)  # fmt: skip
+                            event(
+                                log,
+                                logging.INFO,
+                                "retry",
+                                result=outcome.result,
+                                target=outcome.target,
+                                message=outcome.message,
+                            )
                 except Exception as exc:  # the loop outlives a failed round; the reason is logged
                     event(log, logging.ERROR, "retry_failed", error=exc)
         finally:

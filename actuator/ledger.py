@@ -37,9 +37,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from flask import Flask, current_app, g
 
@@ -286,7 +287,9 @@ class Ledger:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
             (*_columns(target), kind, holder, alertname, source, action, reason, now),
         )
-        return Hold(int(cur.lastrowid or 0), target, kind, holder, alertname, source, action, reason, "active", now, None, ""), True
+        return Hold(
+            int(cur.lastrowid or 0), target, kind, holder, alertname, source, action, reason, "active", now, None, ""
+        ), True
 
     def hold(self, hold_id: int) -> Hold | None:
         row = self.conn.execute("SELECT * FROM holds WHERE id = ?", (hold_id,)).fetchone()
@@ -355,7 +358,7 @@ class Ledger:
 
     def active_failovers(self) -> list[FailoverHold]:
         rows = self.conn.execute("SELECT * FROM failovers WHERE state = 'active' ORDER BY id").fetchall()
-        return [FailoverHold(*(r[k] for k in r.keys())) for r in rows]
+        return [FailoverHold(*r) for r in rows]
 
     def release_failovers(self, *, kind: str | None, holder: str | None, by: str) -> int:
         """End the failover requests of one holder (or of a kind, or all): returns how many."""
@@ -383,7 +386,9 @@ class Ledger:
     def backends(self) -> list[Backend]:
         return [_backend(r) for r in self.conn.execute("SELECT * FROM backends ORDER BY service, real_server")]
 
-    def begin_write(self, target: Target, *, state: str, original: int, expected: int, previous: int, job_id: int | None = None) -> None:
+    def begin_write(
+        self, target: Target, *, state: str, original: int, expected: int, previous: int, job_id: int | None = None
+    ) -> None:
         """Record the intent (``write_pending=1``) before the kernel write."""
         self.conn.execute(
             "INSERT INTO backends (service, real_server, state, original_weight, expected_weight, previous_weight,"
@@ -414,9 +419,7 @@ class Ledger:
         )
 
     def delete_backend(self, target: Target) -> None:
-        self.conn.execute(
-            "DELETE FROM backends WHERE service = ? AND real_server = ?", _columns(target)
-        )
+        self.conn.execute("DELETE FROM backends WHERE service = ? AND real_server = ?", _columns(target))
 
     # hold-down
 
@@ -457,7 +460,9 @@ class Ledger:
         if state is None:
             rows = self.conn.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         else:
-            rows = self.conn.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id DESC LIMIT ?", (state, limit)).fetchall()
+            rows = self.conn.execute(
+                "SELECT * FROM jobs WHERE state = ? ORDER BY id DESC LIMIT ?", (state, limit)
+            ).fetchall()
         return [_job(r) for r in rows]
 
     def open_jobs(self, target: Target | None = None) -> list[Job]:
@@ -471,7 +476,12 @@ class Ledger:
         return [_job(r) for r in rows]
 
     def update_job(
-        self, job_id: int, *, progress: float | None = None, message: str | None = None, params: dict[str, Any] | None = None
+        self,
+        job_id: int,
+        *,
+        progress: float | None = None,
+        message: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         sets, args = ["updated_at = ?"], [self.now()]
         if progress is not None:
@@ -555,30 +565,65 @@ def _target(row: sqlite3.Row) -> Target:
 
 def _hold(row: sqlite3.Row) -> Hold:
     return Hold(
-        row["id"], _target(row), row["kind"], row["holder"], row["alertname"], row["source"], row["action"],
-        row["reason"], row["state"], row["created_at"], row["released_at"], row["released_by"],
-    )  # fmt: skip
+        row["id"],
+        _target(row),
+        row["kind"],
+        row["holder"],
+        row["alertname"],
+        row["source"],
+        row["action"],
+        row["reason"],
+        row["state"],
+        row["created_at"],
+        row["released_at"],
+        row["released_by"],
+    )
 
 
 def _backend(row: sqlite3.Row) -> Backend:
     return Backend(
-        _target(row), row["state"], row["original_weight"], row["expected_weight"], row["previous_weight"],
-        bool(row["write_pending"]), row["since"], row["drift"], row["job_id"],
-    )  # fmt: skip
+        _target(row),
+        row["state"],
+        row["original_weight"],
+        row["expected_weight"],
+        row["previous_weight"],
+        bool(row["write_pending"]),
+        row["since"],
+        row["drift"],
+        row["job_id"],
+    )
 
 
 def _job(row: sqlite3.Row) -> Job:
     return Job(
-        row["id"], row["kind"], _target(row), row["state"], row["progress"], row["message"], json.loads(row["params"]),
-        row["actor"], row["created_at"], row["updated_at"], row["finished_at"],
-    )  # fmt: skip
+        row["id"],
+        row["kind"],
+        _target(row),
+        row["state"],
+        row["progress"],
+        row["message"],
+        json.loads(row["params"]),
+        row["actor"],
+        row["created_at"],
+        row["updated_at"],
+        row["finished_at"],
+    )
 
 
 def _audit(row: sqlite3.Row) -> AuditEvent:
     return AuditEvent(
-        row["id"], row["at"], row["source"], row["actor"], row["action"], row["service"], row["real_server"],
-        row["result"], row["reason"], row["message"], json.loads(row["details"]),
-    )  # fmt: skip
+        row["id"],
+        row["at"],
+        row["source"],
+        row["actor"],
+        row["action"],
+        row["service"],
+        row["real_server"],
+        row["result"],
+        row["reason"],
+        row["message"],
+        json.loads(row["details"]),
+    )
 
 
 def get_ledger() -> Ledger:
@@ -586,7 +631,9 @@ def get_ledger() -> Ledger:
     local: threading.local = current_app.extensions["lvsguard_ledgers"]
     ledger: Ledger | None = getattr(local, "ledger", None)
     if ledger is None:
-        ledger = Ledger.open(current_app.config["LVSGUARD_LEDGER"], clock=current_app.config["LVSGUARD_CLOCK"], create=False)
+        ledger = Ledger.open(
+            current_app.config["LVSGUARD_LEDGER"], clock=current_app.config["LVSGUARD_CLOCK"], create=False
+        )
         local.ledger = ledger
     g.ledger = ledger
     return ledger
@@ -603,7 +650,9 @@ def locked_ledger() -> Ledger:
     """
     ledger: Ledger | None = current_app.extensions.get("lvsguard_locked_ledger")
     if ledger is None:
-        ledger = Ledger.open(current_app.config["LVSGUARD_LEDGER"], clock=current_app.config["LVSGUARD_CLOCK"], create=False)
+        ledger = Ledger.open(
+            current_app.config["LVSGUARD_LEDGER"], clock=current_app.config["LVSGUARD_CLOCK"], create=False
+        )
         current_app.extensions["lvsguard_locked_ledger"] = ledger
     return ledger
 

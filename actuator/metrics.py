@@ -7,19 +7,27 @@ restart and never drifts from what the ledger says.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from actuator.ledger import Ledger
+from actuator.settings import Names
 from lvsguard.labels import mark_label
 from lvsguard.model import FWM
 
-from actuator.ledger import Ledger
-from actuator.settings import Names
-
-BACKEND_LABELS = ("local_address", "local_port", "proto", "local_mark", "remote_address", "remote_port", "service", "real_server")
+BACKEND_LABELS = (
+    "local_address",
+    "local_port",
+    "proto",
+    "local_mark",
+    "remote_address",
+    "remote_port",
+    "service",
+    "real_server",
+)
 """node_exporter's IPVS label names plus the config names, as the exporter's ``ipvs_backend_*``."""
 
 
@@ -31,12 +39,20 @@ class QuarantineCollector(Collector):
         self.names = names
 
     def describe(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("lvsguard_quarantined", "Real servers the actuator holds out (weight 0).", labels=BACKEND_LABELS)
-        yield GaugeMetricFamily("lvsguard_holds", "Active holds per real server (alerts and manual).", labels=(*BACKEND_LABELS, "kind"))
+        yield GaugeMetricFamily(
+            "lvsguard_quarantined", "Real servers the actuator holds out (weight 0).", labels=BACKEND_LABELS
+        )
+        yield GaugeMetricFamily(
+            "lvsguard_holds", "Active holds per real server (alerts and manual).", labels=(*BACKEND_LABELS, "kind")
+        )
 
     def collect(self) -> Iterator[Metric]:
-        quarantined = GaugeMetricFamily("lvsguard_quarantined", "Real servers the actuator holds out (weight 0).", labels=BACKEND_LABELS)
-        holds = GaugeMetricFamily("lvsguard_holds", "Active holds per real server (alerts and manual).", labels=(*BACKEND_LABELS, "kind"))
+        quarantined = GaugeMetricFamily(
+            "lvsguard_quarantined", "Real servers the actuator holds out (weight 0).", labels=BACKEND_LABELS
+        )
+        holds = GaugeMetricFamily(
+            "lvsguard_holds", "Active holds per real server (alerts and manual).", labels=(*BACKEND_LABELS, "kind")
+        )
         ledger = Ledger.open(self.ledger_path, create=False)
         try:
             for backend in ledger.backends():
@@ -71,7 +87,12 @@ class QuarantineCollector(Collector):
 ZERO_ACTIONS = ("quarantine", "restore", "drain")
 ZERO_RESULTS = ("applied", "refused", "error")
 ZERO_SOURCES = ("alertmanager", "api")
-ZERO_REFUSALS = (("quarantine", "quorum"), ("quarantine", "rate_limit"), ("quarantine", "hold_down"), ("drain", "quorum"))
+ZERO_REFUSALS = (
+    ("quarantine", "quorum"),
+    ("quarantine", "rate_limit"),
+    ("quarantine", "hold_down"),
+    ("drain", "quorum"),
+)
 """The series that exist at 0 from the start: ``increase()`` and alert rules then see the
 first quarantine, refusal or error, not only the second (a counter's first sample
 creates its series, it is no increase)."""
@@ -84,16 +105,27 @@ class ActuatorMetrics:
         self.registry = registry
         self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
         self.actions = Counter(
-            "lvsguard_actions_total", "Actions decided by the actuator, by outcome.", ("action", "result", "source"), registry=registry
+            "lvsguard_actions_total",
+            "Actions decided by the actuator, by outcome.",
+            ("action", "result", "source"),
+            registry=registry,
         )
         self.refusals = Counter(
-            "lvsguard_refusals_total", "Actions the safety rules refused, by reason.", ("action", "reason"), registry=registry
+            "lvsguard_refusals_total",
+            "Actions the safety rules refused, by reason.",
+            ("action", "reason"),
+            registry=registry,
         )
         self.failovers = Counter(
-            "lvsguard_failover_requested_total", "Times this actuator asked keepalived to hand the VIPs over.", registry=registry
+            "lvsguard_failover_requested_total",
+            "Times this actuator asked keepalived to hand the VIPs over.",
+            registry=registry,
         )
         self.webhook = Counter(
-            "lvsguard_webhook_requests_total", "Alertmanager webhook requests, by HTTP status.", ("status",), registry=registry
+            "lvsguard_webhook_requests_total",
+            "Alertmanager webhook requests, by HTTP status.",
+            ("status",),
+            registry=registry,
         )
         for action in ZERO_ACTIONS:
             for result in ZERO_RESULTS:

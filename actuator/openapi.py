@@ -10,10 +10,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from lvsguard import __version__
-
 from actuator.actions import RESULTS
 from actuator.policy import REASONS
+from lvsguard import __version__
 
 S = dict[str, Any]
 
@@ -56,143 +55,349 @@ SCHEMAS: S = {
     ),
     "Stats": _obj(
         ["connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes"],
-        {k: INT for k in ("connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes",
-                          "cps", "incoming_pps", "outgoing_pps", "incoming_bps", "outgoing_bps")},  # fmt: skip
+        {
+            k: INT
+            for k in (
+                "connections",
+                "incoming_packets",
+                "outgoing_packets",
+                "incoming_bytes",
+                "outgoing_bytes",
+                "cps",
+                "incoming_pps",
+                "outgoing_pps",
+                "incoming_bps",
+                "outgoing_bps",
+            )
+        },
     ),
     "Hold": _obj(
-        ["id", "service", "real_server", "kind", "holder", "alertname", "source", "action", "reason", "state",
-         "created_at", "released_at", "released_by"],
+        [
+            "id",
+            "service",
+            "real_server",
+            "kind",
+            "holder",
+            "alertname",
+            "source",
+            "action",
+            "reason",
+            "state",
+            "created_at",
+            "released_at",
+            "released_by",
+        ],
         {
-            "id": INT, "service": STR, "real_server": STR,
+            "id": INT,
+            "service": STR,
+            "real_server": STR,
             "kind": {"type": "string", "enum": ["alert", "manual"]},
-            "holder": STR, "alertname": STR, "source": STR,
+            "holder": STR,
+            "alertname": STR,
+            "source": STR,
             "action": {"type": "string", "enum": ["quarantine", "drain"]},
             "reason": STR,
             "state": {"type": "string", "enum": ["active", "released", "removed"]},
-            "created_at": TIME, "released_at": TIME_OR_NULL, "released_by": STR,
+            "created_at": TIME,
+            "released_at": TIME_OR_NULL,
+            "released_by": STR,
         },
-    ),  # fmt: skip
+    ),
     "Job": _obj(
-        ["id", "kind", "service", "real_server", "state", "progress", "message", "params", "actor", "created_at",
-         "updated_at", "finished_at"],
+        [
+            "id",
+            "kind",
+            "service",
+            "real_server",
+            "state",
+            "progress",
+            "message",
+            "params",
+            "actor",
+            "created_at",
+            "updated_at",
+            "finished_at",
+        ],
         {
-            "id": INT, "kind": {"type": "string", "enum": ["drain", "slow_start"]}, "service": STR, "real_server": STR,
+            "id": INT,
+            "kind": {"type": "string", "enum": ["drain", "slow_start"]},
+            "service": STR,
+            "real_server": STR,
             "state": {"type": "string", "enum": ["running", "done", "failed", "timeout", "cancelled"]},
-            "progress": {"type": "number", "minimum": 0, "maximum": 1}, "message": STR,
-            "params": {"type": "object"}, "actor": STR,
-            "created_at": TIME, "updated_at": TIME, "finished_at": TIME_OR_NULL,
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "message": STR,
+            "params": {"type": "object"},
+            "actor": STR,
+            "created_at": TIME,
+            "updated_at": TIME,
+            "finished_at": TIME_OR_NULL,
         },
-    ),  # fmt: skip
+    ),
     "AuditEvent": _obj(
         ["id", "at", "source", "actor", "action", "service", "real_server", "result", "reason", "message", "details"],
-        {"id": INT, "at": TIME, "source": STR, "actor": STR, "action": STR, "service": STR, "real_server": STR,
-         "result": STR, "reason": STR, "message": STR, "details": {"type": "object"}},
-    ),  # fmt: skip
-    "RealServer": _obj(
-        ["real_server", "name", "weight", "forward", "active_connections", "inactive_connections",
-         "persistent_connections", "stats", "state", "original_weight", "drift", "holds", "probe"],
         {
-            "real_server": STR, "name": STR, "weight": INT,
+            "id": INT,
+            "at": TIME,
+            "source": STR,
+            "actor": STR,
+            "action": STR,
+            "service": STR,
+            "real_server": STR,
+            "result": STR,
+            "reason": STR,
+            "message": STR,
+            "details": {"type": "object"},
+        },
+    ),
+    "RealServer": _obj(
+        [
+            "real_server",
+            "name",
+            "weight",
+            "forward",
+            "active_connections",
+            "inactive_connections",
+            "persistent_connections",
+            "stats",
+            "state",
+            "original_weight",
+            "drift",
+            "holds",
+            "probe",
+        ],
+        {
+            "real_server": STR,
+            "name": STR,
+            "weight": INT,
             "forward": {"type": "string", "enum": ["masq", "local", "tunnel", "route", "bypass"]},
-            "upper_threshold": INT, "lower_threshold": INT,
-            "active_connections": INT, "inactive_connections": INT, "persistent_connections": INT,
+            "upper_threshold": INT,
+            "lower_threshold": INT,
+            "active_connections": INT,
+            "inactive_connections": INT,
+            "persistent_connections": INT,
             "stats": _ref("Stats"),
             "state": {"type": "string", "enum": ["in", "out", "restoring", "drift"]},
-            "original_weight": {"type": "integer", "nullable": True}, "drift": STR,
+            "original_weight": {"type": "integer", "nullable": True},
+            "drift": STR,
             "holds": {"type": "array", "items": _ref("Hold")},
             "probe": _ref("Probe"),
         },
-    ),  # fmt: skip
+    ),
     "Probe": _obj(
         ["state", "latency_seconds", "last_change", "checks"],
         {
             "state": {"type": "string", "enum": ["healthy", "unhealthy", "unchecked", "unknown"]},
-            "latency_seconds": NUM_OR_NULL, "last_change": TIME_OR_NULL,
-            "checks": {"type": "array", "items": _obj(
-                ["check", "healthy", "success", "latency_seconds", "last_change"],
-                {"check": STR, "healthy": BOOL_OR_NULL, "success": BOOL_OR_NULL, "latency_seconds": NUM_OR_NULL,
-                 "last_change": TIME_OR_NULL},
-            )},
+            "latency_seconds": NUM_OR_NULL,
+            "last_change": TIME_OR_NULL,
+            "checks": {
+                "type": "array",
+                "items": _obj(
+                    ["check", "healthy", "success", "latency_seconds", "last_change"],
+                    {
+                        "check": STR,
+                        "healthy": BOOL_OR_NULL,
+                        "success": BOOL_OR_NULL,
+                        "latency_seconds": NUM_OR_NULL,
+                        "last_change": TIME_OR_NULL,
+                    },
+                ),
+            },
         },
-    ),  # fmt: skip
+    ),
     "ProbeSource": _obj(
         ["state", "source", "error", "read_at"],
-        {"state": {"type": "string", "enum": ["ok", "off", "unreachable"]}, "source": STR, "error": STR,
-         "read_at": TIME_OR_NULL},
-    ),  # fmt: skip
+        {
+            "state": {"type": "string", "enum": ["ok", "off", "unreachable"]},
+            "source": STR,
+            "error": STR,
+            "read_at": TIME_OR_NULL,
+        },
+    ),
     "Service": _obj(
         ["service", "name", "scheduler", "persistent", "stats", "healthy", "min_healthy", "real_servers"],
-        {"service": STR, "name": STR, "scheduler": STR, "persistent": BOOL, "timeout": INT, "stats": _ref("Stats"),
-         "healthy": INT, "min_healthy": INT, "real_servers": {"type": "array", "items": _ref("RealServer")}},
-    ),  # fmt: skip
-    "Services": _obj(["source", "dry_run", "probes", "services"],
-                     {"source": STR, "dry_run": BOOL, "probes": _ref("ProbeSource"),
-                      "services": {"type": "array", "items": _ref("Service")}}),
+        {
+            "service": STR,
+            "name": STR,
+            "scheduler": STR,
+            "persistent": BOOL,
+            "timeout": INT,
+            "stats": _ref("Stats"),
+            "healthy": INT,
+            "min_healthy": INT,
+            "real_servers": {"type": "array", "items": _ref("RealServer")},
+        },
+    ),
+    "Services": _obj(
+        ["source", "dry_run", "probes", "services"],
+        {
+            "source": STR,
+            "dry_run": BOOL,
+            "probes": _ref("ProbeSource"),
+            "services": {"type": "array", "items": _ref("Service")},
+        },
+    ),
     "Jobs": _obj(["jobs"], {"jobs": {"type": "array", "items": _ref("Job")}}),
     "Ledger": _obj(
         ["holds", "backends"],
         {
             "holds": {"type": "array", "items": _ref("Hold")},
-            "backends": {"type": "array", "items": _obj(
-                ["service", "real_server", "state", "original_weight", "expected_weight", "write_pending", "since", "drift",
-                 "job_id"],
-                {"service": STR, "real_server": STR, "state": {"type": "string", "enum": ["out", "restoring"]},
-                 "original_weight": INT, "expected_weight": INT, "write_pending": BOOL, "since": TIME, "drift": STR,
-                 "job_id": {"type": "integer", "nullable": True}},
-            )},
+            "backends": {
+                "type": "array",
+                "items": _obj(
+                    [
+                        "service",
+                        "real_server",
+                        "state",
+                        "original_weight",
+                        "expected_weight",
+                        "write_pending",
+                        "since",
+                        "drift",
+                        "job_id",
+                    ],
+                    {
+                        "service": STR,
+                        "real_server": STR,
+                        "state": {"type": "string", "enum": ["out", "restoring"]},
+                        "original_weight": INT,
+                        "expected_weight": INT,
+                        "write_pending": BOOL,
+                        "since": TIME,
+                        "drift": STR,
+                        "job_id": {"type": "integer", "nullable": True},
+                    },
+                ),
+            },
         },
-    ),  # fmt: skip
+    ),
     "Audit": _obj(["events"], {"events": {"type": "array", "items": _ref("AuditEvent")}}),
     "Director": _obj(
         ["role", "dry_run", "failover", "sync_daemons"],
-        {"role": {"type": "string", "enum": ["master", "backup", "fault", "stop", "unknown"]}, "dry_run": BOOL,
-         "failover": _obj(["configured", "track_file", "requested", "holders"], {
-             "configured": BOOL, "track_file": STR, "requested": {"type": "boolean", "nullable": True},
-             "holders": {"type": "array", "items": _obj(["kind", "holder", "alertname", "source", "reason", "since"], {
-                 "kind": {"type": "string", "enum": ["alert", "manual"]}, "holder": STR, "alertname": STR, "source": STR,
-                 "reason": STR, "since": TIME})}}),
-         "sync_daemons": {"type": "array", "items": _obj(
-            ["role", "mcast_interface", "sync_id", "mcast_group", "mcast_port"],
-            {"role": {"type": "string", "enum": ["master", "backup"]}, "mcast_interface": STR, "sync_id": INT,
-             "mcast_group": STR, "mcast_port": INT})}},
-    ),  # fmt: skip
+        {
+            "role": {"type": "string", "enum": ["master", "backup", "fault", "stop", "unknown"]},
+            "dry_run": BOOL,
+            "failover": _obj(
+                ["configured", "track_file", "requested", "holders"],
+                {
+                    "configured": BOOL,
+                    "track_file": STR,
+                    "requested": {"type": "boolean", "nullable": True},
+                    "holders": {
+                        "type": "array",
+                        "items": _obj(
+                            ["kind", "holder", "alertname", "source", "reason", "since"],
+                            {
+                                "kind": {"type": "string", "enum": ["alert", "manual"]},
+                                "holder": STR,
+                                "alertname": STR,
+                                "source": STR,
+                                "reason": STR,
+                                "since": TIME,
+                            },
+                        ),
+                    },
+                },
+            ),
+            "sync_daemons": {
+                "type": "array",
+                "items": _obj(
+                    ["role", "mcast_interface", "sync_id", "mcast_group", "mcast_port"],
+                    {
+                        "role": {"type": "string", "enum": ["master", "backup"]},
+                        "mcast_interface": STR,
+                        "sync_id": INT,
+                        "mcast_group": STR,
+                        "mcast_port": INT,
+                    },
+                ),
+            },
+        },
+    ),
     "Target": _obj(
         ["service", "real_server"],
-        {"service": {**STR, "description": "a service name from the config, or 'TCP 192.0.2.10:80' / 'FWM 1'"},
-         "real_server": {**STR, "description": "a real server name from the config, or '10.0.1.2:80'"}},
-        extra=True,
-    ),  # fmt: skip
-    "WebhookResult": _obj(
-        ["fingerprint", "alertname", "status", "action", "result", "message", "reason", "service", "real_server",
-         "weight", "job_id", "holders"],
         {
-            "fingerprint": STR, "alertname": STR, "status": {"type": "string", "enum": ["firing", "resolved"]},
+            "service": {**STR, "description": "a service name from the config, or 'TCP 192.0.2.10:80' / 'FWM 1'"},
+            "real_server": {**STR, "description": "a real server name from the config, or '10.0.1.2:80'"},
+        },
+        extra=True,
+    ),
+    "WebhookResult": _obj(
+        [
+            "fingerprint",
+            "alertname",
+            "status",
+            "action",
+            "result",
+            "message",
+            "reason",
+            "service",
+            "real_server",
+            "weight",
+            "job_id",
+            "holders",
+        ],
+        {
+            "fingerprint": STR,
+            "alertname": STR,
+            "status": {"type": "string", "enum": ["firing", "resolved"]},
             "action": STR,
             "result": {"type": "string", "enum": [*RESULTS, "ignored", "invalid_target"]},
-            "message": STR, "reason": STR, "service": STR, "real_server": STR,
-            "weight": {"type": "integer", "nullable": True}, "job_id": {"type": "integer", "nullable": True},
-            "holders": {"type": "array", "items": STR}, "retry_after": INT,
+            "message": STR,
+            "reason": STR,
+            "service": STR,
+            "real_server": STR,
+            "weight": {"type": "integer", "nullable": True},
+            "job_id": {"type": "integer", "nullable": True},
+            "holders": {"type": "array", "items": STR},
+            "retry_after": INT,
             "others": {"type": "array", "items": _ref("Outcome")},
         },
-    ),  # fmt: skip
-    "WebhookReply": _obj(["status", "receiver", "groupKey", "results"],
-                         {"status": STR, "receiver": STR, "groupKey": STR,
-                          "results": {"type": "array", "items": _ref("WebhookResult")}}),  # fmt: skip
+    ),
+    "WebhookReply": _obj(
+        ["status", "receiver", "groupKey", "results"],
+        {"status": STR, "receiver": STR, "groupKey": STR, "results": {"type": "array", "items": _ref("WebhookResult")}},
+    ),
     "AlertmanagerPayload": _obj(
-        ["version", "groupKey", "status", "receiver", "groupLabels", "commonLabels", "commonAnnotations", "externalURL", "alerts"],
+        [
+            "version",
+            "groupKey",
+            "status",
+            "receiver",
+            "groupLabels",
+            "commonLabels",
+            "commonAnnotations",
+            "externalURL",
+            "alerts",
+        ],
         {
-            "version": {"type": "string", "enum": ["4"]}, "groupKey": STR, "truncatedAlerts": {"type": "integer", "minimum": 0},
-            "status": {"type": "string", "enum": ["firing", "resolved"]}, "receiver": STR,
-            "groupLabels": STRMAP, "commonLabels": STRMAP, "commonAnnotations": STRMAP, "externalURL": STR,
-            "alerts": {"type": "array", "items": _obj(
-                ["status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"],
-                {"status": {"type": "string", "enum": ["firing", "resolved"]}, "labels": STRMAP, "annotations": STRMAP,
-                 "startsAt": TIME, "endsAt": TIME, "generatorURL": STR, "fingerprint": STR},
-                extra=True,
-            )},
+            "version": {"type": "string", "enum": ["4"]},
+            "groupKey": STR,
+            "truncatedAlerts": {"type": "integer", "minimum": 0},
+            "status": {"type": "string", "enum": ["firing", "resolved"]},
+            "receiver": STR,
+            "groupLabels": STRMAP,
+            "commonLabels": STRMAP,
+            "commonAnnotations": STRMAP,
+            "externalURL": STR,
+            "alerts": {
+                "type": "array",
+                "items": _obj(
+                    ["status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"],
+                    {
+                        "status": {"type": "string", "enum": ["firing", "resolved"]},
+                        "labels": STRMAP,
+                        "annotations": STRMAP,
+                        "startsAt": TIME,
+                        "endsAt": TIME,
+                        "generatorURL": STR,
+                        "fingerprint": STR,
+                    },
+                    extra=True,
+                ),
+            },
         },
         extra=True,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -203,39 +408,88 @@ def _body_schema(extra: S, required: tuple[str, ...] = ()) -> S:
 FORCE: S = {**BOOL, "description": "skip the hold-down and the rate limit (never the quorum)"}
 
 BODIES: dict[str, tuple[str, S]] = {
-    "/quarantine": ("Take a real server out (weight 0) with a manual hold", _body_schema({"reason": STR, "force": FORCE})),
-    "/restore": ("Release the manual holds (all_holders: every hold) and bring the real server back",
-                 _body_schema({"all_holders": BOOL, "force": FORCE})),
-    "/drain": ("Weight 0, then wait for active connections to reach 0 (a job); optionally delete",
-               _body_schema({"timeout": {"type": "number", "minimum": 0, "maximum": 86400}, "delete": BOOL, "reason": STR,
-                             "force": FORCE})),
-    "/weight": ("Set a weight (on a held real server: the weight it comes back at)",
-                _body_schema({"weight": {"type": "integer", "minimum": 0, "maximum": 65535}, "force": FORCE}, ("weight",))),
-    "/add": ("Add a real server (idempotent)", _body_schema({
-        "weight": {"type": "integer", "minimum": 0, "maximum": 65535}, "forward": STR,
-        "upper_threshold": INT, "lower_threshold": INT})),
+    "/quarantine": (
+        "Take a real server out (weight 0) with a manual hold",
+        _body_schema({"reason": STR, "force": FORCE}),
+    ),
+    "/restore": (
+        "Release the manual holds (all_holders: every hold) and bring the real server back",
+        _body_schema({"all_holders": BOOL, "force": FORCE}),
+    ),
+    "/drain": (
+        "Weight 0, then wait for active connections to reach 0 (a job); optionally delete",
+        _body_schema(
+            {
+                "timeout": {"type": "number", "minimum": 0, "maximum": 86400},
+                "delete": BOOL,
+                "reason": STR,
+                "force": FORCE,
+            }
+        ),
+    ),
+    "/weight": (
+        "Set a weight (on a held real server: the weight it comes back at)",
+        _body_schema({"weight": {"type": "integer", "minimum": 0, "maximum": 65535}, "force": FORCE}, ("weight",)),
+    ),
+    "/add": (
+        "Add a real server (idempotent)",
+        _body_schema(
+            {
+                "weight": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "forward": STR,
+                "upper_threshold": INT,
+                "lower_threshold": INT,
+            }
+        ),
+    ),
     "/remove": ("Delete a real server at once (drain first to let connections finish)", _body_schema({"force": FORCE})),
-    "/failover": ("Ask keepalived to hand this director's VIPs to the backup (writes 1 to the track file)",
-                  {"type": "object", "properties": {"reason": STR}}),
-    "/failover/release": ("Release the manual failover requests (all_holders: every request); 0 once none is left",
-                          {"type": "object", "properties": {"all_holders": BOOL}}),
-}  # fmt: skip
+    "/failover": (
+        "Ask keepalived to hand this director's VIPs to the backup (writes 1 to the track file)",
+        {"type": "object", "properties": {"reason": STR}},
+    ),
+    "/failover/release": (
+        "Release the manual failover requests (all_holders: every request); 0 once none is left",
+        {"type": "object", "properties": {"all_holders": BOOL}},
+    ),
+}
 
 GETS: dict[str, tuple[str, str, list[S]]] = {
     "/services": ("Services with stats, real servers, weights, holds and state", "Services", []),
-    "/jobs": ("Drains and slow starts, newest first", "Jobs", [
-        {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["running", "done", "failed", "timeout", "cancelled"]}},
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]),
-    "/jobs/{job_id}": ("One job with its progress", "Job", [
-        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}]),
-    "/ledger": ("Holds (who holds which real server out) and what the actuator changed", "Ledger", [
-        {"name": "active", "in": "query", "schema": {"type": "boolean"}},
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]),
-    "/audit": ("Audit events, newest first", "Audit", [
-        {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]),
+    "/jobs": (
+        "Drains and slow starts, newest first",
+        "Jobs",
+        [
+            {
+                "name": "state",
+                "in": "query",
+                "schema": {"type": "string", "enum": ["running", "done", "failed", "timeout", "cancelled"]},
+            },
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        ],
+    ),
+    "/jobs/{job_id}": (
+        "One job with its progress",
+        "Job",
+        [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+    ),
+    "/ledger": (
+        "Holds (who holds which real server out) and what the actuator changed",
+        "Ledger",
+        [
+            {"name": "active", "in": "query", "schema": {"type": "boolean"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        ],
+    ),
+    "/audit": (
+        "Audit events, newest first",
+        "Audit",
+        [
+            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        ],
+    ),
     "/director": ("This director's VRRP role and sync daemons", "Director", []),
-}  # fmt: skip
+}
 
 
 def _json(schema: S, description: str) -> S:
@@ -254,15 +508,22 @@ def _paths() -> S:
     secured = [{"bearer": []}]
     for path, (summary, schema) in BODIES.items():
         outcome = _json(_ref("Outcome"), "the outcome")
-        paths[path] = {"post": {
-            "summary": summary, "security": secured,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
-            "responses": {"200": outcome, "202": _json(_ref("Outcome"), "a job started"),
-                          "404": _json(_ref("Outcome"), "no such service or real server"),
-                          "409": _json(_ref("Outcome"), "refused by a safety rule, or the weight was changed by hand"),
-                          "429": _json(_ref("Outcome"), "refused for now (hold-down, rate limit); see Retry-After"),
-                          "502": _json(_ref("Outcome"), "the kernel failed"), **ERROR_RESPONSES},
-        }}  # fmt: skip
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+                "responses": {
+                    "200": outcome,
+                    "202": _json(_ref("Outcome"), "a job started"),
+                    "404": _json(_ref("Outcome"), "no such service or real server"),
+                    "409": _json(_ref("Outcome"), "refused by a safety rule, or the weight was changed by hand"),
+                    "429": _json(_ref("Outcome"), "refused for now (hold-down, rate limit); see Retry-After"),
+                    "502": _json(_ref("Outcome"), "the kernel failed"),
+                    **ERROR_RESPONSES,
+                },
+            }
+        }
     for path, (summary, name, params) in GETS.items():
         responses = {"200": _json(_ref(name), summary), **ERROR_RESPONSES}
         if "{" in path:
@@ -274,11 +535,16 @@ def _paths() -> S:
             "summary": "Alertmanager webhook receiver (payload version 4); one result per alert",
             "security": secured,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AlertmanagerPayload")}}},
-            "responses": {"200": _json(_ref("WebhookReply"), "every alert handled"), "413": _json(_ref("Error"), "body too large"),
-                          **ERROR_RESPONSES},
+            "responses": {
+                "200": _json(_ref("WebhookReply"), "every alert handled"),
+                "413": _json(_ref("Error"), "body too large"),
+                **ERROR_RESPONSES,
+            },
         },
     }
-    paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.0")}}}
+    paths["/openapi.json"] = {
+        "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.0")}}
+    }
     return paths
 
 
@@ -293,7 +559,8 @@ _DOCUMENT: S = {
         "title": "lvsguard actuator",
         "version": __version__,
         "description": "Quarantine, drain, restore, add and remove IPVS real servers safely. Refusal reasons: "
-        + ", ".join(REASONS) + ".",
+        + ", ".join(REASONS)
+        + ".",
     },
     "servers": [{"url": "/api/v1"}],
     "paths": _paths(),

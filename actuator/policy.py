@@ -28,13 +28,13 @@ import math
 import threading
 import time
 from collections import deque
-from typing import Callable, Protocol
-
-from lvsguard.errors import PolicyRefused
-from lvsguard.model import RealServer, RealServerKey
+from collections.abc import Callable
+from typing import Protocol
 
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
+from lvsguard.errors import PolicyRefused
+from lvsguard.model import RealServer, RealServerKey
 
 REASONS = ("allow_list", "quorum", "hold_down", "rate_limit")
 
@@ -146,7 +146,13 @@ class Policy:
             self._writes.append(now)
 
     def check_take_out(
-        self, target: Target, service: Standing, changed_at: float | None, *, force: bool = False, removing: bool = False
+        self,
+        target: Target,
+        service: Standing,
+        changed_at: float | None,
+        *,
+        force: bool = False,
+        removing: bool = False,
     ) -> None:
         """All the rules for a write that removes capacity (weight 0, delete), in the order an operator reads them."""
         self.check_allowed(target, service)
@@ -156,7 +162,9 @@ class Policy:
         if current is not None and current.weight > 0:
             self.check_rate(force=force)
 
-    def check_bring_back(self, target: Target, service: Standing, changed_at: float | None, *, force: bool = False) -> None:
+    def check_bring_back(
+        self, target: Target, service: Standing, changed_at: float | None, *, force: bool = False
+    ) -> None:
         """The rules for a restore: the allow-list and the hold-down."""
         self.check_allowed(target, service)
         self.check_hold_down(target, changed_at, force=force)

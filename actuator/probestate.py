@@ -37,7 +37,9 @@ from lvsguard.logs import event
 log = logging.getLogger("lvsguard.actuator")
 
 MIN_AGE = 2.0  # seconds a read is reused (the console refreshes every 2 s)
-SLOW_FACTOR = 10.0  # a read that took t seconds is reused for at least SLOW_FACTOR * t: at most a tenth of the exporter's time
+SLOW_FACTOR = (
+    10.0  # a read that took t seconds is reused for at least SLOW_FACTOR * t: at most a tenth of the exporter's time
+)
 MAX_BYTES = 512 * 1024 * 1024  # a /metrics larger than this is not read to its end
 
 HEALTHY = "lvs_backend_healthy"
@@ -126,8 +128,13 @@ def _raw(values: Mapping[str, float]) -> Raw:
     def flag(name: str) -> bool | None:
         return None if name not in values else values[name] >= 0.5
 
-    return Raw(flag(HEALTHY), flag(SUCCESS), values.get(DURATION_SUM, 0.0), values.get(DURATION_COUNT, 0.0),
-               values.get(LAST_CHANGE, 0.0))  # fmt: skip
+    return Raw(
+        flag(HEALTHY),
+        flag(SUCCESS),
+        values.get(DURATION_SUM, 0.0),
+        values.get(DURATION_COUNT, 0.0),
+        values.get(LAST_CHANGE, 0.0),
+    )
 
 
 def checks_of(now: Mapping[CheckKey, Raw], before: Mapping[CheckKey, Raw]) -> dict[Target, tuple[CheckState, ...]]:

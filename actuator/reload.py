@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from flask import Flask
 
@@ -45,7 +45,9 @@ def reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
     try:
         new = load()
         if not new.tokens:
-            raise LvsguardError("no token: set LVSGUARD_TOKEN or --token-file (the webhook and every mutating call need one)")
+            raise LvsguardError(
+                "no token: set LVSGUARD_TOKEN or --token-file (the webhook and every mutating call need one)"
+            )
     except LvsguardError as exc:
         for line in str(exc).splitlines():
             event(log, logging.ERROR, "reload_failed", reason=line, kept="the running config and tokens")
@@ -53,5 +55,7 @@ def reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
     needs_restart = apply(app, new)
     if needs_restart:
         event(log, logging.WARNING, "reload_needs_restart", keys=",".join(needs_restart))
-    event(log, logging.INFO, "reload_done", tokens=",".join(sorted(new.tokens)), rules=len(new.rules), dry_run=new.dry_run)
+    event(
+        log, logging.INFO, "reload_done", tokens=",".join(sorted(new.tokens)), rules=len(new.rules), dry_run=new.dry_run
+    )
     return True

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from lvsguard.model import RealServerKey, ServiceKey
 
@@ -90,13 +90,9 @@ class Rule:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """True when every ``match`` and ``match_re`` label agrees (a missing label is "")."""
-        for name, value in self.match:
-            if labels.get(name, "") != value:
-                return False
-        for name, pattern in self.match_re:
-            if pattern.fullmatch(labels.get(name, "")) is None:
-                return False
-        return True
+        return all(labels.get(name, "") == value for name, value in self.match) and all(
+            pattern.fullmatch(labels.get(name, "")) is not None for name, pattern in self.match_re
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +139,9 @@ class ActuatorSettings:
     names: Names = Names()
     real_servers_allowed: Mapping[ServiceKey, frozenset[RealServerKey]] = field(default_factory=dict)
     """Real servers the config declares per service; ``add`` of another one is refused there."""
-    role_file: str = ""  # this director's VRRP state (MASTER, BACKUP, FAULT, STOP), copied from keepalived's notify FIFO
+    role_file: str = (
+        ""  # this director's VRRP state (MASTER, BACKUP, FAULT, STOP), copied from keepalived's notify FIFO
+    )
     failover_track_file: str = ""  # keepalived track_file the ``failover`` action writes ("1" = give the VIPs up)
     failover_peer_url: str = ""  # the other director's actuator; a failover is refused unless it is a healthy backup
     ledger_path: str = "/var/lib/lvsguard/actuator.db"
@@ -168,19 +166,45 @@ class ActuatorSettings:
 
 
 KEYS = (
-    "ledger", "dry_run", "read_only_open", "min_healthy", "quorum", "rate_limit", "hold_down", "slow_start",
-    "slow_start_steps", "drain_timeout", "job_poll_interval", "retry_interval", "role_file", "failover_track_file",
-    "failover_peer_url", "rules", "listen", "exporter_url", "exporter_timeout", "session_secret_file",
+    "ledger",
+    "dry_run",
+    "read_only_open",
+    "min_healthy",
+    "quorum",
+    "rate_limit",
+    "hold_down",
+    "slow_start",
+    "slow_start_steps",
+    "drain_timeout",
+    "job_poll_interval",
+    "retry_interval",
+    "role_file",
+    "failover_track_file",
+    "failover_peer_url",
+    "rules",
+    "listen",
+    "exporter_url",
+    "exporter_timeout",
+    "session_secret_file",
     "secure_cookie",
-)  # fmt: skip
+)
 """Keys of the config's ``actuator:`` section (``listen`` is the CLI's default address, read by the CLI)."""
 
 KEY_DOCS: Mapping[str, tuple[str, str]] = {
-    "ledger": ("path", "The SQLite ledger (holds, jobs, audit); its directory must be writable (SQLite writes `-wal` and `-shm` files beside it)."),
+    "ledger": (
+        "path",
+        "The SQLite ledger (holds, jobs, audit); its directory must be writable (SQLite writes `-wal` and `-shm` files beside it).",
+    ),
     "dry_run": ("boolean", "Decide and record everything, write nothing to the kernel."),
     "read_only_open": ("boolean", "GET endpoints need no token (mutating calls always need one)."),
-    "min_healthy": ("count, fraction 0..1 or percentage (`\"50%\"`)", "Real servers of a service that must keep a non-zero weight (a fraction is rounded up); an action that would leave fewer is refused."),
-    "quorum": ("mapping of service name (or `TCP 192.0.2.10:80`) to `min_healthy`", "`min_healthy` of single services."),
+    "min_healthy": (
+        'count, fraction 0..1 or percentage (`"50%"`)',
+        "Real servers of a service that must keep a non-zero weight (a fraction is rounded up); an action that would leave fewer is refused.",
+    ),
+    "quorum": (
+        "mapping of service name (or `TCP 192.0.2.10:80`) to `min_healthy`",
+        "`min_healthy` of single services.",
+    ),
     "rate_limit": ("mapping", "At most `actions` capacity-removing kernel writes in any `per` seconds."),
     "hold_down": ("duration", "Least time between two weight changes of one real server."),
     "slow_start": ("duration", "Time to ramp a restored weight up; 0: restore at once."),
@@ -188,19 +212,49 @@ KEY_DOCS: Mapping[str, tuple[str, str]] = {
     "drain_timeout": ("duration", "How long a drain waits for the active connections to reach 0."),
     "job_poll_interval": ("duration", "Time between two steps of a drain or slow-start job."),
     "retry_interval": ("duration", "Time between two retries of alert actions a safety rule refused."),
-    "role_file": ("path", "This director's VRRP state (MASTER, BACKUP, FAULT, STOP), copied from keepalived's notify FIFO (docs/ha.md); empty, missing or anything else: unknown."),
-    "failover_track_file": ("path", "The keepalived `track_file` the `failover` action writes (`1` gives the VIPs up); empty: failover is not configured."),
-    "failover_peer_url": ("`http://` URL", "The other director's actuator: a failover is refused unless it reports a healthy backup; empty: not checked."),
-    "rules": ("list of mappings", "Alert labels -> action; the first matching rule wins, else the alert's `lvsguard_action` label, else none."),
-    "listen": ("`HOST:PORT`", "Address of the actuator's HTTP server (API, webhook, console), read by the CLI; `--listen` wins."),
-    "exporter_url": ("`http://` or `https://` URL", "The local exporter's `/metrics`: probe state for the console and `/api/v1/services`; empty: none."),
-    "exporter_timeout": ("duration, more than 0, at most 60 s", "How long one read of `exporter_url` may take before the probe state reads unknown."),
-    "session_secret_file": ("path", "A file holding the signing key of the console's session cookie (at least 32 bytes); absent: a random key per process."),
-    "secure_cookie": ("boolean", "The console is reached over HTTPS (through a TLS reverse proxy): its session cookie is marked `Secure`, so a browser never sends it over plain HTTP."),
+    "role_file": (
+        "path",
+        "This director's VRRP state (MASTER, BACKUP, FAULT, STOP), copied from keepalived's notify FIFO (docs/ha.md); empty, missing or anything else: unknown.",
+    ),
+    "failover_track_file": (
+        "path",
+        "The keepalived `track_file` the `failover` action writes (`1` gives the VIPs up); empty: failover is not configured.",
+    ),
+    "failover_peer_url": (
+        "`http://` URL",
+        "The other director's actuator: a failover is refused unless it reports a healthy backup; empty: not checked.",
+    ),
+    "rules": (
+        "list of mappings",
+        "Alert labels -> action; the first matching rule wins, else the alert's `lvsguard_action` label, else none.",
+    ),
+    "listen": (
+        "`HOST:PORT`",
+        "Address of the actuator's HTTP server (API, webhook, console), read by the CLI; `--listen` wins.",
+    ),
+    "exporter_url": (
+        "`http://` or `https://` URL",
+        "The local exporter's `/metrics`: probe state for the console and `/api/v1/services`; empty: none.",
+    ),
+    "exporter_timeout": (
+        "duration, more than 0, at most 60 s",
+        "How long one read of `exporter_url` may take before the probe state reads unknown.",
+    ),
+    "session_secret_file": (
+        "path",
+        "A file holding the signing key of the console's session cookie (at least 32 bytes); absent: a random key per process.",
+    ),
+    "secure_cookie": (
+        "boolean",
+        "The console is reached over HTTPS (through a TLS reverse proxy): its session cookie is marked `Secure`, so a browser never sends it over plain HTTP.",
+    ),
 }
 """(type, meaning) of each key in KEYS; docs/configuration-reference.md is generated from it (lvsguard/configdoc.py)."""
 RULE_KEY_DOCS: Mapping[str, tuple[str, str]] = {
-    "match": ("mapping of label names to strings", "Labels the alert must have, compared exactly (a missing label is empty)."),
+    "match": (
+        "mapping of label names to strings",
+        "Labels the alert must have, compared exactly (a missing label is empty).",
+    ),
     "match_re": ("mapping of label names to regular expressions", "Labels the alert must match in full."),
     "action": ("one of " + ", ".join(f"`{a}`" for a in ACTIONS), "What a matching alert asks for."),
     "drain_timeout": ("duration", "This rule's drain timeout; absent: `actuator.drain_timeout`."),
@@ -253,8 +307,11 @@ def from_mapping(
     """
     data = data or {}
     problems: list[tuple[str, str]] = []
-    values: dict[str, object] = {"names": names, "real_servers_allowed": dict(real_servers_allowed or {}),
-                                 "tokens": dict(tokens or {})}  # fmt: skip
+    values: dict[str, object] = {
+        "names": names,
+        "real_servers_allowed": dict(real_servers_allowed or {}),
+        "tokens": dict(tokens or {}),
+    }
     if not isinstance(data, Mapping):
         raise SettingsError([("", f"must be a mapping, got {type(data).__name__}")])
     for key in data:
@@ -326,8 +383,10 @@ def _secret_file(value: object) -> bytes:
     except OSError as exc:
         raise ValueError(f"{path}: cannot read the session secret: {exc.strerror}") from None
     if len(secret) < MIN_SESSION_SECRET:
-        raise ValueError(f"{path}: the session secret must be at least {MIN_SESSION_SECRET} bytes, got {len(secret)}"
-                         " (make one with: head -c 32 /dev/urandom | base64 > FILE)")  # fmt: skip
+        raise ValueError(
+            f"{path}: the session secret must be at least {MIN_SESSION_SECRET} bytes, got {len(secret)}"
+            " (make one with: head -c 32 /dev/urandom | base64 > FILE)"
+        )
     return secret
 
 

@@ -9,13 +9,12 @@ the names, so the webhook tests run without a kernel.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
-
-from lvsguard.labels import parse_mark_label
-from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey, format_endpoint, parse_endpoint
 
 from actuator.settings import Names
+from lvsguard.labels import parse_mark_label
+from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey, format_endpoint, parse_endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +56,9 @@ def service_from_labels(labels: Mapping[str, str], names: Names) -> ServiceKey:
         try:
             address, port_number, family = parse_endpoint(format_endpoint(address, int(port) if port.isdigit() else -1))
         except ValueError:
-            raise TargetError(f"labels local_address={address!r} local_port={port!r} are not an address and a port") from None
+            raise TargetError(
+                f"labels local_address={address!r} local_port={port!r} are not an address and a port"
+            ) from None
         return ServiceKey(proto, address, port_number, 0, family)
     name = labels.get("service", "")
     if name:
@@ -77,7 +78,9 @@ def target_from_labels(labels: Mapping[str, str], names: Names) -> Target:
         try:
             addr, port_number, family = parse_endpoint(format_endpoint(address, int(port) if port.isdigit() else -1))
         except ValueError:
-            raise TargetError(f"labels remote_address={address!r} remote_port={port!r} are not an address and a port") from None
+            raise TargetError(
+                f"labels remote_address={address!r} remote_port={port!r} are not an address and a port"
+            ) from None
         return Target(service, RealServerKey(addr, port_number, family))
     name = labels.get("real_server", "")
     if name:

@@ -37,8 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask.sessions import SecureCookieSessionInterface
-from itsdangerous import URLSafeTimedSerializer
 from flask import (
     Blueprint,
     Flask,
@@ -52,6 +50,8 @@ from flask import (
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 from actuator import api
 from actuator.actions import Actions, Actor, Outcome
@@ -113,8 +113,12 @@ class SettingsSessionInterface(SecureCookieSessionInterface):
         secret: bytes = app.config["LVSGUARD_SETTINGS"].session_secret
         if not secret:
             return super().get_signing_serializer(app)
-        return URLSafeTimedSerializer(secret, salt=self.salt, serializer=self.serializer,
-                                      signer_kwargs={"key_derivation": self.key_derivation, "digest_method": self.digest_method})  # fmt: skip
+        return URLSafeTimedSerializer(
+            secret,
+            salt=self.salt,
+            serializer=self.serializer,
+            signer_kwargs={"key_derivation": self.key_derivation, "digest_method": self.digest_method},
+        )
 
     def get_cookie_secure(self, app: Flask) -> bool:
         """``secure_cookie`` of the settings (read per request: a reload turns it on or off)."""
@@ -229,15 +233,19 @@ def login_post() -> Any:
     if wait > 0:  # before the token is compared: a blocked address learns nothing
         seconds = math.ceil(wait)
         event(log, logging.WARNING, "ui_login_limited", remote=client, retry_after=seconds)
-        error = (f"Too many failed logins from {client} (at most {limiter.failures} in {limiter.per:g} s). "
-                 f"Try again in {seconds} s.")  # fmt: skip
+        error = (
+            f"Too many failed logins from {client} (at most {limiter.failures} in {limiter.per:g} s). "
+            f"Try again in {seconds} s."
+        )
         return render_template("ui/login.html", next=target, error=error), 429, {"Retry-After": str(seconds)}
     given = request.form.get("token", "").strip()
     name = token_name(_settings().tokens, f"Bearer {given}") if given else None
     if name is None:
         limiter.failed(client)
         event(log, logging.WARNING, "ui_login_failed", remote=client)
-        return render_template("ui/login.html", next=target, error="That token is not one of this actuator's tokens."), 401
+        return render_template(
+            "ui/login.html", next=target, error="That token is not one of this actuator's tokens."
+        ), 401
     limiter.succeeded(client)
     session.clear()
     session["user"] = name
@@ -280,8 +288,10 @@ class Live:
     @property
     def layout(self) -> str:
         """Which services and real servers exist: when it changes, the page reloads to show new rows."""
-        return " ".join(sorted(f"{s['service']}|{rs['real_server']}" for s in self.services for rs in s["real_servers"])
-                        + sorted(s["service"] for s in self.services))  # fmt: skip
+        return " ".join(
+            sorted(f"{s['service']}|{rs['real_server']}" for s in self.services for rs in s["real_servers"])
+            + sorted(s["service"] for s in self.services)
+        )
 
 
 def rate(value: float, unit: str = "") -> str:
@@ -398,8 +408,9 @@ def service_page() -> Any:
     found = next((s for s in live.services if s["service"] == key or (s["name"] and s["name"] == key)), None)
     if found is None:
         raise UiError(f"no service {key!r} in the kernel table", "s", 404)
-    return render_template("ui/service.html", svc=found, live=live, refresh=REFRESH_SECONDS, forwards=FORWARDS,
-                           form=dict(request.args))  # fmt: skip
+    return render_template(
+        "ui/service.html", svc=found, live=live, refresh=REFRESH_SECONDS, forwards=FORWARDS, form=dict(request.args)
+    )
 
 
 @bp.get("/live.json")
@@ -418,8 +429,14 @@ def ledger_page() -> Any:
     events = [api.audit_json(e) for e in ledger.audit_events(limit=AUDIT_SCAN)]
     shown = [e for e in events if all(not v or v.lower() in str(e[k]).lower() for k, v in filters.items())]
     holds = [api.hold_json(h) for h in ledger.holds(limit=200, include_released=not active_only)]
-    return render_template("ui/ledger.html", events=shown[:200], holds=holds, filters=filters, active_only=active_only,
-                           backends=ledger.backends())  # fmt: skip
+    return render_template(
+        "ui/ledger.html",
+        events=shown[:200],
+        holds=holds,
+        filters=filters,
+        active_only=active_only,
+        backends=ledger.backends(),
+    )
 
 
 @bp.get("/jobs")
@@ -443,7 +460,10 @@ def form_body(form: dict[str, str]) -> dict[str, Any]:
     action = form.get("action", "")
     if action not in ACTIONS:
         raise UiError(f"unknown action {action!r}", "action")
-    body: dict[str, Any] = {"service": form.get("service", "").strip(), "real_server": form.get("real_server", "").strip()}
+    body: dict[str, Any] = {
+        "service": form.get("service", "").strip(),
+        "real_server": form.get("real_server", "").strip(),
+    }
     if not body["real_server"]:
         raise UiError("the real server is required (ADDRESS:PORT or a name from the config)", "real_server")
     if action in ("add", "weight"):
@@ -514,8 +534,15 @@ def run_action(req: ActionRequest, actor: Actor) -> Outcome:
         if req.action == "quarantine":
             return s.hold(target, actor, action="quarantine", reason=body["reason"], force=body["force"])
         if req.action == "drain":
-            return s.hold(target, actor, action="drain", reason=body["reason"], force=body["force"],
-                          drain_timeout=req.timeout, drain_delete=body["delete"])  # fmt: skip
+            return s.hold(
+                target,
+                actor,
+                action="drain",
+                reason=body["reason"],
+                force=body["force"],
+                drain_timeout=req.timeout,
+                drain_delete=body["delete"],
+            )
         if req.action == "restore":
             return s.release(target, actor, scope="all" if body["all_holders"] else "own", force=body["force"])
         if req.action == "weight":
@@ -523,8 +550,14 @@ def run_action(req: ActionRequest, actor: Actor) -> Outcome:
         if req.action == "remove":
             return s.remove(target, actor, force=body["force"])
         try:
-            return s.add(target, actor, weight=req.weight if req.weight is not None else 1, forward=req.forward,
-                         upper_threshold=body["upper_threshold"], lower_threshold=body["lower_threshold"])  # fmt: skip
+            return s.add(
+                target,
+                actor,
+                weight=req.weight if req.weight is not None else 1,
+                forward=req.forward,
+                upper_threshold=body["upper_threshold"],
+                lower_threshold=body["lower_threshold"],
+            )
         except ValueError as exc:
             raise api.ApiError(400, str(exc), "forward") from None
 
@@ -565,8 +598,10 @@ def action() -> Any:
         field = exc.path if isinstance(exc, api.ApiError) else exc.field
         flash(f"Not done: {field.replace('_', ' ') + ': ' if field else ''}{message}", "error")
         return redirect(back)
-    flash(f"{RESULT_WORDS.get(outcome.result, outcome.result)}: {outcome.message}",
-          "ok" if outcome.result in ("applied", "recorded", "noop", "dry_run") else "error")  # fmt: skip
+    flash(
+        f"{RESULT_WORDS.get(outcome.result, outcome.result)}: {outcome.message}",
+        "ok" if outcome.result in ("applied", "recorded", "noop", "dry_run") else "error",
+    )
     if outcome.action == "drain" and outcome.job_id is not None:
         return redirect(url_for("ui.jobs_page", job=outcome.job_id))
     if outcome.action == "remove" and outcome.result == "applied":

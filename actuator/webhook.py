@@ -19,19 +19,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Blueprint, current_app, g, request
-
-from lvsguard.logs import event
-from lvsguard.errors import IPVSUnavailable, KernelError, LvsguardError, NotPermitted
 
 from actuator.actions import Actions, Actor, Outcome, Session
 from actuator.auth import require_token
 from actuator.ledger import locked_ledger
 from actuator.settings import ACTIONS, ActuatorSettings
 from actuator.targets import TargetError, target_from_labels
+from lvsguard.errors import IPVSUnavailable, KernelError, LvsguardError, NotPermitted
+from lvsguard.logs import event
 
 bp = Blueprint("webhook", __name__)
 log = logging.getLogger("lvsguard.actuator")
@@ -85,7 +85,14 @@ class Notification:
     alerts: tuple[Alert, ...]
 
 
-def _string(obj: Mapping[str, Any], key: str, path: str, *, choices: tuple[str, ...] = (), pattern: re.Pattern[str] | None = None) -> str:
+def _string(
+    obj: Mapping[str, Any],
+    key: str,
+    path: str,
+    *,
+    choices: tuple[str, ...] = (),
+    pattern: re.Pattern[str] | None = None,
+) -> str:
     where = f"{path}.{key}" if path else key
     if key not in obj:
         raise PayloadError("required field is missing", where)
@@ -148,10 +155,12 @@ def parse_payload(obj: Any) -> Notification:
         raise PayloadError(f"the body must be a JSON object, got {_json_type(obj)}", "")
     version = obj.get("version")
     if version != "4":
-        raise PayloadError(f"only version \"4\" is understood, got {json.dumps(version)[:40]}", "version")
+        raise PayloadError(f'only version "4" is understood, got {json.dumps(version)[:40]}', "version")
     alerts = obj.get("alerts")
     if not isinstance(alerts, list):
-        raise PayloadError("required field is missing" if alerts is None else f"must be an array, got {_json_type(alerts)}", "alerts")
+        raise PayloadError(
+            "required field is missing" if alerts is None else f"must be an array, got {_json_type(alerts)}", "alerts"
+        )
     truncated = obj.get("truncatedAlerts", 0)
     if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
         raise PayloadError(f"must be an integer >= 0, got {json.dumps(truncated)[:40]}", "truncatedAlerts")
@@ -177,11 +186,17 @@ def handle_alert(session: Session, settings: ActuatorSettings, alert: Alert) -> 
     action, rule = settings.action_for(alert.labels)
     label = alert.labels.get("lvsguard_action", "")
     if rule is None and label and label not in ACTIONS:
-        return {**base, **_ignored(session, actor, "none", f"label lvsguard_action={label!r} is not one of {', '.join(ACTIONS)}")}
+        return {
+            **base,
+            **_ignored(session, actor, "none", f"label lvsguard_action={label!r} is not one of {', '.join(ACTIONS)}"),
+        }
     if action == "none":
         return {**base, **_ignored(session, actor, "none", "no rule matches and no lvsguard_action label", audit=False)}
     if action == "failover":
-        return {**base, **_result(session.failover(actor, reason=alert.annotations.get("summary", "") or alert.alertname))}
+        return {
+            **base,
+            **_result(session.failover(actor, reason=alert.annotations.get("summary", "") or alert.alertname)),
+        }
     try:
         target = target_from_labels(alert.labels, settings.names)
     except TargetError as exc:
@@ -215,19 +230,48 @@ def _resolve(session: Session, actor: Actor) -> dict[str, Any]:
     if any(f.kind == "alert" and f.holder == actor.name for f in session.ledger.active_failovers()):
         outcomes.append(session.end_failover(actor))
     if not outcomes:
-        return {"action": "restore", "result": "noop", "message": "this alert holds nothing", "reason": "",
-                "service": "", "real_server": "", "weight": None, "job_id": None, "holders": []}  # fmt: skip
-    return _result(outcomes[0]) if len(outcomes) == 1 else {**_result(outcomes[0]), "others": [_result(o) for o in outcomes[1:]]}
+        return {
+            "action": "restore",
+            "result": "noop",
+            "message": "this alert holds nothing",
+            "reason": "",
+            "service": "",
+            "real_server": "",
+            "weight": None,
+            "job_id": None,
+            "holders": [],
+        }
+    return (
+        _result(outcomes[0])
+        if len(outcomes) == 1
+        else {**_result(outcomes[0]), "others": [_result(o) for o in outcomes[1:]]}
+    )
 
 
-def _ignored(session: Session, actor: Actor, action: str, message: str, *, result: str = "ignored", audit: bool = True) -> dict[str, Any]:
+def _ignored(
+    session: Session, actor: Actor, action: str, message: str, *, result: str = "ignored", audit: bool = True
+) -> dict[str, Any]:
     if audit:
         with session.ledger.transaction():
-            session.ledger.audit(source="alertmanager", actor=f"{actor.alertname}/{actor.name}", action=action, result=result,
-                                 message=message)  # fmt: skip
+            session.ledger.audit(
+                source="alertmanager",
+                actor=f"{actor.alertname}/{actor.name}",
+                action=action,
+                result=result,
+                message=message,
+            )
     session.a.metrics.action(action, result, "alertmanager")
-    return {"action": action, "result": result, "message": message, "reason": "", "service": "", "real_server": "",
-            "weight": None, "job_id": None, "holders": []}  # fmt: skip
+    return {
+        "action": action,
+        "result": result,
+        "message": message,
+        "reason": "",
+        "service": "",
+        "real_server": "",
+        "weight": None,
+        "job_id": None,
+        "holders": [],
+    }
 
 
 def _result(outcome: Outcome) -> dict[str, Any]:
@@ -244,8 +288,14 @@ def alertmanager() -> tuple[dict[str, Any], int]:
         raise PayloadError(f"the body is not JSON: {exc}", "") from None
     note = parse_payload(body)
     if note.truncated_alerts:
-        event(log, logging.WARNING, "webhook_truncated", receiver=note.receiver, truncated=note.truncated_alerts,
-              hint="raise or remove max_alerts in the Alertmanager webhook config")  # fmt: skip
+        event(
+            log,
+            logging.WARNING,
+            "webhook_truncated",
+            receiver=note.receiver,
+            truncated=note.truncated_alerts,
+            hint="raise or remove max_alerts in the Alertmanager webhook config",
+        )
     actions: Actions = current_app.extensions["lvsguard"].actions
     settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
     with actions.lock:
@@ -259,7 +309,10 @@ def alertmanager() -> tuple[dict[str, Any], int]:
                 ledger.rollback()
     for result in results:  # a kernel write of the batch failed: say so for the alerts that asked for it
         for target, message in session.failed.items():
-            if result["result"] == "applied" and (result["service"], result["real_server"]) == (str(target.service), str(target.real_server)):
+            if result["result"] == "applied" and (result["service"], result["real_server"]) == (
+                str(target.service),
+                str(target.real_server),
+            ):
                 result.update(result="error", message=f"{result['message']}: not applied, {message}")
     g.webhook_alerts = len(note.alerts)
     return {"status": "ok", "receiver": note.receiver, "groupKey": note.group_key, "results": results}, 200

@@ -53,10 +53,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import bigtable  # noqa: E402
-from lab.processes import stop  # noqa: E402
-from lvsguard.ipvs.netlink import NetlinkIPVS  # noqa: E402
-from lvsguard.model import RealServerKey, ServiceKey  # noqa: E402
+from lab import bigtable
+from lab.processes import stop
+from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.model import RealServerKey, ServiceKey
 
 NETNS = "lvs-bench-act"
 PORT = 9911
@@ -106,24 +106,39 @@ def alert(fingerprint: str, service: ServiceKey, rs: RealServerKey, status: str)
     """One alert as Alertmanager 0.25+ sends it, labelled like the exporter's ``ipvs_backend_*`` series."""
     return {
         "status": status,
-        "labels": {"alertname": "IPVSBackendDown", "proto": service.protocol, "local_address": service.address,
-                   "local_port": str(service.port), "remote_address": rs.address, "remote_port": str(rs.port),
-                   "lvsguard_action": "quarantine"},
+        "labels": {
+            "alertname": "IPVSBackendDown",
+            "proto": service.protocol,
+            "local_address": service.address,
+            "local_port": str(service.port),
+            "remote_address": rs.address,
+            "remote_port": str(rs.port),
+            "lvsguard_action": "quarantine",
+        },
         "annotations": {"summary": f"{rs} does not answer"},
         "startsAt": "2026-11-25T21:00:00.123456789Z",
         "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-11-25T21:05:00Z",
         "generatorURL": "http://prometheus:9090/graph",
         "fingerprint": fingerprint,
-    }  # fmt: skip
+    }
 
 
 def payload(alerts: list[dict[str, Any]]) -> bytes:
     firing = any(a["status"] == "firing" for a in alerts)
-    return json.dumps({
-        "version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": "firing" if firing else "resolved",
-        "receiver": "lvsguard", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
-        "externalURL": "http://alertmanager:9093", "alerts": alerts,
-    }).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "version": "4",
+            "groupKey": "{}:{}",
+            "truncatedAlerts": 0,
+            "status": "firing" if firing else "resolved",
+            "receiver": "lvsguard",
+            "groupLabels": {},
+            "commonLabels": {},
+            "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "alerts": alerts,
+        }
+    ).encode()
 
 
 class Client:
@@ -136,8 +151,10 @@ class Client:
 
     @staticmethod
     def request(body: bytes) -> bytes:
-        head = (f"POST /webhook/alertmanager HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nContent-Type: application/json\r\n"
-                f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        head = (
+            f"POST /webhook/alertmanager HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         return head.encode() + body
 
     def send(self, request: bytes) -> dict[str, Any]:
@@ -156,7 +173,9 @@ class Client:
         head, sep, rest = self.buf.partition(b"\r\n\r\n")
         if not sep:
             return None
-        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
         if len(rest) < length:
             return None
         data, self.buf = rest[:length], rest[length:]
@@ -195,14 +214,30 @@ def start_actuator(workdir: Path) -> subprocess.Popen[bytes]:
     config.write_text(CONFIG)
     with open(workdir / "actuator.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lvsguard.cli", "actuator", "--config", str(config), "--netns", NETNS,
-             "--listen", f"127.0.0.1:{PORT}", "--ledger", str(workdir / "ledger.db")],
-            stdout=log, stderr=log, env={**os.environ, "LVSGUARD_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "lvsguard.cli",
+                "actuator",
+                "--config",
+                str(config),
+                "--netns",
+                NETNS,
+                "--listen",
+                f"127.0.0.1:{PORT}",
+                "--ledger",
+                str(workdir / "ledger.db"),
+            ],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "LVSGUARD_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)},
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"bench: the actuator exited with {proc.returncode}:\n{(workdir / 'actuator.log').read_text()}")
+            raise SystemExit(
+                f"bench: the actuator exited with {proc.returncode}:\n{(workdir / 'actuator.log').read_text()}"
+            )
         try:
             conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=2)
             conn.request("GET", "/api/v1/jobs")
@@ -235,7 +270,9 @@ def serve_floor(port: int) -> None:
         if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
             return {"error": "unauthorized"}, 401
         body = json.loads(request.get_data(cache=False))
-        results = [{"fingerprint": a["fingerprint"], "status": a["status"], "result": "applied"} for a in body["alerts"]]
+        results = [
+            {"fingerprint": a["fingerprint"], "status": a["status"], "result": "applied"} for a in body["alerts"]
+        ]
         return {"status": "ok", "receiver": body["receiver"], "groupKey": body["groupKey"], "results": results}, 200
 
     waitress.serve(app, host="127.0.0.1", port=port, threads=8, ident="floor", _quiet=True)
@@ -266,9 +303,12 @@ def run_floor(service: ServiceKey, servers: list[RealServerKey], args: argparse.
         cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * SEQUENTIAL)
         result = steady(service, servers, args.rate, args.seconds, 0)
         result.one_by_one_p50_ms, result.one_by_one_p99_ms, result.cpu_ms_per_request = p50, p99, cpu
-        print(f"  floor (Flask + waitress, parse and answer only): one at a time p50 {p50:.1f} ms, p99 {p99:.1f} ms;"
-              f" steady {result.rate:g}/s: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max {result.max_ms:.1f} ms,"
-              f" {result.achieved_rate:.0f} answered/s", flush=True)  # fmt: skip
+        print(
+            f"  floor (Flask + waitress, parse and answer only): one at a time p50 {p50:.1f} ms, p99 {p99:.1f} ms;"
+            f" steady {result.rate:g}/s: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, max {result.max_ms:.1f} ms,"
+            f" {result.achieved_rate:.0f} answered/s",
+            flush=True,
+        )
         return result
     finally:
         client.close()
@@ -290,8 +330,10 @@ def warm_up(client: Client, kernel: NetlinkIPVS, service: ServiceKey, servers: l
             expected = 0 if status == "firing" else original[rs]
             seen = weights(kernel, service)[rs]
             if seen != expected or reply["results"][0]["result"] != "applied":
-                raise SystemExit(f"bench: after the reply to {status} warm{i}, the kernel shows weight {seen} for {rs} "
-                                 f"(expected {expected}; reply {reply['results'][0]})")  # fmt: skip
+                raise SystemExit(
+                    f"bench: after the reply to {status} warm{i}, the kernel shows weight {seen} for {rs} "
+                    f"(expected {expected}; reply {reply['results'][0]})"
+                )
             checked += 1
     return checked
 
@@ -309,7 +351,9 @@ def one_by_one(client: Client, service: ServiceKey, servers: list[RealServerKey]
     return percentile(ms, 50), percentile(ms, 99)
 
 
-def steady(service: ServiceKey, servers: list[RealServerKey], rate: float, seconds: float, checked: int) -> SteadyResult:
+def steady(
+    service: ServiceKey, servers: list[RealServerKey], rate: float, seconds: float, checked: int
+) -> SteadyResult:
     """Open-loop load: request j is due at j / rate; even j fire, odd j resolve the alert fired ``lag`` pairs ago.
 
     One client thread with ``CLIENTS`` keep-alive connections and a selector:
@@ -376,11 +420,24 @@ def steady(service: ServiceKey, servers: list[RealServerKey], rate: float, secon
             client.close()
     elapsed = time.monotonic() - start
     ms = [x * 1000 for x in latencies]
-    return SteadyResult(len(servers), rate, total, percentile(ms, 50), percentile(ms, 90), percentile(ms, 99), max(ms),
-                        percentile([x * 1000 for x in late], 99), total / elapsed, dict(sorted(results.items())), checked)  # fmt: skip
+    return SteadyResult(
+        len(servers),
+        rate,
+        total,
+        percentile(ms, 50),
+        percentile(ms, 90),
+        percentile(ms, 99),
+        max(ms),
+        percentile([x * 1000 for x in late], 99),
+        total / elapsed,
+        dict(sorted(results.items())),
+        checked,
+    )
 
 
-def big_payload(client: Client, kernel: NetlinkIPVS, service: ServiceKey, servers: list[RealServerKey], count: int) -> PayloadResult:
+def big_payload(
+    client: Client, kernel: NetlinkIPVS, service: ServiceKey, servers: list[RealServerKey], count: int
+) -> PayloadResult:
     """One payload of ``count`` firing alerts on distinct real servers, then the same alerts resolved."""
     chosen = servers[:count]
     if len(chosen) < count:
@@ -394,7 +451,9 @@ def big_payload(client: Client, kernel: NetlinkIPVS, service: ServiceKey, server
     now = weights(kernel, service)
     out = sum(1 for rs in chosen if now[rs] == 0)
     if out != count:
-        raise SystemExit(f"bench: after the {count}-alert payload, {out} real servers are at weight 0 (expected {count})")
+        raise SystemExit(
+            f"bench: after the {count}-alert payload, {out} real servers are at weight 0 (expected {count})"
+        )
     resolved = payload([alert(f"big{i}", service, rs, "resolved") for i, rs in enumerate(chosen)])
     t0 = time.monotonic()
     reply = client.post(resolved)
@@ -406,7 +465,9 @@ def big_payload(client: Client, kernel: NetlinkIPVS, service: ServiceKey, server
     return PayloadResult(len(servers), count, firing_s, resolved_s, applied, restored)
 
 
-def run_size(per_service: int, args: argparse.Namespace) -> tuple[SteadyResult, PayloadResult | None, SteadyResult | None]:
+def run_size(
+    per_service: int, args: argparse.Namespace
+) -> tuple[SteadyResult, PayloadResult | None, SteadyResult | None]:
     print(f"== 1 service x {per_service} real servers", flush=True)
     big = bigtable.build(1, per_service, netns=NETNS)
     service = big.services[0].key
@@ -418,17 +479,25 @@ def run_size(per_service: int, args: argparse.Namespace) -> tuple[SteadyResult, 
             client = Client()
             try:
                 checked = warm_up(client, kernel, service, servers)
-                print(f"  warm-up: {checked} replies checked in the kernel (the weight was there at reply time)", flush=True)
+                print(
+                    f"  warm-up: {checked} replies checked in the kernel (the weight was there at reply time)",
+                    flush=True,
+                )
                 cpu0 = cpu_seconds(proc.pid)
                 p50, p99 = one_by_one(client, service, servers, SEQUENTIAL)
                 cpu = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * SEQUENTIAL)
-                print(f"  one at a time ({2 * SEQUENTIAL} requests): p50 {p50:.1f} ms, p99 {p99:.1f} ms; actuator CPU {cpu:.2f} ms"
-                      f" per request (room for {1000 / cpu:.0f} requests/s on one CPU)", flush=True)  # fmt: skip
+                print(
+                    f"  one at a time ({2 * SEQUENTIAL} requests): p50 {p50:.1f} ms, p99 {p99:.1f} ms; actuator CPU {cpu:.2f} ms"
+                    f" per request (room for {1000 / cpu:.0f} requests/s on one CPU)",
+                    flush=True,
+                )
                 result = steady(service, servers, args.rate, args.seconds, checked)
                 result.one_by_one_p50_ms, result.one_by_one_p99_ms, result.cpu_ms_per_request = p50, p99, cpu
-                print(f"  steady {result.rate:g}/s x {args.seconds:g} s: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms,"
-                      f" max {result.max_ms:.1f} ms, {result.achieved_rate:.0f} answered/s; results {result.results}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"  steady {result.rate:g}/s x {args.seconds:g} s: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms,"
+                    f" max {result.max_ms:.1f} ms, {result.achieved_rate:.0f} answered/s; results {result.results}",
+                    flush=True,
+                )
                 final = weights(kernel, service)
                 expected = {rs.key: rs.weight for rs in big.services[0].real_servers}
                 stuck = [str(k) for k, w in final.items() if w != expected[k]]
@@ -437,12 +506,17 @@ def run_size(per_service: int, args: argparse.Namespace) -> tuple[SteadyResult, 
                     raise SystemExit(f"bench: {held} real servers are still out after the run: {stuck[:5]}")
                 pay = None
                 if per_service >= args.alerts:
-                    client.post(payload([alert(f"fp{k}", service, servers[0], "resolved") for k in range(result.requests)]))
+                    client.post(
+                        payload([alert(f"fp{k}", service, servers[0], "resolved") for k in range(result.requests)])
+                    )
                     cpu0 = cpu_seconds(proc.pid)
                     pay = big_payload(client, kernel, service, servers, args.alerts)
                     pay.cpu_ms_per_alert = (cpu_seconds(proc.pid) - cpu0) * 1000 / (2 * pay.alerts)
-                    print(f"  {pay.alerts} alerts in one payload: firing {pay.firing_s:.3f} s, resolved {pay.resolved_s:.3f} s;"
-                          f" actuator CPU {pay.cpu_ms_per_alert:.3f} ms per alert", flush=True)  # fmt: skip
+                    print(
+                        f"  {pay.alerts} alerts in one payload: firing {pay.firing_s:.3f} s, resolved {pay.resolved_s:.3f} s;"
+                        f" actuator CPU {pay.cpu_ms_per_alert:.3f} ms per alert",
+                        flush=True,
+                    )
             finally:
                 client.close()
                 kernel.close()
@@ -460,19 +534,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each steady run")
     parser.add_argument("--alerts", type=int, default=1000, help="alerts in the one big payload (run on sizes >= this)")
     parser.add_argument("--json", help="write the results to this file")
-    parser.add_argument("--no-floor", dest="floor", action="store_false",
-                        help="skip the floor (the same requests to a Flask app on waitress that only parses and answers)")
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the floor (the same requests to a Flask app on waitress that only parses and answers)",
+    )
     parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_floor:
         serve_floor(args.serve_floor)
         return 0
     if os.environ.get("IPVS_VM_GUEST") != "1":
-        print("bench/actuator.py: run it inside the lab VM: lab/vm.sh --mem 1024 .venv/bin/python bench/actuator.py",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "bench/actuator.py: run it inside the lab VM: lab/vm.sh --mem 1024 .venv/bin/python bench/actuator.py",
+            file=sys.stderr,
+        )
         return 2
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"load average in the VM at start: {os.getloadavg()[0]:.2f} (the host's is not visible here; see bench/README.md)")
+    print(
+        f"load average in the VM at start: {os.getloadavg()[0]:.2f} (the host's is not visible here; see bench/README.md)"
+    )
     steady_results, payloads, floors = [], [], []
     for size in sizes:
         s, p, f = run_size(size, args)
@@ -483,27 +565,45 @@ def main(argv: list[str] | None = None) -> int:
             floors.append(f)
         args.floor = False  # once is enough: the floor has no table
     print()
-    print("| real servers in the service | requests | answered/s | p50 | p90 | p99 | max | results | one at a time: p50 | p99 | CPU / request |")
+    print(
+        "| real servers in the service | requests | answered/s | p50 | p90 | p99 | max | results | one at a time: p50 | p99 | CPU / request |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for s in steady_results:
         results = ", ".join(f"{k} {v}" for k, v in s.results.items())
-        print(f"| {s.real_servers:,} | {s.requests} at {s.rate:g}/s | {s.achieved_rate:.0f} | {s.p50_ms:.1f} ms | {s.p90_ms:.1f} ms | "
-              f"{s.p99_ms:.1f} ms | {s.max_ms:.1f} ms | {results} | {s.one_by_one_p50_ms:.1f} ms | "
-              f"{s.one_by_one_p99_ms:.1f} ms | {s.cpu_ms_per_request:.2f} ms |")  # fmt: skip
+        print(
+            f"| {s.real_servers:,} | {s.requests} at {s.rate:g}/s | {s.achieved_rate:.0f} | {s.p50_ms:.1f} ms | {s.p90_ms:.1f} ms | "
+            f"{s.p99_ms:.1f} ms | {s.max_ms:.1f} ms | {results} | {s.one_by_one_p50_ms:.1f} ms | "
+            f"{s.one_by_one_p99_ms:.1f} ms | {s.cpu_ms_per_request:.2f} ms |"
+        )
     for s in floors:
         results = ", ".join(f"{k} {v}" for k, v in s.results.items())
-        print(f"| floor: Flask + waitress only | {s.requests} at {s.rate:g}/s | {s.achieved_rate:.0f} | {s.p50_ms:.1f} ms | "
-              f"{s.p90_ms:.1f} ms | {s.p99_ms:.1f} ms | {s.max_ms:.1f} ms | {results} | {s.one_by_one_p50_ms:.1f} ms | "
-              f"{s.one_by_one_p99_ms:.1f} ms | {s.cpu_ms_per_request:.2f} ms |")  # fmt: skip
+        print(
+            f"| floor: Flask + waitress only | {s.requests} at {s.rate:g}/s | {s.achieved_rate:.0f} | {s.p50_ms:.1f} ms | "
+            f"{s.p90_ms:.1f} ms | {s.p99_ms:.1f} ms | {s.max_ms:.1f} ms | {results} | {s.one_by_one_p50_ms:.1f} ms | "
+            f"{s.one_by_one_p99_ms:.1f} ms | {s.cpu_ms_per_request:.2f} ms |"
+        )
     if payloads:
         print()
-        print("| real servers in the service | alerts in one payload | firing (quarantine) | resolved (restore) | CPU / alert |")
+        print(
+            "| real servers in the service | alerts in one payload | firing (quarantine) | resolved (restore) | CPU / alert |"
+        )
         print("|---:|---:|---:|---:|---:|")
         for p in payloads:
-            print(f"| {p.real_servers:,} | {p.alerts:,} | {p.firing_s:.3f} s | {p.resolved_s:.3f} s | {p.cpu_ms_per_alert:.3f} ms |")
+            print(
+                f"| {p.real_servers:,} | {p.alerts:,} | {p.firing_s:.3f} s | {p.resolved_s:.3f} s | {p.cpu_ms_per_alert:.3f} ms |"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps({"steady": [asdict(s) for s in steady_results], "payload": [asdict(p) for p in payloads],
-                                               "floor": [asdict(f) for f in floors]}, indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "steady": [asdict(s) for s in steady_results],
+                    "payload": [asdict(p) for p in payloads],
+                    "floor": [asdict(f) for f in floors],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -33,15 +33,15 @@ import gzip
 import random
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pyroute2.netlink.generic.ipvs import ipvsmsg
 from pyroute2.netlink.marshal import Marshal
 
 from lvsguard.ipvs import _genl
-from lvsguard.model import RealServer
 from lvsguard.ipvs.netlink import ATTR_DEST, DEST_STATS, DEST_STATS64, DestDecoder, cyclic_gc_paused, parse_dests
+from lvsguard.model import RealServer
 
 DUMP = Path(__file__).resolve().parent.parent / "tests/fixtures/netlink/dests-10000.bin.gz"
 PYROUTE2_READ_MAX = 10_000  # pyroute2 reading every field of 100 000 real servers takes over a minute
@@ -122,7 +122,11 @@ def pyroute2_reader(marshal: Marshal, family: int, pieces: list[bytes], read: bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs per figure; the best is reported (default 7)")
-    parser.add_argument("--sizes", default="1000,10000,100000", help="real servers per dump, comma-separated (default 1000,10000,100000)")
+    parser.add_argument(
+        "--sizes",
+        default="1000,10000,100000",
+        help="real servers per dump, comma-separated (default 1000,10000,100000)",
+    )
     args = parser.parse_args()
 
     full = with_random_counters(gzip.decompress(DUMP.read_bytes()))
@@ -131,7 +135,9 @@ def main() -> None:
     marshal.msg_map[family] = ipvsmsg
 
     print("µs per real server (CPU time, best run)")
-    print(f"{'real servers':>12} {'ours cold':>10} {'ours warm':>10} {'warm, GC paused':>16} {'pyroute2 parse':>15} {'pyroute2 parse+read':>20} {'ratio':>7}")
+    print(
+        f"{'real servers':>12} {'ours cold':>10} {'ours warm':>10} {'warm, GC paused':>16} {'pyroute2 parse':>15} {'pyroute2 parse+read':>20} {'ratio':>7}"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         dump = first(full, size)
         decoded = parse_dests(dump)

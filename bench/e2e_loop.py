@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import monitoring  # noqa: E402
-from lab.e2e_loop import Hops, Loop  # noqa: E402
-from lab.topology import Lab  # noqa: E402
+from lab import monitoring
+from lab.e2e_loop import Hops, Loop
+from lab.topology import Lab
 
 
 def medians(runs: list[Hops]) -> list[tuple[str, float]]:
@@ -46,13 +46,19 @@ def medians(runs: list[Hops]) -> list[tuple[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="loops to run (each about 5-15 s)")
-    parser.add_argument("--pause", type=float, default=31.0,
-                        help="seconds between runs: Alertmanager drops a resolved alert's empty group only every 30 s,"
-                             " and a group that still exists sends a new alert at its next group_interval, not after group_wait")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=31.0,
+        help="seconds between runs: Alertmanager drops a resolved alert's empty group only every 30 s,"
+        " and a group that still exists sends a new alert at its next group_interval, not after group_wait",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     if os.environ.get("IPVS_VM_GUEST") != "1":
-        print("bench/e2e_loop.py: run it inside the lab VM: lab/vm.sh .venv/bin/python bench/e2e_loop.py", file=sys.stderr)
+        print(
+            "bench/e2e_loop.py: run it inside the lab VM: lab/vm.sh .venv/bin/python bench/e2e_loop.py", file=sys.stderr
+        )
         return 2
     ways_in: list[Hops] = []
     ways_back: list[Hops] = []
@@ -66,23 +72,36 @@ def main(argv: list[str] | None = None) -> int:
             ways_in.append(way_in)
             ways_back.append(way_back)
             print(f"\nrun {i + 1}/{args.runs}\n{way_in.table()}\n{way_back.table()}", flush=True)
-            slowest = monitoring.query(loop.prometheus, 'max_over_time(scrape_duration_seconds{job="lvsguard-exporter"}[10m])')
-            print(f"  failed exporter scrapes so far: {loop.failed_scrapes()}; slowest scrape {slowest[0]['value'][1]} s")
+            slowest = monitoring.query(
+                loop.prometheus, 'max_over_time(scrape_duration_seconds{job="lvsguard-exporter"}[10m])'
+            )
+            print(
+                f"  failed exporter scrapes so far: {loop.failed_scrapes()}; slowest scrape {slowest[0]['value'][1]} s"
+            )
     print(f"\nmedians of {args.runs} runs (seconds after the start event):\n")
-    for title, runs, bound in (("way in: service killed", ways_in, bounds.way_in),
-                               ("way back: service listening again", ways_back, bounds.way_back)):
+    for title, runs, bound in (
+        ("way in: service killed", ways_in, bounds.way_in),
+        ("way back: service listening again", ways_back, bounds.way_back),
+    ):
         totals = [run.total for run in runs]
         print(f"| {title} | median | |\n|---|---:|---:|")
         for name, at in medians(runs):
             print(f"| {name} | {at:.3f} s | |")
-        print(f"| **whole loop** (min-max {min(totals):.2f}-{max(totals):.2f} s) | **{statistics.median(totals):.3f} s** |"
-              f" {statistics.median(totals) / bound:.2f} x the bound of {bound:g} s |\n")
+        print(
+            f"| **whole loop** (min-max {min(totals):.2f}-{max(totals):.2f} s) | **{statistics.median(totals):.3f} s** |"
+            f" {statistics.median(totals) / bound:.2f} x the bound of {bound:g} s |\n"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "bounds": {"way_in": bounds.way_in, "way_back": bounds.way_back},
-            "way_in": [dict(run.hops) for run in ways_in],
-            "way_back": [dict(run.hops) for run in ways_back],
-        }, indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "bounds": {"way_in": bounds.way_in, "way_back": bounds.way_back},
+                    "way_in": [dict(run.hops) for run in ways_in],
+                    "way_back": [dict(run.hops) for run in ways_back],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

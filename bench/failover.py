@@ -70,16 +70,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.ha import HALab, open_held, served_again, survivors, synced_connections  # noqa: E402
-from lab.topology import LabService, in_lab_vm  # noqa: E402
-from lvsguard.ipvs.netns import entered  # noqa: E402
+from lab.ha import HALab, open_held, served_again, survivors, synced_connections
+from lab.topology import LabService, in_lab_vm
+from lvsguard.ipvs.netns import entered
 
 TOKEN = "bench-failover-token-0123456789"
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -192,10 +196,16 @@ def first_answer(lab: HALab, service: LabService, since: float, timeout: float =
                         selector.register(attempt.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
                     next_start = now + EVERY
                 if best is not None and not any(a.started < best.started for a in pending.values()):
-                    return (best.started - since, answered_at - since, sum(t < best.started for t in dropped),
-                            sum(t < best.started for t in failed))  # fmt: skip
+                    return (
+                        best.started - since,
+                        answered_at - since,
+                        sum(t < best.started for t in dropped),
+                        sum(t < best.started for t in failed),
+                    )
                 if best is None and now > deadline:
-                    raise SystemExit(f"bench: no request through {service.address}:{service.port} answered in {timeout:g} s")
+                    raise SystemExit(
+                        f"bench: no request through {service.address}:{service.port} answered in {timeout:g} s"
+                    )
                 wait = max(0.0, next_start - now) if best is None else LIMIT
                 for key, events in selector.select(wait):
                     attempt = pending[key.fileobj]  # type: ignore[index]
@@ -226,8 +236,9 @@ def first_answer(lab: HALab, service: LabService, since: float, timeout: float =
         selector.close()
 
 
-def one_failover(lab: HALab, request: Callable[[], None], release: Callable[[], None],
-                 client: str, watch: TrackFileWatch) -> tuple[float, float, float, float]:
+def one_failover(
+    lab: HALab, request: Callable[[], None], release: Callable[[], None], client: str, watch: TrackFileWatch
+) -> tuple[float, float, float, float]:
     """Seconds from ``request()`` being called to the VIPs on dir2 alone, and to the client served through the VIP.
 
     ``client`` ``overlapping``: :func:`first_answer` (start of the answered
@@ -284,13 +295,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="failovers per path (default 10)")
     parser.add_argument("--held", type=int, default=20, help="long-lived connections per service (default 20)")
-    parser.add_argument("--client", choices=("overlapping", "sequential", "both"), default="overlapping",
-                        help="how the client waits for the VIP (both: alternate, per run and path)")
+    parser.add_argument(
+        "--client",
+        choices=("overlapping", "sequential", "both"),
+        default="overlapping",
+        help="how the client waits for the VIP (both: alternate, per run and path)",
+    )
     parser.add_argument("--no-survival", action="store_true", help="skip the long-lived connections part")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if not in_lab_vm():
-        print("bench/failover.py builds namespaces and keepalived: run it inside lab/vm.sh (make bench)", file=sys.stderr)
+        print(
+            "bench/failover.py builds namespaces and keepalived: run it inside lab/vm.sh (make bench)", file=sys.stderr
+        )
         return 2
     lab = HALab(preempt=True, lvsguard_token=TOKEN)  # the lvsguard processes start before keepalived
     results: dict[str, Any] = {"runs": args.runs, "held": args.held, "advert_int": 0.1}
@@ -307,25 +324,36 @@ def main(argv: list[str] | None = None) -> int:
         def api_release() -> None:
             post(f"{actuator}/api/v1/failover/release", {})
 
-        paths = {"actuator": (api_request, api_release),
-                 "track_file": (lambda: track.write_text("1\n"), lambda: track.write_text("0\n"))}  # fmt: skip
+        paths = {
+            "actuator": (api_request, api_release),
+            "track_file": (lambda: track.write_text("1\n"), lambda: track.write_text("0\n")),
+        }
         clients = ("overlapping", "sequential") if args.client == "both" else (args.client,)
         runs = [(name, client) for name in paths for client in clients]
         measures = ("written", "moved", "attempt_start", "answered")
-        timings: dict[str, dict[str, list[float]]] = {f"{name}/{client}": {what: [] for what in measures}
-                                                      for name, client in runs}  # fmt: skip
+        timings: dict[str, dict[str, list[float]]] = {
+            f"{name}/{client}": {what: [] for what in measures} for name, client in runs
+        }
         watch = TrackFileWatch(track)
-        one_failover(lab, *paths["track_file"], "sequential", watch)  # warm-up: ARP caches, the actuator's first requests
+        one_failover(
+            lab, *paths["track_file"], "sequential", watch
+        )  # warm-up: ARP caches, the actuator's first requests
         one_failover(lab, *paths["actuator"], "sequential", watch)
         for run in range(args.runs):
             for name, client in runs:
                 t = timings[f"{name}/{client}"]
                 for what, value in zip(measures, one_failover(lab, *paths[name], client, watch)):
                     t[what].append(value)
-            print(f"  run {run + 1}/{args.runs} (moved/answered ms): " + ", ".join(
-                f"{key} {t['moved'][-1] * 1000:.0f}/{t['answered'][-1] * 1000:.0f}" for key, t in timings.items()), flush=True)  # fmt: skip
-        results["failover"] = {key: {what: summary(values) for what, values in t.items()} | {"samples": t}
-                               for key, t in timings.items()}  # fmt: skip
+            print(
+                f"  run {run + 1}/{args.runs} (moved/answered ms): "
+                + ", ".join(
+                    f"{key} {t['moved'][-1] * 1000:.0f}/{t['answered'][-1] * 1000:.0f}" for key, t in timings.items()
+                ),
+                flush=True,
+            )
+        results["failover"] = {
+            key: {what: summary(values) for what, values in t.items()} | {"samples": t} for key, t in timings.items()
+        }
         if not args.no_survival:
             with_sync = held_survival(lab, args.held, sync=True)
             lab.restart_keepalived(preempt=True, sync=False)
@@ -341,21 +369,27 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|")
     for key in f:
         name, client = key.split("/")
-        cells = [f"{f[key][what]['median'] * 1000:.1f} ms ({f[key][what]['min'] * 1000:.1f}-{f[key][what]['max'] * 1000:.1f})"
-                 if what == "written" else
-                 f"{f[key][what]['median'] * 1000:.0f} ms ({f[key][what]['min'] * 1000:.0f}-{f[key][what]['max'] * 1000:.0f})"
-                 for what in measures]  # fmt: skip
+        cells = [
+            f"{f[key][what]['median'] * 1000:.1f} ms ({f[key][what]['min'] * 1000:.1f}-{f[key][what]['max'] * 1000:.1f})"
+            if what == "written"
+            else f"{f[key][what]['median'] * 1000:.0f} ms ({f[key][what]['min'] * 1000:.0f}-{f[key][what]['max'] * 1000:.0f})"
+            for what in measures
+        ]
         if name == "track_file":
             cells[0] = "(written directly)"
         print(f"| {labels[name]} | {client} | " + " | ".join(cells) + " |")
     print("(median (min-max) from the request; sequential: one request at a time, its start column is its end)")
     for client in clients:
         ratio = f[f"actuator/{client}"]["answered"]["median"] / f[f"track_file/{client}"]["answered"]["median"]
-        print(f"actuator / keepalived alone (median, VIP answers, {client} client): {ratio:.2f}x over {args.runs} runs each")
+        print(
+            f"actuator / keepalived alone (median, VIP answers, {client} client): {ratio:.2f}x over {args.runs} runs each"
+        )
     total = 2 * args.held
     for label, alive in results.get("survival", {}).items():
         share = sum(alive.values()) / total
-        print(f"long-lived connections surviving a failover {label.replace('_', ' ')}: {sum(alive.values())}/{total} ({share:.0%}; {alive})")
+        print(
+            f"long-lived connections surviving a failover {label.replace('_', ' ')}: {sum(alive.values())}/{total} ({share:.0%}; {alive})"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

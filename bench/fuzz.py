@@ -22,8 +22,9 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -65,7 +66,9 @@ class Budget:
             test = getattr(item, "obj", None)
             if surface is None or not hasattr(test, "hypothesis") or self.select not in f"{surface} {item.nodeid}":
                 continue
-            test._hypothesis_internal_use_settings = settings(test._hypothesis_internal_use_settings, max_examples=self.examples)
+            test._hypothesis_internal_use_settings = settings(
+                test._hypothesis_internal_use_settings, max_examples=self.examples
+            )
             test.hypothesis.inner_test = self._counting(item.nodeid, test.hypothesis.inner_test)
             kept.append(item)
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
@@ -104,8 +107,12 @@ class Budget:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=10_000, help="hypothesis max_examples per property (default 10000)")
-    parser.add_argument("-k", dest="select", default="", help="run only properties whose surface or test id contains this")
+    parser.add_argument(
+        "--examples", type=int, default=10_000, help="hypothesis max_examples per property (default 10000)"
+    )
+    parser.add_argument(
+        "-k", dest="select", default="", help="run only properties whose surface or test id contains this"
+    )
     args = parser.parse_args(argv)
     import pytest
 
@@ -124,8 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {surface} | {count} |")
     print(f"\n{sum(surfaces.values())} cases in {time.monotonic() - started:.0f} s")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fuzz.json").write_text(json.dumps({"examples": args.examples, "surfaces": surfaces, "properties": dict(budget.per_test),
-                                                   "failed": budget.failed}, indent=2))  # fmt: skip
+    (RESULTS / "fuzz.json").write_text(
+        json.dumps(
+            {
+                "examples": args.examples,
+                "surfaces": surfaces,
+                "properties": dict(budget.per_test),
+                "failed": budget.failed,
+            },
+            indent=2,
+        )
+    )
     if status != 0 or budget.failed:
         print(f"\nfuzz: failed: {', '.join(budget.failed) or f'pytest exit status {status}'}", file=sys.stderr)
         return 1

@@ -55,21 +55,21 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.e2e_loop import BACKEND_PORT, HTTPService  # noqa: E402
-from lab.processes import stop  # noqa: E402
-from lab.topology import VIP_NAT, Lab  # noqa: E402
-from lvsguard.errors import LvsguardError  # noqa: E402
-from lvsguard.ipvs.netlink import NetlinkIPVS  # noqa: E402
-from lvsguard.ipvs.netns import entered  # noqa: E402
-from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, VirtualService  # noqa: E402
+from lab.e2e_loop import BACKEND_PORT, HTTPService
+from lab.processes import stop
+from lab.topology import VIP_NAT, Lab
+from lvsguard.errors import LvsguardError
+from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.ipvs.netns import entered
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, VirtualService
 
 SERVICE_PORT = 82  # on the NAT VIP: the lab uses 80, 443, 53 and the e2e loop 81
 KEEPALIVED = "/usr/sbin/keepalived"
@@ -103,7 +103,9 @@ class Kill:
     failed_after_zero: int  # of them, those started after the weight was 0
     judged: float | None = None  # lvsguard: seconds from the kill to the exporter's transition (probe and fall)
     audited: float | None = None  # lvsguard: seconds from the kill to the actuator's first ledger record of it
-    post: tuple[float, float] | None = None  # lvsguard: the exporter's publisher, ms queued and ms for the POST (its log)
+    post: tuple[float, float] | None = (
+        None  # lvsguard: the exporter's publisher, ms queued and ms for the POST (its log)
+    )
 
 
 @dataclass
@@ -120,7 +122,9 @@ class Result:
             parts = {
                 "judged_median_s": statistics.median(k.judged or 0.0 for k in self.kills),
                 "judged_max_s": max(k.judged or 0.0 for k in self.kills),
-                "judged_to_actuator_median_s": statistics.median((k.audited or 0.0) - (k.judged or 0.0) for k in self.kills),
+                "judged_to_actuator_median_s": statistics.median(
+                    (k.audited or 0.0) - (k.judged or 0.0) for k in self.kills
+                ),
                 "judged_to_actuator_max_s": max((k.audited or 0.0) - (k.judged or 0.0) for k in self.kills),
                 "actuator_to_zero_median_s": statistics.median(k.to_zero - (k.audited or 0.0) for k in self.kills),
                 "actuator_to_zero_max_s": max(k.to_zero - (k.audited or 0.0) for k in self.kills),
@@ -195,12 +199,28 @@ class Load:
 
 def keepalived_config(key: ServiceKey, servers: list[RealServer], setting: Setting) -> str:
     """A checker-only keepalived.conf: one virtual_server, TCP_CHECK with inhibit_on_failure per real server."""
-    lines = ["global_defs {", "    router_id lvsguard_bench", "}", f"virtual_server {key.address} {key.port} {{",
-             f"    delay_loop {setting.delay_loop:g}", "    lb_algo wrr", "    lb_kind NAT", "    protocol TCP"]  # fmt: skip
+    lines = [
+        "global_defs {",
+        "    router_id lvsguard_bench",
+        "}",
+        f"virtual_server {key.address} {key.port} {{",
+        f"    delay_loop {setting.delay_loop:g}",
+        "    lb_algo wrr",
+        "    lb_kind NAT",
+        "    protocol TCP",
+    ]
     for rs in servers:
-        lines += [f"    real_server {rs.key.address} {rs.key.port} {{", f"        weight {rs.weight}", "        inhibit_on_failure",
-                  "        TCP_CHECK {", f"            connect_timeout {setting.connect_timeout:g}", f"            retry {setting.retry}",
-                  f"            delay_before_retry {setting.delay_loop:g}", "        }", "    }"]  # fmt: skip
+        lines += [
+            f"    real_server {rs.key.address} {rs.key.port} {{",
+            f"        weight {rs.weight}",
+            "        inhibit_on_failure",
+            "        TCP_CHECK {",
+            f"            connect_timeout {setting.connect_timeout:g}",
+            f"            retry {setting.retry}",
+            f"            delay_before_retry {setting.delay_loop:g}",
+            "        }",
+            "    }",
+        ]
     return "\n".join(lines + ["}"]) + "\n"
 
 
@@ -234,14 +254,37 @@ def process_tree(pid: int) -> list[int]:
 
 
 @contextmanager
-def keepalived(lab: Lab, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path) -> Iterator[list[int]]:
+def keepalived(
+    lab: Lab, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path
+) -> Iterator[list[int]]:
     """keepalived's checker for the bench service; yields the pids of its processes."""
     conf = workdir / f"keepalived-{setting.name}.conf"
     conf.write_text(keepalived_config(key, servers, setting))
     log = open(workdir / f"keepalived-{setting.name}.log", "ab")
-    proc = subprocess.Popen(["ip", "netns", "exec", lab.director.netns, KEEPALIVED, "-n", "-l", "-D", "-C", "-f", str(conf),
-                             "-p", str(workdir / "k.pid"), "-c", str(workdir / "k-checkers.pid"), "-r", str(workdir / "k-vrrp.pid")],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.director.netns,
+            KEEPALIVED,
+            "-n",
+            "-l",
+            "-D",
+            "-C",
+            "-f",
+            str(conf),
+            "-p",
+            str(workdir / "k.pid"),
+            "-c",
+            str(workdir / "k-checkers.pid"),
+            "-r",
+            str(workdir / "k-vrrp.pid"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         yield [proc.pid]
     finally:
@@ -271,7 +314,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def lvsguard(lab: Lab, kernel: NetlinkIPVS, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path) -> Iterator[Lvsguard]:
+def lvsguard(
+    lab: Lab, kernel: NetlinkIPVS, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path
+) -> Iterator[Lvsguard]:
     """The bench service in the kernel, a real ``lvsguard actuator`` process, and an ``lvsguard exporter`` whose tcp checks publish to it.
 
     Both are processes of their own, as in production: an actuator in the
@@ -293,37 +338,64 @@ def lvsguard(lab: Lab, kernel: NetlinkIPVS, key: ServiceKey, servers: list[RealS
         ledger = workdir / f"actuator-{setting.name}.db"
         config = workdir / f"lvsguard-{setting.name}.yaml"
         config.write_text(
-            f"director:\n  netns: {lab.director.netns}\nexporter:\n  listen: \"{listen}\"\n"
+            f'director:\n  netns: {lab.director.netns}\nexporter:\n  listen: "{listen}"\n'
             f"actuator:\n  hold_down: 0\n  job_poll_interval: 0.2\n  rate_limit: {{actions: 0}}\n"
             f"probes:\n  default_tcp: false\n  refresh: 1s\n"
-            f"  publish: {{mode: actuator, url: \"{url}\", token_file: \"{token}\"}}\n"
-            f"  checks:\n    - {{type: tcp, service: \"{key}\", interval: {setting.delay_loop * 1000:g}ms,"
+            f'  publish: {{mode: actuator, url: "{url}", token_file: "{token}"}}\n'
+            f'  checks:\n    - {{type: tcp, service: "{key}", interval: {setting.delay_loop * 1000:g}ms,'
             f" timeout: {setting.connect_timeout * 1000:g}ms, fall: {setting.fall}, rise: 1}}\n"
         )
         commands = {
-            "actuator": ["actuator", "--config", str(config), "--listen", actuator_listen, "--token-file", str(tokens), "--ledger", str(ledger)],
+            "actuator": [
+                "actuator",
+                "--config",
+                str(config),
+                "--listen",
+                actuator_listen,
+                "--token-file",
+                str(tokens),
+                "--ledger",
+                str(ledger),
+            ],
             "exporter": ["exporter", "--config", str(config)],
-        }  # fmt: skip
+        }
         pids = []
         for what, argv in commands.items():
             log = open(workdir / f"{what}-{setting.name}.log", "ab")
             stack.callback(log.close)
-            proc = subprocess.Popen([sys.executable, "-m", "lvsguard.cli", *argv], cwd=ROOT,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lvsguard.cli", *argv],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             stack.callback(stop, proc)
             pids.append(proc.pid)
             if what == "actuator":
-                until(lambda p=proc: answers(f"{url}/metrics") != b"" or p.poll() is not None, "the actuator", timeout=120)
+                until(
+                    lambda p=proc: answers(f"{url}/metrics") != b"" or p.poll() is not None, "the actuator", timeout=120
+                )
                 if proc.poll() is not None:
-                    raise BenchError(f"lvsguard actuator exited: {(workdir / f'actuator-{setting.name}.log').read_text()[-2000:]}")
-        until(lambda: b"lvs_backend_healthy" in answers(f"http://{listen}/metrics"), "the exporter's first probes", timeout=120)
+                    raise BenchError(
+                        f"lvsguard actuator exited: {(workdir / f'actuator-{setting.name}.log').read_text()[-2000:]}"
+                    )
+        until(
+            lambda: b"lvs_backend_healthy" in answers(f"http://{listen}/metrics"),
+            "the exporter's first probes",
+            timeout=120,
+        )
         yield Lvsguard(pids, f"http://{listen}/metrics", ledger, workdir / f"exporter-{setting.name}.log")
 
 
 def judged_at(metrics: bytes, victim: RealServerKey) -> float:
     """The exporter's time of the victim's last health transition (``lvs_backend_health_last_change_timestamp_seconds``)."""
     for line in metrics.decode().splitlines():
-        if line.startswith("lvs_backend_health_last_change_timestamp_seconds{") and f'"{victim.address}"' in line and f'"{victim.port}"' in line:
+        if (
+            line.startswith("lvs_backend_health_last_change_timestamp_seconds{")
+            and f'"{victim.address}"' in line
+            and f'"{victim.port}"' in line
+        ):
             return float(line.rsplit(" ", 1)[1])
     raise BenchError(f"no lvs_backend_health_last_change_timestamp_seconds for {victim} in the exporter's metrics")
 
@@ -342,7 +414,9 @@ def audited_at(ledger: Path, victim: RealServerKey, since: float) -> float:
     """When the actuator recorded its first decision about the victim after ``since`` (its audit log)."""
     conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
     try:
-        row = conn.execute("SELECT MIN(at) FROM audit WHERE real_server = ? AND at >= ?", (str(victim), since)).fetchone()
+        row = conn.execute(
+            "SELECT MIN(at) FROM audit WHERE real_server = ? AND at >= ?", (str(victim), since)
+        ).fetchone()
     finally:
         conn.close()
     if row is None or row[0] is None:
@@ -379,17 +453,34 @@ def weight_of(kernel: NetlinkIPVS, key: ServiceKey, rs: RealServerKey) -> int | 
     return found.weight if found is not None else None
 
 
-def measure(checker: str, setting: Setting, lab: Lab, kernel: NetlinkIPVS, services: dict[str, HTTPService], kills: int,
-            rate: float, workdir: Path, seed: int = 0) -> Result:  # fmt: skip
+def measure(
+    checker: str,
+    setting: Setting,
+    lab: Lab,
+    kernel: NetlinkIPVS,
+    services: dict[str, HTTPService],
+    kills: int,
+    rate: float,
+    workdir: Path,
+    seed: int = 0,
+) -> Result:
     key = ServiceKey("TCP", VIP_NAT, SERVICE_PORT)
     servers = [RealServer(RealServerKey(lab.node(n).ipv4, BACKEND_PORT), 3, Forward.MASQ) for n in services]
     victim, full = servers[0].key, servers[0].weight
     result = Result(checker, setting.name)
     rng = random.Random(seed)  # the same kill phases for both checkers of a run
-    running = keepalived(lab, key, servers, setting, workdir) if checker == "keepalived" else lvsguard(lab, kernel, key, servers, setting, workdir)
+    running = (
+        keepalived(lab, key, servers, setting, workdir)
+        if checker == "keepalived"
+        else lvsguard(lab, kernel, key, servers, setting, workdir)
+    )
     with running as started:
         pids = started.pids if isinstance(started, Lvsguard) else started
-        until(lambda: all(weight_of(kernel, key, rs.key) == full for rs in servers), f"{checker}'s service at full weight", timeout=60)
+        until(
+            lambda: all(weight_of(kernel, key, rs.key) == full for rs in servers),
+            f"{checker}'s service at full weight",
+            timeout=60,
+        )
         time.sleep(2 * setting.delay_loop)
         tree = [p for pid in pids for p in process_tree(pid)]
         cpu0, t0 = cpu_seconds(tree), time.monotonic()
@@ -399,7 +490,10 @@ def measure(checker: str, setting: Setting, lab: Lab, kernel: NetlinkIPVS, servi
             for i in range(kills):
                 time.sleep(1.0 + rng.uniform(0.0, setting.delay_loop))  # any phase of the checker's cycle
                 killed = services["rs1"].kill()
-                zero = until(lambda: weight_of(kernel, key, victim) == 0, f"{checker} ({setting.name}): weight 0 after kill {i + 1}")
+                zero = until(
+                    lambda: weight_of(kernel, key, victim) == 0,
+                    f"{checker} ({setting.name}): weight 0 after kill {i + 1}",
+                )
                 judged = audited = None
                 if isinstance(started, Lvsguard):  # the exporter's transition time, read before the restore replaces it
                     judged = judged_at(answers(started.metrics_url), victim) - killed
@@ -407,25 +501,53 @@ def measure(checker: str, setting: Setting, lab: Lab, kernel: NetlinkIPVS, servi
                 time.sleep(max(1.0, 2 * setting.delay_loop))  # requests now go to the others only
                 post = last_post(started.exporter_log, victim) if isinstance(started, Lvsguard) else None
                 listening = services["rs1"].start()
-                back = until(lambda: weight_of(kernel, key, victim) == full, f"{checker} ({setting.name}): weight back after kill {i + 1}")
-                failed = load.failures(killed - 1.0, back)  # a request started up to 1 s before the kill may fail with it
-                kill = Kill(zero - killed, back - listening, len(failed), sum(1 for t in failed if t >= zero), judged, audited, post)
-                parts = f" (judged {judged:.3f} s, actuator {audited:.3f} s" if judged is not None and audited is not None else ""
-                parts += f", publisher queued {post[0]:g} ms, POST {post[1]:g} ms)" if post is not None else (")" if parts else "")
+                back = until(
+                    lambda: weight_of(kernel, key, victim) == full,
+                    f"{checker} ({setting.name}): weight back after kill {i + 1}",
+                )
+                failed = load.failures(
+                    killed - 1.0, back
+                )  # a request started up to 1 s before the kill may fail with it
+                kill = Kill(
+                    zero - killed,
+                    back - listening,
+                    len(failed),
+                    sum(1 for t in failed if t >= zero),
+                    judged,
+                    audited,
+                    post,
+                )
+                parts = (
+                    f" (judged {judged:.3f} s, actuator {audited:.3f} s"
+                    if judged is not None and audited is not None
+                    else ""
+                )
+                parts += (
+                    f", publisher queued {post[0]:g} ms, POST {post[1]:g} ms)"
+                    if post is not None
+                    else (")" if parts else "")
+                )
                 result.kills.append(kill)
-                print(f"  {checker} {setting.name} kill {i + 1}: weight 0 after {zero - killed:.3f} s{parts}, back {back - listening:.3f} s"
-                      f" after listening, {len(failed)} failed requests", flush=True)  # fmt: skip
+                print(
+                    f"  {checker} {setting.name} kill {i + 1}: weight 0 after {zero - killed:.3f} s{parts}, back {back - listening:.3f} s"
+                    f" after listening, {len(failed)} failed requests",
+                    flush=True,
+                )
     return result
 
 
 def report(results: list[Result]) -> str:
-    lines = ["| checker | setting | kill -> weight 0 (median / max) | failed requests / kill (median / max) | failed after weight 0 | CPU | restore (median / max) |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| checker | setting | kill -> weight 0 (median / max) | failed requests / kill (median / max) | failed after weight 0 | CPU | restore (median / max) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         s = r.summary()
-        lines.append(f"| {r.checker} | {r.setting} | {s['median_to_zero_s']:.3f} / {s['max_to_zero_s']:.3f} s"
-                     f" | {s['failed_per_kill_median']:g} / {s['failed_per_kill_max']:g} | {s['failed_after_zero_total']:g}"
-                     f" | {s['cpu_percent']:.1f} % | {s['restore_median_s']:.3f} / {s['restore_max_s']:.3f} s |")  # fmt: skip
+        lines.append(
+            f"| {r.checker} | {r.setting} | {s['median_to_zero_s']:.3f} / {s['max_to_zero_s']:.3f} s"
+            f" | {s['failed_per_kill_median']:g} / {s['failed_per_kill_max']:g} | {s['failed_after_zero_total']:g}"
+            f" | {s['cpu_percent']:.1f} % | {s['restore_median_s']:.3f} / {s['restore_max_s']:.3f} s |"
+        )
     return "\n".join(lines)
 
 
@@ -455,12 +577,22 @@ def main(argv: list[str] | None = None) -> int:
         for setting in chosen:
             for checker in ("keepalived", "lvsguard"):
                 print(f"== {checker}, {setting.name} setting", flush=True)
-                results.append(measure(checker, setting, lab, kernel, services, args.kills, args.rate, workdir, args.seed))
+                results.append(
+                    measure(checker, setting, lab, kernel, services, args.kills, args.rate, workdir, args.seed)
+                )
     print()
     print(report(results))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps([{"checker": r.checker, "setting": r.setting, **r.summary(),
-                                            "kills": [asdict(k) for k in r.kills]} for r in results], indent=2) + "\n")  # fmt: skip
+    Path(args.json).write_text(
+        json.dumps(
+            [
+                {"checker": r.checker, "setting": r.setting, **r.summary(), "kills": [asdict(k) for k in r.kills]}
+                for r in results
+            ],
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -50,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.cpus import cpus_awake  # noqa: E402
+from lab.cpus import cpus_awake
 
 TARGET_PORTS = 200
 TICK = os.sysconf("SC_CLK_TCK")
@@ -135,7 +135,9 @@ def cpu_of(pid: int) -> float:
 # --- lvsguard's side (a child process) -----------------------------------------------------
 
 
-def run_engine(kind: str, ports: list[int], per_port: int, interval: float, seconds: float, address: str, timeout: float) -> dict[str, Any]:
+def run_engine(
+    kind: str, ports: list[int], per_port: int, interval: float, seconds: float, address: str, timeout: float
+) -> dict[str, Any]:
     from exporter.probes.engine import CheckSpec, ProbeEngine
     from exporter.probes.http import HTTPChecker
     from exporter.probes.tcp import TCPChecker
@@ -153,7 +155,11 @@ def run_engine(kind: str, ports: list[int], per_port: int, interval: float, seco
         engine.stats.lateness.clear()
         start_probes, start_cpu, start = engine.stats.probes, time.process_time(), time.monotonic()
         await asyncio.sleep(seconds)
-        result.update(probes=engine.stats.probes - start_probes, cpu=time.process_time() - start_cpu, wall=time.monotonic() - start)
+        result.update(
+            probes=engine.stats.probes - start_probes,
+            cpu=time.process_time() - start_cpu,
+            wall=time.monotonic() - start,
+        )
         failed = sum(1 for j in engine.jobs.values() if j.last is not None and not j.last.ok)
         result.update(failed_checks=failed, checks=len(engine.jobs))
         await engine.stop()
@@ -169,10 +175,30 @@ def run_engine(kind: str, ports: list[int], per_port: int, interval: float, seco
     return result
 
 
-def lvsguard(kind: str, ports: list[int], per_port: int, interval: float, seconds: float, *,
-             address: str = "127.0.0.1", timeout: float = 1.0, unanswered: bool = False) -> dict[str, Any]:  # fmt: skip
+def lvsguard(
+    kind: str,
+    ports: list[int],
+    per_port: int,
+    interval: float,
+    seconds: float,
+    *,
+    address: str = "127.0.0.1",
+    timeout: float = 1.0,
+    unanswered: bool = False,
+) -> dict[str, Any]:
     """The engine in a child process; ``unanswered``: in a network namespace of its own whose SYNs are dropped."""
-    args = [sys.executable, __file__, "--engine", kind, json.dumps(ports), str(per_port), str(interval), str(seconds), address, str(timeout)]
+    args = [
+        sys.executable,
+        __file__,
+        "--engine",
+        kind,
+        json.dumps(ports),
+        str(per_port),
+        str(interval),
+        str(seconds),
+        address,
+        str(timeout),
+    ]
     if unanswered:
         script = f"ip link set lo up && iptables -A INPUT -p tcp --syn -d {address} -j DROP && exec {shlex.join(args)}"
         args = ["unshare", "-n", "sh", "-c", script]
@@ -197,8 +223,11 @@ def blackbox(kind: str, ports: list[int], probes: int) -> dict[str, Any]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        proc = subprocess.Popen([exe, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [exe, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             module = "tcp_connect" if kind == "tcp" else "http_2xx"
 
@@ -215,7 +244,9 @@ def blackbox(kind: str, ports: list[int], probes: int) -> dict[str, Any]:
                 async def one(i: int) -> None:
                     nonlocal ok
                     async with sem:
-                        answer = await httpclient.request("127.0.0.1", port, path=f"/probe?module={module}&target={target(i)}")
+                        answer = await httpclient.request(
+                            "127.0.0.1", port, path=f"/probe?module={module}&target={target(i)}"
+                        )
                         ok += b"probe_success 1" in answer.body
 
                 await asyncio.gather(*(one(i) for i in range(n)))
@@ -250,20 +281,35 @@ def bigtable_scrapes(services: int, per_service: int, scrapes: int, settle: floa
     from bench import scrape
     from lab import bigtable
 
-    print(f"== {services * per_service} real servers ({services} services x {per_service}); default probes vs none", flush=True)
+    print(
+        f"== {services * per_service} real servers ({services} services x {per_service}); default probes vs none",
+        flush=True,
+    )
     big = bigtable.build(services, per_service, netns=scrape.NETNS, progress=lambda m: print("  " + m, flush=True))
     out: dict[str, Any] = {"real_servers": big.real_server_count}
     try:
         for name, config in (("probes off", "probes:\n  enabled: false\n"), ("default probes", "")):
             path = Path(f"/tmp/lvsguard-bench-probes-{len(config)}.yaml")
             path.write_text(config or "exporter: {}\n")
-            cmd = [sys.executable, "-m", "lvsguard.cli", "--log-level", "warning", "exporter", "--config", str(path),
-                   "--listen", f"127.0.0.1:{scrape.OURS_PORT}"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "lvsguard.cli",
+                "--log-level",
+                "warning",
+                "exporter",
+                "--config",
+                str(path),
+                "--listen",
+                f"127.0.0.1:{scrape.OURS_PORT}",
+            ]
             url = f"http://127.0.0.1:{scrape.OURS_PORT}/metrics"
             log_path = ROOT / "bench" / "results" / f"probes-bigtable-{name.replace(' ', '-')}.log"
             log_path.parent.mkdir(exist_ok=True)
             with open(log_path, "w") as log_file:
-                proc = subprocess.Popen(["ip", "netns", "exec", scrape.NETNS, *cmd], stdout=subprocess.DEVNULL, stderr=log_file)
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", scrape.NETNS, *cmd], stdout=subprocess.DEVNULL, stderr=log_file
+                )
             try:
                 scrape.wait_ready(url.replace("/metrics", "/"), proc, name, timeout=300)
                 time.sleep(settle)  # the engine has read the table, started its checks and spends its budget
@@ -279,7 +325,10 @@ def bigtable_scrapes(services: int, per_service: int, scrapes: int, settle: floa
                 proc.wait(20)
             logged = [line for line in log_path.read_text().splitlines() if "probe_default_interval" in line]
             out[name] = {"scrapes": walls, "median": statistics.median(walls), "cpu": cpu, "logged": logged}
-            print(f"  {name}: median {statistics.median(walls):.2f} s over {scrapes} scrapes; {logged[0] if logged else ''}", flush=True)
+            print(
+                f"  {name}: median {statistics.median(walls):.2f} s over {scrapes} scrapes; {logged[0] if logged else ''}",
+                flush=True,
+            )
     finally:
         bigtable.destroy(scrape.NETNS)
     out["ratio"] = out["default probes"]["median"] / out["probes off"]["median"]
@@ -290,17 +339,31 @@ def bigtable_scrapes(services: int, per_service: int, scrapes: int, settle: floa
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--engine":
         kind, ports, per_port, interval, seconds, address, timeout = sys.argv[2:9]
-        print(json.dumps(run_engine(kind, json.loads(ports), int(per_port), float(interval), float(seconds), address, float(timeout))))
+        print(
+            json.dumps(
+                run_engine(
+                    kind, json.loads(ports), int(per_port), float(interval), float(seconds), address, float(timeout)
+                )
+            )
+        )
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=20000, help="probes per side and type")
     parser.add_argument("--scale", type=int, default=5000, help="checks at 1 s for the scale run (0: skip)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the scale run")
-    parser.add_argument("--bigtable", type=int, default=0, metavar="SERVICES",
-                        help="inside the lab VM: scrapes of a SERVICES x 100 table with default probes vs none (nothing else)")  # fmt: skip
+    parser.add_argument(
+        "--bigtable",
+        type=int,
+        default=0,
+        metavar="SERVICES",
+        help="inside the lab VM: scrapes of a SERVICES x 100 table with default probes vs none (nothing else)",
+    )
     parser.add_argument("--scrapes", type=int, default=3, help="scrapes per side of --bigtable")
-    parser.add_argument("--cpu-idle", action="store_true",
-                        help="let the host's CPUs sleep when idle (by default they are held awake, as lab/vm.sh does: lab/cpus.py)")
+    parser.add_argument(
+        "--cpu-idle",
+        action="store_true",
+        help="let the host's CPUs sleep when idle (by default they are held awake, as lab/vm.sh does: lab/cpus.py)",
+    )
     args = parser.parse_args()
     with cpus_awake(not args.cpu_idle) as held:
         print(f"host CPUs {'held awake (PM QoS 0 us)' if held else 'free to sleep when idle'}", flush=True)
@@ -316,22 +379,38 @@ def run(args: argparse.Namespace, held: bool) -> int:
         out.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     targets, ports = start_targets(TARGET_PORTS)
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "target_ports": len(ports), "cpus": os.cpu_count(), "cpus_awake": held}
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "target_ports": len(ports),
+        "cpus": os.cpu_count(),
+        "cpus_awake": held,
+    }
     try:
         for kind in ("tcp", "http"):
             # lvsguard at ~1000 probes/s: 200 ports x 5 checks at 1 s, long enough for --probes probes
             seconds = max(5.0, args.probes / 1000)
             ours = lvsguard(kind, ports, 5, 1.0, seconds)
             theirs = blackbox(kind, ports, args.probes)
-            results[kind] = {"lvsguard": ours, "blackbox_exporter": theirs,
-                             "ratio": theirs["cpu_per_probe_ms"] / max(ours["cpu_per_probe_ms"], 1e-9)}  # fmt: skip
-            print(f"{kind}: lvsguard {ours['cpu_per_probe_ms']:.3f} ms CPU/probe ({ours['probes']} probes, {ours['failed_checks']} failing)"
-                  f" | blackbox_exporter {theirs['cpu_per_probe_ms']:.3f} ms CPU/probe ({theirs['successful']}/{theirs['probes']} ok)"
-                  f" | ratio {results[kind]['ratio']:.1f}x", flush=True)
+            results[kind] = {
+                "lvsguard": ours,
+                "blackbox_exporter": theirs,
+                "ratio": theirs["cpu_per_probe_ms"] / max(ours["cpu_per_probe_ms"], 1e-9),
+            }
+            print(
+                f"{kind}: lvsguard {ours['cpu_per_probe_ms']:.3f} ms CPU/probe ({ours['probes']} probes, {ours['failed_checks']} failing)"
+                f" | blackbox_exporter {theirs['cpu_per_probe_ms']:.3f} ms CPU/probe ({theirs['successful']}/{theirs['probes']} ok)"
+                f" | ratio {results[kind]['ratio']:.1f}x",
+                flush=True,
+            )
         if args.scale:
             per_port = max(1, args.scale // len(ports))
-            runs = [("loopback targets (answered)", {}), ("unanswered targets (own netns, SYNs dropped, timeout 0.5 s)",
-                    {"address": "127.0.0.2", "timeout": 0.5, "unanswered": True})]  # fmt: skip
+            runs = [
+                ("loopback targets (answered)", {}),
+                (
+                    "unanswered targets (own netns, SYNs dropped, timeout 0.5 s)",
+                    {"address": "127.0.0.2", "timeout": 0.5, "unanswered": True},
+                ),
+            ]
             if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("iptables"):
                 runs = runs[:1]
                 print("scale: the unanswered run needs root, unshare and iptables; skipped", flush=True)
@@ -339,11 +418,14 @@ def run(args: argparse.Namespace, held: bool) -> int:
             for what, options in runs:
                 scale = lvsguard("tcp", ports, per_port, 1.0, args.seconds, **options)  # type: ignore[arg-type]
                 results["scale"].append({"targets": what, "checks": per_port * len(ports), "interval": 1.0, **scale})
-                print(f"scale, {what}: {per_port * len(ports)} tcp checks at 1 s: {scale['core_share']:.2f} of one core,"
-                      f" {scale['cpu_per_probe_ms']:.3f} ms CPU/probe, {scale['probes'] / scale['wall']:.0f} probes/s;"
-                      f" lateness p50 {1000 * scale['lateness_p50']:.1f} ms, p90 {1000 * scale['lateness_p90']:.1f} ms,"
-                      f" p99 {1000 * scale['lateness_p99']:.1f} ms, max {1000 * scale['lateness_max']:.1f} ms;"
-                      f" {scale['failed_checks']} failing", flush=True)  # fmt: skip
+                print(
+                    f"scale, {what}: {per_port * len(ports)} tcp checks at 1 s: {scale['core_share']:.2f} of one core,"
+                    f" {scale['cpu_per_probe_ms']:.3f} ms CPU/probe, {scale['probes'] / scale['wall']:.0f} probes/s;"
+                    f" lateness p50 {1000 * scale['lateness_p50']:.1f} ms, p90 {1000 * scale['lateness_p90']:.1f} ms,"
+                    f" p99 {1000 * scale['lateness_p99']:.1f} ms, max {1000 * scale['lateness_max']:.1f} ms;"
+                    f" {scale['failed_checks']} failing",
+                    flush=True,
+                )
     finally:
         stop_targets(targets)
     out = ROOT / "bench" / "results" / "probes.json"

@@ -63,33 +63,83 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_scrape:
         step(
             "full scrape vs node_exporter (lab VM, same kernel table)",
-            ["lab/vm.sh", "--mem", str(VM_MEM_MIB), "--timeout", "3000", py, "bench/scrape.py",
-             "--sizes", args.sizes, "--json", str(RESULTS / "scrape.json")],
+            [
+                "lab/vm.sh",
+                "--mem",
+                str(VM_MEM_MIB),
+                "--timeout",
+                "3000",
+                py,
+                "bench/scrape.py",
+                "--sizes",
+                args.sizes,
+                "--json",
+                str(RESULTS / "scrape.json"),
+            ],
         )
     if not args.skip_actuator:
         step(
             "actuator: webhook -> weight in the kernel (lab VM)",
-            ["lab/vm.sh", "--mem", "1024", "--timeout", "900", py, "bench/actuator.py",
-             "--json", str(RESULTS / "actuator.json")],
+            [
+                "lab/vm.sh",
+                "--mem",
+                "1024",
+                "--timeout",
+                "900",
+                py,
+                "bench/actuator.py",
+                "--json",
+                str(RESULTS / "actuator.json"),
+            ],
         )
     if not args.skip_failover:
         step(
             "director failover: POST /api/v1/failover vs keepalived's track file alone, connections kept by sync (lab VM)",
-            ["lab/vm.sh", "--mem", "1024", "--timeout", "900", py, "bench/failover.py", "--runs", "10",
-             "--json", str(RESULTS / "failover.json")],
+            [
+                "lab/vm.sh",
+                "--mem",
+                "1024",
+                "--timeout",
+                "900",
+                py,
+                "bench/failover.py",
+                "--runs",
+                "10",
+                "--json",
+                str(RESULTS / "failover.json"),
+            ],
         )
     if not args.skip_e2e:
         step(
             "end-to-end loop: probe -> Prometheus -> Alertmanager -> actuator -> kernel (lab VM)",
-            ["lab/vm.sh", "--timeout", "900", py, "bench/e2e_loop.py", "--runs", "5", "--json", str(RESULTS / "e2e_loop.json")],
+            [
+                "lab/vm.sh",
+                "--timeout",
+                "900",
+                py,
+                "bench/e2e_loop.py",
+                "--runs",
+                "5",
+                "--json",
+                str(RESULTS / "e2e_loop.json"),
+            ],
         )
     if not args.skip_probes:
         step("probes: CPU per probe vs blackbox_exporter, 5 000 checks at 1 s (host)", [py, "bench/probes.py"])
     if not args.skip_keepalived:
         step(
             "real server killed -> weight 0: lvsguard's fast path vs keepalived's checker (lab VM, 40 connections/s)",
-            ["lab/vm.sh", "--timeout", "1400", py, "bench/keepalived_checker.py", "--kills", "5",
-             "--json", str(RESULTS / "keepalived_checker.json")],
+            [
+                "lab/vm.sh",
+                "--timeout",
+                "1400",
+                py,
+                "bench/keepalived_checker.py",
+                "--kills",
+                "5",
+                "--json",
+                str(RESULTS / "keepalived_checker.json"),
+            ],
         )
     return 0
 

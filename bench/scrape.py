@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import bigtable  # noqa: E402
-from lab.processes import stop  # noqa: E402
+from lab import bigtable
+from lab.processes import stop
 
 NETNS = "lvs-bench"
 NODE_EXPORTER = "prometheus-node-exporter"
@@ -68,9 +68,25 @@ def peak_rss_mb(pid: int) -> float:
 def scrape_with_curl(url: str) -> tuple[float, int]:
     """One scrape as Prometheus does it (gzip), the body read to the end; (seconds, bytes)."""
     out = subprocess.run(
-        ["ip", "netns", "exec", NETNS, "curl", "-sS", "--compressed", "-H", "Accept-Encoding: gzip",
-         "-o", "/dev/null", "-w", "%{time_total} %{size_download}", url],
-        check=True, capture_output=True, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            NETNS,
+            "curl",
+            "-sS",
+            "--compressed",
+            "-H",
+            "Accept-Encoding: gzip",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total} %{size_download}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     return float(out[0]), int(out[1])
 
@@ -114,8 +130,18 @@ def measure(name: str, cmd: list[str], url: str, backend_prefix: str, real_serve
             print(f"    {name} scrape {i + 1}/{scrapes}: {wall:.3f} s", flush=True)
         cpu = (cpu_seconds(proc.pid) - cpu0) / scrapes
         series, per_rs = count_series(url, backend_prefix, real_servers)
-        return Measurement(name, real_servers, scrapes, statistics.median(walls), min(walls), cpu,
-                           peak_rss_mb(proc.pid), series, per_rs, size)
+        return Measurement(
+            name,
+            real_servers,
+            scrapes,
+            statistics.median(walls),
+            min(walls),
+            cpu,
+            peak_rss_mb(proc.pid),
+            series,
+            per_rs,
+            size,
+        )
     finally:
         stop(proc)
 
@@ -132,41 +158,82 @@ def run_size(services: int, per_service: int, scrapes: int) -> list[Measurement]
     try:
         n = big.real_server_count
         Path(OURS_CONFIG).write_text("probes:\n  enabled: false\n")
-        ours = measure("lvsguard", [sys.executable, "-m", "lvsguard.cli", "--log-level", "warning", "exporter",
-                                    "--config", OURS_CONFIG, "--listen", f"127.0.0.1:{OURS_PORT}"],
-                       f"http://127.0.0.1:{OURS_PORT}/metrics", "ipvs_backend_", n, scrapes)
-        node = measure("node_exporter", [NODE_EXPORTER, "--collector.disable-defaults", "--collector.ipvs",
-                                         f"--web.listen-address=127.0.0.1:{NODE_PORT}"],
-                       f"http://127.0.0.1:{NODE_PORT}/metrics", "node_ipvs_backend_", n, scrapes)
+        ours = measure(
+            "lvsguard",
+            [
+                sys.executable,
+                "-m",
+                "lvsguard.cli",
+                "--log-level",
+                "warning",
+                "exporter",
+                "--config",
+                OURS_CONFIG,
+                "--listen",
+                f"127.0.0.1:{OURS_PORT}",
+            ],
+            f"http://127.0.0.1:{OURS_PORT}/metrics",
+            "ipvs_backend_",
+            n,
+            scrapes,
+        )
+        node = measure(
+            "node_exporter",
+            [
+                NODE_EXPORTER,
+                "--collector.disable-defaults",
+                "--collector.ipvs",
+                f"--web.listen-address=127.0.0.1:{NODE_PORT}",
+            ],
+            f"http://127.0.0.1:{NODE_PORT}/metrics",
+            "node_ipvs_backend_",
+            n,
+            scrapes,
+        )
         return [ours, node]
     finally:
         bigtable.destroy(NETNS)
 
 
 def report(rows: list[Measurement]) -> str:
-    lines = ["| real servers | exporter | scrape (median) | CPU / scrape | peak RSS | series / real server | series total |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| real servers | exporter | scrape (median) | CPU / scrape | peak RSS | series / real server | series total |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for m in rows:
-        lines.append(f"| {m.real_servers:,} | {m.exporter} | {m.wall_median_s:.3f} s | {m.cpu_per_scrape_s:.3f} s | "
-                     f"{m.peak_rss_mb:.0f} MB | {m.series_per_real_server:.0f} | {m.series_total:,} |")
-    lines += ["", "| real servers | scrape time ratio (node / ours) | per-series ratio | CPU ratio | peak RSS ratio (ours / node) |",
-              "|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {m.real_servers:,} | {m.exporter} | {m.wall_median_s:.3f} s | {m.cpu_per_scrape_s:.3f} s | "
+            f"{m.peak_rss_mb:.0f} MB | {m.series_per_real_server:.0f} | {m.series_total:,} |"
+        )
+    lines += [
+        "",
+        "| real servers | scrape time ratio (node / ours) | per-series ratio | CPU ratio | peak RSS ratio (ours / node) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     by_size: dict[int, dict[str, Measurement]] = {}
     for m in rows:
         by_size.setdefault(m.real_servers, {})[m.exporter] = m
     for n, pair in sorted(by_size.items()):
         ours, node = pair["lvsguard"], pair["node_exporter"]
         speed = node.wall_median_s / ours.wall_median_s
-        per_series = (node.wall_median_s / node.series_per_real_server) / (ours.wall_median_s / ours.series_per_real_server)
+        per_series = (node.wall_median_s / node.series_per_real_server) / (
+            ours.wall_median_s / ours.series_per_real_server
+        )
         cpu = node.cpu_per_scrape_s / max(ours.cpu_per_scrape_s, 1e-9)
-        lines.append(f"| {n:,} | {speed:.2f}x | {per_series:.2f}x | {cpu:.2f}x | {ours.peak_rss_mb / node.peak_rss_mb:.2f} |")
+        lines.append(
+            f"| {n:,} | {speed:.2f}x | {per_series:.2f}x | {cpu:.2f}x | {ours.peak_rss_mb / node.peak_rss_mb:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10,100,1000", help="services per table, comma-separated (x 100 real servers)")
-    parser.add_argument("--scrapes", type=int, default=5, help="scrapes per exporter and size (default 5; 3 at 100 000)")
+    parser.add_argument(
+        "--sizes", default="10,100,1000", help="services per table, comma-separated (x 100 real servers)"
+    )
+    parser.add_argument(
+        "--scrapes", type=int, default=5, help="scrapes per exporter and size (default 5; 3 at 100 000)"
+    )
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
     if os.environ.get("IPVS_VM_GUEST") != "1":

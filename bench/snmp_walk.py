@@ -42,11 +42,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.snmp import layout  # noqa: E402
-from exporter.snmp.agent import SnmpAgent  # noqa: E402
-from exporter.snmp.settings import build_settings  # noqa: E402
-from exporter.snmp.snapshot import Snapshot  # noqa: E402
-from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService  # noqa: E402
+from exporter.snmp import layout
+from exporter.snmp.agent import SnmpAgent
+from exporter.snmp.settings import build_settings
+from exporter.snmp.snapshot import Snapshot
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
 
 COMMUNITY = "bench"
 RS_COLUMNS = len(layout.RS_COLUMNS)
@@ -272,7 +272,9 @@ def main() -> None:
             for proc in (ours, snmpd, pysnmp_proc):
                 proc.terminate()
                 proc.wait(10)
-    print(f"bulk walk with snmpbulkwalk -v2c, {args.runs} runs each, median; lvsguard: {args.real_servers} real servers")
+    print(
+        f"bulk walk with snmpbulkwalk -v2c, {args.runs} runs each, median; lvsguard: {args.real_servers} real servers"
+    )
     header = (
         f"{'agent':22} {'-Cr':>4} {'varbinds':>9} {'walk ms':>8} {'ms/1000':>8} {'net/1000':>9}"
         f" {'client cpu':>10} {'agent cpu':>9}"

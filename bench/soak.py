@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import traffic  # noqa: E402
-from lab.topology import Lab, in_lab_vm  # noqa: E402
+from lab import traffic
+from lab.topology import Lab, in_lab_vm
 
 RESULTS = ROOT / "bench" / "results"
 TOKEN = "soak-token-0123456789abcdef"
@@ -58,7 +58,9 @@ def sample(pid: int) -> tuple[int, int]:
 
 def call(url: str, path: str, body: dict[str, object] | None = None) -> int:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=data, headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as reply:
             reply.read()
@@ -94,13 +96,30 @@ def main(argv: list[str] | None = None) -> int:
     exporter_url, actuator_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "LVSGUARD_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     cli = [sys.executable, "-m", "lvsguard.cli", "--log-level", "warning"]
-    logs = {name: (state / f"{name}.log").open("wb") for name in ("exporter", "actuator")}  # refusals are expected: kept out of the report
+    logs = {
+        name: (state / f"{name}.log").open("wb") for name in ("exporter", "actuator")
+    }  # refusals are expected: kept out of the report
     procs = {
-        "exporter": subprocess.Popen([*cli, "exporter", "--netns", lab.director.netns, "--listen", exporter_url[7:]], env=env,
-                                     stderr=logs["exporter"]),
-        "actuator": subprocess.Popen([*cli, "actuator", "--netns", lab.director.netns, "--listen", actuator_url[7:],
-                                      "--ledger", str(state / "actuator.db")], env=env, stderr=logs["actuator"]),
-    }  # fmt: skip
+        "exporter": subprocess.Popen(
+            [*cli, "exporter", "--netns", lab.director.netns, "--listen", exporter_url[7:]],
+            env=env,
+            stderr=logs["exporter"],
+        ),
+        "actuator": subprocess.Popen(
+            [
+                *cli,
+                "actuator",
+                "--netns",
+                lab.director.netns,
+                "--listen",
+                actuator_url[7:],
+                "--ledger",
+                str(state / "actuator.db"),
+            ],
+            env=env,
+            stderr=logs["actuator"],
+        ),
+    }
     stop = threading.Event()
     counts = {"requests": 0, "scrapes": 0, "actions": 0, "errors_5xx": 0}
     try:
@@ -124,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             while not stop.wait(0.5):
                 name = rng.choice(["rs1", "rs2", "rs3"])
                 op = rng.choice(["quarantine", "restore", "weight"])
-                body: dict[str, object] = {"service": str(nat.key), "real_server": str(nat.real_server(name)), "force": True}
+                body: dict[str, object] = {
+                    "service": str(nat.key),
+                    "real_server": str(nat.real_server(name)),
+                    "force": True,
+                }
                 if op == "weight":
                     body["weight"] = rng.randint(1, 5)
                 status = call(actuator_url, f"/api/v1/{op}", body)
@@ -154,17 +177,25 @@ def main(argv: list[str] | None = None) -> int:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
         lab.teardown()
-    print(f"\nsoak: {args.minutes:g} min, {counts['requests']} HTTP requests through the NAT service, {counts['scrapes']} scrapes, "
-          f"{counts['actions']} actuator actions, {counts['errors_5xx']} 5xx\n")  # fmt: skip
-    print("| process | RSS after warm-up (MiB) | RSS at the end (MiB) | FDs after warm-up | FDs at the end |\n|---|---:|---:|---:|---:|")
+    print(
+        f"\nsoak: {args.minutes:g} min, {counts['requests']} HTTP requests through the NAT service, {counts['scrapes']} scrapes, "
+        f"{counts['actions']} actuator actions, {counts['errors_5xx']} 5xx\n"
+    )
+    print(
+        "| process | RSS after warm-up (MiB) | RSS at the end (MiB) | FDs after warm-up | FDs at the end |\n|---|---:|---:|---:|---:|"
+    )
     for name in procs:
         mine = [s for s in samples if s["process"] == name and float(s["t"]) >= args.warmup]  # type: ignore[arg-type]
         if not mine:
             continue
         first, last = mine[0], mine[-1]
-        print(f"| {name} | {int(first['rss_kib']) / 1024:.1f} | {int(last['rss_kib']) / 1024:.1f} | {first['fds']} | {last['fds']} |")  # type: ignore[call-overload]
+        print(
+            f"| {name} | {int(first['rss_kib']) / 1024:.1f} | {int(last['rss_kib']) / 1024:.1f} | {first['fds']} | {last['fds']} |"
+        )  # type: ignore[call-overload]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps({"minutes": args.minutes, "counts": counts, "samples": samples}, indent=2))
+    (RESULTS / "soak.json").write_text(
+        json.dumps({"minutes": args.minutes, "counts": counts, "samples": samples}, indent=2)
+    )
     return 1 if counts["errors_5xx"] else 0
 
 

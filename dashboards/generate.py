@@ -29,23 +29,45 @@ GRID_WIDTH = 24
 
 METRICS = {
     # exporter (DESIGN §4)
-    "ipvs_up", "lvsguard_exporter_info", "lvsguard_scrape_duration_seconds",
-    "ipvs_connections_total", "ipvs_incoming_packets_total", "ipvs_outgoing_packets_total",
-    "ipvs_incoming_bytes_total", "ipvs_outgoing_bytes_total",
-    "ipvs_service_info", "ipvs_service_connections_total", "ipvs_service_incoming_packets_total",
-    "ipvs_service_outgoing_packets_total", "ipvs_service_incoming_bytes_total", "ipvs_service_outgoing_bytes_total",
-    "ipvs_backend_connections_total", "ipvs_backend_incoming_packets_total", "ipvs_backend_outgoing_packets_total",
-    "ipvs_backend_incoming_bytes_total", "ipvs_backend_outgoing_bytes_total",
-    "ipvs_backend_connections_active", "ipvs_backend_connections_inactive", "ipvs_backend_connections_persistent",
-    "ipvs_backend_weight", "ipvs_sync_daemon_up", "lvs_director_vip_owned",
+    "ipvs_up",
+    "lvsguard_exporter_info",
+    "lvsguard_scrape_duration_seconds",
+    "ipvs_connections_total",
+    "ipvs_incoming_packets_total",
+    "ipvs_outgoing_packets_total",
+    "ipvs_incoming_bytes_total",
+    "ipvs_outgoing_bytes_total",
+    "ipvs_service_info",
+    "ipvs_service_connections_total",
+    "ipvs_service_incoming_packets_total",
+    "ipvs_service_outgoing_packets_total",
+    "ipvs_service_incoming_bytes_total",
+    "ipvs_service_outgoing_bytes_total",
+    "ipvs_backend_connections_total",
+    "ipvs_backend_incoming_packets_total",
+    "ipvs_backend_outgoing_packets_total",
+    "ipvs_backend_incoming_bytes_total",
+    "ipvs_backend_outgoing_bytes_total",
+    "ipvs_backend_connections_active",
+    "ipvs_backend_connections_inactive",
+    "ipvs_backend_connections_persistent",
+    "ipvs_backend_weight",
+    "ipvs_sync_daemon_up",
+    "lvs_director_vip_owned",
     # exporter probes (DESIGN §5)
-    "lvs_probe_success", "lvs_probe_duration_seconds_bucket", "lvs_backend_healthy", "lvs_backend_health_changes_total",
+    "lvs_probe_success",
+    "lvs_probe_duration_seconds_bucket",
+    "lvs_backend_healthy",
+    "lvs_backend_health_changes_total",
     # actuator (DESIGN §6)
-    "lvsguard_actions_total", "lvsguard_refusals_total", "lvsguard_quarantined",
-    "lvsguard_webhook_requests_total", "lvsguard_failover_requested_total",
+    "lvsguard_actions_total",
+    "lvsguard_refusals_total",
+    "lvsguard_quarantined",
+    "lvsguard_webhook_requests_total",
+    "lvsguard_failover_requested_total",
     # Prometheus itself
     "up",
-}  # fmt: skip
+}
 """Every metric a dashboard may query: the exporter's and actuator's contract."""
 
 SVC = "local_address, local_port, proto, local_mark, service"
@@ -142,7 +164,12 @@ def timeseries(
     panel = _panel("timeseries", title, description, targets, w, h)
     panel["fieldConfig"] = {"defaults": defaults, "overrides": overrides}
     panel["options"] = {
-        "legend": {"calcs": ["mean", "max", "lastNotNull"], "displayMode": "table", "placement": "bottom", "showLegend": True},
+        "legend": {
+            "calcs": ["mean", "max", "lastNotNull"],
+            "displayMode": "table",
+            "placement": "bottom",
+            "showLegend": True,
+        },
         "tooltip": {"mode": "multi", "sort": "desc"},
     }
     return panel
@@ -196,14 +223,26 @@ def table(
     for t in targets:
         t.update(format="table", instant=True, range=False)
     panel = _panel("table", title, description, targets, w, h)
-    panel["fieldConfig"] = {"defaults": {"custom": {"align": "auto"}, "thresholds": thresholds(("green", None))}, "overrides": overrides or []}
-    panel["options"] = {"cellHeight": "sm", "showHeader": True, "sortBy": [{"desc": False, "displayName": next(iter(columns.values()))}]}
+    panel["fieldConfig"] = {
+        "defaults": {"custom": {"align": "auto"}, "thresholds": thresholds(("green", None))},
+        "overrides": overrides or [],
+    }
+    panel["options"] = {
+        "cellHeight": "sm",
+        "showHeader": True,
+        "sortBy": [{"desc": False, "displayName": next(iter(columns.values()))}],
+    }
     panel["transformations"] = [
         {"id": "merge", "options": {}},
         {
             "id": "organize",
             "options": {
-                "excludeByName": {"Time": True, "__name__": True, "job": True, **({} if "Value" in columns else {"Value": True})},
+                "excludeByName": {
+                    "Time": True,
+                    "__name__": True,
+                    "job": True,
+                    **({} if "Value" in columns else {"Value": True}),
+                },
                 "includeByName": {name: True for name in columns},
                 "indexByName": {name: i for i, name in enumerate(columns)},
                 "renameByName": columns,
@@ -241,11 +280,21 @@ def state_timeline(
 def heatmap(title: str, description: str, expr: str, *, unit: str, w: int = 12, h: int = 8) -> Panel:
     """A Prometheus histogram's buckets over time (``expr`` sums increase() by ``le``)."""
     panel = _panel("heatmap", title, description, [target(expr, "{{le}}", fmt="heatmap")], w, h)
-    panel["fieldConfig"] = {"defaults": {"custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False}}}, "overrides": []}
+    panel["fieldConfig"] = {
+        "defaults": {"custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False}}},
+        "overrides": [],
+    }
     panel["options"] = {
         "calculate": False,
         "cellGap": 1,
-        "color": {"exponent": 0.5, "fill": "dark-orange", "mode": "scheme", "scale": "exponential", "scheme": "Oranges", "steps": 64},
+        "color": {
+            "exponent": 0.5,
+            "fill": "dark-orange",
+            "mode": "scheme",
+            "scale": "exponential",
+            "scheme": "Oranges",
+            "steps": 64,
+        },
         "filterValues": {"le": 1e-9},
         "legend": {"show": True},
         "rowsFrame": {"layout": "auto"},
@@ -329,7 +378,9 @@ SERVICE = query_variable(
 )
 
 
-def dashboard(uid: str, title: str, description: str, variables: list[dict[str, Any]], panels: list[Panel]) -> dict[str, Any]:
+def dashboard(
+    uid: str, title: str, description: str, variables: list[dict[str, Any]], panels: list[Panel]
+) -> dict[str, Any]:
     return {
         "annotations": {
             "list": [
@@ -387,7 +438,11 @@ def overview() -> dict[str, Any]:
             f"min(ipvs_up{{{D}}})",
             mappings=value_map((0, "unreadable", "red"), (1, "yes", "green")),
         ),
-        stat("Virtual services", "Distinct virtual services over the directors.", f"count(count {PER_SERVICE} (ipvs_service_info{{{D}}}))"),
+        stat(
+            "Virtual services",
+            "Distinct virtual services over the directors.",
+            f"count(count {PER_SERVICE} (ipvs_service_info{{{D}}}))",
+        ),
         stat(
             "Real servers",
             "Distinct real servers over all virtual services.",
@@ -433,8 +488,13 @@ def overview() -> dict[str, Any]:
             "Packets",
             "Packets per second through IPVS, in (up) and out (down), per director.",
             [
-                target(f"sum by (instance) (rate(ipvs_incoming_packets_total{{{D}}}[$__rate_interval]))", "{{instance}} in"),
-                target(f"sum by (instance) (rate(ipvs_outgoing_packets_total{{{D}}}[$__rate_interval]))", "{{instance}} out"),
+                target(
+                    f"sum by (instance) (rate(ipvs_incoming_packets_total{{{D}}}[$__rate_interval]))", "{{instance}} in"
+                ),
+                target(
+                    f"sum by (instance) (rate(ipvs_outgoing_packets_total{{{D}}}[$__rate_interval]))",
+                    "{{instance}} out",
+                ),
             ],
             unit="pps",
             negative_y=".* out$",
@@ -444,8 +504,14 @@ def overview() -> dict[str, Any]:
             "Throughput",
             "Bits per second through IPVS, in (up) and out (down), per director. Out is 0 for DR and TUN services: replies bypass the director.",
             [
-                target(f"sum by (instance) (rate(ipvs_incoming_bytes_total{{{D}}}[$__rate_interval])) * 8", "{{instance}} in"),
-                target(f"sum by (instance) (rate(ipvs_outgoing_bytes_total{{{D}}}[$__rate_interval])) * 8", "{{instance}} out"),
+                target(
+                    f"sum by (instance) (rate(ipvs_incoming_bytes_total{{{D}}}[$__rate_interval])) * 8",
+                    "{{instance}} in",
+                ),
+                target(
+                    f"sum by (instance) (rate(ipvs_outgoing_bytes_total{{{D}}}[$__rate_interval])) * 8",
+                    "{{instance}} out",
+                ),
             ],
             unit="bps",
             negative_y=".* out$",
@@ -510,7 +576,12 @@ def overview() -> dict[str, Any]:
         timeseries(
             "Actuator actions",
             "Actions decided by the actuators, by action and result.",
-            [target("sum by (action, result) (increase(lvsguard_actions_total[$__rate_interval]))", "{{action}} {{result}}")],
+            [
+                target(
+                    "sum by (action, result) (increase(lvsguard_actions_total[$__rate_interval]))",
+                    "{{action}} {{result}}",
+                )
+            ],
             unit="short",
             bars=True,
             w=8,
@@ -603,7 +674,11 @@ def virtual_service() -> dict[str, Any]:
             f"sum(rate(ipvs_service_connections_total{{{S}}}[$__rate_interval]))",
             unit="cps",
         ),
-        stat("Active connections", "Established connections of the service.", f"sum(ipvs_backend_connections_active{{{S}}})"),
+        stat(
+            "Active connections",
+            "Established connections of the service.",
+            f"sum(ipvs_backend_connections_active{{{S}}})",
+        ),
         row("Real servers"),
         timeseries(
             "Share of new connections",
@@ -667,8 +742,14 @@ def virtual_service() -> dict[str, Any]:
             "Traffic per real server",
             "Bits per second per real server, in (up) and out (down).",
             [
-                target(f"sum by ({RS}) (rate(ipvs_backend_incoming_bytes_total{{{S}}}[$__rate_interval])) * 8", RS_LEGEND + " in"),
-                target(f"sum by ({RS}) (rate(ipvs_backend_outgoing_bytes_total{{{S}}}[$__rate_interval])) * 8", RS_LEGEND + " out"),
+                target(
+                    f"sum by ({RS}) (rate(ipvs_backend_incoming_bytes_total{{{S}}}[$__rate_interval])) * 8",
+                    RS_LEGEND + " in",
+                ),
+                target(
+                    f"sum by ({RS}) (rate(ipvs_backend_outgoing_bytes_total{{{S}}}[$__rate_interval])) * 8",
+                    RS_LEGEND + " out",
+                ),
             ],
             unit="bps",
             negative_y=".* out$",
@@ -774,14 +855,22 @@ def high_availability() -> dict[str, Any]:
             "VIP moves",
             "Changes of VIP ownership per director (a failover shows on both). The series of a VIP changes"
             " its interface label when the VIP moves, so the changes are counted on max by (vip, instance).",
-            [target(f"sum by (instance) (changes(max by (vip, instance) ({owned})[$__rate_interval:]))", "{{instance}}")],
+            [
+                target(
+                    f"sum by (instance) (changes(max by (vip, instance) ({owned})[$__rate_interval:]))", "{{instance}}"
+                )
+            ],
             unit="short",
             bars=True,
         ),
         timeseries(
             "Failovers requested",
             "Failovers requested through an actuator (API, CLI or an alert).",
-            [target("sum by (instance) (increase(lvsguard_failover_requested_total[$__rate_interval]))", "{{instance}}")],
+            [
+                target(
+                    "sum by (instance) (increase(lvsguard_failover_requested_total[$__rate_interval]))", "{{instance}}"
+                )
+            ],
             unit="short",
             bars=True,
         ),
@@ -834,8 +923,12 @@ def render(build: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when a committed JSON file differs from the generated one")
-    parser.add_argument("--out", type=Path, default=HERE, help="directory for the JSON files (default: next to this script)")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a committed JSON file differs from the generated one"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="directory for the JSON files (default: next to this script)"
+    )
     args = parser.parse_args(argv)
     stale = []
     for name, build in DASHBOARDS.items():

@@ -29,9 +29,10 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -82,9 +83,14 @@ def _scenario(lab: Any, actuator: str, prometheus: str, seconds: float, log: Cal
     thread.start()
     interface = local_addresses(netns)[lab.director.server_ipv4]
     vip = lab.dr.address
-    listing = json.loads(subprocess.run(["ip", "-n", netns, "-json", "addr"], capture_output=True, text=True, check=True).stdout)
+    listing = json.loads(
+        subprocess.run(["ip", "-n", netns, "-json", "addr"], capture_output=True, text=True, check=True).stdout
+    )
     vip_cidr, vip_dev = next(
-        (f"{a['local']}/{a['prefixlen']}", link["ifname"]) for link in listing for a in link.get("addr_info", []) if a["local"] == vip
+        (f"{a['local']}/{a['prefixlen']}", link["ifname"])
+        for link in listing
+        for a in link.get("addr_info", [])
+        if a["local"] == vip
     )
     t0 = time.monotonic()
 
@@ -134,13 +140,17 @@ def collect(out: Path, seconds: float) -> None:
     from lab.topology import Lab
 
     generator = load_generator()
-    log = lambda message: print(f"previews: {message}", file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda message: print(f"previews: {message}", file=sys.stderr, flush=True)
     with Lab(real_servers=3) as lab, tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
-        exporter = stack.enter_context(running_exporter(tmp / "exporter", lambda listen: lab.config_yaml(listen=listen)))
+        exporter = stack.enter_context(
+            running_exporter(tmp / "exporter", lambda listen: lab.config_yaml(listen=listen))
+        )
         actuator = stack.enter_context(running_lab_actuator(lab, str(tmp / "ledger.db"), ACTUATOR_TOKEN))
         jobs = {"lvsguard-exporter": [exporter], "lvsguard-actuator": [actuator.removeprefix("http://")]}
-        prometheus = stack.enter_context(running_prometheus(tmp / "prometheus", prometheus_config(jobs, rule_files=[RULES])))
+        prometheus = stack.enter_context(
+            running_prometheus(tmp / "prometheus", prometheus_config(jobs, rule_files=[RULES]))
+        )
         start = time.time()
         _scenario(lab, actuator, prometheus, seconds, log)
         end = time.time()
@@ -162,7 +172,9 @@ def collect(out: Path, seconds: float) -> None:
                     if t["instant"]:
                         t["result"] = _query(prometheus, "query", query=expr, time=str(end))
                     else:
-                        t["result"] = _query(prometheus, "query_range", query=expr, start=str(start), end=str(end), step=str(STEP))
+                        t["result"] = _query(
+                            prometheus, "query_range", query=expr, start=str(start), end=str(end), step=str(STEP)
+                        )
             result["dashboards"][name] = board
         out.write_text(json.dumps(result))
         log(f"wrote {out}")
@@ -172,7 +184,14 @@ def collect(out: Path, seconds: float) -> None:
 
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
 PALETTE = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9", "#705da0", "#37872d", "#fade2a"]
-COLORS = {"green": "#73bf69", "red": "#f2495c", "orange": "#ff9830", "blue": "#5794f2", "text": "#464c54", "transparent": PANEL}
+COLORS = {
+    "green": "#73bf69",
+    "red": "#f2495c",
+    "orange": "#ff9830",
+    "blue": "#5794f2",
+    "text": "#464c54",
+    "transparent": PANEL,
+}
 PX_PER_ROW = 30  # Grafana's grid row height
 
 
@@ -245,7 +264,14 @@ def _series(panel: dict[str, Any]) -> list[tuple[str, list[float], list[float], 
             continue
         for row in t["result"]:
             points = row.get("values") or [row["value"]]
-            out.append((_legend(t["legendFormat"], row["metric"]), [float(p[0]) for p in points], [float(p[1]) for p in points], t))
+            out.append(
+                (
+                    _legend(t["legendFormat"], row["metric"]),
+                    [float(p[0]) for p in points],
+                    [float(p[1]) for p in points],
+                    t,
+                )
+            )
     return out
 
 
@@ -254,7 +280,11 @@ def _timeseries(ax: Any, panel: dict[str, Any], start: float, span: float) -> No
 
     defaults = panel["fieldConfig"]["defaults"]
     custom, unit = defaults["custom"], defaults["unit"]
-    negative = [re.compile(o["matcher"]["options"]) for o in panel["fieldConfig"]["overrides"] if o["matcher"]["id"] == "byRegexp"]
+    negative = [
+        re.compile(o["matcher"]["options"])
+        for o in panel["fieldConfig"]["overrides"]
+        if o["matcher"]["id"] == "byRegexp"
+    ]
     series = _series(panel)
     if not series:
         _no_data(ax, "No data")
@@ -271,12 +301,34 @@ def _timeseries(ax: Any, panel: dict[str, Any], start: float, span: float) -> No
         if custom["stacking"]["mode"] == "normal":
             base = stacked.copy()
             stacked = stacked + np.nan_to_num(values)
-            ax.fill_between(minutes, base, stacked, color=color, alpha=0.35, lw=0, step="post" if custom["lineInterpolation"] == "stepAfter" else None)
-            ax.plot(minutes, stacked, color=color, lw=1, label=name, drawstyle="steps-post" if custom["lineInterpolation"] == "stepAfter" else "default")
+            ax.fill_between(
+                minutes,
+                base,
+                stacked,
+                color=color,
+                alpha=0.35,
+                lw=0,
+                step="post" if custom["lineInterpolation"] == "stepAfter" else None,
+            )
+            ax.plot(
+                minutes,
+                stacked,
+                color=color,
+                lw=1,
+                label=name,
+                drawstyle="steps-post" if custom["lineInterpolation"] == "stepAfter" else "default",
+            )
         elif custom["drawStyle"] == "bars":
             ax.bar(minutes, np.nan_to_num(values), width=STEP / 60 * 0.8, color=color, label=name)
         else:
-            ax.plot(minutes, values, color=color, lw=1.2, label=name, drawstyle="steps-post" if custom["lineInterpolation"] == "stepAfter" else "default")
+            ax.plot(
+                minutes,
+                values,
+                color=color,
+                lw=1.2,
+                label=name,
+                drawstyle="steps-post" if custom["lineInterpolation"] == "stepAfter" else "default",
+            )
     if custom["thresholdsStyle"]["mode"] == "line":
         for step in defaults["thresholds"]["steps"][1:]:
             ax.axhline(step["value"], color=_color(step["color"]), lw=1, ls="--")
@@ -290,7 +342,15 @@ def _timeseries(ax: Any, panel: dict[str, Any], start: float, span: float) -> No
     ax.tick_params(colors=TEXT, labelsize=7)
     handles = ax.get_legend_handles_labels()
     if handles[0]:
-        ax.legend(fontsize=6, loc="best", ncol=2 if len(handles[0]) > 4 else 1, facecolor=PANEL, edgecolor=GRID, labelcolor=TEXT, framealpha=0.8)
+        ax.legend(
+            fontsize=6,
+            loc="best",
+            ncol=2 if len(handles[0]) > 4 else 1,
+            facecolor=PANEL,
+            edgecolor=GRID,
+            labelcolor=TEXT,
+            framealpha=0.8,
+        )
 
 
 def _stat(ax: Any, panel: dict[str, Any]) -> None:
@@ -303,11 +363,38 @@ def _stat(ax: Any, panel: dict[str, Any]) -> None:
     for i, (name, _, ys, _) in enumerate(series):
         value = ys[-1]
         mapped = _mapped(panel, value)
-        text, color = mapped if mapped else (_human(value, unit), _threshold_color(panel["fieldConfig"]["defaults"]["thresholds"]["steps"], value))
-        ax.add_patch(__import__("matplotlib").patches.Rectangle((i * width + 0.01, 0.03), width - 0.02, 0.94, color=color, transform=ax.transAxes))
-        ax.text(i * width + width / 2, 0.45, text, ha="center", va="center", color="white", fontsize=16 if len(series) < 3 else 11, weight="bold", transform=ax.transAxes)
+        text, color = (
+            mapped
+            if mapped
+            else (_human(value, unit), _threshold_color(panel["fieldConfig"]["defaults"]["thresholds"]["steps"], value))
+        )
+        ax.add_patch(
+            __import__("matplotlib").patches.Rectangle(
+                (i * width + 0.01, 0.03), width - 0.02, 0.94, color=color, transform=ax.transAxes
+            )
+        )
+        ax.text(
+            i * width + width / 2,
+            0.45,
+            text,
+            ha="center",
+            va="center",
+            color="white",
+            fontsize=16 if len(series) < 3 else 11,
+            weight="bold",
+            transform=ax.transAxes,
+        )
         if len(series) > 1:
-            ax.text(i * width + width / 2, 0.85, name, ha="center", va="center", color="white", fontsize=7, transform=ax.transAxes)
+            ax.text(
+                i * width + width / 2,
+                0.85,
+                name,
+                ha="center",
+                va="center",
+                color="white",
+                fontsize=7,
+                transform=ax.transAxes,
+            )
 
 
 def _table(ax: Any, panel: dict[str, Any]) -> None:
@@ -326,7 +413,10 @@ def _table(ax: Any, panel: dict[str, Any]) -> None:
         _no_data(ax, "No data")
         return
     header = list(columns.values())
-    body = [[cells.get(field, "") for field in columns] for cells in sorted(rows.values(), key=lambda c: [c.get(f, "") for f in columns])]
+    body = [
+        [cells.get(field, "") for field in columns]
+        for cells in sorted(rows.values(), key=lambda c: [c.get(f, "") for f in columns])
+    ]
     table = ax.table(cellText=body, colLabels=header, loc="upper center", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(7)
@@ -347,7 +437,16 @@ def _state_timeline(ax: Any, panel: dict[str, Any], start: float, span: float) -
             mapped = _mapped(panel, y)
             color = mapped[1] if mapped else "#8e8e8e"
             ax.broken_barh([((x - start) / 60, STEP / 60)], (lane + 0.1, 0.8), color=color, lw=0)
-        ax.text(-0.01, (lane + 0.5) / len(series), name, ha="right", va="center", color=TEXT, fontsize=6, transform=ax.transAxes)
+        ax.text(
+            -0.01,
+            (lane + 0.5) / len(series),
+            name,
+            ha="right",
+            va="center",
+            color=TEXT,
+            fontsize=6,
+            transform=ax.transAxes,
+        )
     ax.set_ylim(0, len(series))
     ax.set_yticks([])
     _minutes_axis(ax, span)
@@ -365,8 +464,18 @@ def _heatmap(ax: Any, panel: dict[str, Any], start: float, span: float) -> None:
     matrix = np.array([ys for _, _, ys in series])
     cumulative = np.diff(np.vstack([np.zeros(matrix.shape[1]), matrix]), axis=0)
     xs = (np.array(series[0][1]) - start) / 60
-    ax.imshow(np.clip(cumulative, 0, None), aspect="auto", origin="lower", cmap="Oranges", extent=(xs[0], xs[-1], 0, len(series)))
-    ax.set_yticks(np.arange(len(series)) + 0.5, [_human(le, "s") if le != float("inf") else "+Inf" for le, _, _ in series], fontsize=6)
+    ax.imshow(
+        np.clip(cumulative, 0, None),
+        aspect="auto",
+        origin="lower",
+        cmap="Oranges",
+        extent=(xs[0], xs[-1], 0, len(series)),
+    )
+    ax.set_yticks(
+        np.arange(len(series)) + 0.5,
+        [_human(le, "s") if le != float("inf") else "+Inf" for le, _, _ in series],
+        fontsize=6,
+    )
     _minutes_axis(ax, span)
     ax.tick_params(colors=TEXT, labelsize=7)
 
@@ -392,17 +501,42 @@ def render(data: Path, out_dir: Path) -> list[Path]:
             left, top = g["x"] / 24, 1 - (40 + g["y"] * PX_PER_ROW) / height_px
             width, height = g["w"] / 24, g["h"] * PX_PER_ROW / height_px
             if panel["type"] == "row":
-                fig.text(left + 0.005, top - height / 2, panel["title"], color=TEXT, fontsize=11, weight="bold", va="center")
+                fig.text(
+                    left + 0.005, top - height / 2, panel["title"], color=TEXT, fontsize=11, weight="bold", va="center"
+                )
                 continue
             frame = fig.add_axes((left + 0.003, top - height + 0.004, width - 0.006, height - 0.008), facecolor=PANEL)
             frame.set_xticks([])
             frame.set_yticks([])
             for spine in frame.spines.values():
                 spine.set_color(GRID)
-            frame.text(0.01, 1 - 12 / (g["h"] * PX_PER_ROW), panel["title"], color=TEXT, fontsize=8, weight="bold", va="center", transform=frame.transAxes)
+            frame.text(
+                0.01,
+                1 - 12 / (g["h"] * PX_PER_ROW),
+                panel["title"],
+                color=TEXT,
+                fontsize=8,
+                weight="bold",
+                va="center",
+                transform=frame.transAxes,
+            )
             inset = 24 / (g["h"] * PX_PER_ROW)
-            pad_left = 0.14 if panel["type"] == "state-timeline" else 0.07 if panel["type"] in ("timeseries", "heatmap") else 0.01
-            ax = frame.inset_axes((pad_left, 0.1 if panel["type"] in ("timeseries", "state-timeline", "heatmap") else 0.02, 1 - pad_left - 0.02, 1 - inset - 0.14), facecolor=PANEL)
+            pad_left = (
+                0.14
+                if panel["type"] == "state-timeline"
+                else 0.07
+                if panel["type"] in ("timeseries", "heatmap")
+                else 0.01
+            )
+            ax = frame.inset_axes(
+                (
+                    pad_left,
+                    0.1 if panel["type"] in ("timeseries", "state-timeline", "heatmap") else 0.02,
+                    1 - pad_left - 0.02,
+                    1 - inset - 0.14,
+                ),
+                facecolor=PANEL,
+            )
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if panel["type"] not in ("timeseries", "state-timeline", "heatmap"):

@@ -22,18 +22,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from operator import attrgetter
-from typing import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lvsguard.logs import event
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs import TableReader
 from lvsguard.labels import BACKEND_LABELS, SERVICE_LABELS, mark_label, parse_backend_labels
+from lvsguard.logs import event
 from lvsguard.model import RealServerKey, ServiceKey, Table, VirtualService
 
 # --- label names -------------------------------------------------------------
@@ -80,13 +81,18 @@ _TRAFFIC = (  # Stats field, what it counts
 
 def _traffic(prefix: str, scope: str, path: str, *, netlink_only: bool) -> tuple[MetricDef, ...]:
     return tuple(
-        MetricDef(f"{prefix}{name}_total", COUNTER, f"{what} ({scope}).", path + name, netlink_only) for name, what in _TRAFFIC
+        MetricDef(f"{prefix}{name}_total", COUNTER, f"{what} ({scope}).", path + name, netlink_only)
+        for name, what in _TRAFFIC
     )
 
 
-UP = MetricDef("ipvs_up", GAUGE, "1 when the IPVS table was read for this scrape, 0 when it could not be (the reason is logged).")
+UP = MetricDef(
+    "ipvs_up", GAUGE, "1 when the IPVS table was read for this scrape, 0 when it could not be (the reason is logged)."
+)
 EXPORTER_INFO = MetricDef(
-    "lvsguard_exporter_info", GAUGE, "lvsguard version and the source of the IPVS table (netlink, or procfs without traffic counters); always 1."
+    "lvsguard_exporter_info",
+    GAUGE,
+    "lvsguard version and the source of the IPVS table (netlink, or procfs without traffic counters); always 1.",
 )
 HOST_METRICS = _traffic("ipvs_", "host total, all virtual services", "", netlink_only=False)
 SERVICE_INFO = MetricDef(
@@ -96,10 +102,24 @@ SERVICE_INFO = MetricDef(
 )
 SERVICE_METRICS = _traffic("ipvs_service_", "per virtual service", "stats.", netlink_only=True)
 BACKEND_METRICS = _traffic("ipvs_backend_", "per real server", "stats.", netlink_only=True) + (
-    MetricDef("ipvs_backend_connections_active", GAUGE, "Active (established) connections of the real server.", "active_connections"),
-    MetricDef("ipvs_backend_connections_inactive", GAUGE, "Inactive connections (other states) of the real server.", "inactive_connections"),
     MetricDef(
-        "ipvs_backend_connections_persistent", GAUGE, "Persistence templates that point to the real server.", "persistent_connections", netlink_only=True
+        "ipvs_backend_connections_active",
+        GAUGE,
+        "Active (established) connections of the real server.",
+        "active_connections",
+    ),
+    MetricDef(
+        "ipvs_backend_connections_inactive",
+        GAUGE,
+        "Inactive connections (other states) of the real server.",
+        "inactive_connections",
+    ),
+    MetricDef(
+        "ipvs_backend_connections_persistent",
+        GAUGE,
+        "Persistence templates that point to the real server.",
+        "persistent_connections",
+        netlink_only=True,
     ),
     MetricDef("ipvs_backend_weight", GAUGE, "Scheduling weight of the real server (0: no new connections).", "weight"),
 )
@@ -110,9 +130,13 @@ SYNC_DAEMON_UP = MetricDef(
     netlink_only=True,
 )
 VIP_OWNED = MetricDef(
-    "lvs_director_vip_owned", GAUGE, "1 when a virtual service address is configured on an interface of this director, 0 when it is on none."
+    "lvs_director_vip_owned",
+    GAUGE,
+    "1 when a virtual service address is configured on an interface of this director, 0 when it is on none.",
 )
-SCRAPE_DURATION = MetricDef("lvsguard_scrape_duration_seconds", GAUGE, "Time spent reading the IPVS table and rendering its metrics.")
+SCRAPE_DURATION = MetricDef(
+    "lvsguard_scrape_duration_seconds", GAUGE, "Time spent reading the IPVS table and rendering its metrics."
+)
 
 ALL_METRICS: tuple[MetricDef, ...] = (
     UP,
@@ -166,7 +190,9 @@ def service_label_values(key: ServiceKey, name: str) -> tuple[str, ...]:
 
 def backend_label_values(service: ServiceKey, key: RealServerKey, names: Names) -> tuple[str, ...]:
     """Values of every label of BACKEND_LABELS for real server ``key`` of ``service``."""
-    local_address, local_port, proto, local_mark, service_name = service_label_values(service, names.service_name(service))
+    local_address, local_port, proto, local_mark, service_name = service_label_values(
+        service, names.service_name(service)
+    )
     return (
         local_address,
         local_port,
@@ -353,7 +379,7 @@ class IPVSCollector(Collector):
         table: Table | None = None
         try:
             table = self.reader.read()
-        except Exception as exc:  # noqa: BLE001 - collect() never raises: a failed read is ipvs_up 0
+        except Exception as exc:
             self._table_log.failed(_reason(exc), exc)
         else:
             self._table_log.ok()
@@ -361,7 +387,7 @@ class IPVSCollector(Collector):
         if table is not None and self._addresses is not None:
             try:
                 addresses = self._addresses()
-            except Exception as exc:  # noqa: BLE001 - the VIP family is dropped, the rest is served
+            except Exception as exc:
                 self._address_log.failed(_reason(exc), exc)
             else:
                 self._address_log.ok()
@@ -424,7 +450,11 @@ class IPVSCollector(Collector):
 
     @staticmethod
     def _summed_families(
-        scrape: Scrape, metrics: Sequence[MetricDef], labels: tuple[str, ...], keys: list[tuple[str, ...]], objects: Sequence[object]
+        scrape: Scrape,
+        metrics: Sequence[MetricDef],
+        labels: tuple[str, ...],
+        keys: list[tuple[str, ...]],
+        objects: Sequence[object],
     ) -> Iterator[Metric]:
         grouped = group(keys, objects)
         for metric in metrics:

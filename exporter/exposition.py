@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generator, Iterable, Iterator, Sequence
 
 from exporter.collector import (
     BACKEND_METRICS,
@@ -77,7 +77,9 @@ def render_family(fam: Family) -> str:
     """A small family (a handful of series) in one piece; "" when it has no samples."""
     if not fam.rows:
         return ""
-    lines = [f"{fam.metric.name}{label_string(fam.labels, values)} {format_value(value)}\n" for values, value in fam.rows]
+    lines = [
+        f"{fam.metric.name}{label_string(fam.labels, values)} {format_value(value)}\n" for values, value in fam.rows
+    ]
     return header(fam.metric) + "".join(lines)
 
 
@@ -181,14 +183,16 @@ class Exposition:
 
     def _service_families(self, scrape: Scrape, frame: _Frame) -> Iterator[str]:
         info = dict.fromkeys(
-            f'{SERVICE_INFO.name}{{{pairs},{label_pairs(("scheduler", "persistent", "forward"), service_info_values(svc))}}} 1\n'
+            f"{SERVICE_INFO.name}{{{pairs},{label_pairs(('scheduler', 'persistent', 'forward'), service_info_values(svc))}}} 1\n"
             for pairs, svc in zip(frame.service_pairs, frame.services)
         )
         yield header(SERVICE_INFO) + "".join(info)
         labels = ["{" + pairs + "}" for pairs in frame.service_pairs]
         yield from self._families(scrape, SERVICE_METRICS, labels, frame.services)
 
-    def _families(self, scrape: Scrape, metrics: Sequence[MetricDef], labels: list[str], objects: Sequence[object]) -> Iterator[str]:
+    def _families(
+        self, scrape: Scrape, metrics: Sequence[MetricDef], labels: list[str], objects: Sequence[object]
+    ) -> Iterator[str]:
         grouped = group(labels, objects)
         for metric in metrics:
             if not scrape.wants(metric):
@@ -216,4 +220,3 @@ def gzipped(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Generator[bytes
         if out:
             yield out
     yield compressor.flush()
-

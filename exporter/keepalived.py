@@ -35,9 +35,17 @@ from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
 
 STATES = ("master", "backup", "fault", "stop")
-STATE = ("lvs_director_vrrp_state", "gauge", "keepalived VRRP state of the instance, from its notify FIFO: 1 for the current state.")
+STATE = (
+    "lvs_director_vrrp_state",
+    "gauge",
+    "keepalived VRRP state of the instance, from its notify FIFO: 1 for the current state.",
+)
 PRIORITY = ("lvs_director_vrrp_priority", "gauge", "keepalived VRRP priority of the instance at its last transition.")
-TRANSITIONS = ("lvs_director_vrrp_transitions", "counter", "keepalived VRRP transitions of the instance seen since the exporter started.")
+TRANSITIONS = (
+    "lvs_director_vrrp_transitions",
+    "counter",
+    "keepalived VRRP transitions of the instance seen since the exporter started.",
+)
 
 log = logging.getLogger("lvsguard.exporter.keepalived")
 
@@ -103,7 +111,14 @@ class KeepalivedFifo:
         with self._lock:
             before = self._states.get(instance)
             self._states[instance] = InstanceState(state, priority, (before.transitions if before else 0) + 1)
-        event(log, logging.INFO, "vrrp_state", instance=instance, state=state, priority="" if priority is None else priority)
+        event(
+            log,
+            logging.INFO,
+            "vrrp_state",
+            instance=instance,
+            state=state,
+            priority="" if priority is None else priority,
+        )
 
     def states(self) -> dict[str, InstanceState]:
         with self._lock:
@@ -133,11 +148,20 @@ class KeepalivedFifo:
             return
         out = [f"# HELP {STATE[0]} {STATE[2]}\n# TYPE {STATE[0]} {STATE[1]}\n"]
         for instance, s in sorted(states.items()):
-            out += [f'{STATE[0]}{{instance="{_escape(instance)}",state="{name}"}} {int(s.state == name)}\n' for name in STATES]
+            out += [
+                f'{STATE[0]}{{instance="{_escape(instance)}",state="{name}"}} {int(s.state == name)}\n'
+                for name in STATES
+            ]
         out.append(f"# HELP {PRIORITY[0]} {PRIORITY[2]}\n# TYPE {PRIORITY[0]} {PRIORITY[1]}\n")
-        out += [f'{PRIORITY[0]}{{instance="{_escape(i)}"}} {s.priority}\n' for i, s in sorted(states.items()) if s.priority is not None]
+        out += [
+            f'{PRIORITY[0]}{{instance="{_escape(i)}"}} {s.priority}\n'
+            for i, s in sorted(states.items())
+            if s.priority is not None
+        ]
         out.append(f"# HELP {TRANSITIONS[0]}_total {TRANSITIONS[2]}\n# TYPE {TRANSITIONS[0]}_total {TRANSITIONS[1]}\n")
-        out += [f'{TRANSITIONS[0]}_total{{instance="{_escape(i)}"}} {s.transitions}\n' for i, s in sorted(states.items())]
+        out += [
+            f'{TRANSITIONS[0]}_total{{instance="{_escape(i)}"}} {s.transitions}\n' for i, s in sorted(states.items())
+        ]
         yield "".join(out)
 
 

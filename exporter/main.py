@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from exporter.server import Reloadable, run
 from exporter.source import ExporterReader
@@ -83,7 +84,14 @@ def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[],
             if before != after
         ]
         if needs_restart:
-            event(log, logging.WARNING, "reload_needs_restart", keys=",".join(needs_restart), listen=listen, netns=netns or "-")
+            event(
+                log,
+                logging.WARNING,
+                "reload_needs_restart",
+                keys=",".join(needs_restart),
+                listen=listen,
+                netns=netns or "-",
+            )
         return Reloadable(backend_labels=new.exporter.backend_labels, services=new.exporter.services or None, names=new)
 
     return load
@@ -98,9 +106,12 @@ def _snmp_actuator_keys(running: Config, new: Config) -> list[tuple[str, object,
     before, after = running.actuator or ActuatorSettings(), new.actuator or ActuatorSettings()
     return [
         ("actuator.ledger", before.ledger_path, after.ledger_path),
-        ("actuator.quorum", (before.min_healthy, dict(before.service_min_healthy), running.actuator is None),
-         (after.min_healthy, dict(after.service_min_healthy), new.actuator is None)),
-    ]  # fmt: skip
+        (
+            "actuator.quorum",
+            (before.min_healthy, dict(before.service_min_healthy), running.actuator is None),
+            (after.min_healthy, dict(after.service_min_healthy), new.actuator is None),
+        ),
+    ]
 
 
 def start_snmp(
@@ -129,10 +140,18 @@ def start_snmp(
     settings = dataclasses.replace(config.snmp, listen=listen) if listen else config.snmp
     provider = snmp_provider(config, netns, probes=probes, fifo=fifo)
     agent = start_in_thread(settings, provider)
-    event(log, logging.INFO, "snmp_agent_started", listen=settings.listen, v2c=bool(settings.communities),
-          v3_users=",".join(u.name for u in settings.users) or "-", traps=",".join(settings.trap_targets) or "-",
-          probes="on" if probes is not None else "off", ledger=provider.ledger.path if provider.ledger else "-",
-          keepalived=config.director.keepalived_fifo or "-")  # fmt: skip
+    event(
+        log,
+        logging.INFO,
+        "snmp_agent_started",
+        listen=settings.listen,
+        v2c=bool(settings.communities),
+        v3_users=",".join(u.name for u in settings.users) or "-",
+        traps=",".join(settings.trap_targets) or "-",
+        probes="on" if probes is not None else "off",
+        ledger=provider.ledger.path if provider.ledger else "-",
+        keepalived=config.director.keepalived_fifo or "-",
+    )
     return agent
 
 

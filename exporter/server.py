@@ -20,18 +20,18 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from dataclasses import dataclass
-from typing import Callable, Collection, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from exporter.collector import BACKEND_LABELS, ExtraFamilies, IPVSCollector, Names
 from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
-from lvsguard.logs import event
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs import TableReader
+from lvsguard.logs import event
 from lvsguard.model import ServiceKey
 
 log = logging.getLogger("exporter.http")
@@ -122,7 +122,7 @@ class ExporterServer(ThreadingHTTPServer):
             backend_labels=options.backend_labels,
             services=options.services,
             names=options.names,
-            addresses=old._addresses,  # noqa: SLF001 - the same director, the same address reader
+            addresses=old._addresses,
             version=old.version,
             logger=old.logger,
             clock=old.clock,
@@ -141,8 +141,13 @@ class ExporterServer(ThreadingHTTPServer):
                     event(log, logging.ERROR, "reload_failed", reason=line, kept="the running config")
                 return False
             collector = self.exposition.collector
-            event(log, logging.INFO, "reload_done", backend_labels=",".join(collector.backend_labels),
-                  services="all" if collector.services is None else len(collector.services))  # fmt: skip
+            event(
+                log,
+                logging.INFO,
+                "reload_done",
+                backend_labels=",".join(collector.backend_labels),
+                services="all" if collector.services is None else len(collector.services),
+            )
             return True
 
 
@@ -152,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = IDLE_TIMEOUT
     server: ExporterServer
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == "/metrics":
             self._metrics()
@@ -161,7 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/-/healthy":
             self._reply(HTTPStatus.OK, "text/plain; charset=utf-8", b"OK\n")
         else:
-            self._reply(HTTPStatus.NOT_FOUND, "text/plain; charset=utf-8", f"{path}: not found; metrics are on /metrics\n".encode())
+            self._reply(
+                HTTPStatus.NOT_FOUND,
+                "text/plain; charset=utf-8",
+                f"{path}: not found; metrics are on /metrics\n".encode(),
+            )
 
     def _reply(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
         self.send_response(status)
@@ -191,7 +200,15 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             body.close()
             rendered.close()  # a scraper that went away stops the rendering here
-        event(log, logging.DEBUG, "scrape_served", client=self.client_address[0], bytes=sent, gzip=gzip, seconds=f"{time.perf_counter() - started:.3f}")
+        event(
+            log,
+            logging.DEBUG,
+            "scrape_served",
+            client=self.client_address[0],
+            bytes=sent,
+            gzip=gzip,
+            seconds=f"{time.perf_counter() - started:.3f}",
+        )
 
     def _stream(self, body: Iterable[bytes], chunked: bool) -> int:
         sent = 0
@@ -204,17 +221,30 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
             self.close_connection = True
-            event(log, logging.DEBUG, "scrape_aborted", client=self.client_address[0], reason=type(exc).__name__, bytes=sent)
-        except Exception as exc:  # noqa: BLE001 - a rendering bug must not kill the server; the scraper sees a cut body
+            event(
+                log,
+                logging.DEBUG,
+                "scrape_aborted",
+                client=self.client_address[0],
+                reason=type(exc).__name__,
+                bytes=sent,
+            )
+        except Exception as exc:
             self.close_connection = True
-            event(log, logging.ERROR, "scrape_failed", client=self.client_address[0], reason=f"{type(exc).__name__}: {exc}")
+            event(
+                log,
+                logging.ERROR,
+                "scrape_failed",
+                client=self.client_address[0],
+                reason=f"{type(exc).__name__}: {exc}",
+            )
             log.debug("scrape_failed traceback", exc_info=exc)
         return sent
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         event(log, logging.DEBUG, "http_request", client=self.client_address[0], request=self.requestline, status=code)
 
-    def log_error(self, format: str, *args: object) -> None:  # noqa: A002 - the http.server API
+    def log_error(self, format: str, *args: object) -> None:
         event(log, logging.DEBUG, "http_error", client=self.client_address[0], reason=format % args)
 
 
@@ -238,7 +268,12 @@ def run(
     series (``exporter.probes.metrics.ProbeMetrics``).
     """
     collector = IPVSCollector(
-        reader_factory(), backend_labels=backend_labels, services=services, names=names, addresses=addresses, probes=probes
+        reader_factory(),
+        backend_labels=backend_labels,
+        services=services,
+        names=names,
+        addresses=addresses,
+        probes=probes,
     )
     try:
         server = ExporterServer(listen, Exposition(collector))

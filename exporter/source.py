@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
-from lvsguard.logs import event
 from lvsguard.errors import IPVSUnavailable, NamespaceError, NotPermitted
 from lvsguard.ipvs import SOURCES, TableReader, open_reader
+from lvsguard.logs import event
 from lvsguard.model import Table
 
 log = logging.getLogger("exporter.ipvs")

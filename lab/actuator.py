@@ -10,8 +10,9 @@ costs about 2 s under UML.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import waitress
 

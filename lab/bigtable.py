@@ -23,8 +23,8 @@ import ipaddress
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lab import ipvsadm
 from lvsguard.errors import LvsguardError
@@ -58,15 +58,18 @@ def plan(services: int, per_service: int) -> tuple[VirtualService, ...]:
     """The table's services and real servers, as configured (see the module docstring)."""
     if not 1 <= services <= MAX_SERVICES:
         raise ValueError(f"services must be 1..{MAX_SERVICES}, got {services}")
-    if not 0 <= per_service or services * per_service > MAX_REAL_SERVERS:
+    if not per_service >= 0 or services * per_service > MAX_REAL_SERVERS:
         raise ValueError(f"services x per_service must be 0..{MAX_REAL_SERVERS}, got {services} x {per_service}")
     table = []
     for i in range(services):
         key = ServiceKey("TCP", str(ipaddress.IPv4Address(SERVICE_BASE + i)), 80)
         forward = Forward.MASQ if i % 2 == 0 else Forward.ROUTE
         real_servers = tuple(
-            RealServer(RealServerKey(str(ipaddress.IPv4Address(REAL_SERVER_BASE + i * per_service + j)), 8080),
-                       1 + j % 7, forward)
+            RealServer(
+                RealServerKey(str(ipaddress.IPv4Address(REAL_SERVER_BASE + i * per_service + j)), 8080),
+                1 + j % 7,
+                forward,
+            )
             for j in range(per_service)
         )
         table.append(VirtualService(key, "wrr", real_servers=real_servers))
@@ -87,8 +90,14 @@ def _fill_ipvsadm(table: tuple[VirtualService, ...], netns: str, say: Callable[[
     ipvsadm.restore(table, netns=netns)
 
 
-def build(services: int = 1000, per_service: int = 100, *, netns: str = DEFAULT_NETNS, method: str = "netlink",
-          progress: Callable[[str], None] | None = None) -> BigTable:
+def build(
+    services: int = 1000,
+    per_service: int = 100,
+    *,
+    netns: str = DEFAULT_NETNS,
+    method: str = "netlink",
+    progress: Callable[[str], None] | None = None,
+) -> BigTable:
     """Create ``netns`` afresh and fill its IPVS table with ``plan(services, per_service)``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -121,10 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         print("lab.bigtable: run it inside lab/vm.sh (or set FORCE=1 on a disposable host)", file=sys.stderr)
         return 2
     try:
-        big = build(args.services, args.per_service, netns=args.netns, method=args.method,
-                    progress=lambda msg: print(msg, flush=True))
-        print(f"{big.real_server_count} real servers in {len(big.services)} services: {big.seconds:.1f} s "
-              f"({big.seconds / max(big.real_server_count, 1) * 1e6:.0f} µs per real server, {big.method})")
+        big = build(
+            args.services,
+            args.per_service,
+            netns=args.netns,
+            method=args.method,
+            progress=lambda msg: print(msg, flush=True),
+        )
+        print(
+            f"{big.real_server_count} real servers in {len(big.services)} services: {big.seconds:.1f} s "
+            f"({big.seconds / max(big.real_server_count, 1) * 1e6:.0f} µs per real server, {big.method})"
+        )
     except (ValueError, ipvsadm.IpvsadmError, LvsguardError) as exc:
         print(f"lab.bigtable: {exc}", file=sys.stderr)
         return 1

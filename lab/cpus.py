@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 PM_QOS = "/dev/cpu_dma_latency"
 

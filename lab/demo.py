@@ -30,11 +30,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file (lab/demo.py): make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import demo_ha, traffic  # noqa: E402
-from lab.ha import ACTUATOR_PORTS, EXPORTER_PORTS, HALab, alertmanager_config  # noqa: E402
-from lab.monitoring import running_alertmanager  # noqa: E402
-from lab.keepalived import KeepalivedError  # noqa: E402
-from lab.topology import Lab, LabError  # noqa: E402
+from lab import demo_ha, traffic
+from lab.ha import ACTUATOR_PORTS, EXPORTER_PORTS, HALab, alertmanager_config
+from lab.keepalived import KeepalivedError
+from lab.monitoring import running_alertmanager
+from lab.topology import Lab, LabError
 
 LISTEN = f"127.0.0.1:{EXPORTER_PORTS['dir1']}"  # the active director's exporter
 COUNTERS_TIMEOUT = 10.0  # seconds: the kernel folds its counters every 2 s
@@ -92,8 +92,10 @@ def wait_for_exporter_counts(expected: dict[str, Counter[str]], before: dict[tup
     while True:
         text = scrape()
         now = samples(text, "ipvs_backend_connections_total")
-        moved = {svc: +Counter({rs: n - before.get((s, rs), 0) for (s, rs), n in now.items() if s == svc})
-                 for svc in expected}
+        moved = {
+            svc: +Counter({rs: n - before.get((s, rs), 0) for (s, rs), n in now.items() if s == svc})
+            for svc in expected
+        }
         if moved == {svc: +c for svc, c in expected.items()} or time.monotonic() > deadline:
             return text
         time.sleep(0.5)
@@ -125,8 +127,10 @@ def show_kernel_agrees(lab: Lab, seen: dict[str, Counter[str]], before: dict[str
     section("the kernel's connection counters against what the client did (exact)")
     for service in lab.services.values():
         delta = lab.wait_for_connections(service, before[service.name], seen[service.name], COUNTERS_TIMEOUT)  # type: ignore[arg-type]
-        check(delta.by_real_server == seen[service.name] and delta.total == sum(seen[service.name].values()),
-              f"{service.name:6} {service.key}: kernel counted {split(delta.by_real_server)} (total {delta.total})")
+        check(
+            delta.by_real_server == seen[service.name] and delta.total == sum(seen[service.name].values()),
+            f"{service.name:6} {service.key}: kernel counted {split(delta.by_real_server)} (total {delta.total})",
+        )
 
 
 def show_status(lab: Lab) -> None:
@@ -160,7 +164,11 @@ def show_active(lab: Lab, exporter_ok: bool) -> None:
     with traffic.hold_connections(lab, service.address, service.port, n) as held:
         step(f"holding {n} connections open: {split(held)}")
         table = lab.read_table().service(service.key)
-        kernel = +Counter({service.name_of(rs.key): rs.active_connections for rs in table.real_servers}) if table else Counter()
+        kernel = (
+            +Counter({service.name_of(rs.key): rs.active_connections for rs in table.real_servers})
+            if table
+            else Counter()
+        )
         check(kernel == held, f"kernel ActiveConn per real server: {split(kernel)}")
         if exporter_ok:
             active = samples(scrape(), "ipvs_backend_connections_active")
@@ -179,7 +187,10 @@ def show_weight_change(lab: Lab, exporter_ok: bool) -> None:
     try:
         if exporter_ok:
             weights = samples(scrape(), "ipvs_backend_weight")
-            check(weights.get((service.name, drained)) == 0, f"exporter ipvs_backend_weight{{real_server=\"{drained}\"}} = 0")
+            check(
+                weights.get((service.name, drained)) == 0,
+                f'exporter ipvs_backend_weight{{real_server="{drained}"}} = 0',
+            )
         got = traffic.http_get(lab, service.address, service.port, n)
         step(f"{n} new connections while {drained} has weight 0: {split(got)}")
         check(drained not in got and sum(got.values()) == n, f"no new connection went to {drained}")
@@ -204,8 +215,10 @@ def main() -> int:
             # lvsguard exporter and actuator per director (--netns), started by build() before keepalived
             lab = HALab(lvsguard_token=token_file.read_text().strip(), probes=demo_ha.probes_section(alertmanager))
             lab.build(progress=step)
-            step(f"exporters on {', '.join(p.exporter_url for p in lab.lvsguard.values())}, "
-                 f"actuators on {', '.join(p.actuator_url for p in lab.lvsguard.values())}")  # fmt: skip
+            step(
+                f"exporters on {', '.join(p.exporter_url for p in lab.lvsguard.values())}, "
+                f"actuators on {', '.join(p.actuator_url for p in lab.lvsguard.values())}"
+            )
             single_director(lab)
             section("high availability: the story, step by step")
             timeline = demo_ha.story(lab, step, check)
@@ -222,7 +235,9 @@ def main() -> int:
     if failures:
         print(f"DEMO FAILED: {len(failures)} check(s) failed:\n  " + "\n  ".join(failures))
         return 1
-    step("DEMO OK: the kernel and the exporter agree with the client; a real server and a director failed and the cluster kept serving")
+    step(
+        "DEMO OK: the kernel and the exporter agree with the client; a real server and a director failed and the cluster kept serving"
+    )
     return 0
 
 

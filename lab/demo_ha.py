@@ -37,9 +37,11 @@ VICTIM = "rs1"
 
 def probes_section(alertmanager: str) -> str:
     """The lvsguard config's ``probes``: a fast tcp check of the NAT service, published to Alertmanager."""
-    return ("probes:\n  default_tcp: false\n  checks:\n"
-            "    - {type: tcp, service: nat, interval: 0.5s, timeout: 0.5s, rise: 2, fall: 2}\n"
-            f"  publish:\n    mode: alertmanager\n    url: \"{alertmanager}\"\n")  # fmt: skip
+    return (
+        "probes:\n  default_tcp: false\n  checks:\n"
+        "    - {type: tcp, service: nat, interval: 0.5s, timeout: 0.5s, rise: 2, fall: 2}\n"
+        f'  publish:\n    mode: alertmanager\n    url: "{alertmanager}"\n'
+    )
 
 
 class Timeline:
@@ -89,8 +91,26 @@ def service_port_blocked(lab: HALab, name: str, port: int, blocked: bool) -> Non
     netns = next(rs.netns for rs in lab.real_servers if rs.name == name)
     action = "-I" if blocked else "-D"
     iptables = "iptables-legacy" if shutil.which("iptables-legacy") else "iptables"
-    subprocess.run(["ip", "netns", "exec", netns, iptables, action, "INPUT", "-p", "tcp", "--dport", str(port),
-                    "-j", "REJECT", "--reject-with", "tcp-reset"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            iptables,
+            action,
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            str(port),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
+        check=True,
+    )
 
 
 def exporter_says(lab: HALab, name: str, metric: str) -> list[str]:
@@ -117,14 +137,18 @@ def story(lab: HALab, say: Callable[[str], None], check: Callable[[bool, str], N
     full = nat.weights[VICTIM]
     timeline = Timeline(say)
     seen = traffic.http_get(lab, nat.address, nat.port, 12)
-    timeline.mark(f"12 requests through the NAT VIP {nat.address}:{nat.port}, dir1 holding the VIPs: "
-                  + " ".join(f"{k}={v}" for k, v in sorted(seen.items())))  # fmt: skip
+    timeline.mark(
+        f"12 requests through the NAT VIP {nat.address}:{nat.port}, dir1 holding the VIPs: "
+        + " ".join(f"{k}={v}" for k, v in sorted(seen.items()))
+    )
     check(lab.vip_owners() == ("dir1",) and sum(seen.values()) == 12, "dir1 holds the VIPs and serves every request")
 
     service_port_blocked(lab, VICTIM, port, True)
     timeline.mark(f"{VICTIM}'s HTTP service dies (port {port} answers with resets)")
     out = wait_for(lambda: weights(lab, nat, VICTIM) == {"dir1": 0, "dir2": 0}, PROBE_TIMEOUT)
-    timeline.mark(f"{VICTIM} quarantined on dir1 and dir2 (probes -> Alertmanager -> both actuators): {weights(lab, nat, VICTIM)}")
+    timeline.mark(
+        f"{VICTIM} quarantined on dir1 and dir2 (probes -> Alertmanager -> both actuators): {weights(lab, nat, VICTIM)}"
+    )
     check(out, f"{VICTIM} has weight 0 on both directors")
     seen = traffic.http_get(lab, nat.address, nat.port, 12)
     check(VICTIM not in seen and sum(seen.values()) == 12, f"12 new requests avoid {VICTIM}: {dict(seen)}")
@@ -141,7 +165,9 @@ def story(lab: HALab, say: Callable[[str], None], check: Callable[[bool, str], N
         timeline.mark(f"{HELD} long-lived connections each through NAT and DR, synced to dir2 by the IPVS sync daemon")
         check(synced, "dir2 has every long-lived connection")
         crashed = lab.crash("dir1")
-        timeline.events.append((crashed - timeline.start, "dir1 dies: keepalived, exporter and actuator SIGKILLed, links down"))
+        timeline.events.append(
+            (crashed - timeline.start, "dir1 dies: keepalived, exporter and actuator SIGKILLed, links down")
+        )
         say("dir1 died")
         lab.wait_for_vip_owner("dir2", poll=0.002)
         timeline.mark(f"dir2 holds the VIPs ({(time.monotonic() - crashed) * 1000:.0f} ms after the crash)")
@@ -155,8 +181,13 @@ def story(lab: HALab, say: Callable[[str], None], check: Callable[[bool, str], N
     timeline.mark(f"long-lived connections that survived the crash: nat {alive['nat']}/{HELD}, dr {alive['dr']}/{HELD}")
     check(alive == {"nat": HELD, "dr": HELD}, "every long-lived connection survived")
     owned = exporter_says(lab, "dir2", "lvs_director_vip_owned")
-    check(len(owned) == 3, f"dir2's exporter: {len(owned)} VIPs owned, sync daemon "
-          + ", ".join(line.split('role="')[1].split('"')[0] for line in exporter_says(lab, "dir2", "ipvs_sync_daemon_up")))
+    check(
+        len(owned) == 3,
+        f"dir2's exporter: {len(owned)} VIPs owned, sync daemon "
+        + ", ".join(
+            line.split('role="')[1].split('"')[0] for line in exporter_says(lab, "dir2", "ipvs_sync_daemon_up")
+        ),
+    )
 
     reboot = time.monotonic()
     timeline.mark("dir1 boots again: exporter and actuator, then keepalived")
@@ -172,7 +203,10 @@ def story(lab: HALab, say: Callable[[str], None], check: Callable[[bool, str], N
     timeline.mark("12 requests through dir1: " + " ".join(f"{k}={v}" for k, v in sorted(seen.items())))
     alone = wait_for(lambda: lab.vip_owners() == ("dir1",), 5.0)
     roles = ", ".join(f"{name} {instance.role() or '?'}" for name, instance in lab.keepalived.items())
-    check(sum(seen.values()) == 12 and alone, f"dir1 serves again and holds the VIPs alone ({roles}; VIPs on {lab.vip_owners()})")
+    check(
+        sum(seen.values()) == 12 and alone,
+        f"dir1 serves again and holds the VIPs alone ({roles}; VIPs on {lab.vip_owners()})",
+    )
     if not alone:
         for name, instance in lab.keepalived.items():
             say(f"keepalived of {name}: {vrrp_process_state(instance)}\n{instance.log_tail(12)}")

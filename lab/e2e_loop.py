@@ -35,10 +35,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -94,9 +95,13 @@ class HTTPService:
         """Start the process (it listens once ``ready`` returns)."""
         spec = {"servers": [[self.name, self.netns]], "tcp": [BACKEND_PORT], "tcp6": [], "udp": []}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lab.servers"], cwd=ROOT, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-        )  # fmt: skip
+            [sys.executable, "-m", "lab.servers"],
+            cwd=ROOT,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(spec) + "\n")
         self.process.stdin.flush()
@@ -109,7 +114,9 @@ class HTTPService:
         line = process.stdout.readline().strip() if readable else ""
         if line != "ready":
             self._log.seek(0)
-            raise LoopError(f"the HTTP service of {self.name} did not start: {self._log.read().decode(errors='replace')[-500:]}")
+            raise LoopError(
+                f"the HTTP service of {self.name} did not start: {self._log.read().decode(errors='replace')[-500:]}"
+            )
         return time.time()
 
     def start(self) -> float:
@@ -171,9 +178,11 @@ class Bounds:
         return self.scrape + self.evaluation + self.group_interval + 1.0
 
     def describe(self) -> str:
-        return (f"scrape {self.scrape:g} + evaluation {self.evaluation:g} + for {self.rule_for:g}"
-                f" (+{self.for_tolerance:g} for the for clause) + group_wait {self.group_wait:g} + 1 = {self.way_in:g} s in;"
-                f" scrape + evaluation + group_interval {self.group_interval:g} + 1 = {self.way_back:g} s back")
+        return (
+            f"scrape {self.scrape:g} + evaluation {self.evaluation:g} + for {self.rule_for:g}"
+            f" (+{self.for_tolerance:g} for the for clause) + group_wait {self.group_wait:g} + 1 = {self.way_in:g} s in;"
+            f" scrape + evaluation + group_interval {self.group_interval:g} + 1 = {self.way_back:g} s back"
+        )
 
 
 @dataclass(frozen=True)
@@ -214,12 +223,16 @@ class Loop:
         self.weights = {rs.name: len(lab.real_servers) - i for i, rs in enumerate(lab.real_servers)}
         self.services = {rs.name: HTTPService(rs.name, rs.netns) for rs in lab.real_servers}
         self.victim_key = RealServerKey(self.victim.ipv4, BACKEND_PORT)
-        self.selector = (f'local_address="{VIP_NAT}",local_port="{SERVICE_PORT}",'
-                         f'remote_address="{self.victim.ipv4}",remote_port="{BACKEND_PORT}"')
+        self.selector = (
+            f'local_address="{VIP_NAT}",local_port="{SERVICE_PORT}",'
+            f'remote_address="{self.victim.ipv4}",remote_port="{BACKEND_PORT}"'
+        )
         am_config = monitoring.alertmanager_config(["http://placeholder/"], workdir / "token")
         timings = monitoring.route_timings(am_config, "quarantine")
         rule_for = monitoring.duration(str(monitoring.rule(ALERT).get("for", "0s")))
-        self.bounds = Bounds(SCRAPE_INTERVAL, EVALUATION_INTERVAL, rule_for, timings["group_wait"], timings["group_interval"])
+        self.bounds = Bounds(
+            SCRAPE_INTERVAL, EVALUATION_INTERVAL, rule_for, timings["group_wait"], timings["group_interval"]
+        )
         self.stack = ExitStack()
         self.exporter = self.actuator = self.alertmanager = self.prometheus = ""
         self.kernel: NetlinkIPVS | None = None
@@ -244,8 +257,10 @@ class Loop:
             self.stack.callback(service.close)
         self.kernel = NetlinkIPVS(self.lab.director.netns)
         self.stack.callback(self.kernel.close)
-        real_servers = tuple(RealServer(RealServerKey(self.lab.node(n).ipv4, BACKEND_PORT), w, Forward.MASQ)
-                             for n, w in self.weights.items())
+        real_servers = tuple(
+            RealServer(RealServerKey(self.lab.node(n).ipv4, BACKEND_PORT), w, Forward.MASQ)
+            for n, w in self.weights.items()
+        )
         self.kernel.add_service(VirtualService(self.key, "wrr"))
         self.stack.callback(self._delete_service)
         self.kernel.add_real_servers(self.key, real_servers)
@@ -258,22 +273,29 @@ class Loop:
             rate_limit=RateLimit(actions=0),
         )
         self.actuator = self.stack.enter_context(
-            running_actuator(settings, self.lab.director.netns, str(self.workdir / "actuator.db")))
+            running_actuator(settings, self.lab.director.netns, str(self.workdir / "actuator.db"))
+        )
         webhook = f"{self.actuator}/webhook/alertmanager"
-        self.alertmanager = self.stack.enter_context(monitoring.running_alertmanager(
-            self.workdir / "alertmanager", monitoring.alertmanager_config([webhook], token_file)))
+        self.alertmanager = self.stack.enter_context(
+            monitoring.running_alertmanager(
+                self.workdir / "alertmanager", monitoring.alertmanager_config([webhook], token_file)
+            )
+        )
         config = monitoring.prometheus_config(
             {"lvsguard-exporter": [self.exporter], "lvsguard-actuator": [self.actuator.removeprefix("http://")]},
             alertmanagers=[self.alertmanager.removeprefix("http://")],
-            scrape_interval=SCRAPE_INTERVAL, evaluation_interval=EVALUATION_INTERVAL,
+            scrape_interval=SCRAPE_INTERVAL,
+            evaluation_interval=EVALUATION_INTERVAL,
         )
         self.prometheus = self.stack.enter_context(monitoring.running_prometheus(self.workdir / "prometheus", config))
         for service in self.services.values():
             service.ready()
         selector = f'local_address="{VIP_NAT}",local_port="{SERVICE_PORT}"'
-        wait("every e2e real server healthy in Prometheus",
-             lambda: monitoring.query(self.prometheus, f"lvs_backend_healthy{{{selector}}} == 1"),
-             lambda rows: len(rows) == len(self.services))
+        wait(
+            "every e2e real server healthy in Prometheus",
+            lambda: monitoring.query(self.prometheus, f"lvs_backend_healthy{{{selector}}} == 1"),
+            lambda rows: len(rows) == len(self.services),
+        )
 
     def _delete_service(self) -> None:
         assert self.kernel is not None
@@ -284,10 +306,15 @@ class Loop:
 
         def config_yaml(listen: str) -> str:
             config = yaml.safe_load(self.lab.config_yaml(listen=listen))
-            config["services"].append({
-                "name": SERVICE_NAME, "service": str(self.key),
-                "real_servers": [{"name": n, "address": f"{self.lab.node(n).ipv4}:{BACKEND_PORT}"} for n in self.weights],
-            })  # fmt: skip
+            config["services"].append(
+                {
+                    "name": SERVICE_NAME,
+                    "service": str(self.key),
+                    "real_servers": [
+                        {"name": n, "address": f"{self.lab.node(n).ipv4}:{BACKEND_PORT}"} for n in self.weights
+                    ],
+                }
+            )
             config["probes"] = {"default_tcp": False, "refresh": "1s", "checks": [PROBE]}
             return yaml.safe_dump(config)
 
@@ -309,21 +336,29 @@ class Loop:
         """
         weight = self.weights[self.victim.name]
         wait(f"{self.victim.name} at weight {weight} before the loop", self.weight, lambda w: w == weight)
-        wait(f"no {ALERT} for {self.victim.name} in Alertmanager before the loop", self._in_alertmanager, lambda a: not a)
+        wait(
+            f"no {ALERT} for {self.victim.name} in Alertmanager before the loop", self._in_alertmanager, lambda a: not a
+        )
         audit_mark = self._last_audit_id()
         killed = self.services[self.victim.name].kill()
         wait(f"{self.victim.name} at weight 0 in the kernel", self.weight, lambda w: w == 0)
         quarantined = time.time()
-        [firing] = wait(f"{ALERT} firing in Prometheus", self._in_prometheus, lambda a: len(a) == 1 and a[0]["state"] == "firing")
+        [firing] = wait(
+            f"{ALERT} firing in Prometheus", self._in_prometheus, lambda a: len(a) == 1 and a[0]["state"] == "firing"
+        )
         [delivered] = wait(f"{ALERT} in Alertmanager", self._in_alertmanager, lambda a: len(a) == 1)
-        way_in = Hops.since("service killed (SIGKILL)", killed, [
-            ("probe down in the exporter's /metrics", self._health_changed()),
-            ("scraped by Prometheus", self._scraped(0, killed)),
-            (f"{ALERT} firing in Prometheus", monitoring.parse_time(firing["activeAt"])),
-            ("Alertmanager has the alert", monitoring.parse_time(delivered["updatedAt"])),
-            ("actuator applied the webhook (audit)", self._audited("quarantine", audit_mark)),
-            ("weight 0 in the kernel (netlink)", quarantined),
-        ])
+        way_in = Hops.since(
+            "service killed (SIGKILL)",
+            killed,
+            [
+                ("probe down in the exporter's /metrics", self._health_changed()),
+                ("scraped by Prometheus", self._scraped(0, killed)),
+                (f"{ALERT} firing in Prometheus", monitoring.parse_time(firing["activeAt"])),
+                ("Alertmanager has the alert", monitoring.parse_time(delivered["updatedAt"])),
+                ("actuator applied the webhook (audit)", self._audited("quarantine", audit_mark)),
+                ("weight 0 in the kernel (netlink)", quarantined),
+            ],
+        )
         while_out()
         audit_mark = self._last_audit_id()
         started = self.services[self.victim.name].start()
@@ -352,8 +387,11 @@ class Loop:
 
     def failed_scrapes(self, window: str = "10m") -> int:
         """Scrapes of the exporter that failed in the last ``window`` (a failed scrape makes every series stale)."""
-        rows = monitoring.query(self.prometheus, f'sum(count_over_time(up{{job="lvsguard-exporter"}}[{window}])'
-                                                 f' - sum_over_time(up{{job="lvsguard-exporter"}}[{window}]))')
+        rows = monitoring.query(
+            self.prometheus,
+            f'sum(count_over_time(up{{job="lvsguard-exporter"}}[{window}])'
+            f' - sum_over_time(up{{job="lvsguard-exporter"}}[{window}]))',
+        )
         return int(float(rows[0]["value"][1])) if rows else 0
 
     def _in_prometheus(self) -> list[dict[str, Any]]:
@@ -390,9 +428,14 @@ class Loop:
     def _audited(self, action: str, after: int) -> float:
         """The audit time of the actuator's ``action`` on the victim from Alertmanager's webhook."""
         events = monitoring.get_json(f"{self.actuator}/api/v1/audit?limit=100&after={after}")["events"]
-        times = [monitoring.parse_time(e["at"]) for e in events
-                 if (e["source"], e["action"], e["real_server"], e["result"]) == ("alertmanager", action, str(self.victim_key), "applied")]
+        times = [
+            monitoring.parse_time(e["at"])
+            for e in events
+            if (e["source"], e["action"], e["real_server"], e["result"])
+            == ("alertmanager", action, str(self.victim_key), "applied")
+        ]
         if not times:
-            raise LoopError(f"the actuator's audit has no applied {action} of {self.victim_key} from Alertmanager: {events}")
+            raise LoopError(
+                f"the actuator's audit has no applied {action} of {self.victim_key} from Alertmanager: {events}"
+            )
         return min(times)
-

@@ -112,13 +112,29 @@ class Lvsguard:
         """
         commands = {
             "exporter": ["exporter", "--config", str(config), "--netns", netns, "--listen", self.exporter_url[7:]],
-            "actuator": ["actuator", "--config", str(config), "--netns", netns, "--listen", self.actuator_url[7:],
-                         "--token-file", str(token_file), "--ledger", str(self.directory / "actuator.db")],
-        }  # fmt: skip
+            "actuator": [
+                "actuator",
+                "--config",
+                str(config),
+                "--netns",
+                netns,
+                "--listen",
+                self.actuator_url[7:],
+                "--token-file",
+                str(token_file),
+                "--ledger",
+                str(self.directory / "actuator.db"),
+            ],
+        }
         for what, argv in commands.items():
             with open(self.directory / f"{what}.log", "ab") as log:
-                self.procs[what] = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "lvsguard.cli", *argv], cwd=ROOT,
-                                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                self.procs[what] = subprocess.Popen(
+                    ["nice", "-n", "10", sys.executable, "-m", "lvsguard.cli", *argv],
+                    cwd=ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Poll /metrics of both until they answer; raise with the process's log if one exits or never answers."""
@@ -135,8 +151,10 @@ class Lvsguard:
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    raise LabError(f"lvsguard {what} of {self.name} does not answer on {url} after {timeout:g} s: "
-                                   f"{self.log_tail(what)}")  # fmt: skip
+                    raise LabError(
+                        f"lvsguard {what} of {self.name} does not answer on {url} after {timeout:g} s: "
+                        f"{self.log_tail(what)}"
+                    )
                 time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -159,9 +177,15 @@ class Lvsguard:
 
 
 def _director(name: str, netns: str, host: int) -> Director:
-    return Director(name=name, netns=netns, client_ipv4=f"{CLIENT_PREFIX4}{host}", client_ipv6=f"{CLIENT_PREFIX6}{host}",
-                    server_ipv4=f"{SERVER_PREFIX4}{host}", server_ipv6=f"{SERVER_PREFIX6}{host}",
-                    vips=(VIP_NAT, VIP_DR, VIP_FWMARK, VIP6))  # fmt: skip
+    return Director(
+        name=name,
+        netns=netns,
+        client_ipv4=f"{CLIENT_PREFIX4}{host}",
+        client_ipv6=f"{CLIENT_PREFIX6}{host}",
+        server_ipv4=f"{SERVER_PREFIX4}{host}",
+        server_ipv6=f"{SERVER_PREFIX6}{host}",
+        vips=(VIP_NAT, VIP_DR, VIP_FWMARK, VIP6),
+    )
 
 
 class HALab(Lab):
@@ -172,8 +196,9 @@ class HALab(Lab):
     ``keepalived[name]`` each one's process and files (role, track file).
     """
 
-    def __init__(self, real_servers: int = 3, *, preempt: bool = True, lvsguard_token: str = "",
-                 probes: str | None = None) -> None:
+    def __init__(
+        self, real_servers: int = 3, *, preempt: bool = True, lvsguard_token: str = "", probes: str | None = None
+    ) -> None:
         """``lvsguard_token`` set: ``build`` starts the lvsguard processes (``start_lvsguard``) before keepalived."""
         super().__init__(real_servers)
         self.preempt = preempt
@@ -184,13 +209,19 @@ class HALab(Lab):
         self.keepalived: dict[str, Keepalived] = {}
         self.lvsguard: dict[str, Lvsguard] = {}  # the exporter and actuator processes (start_lvsguard)
         self.token = lvsguard_token
-        self.probes = probes or "probes:\n  enabled: false\n"  # the ``probes`` section of the lvsguard processes' config
+        self.probes = (
+            probes or "probes:\n  enabled: false\n"
+        )  # the ``probes`` section of the lvsguard processes' config
         self.crashed: set[str] = set()  # directors whose processes were killed and links taken down (crash)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
-        return (self.switch, *(d.netns for d in self.directors), self.client.netns,
-                *(rs.netns for rs in self.real_servers))  # fmt: skip
+        return (
+            self.switch,
+            *(d.netns for d in self.directors),
+            self.client.netns,
+            *(rs.netns for rs in self.real_servers),
+        )
 
     def director_named(self, name: str) -> Director:
         for director in self.directors:
@@ -246,34 +277,54 @@ class HALab(Lab):
         self._mark_fwmark_traffic(self.director.netns)
         _ip_batch([*self._host_commands(self.client, GATEWAY4, GATEWAY6), NO_ARP_LOCKTIME], netns=self.client.netns)
         for rs in self.real_servers:
-            _ip_batch([*self._host_commands(rs, INSIDE4, INSIDE6), NO_ARP_LOCKTIME, f"addr add {VIP_DR}/32 dev lo"],
-                      netns=rs.netns)  # fmt: skip
+            _ip_batch(
+                [*self._host_commands(rs, INSIDE4, INSIDE6), NO_ARP_LOCKTIME, f"addr add {VIP_DR}/32 dev lo"],
+                netns=rs.netns,
+            )
 
     def _switch_commands(self) -> list[str]:
         cmds = super()._switch_commands()
         for director in self.directors[1:]:
-            for port, peer, bridge in ((f"c-{director.name}", "eth0", "br-client"),
-                                       (f"s-{director.name}", "eth1", "br-server")):  # fmt: skip
-                cmds += [f"link add {port} type veth peer name {peer} netns {director.netns}",
-                         f"link set {port} master {bridge}", f"link set {port} up"]  # fmt: skip
+            for port, peer, bridge in (
+                (f"c-{director.name}", "eth0", "br-client"),
+                (f"s-{director.name}", "eth1", "br-server"),
+            ):
+                cmds += [
+                    f"link add {port} type veth peer name {peer} netns {director.netns}",
+                    f"link set {port} master {bridge}",
+                    f"link set {port} up",
+                ]
         return cmds
 
     @staticmethod
     def _ha_director_commands(d: Director) -> list[str]:
         """The director's own addresses only: the VIPs, the gateway and the inside address are keepalived's."""
-        return ["link set lo up",
-                f"addr add {d.client_ipv4}/24 dev eth0", f"addr add {d.client_ipv6}/64 dev eth0 nodad",
-                f"addr add {d.server_ipv4}/24 dev eth1", f"addr add {d.server_ipv6}/64 dev eth1 nodad",
-                "link set eth0 up", "link set eth1 up"]  # fmt: skip
+        return [
+            "link set lo up",
+            f"addr add {d.client_ipv4}/24 dev eth0",
+            f"addr add {d.client_ipv6}/64 dev eth0 nodad",
+            f"addr add {d.server_ipv4}/24 dev eth1",
+            f"addr add {d.server_ipv6}/64 dev eth1 nodad",
+            "link set eth0 up",
+            "link set eth1 up",
+        ]
 
     # --- keepalived -------------------------------------------------------------------
 
     def vrrp_config(self, director: Director, *, preempt: bool) -> VrrpConfig:
-        vips4 = ((f"{GATEWAY4}/24", "eth0"), *((f"{vip}/32", "eth0") for vip in director.vips if ":" not in vip),
-                 (f"{INSIDE4}/24", "eth1"))  # fmt: skip
-        vips6 = ((f"{GATEWAY6}/64", "eth0"), *((f"{vip}/128", "eth0") for vip in director.vips if ":" in vip),
-                 (f"{INSIDE6}/64", "eth1"))  # fmt: skip
-        return VrrpConfig(director.name, director.netns, PRIORITIES[director.name], preempt, vips4, vips6, sync=self.sync)
+        vips4 = (
+            (f"{GATEWAY4}/24", "eth0"),
+            *((f"{vip}/32", "eth0") for vip in director.vips if ":" not in vip),
+            (f"{INSIDE4}/24", "eth1"),
+        )
+        vips6 = (
+            (f"{GATEWAY6}/64", "eth0"),
+            *((f"{vip}/128", "eth0") for vip in director.vips if ":" in vip),
+            (f"{INSIDE6}/64", "eth1"),
+        )
+        return VrrpConfig(
+            director.name, director.netns, PRIORITIES[director.name], preempt, vips4, vips6, sync=self.sync
+        )
 
     def start_keepalived(self, names: tuple[str, ...] | None = None) -> None:
         """Start keepalived in the named directors (default: both) with the lab's preemption policy."""
@@ -342,15 +393,19 @@ class HALab(Lab):
         """
         peer = next(d.name for d in self.directors if d.name != name)
         files = self._files(name)
-        return (self.config_yaml_for(name, listen=f"127.0.0.1:{EXPORTER_PORTS[name]}")
-                .replace("director:\n", f"director:\n  keepalived_fifo: {files.exporter_fifo}\n", 1)
-                + probes
-                + "actuator:\n  hold_down: 0\n  job_poll_interval: 0.2\n"
-                + f"  role_file: {files.role}\n  failover_track_file: {files.track}\n"
-                + f"  failover_peer_url: http://127.0.0.1:{ACTUATOR_PORTS[peer]}\n")  # fmt: skip
+        return (
+            self.config_yaml_for(name, listen=f"127.0.0.1:{EXPORTER_PORTS[name]}").replace(
+                "director:\n", f"director:\n  keepalived_fifo: {files.exporter_fifo}\n", 1
+            )
+            + probes
+            + "actuator:\n  hold_down: 0\n  job_poll_interval: 0.2\n"
+            + f"  role_file: {files.role}\n  failover_track_file: {files.track}\n"
+            + f"  failover_peer_url: http://127.0.0.1:{ACTUATOR_PORTS[peer]}\n"
+        )
 
-    def start_lvsguard(self, token: str, names: tuple[str, ...] | None = None, *,
-                       probes: str | None = None) -> dict[str, Lvsguard]:
+    def start_lvsguard(
+        self, token: str, names: tuple[str, ...] | None = None, *, probes: str | None = None
+    ) -> dict[str, Lvsguard]:
         """Start ``lvsguard exporter`` and ``lvsguard actuator`` for the named directors (default: both); wait for them.
 
         All processes start before the first wait: under UML each takes about 2 s to serve.
@@ -412,13 +467,19 @@ class HALab(Lab):
         director = self.director_named(name)
         config = self.vrrp_config(director, preempt=self.preempt)
         for address, dev in (*config.vips4, *config.vips6):
-            subprocess.run(["ip", "-n", director.netns, "addr", "del", address, "dev", dev],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+            subprocess.run(
+                ["ip", "-n", director.netns, "addr", "del", address, "dev", dev],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
         with NetlinkIPVS(director.netns) as kernel:
             for daemon in kernel.sync_daemons():
                 kernel.stop_sync_daemon(daemon.role)
-        _ip_batch([command.replace("addr add", "addr replace") for command in self._ha_director_commands(director)],
-                  netns=director.netns)  # fmt: skip
+        _ip_batch(
+            [command.replace("addr add", "addr replace") for command in self._ha_director_commands(director)],
+            netns=director.netns,
+        )
         self.crashed.discard(name)
         if lvsguard and self.token:  # first, as a booting director would: their start-up is heavy, VRRP is not
             self.start_lvsguard(self.token, (name,))
@@ -429,7 +490,9 @@ class HALab(Lab):
 
     def vip_owners(self) -> tuple[str, ...]:
         """The directors that have the NAT VIP on an interface now (one netlink dump each)."""
-        return tuple(d.name for d in self.directors if d.name not in self.crashed and VIP_NAT in local_addresses(d.netns))
+        return tuple(
+            d.name for d in self.directors if d.name not in self.crashed and VIP_NAT in local_addresses(d.netns)
+        )
 
     def wait_for_vip_owner(self, name: str, timeout: float = 30.0, poll: float = 0.005) -> float:
         """Poll until exactly director ``name`` holds every IPv4 VIP; return the seconds it took."""
@@ -437,28 +500,35 @@ class HALab(Lab):
         deadline = started + timeout
         wanted = {vip for vip in self.director.vips if ":" not in vip} | {GATEWAY4, INSIDE4}
         while True:
-            held = {d.name: set(local_addresses(d.netns)) & wanted for d in self.directors if d.name not in self.crashed}
+            held = {
+                d.name: set(local_addresses(d.netns)) & wanted for d in self.directors if d.name not in self.crashed
+            }
             others = [n for n, addresses in held.items() if n != name and addresses]
             if held.get(name) == wanted and not others:
                 return time.monotonic() - started
             if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {n}: role {k.role() or 'none'}, {k.vrrp_process()}\n{k.log_tail()}"
-                                 for n, k in self.keepalived.items())  # fmt: skip
-                raise KeepalivedError(f"{name} does not hold the VIPs alone after {timeout:g} s "
-                                      f"(held: {held}, also on: {others})\n{logs}")  # fmt: skip
+                logs = "\n".join(
+                    f"--- {n}: role {k.role() or 'none'}, {k.vrrp_process()}\n{k.log_tail()}"
+                    for n, k in self.keepalived.items()
+                )
+                raise KeepalivedError(
+                    f"{name} does not hold the VIPs alone after {timeout:g} s (held: {held}, also on: {others})\n{logs}"
+                )
             time.sleep(poll)
 
     def config_yaml_for(self, name: str, *, listen: str = "127.0.0.1:9910") -> str:
         """``config_yaml`` for director ``name``."""
-        return self.config_yaml(listen=listen).replace(f"netns: {self.director.netns}",
-                                                       f"netns: {self.director_named(name).netns}", 1)
+        return self.config_yaml(listen=listen).replace(
+            f"netns: {self.director.netns}", f"netns: {self.director_named(name).netns}", 1
+        )
 
 
 # --- Alertmanager in front of both actuators ---------------------------------------------
 
 
-def alertmanager_config(webhook_urls: dict[str, str], token_file: Path, *,
-                        group_interval: str | None = None) -> dict[str, Any]:
+def alertmanager_config(
+    webhook_urls: dict[str, str], token_file: Path, *, group_interval: str | None = None
+) -> dict[str, Any]:
     """alerts/alertmanager.yml with its actuator receiver pointed at ``webhook_urls`` (dir1's, dir2's) and ``token_file``.
 
     ``group_interval`` replaces the quarantine route's (10 s) when given, so a

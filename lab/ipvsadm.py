@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from lvsguard.ipvs.netns import entered
 from lvsguard.model import (
@@ -197,7 +197,13 @@ def parse_listings(plain: str, stats: str, rates: str, thresholds: str, persiste
     """Merge the five ``ipvsadm -Ln`` listings into one Table (source ``ipvsadm``)."""
     by_key: dict[tuple[ServiceKey, RealServerKey | None], dict[str, list[str]]] = {}
     order: list[tuple[ServiceKey, RealServerKey | None]] = []
-    for name, listing in (("plain", plain), ("stats", stats), ("rates", rates), ("thresholds", thresholds), ("persistent", persistent)):
+    for name, listing in (
+        ("plain", plain),
+        ("stats", stats),
+        ("rates", rates),
+        ("thresholds", thresholds),
+        ("persistent", persistent),
+    ):
         for row in _rows(listing):
             key = (row.service, row.real_server)
             if key not in by_key:
@@ -210,12 +216,18 @@ def parse_listings(plain: str, stats: str, rates: str, thresholds: str, persiste
             continue
         cols = by_key[(svc_key, None)]
         scheduler, flags, timeout, netmask, pe_name = _service_config(cols["plain"])
-        real_servers = tuple(
-            _real_server(rk, by_key[(sk, rk)]) for sk, rk in order if sk == svc_key and rk is not None
-        )
+        real_servers = tuple(_real_server(rk, by_key[(sk, rk)]) for sk, rk in order if sk == svc_key and rk is not None)
         services.append(
-            VirtualService(svc_key, scheduler, flags | ServiceFlags.HASHED, timeout, netmask, pe_name,
-                           _stats(cols["stats"], cols["rates"]), real_servers)
+            VirtualService(
+                svc_key,
+                scheduler,
+                flags | ServiceFlags.HASHED,
+                timeout,
+                netmask,
+                pe_name,
+                _stats(cols["stats"], cols["rates"]),
+                real_servers,
+            )
         )
     return Table(tuple(services), source="ipvsadm")
 
@@ -239,8 +251,10 @@ def _real_server(key: RealServerKey, cols: dict[str, list[str]]) -> RealServer:
 def read_counters(*, netns: str | None = None) -> dict[tuple[ServiceKey, RealServerKey | None], Stats]:
     """Counters of every service (real server None) and real server, from one ``ipvsadm -Ln --stats --exact``."""
     zero = ["0"] * 5
-    return {(row.service, row.real_server): _stats(row.words, zero)
-            for row in _rows(run(["ipvsadm", "-Ln", "--stats", "--exact"], netns=netns))}
+    return {
+        (row.service, row.real_server): _stats(row.words, zero)
+        for row in _rows(run(["ipvsadm", "-Ln", "--stats", "--exact"], netns=netns))
+    }
 
 
 def read_table(*, netns: str | None = None) -> Table:

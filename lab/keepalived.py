@@ -188,7 +188,12 @@ class Keepalived:
                     return
                 for listener in self.listeners:
                     listener(line)
-                if len(parts) >= 3 and parts[0] == "INSTANCE" and parts[1].strip('"') == INSTANCE and parts[2] in STATES:
+                if (
+                    len(parts) >= 3
+                    and parts[0] == "INSTANCE"
+                    and parts[1].strip('"') == INSTANCE
+                    and parts[2] in STATES
+                ):
                     tmp = self.files.role.with_suffix(".tmp")
                     tmp.write_text(parts[2] + "\n")
                     os.replace(tmp, self.files.role)
@@ -206,13 +211,35 @@ class Keepalived:
         try:
             with open(self.files.log, "ab") as log:  # the child keeps its own copy of the descriptor
                 self._proc = subprocess.Popen(
-                    ["ip", "netns", "exec", self.config.netns, "stdbuf", "-oL", KEEPALIVED, "-n", "-l", "-D", "--vrrp",
-                     "-f", str(self.files.config), "-p", str(self.files.pid), "-r", str(self.files.vrrp_pid),
-                     "-c", str(self.files.checkers_pid)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        self.config.netns,
+                        "stdbuf",
+                        "-oL",
+                        KEEPALIVED,
+                        "-n",
+                        "-l",
+                        "-D",
+                        "--vrrp",
+                        "-f",
+                        str(self.files.config),
+                        "-p",
+                        str(self.files.pid),
+                        "-r",
+                        str(self.files.vrrp_pid),
+                        "-c",
+                        str(self.files.checkers_pid),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         except OSError as exc:
-            raise KeepalivedError(f"keepalived for {self.config.name}: cannot start {KEEPALIVED}: {exc.strerror}") from None
+            raise KeepalivedError(
+                f"keepalived for {self.config.name}: cannot start {KEEPALIVED}: {exc.strerror}"
+            ) from None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop it (SIGTERM: it releases its VIPs and sends a priority-0 advert) and wait for it."""
@@ -285,8 +312,11 @@ class Keepalived:
             pid = self.files.vrrp_pid.read_text().split()[0]
             state = Path(f"/proc/{pid}/status").read_text().splitlines()[2].split(":", 1)[1].strip()
             wchan = Path(f"/proc/{pid}/wchan").read_text().strip() or "-"
-            stack = " <- ".join(line.split()[-1] for line in Path(f"/proc/{pid}/stack").read_text().splitlines()[:8]) \
-                if Path(f"/proc/{pid}/stack").exists() else ""
+            stack = (
+                " <- ".join(line.split()[-1] for line in Path(f"/proc/{pid}/stack").read_text().splitlines()[:8])
+                if Path(f"/proc/{pid}/stack").exists()
+                else ""
+            )
         except (OSError, IndexError):
             return "VRRP process not running"
         return f"VRRP process {pid} {state}, wchan {wchan}" + (f", stack {stack}" if stack else "")
@@ -307,8 +337,10 @@ class Keepalived:
             if not self.running:
                 raise KeepalivedError(f"keepalived for {self.config.name} exited: {self.log_tail()}")
             if time.monotonic() > deadline:
-                raise KeepalivedError(f"keepalived for {self.config.name}: role {role or 'none'} after {timeout:g} s, "
-                                      f"expected {'/'.join(roles)}; log:\n{self.log_tail()}")
+                raise KeepalivedError(
+                    f"keepalived for {self.config.name}: role {role or 'none'} after {timeout:g} s, "
+                    f"expected {'/'.join(roles)}; log:\n{self.log_tail()}"
+                )
             time.sleep(0.02)
 
 

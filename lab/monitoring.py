@@ -29,10 +29,11 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -90,7 +91,6 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
-
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
@@ -137,21 +137,31 @@ def running_node_exporter(workdir: Path) -> Iterator[str]:
     """Run Debian's ``prometheus-node-exporter`` (load average only) on a free loopback port; yields its ``host:port``."""
     workdir.mkdir(parents=True, exist_ok=True)
     address = f"127.0.0.1:{free_port()}"
-    argv = [binary(["prometheus-node-exporter", "node_exporter"], "prometheus-node-exporter"),
-            "--collector.disable-defaults", "--collector.loadavg", f"--web.listen-address={address}"]  # fmt: skip
+    argv = [
+        binary(["prometheus-node-exporter", "node_exporter"], "prometheus-node-exporter"),
+        "--collector.disable-defaults",
+        "--collector.loadavg",
+        f"--web.listen-address={address}",
+    ]
     with running_process(argv, f"http://{address}/metrics", workdir / "node-exporter.log"):
         yield address
 
 
 def prometheus_config(
-    jobs: Mapping[str, Sequence[str]], *, alertmanagers: Sequence[str] = (), rule_files: Sequence[Path] = (RULES,),
-    scrape_interval: float = 1.0, evaluation_interval: float = 1.0,
+    jobs: Mapping[str, Sequence[str]],
+    *,
+    alertmanagers: Sequence[str] = (),
+    rule_files: Sequence[Path] = (RULES,),
+    scrape_interval: float = 1.0,
+    evaluation_interval: float = 1.0,
 ) -> dict[str, Any]:
     """A Prometheus config: one static scrape job per name (``host:port`` targets), the rules, the Alertmanagers."""
     config: dict[str, Any] = {
         "global": {"scrape_interval": f"{scrape_interval:g}s", "evaluation_interval": f"{evaluation_interval:g}s"},
         "rule_files": [str(path) for path in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in jobs.items()],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in jobs.items()
+        ],
     }
     if alertmanagers:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
@@ -183,7 +193,9 @@ def prometheus_server(workdir: Path, config: Mapping[str, Any]) -> Iterator[Serv
         yield Server(url, process)
 
 
-def alertmanager_config(webhook_urls: Sequence[str], token_file: Path, example: Path = ALERTMANAGER_EXAMPLE) -> dict[str, Any]:
+def alertmanager_config(
+    webhook_urls: Sequence[str], token_file: Path, example: Path = ALERTMANAGER_EXAMPLE
+) -> dict[str, Any]:
     """The bundled example with its actuator receiver pointed at ``webhook_urls`` (one per director) and ``token_file``.
 
     Every other setting of the receiver's first webhook entry (send_resolved,
@@ -212,7 +224,10 @@ def route_timings(config: Mapping[str, Any], action: str) -> dict[str, float]:
         for matcher in route.get("matchers", []):
             match = re.fullmatch(r'\s*lvsguard_action\s*(=~|=)\s*"([^"]*)"\s*', matcher)
             if match and re.fullmatch(match.group(2) if match.group(1) == "=~" else re.escape(match.group(2)), action):
-                return {key: duration(str(route.get(key, root.get(key)))) for key in ("group_wait", "group_interval", "repeat_interval")}
+                return {
+                    key: duration(str(route.get(key, root.get(key))))
+                    for key in ("group_wait", "group_interval", "repeat_interval")
+                }
     raise MonitoringError(f"no route of the Alertmanager config matches lvsguard_action={action!r}")
 
 
@@ -275,13 +290,20 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 
 def prometheus_alerts(prometheus: str, alertname: str) -> list[dict[str, Any]]:
     """Prometheus' pending and firing alerts named ``alertname`` (labels, state, activeAt)."""
-    return [a for a in get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"] if a["labels"].get("alertname") == alertname]
+    return [
+        a
+        for a in get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"]
+        if a["labels"].get("alertname") == alertname
+    ]
 
 
 def post_alerts(alertmanager: str, alerts: Sequence[Mapping[str, Any]]) -> None:
     """Alerts into Alertmanager's v2 API, as Prometheus posts them."""
-    request = urllib.request.Request(f"{alertmanager}/api/v2/alerts", data=json.dumps(list(alerts)).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{alertmanager}/api/v2/alerts",
+        data=json.dumps(list(alerts)).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         if response.status != 200:
             raise MonitoringError(f"{alertmanager} answered {response.status} to {len(alerts)} alert(s)")

@@ -16,9 +16,10 @@ import json
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 from actuator.settings import ActuatorSettings, Names, Quorum
 from lab import monitoring
@@ -57,7 +58,9 @@ def service_variable_values(generator: ModuleType, prometheus: str, director: st
     """
     inner = re.fullmatch(r"query_result\((.*)\)", generator.SERVICE["query"], re.S)
     if inner is None:
-        raise monitoring.MonitoringError(f"the service variable's query is not a query_result(): {generator.SERVICE['query']}")
+        raise monitoring.MonitoringError(
+            f"the service variable's query is not a query_result(): {generator.SERVICE['query']}"
+        )
     rows = monitoring.query(prometheus, inner.group(1).replace("$director", director))
     lines = ["{" + ",".join(f'{k}="{v}"' for k, v in row["metric"].items()) + "}" for row in rows]
     regex = re.compile(generator.SERVICE["regex"].strip("/").replace("(?<value>", "(?P<value>"))
@@ -66,8 +69,13 @@ def service_variable_values(generator: ModuleType, prometheus: str, director: st
 
 def service_variable_value(generator: ModuleType, prometheus: str, director: str, service_name: str) -> str:
     """The one value of ``$service`` for ``service_name`` (AssertionError naming what was found after ``WAIT`` s)."""
-    values = poll(f"one $service value for {service_name!r}",
-                  lambda: service_variable_values(generator, prometheus, director, service_name), lambda v: len(v) == 1, WAIT, 0.5)  # fmt: skip
+    values = poll(
+        f"one $service value for {service_name!r}",
+        lambda: service_variable_values(generator, prometheus, director, service_name),
+        lambda v: len(v) == 1,
+        WAIT,
+        0.5,
+    )
     return values[0]
 
 
@@ -82,16 +90,21 @@ def running_lab_actuator(lab: Lab, ledger_path: str, token: str) -> Iterator[str
         services={s.name: s.key for s in lab.services.values()},
         real_servers={s.key: {node: key for key, node in s.backends} for s in lab.services.values()},
     )
-    settings = ActuatorSettings(tokens={"lab": token}, hold_down=0.0, names=names,
-                                service_min_healthy={lab.dr.key: Quorum(len(lab.dr.weights))})  # fmt: skip
+    settings = ActuatorSettings(
+        tokens={"lab": token}, hold_down=0.0, names=names, service_min_healthy={lab.dr.key: Quorum(len(lab.dr.weights))}
+    )
     with running_actuator(settings, lab.director.netns, ledger_path) as url:
         yield url
 
 
 def post(url: str, body: Any, token: str) -> tuple[int, dict[str, Any]]:
     """POST JSON with the actuator's token; (status, JSON reply), errors included."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -122,7 +135,13 @@ def actuator_has_acted(lab: Lab, actuator: str, prometheus: str, token: str, rea
             raise AssertionError(f"a webhook without alerts not rejected with 400: {status} {reply}")
         for series in ACTED_SERIES:
             expr = f"count_over_time({series}[{RATE_WINDOW}]) >= 2"
-            poll(f"two samples of {series} in Prometheus", lambda expr=expr: monitoring.query(prometheus, expr), bool, WAIT, 0.5)
+            poll(
+                f"two samples of {series} in Prometheus",
+                lambda expr=expr: monitoring.query(prometheus, expr),
+                bool,
+                WAIT,
+                0.5,
+            )
         yield
     finally:
         status, reply = post(f"{actuator}/api/v1/restore", target, token)

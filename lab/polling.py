@@ -9,12 +9,15 @@ time runs out, and its failure says what was last seen.
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 
 
-def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0, interval: float = 0.3) -> T:
+def poll(
+    what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0, interval: float = 0.3
+) -> T:
     """Call ``probe`` until ``done(result)``; AssertionError naming ``what`` and the last result after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:

@@ -22,8 +22,19 @@ def command(argv: list[str]) -> list[str] | None:
     if argv[:1] == ["demo"] and len(argv) == 1:
         return [str(VM), sys.executable, "lab/demo.py"]
     if argv[:1] == ["test"]:
-        return [str(VM), "env", "LVSGUARD_REQUIRE_KERNEL=1", sys.executable, "-m", "pytest",
-                "tests/integration", "-m", "kernel", "-q", *argv[1:]]
+        return [
+            str(VM),
+            "env",
+            "LVSGUARD_REQUIRE_KERNEL=1",
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/integration",
+            "-m",
+            "kernel",
+            "-q",
+            *argv[1:],
+        ]
     return None
 
 

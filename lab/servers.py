@@ -119,12 +119,12 @@ async def _serve_http(name: str, reader: asyncio.StreamReader, writer: asyncio.S
             await writer.drain()
             try:
                 await asyncio.wait_for(reader.read(), _hold_seconds(url.query))  # b"" when the client closes
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         else:
             writer.write(_response(name, name.encode(), length=True))
             await writer.drain()
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
         pass
     finally:
         writer.close()
@@ -152,7 +152,7 @@ async def serve(spec: ServerSpec) -> None:
     servers = []
     for name, sock in open_sockets(spec):
         if sock.type == socket.SOCK_STREAM:
-            handler = lambda r, w, name=name: _serve_http(name, r, w)  # noqa: E731 - binds the name
+            handler = lambda r, w, name=name: _serve_http(name, r, w)
             servers.append(await asyncio.start_server(handler, sock=sock))
         else:
             await loop.create_datagram_endpoint(lambda name=name: _Echo(name), sock=sock)

@@ -33,9 +33,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Callable, Iterable
+from typing import IO
 
 from lab import ipvsadm
 from lab.servers import ServerSpec
@@ -211,8 +212,18 @@ class Lab:
 
     # --- the services ---------------------------------------------------------------
 
-    def _service(self, name: str, key: ServiceKey, scheduler: str, forward: Forward, address: str,
-                 ports: tuple[int, ...], weights: list[int], port: int, ipv6: bool = False) -> LabService:
+    def _service(
+        self,
+        name: str,
+        key: ServiceKey,
+        scheduler: str,
+        forward: Forward,
+        address: str,
+        ports: tuple[int, ...],
+        weights: list[int],
+        port: int,
+        ipv6: bool = False,
+    ) -> LabService:
         backends = tuple(
             (RealServerKey(node.ipv6 if ipv6 else node.ipv4, port, 6 if ipv6 else 4), node.name)
             for node in self.real_servers
@@ -223,16 +234,50 @@ class Lab:
     def _services(self) -> list[LabService]:
         n = len(self.real_servers)
         return [
-            self._service("nat", ServiceKey("TCP", VIP_NAT, HTTP_PORT), "wrr", Forward.MASQ, VIP_NAT,
-                          (HTTP_PORT,), list(range(n, 0, -1)), BACKEND_PORT),
-            self._service("dr", ServiceKey("TCP", VIP_DR, HTTP_PORT), "rr", Forward.ROUTE, VIP_DR,
-                          (HTTP_PORT,), [1] * n, HTTP_PORT),
-            self._service("fwmark", ServiceKey(FWM, "", 0, FWMARK), "wrr", Forward.MASQ, VIP_FWMARK,
-                          (HTTP_PORT, HTTPS_PORT), list(range(1, n + 1)), 0),
-            self._service("nat6", ServiceKey("TCP", VIP6, HTTP_PORT, family=6), "wrr", Forward.MASQ, VIP6,
-                          (HTTP_PORT,), [2] + [1] * (n - 1), BACKEND_PORT, ipv6=True),
-            self._service("udp", ServiceKey("UDP", VIP_NAT, UDP_PORT), "rr", Forward.MASQ, VIP_NAT,
-                          (UDP_PORT,), [1] * n, UDP_PORT),
+            self._service(
+                "nat",
+                ServiceKey("TCP", VIP_NAT, HTTP_PORT),
+                "wrr",
+                Forward.MASQ,
+                VIP_NAT,
+                (HTTP_PORT,),
+                list(range(n, 0, -1)),
+                BACKEND_PORT,
+            ),
+            self._service(
+                "dr",
+                ServiceKey("TCP", VIP_DR, HTTP_PORT),
+                "rr",
+                Forward.ROUTE,
+                VIP_DR,
+                (HTTP_PORT,),
+                [1] * n,
+                HTTP_PORT,
+            ),
+            self._service(
+                "fwmark",
+                ServiceKey(FWM, "", 0, FWMARK),
+                "wrr",
+                Forward.MASQ,
+                VIP_FWMARK,
+                (HTTP_PORT, HTTPS_PORT),
+                list(range(1, n + 1)),
+                0,
+            ),
+            self._service(
+                "nat6",
+                ServiceKey("TCP", VIP6, HTTP_PORT, family=6),
+                "wrr",
+                Forward.MASQ,
+                VIP6,
+                (HTTP_PORT,),
+                [2] + [1] * (n - 1),
+                BACKEND_PORT,
+                ipv6=True,
+            ),
+            self._service(
+                "udp", ServiceKey("UDP", VIP_NAT, UDP_PORT), "rr", Forward.MASQ, VIP_NAT, (UDP_PORT,), [1] * n, UDP_PORT
+            ),
         ]
 
     @property
@@ -279,8 +324,10 @@ class Lab:
         """Create namespaces, links, addresses, the fwmark rule, the real servers and the services."""
         say = progress or (lambda _msg: None)
         if not in_lab_vm():
-            raise LabError("the lab creates namespaces, bridges and IPVS rules: run it inside lab/vm.sh "
-                           "(or set FORCE=1 on a disposable host)")
+            raise LabError(
+                "the lab creates namespaces, bridges and IPVS rules: run it inside lab/vm.sh "
+                "(or set FORCE=1 on a disposable host)"
+            )
         self.teardown()
         t0 = time.monotonic()
         try:
@@ -312,8 +359,10 @@ class Lab:
         _ip_batch(self._switch_commands(), netns=self.switch)
         _ip_batch(self._director_commands(), netns=self.director.netns)
         self._mark_fwmark_traffic()
-        _ip_batch(self._host_commands(self.client, self.director.client_ipv4, self.director.client_ipv6),
-                  netns=self.client.netns)
+        _ip_batch(
+            self._host_commands(self.client, self.director.client_ipv4, self.director.client_ipv6),
+            netns=self.client.netns,
+        )
         for rs in self.real_servers:
             commands = self._host_commands(rs, self.director.server_ipv4, self.director.server_ipv6)
             _ip_batch([*commands, f"addr add {VIP_DR}/32 dev lo"], netns=rs.netns)
@@ -334,38 +383,58 @@ class Lab:
         }
         # ARP for the DR VIP (on lo) must come from the director only.
         real_server = {**no_dad, "net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2"}
-        return {self.director.netns: director, self.client.netns: no_dad,
-                **{rs.netns: real_server for rs in self.real_servers}}
+        return {
+            self.director.netns: director,
+            self.client.netns: no_dad,
+            **{rs.netns: real_server for rs in self.real_servers},
+        }
 
     def _switch_commands(self) -> list[str]:
         cmds = ["link set lo up"]
         for bridge in ("br-client", "br-server"):
             cmds += [f"link add {bridge} type bridge mcast_snooping 0", f"link set {bridge} up"]
-        ports = [("c-dir1", "eth0", self.director.netns, "br-client"),
-                 ("s-dir1", "eth1", self.director.netns, "br-server"),
-                 (f"c-{self.client.name}", "eth0", self.client.netns, "br-client")]
+        ports = [
+            ("c-dir1", "eth0", self.director.netns, "br-client"),
+            ("s-dir1", "eth1", self.director.netns, "br-server"),
+            (f"c-{self.client.name}", "eth0", self.client.netns, "br-client"),
+        ]
         ports += [(f"s-{rs.name}", "eth0", rs.netns, "br-server") for rs in self.real_servers]
         for port, peer, netns, bridge in ports:
-            cmds += [f"link add {port} type veth peer name {peer} netns {netns}",
-                     f"link set {port} master {bridge}", f"link set {port} up"]
+            cmds += [
+                f"link add {port} type veth peer name {peer} netns {netns}",
+                f"link set {port} master {bridge}",
+                f"link set {port} up",
+            ]
         return cmds
 
     def _director_commands(self) -> list[str]:
         d = self.director
-        cmds = ["link set lo up",
-                f"addr add {d.client_ipv4}/24 dev eth0", f"addr add {d.client_ipv6}/64 dev eth0 nodad"]
-        cmds += [f"addr add {vip}/{128 if ':' in vip else 32} dev eth0" + (" nodad" if ":" in vip else "")
-                 for vip in d.vips]
-        cmds += [f"addr add {d.server_ipv4}/24 dev eth1", f"addr add {d.server_ipv6}/64 dev eth1 nodad",
-                 "link set eth0 up", "link set eth1 up"]
+        cmds = [
+            "link set lo up",
+            f"addr add {d.client_ipv4}/24 dev eth0",
+            f"addr add {d.client_ipv6}/64 dev eth0 nodad",
+        ]
+        cmds += [
+            f"addr add {vip}/{128 if ':' in vip else 32} dev eth0" + (" nodad" if ":" in vip else "") for vip in d.vips
+        ]
+        cmds += [
+            f"addr add {d.server_ipv4}/24 dev eth1",
+            f"addr add {d.server_ipv6}/64 dev eth1 nodad",
+            "link set eth0 up",
+            "link set eth1 up",
+        ]
         return cmds
 
     @staticmethod
     def _host_commands(node: Node, gateway4: str, gateway6: str) -> list[str]:
-        return ["link set lo up",
-                f"addr add {node.ipv4}/24 dev eth0", f"addr add {node.ipv6}/64 dev eth0 nodad",
-                "link set eth0 up",
-                f"route add default via {gateway4}", f"route add default via {gateway6}"]
+        return [
+            "link set lo up",
+            f"addr add {node.ipv4}/24 dev eth0",
+            f"addr add {node.ipv6}/64 dev eth0 nodad",
+            "link set eth0 up",
+            f"route add default via {gateway4}",
+            f"route add default via {gateway6}",
+        ]
 
     def _mark_fwmark_traffic(self, netns: str | None = None) -> None:
         """Mark TCP to the fwmark VIP on ports 80 and 443 before routing.
@@ -376,16 +445,34 @@ class Lab:
         ip_tables + iptable_mangle are modules. nft is the fallback for full kernels.
         """
         if shutil.which("iptables-legacy"):
-            args = ["iptables-legacy", "-t", "mangle", "-A", "PREROUTING", "-d", f"{VIP_FWMARK}/32", "-p", "tcp",
-                    "-m", "multiport", "--dports", f"{HTTP_PORT},{HTTPS_PORT}",
-                    "-j", "MARK", "--set-mark", str(FWMARK)]
+            args = [
+                "iptables-legacy",
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-d",
+                f"{VIP_FWMARK}/32",
+                "-p",
+                "tcp",
+                "-m",
+                "multiport",
+                "--dports",
+                f"{HTTP_PORT},{HTTPS_PORT}",
+                "-j",
+                "MARK",
+                "--set-mark",
+                str(FWMARK),
+            ]
             stdin = None
         elif shutil.which("nft"):
             args = ["nft", "-f", "-"]
-            stdin = (f"table ip {NFT_TABLE} {{\n  chain prerouting {{\n"
-                     "    type filter hook prerouting priority mangle; policy accept;\n"
-                     f"    ip daddr {VIP_FWMARK} tcp dport {{ {HTTP_PORT}, {HTTPS_PORT} }} meta mark set {FWMARK}\n"
-                     "  }\n}\n")
+            stdin = (
+                f"table ip {NFT_TABLE} {{\n  chain prerouting {{\n"
+                "    type filter hook prerouting priority mangle; policy accept;\n"
+                f"    ip daddr {VIP_FWMARK} tcp dport {{ {HTTP_PORT}, {HTTPS_PORT} }} meta mark set {FWMARK}\n"
+                "  }\n}\n"
+            )
         else:
             raise LabError("the fwmark service needs iptables-legacy (Debian package iptables) or nft")
         try:
@@ -408,8 +495,12 @@ class Lab:
         if self._servers is None:
             self._servers_log = tempfile.TemporaryFile()  # a file: a full pipe would stall the servers
             self._servers = subprocess.Popen(
-                [sys.executable, "-m", "lab.servers"], cwd=ROOT, text=True,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._servers_log,
+                [sys.executable, "-m", "lab.servers"],
+                cwd=ROOT,
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._servers_log,
             )
             self._servers_listening = False
 
@@ -480,12 +571,18 @@ class Lab:
         counters = self.counters()
         if (service.key, None) not in counters:
             raise LabError(f"service {service} is not in the director's table")
-        by_rs = Counter({service.name_of(rk): st.connections
-                         for (sk, rk), st in counters.items() if sk == service.key and rk is not None})
+        by_rs = Counter(
+            {
+                service.name_of(rk): st.connections
+                for (sk, rk), st in counters.items()
+                if sk == service.key and rk is not None
+            }
+        )
         return ConnectionCounts(counters[(service.key, None)].connections, by_rs)
 
-    def wait_for_connections(self, service: LabService, before: ConnectionCounts, expected: Counter[str],
-                             timeout: float = 10.0) -> ConnectionCounts:
+    def wait_for_connections(
+        self, service: LabService, before: ConnectionCounts, expected: Counter[str], timeout: float = 10.0
+    ) -> ConnectionCounts:
         """Poll until the counters moved by exactly ``expected`` since ``before``; return the last difference.
 
         The kernel folds its per-CPU counters every 2 seconds, so a single read
@@ -495,16 +592,18 @@ class Lab:
         deadline = time.monotonic() + timeout
         while True:
             delta = self.connections(service) - before
-            if (delta.by_real_server == +expected and delta.total == sum(expected.values())) or time.monotonic() > deadline:
+            if (
+                delta.by_real_server == +expected and delta.total == sum(expected.values())
+            ) or time.monotonic() > deadline:
                 return delta
             time.sleep(0.25)
 
     def config_yaml(self, *, listen: str = "127.0.0.1:9910") -> str:
         """An lvsguard config for this lab: the director's netns, and services and real servers named as here."""
-        lines = ["director:", f"  netns: {self.director.netns}", "exporter:", f"  listen: \"{listen}\"", "services:"]
+        lines = ["director:", f"  netns: {self.director.netns}", "exporter:", f'  listen: "{listen}"', "services:"]
         for service in self.services.values():
-            lines += [f"  - name: {service.name}", f"    service: \"{service.key}\"", "    real_servers:"]
-            lines += [f"      - {{name: {name}, address: \"{key}\"}}" for key, name in service.backends]
+            lines += [f"  - name: {service.name}", f'    service: "{service.key}"', "    real_servers:"]
+            lines += [f'      - {{name: {name}, address: "{key}"}}' for key, name in service.backends]
         return "\n".join(lines) + "\n"
 
     def set_weight(self, service: LabService, real_server: str, weight: int) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from lvsguard.ipvs.netns import entered
 
@@ -76,7 +77,9 @@ def _real_server_name(response: bytes, what: str) -> str:
     return body.decode().strip()
 
 
-def http_get(lab: _HasClient, address: str, port: int, n: int, *, path: str = "/", timeout: float = 5.0) -> Counter[str]:
+def http_get(
+    lab: _HasClient, address: str, port: int, n: int, *, path: str = "/", timeout: float = 5.0
+) -> Counter[str]:
     """Make ``n`` HTTP requests, one new TCP connection each; count the real servers that answered."""
     seen: Counter[str] = Counter()
     what = f"GET http://{_endpoint(address, port)}{path}"
@@ -95,8 +98,9 @@ def _named(data: bytes) -> bool:
 
 
 @contextmanager
-def hold_connections(lab: _HasClient, address: str, port: int, n: int, *, seconds: float = 300.0,
-                     timeout: float = 5.0) -> Iterator[Counter[str]]:
+def hold_connections(
+    lab: _HasClient, address: str, port: int, n: int, *, seconds: float = 300.0, timeout: float = 5.0
+) -> Iterator[Counter[str]]:
     """Open ``n`` long-lived HTTP connections (``/hold``) and keep them ESTABLISHED inside the block.
 
     Yields the count of real servers holding them; the connections close when
@@ -121,8 +125,9 @@ def hold_connections(lab: _HasClient, address: str, port: int, n: int, *, second
             sock.close()
 
 
-def udp_exchange(lab: _HasClient, address: str, port: int, n: int, *, payload: bytes = b"lvsguard",
-                 timeout: float = 5.0) -> Counter[str]:
+def udp_exchange(
+    lab: _HasClient, address: str, port: int, n: int, *, payload: bytes = b"lvsguard", timeout: float = 5.0
+) -> Counter[str]:
     """Send ``n`` datagrams, each from a new source port, and count the real servers that echoed them."""
     seen: Counter[str] = Counter()
     where = f"UDP {_endpoint(address, port)}"

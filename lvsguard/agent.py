@@ -32,9 +32,9 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
@@ -82,7 +82,9 @@ def parse_cp_time(text: str) -> tuple[int, int]:
 def read_cp_time() -> tuple[int, int]:
     """(idle, total) ticks from ``sysctl -n kern.cp_time`` (FreeBSD)."""
     try:
-        done = subprocess.run(["sysctl", "-n", "kern.cp_time"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+        done = subprocess.run(
+            ["sysctl", "-n", "kern.cp_time"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired:
         raise OSError("sysctl kern.cp_time did not answer") from None
     if done.returncode != 0:
@@ -96,12 +98,16 @@ def read_system_times() -> tuple[int, int]:
 
     idle, kernel, user = ctypes.c_ulonglong(), ctypes.c_ulonglong(), ctypes.c_ulonglong()
     windll = getattr(ctypes, "windll", None)
-    if windll is None or not windll.kernel32.GetSystemTimes(ctypes.byref(idle), ctypes.byref(kernel), ctypes.byref(user)):
+    if windll is None or not windll.kernel32.GetSystemTimes(
+        ctypes.byref(idle), ctypes.byref(kernel), ctypes.byref(user)
+    ):
         raise OSError("GetSystemTimes failed")
     return idle.value, kernel.value + user.value
 
 
-def cpu_time_readers(platform: str = sys.platform, proc_stat: str = "/proc/stat") -> list[tuple[str, Callable[[], tuple[int, int]]]]:
+def cpu_time_readers(
+    platform: str = sys.platform, proc_stat: str = "/proc/stat"
+) -> list[tuple[str, Callable[[], tuple[int, int]]]]:
     """The CPU time sources worth trying on ``platform``, best first."""
     readers: list[tuple[str, Callable[[], tuple[int, int]]]] = [(proc_stat, lambda: read_cpu_times(proc_stat))]
     if platform.startswith("freebsd"):
@@ -111,7 +117,9 @@ def cpu_time_readers(platform: str = sys.platform, proc_stat: str = "/proc/stat"
     return readers
 
 
-def first_working(readers: list[tuple[str, Callable[[], tuple[int, int]]]]) -> tuple[str, Callable[[], tuple[int, int]]] | None:
+def first_working(
+    readers: list[tuple[str, Callable[[], tuple[int, int]]]],
+) -> tuple[str, Callable[[], tuple[int, int]]] | None:
     """The first reader that answers now, or None when none does."""
     for name, read in readers:
         try:
@@ -193,13 +201,17 @@ class Agent:
         if options.load == "loadavg":
             self._loadavg = loadavg if loadavg is not None else system_loadavg()
             if self._loadavg is None:
-                raise AgentError(f"load source 'loadavg' is not available on {platform} (no os.getloadavg): use --load cpu or --load command")
+                raise AgentError(
+                    f"load source 'loadavg' is not available on {platform} (no os.getloadavg): use --load cpu or --load command"
+                )
         elif options.load == "cpu":
             if cpu_times is None:
                 found = first_working(cpu_time_readers(platform, proc_stat))
                 if found is None:
                     tried = ", ".join(name for name, _ in cpu_time_readers(platform, proc_stat))
-                    raise AgentError(f"load source 'cpu' is not available on {platform} (tried {tried}): use --load loadavg or --load command")
+                    raise AgentError(
+                        f"load source 'cpu' is not available on {platform} (tried {tried}): use --load loadavg or --load command"
+                    )
                 cpu_times = found[1]
             self._cpu = CPUIdle(cpu_times)
 

@@ -10,8 +10,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
@@ -72,8 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         "falls back to /proc/net/ip_vs read-only.",
     )
     _add_config(exp)
-    exp.add_argument("--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_EXPORTER_LISTEN})")
-    exp.add_argument("--snmp-listen", metavar="HOST:PORT", help="address of the SNMP agent (needs an 'snmp' config section; default: its listen)")
+    exp.add_argument(
+        "--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_EXPORTER_LISTEN})"
+    )
+    exp.add_argument(
+        "--snmp-listen",
+        metavar="HOST:PORT",
+        help="address of the SNMP agent (needs an 'snmp' config section; default: its listen)",
+    )
     _add_netns(exp)
     exp.set_defaults(func=cmd_exporter)
 
@@ -84,10 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(/api/v1), with the ledger and the safety rules. The token comes from $LVSGUARD_TOKEN or --token-file.",
     )
     _add_config(act)
-    act.add_argument("--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_ACTUATOR_LISTEN})")
+    act.add_argument(
+        "--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_ACTUATOR_LISTEN})"
+    )
     _add_netns(act)
     act.add_argument("--token-file", metavar="FILE", help="bearer tokens, one 'NAME:TOKEN' per line")
-    act.add_argument("--ledger", metavar="FILE", help="the SQLite ledger (default: config or /var/lib/lvsguard/actuator.db)")
+    act.add_argument(
+        "--ledger", metavar="FILE", help="the SQLite ledger (default: config or /var/lib/lvsguard/actuator.db)"
+    )
     act.set_defaults(func=cmd_actuator)
 
     st = sub.add_parser(
@@ -99,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(st)
     _add_netns(st)
     st.add_argument("--exact", action="store_true", help="print exact byte and packet counts")
-    st.add_argument("--source", choices=["auto", "netlink", "procfs"], default="auto", help="how to read the table (default: auto)")
+    st.add_argument(
+        "--source", choices=["auto", "netlink", "procfs"], default="auto", help="how to read the table (default: auto)"
+    )
     st.add_argument("--url", help="ask the actuator at URL instead of reading the local kernel")
     st.add_argument("--token-file", help="file with the bearer token for --url (default: $LVSGUARD_TOKEN)")
     st.add_argument("--token-name", help="which token of --token-file to use")
@@ -114,8 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
         "'up NN%%' from the load (load average, CPU idle, or a command's output).",
     )
     ag.add_argument("--listen", default=":5555", metavar="HOST:PORT", help="address to answer on (default: :5555)")
-    ag.add_argument("--load", choices=["loadavg", "cpu", "command"], default="loadavg", help="where the weight percentage comes from (default: loadavg)")
-    ag.add_argument("--command", metavar="CMD", help="with --load command: a command whose first output line is a percentage or a whole reply")
+    ag.add_argument(
+        "--load",
+        choices=["loadavg", "cpu", "command"],
+        default="loadavg",
+        help="where the weight percentage comes from (default: loadavg)",
+    )
+    ag.add_argument(
+        "--command",
+        metavar="CMD",
+        help="with --load command: a command whose first output line is a percentage or a whole reply",
+    )
     ag.add_argument("--maint-file", metavar="FILE", default="", help="answer 'maint' while this file exists")
     ag.add_argument("--drain-file", metavar="FILE", default="", help="answer 'drain' while this file exists")
     ag.add_argument("--drain", dest="drain", action="store_const", const=True, help="create --drain-file and exit")
@@ -130,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="work with config files", description="Work with lvsguard config files.")
     cfg_sub = cfg.add_subparsers(title="config commands", metavar="COMMAND")
     chk = cfg_sub.add_parser(
-        "check", help="validate a config file", description="Validate a config file without starting anything; print every problem with its file, line and key."
+        "check",
+        help="validate a config file",
+        description="Validate a config file without starting anything; print every problem with its file, line and key.",
     )
     chk.add_argument("file", type=Path, help="the YAML config file")
     chk.set_defaults(func=cmd_config_check)
@@ -146,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = lab_sub.add_parser("demo", help="build the lab cluster, send traffic and show the exporter's view")
     demo.set_defaults(func=lambda args: _run_lab(["demo"]))
     ltest = lab_sub.add_parser("test", help="run the kernel tests inside the lab VM")
-    ltest.add_argument("pytest_args", nargs="*", metavar="PYTEST_ARG", help="extra arguments for pytest (e.g. -k netlink -x)")
+    ltest.add_argument(
+        "pytest_args", nargs="*", metavar="PYTEST_ARG", help="extra arguments for pytest (e.g. -k netlink -x)"
+    )
     ltest.set_defaults(func=lambda args: _run_lab(["test", *args.pytest_args]), pass_through=True)
     lab.set_defaults(func=lambda _args: _print_help(lab))
     return parser
@@ -168,7 +193,9 @@ def _print_help(p: argparse.ArgumentParser) -> int:
 def configure_logging(level: str) -> None:
     """Structured, one line per event: ``time level logger message key=value ...``."""
     handler = LineHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+    )
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 

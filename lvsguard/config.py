@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from lvsguard.labels import BACKEND_LABELS, UnknownBackendLabels, parse_backend_labels
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.ipvs import SOURCES
+from lvsguard.labels import BACKEND_LABELS, UnknownBackendLabels, parse_backend_labels
 from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey
 
 if TYPE_CHECKING:
@@ -322,7 +322,11 @@ def _record(node: Node, path: str, schema: Schema, ctx: _Context) -> tuple[Any, 
         if value_node is None or _is_null(value_node):  # absent, or `key:` with no value: the default
             if key.required:
                 missing = value_node is None
-                ctx.problem(node if missing else value_node, _join(path, key_name), "required key is missing" if missing else "must not be empty")
+                ctx.problem(
+                    node if missing else value_node,
+                    _join(path, key_name),
+                    "required key is missing" if missing else "must not be empty",
+                )
                 ok = False
             continue
         value = ctx.parse(key.parse, value_node, _join(path, key_name))
@@ -359,7 +363,9 @@ def records(schema: Schema) -> Parser:
                 seen_at = first.setdefault(values[key], i)
                 if seen_at != i:
                     shown = str(values[key])
-                    ctx.problem(pairs[key][1], f"{path}[{i}].{key}", f"duplicate {key} {shown!r} (first in {path}[{seen_at}])")
+                    ctx.problem(
+                        pairs[key][1], f"{path}[{i}].{key}", f"duplicate {key} {shown!r} (first in {path}[{seen_at}])"
+                    )
                     failed = True
         if failed:
             raise _Recorded()
@@ -401,7 +407,9 @@ def _text(node: Node) -> str:
 # --- value parsers ---------------------------------------------------------------
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 def text(node: Node, path: str, ctx: _Context) -> str:
@@ -412,7 +420,9 @@ def name(node: Node, path: str, ctx: _Context) -> str:
     """A name of a service or real server: it becomes a label value and is typed on command lines."""
     value = _text(node)
     if not _NAME.fullmatch(value):
-        raise Invalid(f"must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, got {value!r}")
+        raise Invalid(
+            f"must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, got {value!r}"
+        )
     return value
 
 
@@ -516,8 +526,14 @@ def _service_ref(node: Node, path: str, ctx: _Context) -> ServiceKey:
         return ctx.service_names[value]
     if not ctx.service_names_complete:
         raise _Recorded()  # the name may be that of a service entry with a problem of its own
-    known = f" (named services: {', '.join(sorted(ctx.service_names))})" if ctx.service_names else " (no service is named in 'services')"
-    raise Invalid(f"{value!r} is neither a service name nor a service like 'TCP 192.0.2.10:80'{_suggest(value, ctx.service_names) or known}")
+    known = (
+        f" (named services: {', '.join(sorted(ctx.service_names))})"
+        if ctx.service_names
+        else " (no service is named in 'services')"
+    )
+    raise Invalid(
+        f"{value!r} is neither a service name nor a service like 'TCP 192.0.2.10:80'{_suggest(value, ctx.service_names) or known}"
+    )
 
 
 def _named_services(parser: Parser) -> Parser:
@@ -568,14 +584,26 @@ def actuator_section(node: Node, path: str, ctx: _Context) -> ActuatorSettings:
 
 SNMP_KEY_DOCS: Mapping[str, tuple[str, str]] = {
     "listen": ("`HOST:PORT` or `[IPv6]:PORT`", "UDP address of the agent."),
-    "communities": ("list of strings", "SNMPv2c read-only communities; empty: v2c off. A community or a user is required."),
+    "communities": (
+        "list of strings",
+        "SNMPv2c read-only communities; empty: v2c off. A community or a user is required.",
+    ),
     "users": ("list of users", "SNMPv3 authPriv users (see `snmp.users[]`); empty: v3 off."),
     "base_oid": ("OID", "Where LVSGUARD-MIB's tables are served; absent: its registered OID."),
-    "max_age": ("number (seconds, > 0)", "How long one read of the kernel table answers requests before the next request re-reads it."),
+    "max_age": (
+        "number (seconds, > 0)",
+        "How long one read of the kernel table answers requests before the next request re-reads it.",
+    ),
     "max_response_size": ("integer 484..65507", "Bytes of one answer; a GETBULK answer is cut to fit."),
     "engine_id": ("hexadecimal string, 5..32 octets", "snmpEngineID; absent: pysnmp's default."),
-    "trap_targets": ("list of `HOST:PORT`", "Receivers of notifications (real server up/down, weight changes); empty: none sent."),
-    "trap_community": ("string", "Community of v2c notifications; required with `trap_targets` unless `trap_user` is set."),
+    "trap_targets": (
+        "list of `HOST:PORT`",
+        "Receivers of notifications (real server up/down, weight changes); empty: none sent.",
+    ),
+    "trap_community": (
+        "string",
+        "Community of v2c notifications; required with `trap_targets` unless `trap_user` is set.",
+    ),
     "trap_user": ("user", "Send SNMPv3 authPriv notifications as this user instead of v2c."),
     "inform": ("boolean", "Send informs (acknowledged, re-sent) instead of traps."),
 }
@@ -608,17 +636,27 @@ def snmp_section(node: Node, path: str, ctx: _Context) -> AgentSettings:
     ok = True
     for key_name, (key_node, _) in pairs.items():
         if key_name not in SNMP_KEYS:
-            ctx.problem(key_node, _join(path, key_name), f"unknown key{_suggest(key_name, SNMP_KEYS) or ' (known keys: ' + ', '.join(SNMP_KEYS) + ')'}")
+            ctx.problem(
+                key_node,
+                _join(path, key_name),
+                f"unknown key{_suggest(key_name, SNMP_KEYS) or ' (known keys: ' + ', '.join(SNMP_KEYS) + ')'}",
+            )
             ok = False
 
     def user(value: Any, where: str) -> V3User | None:
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            ctx.problem(_node_at(node, where.removeprefix(path + ".")), where, "must be a mapping of strings (name, auth_key, priv_key, auth_protocol, priv_protocol)")
+            ctx.problem(
+                _node_at(node, where.removeprefix(path + ".")),
+                where,
+                "must be a mapping of strings (name, auth_key, priv_key, auth_protocol, priv_protocol)",
+            )
             return None
         unknown = sorted(set(value) - set(SNMP_USER_KEYS))
         missing = [k for k in ("name", "auth_key", "priv_key") if k not in value]
         if unknown or missing:
-            what = "; ".join(filter(None, [f"unknown keys {unknown}" if unknown else "", f"missing {missing}" if missing else ""]))
+            what = "; ".join(
+                filter(None, [f"unknown keys {unknown}" if unknown else "", f"missing {missing}" if missing else ""])
+            )
             ctx.problem(_node_at(node, where.removeprefix(path + ".")), where, what)
             return None
         return V3User(**value)
@@ -648,7 +686,9 @@ def snmp_section(node: Node, path: str, ctx: _Context) -> AgentSettings:
             ctx.problem(pairs[key_name][1], _join(path, key_name), f"must be true or false, got {value!r}")
             ok = False
             continue
-        elif key_name in ("max_age", "max_response_size") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        elif key_name in ("max_age", "max_response_size") and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+        ):
             ctx.problem(pairs[key_name][1], _join(path, key_name), f"must be a number, got {value!r}")
             ok = False
             continue
@@ -697,8 +737,14 @@ def _node_at(node: Node, key_path: str, *, key: bool = False) -> Node:
 REAL_SERVER = Schema(
     RealServerConfig,
     {
-        "name": Key(name, required=True, doc="The real server's name (the `real_server` label); unique within its service."),
-        "address": Key(real_server_key, required=True, doc="The real server as the kernel knows it (`10.0.1.2:80`, `\"[2001:db8:1::2]:80\"`); unique within its service."),
+        "name": Key(
+            name, required=True, doc="The real server's name (the `real_server` label); unique within its service."
+        ),
+        "address": Key(
+            real_server_key,
+            required=True,
+            doc='The real server as the kernel knows it (`10.0.1.2:80`, `"[2001:db8:1::2]:80"`); unique within its service.',
+        ),
     },
     unique=("name", "address"),
 )
@@ -707,24 +753,49 @@ SERVICE = Schema(
     ServiceConfig,
     {
         "name": Key(name, required=True, doc="The service's name (the `service` label); unique among services."),
-        "service": Key(service_key, required=True, doc="The virtual service: `TCP 192.0.2.10:80`, `\"UDP [2001:db8::10]:53\"`, `FWM 1`; unique among services."),
+        "service": Key(
+            service_key,
+            required=True,
+            doc='The virtual service: `TCP 192.0.2.10:80`, `"UDP [2001:db8::10]:53"`, `FWM 1`; unique among services.',
+        ),
         "real_servers": Key(records(REAL_SERVER), doc="Names of this service's real servers."),
     },
     unique=("name", "service"),
 )
 
-DIRECTOR = Schema(DirectorConfig, {
-    "netns": Key(netns, doc="The network namespace whose IPVS table is read and written: a name of `ip netns` or an absolute path (`/proc/1234/ns/net`); `--netns` wins."),
-    "keepalived_fifo": Key(absolute_path, doc="keepalived's notify FIFO, read by the exporter alone for the VRRP state series (docs/ha.md)."),
-})  # fmt: skip
+DIRECTOR = Schema(
+    DirectorConfig,
+    {
+        "netns": Key(
+            netns,
+            doc="The network namespace whose IPVS table is read and written: a name of `ip netns` or an absolute path (`/proc/1234/ns/net`); `--netns` wins.",
+        ),
+        "keepalived_fifo": Key(
+            absolute_path,
+            doc="keepalived's notify FIFO, read by the exporter alone for the VRRP state series (docs/ha.md).",
+        ),
+    },
+)
 
 EXPORTER = Schema(
     ExporterConfig,
     {
-        "listen": Key(listen, doc="Address of the HTTP server (`/metrics`): `HOST:PORT`, `[IPv6]:PORT` or `:PORT`; port 0 picks a free port; `--listen` wins."),
-        "ipvs_source": Key(choice(SOURCES), doc="How the table is read: netlink (needs CAP_NET_ADMIN, everything), procfs (world-readable, fewer fields) or auto (netlink, procfs when not permitted)."),
-        "backend_labels": Key(backend_labels, doc="Labels kept on the `ipvs_backend_*` series, as node_exporter's `--collector.ipvs.backend-labels`; real servers with equal kept labels are summed."),
-        "services": Key(service_refs, doc="Allow-list: only these services are exported, by name (from `services`) or as `TCP 192.0.2.10:80`; empty exports every service."),
+        "listen": Key(
+            listen,
+            doc="Address of the HTTP server (`/metrics`): `HOST:PORT`, `[IPv6]:PORT` or `:PORT`; port 0 picks a free port; `--listen` wins.",
+        ),
+        "ipvs_source": Key(
+            choice(SOURCES),
+            doc="How the table is read: netlink (needs CAP_NET_ADMIN, everything), procfs (world-readable, fewer fields) or auto (netlink, procfs when not permitted).",
+        ),
+        "backend_labels": Key(
+            backend_labels,
+            doc="Labels kept on the `ipvs_backend_*` series, as node_exporter's `--collector.ipvs.backend-labels`; real servers with equal kept labels are summed.",
+        ),
+        "services": Key(
+            service_refs,
+            doc="Allow-list: only these services are exported, by name (from `services`) or as `TCP 192.0.2.10:80`; empty exports every service.",
+        ),
     },
 )
 
@@ -744,7 +815,12 @@ CHECK_KEYS: Mapping[str, tuple[str, ...]] = {
     "prometheus": ("url", "query"),
 }
 """The keys each check type takes besides the common ones."""
-CHECK_REQUIRED: Mapping[str, tuple[str, ...]] = {"dns": ("query_name",), "script": ("command",), "agent": ("port",), "prometheus": ("url", "query")}
+CHECK_REQUIRED: Mapping[str, tuple[str, ...]] = {
+    "dns": ("query_name",),
+    "script": ("command",),
+    "agent": ("port",),
+    "prometheus": ("url", "query"),
+}
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
@@ -827,14 +903,26 @@ CHECK = Schema(
     CheckConfig,
     {
         "type": Key(choice(CHECK_TYPES), required=True, doc="The check type; keys of another type are refused."),
-        "service": Key(_service_ref, doc="Which service's real servers: a name from `services` or `TCP 192.0.2.10:80`; absent: every service."),
-        "real_server": Key(_real_server_ref, doc="Which real server: a name from `services[].real_servers` or `ADDRESS:PORT`; absent: every real server."),
-        "name": Key(name, doc="The `check` label; two checks of one type on one real server need different names. Absent: the type."),
+        "service": Key(
+            _service_ref,
+            doc="Which service's real servers: a name from `services` or `TCP 192.0.2.10:80`; absent: every service.",
+        ),
+        "real_server": Key(
+            _real_server_ref,
+            doc="Which real server: a name from `services[].real_servers` or `ADDRESS:PORT`; absent: every real server.",
+        ),
+        "name": Key(
+            name,
+            doc="The `check` label; two checks of one type on one real server need different names. Absent: the type.",
+        ),
         "interval": Key(duration, doc="Time between two checks (the first is jittered over one interval)."),
         "timeout": Key(duration, doc="A check that takes longer fails; at most `interval`."),
         "rise": Key(integer(1, 100), doc="Consecutive successes that make an unhealthy real server healthy."),
         "fall": Key(integer(1, 100), doc="Consecutive failures that make a healthy real server unhealthy."),
-        "port": Key(integer(1, 65535), doc="The port to check; absent: the real server's own port (an agent check must give the agent's port)."),
+        "port": Key(
+            integer(1, 65535),
+            doc="The port to check; absent: the real server's own port (an agent check must give the agent's port).",
+        ),
         "method": Key(choice(("GET", "HEAD", "POST", "OPTIONS")), doc="The request method."),
         "path": Key(text, doc="The request path."),
         "host": Key(text, doc="The Host header; empty: the real server's address."),
@@ -845,10 +933,18 @@ CHECK = Schema(
         "payload": Key(text, doc="The datagram sent."),
         "expect": Key(regex, doc="A regular expression the reply must match; empty: any reply."),
         "query_name": Key(text, doc="The name asked."),
-        "query_type": Key(choice(("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT")), doc="The record type asked."),
-        "rcode": Key(choice(("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")), doc="The expected response code."),
+        "query_type": Key(
+            choice(("A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT")), doc="The record type asked."
+        ),
+        "rcode": Key(
+            choice(("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")),
+            doc="The expected response code.",
+        ),
         "answer": Key(regex, doc="A regular expression one answer must match; empty: any."),
-        "command": Key(command, doc="The program and its arguments (`{address}`, `{port}` replaced; no shell): exit 0 up, 1 down, 2..255 up with weight code - 2."),
+        "command": Key(
+            command,
+            doc="The program and its arguments (`{address}`, `{port}` replaced; no shell): exit 0 up, 1 down, 2..255 up with weight code - 2.",
+        ),
         "send": Key(text, doc="A line sent before reading the reply (HAProxy's `agent-send`)."),
         "url": Key(http_url, doc="Base URL of the Prometheus server."),
         "query": Key(text, doc="PromQL giving one sample: the weight percentage (`{address}`, `{port}` replaced)."),
@@ -888,39 +984,75 @@ def check_entry(node: Node, path: str, ctx: _Context) -> CheckConfig:
             for rs in svc.real_servers:
                 if rs.name == ref:
                     return replace(value, real_server=rs.address)
-    ctx.problem(pairs["real_server"][1], _join(path, "real_server"),
-                f"{ref!r} is neither an address:port nor the name of a real server of {value.service or 'a named service'}")  # fmt: skip
+    ctx.problem(
+        pairs["real_server"][1],
+        _join(path, "real_server"),
+        f"{ref!r} is neither an address:port nor the name of a real server of {value.service or 'a named service'}",
+    )
     raise _Recorded()
 
 
-PUBLISH = Schema(PublishConfig, {
-    "mode": Key(choice(("actuator", "alertmanager")), doc="actuator: the fast path, to the actuator's webhook and `POST /api/v1/weight`; alertmanager: alerts to its `/api/v2/alerts` (weights are not published)."),
-    "url": Key(http_url, doc="Base URL of the actuator or the Alertmanager."),
-    "token_file": Key(text, doc="A file holding the actuator token (`NAME:SECRET` or `SECRET`, first line); empty: `$LVSGUARD_TOKEN`."),
-})  # fmt: skip
+PUBLISH = Schema(
+    PublishConfig,
+    {
+        "mode": Key(
+            choice(("actuator", "alertmanager")),
+            doc="actuator: the fast path, to the actuator's webhook and `POST /api/v1/weight`; alertmanager: alerts to its `/api/v2/alerts` (weights are not published).",
+        ),
+        "url": Key(http_url, doc="Base URL of the actuator or the Alertmanager."),
+        "token_file": Key(
+            text,
+            doc="A file holding the actuator token (`NAME:SECRET` or `SECRET`, first line); empty: `$LVSGUARD_TOKEN`.",
+        ),
+    },
+)
 
 PROBES = Schema(
     ProbesConfig,
     {
         "enabled": Key(boolean, doc="Run health checks at all."),
-        "default_tcp": Key(boolean, doc="A tcp check on every real server of a TCP/SCTP service that no entry of `checks` names."),
+        "default_tcp": Key(
+            boolean, doc="A tcp check on every real server of a TCP/SCTP service that no entry of `checks` names."
+        ),
         "refresh": Key(duration, doc="How often the kernel table is re-read to follow real servers that come and go."),
-        "default_rate": Key(integer(1, 1000000), doc="The most default tcp probes a second, all real servers together: above it their interval stretches to checks / rate (logged once per change); configured checks keep theirs."),
-        "weight_min_step": Key(integer(1, 65535), doc="Damping of agent/prometheus/script weights: a smaller change is not published (a move to or from 0 always is)."),
-        "weight_min_interval": Key(duration, doc="Damping: the least time between two published weight changes of one real server (keep it at or above the actuator's `hold_down`)."),
-        "publish": Key(section(PUBLISH), doc="Where health transitions and weight changes go; absent: they are only exported as metrics."),
-        "checks": Key(list_of(check_entry), doc="Health checks; each applies to the real servers its `service` and `real_server` match."),
+        "default_rate": Key(
+            integer(1, 1000000),
+            doc="The most default tcp probes a second, all real servers together: above it their interval stretches to checks / rate (logged once per change); configured checks keep theirs.",
+        ),
+        "weight_min_step": Key(
+            integer(1, 65535),
+            doc="Damping of agent/prometheus/script weights: a smaller change is not published (a move to or from 0 always is).",
+        ),
+        "weight_min_interval": Key(
+            duration,
+            doc="Damping: the least time between two published weight changes of one real server (keep it at or above the actuator's `hold_down`).",
+        ),
+        "publish": Key(
+            section(PUBLISH),
+            doc="Where health transitions and weight changes go; absent: they are only exported as metrics.",
+        ),
+        "checks": Key(
+            list_of(check_entry),
+            doc="Health checks; each applies to the real servers its `service` and `real_server` match.",
+        ),
     },
 )
 
 
 SECTIONS: Mapping[str, Key] = {
     "director": Key(section(DIRECTOR), doc="Which IPVS table this director is."),
-    "services": Key(_named_services(records(SERVICE)), doc="Names for virtual services and their real servers (labels, status, actuator targets)."),  # before `exporter`, whose allow-list names them
+    "services": Key(
+        _named_services(records(SERVICE)),
+        doc="Names for virtual services and their real servers (labels, status, actuator targets).",
+    ),  # before `exporter`, whose allow-list names them
     "exporter": Key(section(EXPORTER), doc="The Prometheus exporter, `lvsguard exporter` (docs/metrics.md)."),
-    "actuator": Key(actuator_section, doc="The actuator, `lvsguard actuator` (docs/actuator.md); absent: its safe defaults."),  # after `services`, whose names it resolves
+    "actuator": Key(
+        actuator_section, doc="The actuator, `lvsguard actuator` (docs/actuator.md); absent: its safe defaults."
+    ),  # after `services`, whose names it resolves
     "snmp": Key(snmp_section, doc="The exporter's SNMP agent (docs/snmp.md); absent: no SNMP agent."),
-    "probes": Key(section(PROBES), doc="Health checks of the real servers (docs/probes.md)."),  # after `services`, whose names its checks use
+    "probes": Key(
+        section(PROBES), doc="Health checks of the real servers (docs/probes.md)."
+    ),  # after `services`, whose names its checks use
 }
 """The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
 
@@ -984,5 +1116,7 @@ def load(path: str | PathLike[str]) -> Config:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError([ConfigProblem(filename, line, 0, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+        raise ConfigError(
+            [ConfigProblem(filename, line, 0, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        ) from None
     return loads(text, filename)

@@ -146,7 +146,11 @@ def schema_rows(schema: Schema, prefix: str) -> Iterator[Row]:
         nested = _nested(key.parse)
         applies = ""
         kind = type_of(key.parse)
-        types = list(CHECK_KEYS) if key_name in config._CHECK_COMMON else [t for t, keys in CHECK_KEYS.items() if key_name in keys]
+        types = (
+            list(CHECK_KEYS)
+            if key_name in config._CHECK_COMMON
+            else [t for t, keys in CHECK_KEYS.items() if key_name in keys]
+        )
         required_for = [t for t, keys in CHECK_REQUIRED.items() if key_name in keys] if checks else []
         if key.required or (required_for and set(types) <= set(required_for)):
             default = "required"
@@ -188,12 +192,16 @@ def snmp_rows() -> Iterator[Row]:
 
 def actuator_rows() -> Iterator[Row]:
     from actuator.app import DEFAULT_LISTEN
-    from actuator.settings import KEY_DOCS, RATE_LIMIT_KEY_DOCS, RULE_KEY_DOCS, KEYS, RateLimit, Rule, from_mapping
+    from actuator.settings import KEY_DOCS, KEYS, RATE_LIMIT_KEY_DOCS, RULE_KEY_DOCS, RateLimit, Rule, from_mapping
 
     if set(KEY_DOCS) != set(KEYS):
         raise ConfigDocError(f"actuator.settings: KEY_DOCS and KEYS differ: {sorted(set(KEY_DOCS) ^ set(KEYS))}")
     settings = from_mapping({})
-    fields = {"ledger": "ledger_path", "quorum": "service_min_healthy", "session_secret_file": None}  # key -> ActuatorSettings field
+    fields = {
+        "ledger": "ledger_path",
+        "quorum": "service_min_healthy",
+        "session_secret_file": None,
+    }  # key -> ActuatorSettings field
     sub: Mapping[str, tuple[Mapping[str, tuple[str, str]], dict[str, Any], str]] = {
         "rate_limit": (RATE_LIMIT_KEY_DOCS, _defaults(RateLimit), ""),
         "rules": (RULE_KEY_DOCS, _defaults(Rule), "[]"),
@@ -207,7 +215,9 @@ def actuator_rows() -> Iterator[Row]:
             default = "none"
         else:
             if not hasattr(settings, attribute):
-                raise ConfigDocError(f"actuator.settings: key {key_name!r} has no ActuatorSettings field (map it in configdoc.actuator_rows)")
+                raise ConfigDocError(
+                    f"actuator.settings: key {key_name!r} has no ActuatorSettings field (map it in configdoc.actuator_rows)"
+                )
             default = shown(getattr(settings, attribute), kind)
         yield Row(f"actuator.{key_name}", kind, default, doc)
         if key_name in sub:
@@ -261,7 +271,9 @@ def render() -> str:
         else:
             nested = _nested(key.parse)
             if nested is None:
-                raise ConfigDocError(f"lvsguard.configdoc: section {section_name!r} has no schema the reference can walk")
+                raise ConfigDocError(
+                    f"lvsguard.configdoc: section {section_name!r} has no schema the reference can walk"
+                )
             rows = list(schema_rows(nested[0], section_name + nested[1]))
         if section_name == "probes":
             checks = [r for r in rows if r.path.startswith("probes.checks[].")]
@@ -279,7 +291,10 @@ def _section_doc(section_name: str, key: Key) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lvsguard.configdoc", description="The configuration reference, generated from the config schema.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lvsguard.configdoc",
+        description="The configuration reference, generated from the config schema.",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help=f"write {REFERENCE.name}")
     mode.add_argument("--check", action="store_true", help=f"exit 1 when {REFERENCE.name} differs from the schema")

@@ -8,7 +8,7 @@ accept the same values and give node_exporter's error message.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 LOCAL_ADDRESS = "local_address"
 LOCAL_PORT = "local_port"
@@ -19,7 +19,16 @@ LOCAL_MARK = "local_mark"
 SERVICE = "service"
 REAL_SERVER = "real_server"
 
-BACKEND_LABELS: tuple[str, ...] = (LOCAL_ADDRESS, LOCAL_PORT, REMOTE_ADDRESS, REMOTE_PORT, PROTO, LOCAL_MARK, SERVICE, REAL_SERVER)
+BACKEND_LABELS: tuple[str, ...] = (
+    LOCAL_ADDRESS,
+    LOCAL_PORT,
+    REMOTE_ADDRESS,
+    REMOTE_PORT,
+    PROTO,
+    LOCAL_MARK,
+    SERVICE,
+    REAL_SERVER,
+)
 """Every label of an ``ipvs_backend_*`` series, in output order; ``backend_labels`` picks from these."""
 SERVICE_LABELS: tuple[str, ...] = (LOCAL_ADDRESS, LOCAL_PORT, PROTO, LOCAL_MARK, SERVICE)
 

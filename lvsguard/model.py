@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 """Transport protocols of an address:port service; ``FWM`` marks a fwmark service."""
@@ -96,7 +97,11 @@ class ServiceKey:
             raise ValueError(f"{text!r}: expected 'TCP|UDP|SCTP ADDRESS:PORT' or 'FWM MARK'")
         proto = parts[0].upper()
         if proto == FWM:
-            if len(parts) > 3 or not parts[1].isdigit() or (len(parts) == 3 and parts[2].lower() not in ("ipv4", "ipv6")):
+            if (
+                len(parts) > 3
+                or not parts[1].isdigit()
+                or (len(parts) == 3 and parts[2].lower() not in ("ipv4", "ipv6"))
+            ):
                 raise ValueError(f"{text!r}: expected 'FWM MARK' or 'FWM MARK IPv6'")
             family = 6 if len(parts) == 3 and parts[2].lower() == "ipv6" else 4
             return cls(FWM, "", 0, int(parts[1]), family)
@@ -266,7 +271,7 @@ def fast_constructor(cls: type[T]) -> Callable[..., T]:
         f"def make({args}, *, _twin=_Twin, _cls=cls):\n    o = _twin({args})\n    o.__class__ = _cls\n    return o\n"
     )
     namespace: dict[str, Any] = {"cls": cls}
-    exec(src, namespace)  # noqa: S102 - generated from dataclass field names only
+    exec(src, namespace)
     make = namespace["make"]
     make.__doc__ = f"Build a {cls.__name__} from positional field values (no validation)."
     return make

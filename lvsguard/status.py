@@ -7,7 +7,8 @@ for exact integers), and aligned columns.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lvsguard.ipvs import open_reader
 from lvsguard.model import Table
@@ -15,7 +16,19 @@ from lvsguard.model import Table
 if TYPE_CHECKING:
     from lvsguard.config import Config
 
-HEADER = ("SERVICE / REAL SERVER", "NAME", "SCHED/FWD", "WEIGHT", "ACTIVE", "INACT", "CONNS", "IN PKTS", "OUT PKTS", "IN BYTES", "OUT BYTES")
+HEADER = (
+    "SERVICE / REAL SERVER",
+    "NAME",
+    "SCHED/FWD",
+    "WEIGHT",
+    "ACTIVE",
+    "INACT",
+    "CONNS",
+    "IN PKTS",
+    "OUT PKTS",
+    "IN BYTES",
+    "OUT BYTES",
+)
 NUMERIC_FROM = 3  # columns from here on are right-aligned
 
 

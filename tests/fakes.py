@@ -9,8 +9,8 @@ kernel behaviour itself is tested against the real kernel in tests/integration.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
 
 from lvsguard.errors import AlreadyExists, BulkFailed, KernelError, NoSuchDestination, NoSuchService
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, SyncDaemon, Table, VirtualService
@@ -101,7 +101,11 @@ class FakeKernel:
         with self._lock:
             old = self._dest(service, rs.key)
             self._servers[service][rs.key] = replace(
-                old, weight=rs.weight, forward=rs.forward, upper_threshold=rs.upper_threshold, lower_threshold=rs.lower_threshold
+                old,
+                weight=rs.weight,
+                forward=rs.forward,
+                upper_threshold=rs.upper_threshold,
+                lower_threshold=rs.lower_threshold,
             )
             self.writes.append(("edit_real_server", str(service), str(rs.key), rs.weight))
 

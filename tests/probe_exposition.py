@@ -21,6 +21,10 @@ def fast_and_slow(metrics: ProbeMetrics) -> tuple[Samples, Samples]:
 
     registry = CollectorRegistry()
     registry.register(Wrap())  # type: ignore[arg-type]
-    fast = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families("".join(metrics.chunks())) for s in f.samples}
+    fast = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families("".join(metrics.chunks()))
+        for s in f.samples
+    }
     slow = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in registry.collect() for s in f.samples}
     return fast, slow

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 
-def json_request(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
-                 timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+def json_request(
+    method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, Any]]:
     """``(status, JSON body)`` of one request; an HTTP error status is an answer too, not an exception."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
@@ -28,8 +29,13 @@ def json_request(method: str, url: str, body: Any = None, headers: Mapping[str, 
         return exc.code, json.loads(exc.read())
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0, detail: Callable[[], str] | None = None,
-             step: float = 0.05) -> Any:
+def wait_for(
+    check: Callable[[], Any],
+    what: str,
+    timeout: float = 15.0,
+    detail: Callable[[], str] | None = None,
+    step: float = 0.05,
+) -> Any:
     """Call ``check`` every ``step`` s until it returns something truthy, and return that; AssertionError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -37,5 +43,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0, detail:
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}" + (f"\n{detail()}" if detail else ""))
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {what}" + (f"\n{detail()}" if detail else "")
+            )
         time.sleep(step)

@@ -77,5 +77,7 @@ class AgentChecker:
         reply = parse_reply(data.decode("utf-8", errors="replace").splitlines()[0])
         what = f"agent {target}: {data.decode(errors='replace').strip()[:80]}"
         if reply.state in ("down", "maint"):
-            return ProbeResult(False, what, took, "AgentDown" if reply.state == "down" else "AgentMaint", weight_percent=reply.percent)
+            return ProbeResult(
+                False, what, took, "AgentDown" if reply.state == "down" else "AgentMaint", weight_percent=reply.percent
+            )
         return ProbeResult(True, what, took, weight_percent=reply.percent)

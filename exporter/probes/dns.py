@@ -36,5 +36,7 @@ class DNSChecker:
             return ProbeResult(False, f"{what}, expected {self.rcode}", took, "UnexpectedRcode")
         if self.answer is not None and not any(self.answer.search(a.data) for a in reply.answers):
             got = ", ".join(a.data for a in reply.answers) or "no answer"
-            return ProbeResult(False, f"{what}, no answer matches {self.answer.pattern!r} ({got})", took, "AnswerMismatch")
+            return ProbeResult(
+                False, f"{what}, no answer matches {self.answer.pattern!r} ({got})", took, "AnswerMismatch"
+            )
         return ProbeResult(True, f"{what}, {len(reply.answers)} answers", took)

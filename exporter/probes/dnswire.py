@@ -60,7 +60,10 @@ def encode_response(query: bytes, rcode: str, answers: list[tuple[str, str, int,
     """A response to ``query`` with answers (name, type, ttl, rdata): the tests' responder uses it."""
     ident, flags = struct.unpack("!HH", query[:4])
     end = _skip_name(query, 12) + 4
-    out = struct.pack("!HHHHHH", ident, FLAG_QR | (flags & FLAG_RD) | 0x0080 | RCODES[rcode], 1, len(answers), 0, 0) + query[12:end]
+    out = (
+        struct.pack("!HHHHHH", ident, FLAG_QR | (flags & FLAG_RD) | 0x0080 | RCODES[rcode], 1, len(answers), 0, 0)
+        + query[12:end]
+    )
     for name, qtype, ttl, rdata in answers:
         out += encode_name(name) + struct.pack("!HHIH", TYPES[qtype], CLASS_IN, ttl, len(rdata)) + rdata
     return out

@@ -43,8 +43,9 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from exporter.probes.metrics import JobKey, ProbeMetrics
 from exporter.probes.poller import Poller
@@ -210,7 +211,9 @@ class ProbeEngine:
                 rkey = rs.key
                 pair = (skey, rkey)
                 present.add(pair)
-                if rs.weight > 0 and pair not in full:  # the full weight is the first non-zero one seen (ours may have lowered it since)
+                if (
+                    rs.weight > 0 and pair not in full
+                ):  # the full weight is the first non-zero one seen (ours may have lowered it since)
                     full[pair] = rs.weight
                 for spec in self.plan(skey, rkey):
                     port = spec.port if spec.port is not None else rkey.port
@@ -229,7 +232,14 @@ class ProbeEngine:
             job = jobs.get(key)
             interval = default_interval if spec.default and stretched else spec.interval
             if job is None:
-                job = _Job(key, spec, target, Health(spec.rise, spec.fall), Damper(self.damping.min_step, self.damping.min_interval), interval)
+                job = _Job(
+                    key,
+                    spec,
+                    target,
+                    Health(spec.rise, spec.fall),
+                    Damper(self.damping.min_step, self.damping.min_interval),
+                    interval,
+                )
                 jobs[key] = job
                 metrics.add(key, shared=spec.default and stretched)
                 self._schedule(job, now + interval * self.jitter(), now)
@@ -303,9 +313,16 @@ class ProbeEngine:
         logged = self._logged_interval
         if interval != logged and (interval is None or logged is None or abs(interval - logged) > 0.25 * logged):
             if interval is not None:
-                event(log, logging.WARNING, "probe_default_interval_stretched", checks=count, interval=round(interval, 3),
-                      configured=configured, max_rate=round(rate, 1),
-                      cpu_per_probe_ms=round(1000 * self.cpu_per_probe, 3) if self.cpu_per_probe else "")  # fmt: skip
+                event(
+                    log,
+                    logging.WARNING,
+                    "probe_default_interval_stretched",
+                    checks=count,
+                    interval=round(interval, 3),
+                    configured=configured,
+                    max_rate=round(rate, 1),
+                    cpu_per_probe_ms=round(1000 * self.cpu_per_probe, 3) if self.cpu_per_probe else "",
+                )
             else:
                 event(log, logging.INFO, "probe_default_interval_restored", checks=count, interval=configured)
             self._logged_interval = interval
@@ -320,7 +337,7 @@ class ProbeEngine:
                 started = time.monotonic()
                 try:
                     table = await loop.run_in_executor(None, reader.read)
-                except Exception as exc:  # noqa: BLE001 - a failed read is logged once; the checks go on
+                except Exception as exc:
                     reason = f"{type(exc).__name__}: {exc}"
                     if reason != failing:
                         event(log, logging.WARNING, "probe_table_read_failed", reason=reason)
@@ -405,9 +422,15 @@ class ProbeEngine:
         for job in ready:
             try:
                 self._start(job, now)
-            except Exception as exc:  # noqa: BLE001 - a checker bug is that check's failure, not the scheduler's end
+            except Exception as exc:
                 job.inflight = None
-                self._complete(job, ProbeResult(False, f"{job.spec.name} {job.target}: {type(exc).__name__}: {exc}", 0.0, type(exc).__name__), now)
+                self._complete(
+                    job,
+                    ProbeResult(
+                        False, f"{job.spec.name} {job.target}: {type(exc).__name__}: {exc}", 0.0, type(exc).__name__
+                    ),
+                    now,
+                )
         if ready and poller is not None and len(poller):
             # connects that completed inside connect() (loopback, veth, a real server on the director) end now, not one
             # loop turn later; where they never do (remote real servers) the poll is tried again only every EAGER_BACKOFF ticks
@@ -422,8 +445,19 @@ class ProbeEngine:
                 inflight.cancel()
                 job.inflight = None
                 spec = job.spec
-                self._complete(job, ProbeResult(False, f"{spec.name} {job.target}: no answer within {spec.timeout:g} s", spec.timeout, "TimeoutError"), now)
-        while deadlines and deadlines[0][2].inflight is not deadlines[0][3]:  # that probe ended: no wake-up for its deadline
+                self._complete(
+                    job,
+                    ProbeResult(
+                        False,
+                        f"{spec.name} {job.target}: no answer within {spec.timeout:g} s",
+                        spec.timeout,
+                        "TimeoutError",
+                    ),
+                    now,
+                )
+        while (
+            deadlines and deadlines[0][2].inflight is not deadlines[0][3]
+        ):  # that probe ended: no wake-up for its deadline
             heapq.heappop(deadlines)
 
     def _start(self, job: _Job, now: float) -> None:
@@ -485,9 +519,16 @@ class ProbeEngine:
         if job.health.update(result.ok, now):
             if self.publisher is not None:  # first: its thread posts while this one logs
                 self.publisher.transition(Transition(service, real_server, check, job.health.healthy, result.message))
-            event(log, logging.WARNING if not job.health.healthy else logging.INFO, "probe_transition",
-                  check=check, service=str(service), real_server=str(real_server),
-                  healthy=job.health.healthy, reason=result.message)  # fmt: skip
+            event(
+                log,
+                logging.WARNING if not job.health.healthy else logging.INFO,
+                "probe_transition",
+                check=check,
+                service=str(service),
+                real_server=str(real_server),
+                healthy=job.health.healthy,
+                reason=result.message,
+            )
         self.metrics.observe(job.key, result, job.health)
         if job.health.healthy and result.ok and reports_weight:
             self._weight(job, result, now)
@@ -508,6 +549,16 @@ async def probe(spec: CheckSpec, target: Target) -> ProbeResult:
         async with asyncio.timeout(spec.timeout):
             return await spec.checker.check(target)
     except TimeoutError:
-        return ProbeResult(False, f"{spec.name} {target}: no answer within {spec.timeout:g} s", time.perf_counter() - started, "TimeoutError")
-    except Exception as exc:  # noqa: BLE001 - a checker bug must not stop the engine: it is a failed check
-        return ProbeResult(False, f"{spec.name} {target}: {type(exc).__name__}: {exc}", time.perf_counter() - started, type(exc).__name__)
+        return ProbeResult(
+            False,
+            f"{spec.name} {target}: no answer within {spec.timeout:g} s",
+            time.perf_counter() - started,
+            "TimeoutError",
+        )
+    except Exception as exc:
+        return ProbeResult(
+            False,
+            f"{spec.name} {target}: {type(exc).__name__}: {exc}",
+            time.perf_counter() - started,
+            type(exc).__name__,
+        )

@@ -63,7 +63,12 @@ class HTTPChecker:
         if answer.status not in self.statuses:
             return ProbeResult(False, f"{what}, status not expected", took, "UnexpectedStatus")
         if self.body is not None and not self.body.search(answer.body):
-            return ProbeResult(False, f"{what}, body does not match {self.body.pattern.decode(errors='replace')!r}", took, "BodyMismatch")
+            return ProbeResult(
+                False,
+                f"{what}, body does not match {self.body.pattern.decode(errors='replace')!r}",
+                took,
+                "BodyMismatch",
+            )
         return ProbeResult(True, what, took)
 
     async def check(self, target: Target) -> ProbeResult:
@@ -72,7 +77,13 @@ class HTTPChecker:
     async def _get(self, target: Target) -> ProbeResult:
         started = time.perf_counter()
         answer = await httpclient.request(
-            target.address, target.port, method=self.method, path=self.path, host_header=self.host, tls=self.tls, sni=self.sni
+            target.address,
+            target.port,
+            method=self.method,
+            path=self.path,
+            host_header=self.host,
+            tls=self.tls,
+            sni=self.sni,
         )
         return self.judge(answer, time.perf_counter() - started)
 

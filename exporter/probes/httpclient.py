@@ -33,7 +33,9 @@ class HTTPProtocolError(ValueError):
 
 
 @functools.lru_cache(maxsize=65536)
-def request_bytes(host: str, port: int, method: str, path: str, host_header: str, extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+def request_bytes(
+    host: str, port: int, method: str, path: str, host_header: str, extra_headers: tuple[tuple[str, str], ...] = ()
+) -> bytes:
     """The request's bytes (cached: a check sends the same request to the same target every interval)."""
     authority = host_header or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     lines = [f"{method} {path} HTTP/1.1", f"Host: {authority}", "User-Agent: lvsguard-probe", "Connection: close"]
@@ -77,14 +79,18 @@ def parse_response(data: bytes, method: str, max_body: int, eof: bool) -> Respon
     EOF, or ``max_body`` bytes of body, whichever comes first. One parser for
     both clients: the coroutine below and the engine's plain-http hot path.
     """
-    if not data[:7] == b"HTTP/1."[: len(data)]:  # said at once: a peer that talks something else may reset next
+    if data[:7] != b"HTTP/1."[: len(data)]:  # said at once: a peer that talks something else may reset next
         line = data.split(b"\n", 1)[0].decode("latin-1").rstrip("\r")
         raise HTTPProtocolError(f"not an HTTP answer: {line[:60]!r}")
     crlf, lf = data.find(b"\r\n\r\n"), data.find(b"\n\n")
     if crlf < 0 and lf < 0:
         if eof:
             line = data.split(b"\n", 1)[0].decode("latin-1").rstrip("\r")
-            raise HTTPProtocolError(f"not an HTTP answer: {line[:60]!r}" if not line.startswith("HTTP/1.") else "the answer ends inside its headers")
+            raise HTTPProtocolError(
+                f"not an HTTP answer: {line[:60]!r}"
+                if not line.startswith("HTTP/1.")
+                else "the answer ends inside its headers"
+            )
         if len(data) > MAX_HEAD:
             raise HTTPProtocolError(f"headers longer than {MAX_HEAD} bytes")
         return None

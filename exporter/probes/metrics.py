@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
@@ -35,8 +35,16 @@ BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 SUCCESS = ("lvs_probe_success", "gauge", "1 when the last check of the real server succeeded, 0 when it failed.")
 DURATION = ("lvs_probe_duration_seconds", "histogram", "Time each check took, failures and timeouts included.")
-HEALTHY = ("lvs_backend_healthy", "gauge", "1 while the real server is healthy by this check after rise/fall, 0 while it is not.")
-CHANGES = ("lvs_backend_health_changes_total", "counter", "Health transitions of the real server by this check (after rise/fall).")
+HEALTHY = (
+    "lvs_backend_healthy",
+    "gauge",
+    "1 while the real server is healthy by this check after rise/fall, 0 while it is not.",
+)
+CHANGES = (
+    "lvs_backend_health_changes_total",
+    "counter",
+    "Health transitions of the real server by this check (after rise/fall).",
+)
 LAST_CHANGE = (
     "lvs_backend_health_last_change_timestamp_seconds",
     "gauge",
@@ -60,7 +68,9 @@ class _Series:
     changed_at: float = 0.0
     shared: _Series | None = None  # the per-service histogram its durations go to, if any
     members: int = 0  # of a shared histogram: the checks that feed it
-    lines: tuple[str, str, str, str] | None = None  # its success/healthy/changes/last-change lines, until a value changes
+    lines: tuple[str, str, str, str] | None = (
+        None  # its success/healthy/changes/last-change lines, until a value changes
+    )
 
 
 _Row = tuple[tuple[str, ...], str, int, int, int, float]  # labels, label text, success, healthy, changes, changed at
@@ -105,7 +115,9 @@ class ProbeMetrics:
             if group is None:
                 service, _, check = key
                 values = backend_label_values(service, RealServerKey("", 0), self.names) + (check,)
-                values = values[:2] + ("", "") + values[4:7] + ("",) + values[8:]  # no real server: the service's histogram
+                values = (
+                    values[:2] + ("", "") + values[4:7] + ("",) + values[8:]
+                )  # no real server: the service's histogram
                 group = self._shared[_service_key(key)] = _Series(values, label_string(PROBE_LABELS, values))
             group.members += 1
             series.shared = group
@@ -151,7 +163,9 @@ class ProbeMetrics:
         """(one row per check, the histograms: per check where not shared, then the per-service ones), copied under the lock."""
         with self._lock:
             rows = [(s.labels, s.text, s.success, s.healthy, s.changes, s.changed_at) for s in self._series.values()]
-            hists = [(s.labels, s.text, list(s.buckets), s.total, s.count) for s in self._series.values() if s.shared is None]
+            hists = [
+                (s.labels, s.text, list(s.buckets), s.total, s.count) for s in self._series.values() if s.shared is None
+            ]
             hists += [(g.labels, g.text, list(g.buckets), g.total, g.count) for g in self._shared.values()]
         return rows, hists
 
@@ -168,7 +182,9 @@ class ProbeMetrics:
         last = GaugeMetricFamily(LAST_CHANGE[0], LAST_CHANGE[2], labels=labels)
         for values, _, buckets, total, count in hists:
             cumulative = _cumulative(buckets)
-            duration.add_metric(list(values), [(_le(b), c) for b, c in zip(BUCKETS, cumulative)] + [("+Inf", count)], total)
+            duration.add_metric(
+                list(values), [(_le(b), c) for b, c in zip(BUCKETS, cumulative)] + [("+Inf", count)], total
+            )
         for values, _, ok, up, changed, changed_at in rows:
             success.add_metric(list(values), ok)
             healthy.add_metric(list(values), up)
@@ -185,10 +201,16 @@ class ProbeMetrics:
                 cached = s.lines
                 if cached is None:
                     t = s.text
-                    cached = s.lines = (f"{ok}{t} {s.success}\n", f"{up}{t} {s.healthy}\n", f"{changes}{t} {s.changes}\n",
-                                        f"{last}{t} {s.changed_at!r}\n")  # fmt: skip
+                    cached = s.lines = (
+                        f"{ok}{t} {s.success}\n",
+                        f"{up}{t} {s.healthy}\n",
+                        f"{changes}{t} {s.changes}\n",
+                        f"{last}{t} {s.changed_at!r}\n",
+                    )
                 lines.append(cached)
-            hists = [(s.labels, s.text, list(s.buckets), s.total, s.count) for s in self._series.values() if s.shared is None]
+            hists = [
+                (s.labels, s.text, list(s.buckets), s.total, s.count) for s in self._series.values() if s.shared is None
+            ]
             hists += [(g.labels, g.text, list(g.buckets), g.total, g.count) for g in self._shared.values()]
         return lines, hists
 

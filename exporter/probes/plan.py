@@ -43,7 +43,9 @@ def checker(check: CheckConfig) -> Checker:
     if kind == "icmp":
         return ICMPChecker()
     if kind == "dns":
-        return DNSChecker(check.query_name, check.query_type, check.rcode, re.compile(check.answer) if check.answer else None)
+        return DNSChecker(
+            check.query_name, check.query_type, check.rcode, re.compile(check.answer) if check.answer else None
+        )
     if kind == "script":
         return ScriptChecker(check.command)
     if kind == "agent":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Ready = Callable[[int], None]  # gets the epoll event mask
 
@@ -75,8 +75,10 @@ class Poller:
             if ready is not None:
                 try:
                     ready(events)
-                except Exception as exc:  # noqa: BLE001 - one probe's bug must not drop the others' events
-                    self._loop.call_exception_handler({"message": f"probe callback for fd {fd} failed", "exception": exc})
+                except Exception as exc:
+                    self._loop.call_exception_handler(
+                        {"message": f"probe callback for fd {fd} failed", "exception": exc}
+                    )
         return len(ready_now)
 
     def close(self) -> None:

@@ -81,11 +81,28 @@ class PrometheusChecker:
         """The result while Prometheus is out of reach: the last answer's verdict, no weight, and why."""
         if self.url not in self.out_of_reach:
             self.out_of_reach.add(self.url)
-            event(log, logging.WARNING, "prometheus_unreachable", url=self.url, reason=reason, holding="the last answer and weight of each real server")
+            event(
+                log,
+                logging.WARNING,
+                "prometheus_unreachable",
+                url=self.url,
+                reason=reason,
+                holding="the last answer and weight of each real server",
+            )
         last = self.answers.get(target)
         if last is None:
-            return ProbeResult(True, f"prometheus {self.url} out of reach ({reason}); no answer yet, the weight is left as it is", took, UNREACHABLE)
-        return ProbeResult(last.ok, f"prometheus {self.url} out of reach ({reason}); holding the last answer: {last.message}", took, UNREACHABLE)
+            return ProbeResult(
+                True,
+                f"prometheus {self.url} out of reach ({reason}); no answer yet, the weight is left as it is",
+                took,
+                UNREACHABLE,
+            )
+        return ProbeResult(
+            last.ok,
+            f"prometheus {self.url} out of reach ({reason}); holding the last answer: {last.message}",
+            took,
+            UNREACHABLE,
+        )
 
     async def _query(self, target: Target) -> ProbeResult:
         started = time.perf_counter()

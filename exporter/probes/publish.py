@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from exporter.collector import BACKEND_LABELS, Names, NoNames, backend_label_values
@@ -70,7 +70,9 @@ class WeightChange:
     message: str
 
 
-_Item = tuple[str, dict[str, Any] | list[Any], str, float]  # url, body, what it is about (for the log), perf_counter when queued
+_Item = tuple[
+    str, dict[str, Any] | list[Any], str, float
+]  # url, body, what it is about (for the log), perf_counter when queued
 
 
 class Publisher(Protocol):
@@ -89,7 +91,7 @@ def fingerprint(service: ServiceKey, real_server: RealServerKey, check: str) -> 
 
 
 def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def alert(change: Transition, names: Names, now: float) -> dict[str, Any]:
@@ -100,7 +102,9 @@ def alert(change: Transition, names: Names, now: float) -> dict[str, Any]:
     return {
         "status": "resolved" if change.healthy else "firing",
         "labels": labels,
-        "annotations": {"summary": f"{change.check} check of {change.real_server} of {change.service}: {change.message}"[:500]},
+        "annotations": {
+            "summary": f"{change.check} check of {change.real_server} of {change.service}: {change.message}"[:500]
+        },
         "startsAt": _rfc3339(now),
         "endsAt": _rfc3339(now) if change.healthy else "0001-01-01T00:00:00Z",
         "generatorURL": "",
@@ -135,7 +139,9 @@ class HTTPPublisher:
         self.names: Names = names if names is not None else NoNames()
         self.sent = 0
         self.resend = RESEND
-        self._firing: dict[str, tuple[dict[str, Any], str]] = {}  # fingerprint -> v2 alert, real server (alertmanager mode)
+        self._firing: dict[
+            str, tuple[dict[str, Any], str]
+        ] = {}  # fingerprint -> v2 alert, real server (alertmanager mode)
         self._firing_lock = threading.Lock()  # the engine's thread adds and removes, the sender's thread resends
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._poster = Poster()
@@ -154,12 +160,26 @@ class HTTPPublisher:
                     self._firing.pop(one["fingerprint"], None)
             self._queue.put((f"{self.url}/api/v2/alerts", [v2], str(change.real_server), time.perf_counter()))
         else:
-            self._queue.put((f"{self.url}/webhook/alertmanager", webhook_payload([one]), str(change.real_server), time.perf_counter()))
+            self._queue.put(
+                (
+                    f"{self.url}/webhook/alertmanager",
+                    webhook_payload([one]),
+                    str(change.real_server),
+                    time.perf_counter(),
+                )
+            )
 
     def weight(self, change: WeightChange) -> None:
         if self.mode == "alertmanager":
-            event(log, logging.WARNING, "probe_weight_not_published", real_server=str(change.real_server), service=str(change.service),
-                  weight=change.weight, reason="weights need the actuator (probes.publish.mode: actuator)")  # fmt: skip
+            event(
+                log,
+                logging.WARNING,
+                "probe_weight_not_published",
+                real_server=str(change.real_server),
+                service=str(change.service),
+                weight=change.weight,
+                reason="weights need the actuator (probes.publish.mode: actuator)",
+            )
             return
         body = {"service": str(change.service), "real_server": str(change.real_server), "weight": change.weight}
         self._queue.put((f"{self.url}/api/v1/weight", body, str(change.real_server), time.perf_counter()))
@@ -199,10 +219,28 @@ class HTTPPublisher:
                 if 200 <= status < 300 or 400 <= status < 500 and status != 429:
                     self.sent += 1
                     level = logging.INFO if status < 300 else logging.WARNING
-                    event(log, level, "probe_published", url=url, real_server=about, status=status, reply=reply[:300],
-                          queued_ms=round(1000 * (posting - queued), 2), post_ms=round(1000 * (done - posting), 2))  # fmt: skip
+                    event(
+                        log,
+                        level,
+                        "probe_published",
+                        url=url,
+                        real_server=about,
+                        status=status,
+                        reply=reply[:300],
+                        queued_ms=round(1000 * (posting - queued), 2),
+                        post_ms=round(1000 * (done - posting), 2),
+                    )
                     break
-                event(log, logging.WARNING, "probe_publish_failed", url=url, real_server=about, status=status, reply=reply[:300], attempt=attempt)
+                event(
+                    log,
+                    logging.WARNING,
+                    "probe_publish_failed",
+                    url=url,
+                    real_server=about,
+                    status=status,
+                    reply=reply[:300],
+                    attempt=attempt,
+                )
                 time.sleep(RETRY_DELAY * attempt)
 
     def _post(self, url: str, body: object) -> tuple[int, str]:
@@ -243,7 +281,9 @@ class Poster:
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 self._conns.pop((parts.scheme, parts.netloc), None)
-                if fresh or not isinstance(exc, (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)):
+                if fresh or not isinstance(
+                    exc, (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)
+                ):
                     raise OSError(f"{type(exc).__name__}: {exc}") from exc
                 continue
             if response.will_close:

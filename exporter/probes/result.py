@@ -9,8 +9,9 @@ server's full weight or as an absolute weight.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,9 @@ def read_token(publish: PublishConfig, env: dict[str, str] | None = None) -> str
         with open(publish.token_file, encoding="utf-8") as f:
             lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
     except OSError as exc:
-        raise ConfigError([ConfigProblem(publish.token_file, 0, 0, "probes.publish.token_file", f"cannot read: {exc.strerror}")]) from None
+        raise ConfigError(
+            [ConfigProblem(publish.token_file, 0, 0, "probes.publish.token_file", f"cannot read: {exc.strerror}")]
+        ) from None
     if not lines:
         raise ConfigError([ConfigProblem(publish.token_file, 0, 0, "probes.publish.token_file", "holds no token")])
     return lines[0].split(":", 1)[-1] if ":" in lines[0] else lines[0]
@@ -68,9 +70,16 @@ def start(config: Config, netns: str | None, metrics: ProbeMetrics) -> ProbeRunn
     probes = config.probes
     publisher: Publisher | None = None
     if probes.publish is not None:
-        publisher = HTTPPublisher(probes.publish.url, mode=probes.publish.mode, token=read_token(probes.publish), names=config)
-    engine = ProbeEngine(build_plan(probes), metrics=metrics, publisher=publisher,
-                         damping=Damping(probes.weight_min_step, probes.weight_min_interval), default_rate=probes.default_rate)  # fmt: skip
+        publisher = HTTPPublisher(
+            probes.publish.url, mode=probes.publish.mode, token=read_token(probes.publish), names=config
+        )
+    engine = ProbeEngine(
+        build_plan(probes),
+        metrics=metrics,
+        publisher=publisher,
+        damping=Damping(probes.weight_min_step, probes.weight_min_interval),
+        default_rate=probes.default_rate,
+    )
     loop = asyncio.new_event_loop()
     reader = ExporterReader(netns, config.exporter.ipvs_source)  # opens on its first read, inside the namespace
     main = loop.create_task(engine.run(reader, probes.refresh))
@@ -88,6 +97,12 @@ def start(config: Config, netns: str | None, metrics: ProbeMetrics) -> ProbeRunn
 
     thread = threading.Thread(target=run, name="probe-engine", daemon=True)
     thread.start()
-    event(log, logging.INFO, "probes_started", publish=probes.publish.mode if probes.publish else "metrics only",
-          checks=len(probes.checks), default_tcp=probes.default_tcp)  # fmt: skip
+    event(
+        log,
+        logging.INFO,
+        "probes_started",
+        publish=probes.publish.mode if probes.publish else "metrics only",
+        checks=len(probes.checks),
+        default_tcp=probes.default_tcp,
+    )
     return ProbeRunner(engine, loop, thread, publisher, main)

@@ -40,9 +40,13 @@ class ScriptChecker:
         argv = [arg.replace("{address}", target.address).replace("{port}", str(target.port)) for arg in self.command]
         env = {**os.environ, "LVSGUARD_ADDRESS": target.address, "LVSGUARD_PORT": str(target.port)}
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            env=env, start_new_session=True,
-        )  # fmt: skip
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         try:
             code = await proc.wait()
         finally:

@@ -24,8 +24,9 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from exporter.probes.poller import FAILED, OUT, Poller
 from exporter.probes.result import ProbeResult, Target, failed, guarded
@@ -89,7 +90,9 @@ class Connect:
             self.done(self.token, ProbeResult(True, f"connected to {self.target}", took))
         else:
             sock.close()
-            self.done(self.token, ProbeResult(False, f"connect to {self.target}: {os.strerror(code)}", took, error_name(code)))
+            self.done(
+                self.token, ProbeResult(False, f"connect to {self.target}: {os.strerror(code)}", took, error_name(code))
+            )
 
     def cancel(self) -> None:
         self.poller.forget(self.fd)

@@ -31,7 +31,9 @@ async def exchange(target: Target, payload: bytes) -> bytes:
     """Send ``payload`` to ``target`` and return the first datagram that comes back."""
     loop = asyncio.get_running_loop()
     reply: asyncio.Future[bytes] = loop.create_future()
-    transport, _ = await loop.create_datagram_endpoint(lambda: _OneReply(reply), remote_addr=(target.address, target.port))
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _OneReply(reply), remote_addr=(target.address, target.port)
+    )
     try:
         transport.sendto(payload)
         return await reply
@@ -53,5 +55,10 @@ class UDPChecker:
         data = await exchange(target, self.payload)
         took = time.perf_counter() - started
         if self.expect is not None and not self.expect.search(data):
-            return ProbeResult(False, f"udp {target}: reply {data[:40]!r} does not match {self.expect.pattern!r}", took, "ReplyMismatch")
+            return ProbeResult(
+                False,
+                f"udp {target}: reply {data[:40]!r} does not match {self.expect.pattern!r}",
+                took,
+                "ReplyMismatch",
+            )
         return ProbeResult(True, f"udp {target}: {len(data)} bytes back", took)

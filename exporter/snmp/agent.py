@@ -19,7 +19,8 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.entity import config as pysnmp_config
@@ -32,9 +33,9 @@ from exporter.snmp.mibview import MibView
 from exporter.snmp.notify import TrapSender, changes
 from exporter.snmp.settings import AgentSettings
 from exporter.snmp.snapshot import Health, RsRef, Snapshot, SnapshotProvider
-from lvsguard.model import parse_endpoint
 from exporter.snmp.v3 import crypto_available, make_engine
 from lvsguard.errors import LvsguardError
+from lvsguard.model import parse_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,14 @@ class SnmpAgent:
         self.uptime = Uptime(start=clock(), clock=clock)
         self._clock = clock
         self._first_seen = FirstSeen(clock)
-        self._responder = V2cResponder((c.encode() for c in settings.communities), self.stats, settings.max_response_size)
+        self._responder = V2cResponder(
+            (c.encode() for c in settings.communities), self.stats, settings.max_response_size
+        )
         self._view: MibView | None = None
         self._snapshot: Snapshot | None = None
-        self._quiet: set[RsRef] | None = None  # found at start with no verdict yet: a first "dead" is not news (notify.changes)
+        self._quiet: set[RsRef] | None = (
+            None  # found at start with no verdict yet: a first "dead" is not news (notify.changes)
+        )
         self._view_time = 0.0
         self._sender: TrapSender | Any = None  # TrapSender, or notify_v3.V3TrapSender
         self._watch: asyncio.Task[None] | None = None
@@ -147,7 +152,9 @@ class SnmpAgent:
                 engine_id=self.settings.engine_id,
                 inform=self.settings.inform,
             )
-        return TrapSender(targets, self.settings.trap_community, self.settings.base_oid, self.uptime, inform=self.settings.inform)
+        return TrapSender(
+            targets, self.settings.trap_community, self.settings.base_oid, self.uptime, inform=self.settings.inform
+        )
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -184,7 +191,9 @@ class SnmpAgent:
 
     def _build(self) -> tuple[Snapshot, MibView]:
         snap = self.provider()
-        return snap, MibView(build_subtrees(snap, self.settings.base_oid, self.uptime, self._first_seen, self._counters))
+        return snap, MibView(
+            build_subtrees(snap, self.settings.base_oid, self.uptime, self._first_seen, self._counters)
+        )
 
     async def refresh(self) -> MibView:
         """A fresh view, shared by every caller while one is being built; notifications go out from here."""
@@ -197,7 +206,7 @@ class SnmpAgent:
             snap, view = await loop.run_in_executor(None, self._build)
             self._notify(snap)
             self._snapshot = snap
-        except Exception as exc:  # noqa: BLE001 - a provider bug must not stop the agent
+        except Exception as exc:
             log.error("SNMP snapshot failed, serving the previous one: %s: %s", type(exc).__name__, exc)
         finally:
             # whatever happened, the waiters get a view and the next request may try again
@@ -256,7 +265,7 @@ class SnmpAgent:
             answer = self._responder.respond(data, self.current_view())
             if answer is not None and transport.transport is not None:
                 transport.transport.sendto(answer, address)
-        except Exception as exc:  # noqa: BLE001 - one bad packet must not stop the agent
+        except Exception as exc:
             self.stats.internal_errors += 1
             log.error("SNMP agent: error on a packet from %s: %s: %s", address, type(exc).__name__, exc)
 
@@ -267,7 +276,7 @@ class SnmpAgent:
             return
         try:
             transport._callback_function(transport, transport.normalize_address(address), data)
-        except Exception as exc:  # noqa: BLE001 - pysnmp raises on some malformed v3 messages
+        except Exception as exc:
             self.stats.v3_rejected += 1
             log.debug("SNMP agent: v3 message from %s rejected by pysnmp: %s: %s", address, type(exc).__name__, exc)
 

@@ -9,7 +9,7 @@ what an SNMP request may contain and rejects anything else with
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 INTEGER = 0x02
 OCTET_STRING = 0x04

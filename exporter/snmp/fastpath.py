@@ -18,8 +18,8 @@ What it does with each packet (RFC 3416, RFC 3417; counters as SNMPv2-MIB):
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from exporter.snmp import ber
 from exporter.snmp.ber import BerError, Oid

@@ -23,8 +23,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Protocol
 from urllib.parse import quote
 
 from exporter.snmp.snapshot import (
@@ -171,10 +172,18 @@ class ProbeFeed:
                 self._settled.add(key)
             out.append(
                 CheckView(
-                    key[0], key[1], job.spec.name, job.spec.checker.kind, healthy, key in self._settled, changed_at,
-                    None if last is None else last.ok, 0.0 if last is None else last.duration, "" if last is None else last.message,
+                    key[0],
+                    key[1],
+                    job.spec.name,
+                    job.spec.checker.kind,
+                    healthy,
+                    key in self._settled,
+                    changed_at,
+                    None if last is None else last.ok,
+                    0.0 if last is None else last.duration,
+                    "" if last is None else last.message,
                 )
-            )  # fmt: skip
+            )
         self._settled &= jobs.keys()
         return out
 
@@ -234,8 +243,13 @@ def hold_of(
     if any(h["action"] == "drain" for h in holds):
         if drain_job is not None and drain_job["state"] in ("done", "timeout", "failed"):
             finished = drain_job["finished_at"]
-            return LedgerHold(Hold.DRAINED, str(drain_job["actor"]) or actor, str(drain_job["message"]) or reason,
-                              original_weight, float(finished) if isinstance(finished, (int, float)) else since)  # fmt: skip
+            return LedgerHold(
+                Hold.DRAINED,
+                str(drain_job["actor"]) or actor,
+                str(drain_job["message"]) or reason,
+                original_weight,
+                float(finished) if isinstance(finished, (int, float)) else since,
+            )
         return LedgerHold(Hold.DRAINING, actor, reason, original_weight, since)
     return LedgerHold(Hold.QUARANTINED, actor, reason, original_weight, since)
 
@@ -266,7 +280,9 @@ class LedgerFeed:
             return None
         try:
             conn.row_factory = sqlite3.Row
-            backends = conn.execute("SELECT service, real_server, state, original_weight, since FROM backends").fetchall()
+            backends = conn.execute(
+                "SELECT service, real_server, state, original_weight, since FROM backends"
+            ).fetchall()
             holds = conn.execute(
                 "SELECT service, real_server, kind, holder, source, alertname, action, reason FROM holds"
                 " WHERE state = 'active' ORDER BY id"
@@ -309,8 +325,13 @@ def ledger_holds(
         if ref is None:
             continue
         since = row["since"]
-        out[ref] = hold_of(str(row["state"]), int(row["original_weight"]), float(since) if isinstance(since, (int, float)) else 0.0,  # type: ignore[call-overload]
-                           held.get(key, []), last_job.get(key))  # fmt: skip
+        out[ref] = hold_of(
+            str(row["state"]),
+            int(row["original_weight"]),
+            float(since) if isinstance(since, (int, float)) else 0.0,  # type: ignore[call-overload]
+            held.get(key, []),
+            last_job.get(key),
+        )
     return out
 
 
@@ -418,15 +439,22 @@ def compose(
             base = snap.real_servers.get(ref, RealServerState())
             h = health.get(ref, no_health)
             held = holds.get(ref) if holds is not None else None
-            changes = [t for t in (h.last_change, held.since if held is not None and held.hold is not Hold.NONE else None) if t]
+            changes = [
+                t for t in (h.last_change, held.since if held is not None and held.hold is not Hold.NONE else None) if t
+            ]
             if held is not None and held.hold is not Hold.NONE:
                 reason, actor, original, hold = held.reason, held.actor, held.original_weight, held.hold
             else:
                 reason, actor, original, hold = h.reason, "", None, Hold.NONE
             real_servers[ref] = RealServerState(
-                health=h.health, hold=hold, last_change=max(changes) if changes else None, name=base.name,
-                reason=reason, actor=actor, original_weight=original,
-            )  # fmt: skip
+                health=h.health,
+                hold=hold,
+                last_change=max(changes) if changes else None,
+                name=base.name,
+                reason=reason,
+                actor=actor,
+                original_weight=original,
+            )
     return dataclasses.replace(
         snap,
         services=services,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import socket
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from exporter.snmp.ber import Oid
 from exporter.snmp.mibview import Column, Subtree
@@ -280,7 +281,11 @@ def build_subtrees(
     ]
 
 
-_SYSTEM_COLUMNS = (Column(1, "sysDescr", "text"), Column(2, "sysObjectID", "oid"), Column(3, "sysUpTime", "dyn-timeticks"))
+_SYSTEM_COLUMNS = (
+    Column(1, "sysDescr", "text"),
+    Column(2, "sysObjectID", "oid"),
+    Column(3, "sysUpTime", "dyn-timeticks"),
+)
 _SNMP_COLUMNS = (
     Column(1, "snmpInPkts", "dyn-counter32"),
     Column(3, "snmpInBadVersions", "dyn-counter32"),

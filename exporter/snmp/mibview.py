@@ -14,8 +14,9 @@ join of ready byte strings.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from exporter.snmp import ber
 from exporter.snmp.ber import Oid
@@ -55,7 +56,18 @@ class Column:
 class Subtree:
     """A table (or scalar group) of rows sorted by index, with pre-encoded OID parts."""
 
-    __slots__ = ("entry", "columns", "subids", "indexes", "rows", "col_prefix", "row_suffix", "encoders", "cache", "dynamic")
+    __slots__ = (
+        "entry",
+        "columns",
+        "subids",
+        "indexes",
+        "rows",
+        "col_prefix",
+        "row_suffix",
+        "encoders",
+        "cache",
+        "dynamic",
+    )
 
     def __init__(self, entry: Oid, columns: Sequence[Column], rows: Sequence[tuple[Oid, Sequence[Any]]]) -> None:
         ordered = sorted(rows, key=lambda r: r[0])

@@ -29,9 +29,10 @@ import asyncio
 import itertools
 import logging
 import socket
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from exporter.snmp import ber
 from exporter.snmp.ber import Oid
@@ -118,7 +119,8 @@ def _quorum_status(state: ServiceState, up: int) -> int:
 
 
 def _first_verdicts(
-    old: dict[tuple[ServiceKey, RealServerKey], RealServerState], new: dict[tuple[ServiceKey, RealServerKey], RealServerState]
+    old: dict[tuple[ServiceKey, RealServerKey], RealServerState],
+    new: dict[tuple[ServiceKey, RealServerKey], RealServerState],
 ) -> dict[tuple[ServiceKey, RealServerKey], RealServerState]:
     """``old`` where every real server that was unknown and is known now counts with its new health."""
     merged = dict(old)
@@ -173,7 +175,18 @@ def changes(
             if rs.key in known:
                 ref = (svc.key, rs.key)
                 before_rs = old_states.get(ref, _NO_STATE)
-                found = _rs_changes(obj, svc, rs, vs_index, name, up, before_rs, new_states, first_dead=ref not in quiet, holds=holds_news)
+                found = _rs_changes(
+                    obj,
+                    svc,
+                    rs,
+                    vs_index,
+                    name,
+                    up,
+                    before_rs,
+                    new_states,
+                    first_dead=ref not in quiet,
+                    holds=holds_news,
+                )
                 out.extend(found)
         old_status = _quorum_status(old.services.get(svc.key, ServiceState()), _alive(before, quorum_before))
         new_status = _quorum_status(state, up)
@@ -266,7 +279,9 @@ def encode_notification(
         ber.tlv(ber.SEQUENCE, ber.encode_oid(SYS_UPTIME_0) + ber.encode_timeticks(uptime)),
         ber.tlv(ber.SEQUENCE, ber.encode_oid(SNMP_TRAP_OID_0) + ber.encode_oid(notification.trap_oid(base))),
     ]
-    varbinds += [ber.tlv(ber.SEQUENCE, ber.encode_oid(oid) + ENCODERS[kind](value)) for oid, kind, value in notification.objects]
+    varbinds += [
+        ber.tlv(ber.SEQUENCE, ber.encode_oid(oid) + ENCODERS[kind](value)) for oid, kind, value in notification.objects
+    ]
     pdu = (
         ber.encode_integer(request_id)
         + ber.encode_integer(0)
@@ -361,11 +376,15 @@ class TrapSender:
                 try:
                     await asyncio.wait_for(asyncio.shield(waiter), self.timeout)
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
             self.unacknowledged += 1
             log.warning(
-                "SNMP inform %s to %s:%d not acknowledged after %d tries", notification.name, host, port, self.retries + 1
+                "SNMP inform %s to %s:%d not acknowledged after %d tries",
+                notification.name,
+                host,
+                port,
+                self.retries + 1,
             )
         finally:
             self.pending.pop(request_id, None)

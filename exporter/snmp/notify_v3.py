@@ -11,7 +11,7 @@ discovers it.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from pysnmp.hlapi.v3arch.asyncio import ContextData, SnmpEngine, UdpTransportTarget, UsmUserData, send_notification
 from pysnmp.hlapi.v3arch.asyncio.transport import Udp6TransportTarget
@@ -84,7 +84,14 @@ class V3TrapSender:
         self.sent += 1
         if error or status:
             self.unacknowledged += 1
-            log.warning("SNMPv3 %s %s to %s:%d failed: %s", "inform" if self.inform else "trap", notification.name, host, port, error or status)
+            log.warning(
+                "SNMPv3 %s %s to %s:%d failed: %s",
+                "inform" if self.inform else "trap",
+                notification.name,
+                host,
+                port,
+                error or status,
+            )
 
     def close(self) -> None:
         self._engine.close_dispatcher()

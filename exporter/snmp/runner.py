@@ -51,5 +51,3 @@ def start_in_thread(
         loop.close()
         raise
     return RunningAgent(agent, loop, thread)
-
-

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from lvsguard.errors import LvsguardError
 from lvsguard.model import RealServerKey, ServiceKey, Table

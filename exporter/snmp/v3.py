@@ -11,7 +11,8 @@ even for a known user name (USM alone would let noAuthNoPriv through).
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyasn1.type.univ import ObjectIdentifier
 from pysnmp.entity import config, engine
@@ -20,9 +21,9 @@ from pysnmp.proto import rfc1902, rfc1905
 from pysnmp.smi import error as smi_error
 
 from exporter.snmp.ber import MAX_UINT32, MAX_UINT64
-from lvsguard.errors import LvsguardError
 from exporter.snmp.mibview import MibView
 from exporter.snmp.settings import V3User
+from lvsguard.errors import LvsguardError
 
 AUTH = {
     "SHA": config.USM_AUTH_HMAC96_SHA,
@@ -124,7 +125,9 @@ def make_engine(
 ) -> engine.SnmpEngine:
     """An SnmpEngine with the USM users and read-only responders; the caller adds the transport."""
     if not crypto_available():
-        raise V3Unavailable("SNMPv3 users are configured but the Python package 'cryptography' (AES for USM) is not installed")
+        raise V3Unavailable(
+            "SNMPv3 users are configured but the Python package 'cryptography' (AES for USM) is not installed"
+        )
     snmp_engine = engine.SnmpEngine(snmpEngineID=rfc1902.OctetString(engine_id)) if engine_id else engine.SnmpEngine()
     for user in users:
         config.add_v3_user(

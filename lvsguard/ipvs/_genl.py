@@ -13,7 +13,7 @@ import errno as errno_mod
 import os
 import socket
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 from lvsguard.errors import IPVSUnavailable, KernelError, MalformedReply, NotPermitted
 
@@ -103,7 +103,9 @@ def attributes(buf: bytes | bytearray | memoryview, start: int, end: int) -> dic
     while pos + NLA_HDR.size <= end:
         size, kind = NLA_HDR.unpack_from(buf, pos)
         if size < NLA_HDR.size or pos + size > end:
-            raise malformed(f"attribute type {kind & NLA_TYPE_MASK} at byte {pos} has length {size}, {end - pos} bytes left")
+            raise malformed(
+                f"attribute type {kind & NLA_TYPE_MASK} at byte {pos} has length {size}, {end - pos} bytes left"
+            )
         found[kind & NLA_TYPE_MASK] = (pos + NLA_HDR.size, pos + size)
         pos += align(size)
     if pos < end:
@@ -124,7 +126,9 @@ def iter_messages(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, in
         off += align(length)
 
 
-def error_of(buf: bytes | bytearray | memoryview, kind: int, flags: int, seq: int, start: int, end: int) -> NetlinkErrno | None:
+def error_of(
+    buf: bytes | bytearray | memoryview, kind: int, flags: int, seq: int, start: int, end: int
+) -> NetlinkErrno | None:
     """The errno carried by an NLMSG_ERROR/NLMSG_DONE message; None for a plain ack or end.
 
     NLMSG_ERROR: errno, the echoed request header (only the header with
@@ -162,8 +166,12 @@ def resolve_family(name: str) -> int:
         return int(sock.prid)
     except NetlinkError as exc:
         if exc.code == errno_mod.ENOENT:
-            raise IPVSUnavailable(f"the kernel has no generic netlink family {name!r} (is the ip_vs module loaded?)", errno=exc.code) from None
-        raise KernelError(f"cannot resolve generic netlink family {name!r}: {os.strerror(exc.code)}", errno=exc.code) from None
+            raise IPVSUnavailable(
+                f"the kernel has no generic netlink family {name!r} (is the ip_vs module loaded?)", errno=exc.code
+            ) from None
+        raise KernelError(
+            f"cannot resolve generic netlink family {name!r}: {os.strerror(exc.code)}", errno=exc.code
+        ) from None
     except OSError as exc:
         raise KernelError(f"cannot open a generic netlink socket: {exc.strerror or exc}", errno=exc.errno) from None
     finally:

@@ -25,10 +25,11 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import count
 from operator import itemgetter
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from lvsguard.errors import (
     AlreadyExists,
@@ -191,7 +192,21 @@ SCALAR_SIZES = {"B": 1, "H": 2, "be16": 2, "I": 4, "Q": 8}
 
 # The order in which a compiled layout hands the fields of a real server to the decoder: the
 # order kernels >= 5.3 write them in, so that their layout needs no reordering.
-DEST_FIELDS = ("addr", "port", "fwd", "weight", "tun_type", "tun_port", "tun_flags", "u_thresh", "l_thresh", "active", "inactive", "persist", "af")
+DEST_FIELDS = (
+    "addr",
+    "port",
+    "fwd",
+    "weight",
+    "tun_type",
+    "tun_port",
+    "tun_flags",
+    "u_thresh",
+    "l_thresh",
+    "active",
+    "inactive",
+    "persist",
+    "af",
+)
 DEST_REQUIRED = ("addr", "port", "fwd", "weight")
 
 make_stats = fast_constructor(Stats)
@@ -226,7 +241,9 @@ class Layout:
         self.expected = int.from_bytes(message, "little") & self.mask
         self.unpack = struct.Struct(fmt).unpack_from
         in_order = value_index == list(range(len(value_index))) and not defaults
-        self.reorder: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None if in_order else itemgetter(*value_index)
+        self.reorder: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = (
+            None if in_order else itemgetter(*value_index)
+        )
         self.defaults = defaults
 
 
@@ -251,7 +268,9 @@ def compile_layout(buf: bytes | bytearray | memoryview, off: int, end: int, fami
                 raise malformed(f"{stop - pos} stray bytes at byte {pos} of a real-server message")
             size, raw_type = NLA_HDR.unpack_from(message, pos)
             if size < NLA_HDR.size or pos + size > stop:
-                raise malformed(f"attribute at byte {pos} of a real-server message has length {size}, {stop - pos} bytes left")
+                raise malformed(
+                    f"attribute at byte {pos} of a real-server message has length {size}, {stop - pos} bytes left"
+                )
             structure[pos : pos + NLA_HDR.size] = b"\xff" * NLA_HDR.size
             name, spec = schema.get(raw_type & _genl.NLA_TYPE_MASK, ("", None))
             payload = size - NLA_HDR.size
@@ -261,7 +280,9 @@ def compile_layout(buf: bytes | bytearray | memoryview, off: int, end: int, fami
                 fields[prefix + name] = (pos + NLA_HDR.size, f"{payload}s")
             elif spec is not None:
                 if payload != SCALAR_SIZES[spec]:
-                    raise malformed(f"real-server attribute {prefix}{name} has {payload} bytes, expected {SCALAR_SIZES[spec]}")
+                    raise malformed(
+                        f"real-server attribute {prefix}{name} has {payload} bytes, expected {SCALAR_SIZES[spec]}"
+                    )
                 fields[prefix + name] = (pos + NLA_HDR.size, "H" if spec == "be16" else spec)
             pos += min(align(size), stop - pos)
 
@@ -319,15 +340,42 @@ class DestDecoder:
         layout = next(iter(self._layouts[family].values()), None)
         off, size = 0, len(buf)
         while off < size:
-            if layout is None or off + layout.length > size or from_bytes(buf[off : off + layout.length], "little") & layout.mask != layout.expected:
+            if (
+                layout is None
+                or off + layout.length > size
+                or from_bytes(buf[off : off + layout.length], "little") & layout.mask != layout.expected
+            ):
                 layout = self._layout(buf, off, size, family)
                 if layout is None:
                     return True
             values = layout.unpack(buf, off)
             if layout.reorder is not None:
                 values = layout.reorder(values + layout.defaults)
-            (addr, port, fwd, weight, tt, tp, tf, uth, lth, act, inact, pers, af,
-             c, ip, op, ib, ob, cps, ipps, opps, ibps, obps) = values  # fmt: skip
+            (
+                addr,
+                port,
+                fwd,
+                weight,
+                tt,
+                tp,
+                tf,
+                uth,
+                lth,
+                act,
+                inact,
+                pers,
+                af,
+                c,
+                ip,
+                op,
+                ib,
+                ob,
+                cps,
+                ipps,
+                opps,
+                ibps,
+                obps,
+            ) = values
             key = keys.get((addr, port, af))
             if key is None:
                 key = self._key(addr, port, af)
@@ -335,11 +383,20 @@ class DestDecoder:
                 raise malformed(f"real server {key}: unknown forwarding method {fwd}")
             append(
                 real_server(
-                    key, weight, forwards[fwd], uth, lth, act, inact, pers,
+                    key,
+                    weight,
+                    forwards[fwd],
+                    uth,
+                    lth,
+                    act,
+                    inact,
+                    pers,
                     stats(c, ip, op, ib, ob, cps, ipps, opps, ibps, obps),
-                    tt, ntohs(tp) if tp else 0, tf,
+                    tt,
+                    ntohs(tp) if tp else 0,
+                    tf,
                 )
-            )  # fmt: skip
+            )
             off += layout.advance
         return False
 
@@ -415,7 +472,9 @@ def _data_messages(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, i
                 return
 
 
-def _nested(buf: bytes | bytearray | memoryview, start: int, end: int, kind: int, what: str) -> dict[int, tuple[int, int]]:
+def _nested(
+    buf: bytes | bytearray | memoryview, start: int, end: int, kind: int, what: str
+) -> dict[int, tuple[int, int]]:
     top = attributes(buf, start + HEADER_LEN, end)
     span = top.get(kind)
     if span is None:
@@ -423,7 +482,14 @@ def _nested(buf: bytes | bytearray | memoryview, start: int, end: int, kind: int
     return attributes(buf, *span)
 
 
-def _number(buf: bytes | bytearray | memoryview, attrs: dict[int, tuple[int, int]], kind: int, fmt: struct.Struct, what: str, default: int | None = None) -> int:
+def _number(
+    buf: bytes | bytearray | memoryview,
+    attrs: dict[int, tuple[int, int]],
+    kind: int,
+    fmt: struct.Struct,
+    what: str,
+    default: int | None = None,
+) -> int:
     span = attrs.get(kind)
     if span is None:
         if default is None:
@@ -454,7 +520,10 @@ def _stats(buf: bytes | bytearray | memoryview, attrs: dict[int, tuple[int, int]
         span = attrs.get(kind)
         if span is not None:
             inner = attributes(buf, *span)
-            values = [_number(buf, inner, i, U32 if fmt == "I" else U64, f"stats field {name}", 0) for i, (name, fmt) in schema.items()]
+            values = [
+                _number(buf, inner, i, U32 if fmt == "I" else U64, f"stats field {name}", 0)
+                for i, (name, fmt) in schema.items()
+            ]
             return Stats(*values)
     return ZERO_STATS
 
@@ -517,7 +586,9 @@ def _daemon(buf: bytes | bytearray | memoryview, attrs: dict[int, tuple[int, int
 
 def parse_daemons(buf: bytes | bytearray | memoryview) -> tuple[SyncDaemon, ...]:
     """The running sync daemons in the bytes of a GET_DAEMON reply."""
-    return tuple(_daemon(buf, _nested(buf, start, end, ATTR_DAEMON, "sync daemon")) for start, end in _data_messages(buf))
+    return tuple(
+        _daemon(buf, _nested(buf, start, end, ATTR_DAEMON, "sync daemon")) for start, end in _data_messages(buf)
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -561,7 +632,9 @@ def service_id_attrs(key: ServiceKey) -> bytes:
 
 def service_attrs(svc: VirtualService) -> bytes:
     """The whole service for NEW/SET_SERVICE (the kernel requires scheduler, flags, timeout, netmask)."""
-    netmask = svc.netmask or (0xFFFFFFFF if svc.key.family == 4 else 128)  # 0 would mean "all clients share one template"
+    netmask = svc.netmask or (
+        0xFFFFFFFF if svc.key.family == 4 else 128
+    )  # 0 would mean "all clients share one template"
     flags = svc.flags & ~ServiceFlags.HASHED  # the kernel refuses to hash a service that says it is hashed
     parts = [
         service_id_attrs(svc.key),
@@ -672,7 +745,9 @@ def translate(
     return KernelError(lead + exc.reason, **ctx)
 
 
-def _invalid(exc: ValueError, service: ServiceKey | None = None, real_server: RealServerKey | None = None, subject: str = "") -> InvalidRequest:
+def _invalid(
+    exc: ValueError, service: ServiceKey | None = None, real_server: RealServerKey | None = None, subject: str = ""
+) -> InvalidRequest:
     lead = f"{subject}: " if subject else ""
     return InvalidRequest(lead + str(exc), service=service, real_server=real_server)
 
@@ -727,7 +802,9 @@ class NetlinkIPVS:
             try:
                 self._totals_fd = os.open(proc_net_path("ip_vs_stats"), os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                log.warning("cannot open ip_vs_stats, host totals unavailable netns=%s reason=%r", netns or "", exc.strerror)
+                log.warning(
+                    "cannot open ip_vs_stats, host totals unavailable netns=%s reason=%r", netns or "", exc.strerror
+                )
         try:
             with self._lock, self._kernel("read"):
                 self._transact(CMD_GET_INFO, b"", NLM_F_REQUEST)  # fails now with NotPermitted, not at the first read
@@ -897,7 +974,14 @@ class NetlinkIPVS:
     # -- internals -----------------------------------------------------------------------
 
     @contextmanager
-    def _kernel(self, op: str, service: ServiceKey | None = None, real_server: RealServerKey | None = None, subject: str = "", hint: str = "") -> Iterator[None]:
+    def _kernel(
+        self,
+        op: str,
+        service: ServiceKey | None = None,
+        real_server: RealServerKey | None = None,
+        subject: str = "",
+        hint: str = "",
+    ) -> Iterator[None]:
         """Translate kernel errors once; after a broken exchange, start over on a fresh socket.
 
         An errno reply ends its exchange, and the typed errors raised here are
@@ -926,7 +1010,13 @@ class NetlinkIPVS:
         self._sock = sock
 
     @staticmethod
-    def _encode(fn: Callable[[Any], bytes], value: Any, service: ServiceKey | None = None, real_server: RealServerKey | None = None, subject: str = "") -> bytes:
+    def _encode(
+        fn: Callable[[Any], bytes],
+        value: Any,
+        service: ServiceKey | None = None,
+        real_server: RealServerKey | None = None,
+        subject: str = "",
+    ) -> bytes:
         try:
             return fn(value)
         except ValueError as exc:
@@ -1011,7 +1101,11 @@ class NetlinkIPVS:
         raise NoSuchDestination("no such destination", service=service, real_server=key)
 
     def _write_service(self, cmd: int, svc: VirtualService) -> None:
-        hint = f"no scheduler {svc.scheduler!r}" + (f" or persistence engine {svc.pe_name!r}" if svc.pe_name else "") + " in this kernel"
+        hint = (
+            f"no scheduler {svc.scheduler!r}"
+            + (f" or persistence engine {svc.pe_name!r}" if svc.pe_name else "")
+            + " in this kernel"
+        )
         with self._lock, self._kernel("service", service=svc.key, hint=hint):
             self._ack(cmd, nla(ATTR_SERVICE, self._encode(service_attrs, svc, service=svc.key)))
 
@@ -1021,7 +1115,9 @@ class NetlinkIPVS:
             payload += nla(ATTR_DEST, self._encode(dest_attrs, rs, service=service, real_server=rs.key))
             self._ack(cmd, payload)
 
-    def _send_batch(self, service: ServiceKey, batch: Sequence[tuple[RealServer, bytes]], cmd: int = CMD_NEW_DEST) -> list[KernelError]:
+    def _send_batch(
+        self, service: ServiceKey, batch: Sequence[tuple[RealServer, bytes]], cmd: int = CMD_NEW_DEST
+    ) -> list[KernelError]:
         """One sendmsg of ``cmd`` (NEW_DEST, SET_DEST) requests; the typed errors of those that failed."""
         seqs: dict[int, RealServer] = {}
         parts = []
@@ -1051,7 +1147,9 @@ class NetlinkIPVS:
             stats = parse_ip_vs_stats(os.pread(self._totals_fd, 4096, 0).decode("ascii", "replace"))
         except (OSError, KernelError) as exc:
             if not self._totals_failed:
-                log.warning("cannot read ip_vs_stats, host totals unavailable netns=%s reason=%r", self.netns or "", str(exc))
+                log.warning(
+                    "cannot read ip_vs_stats, host totals unavailable netns=%s reason=%r", self.netns or "", str(exc)
+                )
             self._totals_failed = True
             return None
         self._totals_failed = False

@@ -213,7 +213,9 @@ _make_real_server = fast_constructor(RealServer)
 _make_real_server_key = fast_constructor(RealServerKey)
 
 
-def _real_server(tokens: list[str], cache: dict[str, tuple[str, int, int]], keys: dict[str, RealServerKey]) -> RealServer:
+def _real_server(
+    tokens: list[str], cache: dict[str, tuple[str, int, int]], keys: dict[str, RealServerKey]
+) -> RealServer:
     """One ``  -> ADDRESS:PORT Forward Weight ActiveConn InActConn`` line.
 
     The hot path of a large table (100 000 lines): keys are shared between
@@ -440,4 +442,3 @@ class ProcfsReader:
 
     def __repr__(self) -> str:
         return f"ProcfsReader(netns={self.netns!r}, hz={self.hz})"
-

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import itertools
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from lab import traffic
 from lab.monitoring import alertmanager_config, post_alerts, running_alertmanager
 from lab.topology import Lab, LabService
-
 from tests.integration.test_actuator_kernel import TOKEN, actuator, http, kernel_rs, nat, wait_for  # noqa: F401 (nat is a fixture)
 from tests.integration.test_alerts_alertmanager import require_alertmanager
 
@@ -44,7 +43,7 @@ def alertmanager_for(tmp_path: Path) -> Iterator[Callable[[str], str]]:
 
 
 def post_alert(alertmanager: str, labels: dict[str, str], *, resolved: bool = False) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     alert: dict[str, Any] = {
         "labels": labels,
         "annotations": {"summary": "real server does not answer"},
@@ -60,15 +59,26 @@ def test_alertmanager_quarantines_and_the_resolved_alert_restores(
     lab: Lab, nat: LabService, tmp_path: Path, alertmanager_for: Callable[[str], str]
 ) -> None:
     rs2 = nat.real_server("rs2")
-    labels = {"alertname": "LvsRealServerDown", "instance": "dir1:9910", "severity": "warning", "proto": "TCP",
-              "local_address": nat.key.address, "local_port": str(nat.key.port), "local_mark": "",
-              "remote_address": rs2.address, "remote_port": str(rs2.port), "lvsguard_action": "quarantine"}  # fmt: skip
+    labels = {
+        "alertname": "LvsRealServerDown",
+        "instance": "dir1:9910",
+        "severity": "warning",
+        "proto": "TCP",
+        "local_address": nat.key.address,
+        "local_port": str(nat.key.port),
+        "local_mark": "",
+        "remote_address": rs2.address,
+        "remote_port": str(rs2.port),
+        "lvsguard_action": "quarantine",
+    }
     labels = {k: v for k, v in labels.items() if v}  # Alertmanager drops empty labels itself
     with actuator(lab, tmp_path) as url, traffic.hold_connections(lab, nat.address, nat.port, 6) as held:
         alertmanager = alertmanager_for(f"{url}/webhook/alertmanager")
         assert held["rs2"] > 0
         post_alert(alertmanager, labels)
-        wait_for(lambda: kernel_rs(lab, nat, "rs2").weight == 0, "Alertmanager's notification to quarantine rs2", timeout=60)
+        wait_for(
+            lambda: kernel_rs(lab, nat, "rs2").weight == 0, "Alertmanager's notification to quarantine rs2", timeout=60
+        )
         seen = traffic.http_get(lab, nat.address, nat.port, 30)
         assert "rs2" not in seen and sum(seen.values()) == 30
         assert kernel_rs(lab, nat, "rs2").active_connections == held["rs2"]

@@ -12,19 +12,20 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
+from actuator.settings import ActuatorSettings, Quorum
 from lab import traffic
 from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
-
-from actuator.settings import ActuatorSettings, Quorum
 from tests.fakes import am_alert, am_payload
-from tests.waiting import json_request, wait_for as shared_wait_for
+from tests.waiting import json_request
+from tests.waiting import wait_for as shared_wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -67,7 +68,9 @@ def backend_alert(service: LabService, name: str, fingerprint: str, **labels: st
     return am_alert(fingerprint, service=str(service.key), real_server=str(key), **labels)
 
 
-def test_webhook_quarantine_sends_new_connections_elsewhere_while_held_ones_finish(lab: Lab, nat: LabService, tmp_path: Path) -> None:
+def test_webhook_quarantine_sends_new_connections_elsewhere_while_held_ones_finish(
+    lab: Lab, nat: LabService, tmp_path: Path
+) -> None:
     firing = backend_alert(nat, "rs1", "9f1c2d", lvsguard_action="quarantine")
     with actuator(lab, tmp_path) as url, traffic.hold_connections(lab, nat.address, nat.port, 6) as held:
         assert held["rs1"] > 0, f"no held connection reached rs1: {held}"
@@ -84,15 +87,19 @@ def test_webhook_quarantine_sends_new_connections_elsewhere_while_held_ones_fini
 
 
 def test_two_alerts_and_a_manual_hold_on_one_real_server(lab: Lab, nat: LabService, tmp_path: Path) -> None:
-    alerts = [backend_alert(nat, "rs2", fp, lvsguard_action="quarantine", alertname=name)
-              for fp, name in (("a1", "BackendDown"), ("a2", "HighLatency"))]  # fmt: skip
+    alerts = [
+        backend_alert(nat, "rs2", fp, lvsguard_action="quarantine", alertname=name)
+        for fp, name in (("a1", "BackendDown"), ("a2", "HighLatency"))
+    ]
     with actuator(lab, tmp_path) as url:
         http("POST", f"{url}/webhook/alertmanager", am_payload(*alerts))
         http("POST", f"{url}/webhook/alertmanager", am_payload(*alerts))  # a second Alertmanager of the HA pair
         http("POST", f"{url}/api/v1/quarantine", {"service": str(nat.key), "real_server": str(nat.real_server("rs2"))})
         http("POST", f"{url}/webhook/alertmanager", am_payload(*({**a, "status": "resolved"} for a in alerts)))
         assert kernel_rs(lab, nat, "rs2").weight == 0  # the manual hold outlives both alerts
-        status, reply = http("POST", f"{url}/api/v1/restore", {"service": str(nat.key), "real_server": str(nat.real_server("rs2"))})
+        status, reply = http(
+            "POST", f"{url}/api/v1/restore", {"service": str(nat.key), "real_server": str(nat.real_server("rs2"))}
+        )
         assert (status, reply["weight"]) == (200, 2)
         _, audit = http("GET", f"{url}/api/v1/audit?limit=20")
         writes = [e for e in audit["events"] if e["result"] == "applied"]
@@ -107,7 +114,10 @@ def test_drain_waits_for_a_long_lived_connection(lab: Lab, nat: LabService, tmp_
             status, reply = http("POST", f"{url}/api/v1/drain", {**target, "timeout": 60})
             assert status == 202
             job_url = f"{url}/api/v1/jobs/{reply['job_id']}"
-            job = wait_for(lambda: (j := http("GET", job_url)[1])["message"].endswith("active connections left") and j, "a drain step")
+            job = wait_for(
+                lambda: (j := http("GET", job_url)[1])["message"].endswith("active connections left") and j,
+                "a drain step",
+            )
             assert job["state"] == "running" and job["message"] == f"{held['rs1']} active connections left"
             assert "rs1" not in traffic.http_get(lab, nat.address, nat.port, 12)
         done = wait_for(lambda: (j := http("GET", job_url)[1])["state"] != "running" and j, "the drain to finish")
@@ -157,9 +167,20 @@ serve(ActuatorSettings(tokens={"test": sys.argv[1]}, hold_down=0.0, job_poll_int
 def actuator_process(lab: Lab, ledger: Path, port: int, slow_start: float = 0.0) -> Iterator[subprocess.Popen[bytes]]:
     """The actuator as its own process (so that it can be killed with SIGKILL)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", ACTUATOR_MAIN, TOKEN, f"127.0.0.1:{port}", lab.director.netns, str(ledger), str(slow_start)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            ACTUATOR_MAIN,
+            TOKEN,
+            f"127.0.0.1:{port}",
+            lab.director.netns,
+            str(ledger),
+            str(slow_start),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
     try:
         wait_for(lambda: _answers(port) or proc.poll() is not None, "the actuator to listen", timeout=60)
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""

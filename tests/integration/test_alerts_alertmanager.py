@@ -12,14 +12,22 @@ import os
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from lab.monitoring import MonitoringError, alertmanager_alerts, alertmanager_config, binary, post_alerts, running_alertmanager
+from lab.monitoring import (
+    MonitoringError,
+    alertmanager_alerts,
+    alertmanager_config,
+    binary,
+    post_alerts,
+    running_alertmanager,
+)
 
 TOKEN = "test-token-3f9c"
 WAIT = 30.0  # seconds: a guard against a hung Alertmanager, not a timing assertion
@@ -102,13 +110,19 @@ def alert(name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {
         "labels": {"alertname": name, **labels},
         "annotations": {"summary": name},
-        "startsAt": datetime.now(timezone.utc).isoformat(),
+        "startsAt": datetime.now(UTC).isoformat(),
         "generatorURL": "http://prometheus.test/graph",
     }
 
 
 def real_server_down(service: dict[str, str], address: str) -> dict[str, Any]:
-    labels = {**service, "remote_address": address, "remote_port": "80", "severity": "warning", "lvsguard_action": "quarantine"}
+    labels = {
+        **service,
+        "remote_address": address,
+        "remote_port": "80",
+        "severity": "warning",
+        "lvsguard_action": "quarantine",
+    }
     return alert("LvsRealServerDown", labels)
 
 
@@ -128,7 +142,7 @@ def test_action_alert_reaches_the_actuator_with_the_token_and_resolves(alertmana
     assert [a["labels"] for a in body["alerts"]] == [firing["labels"]]
     assert body["groupLabels"] == firing["labels"], "the action route groups by every label ('...')"
 
-    post_alerts(alertmanager, [{**firing, "endsAt": datetime.now(timezone.utc).isoformat()}])
+    post_alerts(alertmanager, [{**firing, "endsAt": datetime.now(UTC).isoformat()}])
     _, _, body = recorder.next(lambda b: has_alert(b, "resolved", "10.0.1.2"))
     assert body["status"] == "resolved"
 
@@ -146,10 +160,14 @@ def test_alert_without_action_never_reaches_the_actuator(alertmanager: str, reco
 
 def test_service_down_inhibits_its_real_server_alerts_only(alertmanager: str, recorder: Recorder) -> None:
     service_down = alert("LvsServiceDown", {**SERVICE, "severity": "critical"})
-    post_alerts(alertmanager, [service_down, real_server_down(SERVICE, "10.0.1.3"), real_server_down(OTHER_SERVICE, "10.0.1.4")])
+    post_alerts(
+        alertmanager, [service_down, real_server_down(SERVICE, "10.0.1.3"), real_server_down(OTHER_SERVICE, "10.0.1.4")]
+    )
 
     recorder.next(lambda b: has_alert(b, "firing", "10.0.1.4"))
-    states = {a["labels"]["remote_address"]: a["status"] for a in alertmanager_alerts(alertmanager, "LvsRealServerDown")}
+    states = {
+        a["labels"]["remote_address"]: a["status"] for a in alertmanager_alerts(alertmanager, "LvsRealServerDown")
+    }
     assert states["10.0.1.3"]["state"] == "suppressed"
     assert states["10.0.1.3"]["inhibitedBy"], "inhibited by the LvsServiceDown alert"
     assert states["10.0.1.4"]["state"] == "active"

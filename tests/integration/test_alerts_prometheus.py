@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -67,7 +68,9 @@ def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: 
 @pytest.fixture(scope="module")
 def exporter(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``lvsguard exporter`` process on the lab director's table; yields its host:port."""
-    with running_exporter(tmp_path_factory.mktemp("exporter"), lambda listen: lab.config_yaml(listen=listen)) as address:
+    with running_exporter(
+        tmp_path_factory.mktemp("exporter"), lambda listen: lab.config_yaml(listen=listen)
+    ) as address:
         yield address
 
 
@@ -99,8 +102,11 @@ def traffic_history(lab: Lab, prometheus: str) -> None:
         traffic.http_get(lab, lab.nat.address, lab.nat.port, 6)
         traffic.http_get(lab, lab.dr.address, lab.dr.port, 3)
         time.sleep(0.5)
-    poll("the rate of new connections in Prometheus", lambda: query(prometheus, f"rate(ipvs_connections_total[{RATE_WINDOW}])"),
-         lambda result: bool(result) and float(result[0]["value"][1]) > 0)
+    poll(
+        "the rate of new connections in Prometheus",
+        lambda: query(prometheus, f"rate(ipvs_connections_total[{RATE_WINDOW}])"),
+        lambda result: bool(result) and float(result[0]["value"][1]) > 0,
+    )
 
 
 def test_prometheus_evaluates_every_bundled_rule_without_error(prometheus: str) -> None:
@@ -110,7 +116,11 @@ def test_prometheus_evaluates_every_bundled_rule_without_error(prometheus: str) 
         groups = get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
         return [rule for group in groups for rule in group["rules"]]
 
-    loaded = poll("every rule evaluated", rules, lambda found: len(found) == expected and all(r["health"] != "unknown" for r in found))
+    loaded = poll(
+        "every rule evaluated",
+        rules,
+        lambda found: len(found) == expected and all(r["health"] != "unknown" for r in found),
+    )
     broken = {r["name"]: r.get("lastError") for r in loaded if r["health"] != "ok"}
     assert not broken, broken
 
@@ -197,7 +207,9 @@ def test_service_down_fires_when_every_real_server_is_at_weight_0(lab: Lab, prom
 
 def address_with_prefix(netns: str, address: str) -> tuple[str, str]:
     """(``address/prefixlen``, interface) of an address of the namespace, from ``ip -json addr``."""
-    listing = json.loads(subprocess.run(["ip", "-n", netns, "-json", "addr"], capture_output=True, text=True, check=True).stdout)
+    listing = json.loads(
+        subprocess.run(["ip", "-n", netns, "-json", "addr"], capture_output=True, text=True, check=True).stdout
+    )
     for link in listing:
         for info in link.get("addr_info", []):
             if info["local"] == address:
@@ -211,11 +223,19 @@ def test_vip_not_held_when_the_director_loses_its_address(lab: Lab, prometheus: 
     assert not [a for a in firing_or_pending(prometheus, "LvsVipNotHeld") if a["vip"] == vip]
     subprocess.run(["ip", "-n", lab.director.netns, "addr", "del", cidr, "dev", interface], check=True)
     try:
-        poll("LvsVipNotHeld pending or firing", lambda: [a for a in firing_or_pending(prometheus, "LvsVipNotHeld") if a["vip"] == vip], bool)
+        poll(
+            "LvsVipNotHeld pending or firing",
+            lambda: [a for a in firing_or_pending(prometheus, "LvsVipNotHeld") if a["vip"] == vip],
+            bool,
+        )
         assert query(prometheus, f'max by (vip) (lvs_director_vip_owned{{vip="{vip}"}})')[0]["value"][1] == "0"
     finally:
         subprocess.run(["ip", "-n", lab.director.netns, "addr", "add", cidr, "dev", interface], check=True)
-    poll("LvsVipNotHeld resolved", lambda: [a for a in firing_or_pending(prometheus, "LvsVipNotHeld") if a["vip"] == vip], lambda a: not a)
+    poll(
+        "LvsVipNotHeld resolved",
+        lambda: [a for a in firing_or_pending(prometheus, "LvsVipNotHeld") if a["vip"] == vip],
+        lambda a: not a,
+    )
 
 
 def test_sync_daemon_in_the_wrong_role_on_the_director_holding_the_vips(lab: Lab, prometheus: str) -> None:
@@ -227,14 +247,24 @@ def test_sync_daemon_in_the_wrong_role_on_the_director_holding_the_vips(lab: Lab
         assert [a["expected_role"] for a in alerts] == ["master"]
     finally:
         lab.ipvsadm("--stop-daemon", "backup")
-    poll("IpvsSyncDaemonWrongRole resolved", lambda: firing_or_pending(prometheus, "IpvsSyncDaemonWrongRole"), lambda a: not a)
+    poll(
+        "IpvsSyncDaemonWrongRole resolved",
+        lambda: firing_or_pending(prometheus, "IpvsSyncDaemonWrongRole"),
+        lambda a: not a,
+    )
 
 
 def test_connection_share_follows_the_weights_under_wrr(lab: Lab, prometheus: str, traffic_history: None) -> None:
     """The imbalance recording rule on real traffic: wrr spreads new connections as weighted (ratio near 1)."""
     nat = lab.nat
     record = f'lvs_backend:connection_share_over_weight_share:rate10m{{local_address="{nat.address}",local_port="{nat.port}"}}'
-    rows = poll("the imbalance ratio of the nat service", lambda: query(prometheus, record), lambda r: len(r) == len(nat.weights))
+    rows = poll(
+        "the imbalance ratio of the nat service",
+        lambda: query(prometheus, record),
+        lambda r: len(r) == len(nat.weights),
+    )
     ratios = {row["metric"]["real_server"]: float(row["value"][1]) for row in rows}
     assert all(0.5 < ratio < 2 for ratio in ratios.values()), ratios
-    assert not [a for a in firing_or_pending(prometheus, "LvsConnectionImbalance") if a.get("local_address") == nat.address]
+    assert not [
+        a for a in firing_or_pending(prometheus, "LvsConnectionImbalance") if a.get("local_address") == nat.address
+    ]

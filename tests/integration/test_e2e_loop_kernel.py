@@ -12,8 +12,8 @@ started again; the hop table is printed (``pytest -s`` or the captured output).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -69,12 +69,16 @@ def test_killed_service_is_quarantined_and_restored_through_prometheus_and_alert
     hops = dict(way_in.hops)
     scraped, firing = hops["scraped by Prometheus"], hops[f"{ALERT} firing in Prometheus"]
     received, applied = hops["Alertmanager has the alert"], hops["actuator applied the webhook (audit)"]
-    assert scraped <= firing <= received <= applied, "the quarantine came through Prometheus and Alertmanager, in that order"
+    assert scraped <= firing <= received <= applied, (
+        "the quarantine came through Prometheus and Alertmanager, in that order"
+    )
     [served] = served_while_out
     assert loop.victim.name not in served and sum(served.values()) == 12, "clients reach only the live real servers"
     assert way_in.total <= SLACK_FACTOR * bounds.way_in + SLACK_SECONDS, way_in.table()
     assert way_back.total <= SLACK_FACTOR * bounds.way_back + SLACK_SECONDS, way_back.table()
-    assert traffic.http_get(lab, VIP_NAT, SERVICE_PORT, 12)[loop.victim.name] > 0, "the restored real server serves again"
+    assert traffic.http_get(lab, VIP_NAT, SERVICE_PORT, 12)[loop.victim.name] > 0, (
+        "the restored real server serves again"
+    )
 
 
 def test_the_loop_used_the_bundled_files(loop: Loop) -> None:

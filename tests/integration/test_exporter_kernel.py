@@ -22,8 +22,9 @@ import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,8 +33,8 @@ from exporter.collector import BACKEND_METRICS, IPVSCollector
 from exporter.exposition import Exposition
 from exporter.server import ExporterServer, run
 from exporter.source import ExporterReader
-from lab.polling import poll as lab_poll
 from lab import traffic
+from lab.polling import poll as lab_poll
 from lab.topology import Lab, LabError, LabService
 from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.ipvs.netlink import NetlinkIPVS
@@ -75,7 +76,9 @@ def serve(reader: ExporterReader, **options: object) -> tuple[ExporterServer, th
         box.append(server)
         started.set()
 
-    thread = threading.Thread(target=run, args=(lambda: reader, "127.0.0.1:0"), kwargs={"ready": ready, **options}, daemon=True)
+    thread = threading.Thread(
+        target=run, args=(lambda: reader, "127.0.0.1:0"), kwargs={"ready": ready, **options}, daemon=True
+    )
     thread.start()
     assert started.wait(30), "the exporter did not start"
     return box[0], thread
@@ -100,7 +103,11 @@ def fetch(server: ExporterServer, *, gzip_ok: bool = False) -> str:
 
 
 def series(text: str) -> Series:
-    return {(s.name, frozenset(s.labels.items())): s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -172,11 +179,20 @@ def test_scrape_shows_the_table_ipvsadm_lists(lab: Lab, exporter: ExporterServer
         methods = {rs.forward.label for rs in svc.real_servers}
         assert value(found, "ipvs_service_info", service=name, scheduler=svc.scheduler, forward=methods.pop()) == 1
         for rs in svc.real_servers:
-            labels = {"service": name, "real_server": names.real_server_name(svc.key, rs.key), "remote_address": rs.key.address}
+            labels = {
+                "service": name,
+                "real_server": names.real_server_name(svc.key, rs.key),
+                "remote_address": rs.key.address,
+            }
             assert value(found, "ipvs_backend_weight", **labels) == rs.weight
             assert value(found, "ipvs_backend_connections_active", **labels) == rs.active_connections
     fwmark = lab.fwmark.key
-    assert value(found, "ipvs_service_info", service="fwmark", proto="FWM", local_mark=f"{fwmark.fwmark:08X}", local_port="0") == 1
+    assert (
+        value(
+            found, "ipvs_service_info", service="fwmark", proto="FWM", local_mark=f"{fwmark.fwmark:08X}", local_port="0"
+        )
+        == 1
+    )
 
 
 def test_counters_follow_real_traffic_and_equal_ipvsadm(lab: Lab, exporter: ExporterServer) -> None:
@@ -188,7 +204,12 @@ def test_counters_follow_real_traffic_and_equal_ipvsadm(lab: Lab, exporter: Expo
     echoed = traffic.udp_exchange(lab, lab.udp.address, lab.udp.port, 6)
 
     def conns(found: Series, svc: LabService) -> Counter[str]:
-        return Counter({node: int(value(found, "ipvs_backend_connections_total", service=svc.name, real_server=node)) for node in svc.weights})
+        return Counter(
+            {
+                node: int(value(found, "ipvs_backend_connections_total", service=svc.name, real_server=node))
+                for node in svc.weights
+            }
+        )
 
     for svc, expected in ((nat, seen), (lab.nat6, seen6), (lab.udp, echoed)):
         start = conns(before, svc)
@@ -203,7 +224,11 @@ def test_counters_follow_real_traffic_and_equal_ipvsadm(lab: Lab, exporter: Expo
         witness = lab.counters()
         from_ipvsadm = {
             (names.service_name(sk), names.real_server_name(sk, rk)): (
-                st.connections, st.incoming_packets, st.outgoing_packets, st.incoming_bytes, st.outgoing_bytes
+                st.connections,
+                st.incoming_packets,
+                st.outgoing_packets,
+                st.incoming_bytes,
+                st.outgoing_bytes,
             )
             for (sk, rk), st in witness.items()
             if rk is not None
@@ -215,7 +240,11 @@ def test_counters_follow_real_traffic_and_equal_ipvsadm(lab: Lab, exporter: Expo
     assert all(c[1] > 0 and c[3] > 0 for (svc, _), c in exported.items() if svc == "nat" and seen[_])
     after = series(fetch(exporter))
     assert value(after, "ipvs_connections_total") - value(before, "ipvs_connections_total") >= 22
-    assert value(after, "ipvs_service_connections_total", service="nat") - value(before, "ipvs_service_connections_total", service="nat") == 12
+    assert (
+        value(after, "ipvs_service_connections_total", service="nat")
+        - value(before, "ipvs_service_connections_total", service="nat")
+        == 12
+    )
 
 
 def test_active_connections_while_clients_hold_them(lab: Lab, exporter: ExporterServer) -> None:
@@ -223,7 +252,12 @@ def test_active_connections_while_clients_hold_them(lab: Lab, exporter: Exporter
 
     def active() -> Counter[str]:
         found = series(fetch(exporter))
-        return +Counter({node: int(value(found, "ipvs_backend_connections_active", service="nat", real_server=node)) for node in nat.weights})
+        return +Counter(
+            {
+                node: int(value(found, "ipvs_backend_connections_active", service="nat", real_server=node))
+                for node in nat.weights
+            }
+        )
 
     with traffic.hold_connections(lab, nat.address, nat.port, 5, seconds=60) as held:
         assert sum(held.values()) == 5
@@ -239,16 +273,27 @@ def prometheus(exporter: ExporterServer, tmp_path: Path) -> Iterator[str]:
         pytest.fail("Prometheus is not installed (apt-get install prometheus)")
     target = exporter.url.removeprefix("http://")
     (tmp_path / "prometheus.yml").write_text(
-        json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": [{"job_name": "lvsguard", "static_configs": [{"targets": [target]}]}]})
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s"},
+                "scrape_configs": [{"job_name": "lvsguard", "static_configs": [{"targets": [target]}]}],
+            }
+        )
     )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = open(tmp_path / "prometheus.log", "w")
     process = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=log,
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -288,8 +333,15 @@ def test_a_real_prometheus_scrapes_the_exporter(lab: Lab, prometheus: str) -> No
             prometheus, 'ipvs_backend_connections_total{service="nat"}'
         )
 
-    poll("Prometheus has the connections ipvsadm counts", kernel_and_prometheus, lambda pair: pair[0] == pair[1], timeout=60)
-    assert promql(prometheus, 'ipvs_backend_weight{service="nat"}') == {node: float(w) for node, w in nat.weights.items()}
+    poll(
+        "Prometheus has the connections ipvsadm counts",
+        kernel_and_prometheus,
+        lambda pair: pair[0] == pair[1],
+        timeout=60,
+    )
+    assert promql(prometheus, 'ipvs_backend_weight{service="nat"}') == {
+        node: float(w) for node, w in nat.weights.items()
+    }
     assert promql(prometheus, "ipvs_up") == {"": 1.0}
 
 
@@ -297,12 +349,18 @@ def test_gzip_scrape_is_the_same_exposition(exporter: ExporterServer) -> None:
     def stable(text: str) -> list[str]:
         return [line for line in text.splitlines() if not line.startswith("lvsguard_scrape_duration_seconds ")]
 
-    poll("a gzip scrape equal to a plain one", lambda: (stable(fetch(exporter, gzip_ok=True)), stable(fetch(exporter))), lambda p: p[0] == p[1])
+    poll(
+        "a gzip scrape equal to a plain one",
+        lambda: (stable(fetch(exporter, gzip_ok=True)), stable(fetch(exporter))),
+        lambda p: p[0] == p[1],
+    )
 
 
 def test_vip_ownership(lab: Lab, exporter: ExporterServer) -> None:
     netns = lab.director.netns
-    listing = json.loads(subprocess.run(["ip", "-n", netns, "-json", "addr"], capture_output=True, text=True, check=True).stdout)
+    listing = json.loads(
+        subprocess.run(["ip", "-n", netns, "-json", "addr"], capture_output=True, text=True, check=True).stdout
+    )
     from_ip = {a["local"]: link["ifname"] for link in listing for a in link.get("addr_info", [])}
     assert local_addresses(netns) == from_ip
     lab.ipvsadm("-A", "-t", f"{FOREIGN_VIP}:80", "-s", "rr")
@@ -311,7 +369,9 @@ def test_vip_ownership(lab: Lab, exporter: ExporterServer) -> None:
     finally:
         lab.ipvsadm("-D", "-t", f"{FOREIGN_VIP}:80")
     table_vips = {s.key.address for s in lab.read_table().services if not s.key.is_fwmark}
-    assert table_vips == set(lab.director.vips) - {lab.fwmark.address}  # a fwmark VIP lives in nftables, not in the table
+    assert table_vips == set(lab.director.vips) - {
+        lab.fwmark.address
+    }  # a fwmark VIP lives in nftables, not in the table
     for vip in table_vips:
         assert value(found, "lvs_director_vip_owned", vip=vip, interface=from_ip[vip]) == 1
     assert value(found, "lvs_director_vip_owned", vip=FOREIGN_VIP, interface="") == 0
@@ -358,7 +418,15 @@ sys.stdout.write(Exposition(IPVSCollector(ExporterReader(sys.argv[1], "auto"))).
 
 def test_without_cap_net_admin_the_exporter_falls_back_to_procfs(lab: Lab) -> None:
     result = subprocess.run(
-        ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable, "-c", FALLBACK_SCRIPT, lab.director.netns],
+        [
+            "setpriv",
+            "--inh-caps=-net_admin",
+            "--bounding-set=-net_admin",
+            sys.executable,
+            "-c",
+            FALLBACK_SCRIPT,
+            lab.director.netns,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -379,7 +447,9 @@ def test_missing_namespace_is_ipvs_up_0_and_the_exporter_recovers() -> None:
         assert value(series(fetch(server)), "ipvs_up") == 0
         subprocess.run(["ip", "netns", "add", LATE_NETNS], check=True)
         subprocess.run(["ip", "-n", LATE_NETNS, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", LATE_NETNS, "ipvsadm", "-A", "-t", "192.0.2.77:443", "-s", "sh"], check=True)
+        subprocess.run(
+            ["ip", "netns", "exec", LATE_NETNS, "ipvsadm", "-A", "-t", "192.0.2.77:443", "-s", "sh"], check=True
+        )
         found = series(fetch(server))
         assert value(found, "ipvs_up") == 1
         assert value(found, "ipvs_service_info", local_address="192.0.2.77", local_port="443", scheduler="sh") == 1
@@ -400,7 +470,10 @@ def test_ten_thousand_real_servers_export_every_series_with_its_value() -> None:
             for s in range(100):
                 key = ServiceKey("TCP", f"192.0.2.{s + 1}", 80)
                 kernel.add_service(VirtualService(key, "wrr"))
-                servers = [RealServer(RealServerKey(f"10.1.{s}.{r + 1}", 8080), (s * 100 + r) % 1000 + 1, Forward.MASQ) for r in range(100)]
+                servers = [
+                    RealServer(RealServerKey(f"10.1.{s}.{r + 1}", 8080), (s * 100 + r) % 1000 + 1, Forward.MASQ)
+                    for r in range(100)
+                ]
                 assert kernel.add_real_servers(key, servers) == 100
                 expected.update({(key.address, rs.key.address, "8080"): rs.weight for rs in servers})
         finally:
@@ -420,7 +493,11 @@ def test_ten_thousand_real_servers_export_every_series_with_its_value() -> None:
     assert families["ipvs_service_info"] == 100
     weights = quick_series("\n".join(line for line in lines if line.startswith("ipvs_backend_weight{")))
     assert quick_series(SMALL_SAMPLE) == series(SMALL_SAMPLE)
-    got = {(labels["local_address"], labels["remote_address"], labels["remote_port"]): v for (_, frozen), v in weights.items() for labels in [dict(frozen)]}
+    got = {
+        (labels["local_address"], labels["remote_address"], labels["remote_port"]): v
+        for (_, frozen), v in weights.items()
+        for labels in [dict(frozen)]
+    }
     assert got == expected
 
 

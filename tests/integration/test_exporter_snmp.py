@@ -32,10 +32,21 @@ def test_exporter_starts_the_snmp_agent_from_the_config(tmp_path: Path) -> None:
     config.write_text("snmp:\n  listen: 127.0.0.1:1\n  communities: [lvs-test]\n")  # --snmp-listen overrides the port
     log = (tmp_path / "exporter.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lvsguard.cli", "exporter", "--config", str(config),
-         "--listen", f"127.0.0.1:{http_port}", "--snmp-listen", f"127.0.0.1:{snmp_port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lvsguard.cli",
+            "exporter",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{http_port}",
+            "--snmp-listen",
+            f"127.0.0.1:{snmp_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -48,15 +59,31 @@ def test_exporter_starts_the_snmp_agent_from_the_config(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "the exporter did not serve /metrics"
                 time.sleep(0.2)
         answer = subprocess.run(
-            ["snmpget", "-v2c", "-c", "lvs-test", "-On", "-t", "2", "-r", "2", f"127.0.0.1:{snmp_port}", "1.3.6.1.2.1.1.1.0"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            [
+                "snmpget",
+                "-v2c",
+                "-c",
+                "lvs-test",
+                "-On",
+                "-t",
+                "2",
+                "-r",
+                "2",
+                f"127.0.0.1:{snmp_port}",
+                "1.3.6.1.2.1.1.1.0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout.startswith('.1.3.6.1.2.1.1.1.0 = STRING: "lvsguard')
         wrong = subprocess.run(
             ["snmpget", "-v2c", "-c", "wrong", "-t", "1", "-r", "0", f"127.0.0.1:{snmp_port}", "1.3.6.1.2.1.1.1.0"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert wrong.returncode != 0 and "Timeout" in wrong.stderr  # a wrong community gets nothing
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -30,9 +30,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.client import HTTPException
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -66,7 +66,9 @@ def restored(lab: Lab) -> Iterator[Lab]:
 
 
 def backend_lines(metrics: str, proto: str) -> list[str]:
-    return [line for line in metrics.splitlines() if line.startswith("ipvs_backend_weight{") and f'proto="{proto}"' in line]
+    return [
+        line for line in metrics.splitlines() if line.startswith("ipvs_backend_weight{") and f'proto="{proto}"' in line
+    ]
 
 
 def scrape_until(exporter: Exporter, done: Callable[[str], bool], what: str) -> str:
@@ -81,7 +83,9 @@ def scrape_until(exporter: Exporter, done: Callable[[str], bool], what: str) -> 
     return scrapes[-1]
 
 
-def test_a_service_deleted_and_the_table_flushed_under_the_exporter_and_the_actuator(restored: Lab, tmp_path: Path) -> None:
+def test_a_service_deleted_and_the_table_flushed_under_the_exporter_and_the_actuator(
+    restored: Lab, tmp_path: Path
+) -> None:
     lab = restored
     udp, nat = lab.udp, lab.nat
     config = tmp_path / "empty.yaml"
@@ -104,7 +108,11 @@ def test_a_service_deleted_and_the_table_flushed_under_the_exporter_and_the_actu
 
             job = wait_for(lambda: (j := http("GET", job_url)[1])["state"] != "running" and j, "the ramp to end")
             assert job["state"] == "failed" and job["message"].endswith("is no longer in the kernel table"), job
-            status, reply = http("POST", f"{url}/api/v1/quarantine", {"service": str(udp.key), "real_server": str(udp.real_server("rs2"))})
+            status, reply = http(
+                "POST",
+                f"{url}/api/v1/quarantine",
+                {"service": str(udp.key), "real_server": str(udp.real_server("rs2"))},
+            )
             assert (status, reply["result"]) == (404, "not_found")
             services = http("GET", f"{url}/api/v1/services")[1]["services"]
             assert str(udp.key) not in {s["service"] for s in services}
@@ -115,7 +123,11 @@ def test_a_service_deleted_and_the_table_flushed_under_the_exporter_and_the_actu
                 kernel.flush()
             flushed = scrape_until(exporter, lambda m: "ipvs_backend_weight{" not in m, "the exporter to see the flush")
             assert "ipvs_up 1" in flushed
-            status, reply = http("POST", f"{url}/api/v1/quarantine", {"service": str(nat.key), "real_server": str(nat.real_server("rs1"))})
+            status, reply = http(
+                "POST",
+                f"{url}/api/v1/quarantine",
+                {"service": str(nat.key), "real_server": str(nat.real_server("rs1"))},
+            )
             assert (status, reply["result"]) == (404, "not_found")
             assert http("GET", f"{url}/api/v1/services")[1]["services"] == []
         assert "Traceback" not in "\n".join(exporter.log)
@@ -128,7 +140,16 @@ def as_nobody(caps: list[str], *argv: str) -> list[str]:
     spec = ",".join(f"+{c}" for c in caps)
     drop = ["--bounding-set=-all" + ("," + spec if caps else ""), "--inh-caps=-all" + ("," + spec if caps else "")]
     ambient = [f"--ambient-caps=-all,{spec}"] if caps else []
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *drop, *ambient, "--no-new-privs", *argv]
+    return [
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        *drop,
+        *ambient,
+        "--no-new-privs",
+        *argv,
+    ]
 
 
 def test_the_units_capabilities_are_enough_and_needed(restored: Lab, public: Path) -> None:
@@ -150,10 +171,22 @@ def test_the_units_capabilities_are_enough_and_needed(restored: Lab, public: Pat
     os.chown(state, int(NOBODY), int(NOBODY))
     port = 19931
     proc = subprocess.Popen(
-        as_nobody(["net_admin", "sys_admin"], *cli, "actuator", "--netns", lab.director.netns, "--listen", f"127.0.0.1:{port}",
-                  "--ledger", str(state / "actuator.db")),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        as_nobody(
+            ["net_admin", "sys_admin"],
+            *cli,
+            "actuator",
+            "--netns",
+            lab.director.netns,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--ledger",
+            str(state / "actuator.db"),
+        ),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: proc.poll() is not None or _answers(url), "the actuator to listen", timeout=60)
@@ -161,7 +194,9 @@ def test_the_units_capabilities_are_enough_and_needed(restored: Lab, public: Pat
         target = {"service": str(nat.key), "real_server": str(nat.real_server("rs2"))}
         assert http("POST", f"{url}/api/v1/quarantine", target)[1]["result"] == "applied"
         assert lab.read_table().service(nat.key).real_server(nat.real_server("rs2")).weight == 0  # type: ignore[union-attr]
-        assert http("POST", f"{url}/api/v1/restore", {**target, "force": True})[1]["result"] == "applied"  # force: the default hold-down
+        assert (
+            http("POST", f"{url}/api/v1/restore", {**target, "force": True})[1]["result"] == "applied"
+        )  # force: the default hold-down
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -188,10 +223,24 @@ def test_an_unwritable_state_directory_is_a_clear_error(lab: Lab, public: Path) 
     state.mkdir(mode=0o755)  # root's, as /var/lib/lvsguard would be without StateDirectory=
     env = {**os.environ, "LVSGUARD_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run(
-        as_nobody(["net_admin", "sys_admin"], sys.executable, "-m", "lvsguard.cli", "actuator", "--netns", lab.director.netns,
-                  "--listen", "127.0.0.1:19932", "--ledger", str(state / "actuator.db")),
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        as_nobody(
+            ["net_admin", "sys_admin"],
+            sys.executable,
+            "-m",
+            "lvsguard.cli",
+            "actuator",
+            "--netns",
+            lab.director.netns,
+            "--listen",
+            "127.0.0.1:19932",
+            "--ledger",
+            str(state / "actuator.db"),
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert re.search(rf"^lvsguard: .*{re.escape(str(state / 'actuator.db'))}", done.stderr, re.M), done.stderr
@@ -225,7 +274,9 @@ class Expected:
             self.held = None
 
 
-def churn(url: str, service: LabService, expected: dict[str, Expected], rng: random.Random, stop: threading.Event) -> int:
+def churn(
+    url: str, service: LabService, expected: dict[str, Expected], rng: random.Random, stop: threading.Event
+) -> int:
     """Random quarantines, restores and weight changes until the actuator dies or ``stop``; the count sent."""
     sent = 0
     while not stop.is_set():
@@ -273,7 +324,9 @@ def test_kill_9_during_a_churn_then_the_ledger_and_the_kernel_agree(restored: La
     backends = {nat.name_of(RealServerKey.parse(b["real_server"])): b for b in view["backends"]}
     assert kills == 6 and sent > kills
     unknown = sum(w.held is None or w.weight is None for w in expected.values())
-    print(f"churn: {sent} requests, {kills} kills, {len(held)} held at the end, {unknown} real servers left unknown by a kill")
+    print(
+        f"churn: {sent} requests, {kills} kills, {len(held)} held at the end, {unknown} real servers left unknown by a kill"
+    )
     assert [b for b in view["backends"] if b["write_pending"]] == []
     for name, want in expected.items():
         assert (kernel[name] == 0) == (name in held), (name, kernel, held)  # out exactly while held
@@ -310,7 +363,11 @@ def test_a_full_disk_under_the_ledger_gives_clear_503s_and_no_corruption(restore
             for i in range(12):
                 name = ("rs1", "rs2")[i % 2]
                 op = "quarantine" if i % 4 < 2 else "restore"
-                status, reply = http("POST", f"{url}/api/v1/{op}", {"service": str(nat.key), "real_server": str(nat.real_server(name)), "force": True})
+                status, reply = http(
+                    "POST",
+                    f"{url}/api/v1/{op}",
+                    {"service": str(nat.key), "real_server": str(nat.real_server(name)), "force": True},
+                )
                 statuses.append(status)
                 assert status in (200, 503), reply  # never a 500
                 if status == 503:
@@ -322,8 +379,17 @@ def test_a_full_disk_under_the_ledger_gives_clear_503s_and_no_corruption(restore
             assert {rs for rs, w in kernel.items() if w == 0} == held  # whatever was refused left nothing half done
             assert [b for b in view["backends"] if b["write_pending"]] == []
             print(f"disk full: replies {statuses}")
-        done = subprocess.run([sys.executable, "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])",
-                               str(disk / "ledger.db")], capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])",
+                str(disk / "ledger.db"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert done.stdout.strip() == "ok"
     finally:
         subprocess.run(["umount", str(disk)], check=False)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -39,14 +40,21 @@ conn.execute("ROLLBACK")
 @pytest.fixture
 def app(tmp_path: Path) -> tuple[Flask, FakeKernel]:
     kernel = FakeKernel([service(str(WEB), ("10.0.1.1:80", 5), ("10.0.1.2:80", 5), ("10.0.1.3:80", 5))])
-    flask_app = create_app(ActuatorSettings(tokens={"t": TOKEN}, hold_down=0.0), kernel=kernel, ledger_path=str(tmp_path / "actuator.db"))
+    flask_app = create_app(
+        ActuatorSettings(tokens={"t": TOKEN}, hold_down=0.0), kernel=kernel, ledger_path=str(tmp_path / "actuator.db")
+    )
     assert flask_app.test_client().get("/api/v1/ledger").status_code == 200  # the ledger exists before it is locked
     return flask_app, kernel
 
 
 @pytest.fixture
 def locked(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path / "actuator.db")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(tmp_path / "actuator.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     try:
         yield proc
@@ -59,7 +67,9 @@ def weights(kernel: FakeKernel) -> list[int]:
     return [rs.weight for rs in kernel.read().services[0].real_servers]
 
 
-def test_a_locked_ledger_is_a_503_and_nothing_is_written(app: tuple[Flask, FakeKernel], locked: subprocess.Popen[str]) -> None:
+def test_a_locked_ledger_is_a_503_and_nothing_is_written(
+    app: tuple[Flask, FakeKernel], locked: subprocess.Popen[str]
+) -> None:
     flask_app, kernel = app
     client = flask_app.test_client()
     target: dict[str, Any] = {"service": str(WEB), "real_server": "10.0.1.1:80"}
@@ -68,7 +78,9 @@ def test_a_locked_ledger_is_a_503_and_nothing_is_written(app: tuple[Flask, FakeK
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert r.get_json() == {"error": "ledger: database is locked"}
     payload = am_payload(am_alert("fp1", service=str(WEB), real_server="10.0.1.2:80", lvsguard_action="quarantine"))
-    assert client.post("/webhook/alertmanager", json=payload, headers=AUTH).status_code == 503  # Alertmanager retries it
+    assert (
+        client.post("/webhook/alertmanager", json=payload, headers=AUTH).status_code == 503
+    )  # Alertmanager retries it
     assert weights(kernel) == [5, 5, 5] and kernel.writes == []
 
     locked.communicate("", timeout=30)  # the lock goes away

@@ -30,8 +30,7 @@ from exporter.collector import IPVSCollector
 from exporter.keepalived import KeepalivedFifo
 from lab import traffic
 from lab.actuator import running_actuator
-from lab.ha import (HALab, alertmanager_config, open_held, served_again, survivors,
-                    sync_roles, synced_connections)
+from lab.ha import HALab, alertmanager_config, open_held, served_again, survivors, sync_roles, synced_connections
 from lab.keepalived import available as keepalived_available
 from lab.monitoring import running_alertmanager
 from lab.topology import LabService, in_lab_vm
@@ -54,9 +53,14 @@ def actuator(lab: HALab, name: str, ledger: Path) -> Iterator[str]:
     """A running actuator for director ``name``, its peer the other director's; yields its base URL."""
     director = lab.director_named(name)
     peer = next(other for other in PORTS if other != name)
-    settings = ActuatorSettings(tokens={"test": TOKEN}, hold_down=0.0, job_poll_interval=0.2,
-                                failover_track_file=str(lab.track_file(name)), role_file=str(lab.role_file(name)),
-                                failover_peer_url=f"http://127.0.0.1:{PORTS[peer]}")  # fmt: skip
+    settings = ActuatorSettings(
+        tokens={"test": TOKEN},
+        hold_down=0.0,
+        job_poll_interval=0.2,
+        failover_track_file=str(lab.track_file(name)),
+        role_file=str(lab.role_file(name)),
+        failover_peer_url=f"http://127.0.0.1:{PORTS[peer]}",
+    )
     with running_actuator(settings, director.netns, str(ledger), port=PORTS[name]) as url:
         yield url
 
@@ -94,16 +98,22 @@ def primary(ha_lab: HALab) -> Iterator[HALab]:
     for name in ("dir1", "dir2"):
         if ha_lab.track_file(name).read_text().strip() != "0":
             ha_lab.track_file(name).write_text("0\n")
-    if (ha_lab.vip_owners() != ("dir1",) or not all(k.running for k in ha_lab.keepalived.values())
-            or not ha_lab.preempt or not ha_lab.sync):  # fmt: skip
+    if (
+        ha_lab.vip_owners() != ("dir1",)
+        or not all(k.running for k in ha_lab.keepalived.values())
+        or not ha_lab.preempt
+        or not ha_lab.sync
+    ):
         ha_lab.restart_keepalived(preempt=True)
 
 
 def sync_state(lab: HALab) -> str:
     """Both directors' sync daemons and keepalived's lines about them: the message of a failed wait."""
-    lines = [f"{name}: {sorted(sync_roles(lab, name))}, role {k.role()!r}, keepalived log: "
-             + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
-             for name, k in lab.keepalived.items()]  # fmt: skip
+    lines = [
+        f"{name}: {sorted(sync_roles(lab, name))}, role {k.role()!r}, keepalived log: "
+        + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
+        for name, k in lab.keepalived.items()
+    ]
     return "\n".join(lines)
 
 
@@ -124,12 +134,24 @@ def test_the_primary_holds_the_vips_and_every_service_answers_through_them(prima
 
 def test_the_sync_daemon_follows_the_vrrp_role(primary: HALab) -> None:
     lab = primary
-    assert wait_for(lambda: sync_roles(lab, "dir1") == {"master"}, "dir1: master sync daemon", detail=lambda: sync_state(lab))
-    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab))
+    assert wait_for(
+        lambda: sync_roles(lab, "dir1") == {"master"}, "dir1: master sync daemon", detail=lambda: sync_state(lab)
+    )
+    assert wait_for(
+        lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab)
+    )
     lab.track_file("dir1").write_text("1\n")
     lab.wait_for_vip_owner("dir2")
-    assert wait_for(lambda: sync_roles(lab, "dir2") == {"master"}, "dir2: master sync daemon after the failover", detail=lambda: sync_state(lab))
-    assert wait_for(lambda: sync_roles(lab, "dir1") == {"backup"}, "dir1: backup sync daemon after the failover", detail=lambda: sync_state(lab))
+    assert wait_for(
+        lambda: sync_roles(lab, "dir2") == {"master"},
+        "dir2: master sync daemon after the failover",
+        detail=lambda: sync_state(lab),
+    )
+    assert wait_for(
+        lambda: sync_roles(lab, "dir1") == {"backup"},
+        "dir1: backup sync daemon after the failover",
+        detail=lambda: sync_state(lab),
+    )
 
 
 def test_the_exporter_reports_vrrp_state_sync_daemons_and_vip_ownership(primary: HALab) -> None:
@@ -140,16 +162,21 @@ def test_the_exporter_reports_vrrp_state_sync_daemons_and_vip_ownership(primary:
         lab.track_file("dir1").write_text("1\n")
         lab.wait_for_vip_owner("dir2")
         wait_for(lambda: fifo.states().get("VI_1") and fifo.states()["VI_1"].state == "fault", "dir1 exported as fault")
-        scraped = wait_for(lambda: scrape_swapped(lab), "the exporters to show the sync daemons swapped",
-                           detail=lambda: sync_state(lab))  # fmt: skip
+        scraped = wait_for(
+            lambda: scrape_swapped(lab),
+            "the exporters to show the sync daemons swapped",
+            detail=lambda: sync_state(lab),
+        )
         lab.track_file("dir1").write_text("0\n")
         lab.wait_for_vip_owner("dir1")
         wait_for(lambda: fifo.states()["VI_1"].state == "master", "dir1 exported as master again")
     finally:
         lab.keepalived["dir1"].listeners.remove(fifo.feed)
     assert fifo.states()["VI_1"].priority == 150 and fifo.states()["VI_1"].transitions >= 3  # fault, backup, master
-    owned = {name: {s.labels["vip"] for s in samples["lvs_director_vip_owned"] if s.value == 1}
-             for name, samples in scraped.items()}  # fmt: skip
+    owned = {
+        name: {s.labels["vip"] for s in samples["lvs_director_vip_owned"] if s.value == 1}
+        for name, samples in scraped.items()
+    }
     assert owned == {"dir1": set(), "dir2": {lab.nat.address, lab.dr.address, lab.nat6.address}}
 
 
@@ -177,7 +204,8 @@ def scrape(lab: HALab, name: str) -> dict[str, list[Any]]:
 
 
 def test_failover_through_the_actuator_moves_the_vips_and_release_brings_them_back(
-        primary: HALab, actuators: dict[str, str], record_property: Callable[[str, object], None]) -> None:
+    primary: HALab, actuators: dict[str, str], record_property: Callable[[str, object], None]
+) -> None:
     lab = primary
     status, body = http("POST", f"{actuators['dir1']}/api/v1/failover", {"reason": "kernel test"})
     replied = time.monotonic()
@@ -185,8 +213,10 @@ def test_failover_through_the_actuator_moves_the_vips_and_release_brings_them_ba
     served = served_again(lab, lab.nat, replied)
     assert status == 200 and body["result"] == "applied", body
     record_property("failover_seconds", round(moved, 3))
-    print(f"\nfailover: VIPs on dir2 alone {moved * 1000:.0f} ms after the actuator's reply, "
-          f"the client served through dir2 after {served * 1000:.0f} ms")
+    print(
+        f"\nfailover: VIPs on dir2 alone {moved * 1000:.0f} ms after the actuator's reply, "
+        f"the client served through dir2 after {served * 1000:.0f} ms"
+    )
     seen = traffic.http_get(lab, lab.nat.address, lab.nat.port, 6)
     assert sum(seen.values()) == 6
     assert lab.keepalived["dir1"].wait_for_role(("FAULT",)) == "FAULT"
@@ -205,7 +235,9 @@ def test_failover_through_the_actuator_moves_the_vips_and_release_brings_them_ba
 
 def test_long_lived_connections_survive_a_failover_with_connection_sync(primary: HALab) -> None:
     lab = primary
-    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab))
+    assert wait_for(
+        lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab)
+    )
     held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
     try:
         for name, socks in held.items():
@@ -259,8 +291,9 @@ def test_a_quarantine_sent_to_both_actuators_survives_the_failover(primary: HALa
     served_again(lab, nat, time.monotonic())
     seen = traffic.http_get(lab, nat.address, nat.port, 12)
     assert sum(seen.values()) == 12 and "rs1" not in seen
-    resolved = am_alert("ha-q-rs1", status="resolved", service=str(nat.key), real_server=str(key),
-                        lvsguard_action="quarantine")
+    resolved = am_alert(
+        "ha-q-rs1", status="resolved", service=str(nat.key), real_server=str(key), lvsguard_action="quarantine"
+    )
     for url in actuators.values():
         status, body = http("POST", f"{url}/webhook/alertmanager", am_payload(resolved))
         assert status == 200, body
@@ -273,7 +306,8 @@ def test_a_quarantine_sent_to_both_actuators_survives_the_failover(primary: HALa
 
 
 def test_a_failover_is_refused_while_the_peer_cannot_take_over_and_nothing_changes(
-        primary: HALab, actuators: dict[str, str]) -> None:
+    primary: HALab, actuators: dict[str, str]
+) -> None:
     lab = primary
     lab.stop_keepalived("dir2")
     role = lab.keepalived["dir2"].role()
@@ -314,12 +348,16 @@ def alertmanager(actuators: dict[str, str], tmp_path: Path) -> Iterator[str]:
 def post_alert(alertmanager: str, labels: dict[str, str], *, resolved: bool = False) -> None:
     """One alert into Alertmanager's v2 API, as Prometheus posts it."""
     now = datetime.now(UTC)
-    alert: dict[str, Any] = {"labels": labels, "annotations": {"summary": "real server does not answer"},
-                             "startsAt": (now - timedelta(minutes=1)).isoformat()}  # fmt: skip
+    alert: dict[str, Any] = {
+        "labels": labels,
+        "annotations": {"summary": "real server does not answer"},
+        "startsAt": (now - timedelta(minutes=1)).isoformat(),
+    }
     if resolved:
         alert["endsAt"] = now.isoformat()
-    request = urllib.request.Request(f"{alertmanager}/api/v2/alerts", data=json.dumps([alert]).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{alertmanager}/api/v2/alerts", data=json.dumps([alert]).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
 
@@ -334,15 +372,28 @@ def weights(lab: HALab, service: LabService, real_server: str) -> dict[str, int]
 
 
 def test_alertmanager_delivers_one_alert_to_both_actuators_and_the_quarantine_survives_a_failover(
-        primary: HALab, actuators: dict[str, str], alertmanager: str) -> None:
+    primary: HALab, actuators: dict[str, str], alertmanager: str
+) -> None:
     lab, nat = primary, primary.nat
     rs1 = nat.real_server("rs1")
-    labels = {"alertname": "LvsRealServerDown", "instance": "dir1:9910", "severity": "warning", "proto": "TCP",
-              "local_address": nat.key.address, "local_port": str(nat.key.port),
-              "remote_address": rs1.address, "remote_port": str(rs1.port), "lvsguard_action": "quarantine"}  # fmt: skip
+    labels = {
+        "alertname": "LvsRealServerDown",
+        "instance": "dir1:9910",
+        "severity": "warning",
+        "proto": "TCP",
+        "local_address": nat.key.address,
+        "local_port": str(nat.key.port),
+        "remote_address": rs1.address,
+        "remote_port": str(rs1.port),
+        "lvsguard_action": "quarantine",
+    }
     post_alert(alertmanager, labels)
-    wait_for(lambda: weights(lab, nat, "rs1") == {"dir1": 0, "dir2": 0}, "Alertmanager's notification to quarantine rs1 "
-             "on both directors", timeout=30, detail=lambda: str(weights(lab, nat, "rs1")))  # fmt: skip
+    wait_for(
+        lambda: weights(lab, nat, "rs1") == {"dir1": 0, "dir2": 0},
+        "Alertmanager's notification to quarantine rs1 on both directors",
+        timeout=30,
+        detail=lambda: str(weights(lab, nat, "rs1")),
+    )
     holders = set()
     for name, url in actuators.items():
         _, ledger = http("GET", f"{url}/api/v1/ledger?active=true")
@@ -357,9 +408,12 @@ def test_alertmanager_delivers_one_alert_to_both_actuators_and_the_quarantine_su
     seen = traffic.http_get(lab, nat.address, nat.port, 12)
     assert sum(seen.values()) == 12 and "rs1" not in seen, seen
     post_alert(alertmanager, labels, resolved=True)
-    wait_for(lambda: weights(lab, nat, "rs1") == {"dir1": nat.weights["rs1"], "dir2": nat.weights["rs1"]},
-             "the resolved notification to restore rs1 on both directors", timeout=30,
-             detail=lambda: str(weights(lab, nat, "rs1")))  # fmt: skip
+    wait_for(
+        lambda: weights(lab, nat, "rs1") == {"dir1": nat.weights["rs1"], "dir2": nat.weights["rs1"]},
+        "the resolved notification to restore rs1 on both directors",
+        timeout=30,
+        detail=lambda: str(weights(lab, nat, "rs1")),
+    )
     assert traffic.http_get(lab, nat.address, nat.port, 12)["rs1"] > 0  # through dir2, still active
     status, body = http("POST", f"{actuators['dir1']}/api/v1/failover/release", {})
     assert status == 200, body

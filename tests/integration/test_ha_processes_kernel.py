@@ -27,8 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab import traffic
-from lab.ha import (HALab, Lvsguard, open_held, served_again, survivors,
-                    sync_roles, synced_connections)
+from lab.ha import HALab, Lvsguard, open_held, served_again, survivors, sync_roles, synced_connections
 from lab.keepalived import available as keepalived_available
 from lab.topology import in_lab_vm
 from tests.waiting import json_request, wait_for
@@ -81,16 +80,22 @@ def primary(ha_lab: HALab) -> Iterator[HALab]:
     for name in ("dir1", "dir2"):
         if ha_lab.track_file(name).read_text().strip() != "0":
             ha_lab.track_file(name).write_text("0\n")
-    if (ha_lab.vip_owners() != ("dir1",) or not all(k.running for k in ha_lab.keepalived.values())
-            or not ha_lab.preempt or not ha_lab.sync):  # fmt: skip
+    if (
+        ha_lab.vip_owners() != ("dir1",)
+        or not all(k.running for k in ha_lab.keepalived.values())
+        or not ha_lab.preempt
+        or not ha_lab.sync
+    ):
         ha_lab.restart_keepalived(preempt=True)
 
 
 def sync_state(lab: HALab) -> str:
     """Both directors' sync daemons and keepalived's lines about them: the message of a failed wait."""
-    lines = [f"{name}: {sorted(sync_roles(lab, name))}, role {k.role()!r}, keepalived log: "
-             + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
-             for name, k in lab.keepalived.items()]  # fmt: skip
+    lines = [
+        f"{name}: {sorted(sync_roles(lab, name))}, role {k.role()!r}, keepalived log: "
+        + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
+        for name, k in lab.keepalived.items()
+    ]
     return "\n".join(lines)
 
 
@@ -98,17 +103,23 @@ def sync_state(lab: HALab) -> str:
 
 
 def test_the_exporters_report_vrrp_state_sync_daemons_and_vip_ownership(
-        primary: HALab, lvsguard: dict[str, Lvsguard]) -> None:
+    primary: HALab, lvsguard: dict[str, Lvsguard]
+) -> None:
     lab = primary
     lab.track_file("dir1").write_text("1\n")
     lab.wait_for_vip_owner("dir2")
-    swapped = wait_for(lambda: scraped_if(lvsguard, {"dir1": ("fault", {"backup"}), "dir2": ("master", {"master"})}),
-                       "the exporters to show dir1 in fault with a backup sync daemon, dir2 master",
-                       detail=lambda: sync_state(lab))  # fmt: skip
+    swapped = wait_for(
+        lambda: scraped_if(lvsguard, {"dir1": ("fault", {"backup"}), "dir2": ("master", {"master"})}),
+        "the exporters to show dir1 in fault with a backup sync daemon, dir2 master",
+        detail=lambda: sync_state(lab),
+    )
     lab.track_file("dir1").write_text("0\n")
     lab.wait_for_vip_owner("dir1")
-    back = wait_for(lambda: scraped_if(lvsguard, {"dir1": ("master", {"master"}), "dir2": ("backup", {"backup"})}),
-                    "the exporters to show dir1 master again", detail=lambda: sync_state(lab))  # fmt: skip
+    back = wait_for(
+        lambda: scraped_if(lvsguard, {"dir1": ("master", {"master"}), "dir2": ("backup", {"backup"})}),
+        "the exporters to show dir1 master again",
+        detail=lambda: sync_state(lab),
+    )
     owned = {name: vips_owned(samples) for name, samples in swapped.items()}
     assert owned == {"dir1": set(), "dir2": {lab.nat.address, lab.dr.address, lab.nat6.address}}
     assert {name: vips_owned(samples) for name, samples in back.items()} == {"dir1": owned["dir2"], "dir2": set()}
@@ -139,8 +150,10 @@ def director_detail(lab: HALab, url: str, name: str) -> str:
     except OSError as exc:
         role_file = f"unreadable: {exc.strerror}"
     keepalived = lab.keepalived[name]
-    return (f"actuator: {answer}\nrole file {lab.role_file(name)}: {role_file}\n"
-            f"keepalived running: {keepalived.running}, {keepalived.vrrp_process()}\n{keepalived.log_tail()}")
+    return (
+        f"actuator: {answer}\nrole file {lab.role_file(name)}: {role_file}\n"
+        f"keepalived running: {keepalived.running}, {keepalived.vrrp_process()}\n{keepalived.log_tail()}"
+    )
 
 
 def vrrp_state(samples: dict[str, list[Any]]) -> str:
@@ -155,7 +168,9 @@ def running_roles(samples: dict[str, list[Any]]) -> set[str]:
     return {s.labels["role"] for s in samples["ipvs_sync_daemon_up"] if s.value == 1}
 
 
-def scraped_if(lvsguard: dict[str, Lvsguard], wanted: dict[str, tuple[str, set[str]]]) -> dict[str, dict[str, list[Any]]] | None:
+def scraped_if(
+    lvsguard: dict[str, Lvsguard], wanted: dict[str, tuple[str, set[str]]]
+) -> dict[str, dict[str, list[Any]]] | None:
     """Both exporters' scrapes once each shows ``(VRRP state, running sync daemon roles)`` as ``wanted``, else None."""
     scraped = {name: scrape(processes) for name, processes in lvsguard.items()}
     if all((vrrp_state(scraped[name]), running_roles(scraped[name])) == want for name, want in wanted.items()):
@@ -167,9 +182,12 @@ def scraped_if(lvsguard: dict[str, Lvsguard], wanted: dict[str, tuple[str, set[s
 
 
 def test_a_whole_director_crash_the_backup_serves_connections_survive_and_the_primary_returns(
-        primary: HALab, lvsguard: dict[str, Lvsguard], actuators: dict[str, str]) -> None:
+    primary: HALab, lvsguard: dict[str, Lvsguard], actuators: dict[str, str]
+) -> None:
     lab = primary
-    assert wait_for(lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab))
+    assert wait_for(
+        lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab)
+    )
     held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
     try:
         for name, socks in held.items():
@@ -185,13 +203,18 @@ def test_a_whole_director_crash_the_backup_serves_connections_survive_and_the_pr
         for socks in held.values():
             for sock in socks:
                 sock.close()
-    print(f"\ncrash of dir1: VIPs on dir2 after {moved * 1000:.0f} ms, the client served after {served * 1000:.0f} ms; "
-          f"{alive} of {HELD} held connections per service survived")
+    print(
+        f"\ncrash of dir1: VIPs on dir2 after {moved * 1000:.0f} ms, the client served after {served * 1000:.0f} ms; "
+        f"{alive} of {HELD} held connections per service survived"
+    )
     assert alive == {"nat": HELD, "dr": HELD}
     assert sum(traffic.http_get(lab, lab.dr.address, lab.dr.port, 6).values()) == 6
     assert all(proc.poll() is not None for proc in lvsguard["dir1"].procs.values()) or not lvsguard["dir1"].procs
-    survivor = wait_for(lambda: scraped_if({"dir2": lvsguard["dir2"]}, {"dir2": ("master", {"master"})}),
-                        "dir2's exporter to show it master with a master sync daemon", detail=lambda: sync_state(lab))
+    survivor = wait_for(
+        lambda: scraped_if({"dir2": lvsguard["dir2"]}, {"dir2": ("master", {"master"})}),
+        "dir2's exporter to show it master with a master sync daemon",
+        detail=lambda: sync_state(lab),
+    )
     assert vips_owned(survivor["dir2"]) == {lab.nat.address, lab.dr.address, lab.nat6.address}
     status, body = http("POST", f"{actuators['dir2']}/api/v1/failover", {"reason": "nobody to take over"})
     assert status == 409 and body["result"] == "refused" and "peer director" in body["message"], body
@@ -203,6 +226,9 @@ def test_a_whole_director_crash_the_backup_serves_connections_survive_and_the_pr
     assert lab.keepalived["dir2"].wait_for_role(("BACKUP",)) == "BACKUP"
     served_again(lab, lab.nat, time.monotonic())
     assert sum(traffic.http_get(lab, lab.nat.address, lab.nat.port, 6).values()) == 6
-    wait_for(lambda: http("GET", f"{actuators['dir1']}/api/v1/director")[1].get("role") == "master",
-             "dir1's new actuator to report it master", detail=lambda: director_detail(lab, actuators["dir1"], "dir1"))
+    wait_for(
+        lambda: http("GET", f"{actuators['dir1']}/api/v1/director")[1].get("role") == "master",
+        "dir1's new actuator to report it master",
+        detail=lambda: director_detail(lab, actuators["dir1"], "dir1"),
+    )
     print(f"dir1 back: it holds the VIPs again {back:.1f} s after its reboot began (keepalived, exporter, actuator)")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import pytest
 
@@ -126,7 +126,10 @@ def test_weight_zero_takes_new_connections_away(lab: Lab) -> None:
         lab.set_weight(service, drained, service.weights[drained])
     assert drained not in seen
     assert sum(seen.values()) == 3 * cycle_length(service)
-    assert lab.read_table().service(service.key).real_server(service.real_server(drained)).weight == service.weights[drained]
+    assert (
+        lab.read_table().service(service.key).real_server(service.real_server(drained)).weight
+        == service.weights[drained]
+    )
 
 
 def test_big_table_is_built_as_planned(lab: Lab) -> None:

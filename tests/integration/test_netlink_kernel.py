@@ -16,9 +16,26 @@ from collections.abc import Iterator
 
 import pytest
 
-from lvsguard.errors import AlreadyExists, BulkFailed, InvalidRequest, KernelError, NoSuchDestination, NoSuchService, NotPermitted
+from lvsguard.errors import (
+    AlreadyExists,
+    BulkFailed,
+    InvalidRequest,
+    KernelError,
+    NoSuchDestination,
+    NoSuchService,
+    NotPermitted,
+)
 from lvsguard.ipvs.netlink import NetlinkIPVS
-from lvsguard.model import Forward, RealServer, RealServerKey, ServiceFlags, ServiceKey, Stats, SyncDaemon, VirtualService
+from lvsguard.model import (
+    Forward,
+    RealServer,
+    RealServerKey,
+    ServiceFlags,
+    ServiceKey,
+    Stats,
+    SyncDaemon,
+    VirtualService,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -91,12 +108,24 @@ def nat(endpoint: str, weight: int = 1, upper: int = 0, lower: int = 0) -> RealS
     "svc, ipvsadm_line",
     [
         (VirtualService(VIP, "wrr"), ["wrr"]),
-        (VirtualService(VIP, "wlc", flags=PERSISTENT, timeout=300, netmask=0xFFFFFF00), ["wlc", "persistent", "300", "mask", "255.255.255.0"]),
-        (VirtualService(ServiceKey.parse("UDP [2001:db8::10]:53"), "rr", flags=PERSISTENT, timeout=60, netmask=64), ["rr", "persistent", "60", "mask", "64"]),
+        (
+            VirtualService(VIP, "wlc", flags=PERSISTENT, timeout=300, netmask=0xFFFFFF00),
+            ["wlc", "persistent", "300", "mask", "255.255.255.0"],
+        ),
+        (
+            VirtualService(ServiceKey.parse("UDP [2001:db8::10]:53"), "rr", flags=PERSISTENT, timeout=60, netmask=64),
+            ["rr", "persistent", "60", "mask", "64"],
+        ),
         (VirtualService(ServiceKey.parse("SCTP 192.0.2.11:3868"), "sh", flags=0x18), ["sh", "(sh-fallback,sh-port)"]),
         (VirtualService(ServiceKey.parse("FWM 5"), "mh", flags=0x10), ["mh", "(mh-port)"]),
-        (VirtualService(ServiceKey.parse("FWM 6 IPv6"), "lc", flags=PERSISTENT, timeout=30), ["lc", "persistent", "30"]),
-        (VirtualService(ServiceKey.parse("UDP 192.0.2.13:5060"), "rr", flags=PERSISTENT, timeout=60, pe_name="sip"), ["rr", "persistent", "60", "pe", "sip"]),
+        (
+            VirtualService(ServiceKey.parse("FWM 6 IPv6"), "lc", flags=PERSISTENT, timeout=30),
+            ["lc", "persistent", "30"],
+        ),
+        (
+            VirtualService(ServiceKey.parse("UDP 192.0.2.13:5060"), "rr", flags=PERSISTENT, timeout=60, pe_name="sip"),
+            ["rr", "persistent", "60", "pe", "sip"],
+        ),
     ],
     ids=["tcp", "tcp-persistent", "udp-ipv6-persistent", "sctp-sched-flags", "fwmark", "fwmark-ipv6", "udp-sip"],
 )
@@ -121,7 +150,9 @@ def test_edit_then_delete_service(ipvs: NetlinkIPVS) -> None:
 
 # -- real servers ------------------------------------------------------------------------------------
 
-GUE = RealServer(RealServerKey.parse("10.0.3.3:80"), 4, Forward.TUNNEL, 50, 5, tunnel_type=1, tunnel_port=6080, tunnel_flags=2)
+GUE = RealServer(
+    RealServerKey.parse("10.0.3.3:80"), 4, Forward.TUNNEL, 50, 5, tunnel_type=1, tunnel_port=6080, tunnel_flags=2
+)
 
 
 def test_real_server_round_trip(ipvs: NetlinkIPVS) -> None:
@@ -137,8 +168,11 @@ def test_real_server_round_trip(ipvs: NetlinkIPVS) -> None:
     assert ipvs.read_service(VIP).real_servers == servers[::-1]  # the kernel lists the newest first
     plain = ipvsadm_table()[str(VIP)][1]
     assert {rs: words[:2] for rs, words in plain.items()} == {
-        "10.0.1.2:8080": ["Masq", "3"], "10.0.1.3:80": ["Route", "0"], "10.0.3.3:80": ["Tunnel", "4"], "10.0.3.4:80": ["Tunnel", "1"],
-    }  # fmt: skip
+        "10.0.1.2:8080": ["Masq", "3"],
+        "10.0.1.3:80": ["Route", "0"],
+        "10.0.3.3:80": ["Tunnel", "4"],
+        "10.0.3.4:80": ["Tunnel", "1"],
+    }
     thresholds = ipvsadm_table("--thresholds")[str(VIP)][1]  # Uthreshold Lthreshold ActiveConn InActConn
     assert (thresholds["10.0.1.2:8080"][:2], thresholds["10.0.3.3:80"][:2]) == (["100", "10"], ["50", "5"])
     tunnels = ipvsadm_table("--tun-info")[str(VIP)][1]  # Forward TunnelInfo Weight ...
@@ -167,7 +201,10 @@ def test_set_weight_keeps_everything_else(ipvs: NetlinkIPVS, rs: RealServer) -> 
     assert returned == expected
     assert ipvs.read_service(VIP).real_servers == (expected,)
     assert ipvsadm_table()[str(VIP)][1][str(rs.key)][:2] == [str(rs.forward), "0"]
-    assert ipvsadm_table("--thresholds")[str(VIP)][1][str(rs.key)][:2] == [str(rs.upper_threshold), str(rs.lower_threshold)]
+    assert ipvsadm_table("--thresholds")[str(VIP)][1][str(rs.key)][:2] == [
+        str(rs.upper_threshold),
+        str(rs.lower_threshold),
+    ]
 
 
 def test_ipv4_real_server_behind_an_ipv6_service(ipvs: NetlinkIPVS) -> None:
@@ -188,26 +225,72 @@ def test_errors_name_the_object(ipvs: NetlinkIPVS) -> None:
     missing_rs = RealServerKey.parse("10.0.1.9:80")
     missing_svc = ServiceKey.parse("TCP 192.0.2.99:80")
     cases = [
-        (lambda: ipvs.delete_real_server(VIP, missing_rs), NoSuchDestination, "real server 10.0.1.9:80 of TCP 192.0.2.10:80: no such destination"),
-        (lambda: ipvs.edit_real_server(VIP, nat("10.0.1.9:80")), NoSuchDestination, "real server 10.0.1.9:80 of TCP 192.0.2.10:80: no such destination"),
-        (lambda: ipvs.set_weight(VIP, missing_rs, 0), NoSuchDestination, "real server 10.0.1.9:80 of TCP 192.0.2.10:80: no such destination"),
-        (lambda: ipvs.add_real_server(VIP, nat("10.0.1.2:80")), AlreadyExists, "real server 10.0.1.2:80 of TCP 192.0.2.10:80: already exists"),
-        (lambda: ipvs.add_real_server(missing_svc, nat("10.0.1.2:80")), NoSuchService, "service TCP 192.0.2.99:80: no such service"),
-        (lambda: ipvs.set_weight(missing_svc, missing_rs, 0), NoSuchService, "service TCP 192.0.2.99:80: no such service"),
+        (
+            lambda: ipvs.delete_real_server(VIP, missing_rs),
+            NoSuchDestination,
+            "real server 10.0.1.9:80 of TCP 192.0.2.10:80: no such destination",
+        ),
+        (
+            lambda: ipvs.edit_real_server(VIP, nat("10.0.1.9:80")),
+            NoSuchDestination,
+            "real server 10.0.1.9:80 of TCP 192.0.2.10:80: no such destination",
+        ),
+        (
+            lambda: ipvs.set_weight(VIP, missing_rs, 0),
+            NoSuchDestination,
+            "real server 10.0.1.9:80 of TCP 192.0.2.10:80: no such destination",
+        ),
+        (
+            lambda: ipvs.add_real_server(VIP, nat("10.0.1.2:80")),
+            AlreadyExists,
+            "real server 10.0.1.2:80 of TCP 192.0.2.10:80: already exists",
+        ),
+        (
+            lambda: ipvs.add_real_server(missing_svc, nat("10.0.1.2:80")),
+            NoSuchService,
+            "service TCP 192.0.2.99:80: no such service",
+        ),
+        (
+            lambda: ipvs.set_weight(missing_svc, missing_rs, 0),
+            NoSuchService,
+            "service TCP 192.0.2.99:80: no such service",
+        ),
         (lambda: ipvs.read_service(missing_svc), NoSuchService, "service TCP 192.0.2.99:80: no such service"),
         (lambda: ipvs.delete_service(missing_svc), NoSuchService, "service TCP 192.0.2.99:80: no such service"),
-        (lambda: ipvs.edit_service(VirtualService(missing_svc, "rr")), NoSuchService, "service TCP 192.0.2.99:80: no such service"),
-        (lambda: ipvs.add_service(VirtualService(VIP, "rr")), AlreadyExists, "service TCP 192.0.2.10:80: already exists"),
-        (lambda: ipvs.add_service(VirtualService(missing_svc, "nosuch")), InvalidRequest, "service TCP 192.0.2.99:80: no scheduler 'nosuch' in this kernel"),
-        (lambda: ipvs.add_real_server(VIP, nat("10.0.1.3:80", 1, upper=5, lower=10)), InvalidRequest, "real server 10.0.1.3:80 of TCP 192.0.2.10:80: numerical result out of range"),
-        (lambda: ipvs.add_real_server(VIP, RealServer(RealServerKey("10.0.1.300", 80), 1, Forward.MASQ)), InvalidRequest, "real server 10.0.1.300:80 of TCP 192.0.2.10:80: address '10.0.1.300' is not an IPv4 address"),
+        (
+            lambda: ipvs.edit_service(VirtualService(missing_svc, "rr")),
+            NoSuchService,
+            "service TCP 192.0.2.99:80: no such service",
+        ),
+        (
+            lambda: ipvs.add_service(VirtualService(VIP, "rr")),
+            AlreadyExists,
+            "service TCP 192.0.2.10:80: already exists",
+        ),
+        (
+            lambda: ipvs.add_service(VirtualService(missing_svc, "nosuch")),
+            InvalidRequest,
+            "service TCP 192.0.2.99:80: no scheduler 'nosuch' in this kernel",
+        ),
+        (
+            lambda: ipvs.add_real_server(VIP, nat("10.0.1.3:80", 1, upper=5, lower=10)),
+            InvalidRequest,
+            "real server 10.0.1.3:80 of TCP 192.0.2.10:80: numerical result out of range",
+        ),
+        (
+            lambda: ipvs.add_real_server(VIP, RealServer(RealServerKey("10.0.1.300", 80), 1, Forward.MASQ)),
+            InvalidRequest,
+            "real server 10.0.1.300:80 of TCP 192.0.2.10:80: address '10.0.1.300' is not an IPv4 address",
+        ),
     ]
     failures = []
     for call, cls, message in cases:
         with pytest.raises(KernelError) as info:
             call()
         if type(info.value) is not cls or not str(info.value).startswith(message):
-            failures.append(f"expected {cls.__name__}({message!r}), got {type(info.value).__name__}({str(info.value)!r})")
+            failures.append(
+                f"expected {cls.__name__}({message!r}), got {type(info.value).__name__}({str(info.value)!r})"
+            )
     assert failures == []
     assert ipvs.read_service(VIP).real_servers == (nat("10.0.1.2:80"),)
 
@@ -217,7 +300,9 @@ def test_errors_name_the_object(ipvs: NetlinkIPVS) -> None:
 
 def test_sync_daemons_start_read_stop(ipvs: NetlinkIPVS) -> None:
     ipvs.start_sync_daemon(SyncDaemon("master", "sync0", 9))
-    ipvs.start_sync_daemon(SyncDaemon("backup", "sync0", 10, max_sync_len=1400, mcast_group="239.1.2.3", mcast_port=9000, mcast_ttl=2))
+    ipvs.start_sync_daemon(
+        SyncDaemon("backup", "sync0", 10, max_sync_len=1400, mcast_group="239.1.2.3", mcast_port=9000, mcast_ttl=2)
+    )
     # the kernel fills in its defaults: group 224.0.0.81, port 8848, ttl 1, the interface MTU's payload
     assert sorted(ipvs.sync_daemons(), key=lambda d: d.role) == [
         SyncDaemon("backup", "sync0", 10, 1400, "239.1.2.3", 9000, 2),
@@ -256,12 +341,16 @@ def test_namespace_is_kept_apart(ipvs: NetlinkIPVS) -> None:
 
 
 def test_bulk_add_of_10000_real_servers(ipvs: NetlinkIPVS) -> None:
-    servers = [RealServer(RealServerKey(f"10.1.{i // 250}.{i % 250 + 1}", 80), 1 + i % 9, Forward.ROUTE) for i in range(10_000)]
+    servers = [
+        RealServer(RealServerKey(f"10.1.{i // 250}.{i % 250 + 1}", 80), 1 + i % 9, Forward.ROUTE) for i in range(10_000)
+    ]
     ipvs.add_service(VirtualService(VIP, "wrr"))
     assert ipvs.add_real_servers(VIP, servers) == 10_000
     table = ipvs.read()
     assert table.real_server_count == 10_000
-    assert sorted(table.services[0].real_servers, key=lambda rs: rs.key.address) == sorted(servers, key=lambda rs: rs.key.address)
+    assert sorted(table.services[0].real_servers, key=lambda rs: rs.key.address) == sorted(
+        servers, key=lambda rs: rs.key.address
+    )
     shown = ipvsadm_table()[str(VIP)][1]
     assert len(shown) == 10_000
     assert shown["10.1.39.250:80"][:2] == ["Route", str(1 + 9999 % 9)]
@@ -270,23 +359,32 @@ def test_bulk_add_of_10000_real_servers(ipvs: NetlinkIPVS) -> None:
 def test_bulk_add_reports_each_failure(ipvs: NetlinkIPVS) -> None:
     ipvs.add_service(VirtualService(VIP, "wrr"))
     ipvs.add_real_server(VIP, nat("10.0.1.5:80"))
-    batch = [nat(f"10.0.1.{i}:80") for i in range(1, 9)] + [nat("10.0.1.2:80"), RealServer(RealServerKey("10.0.1.999", 80), 1, Forward.MASQ)]
+    batch = [nat(f"10.0.1.{i}:80") for i in range(1, 9)] + [
+        nat("10.0.1.2:80"),
+        RealServer(RealServerKey("10.0.1.999", 80), 1, Forward.MASQ),
+    ]
     with pytest.raises(BulkFailed) as info:
         ipvs.add_real_servers(VIP, batch)
     assert sorted((type(f).__name__, str(f.real_server)) for f in info.value.failures) == [
-        ("AlreadyExists", "10.0.1.2:80"), ("AlreadyExists", "10.0.1.5:80"), ("InvalidRequest", "10.0.1.999:80"),
-    ]  # fmt: skip
+        ("AlreadyExists", "10.0.1.2:80"),
+        ("AlreadyExists", "10.0.1.5:80"),
+        ("InvalidRequest", "10.0.1.999:80"),
+    ]
     assert str(info.value).startswith("service TCP 192.0.2.10:80: 3 of 10 real servers not added: ")
     assert len(ipvs.read_service(VIP).real_servers) == 8
 
 
 def test_bulk_edit_changes_each_real_server_and_keeps_what_it_was_sent(ipvs: NetlinkIPVS) -> None:
-    servers = [RealServer(RealServerKey(f"10.1.{i // 250}.{i % 250 + 1}", 80), 5, Forward.ROUTE, 100, 10) for i in range(600)]
+    servers = [
+        RealServer(RealServerKey(f"10.1.{i // 250}.{i % 250 + 1}", 80), 5, Forward.ROUTE, 100, 10) for i in range(600)
+    ]
     ipvs.add_service(VirtualService(VIP, "wrr"))
     ipvs.add_real_servers(VIP, servers)
     changed = [dataclasses.replace(rs, weight=i % 3) for i, rs in enumerate(servers)]  # 600: three sendmsg batches
     assert ipvs.edit_real_servers(VIP, changed) == 600
-    assert sorted(ipvs.read_real_servers(VIP), key=lambda rs: str(rs.key)) == sorted(changed, key=lambda rs: str(rs.key))
+    assert sorted(ipvs.read_real_servers(VIP), key=lambda rs: str(rs.key)) == sorted(
+        changed, key=lambda rs: str(rs.key)
+    )
     shown = ipvsadm_table()[str(VIP)][1]
     assert shown["10.1.2.100:80"][:2] == ["Route", str(599 % 3)]
 
@@ -295,14 +393,24 @@ def test_bulk_edit_reports_each_failure_and_applies_the_rest(ipvs: NetlinkIPVS) 
     ipvs.add_service(VirtualService(VIP, "wrr"))
     for i in (1, 2, 3):
         ipvs.add_real_server(VIP, nat(f"10.0.1.{i}:80"))
-    batch = [dataclasses.replace(nat("10.0.1.1:80"), weight=0), dataclasses.replace(nat("10.0.1.9:80"), weight=0),
-             dataclasses.replace(nat("10.0.1.3:80"), weight=7)]  # fmt: skip
+    batch = [
+        dataclasses.replace(nat("10.0.1.1:80"), weight=0),
+        dataclasses.replace(nat("10.0.1.9:80"), weight=0),
+        dataclasses.replace(nat("10.0.1.3:80"), weight=7),
+    ]
     with pytest.raises(BulkFailed) as info:
         ipvs.edit_real_servers(VIP, batch)
     assert [(type(f).__name__, str(f.service), str(f.real_server)) for f in info.value.failures] == [
-        ("NoSuchDestination", str(VIP), "10.0.1.9:80")]
-    assert str(info.value).startswith("service TCP 192.0.2.10:80: 1 of 3 real servers not changed: real server 10.0.1.9:80")
-    assert {str(rs.key): rs.weight for rs in ipvs.read_real_servers(VIP)} == {"10.0.1.1:80": 0, "10.0.1.2:80": 1, "10.0.1.3:80": 7}
+        ("NoSuchDestination", str(VIP), "10.0.1.9:80")
+    ]
+    assert str(info.value).startswith(
+        "service TCP 192.0.2.10:80: 1 of 3 real servers not changed: real server 10.0.1.9:80"
+    )
+    assert {str(rs.key): rs.weight for rs in ipvs.read_real_servers(VIP)} == {
+        "10.0.1.1:80": 0,
+        "10.0.1.2:80": 1,
+        "10.0.1.3:80": 7,
+    }
     with pytest.raises(BulkFailed) as info:
         ipvs.edit_real_servers(ServiceKey.parse("TCP 192.0.2.99:80"), [nat("10.0.1.1:80")])
     assert type(info.value.failures[0]).__name__ == "NoSuchService"
@@ -328,7 +436,9 @@ def test_read_has_host_totals(ipvs: NetlinkIPVS) -> None:
 
 def test_without_cap_net_admin_is_not_permitted() -> None:
     code = "from lvsguard.ipvs.netlink import NetlinkIPVS\ntry:\n    NetlinkIPVS()\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
-    out = run("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", sys.executable, "-c", code)
+    out = run(
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", sys.executable, "-c", code
+    )
     assert out.startswith("NotPermitted "), out
     assert NotPermitted.__name__ in out and "CAP_NET_ADMIN" in out
     assert os.geteuid() == 0

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -53,7 +54,7 @@ def in_netns(netns: str, factory: Callable[[], Awaitable[T]]) -> T:
         with entered(netns):
             try:
                 out.append(asyncio.run(factory()))  # type: ignore[arg-type]
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            except BaseException as exc:
                 out.append(exc)
 
     thread = threading.Thread(target=run)
@@ -65,7 +66,9 @@ def in_netns(netns: str, factory: Callable[[], Awaitable[T]]) -> T:
 
 
 def check(lab: Lab, checker: Checker, address: str, port: int, timeout: float = 2.0) -> ProbeResult:
-    return in_netns(lab.director.netns, lambda: probe(CheckSpec(checker.kind, checker, timeout=timeout), Target(address, port)))
+    return in_netns(
+        lab.director.netns, lambda: probe(CheckSpec(checker.kind, checker, timeout=timeout), Target(address, port))
+    )
 
 
 def rs(lab: Lab, name: str) -> str:
@@ -85,9 +88,30 @@ def tls_server(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     """A TLS server with a self-signed certificate for rs1.lab.test on rs1:8443; yields the certificate and the SNI names seen."""
     tmp = tmp_path_factory.mktemp("tls")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=rs1.lab.test", "-addext", "subjectAltName=DNS:rs1.lab.test", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rs1.lab.test",
+            "-addext",
+            "subjectAltName=DNS:rs1.lab.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     names: list[str] = []
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
@@ -147,17 +171,37 @@ def test_icmp_up_and_down(lab: Lab) -> None:
     assert not down.ok and down.error in ("TimeoutError", "OSError"), down
 
 
-@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed (Debian dnsmasq-base; make setup installs it)")
+@pytest.mark.skipif(
+    shutil.which("dnsmasq") is None, reason="dnsmasq is not installed (Debian dnsmasq-base; make setup installs it)"
+)
 def test_dns_against_dnsmasq(lab: Lab, tmp_path: Path) -> None:
     address = rs(lab, "rs2")
-    server = subprocess.Popen(["ip", "netns", "exec", lab.node("rs2").netns, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                               f"--listen-address={address}", "--bind-interfaces", f"--port={DNS_PORT}", "--address=/www.lab.test/10.0.1.2",
-                               f"--pid-file={tmp_path / 'dnsmasq.pid'}", "--user=root", "--log-facility=-"],
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.node("rs2").netns,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            f"--listen-address={address}",
+            "--bind-interfaces",
+            f"--port={DNS_PORT}",
+            "--address=/www.lab.test/10.0.1.2",
+            f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+            "--user=root",
+            "--log-facility=-",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         result = None
         for _ in range(100):  # until dnsmasq answers
-            result = check(lab, DNSChecker("www.lab.test", answer=re.compile(r"^10\.0\.1\.2$")), address, DNS_PORT, timeout=0.5)
+            result = check(
+                lab, DNSChecker("www.lab.test", answer=re.compile(r"^10\.0\.1\.2$")), address, DNS_PORT, timeout=0.5
+            )
             if result.ok:
                 break
             time.sleep(0.1)
@@ -191,7 +235,11 @@ def test_exporter_serves_default_tcp_checks_of_the_lab(lab: Lab) -> None:
         deadline = time.monotonic() + 20
         while True:
             text = Exposition(collector).render()
-            healthy = re.findall(r'^lvs_backend_healthy\{[^}]*remote_address="(10\.0\.1\.\d+)",remote_port="(\d+)",proto="TCP"[^}]*\} (\d)$', text, re.M)
+            healthy = re.findall(
+                r'^lvs_backend_healthy\{[^}]*remote_address="(10\.0\.1\.\d+)",remote_port="(\d+)",proto="TCP"[^}]*\} (\d)$',
+                text,
+                re.M,
+            )
             probed = all(j.last is not None for j in runner.engine.jobs.values())
             if len(healthy) >= 9 and probed or time.monotonic() > deadline:
                 break

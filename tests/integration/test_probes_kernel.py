@@ -15,9 +15,10 @@ import functools
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,8 @@ from exporter.probes.tcp import TCPChecker
 from lab import traffic
 from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
-from lvsguard.agent import Agent, AgentOptions, serve as serve_agent
+from lvsguard.agent import Agent, AgentOptions
+from lvsguard.agent import serve as serve_agent
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered
 from tests.integration.test_actuator_alertmanager import alertmanager_for  # noqa: F401 - a fixture: the project's Alertmanager config
@@ -52,7 +54,9 @@ def actuator(lab: Lab, tmp_path: Path, extra_tokens: dict[str, str] | None = Non
 
 
 @contextmanager
-def engine(lab: Lab, plan: Plan, url: str, damping: Damping = Damping(), mode: str = "actuator") -> Iterator[ProbeEngine]:
+def engine(
+    lab: Lab, plan: Plan, url: str, damping: Damping = Damping(), mode: str = "actuator"
+) -> Iterator[ProbeEngine]:
     """A running engine in the director's namespace, publishing to the actuator (or Alertmanager) at ``url``."""
     publisher = HTTPPublisher(url, mode=mode, token=TOKEN)  # its thread lives here, beside the actuator
     probes = ProbeEngine(plan, metrics=ProbeMetrics(), publisher=publisher, damping=damping)
@@ -67,7 +71,7 @@ def engine(lab: Lab, plan: Plan, url: str, damping: Damping = Damping(), mode: s
                 loop.run_until_complete(main)
             except asyncio.CancelledError:
                 pass
-            except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            except BaseException as exc:
                 failure.append(exc)
 
     thread = threading.Thread(target=run, name="probe-engine", daemon=True)
@@ -134,14 +138,19 @@ def nat(lab: Lab) -> Iterator[LabService]:
 def test_closed_port_is_quarantined_in_the_kernel_and_restored(lab: Lab, nat: LabService, tmp_path: Path) -> None:
     spec = CheckSpec("tcp", TCPChecker(), interval=0.1, timeout=0.1, rise=2, fall=1)
     with actuator(lab, tmp_path) as url, engine(lab, nat_only(lab, spec), url) as probes:
-        wait_for(lambda: len(probes.jobs) == 3 and all(j.last is not None for j in probes.jobs.values()), "first probes of nat")
+        wait_for(
+            lambda: len(probes.jobs) == 3 and all(j.last is not None for j in probes.jobs.values()),
+            "first probes of nat",
+        )
         job = probes.jobs[(nat.key, nat.real_server("rs1"), "tcp")]
         kernel = NetlinkIPVS(lab.director.netns)  # a fast poll for the times; the assertions use ipvsadm's view
-        rs1 = lambda: kernel.read_service(nat.key).real_server(nat.real_server("rs1")).weight  # type: ignore[union-attr]  # noqa: E731
+        rs1 = lambda: kernel.read_service(nat.key).real_server(nat.real_server("rs1")).weight  # type: ignore[union-attr]
         times = []
         try:
             for _ in range(5):
-                before = time.time()  # the rule takes effect while its command runs (forking this process is slow under UML)
+                before = (
+                    time.time()
+                )  # the rule takes effect while its command runs (forking this process is slow under UML)
                 with port_closed(lab, "rs1", nat.real_server("rs1").port) as reopen:
                     closed_at = time.time()
                     wait_for(lambda: rs1() == 0, "rs1 quarantined", step=0.002)
@@ -159,8 +168,10 @@ def test_closed_port_is_quarantined_in_the_kernel_and_restored(lab: Lab, nat: La
         healthy = {str(k[1]): j.health.healthy for k, j in probes.jobs.items()}
     print("\nprobe tcp interval 0.1 s timeout 0.1 s fall 1 rise 2 (seconds, from the end of the iptables command):")
     for rule_took, detected, quarantined, restored in times:
-        print(f"  iptables took {rule_took:.3f}; port closed -> unhealthy {detected:+.3f}, -> weight 0 in the kernel {quarantined:.3f};"
-              f" port open -> weight back {restored:.3f}")
+        print(
+            f"  iptables took {rule_took:.3f}; port closed -> unhealthy {detected:+.3f}, -> weight 0 in the kernel {quarantined:.3f};"
+            f" port open -> weight back {restored:.3f}"
+        )
     assert all(healthy.values()) and traffic.http_get(lab, nat.address, nat.port, 30)["rs1"] > 0
 
 
@@ -171,7 +182,9 @@ def test_quorum_keeps_the_last_real_server(lab: Lab, nat: LabService, tmp_path: 
         wait_for(lambda: len(probes.jobs) == 3, "nat's probes")
         with port_closed(lab, "rs1", port), port_closed(lab, "rs2", port), port_closed(lab, "rs3", port):
             wait_for(lambda: not any(j.health.healthy for j in probes.jobs.values()), "every nat real server unhealthy")
-            wait_for(lambda: [weight(lab, nat, n) for n in ("rs1", "rs2", "rs3")].count(0) == 2, "two of three quarantined")
+            wait_for(
+                lambda: [weight(lab, nat, n) for n in ("rs1", "rs2", "rs3")].count(0) == 2, "two of three quarantined"
+            )
             time.sleep(1.0)  # the actuator retries refused holds: the last one must still stand after that
             weights = [weight(lab, nat, n) for n in ("rs1", "rs2", "rs3")]
             assert weights.count(0) == 2, f"min_healthy 1 must keep one real server in: {weights}"
@@ -199,7 +212,7 @@ def test_agent_weight_halves_and_maint_quarantines(lab: Lab, nat: LabService, tm
     threading.Thread(target=run_agent, daemon=True).start()
     rs2 = nat.real_server("rs2")
     spec = CheckSpec("agent", AgentChecker(), interval=0.5, timeout=0.5, rise=1, fall=1, port=AGENT_PORT)
-    plan: Plan = lambda service, real_server: (spec,) if (service, real_server) == (nat.key, rs2) else ()  # noqa: E731
+    plan: Plan = lambda service, real_server: (spec,) if (service, real_server) == (nat.key, rs2) else ()
     try:
         with actuator(lab, tmp_path) as url, engine(lab, plan, url, Damping(min_step=1, min_interval=0)):
             wait_for(lambda: weight(lab, nat, "rs2") == 1, "rs2 at 50% of weight 2")
@@ -211,12 +224,16 @@ def test_agent_weight_halves_and_maint_quarantines(lab: Lab, nat: LabService, tm
         agent_loop.call_soon_threadsafe(agent_task.cancel)
 
 
-def test_alertmanager_mode_through_a_real_alertmanager(lab: Lab, nat: LabService, tmp_path: Path, alertmanager_for: Any) -> None:
+def test_alertmanager_mode_through_a_real_alertmanager(
+    lab: Lab, nat: LabService, tmp_path: Path, alertmanager_for: Any
+) -> None:
     """publish.mode alertmanager: the project's example Alertmanager config routes the probe's alert to the actuator."""
     spec = CheckSpec("tcp", TCPChecker(), interval=0.2, timeout=0.2, rise=1, fall=1)
     with actuator(lab, tmp_path, extra_tokens={"alertmanager": AM_TOKEN}) as url:
         alertmanager = alertmanager_for(f"{url}/webhook/alertmanager")
         with engine(lab, nat_only(lab, spec), alertmanager, mode="alertmanager"):
             with port_closed(lab, "rs3", nat.real_server("rs3").port):
-                wait_for(lambda: weight(lab, nat, "rs3") == 0, "rs3 quarantined through Alertmanager", timeout=60, step=0.2)
+                wait_for(
+                    lambda: weight(lab, nat, "rs3") == 0, "rs3 quarantined through Alertmanager", timeout=60, step=0.2
+                )
             wait_for(lambda: weight(lab, nat, "rs3") == 1, "rs3 restored through Alertmanager", timeout=60, step=0.2)

@@ -68,13 +68,22 @@ def monitoring(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """node_exporter, Prometheus scraping it every second, and Alertmanager; all ready."""
     with ExitStack() as stack:
         node = stack.enter_context(running_node_exporter(tmp_path / "node"))
-        prometheus = stack.enter_context(prometheus_server(tmp_path / "prometheus", prometheus_config({"node": [node]}, rule_files=())))
+        prometheus = stack.enter_context(
+            prometheus_server(tmp_path / "prometheus", prometheus_config({"node": [node]}, rule_files=()))
+        )
         alertmanager = stack.enter_context(
-            alertmanager_server(tmp_path / "alertmanager", {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]})
+            alertmanager_server(
+                tmp_path / "alertmanager", {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}
+            )
         )
         scraped(prometheus.url, node)
-        yield {"node_port": int(node.rsplit(":", 1)[1]), "prometheus": prometheus.process, "prometheus_url": prometheus.url,
-               "alertmanager": alertmanager.process, "alertmanager_url": alertmanager.url}  # fmt: skip
+        yield {
+            "node_port": int(node.rsplit(":", 1)[1]),
+            "prometheus": prometheus.process,
+            "prometheus_url": prometheus.url,
+            "alertmanager": alertmanager.process,
+            "alertmanager_url": alertmanager.url,
+        }
 
 
 @pytest.fixture
@@ -82,7 +91,9 @@ def actuator(tmp_path: Path, monitoring: dict[str, Any]) -> Iterator[tuple[str, 
     """(URL, table, A's listener): the real actuator over waitress, on a table with A (a TCP listener) and B (node_exporter)."""
     listener = socket.create_server(("127.0.0.1", 0))
     a_port = listener.getsockname()[1]
-    kernel = FakeKernel([service(str(SERVICE), (f"127.0.0.1:{a_port}", 10), (f"127.0.0.1:{monitoring['node_port']}", 10))])
+    kernel = FakeKernel(
+        [service(str(SERVICE), (f"127.0.0.1:{a_port}", 10), (f"127.0.0.1:{monitoring['node_port']}", 10))]
+    )
     settings = ActuatorSettings(tokens={"probes": TOKEN}, hold_down=0.0, min_healthy=ActuatorSettings().min_healthy)
     app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
     state = app.extensions["lvsguard"]
@@ -100,17 +111,30 @@ def weight(kernel: FakeKernel, address: str) -> int:
     return next(rs.weight for rs in kernel.read_service(SERVICE).real_servers if rs.key == key)
 
 
-def test_probes_and_the_fast_path_outlive_prometheus_and_alertmanager(monitoring: dict[str, Any], actuator: tuple[str, FakeKernel, socket.socket]) -> None:
+def test_probes_and_the_fast_path_outlive_prometheus_and_alertmanager(
+    monitoring: dict[str, Any], actuator: tuple[str, FakeKernel, socket.socket]
+) -> None:
     url, kernel, listener = actuator
     a = f"127.0.0.1:{listener.getsockname()[1]}"
     b = f"127.0.0.1:{monitoring['node_port']}"
     tcp = CheckSpec("tcp", TCPChecker(), interval=0.2, timeout=1.0, rise=1, fall=1)
-    load = CheckSpec("prometheus", PrometheusChecker(monitoring["prometheus_url"], 'up{instance="{address}:{port}"} * 50'),
-                     interval=0.2, timeout=1.0, rise=1, fall=1)  # fmt: skip
-    fast = ProbeEngine(lambda s, r: (tcp,) if str(r) == a else (load,),
-                       publisher=HTTPPublisher(url, mode="actuator", token=TOKEN), damping=Damping(1, 0.0))  # fmt: skip
-    via_alertmanager = ProbeEngine(lambda s, r: (tcp,) if str(r) == a else (),
-                                   publisher=HTTPPublisher(monitoring["alertmanager_url"], mode="alertmanager"))  # fmt: skip
+    load = CheckSpec(
+        "prometheus",
+        PrometheusChecker(monitoring["prometheus_url"], 'up{instance="{address}:{port}"} * 50'),
+        interval=0.2,
+        timeout=1.0,
+        rise=1,
+        fall=1,
+    )
+    fast = ProbeEngine(
+        lambda s, r: (tcp,) if str(r) == a else (load,),
+        publisher=HTTPPublisher(url, mode="actuator", token=TOKEN),
+        damping=Damping(1, 0.0),
+    )
+    via_alertmanager = ProbeEngine(
+        lambda s, r: (tcp,) if str(r) == a else (),
+        publisher=HTTPPublisher(monitoring["alertmanager_url"], mode="alertmanager"),
+    )
     records = Records()
     logging.getLogger().addHandler(records)
     loop = asyncio.new_event_loop()
@@ -126,7 +150,9 @@ def test_probes_and_the_fast_path_outlive_prometheus_and_alertmanager(monitoring
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
     thread.start()
     try:
-        job_b = poll("B's prometheus check is running", lambda: next((j for k, j in fast.jobs.items() if str(k[1]) == b), None))
+        job_b = poll(
+            "B's prometheus check is running", lambda: next((j for k, j in fast.jobs.items() if str(k[1]) == b), None)
+        )
         poll("B's weight 50 % (5 of 10) from Prometheus, set through the actuator", lambda: weight(kernel, b) == 5)
 
         monitoring["prometheus"].send_signal(signal.SIGKILL)
@@ -136,16 +162,27 @@ def test_probes_and_the_fast_path_outlive_prometheus_and_alertmanager(monitoring
         writes_before = len(kernel.writes)
         probes = (fast.stats.probes, via_alertmanager.stats.probes)
 
-        held = poll("B's check holds", lambda: job_b.last if job_b.last is not None and job_b.last.error == UNREACHABLE else None)
+        held = poll(
+            "B's check holds",
+            lambda: job_b.last if job_b.last is not None and job_b.last.error == UNREACHABLE else None,
+        )
         assert held.ok and held.weight_percent is None, held
         assert "holding the last answer" in held.message and monitoring["prometheus_url"] in held.message
         assert job_b.health.healthy
-        poll("prometheus_unreachable is logged", lambda: any("prometheus_unreachable" in line for line in records.lines))
+        poll(
+            "prometheus_unreachable is logged", lambda: any("prometheus_unreachable" in line for line in records.lines)
+        )
 
         listener.close()  # A stops answering: the fast path must still act
         poll("A quarantined through the actuator (weight 0)", lambda: weight(kernel, a) == 0)
-        poll("the Alertmanager publisher's failures are logged", lambda: any("probe_publish_failed" in line and "/api/v2/alerts" in line for line in records.lines))
-        poll("both engines keep checking", lambda: fast.stats.probes > probes[0] + 20 and via_alertmanager.stats.probes > probes[1] + 10)
+        poll(
+            "the Alertmanager publisher's failures are logged",
+            lambda: any("probe_publish_failed" in line and "/api/v2/alerts" in line for line in records.lines),
+        )
+        poll(
+            "both engines keep checking",
+            lambda: fast.stats.probes > probes[0] + 20 and via_alertmanager.stats.probes > probes[1] + 10,
+        )
 
         assert weight(kernel, b) == 5  # held: nothing was published for B while Prometheus was gone
         assert [w for w in kernel.writes[writes_before:] if w[2] == b] == []

@@ -8,7 +8,7 @@ target) turns what Prometheus knows about it into a weight percentage.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,7 +29,10 @@ def scraped(prometheus: str, target: str) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """(Prometheus URL, node_exporter port) once Prometheus has scraped node_exporter."""
     tmp = tmp_path_factory.mktemp("prom")
-    with running_node_exporter(tmp) as node, running_prometheus(tmp, prometheus_config({"node": [node]}, rule_files=())) as url:
+    with (
+        running_node_exporter(tmp) as node,
+        running_prometheus(tmp, prometheus_config({"node": [node]}, rule_files=())) as url,
+    ):
         scraped(url, node)
         yield url, int(node.rsplit(":", 1)[1])
 
@@ -42,7 +45,9 @@ def test_a_query_about_the_target_becomes_its_weight_percentage(stack: tuple[str
     url, node_port = stack
     result = check(url, 'up{instance="{address}:{port}"} * 50', Target("127.0.0.1", node_port))
     assert (result.ok, result.weight_percent) == (True, 50.0), result
-    load = check(url, 'clamp(100 * (1 - node_load1{instance="{address}:{port}"} / 64), 0, 100)', Target("127.0.0.1", node_port))
+    load = check(
+        url, 'clamp(100 * (1 - node_load1{instance="{address}:{port}"} / 64), 0, 100)', Target("127.0.0.1", node_port)
+    )
     assert load.ok and 0 <= (load.weight_percent or -1) <= 100, load
 
 

@@ -47,7 +47,9 @@ RULES = """\
 """
 
 
-def service(key: str, scheduler: str, *servers: RealServer, flags: int = 0, timeout: int = 0, netmask: int = 0) -> VirtualService:
+def service(
+    key: str, scheduler: str, *servers: RealServer, flags: int = 0, timeout: int = 0, netmask: int = 0
+) -> VirtualService:
     return VirtualService(ServiceKey.parse(key), scheduler, int(HASHED | flags), timeout, netmask, real_servers=servers)
 
 
@@ -56,10 +58,24 @@ def server(endpoint: str, forward: Forward, weight: int) -> RealServer:
 
 
 EXPECTED = (
-    service("TCP 192.0.2.10:80", "wrr", server("10.0.1.2:8080", M, 3), server("10.0.1.3:80", R, 0), server("10.0.1.4:80", T, 65535)),
+    service(
+        "TCP 192.0.2.10:80",
+        "wrr",
+        server("10.0.1.2:8080", M, 3),
+        server("10.0.1.3:80", R, 0),
+        server("10.0.1.4:80", T, 65535),
+    ),
     service("UDP 192.0.2.10:53", "rr", server("10.0.1.2:53", M, 1), flags=OPS),
     service("SCTP 192.0.2.10:5060", "sh"),
-    service("TCP [2001:db8::10]:443", "wlc", server("[2001:db8:1::2]:443", M, 2), server("10.0.1.5:443", T, 1), flags=PERSISTENT, timeout=60, netmask=64),
+    service(
+        "TCP [2001:db8::10]:443",
+        "wlc",
+        server("[2001:db8:1::2]:443", M, 2),
+        server("10.0.1.5:443", T, 1),
+        flags=PERSISTENT,
+        timeout=60,
+        netmask=64,
+    ),
     service("FWM 1", "wlc", server("10.0.1.2:0", R, 1), flags=PERSISTENT, timeout=1800, netmask=0xFFFFFF00),
     service("FWM 2 IPv6", "rr", server("[2001:db8:1::3]:0", R, 7)),
 )
@@ -83,7 +99,9 @@ def normalized(table: Table) -> dict[ServiceKey, VirtualService]:
     def order(rs: RealServer) -> tuple[int, str, int]:
         return (rs.key.family, rs.key.address, rs.key.port)
 
-    return {s.key: dataclasses.replace(s, real_servers=tuple(sorted(s.real_servers, key=order))) for s in table.services}
+    return {
+        s.key: dataclasses.replace(s, real_servers=tuple(sorted(s.real_servers, key=order))) for s in table.services
+    }
 
 
 def expected_table(services: tuple[VirtualService, ...]) -> dict[ServiceKey, VirtualService]:
@@ -113,7 +131,9 @@ def test_reads_the_table_ipvsadm_built(director: str) -> None:
     assert normalized(table) == expected_table(EXPECTED)
     assert from_thread == [table], "a read from another thread saw another namespace"
     with ProcfsReader() as here:
-        assert not set(normalized(here.read())) & set(expected_table(EXPECTED)), "the test's services leaked into the root namespace"
+        assert not set(normalized(here.read())) & set(expected_table(EXPECTED)), (
+            "the test's services leaked into the root namespace"
+        )
 
 
 def test_reader_follows_changes(director: str) -> None:
@@ -121,7 +141,12 @@ def test_reader_follows_changes(director: str) -> None:
     with ProcfsReader(director) as reader:
         before = normalized(reader.read())
         run(
-            "ip", "netns", "exec", director, "ipvsadm", "-R",
+            "ip",
+            "netns",
+            "exec",
+            director,
+            "ipvsadm",
+            "-R",
             stdin="-e -t 192.0.2.10:80 -r 10.0.1.2:8080 -m -w 0\n-d -t 192.0.2.10:80 -r 10.0.1.3:80\n-D -u 192.0.2.10:53\n",
         )
         after = normalized(reader.read())
@@ -191,7 +216,9 @@ def nat_cluster(director: str) -> Iterator[str]:
         for ns, (address, gateway) in REAL_SERVERS.items():
             wire(director, ns, address, gateway)
             servers.append(SinkServer(ns))
-        rules = f"-A -t {VIP}:80 -s rr\n" + "".join(f"-a -t {VIP}:80 -r {a}:{PORT} -m -w 1\n" for a, _ in REAL_SERVERS.values())
+        rules = f"-A -t {VIP}:80 -s rr\n" + "".join(
+            f"-a -t {VIP}:80 -r {a}:{PORT} -m -w 1\n" for a, _ in REAL_SERVERS.values()
+        )
         run("ip", "netns", "exec", director, "ipvsadm", "-R", stdin=rules)
         yield director
     finally:

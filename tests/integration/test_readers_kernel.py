@@ -28,7 +28,10 @@ def _summary(table: Table) -> dict[str, tuple[str, dict[str, tuple[str, int, int
     return {
         str(svc.key): (
             svc.scheduler,
-            {str(rs.key): (rs.forward.label, rs.weight, rs.active_connections, rs.inactive_connections) for rs in svc.real_servers},
+            {
+                str(rs.key): (rs.forward.label, rs.weight, rs.active_connections, rs.inactive_connections)
+                for rs in svc.real_servers
+            },
         )
         for svc in table.services
     }
@@ -69,8 +72,20 @@ def test_status_prints_the_table_with_names(lab: Lab, tmp_path: os.PathLike[str]
     http_get(lab, lab.nat.address, lab.nat.port, 12)
     lab.wait_for_connections(lab.nat, before, 12)
     out = subprocess.run(
-        [sys.executable, "-m", "lvsguard.cli", "status", "--config", str(config), "--netns", lab.director.netns, "--exact"],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lvsguard.cli",
+            "status",
+            "--config",
+            str(config),
+            "--netns",
+            lab.director.netns,
+            "--exact",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     table = NetlinkIPVS(lab.director.netns)
     try:

@@ -17,8 +17,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -32,10 +32,25 @@ class Exporter:
         """``wrap`` goes in front of the command (``setpriv ...`` to run it as another user)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         self.proc = subprocess.Popen(
-            [*wrap, sys.executable, "-m", "lvsguard.cli", "--log-level", "info", "exporter", "--config", str(config),
-             "--listen", "127.0.0.1:0", *extra],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-        )  # fmt: skip
+            [
+                *wrap,
+                sys.executable,
+                "-m",
+                "lvsguard.cli",
+                "--log-level",
+                "info",
+                "exporter",
+                "--config",
+                str(config),
+                "--listen",
+                "127.0.0.1:0",
+                *extra,
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -159,11 +174,11 @@ def test_sigterm_after_reloads_exits_cleanly(exporter: Exporter, config: Path) -
 # --- in the lab VM: the names and the allow-list change in /metrics ------------------
 
 
-def lab_config(lab, names: dict[str, str], only: list[str] | None) -> str:  # noqa: ANN001 - lab.topology.Lab
+def lab_config(lab, names: dict[str, str], only: list[str] | None) -> str:
     services = []
     for svc in (lab.nat, lab.udp):
-        rs = "\n".join(f"      - {{name: {names[svc.name]}-{node}, address: \"{key}\"}}" for key, node in svc.backends)
-        services.append(f"  - name: {names[svc.name]}\n    service: \"{svc.key}\"\n    real_servers:\n{rs}\n")
+        rs = "\n".join(f'      - {{name: {names[svc.name]}-{node}, address: "{key}"}}' for key, node in svc.backends)
+        services.append(f'  - name: {names[svc.name]}\n    service: "{svc.key}"\n    real_servers:\n{rs}\n')
     allow = f"exporter:\n  services: [{', '.join(only)}]\n" if only else ""
     return allow + "services:\n" + "".join(services)
 
@@ -184,7 +199,7 @@ def service_names(metrics: str) -> set[str]:
 
 
 @pytest.mark.kernel
-def test_hup_renames_and_filters_in_the_lab(lab, tmp_path: Path) -> None:  # noqa: ANN001 - the lab fixture
+def test_hup_renames_and_filters_in_the_lab(lab, tmp_path: Path) -> None:
     config = tmp_path / "lvsguard.yaml"
     config.write_text(lab_config(lab, {"nat": "web", "udp": "dns"}, None))
     exporter = Exporter(config, "--netns", lab.director.netns)

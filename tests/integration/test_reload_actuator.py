@@ -75,7 +75,9 @@ def weights(kernel: FakeKernel) -> dict[str, int]:
     return {str(rs.key): rs.weight for rs in kernel.read().services[0].real_servers}
 
 
-def test_reload_swaps_tokens_names_and_rules_and_keeps_the_holds(setup: tuple[Flask, FakeKernel, argparse.Namespace]) -> None:
+def test_reload_swaps_tokens_names_and_rules_and_keeps_the_holds(
+    setup: tuple[Flask, FakeKernel, argparse.Namespace],
+) -> None:
     app, kernel, args = setup
     assert post(app, "quarantine", OLD_TOKEN, service="web", real_server="rs1")[0] == 200
     policy = app.extensions["lvsguard"].actions.policy
@@ -107,7 +109,9 @@ def test_a_bad_config_is_refused_with_its_line_and_the_old_one_kept(
     assert weights(kernel)["10.0.1.1:80"] == 0
 
 
-def test_a_token_file_left_empty_is_refused(setup: tuple[Flask, FakeKernel, argparse.Namespace], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_token_file_left_empty_is_refused(
+    setup: tuple[Flask, FakeKernel, argparse.Namespace], caplog: pytest.LogCaptureFixture
+) -> None:
     app, _, args = setup
     Path(args.token_file).write_text("")
     with caplog.at_level(logging.ERROR, "lvsguard.actuator"):
@@ -117,7 +121,9 @@ def test_a_token_file_left_empty_is_refused(setup: tuple[Flask, FakeKernel, argp
     assert post(app, "quarantine", OLD_TOKEN, service="web", real_server="rs1")[0] == 200
 
 
-def test_a_new_ledger_path_needs_a_restart(setup: tuple[Flask, FakeKernel, argparse.Namespace], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_new_ledger_path_needs_a_restart(
+    setup: tuple[Flask, FakeKernel, argparse.Namespace], caplog: pytest.LogCaptureFixture
+) -> None:
     app, _, args = setup
     ledger_before = app.config["LVSGUARD_SETTINGS"].ledger_path
     args.config.write_text(args.config.read_text().replace("actuator.db", "other.db"))
@@ -138,7 +144,9 @@ def free_port() -> int:
 
 def call(url: str, token: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=data, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as reply:
             return reply.status, json.loads(reply.read())
@@ -146,7 +154,7 @@ def call(url: str, token: str, path: str, body: dict[str, Any] | None = None) ->
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def wait_until(check, what: str, log: Path) -> None:  # noqa: ANN001 - a predicate
+def wait_until(check, what: str, log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -170,7 +178,7 @@ actuator:
 
 
 @pytest.mark.kernel
-def test_hup_in_the_lab_keeps_the_quarantine_and_takes_the_new_token(lab, tmp_path: Path) -> None:  # noqa: ANN001 - the lab fixture
+def test_hup_in_the_lab_keeps_the_quarantine_and_takes_the_new_token(lab, tmp_path: Path) -> None:
     nat = lab.nat
     rs = "\n".join(f'      - {{name: {node}, address: "{key}"}}' for key, node in nat.backends)
     config, tokens, log = tmp_path / "lvsguard.yaml", tmp_path / "tokens", tmp_path / "actuator.log"
@@ -184,10 +192,26 @@ def test_hup_in_the_lab_keeps_the_quarantine_and_takes_the_new_token(lab, tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "LVSGUARD_TOKEN"}
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lvsguard.cli", "actuator", "--netns", lab.director.netns, "--config", str(config),
-             "--token-file", str(tokens), "--ledger", str(tmp_path / "actuator.db"), "--listen", url.removeprefix("http://")],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "lvsguard.cli",
+                "actuator",
+                "--netns",
+                lab.director.netns,
+                "--config",
+                str(config),
+                "--token-file",
+                str(tokens),
+                "--ledger",
+                str(tmp_path / "actuator.db"),
+                "--listen",
+                url.removeprefix("http://"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         wait_until(lambda: call(url, OLD_TOKEN, "/api/v1/services")[0] == 200, "the actuator answering", log)
         assert call(url, OLD_TOKEN, "/api/v1/quarantine", {"service": "web", "real_server": "rs1"})[0] == 200

@@ -18,8 +18,8 @@ import shutil
 import socket
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -56,7 +56,7 @@ def write_config(lab: Lab, tmp_path: Path, actuator_url: str, trap_port: int) ->
     token_file = tmp_path / "probes.token"
     token_file.write_text(f"probes:{TOKEN}\n")
     nat = lab.nat
-    real_servers = "\n".join(f"      - {{name: {node}, address: \"{key}\"}}" for key, node in nat.backends)
+    real_servers = "\n".join(f'      - {{name: {node}, address: "{key}"}}' for key, node in nat.backends)
     text = f"""
 director:
   netns: {lab.director.netns}
@@ -88,8 +88,11 @@ snmp:
 
 
 def oid(column: str, index: tuple[int, ...]) -> str:
-    entry = {"lvsgRs": (layout.RS_ENTRY, layout.RS_COLUMNS), "lvsgProbe": (layout.PROBE_ENTRY, layout.PROBE_COLUMNS),
-             "lvsgVip": (layout.VIP_ENTRY, layout.VIP_COLUMNS)}  # fmt: skip
+    entry = {
+        "lvsgRs": (layout.RS_ENTRY, layout.RS_COLUMNS),
+        "lvsgProbe": (layout.PROBE_ENTRY, layout.PROBE_COLUMNS),
+        "lvsgVip": (layout.VIP_ENTRY, layout.VIP_COLUMNS),
+    }
     prefix, columns = next(v for k, v in entry.items() if column.startswith(k))
     subid = next(c.subid for c in columns if c.name == column)
     return "." + ".".join(map(str, layout.DEFAULT_BASE + prefix + (subid,) + index))
@@ -97,7 +100,21 @@ def oid(column: str, index: tuple[int, ...]) -> str:
 
 def get(agent: RunningAgent, mibs: str, oids: dict[str, str]) -> dict[str, str]:
     """One ``snmpget`` (a process start is slow under UML) with LVSGUARD-MIB loaded: key -> "NAME.INSTANCE = TYPE: value"."""
-    cmd = ["snmpget", "-v2c", "-c", "lab", "-M", mibs, "-m", "LVSGUARD-MIB", "-t", "5", "-r", "1", f"127.0.0.1:{agent.address[1]}"]
+    cmd = [
+        "snmpget",
+        "-v2c",
+        "-c",
+        "lab",
+        "-M",
+        mibs,
+        "-m",
+        "LVSGUARD-MIB",
+        "-t",
+        "5",
+        "-r",
+        "1",
+        f"127.0.0.1:{agent.address[1]}",
+    ]
     out = subprocess.run([*cmd, *oids.values()], capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(out) == len(oids), out
     return {key: line.split("::", 1)[-1] for key, line in zip(oids, out)}
@@ -122,7 +139,7 @@ def mibs() -> str:
 
 
 @pytest.fixture
-def exporter(lab: Lab, tmp_path: Path, trapd: tuple[int, Path]) -> Iterator[tuple[RunningAgent, str]]:  # noqa: F811
+def exporter(lab: Lab, tmp_path: Path, trapd: tuple[int, Path]) -> Iterator[tuple[RunningAgent, str]]:
     """The exporter's probes and SNMP agent beside a real actuator; yields the agent and the actuator's URL."""
     port = free_port()
     config = write_config(lab, tmp_path, f"http://127.0.0.1:{port}", trapd[0])
@@ -140,7 +157,7 @@ def exporter(lab: Lab, tmp_path: Path, trapd: tuple[int, Path]) -> Iterator[tupl
             probes.stop()
 
 
-def test_probe_health_ledger_holds_and_traps_from_a_running_exporter(lab: Lab, exporter, trapd, mibs: str) -> None:  # noqa: F811
+def test_probe_health_ledger_holds_and_traps_from_a_running_exporter(lab: Lab, exporter, trapd, mibs: str) -> None:
     agent, url = exporter
     _, log_file = trapd
     oids: dict[str, str] = {}
@@ -149,19 +166,31 @@ def test_probe_health_ledger_holds_and_traps_from_a_running_exporter(lab: Lab, e
         oids[f"{node} hold"] = oid("lvsgRsQuarantineState", rs_index(lab, key))
         oids[f"{node} probe"] = oid("lvsgProbeLastResult", rs_index(lab, key) + layout.text_index("tcp"))
     oids["vip"] = oid("lvsgVipOwned", layout.address_index(lab.nat.address))
-    values = lambda: {k: v.rpartition(": ")[2] for k, v in get(agent, mibs, oids).items()}  # noqa: E731
+    values = lambda: {k: v.rpartition(": ")[2] for k, v in get(agent, mibs, oids).items()}
     nodes = [node for _, node in lab.nat.backends]
-    alive = {**{f"{n} status": "alive(1)" for n in nodes}, **{f"{n} hold": "none(1)" for n in nodes}, **{f"{n} probe": "success(1)" for n in nodes}}
-    healthy = lambda v: all(v[k] == alive[k] for k in alive)  # noqa: E731
+    alive = {
+        **{f"{n} status": "alive(1)" for n in nodes},
+        **{f"{n} hold": "none(1)" for n in nodes},
+        **{f"{n} probe": "success(1)" for n in nodes},
+    }
+    healthy = lambda v: all(v[k] == alive[k] for k in alive)
     first = poll("nat real servers alive over SNMP", values, healthy, 20, interval=0.3)
-    on_director = subprocess.run(["ip", "-n", lab.director.netns, "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    on_director = subprocess.run(
+        ["ip", "-n", lab.director.netns, "-o", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
     assert first["vip"] == ("true(1)" if f" {lab.nat.address}/" in on_director else "false(2)")
     assert "lvsgRsStatus." in get(agent, mibs, {"name": oids["rs1 status"]})["name"]  # names resolve through the MIB
 
     rs1 = lab.nat.real_server("rs1")
     with port_closed(lab, "rs1", rs1.port) as reopen:
         out = ("dead(2)", "quarantined(2)", "failure(2)")
-        poll("rs1 dead and quarantined over SNMP", values, lambda v: (v["rs1 status"], v["rs1 hold"], v["rs1 probe"]) == out, 20, interval=0.3)
+        poll(
+            "rs1 dead and quarantined over SNMP",
+            values,
+            lambda v: (v["rs1 status"], v["rs1 hold"], v["rs1 probe"]) == out,
+            20,
+            interval=0.3,
+        )
         with urllib.request.urlopen(f"{url}/api/v1/services", timeout=10) as response:
             services = json.load(response)["services"]
         nat = next(s for s in services if s["service"] == str(lab.nat.key))
@@ -169,21 +198,27 @@ def test_probe_health_ledger_holds_and_traps_from_a_running_exporter(lab: Lab, e
         actor = f"alert {hold['alertname']} ({hold['holder']})"  # the actuator's name for the alert that holds it
 
         instance = f'tcp.ipv4."{lab.nat.address}".{lab.nat.port}.0.ipv4."{rs1.address}".{rs1.port}'
-        rs1_traps = lambda name: [t for t in trap_blocks(log_file, name) if f"{instance} " in t]  # noqa: E731
+        rs1_traps = lambda name: [t for t in trap_blocks(log_file, name) if f"{instance} " in t]
         health = poll("health-change trap for rs1", lambda: rs1_traps("lvsgRsHealthChange"), bool, 20, interval=0.3)
         assert len(health) == 1, health
-        for varbind in (f"lvsgRsName.{instance} = STRING: rs1", f"lvsgRsStatus.{instance} = INTEGER: dead(2)",
-                        f'lvsgVsName.tcp.ipv4."{lab.nat.address}".{lab.nat.port}.0 = STRING: nat',
-                        f'lvsgVsRealServersUp.tcp.ipv4."{lab.nat.address}".{lab.nat.port}.0 = Gauge32: {len(lab.nat.backends) - 1}',
-                        f'lvsgVsRealServersTotal.tcp.ipv4."{lab.nat.address}".{lab.nat.port}.0 = Gauge32: {len(lab.nat.backends)}'):  # fmt: skip
+        for varbind in (
+            f"lvsgRsName.{instance} = STRING: rs1",
+            f"lvsgRsStatus.{instance} = INTEGER: dead(2)",
+            f'lvsgVsName.tcp.ipv4."{lab.nat.address}".{lab.nat.port}.0 = STRING: nat',
+            f'lvsgVsRealServersUp.tcp.ipv4."{lab.nat.address}".{lab.nat.port}.0 = Gauge32: {len(lab.nat.backends) - 1}',
+            f'lvsgVsRealServersTotal.tcp.ipv4."{lab.nat.address}".{lab.nat.port}.0 = Gauge32: {len(lab.nat.backends)}',
+        ):
             assert varbind in health[0], (varbind, health[0])
         quarantined = poll("quarantine trap for rs1", lambda: rs1_traps("lvsgRsQuarantined"), bool, 20, interval=0.3)
-        assert f'lvsgNotifyActor.0 = STRING: "{actor}"' in quarantined[0] or f"lvsgNotifyActor.0 = STRING: {actor}" in quarantined[0], quarantined
+        assert (
+            f'lvsgNotifyActor.0 = STRING: "{actor}"' in quarantined[0]
+            or f"lvsgNotifyActor.0 = STRING: {actor}" in quarantined[0]
+        ), quarantined
         assert f"lvsgRsQuarantineState.{instance} = INTEGER: quarantined(2)" in quarantined[0]
         reopen()
         poll("rs1 alive again over SNMP", values, healthy, 20, interval=0.3)
         restored = poll("restore trap for rs1", lambda: rs1_traps("lvsgRsRestored"), bool, 20, interval=0.3)
-        assert f'lvsgNotifyOriginalWeight.0 = INTEGER: {lab.nat.weights["rs1"]}' in restored[0], restored
+        assert f"lvsgNotifyOriginalWeight.0 = INTEGER: {lab.nat.weights['rs1']}" in restored[0], restored
     health = rs1_traps("lvsgRsHealthChange")  # dead, then alive: nothing twice, nothing at start
     assert len(health) == 2 and f"lvsgRsStatus.{instance} = INTEGER: alive(1)" in health[1], health
     assert "Unknown" not in log_file.read_text()

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -24,8 +25,8 @@ from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
 from exporter.snmp.runner import RunningAgent, start_in_thread
 from exporter.snmp.settings import build_settings
 from exporter.snmp.snapshot import Health, RealServerState, ServiceState, Snapshot
-from lab.polling import poll as lab_poll
 from lab import traffic
+from lab.polling import poll as lab_poll
 from lab.topology import Lab
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered
@@ -87,7 +88,9 @@ def agent(lab: Lab, netlink: NetlinkIPVS) -> Iterator[RunningAgent]:
 def walk(agent: RunningAgent, oid: tuple[int, ...]) -> dict[tuple[int, ...], str]:
     """Numeric bulk walk: OID -> value text (enums and counters as plain numbers)."""
     cmd = ["snmpbulkwalk", "-v2c", "-c", "lab", "-m", "", "-On", "-Oq", "-Oe", "-Cr50", "-t", "5", "-r", "1"]
-    out = subprocess.run([*cmd, f"127.0.0.1:{agent.address[1]}", ".".join(map(str, oid))], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*cmd, f"127.0.0.1:{agent.address[1]}", ".".join(map(str, oid))], capture_output=True, text=True, check=True
+    ).stdout
     cells = {}
     for line in out.splitlines():
         name, _, value = line.partition(" ")
@@ -149,7 +152,9 @@ def test_walk_equals_netlink_under_traffic(lab: Lab, agent: RunningAgent, netlin
     # the kernel folds its per-CPU counters every 2 s: poll until the walk shows all the traffic
     expected = {service.name: counts for service, counts in seen.items()}
     assert poll("connections walked since the traffic", moved, lambda now: now == expected) == expected
-    assert poll("real-server cells walked vs netlink", lambda: mismatches(agent, netlink), lambda wrong: not wrong) == []
+    assert (
+        poll("real-server cells walked vs netlink", lambda: mismatches(agent, netlink), lambda wrong: not wrong) == []
+    )
 
 
 def test_services_and_director_read_by_name(lab: Lab, agent: RunningAgent) -> None:
@@ -158,7 +163,9 @@ def test_services_and_director_read_by_name(lab: Lab, agent: RunningAgent) -> No
     except BaseMibsUnavailable as exc:
         pytest.skip(str(exc))
     cmd = ["snmptable", "-v2c", "-c", "lab", "-M", path, "-m", "LVSGUARD-MIB", "-Cf", "|", "-Ci", "-CH"]
-    out = subprocess.run([*cmd, f"127.0.0.1:{agent.address[1]}", "lvsgVsTable"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*cmd, f"127.0.0.1:{agent.address[1]}", "lvsgVsTable"], capture_output=True, text=True, check=True
+    ).stdout
     rows = {line.split("|")[1]: line.split("|") for line in out.strip().splitlines()}
     assert set(rows) == {s.name for s in lab.services.values()}
     assert rows["fwmark"][0] == f'fwmark.ipv4."0.0.0.0".0.{lab.fwmark.key.fwmark}'
@@ -174,7 +181,11 @@ def test_a_row_keeps_its_index_when_others_are_removed(agent: RunningAgent, netl
             netlink.add_real_server(SCRATCH, rs)
         weight = RS_PREFIX + (RS_COLUMN["lvsgRsWeight"],)
         kept = weight + layout.real_server_index(SCRATCH, servers[2])
-        scratch_rows = lambda: {oid: v for oid, v in walk(agent, weight).items() if oid[: len(weight) + 9] == weight + layout.service_index(SCRATCH)}
+        scratch_rows = lambda: {
+            oid: v
+            for oid, v in walk(agent, weight).items()
+            if oid[: len(weight) + 9] == weight + layout.service_index(SCRATCH)
+        }
         first = poll("scratch service walked", scratch_rows, lambda rows: len(rows) == 3)
         assert first[kept] == "3"
         netlink.delete_real_server(SCRATCH, servers[0].key)
@@ -185,7 +196,9 @@ def test_a_row_keeps_its_index_when_others_are_removed(agent: RunningAgent, netl
         netlink.delete_service(SCRATCH)
 
 
-def test_prometheus_snmp_exporter_reads_the_kernel_counters(lab: Lab, agent: RunningAgent, netlink: NetlinkIPVS, tmp_path) -> None:
+def test_prometheus_snmp_exporter_reads_the_kernel_counters(
+    lab: Lab, agent: RunningAgent, netlink: NetlinkIPVS, tmp_path
+) -> None:
     """Debian's prometheus-snmp-exporter, with the module the project ships, scrapes what netlink reads."""
     if shutil.which("prometheus-snmp-exporter") is None:
         pytest.skip("prometheus-snmp-exporter not installed")
@@ -202,7 +215,11 @@ def test_prometheus_snmp_exporter_reads_the_kernel_counters(lab: Lab, agent: Run
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        ["prometheus-snmp-exporter", f"--config.file={tmp_path / 'snmp.yml'}", f"--web.listen-address=127.0.0.1:{port}"],
+        [
+            "prometheus-snmp-exporter",
+            f"--config.file={tmp_path / 'snmp.yml'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -267,7 +284,20 @@ def trapd(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     conf.write_text("authCommunity log traps\n")
     out = tmp_path / "traps.log"
     proc = subprocess.Popen(
-        ["snmptrapd", "-f", "-Lf", str(out), "-C", "-c", str(conf), "-M", path, "-m", "SNMPv2-MIB:LVSGUARD-MIB", f"udp:127.0.0.1:{port}"],
+        [
+            "snmptrapd",
+            "-f",
+            "-Lf",
+            str(out),
+            "-C",
+            "-c",
+            str(conf),
+            "-M",
+            path,
+            "-m",
+            "SNMPv2-MIB:LVSGUARD-MIB",
+            f"udp:127.0.0.1:{port}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -286,13 +316,19 @@ def test_snmptrapd_hears_real_servers_fail_and_recover(lab: Lab, netlink: Netlin
 
     def provider() -> Snapshot:
         health = {
-            (nat.key, key): RealServerState(Health.ALIVE if _tcp_alive(key.address, key.port, lab.director.netns) else Health.DEAD)
+            (nat.key, key): RealServerState(
+                Health.ALIVE if _tcp_alive(key.address, key.port, lab.director.netns) else Health.DEAD
+            )
             for key, _ in nat.backends
         }
         return Snapshot(netlink.read(), services={nat.key: ServiceState(name="nat", quorum=2)}, real_servers=health)
 
     settings = build_settings(
-        listen="127.0.0.1:0", communities=("lab",), max_age=0.3, trap_targets=(f"127.0.0.1:{port}",), trap_community="traps"
+        listen="127.0.0.1:0",
+        communities=("lab",),
+        max_age=0.3,
+        trap_targets=(f"127.0.0.1:{port}",),
+        trap_community="traps",
     )
     running = start_in_thread(settings, provider)
     stopped = False
@@ -300,15 +336,21 @@ def test_snmptrapd_hears_real_servers_fail_and_recover(lab: Lab, netlink: Netlin
         assert sum(traffic.http_get(lab, nat.address, nat.port, 3).values()) == 3
         lab.stop_servers()
         stopped = True
-        text = poll("traps for the failure", lambda: log_file.read_text() if log_file.exists() else "",
-                    lambda t: t.count("INTEGER: dead(2)") == len(nat.backends) and "lvsgVsQuorumLost" in t)
+        text = poll(
+            "traps for the failure",
+            lambda: log_file.read_text() if log_file.exists() else "",
+            lambda t: t.count("INTEGER: dead(2)") == len(nat.backends) and "lvsgVsQuorumLost" in t,
+        )
         for key, _ in nat.backends:
             assert f'ipv4."{key.address}".{key.port} = INTEGER: dead(2)' in text
         assert 'lvsgVsName.tcp.ipv4."192.0.2.10".80.0 = STRING: nat' in text
         lab.start_servers()
         stopped = False
-        text = poll("traps for the recovery", lambda: log_file.read_text(),
-                    lambda t: t.count("INTEGER: alive(1)") == len(nat.backends) and "lvsgVsQuorumRegained" in t)
+        text = poll(
+            "traps for the recovery",
+            lambda: log_file.read_text(),
+            lambda t: t.count("INTEGER: alive(1)") == len(nat.backends) and "lvsgVsQuorumRegained" in t,
+        )
         assert "Unknown" not in text
         assert sum(traffic.http_get(lab, nat.address, nat.port, 3).values()) == 3
     finally:
@@ -329,6 +371,8 @@ def _wait_until_listening(port: int, log_file: Path, proc: subprocess.Popen) -> 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         while "snmptrapd-ready" not in (log_file.read_text() if log_file.exists() else ""):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"snmptrapd did not start on port {port}: {log_file.read_text() if log_file.exists() else ''}")
+                raise AssertionError(
+                    f"snmptrapd did not start on port {port}: {log_file.read_text() if log_file.exists() else ''}"
+                )
             sock.sendto(data, ("127.0.0.1", port))
             time.sleep(0.2)

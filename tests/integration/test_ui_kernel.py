@@ -54,8 +54,11 @@ def memory_kib() -> int:
 
 pytestmark = [
     pytest.mark.kernel,
-    pytest.mark.skipif(memory_kib() < MIN_MEMORY_KIB, reason="Chromium needs about 2 GiB: run this module in "
-                       "lab/vm.sh --mem 2048 (make test does, in a VM of its own)"),
+    pytest.mark.skipif(
+        memory_kib() < MIN_MEMORY_KIB,
+        reason="Chromium needs about 2 GiB: run this module in "
+        "lab/vm.sh --mem 2048 (make test does, in a VM of its own)",
+    ),
 ]
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra (pip install -e '.[test]')")
@@ -66,8 +69,17 @@ from selenium.webdriver.support.ui import WebDriverWait
 TOKEN = "ui-kernel-test-token-0123456789"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1000")  # fmt: skip
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1000",
+)
 WAIT = 120.0  # seconds; Chromium under UML is slow, and counters lag up to 2 s
 CLOSED_PORT = 9  # nothing listens there on the lab's real servers: a check of it fails at once
 
@@ -76,15 +88,18 @@ CLOSED_PORT = 9  # nothing listens there on the lab's real servers: a check of i
 def exporter(lab: Lab) -> Iterator[str]:
     """The exporter with its probes, as ``lvsguard exporter`` runs them, for the lab's director; yields its /metrics URL."""
     nat = lab.nat
-    cfg = config.loads(f"""\
+    cfg = config.loads(
+        f"""\
 probes:
   default_tcp: false
   refresh: 1s
   checks:
     - {{type: tcp, service: "{nat.key}", interval: 1s, timeout: 1s}}
-    - {{type: tcp, name: admin, service: "{nat.key}", real_server: "{nat.real_server('rs3')}", port: {CLOSED_PORT},
+    - {{type: tcp, name: admin, service: "{nat.key}", real_server: "{nat.real_server("rs3")}", port: {CLOSED_PORT},
        interval: 1s, timeout: 1s, fall: 1}}
-""", "ui-test.yaml")  # fmt: skip
+""",
+        "ui-test.yaml",
+    )
     netns = lab.director.netns
     probes = start_probes(cfg, netns)
     started = threading.Event()
@@ -94,9 +109,12 @@ probes:
         box.append(server)
         started.set()
 
-    thread = threading.Thread(target=run, args=(lambda: ExporterReader(netns, "auto"), "127.0.0.1:0"),
-                              kwargs={"ready": ready, "names": cfg, "probes": probes.engine.metrics if probes else None},
-                              daemon=True)  # fmt: skip
+    thread = threading.Thread(
+        target=run,
+        args=(lambda: ExporterReader(netns, "auto"), "127.0.0.1:0"),
+        kwargs={"ready": ready, "names": cfg, "probes": probes.engine.metrics if probes else None},
+        daemon=True,
+    )
     thread.start()
     try:
         assert started.wait(30), "the exporter did not start"
@@ -125,12 +143,20 @@ def exporter_health(url: str, lab: Lab) -> dict[str, str]:
 def actuator(lab: Lab, tmp: Path, exporter_url: str) -> Iterator[str]:
     """An actuator (job threads on) for the lab's director, quorum 2 on the NAT service; yields its URL."""
     nat = lab.nat
-    names = Names(services={"nat": nat.key}, real_servers={nat.key: {name: nat.real_server(name) for name in nat.weights}})
+    names = Names(
+        services={"nat": nat.key}, real_servers={nat.key: {name: nat.real_server(name) for name in nat.weights}}
+    )
     role = tmp / "role"
     role.write_text("MASTER\n")
-    settings = ActuatorSettings(tokens={"operator": TOKEN}, hold_down=0.0, job_poll_interval=0.2, names=names,
-                                service_min_healthy={nat.key: Quorum(2)}, role_file=str(role),
-                                exporter_url=exporter_url)  # fmt: skip
+    settings = ActuatorSettings(
+        tokens={"operator": TOKEN},
+        hold_down=0.0,
+        job_poll_interval=0.2,
+        names=names,
+        service_min_healthy={nat.key: Quorum(2)},
+        role_file=str(role),
+        exporter_url=exporter_url,
+    )
     with running_actuator(settings, lab.director.netns, str(tmp / "ledger.db")) as url:
         yield url
 
@@ -260,17 +286,29 @@ def test_console_in_a_browser(lab: Lab, tmp_path: Path) -> None:
                     assert held["rs1"] > 0, f"no held connection reached rs1: {held}"
                     ui.go(f"/ui/service?s={key}")
                     for name in rs:
-                        ui.until(lambda n=name: ui.live(f"{key}|{rs[n]}|active") == str(active(lab, nat, n)),
-                                 f"the page's active connections of {name} to match the kernel's")  # fmt: skip
+                        ui.until(
+                            lambda n=name: ui.live(f"{key}|{rs[n]}|active") == str(active(lab, nat, n)),
+                            f"the page's active connections of {name} to match the kernel's",
+                        )
                     assert int(ui.live(f"{key}|{rs['rs1']}|active")) >= held["rs1"]
-                    ui.until(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#legend li")) == 3, "the chart's legend")
+                    ui.until(
+                        lambda: len(driver.find_elements(By.CSS_SELECTOR, "#legend li")) == 3, "the chart's legend"
+                    )
 
                     # probe state and latency: from the exporter's real checks, as the exporter itself reports them
                     ui.until(lambda: ui.live(f"{key}|{rs['rs3']}|health") == "unhealthy", "rs3's failing admin check")
                     assert exporter_health(metrics, lab) == {"rs1": "healthy", "rs2": "healthy", "rs3": "unhealthy"}
-                    for name in ("rs1", "rs2"):  # a check may time out now and then under UML: wait for a time when all agree
-                        ui.until(lambda n=name: (ui.live(f"{key}|{rs[n]}|health"), ui.live(f"{key}|{rs[n]}|checks"))
-                                 == ("healthy", "tcp ok"), f"{name} healthy, its last check ok")  # fmt: skip
+                    for name in (
+                        "rs1",
+                        "rs2",
+                    ):  # a check may time out now and then under UML: wait for a time when all agree
+                        ui.until(
+                            lambda n=name: (
+                                (ui.live(f"{key}|{rs[n]}|health"), ui.live(f"{key}|{rs[n]}|checks"))
+                                == ("healthy", "tcp ok")
+                            ),
+                            f"{name} healthy, its last check ok",
+                        )
                         assert ui.live(f"{key}|{rs[name]}|latency").endswith(("µs", "ms", " s"))
                     assert ui.live(f"{key}|{rs['rs3']}|checks").startswith("admin failed, down since ")
                     assert ui.text("#probes").startswith(f"Health from the exporter's probes ({metrics})")
@@ -291,7 +329,9 @@ def test_console_in_a_browser(lab: Lab, tmp_path: Path) -> None:
                     assert weight(lab, nat, "rs1") == 0
                     job = ui.text('[data-job$="|state"]')
                     assert job == "running", job
-                    ui.until(lambda: ui.text('[data-job$="|message"]').endswith("active connections left"), "a drain step")
+                    ui.until(
+                        lambda: ui.text('[data-job$="|message"]').endswith("active connections left"), "a drain step"
+                    )
                     ui.shot("jobs")
                 ui.until(lambda: ui.text('[data-job$="|state"]') == "done", "the drain to finish in the page")
                 assert driver.find_element(By.CSS_SELECTOR, "progress").get_attribute("value") == "1"
@@ -305,7 +345,9 @@ def test_console_in_a_browser(lab: Lab, tmp_path: Path) -> None:
                 assert weight(lab, nat, "rs2") == 0
                 assert "operator (ui, quarantine)" in ui.text(f'[data-live="{key}|{rs["rs2"]}|holders"]')
                 ui.row_action(rs["rs3"], "quarantine")
-                assert ui.flashes() == ["Refused by the safety rules: refused: service nat would have 1 healthy real server, min 2"]
+                assert ui.flashes() == [
+                    "Refused by the safety rules: refused: service nat would have 1 healthy real server, min 2"
+                ]
                 assert weight(lab, nat, "rs3") == nat.weights["rs3"]
                 ui.shot("refused")
 
@@ -315,8 +357,9 @@ def test_console_in_a_browser(lab: Lab, tmp_path: Path) -> None:
                 "fetch('/ui/action', {method: 'POST', credentials: 'same-origin', body: new URLSearchParams("
                 "{action: 'remove', service: arguments[0], real_server: arguments[1], confirmed: 'yes'})})"
                 ".then(r => done(r.status), e => done(String(e)));",
-                key, rs["rs3"],
-            )  # fmt: skip
+                key,
+                rs["rs3"],
+            )
             assert status == 403
             assert weight(lab, nat, "rs3") == nat.weights["rs3"]
 

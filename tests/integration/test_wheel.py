@@ -35,14 +35,24 @@ def _index_reachable() -> bool:
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout"),
-    pytest.mark.skipif(not _index_reachable(), reason="needs the package index (pypi.org) for the build backend and the dependencies"),
+    pytest.mark.skipif(
+        not _index_reachable(), reason="needs the package index (pypi.org) for the build backend and the dependencies"
+    ),
 ]
 
 
 def run(*argv: str | Path, cwd: Path, timeout: float = 600) -> str:
-    done = subprocess.run([str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})  # fmt: skip
-    assert done.returncode == 0, f"{' '.join(map(str, argv))} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    done = subprocess.run(
+        [str(a) for a in argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+    )
+    assert done.returncode == 0, (
+        f"{' '.join(map(str, argv))} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done.stdout
 
 
@@ -71,7 +81,9 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean venv (no system site-packages) with the wheel and its dependencies installed."""
     prefix = tmp_path_factory.mktemp("opt") / "lvsguard"
     run(sys.executable, "-m", "venv", prefix, cwd=prefix.parent)
-    run(prefix / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel, cwd=prefix.parent)
+    run(
+        prefix / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel, cwd=prefix.parent
+    )
     return prefix
 
 
@@ -105,7 +117,9 @@ def test_the_installed_code_is_the_wheel_and_finds_its_mib(venv: Path, tmp_path:
     assert mib == "True"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian package systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian package systemd)"
+)
 def test_the_units_exec_start_exists_in_the_installed_layout(venv: Path, tmp_path: Path) -> None:
     for unit in (ROOT / "packaging" / "systemd").glob("*.service"):
         text = unit.read_text()

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from lvsguard.errors import NotPermitted
-from lvsguard.model import Forward, RealServerKey, ServiceKey
-
 from actuator.actions import Actions, Actor, ramp_weight
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings, Names, Quorum, RateLimit
 from actuator.targets import Target
+from lvsguard.errors import NotPermitted
+from lvsguard.model import Forward, RealServerKey, ServiceKey
 from tests.fakes import FakeClock, FakeKernel, service
 
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
@@ -217,7 +216,10 @@ def test_dry_run_decides_and_records_without_writing(tmp_path: Path) -> None:
 def test_unknown_target_is_answered_not_raised(env: Env) -> None:
     missing = Target(WEB, RealServerKey.parse("10.9.9.9:80"))
     out = env.do("hold", missing, alert("a"))
-    assert (out.result, out.message) == ("not_found", "no real server 10.9.9.9:80 in TCP 192.0.2.10:80 in the kernel table")
+    assert (out.result, out.message) == (
+        "not_found",
+        "no real server 10.9.9.9:80 in TCP 192.0.2.10:80 in the kernel table",
+    )
     no_service = Target(ServiceKey.parse("TCP 192.0.2.99:80"), RS[0])
     assert env.do("hold", no_service, alert("a")).message == "no service TCP 192.0.2.99:80 in the kernel table"
     assert env.ledger.active_holds() == [] and env.writes() == []
@@ -354,7 +356,9 @@ def test_kernel_refusal_leaves_no_intent_behind(env: Env) -> None:
     assert env.weight(0) == 0
 
 
-@pytest.mark.parametrize("kernel_written", [False, True], ids=["killed-before-kernel-write", "killed-after-kernel-write"])
+@pytest.mark.parametrize(
+    "kernel_written", [False, True], ids=["killed-before-kernel-write", "killed-after-kernel-write"]
+)
 def test_reconcile_finishes_a_take_out_interrupted_by_kill(tmp_path: Path, kernel_written: bool) -> None:
     env = make_env(tmp_path)
     with env.ledger.transaction():
@@ -387,7 +391,9 @@ def test_reconcile_closes_holds_of_a_deleted_real_server(env: Env) -> None:
 
 
 @pytest.mark.parametrize("min_healthy, result", [(1, "applied"), (4, "refused")])
-def test_reconcile_settles_an_operator_hold_whose_request_a_kill_cut(tmp_path: Path, min_healthy: int, result: str) -> None:
+def test_reconcile_settles_an_operator_hold_whose_request_a_kill_cut(
+    tmp_path: Path, min_healthy: int, result: str
+) -> None:
     env = make_env(tmp_path, min_healthy=Quorum(min_healthy))
     with env.ledger.transaction():  # what a kill -9 leaves after the hold's commit, before the intent's
         env.ledger.add_hold(t(0), kind="manual", holder="alice", source="api", action="quarantine")

@@ -10,12 +10,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lvsguard.model import RealServerKey, ServiceKey
-
 from actuator.app import create_app
 from actuator.auth import TokenFileError, load_tokens, parse_tokens, token_name
 from actuator.openapi import BODIES, document
 from actuator.settings import ActuatorSettings, Names, Quorum
+from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, am_alert, am_payload, service
 
 ADMIN = "admin-secret-0123456789"
@@ -27,7 +26,9 @@ MUTATING = sorted(BODIES)
 
 
 def make_app(tmp_path: Path, **overrides: Any) -> Flask:
-    settings = ActuatorSettings(**{"tokens": {"alice": ADMIN, "alertmanager": AM}, "hold_down": 0.0, "names": NAMES, **overrides})
+    settings = ActuatorSettings(
+        **{"tokens": {"alice": ADMIN, "alertmanager": AM}, "hold_down": 0.0, "names": NAMES, **overrides}
+    )
     kernel = FakeKernel([service(str(WEB), *((f"10.0.1.{i}:80", 5) for i in range(1, 5)))])
     return create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
 
@@ -60,14 +61,17 @@ class OpenAPI:
 
         @checker.checks("date-time")
         def _rfc3339(value: object) -> bool:
-            return not isinstance(value, str) or re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value) is not None
+            return (
+                not isinstance(value, str)
+                or re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value) is not None
+            )
 
         self.jsonschema.Draft202012Validator(resolver_schema, format_checker=checker).validate(body)
 
     def _template(self, path: str) -> str:
         path = path.split("?")[0]
         if path.startswith("/api/v1"):
-            path = path[len("/api/v1"):]
+            path = path[len("/api/v1") :]
         for template in self.doc["paths"]:
             pattern = re.sub(r"\{[^}]+\}", r"[^/]+", template)
             if re.fullmatch(pattern, path):
@@ -97,7 +101,14 @@ def openapi() -> OpenAPI:
     return OpenAPI(doc, jsonschema)
 
 
-def call(client: FlaskClient, openapi: OpenAPI, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+def call(
+    client: FlaskClient,
+    openapi: OpenAPI,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
     """Make a request and check the reply against the document."""
     r = client.open(path, method=method.upper(), json=body, headers=headers or {})
     openapi.check(path, method, r.status_code, r.get_json())
@@ -110,12 +121,23 @@ def call(client: FlaskClient, openapi: OpenAPI, method: str, path: str, body: An
 @pytest.mark.parametrize("path", [*MUTATING, "/webhook"], ids=lambda p: p.strip("/"))
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"Basic {ADMIN}"}, {"Authorization": "Bearer "}],
+    [
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": f"Basic {ADMIN}"},
+        {"Authorization": "Bearer "},
+    ],
     ids=["no-token", "wrong-token", "wrong-scheme", "empty-token"],
 )
-def test_every_mutating_endpoint_needs_a_token(app: Flask, client: FlaskClient, path: str, headers: dict[str, str]) -> None:
+def test_every_mutating_endpoint_needs_a_token(
+    app: Flask, client: FlaskClient, path: str, headers: dict[str, str]
+) -> None:
     url = "/webhook/alertmanager" if path == "/webhook" else f"/api/v1{path}"
-    body = am_payload(am_alert("a", lvsguard_action="quarantine")) if path == "/webhook" else {"service": "web", "real_server": "rs1", "weight": 0}
+    body = (
+        am_payload(am_alert("a", lvsguard_action="quarantine"))
+        if path == "/webhook"
+        else {"service": "web", "real_server": "rs1", "weight": 0}
+    )
     r = client.post(url, json=body, headers=headers)
     assert r.status_code == 401 and r.get_json()["error"].startswith("missing or wrong bearer token")
     assert r.headers["WWW-Authenticate"] == 'Bearer realm="lvsguard"'
@@ -143,16 +165,21 @@ def test_token_names_and_files(tmp_path: Path) -> None:
     assert token_name(tokens, "Bearer aaaaaaaaaaaaaaaa") is None
     path = tmp_path / "tokens"
     path.write_text("am: cccccccccccccccc3\n")
-    assert load_tokens({"LVSGUARD_TOKEN": "dddddddddddddddd4"}, str(path)) == {"am": "cccccccccccccccc3", "env": "dddddddddddddddd4"}
+    assert load_tokens({"LVSGUARD_TOKEN": "dddddddddddddddd4"}, str(path)) == {
+        "am": "cccccccccccccccc3",
+        "env": "dddddddddddddddd4",
+    }
 
 
 @pytest.mark.parametrize(
     "text, message",
-    [("short", "t.txt:1: token 'token1' must be at least 16 characters"),
-     ("a b: xxxxxxxxxxxxxxxxxxx", "t.txt:1: token name 'a b' must be"),
-     ("a: xxxxxxxxxxxxxxxxxxx\na: yyyyyyyyyyyyyyyyyyyy", "t.txt:2: token name 'a' appears twice")],
+    [
+        ("short", "t.txt:1: token 'token1' must be at least 16 characters"),
+        ("a b: xxxxxxxxxxxxxxxxxxx", "t.txt:1: token name 'a b' must be"),
+        ("a: xxxxxxxxxxxxxxxxxxx\na: yyyyyyyyyyyyyyyyyyyy", "t.txt:2: token name 'a' appears twice"),
+    ],
     ids=["too-short", "bad-name", "duplicate"],
-)  # fmt: skip
+)
 def test_token_file_errors_name_the_line(text: str, message: str) -> None:
     with pytest.raises(TokenFileError, match=re.escape(message)):
         parse_tokens(text, "t.txt")
@@ -167,21 +194,35 @@ def test_missing_token_file_is_named(tmp_path: Path) -> None:
 
 
 def test_quarantine_restore_round_trip(app: Flask, client: FlaskClient, openapi: OpenAPI) -> None:
-    r = call(client, openapi, "post", "/api/v1/quarantine", {"service": "web", "real_server": "rs1", "reason": "disk"}, AUTH)
+    r = call(
+        client, openapi, "post", "/api/v1/quarantine", {"service": "web", "real_server": "rs1", "reason": "disk"}, AUTH
+    )
     assert (r.status_code, r.get_json()["result"], r.get_json()["weight"]) == (200, "applied", 0)
     services = call(client, openapi, "get", "/api/v1/services").get_json()
     rs1 = services["services"][0]["real_servers"][0]
     assert (rs1["name"], rs1["state"], rs1["original_weight"], rs1["holds"][0]["reason"]) == ("rs1", "out", 5, "disk")
-    r = call(client, openapi, "post", "/api/v1/restore", {"service": "TCP 192.0.2.10:80", "real_server": "10.0.1.1:80"}, AUTH)
+    r = call(
+        client, openapi, "post", "/api/v1/restore", {"service": "TCP 192.0.2.10:80", "real_server": "10.0.1.1:80"}, AUTH
+    )
     assert r.get_json()["weight"] == 5
     ledger = call(client, openapi, "get", "/api/v1/ledger").get_json()
     assert [h["state"] for h in ledger["holds"]] == ["released"] and ledger["backends"] == []
     events = call(client, openapi, "get", "/api/v1/audit?limit=10").get_json()["events"]
-    assert [(e["action"], e["actor"], e["source"]) for e in events] == [("restore", "alice", "api"), ("quarantine", "alice", "api")]
+    assert [(e["action"], e["actor"], e["source"]) for e in events] == [
+        ("restore", "alice", "api"),
+        ("quarantine", "alice", "api"),
+    ]
 
 
 def test_cli_header_is_recorded_as_the_source(client: FlaskClient, openapi: OpenAPI) -> None:
-    call(client, openapi, "post", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"}, {**AUTH, "X-Lvsguard-Client": "cli"})
+    call(
+        client,
+        openapi,
+        "post",
+        "/api/v1/quarantine",
+        {"service": "web", "real_server": "rs1"},
+        {**AUTH, "X-Lvsguard-Client": "cli"},
+    )
     hold = call(client, openapi, "get", "/api/v1/ledger?active=true").get_json()["holds"][0]
     assert (hold["source"], hold["holder"], hold["kind"]) == ("cli", "alice", "manual")
 
@@ -198,14 +239,23 @@ def test_hold_down_is_429_with_retry_after(tmp_path: Path, openapi: OpenAPI) -> 
     call(client, openapi, "post", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"}, AUTH)
     r = call(client, openapi, "post", "/api/v1/restore", {"service": "web", "real_server": "rs1"}, AUTH)
     assert r.status_code == 429 and r.get_json()["reason"] == "hold_down" and 25 <= int(r.headers["Retry-After"]) <= 30
-    forced = call(client, openapi, "post", "/api/v1/restore", {"service": "web", "real_server": "rs1", "force": True}, AUTH)
+    forced = call(
+        client, openapi, "post", "/api/v1/restore", {"service": "web", "real_server": "rs1", "force": True}, AUTH
+    )
     assert forced.status_code == 200 and forced.get_json()["weight"] == 5
 
 
 def test_drain_is_a_job_visible_with_progress(app: Flask, client: FlaskClient, openapi: OpenAPI) -> None:
     kernel = app.extensions["lvsguard"].actions.kernel
     kernel.set_connections(WEB, RealServerKey.parse("10.0.1.2:80"), active=4)
-    r = call(client, openapi, "post", "/api/v1/drain", {"service": "web", "real_server": "10.0.1.2:80", "timeout": 60, "delete": True}, AUTH)
+    r = call(
+        client,
+        openapi,
+        "post",
+        "/api/v1/drain",
+        {"service": "web", "real_server": "10.0.1.2:80", "timeout": 60, "delete": True},
+        AUTH,
+    )
     assert r.status_code == 202
     job_id = r.get_json()["job_id"]
     kernel.set_connections(WEB, RealServerKey.parse("10.0.1.2:80"), active=1)
@@ -219,16 +269,30 @@ def test_drain_is_a_job_visible_with_progress(app: Flask, client: FlaskClient, o
     kernel.set_connections(WEB, RealServerKey.parse("10.0.1.2:80"), active=0)
     assert actions.step_job(ledger, job_id) is True
     assert call(client, openapi, "get", "/api/v1/jobs?state=done").get_json()["jobs"][0]["id"] == job_id
-    assert [rs["real_server"] for rs in call(client, openapi, "get", "/api/v1/services").get_json()["services"][0]["real_servers"]] == [
-        "10.0.1.1:80", "10.0.1.3:80", "10.0.1.4:80"]  # fmt: skip
+    assert [
+        rs["real_server"]
+        for rs in call(client, openapi, "get", "/api/v1/services").get_json()["services"][0]["real_servers"]
+    ] == ["10.0.1.1:80", "10.0.1.3:80", "10.0.1.4:80"]
 
 
 def test_weight_add_remove(client: FlaskClient, openapi: OpenAPI) -> None:
     r = call(client, openapi, "post", "/api/v1/weight", {"service": "web", "real_server": "rs1", "weight": 9}, AUTH)
     assert r.get_json()["weight"] == 9
-    r = call(client, openapi, "post", "/api/v1/add", {"service": "web", "real_server": "10.0.1.9:80", "weight": 2, "forward": "nat"}, AUTH)
+    r = call(
+        client,
+        openapi,
+        "post",
+        "/api/v1/add",
+        {"service": "web", "real_server": "10.0.1.9:80", "weight": 2, "forward": "nat"},
+        AUTH,
+    )
     assert r.get_json()["result"] == "applied"
-    assert call(client, openapi, "post", "/api/v1/add", {"service": "web", "real_server": "10.0.1.9:80"}, AUTH).get_json()["result"] == "noop"
+    assert (
+        call(client, openapi, "post", "/api/v1/add", {"service": "web", "real_server": "10.0.1.9:80"}, AUTH).get_json()[
+            "result"
+        ]
+        == "noop"
+    )
     r = call(client, openapi, "post", "/api/v1/remove", {"service": "web", "real_server": "10.0.1.9:80"}, AUTH)
     assert r.get_json()["result"] == "applied"
     r = call(client, openapi, "post", "/api/v1/remove", {"service": "web", "real_server": "10.0.1.9:80"}, AUTH)
@@ -242,16 +306,42 @@ def test_weight_add_remove(client: FlaskClient, openapi: OpenAPI) -> None:
         ("/api/v1/quarantine", {"service": "nope", "real_server": "rs1"}, "service", "neither a service name"),
         ("/api/v1/quarantine", {"service": "web", "real_server": "x:y"}, "real_server", "neither a real server name"),
         ("/api/v1/quarantine", {"service": "web", "real_server": 7}, "real_server", "must be a string"),
-        ("/api/v1/weight", {"service": "web", "real_server": "rs1", "weight": 70000}, "weight", "must be 0..65535, got 70000"),
-        ("/api/v1/weight", {"service": "web", "real_server": "rs1", "weight": True}, "weight", "must be an integer, got a boolean"),
+        (
+            "/api/v1/weight",
+            {"service": "web", "real_server": "rs1", "weight": 70000},
+            "weight",
+            "must be 0..65535, got 70000",
+        ),
+        (
+            "/api/v1/weight",
+            {"service": "web", "real_server": "rs1", "weight": True},
+            "weight",
+            "must be an integer, got a boolean",
+        ),
         ("/api/v1/drain", {"service": "web", "real_server": "rs1", "timeout": -1}, "timeout", "must be 0 < timeout"),
-        ("/api/v1/add", {"service": "web", "real_server": "10.0.1.9:80", "forward": "carrier-pigeon"}, "forward", "unknown forwarding"),
+        (
+            "/api/v1/add",
+            {"service": "web", "real_server": "10.0.1.9:80", "forward": "carrier-pigeon"},
+            "forward",
+            "unknown forwarding",
+        ),
         ("/api/v1/restore", [1, 2], "", "the body must be a JSON object"),
     ],
-    ids=["no-service", "unknown-service", "bad-real-server", "real-server-not-string", "weight-too-big", "weight-bool",
-         "negative-timeout", "bad-forward", "body-not-object"],
-)  # fmt: skip
-def test_bad_requests_are_400_naming_the_field(client: FlaskClient, openapi: OpenAPI, path: str, body: Any, where: str, message: str) -> None:
+    ids=[
+        "no-service",
+        "unknown-service",
+        "bad-real-server",
+        "real-server-not-string",
+        "weight-too-big",
+        "weight-bool",
+        "negative-timeout",
+        "bad-forward",
+        "body-not-object",
+    ],
+)
+def test_bad_requests_are_400_naming_the_field(
+    client: FlaskClient, openapi: OpenAPI, path: str, body: Any, where: str, message: str
+) -> None:
     r = call(client, openapi, "post", path, body, AUTH)
     assert r.status_code == 400
     assert r.get_json()["path"] == where and message in r.get_json()["error"]
@@ -267,15 +357,28 @@ def test_director_and_document(client: FlaskClient, openapi: OpenAPI, tmp_path: 
     body = call(client, openapi, "get", "/api/v1/director").get_json()
     assert body["role"] == "unknown" and body["sync_daemons"] == []
     doc = client.get("/api/v1/openapi.json").get_json()
-    assert doc["openapi"].startswith("3.0") and set(doc["paths"]) >= {"/quarantine", "/services", "/webhook/alertmanager"}
+    assert doc["openapi"].startswith("3.0") and set(doc["paths"]) >= {
+        "/quarantine",
+        "/services",
+        "/webhook/alertmanager",
+    }
 
 
 def test_webhook_replies_conform(client: FlaskClient, openapi: OpenAPI) -> None:
-    alerts = [am_alert("a", lvsguard_action="quarantine"), am_alert("b", lvsguard_action="drain", real_server="10.9.9.9:80"),
-              am_alert("c"), am_alert("d", lvsguard_action="quarantine", status="resolved")]  # fmt: skip
+    alerts = [
+        am_alert("a", lvsguard_action="quarantine"),
+        am_alert("b", lvsguard_action="drain", real_server="10.9.9.9:80"),
+        am_alert("c"),
+        am_alert("d", lvsguard_action="quarantine", status="resolved"),
+    ]
     r = call(client, openapi, "post", "/webhook/alertmanager", am_payload(*alerts), {"Authorization": f"Bearer {AM}"})
     assert [x["result"] for x in r.get_json()["results"]] == ["applied", "not_found", "ignored", "noop"]
-    assert call(client, openapi, "post", "/webhook/alertmanager", {"version": "4"}, {"Authorization": f"Bearer {AM}"}).status_code == 400
+    assert (
+        call(
+            client, openapi, "post", "/webhook/alertmanager", {"version": "4"}, {"Authorization": f"Bearer {AM}"}
+        ).status_code
+        == 400
+    )
 
 
 def test_unknown_route_and_method_are_json(client: FlaskClient) -> None:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lvsguard.errors import LvsguardError
-from lvsguard.model import RealServerKey, ServiceKey
-
 from actuator.app import create_app, parse_listen, serve
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings
+from lvsguard.errors import LvsguardError
+from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, service
 
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
@@ -49,8 +48,11 @@ def test_runner_resumes_open_jobs_and_runs_new_ones_in_threads(tmp_path: Path) -
     settings = ActuatorSettings(tokens={"a": "x" * 16}, hold_down=0.0, job_poll_interval=0.01)
     app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "l.db"))
     kernel.set_connections(WEB, RS1, active=2)
-    r = app.test_client().post("/api/v1/drain", json={"service": str(WEB), "real_server": str(RS1)},
-                               headers={"Authorization": "Bearer " + "x" * 16})  # fmt: skip
+    r = app.test_client().post(
+        "/api/v1/drain",
+        json={"service": str(WEB), "real_server": str(RS1)},
+        headers={"Authorization": "Bearer " + "x" * 16},
+    )
     job_id = r.get_json()["job_id"]
     runner = app.extensions["lvsguard"].runner
     assert runner.queued == [job_id]  # nothing runs before begin()

@@ -25,9 +25,27 @@ from tests.fakes import FakeKernel, service
 
 SECRET = "s3cret-of-the-ops-token-42"
 WRONG = "wrong-secret-0123456789abc"
-BODY = {"service": "TCP 192.0.2.10:80", "real_server": "10.0.1.1:80", "weight": 1, "version": "4", "status": "firing",
-        "alerts": [{"status": "firing", "labels": {"lvsguard_action": "quarantine", "remote_address": "10.0.1.1", "remote_port": "80",
-                                                   "local_address": "192.0.2.10", "local_port": "80", "proto": "TCP"}, "fingerprint": "f1"}]}  # fmt: skip
+BODY = {
+    "service": "TCP 192.0.2.10:80",
+    "real_server": "10.0.1.1:80",
+    "weight": 1,
+    "version": "4",
+    "status": "firing",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {
+                "lvsguard_action": "quarantine",
+                "remote_address": "10.0.1.1",
+                "remote_port": "80",
+                "local_address": "192.0.2.10",
+                "local_port": "80",
+                "proto": "TCP",
+            },
+            "fingerprint": "f1",
+        }
+    ],
+}
 BAD_HEADERS = {
     "no header": {},
     "wrong secret": {"Authorization": f"Bearer {WRONG}"},
@@ -71,12 +89,16 @@ def make_app(kernel: FakeKernel, tmp_path_factory: pytest.TempPathFactory, *, re
 
 
 def routes(app: Flask, method: str, prefixes: tuple[str, ...]) -> list[str]:
-    return sorted(r.rule.replace("<int:job_id>", "1") for r in app.url_map.iter_rules()
-                  if method in (r.methods or ()) and r.rule.startswith(prefixes))  # fmt: skip
+    return sorted(
+        r.rule.replace("<int:job_id>", "1")
+        for r in app.url_map.iter_rules()
+        if method in (r.methods or ()) and r.rule.startswith(prefixes)
+    )
 
 
-def test_every_mutating_api_route_refuses_a_missing_or_wrong_token(kernel: FakeKernel, tmp_path_factory: pytest.TempPathFactory,
-                                                                    logged: Everything) -> None:  # fmt: skip
+def test_every_mutating_api_route_refuses_a_missing_or_wrong_token(
+    kernel: FakeKernel, tmp_path_factory: pytest.TempPathFactory, logged: Everything
+) -> None:
     app = make_app(kernel, tmp_path_factory)
     client = app.test_client()
     posts = routes(app, "POST", ("/api/", "/webhook/"))
@@ -88,9 +110,14 @@ def test_every_mutating_api_route_refuses_a_missing_or_wrong_token(kernel: FakeK
             assert r.headers["WWW-Authenticate"].startswith("Bearer"), (path, why)
     assert kernel.writes == []
     assert client.get("/api/v1/ledger").get_json()["holds"] == []  # nothing was held for a refused caller
-    good = client.post("/api/v1/weight", json={"service": "TCP 192.0.2.10:80", "real_server": "10.0.1.1:80", "weight": 3},
-                       headers={"Authorization": f"Bearer {SECRET}"})  # fmt: skip
-    assert good.status_code == 200 and kernel.writes, good.get_data(as_text=True)  # the token itself works: the 401s above were about the token
+    good = client.post(
+        "/api/v1/weight",
+        json={"service": "TCP 192.0.2.10:80", "real_server": "10.0.1.1:80", "weight": 3},
+        headers={"Authorization": f"Bearer {SECRET}"},
+    )
+    assert good.status_code == 200 and kernel.writes, good.get_data(
+        as_text=True
+    )  # the token itself works: the 401s above were about the token
     text = "\n".join(logged.lines)
     assert "token=ops" in text  # the name is logged, so the check below looks at real request lines
     assert SECRET not in text and WRONG not in text and SECRET[:-1] not in text
@@ -107,14 +134,24 @@ def test_protected_reads_refuse_too(kernel: FakeKernel, tmp_path_factory: pytest
         assert client.get(path, headers={"Authorization": f"Bearer {SECRET}"}).status_code in (200, 404), path
 
 
-def test_console_posts_without_a_session_do_not_act(kernel: FakeKernel, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_console_posts_without_a_session_do_not_act(
+    kernel: FakeKernel, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     app = make_app(kernel, tmp_path_factory)
     client = app.test_client()
     posts = [p for p in routes(app, "POST", ("/ui/",)) if p != "/ui/login"]
     assert "/ui/action" in posts
     for path in posts:
         for headers in ({}, {"Authorization": f"Bearer {SECRET}"}):  # a bearer token is no console session
-            r = client.post(path, data={"action": "quarantine", "service": "TCP 192.0.2.10:80", "real_server": "10.0.1.1:80",
-                                        "confirmed": "yes"}, headers=headers)  # fmt: skip
+            r = client.post(
+                path,
+                data={
+                    "action": "quarantine",
+                    "service": "TCP 192.0.2.10:80",
+                    "real_server": "10.0.1.1:80",
+                    "confirmed": "yes",
+                },
+                headers=headers,
+            )
             assert r.status_code in (302, 303, 400, 401, 403), (path, r.status_code)
     assert kernel.writes == []

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
-
-from lvsguard.model import RealServerKey, ServiceKey
 
 from actuator.app import create_app
 from actuator.client import COMMANDS, ClientError, ProgressBar, status_from_api
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings, Names, Quorum
 from lab.actuator import serving
+from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, service
 
 TOKEN = "cli-secret-0123456789"
@@ -141,4 +141,7 @@ def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
     bar.show(0.5, "two left")
     bar.show(1.0, "done")
     bar.done()
-    assert out.getvalue() == "\r[###############...............]  50% two left\r[##############################] 100% done    \n"
+    assert (
+        out.getvalue()
+        == "\r[###############...............]  50% two left\r[##############################] 100% done    \n"
+    )

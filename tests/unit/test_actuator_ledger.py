@@ -24,7 +24,9 @@ def test_file_is_in_wal_mode(ledger: Ledger) -> None:
 
 
 def test_a_holder_holds_a_real_server_once(ledger: Ledger) -> None:
-    first, new = ledger.add_hold(T, kind="alert", holder="fp", source="alertmanager", action="quarantine", alertname="Down")
+    first, new = ledger.add_hold(
+        T, kind="alert", holder="fp", source="alertmanager", action="quarantine", alertname="Down"
+    )
     again, new_again = ledger.add_hold(T, kind="alert", holder="fp", source="alertmanager", action="quarantine")
     assert (new, new_again, again.id) == (True, False, first.id)
     with pytest.raises(sqlite3.IntegrityError):
@@ -55,10 +57,9 @@ def test_state_survives_a_new_connection(tmp_path: Path) -> None:
 
 
 def test_a_failed_transaction_leaves_nothing(ledger: Ledger) -> None:
-    with pytest.raises(RuntimeError):
-        with ledger.transaction():
-            ledger.begin_write(T, state="out", original=7, expected=0, previous=7)
-            raise RuntimeError("kernel said no")
+    with pytest.raises(RuntimeError), ledger.transaction():
+        ledger.begin_write(T, state="out", original=7, expected=0, previous=7)
+        raise RuntimeError("kernel said no")
     assert ledger.backend(T) is None
 
 
@@ -74,6 +75,9 @@ def test_jobs_keep_their_parameters_and_finish_once(ledger: Ledger) -> None:
 
 
 def test_audit_is_newest_first_and_pollable(ledger: Ledger) -> None:
-    ids = [ledger.audit(source="api", actor="a", action="weight", result="applied", target=T, details={"n": i}) for i in range(3)]
+    ids = [
+        ledger.audit(source="api", actor="a", action="weight", result="applied", target=T, details={"n": i})
+        for i in range(3)
+    ]
     assert [e.id for e in ledger.audit_events()] == ids[::-1]
     assert [e.details["n"] for e in ledger.audit_events(after=ids[0])] == [2, 1]

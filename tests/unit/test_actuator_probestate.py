@@ -49,16 +49,27 @@ def exposition(*observations: tuple[ServiceKey, RealServerKey, str, bool, float,
 
 
 def test_parse_reads_state_success_latency_and_change_of_every_check() -> None:
-    text = "ipvs_backend_weight{x=\"1\"} 5\n" + exposition(
+    text = 'ipvs_backend_weight{x="1"} 5\n' + exposition(
         (WEB, RS1, "tcp", True, 0.002, True, 0.0),
         (WEB, RS1, "http", False, 0.5, False, 1_700_000_100.0),
         (V6, RS6, "tcp", True, 0.004, True, 0.0),
         (MARK, RS2, "tcp", True, 0.001, True, 0.0),
     )
     raw = parse_probe_metrics(text.splitlines())
-    assert set(raw) == {(Target(WEB, RS1), "tcp"), (Target(WEB, RS1), "http"), (Target(V6, RS6), "tcp"), (Target(MARK, RS2), "tcp")}
+    assert set(raw) == {
+        (Target(WEB, RS1), "tcp"),
+        (Target(WEB, RS1), "http"),
+        (Target(V6, RS6), "tcp"),
+        (Target(MARK, RS2), "tcp"),
+    }
     http = raw[(Target(WEB, RS1), "http")]
-    assert (http.healthy, http.success, http.total, http.count, http.last_change) == (False, False, 0.5, 1, 1_700_000_100.0)
+    assert (http.healthy, http.success, http.total, http.count, http.last_change) == (
+        False,
+        False,
+        0.5,
+        1,
+        1_700_000_100.0,
+    )
     checks = checks_of(raw, {})
     assert checks[Target(WEB, RS1)] == (
         CheckState("http", False, False, 0.5, 1_700_000_100.0),
@@ -105,7 +116,7 @@ def test_escaped_label_values_and_config_names() -> None:
 
 
 def test_view_states() -> None:
-    fetch = lambda _url, _timeout: exposition((WEB, RS1, "tcp", False, 0.01, False, 5.0)).splitlines()  # noqa: E731
+    fetch = lambda _url, _timeout: exposition((WEB, RS1, "tcp", False, 0.01, False, 5.0)).splitlines()
     view = ProbeSource("http://exporter/metrics", 1.0, fetch=fetch, clock=FakeClock()).view(Names())
     assert view.state == "ok"
     assert view.of(Target(WEB, RS1))[0] == "unhealthy"
@@ -177,14 +188,14 @@ class Exporter(http.server.BaseHTTPRequestHandler):
     body = b""
     status = 200
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         self.send_response(self.status)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
         self.wfile.write(self.body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the http.server API
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

@@ -25,15 +25,16 @@ from typing import Any
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="the REST fuzz test needs the schemathesis package")
-from flask import Flask  # noqa: E402
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-from schemathesis import checks as st_checks  # noqa: E402
-from schemathesis.generation import GenerationMode  # noqa: E402
+from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import checks as st_checks
+from schemathesis.generation import GenerationMode
 
-from actuator.app import create_app  # noqa: E402
-from actuator.openapi import document  # noqa: E402
-from actuator.settings import ActuatorSettings  # noqa: E402
-from tests.fakes import FakeKernel, service  # noqa: E402
+from actuator.app import create_app
+from actuator.openapi import document
+from actuator.settings import ActuatorSettings
+from tests.fakes import FakeKernel, service
 
 TOKEN = "schemathesis-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -47,7 +48,9 @@ CHECKS = [
     st_checks.ignored_auth,
 ]
 """Not ``positive_data_acceptance``: the document types ``service`` as a string, and a string that names no service is rightly a 400."""
-OPERATIONS = sorted((path, method) for path, item in document()["paths"].items() for method in item if method != "servers")
+OPERATIONS = sorted(
+    (path, method) for path, item in document()["paths"].items() for method in item if method != "servers"
+)
 CASES: Counter[str] = Counter()
 """Cases run per surface in this process (bench/fuzz.py prints them)."""
 PER_OPERATION: Counter[str] = Counter()
@@ -66,10 +69,12 @@ class _Errors(logging.Handler):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
-    kernel = FakeKernel([
-        service("TCP 192.0.2.10:80", *((f"10.0.1.{i}:80", 5) for i in range(1, 5))),
-        service("UDP [2001:db8::10]:53", ("[2001:db8::1]:53", 1), ("[2001:db8::2]:53", 1)),
-    ])  # fmt: skip
+    kernel = FakeKernel(
+        [
+            service("TCP 192.0.2.10:80", *((f"10.0.1.{i}:80", 5) for i in range(1, 5))),
+            service("UDP [2001:db8::10]:53", ("[2001:db8::1]:53", 1), ("[2001:db8::2]:53", 1)),
+        ]
+    )
     settings_ = ActuatorSettings(tokens={"ops": TOKEN}, hold_down=0.0, drain_timeout=0.5, job_poll_interval=0.05)
     return create_app(settings_, kernel=kernel, ledger_path=str(tmp_path_factory.mktemp("schemathesis") / "ledger.db"))
 
@@ -97,9 +102,11 @@ def test_every_rest_endpoint_of_the_app_is_in_the_document(app: Flask) -> None:
     """So that fuzzing the document's operations is fuzzing every endpoint (the console under /ui/ has its own tests)."""
     routes = sorted(
         (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule).removeprefix("/api/v1"), method.lower())
-        for rule in app.url_map.iter_rules() if rule.rule.startswith(("/api/v1/", "/webhook/"))
-        for method in rule.methods or () if method not in ("HEAD", "OPTIONS")
-    )  # fmt: skip
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(("/api/v1/", "/webhook/"))
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    )
     assert routes == OPERATIONS
     assert ("/jobs/{job_id}", "get") in routes and ("/webhook/alertmanager", "post") in routes
 

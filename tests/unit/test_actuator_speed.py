@@ -8,13 +8,12 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lvsguard.errors import InvalidRequest, NotPermitted
-from lvsguard.model import RealServer, RealServerKey, ServiceKey, VirtualService
-
 from actuator.actions import VIEW_CACHE_MIN, VIEW_TTL
 from actuator.app import ActuatorState, create_app
 from actuator.ledger import Ledger, get_ledger
 from actuator.settings import ActuatorSettings
+from lvsguard.errors import InvalidRequest, NotPermitted
+from lvsguard.model import RealServer, RealServerKey, ServiceKey, VirtualService
 from tests.fakes import FakeKernel, am_alert, am_payload, service
 
 TOKEN = "am-secret-0123456789"
@@ -49,7 +48,9 @@ def make_app(tmp_path: Path) -> tuple[Flask, CountingKernel]:
 
 
 def fire(client: FlaskClient, fingerprint: str, key: ServiceKey, index: int, status: str = "firing") -> dict[str, Any]:
-    alert = am_alert(fingerprint, status=status, service=str(key), real_server=rs_of(index, key), lvsguard_action="quarantine")
+    alert = am_alert(
+        fingerprint, status=status, service=str(key), real_server=rs_of(index, key), lvsguard_action="quarantine"
+    )
     reply = client.post("/webhook/alertmanager", json=am_payload(alert), headers=AUTH)
     assert reply.status_code == 200, reply.json
     result: dict[str, Any] = reply.json["results"][0]  # type: ignore[index]
@@ -106,7 +107,9 @@ def test_the_reconciliation_reads_afresh_and_reports_a_hand_change_the_shared_vi
     assert state.actions.views[BIG][1].real_server(RealServerKey.parse(rs_of(1))).weight == 3
 
 
-def test_the_retry_loops_rounds_use_a_fresh_shared_view_and_report_a_hand_change_once_it_has_aged(tmp_path: Path) -> None:
+def test_the_retry_loops_rounds_use_a_fresh_shared_view_and_report_a_hand_change_once_it_has_aged(
+    tmp_path: Path,
+) -> None:
     app, kernel, state = quarantined_then_changed_by_hand(tmp_path)
     with app.app_context():
         assert state.actions.reconcile(get_ledger(), cached=True) == []  # the webhook's view, read just now: no read
@@ -148,14 +151,27 @@ class RefusingKernel(CountingKernel):
 def test_a_batch_sends_each_real_server_once_and_a_refused_one_fails_alone(tmp_path: Path) -> None:
     refused = RealServerKey.parse(rs_of(2, SMALL))
     kernel = RefusingKernel(refused, service(str(SMALL), *((rs_of(i, SMALL), 5) for i in range(1, 5))))
-    app = create_app(ActuatorSettings(tokens={"alertmanager": TOKEN}, hold_down=0.0), kernel=kernel,
-                     ledger_path=str(tmp_path / "ledger.db"))  # fmt: skip
-    alerts = [am_alert(f"b{i}", service=str(SMALL), real_server=rs_of(i, SMALL), lvsguard_action="quarantine") for i in (1, 2, 3)]
-    alerts.append(am_alert("b1", status="resolved", service=str(SMALL), real_server=rs_of(1, SMALL), lvsguard_action="quarantine"))
+    app = create_app(
+        ActuatorSettings(tokens={"alertmanager": TOKEN}, hold_down=0.0),
+        kernel=kernel,
+        ledger_path=str(tmp_path / "ledger.db"),
+    )
+    alerts = [
+        am_alert(f"b{i}", service=str(SMALL), real_server=rs_of(i, SMALL), lvsguard_action="quarantine")
+        for i in (1, 2, 3)
+    ]
+    alerts.append(
+        am_alert("b1", status="resolved", service=str(SMALL), real_server=rs_of(1, SMALL), lvsguard_action="quarantine")
+    )
     reply = app.test_client().post("/webhook/alertmanager", json=am_payload(*alerts), headers=AUTH)
     assert [r["result"] for r in reply.json["results"]] == ["applied", "error", "applied", "applied"]  # type: ignore[index]
-    assert kernel.writes == [("edit_real_server", str(SMALL), rs_of(1, SMALL), 5), ("edit_real_server", str(SMALL), rs_of(3, SMALL), 0)]
+    assert kernel.writes == [
+        ("edit_real_server", str(SMALL), rs_of(1, SMALL), 5),
+        ("edit_real_server", str(SMALL), rs_of(3, SMALL), 0),
+    ]
     ledger = Ledger.open(str(tmp_path / "ledger.db"))
-    assert [str(b.target.real_server) for b in ledger.backends()] == [rs_of(3, SMALL)]  # the refused one's intent is undone
+    assert [str(b.target.real_server) for b in ledger.backends()] == [
+        rs_of(3, SMALL)
+    ]  # the refused one's intent is undone
     assert all(not b.write_pending for b in ledger.backends())
     assert len(ledger.active_holds()) == 2  # b2 still asks: a retry applies it

@@ -37,7 +37,9 @@ PAGES = ("/ui/", "/ui/service?s=web", "/ui/ledger", "/ui/jobs", "/ui/login")
 
 
 def make_app(tmp_path: Path, **overrides: Any) -> Flask:
-    settings = ActuatorSettings(**{"tokens": {"alice": ADMIN, "bob": BOB}, "hold_down": 0.0, "names": NAMES, **overrides})
+    settings = ActuatorSettings(
+        **{"tokens": {"alice": ADMIN, "bob": BOB}, "hold_down": 0.0, "names": NAMES, **overrides}
+    )
     kernel = FakeKernel([service(str(WEB), *((f"10.0.1.{i}:80", 5) for i in range(1, 5)))])
     return create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
 
@@ -68,7 +70,10 @@ def login(client: FlaskClient, token: str = ADMIN) -> TestResponse:
 
 
 def flashes(response: TestResponse) -> list[str]:
-    return [html.unescape(m) for m in re.findall(r'<p class="flash [^"]*"[^>]*>([^<]*)</p>', response.get_data(as_text=True))]
+    return [
+        html.unescape(m)
+        for m in re.findall(r'<p class="flash [^"]*"[^>]*>([^<]*)</p>', response.get_data(as_text=True))
+    ]
 
 
 def act(client: FlaskClient, action: str, *, confirmed: bool = True, **fields: str) -> TestResponse:
@@ -174,8 +179,10 @@ def test_csrf_token_of_another_session_is_refused(app: Flask, client: FlaskClien
     other = app.test_client()
     foreign = csrf_of(other)
     login(client)
-    r = client.post("/ui/action", data={"csrf": foreign, "action": "quarantine", "service": "web", "real_server": "rs1",
-                                        "confirmed": "yes"})  # fmt: skip
+    r = client.post(
+        "/ui/action",
+        data={"csrf": foreign, "action": "quarantine", "service": "web", "real_server": "rs1", "confirmed": "yes"},
+    )
     assert r.status_code == 403 and kernel_of(app).writes == []
 
 
@@ -262,7 +269,12 @@ def test_quarantine_asks_first_then_applies_and_audits_as_ui(app: Flask, client:
     page = r.get_data(as_text=True)
     assert "alice (ui, quarantine)" in page and "disk full" in page
     event = client.get("/api/v1/audit").get_json()["events"][0]
-    assert (event["source"], event["actor"], event["action"], event["result"]) == ("ui", "alice", "quarantine", "applied")
+    assert (event["source"], event["actor"], event["action"], event["result"]) == (
+        "ui",
+        "alice",
+        "quarantine",
+        "applied",
+    )
 
 
 def test_restore_brings_back_the_original_weight(app: Flask, client: FlaskClient) -> None:
@@ -274,8 +286,11 @@ def test_restore_brings_back_the_original_weight(app: Flask, client: FlaskClient
 
 
 def test_a_manual_hold_from_the_cli_is_restored_from_the_console(app: Flask, client: FlaskClient) -> None:
-    r = client.post("/api/v1/quarantine", json={"service": "web", "real_server": "rs1"},
-                    headers={"Authorization": f"Bearer {ADMIN}", "X-Lvsguard-Client": "cli"})  # fmt: skip
+    r = client.post(
+        "/api/v1/quarantine",
+        json={"service": "web", "real_server": "rs1"},
+        headers={"Authorization": f"Bearer {ADMIN}", "X-Lvsguard-Client": "cli"},
+    )
     assert r.status_code == 200 and kernel_of(app).weight(WEB, RS1) == 0
     login(client)
     act(client, "restore", real_server="rs1")
@@ -310,7 +325,9 @@ def test_set_weight(app: Flask, client: FlaskClient) -> None:
         ({"real_server": "", "weight": "1"}, "Not done: real server: the real server is required"),
     ],
 )
-def test_bad_form_input_is_named_and_nothing_changes(app: Flask, client: FlaskClient, fields: dict[str, str], message: str) -> None:
+def test_bad_form_input_is_named_and_nothing_changes(
+    app: Flask, client: FlaskClient, fields: dict[str, str], message: str
+) -> None:
     login(client)
     for confirmed in (False, True):
         r = act(client, "weight", confirmed=confirmed, **fields)
@@ -418,11 +435,14 @@ def test_no_token_is_rendered_into_any_page(app: Flask, client: FlaskClient) -> 
 
 def serve_probes(handler: type[Exporter]) -> None:
     """The exporter's probe families: rs1 healthy (two checks), rs2 unhealthy since a transition; rs3, rs4 unchecked."""
-    handler.body = ("ipvs_up 1\n" + exposition(
-        (WEB, RS1, "tcp", True, 0.0012, True, 0.0),
-        (WEB, RS1, "http", True, 0.0034, True, 0.0),
-        (WEB, RS2, "tcp", False, 0.25, False, 1_700_000_123.0),
-    )).encode()  # fmt: skip
+    handler.body = (
+        "ipvs_up 1\n"
+        + exposition(
+            (WEB, RS1, "tcp", True, 0.0012, True, 0.0),
+            (WEB, RS1, "http", True, 0.0034, True, 0.0),
+            (WEB, RS2, "tcp", False, 0.25, False, 1_700_000_123.0),
+        )
+    ).encode()
 
 
 def test_service_page_shows_probe_state_and_latency_from_the_exporter(
@@ -471,12 +491,23 @@ def test_api_services_carries_the_probe_state_and_matches_the_openapi_document(
     body = call(client, openapi, "get", "/api/v1/services").get_json()
     assert body["probes"]["state"] == "ok" and body["probes"]["source"] == url
     by_rs = {rs["real_server"]: rs["probe"] for rs in body["services"][0]["real_servers"]}
-    assert by_rs["10.0.1.1:80"]["state"] == "healthy" and by_rs["10.0.1.1:80"]["latency_seconds"] == pytest.approx(0.0034)
+    assert by_rs["10.0.1.1:80"]["state"] == "healthy" and by_rs["10.0.1.1:80"]["latency_seconds"] == pytest.approx(
+        0.0034
+    )
     assert by_rs["10.0.1.2:80"] == {
-        "state": "unhealthy", "latency_seconds": 0.25, "last_change": "2023-11-14T22:15:23Z",
-        "checks": [{"check": "tcp", "healthy": False, "success": False, "latency_seconds": 0.25,
-                    "last_change": "2023-11-14T22:15:23Z"}],
-    }  # fmt: skip
+        "state": "unhealthy",
+        "latency_seconds": 0.25,
+        "last_change": "2023-11-14T22:15:23Z",
+        "checks": [
+            {
+                "check": "tcp",
+                "healthy": False,
+                "success": False,
+                "latency_seconds": 0.25,
+                "last_change": "2023-11-14T22:15:23Z",
+            }
+        ],
+    }
     assert by_rs["10.0.1.3:80"] == {"state": "unchecked", "latency_seconds": None, "last_change": None, "checks": []}
     handler.status = 503  # the exporter fails: unknown, still a valid 200 reply
     (tmp_path / "down").mkdir()
@@ -501,7 +532,12 @@ def test_failed_logins_are_limited_per_address_then_429_with_retry_after(app: Fl
     assert 'id="user"' not in client.get("/ui/").get_data(as_text=True)
     other = app.test_client()  # another address is not limited
     csrf = csrf_of(other)
-    assert other.post("/ui/login", data={"csrf": csrf, "token": ADMIN}, environ_base={"REMOTE_ADDR": "192.0.2.99"}).status_code == 302
+    assert (
+        other.post(
+            "/ui/login", data={"csrf": csrf, "token": ADMIN}, environ_base={"REMOTE_ADDR": "192.0.2.99"}
+        ).status_code
+        == 302
+    )
     clock.advance(55)
     assert login(client).status_code == 302
 
@@ -580,8 +616,11 @@ class Fields(HTMLParser):
             self.open_labels -= 1
 
     def unlabelled(self) -> list[str]:
-        return [str(f.get("name")) for f in self.fields
-                if not f["_wrapped"] and not f.get("aria-label") and f.get("id") not in self.label_for]  # fmt: skip
+        return [
+            str(f.get("name"))
+            for f in self.fields
+            if not f["_wrapped"] and not f.get("aria-label") and f.get("id") not in self.label_for
+        ]
 
 
 def test_every_form_field_of_every_page_has_a_label(app: Flask, client: FlaskClient) -> None:
@@ -595,8 +634,12 @@ def test_every_form_field_of_every_page_has_a_label(app: Flask, client: FlaskCli
         assert parser.unlabelled() == [], path
         counted += len(parser.fields)
     confirm = Fields()
-    confirm.feed(client.post("/ui/action", data={"csrf": csrf_of(client, "/ui/"), "action": "quarantine", "service": "web",
-                                                  "real_server": "rs1"}).get_data(as_text=True))  # fmt: skip
+    confirm.feed(
+        client.post(
+            "/ui/action",
+            data={"csrf": csrf_of(client, "/ui/"), "action": "quarantine", "service": "web", "real_server": "rs1"},
+        ).get_data(as_text=True)
+    )
     assert confirm.unlabelled() == []
     assert counted >= 10  # the service page's weight, reason and add fields, the ledger filters
     client.post("/ui/logout", data={"csrf": csrf_of(client, "/ui/")})

@@ -10,13 +10,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from lvsguard.errors import IPVSUnavailable
-from lvsguard.model import RealServerKey, ServiceKey
-
 from actuator.app import create_app
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings, Names, Rule
 from actuator.webhook import PayloadError, parse_payload
+from lvsguard.errors import IPVSUnavailable
+from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, am_alert, am_payload, service
 
 TOKEN = "am-secret-0123456789"
@@ -93,11 +92,28 @@ def mutate(path: list[Any], value: Any) -> dict[str, Any]:
         (["alerts", 0, "status"], True, "alerts[0].status", "must be a string, got a boolean"),
         (["alerts", 0], "alert", "alerts[0]", "must be an object, got a string"),
     ],
-    ids=["old-version", "numeric-version", "no-alerts", "alerts-not-array", "bad-status", "no-receiver",
-         "group-labels-array", "annotation-number", "negative-truncated", "labels-null", "bad-label-name",
-         "no-fingerprint", "empty-fingerprint", "bad-time", "status-bool", "alert-not-object"],
-)  # fmt: skip
-def test_invalid_payload_is_400_naming_the_field(client: FlaskClient, path: list[Any], value: Any, where: str, message: str) -> None:
+    ids=[
+        "old-version",
+        "numeric-version",
+        "no-alerts",
+        "alerts-not-array",
+        "bad-status",
+        "no-receiver",
+        "group-labels-array",
+        "annotation-number",
+        "negative-truncated",
+        "labels-null",
+        "bad-label-name",
+        "no-fingerprint",
+        "empty-fingerprint",
+        "bad-time",
+        "status-bool",
+        "alert-not-object",
+    ],
+)
+def test_invalid_payload_is_400_naming_the_field(
+    client: FlaskClient, path: list[Any], value: Any, where: str, message: str
+) -> None:
     r = post(client, mutate(path, value))
     assert r.status_code == 400
     assert r.get_json() == {"error": message, "path": where}
@@ -139,7 +155,9 @@ def test_repeats_from_two_alertmanagers_are_idempotent(app: Flask, client: Flask
     payload = am_payload(quarantine_alert("fp1"))
     results = [post(client, payload).get_json()["results"][0]["result"] for _ in range(3)]
     assert results == ["applied", "noop", "noop"]
-    assert [w for w in kernel_of(app).writes if w[0] == "edit_real_server"] == [("edit_real_server", str(WEB), "10.0.1.1:80", 0)]
+    assert [w for w in kernel_of(app).writes if w[0] == "edit_real_server"] == [
+        ("edit_real_server", str(WEB), "10.0.1.1:80", 0)
+    ]
 
 
 def test_two_fingerprints_hold_one_real_server(app: Flask, client: FlaskClient) -> None:
@@ -159,8 +177,15 @@ def test_manual_quarantine_survives_a_resolved_alert(app: Flask, client: FlaskCl
 
 
 def test_unknown_target_is_recorded_and_answered_not_a_batch_error(app: Flask, client: FlaskClient) -> None:
-    r = post(client, am_payload(quarantine_alert("ghost", "10.9.9.9:80"), quarantine_alert("fp2", "10.0.1.2:80"),
-                                am_alert("nolabels", lvsguard_action="quarantine") | {"labels": {"alertname": "X", "lvsguard_action": "drain"}}))  # fmt: skip
+    r = post(
+        client,
+        am_payload(
+            quarantine_alert("ghost", "10.9.9.9:80"),
+            quarantine_alert("fp2", "10.0.1.2:80"),
+            am_alert("nolabels", lvsguard_action="quarantine")
+            | {"labels": {"alertname": "X", "lvsguard_action": "drain"}},
+        ),
+    )
     assert r.status_code == 200
     results = {x["fingerprint"]: x for x in r.get_json()["results"]}
     assert results["ghost"]["result"] == "not_found"
@@ -201,7 +226,13 @@ def test_resolved_releases_what_the_fingerprint_holds_even_after_a_rule_change(t
 def test_restore_action_lifts_alert_holds_only(app: Flask, client: FlaskClient) -> None:
     post(client, am_payload(quarantine_alert("down1"), quarantine_alert("down2", "10.0.1.2:80")))
     client.post("/api/v1/quarantine", json={"service": str(WEB), "real_server": "10.0.1.2:80"}, headers=AUTH)
-    post(client, am_payload(am_alert("up1", lvsguard_action="restore"), am_alert("up2", real_server="10.0.1.2:80", lvsguard_action="restore")))
+    post(
+        client,
+        am_payload(
+            am_alert("up1", lvsguard_action="restore"),
+            am_alert("up2", real_server="10.0.1.2:80", lvsguard_action="restore"),
+        ),
+    )
     assert (weight(app, "10.0.1.1:80"), weight(app, "10.0.1.2:80")) == (5, 0)
 
 
@@ -234,7 +265,9 @@ def test_kernel_out_of_reach_is_503_so_alertmanager_retries(tmp_path: Path) -> N
 
 
 def test_webhook_needs_the_token(client: FlaskClient) -> None:
-    r = client.post("/webhook/alertmanager", json=am_payload(quarantine_alert("fp1")), headers={"Authorization": "Bearer wrong"})
+    r = client.post(
+        "/webhook/alertmanager", json=am_payload(quarantine_alert("fp1")), headers={"Authorization": "Bearer wrong"}
+    )
     assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
 
 
@@ -251,18 +284,21 @@ def test_metrics_count_webhook_replies_and_actions(client: FlaskClient) -> None:
 def test_the_series_of_first_actions_exist_at_zero_before_anything_happens(client: FlaskClient) -> None:
     """increase() sees the very first quarantine, refusal or failed webhook only if the series was there at 0 before."""
     text = client.get("/metrics").get_data(as_text=True)
-    for series in ('lvsguard_actions_total{action="quarantine",result="applied",source="alertmanager"} 0.0',
-                   'lvsguard_actions_total{action="restore",result="error",source="api"} 0.0',
-                   'lvsguard_refusals_total{action="quarantine",reason="quorum"} 0.0',
-                   'lvsguard_webhook_requests_total{status="400"} 0.0'):  # fmt: skip
+    for series in (
+        'lvsguard_actions_total{action="quarantine",result="applied",source="alertmanager"} 0.0',
+        'lvsguard_actions_total{action="restore",result="error",source="api"} 0.0',
+        'lvsguard_refusals_total{action="quarantine",reason="quorum"} 0.0',
+        'lvsguard_webhook_requests_total{status="400"} 0.0',
+    ):
         assert series in text
 
 
 def test_names_from_the_config_resolve_and_label_the_metrics(tmp_path: Path) -> None:
     names = Names(services={"web": WEB}, real_servers={WEB: {"rs2": RealServerKey.parse("10.0.1.2:80")}})
     app = make_app(tmp_path, names=names)
-    alert = am_alert("n1", lvsguard_action="quarantine") | {"labels": {"alertname": "X", "service": "web", "real_server": "rs2",
-                                                                        "lvsguard_action": "quarantine"}}  # fmt: skip
+    alert = am_alert("n1", lvsguard_action="quarantine") | {
+        "labels": {"alertname": "X", "service": "web", "real_server": "rs2", "lvsguard_action": "quarantine"}
+    }
     assert post(app.test_client(), am_payload(alert)).get_json()["results"][0]["result"] == "applied"
     assert 'real_server="rs2"' in app.test_client().get("/metrics").get_data(as_text=True)
 
@@ -279,7 +315,10 @@ def test_failover_alerts_drive_the_track_file(tmp_path: Path) -> None:
     track = tmp_path / "failover"
     app = make_app(tmp_path, failover_track_file=str(track))
     client = app.test_client()
-    alerts = [am_alert(fp, lvsguard_action="failover", alertname=name) for fp, name in (("f1", "VipNotHeld"), ("f2", "SyncDown"))]
+    alerts = [
+        am_alert(fp, lvsguard_action="failover", alertname=name)
+        for fp, name in (("f1", "VipNotHeld"), ("f2", "SyncDown"))
+    ]
     results = post(client, am_payload(*alerts)).get_json()["results"]
     assert [r["result"] for r in results] == ["applied", "recorded"] and track.read_text() == "1\n"
     assert post(client, am_payload(*alerts)).get_json()["results"][0]["result"] == "noop"  # a repeat
@@ -315,7 +354,9 @@ def test_kernel_refusing_a_batch_write_is_answered_per_alert_and_undone(app: Fla
     from lvsguard.errors import InvalidRequest
 
     kernel_of(app).fail_writes = InvalidRequest("invalid argument")
-    results = post(client, am_payload(quarantine_alert("fp1"), quarantine_alert("fp2", "10.0.1.2:80"))).get_json()["results"]
+    results = post(client, am_payload(quarantine_alert("fp1"), quarantine_alert("fp2", "10.0.1.2:80"))).get_json()[
+        "results"
+    ]
     assert [r["result"] for r in results] == ["error", "error"]
     assert results[0]["message"].endswith("not applied, invalid argument")
     ledger = Ledger.open(app.config["LVSGUARD_LEDGER"])
@@ -327,7 +368,9 @@ def test_kernel_refusing_a_batch_write_is_answered_per_alert_and_undone(app: Fla
 
 
 def test_fire_and_resolve_in_one_batch_ends_where_it_started(app: Flask, client: FlaskClient) -> None:
-    results = post(client, am_payload(quarantine_alert("fp1"), quarantine_alert("fp1") | {"status": "resolved"})).get_json()["results"]
+    results = post(
+        client, am_payload(quarantine_alert("fp1"), quarantine_alert("fp1") | {"status": "resolved"})
+    ).get_json()["results"]
     assert [r["result"] for r in results] == ["applied", "applied"]
     assert weight(app, "10.0.1.1:80") == 5
     assert [w[3] for w in kernel_of(app).writes] == [5]  # a batch sends each real server's last state once

@@ -15,7 +15,9 @@ from actuator.settings import ActuatorSettings
 from tests.fakes import FakeKernel, am_alert, am_payload, service
 
 pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 TOKEN = "am-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,10 +45,23 @@ JSON = st.recursive(
 def _near_valid() -> st.SearchStrategy[Any]:
     """Valid payloads with one field replaced by arbitrary JSON, or deleted: the interesting edge."""
     base = am_payload(quarantine_alert("a"), quarantine_alert("b", "10.0.1.2:80"))
-    paths = [["version"], ["status"], ["alerts"], ["receiver"], ["groupLabels"], ["truncatedAlerts"], ["alerts", 0],
-             ["alerts", 1, "labels"], ["alerts", 1, "labels", "remote_port"], ["alerts", 0, "fingerprint"],
-             ["alerts", 0, "status"], ["alerts", 1, "annotations"], ["alerts", 0, "labels", "lvsguard_action"],
-             ["alerts", 0, "labels", "proto"], ["alerts", 1, "endsAt"]]  # fmt: skip
+    paths = [
+        ["version"],
+        ["status"],
+        ["alerts"],
+        ["receiver"],
+        ["groupLabels"],
+        ["truncatedAlerts"],
+        ["alerts", 0],
+        ["alerts", 1, "labels"],
+        ["alerts", 1, "labels", "remote_port"],
+        ["alerts", 0, "fingerprint"],
+        ["alerts", 0, "status"],
+        ["alerts", 1, "annotations"],
+        ["alerts", 0, "labels", "lvsguard_action"],
+        ["alerts", 0, "labels", "proto"],
+        ["alerts", 1, "endsAt"],
+    ]
 
     def build(path: list[Any], value: Any, delete: bool) -> Any:
         payload = copy.deepcopy(base)
@@ -62,10 +77,14 @@ def _near_valid() -> st.SearchStrategy[Any]:
     return st.builds(build, st.sampled_from(paths), JSON, st.booleans())
 
 
-@hsettings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@hsettings(
+    max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(body=st.one_of(JSON, _near_valid()))
 def test_generated_payloads_never_get_a_5xx_or_a_traceback(client: FlaskClient, body: Any) -> None:
-    r = client.post("/webhook/alertmanager", data=json.dumps(body), headers={**AUTH, "Content-Type": "application/json"})
+    r = client.post(
+        "/webhook/alertmanager", data=json.dumps(body), headers={**AUTH, "Content-Type": "application/json"}
+    )
     assert r.status_code in (200, 400), r.get_data(as_text=True)
     reply = r.get_json()
     assert isinstance(reply, dict)
@@ -74,14 +93,39 @@ def test_generated_payloads_never_get_a_5xx_or_a_traceback(client: FlaskClient, 
     assert "Traceback" not in r.get_data(as_text=True)
 
 
-API_PATHS = ["/api/v1/quarantine", "/api/v1/restore", "/api/v1/drain", "/api/v1/weight", "/api/v1/add", "/api/v1/remove",
-             "/api/v1/failover", "/api/v1/failover/release"]  # fmt: skip
-FIELDS = st.sampled_from(["service", "real_server", "weight", "timeout", "delete", "force", "all_holders", "forward",
-                          "reason", "upper_threshold", "lower_threshold"])  # fmt: skip
-VALUES = st.one_of(JSON, st.sampled_from(["TCP 192.0.2.10:80", "10.0.1.1:80", "10.0.1.9:80", "FWM 1", "nat", "UDP [::1]:53"]))
+API_PATHS = [
+    "/api/v1/quarantine",
+    "/api/v1/restore",
+    "/api/v1/drain",
+    "/api/v1/weight",
+    "/api/v1/add",
+    "/api/v1/remove",
+    "/api/v1/failover",
+    "/api/v1/failover/release",
+]
+FIELDS = st.sampled_from(
+    [
+        "service",
+        "real_server",
+        "weight",
+        "timeout",
+        "delete",
+        "force",
+        "all_holders",
+        "forward",
+        "reason",
+        "upper_threshold",
+        "lower_threshold",
+    ]
+)
+VALUES = st.one_of(
+    JSON, st.sampled_from(["TCP 192.0.2.10:80", "10.0.1.1:80", "10.0.1.9:80", "FWM 1", "nat", "UDP [::1]:53"])
+)
 
 
-@hsettings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@hsettings(
+    max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(path=st.sampled_from(API_PATHS), body=st.one_of(JSON, st.dictionaries(FIELDS, VALUES, max_size=6)))
 def test_generated_api_bodies_never_get_a_5xx(client: FlaskClient, path: str, body: Any) -> None:
     r = client.post(path, data=json.dumps(body), headers={**AUTH, "Content-Type": "application/json"})

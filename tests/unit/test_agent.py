@@ -10,7 +10,16 @@ import pytest
 
 from exporter.probes.agent import AgentChecker
 from exporter.probes.result import ProbeResult, Target
-from lvsguard.agent import Agent, AgentError, AgentOptions, CPUIdle, command_reply, percent_from_loadavg, request_drain, serve
+from lvsguard.agent import (
+    Agent,
+    AgentError,
+    AgentOptions,
+    CPUIdle,
+    command_reply,
+    percent_from_loadavg,
+    request_drain,
+    serve,
+)
 
 
 def test_percent_from_loadavg() -> None:
@@ -96,8 +105,10 @@ def test_cli_errors_are_plain(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agent", "--drain"]) == 1
     assert main(["agent", "--listen", "nowhere"]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == ["lvsguard: --drain and --undrain need --drain-file (the file the serving agent watches)",
-                   "lvsguard: --listen 'nowhere': expected HOST:PORT, [IPv6]:PORT or :PORT"]  # fmt: skip
+    assert err == [
+        "lvsguard: --drain and --undrain need --drain-file (the file the serving agent watches)",
+        "lvsguard: --listen 'nowhere': expected HOST:PORT, [IPv6]:PORT or :PORT",
+    ]
 
 
 def test_cli_serves_agent_checks(tmp_path: Path) -> None:
@@ -109,8 +120,20 @@ def test_cli_serves_agent_checks(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "lvsguard.cli", "agent", "--listen", f"127.0.0.1:{port}", "--load", "command",
-                             "--command", f"{sys.executable} -c 'print(40)'"])  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lvsguard.cli",
+            "agent",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--load",
+            "command",
+            "--command",
+            f"{sys.executable} -c 'print(40)'",
+        ]
+    )
     try:
         result = None
         for _ in range(100):
@@ -146,7 +169,10 @@ def test_cpu_sources_per_platform(tmp_path: Path) -> None:
 
 def test_cpu_source_without_proc_is_refused_with_the_alternatives(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-proc" / "stat")
-    with pytest.raises(AgentError, match=r"load source 'cpu' is not available on linux \(tried .*no-proc/stat\): use --load loadavg or --load command"):
+    with pytest.raises(
+        AgentError,
+        match=r"load source 'cpu' is not available on linux \(tried .*no-proc/stat\): use --load loadavg or --load command",
+    ):
         Agent(AgentOptions(load="cpu"), platform="linux", proc_stat=missing)
 
 
@@ -174,7 +200,10 @@ def test_loadavg_missing_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delattr("os.getloadavg")
     assert system_loadavg() is None
-    with pytest.raises(AgentError, match=r"load source 'loadavg' is not available on win32 \(no os.getloadavg\): use --load cpu or --load command"):
+    with pytest.raises(
+        AgentError,
+        match=r"load source 'loadavg' is not available on win32 \(no os.getloadavg\): use --load cpu or --load command",
+    ):
         Agent(AgentOptions(load="loadavg"), platform="win32")
 
 
@@ -191,7 +220,11 @@ def test_loadavg_unobtainable_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_command_source_needs_no_platform_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delattr("os.getloadavg")
-    agent = Agent(AgentOptions(load="command", command=(sys.executable, "-c", "print(70)")), platform="win32", proc_stat=str(tmp_path / "none"))
+    agent = Agent(
+        AgentOptions(load="command", command=(sys.executable, "-c", "print(70)")),
+        platform="win32",
+        proc_stat=str(tmp_path / "none"),
+    )
     assert agent.reply() == "up 70%"
 
 

@@ -24,20 +24,62 @@ from collections.abc import Iterator
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="property-based tests need the hypothesis package")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from exporter.probes.agent import MAX_REPLY, AgentChecker, parse_reply  # noqa: E402
-from exporter.probes.result import ProbeResult, Target  # noqa: E402
+from exporter.probes.agent import MAX_REPLY, AgentChecker, parse_reply
+from exporter.probes.result import ProbeResult, Target
 
 EXAMPLES = int(os.environ.get("LVSGUARD_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 CASES: Counter[str] = Counter()
 """Cases run per surface in this process (bench/fuzz.py prints them)."""
 KNOWN_ERRORS = {"", "AgentDown", "AgentMaint", "EmptyReply", "ValueError"}
-GOOD = [b"up 75%\n", b"ready,50%\n", b"drain\n", b"maint #backup\n", b"down #disk full\n", b"75%\n", b"stopped\r\n", b"up\tready 100%"]
-WORDS = st.sampled_from(["up", "UP", "ready", "down", "fail", "stopped", "drain", "maint", "75%", "0%", "100.5%", "1e3%",
-                         "9" * 400 + "%", "%", "-5%", ".5%", "#", "# why", ",", " ", "\t", "\n", "\r\n", "\x00", "\u2028",
-                         "\u00e9", "\ufffd", "bogus", "up%", "50%%", "\x85"])  # fmt: skip
+GOOD = [
+    b"up 75%\n",
+    b"ready,50%\n",
+    b"drain\n",
+    b"maint #backup\n",
+    b"down #disk full\n",
+    b"75%\n",
+    b"stopped\r\n",
+    b"up\tready 100%",
+]
+WORDS = st.sampled_from(
+    [
+        "up",
+        "UP",
+        "ready",
+        "down",
+        "fail",
+        "stopped",
+        "drain",
+        "maint",
+        "75%",
+        "0%",
+        "100.5%",
+        "1e3%",
+        "9" * 400 + "%",
+        "%",
+        "-5%",
+        ".5%",
+        "#",
+        "# why",
+        ",",
+        " ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\x00",
+        "\u2028",
+        "\u00e9",
+        "\ufffd",
+        "bogus",
+        "up%",
+        "50%%",
+        "\x85",
+    ]
+)
 TEXTS = st.lists(WORDS, max_size=12).map(lambda words: "".join(words).encode("utf-8", "surrogatepass"))
 
 
@@ -48,8 +90,12 @@ def _edit(seed: bytes, edits: list[tuple[int, int]], cut: int) -> bytes:
     return bytes(data[:cut])
 
 
-EDITED = st.builds(_edit, st.sampled_from(GOOD), st.lists(st.tuples(st.integers(0, 100), st.integers(0, 255)), min_size=1, max_size=4),
-                   st.integers(0, 40))  # fmt: skip
+EDITED = st.builds(
+    _edit,
+    st.sampled_from(GOOD),
+    st.lists(st.tuples(st.integers(0, 100), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 40),
+)
 REPLIES = st.one_of(st.binary(max_size=MAX_REPLY + 16), TEXTS, EDITED)
 
 
@@ -69,7 +115,9 @@ class _Agent:
 
     def ask(self, reply: bytes) -> ProbeResult:
         self.reply = reply
-        return self.loop.run_until_complete(asyncio.wait_for(AgentChecker().check(Target("127.0.0.1", self.port)), 30))  # generous: a loaded CI machine stalls for seconds
+        return self.loop.run_until_complete(
+            asyncio.wait_for(AgentChecker().check(Target("127.0.0.1", self.port)), 30)
+        )  # generous: a loaded CI machine stalls for seconds
 
     def close(self) -> None:
         self.server.close()

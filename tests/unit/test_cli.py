@@ -11,7 +11,21 @@ import pytest
 from lvsguard import __version__
 from lvsguard.cli import build_parser, main
 
-COMMANDS = ["exporter", "actuator", "status", "quarantine", "restore", "drain", "weight", "add", "remove", "ledger", "failover", "config", "lab"]
+COMMANDS = [
+    "exporter",
+    "actuator",
+    "status",
+    "quarantine",
+    "restore",
+    "drain",
+    "weight",
+    "add",
+    "remove",
+    "ledger",
+    "failover",
+    "config",
+    "lab",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -49,7 +63,9 @@ def test_config_check_accepts_the_examples(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().out.startswith(f"{example}: ok")
 
 
-def test_actuator_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_actuator_refuses_to_start_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("LVSGUARD_TOKEN", raising=False)
     assert main(["actuator"]) == 1
     assert "no token" in capsys.readouterr().err
@@ -72,7 +88,9 @@ def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
 def test_no_traceback_reaches_the_user(tmp_path: Path) -> None:
     """A real process: a missing config file is one line on stderr and exit 1."""
     missing = tmp_path / "nope.yaml"
-    proc = subprocess.run([sys.executable, "-m", "lvsguard.cli", "config", "check", str(missing)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lvsguard.cli", "config", "check", str(missing)], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("lvsguard: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1

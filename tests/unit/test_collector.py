@@ -16,9 +16,10 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -47,8 +48,18 @@ BIG = 2**64 - 1  # the largest kernel counter: not a float
 ODD = 2**53 + 1  # the first integer a float cannot hold
 
 
-def rs(address: str, port: int, weight: int, forward: Forward = Forward.TUNNEL, *, active: int = 0, inactive: int = 0,
-       persistent: int = 0, stats: Stats | None = None, family: int = 4) -> RealServer:
+def rs(
+    address: str,
+    port: int,
+    weight: int,
+    forward: Forward = Forward.TUNNEL,
+    *,
+    active: int = 0,
+    inactive: int = 0,
+    persistent: int = 0,
+    stats: Stats | None = None,
+    family: int = 4,
+) -> RealServer:
     return RealServer(
         RealServerKey(address, port, family),
         weight,
@@ -158,8 +169,12 @@ NAMES = ConfigNames(
 
 # The same mark on an IPv4 and an IPv6 fwmark service, same real server: the labels cannot
 # tell them apart (node_exporter's neither), so the series are summed instead of duplicated.
-FWM4 = VirtualService(ServiceKey("FWM", "", 0, 7, 4), "rr", stats=Stats(1, 1, 1, 1, 1),
-                      real_servers=(rs("10.0.0.9", 0, 1, active=1, stats=Stats(1, 1, 1, 1, 1)),))
+FWM4 = VirtualService(
+    ServiceKey("FWM", "", 0, 7, 4),
+    "rr",
+    stats=Stats(1, 1, 1, 1, 1),
+    real_servers=(rs("10.0.0.9", 0, 1, active=1, stats=Stats(1, 1, 1, 1, 1)),),
+)
 FWM6 = replace(FWM4, key=ServiceKey("FWM", "", 0, 7, 6), scheduler="wrr")
 
 
@@ -173,9 +188,13 @@ class Case:
 CASES = {
     "all labels": Case("ip_vs_result.prom", lambda: FakeReader(TABLE)),
     "backend_labels empty": Case("ip_vs_result_lbs_none.prom", lambda: FakeReader(TABLE), {"backend_labels": ""}),
-    "backend_labels local_port": Case("ip_vs_result_lbs_local_port.prom", lambda: FakeReader(TABLE), {"backend_labels": "local_port"}),
+    "backend_labels local_port": Case(
+        "ip_vs_result_lbs_local_port.prom", lambda: FakeReader(TABLE), {"backend_labels": "local_port"}
+    ),
     "backend_labels local_address,local_port": Case(
-        "ip_vs_result_lbs_local_address_local_port.prom", lambda: FakeReader(TABLE), {"backend_labels": ["local_address", "local_port"]}
+        "ip_vs_result_lbs_local_address_local_port.prom",
+        lambda: FakeReader(TABLE),
+        {"backend_labels": ["local_address", "local_port"]},
     ),
     "names from config": Case("ip_vs_result_names.prom", lambda: FakeReader(TABLE), {"names": NAMES}),
     "names without remote labels": Case(
@@ -184,12 +203,17 @@ CASES = {
         {"names": NAMES, "backend_labels": "service,real_server"},
     ),
     "services allow-list": Case(
-        "ip_vs_result_allow_list.prom", lambda: FakeReader(TABLE), {"services": {FWM.key, DNS6.key, ServiceKey("TCP", "203.0.113.1", 80)}}
+        "ip_vs_result_allow_list.prom",
+        lambda: FakeReader(TABLE),
+        {"services": {FWM.key, DNS6.key, ServiceKey("TCP", "203.0.113.1", 80)}},
     ),
     "procfs source": Case(
-        "ip_vs_result_procfs.prom", lambda: FakeReader(replace(TABLE, source="procfs", sync_daemons=()), source="procfs")
+        "ip_vs_result_procfs.prom",
+        lambda: FakeReader(replace(TABLE, source="procfs", sync_daemons=()), source="procfs"),
     ),
-    "fwmark v4 and v6 with one mark": Case("ip_vs_result_fwmark_families.prom", lambda: FakeReader(Table((FWM4, FWM6)))),
+    "fwmark v4 and v6 with one mark": Case(
+        "ip_vs_result_fwmark_families.prom", lambda: FakeReader(Table((FWM4, FWM6)))
+    ),
     "empty table": Case("ip_vs_result_empty.prom", lambda: FakeReader(Table((), totals=Stats(0, 0, 0, 0, 0)))),
     "read fails": Case("ip_vs_result_down.prom", lambda: FakeReader(NotPermitted("netlink IPVS needs CAP_NET_ADMIN"))),
 }
@@ -240,7 +264,9 @@ def test_promtool_accepts_exposition(case: Case) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian package prometheus)")
-    result = subprocess.run([promtool, "check", "metrics"], input=fast_text(case), capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=fast_text(case), capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -367,7 +393,9 @@ def test_address_failure_drops_only_the_vip_family(caplog: pytest.LogCaptureFixt
     assert "ipvs_up 1\n" in text
     assert "lvs_director_vip_owned" not in text
     assert "ipvs_backend_weight" in text
-    assert [r.getMessage() for r in caplog.records] == ['address_read_failed reason="reading local addresses: Permission denied"']
+    assert [r.getMessage() for r in caplog.records] == [
+        'address_read_failed reason="reading local addresses: Permission denied"'
+    ]
 
 
 def test_label_cache_drops_real_servers_and_services_that_left() -> None:
@@ -402,7 +430,9 @@ def test_small_batches_render_the_same_text() -> None:
 
 def test_label_values_are_escaped_and_parse_back() -> None:
     parsed = samples(fast_text(CASES["names from config"]))
-    names = {dict(labels).get("real_server") for _, labels, _ in parsed} | {dict(labels).get("service") for _, labels, _ in parsed}
+    names = {dict(labels).get("real_server") for _, labels, _ in parsed} | {
+        dict(labels).get("service") for _, labels, _ in parsed
+    }
     assert {"web\\2\nrack b", 'web "edge"', "db1", "mysql-primary"} <= names
 
 

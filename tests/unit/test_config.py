@@ -51,7 +51,14 @@ def test_full_config_becomes_frozen_objects() -> None:
             services=(WEB, DNS6, ServiceKey("FWM", "", 0, fwmark=7)),  # names resolved, repeats dropped
         ),
         services=(
-            ServiceConfig("web", WEB, (RealServerConfig("web1", RealServerKey("10.0.1.2", 80)), RealServerConfig("web2", RealServerKey("10.0.1.3", 8080)))),
+            ServiceConfig(
+                "web",
+                WEB,
+                (
+                    RealServerConfig("web1", RealServerKey("10.0.1.2", 80)),
+                    RealServerConfig("web2", RealServerKey("10.0.1.3", 8080)),
+                ),
+            ),
             ServiceConfig("dns6", DNS6, (RealServerConfig("dns1", RealServerKey("2001:db8:1::2", 53, family=6)),)),
             ServiceConfig("marked", ServiceKey("FWM", "", 0, fwmark=1)),
         ),
@@ -80,7 +87,9 @@ def test_names_by_key() -> None:
         pytest.param("~\n", id="null-document"),
         pytest.param("director:\nexporter:\nservices:\n", id="empty-sections"),
         pytest.param("director: {}\nexporter: {}\nservices: []\n", id="empty-mappings"),
-        pytest.param("exporter:\n  listen:\n  ipvs_source:\n  backend_labels:\n  services:\n", id="keys-without-values"),
+        pytest.param(
+            "exporter:\n  listen:\n  ipvs_source:\n  backend_labels:\n  services:\n", id="keys-without-values"
+        ),
     ],
 )
 def test_missing_or_empty_means_defaults(text: str) -> None:
@@ -109,7 +118,15 @@ def test_backend_labels_like_node_exporter_flag(text: str, labels: tuple[str, ..
 
 @pytest.mark.parametrize(
     "listen",
-    ["127.0.0.1:9910", "[::1]:9910", "[2001:db8::1]:443", ":9910", "0.0.0.0:0", "localhost:9910", "lvs-dir1.example.net:9910"],
+    [
+        "127.0.0.1:9910",
+        "[::1]:9910",
+        "[2001:db8::1]:443",
+        ":9910",
+        "0.0.0.0:0",
+        "localhost:9910",
+        "lvs-dir1.example.net:9910",
+    ],
 )
 def test_listen_addresses_accepted(listen: str) -> None:
     assert config.loads(f"exporter:\n  listen: '{listen}'\n").exporter.listen == listen
@@ -141,60 +158,263 @@ def case(id: str, text: str, *problems: str) -> object:
 @pytest.mark.parametrize(
     ("text", "problems"),
     [
-        case('yaml-syntax-error', 'director:\n  netns: [lvs\n', "3:1: YAML syntax error: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence on line 2)"),
-        case('yaml-tab-indent', 'director:\n\tnetns: x\n', "2:1: YAML syntax error: found character '\\t' that cannot start any token"),
-        case('two-documents', 'director: {}\n---\nexporter: {}\n', '2:1: YAML syntax error: but found another document (expected a single document in the stream on line 1)'),
-        case('root-is-a-list', '- director\n', '1:1: a config is a mapping of sections (director, services, exporter, actuator, snmp, probes), got a list'),
-        case('root-is-a-string', 'director\n', "1:1: a config is a mapping of sections (director, services, exporter, actuator, snmp, probes), got a string 'director'"),
-        case('unknown-section-did-you-mean', 'exportr:\n  listen: :9910\n', "1:1: exportr: unknown key; did you mean 'exporter'?"),
-        case('unknown-section-listed', 'balancer: {}\n', '1:1: balancer: unknown key (known keys: director, services, exporter, actuator, snmp, probes)'),
-        case('section-not-a-mapping', 'director: lvs-dir1\n', "1:11: director: must be a mapping, got a string 'lvs-dir1'"),
-        case('duplicate-yaml-key', 'director:\n  netns: a\n  netns: b\n', '3:3: director.netns: duplicate key (first given on line 2)'),
-        case('non-string-key', 'director:\n  1: a\n', "2:3: director: keys must be strings, got an integer '1'"),
-        case('bad-merge-key', 'director:\n  <<: 5\n', '2:3: director: bad merge key: expected a mapping or list of mappings for merging, but found scalar'),
-        case('netns-unknown-key', 'director:\n  namespace: lvs\n', '2:3: director.namespace: unknown key (known keys: netns, keepalived_fifo)'),
-        case('netns-empty', "director:\n  netns: ''\n", "2:10: director.netns: must be a network namespace name (as 'ip netns') or an absolute path, got ''"),
-        case('netns-relative-path', 'director:\n  netns: run/netns/x\n', "2:10: director.netns: a namespace path must be absolute, got 'run/netns/x'"),
-        case('netns-with-space', 'director:\n  netns: lvs dir\n', "2:10: director.netns: must be a network namespace name (as 'ip netns') or an absolute path, got 'lvs dir'"),
-        case('netns-number', 'director:\n  netns: 1\n', "2:10: director.netns: must be a string, got an integer '1' (quote it to make it a string)"),
-        case('listen-integer', 'exporter:\n  listen: 9910\n', "2:11: exporter.listen: must be a string, got an integer '9910' (quote it to make it a string)"),
-        case('listen-no-port', 'exporter:\n  listen: localhost\n', "2:11: exporter.listen: must be HOST:PORT, [IPv6]:PORT or :PORT with a port 0..65535, got 'localhost'"),
-        case('listen-port-too-big', 'exporter:\n  listen: 127.0.0.1:65536\n', "2:11: exporter.listen: must be HOST:PORT, [IPv6]:PORT or :PORT with a port 0..65535, got '127.0.0.1:65536'"),
-        case('listen-ipv6-without-brackets', "exporter:\n  listen: '::1:9910'\n", "2:11: exporter.listen: write an IPv6 address in brackets, as [::1]:9910, got '::1:9910'"),
-        case('listen-bad-ipv6', "exporter:\n  listen: '[::g]:9910'\n", "2:11: exporter.listen: '::g' is not an IPv6 address"),
-        case('listen-bad-ipv4', 'exporter:\n  listen: 999.0.0.1:9910\n', "2:11: exporter.listen: '999.0.0.1' is not an IPv4 address"),
-        case('listen-bad-host-name', 'exporter:\n  listen: my_host:9910\n', "2:11: exporter.listen: 'my_host' is not an IP address or host name"),
-        case('ipvs-source-typo', 'exporter:\n  ipvs_source: netlnk\n', "2:16: exporter.ipvs_source: must be one of auto, netlink, procfs, got 'netlnk'; did you mean 'netlink'?"),
-        case('ipvs-source-unknown', 'exporter:\n  ipvs_source: snmp\n', "2:16: exporter.ipvs_source: must be one of auto, netlink, procfs, got 'snmp'"),
-        case('backend-labels-unknown', 'exporter:\n  backend_labels: [proto, invalid_label, bad_label]\n', '2:19: exporter.backend_labels: unknown IPVS backend labels: "bad_label, invalid_label"'),
-        case('backend-labels-unknown-in-flag-string', 'exporter:\n  backend_labels: proto,bad_label\n', '2:19: exporter.backend_labels: unknown IPVS backend labels: "bad_label"'),
-        case('backend-labels-not-strings', 'exporter:\n  backend_labels: [proto, 1]\n', "2:27: exporter.backend_labels[1]: must be a string, got an integer '1' (quote it to make it a string)"),
-        case('backend-labels-mapping', 'exporter:\n  backend_labels: {proto: 1}\n', '2:19: exporter.backend_labels: must be a list of label names or one comma-separated string, got a mapping'),
-        case('allow-list-unknown-name', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\nexporter:\n  services: [wbe]\n', "5:14: exporter.services[0]: 'wbe' is neither a service name nor a service like 'TCP 192.0.2.10:80'; did you mean 'web'?"),
-        case('allow-list-name-without-services', 'exporter:\n  services: [web]\n', "2:14: exporter.services[0]: 'web' is neither a service name nor a service like 'TCP 192.0.2.10:80' (no service is named in 'services')"),
-        case('allow-list-bad-key', "exporter:\n  services: ['TCP 192.0.2.10']\n", "2:14: exporter.services[0]: '192.0.2.10': expected ADDRESS:PORT"),
-        case('allow-list-not-a-list', 'exporter:\n  services: web\n', "2:13: exporter.services: must be a list, got a string 'web'"),
-        case('services-not-a-list', 'services:\n  name: web\n', '2:3: services: must be a list, got a mapping'),
-        case('service-not-a-mapping', 'services:\n  - web\n', "2:5: services[0]: must be a mapping, got a string 'web'"),
-        case('service-name-missing', 'services:\n  - service: TCP 192.0.2.10:80\n', '2:5: services[0].name: required key is missing'),
-        case('service-name-empty', 'services:\n  - name:\n    service: TCP 192.0.2.10:80\n', '2:10: services[0].name: must not be empty'),
-        case('service-name-with-space', 'services:\n  - name: web site\n    service: TCP 192.0.2.10:80\n', "2:11: services[0].name: must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, got 'web site'"),
-        case('service-name-boolean', 'services:\n  - name: yes\n    service: TCP 192.0.2.10:80\n', "2:11: services[0].name: must be a string, got a boolean 'yes' (quote it to make it a string)"),
-        case('service-name-too-long', 'services:\n  - name: wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww\n    service: TCP 192.0.2.10:80\n', "2:11: services[0].name: must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, got 'wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww'"),
-        case('service-key-missing', 'services:\n  - name: web\n', '2:5: services[0].service: required key is missing'),
-        case('service-key-bad-protocol', 'services:\n  - name: web\n    service: ICMP 192.0.2.10:80\n', "3:14: services[0].service: 'ICMP 192.0.2.10:80': protocol must be TCP, UDP, SCTP or FWM"),
-        case('service-key-bad-address', 'services:\n  - name: web\n    service: TCP 192.0.2.300:80\n', "3:14: services[0].service: '192.0.2.300:80': '192.0.2.300' is not an IP address"),
-        case('service-key-bad-fwmark', 'services:\n  - name: web\n    service: FWM one\n', "3:14: services[0].service: 'FWM one': expected 'FWM MARK' or 'FWM MARK IPv6'"),
-        case('service-unknown-key', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    scheduler: wrr\n', '4:5: services[0].scheduler: unknown key (known keys: name, service, real_servers)'),
-        case('duplicate-service-name', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n  - name: web\n    service: TCP 192.0.2.10:443\n', "4:11: services[1].name: duplicate name 'web' (first in services[0])"),
-        case('duplicate-service-key', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n  - name: www\n    service: tcp 192.0.2.10:80\n', "5:14: services[1].service: duplicate service 'TCP 192.0.2.10:80' (first in services[0])"),
-        case('real-servers-not-a-list', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers: web1\n', "4:19: services[0].real_servers: must be a list, got a string 'web1'"),
-        case('real-server-address-typo', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - name: web1\n        adress: 10.0.1.2:80\n', '5:9: services[0].real_servers[0].address: required key is missing', "6:9: services[0].real_servers[0].adress: unknown key; did you mean 'address'?"),
-        case('real-server-address-bad', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - name: web1\n        address: 10.0.1.2\n', "6:18: services[0].real_servers[0].address: '10.0.1.2': expected ADDRESS:PORT"),
-        case('real-server-port-too-big', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - name: web1\n        address: 10.0.1.2:80000\n', "6:18: services[0].real_servers[0].address: '10.0.1.2:80000': port must be 0..65535"),
-        case('real-server-name-missing', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - address: 10.0.1.2:80\n', '5:9: services[0].real_servers[0].name: required key is missing'),
-        case('duplicate-real-server-name', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - {name: web1, address: 10.0.1.2:80}\n      - {name: web1, address: 10.0.1.3:80}\n', "6:16: services[0].real_servers[1].name: duplicate name 'web1' (first in services[0].real_servers[0])"),
-        case('duplicate-real-server-address', 'services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - {name: web1, address: 10.0.1.2:80}\n      - {name: web2, address: 10.0.1.2:80}\n', "6:31: services[0].real_servers[1].address: duplicate address '10.0.1.2:80' (first in services[0].real_servers[0])"),
+        case(
+            "yaml-syntax-error",
+            "director:\n  netns: [lvs\n",
+            "3:1: YAML syntax error: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence on line 2)",
+        ),
+        case(
+            "yaml-tab-indent",
+            "director:\n\tnetns: x\n",
+            "2:1: YAML syntax error: found character '\\t' that cannot start any token",
+        ),
+        case(
+            "two-documents",
+            "director: {}\n---\nexporter: {}\n",
+            "2:1: YAML syntax error: but found another document (expected a single document in the stream on line 1)",
+        ),
+        case(
+            "root-is-a-list",
+            "- director\n",
+            "1:1: a config is a mapping of sections (director, services, exporter, actuator, snmp, probes), got a list",
+        ),
+        case(
+            "root-is-a-string",
+            "director\n",
+            "1:1: a config is a mapping of sections (director, services, exporter, actuator, snmp, probes), got a string 'director'",
+        ),
+        case(
+            "unknown-section-did-you-mean",
+            "exportr:\n  listen: :9910\n",
+            "1:1: exportr: unknown key; did you mean 'exporter'?",
+        ),
+        case(
+            "unknown-section-listed",
+            "balancer: {}\n",
+            "1:1: balancer: unknown key (known keys: director, services, exporter, actuator, snmp, probes)",
+        ),
+        case(
+            "section-not-a-mapping",
+            "director: lvs-dir1\n",
+            "1:11: director: must be a mapping, got a string 'lvs-dir1'",
+        ),
+        case(
+            "duplicate-yaml-key",
+            "director:\n  netns: a\n  netns: b\n",
+            "3:3: director.netns: duplicate key (first given on line 2)",
+        ),
+        case("non-string-key", "director:\n  1: a\n", "2:3: director: keys must be strings, got an integer '1'"),
+        case(
+            "bad-merge-key",
+            "director:\n  <<: 5\n",
+            "2:3: director: bad merge key: expected a mapping or list of mappings for merging, but found scalar",
+        ),
+        case(
+            "netns-unknown-key",
+            "director:\n  namespace: lvs\n",
+            "2:3: director.namespace: unknown key (known keys: netns, keepalived_fifo)",
+        ),
+        case(
+            "netns-empty",
+            "director:\n  netns: ''\n",
+            "2:10: director.netns: must be a network namespace name (as 'ip netns') or an absolute path, got ''",
+        ),
+        case(
+            "netns-relative-path",
+            "director:\n  netns: run/netns/x\n",
+            "2:10: director.netns: a namespace path must be absolute, got 'run/netns/x'",
+        ),
+        case(
+            "netns-with-space",
+            "director:\n  netns: lvs dir\n",
+            "2:10: director.netns: must be a network namespace name (as 'ip netns') or an absolute path, got 'lvs dir'",
+        ),
+        case(
+            "netns-number",
+            "director:\n  netns: 1\n",
+            "2:10: director.netns: must be a string, got an integer '1' (quote it to make it a string)",
+        ),
+        case(
+            "listen-integer",
+            "exporter:\n  listen: 9910\n",
+            "2:11: exporter.listen: must be a string, got an integer '9910' (quote it to make it a string)",
+        ),
+        case(
+            "listen-no-port",
+            "exporter:\n  listen: localhost\n",
+            "2:11: exporter.listen: must be HOST:PORT, [IPv6]:PORT or :PORT with a port 0..65535, got 'localhost'",
+        ),
+        case(
+            "listen-port-too-big",
+            "exporter:\n  listen: 127.0.0.1:65536\n",
+            "2:11: exporter.listen: must be HOST:PORT, [IPv6]:PORT or :PORT with a port 0..65535, got '127.0.0.1:65536'",
+        ),
+        case(
+            "listen-ipv6-without-brackets",
+            "exporter:\n  listen: '::1:9910'\n",
+            "2:11: exporter.listen: write an IPv6 address in brackets, as [::1]:9910, got '::1:9910'",
+        ),
+        case(
+            "listen-bad-ipv6",
+            "exporter:\n  listen: '[::g]:9910'\n",
+            "2:11: exporter.listen: '::g' is not an IPv6 address",
+        ),
+        case(
+            "listen-bad-ipv4",
+            "exporter:\n  listen: 999.0.0.1:9910\n",
+            "2:11: exporter.listen: '999.0.0.1' is not an IPv4 address",
+        ),
+        case(
+            "listen-bad-host-name",
+            "exporter:\n  listen: my_host:9910\n",
+            "2:11: exporter.listen: 'my_host' is not an IP address or host name",
+        ),
+        case(
+            "ipvs-source-typo",
+            "exporter:\n  ipvs_source: netlnk\n",
+            "2:16: exporter.ipvs_source: must be one of auto, netlink, procfs, got 'netlnk'; did you mean 'netlink'?",
+        ),
+        case(
+            "ipvs-source-unknown",
+            "exporter:\n  ipvs_source: snmp\n",
+            "2:16: exporter.ipvs_source: must be one of auto, netlink, procfs, got 'snmp'",
+        ),
+        case(
+            "backend-labels-unknown",
+            "exporter:\n  backend_labels: [proto, invalid_label, bad_label]\n",
+            '2:19: exporter.backend_labels: unknown IPVS backend labels: "bad_label, invalid_label"',
+        ),
+        case(
+            "backend-labels-unknown-in-flag-string",
+            "exporter:\n  backend_labels: proto,bad_label\n",
+            '2:19: exporter.backend_labels: unknown IPVS backend labels: "bad_label"',
+        ),
+        case(
+            "backend-labels-not-strings",
+            "exporter:\n  backend_labels: [proto, 1]\n",
+            "2:27: exporter.backend_labels[1]: must be a string, got an integer '1' (quote it to make it a string)",
+        ),
+        case(
+            "backend-labels-mapping",
+            "exporter:\n  backend_labels: {proto: 1}\n",
+            "2:19: exporter.backend_labels: must be a list of label names or one comma-separated string, got a mapping",
+        ),
+        case(
+            "allow-list-unknown-name",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\nexporter:\n  services: [wbe]\n",
+            "5:14: exporter.services[0]: 'wbe' is neither a service name nor a service like 'TCP 192.0.2.10:80'; did you mean 'web'?",
+        ),
+        case(
+            "allow-list-name-without-services",
+            "exporter:\n  services: [web]\n",
+            "2:14: exporter.services[0]: 'web' is neither a service name nor a service like 'TCP 192.0.2.10:80' (no service is named in 'services')",
+        ),
+        case(
+            "allow-list-bad-key",
+            "exporter:\n  services: ['TCP 192.0.2.10']\n",
+            "2:14: exporter.services[0]: '192.0.2.10': expected ADDRESS:PORT",
+        ),
+        case(
+            "allow-list-not-a-list",
+            "exporter:\n  services: web\n",
+            "2:13: exporter.services: must be a list, got a string 'web'",
+        ),
+        case("services-not-a-list", "services:\n  name: web\n", "2:3: services: must be a list, got a mapping"),
+        case(
+            "service-not-a-mapping", "services:\n  - web\n", "2:5: services[0]: must be a mapping, got a string 'web'"
+        ),
+        case(
+            "service-name-missing",
+            "services:\n  - service: TCP 192.0.2.10:80\n",
+            "2:5: services[0].name: required key is missing",
+        ),
+        case(
+            "service-name-empty",
+            "services:\n  - name:\n    service: TCP 192.0.2.10:80\n",
+            "2:10: services[0].name: must not be empty",
+        ),
+        case(
+            "service-name-with-space",
+            "services:\n  - name: web site\n    service: TCP 192.0.2.10:80\n",
+            "2:11: services[0].name: must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, got 'web site'",
+        ),
+        case(
+            "service-name-boolean",
+            "services:\n  - name: yes\n    service: TCP 192.0.2.10:80\n",
+            "2:11: services[0].name: must be a string, got a boolean 'yes' (quote it to make it a string)",
+        ),
+        case(
+            "service-name-too-long",
+            "services:\n  - name: wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww\n    service: TCP 192.0.2.10:80\n",
+            "2:11: services[0].name: must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, got 'wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww'",
+        ),
+        case("service-key-missing", "services:\n  - name: web\n", "2:5: services[0].service: required key is missing"),
+        case(
+            "service-key-bad-protocol",
+            "services:\n  - name: web\n    service: ICMP 192.0.2.10:80\n",
+            "3:14: services[0].service: 'ICMP 192.0.2.10:80': protocol must be TCP, UDP, SCTP or FWM",
+        ),
+        case(
+            "service-key-bad-address",
+            "services:\n  - name: web\n    service: TCP 192.0.2.300:80\n",
+            "3:14: services[0].service: '192.0.2.300:80': '192.0.2.300' is not an IP address",
+        ),
+        case(
+            "service-key-bad-fwmark",
+            "services:\n  - name: web\n    service: FWM one\n",
+            "3:14: services[0].service: 'FWM one': expected 'FWM MARK' or 'FWM MARK IPv6'",
+        ),
+        case(
+            "service-unknown-key",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    scheduler: wrr\n",
+            "4:5: services[0].scheduler: unknown key (known keys: name, service, real_servers)",
+        ),
+        case(
+            "duplicate-service-name",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n  - name: web\n    service: TCP 192.0.2.10:443\n",
+            "4:11: services[1].name: duplicate name 'web' (first in services[0])",
+        ),
+        case(
+            "duplicate-service-key",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n  - name: www\n    service: tcp 192.0.2.10:80\n",
+            "5:14: services[1].service: duplicate service 'TCP 192.0.2.10:80' (first in services[0])",
+        ),
+        case(
+            "real-servers-not-a-list",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers: web1\n",
+            "4:19: services[0].real_servers: must be a list, got a string 'web1'",
+        ),
+        case(
+            "real-server-address-typo",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - name: web1\n        adress: 10.0.1.2:80\n",
+            "5:9: services[0].real_servers[0].address: required key is missing",
+            "6:9: services[0].real_servers[0].adress: unknown key; did you mean 'address'?",
+        ),
+        case(
+            "real-server-address-bad",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - name: web1\n        address: 10.0.1.2\n",
+            "6:18: services[0].real_servers[0].address: '10.0.1.2': expected ADDRESS:PORT",
+        ),
+        case(
+            "real-server-port-too-big",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - name: web1\n        address: 10.0.1.2:80000\n",
+            "6:18: services[0].real_servers[0].address: '10.0.1.2:80000': port must be 0..65535",
+        ),
+        case(
+            "real-server-name-missing",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - address: 10.0.1.2:80\n",
+            "5:9: services[0].real_servers[0].name: required key is missing",
+        ),
+        case(
+            "duplicate-real-server-name",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - {name: web1, address: 10.0.1.2:80}\n      - {name: web1, address: 10.0.1.3:80}\n",
+            "6:16: services[0].real_servers[1].name: duplicate name 'web1' (first in services[0].real_servers[0])",
+        ),
+        case(
+            "duplicate-real-server-address",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    real_servers:\n      - {name: web1, address: 10.0.1.2:80}\n      - {name: web2, address: 10.0.1.2:80}\n",
+            "6:31: services[0].real_servers[1].address: duplicate address '10.0.1.2:80' (first in services[0].real_servers[0])",
+        ),
     ],
 )
 def test_each_rule_names_file_line_column_and_key(text: str, problems: list[str]) -> None:

@@ -33,7 +33,10 @@ def test_no_section_means_no_settings() -> None:
 @pytest.mark.parametrize(
     "section, expected",
     [
-        ("  rules:\n    - match: {alertname: X}\n      action: quarentine\n", "a.yaml:9:15: actuator.rules[0].action: must be one of"),
+        (
+            "  rules:\n    - match: {alertname: X}\n      action: quarentine\n",
+            "a.yaml:9:15: actuator.rules[0].action: must be one of",
+        ),
         ("  hold_dwn: 10s\n", "a.yaml:7:3: actuator.hold_dwn: unknown key"),
         ("  quorum: {nosuch: 2}\n", "a.yaml:7:20: actuator.quorum.nosuch: neither a service name"),
         ("  drain_timeout: soon\n", "a.yaml:7:18: actuator.drain_timeout: must be a duration"),

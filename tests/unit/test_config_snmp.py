@@ -37,7 +37,10 @@ def test_no_section_means_no_agent() -> None:
         ("snmp:\n  listn: x\n  communities: [a]\n", ["a.yaml:2:3: snmp.listn: unknown key; did you mean 'listen'?"]),
         ("snmp:\n  communities: [a]\n  max_age: fast\n", ["a.yaml:3:12: snmp.max_age: must be a number, got 'fast'"]),
         ("snmp:\n  communities: a\n", ["a.yaml:2:16: snmp.communities: must be a list of strings"]),
-        ("snmp:\n  listen: 127.0.0.1:1161\n", ["a.yaml:2:3: snmp.communities/users: neither a v2c community nor a v3 user is configured"]),
+        (
+            "snmp:\n  listen: 127.0.0.1:1161\n",
+            ["a.yaml:2:3: snmp.communities/users: neither a v2c community nor a v3 user is configured"],
+        ),
         (
             "snmp:\n  users:\n    - {name: a, auth_key: short, priv_key: alsoshort, auth_protocol: MD5}\n",
             [
@@ -45,13 +48,32 @@ def test_no_section_means_no_agent() -> None:
                 "a.yaml:3:70: snmp.users[0].auth_protocol: 'MD5' is not one of SHA, SHA-224, SHA-256, SHA-384, SHA-512",
             ],
         ),
-        ("snmp:\n  users:\n    - {name: a, auth_key: '12345678'}\n", ["a.yaml:3:7: snmp.users[0]: missing ['priv_key']"]),
-        ("snmp:\n  users:\n    - {name: a, auth_key: 12345678}\n", ["a.yaml:3:7: snmp.users[0]: must be a mapping of strings (name, auth_key, priv_key, auth_protocol, priv_protocol)"]),
-        ("snmp:\n  communities: [a]\n  trap_targets: ['127.0.0.1:162']\n",
-         ["a.yaml:2:3: snmp.trap_community/trap_user: one is required when trap_targets are configured"]),
+        (
+            "snmp:\n  users:\n    - {name: a, auth_key: '12345678'}\n",
+            ["a.yaml:3:7: snmp.users[0]: missing ['priv_key']"],
+        ),
+        (
+            "snmp:\n  users:\n    - {name: a, auth_key: 12345678}\n",
+            [
+                "a.yaml:3:7: snmp.users[0]: must be a mapping of strings (name, auth_key, priv_key, auth_protocol, priv_protocol)"
+            ],
+        ),
+        (
+            "snmp:\n  communities: [a]\n  trap_targets: ['127.0.0.1:162']\n",
+            ["a.yaml:2:3: snmp.trap_community/trap_user: one is required when trap_targets are configured"],
+        ),
     ],
-    ids=["unknown-key", "bad-number", "not-a-list", "no-community-nor-user", "weak-user", "user-missing-key", "user-key-not-a-string", "traps-without-credentials"],
-)  # fmt: skip
+    ids=[
+        "unknown-key",
+        "bad-number",
+        "not-a-list",
+        "no-community-nor-user",
+        "weak-user",
+        "user-missing-key",
+        "user-key-not-a-string",
+        "traps-without-credentials",
+    ],
+)
 def test_problems_name_file_line_column_and_key(text: str, expected: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
         config.loads(text, "a.yaml")

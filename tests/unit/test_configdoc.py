@@ -23,7 +23,9 @@ def documented() -> dict[str, str]:
 
 
 def test_the_committed_reference_is_what_the_schema_generates() -> None:
-    assert configdoc.REFERENCE.read_text() == render(), "docs/configuration-reference.md is stale: run python -m lvsguard.configdoc --write"
+    assert configdoc.REFERENCE.read_text() == render(), (
+        "docs/configuration-reference.md is stale: run python -m lvsguard.configdoc --write"
+    )
 
 
 def key_paths(value: Any, path: str, types: dict[str, str]) -> list[str]:

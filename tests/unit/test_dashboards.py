@@ -14,9 +14,10 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -107,7 +108,12 @@ def test_panel_ids_unique_and_grid_positions_valid(name: str) -> None:
         assert grid["x"] + grid["w"] <= 24, f"{panel['title']} is wider than the grid"
         boxes.append((panel["title"], grid))
     for (title_a, a), (title_b, b) in itertools.combinations(boxes, 2):
-        overlap = a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+        overlap = (
+            a["x"] < b["x"] + b["w"]
+            and b["x"] < a["x"] + a["w"]
+            and a["y"] < b["y"] + b["h"]
+            and b["y"] < a["y"] + a["h"]
+        )
         assert not overlap, f"{name}: {title_a!r} overlaps {title_b!r}"
 
 
@@ -177,7 +183,9 @@ def test_queries_name_only_known_metrics(name: str) -> None:
     identifier = re.compile(r"\b((?:ipvs|lvs|lvsguard)_[a-z0-9_]+|up)\b(?!\s*(?:=|!=|=~|!~))")
     for where, expr in queries(name):
         without_strings = re.sub(r'"[^"]*"', '""', expr)
-        without_groupings = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", without_strings)
+        without_groupings = re.sub(
+            r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", without_strings
+        )
         unknown = set(identifier.findall(without_groupings)) - GENERATOR.METRICS
         assert not unknown, f"{where}: unknown metrics {sorted(unknown)}"
 

@@ -14,10 +14,16 @@ RS = RealServerKey.parse("10.0.1.2:80")
 @pytest.mark.parametrize(
     "exc, message",
     [
-        (NoSuchDestination("no such destination", service=SVC, real_server=RS, errno=2), "real server 10.0.1.2:80 of TCP 192.0.2.10:80: no such destination"),
+        (
+            NoSuchDestination("no such destination", service=SVC, real_server=RS, errno=2),
+            "real server 10.0.1.2:80 of TCP 192.0.2.10:80: no such destination",
+        ),
         (NoSuchService("no such service", service=SVC, errno=3), "service TCP 192.0.2.10:80: no such service"),
         (KernelError("netlink socket closed"), "netlink socket closed"),
-        (NamespaceError("lvs-dir9", "No such file or directory"), "network namespace 'lvs-dir9': No such file or directory"),
+        (
+            NamespaceError("lvs-dir9", "No such file or directory"),
+            "network namespace 'lvs-dir9': No such file or directory",
+        ),
     ],
     ids=["destination", "service", "no-object", "namespace"],
 )

@@ -44,7 +44,10 @@ def test_minimal_example_names_and_defaults() -> None:
     cfg = config.load(EXAMPLES / "minimal.yaml")
     web = ServiceKey.parse("TCP 192.0.2.10:80")
     assert cfg.service_name(web) == "web"
-    assert [cfg.real_server_name(web, RealServerKey.parse(a)) for a in ("10.0.1.2:80", "10.0.1.3:80")] == ["web1", "web2"]
+    assert [cfg.real_server_name(web, RealServerKey.parse(a)) for a in ("10.0.1.2:80", "10.0.1.3:80")] == [
+        "web1",
+        "web2",
+    ]
     assert cfg.director == config.DirectorConfig()
     assert cfg.exporter == config.ExporterConfig()
 

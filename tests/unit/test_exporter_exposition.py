@@ -15,9 +15,17 @@ from exporter.exposition import Exposition, escape_label_value, format_value
 from exporter.server import ExporterServer
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
 
+
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0, "0"), (2**64 - 1, "18446744073709551615"), (2**70 + 1, "1180591620717411303425"), (True, "1"), (0.25, "0.25"), (1e-05, "1e-05")],
+    [
+        (0, "0"),
+        (2**64 - 1, "18446744073709551615"),
+        (2**70 + 1, "1180591620717411303425"),
+        (True, "1"),
+        (0.25, "0.25"),
+        (1e-05, "1e-05"),
+    ],
 )
 def test_format_value(value: int | float, text: str) -> None:
     assert format_value(value) == text
@@ -43,7 +51,12 @@ class BigReader:
                     ServiceKey("TCP", f"192.0.2.{s}", 80),
                     "rr",
                     real_servers=tuple(
-                        RealServer(RealServerKey(f"10.{s}.{r // 250}.{r % 250}", 80), 1, Forward.MASQ, stats=Stats(r, r, r, r, r))
+                        RealServer(
+                            RealServerKey(f"10.{s}.{r // 250}.{r % 250}", 80),
+                            1,
+                            Forward.MASQ,
+                            stats=Stats(r, r, r, r, r),
+                        )
                         for r in range(1000)
                     ),
                 )

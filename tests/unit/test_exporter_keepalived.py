@@ -14,8 +14,13 @@ from exporter.keepalived import Extras, FifoError, KeepalivedFifo, parse_line
 from lvsguard.config import ConfigError, loads
 
 # What keepalived 2.2.7 wrote to notify_fifo in the lab (lab/keepalived.py), in order.
-LINES = ['INSTANCE "VI_1" BACKUP 150', 'INSTANCE "VI_1" MASTER 150', 'INSTANCE "VI_1" FAULT 150',
-         'INSTANCE "VI_1" BACKUP 150', 'INSTANCE "VI_1" MASTER 150']  # fmt: skip
+LINES = [
+    'INSTANCE "VI_1" BACKUP 150',
+    'INSTANCE "VI_1" MASTER 150',
+    'INSTANCE "VI_1" FAULT 150',
+    'INSTANCE "VI_1" BACKUP 150',
+    'INSTANCE "VI_1" MASTER 150',
+]
 
 
 class _Registry(Collector):
@@ -70,10 +75,16 @@ def test_the_follower_reads_transitions_in_order_from_a_real_fifo(tmp_path: Path
     assert 'lvs_director_vrrp_priority{instance="VI_1"} 150.0' in text
     assert 'lvs_director_vrrp_transitions_total{instance="VI_1"} 5.0' in text
     # The fast path says the same, sample for sample.
-    fast = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in "".join(Extras(None, fifo).chunks()).splitlines() if not line.startswith("#")}  # fmt: skip
-    slow = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#") and "_created" not in line}  # fmt: skip
+    fast = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in "".join(Extras(None, fifo).chunks()).splitlines()
+        if not line.startswith("#")
+    }
+    slow = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#") and "_created" not in line
+    }
     assert fast == slow
 
 

@@ -8,7 +8,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,7 +25,13 @@ TABLE = Table(
             "wrr",
             stats=Stats(3, 30, 20, 3000, BIG),
             real_servers=tuple(
-                RealServer(RealServerKey(f"10.0.1.{i}", 8080), i, Forward.MASQ, active_connections=i, stats=Stats(1, 10, 7, 1000, 9000))
+                RealServer(
+                    RealServerKey(f"10.0.1.{i}", 8080),
+                    i,
+                    Forward.MASQ,
+                    active_connections=i,
+                    stats=Stats(1, 10, 7, 1000, 9000),
+                )
                 for i in range(2, 5)
             ),
         ),
@@ -107,7 +113,7 @@ def test_metrics_gzip_when_asked(served: tuple[ExporterServer, SwitchableReader]
     text = gzip.decompress(body).decode()
     assert "ipvs_up 1\n" in text and text.endswith("\n")
     _, _, plain = get(server.url + "/metrics")
-    strip = lambda t: [line for line in t.splitlines() if not line.startswith("lvsguard_scrape_duration_seconds ")]  # noqa: E731
+    strip = lambda t: [line for line in t.splitlines() if not line.startswith("lvsguard_scrape_duration_seconds ")]
     assert strip(text) == strip(plain.decode())
 
 

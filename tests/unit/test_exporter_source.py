@@ -84,7 +84,10 @@ def test_forced_netlink_does_not_fall_back() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [IPVSUnavailable("the kernel has no IPVS"), NamespaceError("lvs-dir1", "cannot open /run/netns/lvs-dir1: No such file or directory")],
+    [
+        IPVSUnavailable("the kernel has no IPVS"),
+        NamespaceError("lvs-dir1", "cannot open /run/netns/lvs-dir1: No such file or directory"),
+    ],
     ids=["no IPVS yet", "no namespace yet"],
 )
 def test_failed_open_is_retried_on_the_next_read(error: Exception) -> None:

@@ -153,12 +153,17 @@ def test_a_restarted_peer_is_asked_on_a_new_connection_and_a_stopped_one_is_a_pr
         check.close()
 
 
-def test_the_failover_is_refused_and_audited_while_the_peer_is_not_ready(tmp_path: Path, peer: tuple[Peer, str]) -> None:
+def test_the_failover_is_refused_and_audited_while_the_peer_is_not_ready(
+    tmp_path: Path, peer: tuple[Peer, str]
+) -> None:
     track = tmp_path / "failover"
     track.write_text("0\n")
     settings = ActuatorSettings(tokens={"ops": TOKEN}, failover_track_file=str(track), failover_peer_url=peer[1])
-    app = create_app(settings, kernel=FakeKernel([service("TCP 192.0.2.10:80", ("10.0.1.2:80", 1))]),
-                     ledger_path=str(tmp_path / "ledger.db"))  # fmt: skip
+    app = create_app(
+        settings,
+        kernel=FakeKernel([service("TCP 192.0.2.10:80", ("10.0.1.2:80", 1))]),
+        ledger_path=str(tmp_path / "ledger.db"),
+    )
     client = app.test_client()
     peer[0].body = {"role": "fault", "failover": {"requested": False}}
     refused = client.post("/api/v1/failover", json={"reason": "upgrade"}, headers=AUTH)
@@ -188,7 +193,9 @@ def test_the_director_endpoint_reads_the_sync_daemons_alone(tmp_path: Path) -> N
     app = create_app(ActuatorSettings(tokens={"ops": TOKEN}), kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
     response = app.test_client().get("/api/v1/director")
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert [(d["role"], d["mcast_interface"], d["sync_id"]) for d in response.get_json()["sync_daemons"]] == [("master", "eth1", 51)]
+    assert [(d["role"], d["mcast_interface"], d["sync_id"]) for d in response.get_json()["sync_daemons"]] == [
+        ("master", "eth1", 51)
+    ]
 
 
 def test_the_peer_url_is_a_setting() -> None:

@@ -21,8 +21,10 @@ def test_a_write_replaces_the_file_whole_and_leaves_no_temporary_file(tmp_path: 
     assert os.listdir(tmp_path) == ["failover"]
 
 
-@pytest.mark.parametrize(("content", "expected"), [(b"", False), (b"0", False), (b" 0 \n", False), (b"1\n", True),
-                                                   (b"-1\n", True), (b"\xff\n", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", False), (b"0", False), (b" 0 \n", False), (b"1\n", True), (b"-1\n", True), (b"\xff\n", True)],
+)
 def test_what_the_file_says(tmp_path: Path, content: bytes, expected: bool) -> None:
     path = tmp_path / "failover"
     path.write_bytes(content)

@@ -19,26 +19,29 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="property-based tests need the hypothesis package")
-import yaml  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from lvsguard.config import Config, SECTIONS, load, loads  # noqa: E402
-from lvsguard.errors import ConfigError, KernelError, ProcfsFormatError  # noqa: E402
-from lvsguard.ipvs._genl import NetlinkErrno  # noqa: E402
-from lvsguard.ipvs.netlink import parse_daemons, parse_dests, parse_services  # noqa: E402
-from lvsguard.ipvs.procfs import parse_ip_vs, parse_ip_vs_stats  # noqa: E402
+from lvsguard.config import SECTIONS, Config, load, loads
+from lvsguard.errors import ConfigError, KernelError, ProcfsFormatError
+from lvsguard.ipvs._genl import NetlinkErrno
+from lvsguard.ipvs.netlink import parse_daemons, parse_dests, parse_services
+from lvsguard.ipvs.procfs import parse_ip_vs, parse_ip_vs_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 EXAMPLES = int(os.environ.get("LVSGUARD_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 CASES: Counter[str] = Counter()
 """Cases run per surface in this process (bench/fuzz.py prints them)."""
 
@@ -67,14 +70,57 @@ def _edits(seed: bytes) -> st.SearchStrategy[bytes]:
 
 CONFIG_SEEDS = [(ROOT / "examples" / name).read_bytes() for name in ("lvsguard.yaml", "minimal.yaml")]
 YAML_CHARS = st.sampled_from(list(":-[]{},&*!|>'\"#%@`?\n\t ") + list("abcdefxyz0129.") + ["\u00e9", "\x00", "\ufeff"])
-KEYS = [*SECTIONS, "name", "service", "real_servers", "address", "listen", "ipvs_source", "backend_labels", "services", "netns",
-        "ledger", "rules", "quorum", "min_healthy", "rate_limit", "hold_down", "actions", "per", "match", "action", "<<", "bogus"]  # fmt: skip
-SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=30) | st.sampled_from(
-    ["TCP 192.0.2.10:80", "UDP [2001:db8::10]:53", "FWM 1", "10.0.1.2:80", "[::1]:9910", ":9910", "auto", "netlink", "50%", "30s", "web"]
+KEYS = [
+    *SECTIONS,
+    "name",
+    "service",
+    "real_servers",
+    "address",
+    "listen",
+    "ipvs_source",
+    "backend_labels",
+    "services",
+    "netns",
+    "ledger",
+    "rules",
+    "quorum",
+    "min_healthy",
+    "rate_limit",
+    "hold_down",
+    "actions",
+    "per",
+    "match",
+    "action",
+    "<<",
+    "bogus",
+]
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=30)
+    | st.sampled_from(
+        [
+            "TCP 192.0.2.10:80",
+            "UDP [2001:db8::10]:53",
+            "FWM 1",
+            "10.0.1.2:80",
+            "[::1]:9910",
+            ":9910",
+            "auto",
+            "netlink",
+            "50%",
+            "30s",
+            "web",
+        ]
+    )
 )
 DOCUMENTS = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -119,7 +165,10 @@ def test_config_edited_examples(data: bytes) -> None:
 NETLINK = FIXTURES / "netlink"
 DECODERS: dict[str, tuple[Callable[[bytes], object], list[bytes]]] = {
     "services": (parse_services, [(NETLINK / "services.bin").read_bytes()]),
-    "dests": (parse_dests, [p.read_bytes() for p in sorted(NETLINK.glob("dests-0*.bin")) if parse_dests(p.read_bytes())]),
+    "dests": (
+        parse_dests,
+        [p.read_bytes() for p in sorted(NETLINK.glob("dests-0*.bin")) if parse_dests(p.read_bytes())],
+    ),
     "daemons": (parse_daemons, [(NETLINK / "daemons.bin").read_bytes()]),
 }
 
@@ -139,8 +188,11 @@ def test_netlink_any_bytes(kind: str, data: bytes) -> None:
 
 
 @FUZZ
-@given(st.sampled_from([(kind, seed) for kind, (_, seeds) in sorted(DECODERS.items()) for seed in seeds]).flatmap(
-    lambda pair: st.tuples(st.just(pair[0]), _edits(pair[1]))))  # fmt: skip
+@given(
+    st.sampled_from([(kind, seed) for kind, (_, seeds) in sorted(DECODERS.items()) for seed in seeds]).flatmap(
+        lambda pair: st.tuples(st.just(pair[0]), _edits(pair[1]))
+    )
+)
 def test_netlink_edited_kernel_dumps(case: tuple[str, bytes]) -> None:
     _decode(*case)
 
@@ -170,14 +222,20 @@ def _procfs(kind: str, data: bytes) -> None:
 
 
 @FUZZ
-@given(st.sampled_from([(kind, seed) for kind, (_, seeds) in sorted(PROC_SEEDS.items()) for seed in seeds]).flatmap(
-    lambda pair: st.tuples(st.just(pair[0]), _edits(pair[1]))))  # fmt: skip
+@given(
+    st.sampled_from([(kind, seed) for kind, (_, seeds) in sorted(PROC_SEEDS.items()) for seed in seeds]).flatmap(
+        lambda pair: st.tuples(st.just(pair[0]), _edits(pair[1]))
+    )
+)
 def test_procfs_edited_captures(case: tuple[str, bytes]) -> None:
     _procfs(*case)
 
 
 @FUZZ
-@given(st.sampled_from(sorted(PROC_SEEDS)), st.text(st.sampled_from(list("0123456789ABCDEF:->[] \nTCPUDFWMRouteMasqLocalInActConn")), max_size=300))
+@given(
+    st.sampled_from(sorted(PROC_SEEDS)),
+    st.text(st.sampled_from(list("0123456789ABCDEF:->[] \nTCPUDFWMRouteMasqLocalInActConn")), max_size=300),
+)
 def test_procfs_any_text(kind: str, text: str) -> None:
     header = "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
     _procfs(kind, (header + text).encode() if kind == "ip_vs" else text.encode())
@@ -193,13 +251,17 @@ def test_a_control_character_is_a_config_error_at_its_line() -> None:
     """Found by the fuzzer: PyYAML refused a NUL before parsing, and the ReaderError was a traceback."""
     with pytest.raises(ConfigError) as info:
         loads("services:\n  - name: w\x00\n", "nul.yaml")
-    assert str(info.value) == "nul.yaml:2:12: character U+0000 is not allowed in YAML (special characters are not allowed)"
+    assert (
+        str(info.value) == "nul.yaml:2:12: character U+0000 is not allowed in YAML (special characters are not allowed)"
+    )
 
 
 def test_a_persistence_netmask_wider_than_32_bits_is_a_format_error_at_its_line() -> None:
     """Found by the fuzzer: an edited IPv6 mask of 9 hex digits overflowed int.to_bytes (an OverflowError)."""
-    text = ("IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n"
-            "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
-            "TCP  [20010DB8000000000000000000000010]:0050 wlc persistent 300 1FFFFFFFF\n")  # fmt: skip
+    text = (
+        "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+        "TCP  [20010DB8000000000000000000000010]:0050 wlc persistent 300 1FFFFFFFF\n"
+    )
     with pytest.raises(ProcfsFormatError, match=r":4: persistence netmask '1FFFFFFFF' is wider than 32 bits"):
         parse_ip_vs(text)

@@ -28,7 +28,9 @@ def test_socket_is_blocking_with_the_timeout_in_the_kernel():
             assert seconds + micros / 1e6 == _genl.TIMEOUT
 
 
-@pytest.mark.parametrize("exc", [BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"), TimeoutError("timed out")])
+@pytest.mark.parametrize(
+    "exc", [BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"), TimeoutError("timed out")]
+)
 def test_a_kernel_that_does_not_answer_is_a_transport_error_that_says_so(exc):
     error = NetlinkIPVS._os_error(exc, "receive")
     assert isinstance(error, TransportError)

@@ -60,7 +60,14 @@ def test_real_server_key_v6_prints_brackets() -> None:
 
 @pytest.mark.parametrize(
     "name, method",
-    [("masq", Forward.MASQ), ("nat", Forward.MASQ), ("DR", Forward.ROUTE), ("gate", Forward.ROUTE), ("ipip", Forward.TUNNEL), ("local", Forward.LOCAL)],
+    [
+        ("masq", Forward.MASQ),
+        ("nat", Forward.MASQ),
+        ("DR", Forward.ROUTE),
+        ("gate", Forward.ROUTE),
+        ("ipip", Forward.TUNNEL),
+        ("local", Forward.LOCAL),
+    ],
 )
 def test_forward_names_and_aliases(name: str, method: Forward) -> None:
     assert Forward.from_name(name) is method

@@ -14,14 +14,22 @@ import errno
 import gzip
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import pytest
 
-from lvsguard.errors import AlreadyExists, InvalidRequest, KernelError, NoSuchDestination, NoSuchService, NotPermitted
+from lvsguard.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    KernelError,
+    MalformedReply,
+    NoSuchDestination,
+    NoSuchService,
+    NotPermitted,
+)
 from lvsguard.ipvs import _genl, netlink
-from lvsguard.errors import MalformedReply
 from lvsguard.ipvs._genl import NetlinkErrno
 from lvsguard.ipvs.netlink import (
     ATTR_DEST,
@@ -177,8 +185,12 @@ def test_service_fields(expected: dict[str, Any]) -> None:
     (svc,) = [s for s in parse_services(fixture("services.bin")) if str(s.key) == expected["key"]]
     assert svc.key.family == expected["family"]
     assert (svc.scheduler, svc.flags, svc.timeout, svc.netmask, svc.pe_name) == (
-        expected["scheduler"], expected["flags"], expected["timeout"], expected["netmask"], expected["pe_name"],
-    )  # fmt: skip
+        expected["scheduler"],
+        expected["flags"],
+        expected["timeout"],
+        expected["netmask"],
+        expected["pe_name"],
+    )
     assert stats_dict(svc.stats) == expected["stats"]
 
 
@@ -240,7 +252,9 @@ def test_keys_are_reused_across_reads() -> None:
 # -- what other kernels send ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("svc", [s for s in SERVICES if s["real_servers"]], ids=[s["key"] for s in SERVICES if s["real_servers"]])
+@pytest.mark.parametrize(
+    "svc", [s for s in SERVICES if s["real_servers"]], ids=[s["key"] for s in SERVICES if s["real_servers"]]
+)
 def test_unpadded_layout_decodes_the_same(svc: dict[str, Any]) -> None:
     """An x86-64 kernel (efficient unaligned access) sends no IPVS_STATS_ATTR_PAD."""
     unpadded = rewrite(dests_of(svc), without_padding)
@@ -344,7 +358,13 @@ def test_ipv4_real_server_of_an_ipv6_service() -> None:
 def cut_points() -> list[tuple[str, int]]:
     dump = dests_of(SERVICES[1])
     first = len(data_messages(dump)[0])
-    return [("in-netlink-header", 7), ("in-genl-header", 18), ("in-address", 30), ("in-stats64", first - 9), ("in-second-message", first + 100)]
+    return [
+        ("in-netlink-header", 7),
+        ("in-genl-header", 18),
+        ("in-address", 30),
+        ("in-stats64", first - 9),
+        ("in-second-message", first + 100),
+    ]
 
 
 @pytest.mark.parametrize("cut", [c for _n, c in cut_points()], ids=[n for n, _c in cut_points()])
@@ -381,7 +401,14 @@ def weight_attr(dump: bytes) -> int:
         (lambda: garble(lambda d: 0, struct.pack("=I", 3)), r"length 3"),
         (lambda: garble(lambda d: 22, struct.pack("=H", 99)), r"real-server message without addr, port, fwd, weight"),
     ],
-    ids=["attribute-too-short", "attribute-past-the-end", "scalar-of-wrong-size", "forwarding-method", "message-length", "not-a-real-server"],
+    ids=[
+        "attribute-too-short",
+        "attribute-past-the-end",
+        "scalar-of-wrong-size",
+        "forwarding-method",
+        "message-length",
+        "not-a-real-server",
+    ],
 )
 def test_garbled_dump_is_a_clear_error(broken: Callable[[], bytes], message: str) -> None:
     with pytest.raises(MalformedReply, match=message):
@@ -421,7 +448,9 @@ def as_reply(kind: int, attrs: bytes, cmd: int) -> bytes:
     "svc",
     [
         VirtualService(ServiceKey.parse("TCP 192.0.2.10:80"), "wrr", netmask=0xFFFFFFFF),
-        VirtualService(ServiceKey.parse("UDP 192.0.2.13:5060"), "rr", flags=1, timeout=60, netmask=0xFFFFFF00, pe_name="sip"),
+        VirtualService(
+            ServiceKey.parse("UDP 192.0.2.13:5060"), "rr", flags=1, timeout=60, netmask=0xFFFFFF00, pe_name="sip"
+        ),
         VirtualService(ServiceKey.parse("SCTP [2001:db8::1]:3868"), "sh", flags=0x18, netmask=64),
         VirtualService(ServiceKey.parse("FWM 7 IPv6"), "mh", flags=0x11, timeout=30, netmask=128),
     ],
@@ -433,7 +462,9 @@ def test_service_encoding_round_trips(svc: VirtualService) -> None:
 
 def test_service_encoding_drops_hashed_and_fills_the_netmask() -> None:
     """The kernel refuses to hash a service that claims to be hashed; netmask 0 would merge all clients."""
-    (sent,) = parse_services(as_reply(ATTR_SERVICE, service_attrs(VirtualService(ServiceKey.parse("TCP 192.0.2.10:80"), "rr", flags=0x3)), 1))
+    (sent,) = parse_services(
+        as_reply(ATTR_SERVICE, service_attrs(VirtualService(ServiceKey.parse("TCP 192.0.2.10:80"), "rr", flags=0x3)), 1)
+    )
     assert (sent.flags, sent.netmask) == (0x1, 0xFFFFFFFF)
 
 
@@ -442,7 +473,9 @@ def test_service_encoding_drops_hashed_and_fills_the_netmask() -> None:
     [
         RealServer(RealServerKey.parse("10.0.1.2:8080"), 3, Forward.MASQ, 100, 10),
         RealServer(RealServerKey.parse("[2001:db8:1::2]:80"), 0, Forward.ROUTE),
-        RealServer(RealServerKey.parse("10.0.3.3:3868"), 4, Forward.TUNNEL, tunnel_type=1, tunnel_port=6080, tunnel_flags=2),
+        RealServer(
+            RealServerKey.parse("10.0.3.3:3868"), 4, Forward.TUNNEL, tunnel_type=1, tunnel_port=6080, tunnel_flags=2
+        ),
     ],
     ids=["masq-thresholds", "ipv6-weight-0", "gue-tunnel"],
 )
@@ -453,9 +486,18 @@ def test_real_server_encoding_round_trips(rs: RealServer) -> None:
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: service_attrs(VirtualService(ServiceKey("TCP", "300.1.1.1", 80), "rr")), "'300.1.1.1' is not an IPv4 address"),
-        (lambda: service_attrs(VirtualService(ServiceKey("ICMP", "192.0.2.1", 80), "rr")), "protocol must be TCP, UDP, SCTP or FWM"),
-        (lambda: dest_attrs(RealServer(RealServerKey("10.0.0.1", 70000), 1, Forward.ROUTE)), "port 70000 is out of range"),
+        (
+            lambda: service_attrs(VirtualService(ServiceKey("TCP", "300.1.1.1", 80), "rr")),
+            "'300.1.1.1' is not an IPv4 address",
+        ),
+        (
+            lambda: service_attrs(VirtualService(ServiceKey("ICMP", "192.0.2.1", 80), "rr")),
+            "protocol must be TCP, UDP, SCTP or FWM",
+        ),
+        (
+            lambda: dest_attrs(RealServer(RealServerKey("10.0.0.1", 70000), 1, Forward.ROUTE)),
+            "port 70000 is out of range",
+        ),
         (lambda: dest_attrs(RealServer(RealServerKey("10.0.0.1", 80), -1, Forward.ROUTE)), "weight -1 is out of range"),
     ],
     ids=["bad-address", "bad-protocol", "bad-port", "negative-weight"],
@@ -474,22 +516,70 @@ RS = RealServerKey.parse("10.0.1.2:80")
 @pytest.mark.parametrize(
     "code, op, kwargs, cls, message",
     [
-        (errno.ENOENT, "dest", {"service": SVC, "real_server": RS}, NoSuchDestination, "real server 10.0.1.2:80 of TCP 192.0.2.10:80: no such destination"),
-        (errno.ESRCH, "dest", {"service": SVC, "real_server": RS}, NoSuchService, "service TCP 192.0.2.10:80: no such service"),
-        (errno.EEXIST, "dest", {"service": SVC, "real_server": RS}, AlreadyExists, "real server 10.0.1.2:80 of TCP 192.0.2.10:80: already exists"),
+        (
+            errno.ENOENT,
+            "dest",
+            {"service": SVC, "real_server": RS},
+            NoSuchDestination,
+            "real server 10.0.1.2:80 of TCP 192.0.2.10:80: no such destination",
+        ),
+        (
+            errno.ESRCH,
+            "dest",
+            {"service": SVC, "real_server": RS},
+            NoSuchService,
+            "service TCP 192.0.2.10:80: no such service",
+        ),
+        (
+            errno.EEXIST,
+            "dest",
+            {"service": SVC, "real_server": RS},
+            AlreadyExists,
+            "real server 10.0.1.2:80 of TCP 192.0.2.10:80: already exists",
+        ),
         (errno.EEXIST, "service", {"service": SVC}, AlreadyExists, "service TCP 192.0.2.10:80: already exists"),
-        (errno.ENOENT, "service", {"service": SVC, "hint": "no scheduler 'xyz' in this kernel"}, InvalidRequest, "service TCP 192.0.2.10:80: no scheduler 'xyz' in this kernel"),
+        (
+            errno.ENOENT,
+            "service",
+            {"service": SVC, "hint": "no scheduler 'xyz' in this kernel"},
+            InvalidRequest,
+            "service TCP 192.0.2.10:80: no scheduler 'xyz' in this kernel",
+        ),
         (errno.EPERM, "read", {}, NotPermitted, "operation not permitted (IPVS over netlink needs CAP_NET_ADMIN)"),
-        (errno.EINVAL, "dest", {"service": SVC, "real_server": RS}, InvalidRequest, "real server 10.0.1.2:80 of TCP 192.0.2.10:80: invalid argument"),
-        (errno.EEXIST, "daemon", {"subject": "sync daemon master"}, AlreadyExists, "sync daemon master: already running"),
+        (
+            errno.EINVAL,
+            "dest",
+            {"service": SVC, "real_server": RS},
+            InvalidRequest,
+            "real server 10.0.1.2:80 of TCP 192.0.2.10:80: invalid argument",
+        ),
+        (
+            errno.EEXIST,
+            "daemon",
+            {"subject": "sync daemon master"},
+            AlreadyExists,
+            "sync daemon master: already running",
+        ),
         (errno.ESRCH, "daemon", {"subject": "sync daemon backup"}, KernelError, "sync daemon backup: not running"),
         (errno.ENOMEM, "read", {}, KernelError, "cannot allocate memory"),
     ],
-    ids=["no-destination", "no-service", "destination-exists", "service-exists", "no-scheduler", "not-permitted", "invalid", "daemon-running", "daemon-not-running", "other"],
+    ids=[
+        "no-destination",
+        "no-service",
+        "destination-exists",
+        "service-exists",
+        "no-scheduler",
+        "not-permitted",
+        "invalid",
+        "daemon-running",
+        "daemon-not-running",
+        "other",
+    ],
 )
-def test_errno_becomes_a_typed_error_naming_the_object(code: int, op: str, kwargs: dict[str, Any], cls: type[KernelError], message: str) -> None:
+def test_errno_becomes_a_typed_error_naming_the_object(
+    code: int, op: str, kwargs: dict[str, Any], cls: type[KernelError], message: str
+) -> None:
     exc = translate(NetlinkErrno(code), op, **kwargs)
     assert type(exc) is cls
     assert str(exc) == message
     assert exc.errno == code
-

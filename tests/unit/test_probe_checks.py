@@ -7,7 +7,7 @@ import re
 import socket
 import sys
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -16,7 +16,8 @@ from exporter.probes.agent import AgentChecker, parse_reply
 from exporter.probes.dns import DNSChecker
 from exporter.probes.engine import CheckSpec, probe
 from exporter.probes.http import HTTPChecker
-from exporter.probes.icmp import ICMPChecker, checksum, echo_request, parse_reply as parse_icmp
+from exporter.probes.icmp import ICMPChecker, checksum, echo_request
+from exporter.probes.icmp import parse_reply as parse_icmp
 from exporter.probes.prometheus import PrometheusChecker, value_of
 from exporter.probes.result import ProbeResult, Target
 from exporter.probes.script import ScriptChecker, verdict
@@ -34,7 +35,10 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-async def with_tcp_server(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], body: Callable[[int], Awaitable[ProbeResult]]) -> ProbeResult:
+async def with_tcp_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    body: Callable[[int], Awaitable[ProbeResult]],
+) -> ProbeResult:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     async with server:
         return await body(server.sockets[0].getsockname()[1])
@@ -76,10 +80,14 @@ def test_tcp_up_and_refused() -> None:
 def test_http_status_body_and_host_header() -> None:
     seen: list[bytes] = []
     checker = HTTPChecker(path="/health", host="www.example.test", body=re.compile(rb"all good"))
-    ok = run(with_tcp_server(http_handler(200, b"rs1: all good", seen=seen), lambda p: checker.check(Target("127.0.0.1", p))))
+    ok = run(
+        with_tcp_server(http_handler(200, b"rs1: all good", seen=seen), lambda p: checker.check(Target("127.0.0.1", p)))
+    )
     assert ok.ok, ok.message
     assert seen[0].startswith(b"GET /health HTTP/1.1\r\n") and b"Host: www.example.test\r\n" in seen[0]
-    wrong_body = run(with_tcp_server(http_handler(200, b"rs1: degraded"), lambda p: checker.check(Target("127.0.0.1", p))))
+    wrong_body = run(
+        with_tcp_server(http_handler(200, b"rs1: degraded"), lambda p: checker.check(Target("127.0.0.1", p)))
+    )
     assert (wrong_body.ok, wrong_body.error) == (False, "BodyMismatch")
     wrong_status = run(with_tcp_server(http_handler(503, b"all good"), lambda p: checker.check(Target("127.0.0.1", p))))
     assert (wrong_status.ok, wrong_status.error) == (False, "UnexpectedStatus") and "503" in wrong_status.message
@@ -87,7 +95,9 @@ def test_http_status_body_and_host_header() -> None:
 
 def test_http_chunked_body_and_expected_statuses() -> None:
     checker = HTTPChecker(method="GET", statuses=frozenset({418}), body=re.compile(rb"^teapot$"))
-    ok = run(with_tcp_server(http_handler(418, b"teapot", chunked=True), lambda p: checker.check(Target("127.0.0.1", p))))
+    ok = run(
+        with_tcp_server(http_handler(418, b"teapot", chunked=True), lambda p: checker.check(Target("127.0.0.1", p)))
+    )
     assert ok.ok, ok.message
 
 
@@ -115,7 +125,9 @@ class Echo(asyncio.DatagramProtocol):
         self.transport.sendto(b"echo:" + data, addr)  # type: ignore[attr-defined]
 
 
-async def with_udp_server(protocol: Callable[[], asyncio.DatagramProtocol], body: Callable[[int], Awaitable[ProbeResult]]) -> ProbeResult:
+async def with_udp_server(
+    protocol: Callable[[], asyncio.DatagramProtocol], body: Callable[[int], Awaitable[ProbeResult]]
+) -> ProbeResult:
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(protocol, local_addr=("127.0.0.1", 0))
     try:
         return await body(transport.get_extra_info("sockname")[1])
@@ -202,10 +214,14 @@ def _icmp_allowed() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _icmp_allowed(), reason="neither datagram ICMP (ping_group_range) nor a raw socket is allowed here")
+@pytest.mark.skipif(
+    not _icmp_allowed(), reason="neither datagram ICMP (ping_group_range) nor a raw socket is allowed here"
+)
 def test_icmp_echo_to_loopback_and_timeout_to_nowhere() -> None:
     assert run(ICMPChecker().check(Target("127.0.0.1", 0))).ok
-    silent = run(probe(CheckSpec("icmp", ICMPChecker(), timeout=0.2), Target("192.0.2.123", 0)))  # TEST-NET-1: nobody answers
+    silent = run(
+        probe(CheckSpec("icmp", ICMPChecker(), timeout=0.2), Target("192.0.2.123", 0))
+    )  # TEST-NET-1: nobody answers
     assert not silent.ok and silent.message
 
 
@@ -218,7 +234,12 @@ def script(code: str) -> ScriptChecker:
 
 def test_script_exit_codes() -> None:
     target = Target("127.0.0.1", 8080)
-    assert verdict(0) == (True, None) and verdict(1) == (False, None) and verdict(7) == (True, 5) and verdict(-9) == (False, None)
+    assert (
+        verdict(0) == (True, None)
+        and verdict(1) == (False, None)
+        and verdict(7) == (True, 5)
+        and verdict(-9) == (False, None)
+    )
     up = run(script("import sys; sys.exit(0 if sys.argv[1:] == ['127.0.0.1', '8080'] else 1)").check(target))
     assert up.ok, up.message
     assert not run(script("import sys; sys.exit(1)").check(target)).ok
@@ -255,9 +276,16 @@ def running(pid: int) -> bool:
 
 @pytest.mark.parametrize(
     ("line", "state", "percent"),
-    [("up 75%", "up", 75.0), ("75%", "", 75.0), ("drain", "drain", 0.0), ("maint", "maint", None),
-     ("down #disk full", "down", None), ("ready,50%", "up", 50.0), ("stopped", "down", None)],
-)  # fmt: skip
+    [
+        ("up 75%", "up", 75.0),
+        ("75%", "", 75.0),
+        ("drain", "drain", 0.0),
+        ("maint", "maint", None),
+        ("down #disk full", "down", None),
+        ("ready,50%", "up", 50.0),
+        ("stopped", "down", None),
+    ],
+)
 def test_agent_reply_words(line: str, state: str, percent: float | None) -> None:
     reply = parse_reply(line)
     assert (reply.state, reply.percent) == (state, percent)
@@ -293,7 +321,10 @@ def test_agent_check_against_an_agent() -> None:
 
 
 def test_prometheus_value_parsing() -> None:
-    assert value_of(b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"42.5"]}]}}') == 42.5
+    assert (
+        value_of(b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"42.5"]}]}}')
+        == 42.5
+    )
     assert value_of(b'{"status":"success","data":{"resultType":"scalar","result":[1,"7"]}}') == 7.0
     with pytest.raises(ValueError, match="2 samples"):
         value_of(b'{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}}')

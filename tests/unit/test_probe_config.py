@@ -34,11 +34,14 @@ def problems(text: str) -> list[str]:
 
 
 def test_checks_become_a_plan() -> None:
-    cfg = config.loads(SERVICES + """probes:
+    cfg = config.loads(
+        SERVICES
+        + """probes:
   checks:
     - {service: web, real_server: web1, type: http, path: /h, statuses: [204, 200], body: ok, interval: 500ms, timeout: 0.25}
     - {service: web, type: agent, port: 5555}
-""")
+"""
+    )
     http, agent = cfg.probes.checks
     assert (http.real_server, http.statuses, http.interval, http.timeout) == (WEB1, (200, 204), 0.5, 0.25)
     plan = build_plan(cfg.probes)
@@ -51,24 +54,48 @@ def test_checks_become_a_plan() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("probes:\n  checks:\n    - {type: dns, path: /x}\n",
-         ["lvsguard.yaml:11:7: probes.checks[0].query_name: required for a dns check",
-          "lvsguard.yaml:11:19: probes.checks[0].path: does not apply to a dns check (it takes query_name, query_type, rcode, answer)"]),
-        ("probes:\n  checks:\n    - {type: tcp, service: web, real_server: web9}\n",
-         ["lvsguard.yaml:11:46: probes.checks[0].real_server: 'web9' is neither an address:port nor the name of a real server of TCP 192.0.2.10:80"]),
-        ("probes:\n  checks:\n    - {type: htp}\n",
-         ["lvsguard.yaml:11:14: probes.checks[0].type: must be one of tcp, http, https, udp, icmp, dns, script, agent, prometheus, got 'htp'; did you mean 'http'?"]),
-        ("probes:\n  checks:\n    - {type: tcp, interval: 1s, timeout: 2s}\n",
-         ["lvsguard.yaml:11:7: probes.checks[0]: timeout (2 s) must not exceed interval (1 s)"]),
-        ("probes:\n  refresh: soon\n  checks:\n    - {type: tcp, rise: 0}\n",
-         ["lvsguard.yaml:10:12: probes.refresh: must be a duration such as 1s, 500ms or 2m, got 'soon'",
-          "lvsguard.yaml:12:25: probes.checks[0].rise: must be 1..100, got 0"]),
-        ("probes:\n  publish: {mode: actuator, url: 'ftp://x'}\n",
-         ["lvsguard.yaml:10:34: probes.publish.url: must be an http:// or https:// URL, got 'ftp://x'"]),
-        ("probes:\n  checks:\n    - {type: http, body: '(unclosed'}\n",
-         ["lvsguard.yaml:11:26: probes.checks[0].body: is not a regular expression: missing ), unterminated subpattern at position 0"]),
+        (
+            "probes:\n  checks:\n    - {type: dns, path: /x}\n",
+            [
+                "lvsguard.yaml:11:7: probes.checks[0].query_name: required for a dns check",
+                "lvsguard.yaml:11:19: probes.checks[0].path: does not apply to a dns check (it takes query_name, query_type, rcode, answer)",
+            ],
+        ),
+        (
+            "probes:\n  checks:\n    - {type: tcp, service: web, real_server: web9}\n",
+            [
+                "lvsguard.yaml:11:46: probes.checks[0].real_server: 'web9' is neither an address:port nor the name of a real server of TCP 192.0.2.10:80"
+            ],
+        ),
+        (
+            "probes:\n  checks:\n    - {type: htp}\n",
+            [
+                "lvsguard.yaml:11:14: probes.checks[0].type: must be one of tcp, http, https, udp, icmp, dns, script, agent, prometheus, got 'htp'; did you mean 'http'?"
+            ],
+        ),
+        (
+            "probes:\n  checks:\n    - {type: tcp, interval: 1s, timeout: 2s}\n",
+            ["lvsguard.yaml:11:7: probes.checks[0]: timeout (2 s) must not exceed interval (1 s)"],
+        ),
+        (
+            "probes:\n  refresh: soon\n  checks:\n    - {type: tcp, rise: 0}\n",
+            [
+                "lvsguard.yaml:10:12: probes.refresh: must be a duration such as 1s, 500ms or 2m, got 'soon'",
+                "lvsguard.yaml:12:25: probes.checks[0].rise: must be 1..100, got 0",
+            ],
+        ),
+        (
+            "probes:\n  publish: {mode: actuator, url: 'ftp://x'}\n",
+            ["lvsguard.yaml:10:34: probes.publish.url: must be an http:// or https:// URL, got 'ftp://x'"],
+        ),
+        (
+            "probes:\n  checks:\n    - {type: http, body: '(unclosed'}\n",
+            [
+                "lvsguard.yaml:11:26: probes.checks[0].body: is not a regular expression: missing ), unterminated subpattern at position 0"
+            ],
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_checks_name_file_line_and_key(text: str, expected: list[str]) -> None:
     assert problems(text) == expected
 

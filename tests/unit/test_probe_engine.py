@@ -6,8 +6,9 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,8 +36,15 @@ def table(*servers: RealServer) -> Table:
 def test_health_rise_and_fall() -> None:
     h = Health(rise=2, fall=3)
     assert [h.update(ok, t) for t, ok in enumerate([False, False, True, False, False, False, True, True], 1)] == [
-        False, False, False, False, False, True, False, True,
-    ]  # fmt: skip
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        False,
+        True,
+    ]
     assert (h.healthy, h.changes, h.changed_at) == (True, 2, 8)
 
 
@@ -94,8 +102,12 @@ def test_engine_records_transitions_and_damped_weights() -> None:
     async def body() -> None:
         engine.sync(table(rs("10.0.1.1", 8080, weight=4)))
         job = next(iter(engine.jobs.values()))
-        for result in [ProbeResult(True, "up", weight_percent=50), ProbeResult(False, "down"), ProbeResult(False, "down"),
-                       ProbeResult(True, "up 100%", weight_percent=100)]:  # fmt: skip
+        for result in [
+            ProbeResult(True, "up", weight_percent=50),
+            ProbeResult(False, "down"),
+            ProbeResult(False, "down"),
+            ProbeResult(True, "up 100%", weight_percent=100),
+        ]:
             engine.record(job, result)
         await engine.stop()
 
@@ -115,7 +127,9 @@ def test_engine_follows_the_table_with_tcp_checks_on_real_ports() -> None:
         probe.close()
         await probe.wait_closed()
         metrics = ProbeMetrics()
-        fast = lambda s, r: tuple(CheckSpec(c.name, c.checker, interval=0.05, timeout=0.5, rise=1, fall=1) for c in default_plan(s, r))  # noqa: E731
+        fast = lambda s, r: tuple(
+            CheckSpec(c.name, c.checker, interval=0.05, timeout=0.5, rise=1, fall=1) for c in default_plan(s, r)
+        )
         engine = ProbeEngine(fast, metrics=metrics, publisher=Recorder())
         engine.sync(table(rs("127.0.0.1", up_port), rs("127.0.0.1", down_port), rs("127.0.0.1", 0)))
         assert len(engine.jobs) == 2  # port 0 gets no tcp check
@@ -134,9 +148,16 @@ def test_engine_follows_the_table_with_tcp_checks_on_real_ports() -> None:
 
     out = asyncio.run(body())
     assert out["state"] == {f"127.0.0.1:{out['up']}": True, f"127.0.0.1:{out['down']}": False}
-    samples = {(s.name, s.labels["remote_port"]): s.value for f in text_string_to_metric_families(out["text"]) for s in f.samples
-               if s.name in ("lvs_backend_healthy", "lvs_probe_success", "lvs_backend_health_changes_total")}  # fmt: skip
-    assert samples[("lvs_backend_healthy", str(out["up"]))] == 1 and samples[("lvs_backend_healthy", str(out["down"]))] == 0
+    samples = {
+        (s.name, s.labels["remote_port"]): s.value
+        for f in text_string_to_metric_families(out["text"])
+        for s in f.samples
+        if s.name in ("lvs_backend_healthy", "lvs_probe_success", "lvs_backend_health_changes_total")
+    }
+    assert (
+        samples[("lvs_backend_healthy", str(out["up"]))] == 1
+        and samples[("lvs_backend_healthy", str(out["down"]))] == 0
+    )
     assert samples[("lvs_backend_health_changes_total", str(out["down"]))] == 1
     assert out["remaining"] == 1 and str(out["down"]) not in out["after"]
 
@@ -154,14 +175,19 @@ def test_metrics_fast_path_equals_registry_path() -> None:
     assert fast == slow
     labels = dict(next(k for k in fast if k[0] == "lvs_backend_healthy")[1])
     assert labels["remote_address"] == "10.0.1.2" and labels["check"] == "http" and labels["local_port"] == "80"
-    assert fast[("lvs_probe_duration_seconds_count", next(k for k in fast if k[0] == "lvs_probe_duration_seconds_count")[1])] == 2
+    assert (
+        fast[
+            ("lvs_probe_duration_seconds_count", next(k for k in fast if k[0] == "lvs_probe_duration_seconds_count")[1])
+        ]
+        == 2
+    )
     assert [v for k, v in fast.items() if k[0] == "lvs_backend_health_last_change_timestamp_seconds"] == [1700000000.5]
 
 
 class _Sink(BaseHTTPRequestHandler):
     posts: list[tuple[str, dict[str, str], Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).posts.append((self.path, dict(self.headers), body))
         reply = b'{"status":"ok"}'
@@ -215,7 +241,11 @@ def test_alertmanager_publisher_posts_v2_alerts(sink: str) -> None:
     posts = wait_posts(1)
     publisher.close()
     path, _, body = posts[0]
-    assert path == "/api/v2/alerts" and isinstance(body, list) and set(body[0]) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
+    assert (
+        path == "/api/v2/alerts"
+        and isinstance(body, list)
+        and set(body[0]) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
+    )
     assert body[0]["labels"]["check"] == "tcp"
 
 

@@ -28,7 +28,13 @@ SVC = ServiceKey.parse("TCP 192.0.2.10:80")
 
 def table(*ports: int, address: str = "127.0.0.1", services: int = 1) -> Table:
     servers = tuple(RealServer(RealServerKey(address, p, 4), 1, Forward.MASQ) for p in ports)
-    return Table(tuple(VirtualService(ServiceKey("TCP", "192.0.2.10", 80 + i), "wrr", real_servers=servers) for i in range(services)), source="netlink")
+    return Table(
+        tuple(
+            VirtualService(ServiceKey("TCP", "192.0.2.10", 80 + i), "wrr", real_servers=servers)
+            for i in range(services)
+        ),
+        source="netlink",
+    )
 
 
 def closed_port() -> int:
@@ -55,7 +61,10 @@ def hot(checker: Any, target: Target) -> Awaitable[ProbeResult]:
     return body()
 
 
-async def serving(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], use: Callable[[int], Awaitable[Any]]) -> Any:
+async def serving(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    use: Callable[[int], Awaitable[Any]],
+) -> Any:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     try:
         return await use(server.sockets[0].getsockname()[1])
@@ -82,7 +91,11 @@ def test_tcp_hot_path_up_and_refused_as_the_coroutine_reports() -> None:
     async def body() -> tuple[ProbeResult, ProbeResult, ProbeResult]:
         up = await serving(lambda r, w: _close(w), lambda p: hot(TCPChecker(), Target("127.0.0.1", p)))
         port = closed_port()
-        return up, await hot(TCPChecker(), Target("127.0.0.1", port)), await TCPChecker().check(Target("127.0.0.1", port))
+        return (
+            up,
+            await hot(TCPChecker(), Target("127.0.0.1", port)),
+            await TCPChecker().check(Target("127.0.0.1", port)),
+        )
 
     up, refused, refused_coro = asyncio.run(body())
     assert up.ok and up.message.startswith("connected to 127.0.0.1:")
@@ -106,11 +119,16 @@ def test_tcp_hot_path_bad_address_is_a_failed_result() -> None:
     [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", HTTPChecker(body=re.compile(rb"hel+o")), True, ""),
         (b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy", HTTPChecker(), False, "UnexpectedStatus"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntea\r\n3\r\npot\r\n0\r\n\r\n", HTTPChecker(body=re.compile(rb"^teapot$")), True, ""),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntea\r\n3\r\npot\r\n0\r\n\r\n",
+            HTTPChecker(body=re.compile(rb"^teapot$")),
+            True,
+            "",
+        ),
         (b"HTTP/1.0 200 OK\r\n\r\nuntil eof", HTTPChecker(body=re.compile(rb"nothing")), False, "BodyMismatch"),
         (b"SSH-2.0-OpenSSH_9\r\n", HTTPChecker(), False, "HTTPProtocolError"),
     ],
-)  # fmt: skip
+)
 def test_http_hot_path_judges_as_the_coroutine(raw: bytes, checker: HTTPChecker, ok: bool, error: str) -> None:
     async def body() -> tuple[ProbeResult, ProbeResult]:
         return (
@@ -124,7 +142,9 @@ def test_http_hot_path_judges_as_the_coroutine(raw: bytes, checker: HTTPChecker,
 
 def test_http_hot_path_refused() -> None:
     result = asyncio.run(hot(HTTPChecker(), Target("127.0.0.1", closed_port())))
-    assert (result.ok, result.error) == (False, "ConnectionRefusedError") and result.message.startswith("GET http://127.0.0.1:")
+    assert (result.ok, result.error) == (False, "ConnectionRefusedError") and result.message.startswith(
+        "GET http://127.0.0.1:"
+    )
 
 
 def test_https_has_no_hot_path() -> None:
@@ -282,7 +302,9 @@ def test_default_checks_stretch_under_the_budget_and_configured_ones_do_not(capl
         return (configured,) if real_server.port == 1 else default_plan(service, real_server)
 
     async def body() -> dict[str, Any]:
-        engine = ProbeEngine(plan, default_rate=100, jitter=lambda: 1.0)  # first slots a whole interval away: nothing runs
+        engine = ProbeEngine(
+            plan, default_rate=100, jitter=lambda: 1.0
+        )  # first slots a whole interval away: nothing runs
         out: dict[str, Any] = {}
         engine.sync(table(*range(1, 301), address="192.0.2.77"))  # 299 default checks + 1 configured
         out["big"] = {j.spec.name: j.interval for j in engine.jobs.values()}
@@ -327,11 +349,17 @@ def test_stretched_default_checks_share_a_histogram_per_service() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     def buckets(text: str) -> set[tuple[str, str]]:
-        return {(s.labels["local_port"], s.labels["remote_port"]) for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name == "lvs_probe_duration_seconds_count"}  # fmt: skip
+        return {
+            (s.labels["local_port"], s.labels["remote_port"])
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "lvs_probe_duration_seconds_count"
+        }
 
     def healthy(text: str) -> int:
-        return sum(1 for f in text_string_to_metric_families(text) for s in f.samples if s.name == "lvs_backend_healthy")
+        return sum(
+            1 for f in text_string_to_metric_families(text) for s in f.samples if s.name == "lvs_backend_healthy"
+        )
 
     async def body() -> dict[str, str]:
         engine = ProbeEngine(default_rate=10, jitter=lambda: 1.0)
@@ -454,7 +482,9 @@ def test_hot_paths_over_ipv6() -> None:
         server = await asyncio.start_server(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), "::1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            return await hot(TCPChecker(), Target("::1", port)), await hot(HTTPChecker(body=re.compile(rb"ok")), Target("::1", port))
+            return await hot(TCPChecker(), Target("::1", port)), await hot(
+                HTTPChecker(body=re.compile(rb"ok")), Target("::1", port)
+            )
         finally:
             server.close()
 

@@ -27,7 +27,10 @@ class StandIn:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (self.status, len(self.body), self.body))
+        writer.write(
+            b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (self.status, len(self.body), self.body)
+        )
         await writer.drain()
         writer.close()
 
@@ -59,18 +62,24 @@ async def scenario(steps: list[tuple[str, int, bytes]]) -> list[ProbeResult]:
 
 def test_a_dead_prometheus_holds_the_last_answer_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "exporter.probes")
-    good, held, held_again, back = asyncio.run(scenario([("up", 200, VECTOR % b"50"), ("down", 0, b""), ("down", 0, b""), ("up", 200, VECTOR % b"75")]))
+    good, held, held_again, back = asyncio.run(
+        scenario([("up", 200, VECTOR % b"50"), ("down", 0, b""), ("down", 0, b""), ("up", 200, VECTOR % b"75")])
+    )
     assert (good.ok, good.weight_percent, good.error) == (True, 50.0, "")
     for result in (held, held_again):
         assert (result.ok, result.weight_percent, result.error) == (True, None, UNREACHABLE)
-        assert "out of reach" in result.message and "holding the last answer" in result.message and "50%" in result.message
+        assert (
+            "out of reach" in result.message and "holding the last answer" in result.message and "50%" in result.message
+        )
     assert (back.ok, back.weight_percent) == (True, 75.0)
     events = [r.getMessage().split()[0] for r in caplog.records if "prometheus_" in r.getMessage()]
     assert events == ["prometheus_unreachable", "prometheus_reachable"]
 
 
 def test_a_held_failure_stays_a_failure_and_a_5xx_is_out_of_reach() -> None:
-    failed, held, unavailable = asyncio.run(scenario([("up", 200, EMPTY), ("down", 0, b""), ("up", 503, b"shutting down")]))
+    failed, held, unavailable = asyncio.run(
+        scenario([("up", 200, EMPTY), ("down", 0, b""), ("up", 503, b"shutting down")])
+    )
     assert (failed.ok, failed.error) == (False, "ValueError")
     assert (held.ok, held.error) == (False, UNREACHABLE) and "0 samples" in held.message
     assert (unavailable.ok, unavailable.error) == (False, UNREACHABLE) and "status 503" in unavailable.message

@@ -8,8 +8,9 @@ import json
 import logging
 import socket
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ class _Receiver(BaseHTTPRequestHandler):
     ports: list[int] = []
     bodies: list[Any] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).ports.append(self.client_address[1])
         type(self).bodies.append(body)
@@ -86,14 +87,18 @@ def test_a_connection_the_receiver_closed_is_opened_again(receiver: tuple[Thread
     assert _post(poster, url, 1)[0] == 200
     [conn] = poster._conns.values()
     assert conn.sock is not None
-    conn.sock.shutdown(socket.SHUT_RDWR)  # as if the receiver's keep-alive timeout ended it: the socket now reads end of file
+    conn.sock.shutdown(
+        socket.SHUT_RDWR
+    )  # as if the receiver's keep-alive timeout ended it: the socket now reads end of file
     assert _post(poster, url, 2)[0] == 200
     poster.close()
     assert _Receiver.bodies == [{"n": 1}, {"n": 2}]
     assert poster.opened == 2 and len(set(_Receiver.ports)) == 2
 
 
-def test_a_receiver_that_closes_after_each_answer_gets_every_post(closing_receiver: tuple[ThreadingHTTPServer, str]) -> None:
+def test_a_receiver_that_closes_after_each_answer_gets_every_post(
+    closing_receiver: tuple[ThreadingHTTPServer, str],
+) -> None:
     _, url = closing_receiver
     poster = Poster()
     statuses = [_post(poster, url, n)[0] for n in range(3)]
@@ -140,8 +145,16 @@ def test_the_engine_hands_a_transition_to_the_publisher_before_it_logs_it(caplog
     spec = CheckSpec("tcp", TCPChecker(), rise=1, fall=1)
     engine = ProbeEngine(lambda s, r: (spec,), publisher=publisher, hot_path=False)
     service = ServiceKey.parse("TCP 192.0.2.10:80")
-    table = Table((VirtualService(service, scheduler="wrr", real_servers=(RealServer(RealServerKey.parse("10.0.1.1:8080"), 3, Forward.MASQ),)),),
-                  source="netlink")  # fmt: skip
+    table = Table(
+        (
+            VirtualService(
+                service,
+                scheduler="wrr",
+                real_servers=(RealServer(RealServerKey.parse("10.0.1.1:8080"), 3, Forward.MASQ),),
+            ),
+        ),
+        source="netlink",
+    )
 
     async def body() -> None:
         engine.sync(table)

@@ -39,10 +39,10 @@ OPS = ServiceFlags.ONEPACKET
 PERSISTENT = ServiceFlags.PERSISTENT
 
 
-def svc(key: str, scheduler: str, *servers: RealServer, flags: int = 0, timeout: int = 0, netmask: int = 0) -> VirtualService:
-    return VirtualService(
-        ServiceKey.parse(key), scheduler, int(HASHED | flags), timeout, netmask, real_servers=servers
-    )
+def svc(
+    key: str, scheduler: str, *servers: RealServer, flags: int = 0, timeout: int = 0, netmask: int = 0
+) -> VirtualService:
+    return VirtualService(ServiceKey.parse(key), scheduler, int(HASHED | flags), timeout, netmask, real_servers=servers)
 
 
 def rs(endpoint: str, forward: Forward, weight: int, active: int = 0, inactive: int = 0) -> RealServer:
@@ -148,9 +148,26 @@ def test_ipv6_netmask_is_a_prefix_length(printed: str, prefix: int) -> None:
 @pytest.mark.parametrize(
     ("lines", "family"),
     [
-        pytest.param(["FWM  00000003 rr ", "  -> [2001:0db8:0000:0000:0000:0000:0000:0002]:0000      Route   1      0          0"], 6, id="ipv6-routed-server"),
-        pytest.param(["FWM  00000003 rr ", "  -> 0A000102:0000      Route   1      0          0"], 4, id="ipv4-routed-server"),
-        pytest.param(["FWM  00000003 rr ", "  -> 0A000102:0000      Tunnel  1      0          0", "  -> [2001:0db8:0000:0000:0000:0000:0000:0002]:0000      Masq    1      0          0"], 6, id="tunnel-skipped"),
+        pytest.param(
+            [
+                "FWM  00000003 rr ",
+                "  -> [2001:0db8:0000:0000:0000:0000:0000:0002]:0000      Route   1      0          0",
+            ],
+            6,
+            id="ipv6-routed-server",
+        ),
+        pytest.param(
+            ["FWM  00000003 rr ", "  -> 0A000102:0000      Route   1      0          0"], 4, id="ipv4-routed-server"
+        ),
+        pytest.param(
+            [
+                "FWM  00000003 rr ",
+                "  -> 0A000102:0000      Tunnel  1      0          0",
+                "  -> [2001:0db8:0000:0000:0000:0000:0000:0002]:0000      Masq    1      0          0",
+            ],
+            6,
+            id="tunnel-skipped",
+        ),
         pytest.param(["FWM  00000003 rr persistent 100 FFFFFF00"], 4, id="ipv4-netmask"),
         pytest.param(["FWM  00000003 rr persistent 100 30000000"], 6, id="ipv6-netmask-48"),
         pytest.param(["FWM  00000003 rr "], 4, id="no-evidence-means-ipv4"),
@@ -177,20 +194,46 @@ HEADER = "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Sc
     [
         pytest.param("", 1, "not an IPVS table", id="empty-file"),
         pytest.param("TCP  C000020A:0050 wrr\n", 1, "not an IPVS table", id="no-header"),
-        pytest.param(HEADER + "  -> 0A000102:0050 Masq 1 0 0\n", 4, "real server before any service", id="real-server-first"),
+        pytest.param(
+            HEADER + "  -> 0A000102:0050 Masq 1 0 0\n", 4, "real server before any service", id="real-server-first"
+        ),
         pytest.param(HEADER + "ICMP  C000020A:0050 rr\n", 4, "unknown line type 'ICMP'", id="unknown-protocol"),
-        pytest.param(HEADER + "TCP  C000020A:0050\n", 4, "needs a protocol, an address and a scheduler", id="no-scheduler"),
+        pytest.param(
+            HEADER + "TCP  C000020A:0050\n", 4, "needs a protocol, an address and a scheduler", id="no-scheduler"
+        ),
         pytest.param(HEADER + "TCP  C00002:0050 rr\n", 4, "is not IPv4:PORT in hex", id="short-ipv4-address"),
         pytest.param(HEADER + "TCP  [2001:0db8::10]:0050 rr\n", 4, "is not [IPv6]:PORT in hex", id="compressed-ipv6"),
         pytest.param(HEADER + "TCP  C000020A:50 rr\n", 4, "is not 4 hex digits", id="short-port"),
         pytest.param(HEADER + "TCP  C000020A:00G0 rr\n", 4, "port '00G0' is not hexadecimal", id="non-hex-port"),
         pytest.param(HEADER + "TCP  C000020A:0050 rr sticky\n", 4, "unknown service flags 'sticky'", id="unknown-flag"),
-        pytest.param(HEADER + "TCP  C000020A:0050 rr persistent 300\n", 4, "unknown service flags", id="persistent-without-netmask"),
-        pytest.param(HEADER + "TCP  C000020A:0050 rr persistent 3x0 FFFFFFFF\n", 4, "persistence timeout '3x0'", id="bad-timeout"),
+        pytest.param(
+            HEADER + "TCP  C000020A:0050 rr persistent 300\n",
+            4,
+            "unknown service flags",
+            id="persistent-without-netmask",
+        ),
+        pytest.param(
+            HEADER + "TCP  C000020A:0050 rr persistent 3x0 FFFFFFFF\n", 4, "persistence timeout '3x0'", id="bad-timeout"
+        ),
         pytest.param(HEADER + "FWM  0000000G rr\n", 4, "firewall mark '0000000G' is not hexadecimal", id="bad-fwmark"),
-        pytest.param(HEADER + "TCP  C000020A:0050 rr\n  -> 0A000102:0050 Magic 1 0 0\n", 5, "unknown forwarding method 'Magic'", id="unknown-forward"),
-        pytest.param(HEADER + "TCP  C000020A:0050 rr\n  -> 0A000102:0050 Masq -1 0 0\n", 5, "weight '-1' is not a decimal number", id="negative-weight"),
-        pytest.param(HEADER + "TCP  C000020A:0050 rr\n  -> 0A000102:0050 Masq 1 0\n", 5, "needs address, forward, weight", id="missing-inactconn"),
+        pytest.param(
+            HEADER + "TCP  C000020A:0050 rr\n  -> 0A000102:0050 Magic 1 0 0\n",
+            5,
+            "unknown forwarding method 'Magic'",
+            id="unknown-forward",
+        ),
+        pytest.param(
+            HEADER + "TCP  C000020A:0050 rr\n  -> 0A000102:0050 Masq -1 0 0\n",
+            5,
+            "weight '-1' is not a decimal number",
+            id="negative-weight",
+        ),
+        pytest.param(
+            HEADER + "TCP  C000020A:0050 rr\n  -> 0A000102:0050 Masq 1 0\n",
+            5,
+            "needs address, forward, weight",
+            id="missing-inactconn",
+        ),
     ],
 )
 def test_unparsable_ip_vs_names_line_and_reason(text: str, lineno: int, reason: str) -> None:
@@ -207,14 +250,30 @@ def test_unparsable_ip_vs_names_line_and_reason(text: str, lineno: int, reason: 
 
 def _ipvsadm_totals(name: str) -> tuple[int, ...]:
     """Conns, InPkts, OutPkts, InBytes, OutBytes summed over services in ``ipvsadm -Ln --stats --exact``."""
-    rows = [line.split()[2:] for line in fixture(name).splitlines() if line.split()[:1] in (["TCP"], ["UDP"], ["SCTP"], ["FWM"])]
+    rows = [
+        line.split()[2:]
+        for line in fixture(name).splitlines()
+        if line.split()[:1] in (["TCP"], ["UDP"], ["SCTP"], ["FWM"])
+    ]
     return tuple(sum(int(row[i]) for row in rows) for i in range(5))
 
 
 def test_host_totals_agree_with_ipvsadm() -> None:
     stats = parse_ip_vs_stats(fixture("traffic.ip_vs_stats"))
-    assert (stats.connections, stats.incoming_packets, stats.outgoing_packets, stats.incoming_bytes, stats.outgoing_bytes) == _ipvsadm_totals("traffic.ipvsadm")
-    assert (stats.cps, stats.incoming_pps, stats.outgoing_pps, stats.incoming_bps, stats.outgoing_bps) == (1, 4, 3, 0xF6, 0x97)
+    assert (
+        stats.connections,
+        stats.incoming_packets,
+        stats.outgoing_packets,
+        stats.incoming_bytes,
+        stats.outgoing_bytes,
+    ) == _ipvsadm_totals("traffic.ipvsadm")
+    assert (stats.cps, stats.incoming_pps, stats.outgoing_pps, stats.incoming_bps, stats.outgoing_bps) == (
+        1,
+        4,
+        3,
+        0xF6,
+        0x97,
+    )
 
 
 def test_idle_host_totals_are_zero() -> None:
@@ -244,9 +303,23 @@ def test_64_bit_counters_stay_exact() -> None:
     [
         pytest.param("", 1, "file ends early", id="empty-file"),
         pytest.param(fixture("traffic.ip_vs"), 1, "expected a 'Total' header", id="ip_vs-not-ip_vs_stats"),
-        pytest.param("".join(fixture("idle.ip_vs_stats").splitlines(True)[:3]), 3, "file ends early", id="no-rate-lines"),
-        pytest.param(fixture("idle.ip_vs_stats").replace("       0        0        0                0                0\n\n", "       0        0        0\n\n", 1), 3, "expected 5 hex numbers, found 3", id="short-totals"),
-        pytest.param(fixture("traffic.ip_vs_stats").replace("A8B", "A8Z"), 3, "counter 'A8Z' is not hexadecimal", id="non-hex-counter"),
+        pytest.param(
+            "".join(fixture("idle.ip_vs_stats").splitlines(True)[:3]), 3, "file ends early", id="no-rate-lines"
+        ),
+        pytest.param(
+            fixture("idle.ip_vs_stats").replace(
+                "       0        0        0                0                0\n\n", "       0        0        0\n\n", 1
+            ),
+            3,
+            "expected 5 hex numbers, found 3",
+            id="short-totals",
+        ),
+        pytest.param(
+            fixture("traffic.ip_vs_stats").replace("A8B", "A8Z"),
+            3,
+            "counter 'A8Z' is not hexadecimal",
+            id="non-hex-counter",
+        ),
     ],
 )
 def test_unparsable_ip_vs_stats_names_line_and_reason(text: str, lineno: int, reason: str) -> None:
@@ -300,7 +373,10 @@ def test_reader_reads_a_table_larger_than_one_pread(tmp_path: Path) -> None:
     lines = [HEADER]
     for s in range(400):
         lines.append(f"TCP  C0{s >> 8:02X}{s & 0xFF:02X}0A:0050 wlc  \n")
-        lines.extend(f"  -> 0A{s >> 8:02X}{s & 0xFF:02X}{d:02X}:1F90      Route   {d}      {d % 7:<10d} {d % 5:<10d}\n" for d in range(100))
+        lines.extend(
+            f"  -> 0A{s >> 8:02X}{s & 0xFF:02X}{d:02X}:1F90      Route   {d}      {d % 7:<10d} {d % 5:<10d}\n"
+            for d in range(100)
+        )
     (tmp_path / "ip_vs").write_text("".join(lines))
     (tmp_path / "ip_vs_stats").write_text(fixture("idle.ip_vs_stats"))
     assert (tmp_path / "ip_vs").stat().st_size > 2 * (1 << 20)
@@ -338,7 +414,7 @@ def test_unreadable_file_is_not_permitted(tmp_path: Path) -> None:
             message = "opened"
         except NotPermitted as exc:
             message = f"NotPermitted {exc}"
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent verbatim
+        except BaseException as exc:
             message = f"{type(exc).__name__} {exc}"
         os.write(write_end, message.encode())
         os._exit(0)

@@ -9,7 +9,7 @@ import re
 import shutil
 import socket
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from pyasn1.codec.ber import encoder
@@ -25,7 +25,9 @@ from exporter.snmp.snapshot import Health, RealServerState, Snapshot
 from exporter.snmp.v3 import crypto_available
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, Table, VirtualService
 
-pytestmark = pytest.mark.skipif(shutil.which("snmpbulkwalk") is None, reason="net-snmp clients not installed (Debian snmp)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("snmpbulkwalk") is None, reason="net-snmp clients not installed (Debian snmp)"
+)
 needs_crypto = pytest.mark.skipif(not crypto_available(), reason="SNMPv3 AES needs the Python package cryptography")
 
 WEB = ServiceKey("TCP", "192.0.2.10", 80)
@@ -92,7 +94,9 @@ def running():
 
 
 def net_snmp(tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([tool, "-t", "1", "-r", "0", *args], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [tool, "-t", "1", "-r", "0", *args], capture_output=True, text=True, timeout=60, check=False
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -124,7 +128,8 @@ def parse(out: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "security", ["v2c", pytest.param("v3-sha256-aes", marks=needs_crypto), pytest.param("v3-sha-aes", marks=needs_crypto)]
+    "security",
+    ["v2c", pytest.param("v3-sha256-aes", marks=needs_crypto), pytest.param("v3-sha-aes", marks=needs_crypto)],
 )
 def test_bulkwalk_resolves_every_name_and_reads_model_values(running: AgentThread, mibs, security: str) -> None:
     auth = {"v2c": v2c(), "v3-sha256-aes": v3(ALICE), "v3-sha-aes": v3(BOB)}[security]
@@ -132,8 +137,14 @@ def test_bulkwalk_resolves_every_name_and_reads_model_values(running: AgentThrea
     # the walk ends at the end of the agent's view, which net-snmp prints as one more line
     out = "\n".join(line for line in out.splitlines() if "No more variables left in this MIB View" not in line)
     lines = out.splitlines()
-    assert all(line.startswith("LVSGUARD-MIB::lvsg") for line in lines), [l for l in lines if not l.startswith("LVSGUARD-MIB::lvsg")]
-    served = sum(1 for pos in _positions(running.agent.current_view()) if running.agent.current_view().oid(pos)[:9] == layout.DEFAULT_BASE)
+    assert all(line.startswith("LVSGUARD-MIB::lvsg") for line in lines), [
+        l for l in lines if not l.startswith("LVSGUARD-MIB::lvsg")
+    ]
+    served = sum(
+        1
+        for pos in _positions(running.agent.current_view())
+        if running.agent.current_view().oid(pos)[:9] == layout.DEFAULT_BASE
+    )
     assert len(lines) == served
     values = parse(out)
     rs3 = 'tcp.ipv4."192.0.2.10".8080.0.ipv4."10.0.0.3".8080'.replace("8080.0", "80.0")
@@ -211,7 +222,9 @@ def test_set_is_refused(running: AgentThread, mibs, security) -> None:
 def test_counters_are_served_as_the_snmp_group(running: AgentThread, mibs) -> None:
     net_snmp("snmpget", *v2c("wrong"), *mibs, running.target, "sysDescr.0", check=False)
     values = parse(net_snmp("snmpbulkwalk", *v2c(), *mibs, running.target, "SNMPv2-MIB::snmp").stdout)
-    assert int(values["SNMPv2-MIB::snmpInBadCommunityNames.0"].split()[-1]) == running.agent.stats.bad_community_names >= 1
+    assert (
+        int(values["SNMPv2-MIB::snmpInBadCommunityNames.0"].split()[-1]) == running.agent.stats.bad_community_names >= 1
+    )
     assert int(values["SNMPv2-MIB::snmpInPkts.0"].split()[-1]) >= 2
 
 
@@ -242,7 +255,12 @@ def _pysnmp_v3_discovery() -> bytes:
     header["msgFlags"] = b"\x04"
     header["msgSecurityModel"] = 3
     msg["msgSecurityParameters"] = bytes.fromhex("300e0400020100020100040004000400")
-    scoped = msg.setComponentByName("msgData").getComponentByName("msgData").setComponentByName("plaintext").getComponentByName("plaintext")
+    scoped = (
+        msg.setComponentByName("msgData")
+        .getComponentByName("msgData")
+        .setComponentByName("plaintext")
+        .getComponentByName("plaintext")
+    )
     scoped["contextEngineId"] = b""
     scoped["contextName"] = b""
     pdu = rfc1905.GetRequestPDU()
@@ -330,6 +348,7 @@ def test_snapshot_is_reread_only_when_older_than_max_age(mibs) -> None:
 
     agent = AgentThread(provider, clock=lambda: now[0], users=(), max_age=5.0)
     try:
+
         def count_rows() -> int:
             out = net_snmp("snmpbulkwalk", *v2c(), *mibs, agent.target, "lvsgRsName").stdout
             return len(out.splitlines())
@@ -394,7 +413,10 @@ def snmpd_proxy(running: AgentThread, tmp_path):
     )
     target = f"127.0.0.1:{port}"
     for _ in range(100):
-        if net_snmp("snmpget", "-v2c", "-c", "nms", "-m", "", target, ".1.3.6.1.2.1.1.3.0", check=False).returncode == 0:
+        if (
+            net_snmp("snmpget", "-v2c", "-c", "nms", "-m", "", target, ".1.3.6.1.2.1.1.3.0", check=False).returncode
+            == 0
+        ):
             break
     yield target
     proc.terminate()
@@ -404,7 +426,9 @@ def snmpd_proxy(running: AgentThread, tmp_path):
 def test_snmpd_proxy_serves_the_agent_under_its_own_port(running: AgentThread, snmpd_proxy: str, mibs) -> None:
     direct = net_snmp("snmpbulkwalk", *v2c(), *mibs, running.target, "lvsguardMIB").stdout
     proxied = net_snmp("snmpbulkwalk", *v2c("nms"), *mibs, snmpd_proxy, "lvsguardMIB").stdout
-    keep = lambda out: [line for line in out.splitlines() if line.startswith("LVSGUARD-MIB::lvsg") and "No more variables" not in line]
+    keep = lambda out: [
+        line for line in out.splitlines() if line.startswith("LVSGUARD-MIB::lvsg") and "No more variables" not in line
+    ]
     assert keep(proxied) == keep(direct)
     assert len(keep(direct)) > 100
     # snmpd still answers its own objects: only the LVSGUARD-MIB subtree is forwarded
@@ -419,7 +443,9 @@ def test_ipv6_listen(mibs) -> None:
     except SnmpAgentError as exc:
         pytest.skip(f"no IPv6 loopback here: {exc}")
     try:
-        out = net_snmp("snmpget", *v2c("v6"), *mibs, "-Ov", f"udp6:[::1]:{running.address[1]}", "SNMPv2-MIB::sysDescr.0").stdout
+        out = net_snmp(
+            "snmpget", *v2c("v6"), *mibs, "-Ov", f"udp6:[::1]:{running.address[1]}", "SNMPv2-MIB::sysDescr.0"
+        ).stdout
         assert out.strip() == f"STRING: {layout.SYS_DESCR}"
     finally:
         running.stop()

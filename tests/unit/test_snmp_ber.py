@@ -50,7 +50,10 @@ def _random_oids(count: int) -> list[tuple[int, ...]]:
     for _ in range(count):
         first = rng.choice((0, 1, 2))
         second = rng.randrange(40) if first < 2 else rng.randrange(1000)
-        rest = [rng.choice((rng.randrange(128), rng.randrange(2**14), rng.randrange(2**32))) for _ in range(rng.randrange(0, 30))]
+        rest = [
+            rng.choice((rng.randrange(128), rng.randrange(2**14), rng.randrange(2**32)))
+            for _ in range(rng.randrange(0, 30))
+        ]
         out.append((first, second, *rest))
     return out
 

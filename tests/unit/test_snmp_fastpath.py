@@ -44,7 +44,9 @@ def make_table(web_servers: int = 3) -> Table:
 
 
 def make_view(snap: Snapshot, first_seen: FirstSeen | None = None) -> MibView:
-    return MibView(build_subtrees(snap, BASE, Uptime(start=0.0, clock=lambda: 12.5), first_seen or FirstSeen(lambda: 0.0)))
+    return MibView(
+        build_subtrees(snap, BASE, Uptime(start=0.0, clock=lambda: 12.5), first_seen or FirstSeen(lambda: 0.0))
+    )
 
 
 def request(pdu_cls, oids, community: str = "public", version=None, non_repeaters=0, max_repetitions=0) -> bytes:
@@ -116,7 +118,9 @@ def test_get_values_and_exceptions(responder: V2cResponder) -> None:
     missing_column = BASE + layout.RS_ENTRY + (99,) + rs_index
     uptime = (1, 3, 6, 1, 2, 1, 1, 3, 0)
     status, index, binds = answer(
-        responder.respond(request(P.GetRequestPDU, [conns, in_bytes, scheduler, missing_row, missing_column, uptime]), view)
+        responder.respond(
+            request(P.GetRequestPDU, [conns, in_bytes, scheduler, missing_row, missing_column, uptime]), view
+        )
     )
     assert (status, index) == (0, 0)
     assert [name for name, _ in binds] == [conns, in_bytes, scheduler, missing_row, missing_column, uptime]
@@ -308,7 +312,11 @@ def test_duplicate_rows_are_rejected() -> None:
 
 def test_many_requests_share_the_view_without_state(responder: V2cResponder) -> None:
     view = make_view(Snapshot(make_table()))
-    first = [responder.respond(request(P.GetNextRequestPDU, [oid]), view) for oid in itertools.islice(all_oids(view), 20)]
-    again = [responder.respond(request(P.GetNextRequestPDU, [oid]), view) for oid in itertools.islice(all_oids(view), 20)]
+    first = [
+        responder.respond(request(P.GetNextRequestPDU, [oid]), view) for oid in itertools.islice(all_oids(view), 20)
+    ]
+    again = [
+        responder.respond(request(P.GetNextRequestPDU, [oid]), view) for oid in itertools.islice(all_oids(view), 20)
+    ]
     strip = [answer(a)[2] for a in first]
     assert strip == [answer(a)[2] for a in again]

@@ -20,7 +20,8 @@ from actuator.ledger import Ledger
 from actuator.targets import Target
 from exporter.keepalived import KeepalivedFifo
 from exporter.probes.engine import CheckSpec, ProbeEngine
-from exporter.probes.result import ProbeResult, Target as ProbeTarget
+from exporter.probes.result import ProbeResult
+from exporter.probes.result import Target as ProbeTarget
 from exporter.snmp import layout
 from exporter.snmp.agent import quiet_after
 from exporter.snmp.feeds import (
@@ -51,8 +52,15 @@ TABLE = Table(
 )
 
 
-def check(rs: int, *, healthy: bool = True, settled: bool = True, changed_at: float = 0.0, name: str = "tcp",
-          message: str = "") -> CheckView:  # fmt: skip
+def check(
+    rs: int,
+    *,
+    healthy: bool = True,
+    settled: bool = True,
+    changed_at: float = 0.0,
+    name: str = "tcp",
+    message: str = "",
+) -> CheckView:
     return CheckView(WEB, KEYS[rs], name, "tcp", healthy, settled, changed_at, healthy, 0.001, message)
 
 
@@ -64,10 +72,17 @@ def test_rs_health_over_its_checks() -> None:
     assert rs_health([check(0), check(0, name="http")]).health is Health.ALIVE
     unsettled = rs_health([check(0), check(0, name="http", settled=False)])
     assert unsettled.health is Health.UNKNOWN
-    dead = rs_health([check(0, changed_at=10.0), check(0, name="http", healthy=False, changed_at=20.0, message="http 10.0.0.1:80: 503")])
+    dead = rs_health(
+        [
+            check(0, changed_at=10.0),
+            check(0, name="http", healthy=False, changed_at=20.0, message="http 10.0.0.1:80: 503"),
+        ]
+    )
     assert (dead.health, dead.last_change, dead.reason) == (Health.DEAD, 20.0, "http 10.0.0.1:80: 503")
     # a dead check decides even while another check has no verdict yet
-    assert rs_health([check(0, healthy=False, changed_at=5.0), check(0, name="http", settled=False)]).health is Health.DEAD
+    assert (
+        rs_health([check(0, healthy=False, changed_at=5.0), check(0, name="http", settled=False)]).health is Health.DEAD
+    )
 
 
 class Parked:
@@ -118,7 +133,15 @@ def write_ledger(path: Path) -> None:
     """A ledger as the actuator leaves it: rs1 quarantined by an alert, rs2 drained by an operator, rs3 restoring."""
     ledger = Ledger.open(str(path))
     t1, t2, t3 = (Target(WEB, k) for k in KEYS)
-    ledger.add_hold(t1, kind="alert", holder="f00d", source="alertmanager", action="quarantine", alertname="RealServerDown", reason="tcp refused")
+    ledger.add_hold(
+        t1,
+        kind="alert",
+        holder="f00d",
+        source="alertmanager",
+        action="quarantine",
+        alertname="RealServerDown",
+        reason="tcp refused",
+    )
     ledger.begin_write(t1, state="out", original=5, expected=0, previous=5)
     ledger.end_write(t1)
     ledger.add_hold(t2, kind="manual", holder="ops", source="api", action="drain", reason="kernel upgrade")
@@ -136,7 +159,12 @@ def test_ledger_feed_reads_the_actuators_ledger_read_only(tmp_path: Path) -> Non
     holds = LedgerFeed(str(path)).read()
     assert holds is not None
     rs1, rs2, rs3 = (holds[(WEB, k)] for k in KEYS)
-    assert (rs1.hold, rs1.actor, rs1.reason, rs1.original_weight) == (Hold.QUARANTINED, "alert RealServerDown (f00d)", "tcp refused", 5)
+    assert (rs1.hold, rs1.actor, rs1.reason, rs1.original_weight) == (
+        Hold.QUARANTINED,
+        "alert RealServerDown (f00d)",
+        "tcp refused",
+        5,
+    )
     assert (rs2.hold, rs2.actor, rs2.original_weight) == (Hold.DRAINED, "api ops", 4)
     assert rs2.reason.endswith("drained: 0 active connections")
     assert rs3.hold is Hold.NONE
@@ -145,9 +173,28 @@ def test_ledger_feed_reads_the_actuators_ledger_read_only(tmp_path: Path) -> Non
 
 def test_a_running_drain_is_draining() -> None:
     backends = [{"service": str(WEB), "real_server": str(KEYS[0]), "state": "out", "original_weight": 3, "since": 7.0}]
-    holds = [{"service": str(WEB), "real_server": str(KEYS[0]), "kind": "manual", "holder": "ops", "source": "cli",
-              "alertname": "", "action": "drain", "reason": "move"}]  # fmt: skip
-    jobs = [{"service": str(WEB), "real_server": str(KEYS[0]), "state": "running", "actor": "cli ops", "message": "", "finished_at": None}]
+    holds = [
+        {
+            "service": str(WEB),
+            "real_server": str(KEYS[0]),
+            "kind": "manual",
+            "holder": "ops",
+            "source": "cli",
+            "alertname": "",
+            "action": "drain",
+            "reason": "move",
+        }
+    ]
+    jobs = [
+        {
+            "service": str(WEB),
+            "real_server": str(KEYS[0]),
+            "state": "running",
+            "actor": "cli ops",
+            "message": "",
+            "finished_at": None,
+        }
+    ]
     held = ledger_holds(backends, holds, jobs)[(WEB, KEYS[0])]
     assert (held.hold, held.actor, held.reason, held.since) == (Hold.DRAINING, "cli ops", "move", 7.0)
 
@@ -183,11 +230,18 @@ def test_director_role_from_the_instances() -> None:
 def test_director_feed_shares_the_fifo_reader_and_finds_owned_vips() -> None:
     fifo = KeepalivedFifo("/nonexistent/never-opened")  # lines are fed as its follower thread would
     now = [100.0]
-    feed = DirectorFeed(fifo, lambda: {"192.0.2.10": "eth0", "127.0.0.1": "lo"}, configured=[ServiceKey("UDP", "192.0.2.53", 53)],
-                        clock=lambda: now[0])  # fmt: skip
+    feed = DirectorFeed(
+        fifo,
+        lambda: {"192.0.2.10": "eth0", "127.0.0.1": "lo"},
+        configured=[ServiceKey("UDP", "192.0.2.53", 53)],
+        clock=lambda: now[0],
+    )
     first = feed.read(TABLE)
     assert first.role is Role.UNKNOWN and first.last_role_change is None
-    assert [(v.address, v.owned, v.interface) for v in first.vips] == [("192.0.2.10", True, "eth0"), ("192.0.2.53", False, "")]
+    assert [(v.address, v.owned, v.interface) for v in first.vips] == [
+        ("192.0.2.10", True, "eth0"),
+        ("192.0.2.53", False, ""),
+    ]
     now[0] = 200.0
     fifo.feed('INSTANCE "VI_1" MASTER 150\n')
     assert (feed.read(TABLE).role, feed.read(TABLE).last_role_change) == (Role.MASTER, 200.0)
@@ -218,7 +272,9 @@ class Tables:
         probes = type("Probes", (), {"checks": lambda _self: list(self.checks)})()
         ledger = type("Ledger", (), {"read": lambda _self: self.holds, "path": "test"})()
         names = {WEB: ServiceState(name="web")}
-        return FeedingProvider(lambda: Snapshot(TABLE, services=names), probes=probes, ledger=ledger, quorum=lambda key, total: 2)  # type: ignore[arg-type]
+        return FeedingProvider(
+            lambda: Snapshot(TABLE, services=names), probes=probes, ledger=ledger, quorum=lambda key, total: 2
+        )  # type: ignore[arg-type]
 
 
 def names_of(notifications) -> list[str]:
@@ -229,14 +285,32 @@ def test_hold_overrides_reason_and_unknown_ledger_is_marked() -> None:
     health = {(WEB, KEYS[0]): rs_health([check(0, healthy=False, changed_at=50.0, message="refused")])}
     holds = ledger_holds(
         [{"service": str(WEB), "real_server": str(KEYS[0]), "state": "out", "original_weight": 5, "since": 60.0}],
-        [{"service": str(WEB), "real_server": str(KEYS[0]), "kind": "alert", "holder": "ab", "source": "alertmanager", "alertname": "Down",
-          "action": "quarantine", "reason": "probe"}],
+        [
+            {
+                "service": str(WEB),
+                "real_server": str(KEYS[0]),
+                "kind": "alert",
+                "holder": "ab",
+                "source": "alertmanager",
+                "alertname": "Down",
+                "action": "quarantine",
+                "reason": "probe",
+            }
+        ],
         [],
     )
-    snap = compose(Snapshot(TABLE), health=health, probes={}, holds=holds, director=None, quorum=lambda key, total: total - 1)
+    snap = compose(
+        Snapshot(TABLE), health=health, probes={}, holds=holds, director=None, quorum=lambda key, total: total - 1
+    )
     rs1 = snap.real_servers[(WEB, KEYS[0])]
     assert (rs1.health, rs1.hold, rs1.actor, rs1.reason, rs1.original_weight, rs1.last_change) == (
-        Health.DEAD, Hold.QUARANTINED, "alert Down (ab)", "probe", 5, 60.0)  # fmt: skip
+        Health.DEAD,
+        Hold.QUARANTINED,
+        "alert Down (ab)",
+        "probe",
+        5,
+        60.0,
+    )
     assert snap.services[WEB].quorum == 2 and snap.services[FWM].quorum == 0
     assert snap.holds_known
     unknown = compose(Snapshot(TABLE), health=health, probes={}, holds=None, director=None, quorum=None)
@@ -248,13 +322,25 @@ def test_a_fed_failure_sends_health_change_and_quorum_lost_with_their_objects() 
     provide = feed.provider()
     feed.checks = [check(i) for i in range(3)]
     first = provide()
-    feed.checks = [check(0), check(1, healthy=False, changed_at=10.0, message="tcp 10.0.0.2:80: refused"), check(2, healthy=False)]
+    feed.checks = [
+        check(0),
+        check(1, healthy=False, changed_at=10.0, message="tcp 10.0.0.2:80: refused"),
+        check(2, healthy=False),
+    ]
     sent = changes(first, provide(), BASE)
     assert names_of(sent) == ["lvsgRsHealthChange", "lvsgRsHealthChange", "lvsgVsQuorumLost"]
     health = sent[0].objects
     index = layout.real_server_index(layout.service_index(WEB), TABLE.services[0].real_servers[1])
-    assert health[0][0][-len(index):] == index and health[0][2] == "10.0.0.2:80"
-    assert [value for _, _, value in health][1:] == [Health.DEAD.value, 5, Hold.NONE.value, "web", 1, 3, "tcp 10.0.0.2:80: refused"]
+    assert health[0][0][-len(index) :] == index and health[0][2] == "10.0.0.2:80"
+    assert [value for _, _, value in health][1:] == [
+        Health.DEAD.value,
+        5,
+        Hold.NONE.value,
+        "web",
+        1,
+        3,
+        "tcp 10.0.0.2:80: refused",
+    ]
 
 
 def test_a_restart_while_probes_settle_sends_nothing() -> None:
@@ -277,7 +363,10 @@ def test_a_server_added_later_announces_its_first_dead() -> None:
     quiet = quiet_after(first, None)
     grown = Snapshot(TABLE, real_servers={(WEB, KEYS[0]): RealServerState(Health.ALIVE)})
     quiet = quiet_after(grown, quiet)
-    dead = Snapshot(TABLE, real_servers={(WEB, KEYS[0]): RealServerState(Health.ALIVE), (WEB, KEYS[2]): RealServerState(Health.DEAD)})
+    dead = Snapshot(
+        TABLE,
+        real_servers={(WEB, KEYS[0]): RealServerState(Health.ALIVE), (WEB, KEYS[2]): RealServerState(Health.DEAD)},
+    )
     assert names_of(changes(grown, dead, BASE, quiet)) == ["lvsgRsHealthChange"]
 
 
@@ -320,7 +409,9 @@ def test_the_exporters_provider_reads_the_configured_ledger(tmp_path: Path) -> N
     from lvsguard import config as config_module
 
     write_ledger(tmp_path / "actuator.db")
-    config = config_module.loads(f"snmp: {{communities: [x]}}\nactuator: {{ledger: {tmp_path / 'actuator.db'}, min_healthy: 2}}\n")
+    config = config_module.loads(
+        f"snmp: {{communities: [x]}}\nactuator: {{ledger: {tmp_path / 'actuator.db'}, min_healthy: 2}}\n"
+    )
     provider = snmp_provider(config, None, probes=None, fifo=None)
     assert provider.ledger is not None and provider.ledger.path == str(tmp_path / "actuator.db")
     assert provider.probes is None and provider.quorum is not None and provider.quorum(WEB, 3) == 2

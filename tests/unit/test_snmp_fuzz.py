@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="property-based tests need the hypothesis package")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_snmp_fastpath import P, make_table, request
 
-from exporter.snmp import ber, layout  # noqa: E402
-from exporter.snmp.fastpath import AgentStats, V2cResponder, decode_request  # noqa: E402
-from exporter.snmp.layout import FirstSeen, Uptime, build_subtrees  # noqa: E402
-from exporter.snmp.mibview import MibView  # noqa: E402
-from exporter.snmp.snapshot import Snapshot  # noqa: E402
-from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService  # noqa: E402
-
-from test_snmp_fastpath import P, make_table, request  # noqa: E402
+from exporter.snmp import ber, layout
+from exporter.snmp.fastpath import AgentStats, V2cResponder, decode_request
+from exporter.snmp.layout import FirstSeen, Uptime, build_subtrees
+from exporter.snmp.mibview import MibView
+from exporter.snmp.snapshot import Snapshot
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
 
 VIEW = MibView(build_subtrees(Snapshot(make_table(5)), layout.DEFAULT_BASE, Uptime(), FirstSeen()))
 GOOD = [
@@ -42,7 +41,14 @@ def test_mutated_requests_are_answered_or_dropped(seed: bytes, edits: list[tuple
     stats = AgentStats()
     answer = V2cResponder([b"public"], stats).respond(bytes(data), VIEW)
     if answer is None:
-        assert stats.asn_parse_errors + stats.bad_versions + stats.bad_community_names + stats.unsupported_pdus + stats.silent_drops == 1
+        assert (
+            stats.asn_parse_errors
+            + stats.bad_versions
+            + stats.bad_community_names
+            + stats.unsupported_pdus
+            + stats.silent_drops
+            == 1
+        )
     else:
         assert decode_request(answer).pdu_type == ber.GET_RESPONSE
 
@@ -54,7 +60,9 @@ servers = st.lists(st.tuples(addresses, st.integers(1, 65535)), unique=True, max
 @settings(max_examples=150, deadline=None)
 @given(servers, st.integers(1, 30))
 def test_bulk_walk_of_any_table_visits_every_cell_once_in_order(rs: list[tuple[str, int]], repetitions: int) -> None:
-    real_servers = tuple(RealServer(RealServerKey(a, p), p % 7, Forward.ROUTE, stats=Stats(p, 1, 2, 3, 4)) for a, p in rs)
+    real_servers = tuple(
+        RealServer(RealServerKey(a, p), p % 7, Forward.ROUTE, stats=Stats(p, 1, 2, 3, 4)) for a, p in rs
+    )
     table = Table((VirtualService(ServiceKey("UDP", "192.0.2.1", 53), "rr", real_servers=real_servers),))
     view = MibView(build_subtrees(Snapshot(table), layout.DEFAULT_BASE, Uptime(), FirstSeen()))
     responder = V2cResponder([b"public"], AgentStats())

@@ -108,7 +108,9 @@ def test_every_readable_object_of_the_mib_is_served(mib: dict) -> None:
 
 def _enum(mib: dict, name: str) -> dict[str, int]:
     syntax = mib["nodes"][name]["syntax"]["type"]
-    return {k: int(v["number"]) for k, v in syntax.items() if isinstance(v, dict) and v.get("nodetype") == "namednumber"}
+    return {
+        k: int(v["number"]) for k, v in syntax.items() if isinstance(v, dict) and v.get("nodetype") == "namednumber"
+    }
 
 
 def test_enumerations_match_the_code(mib: dict) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_snmp_agent import AgentThread  # the threaded agent harness
 
 from exporter.snmp import layout
 from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
@@ -18,8 +19,6 @@ from exporter.snmp.settings import V3User
 from exporter.snmp.snapshot import DirectorState, Health, Hold, RealServerState, Role, ServiceState, Snapshot
 from exporter.snmp.v3 import crypto_available
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
-
-from test_snmp_agent import AgentThread  # the threaded agent harness
 
 BASE = layout.DEFAULT_BASE
 TRAP_USER = V3User("trapper", "trapper-auth-key", "trapper-priv-key", "SHA-256", "AES")
@@ -106,7 +105,9 @@ def test_quorum_lost_and_regained() -> None:
 )
 def test_hold_changes(before, after, name) -> None:
     old = RealServerState(hold=before, original_weight=7 if before is not Hold.NONE else None)
-    new = RealServerState(hold=after, actor="alertmanager", reason="RealServerDown", original_weight=7 if after is not Hold.NONE else None)
+    new = RealServerState(
+        hold=after, actor="alertmanager", reason="RealServerDown", original_weight=7 if after is not Hold.NONE else None
+    )
     found = changes(snap({1: old}), snap({1: new}), BASE)
     assert [n.name for n in found] == ([name] if name else [])
     if name:
@@ -160,7 +161,20 @@ def trapd(mibpath: str, tmp_path: Path):
     out = tmp_path / "traps.log"
     (tmp_path / "state").mkdir()
     proc = subprocess.Popen(
-        ["snmptrapd", "-f", "-Lf", str(out), "-C", "-c", str(conf), "-M", mibpath, "-m", "SNMPv2-MIB:LVSGUARD-MIB", f"udp:127.0.0.1:{port}"],
+        [
+            "snmptrapd",
+            "-f",
+            "-Lf",
+            str(out),
+            "-C",
+            "-c",
+            str(conf),
+            "-M",
+            mibpath,
+            "-m",
+            "SNMPv2-MIB:LVSGUARD-MIB",
+            f"udp:127.0.0.1:{port}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "SNMP_PERSISTENT_DIR": str(tmp_path / "state")},
@@ -186,7 +200,12 @@ def wait_for(path: Path, needles: list[str], timeout: float = 20.0) -> str:
 
 @pytest.mark.parametrize(
     "version,inform",
-    [("v2c", False), ("v2c", True), pytest.param("v3", False, marks=needs_crypto), pytest.param("v3", True, marks=needs_crypto)],
+    [
+        ("v2c", False),
+        ("v2c", True),
+        pytest.param("v3", False, marks=needs_crypto),
+        pytest.param("v3", True, marks=needs_crypto),
+    ],
     ids=["v2c-trap", "v2c-inform", "v3-trap", "v3-inform"],
 )
 def test_snmptrapd_receives_failure_and_recovery(trapd, version: str, inform: bool) -> None:
@@ -205,7 +224,10 @@ def test_snmptrapd_receives_failure_and_recovery(trapd, version: str, inform: bo
     try:
         state["now"] = {1: RealServerState(Health.DEAD, reason="HTTP 503")}
         rs = 'tcp.ipv4."192.0.2.10".80.0.ipv4."10.0.0.2".80'
-        wait_for(log_file, [f"lvsgRsStatus.{rs} = INTEGER: dead(2)", "STRING: HTTP 503", "OID: LVSGUARD-MIB::lvsgVsQuorumLost"])
+        wait_for(
+            log_file,
+            [f"lvsgRsStatus.{rs} = INTEGER: dead(2)", "STRING: HTTP 503", "OID: LVSGUARD-MIB::lvsgVsQuorumLost"],
+        )
         state["now"] = {1: ALIVE}
         text = wait_for(log_file, [f"lvsgRsStatus.{rs} = INTEGER: alive(1)", "OID: LVSGUARD-MIB::lvsgVsQuorumRegained"])
         assert "Unknown" not in text
@@ -227,6 +249,8 @@ def _wait_until_listening(port: int, log_file: Path, proc: subprocess.Popen) -> 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         while "snmptrapd-ready" not in (log_file.read_text() if log_file.exists() else ""):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"snmptrapd did not start on port {port}: {log_file.read_text() if log_file.exists() else ''}")
+                raise AssertionError(
+                    f"snmptrapd did not start on port {port}: {log_file.read_text() if log_file.exists() else ''}"
+                )
             sock.sendto(data, ("127.0.0.1", port))
             time.sleep(0.2)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_snmp_agent import WEB, AgentThread, make_table
 
 from exporter.snmp.mibfiles import MIB_DIR, BaseMibsUnavailable, base_mib_dir
 from exporter.snmp.snapshot import Health, RealServerState, ServiceState, Snapshot
-
-from test_snmp_agent import WEB, AgentThread, make_table
 
 MODULE_DIR = MIB_DIR.parent / "snmp_exporter"
 
@@ -80,7 +79,9 @@ def test_snmp_exporter_scrapes_model_values(snmp_exporter: str) -> None:
     table = make_table()
     web = table.services[0]
     states = {(WEB, web.real_servers[1].key): RealServerState(Health.ALIVE, name="web-2")}
-    agent = AgentThread(lambda: Snapshot(table, services={WEB: ServiceState(name="web")}, real_servers=states), users=())
+    agent = AgentThread(
+        lambda: Snapshot(table, services={WEB: ServiceState(name="web")}, real_servers=states), users=()
+    )
     try:
         url = f"{snmp_exporter}/snmp?module=lvsguard&target={agent.target}"
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -93,7 +94,9 @@ def test_snmp_exporter_scrapes_model_values(snmp_exporter: str) -> None:
             samples.setdefault(s.name, []).append((s.labels, s.value))
     conns = {lab["lvsgRsAddress"]: v for lab, v in samples["lvsgRsStatsConns_total"] if lab.get("lvsgVsName") == "web"}
     assert conns == {rs.key.address: float(rs.stats.connections) for rs in web.real_servers}
-    in_bytes = {lab["lvsgRsAddress"]: v for lab, v in samples["lvsgRsStatsInBytes_total"] if lab.get("lvsgVsName") == "web"}
+    in_bytes = {
+        lab["lvsgRsAddress"]: v for lab, v in samples["lvsgRsStatsInBytes_total"] if lab.get("lvsgVsName") == "web"
+    }
     assert in_bytes == {rs.key.address: float(rs.stats.incoming_bytes) for rs in web.real_servers}
     names = {lab["lvsgRsName"] for lab, _ in samples["lvsgRsStatus"] if lab.get("lvsgVsName") == "web"}
     assert "web-2" in names

@@ -81,7 +81,13 @@ def test_reader_provider_takes_the_config_names() -> None:
     from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
     web, rs1, rs2 = ServiceKey("TCP", "192.0.2.10", 80), RealServerKey("10.0.0.1", 80), RealServerKey("10.0.0.2", 80)
-    table = Table((VirtualService(web, "rr", real_servers=(RealServer(rs1, 1, Forward.ROUTE), RealServer(rs2, 1, Forward.ROUTE))),))
+    table = Table(
+        (
+            VirtualService(
+                web, "rr", real_servers=(RealServer(rs1, 1, Forward.ROUTE), RealServer(rs2, 1, Forward.ROUTE))
+            ),
+        )
+    )
 
     class Reader:
         source = "netlink"

@@ -128,7 +128,9 @@ def local_units(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian package systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian package systemd)"
+)
 def test_systemd_analyze_verify_accepts_the_units(local_units: Path) -> None:
     units = sorted(str(p) for p in local_units.glob("*.service"))
     done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60)
@@ -137,7 +139,9 @@ def test_systemd_analyze_verify_accepts_the_units(local_units: Path) -> None:
     assert ours == []  # an unknown or misspelt key is only a warning for systemd
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian package systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (Debian package systemd)"
+)
 @pytest.mark.parametrize("name", sorted(ALLOWED_CAPS))
 def test_systemd_security_exposure_is_low(local_units: Path, name: str) -> None:
     # exposure 0.0 (locked down) .. 10.0 (UNSAFE); --threshold is in tenths. 2.5 and below is "OK".
