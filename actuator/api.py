@@ -26,7 +26,7 @@ from actuator.openapi import document
 from actuator.probestate import CheckState, ProbeView, probe_view
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import ApiError
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, VirtualService
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -45,16 +45,6 @@ RESULT_STATUS = {
 
 MAX_WEIGHT = 65535
 MAX_LIMIT = 1000
-
-
-class ApiError(LvsguardError):
-    """A request the API cannot take: ``status``, and ``path`` names the bad field."""
-
-    def __init__(self, status: int, message: str, path: str = ""):
-        self.status = status
-        self.path = path
-        self.message = message
-        super().__init__(message)
 
 
 # request helpers

@@ -1,4 +1,4 @@
-"""The actuator's Flask app (factory, blueprints, one error handler) and ``serve`` for the CLI.
+"""The actuator's Flask app (factory, blueprints, the error handler of ``httperrors``) and ``serve`` for the CLI.
 
 ``create_app`` builds everything from its arguments, so a test gets a fresh app
 on a temporary ledger with the fake kernel; ``serve`` adds the real kernel
@@ -16,53 +16,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import waitress
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from werkzeug.exceptions import HTTPException
 
 from actuator import api, ledger, ui, webhook
 from actuator import reload as reloading
 from actuator.actions import Actions, Kernel
-from actuator.auth import Unauthorized
+from actuator.httperrors import handle_error
 from actuator.jobs import JobRunner
 from actuator.metrics import ActuatorMetrics, QuarantineCollector
 from actuator.settings import ActuatorSettings
-from lvsguard.errors import (
-    AlreadyExists,
-    InvalidRequest,
-    IPVSUnavailable,
-    KernelError,
-    LvsguardError,
-    NoSuchDestination,
-    NoSuchService,
-    NotPermitted,
-    PolicyRefused,
-)
+from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
 
 log = logging.getLogger("lvsguard.actuator")
 
 DEFAULT_LISTEN = "127.0.0.1:9911"
 MAX_BODY = 16 * 1024 * 1024  # bytes; 1 000 alerts are about 1 MB
-
-ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (webhook.PayloadError, 400),
-    (Unauthorized, 401),
-    (PolicyRefused, 409),
-    (NoSuchService, 404),
-    (NoSuchDestination, 404),
-    (AlreadyExists, 409),
-    (InvalidRequest, 400),
-    (NotPermitted, 503),  # CAP_NET_ADMIN missing: an operator fixes it, Alertmanager's retry then succeeds
-    (IPVSUnavailable, 503),
-    (KernelError, 503),
-    (sqlite3.OperationalError, 503),  # the ledger is locked or its disk is full: retry later
-)
-"""Exception class -> HTTP status, first match wins; 5xx only where a retry can help."""
 
 
 @dataclass
@@ -115,39 +88,6 @@ def create_app(
 def _metrics() -> Response:
     registry = current_app.extensions["lvsguard"].registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-def error_status(exc: BaseException) -> int:
-    if isinstance(exc, api.ApiError):
-        return exc.status
-    for cls, status in ERROR_STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
-
-
-def handle_error(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """The one error handler: exception class -> status and a JSON body (never a traceback)."""
-    headers: dict[str, str] = {}
-    if isinstance(exc, HTTPException):
-        return {"error": exc.description or exc.name}, exc.code or 500, headers
-    status = error_status(exc)
-    body: dict[str, Any] = {"error": str(exc)}
-    if isinstance(exc, (api.ApiError, webhook.PayloadError)):
-        body = {"error": exc.message, "path": exc.path}
-    elif isinstance(exc, PolicyRefused):
-        body["reason"] = exc.reason
-    elif isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="lvsguard"'
-    elif isinstance(exc, sqlite3.OperationalError):
-        body = {"error": f"ledger: {exc}"}
-    if status == 503:
-        headers["Retry-After"] = "5"
-    if status == 500 or not isinstance(exc, (LvsguardError, sqlite3.OperationalError)):
-        log.exception("internal error on %s %s", request.method, request.path)
-        body = {"error": "internal error; the actuator's log has the details"}
-        status = 500
-    return body, status, headers
 
 
 def _after(response: Response) -> Response:

@@ -36,13 +36,9 @@ import tempfile
 import threading
 import urllib.parse
 
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import TrackFileError
 
 PEER_TIMEOUT = 2.0  # seconds to wait for the peer actuator's answer
-
-
-class TrackFileError(LvsguardError):
-    """The track file cannot be written; the message names it."""
 
 
 def write_track_file(path: str, requested: bool) -> None:

@@ -33,7 +33,7 @@ from typing import Protocol
 
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
-from lvsguard.errors import PolicyRefused
+from lvsguard.errors import PolicyRefused, RefusedForNow
 from lvsguard.model import RealServer, RealServerKey
 
 REASONS = ("allow_list", "quorum", "hold_down", "rate_limit")
@@ -46,14 +46,6 @@ class Standing(Protocol):
     total: int  # real servers
 
     def real_server(self, key: RealServerKey) -> RealServer | None: ...
-
-
-class RefusedForNow(PolicyRefused):
-    """A refusal that time lifts (hold-down, rate limit): ``retry_after`` seconds."""
-
-    def __init__(self, message: str, *, reason: str, retry_after: float):
-        super().__init__(message, reason=reason)
-        self.retry_after = retry_after
 
 
 class Policy:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from actuator.settings import Names
+from lvsguard.errors import TargetError
 from lvsguard.labels import parse_mark_label
 from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey, format_endpoint, parse_endpoint
 
@@ -31,10 +32,6 @@ class Target:
 
     def __str__(self) -> str:
         return f"real server {self.real_server} of {self.service}"
-
-
-class TargetError(ValueError):
-    """The labels do not name a real server; the message says which label is missing or wrong."""
 
 
 def service_from_labels(labels: Mapping[str, str], names: Names) -> ServiceKey:

@@ -52,14 +52,16 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
+from werkzeug.exceptions import HTTPException
 
 from actuator import api
 from actuator.actions import Actions, Actor, Outcome
 from actuator.auth import LoginLimiter, token_name
+from actuator.httperrors import error_status
 from actuator.ledger import get_ledger
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import ApiError, LvsguardError, UiError
 from lvsguard.logs import event
 from lvsguard.model import Forward
 
@@ -91,15 +93,6 @@ RESULT_WORDS = {
 """What each outcome means to an operator; the outcome's own message follows."""
 
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-
-
-class UiError(LvsguardError):
-    """A form the console cannot take: ``field`` names the input, ``status`` the HTTP code."""
-
-    def __init__(self, message: str, field: str = "", status: int = 400):
-        self.field = field
-        self.status = status
-        super().__init__(message)
 
 
 class SettingsSessionInterface(SecureCookieSessionInterface):
@@ -516,14 +509,14 @@ def parse_action(action: str, body: dict[str, Any]) -> ActionRequest:
         try:
             forward = Forward.from_name(body["forward"]) if "forward" in body else None
         except ValueError as exc:
-            raise api.ApiError(400, str(exc), "forward") from None
+            raise ApiError(400, str(exc), "forward") from None
         for name in ("upper_threshold", "lower_threshold"):
             if not 0 <= body[name] < 2**32:
-                raise api.ApiError(400, f"must be 0..4294967295, got {body[name]}", name)
+                raise ApiError(400, f"must be 0..4294967295, got {body[name]}", name)
     if action == "drain":
         timeout = body.get("timeout")
         if timeout is not None and not 0 < timeout <= 86400:
-            raise api.ApiError(400, f"must be 0 < timeout <= 86400 seconds, got {timeout}", "timeout")
+            raise ApiError(400, f"must be 0 < timeout <= 86400 seconds, got {timeout}", "timeout")
     return ActionRequest(action, target, body, weight, forward, timeout)
 
 
@@ -559,7 +552,7 @@ def run_action(req: ActionRequest, actor: Actor) -> Outcome:
                 lower_threshold=body["lower_threshold"],
             )
         except ValueError as exc:
-            raise api.ApiError(400, str(exc), "forward") from None
+            raise ApiError(400, str(exc), "forward") from None
 
 
 def describe(action: str, body: dict[str, Any]) -> str:
@@ -593,9 +586,9 @@ def action() -> Any:
         if form.get("confirmed") != "yes":
             return render_template("ui/confirm.html", question=describe(req.action, body), form=form, back=back)
         outcome = run_action(req, Actor("ui", g.token_name))
-    except (UiError, api.ApiError) as exc:
-        message = exc.message if isinstance(exc, api.ApiError) else str(exc)
-        field = exc.path if isinstance(exc, api.ApiError) else exc.field
+    except (UiError, ApiError) as exc:
+        message = exc.message if isinstance(exc, ApiError) else str(exc)
+        field = exc.path if isinstance(exc, ApiError) else exc.field
         flash(f"Not done: {field.replace('_', ' ') + ': ' if field else ''}{message}", "error")
         return redirect(back)
     flash(
@@ -615,10 +608,6 @@ def action() -> Any:
 @bp.errorhandler(Exception)
 def error_page(exc: Exception) -> Any:
     """Errors as a page (never a traceback); status as the API's handler would give it."""
-    from werkzeug.exceptions import HTTPException
-
-    from actuator.app import error_status  # app imports this module
-
     if isinstance(exc, UiError):
         status, message = exc.status, str(exc)
     elif isinstance(exc, HTTPException):

@@ -30,7 +30,7 @@ from actuator.auth import require_token
 from actuator.ledger import locked_ledger
 from actuator.settings import ACTIONS, ActuatorSettings
 from actuator.targets import TargetError, target_from_labels
-from lvsguard.errors import IPVSUnavailable, KernelError, LvsguardError, NotPermitted
+from lvsguard.errors import IPVSUnavailable, KernelError, NotPermitted, PayloadError
 from lvsguard.logs import event
 
 bp = Blueprint("webhook", __name__)
@@ -42,15 +42,6 @@ FINGERPRINT = re.compile(r"[0-9A-Za-z_.:-]{1,128}")
 STATUSES = ("firing", "resolved")
 PRELOAD_TABLE = 8
 """With more alerts than this in one payload, read the whole table once instead of per service."""
-
-
-class PayloadError(LvsguardError):
-    """The webhook body is not a valid version-4 payload; ``path`` is where (``alerts[3].labels``)."""
-
-    def __init__(self, message: str, path: str):
-        self.path = path
-        super().__init__(f"{path}: {message}" if path else message)
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,13 @@
      │    ├── TransportError       the netlink exchange itself failed (socket error, timeout)
      │    └── BulkFailed           some requests of a bulk write failed (one typed error each)
      ├── NamespaceError       the named network namespace cannot be entered
-     └── PolicyRefused        the actuator's safety rules refused an action
+     ├── PolicyRefused        the actuator's safety rules refused an action
+     │    └── RefusedForNow        a refusal that time lifts (hold-down, rate limit): ``retry_after``
+     ├── PayloadError         the webhook body is not an Alertmanager version-4 payload (``path``)
+     ├── ApiError             an admin API request the actuator cannot take (``status``, ``path``)
+     ├── UiError              a console form the actuator cannot take (``field``, ``status``)
+     ├── TargetError          an alert's labels name no real server (also a ValueError)
+     └── TrackFileError       the failover track file cannot be written
 
 An exception carries the objects it is about (``service``, ``real_server``,
 ``errno``) and its message names them the way an operator writes them:
@@ -161,3 +167,47 @@ class PolicyRefused(LvsguardError):
     def __init__(self, message: str, *, reason: str):
         self.reason = reason
         super().__init__(message)
+
+
+class RefusedForNow(PolicyRefused):
+    """A refusal that time lifts (hold-down, rate limit): ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, reason: str, retry_after: float):
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
+
+
+class PayloadError(LvsguardError):
+    """The webhook body is not a valid version-4 payload; ``path`` is where (``alerts[3].labels``)."""
+
+    def __init__(self, message: str, path: str):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+        self.message = message
+
+
+class ApiError(LvsguardError):
+    """A request the API cannot take: ``status``, and ``path`` names the bad field."""
+
+    def __init__(self, status: int, message: str, path: str = ""):
+        self.status = status
+        self.path = path
+        self.message = message
+        super().__init__(message)
+
+
+class UiError(LvsguardError):
+    """A form the console cannot take: ``field`` names the input, ``status`` the HTTP code."""
+
+    def __init__(self, message: str, field: str = "", status: int = 400):
+        self.field = field
+        self.status = status
+        super().__init__(message)
+
+
+class TargetError(LvsguardError, ValueError):
+    """The labels do not name a real server; the message says which label is missing or wrong."""
+
+
+class TrackFileError(LvsguardError):
+    """The track file cannot be written; the message names it."""
