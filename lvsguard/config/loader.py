@@ -1,0 +1,138 @@
+"""The whole config: its sections, in the order they are parsed, and ``load``/``loads``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from os import PathLike
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import yaml
+from yaml.nodes import MappingNode
+
+from lvsguard.config.actuator import actuator_section
+from lvsguard.config.director import DIRECTOR, DirectorConfig
+from lvsguard.config.exporter import EXPORTER, ExporterConfig
+from lvsguard.config.probes import PROBES, ProbesConfig
+from lvsguard.config.schema import Context, Key, Schema, is_null, kind_of, record, records, section
+from lvsguard.config.services import SERVICE, ServiceConfig, named_services
+from lvsguard.config.snmp import snmp_section
+from lvsguard.errors import ConfigError, ConfigProblem
+from lvsguard.model import RealServerKey, ServiceKey
+
+if TYPE_CHECKING:
+    from actuator.settings import ActuatorSettings
+    from exporter.snmp.settings import AgentSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole config. ``Config()`` is the config of no file: every default, no names."""
+
+    director: DirectorConfig = DirectorConfig()
+    exporter: ExporterConfig = ExporterConfig()
+    services: tuple[ServiceConfig, ...] = ()
+    actuator: ActuatorSettings | None = None  # section ``actuator`` (validated by actuator.settings); None: defaults
+    probes: ProbesConfig = ProbesConfig()
+    snmp: AgentSettings | None = None  # section ``snmp`` (validated by exporter.snmp.settings); None: no SNMP agent
+    file: str = ""  # where it was loaded from ("" for Config())
+    _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
+    _real_server_names: Mapping[tuple[ServiceKey, RealServerKey], str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_service_names", MappingProxyType({s.service: s.name for s in self.services}))
+        real_servers = {(s.service, rs.address): rs.name for s in self.services for rs in s.real_servers}
+        object.__setattr__(self, "_real_server_names", MappingProxyType(real_servers))
+
+    def service_name(self, key: ServiceKey) -> str:
+        """The configured name of service ``key``; "" when it has none."""
+        return self._service_names.get(key, "")
+
+    def real_server_name(self, service: ServiceKey, key: RealServerKey) -> str:
+        """The configured name of real server ``key`` of ``service``; "" when it has none."""
+        return self._real_server_names.get((service, key), "")
+
+
+SECTIONS: Mapping[str, Key] = {
+    "director": Key(section(DIRECTOR), doc="Which IPVS table this director is."),
+    "services": Key(
+        named_services(records(SERVICE)),
+        doc="Names for virtual services and their real servers (labels, status, actuator targets).",
+    ),  # before `exporter`, whose allow-list names them
+    "exporter": Key(section(EXPORTER), doc="The Prometheus exporter, `lvsguard exporter` (docs/metrics.md)."),
+    "actuator": Key(
+        actuator_section, doc="The actuator, `lvsguard actuator` (docs/actuator.md); absent: its safe defaults."
+    ),  # after `services`, whose names it resolves
+    "snmp": Key(snmp_section, doc="The exporter's SNMP agent (docs/snmp.md); absent: no SNMP agent."),
+    "probes": Key(
+        section(PROBES), doc="Health checks of the real servers (docs/probes.md)."
+    ),  # after `services`, whose names its checks use
+}
+"""The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def loads(text: str, filename: str = "<string>") -> Config:
+    """Parse and validate a config; raises ConfigError with every problem found."""
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters before any parsing
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([_reader_problem(filename, text, exc)]) from None
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            raise ConfigError([_syntax_problem(filename, exc)]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([ConfigProblem(filename, 0, 0, "", f"YAML error: {exc}")]) from None
+        if root is None or is_null(root):
+            return Config(file=filename)
+        ctx = Context(filename, loader)
+        if isinstance(root, MappingNode):
+            config, _, _ = record(root, "", Schema(partial(Config, file=filename), SECTIONS), ctx)
+        else:
+            ctx.problem(root, "", f"a config is a mapping of sections ({', '.join(SECTIONS)}), got {kind_of(root)}")
+    finally:
+        loader.dispose()
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return config
+
+
+def _reader_problem(filename: str, text: str, exc: yaml.reader.ReaderError) -> ConfigProblem:
+    """A character YAML does not allow (NUL, other control characters), at its line and column."""
+    line = text.count("\n", 0, exc.position) + 1
+    column = exc.position - text.rfind("\n", 0, exc.position)
+    shown = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+    return ConfigProblem(filename, line, column, "", f"character {shown} is not allowed in YAML ({exc.reason})")
+
+
+def _syntax_problem(filename: str, exc: yaml.MarkedYAMLError) -> ConfigProblem:
+    mark = exc.problem_mark or exc.context_mark
+    message = f"YAML syntax error: {exc.problem or exc.context}"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        message += f" ({exc.context} on line {exc.context_mark.line + 1})"
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+    return ConfigProblem(filename, line, column, "", message)
+
+
+def load(path: str | PathLike[str]) -> Config:
+    """Read and validate the config file at ``path``; every failure is a ConfigError naming the file."""
+    filename = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(filename, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [ConfigProblem(filename, line, 0, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        ) from None
+    return loads(text, filename)
