@@ -39,7 +39,7 @@ from lvsguard.errors import BulkFailed, KernelError, NoSuchDestination, NoSuchSe
 from lvsguard.logs import event
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
-log = logging.getLogger("lvsguard.actuator")
+log = logging.getLogger(__name__)
 
 VIEW_TTL = 0.5
 """Seconds a webhook session may reuse the view of a big service read by an earlier session."""

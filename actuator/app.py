@@ -32,7 +32,7 @@ from actuator.settings import ActuatorSettings
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
 
-log = logging.getLogger("lvsguard.actuator")
+log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:9911"
 MAX_BODY = 16 * 1024 * 1024  # bytes; 1 000 alerts are about 1 MB
@@ -58,7 +58,7 @@ def create_app(
 ) -> Flask:
     """The WSGI app. ``kernel`` defaults to netlink in the current namespace."""
     if kernel is None:
-        from lvsguard.ipvs.netlink import NetlinkIPVS  # imports pyroute2: not needed with a given kernel
+        from lvsguard.ipvs.netlink import NetlinkIPVS  # only here: a given kernel (a test's) needs no netlink
 
         kernel = NetlinkIPVS()
     app = Flask(__name__)
@@ -132,7 +132,7 @@ def serve(
     On SIGHUP, ``reload`` returns the new settings (config and tokens) or raises
     an LvsguardError to keep the running ones (``actuator/reload.py``).
     """
-    from lvsguard.ipvs.netlink import NetlinkIPVS  # imports pyroute2: only when serving for real
+    from lvsguard.ipvs.netlink import NetlinkIPVS  # only here: importing the app needs no netlink
 
     if not settings.tokens:
         raise LvsguardError(

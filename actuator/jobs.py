@@ -21,7 +21,7 @@ from actuator.actions import Actions
 from actuator.ledger import Ledger
 from lvsguard.logs import event
 
-log = logging.getLogger("lvsguard.actuator")
+log = logging.getLogger(__name__)
 
 
 class JobRunner:

@@ -34,7 +34,7 @@ from actuator.settings import ActuatorSettings, Names
 from actuator.targets import Target, TargetError, target_from_labels
 from lvsguard.logs import event
 
-log = logging.getLogger("lvsguard.actuator")
+log = logging.getLogger(__name__)
 
 MIN_AGE = 2.0  # seconds a read is reused (the console refreshes every 2 s)
 SLOW_FACTOR = (

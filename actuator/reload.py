@@ -20,7 +20,7 @@ from actuator.settings import ActuatorSettings
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
 
-log = logging.getLogger("lvsguard.actuator")
+log = logging.getLogger(__name__)
 
 
 def apply(app: Flask, new: ActuatorSettings) -> list[str]:

@@ -65,7 +65,7 @@ from lvsguard.errors import ApiError, LvsguardError, UiError
 from lvsguard.logs import event
 from lvsguard.model import Forward
 
-log = logging.getLogger("lvsguard.actuator")
+log = logging.getLogger(__name__)
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
 

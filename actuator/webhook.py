@@ -34,7 +34,7 @@ from lvsguard.errors import IPVSUnavailable, KernelError, NotPermitted, PayloadE
 from lvsguard.logs import event
 
 bp = Blueprint("webhook", __name__)
-log = logging.getLogger("lvsguard.actuator")
+log = logging.getLogger(__name__)
 
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")

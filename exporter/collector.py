@@ -368,7 +368,7 @@ class IPVSCollector(Collector):
         self.version = version
         self.clock = clock
         self._addresses = addresses
-        self.logger = logger or logging.getLogger("exporter.ipvs")
+        self.logger = logger or logging.getLogger(__name__)
         self._table_log = _ReasonLog(self.logger, "ipvs_read")
         self._address_log = _ReasonLog(self.logger, "address_read")
 

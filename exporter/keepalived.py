@@ -47,7 +47,7 @@ TRANSITIONS = (
     "keepalived VRRP transitions of the instance seen since the exporter started.",
 )
 
-log = logging.getLogger("lvsguard.exporter.keepalived")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from exporter.snmp.runner import RunningAgent
     from lvsguard.config import Config
 
-log = logging.getLogger("lvsguard.exporter")
+log = logging.getLogger(__name__)
 
 
 def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | None = None) -> None:

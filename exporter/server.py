@@ -34,7 +34,7 @@ from lvsguard.ipvs import TableReader
 from lvsguard.logs import event
 from lvsguard.model import ServiceKey
 
-log = logging.getLogger("exporter.http")
+log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 120.0  # seconds a keep-alive connection may sit idle (Prometheus scrapes every 15-60 s)
 

@@ -20,7 +20,7 @@ from lvsguard.ipvs import SOURCES, TableReader, open_reader
 from lvsguard.logs import event
 from lvsguard.model import Table
 
-log = logging.getLogger("exporter.ipvs")
+log = logging.getLogger(__name__)
 
 Opener = Callable[[str | None, str], TableReader]
 

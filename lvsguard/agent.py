@@ -39,7 +39,7 @@ from pathlib import Path
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
 
-log = logging.getLogger("lvsguard.agent")
+log = logging.getLogger(__name__)
 
 LOAD_SOURCES = ("loadavg", "cpu", "command")
 COMMAND_TIMEOUT = 2.0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
-from lvsguard.logs import LineHandler
+from lvsguard.logs import LineHandler, set_levels
 
 DEFAULT_EXPORTER_LISTEN = "127.0.0.1:9910"
 DEFAULT_ACTUATOR_LISTEN = "127.0.0.1:9911"
@@ -197,6 +197,7 @@ def configure_logging(level: str) -> None:
         logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
     )
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    set_levels(os.environ.get("LVSGUARD_LOG_LEVELS", ""))  # one module's level: docs/install.md, "Logs"
 
 
 def _load_config(path: Path | None):  # -> lvsguard.config.Config

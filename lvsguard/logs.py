@@ -26,6 +26,27 @@ def event(logger: logging.Logger, level: int, name: str, **fields: object) -> No
         logger.log(level, " ".join([name, *(f"{k}={logfmt_value(v)}" for k, v in fields.items())]))
 
 
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def set_levels(spec: str) -> None:
+    """Set the levels of ``LOGGER=LEVEL,...`` (``exporter.probes=debug,actuator=warning``).
+
+    A logger is a module's import name or a package above it (``exporter.probes``
+    covers ``exporter.probes.engine``); its level overrides the process's
+    ``--log-level`` for it. A malformed entry is logged and skipped: a logging
+    setting never stops a service.
+    """
+    for entry in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, level = (piece.strip() for piece in entry.partition("="))
+        if not name or level.lower() not in LEVELS:
+            event(
+                logging.getLogger(__name__), logging.WARNING, "log_level_ignored", entry=entry, expected="LOGGER=LEVEL"
+            )
+            continue
+        logging.getLogger(name).setLevel(LEVELS[level.lower()])
+
+
 class LineHandler(logging.Handler):
     """Writes each formatted record with one ``write`` system call and no lock.
 

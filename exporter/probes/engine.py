@@ -57,7 +57,7 @@ from lvsguard.ipvs import TableReader
 from lvsguard.logs import event
 from lvsguard.model import RealServerKey, ServiceKey, Table
 
-log = logging.getLogger("exporter.probes")
+log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH = 2.0
 DEFAULT_RATE = 1000  # default (unconfigured) probes per second at most, all real servers together

@@ -29,7 +29,7 @@ from exporter.probes.http import tls_context
 from exporter.probes.result import ProbeResult, Target, guarded
 from lvsguard.logs import event
 
-log = logging.getLogger("exporter.probes")
+log = logging.getLogger(__name__)
 UNREACHABLE = "PrometheusUnreachable"
 
 

@@ -43,7 +43,7 @@ from exporter.collector import BACKEND_LABELS, Names, NoNames, backend_label_val
 from lvsguard.logs import event
 from lvsguard.model import RealServerKey, ServiceKey
 
-log = logging.getLogger("exporter.probes")
+log = logging.getLogger(__name__)
 
 ALERTNAME = "LvsguardProbeFailed"
 RETRIES = 3

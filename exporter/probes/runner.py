@@ -25,7 +25,7 @@ from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.ipvs.netns import entered
 from lvsguard.logs import event
 
-log = logging.getLogger("exporter.probes")
+log = logging.getLogger(__name__)
 
 
 def read_token(publish: PublishConfig, env: dict[str, str] | None = None) -> str:

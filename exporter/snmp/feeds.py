@@ -45,7 +45,7 @@ from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
 from lvsguard.model import RealServerKey, ServiceKey, Table
 
-log = logging.getLogger("lvsguard.exporter.snmp")
+log = logging.getLogger(__name__)
 
 
 class _OnceLog:

@@ -15,7 +15,7 @@ from lvsguard.model import Table
 
 SOURCES = ("auto", "netlink", "procfs")
 
-log = logging.getLogger("lvsguard.ipvs")
+log = logging.getLogger(__name__)
 
 
 class TableReader(Protocol):

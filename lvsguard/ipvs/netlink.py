@@ -78,7 +78,7 @@ from lvsguard.model import (
 
 __all__ = ["DestDecoder", "NetlinkIPVS", "parse_daemons", "parse_dests", "parse_services"]
 
-log = logging.getLogger("lvsguard.ipvs.netlink")
+log = logging.getLogger(__name__)
 
 GENL_NAME = "IPVS"
 

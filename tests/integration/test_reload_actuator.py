@@ -101,7 +101,7 @@ def test_a_bad_config_is_refused_with_its_line_and_the_old_one_kept(
 ) -> None:
     app, kernel, args = setup
     args.config.write_text("actuator:\n  hold_down: soon\n")
-    with caplog.at_level(logging.ERROR, "lvsguard.actuator"):
+    with caplog.at_level(logging.ERROR, "actuator"):
         assert not reloading.reload(app, lambda: _actuator_settings(args))
     assert f"{args.config}:2:14: actuator.hold_down:" in caplog.text
     assert "reload_failed" in caplog.text
@@ -114,7 +114,7 @@ def test_a_token_file_left_empty_is_refused(
 ) -> None:
     app, _, args = setup
     Path(args.token_file).write_text("")
-    with caplog.at_level(logging.ERROR, "lvsguard.actuator"):
+    with caplog.at_level(logging.ERROR, "actuator"):
         assert not reloading.reload(app, lambda: _actuator_settings(args))
     assert "no token" in caplog.text
     assert OLD_TOKEN not in caplog.text
@@ -127,7 +127,7 @@ def test_a_new_ledger_path_needs_a_restart(
     app, _, args = setup
     ledger_before = app.config["LVSGUARD_SETTINGS"].ledger_path
     args.config.write_text(args.config.read_text().replace("actuator.db", "other.db"))
-    with caplog.at_level(logging.INFO, "lvsguard.actuator"):
+    with caplog.at_level(logging.INFO, "actuator"):
         assert reloading.reload(app, lambda: _actuator_settings(args))
     assert "reload_needs_restart keys=actuator.ledger" in caplog.text
     assert app.config["LVSGUARD_SETTINGS"].ledger_path == ledger_before

@@ -87,7 +87,7 @@ def schema(app: Flask) -> Any:
 @pytest.fixture(scope="module")
 def errors() -> Any:
     handler = _Errors()
-    logger = logging.getLogger("lvsguard.actuator")
+    logger = logging.getLogger("actuator")
     logger.addHandler(handler)
     yield handler
     logger.removeHandler(handler)

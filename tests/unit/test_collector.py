@@ -353,7 +353,7 @@ def test_registering_does_not_read_the_table() -> None:
 def test_read_failure_is_ipvs_up_0_and_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
     reader = FakeReader(NotPermitted("netlink IPVS needs CAP_NET_ADMIN"))
     exposition = Exposition(IPVSCollector(reader))
-    caplog.set_level(logging.INFO, logger="exporter.ipvs")
+    caplog.set_level(logging.INFO, logger="exporter.collector")
 
     def scrape() -> str:
         return exposition.render()

@@ -72,7 +72,7 @@ class BigReader:
 
 
 def test_a_scraper_that_leaves_mid_scrape_is_logged_and_the_server_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="exporter.http")
+    caplog.set_level(logging.DEBUG, logger="exporter.server")
     server = ExporterServer("127.0.0.1:0", Exposition(IPVSCollector(BigReader())))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -62,7 +62,7 @@ def test_auto_falls_back_to_procfs_when_netlink_read_is_refused(caplog: pytest.L
     netlink = Stub("netlink", NETLINK_TABLE, [NotPermitted("netlink IPVS needs CAP_NET_ADMIN", errno=1)])
     opener = Opener(netlink, Stub("procfs", PROCFS_TABLE))
     reader = ExporterReader(None, "auto", opener=opener)
-    caplog.set_level(logging.WARNING, logger="exporter.ipvs")
+    caplog.set_level(logging.WARNING, logger="exporter.source")
     assert reader.read() is PROCFS_TABLE
     assert reader.read() is PROCFS_TABLE
     assert opener.calls == [(None, "auto"), (None, "procfs")]

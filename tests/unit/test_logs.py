@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 
-from lvsguard.logs import LineHandler, event, logfmt_value
+from lvsguard.logs import LineHandler, event, logfmt_value, set_levels
 
 
 def _logger(handler: logging.Handler, name: str) -> logging.Logger:
@@ -56,3 +56,37 @@ def test_line_handler_falls_back_to_a_stream_without_descriptor_and_honours_filt
     event(logger, logging.INFO, "request", path="/api/v1/services", status=200)
     event(logger, logging.INFO, "request", path="/secret")
     assert stream.getvalue() == "INFO request path=/api/v1/services status=200\n"
+
+
+def test_set_levels_raises_one_package_and_skips_a_malformed_entry(caplog):
+    engine, other = logging.getLogger("test.levels.pkg.engine"), logging.getLogger("test.levels.other")
+    try:
+        set_levels(" test.levels.pkg = DEBUG ,test.levels.other=warning, nonsense, test.levels.x=loud")
+        assert engine.getEffectiveLevel() == logging.DEBUG  # a package's level reaches its modules
+        assert other.getEffectiveLevel() == logging.WARNING
+        assert [r.getMessage() for r in caplog.records if r.name == "lvsguard.logs"] == [
+            'log_level_ignored entry=nonsense expected="LOGGER=LEVEL"',
+            'log_level_ignored entry="test.levels.x=loud" expected="LOGGER=LEVEL"',
+        ]
+    finally:
+        for name in ("test.levels.pkg", "test.levels.other"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_a_module_raised_to_debug_reaches_the_root_handler_under_an_info_root():
+    stream = io.StringIO()
+    handler = LineHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        set_levels("test.levels.loud=debug")
+        logging.getLogger("test.levels.loud.module").debug("seen")
+        logging.getLogger("test.levels.quiet").debug("not seen")
+        assert stream.getvalue() == "DEBUG test.levels.loud.module seen\n"
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        logging.getLogger("test.levels.loud").setLevel(logging.NOTSET)

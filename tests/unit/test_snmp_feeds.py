@@ -200,7 +200,7 @@ def test_a_running_drain_is_draining() -> None:
 
 
 def test_absent_or_broken_ledger_is_unknown_with_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "lvsguard.exporter.snmp")
+    caplog.set_level(logging.INFO, "exporter.snmp")
     absent = LedgerFeed(str(tmp_path / "none.db"))
     assert absent.read() is None and absent.read() is None
     broken = tmp_path / "broken.db"
