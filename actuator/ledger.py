@@ -16,18 +16,9 @@ kernel. A request that ends inside a transaction (an error) rolls it back at
 teardown, so the next request on that thread starts clean. Background jobs
 open their own with :meth:`Ledger.open`.
 
-Tables:
-
-- ``holds``: one row per holder of a real server (an alert fingerprint, or a
-  manual hold by an API token name); ``state`` active -> released | removed.
-- ``backends``: one row per real server the actuator has taken out (or is
-  ramping back in): the original weight to restore, the weight the kernel
-  should show now, and the write-ahead flag.
-- ``changes``: the last time the actuator changed each real server's weight
-  (the hold-down survives a restart).
-- ``jobs``: drains and slow-start restores, with progress.
-- ``failovers``: who asks this director to give its VIPs up (same holders as ``holds``).
-- ``audit``: every decision, applied or refused, with the actor.
+The file's layout (tables, columns, the states they hold) has one owner,
+``lvsguard.ledger``, in the core, where the exporter reads it too; the
+queries below are the writer's own.
 """
 
 from __future__ import annotations
@@ -45,92 +36,8 @@ from typing import Any
 from flask import Flask, current_app, g
 
 from actuator.targets import Target
+from lvsguard.ledger import SCHEMA
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS holds (
-    id INTEGER PRIMARY KEY,
-    service TEXT NOT NULL,
-    real_server TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    holder TEXT NOT NULL,
-    alertname TEXT NOT NULL DEFAULT '',
-    source TEXT NOT NULL,
-    action TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    released_at REAL,
-    released_by TEXT NOT NULL DEFAULT ''
-);
-CREATE UNIQUE INDEX IF NOT EXISTS holds_active
-    ON holds (service, real_server, kind, holder) WHERE state = 'active';
-CREATE INDEX IF NOT EXISTS holds_holder ON holds (holder) WHERE state = 'active';
-CREATE TABLE IF NOT EXISTS backends (
-    service TEXT NOT NULL,
-    real_server TEXT NOT NULL,
-    state TEXT NOT NULL,
-    original_weight INTEGER NOT NULL,
-    expected_weight INTEGER NOT NULL,
-    previous_weight INTEGER NOT NULL,
-    write_pending INTEGER NOT NULL DEFAULT 0,
-    since REAL NOT NULL,
-    drift TEXT NOT NULL DEFAULT '',
-    job_id INTEGER,
-    PRIMARY KEY (service, real_server)
-);
-CREATE TABLE IF NOT EXISTS changes (
-    service TEXT NOT NULL,
-    real_server TEXT NOT NULL,
-    changed_at REAL NOT NULL,
-    PRIMARY KEY (service, real_server)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    service TEXT NOT NULL,
-    real_server TEXT NOT NULL,
-    state TEXT NOT NULL,
-    progress REAL NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    params TEXT NOT NULL DEFAULT '{}',
-    actor TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_open ON jobs (service, real_server) WHERE state = 'running';
-CREATE TABLE IF NOT EXISTS failovers (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    holder TEXT NOT NULL,
-    alertname TEXT NOT NULL DEFAULT '',
-    source TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    released_at REAL,
-    released_by TEXT NOT NULL DEFAULT ''
-);
-CREATE UNIQUE INDEX IF NOT EXISTS failovers_active ON failovers (kind, holder) WHERE state = 'active';
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    source TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    service TEXT NOT NULL DEFAULT '',
-    real_server TEXT NOT NULL DEFAULT '',
-    result TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL DEFAULT '',
-    details TEXT NOT NULL DEFAULT '{}'
-);
-"""
-
-HOLD_KINDS = ("alert", "manual")
-JOB_KINDS = ("drain", "slow_start")
-JOB_OPEN = "running"
-JOB_STATES = ("running", "done", "failed", "timeout", "cancelled")
 SQLITE_MAX_INT = 2**63 - 1  # a larger Python int bound to a query is an OverflowError, not "no row"
 
 

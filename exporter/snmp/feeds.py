@@ -4,9 +4,10 @@ Three sources, each read once per snapshot, each optional, none able to stop the
 
 - the probe engine of the same process (``ProbeFeed``): per real server the
   health after rise/fall, and per check the last result, latency and message;
-- the actuator's ledger (``LedgerFeed``): the SQLite file opened read-only,
-  so that the exporter never writes it and never waits for the actuator
-  (WAL lets a reader see the last committed state while the actuator writes);
+- the actuator's ledger (``LedgerFeed``): the SQLite file opened read-only
+  through ``lvsguard.ledger``, which owns its layout, so that the exporter
+  never writes it and never waits for the actuator (WAL lets a reader see the
+  last committed state while the actuator writes);
 - keepalived's notify FIFO (``DirectorFeed``): the VRRP role, with the VIPs
   (the addresses of the virtual services) and whether this director holds them.
 
@@ -26,7 +27,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import quote
 
 from exporter.snmp.snapshot import (
     DirectorState,
@@ -42,6 +42,7 @@ from exporter.snmp.snapshot import (
     Vip,
 )
 from lvsguard.errors import LvsguardError
+from lvsguard.ledger import BackendRow, DrainRow, HoldRow, LedgerHolds, read_holds
 from lvsguard.logs import event
 from lvsguard.model import RealServerKey, ServiceKey, Table
 
@@ -222,40 +223,34 @@ def actor_text(kind: str, holder: str, source: str, alertname: str) -> str:
     return f"{source} {holder}"
 
 
-def hold_of(
-    backend_state: str,
-    original_weight: int,
-    since: float,
-    holds: Sequence[Mapping[str, str]],
-    drain_job: Mapping[str, object] | None,
-) -> LedgerHold:
-    """The hold of one real server from its ``backends`` row, its active ``holds`` (oldest first) and its last drain job.
+def hold_of(backend: BackendRow, holds: Sequence[HoldRow], drain: DrainRow | None) -> LedgerHold:
+    """The hold of one real server from its ``backends`` row, its active holds (oldest first) and its last drain job.
 
     Out with a drain hold: draining while the drain job runs, drained once it
     ended (done, timeout, or drained but not deleted). Out otherwise:
     quarantined. Ramping back in ("restoring") or not in the ledger: none.
     """
-    if backend_state != "out":
+    if backend.state != "out":
         return LedgerHold(Hold.NONE, "", "", None, None)
     first = holds[0] if holds else None
-    actor = actor_text(first["kind"], first["holder"], first["source"], first["alertname"]) if first else ""
-    reason = first["reason"] if first else ""
-    if any(h["action"] == "drain" for h in holds):
-        if drain_job is not None and drain_job["state"] in ("done", "timeout", "failed"):
-            finished = drain_job["finished_at"]
+    actor = actor_text(first.kind, first.holder, first.source, first.alertname) if first else ""
+    reason = first.reason if first else ""
+    if any(h.action == "drain" for h in holds):
+        if drain is not None and drain.state in ("done", "timeout", "failed"):
+            finished = drain.finished_at
             return LedgerHold(
                 Hold.DRAINED,
-                str(drain_job["actor"]) or actor,
-                str(drain_job["message"]) or reason,
-                original_weight,
-                float(finished) if isinstance(finished, (int, float)) else since,
+                drain.actor or actor,
+                drain.message or reason,
+                backend.original_weight,
+                finished if finished is not None else backend.since,
             )
-        return LedgerHold(Hold.DRAINING, actor, reason, original_weight, since)
-    return LedgerHold(Hold.QUARANTINED, actor, reason, original_weight, since)
+        return LedgerHold(Hold.DRAINING, actor, reason, backend.original_weight, backend.since)
+    return LedgerHold(Hold.QUARANTINED, actor, reason, backend.original_weight, backend.since)
 
 
 class LedgerFeed:
-    """The actuator's ledger (SQLite, WAL), opened read-only for each snapshot.
+    """The actuator's ledger (SQLite, WAL), read read-only for each snapshot (``lvsguard.ledger.read_holds``).
 
     ``read()`` returns the holds by real server, or None when the ledger
     cannot be read (absent: the actuator never ran here; unreadable:
@@ -274,31 +269,12 @@ class LedgerFeed:
             self._log.failed("no such file: no holds (no actuator on this director yet?)", logging.INFO)
             return None
         try:
-            conn = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True, timeout=1.0)
-        except sqlite3.Error as exc:
-            self._log.failed(f"cannot open: {exc}")
-            return None
-        try:
-            conn.row_factory = sqlite3.Row
-            backends = conn.execute(
-                "SELECT service, real_server, state, original_weight, since FROM backends"
-            ).fetchall()
-            holds = conn.execute(
-                "SELECT service, real_server, kind, holder, source, alertname, action, reason FROM holds"
-                " WHERE state = 'active' ORDER BY id"
-            ).fetchall()
-            jobs = conn.execute(
-                "SELECT j.service, j.real_server, j.state, j.actor, j.message, j.finished_at FROM jobs j"
-                " JOIN backends b ON b.service = j.service AND b.real_server = j.real_server"
-                " WHERE j.kind = 'drain' AND b.state = 'out' ORDER BY j.id"
-            ).fetchall()
-        except sqlite3.Error as exc:
+            rows = read_holds(self.path)
+        except (sqlite3.Error, ValueError, TypeError) as exc:  # not a ledger, or a value of the wrong type
             self._log.failed(f"cannot read: {exc}")
             return None
-        finally:
-            conn.close()
         self._log.ok()
-        return ledger_holds(map(dict, backends), map(dict, holds), map(dict, jobs))
+        return ledger_holds(rows)
 
 
 def _ref(service: str, real_server: str) -> RsRef | None:
@@ -308,30 +284,18 @@ def _ref(service: str, real_server: str) -> RsRef | None:
         return None
 
 
-def ledger_holds(
-    backends: Iterable[Mapping[str, object]], holds: Iterable[Mapping[str, str]], jobs: Iterable[Mapping[str, object]]
-) -> dict[RsRef, LedgerHold]:
-    """Rows of the ledger's ``backends``, active ``holds`` (by id) and drain ``jobs`` (by id) -> the hold of each real server."""
-    held: dict[tuple[str, str], list[Mapping[str, str]]] = {}
-    for row in holds:
-        held.setdefault((row["service"], row["real_server"]), []).append(row)
-    last_job: dict[tuple[str, str], Mapping[str, object]] = {}
-    for row in jobs:
-        last_job[(str(row["service"]), str(row["real_server"]))] = row
+def ledger_holds(rows: LedgerHolds) -> dict[RsRef, LedgerHold]:
+    """The ledger's taken-out real servers, active holds and drain jobs -> the hold of each real server."""
+    held: dict[tuple[str, str], list[HoldRow]] = {}
+    for hold in rows.holds:
+        held.setdefault((hold.service, hold.real_server), []).append(hold)
+    last_drain = {(d.service, d.real_server): d for d in rows.drains}  # ordered by id: the last one wins
     out: dict[RsRef, LedgerHold] = {}
-    for row in backends:
-        key = (str(row["service"]), str(row["real_server"]))
+    for backend in rows.backends:
+        key = (backend.service, backend.real_server)
         ref = _ref(*key)
-        if ref is None:
-            continue
-        since = row["since"]
-        out[ref] = hold_of(
-            str(row["state"]),
-            int(row["original_weight"]),
-            float(since) if isinstance(since, (int, float)) else 0.0,  # type: ignore[call-overload]
-            held.get(key, []),
-            last_job.get(key),
-        )
+        if ref is not None:
+            out[ref] = hold_of(backend, held.get(key, []), last_drain.get(key))
     return out
 
 

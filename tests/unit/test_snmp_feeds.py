@@ -38,6 +38,7 @@ from exporter.snmp.feeds import (
 )
 from exporter.snmp.notify import changes
 from exporter.snmp.snapshot import Health, Hold, RealServerState, Role, ServiceState, Snapshot
+from lvsguard.ledger import BackendRow, DrainRow, HoldRow, LedgerHolds
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
 BASE = layout.DEFAULT_BASE
@@ -172,30 +173,12 @@ def test_ledger_feed_reads_the_actuators_ledger_read_only(tmp_path: Path) -> Non
 
 
 def test_a_running_drain_is_draining() -> None:
-    backends = [{"service": str(WEB), "real_server": str(KEYS[0]), "state": "out", "original_weight": 3, "since": 7.0}]
-    holds = [
-        {
-            "service": str(WEB),
-            "real_server": str(KEYS[0]),
-            "kind": "manual",
-            "holder": "ops",
-            "source": "cli",
-            "alertname": "",
-            "action": "drain",
-            "reason": "move",
-        }
-    ]
-    jobs = [
-        {
-            "service": str(WEB),
-            "real_server": str(KEYS[0]),
-            "state": "running",
-            "actor": "cli ops",
-            "message": "",
-            "finished_at": None,
-        }
-    ]
-    held = ledger_holds(backends, holds, jobs)[(WEB, KEYS[0])]
+    rows = LedgerHolds(
+        (BackendRow(str(WEB), str(KEYS[0]), "out", 3, 7.0),),
+        (HoldRow(str(WEB), str(KEYS[0]), "manual", "ops", "cli", "", "drain", "move"),),
+        (DrainRow(str(WEB), str(KEYS[0]), "running", "cli ops", "", None),),
+    )
+    held = ledger_holds(rows)[(WEB, KEYS[0])]
     assert (held.hold, held.actor, held.reason, held.since) == (Hold.DRAINING, "cli ops", "move", 7.0)
 
 
@@ -284,20 +267,11 @@ def names_of(notifications) -> list[str]:
 def test_hold_overrides_reason_and_unknown_ledger_is_marked() -> None:
     health = {(WEB, KEYS[0]): rs_health([check(0, healthy=False, changed_at=50.0, message="refused")])}
     holds = ledger_holds(
-        [{"service": str(WEB), "real_server": str(KEYS[0]), "state": "out", "original_weight": 5, "since": 60.0}],
-        [
-            {
-                "service": str(WEB),
-                "real_server": str(KEYS[0]),
-                "kind": "alert",
-                "holder": "ab",
-                "source": "alertmanager",
-                "alertname": "Down",
-                "action": "quarantine",
-                "reason": "probe",
-            }
-        ],
-        [],
+        LedgerHolds(
+            (BackendRow(str(WEB), str(KEYS[0]), "out", 5, 60.0),),
+            (HoldRow(str(WEB), str(KEYS[0]), "alert", "ab", "alertmanager", "Down", "quarantine", "probe"),),
+            (),
+        )
     )
     snap = compose(
         Snapshot(TABLE), health=health, probes={}, holds=holds, director=None, quorum=lambda key, total: total - 1
@@ -375,9 +349,7 @@ def test_holds_from_a_ledger_that_comes_back_are_no_news() -> None:
     provide = feed.provider()
     feed.holds = None
     first = provide()
-    feed.holds = ledger_holds(
-        [{"service": str(WEB), "real_server": str(KEYS[0]), "state": "out", "original_weight": 5, "since": 1.0}], [], []
-    )
+    feed.holds = ledger_holds(LedgerHolds((BackendRow(str(WEB), str(KEYS[0]), "out", 5, 1.0),), (), ()))
     second = provide()
     assert changes(first, second, BASE) == []
     feed.holds = {}
