@@ -12,12 +12,16 @@ unless FORCE=1 says the host is disposable.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from lab.topology import Lab, in_lab_vm
+from tests import installed
 
 _build_seconds: list[float] = []
 
@@ -37,6 +41,17 @@ def lab() -> Iterator[Lab]:
         yield cluster
     finally:
         cluster.teardown()
+
+
+@pytest.fixture(scope="session")
+def installed_python() -> Iterator[Path]:
+    """The python of a world-readable install of lvsguard, for runs as user nobody (tests/installed.py says why)."""
+    top = Path(tempfile.mkdtemp(prefix="lvsguard-installed-", dir="/tmp"))
+    top.chmod(0o755)
+    try:
+        yield installed.install(top / "venv")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -152,15 +152,17 @@ def as_nobody(caps: list[str], *argv: str) -> list[str]:
     ]
 
 
-def test_the_units_capabilities_are_enough_and_needed(restored: Lab, public: Path) -> None:
+def test_the_units_capabilities_are_enough_and_needed(restored: Lab, public: Path, installed_python: Path) -> None:
     lab = restored
     config = public / "empty.yaml"
     config.write_text("")
     nat = lab.nat
-    cli = [sys.executable, "-m", "lvsguard.cli"]
-    env = {**os.environ, "LVSGUARD_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cli = [str(installed_python), "-m", "lvsguard.cli"]
+    env = {**os.environ, "LVSGUARD_TOKEN": TOKEN}
 
-    with_caps = Exporter(config, "--netns", lab.director.netns, wrap=as_nobody(["net_admin", "sys_admin"]))
+    with_caps = Exporter(
+        config, "--netns", lab.director.netns, wrap=as_nobody(["net_admin", "sys_admin"]), python=installed_python
+    )
     try:
         assert 'ipvs_source="netlink"' in with_caps.metrics() and backend_lines(with_caps.metrics(), "TCP")
     finally:
@@ -202,7 +204,7 @@ def test_the_units_capabilities_are_enough_and_needed(restored: Lab, public: Pat
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err
 
-    without = Exporter(config, "--netns", lab.director.netns, wrap=as_nobody(["sys_admin"]))
+    without = Exporter(config, "--netns", lab.director.netns, wrap=as_nobody(["sys_admin"]), python=installed_python)
     try:
         metrics = without.metrics()
         assert 'ipvs_source="procfs"' in metrics and "ipvs_up 1" in metrics  # read-only fallback, said plainly
@@ -218,14 +220,14 @@ def _answers(url: str) -> bool:
     return True
 
 
-def test_an_unwritable_state_directory_is_a_clear_error(lab: Lab, public: Path) -> None:
+def test_an_unwritable_state_directory_is_a_clear_error(lab: Lab, public: Path, installed_python: Path) -> None:
     state = public / "state"
     state.mkdir(mode=0o755)  # root's, as /var/lib/lvsguard would be without StateDirectory=
-    env = {**os.environ, "LVSGUARD_TOKEN": TOKEN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "LVSGUARD_TOKEN": TOKEN}
     done = subprocess.run(
         as_nobody(
             ["net_admin", "sys_admin"],
-            sys.executable,
+            str(installed_python),
             "-m",
             "lvsguard.cli",
             "actuator",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -434,10 +434,17 @@ def test_read_has_host_totals(ipvs: NetlinkIPVS) -> None:
     assert [str(s.key) for s in table.services] == [str(VIP)]
 
 
-def test_without_cap_net_admin_is_not_permitted() -> None:
+def test_without_cap_net_admin_is_not_permitted(installed_python: Path) -> None:
     code = "from lvsguard.ipvs.netlink import NetlinkIPVS\ntry:\n    NetlinkIPVS()\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
     out = run(
-        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", sys.executable, "-c", code
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        str(installed_python),
+        "-c",
+        code,
     )
     assert out.startswith("NotPermitted "), out
     assert NotPermitted.__name__ in out and "CAP_NET_ADMIN" in out

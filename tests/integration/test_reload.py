@@ -28,13 +28,22 @@ WAIT = 30.0  # seconds: an upper bound for a slow machine, never a measured time
 class Exporter:
     """``lvsguard exporter`` as a child process; its log lines are collected as they come."""
 
-    def __init__(self, config: Path, *extra: str, wrap: list[str] = []):  # noqa: B006 - never mutated
-        """``wrap`` goes in front of the command (``setpriv ...`` to run it as another user)."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    def __init__(
+        self,
+        config: Path,
+        *extra: str,
+        wrap: list[str] = [],  # noqa: B006 - never mutated
+        python: Path | None = None,
+    ):
+        """``wrap`` goes in front of the command (``setpriv ...`` to run it as another user); ``python`` runs an
+        installed lvsguard instead of the checkout's."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if python is None:
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
         self.proc = subprocess.Popen(
             [
                 *wrap,
-                sys.executable,
+                str(python or sys.executable),
                 "-m",
                 "lvsguard.cli",
                 "--log-level",
