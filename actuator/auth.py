@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from flask import current_app, g, request
 
 from lvsguard.errors import LvsguardError
+from lvsguard.secretfile import read_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,10 +69,11 @@ def load_tokens(env: Mapping[str, str], token_file: str | None) -> dict[str, str
     tokens: dict[str, str] = {}
     if token_file:
         try:
-            with open(token_file, encoding="utf-8") as fh:
-                text = fh.read()
+            text = read_secret(token_file).decode("utf-8", "replace")
         except OSError as exc:
             raise TokenFileError(f"{token_file}: cannot read the token file: {exc.strerror}") from None
+        except ValueError as exc:  # others may read it
+            raise TokenFileError(str(exc)) from None
         tokens.update(parse_tokens(text, token_file))
     secret = env.get("LVSGUARD_TOKEN", "").strip()
     if secret:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lvsguard.model import RealServerKey, ServiceKey
+from lvsguard.secretfile import read_secret
 
 ACTIONS = ("quarantine", "drain", "restore", "failover", "none")
 """What an alert can ask for (rules' ``action`` and the ``lvsguard_action`` label)."""
@@ -378,8 +379,7 @@ def _secret_file(value: object) -> bytes:
     """The bytes of a session secret file: read at load, so a missing or short file is a config error at its line."""
     path = _text(value)
     try:
-        with open(path, "rb") as fh:
-            secret = fh.read(4096).strip()
+        secret = read_secret(path, 4096).strip()  # ValueError when others may read it
     except OSError as exc:
         raise ValueError(f"{path}: cannot read the session secret: {exc.strerror}") from None
     if len(secret) < MIN_SESSION_SECRET:

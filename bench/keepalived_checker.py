@@ -333,6 +333,8 @@ def lvsguard(
         token.write_text(TOKEN + "\n")
         tokens = workdir / "tokens"
         tokens.write_text(f"probes:{TOKEN}\n")
+        token.chmod(0o600)  # lvsguard refuses a token file others can read
+        tokens.chmod(0o600)
         listen, actuator_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         url = f"http://{actuator_listen}"
         ledger = workdir / f"actuator-{setting.name}.db"

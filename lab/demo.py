@@ -207,6 +207,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="lvsguard-demo-"))
     token_file = workdir / "token"
     token_file.write_text(secrets.token_hex(16) + "\n")
+    token_file.chmod(0o600)  # lvsguard refuses a token file others can read
     webhooks = {name: f"http://127.0.0.1:{port}/webhook/alertmanager" for name, port in ACTUATOR_PORTS.items()}
     lab: HALab | None = None
     try:

@@ -267,6 +267,7 @@ class Loop:
         self.exporter = self._start_exporter()
         token_file = self.workdir / "lvsguard.token"
         token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o600)  # lvsguard refuses a token file others can read
         settings = ActuatorSettings(
             tokens={"alertmanager": TOKEN},
             hold_down=0.0,  # the loop restores and quarantines the same real server within seconds, on purpose

@@ -9,15 +9,33 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import TextIO
+
+_CONTROL = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+"""C0, DEL, C1 and the Unicode line and paragraph separators: what a terminal or a log reader acts on."""
+_NEEDS_QUOTES = re.compile(r'[ ="\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_ESCAPES = {
+    ord("\\"): "\\\\",
+    ord('"'): '\\"',
+    **{c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROL},
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
 
 
 def logfmt_value(value: object) -> str:
-    """``value`` as a logfmt value: bare when it is safe, double-quoted otherwise."""
+    """``value`` as a logfmt value: bare when it is safe, double-quoted otherwise.
+
+    Every control character is escaped (``\\r``, ``\\x1b``, ``\\u2028``), so a
+    request path or a label value cannot end a line, forge another one or
+    repaint the terminal that shows the log.
+    """
     text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\t'):
+    if text and _NEEDS_QUOTES.search(text) is None:
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    return '"' + text.translate(_ESCAPES) + '"'
 
 
 def event(logger: logging.Logger, level: int, name: str, **fields: object) -> None:

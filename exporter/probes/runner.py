@@ -24,6 +24,7 @@ from lvsguard.config import Config, PublishConfig
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.ipvs.netns import entered
 from lvsguard.logs import event
+from lvsguard.secretfile import read_secret
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,14 @@ def read_token(publish: PublishConfig, env: dict[str, str] | None = None) -> str
     if not publish.token_file:
         return (env if env is not None else dict(os.environ)).get("LVSGUARD_TOKEN", "")
     try:
-        with open(publish.token_file, encoding="utf-8") as f:
-            lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        text = read_secret(publish.token_file).decode("utf-8", "replace")
     except OSError as exc:
         raise ConfigError(
             [ConfigProblem(publish.token_file, 0, 0, "probes.publish.token_file", f"cannot read: {exc.strerror}")]
         ) from None
+    except ValueError as exc:  # others may read it
+        raise ConfigError([ConfigProblem(publish.token_file, 0, 0, "probes.publish.token_file", str(exc))]) from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError([ConfigProblem(publish.token_file, 0, 0, "probes.publish.token_file", "holds no token")])
     return lines[0].split(":", 1)[-1] if ":" in lines[0] else lines[0]

@@ -54,6 +54,7 @@ actuator:
 def write(tmp: Path, *, name: str = "web", dry_run: str = "false", token: str = OLD_TOKEN) -> argparse.Namespace:
     (tmp / "lvsguard.yaml").write_text(CONFIG.format(name=name, ledger=tmp / "actuator.db", dry_run=dry_run))
     (tmp / "tokens").write_text(f"ops:{token}\n")
+    (tmp / "tokens").chmod(0o600)  # a token file others can read is refused
     return argparse.Namespace(config=tmp / "lvsguard.yaml", token_file=str(tmp / "tokens"))
 
 
@@ -184,6 +185,7 @@ def test_hup_in_the_lab_keeps_the_quarantine_and_takes_the_new_token(lab, tmp_pa
     config, tokens, log = tmp_path / "lvsguard.yaml", tmp_path / "tokens", tmp_path / "actuator.log"
     config.write_text(LAB_CONFIG.format(name="web", service=nat.key, real_servers=rs))
     tokens.write_text(f"ops:{OLD_TOKEN}\n")
+    tokens.chmod(0o600)  # a token file others can read is refused
     url = f"http://127.0.0.1:{free_port()}"
 
     def view() -> dict[str, Any]:

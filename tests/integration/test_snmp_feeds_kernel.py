@@ -55,6 +55,7 @@ def write_config(lab: Lab, tmp_path: Path, actuator_url: str, trap_port: int) ->
     """The YAML an operator would write: tcp probes on nat publishing to the actuator, the ledger, the agent with traps."""
     token_file = tmp_path / "probes.token"
     token_file.write_text(f"probes:{TOKEN}\n")
+    token_file.chmod(0o600)  # a secret file others can read is refused
     nat = lab.nat
     real_servers = "\n".join(f'      - {{name: {node}, address: "{key}"}}' for key, node in nat.backends)
     text = f"""

@@ -165,6 +165,7 @@ def test_token_names_and_files(tmp_path: Path) -> None:
     assert token_name(tokens, "Bearer aaaaaaaaaaaaaaaa") is None
     path = tmp_path / "tokens"
     path.write_text("am: cccccccccccccccc3\n")
+    path.chmod(0o600)  # a token file others can read is refused
     assert load_tokens({"LVSGUARD_TOKEN": "dddddddddddddddd4"}, str(path)) == {
         "am": "cccccccccccccccc3",
         "env": "dddddddddddddddd4",

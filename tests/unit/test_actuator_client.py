@@ -47,6 +47,7 @@ def cli(url: str, *argv: str, token_file: Path | None = None) -> argparse.Namesp
 def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "token"
     path.write_text(f"alice:{TOKEN}\n")
+    path.chmod(0o600)  # a token file others can read is refused
     return path
 
 
@@ -125,6 +126,7 @@ def test_unreachable_actuator_and_wrong_token(tmp_path: Path, served: tuple[Flas
         args.func(args, io.StringIO())
     bad = tmp_path / "bad"
     bad.write_text("x:wrong-token-0123456789\n")
+    bad.chmod(0o600)
     args = cli(served[1], "remove", "web", "rs1", token_file=bad)
     with pytest.raises(ClientError, match="^missing or wrong bearer token"):
         args.func(args, io.StringIO())

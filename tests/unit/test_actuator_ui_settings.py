@@ -32,6 +32,7 @@ def test_defaults_read_no_exporter_and_sign_with_a_random_key() -> None:
 def test_keys_are_read(tmp_path: Path) -> None:
     secret = tmp_path / "session.key"
     secret.write_bytes(b"  " + b"s" * 44 + b"\n")
+    secret.chmod(0o600)  # a session key others can read is refused
     settings = load(
         f"  exporter_url: http://127.0.0.1:9910/metrics\n  exporter_timeout: 500ms\n  session_secret_file: {secret}\n"
     ).actuator
@@ -80,6 +81,7 @@ def test_problems_name_file_line_column_and_key(section: str, expected: str) -> 
 def test_a_short_session_secret_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "session.key"
     secret.write_text("too-short\n")
+    secret.chmod(0o600)
     with pytest.raises(ConfigError) as info:
         load(f"  session_secret_file: {secret}\n")
     assert str(info.value).startswith(

@@ -90,3 +90,11 @@ def test_a_module_raised_to_debug_reaches_the_root_handler_under_an_info_root():
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
         logging.getLogger("test.levels.loud").setLevel(logging.NOTSET)
+
+
+def test_logfmt_escapes_every_control_character_so_a_value_cannot_forge_or_repaint_a_line():
+    forged = "/x\r2026-01-01 INFO request path=/ok\x1b[2K\x00\x07\x7f\x85\u2028\u2029\x9b"
+    text = logfmt_value(forged)
+    assert text == ('"/x\\r2026-01-01 INFO request path=/ok\\x1b[2K\\x00\\x07\\x7f\\x85\\u2028\\u2029\\x9b"')
+    assert all(c.isprintable() for c in text)
+    assert logfmt_value("a\x1bb") == '"a\\x1bb"'  # no space, quote or equals sign: quoted all the same
