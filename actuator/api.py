@@ -27,7 +27,16 @@ from actuator.probestate import CheckState, ProbeView, probe_view
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
 from lvsguard.errors import ApiError
-from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, VirtualService
+from lvsguard.model import (
+    MAX_WEIGHT,
+    Forward,
+    RealServer,
+    RealServerKey,
+    ServiceKey,
+    Stats,
+    SyncDaemon,
+    VirtualService,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -43,7 +52,6 @@ RESULT_STATUS = {
 }
 """HTTP status of each outcome; a refusal that time lifts (hold-down, rate limit) is 429."""
 
-MAX_WEIGHT = 65535
 MAX_LIMIT = 1000
 
 

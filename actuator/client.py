@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from actuator.auth import TokenFileError, load_tokens
 from lvsguard.errors import LvsguardError
+from lvsguard.model import MAX_THRESHOLD, MAX_WEIGHT
 
 DEFAULT_URL = "http://127.0.0.1:9911"
 OK_RESULTS = ("applied", "recorded", "noop", "dry_run")
@@ -138,6 +139,25 @@ def _action(args: argparse.Namespace, path: str, body: dict[str, Any], out: Text
     return _outcome(reply, out)
 
 
+def _bounded(name: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high``, checked before anything is sent to the actuator."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be {low}..{high}, got {value}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its own messages
+    return parse
+
+
+WEIGHT = _bounded("weight", 0, MAX_WEIGHT)
+THRESHOLD = _bounded("threshold", 0, MAX_THRESHOLD)
+
 # commands
 
 Option = tuple[tuple[str, ...], dict[str, Any]]
@@ -210,7 +230,7 @@ def setup_weight(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  #
         sub,
         "weight",
         run_weight,
-        (("weight",), {"type": int, "help": "0..65535"}),
+        (("weight",), {"type": WEIGHT, "help": f"0..{MAX_WEIGHT}"}),
         FORCE,
         help="set a real server's weight",
         description="Set a weight; on a held real server, the weight it will come back at.",
@@ -228,11 +248,26 @@ def setup_add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # ty
         run_add,
         (
             ("--weight",),
-            {"type": int, "default": 1, "help": "weight (default 1; ramped when slow start is configured)"},
+            {
+                "type": WEIGHT,
+                "default": 1,
+                "help": f"weight 0..{MAX_WEIGHT} (default 1; ramped when slow start is configured)",
+            },
         ),
         (("--forward",), {"help": "masq|nat, route|dr, tunnel|ipip (default: the service's other real servers')"}),
-        (("--upper-threshold",), {"type": int, "default": 0, "help": "max connections (0 = no limit)"}),
-        (("--lower-threshold",), {"type": int, "default": 0}),
+        (
+            ("--upper-threshold",),
+            {"type": THRESHOLD, "default": 0, "help": "max connections; above it no new ones (0 = no limit)"},
+        ),
+        (
+            ("--lower-threshold",),
+            {
+                "type": THRESHOLD,
+                "default": 0,
+                "help": "connections below which a real server over its upper threshold takes new ones again "
+                "(0 = the kernel's default, 3/4 of the upper)",
+            },
+        ),
         help="add a real server to a service",
         description="Add a real server (nothing happens when it is already there).",
     )

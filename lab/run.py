@@ -1,4 +1,6 @@
-"""``lvsguard lab demo`` / ``lvsguard lab test``: run the demo or the kernel tests in the lab VM.
+"""``python lab/run.py demo`` / ``python lab/run.py test``: run the demo or the kernel tests in the lab VM.
+
+The lab is not a command of the installed ``lvsguard``: it needs a checkout (lab/vm.sh, tests/).
 
 The VM shares the current directory read-write, so this changes to the
 checkout's root first; the guest runs this same Python interpreter.

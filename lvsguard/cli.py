@@ -26,13 +26,7 @@ EXIT_USAGE = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # `lab test` hands every unknown option to pytest (lvsguard lab test -k netlink -x)
-    raw = list(sys.argv[1:] if argv is None else argv)
-    args, extra = parser.parse_known_args(raw)
-    if getattr(args, "pass_through", False):
-        args.pytest_args = raw[raw.index("test") + 1 :]  # in their order, options included
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -112,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--source", choices=["auto", "netlink", "procfs"], default="auto", help="how to read the table (default: auto)"
     )
-    st.add_argument("--url", help="ask the actuator at URL instead of reading the local kernel")
+    st.add_argument(
+        "--url",
+        default=os.environ.get("LVSGUARD_URL") or None,
+        help="ask the actuator at URL instead of reading the local kernel (default: $LVSGUARD_URL when set)",
+    )
     st.add_argument("--token-file", help="file with the bearer token for --url (default: $LVSGUARD_TOKEN)")
     st.add_argument("--token-name", help="which token of --token-file to use")
     st.add_argument("--json", action="store_true", help="with --url: print the API's JSON")
@@ -123,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer the director's agent checks on a real server",
         description="Answer HAProxy agent-check connections (the director's 'agent' probe) with this real "
         "server's state: 'maint' while --maint-file exists, 'drain' while --drain-file exists, otherwise "
-        "'up NN%%' from the load (load average, CPU idle, or a command's output).",
+        "'up NN%' from the load (load average, CPU idle, or a command's output).",
     )
     ag.add_argument("--listen", default=":5555", metavar="HOST:PORT", help="address to answer on (default: :5555)")
     ag.add_argument(
@@ -159,21 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     chk.set_defaults(func=cmd_config_check)
     cfg.set_defaults(func=lambda _args: _print_help(cfg))
 
-    lab = sub.add_parser(
-        "lab",
-        help="the real-kernel lab (from a source checkout)",
-        description="Boot a throw-away User-Mode Linux kernel with IPVS and run the lab in it. "
-        "Works from a source checkout of lvsguard (needs lab/).",
-    )
-    lab_sub = lab.add_subparsers(title="lab commands", metavar="COMMAND")
-    demo = lab_sub.add_parser("demo", help="build the lab cluster, send traffic and show the exporter's view")
-    demo.set_defaults(func=lambda args: _run_lab(["demo"]))
-    ltest = lab_sub.add_parser("test", help="run the kernel tests inside the lab VM")
-    ltest.add_argument(
-        "pytest_args", nargs="*", metavar="PYTEST_ARG", help="extra arguments for pytest (e.g. -k netlink -x)"
-    )
-    ltest.set_defaults(func=lambda args: _run_lab(["test", *args.pytest_args]), pass_through=True)
-    lab.set_defaults(func=lambda _args: _print_help(lab))
     return parser
 
 
@@ -269,15 +252,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = config.load(args.file)
     print(f"{args.file}: ok ({len(cfg.services)} services)")
     return 0
-
-
-def _run_lab(argv: list[str]) -> int:
-    root = Path(__file__).resolve().parent.parent
-    runner = root / "lab" / "run.py"
-    if not runner.exists():
-        raise LvsguardError("'lvsguard lab' needs a source checkout of lvsguard (lab/run.py not found)")
-    os.execv(sys.executable, [sys.executable, str(runner), *argv])
-    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -154,6 +154,8 @@ class Stats:
 
 
 ZERO_STATS = Stats(0, 0, 0, 0, 0)
+MAX_WEIGHT = 65535  # ipvsadm's range for a weight; the API and the CLI check it too
+MAX_THRESHOLD = 2**32 - 1  # connection thresholds are 32-bit in the kernel
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,8 @@ COMMANDS = [
     "ledger",
     "failover",
     "config",
-    "lab",
 ]
+CLIENT_COMMANDS = ["quarantine", "restore", "drain", "weight", "add", "remove", "ledger", "failover", "status"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -71,11 +73,82 @@ def test_actuator_refuses_to_start_without_a_token(
     assert "no token" in capsys.readouterr().err
 
 
-def test_lab_test_passes_options_to_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[list[str]] = []
-    monkeypatch.setattr("lvsguard.cli._run_lab", lambda argv: seen.append(argv) or 0)
-    assert main(["lab", "test", "-k", "netlink", "-x"]) == 0
-    assert seen == [["test", "-k", "netlink", "-x"]]
+def test_lab_test_passes_options_to_pytest() -> None:
+    from lab import run
+
+    cmd = run.command(["test", "-k", "netlink", "-x"])
+    assert cmd is not None and cmd[-3:] == ["-k", "netlink", "-x"]
+
+
+def test_the_lab_is_not_a_command_of_the_installed_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """The lab needs a checkout (lab/vm.sh): ``python lab/run.py`` runs it, the installed CLI does not offer it."""
+    assert "    lab " not in build_parser().format_help()
+    with pytest.raises(SystemExit) as info:
+        main(["lab", "demo"])
+    assert info.value.code == 2
+    assert "invalid choice: 'lab'" in capsys.readouterr().err
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                for inner, deeper in _subparsers(sub):
+                    yield f"{name} {inner}", deeper
+
+
+def test_every_option_has_help() -> None:
+    missing = [
+        f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+        for name, sub in _subparsers(build_parser())
+        for action in sub._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
+
+
+def test_agent_help_shows_the_reply_as_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["agent", "--help"])
+    out = capsys.readouterr().out
+    assert "'up NN%'" in out and "%%" not in out
+
+
+@pytest.mark.parametrize("command", CLIENT_COMMANDS)
+def test_every_client_command_takes_its_url_from_lvsguard_url(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LVSGUARD_URL", "http://director2:9911")
+    argv = {"weight": ["web", "rs1", "5"], "ledger": [], "failover": [], "status": []}.get(command, ["web", "rs1"])
+    assert build_parser().parse_args([command, *argv]).url == "http://director2:9911"
+
+
+def test_status_reads_the_local_kernel_without_lvsguard_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LVSGUARD_URL", raising=False)
+    assert build_parser().parse_args(["status"]).url is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["weight", "web", "rs1", "70000"], "argument weight: weight must be 0..65535, got 70000"),
+        (["weight", "web", "rs1", "-1"], "argument weight: weight must be 0..65535, got -1"),
+        (["weight", "web", "rs1", "ten"], "argument weight: weight must be an integer, got 'ten'"),
+        (["add", "web", "rs4", "--weight", "65536"], "argument --weight: weight must be 0..65535, got 65536"),
+        (
+            ["add", "web", "rs4", "--upper-threshold", str(2**32)],
+            f"argument --upper-threshold: threshold must be 0..{2**32 - 1}, got {2**32}",
+        ),
+    ],
+    ids=["weight-too-big", "weight-negative", "weight-not-a-number", "add-weight-too-big", "threshold-too-big"],
+)
+def test_out_of_range_numbers_are_refused_before_anything_is_sent(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The URL points nowhere: a request would be a 'cannot reach' error (exit 1), a usage error is exit 2."""
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--url", "http://127.0.0.1:9"])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
