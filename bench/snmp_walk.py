@@ -173,7 +173,9 @@ def start_lvsguard(real_servers: int) -> tuple[subprocess.Popen, int]:
 def run_lvsguard_agent(port: int, real_servers: int) -> None:
     """The agent alone in its process (so that its CPU time can be read like the others')."""
     table = make_table(real_servers)
-    settings = build_settings(listen=f"127.0.0.1:{port}", communities=(COMMUNITY,), max_age=3600.0)
+    settings = build_settings(  # answers as large as snmpd's, so -Cr means the same to both agents
+        listen=f"127.0.0.1:{port}", communities=(COMMUNITY,), max_age=3600.0, max_response_size=65000
+    )
 
     async def serve() -> None:
         agent = SnmpAgent(settings, lambda: Snapshot(table))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from exporter.snmp import ber
 from exporter.snmp.ber import BerError, Oid
 from exporter.snmp.mibview import END_OF_MIB_VIEW, NO_SUCH_INSTANCE, NO_SUCH_OBJECT, MibView, exception_varbind
+from exporter.snmp.settings import MAX_RESPONSE_SIZE
 
 VERSION_V1, VERSION_V2C, VERSION_V3 = 0, 1, 3
 
@@ -128,13 +129,15 @@ def encode_response(
 
 _NULL_VALUE = b"\x05\x00"
 _ENVELOPE = 64
+MAX_REPETITIONS = 256
+"""A GETBULK's max-repetitions is cut to this before any work (the size budget stops the answer anyway)."""
 """Upper bound of the message, PDU and list headers around the varbinds, beyond the community."""
 
 
 class V2cResponder:
     """Answers v2c read requests for a set of read-only communities."""
 
-    def __init__(self, communities: Iterable[bytes], stats: AgentStats, max_size: int = 65000) -> None:
+    def __init__(self, communities: Iterable[bytes], stats: AgentStats, max_size: int = MAX_RESPONSE_SIZE) -> None:
         self._communities = tuple(communities)
         self.stats = stats
         self.max_size = max_size
@@ -205,7 +208,7 @@ class V2cResponder:
         """RFC 3416 4.2.3, stopping at the size budget (a GETBULK answer may be truncated)."""
         oids = request.oids
         n = min(max(request.non_repeaters, 0), len(oids))
-        m = max(request.max_repetitions, 0)
+        m = min(max(request.max_repetitions, 0), MAX_REPETITIONS)
         out = [self._next(view, oid) for oid in oids[:n]]
         used = sum(len(v) for v in out)
         cursors: list[tuple[Oid, tuple[int, int, int] | None]] = [(oid, None) for oid in oids[n:]]

@@ -449,3 +449,35 @@ def test_ipv6_listen(mibs) -> None:
         assert out.strip() == f"STRING: {layout.SYS_DESCR}"
     finally:
         running.stop()
+
+
+def _v2c_bulk(oid: tuple[int, ...], max_repetitions: int, community: str = "public") -> bytes:
+    p = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+    pdu = p.GetBulkRequestPDU()
+    p.apiBulkPDU.set_defaults(pdu)
+    p.apiBulkPDU.set_non_repeaters(pdu, 0)
+    p.apiBulkPDU.set_max_repetitions(pdu, max_repetitions)
+    p.apiPDU.set_varbinds(pdu, [(oid, p.Null(""))])
+    msg = p.Message()
+    p.apiMessage.set_defaults(msg)
+    p.apiMessage.set_community(msg, community)
+    p.apiMessage.set_pdu(msg, pdu)
+    return encoder.encode(msg)
+
+
+def test_a_small_getbulk_gets_a_bounded_answer_by_default() -> None:
+    """Reflection: a GETBULK with a spoofed source must not make the agent send 300 times what it got."""
+    table = make_table(web_servers=200)
+    agent = AgentThread(lambda: Snapshot(table), users=())
+    try:
+        request = _v2c_bulk(layout.DEFAULT_BASE, 10_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(request, ("127.0.0.1", agent.agent.address[1]))
+            reply = sock.recv(65535)
+    finally:
+        agent.close()
+    assert len(request) < 60
+    assert len(reply) <= 1472  # one Ethernet frame: no IP fragments
+    assert len(reply) / len(request) < 35  # 64 944 bytes (1 400 times) with the old default
+    assert agent.settings.max_response_size == 1472

@@ -9,7 +9,7 @@ from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api
 
 from exporter.snmp import layout
-from exporter.snmp.fastpath import AgentStats, V2cResponder
+from exporter.snmp.fastpath import MAX_REPETITIONS, AgentStats, V2cResponder
 from exporter.snmp.layout import FirstSeen, Uptime, build_subtrees
 from exporter.snmp.mibview import MibView
 from exporter.snmp.snapshot import Health, Hold, ProbeState, RealServerState, ServiceState, Snapshot
@@ -77,7 +77,7 @@ def answer(data: bytes) -> tuple[int, int, list[tuple[tuple[int, ...], object]]]
 
 @pytest.fixture
 def responder() -> V2cResponder:
-    return V2cResponder([b"public"], AgentStats())
+    return V2cResponder([b"public"], AgentStats(), max_size=65000)  # no answer of these tests is cut
 
 
 def all_oids(view: MibView) -> list[tuple[int, ...]]:
@@ -189,6 +189,13 @@ def test_getbulk_past_the_end_reports_end_of_mib_view_once_per_repeater(responde
     last = all_oids(view)[-1]
     _, _, binds = answer(responder.respond(request(P.GetBulkRequestPDU, [last, last], max_repetitions=50), view))
     assert [(name, type(value)) for name, value in binds] == [(last, P.EndOfMibView)] * 2
+
+
+def test_getbulk_max_repetitions_is_capped_before_the_size_budget() -> None:
+    responder = V2cResponder([b"public"], AgentStats(), max_size=65000)
+    view = make_view(Snapshot(make_table(web_servers=200)))
+    _, _, binds = answer(responder.respond(request(P.GetBulkRequestPDU, [BASE], max_repetitions=5000), view))
+    assert len(binds) == MAX_REPETITIONS
 
 
 def test_getbulk_answer_is_cut_to_the_size_limit() -> None:
