@@ -234,3 +234,51 @@ def test_rule_names_only_known_metrics(rule: dict[str, Any]) -> None:
     known = known_metrics() | {r["record"] for r in recordings()}
     unknown = set(identifier.findall(expr)) - known
     assert not unknown, f"unknown metrics {sorted(unknown)}"
+
+
+SCRAPE_DOCS = [ROOT / "README.md", ROOT / "docs" / "dashboards.md"]
+
+
+def scrape_jobs(markdown: Path) -> dict[str, list[str]]:
+    """The job names and targets of every ```yaml block with ``scrape_configs`` in ``markdown``."""
+    jobs: dict[str, list[str]] = {}
+    for block in re.findall(r"^```ya?ml\n(.*?)^```", markdown.read_text(), re.M | re.S):
+        document = yaml.safe_load(block)
+        for job in (document or {}).get("scrape_configs", []) if isinstance(document, dict) else []:
+            targets = [t for static in job.get("static_configs", []) for t in static.get("targets", [])]
+            jobs[job["job_name"]] = targets
+    return jobs
+
+
+def scrape_problems(doc: Path) -> list[str]:
+    """How the doc's scrape config differs from what the rules watch (job names) and the ports the jobs need."""
+    in_rules = set(re.findall(r'\bjob="([^"]+)"', RULES.read_text()))
+    jobs = scrape_jobs(doc)
+    problems = []
+    if set(jobs) != in_rules:
+        problems.append(f"{doc.name} scrapes jobs {sorted(jobs)}, the rules watch {sorted(in_rules)}")
+    for job, port in (("lvsguard-exporter", "9910"), ("lvsguard-actuator", "9911")):
+        ports = {t.rsplit(":", 1)[1] for t in jobs.get(job, [])}
+        if ports and ports != {port}:
+            problems.append(f"{doc.name}: job {job} scrapes ports {sorted(ports)}, not {port}")
+    return problems
+
+
+def test_the_rules_watch_the_exporter_and_the_actuator() -> None:
+    assert set(re.findall(r'\bjob="([^"]+)"', RULES.read_text())) == {"lvsguard-exporter", "lvsguard-actuator"}
+
+
+@pytest.mark.parametrize("doc", SCRAPE_DOCS, ids=lambda p: p.name)
+def test_the_documented_scrape_jobs_are_the_rules_job_names(doc: Path) -> None:
+    """A user who copies the doc's scrape config gets the jobs the rules' up{job=...} alerts watch."""
+    assert scrape_problems(doc) == []
+
+
+def test_a_scrape_job_the_rules_do_not_watch_is_caught(tmp_path: Path) -> None:
+    doc = tmp_path / "README.md"
+    doc.write_text(
+        'text\n\n```yaml\nscrape_configs:\n  - job_name: lvsguard\n    static_configs:\n      - targets: ["d1:9910"]\n```\n'
+    )
+    assert scrape_problems(doc) == [
+        "README.md scrapes jobs ['lvsguard'], the rules watch ['lvsguard-actuator', 'lvsguard-exporter']"
+    ]
