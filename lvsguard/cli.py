@@ -157,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     chk.set_defaults(func=cmd_config_check)
     cfg.set_defaults(func=lambda _args: _print_help(cfg))
 
+    imp = sub.add_parser(
+        "import",
+        help="print an lvsguard config for a keepalived, ldirectord or ipvsadm-save file",
+        description="Translate keepalived.conf (virtual_server blocks), ldirectord.cf or an 'ipvsadm-save -n' dump "
+        "into an lvsguard config with table management on, printed on stdout. What does not translate becomes "
+        "a comment (and a line on stderr); --strict then exits 3.",
+    )
+    imp.add_argument("format", choices=["keepalived", "ldirectord", "ipvsadm"], help="the file's format")
+    imp.add_argument("file", nargs="?", default="-", help="the file to read ('-' or none: stdin)")
+    imp.add_argument("--strict", action="store_true", help="exit 3 when any setting was not translated")
+    imp.set_defaults(func=cmd_import)
+
     return parser
 
 
@@ -252,6 +264,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = config.load(args.file)
     print(f"{args.file}: ok ({len(cfg.services)} services)")
     return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from lvsguard.table import importers
+
+    return importers.run(args.format, args.file, strict=args.strict)
 
 
 if __name__ == "__main__":

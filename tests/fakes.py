@@ -106,6 +106,9 @@ class FakeKernel:
                 forward=rs.forward,
                 upper_threshold=rs.upper_threshold,
                 lower_threshold=rs.lower_threshold,
+                tunnel_type=rs.tunnel_type,
+                tunnel_port=rs.tunnel_port,
+                tunnel_flags=rs.tunnel_flags,
             )
             self.writes.append(("edit_real_server", str(service), str(rs.key), rs.weight))
 
