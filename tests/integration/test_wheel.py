@@ -93,6 +93,8 @@ def test_the_wheel_holds_every_packaged_file_of_the_checkout(wheel: Path) -> Non
     assert sorted(expected - names) == []
     assert "exporter/snmp/mibs/LVSGUARD-MIB.txt" in names
     assert not [n for n in names if n.startswith(("tests/", "lab/", "bench/"))]
+    licenses = [n for n in names if ".dist-info/" in n and n.rsplit("/", 1)[1] == "LICENSE"]
+    assert len(licenses) == 1 and zipfile.ZipFile(wheel).read(licenses[0]) == (ROOT / "LICENSE").read_bytes()
 
 
 def test_help_and_version_from_the_venv(venv: Path, tmp_path: Path) -> None:
