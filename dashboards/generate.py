@@ -28,7 +28,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 GRID_WIDTH = 24
 
 METRICS = {
-    # exporter (DESIGN §4)
+    # exporter (docs/metrics.md)
     "ipvs_up",
     "lvsguard_exporter_info",
     "lvsguard_scrape_duration_seconds",
@@ -54,12 +54,12 @@ METRICS = {
     "ipvs_backend_weight",
     "ipvs_sync_daemon_up",
     "lvs_director_vip_owned",
-    # exporter probes (DESIGN §5)
+    # exporter probes (docs/probes.md)
     "lvs_probe_success",
     "lvs_probe_duration_seconds_bucket",
     "lvs_backend_healthy",
     "lvs_backend_health_changes_total",
-    # actuator (DESIGN §6)
+    # actuator (docs/actuator.md)
     "lvsguard_actions_total",
     "lvsguard_refusals_total",
     "lvsguard_quarantined",

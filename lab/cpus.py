@@ -3,7 +3,7 @@
 On a host whose idle CPUs halt and are slow to wake (a VM under a hypervisor,
 where a halt is an exit), a process that blocks and wakes often pays for the
 wake-ups: in wall time, and partly in the CPU time booked to it. Measured on
-this project's CI machine (2026-11-26, same run for both sides): the probe
+this project's CI machine (the same run for both sides): the probe
 engine's CPU per tcp probe was 0.117 ms with the CPUs free to sleep and
 0.089 ms with them held awake; blackbox_exporter's 0.716 and 0.623 ms.
 ``lab/vm.sh`` holds the same request for the lab VM, where the effect is larger.

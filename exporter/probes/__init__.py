@@ -1,4 +1,4 @@
-"""Health checks of real servers (DESIGN §5): one asyncio engine, one module per check type.
+"""Health checks of real servers (docs/probes.md): one asyncio engine, one module per check type.
 
 ``result`` holds the value every check returns (``ProbeResult``) and the
 ``Checker`` protocol; ``engine`` schedules checks and applies rise/fall;

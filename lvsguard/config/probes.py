@@ -85,7 +85,7 @@ class PublishConfig:
 
 @dataclass(frozen=True, slots=True)
 class ProbesConfig:
-    """Section ``probes``: health checks of the real servers (DESIGN §5)."""
+    """Section ``probes``: health checks of the real servers (docs/probes.md)."""
 
     enabled: bool = True
     default_tcp: bool = True  # a tcp check on every real server of a TCP/SCTP service that no check names

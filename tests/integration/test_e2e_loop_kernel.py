@@ -24,7 +24,7 @@ from lab.topology import VIP_NAT, Lab
 
 pytestmark = pytest.mark.kernel
 
-# The one timing assertion of the project's tests, because it is issue 6's
+# The one timing assertion of the project's tests, because it is a
 # functional requirement: the loop must finish within scrape interval + rule
 # evaluation interval + the rule's `for` (+ one evaluation for the for clause)
 # + group_wait + 1 s on the way in (lab.e2e_loop.Bounds explains each term and

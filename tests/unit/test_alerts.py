@@ -26,7 +26,7 @@ RUNBOOKS = ROOT / "docs" / "runbooks.md"
 ALERTMANAGER = ROOT / "alerts" / "alertmanager.yml"
 
 SEVERITIES = {"critical", "warning"}
-ACTIONS = {"quarantine", "drain", "restore", "failover"}  # DESIGN §6; "none" is never put on a rule
+ACTIONS = {"quarantine", "drain", "restore", "failover"}  # docs/actuator.md; "none" is never put on a rule
 ANNOTATIONS = ("summary", "description", "runbook_url")
 
 
