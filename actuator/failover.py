@@ -1,11 +1,13 @@
 """The keepalived ``track_file`` through which the actuator asks this director to give its VIPs up.
 
-keepalived reads an integer from the file and adds it, times the track
-weight, to the VRRP priority of the instances that track it::
+keepalived reads an integer from the file; with the track weight 0, a
+non-zero value puts the instances that track it in FAULT (``lvsguard keepalived
+snippet`` prints these lines; lvsguard/keepalived.py says why 0 and not a
+negative weight)::
 
     track_file lvsguard_failover {
         file /run/lvsguard/failover      # actuator.failover_track_file
-        weight -100                      # "1" in the file lowers the priority below the backup's
+        weight 0                         # "1" in the file = FAULT: the VIPs go, the backup takes them
     }
     vrrp_instance VI_1 { ... track_file { lvsguard_failover } }
 

@@ -157,6 +157,48 @@ def build_parser() -> argparse.ArgumentParser:
     chk.set_defaults(func=cmd_config_check)
     cfg.set_defaults(func=lambda _args: _print_help(cfg))
 
+    kad = sub.add_parser(
+        "keepalived",
+        help="keepalived's side of a director",
+        description="The keepalived lines that go with an lvsguard config (docs/ha.md).",
+    )
+    kad_sub = kad.add_subparsers(title="keepalived commands", metavar="COMMAND")
+    snip = kad_sub.add_parser(
+        "snippet",
+        help="print the keepalived.conf lines that match the config",
+        description="Print global_defs lines (lvs_sync_daemon, the exporter's vrrp_notify_fifo), the failover "
+        "track_file and a vrrp_instance with the config's VIPs; keepalived --config-test accepts the output.",
+    )
+    _add_config(snip)
+    snip.add_argument("--instance", default="VI_1", help="the VRRP instance's name (default: VI_1)")
+    snip.add_argument("--interface", default="eth0", help="VRRP adverts and VIPs on this interface (default: eth0)")
+    snip.add_argument("--sync-interface", default="", help="the sync daemon's interface (default: --interface)")
+    snip.add_argument(
+        "--virtual-router-id",
+        type=int,
+        choices=range(1, 256),
+        metavar="1..255",
+        default=51,
+        help="VRRP router id, also the sync daemon's id (default: 51)",
+    )
+    snip.add_argument(
+        "--priority",
+        type=int,
+        choices=range(1, 255),
+        metavar="1..254",
+        default=100,
+        help="this director's VRRP priority; give the other director another (default: 100)",
+    )
+    snip.add_argument(
+        "--vip",
+        action="append",
+        default=[],
+        metavar="ADDRESS[/PREFIX]",
+        help="another address to move with the director (repeatable): a gateway, a service not in the config",
+    )
+    snip.set_defaults(func=cmd_keepalived_snippet)
+    kad.set_defaults(func=lambda _args: _print_help(kad))
+
     imp = sub.add_parser(
         "import",
         help="print an lvsguard config for a keepalived, ldirectord or ipvsadm-save file",
@@ -270,6 +312,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     from lvsguard.table import importers
 
     return importers.run(args.format, args.file, strict=args.strict)
+
+
+def cmd_keepalived_snippet(args: argparse.Namespace) -> int:
+    from lvsguard import keepalived
+
+    options = keepalived.SnippetOptions(
+        args.instance, args.interface, args.sync_interface, args.virtual_router_id, args.priority, tuple(args.vip)
+    )
+    print(keepalived.snippet(_load_config(args.config), options), end="")
+    return 0
 
 
 if __name__ == "__main__":

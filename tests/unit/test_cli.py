@@ -26,6 +26,7 @@ COMMANDS = [
     "ledger",
     "failover",
     "config",
+    "keepalived",
 ]
 CLIENT_COMMANDS = ["quarantine", "restore", "drain", "weight", "add", "remove", "ledger", "failover", "status"]
 

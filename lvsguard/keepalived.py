@@ -1,0 +1,112 @@
+"""keepalived's side of an lvsguard director: the keepalived.conf lines that match an lvsguard config.
+
+lvsguard touches three things of keepalived's, and ``snippet()`` prints the
+keepalived lines for each from the config (``lvsguard keepalived snippet``):
+
+- the failover track file (``actuator.failover_track_file``): the actuator
+  writes ``1`` to give the VIPs up and ``0`` to take them back
+  (actuator/failover.py). keepalived tracks it with weight 0, so a non-zero
+  value puts the instance in FAULT: the VIPs go at once and the peer takes
+  over even when it is ``nopreempt`` (a negative weight only lowers the
+  priority, which a ``nopreempt`` backup ignores; docs/ha.md);
+- the VRRP notify FIFO (``director.keepalived_fifo``): the exporter reads the
+  instance's state from it (exporter/keepalived.py); keepalived's
+  ``vrrp_notify_fifo``, a FIFO of the exporter's own (a FIFO has one reader);
+- the IPVS sync daemon: keepalived's ``lvs_sync_daemon`` runs it as master on
+  the MASTER and as backup elsewhere, so connections survive a failover; the
+  exporter reports it (``ipvs_sync_daemon_*``).
+
+The VIPs are the addresses of the config's services (a fwmark service has
+none) and those given with ``--vip``: IPv4 in ``virtual_ipaddress``, IPv6 in
+``virtual_ipaddress_excluded`` (an IPv4 instance cannot advertise them). Interfaces, router id and priority
+are the operator's: options with the lab's defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lvsguard.errors import LvsguardError
+
+if TYPE_CHECKING:
+    from lvsguard.config import Config
+
+TRACK_FILE_WEIGHT = 0  # a non-zero value in the track file = FAULT (see the docstring)
+TRACK_NAME = "lvsguard_failover"
+
+
+@dataclass(frozen=True, slots=True)
+class SnippetOptions:
+    """What the lvsguard config does not say: the VRRP instance's name, interfaces and numbers."""
+
+    instance: str = "VI_1"
+    interface: str = "eth0"  # VRRP adverts and the VIPs
+    sync_interface: str = ""  # the sync daemon's multicast; "" = interface
+    virtual_router_id: int = 51  # also the sync daemon's id
+    priority: int = 100  # the other director's must differ
+    extra_vips: tuple[str, ...] = ()  # more addresses to move (ADDRESS or ADDRESS/PREFIX): gateways, services to come
+
+
+def vips(cfg: Config, extra: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The services' addresses (host prefixes) and ``extra``, in order without repeats: (IPv4, IPv6)."""
+    seen: dict[str, int] = {}
+    for service in cfg.services:
+        if service.service.address:
+            prefix = 32 if service.service.family == 4 else 128
+            seen.setdefault(f"{service.service.address}/{prefix}", service.service.family)
+    for text in extra:
+        try:
+            interface = ipaddress.ip_interface(text)
+        except ValueError:
+            raise LvsguardError(f"--vip {text!r}: not an IP address (ADDRESS or ADDRESS/PREFIX)") from None
+        seen.setdefault(interface.with_prefixlen, interface.version)
+    return tuple(a for a, f in seen.items() if f == 4), tuple(a for a, f in seen.items() if f == 6)
+
+
+def snippet(cfg: Config, options: SnippetOptions = SnippetOptions()) -> str:
+    """keepalived.conf text for this director: global_defs lines, the track file, and the VRRP instance."""
+    fifo = cfg.director.keepalived_fifo
+    track = cfg.actuator.failover_track_file if cfg.actuator else ""
+    source = cfg.file or "the defaults (no config file)"
+    lines = [f"# keepalived lines for the lvsguard config {source}", "global_defs {", "    vrrp_version 3"]
+    lines += [
+        f"    # the IPVS sync daemon: master while {options.instance} is MASTER, backup otherwise",
+        f"    lvs_sync_daemon {options.sync_interface or options.interface} {options.instance}"
+        f" id {options.virtual_router_id}",
+    ]
+    if fifo:
+        lines += ["    # director.keepalived_fifo: the exporter's VRRP state", f"    vrrp_notify_fifo {fifo}"]
+    else:
+        lines.append("    # no director.keepalived_fifo: the exporter shows no VRRP state")
+    lines.append("}")
+    if track:
+        lines += [
+            "# actuator.failover_track_file: non-zero in the file = FAULT, the peer takes the VIPs",
+            f"track_file {TRACK_NAME} {{",
+            f"    file {track}",
+            f"    weight {TRACK_FILE_WEIGHT}",
+            "}",
+        ]
+    else:
+        lines.append("# no actuator.failover_track_file: 'lvsguard failover' is refused")
+    lines += [
+        f"vrrp_instance {options.instance} {{",
+        "    state BACKUP",
+        f"    interface {options.interface}",
+        f"    virtual_router_id {options.virtual_router_id}",
+        f"    priority {options.priority}",
+        "    advert_int 1",
+    ]
+    if track:
+        lines += ["    track_file {", f"        {TRACK_NAME}", "    }"]
+    four, six = vips(cfg, options.extra_vips)
+    if not four and not six:
+        raise LvsguardError(f"{source}: no service with an address, so no VIP to move: give them with --vip ADDRESS")
+    if four:
+        lines += ["    virtual_ipaddress {", *(f"        {a} dev {options.interface}" for a in four), "    }"]
+    if six:
+        lines += ["    virtual_ipaddress_excluded {", *(f"        {a} dev {options.interface}" for a in six), "    }"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
