@@ -1,9 +1,10 @@
 """The IPVS collector: one read of the kernel's IPVS table as Prometheus metrics.
 
 The metric definitions below (name, type, help, the model field that holds the
-value) are the one table that both exposition paths read: ``IPVSCollector``
-builds prometheus_client metric families from them, and ``exporter.exposition``
-renders the same samples as text fast enough for 100 000 real servers.
+value) are the one table the exposition reads: ``exporter.exposition`` renders
+them as Prometheus text fast enough for 100 000 real servers. The tests hold
+that text to prometheus_client's rendering of the same definitions
+(``tests/exposition_oracle.py``), which is not a second production path.
 
 Label names are node_exporter's (``local_address``, ``local_port``, ``proto``,
 ``local_mark``, ``remote_address``, ``remote_port``), with node_exporter's values
@@ -26,9 +27,6 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, 
 from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Protocol, TypeVar
-
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from lvsguard import __version__
 from lvsguard.errors import LvsguardError
@@ -166,9 +164,9 @@ class Names(Protocol):
 class ExtraFamilies(Protocol):
     """More families served after the IPVS ones (the probes' ``exporter.probes.metrics.ProbeMetrics``)."""
 
-    def families(self) -> Iterator[Metric]: ...
-
-    def chunks(self) -> Iterator[str]: ...
+    def chunks(self) -> Iterator[str]:
+        """Their Prometheus text, family by family."""
+        ...
 
 
 class NoNames:
@@ -334,8 +332,8 @@ def _reason(exc: BaseException) -> str:
 # --- the collector -----------------------------------------------------------
 
 
-class IPVSCollector(Collector):
-    """prometheus_client collector of the IPVS table read through ``reader``.
+class IPVSCollector:
+    """The IPVS table read through ``reader``, one ``scrape()`` at a time, and the options of its labels.
 
     ``backend_labels`` chooses the labels of ``ipvs_backend_*`` (as node_exporter's
     ``--collector.ipvs.backend-labels``; real servers left with equal labels are
@@ -400,83 +398,3 @@ class IPVSCollector(Collector):
         """Values of ``self.backend_labels`` for one real server."""
         full = backend_label_values(service, key, self.names)
         return tuple(full[i] for i in self.backend_select)
-
-    def describe(self) -> Iterator[Metric]:
-        """Every family, without samples: registering the collector does not read the kernel."""
-        for metric in ALL_METRICS:
-            yield _family(metric, self.labels_of(metric))
-
-    def collect(self) -> Iterator[Metric]:
-        scrape = self.scrape()
-        for fam in scrape.head():
-            yield _filled(fam)
-        table = scrape.table
-        if table is not None and table.services:
-            yield from self._service_families(scrape, table)
-            if table.real_server_count:
-                yield from self._backend_families(scrape, table)
-        for fam in scrape.tail():
-            yield _filled(fam)
-        if self.probes is not None:
-            yield from self.probes.families()
-        yield _filled(scrape.duration())
-
-    def labels_of(self, metric: MetricDef) -> tuple[str, ...]:
-        """The label names of ``metric``'s series with this collector's options."""
-        if metric in BACKEND_METRICS:
-            return self.backend_labels
-        if metric in SERVICE_METRICS:
-            return SERVICE_LABELS
-        return {
-            EXPORTER_INFO.name: EXPORTER_INFO_LABELS,
-            SERVICE_INFO.name: SERVICE_INFO_LABELS,
-            SYNC_DAEMON_UP.name: SYNC_DAEMON_LABELS,
-            VIP_OWNED.name: VIP_LABELS,
-        }.get(metric.name, ())
-
-    def _service_families(self, scrape: Scrape, table: Table) -> Iterator[Metric]:
-        services = list(table.services)
-        keys = [service_label_values(s.key, self.names.service_name(s.key)) for s in services]
-        info = _family(SERVICE_INFO, SERVICE_INFO_LABELS)
-        for row in dict.fromkeys(k + service_info_values(s) for k, s in zip(keys, services)):
-            info.add_metric(row, 1)
-        yield info
-        yield from self._summed_families(scrape, SERVICE_METRICS, SERVICE_LABELS, keys, services)
-
-    def _backend_families(self, scrape: Scrape, table: Table) -> Iterator[Metric]:
-        keys = [self.backend_values(s.key, rs.key) for s in table.services for rs in s.real_servers]
-        servers = [rs for s in table.services for rs in s.real_servers]
-        yield from self._summed_families(scrape, BACKEND_METRICS, self.backend_labels, keys, servers)
-
-    @staticmethod
-    def _summed_families(
-        scrape: Scrape,
-        metrics: Sequence[MetricDef],
-        labels: tuple[str, ...],
-        keys: list[tuple[str, ...]],
-        objects: Sequence[object],
-    ) -> Iterator[Metric]:
-        grouped = group(keys, objects)
-        for metric in metrics:
-            if not scrape.wants(metric):
-                continue
-            fam = _family(metric, labels)
-            if grouped is None:
-                rows = zip(keys, map(metric.value, objects))
-            else:
-                rows = zip(grouped[0], summed(metric, grouped[1]))
-            for label_values, value in rows:
-                fam.add_metric(label_values, value)
-            yield fam
-
-
-def _family(metric: MetricDef, labels: Sequence[str]) -> CounterMetricFamily | GaugeMetricFamily:
-    cls = CounterMetricFamily if metric.type == COUNTER else GaugeMetricFamily
-    return cls(metric.name, metric.help, labels=list(labels))
-
-
-def _filled(fam: Family) -> CounterMetricFamily | GaugeMetricFamily:
-    out = _family(fam.metric, fam.labels)
-    for values, value in fam.rows:
-        out.add_metric(list(values), value)
-    return out

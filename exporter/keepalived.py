@@ -13,7 +13,7 @@ for a role-file writer, or the other way round). The FIFO only reports
 transitions, so an instance appears after its first transition once the
 exporter runs. Start the exporter before keepalived, or restart keepalived.
 
-Series (families() / chunks(), served after the IPVS families):
+Series (``chunks()``, served after the IPVS families):
 
 - ``lvs_director_vrrp_state{instance,state}``: 1 for the current state, 0 for
   the other states (master, backup, fault, stop)
@@ -28,8 +28,6 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
@@ -78,7 +76,7 @@ class FifoError(LvsguardError):
 
 
 class KeepalivedFifo:
-    """Follows one notify FIFO in a daemon thread; ``families()`` and ``chunks()`` for the exporter."""
+    """Follows one notify FIFO in a daemon thread; ``chunks()`` for the exporter's ``/metrics``."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -124,25 +122,8 @@ class KeepalivedFifo:
         with self._lock:
             return dict(self._states)
 
-    def families(self) -> Iterator[Metric]:
-        states = self.states()
-        if not states:
-            return
-        state = GaugeMetricFamily(STATE[0], STATE[2], labels=("instance", "state"))
-        priority = GaugeMetricFamily(PRIORITY[0], PRIORITY[2], labels=("instance",))
-        transitions = CounterMetricFamily(TRANSITIONS[0], TRANSITIONS[2], labels=("instance",))
-        for instance, s in sorted(states.items()):
-            for name in STATES:
-                state.add_metric((instance, name), 1 if s.state == name else 0)
-            if s.priority is not None:
-                priority.add_metric((instance,), s.priority)
-            transitions.add_metric((instance,), s.transitions)
-        yield state
-        yield priority
-        yield transitions
-
     def chunks(self) -> Iterator[str]:
-        """The same series as Prometheus text (the exporter's fast path)."""
+        """The VRRP series as Prometheus text (the exporter's ``/metrics``)."""
         states = self.states()
         if not states:
             return
@@ -170,10 +151,6 @@ class Extras:
 
     def __init__(self, *sources: object) -> None:
         self.sources = tuple(s for s in sources if s is not None)
-
-    def families(self) -> Iterator[Metric]:
-        for source in self.sources:
-            yield from source.families()  # type: ignore[attr-defined]
 
     def chunks(self) -> Iterator[str]:
         for source in self.sources:

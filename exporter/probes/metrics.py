@@ -3,8 +3,10 @@
 Every series carries all backend labels (``BACKEND_LABELS``, as
 ``ipvs_backend_*`` with the default ``backend_labels``) plus ``check``, so
 they join with the IPVS series and two checks of one real server never
-collide. Both exposition paths read the same state: ``families()`` for
-prometheus_client, ``chunks()`` for the exporter's fast text path.
+collide. ``chunks()`` renders them as Prometheus text for the exporter's
+``/metrics``, each check's lines kept between scrapes while its values stay
+the same; the tests hold that text to prometheus_client's families of the same
+state (``tests/exposition_oracle.py``).
 
 A check added ``shared`` (the default tcp checks of a table over the engine's
 budget) keeps its own success, health and change series, but its durations go
@@ -20,8 +22,6 @@ import bisect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from exporter.collector import BACKEND_LABELS, Names, NoNames, backend_label_values
 from exporter.exposition import label_string
@@ -73,7 +73,6 @@ class _Series:
     )
 
 
-_Row = tuple[tuple[str, ...], str, int, int, int, float]  # labels, label text, success, healthy, changes, changed at
 _Hist = tuple[tuple[str, ...], str, list[int], float, int]  # labels, label text, buckets, sum, count
 
 
@@ -159,39 +158,6 @@ class ProbeMetrics:
             s.changes = health.changes
             s.changed_at = health.changed_at
 
-    def _snapshot(self) -> tuple[list[_Row], list[_Hist]]:
-        """(one row per check, the histograms: per check where not shared, then the per-service ones), copied under the lock."""
-        with self._lock:
-            rows = [(s.labels, s.text, s.success, s.healthy, s.changes, s.changed_at) for s in self._series.values()]
-            hists = [
-                (s.labels, s.text, list(s.buckets), s.total, s.count) for s in self._series.values() if s.shared is None
-            ]
-            hists += [(g.labels, g.text, list(g.buckets), g.total, g.count) for g in self._shared.values()]
-        return rows, hists
-
-    def families(self) -> Iterator[Metric]:
-        """prometheus_client families (the registry path)."""
-        rows, hists = self._snapshot()
-        if not rows:
-            return
-        labels = list(PROBE_LABELS)
-        success = GaugeMetricFamily(SUCCESS[0], SUCCESS[2], labels=labels)
-        duration = HistogramMetricFamily(DURATION[0], DURATION[2], labels=labels)
-        healthy = GaugeMetricFamily(HEALTHY[0], HEALTHY[2], labels=labels)
-        changes = CounterMetricFamily(CHANGES[0], CHANGES[2], labels=labels)
-        last = GaugeMetricFamily(LAST_CHANGE[0], LAST_CHANGE[2], labels=labels)
-        for values, _, buckets, total, count in hists:
-            cumulative = _cumulative(buckets)
-            duration.add_metric(
-                list(values), [(_le(b), c) for b, c in zip(BUCKETS, cumulative)] + [("+Inf", count)], total
-            )
-        for values, _, ok, up, changed, changed_at in rows:
-            success.add_metric(list(values), ok)
-            healthy.add_metric(list(values), up)
-            changes.add_metric(list(values), changed)
-            last.add_metric(list(values), changed_at)
-        yield from (success, duration, healthy, changes, last)
-
     def _lines(self) -> tuple[list[tuple[str, str, str, str]], list[_Hist]]:
         """The per-check lines of the four gauge/counter families (kept between scrapes while unchanged), and the histograms."""
         ok, up, changes, last = SUCCESS[0], HEALTHY[0], CHANGES[0], LAST_CHANGE[0]
@@ -215,7 +181,7 @@ class ProbeMetrics:
         return lines, hists
 
     def chunks(self) -> Iterator[str]:
-        """The same families as Prometheus text (the exporter's fast path)."""
+        """The probe families as Prometheus text (the exporter's ``/metrics``)."""
         lines, hists = self._lines()
         if not lines:
             return

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from actuator.settings import ActuatorSettings
 from exporter.collector import IPVSCollector
+from exporter.exposition import Exposition
 from exporter.keepalived import KeepalivedFifo
 from lab import traffic
 from lab.actuator import running_actuator
@@ -193,11 +195,12 @@ def scrape_swapped(lab: HALab) -> dict[str, dict[str, list[Any]]] | None:
 
 
 def scrape(lab: HALab, name: str) -> dict[str, list[Any]]:
-    """One scrape of an exporter collector for director ``name``: samples by family name."""
+    """One scrape of the exporter's text for director ``name``, parsed: samples by family name."""
     netns = lab.director_named(name).netns
     with NetlinkIPVS(netns) as reader:
         collector = IPVSCollector(reader, addresses=lambda: local_addresses(netns))
-        return {family.name: list(family.samples) for family in collector.collect()}
+        text = Exposition(collector).render()
+    return {family.name: list(family.samples) for family in text_string_to_metric_families(text)}
 
 
 # --- failover through the actuator -----------------------------------------------------

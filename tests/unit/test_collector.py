@@ -5,7 +5,7 @@ with some collector options and compares the text with a golden file in
 tests/fixtures/metrics/ (``LVSGUARD_UPDATE_GOLDEN=1`` rewrites them; review the
 diff). Every case's output also goes through ``promtool check metrics``,
 prometheus_client's text parser, and a comparison with prometheus_client's own
-``generate_latest`` of the same collector.
+``generate_latest`` of the same collector (the oracle, ``tests/exposition_oracle.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from lvsguard.model import (
     Table,
     VirtualService,
 )
+from tests.exposition_oracle import ClientCollector
+from tests.exposition_oracle import client_text as oracle_text
 
 GOLDEN = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
 UPDATE = os.environ.get("LVSGUARD_UPDATE_GOLDEN") == "1"
@@ -231,9 +233,7 @@ def fast_text(case: Case, **extra: Any) -> str:
 
 
 def client_text(case: Case) -> str:
-    registry = CollectorRegistry()
-    registry.register(make_collector(case))
-    return generate_latest(registry).decode()
+    return oracle_text(ClientCollector(make_collector(case)))
 
 
 def samples(text: str) -> set[tuple[str, frozenset[tuple[str, str]], float]]:
@@ -339,7 +339,7 @@ def test_backend_labels_keep_output_order(labels: Any, expected: tuple[str, ...]
 
 def test_registering_does_not_read_the_table() -> None:
     reader = FakeReader(TABLE)
-    collector = IPVSCollector(reader)
+    collector = ClientCollector(IPVSCollector(reader))
     registry = CollectorRegistry()
     registry.register(collector)
     assert reader.reads == 0
@@ -376,12 +376,9 @@ def test_read_failure_is_ipvs_up_0_and_logged_once_per_reason(caplog: pytest.Log
     assert reader.reads == 6
 
 
-def test_unexpected_reader_exception_does_not_escape_collect(caplog: pytest.LogCaptureFixture) -> None:
-    collector = IPVSCollector(FakeReader(RuntimeError("decoder bug")))
-    registry = CollectorRegistry()
-    registry.register(collector)
-    text = generate_latest(registry).decode()
-    assert "ipvs_up 0.0\n" in text
+def test_unexpected_reader_exception_does_not_escape_a_scrape(caplog: pytest.LogCaptureFixture) -> None:
+    text = Exposition(IPVSCollector(FakeReader(RuntimeError("decoder bug")))).render()
+    assert "ipvs_up 0\n" in text
     assert any("RuntimeError: decoder bug" in r.getMessage() for r in caplog.records)
 
 
@@ -452,7 +449,7 @@ def test_allow_list_without_a_matching_service_keeps_host_metrics() -> None:
 
 def test_every_metric_and_label_is_documented() -> None:
     doc = (Path(__file__).resolve().parent.parent.parent / "docs" / "metrics.md").read_text()
-    collector = IPVSCollector(FakeReader(TABLE))
+    collector = ClientCollector(IPVSCollector(FakeReader(TABLE)))
     for metric in ALL_METRICS:
         assert f"| `{metric.name}` | {metric.type}" in doc, metric.name
     for label in {label for metric in ALL_METRICS for label in collector.labels_of(metric)}:

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.registry import Collector
 
 from exporter.keepalived import Extras, FifoError, KeepalivedFifo, parse_line
 from lvsguard.config import ConfigError, loads
+from tests.exposition_oracle import Families, client_text, vrrp_families
 
 # What keepalived 2.2.7 wrote to notify_fifo in the lab (lab/keepalived.py), in order.
 LINES = [
@@ -21,14 +20,6 @@ LINES = [
     'INSTANCE "VI_1" BACKUP 150',
     'INSTANCE "VI_1" MASTER 150',
 ]
-
-
-class _Registry(Collector):
-    def __init__(self, fifo: KeepalivedFifo) -> None:
-        self.fifo = fifo
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        return self.fifo.families()
 
 
 def wait_for_transitions(fifo: KeepalivedFifo, n: int) -> None:
@@ -67,14 +58,12 @@ def test_the_follower_reads_transitions_in_order_from_a_real_fifo(tmp_path: Path
     with open(path, "w") as writer:  # a restarted keepalived: the follower never saw end-of-file
         writer.write("\n".join(LINES[3:]) + "\n")
     wait_for_transitions(fifo, 5)
-    registry = CollectorRegistry()
-    registry.register(_Registry(fifo))
-    text = generate_latest(registry).decode()
+    text = client_text(Families(vrrp_families(fifo)))  # the oracle: prometheus_client's rendering of the same states
     assert 'lvs_director_vrrp_state{instance="VI_1",state="master"} 1.0' in text
     assert 'lvs_director_vrrp_state{instance="VI_1",state="fault"} 0.0' in text
     assert 'lvs_director_vrrp_priority{instance="VI_1"} 150.0' in text
     assert 'lvs_director_vrrp_transitions_total{instance="VI_1"} 5.0' in text
-    # The fast path says the same, sample for sample.
+    # The exporter's text says the same, sample for sample.
     fast = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in "".join(Extras(None, fifo).chunks()).splitlines()
@@ -90,7 +79,7 @@ def test_the_follower_reads_transitions_in_order_from_a_real_fifo(tmp_path: Path
 
 def test_nothing_is_exported_before_the_first_transition(tmp_path: Path) -> None:
     fifo = KeepalivedFifo(str(tmp_path / "unused"))
-    assert list(fifo.families()) == [] and list(fifo.chunks()) == []
+    assert list(vrrp_families(fifo)) == [] and list(fifo.chunks()) == []
 
 
 def test_a_missing_fifo_is_named(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from exporter.probes.poller import Poller
 from exporter.probes.result import ProbeResult, Target
 from exporter.probes.tcp import TCPChecker
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
-from tests.probe_exposition import fast_and_slow
+from tests.exposition_oracle import fast_and_slow
 
 SVC = ServiceKey.parse("TCP 192.0.2.10:80")
 
