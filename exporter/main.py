@@ -101,7 +101,7 @@ def _snmp_actuator_keys(running: Config, new: Config) -> list[tuple[str, object,
     """What the SNMP agent took from the ``actuator`` section at start: the ledger it reads and the quorums."""
     if running.snmp is None:
         return []
-    from actuator.settings import ActuatorSettings
+    from lvsguard.config.actuator import ActuatorSettings
 
     before, after = running.actuator or ActuatorSettings(), new.actuator or ActuatorSettings()
     return [
@@ -159,9 +159,9 @@ def snmp_provider(
     config: Config, netns: str | None, *, probes: ProbeRunner | None, fifo: KeepalivedFifo | None
 ) -> FeedingProvider:
     """The agent's snapshots: the kernel table with the config's names, fed by the probes, the ledger and keepalived."""
-    from actuator.settings import ActuatorSettings
     from exporter.snmp.feeds import DirectorFeed, FeedingProvider, LedgerFeed, ProbeFeed
     from exporter.snmp.snapshot import reader_provider
+    from lvsguard.config.actuator import ActuatorSettings
 
     actuator = config.actuator
     engine = probes.engine if probes is not None else None

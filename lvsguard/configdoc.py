@@ -5,11 +5,9 @@
     python -m lvsguard.configdoc --check   # exit 1 when the committed file differs
 
 Every key comes from where the loader validates it, so the reference cannot
-drift from what a config may say: the ``Schema`` tables of ``lvsguard.config``
-(their ``Key.doc``, the parser for the type, the dataclass for the default),
-``SNMP_KEY_DOCS`` for section ``snmp`` (defaults from the agent's
-``AgentSettings``) and ``actuator.settings.KEY_DOCS`` for section
-``actuator`` (defaults from ``from_mapping({})``). A key without a meaning,
+drift from what a config may say: the ``Schema`` tables of every section in
+``lvsguard.config`` (their ``Key.doc``, the parser for the type, the
+dataclass for the default). A key without a meaning,
 or a parser this module cannot name, is a ``ConfigDocError``: the test
 (tests/unit/test_configdoc.py) fails until it is described.
 """
@@ -23,13 +21,14 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from math import inf
 from pathlib import Path
 from typing import Any
 
 from lvsguard import config
 from lvsguard.config import CHECK_COMMON, CHECK_KEYS, CHECK_REQUIRED, SECTIONS, Key, Parser, Schema
-from lvsguard.config.snmp import SNMP_KEY_DOCS, SNMP_USER_KEY_DOCS
 from lvsguard.labels import BACKEND_LABELS
+from lvsguard.oid import format_oid
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "configuration-reference.md"
 
@@ -52,6 +51,19 @@ PARSER_TYPES: Mapping[str, str] = {
     "statuses": "list of integers 100..599",
     "command": "list of strings, or one string split as a shell would",
     "check_entry": "check",
+    "file_path": "path",
+    "secret_file": "path",
+    "quorum": 'count, fraction 0..1 or percentage (`"50%"`)',
+    "quorums": "mapping of service name (or `TCP 192.0.2.10:80`) to `min_healthy`",
+    "labels": "mapping of label names to strings",
+    "label_patterns": "mapping of label names to regular expressions",
+    "endpoint": "`ADDRESS:PORT`",
+    "community": "string",
+    "user_name": "string",
+    "pass_phrase": "string, at least 8 characters",
+    "oid": "OID",
+    "engine_id": "hexadecimal string, 5..32 octets",
+    "positive_number": "number (seconds, > 0)",
 }
 """How each parser of lvsguard/config/ is named in the reference (keyed by function name)."""
 
@@ -84,7 +96,15 @@ def type_of(parse: Parser) -> str:
     if factory == "records":
         return "list of mappings"
     if factory == "list_of":
-        return f"list of {type_of(bound['parser'])}s"
+        inner = type_of(bound["parser"])
+        return f"list of {inner}" if inner.startswith("`") else f"list of {inner}s"
+    if factory == "duration_range":
+        most, zero = bound["most"], bound["zero"]
+        if (most, zero) == (86400.0, False):
+            return "duration (`500ms`, `1.5s`, `2m` or seconds)"
+        return (
+            "duration" + (", 0 or more" if zero else ", more than 0") + (f", at most {most:g} s" if most != inf else "")
+        )
     if factory == "named_services":
         return type_of(bound["parser"])
     if parse.__name__ in PARSER_TYPES:
@@ -98,7 +118,7 @@ def shown(value: Any, kind: str = "") -> str:
         return f"`{value:g}s`"
     if kind.startswith("mapping of") and not value:
         return "`{}`"
-    if value is None:
+    if value is None or value == b"":
         return "none"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
@@ -138,7 +158,8 @@ def _nested(parse: Parser) -> tuple[Schema, str] | None:
 
 def schema_rows(schema: Schema, prefix: str) -> Iterator[Row]:
     """The rows of one ``Schema`` and of the schemas nested in it, in schema order."""
-    defaults = _defaults(schema.build)
+    defaults = {key: value for key, value in _defaults(schema.build).items()}
+    defaults.update((key, defaults[name]) for key, name in schema.fields.items() if name in defaults)
     checks = schema is config.CHECK
     for key_name, key in schema.keys.items():
         path = f"{prefix}.{key_name}"
@@ -155,6 +176,8 @@ def schema_rows(schema: Schema, prefix: str) -> Iterator[Row]:
             default = "required"
         elif required_for:
             default = f"required for {', '.join(required_for)}; else {_default(key_name, defaults, kind)}"
+        elif nested is not None and type(defaults.get(key_name)) is nested[0].build:
+            default = "see the keys below"  # a section that is always there, with defaults of its own
         else:
             default = _default(key_name, defaults, kind)
         if checks:
@@ -170,60 +193,9 @@ def _default(key_name: str, defaults: Mapping[str, Any], kind: str) -> str:
     value = defaults[key_name]
     if key_name == "backend_labels":
         return "all eight: " + ", ".join(f"`{label}`" for label in BACKEND_LABELS)
+    if key_name == "base_oid":
+        return shown(format_oid(value))
     return shown(value, kind)
-
-
-def snmp_rows() -> Iterator[Row]:
-    from exporter.snmp.layout import DEFAULT_BASE
-    from exporter.snmp.settings import AgentSettings, V3User
-
-    defaults = _defaults(AgentSettings)
-    defaults["base_oid"] = ".".join(str(part) for part in DEFAULT_BASE)
-    user_defaults = _defaults(V3User)
-    for key_name, (kind, doc) in SNMP_KEY_DOCS.items():
-        yield Row(f"snmp.{key_name}", kind, _default(key_name, defaults, kind), doc)
-        if key_name in ("users", "trap_user"):
-            suffix = "[]" if key_name == "users" else ""
-            for user_key, (user_kind, user_doc) in SNMP_USER_KEY_DOCS.items():
-                default = shown(user_defaults[user_key]) if user_key in user_defaults else "required"
-                yield Row(f"snmp.{key_name}{suffix}.{user_key}", user_kind, default, user_doc)
-
-
-def actuator_rows() -> Iterator[Row]:
-    from actuator.app import DEFAULT_LISTEN
-    from actuator.settings import KEY_DOCS, KEYS, RATE_LIMIT_KEY_DOCS, RULE_KEY_DOCS, RateLimit, Rule, from_mapping
-
-    if set(KEY_DOCS) != set(KEYS):
-        raise ConfigDocError(f"actuator.settings: KEY_DOCS and KEYS differ: {sorted(set(KEY_DOCS) ^ set(KEYS))}")
-    settings = from_mapping({})
-    fields = {
-        "ledger": "ledger_path",
-        "quorum": "service_min_healthy",
-        "session_secret_file": None,
-    }  # key -> ActuatorSettings field
-    sub: Mapping[str, tuple[Mapping[str, tuple[str, str]], dict[str, Any], str]] = {
-        "rate_limit": (RATE_LIMIT_KEY_DOCS, _defaults(RateLimit), ""),
-        "rules": (RULE_KEY_DOCS, _defaults(Rule), "[]"),
-    }
-    for key_name, (kind, doc) in KEY_DOCS.items():
-        if key_name == "listen":
-            default = shown(DEFAULT_LISTEN)
-        elif key_name in sub:
-            default = "see the keys below" if key_name == "rate_limit" else "`[]`"
-        elif (attribute := fields.get(key_name, key_name)) is None:
-            default = "none"
-        else:
-            if not hasattr(settings, attribute):
-                raise ConfigDocError(
-                    f"actuator.settings: key {key_name!r} has no ActuatorSettings field (map it in configdoc.actuator_rows)"
-                )
-            default = shown(getattr(settings, attribute), kind)
-        yield Row(f"actuator.{key_name}", kind, default, doc)
-        if key_name in sub:
-            docs, defaults, suffix = sub[key_name]
-            for sub_key, (sub_kind, sub_doc) in docs.items():
-                value = "required" if sub_key == "action" else shown(defaults.get(sub_key), sub_kind)
-                yield Row(f"actuator.{key_name}{suffix}.{sub_key}", sub_kind, value, sub_doc)
 
 
 def _escape(text: str) -> str:
@@ -244,7 +216,7 @@ INTRO = """\
 # Configuration reference
 
 <!-- Generated by `python -m lvsguard.configdoc --write` from the config schema
-(lvsguard/config/, actuator/settings.py); do not edit by hand.
+(lvsguard/config/); do not edit by hand.
 tests/unit/test_configdoc.py fails when this file differs from the schema. -->
 
 Every key of the config file, generated from the schema the loader validates
@@ -263,17 +235,10 @@ def render() -> str:
     for section_name, key in SECTIONS.items():
         out.append(f"## `{section_name}`\n")
         out.append(f"{_section_doc(section_name, key)}\n")
-        if section_name == "snmp":
-            rows = list(snmp_rows())
-        elif section_name == "actuator":
-            rows = list(actuator_rows())
-        else:
-            nested = _nested(key.parse)
-            if nested is None:
-                raise ConfigDocError(
-                    f"lvsguard.configdoc: section {section_name!r} has no schema the reference can walk"
-                )
-            rows = list(schema_rows(nested[0], section_name + nested[1]))
+        nested = _nested(key.parse)
+        if nested is None:
+            raise ConfigDocError(f"lvsguard.configdoc: section {section_name!r} has no schema the reference can walk")
+        rows = list(schema_rows(nested[0], section_name + nested[1]))
         if section_name == "probes":
             checks = [r for r in rows if r.path.startswith("probes.checks[].")]
             out += table([r for r in rows if r not in checks]) + ["", "### `probes.checks[]`\n"] + table(checks)

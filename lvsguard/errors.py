@@ -45,7 +45,11 @@ class LvsguardError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ConfigProblem:
-    """One problem in a config file: where it is and what is wrong."""
+    """One problem in a config: where it is (file, line, column, key path) and what is wrong.
+
+    Settings built from Python data rather than a file (``parse_data``) have
+    no file and no line: the problem is the key path and the message.
+    """
 
     file: str
     line: int  # 1-based; 0 when unknown
@@ -59,7 +63,7 @@ class ConfigProblem:
             where += f":{self.line}"
             if self.column:
                 where += f":{self.column}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return ": ".join(part for part in (where, self.key, self.message) if part)
 
 
 class ConfigError(LvsguardError):

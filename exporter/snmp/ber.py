@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lvsguard.oid import MAX_SUBID, Oid, format_oid
+
 INTEGER = 0x02
 OCTET_STRING = 0x04
 NULL = 0x05
@@ -36,11 +38,8 @@ SNMPV2_TRAP = 0xA7
 REPORT = 0xA8
 
 MAX_OID_LENGTH = 128  # RFC 2578 section 3.5: at most 128 sub-identifiers
-MAX_SUBID = 0xFFFFFFFF
 MAX_UINT32 = 0xFFFFFFFF
 MAX_UINT64 = 0xFFFFFFFFFFFFFFFF
-
-Oid = tuple[int, ...]
 
 
 class BerError(ValueError):
@@ -148,22 +147,6 @@ def subids_body(subids: Oid) -> bytes:
 def encode_oid(oid: Oid) -> bytes:
     """OBJECT IDENTIFIER TLV."""
     return tlv(OBJECT_IDENTIFIER, oid_body(oid))
-
-
-def format_oid(oid: Oid) -> str:
-    """Dotted notation, as net-snmp prints with -On (without the leading dot)."""
-    return ".".join(str(s) for s in oid)
-
-
-def parse_oid(text: str) -> Oid:
-    """``1.3.6.1.4.1`` (a leading dot is accepted) -> tuple; ValueError names the text."""
-    parts = text.strip().lstrip(".").split(".")
-    if len(parts) < 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"{text!r} is not a dotted OID")
-    oid = tuple(int(p) for p in parts)
-    if oid[0] > 2 or (oid[0] < 2 and oid[1] >= 40) or any(s > MAX_SUBID for s in oid):
-        raise ValueError(f"{text!r} is not a valid OID")
-    return oid
 
 
 # --- decoding ---------------------------------------------------------------

@@ -20,10 +20,11 @@ from typing import Any
 from exporter.snmp.ber import Oid
 from exporter.snmp.mibview import Column, Subtree
 from exporter.snmp.snapshot import PROBE_TYPES, Health, RealServerState, ServiceState, Snapshot
+from lvsguard.defaults import SNMP_BASE_OID
 from lvsguard.model import FWM, RealServer, ServiceKey, Stats, VirtualService
 
-DEFAULT_BASE: Oid = (1, 3, 6, 1, 4, 1, 8072, 9999, 9999)
-"""lvsguardMIB: net-snmp's playpen arc, until the project has an enterprise number."""
+DEFAULT_BASE: Oid = SNMP_BASE_OID
+"""lvsguardMIB (lvsguard.defaults): net-snmp's playpen arc, until the project has an enterprise number."""
 
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, FWM: 256}
 """lvsgVsProtocol: the IP protocol number, fwmark(256) for a firewall-mark service."""

@@ -7,24 +7,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from os import PathLike
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 import yaml
 from yaml.nodes import MappingNode
 
-from lvsguard.config.actuator import actuator_section
+from lvsguard.config.actuator import SECTION as ACTUATOR_SECTION
+from lvsguard.config.actuator import ActuatorSettings
 from lvsguard.config.director import DIRECTOR, DirectorConfig
 from lvsguard.config.exporter import EXPORTER, ExporterConfig
 from lvsguard.config.probes import PROBES, ProbesConfig
 from lvsguard.config.schema import Context, Key, Schema, is_null, kind_of, record, records, section
 from lvsguard.config.services import SERVICE, ServiceConfig, named_services
-from lvsguard.config.snmp import snmp_section
+from lvsguard.config.snmp import SECTION as SNMP_SECTION
+from lvsguard.config.snmp import AgentSettings
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.model import RealServerKey, ServiceKey
-
-if TYPE_CHECKING:
-    from actuator.settings import ActuatorSettings
-    from exporter.snmp.settings import AgentSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +31,9 @@ class Config:
     director: DirectorConfig = DirectorConfig()
     exporter: ExporterConfig = ExporterConfig()
     services: tuple[ServiceConfig, ...] = ()
-    actuator: ActuatorSettings | None = None  # section ``actuator`` (validated by actuator.settings); None: defaults
+    actuator: ActuatorSettings | None = None  # section ``actuator`` (lvsguard.config.actuator); None: defaults
     probes: ProbesConfig = ProbesConfig()
-    snmp: AgentSettings | None = None  # section ``snmp`` (validated by exporter.snmp.settings); None: no SNMP agent
+    snmp: AgentSettings | None = None  # section ``snmp`` (lvsguard.config.snmp); None: no SNMP agent
     file: str = ""  # where it was loaded from ("" for Config())
     _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
     _real_server_names: Mapping[tuple[ServiceKey, RealServerKey], str] = field(init=False, repr=False, compare=False)
@@ -62,10 +59,8 @@ SECTIONS: Mapping[str, Key] = {
         doc="Names for virtual services and their real servers (labels, status, actuator targets).",
     ),  # before `exporter`, whose allow-list names them
     "exporter": Key(section(EXPORTER), doc="The Prometheus exporter, `lvsguard exporter` (docs/metrics.md)."),
-    "actuator": Key(
-        actuator_section, doc="The actuator, `lvsguard actuator` (docs/actuator.md); absent: its safe defaults."
-    ),  # after `services`, whose names it resolves
-    "snmp": Key(snmp_section, doc="The exporter's SNMP agent (docs/snmp.md); absent: no SNMP agent."),
+    "actuator": ACTUATOR_SECTION,  # after `services`, whose names it resolves
+    "snmp": SNMP_SECTION,
     "probes": Key(
         section(PROBES), doc="Health checks of the real servers (docs/probes.md)."
     ),  # after `services`, whose names its checks use
@@ -91,7 +86,7 @@ def loads(text: str, filename: str = "<string>") -> Config:
             raise ConfigError([ConfigProblem(filename, 0, 0, "", f"YAML error: {exc}")]) from None
         if root is None or is_null(root):
             return Config(file=filename)
-        ctx = Context(filename, loader)
+        ctx = Context(filename)
         if isinstance(root, MappingNode):
             config, _, _ = record(root, "", Schema(partial(Config, file=filename), SECTIONS), ctx)
         else:

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from lvsguard.errors import ConfigProblem
+from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.model import RealServerKey, ServiceKey
 
 if TYPE_CHECKING:
@@ -62,13 +63,21 @@ class Key:
 class Schema:
     """One mapping of the file: the frozen class it becomes and its keys (named as that class's fields).
 
-    ``unique`` names keys whose values must differ between the items of a
-    list of these mappings.
+    ``fields`` names the field of a key named otherwise (``ledger`` ->
+    ``ledger_path``). ``unique`` names keys whose values must differ between
+    the items of a list of these mappings. ``check`` looks at the built
+    object for problems between keys and returns them as (key, message): they
+    are recorded at the mapping.
     """
 
     build: Callable[..., Any]
     keys: Mapping[str, Key]
     unique: tuple[str, ...] = ()
+    fields: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[Any], Iterable[tuple[str, str]]] | None = None
+
+    def field_of(self, key: str) -> str:
+        return self.fields.get(key, key)
 
 
 FAILED: Any = object()  # a value that could not be parsed; its problem is already recorded
@@ -85,6 +94,7 @@ _TYPE_NAMES = {
 }
 
 Pairs = dict[str, tuple[Node, Node]]
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()  # stateless uses only: merge keys, scalar values
 
 
 def join(path: str, key: str) -> str:
@@ -113,16 +123,16 @@ def kind_of(node: Node) -> str:
 class Context:
     """One load: the file name, the problems found so far, and what later sections look up."""
 
-    def __init__(self, file: str, loader: yaml.SafeLoader):
+    def __init__(self, file: str):
         self.file = file
-        self.loader = loader
         self.problems: list[ConfigProblem] = []
         self.service_names: dict[str, ServiceKey] = {}  # filled by `services`, read by `exporter.services`
         self.services: tuple[ServiceConfig, ...] = ()  # filled by `services`, read by `actuator`
         self.service_names_complete = True  # False when `services` had problems: a name may be in a broken entry
 
     def problem(self, node: Node | None, key: str, message: str) -> None:
-        line, column = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (0, 0)
+        mark = node.start_mark if node is not None else None  # None: a node built from Python data (`parse_data`)
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
         self.problems.append(ConfigProblem(self.file, line, column, key, message))
 
     def parse(self, parser: Parser, node: Node, path: str) -> Any:
@@ -154,7 +164,7 @@ class Context:
             else:
                 seen[key_node.value] = key_node
         try:
-            self.loader.flatten_mapping(node)  # `<<: *anchor` merge keys; explicit keys win
+            _CONSTRUCTOR.flatten_mapping(node)  # `<<: *anchor` merge keys; explicit keys win
         except yaml.MarkedYAMLError as exc:
             self.problem(node, path, f"bad merge key: {exc.problem}")
             return None
@@ -197,17 +207,23 @@ def record(node: Node, path: str, schema: Schema, ctx: Context) -> tuple[Any, Pa
             ok = False
         else:
             values[key_name] = value
-    return (schema.build(**values) if ok else FAILED), pairs, values
+    if not ok:
+        return FAILED, pairs, values
+    value = schema.build(**{schema.field_of(k): v for k, v in values.items()})
+    for key_name, message in schema.check(value) if schema.check is not None else ():
+        ctx.problem(node, join(path, key_name), message)
+        ok = False
+    return (value if ok else FAILED), pairs, values
 
 
-def section(schema: Schema) -> Parser:
-    """A parser of one mapping (a section, or a record inside one)."""
+def section(schema: Schema, finish: Callable[[Any, Context], Any] | None = None) -> Parser:
+    """A parser of one mapping (a section, or a record inside one); ``finish(value, ctx)`` adds what the load knows."""
 
     def parse(node: Node, path: str, ctx: Context) -> Any:
         value, _, _ = record(node, path, schema, ctx)
         if value is FAILED:
             raise Recorded()
-        return value
+        return value if finish is None else finish(value, ctx)
 
     return parse
 
@@ -360,7 +376,8 @@ def choice(values: Sequence[str]) -> Parser:
 INT = "tag:yaml.org,2002:int"
 FLOAT = "tag:yaml.org,2002:float"
 BOOL = "tag:yaml.org,2002:bool"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)?")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def integer(low: int, high: int) -> Parser:
@@ -381,18 +398,54 @@ def boolean(node: Node, path: str, ctx: Context) -> bool:
     return node.value.lower() in ("true", "yes", "on")
 
 
-def duration(node: Node, path: str, ctx: Context) -> float:
-    """Seconds: a number, or a string with a unit (``500ms``, ``1.5s``, ``2m``); more than 0, at most 1 day."""
-    if isinstance(node, ScalarNode) and node.tag in (INT, FLOAT):
-        value = float(node.value)
-    else:
-        match = _DURATION.fullmatch(scalar_text(node).strip())
-        if match is None:
-            raise Invalid(f"must be a duration such as 1s, 500ms or 2m, got {node.value!r}")
-        value = float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(2)]
-    if not 0 < value <= 86400:
-        raise Invalid(f"must be more than 0 and at most 86400 seconds, got {value:g}")
-    return value
+def seconds(value: object) -> float:
+    """Seconds from a number or a string with a unit (``250ms``, ``30s``, ``5m``, ``1h``); ValueError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is not None:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    raise ValueError(f"must be a duration such as 1s, 500ms or 2m, got {value!r}")
+
+
+def duration_range(most: float = 86400.0, *, zero: bool = False) -> Parser:
+    """A duration in seconds (``seconds``): more than 0 (at least 0 with ``zero``) and at most ``most``."""
+
+    def parse(node: Node, path: str, ctx: Context) -> float:
+        if not isinstance(node, ScalarNode):
+            raise Invalid(f"must be a duration such as 1s, 500ms or 2m, got {kind_of(node)}")
+        try:
+            value = seconds(scalar(node))
+        except ValueError:
+            raise Invalid(f"must be a duration such as 1s, 500ms or 2m, got {node.value!r}") from None
+        if not ((value >= 0 if zero else value > 0) and value <= most):
+            low = "at least 0" if zero else "more than 0"
+            high = f" and at most {most:g}" if most != math.inf else ""
+            raise Invalid(f"must be {low}{high} seconds, got {value:g}")
+        return value
+
+    return parse
+
+
+duration = duration_range()
+"""A duration of more than 0 seconds, at most a day: the probes' intervals and timeouts."""
+
+
+def positive_number(node: Node, path: str, ctx: Context) -> float:
+    """A number of seconds (no unit) greater than 0."""
+    value = scalar(node) if isinstance(node, ScalarNode) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid(f"must be a number, got {value!r}" if isinstance(node, ScalarNode) else kind_of(node))
+    if not value > 0:
+        raise Invalid(f"must be > 0 seconds, got {value}")
+    return float(value)
+
+
+def scalar(node: Node) -> Any:
+    """The Python value of a scalar node, as ``yaml.safe_load`` gives it (int, float, bool, str, None, ...)."""
+    construct = _CONSTRUCTOR.yaml_constructors.get(node.tag)
+    return construct(_CONSTRUCTOR, node) if construct is not None else node.value
 
 
 def regex(node: Node, path: str, ctx: Context) -> str:
@@ -411,17 +464,28 @@ def http_url(node: Node, path: str, ctx: Context) -> str:
     return value
 
 
-def node_at(node: Node, key_path: str, *, key: bool = False) -> Node:
-    """The value node at ``rules[0].action`` inside ``node`` (as deep as it exists); its key node with ``key``."""
-    parts = re.findall(r"[^.\[\]]+|\[\d+\]", key_path)
-    for i, part in enumerate(parts):
-        if part.startswith("[") and isinstance(node, SequenceNode) and int(part[1:-1]) < len(node.value):
-            node = node.value[int(part[1:-1])]
-        elif isinstance(node, MappingNode):
-            found = [(k, v) for k, v in node.value if is_text(k) and k.value == part]
-            if not found:
-                break
-            node = found[-1][0] if key and i == len(parts) - 1 else found[-1][1]
-        else:
-            break
-    return node
+def parse_data(parser: Parser, data: object, *, context: Context | None = None) -> Any:
+    """Run ``parser`` over Python data (what ``yaml.safe_load`` returns) instead of a file.
+
+    The door for code that builds a section's settings without a file
+    (``actuator.settings.from_mapping``, ``exporter.snmp.settings.build_settings``):
+    the same driver and messages, every problem at once in one ``ConfigError``,
+    keyed by path (no file, no line). Tuples are taken as lists.
+    """
+    ctx = context or Context("")
+    try:
+        node = yaml.representer.SafeRepresenter().represent_data(_lists(data))
+    except yaml.representer.RepresenterError as exc:
+        raise ConfigError([ConfigProblem("", 0, 0, "", f"cannot be read as YAML data: {exc}")]) from None
+    value = ctx.parse(parser, node, "")
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return value
+
+
+def _lists(data: object) -> object:
+    if isinstance(data, (tuple, list)):
+        return [_lists(item) for item in data]
+    if isinstance(data, Mapping):
+        return {key: _lists(value) for key, value in data.items()}
+    return data

@@ -12,11 +12,11 @@ from actuator.settings import (
     Quorum,
     RateLimit,
     Rule,
-    SettingsError,
     from_mapping,
     parse_duration,
 )
 from actuator.targets import Target, TargetError, target_from_labels
+from lvsguard.errors import ConfigError
 from lvsguard.model import RealServerKey, ServiceKey
 
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
@@ -209,9 +209,9 @@ def test_settings_report_every_problem_with_its_key() -> None:
         "rules": [{"action": "reboot"}, {"action": "drain", "match_re": {"x": "("}, "when": 1}, "x"],
         "dryrun": True,
     }
-    with pytest.raises(SettingsError) as info:
+    with pytest.raises(ConfigError) as info:
         from_mapping(section, names=NAMES)
-    assert [key for key, _ in info.value.problems] == [
+    assert [p.key for p in info.value.problems] == [
         "dryrun",
         "hold_down",
         "min_healthy",
@@ -224,7 +224,9 @@ def test_settings_report_every_problem_with_its_key() -> None:
         "rules[1].when",
         "rules[2]",
     ]
-    assert "unknown key (known: " in str(info.value) and "must be one of quarantine, drain" in str(info.value)
+    assert "unknown key (known keys: actions, per)" in str(info.value) and "must be one of quarantine, drain" in str(
+        info.value
+    )
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,10 @@ def test_keys_are_read(tmp_path: Path) -> None:
             "  session_secret_file: /nonexistent/session.key\n",
             "a.yaml:2:24: actuator.session_secret_file: /nonexistent/session.key: cannot read the session secret: No such file or directory",
         ),
-        ("  session_secret_file: 12\n", "a.yaml:2:24: actuator.session_secret_file: must be a string, got 12"),
+        (
+            "  session_secret_file: 12\n",
+            "a.yaml:2:24: actuator.session_secret_file: must be a string, got an integer '12'",
+        ),
         ("  session_secret: abc\n", "a.yaml:2:3: actuator.session_secret: unknown key"),
     ],
     ids=[

@@ -36,7 +36,7 @@ def test_no_section_means_no_agent() -> None:
     [
         ("snmp:\n  listn: x\n  communities: [a]\n", ["a.yaml:2:3: snmp.listn: unknown key; did you mean 'listen'?"]),
         ("snmp:\n  communities: [a]\n  max_age: fast\n", ["a.yaml:3:12: snmp.max_age: must be a number, got 'fast'"]),
-        ("snmp:\n  communities: a\n", ["a.yaml:2:16: snmp.communities: must be a list of strings"]),
+        ("snmp:\n  communities: a\n", ["a.yaml:2:16: snmp.communities: must be a list, got a string 'a'"]),
         (
             "snmp:\n  listen: 127.0.0.1:1161\n",
             ["a.yaml:2:3: snmp.communities/users: neither a v2c community nor a v3 user is configured"],
@@ -45,17 +45,18 @@ def test_no_section_means_no_agent() -> None:
             "snmp:\n  users:\n    - {name: a, auth_key: short, priv_key: alsoshort, auth_protocol: MD5}\n",
             [
                 "a.yaml:3:27: snmp.users[0].auth_key: must have at least 8 characters",
-                "a.yaml:3:70: snmp.users[0].auth_protocol: 'MD5' is not one of SHA, SHA-224, SHA-256, SHA-384, SHA-512",
+                "a.yaml:3:70: snmp.users[0].auth_protocol: must be one of SHA, SHA-224, SHA-256, SHA-384, SHA-512, got 'MD5'",
             ],
         ),
         (
             "snmp:\n  users:\n    - {name: a, auth_key: '12345678'}\n",
-            ["a.yaml:3:7: snmp.users[0]: missing ['priv_key']"],
+            ["a.yaml:3:7: snmp.users[0].priv_key: required key is missing"],
         ),
         (
             "snmp:\n  users:\n    - {name: a, auth_key: 12345678}\n",
             [
-                "a.yaml:3:7: snmp.users[0]: must be a mapping of strings (name, auth_key, priv_key, auth_protocol, priv_protocol)"
+                "a.yaml:3:7: snmp.users[0].priv_key: required key is missing",
+                "a.yaml:3:27: snmp.users[0].auth_key: must be a string, got an integer '12345678' (quote it to make it a string)",
             ],
         ),
         (

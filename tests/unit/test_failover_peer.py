@@ -19,7 +19,8 @@ import pytest
 
 from actuator.app import create_app
 from actuator.failover import PeerCheck, peer_problem
-from actuator.settings import ActuatorSettings, SettingsError, from_mapping
+from actuator.settings import ActuatorSettings, from_mapping
+from lvsguard.errors import ConfigError
 from lvsguard.model import SyncDaemon, Table
 from tests.fakes import FakeKernel, service
 
@@ -201,5 +202,5 @@ def test_the_director_endpoint_reads_the_sync_daemons_alone(tmp_path: Path) -> N
 def test_the_peer_url_is_a_setting() -> None:
     settings = from_mapping({"failover_peer_url": "http://10.0.1.252:9911"})
     assert settings.failover_peer_url == "http://10.0.1.252:9911"
-    with pytest.raises(SettingsError):
+    with pytest.raises(ConfigError):
         from_mapping({"failover_peer_url": 5})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from actuator.auth import TokenFileError, load_tokens
-from actuator.settings import SettingsError, from_mapping
+from actuator.settings import from_mapping
 from exporter.probes.runner import read_token
 from lvsguard.config import PublishConfig
 from lvsguard.errors import ConfigError
@@ -54,7 +54,7 @@ def test_a_private_token_file_is_read(tmp_path: Path) -> None:
 
 def test_a_session_key_others_can_read_is_a_config_error(tmp_path: Path) -> None:
     path = secret(tmp_path, "session.key", SESSION_KEY, 0o644)
-    with pytest.raises(SettingsError, match=re.escape(f"session_secret_file: {path}: open to others (mode 0644)")):
+    with pytest.raises(ConfigError, match=re.escape(f"session_secret_file: {path}: open to others (mode 0644)")):
         from_mapping({"session_secret_file": str(path)})
     path.chmod(0o600)
     assert from_mapping({"session_secret_file": str(path)}).session_secret == SESSION_KEY.strip().encode()

@@ -11,6 +11,7 @@ from pysnmp.proto import rfc1902
 
 from exporter.snmp import ber
 from exporter.snmp.ber import BerError
+from lvsguard import oid as oids
 
 INTEGERS = [0, 1, 127, 128, 255, 256, -1, -128, -129, 32767, 32768, 2**31 - 1, -(2**31)]
 
@@ -73,11 +74,11 @@ def test_subids_body_extends_a_prefix() -> None:
 
 
 def test_parse_and_format_oid() -> None:
-    assert ber.parse_oid(".1.3.6.1.4.1.8072.9999.9999") == (1, 3, 6, 1, 4, 1, 8072, 9999, 9999)
-    assert ber.format_oid((1, 3, 6, 1)) == "1.3.6.1"
+    assert oids.parse_oid(".1.3.6.1.4.1.8072.9999.9999") == (1, 3, 6, 1, 4, 1, 8072, 9999, 9999)
+    assert oids.format_oid((1, 3, 6, 1)) == "1.3.6.1"
     for bad in ("", "1", "1.3.x", "3.1", "1.40", "1.3.4294967296"):
         with pytest.raises(ValueError, match="OID"):
-            ber.parse_oid(bad)
+            oids.parse_oid(bad)
 
 
 MALFORMED = {

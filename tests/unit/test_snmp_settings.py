@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.snmp.layout import DEFAULT_BASE
-from exporter.snmp.settings import SnmpSettingsError, V3User, build_settings
+from exporter.snmp.settings import V3User, build_settings
+from lvsguard.errors import ConfigError
 
 
 def test_defaults() -> None:
@@ -26,23 +27,22 @@ def test_every_problem_at_once() -> None:
         V3User("ops", "short", "also-fine-key", "MD5", "DES"),
         V3User("ops", "long-enough-key", "long-enough-key"),
     )
-    with pytest.raises(SnmpSettingsError) as info:
+    with pytest.raises(ConfigError) as info:
         build_settings(listen="localhost:1161", users=users, base_oid="1.3.x", max_age=0, engine_id="zz")
-    assert info.value.problems == [
+    assert [str(p) for p in info.value.problems] == [
         "base_oid: '1.3.x' is not a dotted OID",
         "engine_id: 'zz' is not hexadecimal",
         "listen: 'localhost:1161': 'localhost' is not an IP address",
         "max_age: must be > 0 seconds, got 0",
-        "users[0] (ops).auth_key: must have at least 8 characters",
-        "users[0] (ops).auth_protocol: 'MD5' is not one of SHA, SHA-224, SHA-256, SHA-384, SHA-512",
-        "users[0] (ops).priv_protocol: 'DES' is not one of AES, AES-192, AES-256",
-        "users[0] (ops): duplicate user name",
-        "users[1] (ops): duplicate user name",
+        "users[0].auth_key: must have at least 8 characters",
+        "users[0].auth_protocol: must be one of SHA, SHA-224, SHA-256, SHA-384, SHA-512, got 'MD5'",
+        "users[0].priv_protocol: must be one of AES, AES-192, AES-256, got 'DES'; did you mean 'AES'?",
+        "users[1].name: duplicate name 'ops' (first in users[0])",
     ]
 
 
 def test_nothing_to_serve_is_an_error() -> None:
-    with pytest.raises(SnmpSettingsError, match="neither a v2c community nor a v3 user"):
+    with pytest.raises(ConfigError, match="neither a v2c community nor a v3 user"):
         build_settings()
 
 
