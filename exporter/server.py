@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 from exporter.collector import BACKEND_LABELS, ExtraFamilies, IPVSCollector, Names
@@ -36,7 +38,15 @@ from lvsguard.model import ServiceKey
 
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT = 120.0  # seconds a keep-alive connection may sit idle (Prometheus scrapes every 15-60 s)
+IDLE_TIMEOUT = 30.0
+"""Seconds one read or write may wait: a request that does not come, an idle keep-alive, a stalled scraper.
+
+A scraper whose interval is longer simply opens a new connection for its next scrape."""
+MAX_CONNECTIONS = 64
+"""Connections served at once (one thread each); more are answered 503 and closed at once."""
+MAX_PER_CLIENT = 8
+"""Connections one client address may hold, so that one host cannot take every slot (a scraper needs one)."""
+BUSY_REPLY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 INDEX_HTML = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>lvsguard exporter</title></head>
@@ -99,6 +109,7 @@ class ExporterServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # listen backlog: a burst of connections is accepted (and refused), not dropped as SYNs
 
     def __init__(self, listen: str, exposition: Exposition):
         host, port = parse_listen(listen)
@@ -113,6 +124,61 @@ class ExporterServer(ThreadingHTTPServer):
         bound_host, bound_port = self.socket.getsockname()[:2]
         self.url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
         self._reload_lock = threading.Lock()
+        self._slots_lock = threading.Lock()
+        self._open: dict[str, int] = {}  # client address -> connections being served
+        self._refused = 0
+        self._refused_logged = 0.0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, within MAX_CONNECTIONS and MAX_PER_CLIENT; beyond them a 503 and close."""
+        client = client_address[0]
+        with self._slots_lock:
+            busy = self._open.get(client, 0)
+            admitted = busy < MAX_PER_CLIENT and sum(self._open.values()) < MAX_CONNECTIONS
+            if admitted:
+                self._open[client] = busy + 1
+        if admitted:
+            super().process_request(request, client_address)
+            return
+        self._refuse(request, client)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._slots_lock:
+                left = self._open.pop(client_address[0]) - 1
+                if left:
+                    self._open[client_address[0]] = left
+
+    def _refuse(self, request: socket.socket, client: str) -> None:
+        try:
+            request.setblocking(False)  # the accepting thread never waits on a client
+            request.send(BUSY_REPLY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 10:  # one line per 10 s under a flood, with the count
+            self._refused_logged = now
+            event(
+                log,
+                logging.WARNING,
+                "connections_refused",
+                client=client,
+                refused=self._refused,
+                limits=f"{MAX_PER_CLIENT} per client, {MAX_CONNECTIONS} in all",
+            )
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is not an error; anything else is one log line (the traceback at debug)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            event(log, logging.DEBUG, "client_gone", client=client_address[0], reason=type(exc).__name__)
+            return
+        event(log, logging.ERROR, "request_failed", client=client_address[0], reason=f"{type(exc).__name__}: {exc}")
+        log.debug("request_failed traceback", exc_info=exc)
 
     def reconfigure(self, options: Reloadable) -> None:
         """Serve with ``options`` from the next scrape on: a new collector and exposition over the same reader."""

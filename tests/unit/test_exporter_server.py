@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import http.client
 import socket
+import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -213,3 +215,58 @@ def test_parse_listen_refuses(listen: str) -> None:
 )
 def test_accepts_gzip(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
+
+
+@pytest.fixture
+def fresh() -> Iterator[ExporterServer]:
+    """An exporter of its own (the module's is shared by the other tests)."""
+    started = threading.Event()
+    box: list[ExporterServer] = []
+
+    def ready(server: ExporterServer) -> None:
+        box.append(server)
+        started.set()
+
+    thread = threading.Thread(target=run, args=(SwitchableReader, "127.0.0.1:0"), kwargs={"ready": ready}, daemon=True)
+    thread.start()
+    assert started.wait(10), "the exporter did not start"
+    yield box[0]
+    box[0].shutdown()
+    thread.join(10)
+
+
+def test_half_open_connections_take_no_thread_beyond_the_cap_and_others_still_scrape(fresh: ExporterServer) -> None:
+    """400 connections that never send a request held 404 threads for 120 s; now a few threads, and the scrape answers."""
+    port = int(fresh.url.rsplit(":", 1)[1])
+    before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(400):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)  # let the server accept them all
+        assert threading.active_count() - before <= 16  # one client's share of the connections
+        scraper = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0))
+        started = time.monotonic()
+        with scraper:
+            scraper.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert scraper.recv(4096).startswith(b"HTTP/1.1 200")
+        assert time.monotonic() - started < 2
+        refused = idle[-1]
+        refused.settimeout(5)
+        assert refused.recv(4096).startswith(b"HTTP/1.1 503")  # told at once, not left hanging
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_clients_that_leave_early_write_no_traceback(fresh: ExporterServer, capfd: pytest.CaptureFixture[str]) -> None:
+    port = int(fresh.url.rsplit(":", 1)[1])
+    for path in ("/", "/metrics", "/-/healthy") * 10:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        sock.close()
+    time.sleep(0.5)
+    assert get(fresh.url + "/-/healthy")[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error" not in err, err
