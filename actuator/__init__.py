@@ -1,1 +1,1 @@
-"""The actuator: the only writer of IPVS (Alertmanager webhook, admin API, ledger, safety)."""
+"""The actuator: the only writer of IPVS (Alertmanager webhook, admin API and console, ledger, safety rules, jobs)."""
