@@ -24,21 +24,13 @@ from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import TokenFileError, Unauthorized
 from lvsguard.secretfile import read_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MIN_SECRET = 16  # characters; shorter secrets are refused at load
-
-
-class Unauthorized(LvsguardError):
-    """No or a wrong bearer token (401)."""
-
-
-class TokenFileError(LvsguardError):
-    """A token file or LVSGUARD_TOKEN is unusable; the message names the file and line."""
 
 
 def parse_tokens(text: str, source: str) -> dict[str, str]:

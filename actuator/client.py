@@ -24,20 +24,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from actuator.auth import TokenFileError, load_tokens
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import ClientError
 from lvsguard.model import MAX_THRESHOLD, MAX_WEIGHT
 
 DEFAULT_URL = "http://127.0.0.1:9911"
 OK_RESULTS = ("applied", "recorded", "noop", "dry_run")
-
-
-class ClientError(LvsguardError):
-    """The actuator could not be reached, or it refused or failed the request (``status``, ``body``)."""
-
-    def __init__(self, message: str, *, status: int = 0, body: Mapping[str, Any] | None = None):
-        self.status = status
-        self.body = dict(body or {})
-        super().__init__(message)
 
 
 class ActuatorClient:

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import FifoError
 from lvsguard.logs import event
 
 STATES = ("master", "backup", "fault", "stop")
@@ -69,10 +69,6 @@ def parse_line(line: str) -> tuple[str, str, int | None] | None:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class FifoError(LvsguardError):
-    """The notify FIFO cannot be opened; the message names it and the config key."""
 
 
 class KeepalivedFifo:

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from exporter.collector import BACKEND_LABELS, ExtraFamilies, IPVSCollector, Names
 from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
 from lvsguard import __version__
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import ListenError, LvsguardError
 from lvsguard.ipvs import TableReader
 from lvsguard.logs import event
 from lvsguard.model import ServiceKey
@@ -56,14 +56,6 @@ INDEX_HTML = """<!DOCTYPE html>
 <li><a href="/-/healthy">/-/healthy</a>: liveness</li></ul>
 </body></html>
 """
-
-
-class ListenError(LvsguardError):
-    """The exporter cannot listen on the address it was given."""
-
-    def __init__(self, listen: str, reason: str):
-        self.listen = listen
-        super().__init__(f"cannot listen on {listen}: {reason}")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

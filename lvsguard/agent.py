@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import AgentError
 from lvsguard.logs import event
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 LOAD_SOURCES = ("loadavg", "cpu", "command")
 COMMAND_TIMEOUT = 2.0
 MIN_PERCENT = 1  # an up server never reports 0% (that is drain's job)
-
-
-class AgentError(LvsguardError):
-    """The agent cannot start (bad option, port in use)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 from lvsguard import config
 from lvsguard.config import CHECK_COMMON, CHECK_KEYS, CHECK_REQUIRED, SECTIONS, Key, Parser, Schema
+from lvsguard.errors import ConfigDocError
 from lvsguard.labels import BACKEND_LABELS
 from lvsguard.oid import format_oid
 
@@ -66,10 +67,6 @@ PARSER_TYPES: Mapping[str, str] = {
     "positive_number": "number (seconds, > 0)",
 }
 """How each parser of lvsguard/config/ is named in the reference (keyed by function name)."""
-
-
-class ConfigDocError(Exception):
-    """The schema has a key or parser the reference cannot describe; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,23 @@
      ├── ApiError             an admin API request the actuator cannot take (``status``, ``path``)
      ├── UiError              a console form the actuator cannot take (``field``, ``status``)
      ├── TargetError          an alert's labels name no real server (also a ValueError)
-     └── TrackFileError       the failover track file cannot be written
+     ├── TrackFileError       the failover track file cannot be written
+     │
+     │   the core, the exporter, the actuator's client and tokens:
+     ├── ConfigDocError       the configuration reference cannot describe a key or a parser
+     ├── UnknownBackendLabels exporter.backend_labels names labels that do not exist (also a ValueError)
+     ├── AgentError           ``lvsguard agent`` cannot start (bad option, port in use)
+     ├── ListenError          the exporter cannot listen on its address (``listen``)
+     ├── FifoError            keepalived's notify FIFO cannot be opened
+     ├── SnmpAgentError       the SNMP agent cannot start
+     ├── V3Unavailable        SNMPv3 users are configured but AES cannot work here
+     ├── BaseMibsUnavailable  the base MIB modules could not be fetched (also a RuntimeError)
+     ├── BerError             bytes that are not the BER of an SNMP message (also a ValueError)
+     ├── HTTPProtocolError    a probed peer's answer is not HTTP/1.x (also a ValueError)
+     ├── DNSFormatError       a DNS reply that cannot be decoded (also a ValueError)
+     ├── ClientError          the actuator could not be reached or refused a request (``status``, ``body``)
+     ├── Unauthorized         no or a wrong bearer token (401)
+     └── TokenFileError       a token file or LVSGUARD_TOKEN is unusable
 
 An exception carries the objects it is about (``service``, ``real_server``,
 ``errno``) and its message names them the way an operator writes them:
@@ -32,8 +48,9 @@ errno is translated once, at the kernel edge (``lvsguard.ipvs``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lvsguard.model import RealServerKey, ServiceKey
@@ -215,3 +232,75 @@ class TargetError(LvsguardError, ValueError):
 
 class TrackFileError(LvsguardError):
     """The track file cannot be written; the message names it."""
+
+
+# --- the core, the exporter, the actuator's client and tokens -----------------------------
+
+
+class ConfigDocError(LvsguardError):
+    """The schema has a key or parser the reference cannot describe; the message names it."""
+
+
+class AgentError(LvsguardError):
+    """The agent cannot start (bad option, port in use)."""
+
+
+class UnknownBackendLabels(LvsguardError, ValueError):
+    """``backend_labels`` names labels that do not exist; ``unknown`` holds them, sorted."""
+
+    def __init__(self, unknown: Sequence[str]):
+        self.unknown = sorted(unknown)
+        super().__init__(f'unknown IPVS backend labels: "{", ".join(self.unknown)}"')
+
+
+class HTTPProtocolError(LvsguardError, ValueError):
+    """The peer's answer is not HTTP/1.x."""
+
+
+class DNSFormatError(LvsguardError, ValueError):
+    """A DNS message that cannot be decoded."""
+
+
+class V3Unavailable(LvsguardError):
+    """v3 users are configured but AES cannot work here."""
+
+
+class BerError(LvsguardError, ValueError):
+    """The bytes are not the BER an SNMP message may contain; the message says where."""
+
+
+class BaseMibsUnavailable(LvsguardError, RuntimeError):
+    """The base MIB modules could not be fetched; the message has the script's reason."""
+
+
+class SnmpAgentError(LvsguardError):
+    """The agent cannot start (the message names the listen address and the reason)."""
+
+
+class ListenError(LvsguardError):
+    """The exporter cannot listen on the address it was given."""
+
+    def __init__(self, listen: str, reason: str):
+        self.listen = listen
+        super().__init__(f"cannot listen on {listen}: {reason}")
+
+
+class FifoError(LvsguardError):
+    """The notify FIFO cannot be opened; the message names it and the config key."""
+
+
+class ClientError(LvsguardError):
+    """The actuator could not be reached, or it refused or failed the request (``status``, ``body``)."""
+
+    def __init__(self, message: str, *, status: int = 0, body: Mapping[str, Any] | None = None):
+        self.status = status
+        self.body = dict(body or {})
+        super().__init__(message)
+
+
+class Unauthorized(LvsguardError):
+    """No or a wrong bearer token (401)."""
+
+
+class TokenFileError(LvsguardError):
+    """A token file or LVSGUARD_TOKEN is unusable; the message names the file and line."""

@@ -8,7 +8,9 @@ accept the same values and give node_exporter's error message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+
+from lvsguard.errors import UnknownBackendLabels
 
 LOCAL_ADDRESS = "local_address"
 LOCAL_PORT = "local_port"
@@ -31,14 +33,6 @@ BACKEND_LABELS: tuple[str, ...] = (
 )
 """Every label of an ``ipvs_backend_*`` series, in output order; ``backend_labels`` picks from these."""
 SERVICE_LABELS: tuple[str, ...] = (LOCAL_ADDRESS, LOCAL_PORT, PROTO, LOCAL_MARK, SERVICE)
-
-
-class UnknownBackendLabels(ValueError):
-    """``backend_labels`` names labels that do not exist; ``unknown`` holds them, sorted."""
-
-    def __init__(self, unknown: Sequence[str]):
-        self.unknown = sorted(unknown)
-        super().__init__(f'unknown IPVS backend labels: "{", ".join(self.unknown)}"')
 
 
 def parse_backend_labels(labels: str | Iterable[str]) -> tuple[str, ...]:

@@ -11,6 +11,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from lvsguard.errors import DNSFormatError
+
 TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33}
 TYPE_NAMES = {v: k for k, v in TYPES.items()}
 RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5}
@@ -18,10 +20,6 @@ RCODE_NAMES = {v: k for k, v in RCODES.items()}
 CLASS_IN = 1
 FLAG_RD = 0x0100
 FLAG_QR = 0x8000
-
-
-class DNSFormatError(ValueError):
-    """A DNS message that cannot be decoded."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ import functools
 import ssl
 from dataclasses import dataclass
 
+from lvsguard.errors import HTTPProtocolError
+
 MAX_BODY = 65536
 MAX_HEADER_LINES = 100
 MAX_HEAD = 65536  # bytes of status line and headers
@@ -26,10 +28,6 @@ class Response:
     reason: str
     headers: dict[str, str]  # lower-case names; the last value of a repeated header
     body: bytes
-
-
-class HTTPProtocolError(ValueError):
-    """The peer's answer is not HTTP/1.x."""
 
 
 @functools.lru_cache(maxsize=65536)

@@ -34,14 +34,10 @@ from exporter.snmp.notify import TrapSender, changes
 from exporter.snmp.settings import AgentSettings
 from exporter.snmp.snapshot import Health, RsRef, Snapshot, SnapshotProvider
 from exporter.snmp.v3 import crypto_available, make_engine
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import SnmpAgentError
 from lvsguard.model import parse_endpoint
 
 log = logging.getLogger(__name__)
-
-
-class SnmpAgentError(LvsguardError):
-    """The agent cannot start (the message names the listen address and the reason)."""
 
 
 def _transport_class(version: int) -> type[udp.UdpAsyncioTransport]:

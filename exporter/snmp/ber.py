@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lvsguard.errors import BerError
 from lvsguard.oid import MAX_SUBID, Oid, format_oid
 
 INTEGER = 0x02
@@ -40,10 +41,6 @@ REPORT = 0xA8
 MAX_OID_LENGTH = 128  # RFC 2578 section 3.5: at most 128 sub-identifiers
 MAX_UINT32 = 0xFFFFFFFF
 MAX_UINT64 = 0xFFFFFFFFFFFFFFFF
-
-
-class BerError(ValueError):
-    """The bytes are not the BER an SNMP message may contain; the message says where."""
 
 
 # --- encoding ---------------------------------------------------------------

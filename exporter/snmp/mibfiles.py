@@ -13,14 +13,12 @@ import os
 import subprocess
 from pathlib import Path
 
+from lvsguard.errors import BaseMibsUnavailable
+
 MIB_DIR = Path(__file__).resolve().parent / "mibs"
 MIB_FILE = MIB_DIR / "LVSGUARD-MIB.txt"
 MODULE = "LVSGUARD-MIB"
 FETCH_SCRIPT = MIB_DIR / "fetch-base-mibs.sh"
-
-
-class BaseMibsUnavailable(RuntimeError):
-    """The base MIB modules could not be fetched; the message has the script's reason."""
 
 
 def default_cache() -> Path:

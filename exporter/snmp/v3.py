@@ -23,7 +23,7 @@ from pysnmp.smi import error as smi_error
 from exporter.snmp.ber import MAX_UINT32, MAX_UINT64
 from exporter.snmp.mibview import MibView
 from exporter.snmp.settings import V3User
-from lvsguard.errors import LvsguardError
+from lvsguard.errors import V3Unavailable
 
 AUTH = {
     "SHA": config.USM_AUTH_HMAC96_SHA,
@@ -109,10 +109,6 @@ class ViewInstrumentation:
     def write_variables(self, *var_binds: tuple[Any, Any], **_: Any) -> list[tuple[Any, Any]]:
         name = var_binds[0][0] if var_binds else ObjectIdentifier((0, 0))
         raise smi_error.NoAccessError(name=name, idx=0)
-
-
-class V3Unavailable(LvsguardError):
-    """v3 users are configured but AES cannot work here."""
 
 
 def crypto_available() -> bool:

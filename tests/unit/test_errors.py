@@ -44,3 +44,21 @@ def test_config_error_sorts_every_problem() -> None:
         ]
     )
     assert str(exc).splitlines() == ["a.yaml:2:1: services[0].name: missing", "a.yaml:9:3: exporter.listen: bad"]
+
+
+def test_every_error_is_in_the_tree_and_the_tree_names_only_errors() -> None:
+    """The docstring's tree is the map of every public error: a class missing from it, or a name drawn there
+    that is no class of the module, fails."""
+    import inspect
+    import re
+
+    from lvsguard import errors
+
+    classes = {
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == errors.__name__
+    }
+    drawn = set(re.findall(r"[├└]── (\w+)", errors.__doc__ or "")) | {"LvsguardError"}
+    assert sorted(classes ^ drawn) == []
+    assert all(issubclass(getattr(errors, name), errors.LvsguardError) for name in classes)
