@@ -1,0 +1,211 @@
+"""``lvsguard import keepalived|ldirectord``: the table the peer builds, checks as probes, the rest as comments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lvsguard import cli, config
+from lvsguard.errors import ConfigError
+from lvsguard.model import Forward, RealServerKey, ServiceFlags, ServiceKey, VirtualService
+from lvsguard.table.importers import keepalived, ldirectord, render
+from lvsguard.table.importers._emit import Imported
+from lvsguard.table.load import load_table
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "import"
+KEEPALIVED = FIXTURES / "keepalived"
+LDIRECTORD = FIXTURES / "ldirectord"
+
+
+def imported(path: Path) -> Imported:
+    module = keepalived if path.suffix == ".conf" else ldirectord
+    return module.parse(path.read_text(), str(path))
+
+
+def output(path: Path) -> dict[str, Any]:
+    doc = yaml.safe_load(render(imported(path)))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def service(path: Path, key: str) -> VirtualService:
+    _, desired, problems = load_table(output(path))
+    assert problems == []
+    svc = desired.service(ServiceKey.parse(key))
+    assert svc is not None, f"{key} not in {[str(s.key) for s in desired]}"
+    return svc
+
+
+def names_and_probes_load(doc: dict[str, Any], name: str) -> config.Config:
+    """The config loader of today accepts the output once the table keys are taken out."""
+    doc = dict(doc)
+    doc.pop("table")
+    doc["services"] = [
+        {
+            "name": s["name"],
+            "service": s["service"],
+            "real_servers": [{"name": r["name"], "address": r["address"]} for r in s["real_servers"]],
+        }
+        for s in doc["services"]
+    ]
+    return config.loads(yaml.safe_dump(doc), name)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *(KEEPALIVED / f"{n}.conf" for n in ("nat", "dr", "tunnel-fwmark", "group")),
+        LDIRECTORD / "ldirectord.cf",
+    ],
+    ids=lambda p: p.name,
+)
+def test_output_is_a_valid_managed_config(path: Path) -> None:
+    doc = output(path)
+    settings, desired, problems = load_table(doc)
+    assert problems == [] and settings.manage and settings.prune == "owned"
+    assert desired.services == tuple(s.service for s in imported(path).services)
+    cfg = names_and_probes_load(doc, path.name)
+    assert len(cfg.services) == len(desired)
+    assert cfg.probes.default_tcp is False  # the peers check only what their config says
+
+
+def test_keepalived_nat_weights_thresholds_and_checks() -> None:
+    path = KEEPALIVED / "nat.conf"
+    svc = service(path, "TCP 192.0.2.10:80")
+    assert svc.scheduler == "wrr"
+    assert [
+        (str(rs.key), rs.forward, rs.weight, rs.upper_threshold, rs.lower_threshold) for rs in svc.real_servers
+    ] == [
+        ("10.0.1.2:80", Forward.MASQ, 3, 100, 10),
+        ("10.0.1.3:8080", Forward.MASQ, 1, 0, 0),
+    ]
+    checks = names_and_probes_load(output(path), "nat.conf").probes.checks
+    assert [(c.type, c.label, c.path, c.port, c.interval, c.timeout, c.rise, c.fall) for c in checks] == [
+        ("http", "http", "/health", None, 5.0, 2.0, 1, 3),
+        ("http", "http-2", "/ready", None, 5.0, 2.0, 1, 3),
+        ("tcp", "tcp", "/", 8081, 5.0, 5.0, 1, 3),
+        ("script", "script", "/", None, 5.0, 3.0, 1, 3),
+    ]
+    assert checks[0].statuses == (200, 201, 202, 203, 204, 301)
+    assert checks[3].command == ("/usr/local/bin/check-web", "10.0.1.3")  # misc_dynamic: lvsguard's exit codes
+
+
+def test_keepalived_dr_forces_ports_and_keeps_persistence() -> None:
+    svc = service(KEEPALIVED / "dr.conf", "TCP 192.0.2.20:443")
+    assert (svc.timeout, svc.netmask, svc.flags & ServiceFlags.PERSISTENT) == (600, 0xFFFFFF00, 1)
+    assert [str(rs.key) for rs in svc.real_servers] == ["10.0.1.4:443", "10.0.1.5:443"]  # 8443: DR keeps the VIP's
+    checks = names_and_probes_load(output(KEEPALIVED / "dr.conf"), "dr.conf").probes.checks
+    assert (checks[0].type, checks[0].host, checks[0].sni, checks[0].tls_verify) == (
+        "https",
+        "www.example.com",
+        "www.example.com",
+        False,
+    )
+    assert checks[1].command[:4] == ("/bin/sh", "-c", '"$@" || exit 1', "sh")  # no misc_dynamic: non-zero is down
+
+
+def test_keepalived_fwmark_tunnel_mh_flags_and_ipv6() -> None:
+    path = KEEPALIVED / "tunnel-fwmark.conf"
+    fwm = service(path, "FWM 7")
+    assert fwm.flags == ServiceFlags.SCHED1 | ServiceFlags.SCHED2
+    gue, ipip = fwm.real_servers
+    assert (str(gue.key), gue.tunnel_type, gue.tunnel_port, gue.tunnel_flags, gue.weight) == (
+        "10.0.1.6:0",
+        1,
+        6080,
+        1,
+        4,
+    )
+    assert (str(ipip.key), ipip.forward, ipip.tunnel_type, ipip.tunnel_port) == ("10.0.1.7:0", Forward.TUNNEL, 0, 0)
+    dns = service(path, "UDP [2001:db8::10]:53")
+    assert dns.flags == ServiceFlags.ONEPACKET | ServiceFlags.SCHED2 and dns.real_servers[0].forward is Forward.ROUTE
+
+
+def test_keepalived_group_with_an_include_is_one_service_per_entry() -> None:
+    doc = output(KEEPALIVED / "group.conf")
+    assert [s["service"] for s in doc["services"]] == ["TCP 192.0.2.30:80", "TCP 192.0.2.31:80", "TCP 192.0.2.40:8080"]
+    svc = service(KEEPALIVED / "group.conf", "TCP 192.0.2.40:8080")
+    assert [(str(rs.key), rs.weight) for rs in svc.real_servers] == [("10.0.1.2:80", 2), ("10.0.1.3:80", 1)]
+
+
+def test_keepalived_defaults_are_keepalived_s() -> None:
+    result = keepalived.parse("virtual_server 192.0.2.10 0 {\n real_server 10.0.1.2 {\n }\n}\n", "k.conf")
+    svc = result.services[0].service
+    assert (str(svc.key), svc.scheduler, svc.timeout) == ("UDP 192.0.2.10:0", "wlc", 360)
+    assert (svc.real_servers[0].forward, svc.real_servers[0].weight) == (Forward.MASQ, 1)
+    assert all(n.translated for n in result.notes)
+
+
+def test_untranslated_settings_are_comments_and_strict_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    text = render(imported(KEEPALIVED / "nat.conf"))
+    assert "# 4 settings not translated: see the comments." in text
+    assert f"# {KEEPALIVED / 'nat.conf'}:12: not translated: sorry_server 10.0.9.9 80:" in text
+    assert cli.main(["import", "keepalived", str(KEEPALIVED / "nat.conf")]) == 0
+    assert cli.main(["import", "keepalived", str(KEEPALIVED / "nat.conf"), "--strict"]) == 3
+    err = capsys.readouterr().err
+    assert f"{KEEPALIVED / 'nat.conf'}:22: not translated: HTTP_GET digest" in err
+    assert cli.main(["import", "keepalived", str(KEEPALIVED / "tunnel-fwmark.conf"), "--strict"]) == 0
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "malformed-keyword.conf",
+            [
+                "malformed-keyword.conf:6: unknown keyword 'wieght' in real_server",
+                "malformed-keyword.conf:11: lb_kind must be NAT, DR or TUN, got 'BRIDGE'",
+            ],
+        ),
+        ("malformed-include.conf", ["malformed-include.conf:4: include conf.d/missing-*.conf: no such file"]),
+        ("malformed-brace.conf", ["malformed-brace.conf:1: '{' is never closed"]),
+        ("malformed-included.conf", ["bad.inc:1: virtual_server: '192.0.2.300' is not an IP address"]),
+    ],
+    ids=["unknown-keyword", "missing-include", "unclosed-brace", "error-in-an-include"],
+)
+def test_malformed_keepalived_conf_gets_file_line_errors(
+    name: str, expected: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        imported(KEEPALIVED / name)
+    lines = str(caught.value).splitlines()
+    assert [line.removeprefix(f"{KEEPALIVED}/").removeprefix("group.d/") for line in lines] == expected
+    assert cli.main(["import", "keepalived", str(KEEPALIVED / name)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lvsguard: ") and "Traceback" not in err
+
+
+def test_ldirectord_table_and_checks() -> None:
+    path = LDIRECTORD / "ldirectord.cf"
+    web = service(path, "TCP 192.0.2.10:80")
+    assert (web.scheduler, web.timeout, web.netmask) == ("wlc", 600, 0xFFFFFF00)
+    assert [(str(r.key), r.forward, r.weight, r.upper_threshold, r.lower_threshold) for r in web.real_servers] == [
+        ("10.0.1.2:80", Forward.ROUTE, 5, 0, 0),
+        ("10.0.1.3:80", Forward.ROUTE, 2, 100, 10),
+        ("10.0.1.4:80", Forward.ROUTE, 2, 100, 10),
+    ]
+    dns = service(path, "UDP 192.0.2.10:53")
+    assert dns.real_servers[0].key == RealServerKey("10.0.1.5", 5353) and dns.scheduler == "wrr"
+    fwm = service(path, "FWM 7")
+    assert fwm.flags == ServiceFlags.SCHED1 | ServiceFlags.SCHED2 and fwm.real_servers[0].forward is Forward.TUNNEL
+    service(path, "TCP [2001:db8::10]:443")
+    checks = names_and_probes_load(output(path), "ldirectord.cf").probes.checks
+    assert [(c.type, c.path, c.body, c.host, c.port) for c in checks[:2]] == [
+        ("http", "/index.html", "Test Page", "www.example.com", None),
+        ("http", "/.healthcheck.html", "OK", "www.example.com", None),
+    ]
+    assert (checks[3].type, checks[3].query_name, checks[3].answer) == ("dns", "www.example.com", "192.0.2")
+    assert checks[4].command[-4:] == ("7", "0", "{address}", "{port}")
+    assert (checks[5].type, checks[5].port, checks[5].tls_verify) == ("https", 8443, False)
+
+
+def test_malformed_ldirectord_cf_reports_every_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        imported(LDIRECTORD / "malformed.cf")
+    assert [line.removeprefix(f"{LDIRECTORD}/") for line in str(caught.value).splitlines()] == [
+        "malformed.cf:3: real: the forwarding method must be gate, masq or ipip",
+        "malformed.cf:4: unknown setting 'frobnicate' of a virtual service",
+    ]
