@@ -29,12 +29,13 @@ from actuator.httperrors import handle_error
 from actuator.jobs import JobRunner
 from actuator.metrics import ActuatorMetrics, QuarantineCollector
 from actuator.settings import ActuatorSettings
+from lvsguard.defaults import ACTUATOR_LISTEN
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = "127.0.0.1:9911"
+DEFAULT_LISTEN = ACTUATOR_LISTEN
 MAX_BODY = 16 * 1024 * 1024  # bytes; 1 000 alerts are about 1 MB
 
 

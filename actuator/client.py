@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from actuator.auth import TokenFileError, load_tokens
+from lvsguard.defaults import ACTUATOR_URL
 from lvsguard.errors import ClientError
 from lvsguard.model import MAX_THRESHOLD, MAX_WEIGHT
 
-DEFAULT_URL = "http://127.0.0.1:9911"
+DEFAULT_URL = ACTUATOR_URL
 OK_RESULTS = ("applied", "recorded", "noop", "dry_run")
 
 

@@ -13,12 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lvsguard import __version__
+from lvsguard import __version__, defaults
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import LineHandler, set_levels
-
-DEFAULT_EXPORTER_LISTEN = "127.0.0.1:9910"
-DEFAULT_ACTUATOR_LISTEN = "127.0.0.1:9911"
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -67,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(exp)
     exp.add_argument(
-        "--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_EXPORTER_LISTEN})"
+        "--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {defaults.EXPORTER_LISTEN})"
     )
     exp.add_argument(
         "--snmp-listen",
@@ -85,13 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(act)
     act.add_argument(
-        "--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {DEFAULT_ACTUATOR_LISTEN})"
+        "--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {defaults.ACTUATOR_LISTEN})"
     )
     _add_netns(act)
     act.add_argument("--token-file", metavar="FILE", help="bearer tokens, one 'NAME:TOKEN' per line")
-    act.add_argument(
-        "--ledger", metavar="FILE", help="the SQLite ledger (default: config or /var/lib/lvsguard/actuator.db)"
-    )
+    act.add_argument("--ledger", metavar="FILE", help=f"the SQLite ledger (default: config or {defaults.LEDGER_PATH})")
     act.set_defaults(func=cmd_actuator)
 
     st = sub.add_parser(
@@ -123,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         "server's state: 'maint' while --maint-file exists, 'drain' while --drain-file exists, otherwise "
         "'up NN%' from the load (load average, CPU idle, or a command's output).",
     )
-    ag.add_argument("--listen", default=":5555", metavar="HOST:PORT", help="address to answer on (default: :5555)")
+    ag.add_argument(
+        "--listen",
+        default=defaults.AGENT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to answer on (default: {defaults.AGENT_LISTEN})",
+    )
     ag.add_argument(
         "--load",
         choices=["loadavg", "cpu", "command"],
@@ -247,7 +247,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     from exporter import main as exporter_main
 
     cfg = _load_config(args.config)
-    listen = args.listen or cfg.exporter.listen or DEFAULT_EXPORTER_LISTEN
+    listen = args.listen or cfg.exporter.listen
     netns = args.netns or cfg.director.netns
     exporter_main.serve(cfg, listen=listen, netns=netns, snmp_listen=args.snmp_listen)
     return 0
@@ -257,9 +257,10 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     from actuator import app
 
     cfg = _load_config(args.config)
+    settings = _actuator_settings(args)
     app.serve(
-        _actuator_settings(args),
-        listen=args.listen or DEFAULT_ACTUATOR_LISTEN,
+        settings,
+        listen=args.listen or settings.listen,  # actuator.listen, else defaults.ACTUATOR_LISTEN
         netns=args.netns or cfg.director.netns,
         ledger_path=args.ledger,
         reload=lambda: _actuator_settings(args),  # SIGHUP: the config and the tokens again

@@ -9,11 +9,12 @@ from yaml.nodes import Node, SequenceNode
 
 from lvsguard.config.schema import Context, Invalid, Key, Schema, choice, is_text, kind_of, list_of, listen, text
 from lvsguard.config.services import service_refs
+from lvsguard.defaults import EXPORTER_LISTEN
 from lvsguard.ipvs import SOURCES
 from lvsguard.labels import BACKEND_LABELS, UnknownBackendLabels, parse_backend_labels
 from lvsguard.model import ServiceKey
 
-DEFAULT_LISTEN = "127.0.0.1:9910"
+DEFAULT_LISTEN = EXPORTER_LISTEN
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from lvsguard.config.schema import (
     text,
 )
 from lvsguard.config.services import service_ref
+from lvsguard.defaults import ACTUATOR_URL
 from lvsguard.model import RealServerKey, ServiceKey
 
 
@@ -79,7 +80,7 @@ class PublishConfig:
     """``probes.publish``: where health transitions and weight changes go (never to IPVS directly)."""
 
     mode: str = "actuator"  # actuator (its webhook and API: the fast path) or alertmanager (its /api/v2/alerts)
-    url: str = "http://127.0.0.1:9911"
+    url: str = ACTUATOR_URL
     token_file: str = ""  # the actuator token (NAME:SECRET or SECRET); "" = $LVSGUARD_TOKEN
 
 

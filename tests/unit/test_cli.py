@@ -168,3 +168,27 @@ def test_no_traceback_reaches_the_user(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("lvsguard: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "section, flag, expected",
+    [
+        ("", [], "127.0.0.1:9911"),
+        ("  listen: 127.0.0.1:19911\n", [], "127.0.0.1:19911"),
+        ("  listen: 127.0.0.1:19911\n", ["--listen", "[::1]:9"], "[::1]:9"),
+    ],
+    ids=["default", "config-actuator-listen", "flag-wins"],
+)
+def test_actuator_listens_where_the_config_says_unless_the_flag_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str, flag: list[str], expected: str
+) -> None:
+    """``actuator.listen`` is documented as the actuator's address (``--listen`` wins); it was read by nobody."""
+    from actuator import app
+
+    served: dict[str, object] = {}
+    monkeypatch.setattr(app, "serve", lambda settings, **kwargs: served.update(kwargs))
+    monkeypatch.setenv("LVSGUARD_TOKEN", "am:" + "x" * 20)
+    cfg = tmp_path / "lvsguard.yaml"
+    cfg.write_text("actuator:\n" + (section or "  dry_run: false\n"))
+    assert main(["actuator", "--config", str(cfg), *flag]) == 0
+    assert served["listen"] == expected

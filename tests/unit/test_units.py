@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lvsguard import defaults
 from lvsguard.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,3 +160,17 @@ def test_netns_drop_in_adds_what_setns_needs() -> None:
     assert one(svc, "AmbientCapabilities") == one(svc, "CapabilityBoundingSet") == "CAP_SYS_ADMIN"
     assert one(svc, "RestrictNamespaces") == "net"
     assert one(svc, "SystemCallFilter") == "setns"
+
+
+@pytest.mark.parametrize(
+    "name, values",
+    [
+        ("lvsguard-exporter.service", [defaults.EXPORTER_LISTEN, defaults.CONFIG_PATH]),
+        ("lvsguard-actuator.service", [defaults.ACTUATOR_LISTEN, defaults.LEDGER_PATH, defaults.CONFIG_PATH]),
+        ("lvsguard-agent.service", [defaults.AGENT_LISTEN]),
+    ],
+)
+def test_the_units_name_the_defaults_of_lvsguard_defaults(name: str, values: list[str]) -> None:
+    """The addresses and paths the units' comments and command lines show are the ones the code defaults to."""
+    text = (UNITS / name).read_text()
+    assert [v for v in values if v not in text] == []
