@@ -12,10 +12,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lvsguard import __version__, defaults
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import LineHandler, set_levels
+
+if TYPE_CHECKING:
+    from lvsguard.config import Config
+    from lvsguard.config.actuator import ActuatorSettings
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -237,7 +242,7 @@ def configure_logging(level: str) -> None:
     set_levels(os.environ.get("LVSGUARD_LOG_LEVELS", ""))  # one module's level: docs/install.md, "Logs"
 
 
-def _load_config(path: Path | None):  # -> lvsguard.config.Config
+def _load_config(path: Path | None) -> Config:
     from lvsguard import config
 
     return config.load(path) if path else config.Config()
@@ -268,7 +273,7 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _actuator_settings(args: argparse.Namespace):  # -> actuator.settings.ActuatorSettings
+def _actuator_settings(args: argparse.Namespace) -> ActuatorSettings:
     """The actuator's settings from the config and the tokens (LVSGUARD_TOKEN, --token-file)."""
     import dataclasses
 

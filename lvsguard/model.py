@@ -274,6 +274,6 @@ def fast_constructor(cls: type[T]) -> Callable[..., T]:
     )
     namespace: dict[str, Any] = {"cls": cls}
     exec(src, namespace)
-    make = namespace["make"]
+    make: Callable[..., T] = namespace["make"]
     make.__doc__ = f"Build a {cls.__name__} from positional field values (no validation)."
     return make

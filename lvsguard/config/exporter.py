@@ -10,8 +10,9 @@ from yaml.nodes import Node, SequenceNode
 from lvsguard.config.schema import Context, Invalid, Key, Schema, choice, is_text, kind_of, list_of, listen, text
 from lvsguard.config.services import service_refs
 from lvsguard.defaults import EXPORTER_LISTEN
+from lvsguard.errors import UnknownBackendLabels
 from lvsguard.ipvs import SOURCES
-from lvsguard.labels import BACKEND_LABELS, UnknownBackendLabels, parse_backend_labels
+from lvsguard.labels import BACKEND_LABELS, parse_backend_labels
 from lvsguard.model import ServiceKey
 
 DEFAULT_LISTEN = EXPORTER_LISTEN

@@ -95,7 +95,8 @@ def loads(text: str, filename: str = "<string>") -> Config:
         loader.dispose()
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    return config
+    loaded: Config = config
+    return loaded
 
 
 def _reader_problem(filename: str, text: str, exc: yaml.reader.ReaderError) -> ConfigProblem:

@@ -197,7 +197,8 @@ CHECK = Schema(
 
 def check_entry(node: Node, path: str, ctx: Context) -> CheckConfig:
     """One check: the common keys, then only the keys of its type; a real server by name or address."""
-    value, pairs, values = record(node, path, CHECK, ctx)
+    built, pairs, values = record(node, path, CHECK, ctx)
+    value: CheckConfig = built
     kind = values.get("type")
     ok = value is not FAILED
     if kind is not None:

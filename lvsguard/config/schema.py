@@ -280,7 +280,8 @@ def scalar_text(node: Node) -> str:
     if not is_text(node):
         quote = " (quote it to make it a string)" if isinstance(node, ScalarNode) else ""
         raise Invalid(f"must be a string, got {kind_of(node)}{quote}")
-    return node.value
+    value: str = node.value
+    return value
 
 
 # --- value parsers ------------------------------------------------------------------

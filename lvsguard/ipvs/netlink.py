@@ -152,7 +152,7 @@ DAEMON_STATES = {v: k for k, v in DAEMON_ROLES.items()}
 
 PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOL_NUMBERS.items()}
-FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
+FAMILIES: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 6}  # address family -> IP version
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 FORWARDS = tuple(sorted(Forward, key=lambda f: f.value))  # index = IP_VS_CONN_F_FWD_MASK value
 

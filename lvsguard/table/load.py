@@ -390,7 +390,9 @@ def real_server_name(key: RealServerKey) -> str:
     return f"{key.address.replace(':', '-')}-{key.port}"
 
 
-def service_mapping(svc: VirtualService, name: str = "", names: Mapping[RealServerKey, str] | None = None) -> dict:
+def service_mapping(
+    svc: VirtualService, name: str = "", names: Mapping[RealServerKey, str] | None = None
+) -> dict[str, Any]:
     """The canonical YAML mapping of a desired service: every setting that is not its default."""
     names = names or {}
     out: dict[str, Any] = {"name": name or service_name(svc.key), "service": str(svc.key), "scheduler": svc.scheduler}

@@ -32,7 +32,6 @@ MYPY_KNOWN = {
     "exporter/probes/icmp.py": 5,
     "exporter/probes/plan.py": 1,
     "exporter/snmp/feeds.py": 1,
-    "lvsguard/ipvs/netlink.py": 2,
 }
 
 
