@@ -372,6 +372,8 @@ def _tunnel(value: Any, path: str, problems: _Problems) -> tuple[int, int, int]:
         checksum = "nocsum"
     elif kind == "ipip" and checksum != "nocsum":
         problems.add(f"{path}.checksum", "applies to gue and gre tunnels only")
+    elif kind == "gre" and checksum == "remcsum":
+        problems.add(f"{path}.checksum", "remcsum (remote checksum offload) is for gue tunnels only")
     return TUNNEL_TYPES[kind], port, TUNNEL_CHECKSUMS[checksum]
 
 

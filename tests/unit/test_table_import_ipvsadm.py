@@ -58,3 +58,18 @@ def test_malformed_lines_are_all_reported_with_file_and_line() -> None:
         "ipvsadm-malformed.save:4: -w must be 0..65535, got 'heavy'",
         "ipvsadm-malformed.save:5: unknown option '--frobnicate'",
     ]
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ("-i --tun-type gre --tun-remcsum", "--tun-remcsum does not apply to a gre tunnel"),
+        ("-i --tun-csum", "--tun-csum does not apply to a ipip tunnel"),
+        ("-i --tun-type gue", "a gue tunnel needs --tun-port"),
+    ],
+    ids=["remcsum-gre", "csum-ipip", "gue-without-port"],
+)
+def test_tunnel_options_ipvsadm_refuses_are_refused(rule: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(f"-A -f 1\n-a -f 1 -r 10.0.1.2:0 {rule}\n", "t")
+    assert parse("-A -f 1\n-a -f 1 -r 10.0.1.2:0 -i --tun-type ipip --tun-nocsum\n").services

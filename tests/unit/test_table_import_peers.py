@@ -209,3 +209,21 @@ def test_malformed_ldirectord_cf_reports_every_line() -> None:
         "malformed.cf:3: real: the forwarding method must be gate, masq or ipip",
         "malformed.cf:4: unknown setting 'frobnicate' of a virtual service",
     ]
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("TUN type gre remcsum", "remcsum is for gue tunnels only"),
+        ("TUN type gue", "a gue tunnel needs its port"),
+        ("TUN csum", "checksum options are for gue and gre tunnels"),
+        ("DR type gue port 1", "lvs_method DR takes no tunnel options"),
+    ],
+    ids=["remcsum-gre", "gue-without-port", "csum-ipip", "options-on-dr"],
+)
+def test_keepalived_tunnel_options_the_kernel_refuses_are_errors(method: str, message: str) -> None:
+    text = (
+        f"virtual_server 192.0.2.10 80 {{\n protocol TCP\n real_server 10.0.1.2 80 {{\n  lvs_method {method}\n }}\n}}\n"
+    )
+    with pytest.raises(ConfigError, match=f"k.conf:4: (lvs_method: )?{message}"):
+        keepalived.parse(text, "k.conf")

@@ -112,8 +112,20 @@ def test_bad_service_keys_are_named(entry: dict[str, Any], expected: tuple[str, 
             ("services[0].real_servers[0].tunnel.port", "needs the port"),
         ),
         ({"address": "[2001:db8::2]:80"}, ("services[0].real_servers[0].address", "needs forward: tunnel")),
+        (
+            {"forward": "tunnel", "tunnel": {"type": "gre", "checksum": "remcsum"}},
+            ("services[0].real_servers[0].tunnel.checksum", "for gue tunnels only"),
+        ),
     ],
-    ids=["negative-weight", "boolean-weight", "thresholds", "tunnel-not-tunnel", "gue-no-port", "mixed-family"],
+    ids=[
+        "negative-weight",
+        "boolean-weight",
+        "thresholds",
+        "tunnel-not-tunnel",
+        "gue-no-port",
+        "mixed-family",
+        "remcsum-gre",
+    ],
 )
 def test_bad_real_server_keys_are_named(server: dict[str, Any], expected: tuple[str, str]) -> None:
     entry = {"name": "rs", "address": "10.0.1.2:80", **server}

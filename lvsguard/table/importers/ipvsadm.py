@@ -217,6 +217,10 @@ def _real_server(rule: _Rule, service: ServiceKey) -> RealServer:
     kind = rule.values.get("tun_type", "ipip")
     if kind not in TUNNEL_TYPES:
         raise _Bad(f"--tun-type must be one of {', '.join(TUNNEL_TYPES)}, got {kind!r}")
+    if rule.checksum in ("csum", "remcsum") and kind == "ipip" or rule.checksum == "remcsum" and kind != "gue":
+        raise _Bad(f"--tun-{rule.checksum} does not apply to a {kind} tunnel")
+    if kind == "gue" and "tun_port" not in rule.values:
+        raise _Bad("a gue tunnel needs --tun-port")
     return make_real_server(
         RealServerKey(address, port, family),
         forward,

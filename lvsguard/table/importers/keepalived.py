@@ -532,6 +532,12 @@ class _Translator:
                 raise _Bad(node.file, node.line, f"{node.keyword}: unexpected {word!r}")
         if method != "TUN" and words:
             raise _Bad(node.file, node.line, f"{node.keyword} {method} takes no tunnel options")
+        if tun_flags and tun_type == TUNNEL_TYPES["ipip"]:
+            raise _Bad(node.file, node.line, f"{node.keyword}: checksum options are for gue and gre tunnels")
+        if tun_flags == TUNNEL_CHECKSUMS["remcsum"] and tun_type != TUNNEL_TYPES["gue"]:
+            raise _Bad(node.file, node.line, f"{node.keyword}: remcsum is for gue tunnels only")
+        if tun_type == TUNNEL_TYPES["gue"] and not tun_port:
+            raise _Bad(node.file, node.line, f"{node.keyword}: a gue tunnel needs its port")
         return FORWARDS[method], tun_type, tun_port, tun_flags
 
     def check_default(self, node: Node, defaults: _CheckDefaults, notes: list[Note]) -> None:
