@@ -23,9 +23,9 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from actuator.auth import TokenFileError, load_tokens
+from actuator.auth import load_tokens
 from lvsguard.defaults import ACTUATOR_URL
-from lvsguard.errors import ClientError
+from lvsguard.errors import ClientError, TokenFileError
 from lvsguard.model import MAX_THRESHOLD, MAX_WEIGHT
 
 DEFAULT_URL = ACTUATOR_URL

@@ -26,7 +26,6 @@ from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.entity import config as pysnmp_config
 from pysnmp.entity import engine as pysnmp_engine
 
-from exporter.snmp.ber import BerError
 from exporter.snmp.fastpath import VERSION_V3, AgentStats, V2cResponder, peek_version
 from exporter.snmp.layout import Counters, FirstSeen, Uptime, build_subtrees
 from exporter.snmp.mibview import MibView
@@ -34,7 +33,7 @@ from exporter.snmp.notify import TrapSender, changes
 from exporter.snmp.settings import AgentSettings
 from exporter.snmp.snapshot import Health, RsRef, Snapshot, SnapshotProvider
 from exporter.snmp.v3 import crypto_available, make_engine
-from lvsguard.errors import SnmpAgentError
+from lvsguard.errors import BerError, SnmpAgentError
 from lvsguard.model import parse_endpoint
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from exporter.snmp import ber
-from exporter.snmp.ber import BerError, Oid
 from exporter.snmp.mibview import END_OF_MIB_VIEW, NO_SUCH_INSTANCE, NO_SUCH_OBJECT, MibView, exception_varbind
 from exporter.snmp.settings import MAX_RESPONSE_SIZE
+from lvsguard.errors import BerError
+from lvsguard.oid import Oid
 
 VERSION_V1, VERSION_V2C, VERSION_V3 = 0, 1, 3
 
