@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
-from actuator.actions import Actions, Actor, Outcome, Session
+from actuator.actions import Actions, Actor, Outcome, Result, Source
 from actuator.auth import read_only, require_token
 from actuator.failover import read_role_file, read_track_file
 from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger, locked_ledger
@@ -34,21 +32,20 @@ from lvsguard.model import (
     RealServerKey,
     ServiceKey,
     Stats,
-    SyncDaemon,
     VirtualService,
 )
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 RESULT_STATUS = {
-    "applied": 200,
-    "recorded": 200,
-    "noop": 200,
-    "dry_run": 200,
-    "refused": 409,
-    "not_found": 404,
-    "drift": 409,
-    "error": 502,
+    Result.APPLIED: 200,
+    Result.RECORDED: 200,
+    Result.NOOP: 200,
+    Result.DRY_RUN: 200,
+    Result.REFUSED: 409,
+    Result.NOT_FOUND: 404,
+    Result.DRIFT: 409,
+    Result.ERROR: 502,
 }
 """HTTP status of each outcome; a refusal that time lifts (hold-down, rate limit) is 429."""
 
@@ -128,7 +125,7 @@ def weight_of(body: dict[str, Any], default: Any = ...) -> int:
 
 
 def _actor() -> Actor:
-    source = "cli" if request.headers.get("X-Lvsguard-Client", "").lower() == "cli" else "api"
+    source = Source.CLI if request.headers.get("X-Lvsguard-Client", "").lower() == "cli" else Source.API
     return Actor(source, g.token_name)
 
 
@@ -147,7 +144,7 @@ def reply(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
     if outcome.retry_after is not None:
         status = 429
         headers["Retry-After"] = str(max(1, math.ceil(outcome.retry_after)))
-    if outcome.result == "applied" and outcome.job_id is not None and outcome.action == "drain":
+    if outcome.result == Result.APPLIED and outcome.job_id is not None and outcome.action == "drain":
         status = 202
     if status >= 400:
         body["error"] = outcome.message
@@ -322,7 +319,12 @@ def _service_json(
 @bp.get("/services")
 @read_only
 def services() -> dict[str, Any]:
-    table = _actions().kernel.read()
+    return services_json()
+
+
+def services_json() -> dict[str, Any]:
+    """The kernel table with names, holds and probe state (``GET /services``; the console's pages)."""
+    table = _actions().read_table()
     ledger = get_ledger()
     holds: dict[Target, list[Hold]] = {}
     for hold in ledger.active_holds():
@@ -388,22 +390,19 @@ def audit() -> dict[str, Any]:
     return {"events": [audit_json(e) for e in get_ledger().audit_events(limit=_limit(), after=int(after))]}
 
 
-@runtime_checkable
-class _SyncDaemonReader(Protocol):
-    """A kernel that reads the sync daemons alone (``NetlinkIPVS``, the tests' fake)."""
-
-    def sync_daemons(self) -> tuple[SyncDaemon, ...]: ...
-
-
 @bp.get("/director")
 @read_only
 def director() -> dict[str, Any]:
+    return director_json()
+
+
+def director_json() -> dict[str, Any]:
+    """This director's role, failover requests and sync daemons (``GET /director``; the console's pages)."""
     settings = _settings()
     role = read_role_file(settings.role_file) if settings.role_file else "unknown"
-    kernel = _actions().kernel
     # The peer director's failover check asks this at every failover: one netlink
     # request for the sync daemons, not a read of the whole table, whose cost grows with it.
-    daemons = kernel.sync_daemons() if isinstance(kernel, _SyncDaemonReader) else kernel.read().sync_daemons
+    daemons = _actions().sync_daemons()
     path = settings.failover_track_file
     failovers = get_ledger().active_failovers()
     return {
@@ -453,8 +452,7 @@ def quarantine() -> Any:
     target = target_of(body)
     reason = _field(body, "reason", str, "")
     force = _field(body, "force", bool, False)
-    with _actions().session(get_ledger()) as s:
-        return reply(s.hold(target, _actor(), action="quarantine", reason=reason, force=force))
+    return reply(_actions().hold(get_ledger(), target, _actor(), action="quarantine", reason=reason, force=force))
 
 
 @bp.post("/restore")
@@ -464,8 +462,7 @@ def restore() -> Any:
     target = target_of(body)
     scope = "all" if _field(body, "all_holders", bool, False) else "own"
     force = _field(body, "force", bool, False)
-    with _actions().session(get_ledger()) as s:
-        return reply(s.release(target, _actor(), scope=scope, force=force))
+    return reply(_actions().release(get_ledger(), target, _actor(), scope=scope, force=force))
 
 
 @bp.post("/drain")
@@ -479,12 +476,17 @@ def drain() -> Any:
     delete = _field(body, "delete", bool, False)
     reason = _field(body, "reason", str, "")
     force = _field(body, "force", bool, False)
-    with _actions().session(get_ledger()) as s:
-        return reply(
-            s.hold(
-                target, _actor(), action="drain", reason=reason, force=force, drain_timeout=timeout, drain_delete=delete
-            )
-        )
+    outcome = _actions().hold(
+        get_ledger(),
+        target,
+        _actor(),
+        action="drain",
+        reason=reason,
+        force=force,
+        drain_timeout=timeout,
+        drain_delete=delete,
+    )
+    return reply(outcome)
 
 
 @bp.post("/weight")
@@ -494,8 +496,7 @@ def weight() -> Any:
     target = target_of(body)
     value = weight_of(body)
     force = _field(body, "force", bool, False)
-    with _actions().session(get_ledger()) as s:
-        return reply(s.set_weight(target, value, _actor(), force=force))
+    return reply(_actions().set_weight(get_ledger(), target, value, _actor(), force=force))
 
 
 @bp.post("/add")
@@ -514,33 +515,19 @@ def add() -> Any:
     for name, value_ in (("upper_threshold", upper), ("lower_threshold", lower)):
         if not 0 <= value_ < 2**32:
             raise ApiError(400, f"must be 0..4294967295, got {value_}", name)
-    with _actions().session(get_ledger()) as s:
-        try:
-            outcome = s.add(
-                target, _actor(), weight=value, forward=forward, upper_threshold=upper, lower_threshold=lower
-            )
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "forward") from None
-        return reply(outcome)
+    try:
+        outcome = _actions().add(
+            get_ledger(), target, _actor(), weight=value, forward=forward, upper_threshold=upper, lower_threshold=lower
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "forward") from None
+    return reply(outcome)
 
 
-@contextmanager
-def _failover_session() -> Iterator[Session]:
-    """A session on the app's one warm ledger connection (``locked_ledger``), as the webhook's.
-
-    A failover's time to the track file counts: this thread's own connection may
-    be cold (opened on first use, or re-reading the pages other connections
-    changed), which costs a few dozen system calls, each slow in a VM.
-    """
-    actions = _actions()
-    with actions.lock:
-        ledger = locked_ledger()
-        try:
-            with actions.session(ledger) as session:
-                yield session
-        finally:
-            if ledger.conn.in_transaction:  # a commit that failed: the next request starts clean
-                ledger.rollback()
+# A failover runs on the app's one warm ledger connection (``locked_ledger``), as the webhook's
+# sessions do: its time to the track file counts, and this thread's own connection may be cold
+# (opened on first use, or re-reading the pages other connections changed), which costs a few
+# dozen system calls, each slow in a VM.
 
 
 @bp.post("/failover")
@@ -548,8 +535,7 @@ def _failover_session() -> Iterator[Session]:
 def failover() -> Any:
     body = _body()
     reason = _field(body, "reason", str, "")
-    with _failover_session() as s:
-        return reply(s.failover(_actor(), reason=reason))
+    return reply(_actions().failover(locked_ledger, _actor(), reason=reason))
 
 
 @bp.post("/failover/release")
@@ -557,8 +543,7 @@ def failover() -> Any:
 def failover_release() -> Any:
     body = _body()
     scope = "all" if _field(body, "all_holders", bool, False) else "own"
-    with _failover_session() as s:
-        return reply(s.end_failover(_actor(), scope=scope))
+    return reply(_actions().end_failover(locked_ledger, _actor(), scope=scope))
 
 
 @bp.post("/remove")
@@ -567,5 +552,4 @@ def remove() -> Any:
     body = _body()
     target = target_of(body)
     force = _field(body, "force", bool, False)
-    with _actions().session(get_ledger()) as s:
-        return reply(s.remove(target, _actor(), force=force))
+    return reply(_actions().remove(get_ledger(), target, _actor(), force=force))

@@ -195,7 +195,9 @@ def peer_problem(url: str, timeout: float = PEER_TIMEOUT) -> str | None:
 
 
 def _director_problem(director: object, where: str) -> str | None:
-    role = director.get("role") if isinstance(director, dict) else None
+    if not isinstance(director, dict):
+        return f"the peer director is in an unknown state, not backup ({where})"
+    role = director.get("role")
     if role != "backup":
         return f"the peer director is {role or 'in an unknown state'}, not backup ({where})"
     failover = director.get("failover")

@@ -29,7 +29,7 @@ from lvsguard.errors import (
     PolicyRefused,
 )
 
-log = logging.getLogger("lvsguard.actuator")
+log = logging.getLogger(__name__)
 
 ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (PayloadError, 400),

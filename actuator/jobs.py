@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from actuator.actions import Actions
+from actuator.actions import Actions, Result
 from actuator.ledger import Ledger
 from lvsguard.logs import event
 
@@ -35,7 +35,7 @@ class JobRunner:
         self._stop = threading.Event()
         self._threads: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
-        actions.start_job = self.start
+        actions.on_new_job(self.start)
 
     def start(self, job_id: int) -> None:
         """Run a job in its own thread (before ``begin``: remember it)."""
@@ -57,7 +57,7 @@ class JobRunner:
             for outcome in self.actions.reconcile(ledger):
                 event(
                     log,
-                    logging.WARNING if outcome.result == "drift" else logging.INFO,
+                    logging.WARNING if outcome.result == Result.DRIFT else logging.INFO,
                     "reconcile",
                     result=outcome.result,
                     target=outcome.target,
@@ -108,7 +108,7 @@ class JobRunner:
                             message=outcome.message,
                         )
                     for outcome in self.actions.retry_pending(ledger, cached=True):
-                        if outcome.result != "refused":
+                        if outcome.result != Result.REFUSED:
                             event(
                                 log,
                                 logging.INFO,

@@ -175,6 +175,11 @@ class Ledger:
         self._now = None
         self.conn.execute("ROLLBACK")
 
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (a commit that failed leaves one: roll it back before the next)."""
+        return self.conn.in_transaction
+
     def now(self) -> float:
         """The open transaction's time, else the clock's."""
         return self.clock() if self._now is None else self._now

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from actuator.ledger import Ledger
 from actuator.settings import Names
+from actuator.states import BackendState, Result, Source
 from lvsguard.labels import mark_label
 from lvsguard.model import FWM
 
@@ -56,7 +57,7 @@ class QuarantineCollector(Collector):
         ledger = Ledger.open(self.ledger_path, create=False)
         try:
             for backend in ledger.backends():
-                if backend.state == "out":
+                if backend.state == BackendState.OUT:
                     quarantined.add_metric(self._labels(backend.target), 1)
             counts: dict[tuple[str, ...], int] = {}
             for hold in ledger.active_holds():
@@ -85,8 +86,8 @@ class QuarantineCollector(Collector):
 
 
 ZERO_ACTIONS = ("quarantine", "restore", "drain")
-ZERO_RESULTS = ("applied", "refused", "error")
-ZERO_SOURCES = ("alertmanager", "api")
+ZERO_RESULTS = (Result.APPLIED, Result.REFUSED, Result.ERROR)
+ZERO_SOURCES = (Source.ALERTMANAGER, Source.API)
 ZERO_REFUSALS = (
     ("quarantine", "quorum"),
     ("quarantine", "rate_limit"),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from actuator.actions import RESULTS
 from actuator.policy import REASONS
+from actuator.states import RESULTS, Result
 from lvsguard import __version__
 
 S = dict[str, Any]
@@ -341,7 +341,7 @@ SCHEMAS: S = {
             "alertname": STR,
             "status": {"type": "string", "enum": ["firing", "resolved"]},
             "action": STR,
-            "result": {"type": "string", "enum": [*RESULTS, "ignored", "invalid_target"]},
+            "result": {"type": "string", "enum": [r.value for r in Result]},
             "message": STR,
             "reason": STR,
             "service": STR,
@@ -505,7 +505,7 @@ ERROR_RESPONSES: S = {
 
 def _paths() -> S:
     paths: S = {}
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     for path, (summary, schema) in BODIES.items():
         outcome = _json(_ref("Outcome"), "the outcome")
         paths[path] = {

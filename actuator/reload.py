@@ -31,12 +31,13 @@ def apply(app: Flask, new: ActuatorSettings) -> list[str]:
     if new.ledger_path != old.ledger_path:  # the open ledger stays: holds and jobs are in it
         needs_restart.append("actuator.ledger")
         new = dataclasses.replace(new, ledger_path=old.ledger_path)
-    with state.actions.lock:
-        state.actions.settings = new
-        state.actions.policy.settings = new  # same Policy: its rate-limit window carries over
+
+    def swap() -> None:
         app.config["LVSGUARD_SETTINGS"] = new
         if state.quarantine is not None:
             state.quarantine.names = new.names
+
+    state.actions.replace_settings(new, also=swap)  # same Policy: its rate-limit window carries over
     return needs_restart
 
 

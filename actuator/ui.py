@@ -4,7 +4,7 @@ Why a console when there is an API: at 3 a.m. an operator wants one page that
 shows what the kernel does right now and lets them act without composing curl
 calls. Every action here goes through the same code as ``/api/v1``: the request
 is turned into the API's body, parsed by the API's own helpers, and handed to
-the same :class:`actuator.actions.Session` methods, so the safety rules, the
+the same :class:`actuator.actions.Actions` calls, so the safety rules, the
 ledger and the audit trail apply unchanged (the actor's source is ``ui``).
 
 Security:
@@ -55,11 +55,12 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
 from actuator import api
-from actuator.actions import Actions, Actor, Outcome
+from actuator.actions import Actions, Actor, Outcome, Result, Source
 from actuator.auth import LoginLimiter, token_name
 from actuator.httperrors import error_status
 from actuator.ledger import get_ledger
 from actuator.settings import ActuatorSettings
+from actuator.states import HoldKind
 from actuator.targets import Target
 from lvsguard.errors import ApiError, LvsguardError, UiError
 from lvsguard.logs import event
@@ -81,14 +82,14 @@ LOGIN_FAILURES = 5  # failed logins per client address ...
 LOGIN_PER = 60.0  # ... in any this many seconds, then 429 until the oldest is that old
 
 RESULT_WORDS = {
-    "applied": "Done",
-    "recorded": "Recorded",
-    "noop": "Nothing to do",
-    "dry_run": "Dry run (nothing written)",
-    "refused": "Refused by the safety rules",
-    "not_found": "Not found",
-    "drift": "Left alone (weight changed by hand)",
-    "error": "The kernel failed",
+    Result.APPLIED: "Done",
+    Result.RECORDED: "Recorded",
+    Result.NOOP: "Nothing to do",
+    Result.DRY_RUN: "Dry run (nothing written)",
+    Result.REFUSED: "Refused by the safety rules",
+    Result.NOT_FOUND: "Not found",
+    Result.DRIFT: "Left alone (weight changed by hand)",
+    Result.ERROR: "The kernel failed",
 }
 """What each outcome means to an operator; the outcome's own message follows."""
 
@@ -297,8 +298,8 @@ def rate(value: float, unit: str = "") -> str:
 
 def live_view() -> Live:
     """Services and director as ``/api/v1/services`` and ``/api/v1/director`` give them, plus the shares."""
-    table = api.services.__wrapped__()  # type: ignore[attr-defined]  # the API view without its token check
-    director = api.director.__wrapped__()  # type: ignore[attr-defined]
+    table = api.services_json()
+    director = api.director_json()
     values: dict[str, str] = {"probes": probes_note(table["probes"])}
     chart: dict[str, dict[str, float]] = {}
     for svc in table["services"]:
@@ -370,7 +371,7 @@ def probes_note(probes: dict[str, Any]) -> str:
 
 
 def _holder(hold: dict[str, Any]) -> str:
-    if hold["kind"] == "alert":
+    if hold["kind"] == HoldKind.ALERT:
         return f"alert {hold['alertname'] or hold['holder']}"
     return f"{hold['holder']} ({hold['source']}, {hold['action']})"
 
@@ -522,37 +523,40 @@ def parse_action(action: str, body: dict[str, Any]) -> ActionRequest:
 
 def run_action(req: ActionRequest, actor: Actor) -> Outcome:
     """Hand a checked request to the action layer, as the API's view of the same action does."""
-    body, target = req.body, req.target
-    with _actions().session(get_ledger()) as s:
-        if req.action == "quarantine":
-            return s.hold(target, actor, action="quarantine", reason=body["reason"], force=body["force"])
-        if req.action == "drain":
-            return s.hold(
-                target,
-                actor,
-                action="drain",
-                reason=body["reason"],
-                force=body["force"],
-                drain_timeout=req.timeout,
-                drain_delete=body["delete"],
-            )
-        if req.action == "restore":
-            return s.release(target, actor, scope="all" if body["all_holders"] else "own", force=body["force"])
-        if req.action == "weight":
-            return s.set_weight(target, req.weight or 0, actor, force=body["force"])
-        if req.action == "remove":
-            return s.remove(target, actor, force=body["force"])
-        try:
-            return s.add(
-                target,
-                actor,
-                weight=req.weight if req.weight is not None else 1,
-                forward=req.forward,
-                upper_threshold=body["upper_threshold"],
-                lower_threshold=body["lower_threshold"],
-            )
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "forward") from None
+    body, target, actions, ledger = req.body, req.target, _actions(), get_ledger()
+    if req.action == "quarantine":
+        return actions.hold(ledger, target, actor, action="quarantine", reason=body["reason"], force=body["force"])
+    if req.action == "drain":
+        return actions.hold(
+            ledger,
+            target,
+            actor,
+            action="drain",
+            reason=body["reason"],
+            force=body["force"],
+            drain_timeout=req.timeout,
+            drain_delete=body["delete"],
+        )
+    if req.action == "restore":
+        return actions.release(
+            ledger, target, actor, scope="all" if body["all_holders"] else "own", force=body["force"]
+        )
+    if req.action == "weight":
+        return actions.set_weight(ledger, target, req.weight or 0, actor, force=body["force"])
+    if req.action == "remove":
+        return actions.remove(ledger, target, actor, force=body["force"])
+    try:
+        return actions.add(
+            ledger,
+            target,
+            actor,
+            weight=req.weight if req.weight is not None else 1,
+            forward=req.forward,
+            upper_threshold=body["upper_threshold"],
+            lower_threshold=body["lower_threshold"],
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "forward") from None
 
 
 def describe(action: str, body: dict[str, Any]) -> str:
@@ -585,7 +589,7 @@ def action() -> Any:
         req = parse_action(form["action"], body)  # a bad field is reported before the confirmation
         if form.get("confirmed") != "yes":
             return render_template("ui/confirm.html", question=describe(req.action, body), form=form, back=back)
-        outcome = run_action(req, Actor("ui", g.token_name))
+        outcome = run_action(req, Actor(Source.UI, g.token_name))
     except (UiError, ApiError) as exc:
         message = exc.message if isinstance(exc, ApiError) else str(exc)
         field = exc.path if isinstance(exc, ApiError) else exc.field
@@ -593,11 +597,11 @@ def action() -> Any:
         return redirect(back)
     flash(
         f"{RESULT_WORDS.get(outcome.result, outcome.result)}: {outcome.message}",
-        "ok" if outcome.result in ("applied", "recorded", "noop", "dry_run") else "error",
+        "ok" if outcome.result in (Result.APPLIED, Result.RECORDED, Result.NOOP, Result.DRY_RUN) else "error",
     )
     if outcome.action == "drain" and outcome.job_id is not None:
         return redirect(url_for("ui.jobs_page", job=outcome.job_id))
-    if outcome.action == "remove" and outcome.result == "applied":
+    if outcome.action == "remove" and outcome.result == Result.APPLIED:
         return redirect(url_for("ui.service_page", s=body["service"]))
     return redirect(back)
 

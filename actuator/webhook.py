@@ -21,11 +21,12 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
-from actuator.actions import Actions, Actor, Outcome, Session
+from actuator.actions import Actions, Actor, Batch, Outcome, Result, Source
 from actuator.auth import require_token
 from actuator.ledger import locked_ledger
 from actuator.settings import ACTIONS, ActuatorSettings
@@ -42,6 +43,8 @@ FINGERPRINT = re.compile(r"[0-9A-Za-z_.:-]{1,128}")
 STATUSES = ("firing", "resolved")
 PRELOAD_TABLE = 8
 """With more alerts than this in one payload, read the whole table once instead of per service."""
+NOTHING_HELD = Outcome("restore", None, Result.NOOP, "this alert holds nothing")
+"""The reply to a resolved alert that held nothing (not audited, not counted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,105 +171,52 @@ def parse_payload(obj: Any) -> Notification:
     )
 
 
-def handle_alert(session: Session, settings: ActuatorSettings, alert: Alert) -> dict[str, Any]:
-    """Apply or undo one alert; the reply entry says what happened to it."""
-    actor = Actor("alertmanager", alert.fingerprint, alert.alertname)
-    base = {"fingerprint": alert.fingerprint, "alertname": alert.alertname, "status": alert.status}
+def handle_alert(batch: Batch, settings: ActuatorSettings, alert: Alert) -> list[Outcome]:
+    """Apply or undo one alert; the first outcome is the reply's, the rest its ``others``."""
+    actor = Actor(Source.ALERTMANAGER, alert.fingerprint, alert.alertname)
     if alert.status == "resolved":
-        return {**base, **_resolve(session, actor)}
+        return batch.resolve(actor) or [NOTHING_HELD]
     action, rule = settings.action_for(alert.labels)
     label = alert.labels.get("lvsguard_action", "")
     if rule is None and label and label not in ACTIONS:
-        return {
-            **base,
-            **_ignored(session, actor, "none", f"label lvsguard_action={label!r} is not one of {', '.join(ACTIONS)}"),
-        }
+        message = f"label lvsguard_action={label!r} is not one of {', '.join(ACTIONS)}"
+        return [batch.ignore(actor, "none", message, Result.IGNORED)]
     if action == "none":
-        return {**base, **_ignored(session, actor, "none", "no rule matches and no lvsguard_action label", audit=False)}
+        return [
+            batch.ignore(actor, "none", "no rule matches and no lvsguard_action label", Result.IGNORED, audit=False)
+        ]
+    reason = alert.annotations.get("summary", "") or alert.alertname
     if action == "failover":
-        return {
-            **base,
-            **_result(session.failover(actor, reason=alert.annotations.get("summary", "") or alert.alertname)),
-        }
+        return [batch.failover(actor, reason=reason)]
     try:
         target = target_from_labels(alert.labels, settings.names)
     except TargetError as exc:
-        return {**base, **_ignored(session, actor, action, str(exc), result="invalid_target")}
-    reason = alert.annotations.get("summary", "") or alert.alertname
+        return [batch.ignore(actor, action, str(exc), Result.INVALID_TARGET)]
     if action == "restore":
-        outcome = session.release(target, actor, scope="alerts")
-    else:
-        timeout = rule.drain_timeout if rule is not None else None
-        delete = rule.drain_delete if rule is not None else False
-        outcome = session.hold(target, actor, action=action, reason=reason, drain_timeout=timeout, drain_delete=delete)
-    return {**base, **_result(outcome)}
+        return [batch.release(target, actor, scope="alerts")]
+    timeout = rule.drain_timeout if rule is not None else None
+    delete = rule.drain_delete if rule is not None else False
+    return [batch.hold(target, actor, action=action, reason=reason, drain_timeout=timeout, drain_delete=delete)]
 
 
-def _handle_one(session: Session, settings: ActuatorSettings, alert: Alert) -> dict[str, Any]:
+def _handle_one(settings: ActuatorSettings, batch: Batch, alert: Alert) -> list[Outcome]:
     """One alert; a kernel error about its real server is its own result, not the batch's."""
     try:
-        return handle_alert(session, settings, alert)
+        return handle_alert(batch, settings, alert)
     except (IPVSUnavailable, NotPermitted):
         raise  # the whole kernel is out of reach: 503, Alertmanager retries
     except KernelError as exc:
-        base = {"fingerprint": alert.fingerprint, "alertname": alert.alertname, "status": alert.status}
-        actor = Actor("alertmanager", alert.fingerprint, alert.alertname)
-        return {**base, **_ignored(session, actor, settings.action_for(alert.labels)[0], str(exc), result="error")}
+        actor = Actor(Source.ALERTMANAGER, alert.fingerprint, alert.alertname)
+        return [batch.ignore(actor, settings.action_for(alert.labels)[0], str(exc), Result.ERROR)]
 
 
-def _resolve(session: Session, actor: Actor) -> dict[str, Any]:
-    """Release every hold of this fingerprint (whatever the rules say now)."""
-    holds = session.ledger.holds_of("alert", actor.name)
-    outcomes = [session.release(h.target, actor) for h in holds]
-    if any(f.kind == "alert" and f.holder == actor.name for f in session.ledger.active_failovers()):
-        outcomes.append(session.end_failover(actor))
-    if not outcomes:
-        return {
-            "action": "restore",
-            "result": "noop",
-            "message": "this alert holds nothing",
-            "reason": "",
-            "service": "",
-            "real_server": "",
-            "weight": None,
-            "job_id": None,
-            "holders": [],
-        }
-    return (
-        _result(outcomes[0])
-        if len(outcomes) == 1
-        else {**_result(outcomes[0]), "others": [_result(o) for o in outcomes[1:]]}
-    )
-
-
-def _ignored(
-    session: Session, actor: Actor, action: str, message: str, *, result: str = "ignored", audit: bool = True
-) -> dict[str, Any]:
-    if audit:
-        with session.ledger.transaction():
-            session.ledger.audit(
-                source="alertmanager",
-                actor=f"{actor.alertname}/{actor.name}",
-                action=action,
-                result=result,
-                message=message,
-            )
-    session.a.metrics.action(action, result, "alertmanager")
-    return {
-        "action": action,
-        "result": result,
-        "message": message,
-        "reason": "",
-        "service": "",
-        "real_server": "",
-        "weight": None,
-        "job_id": None,
-        "holders": [],
-    }
-
-
-def _result(outcome: Outcome) -> dict[str, Any]:
-    return outcome.to_json()
+def reply_entry(alert: Alert, outcomes: list[Outcome]) -> dict[str, Any]:
+    """One alert's entry of the reply: what happened to it, and to the rest of what it held (``others``)."""
+    entry: dict[str, Any] = {"fingerprint": alert.fingerprint, "alertname": alert.alertname, "status": alert.status}
+    entry.update(outcomes[0].to_json())
+    if len(outcomes) > 1:
+        entry["others"] = [o.to_json() for o in outcomes[1:]]
+    return entry
 
 
 @bp.post("/webhook/alertmanager")
@@ -289,21 +239,9 @@ def alertmanager() -> tuple[dict[str, Any], int]:
         )
     actions: Actions = current_app.extensions["lvsguard"].actions
     settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
-    with actions.lock:
-        ledger = locked_ledger()
-        try:
-            table = actions.kernel.read() if len(note.alerts) > PRELOAD_TABLE else None
-            with actions.session(ledger, table=table, batch=True, cached=True) as session:
-                results = [_handle_one(session, settings, a) for a in note.alerts]
-        finally:
-            if ledger.conn.in_transaction:  # a commit that failed (disk full, locked): the next request starts clean
-                ledger.rollback()
-    for result in results:  # a kernel write of the batch failed: say so for the alerts that asked for it
-        for target, message in session.failed.items():
-            if result["result"] == "applied" and (result["service"], result["real_server"]) == (
-                str(target.service),
-                str(target.real_server),
-            ):
-                result.update(result="error", message=f"{result['message']}: not applied, {message}")
+    outcomes = actions.alerts(
+        locked_ledger, note.alerts, partial(_handle_one, settings), preload=len(note.alerts) > PRELOAD_TABLE
+    )
+    results = [reply_entry(alert, done) for alert, done in zip(note.alerts, outcomes, strict=True)]
     g.webhook_alerts = len(note.alerts)
     return {"status": "ok", "receiver": note.receiver, "groupKey": note.group_key, "results": results}, 200

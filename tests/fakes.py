@@ -9,11 +9,18 @@ kernel behaviour itself is tested against the real kernel in tests/integration.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from lvsguard.errors import AlreadyExists, BulkFailed, KernelError, NoSuchDestination, NoSuchService
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, SyncDaemon, Table, VirtualService
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from actuator.settings import ActuatorSettings
 
 
 class FakeKernel:
@@ -266,3 +273,20 @@ def am_payload(*alerts: dict[str, object], status: str | None = None) -> dict[st
         "externalURL": "http://alertmanager:9093",
         "alerts": list(alerts),
     }
+
+
+_APP_KERNELS: weakref.WeakKeyDictionary[Flask, FakeKernel] = weakref.WeakKeyDictionary()
+
+
+def fake_app(settings: ActuatorSettings, kernel: FakeKernel, ledger_path: str, **kwargs: Any) -> Flask:
+    """``create_app`` on ``kernel``; :func:`kernel_of` gives it back (the app keeps its kernel to itself)."""
+    from actuator.app import create_app
+
+    app = create_app(settings, kernel=kernel, ledger_path=ledger_path, **kwargs)
+    _APP_KERNELS[app] = kernel
+    return app
+
+
+def kernel_of(app: Flask) -> FakeKernel:
+    """The fake kernel an app made by :func:`fake_app` writes to."""
+    return _APP_KERNELS[app]

@@ -34,8 +34,7 @@ class Env:
     started: list[int]
 
     def do(self, name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
-        with self.actions.session(self.ledger) as s:
-            return getattr(s, name)(*args, **kwargs)
+        return getattr(self.actions, name)(self.ledger, *args, **kwargs)
 
     def weight(self, i: int) -> int:
         return self.kernel.weight(WEB, RS[i])
@@ -50,7 +49,7 @@ def make_env(tmp_path: Path, weights: tuple[int, ...] = (5, 5, 5, 5), **override
     clock = FakeClock()
     actions = Actions(kernel, settings, clock=clock)
     started: list[int] = []
-    actions.start_job = started.append
+    actions.on_new_job(started.append)
     return Env(kernel, clock, actions, Ledger.open(str(tmp_path / "ledger.db"), clock=clock), started)
 
 

@@ -10,12 +10,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from actuator.app import create_app
 from actuator.auth import TokenFileError, load_tokens, parse_tokens, token_name
 from actuator.openapi import BODIES, document
 from actuator.settings import ActuatorSettings, Names, Quorum
 from lvsguard.model import RealServerKey, ServiceKey
-from tests.fakes import FakeKernel, am_alert, am_payload, service
+from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, kernel_of, service
 
 ADMIN = "admin-secret-0123456789"
 AM = "am-secret-01234567890"
@@ -30,7 +29,7 @@ def make_app(tmp_path: Path, **overrides: Any) -> Flask:
         **{"tokens": {"alice": ADMIN, "alertmanager": AM}, "hold_down": 0.0, "names": NAMES, **overrides}
     )
     kernel = FakeKernel([service(str(WEB), *((f"10.0.1.{i}:80", 5) for i in range(1, 5)))])
-    return create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
+    return fake_app(settings, kernel, str(tmp_path / "ledger.db"))
 
 
 @pytest.fixture
@@ -141,7 +140,7 @@ def test_every_mutating_endpoint_needs_a_token(
     r = client.post(url, json=body, headers=headers)
     assert r.status_code == 401 and r.get_json()["error"].startswith("missing or wrong bearer token")
     assert r.headers["WWW-Authenticate"] == 'Bearer realm="lvsguard"'
-    assert app.extensions["lvsguard"].actions.kernel.writes == []
+    assert kernel_of(app).writes == []
 
 
 def test_no_configured_token_means_no_mutating_call(tmp_path: Path) -> None:
@@ -247,7 +246,7 @@ def test_hold_down_is_429_with_retry_after(tmp_path: Path, openapi: OpenAPI) -> 
 
 
 def test_drain_is_a_job_visible_with_progress(app: Flask, client: FlaskClient, openapi: OpenAPI) -> None:
-    kernel = app.extensions["lvsguard"].actions.kernel
+    kernel = kernel_of(app)
     kernel.set_connections(WEB, RealServerKey.parse("10.0.1.2:80"), active=4)
     r = call(
         client,

@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from actuator.app import create_app
 from actuator.client import COMMANDS, ActuatorClient, ClientError, ProgressBar, status_from_api
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings, Names, Quorum
 from lab.actuator import serving
 from lvsguard.model import RealServerKey, ServiceKey
-from tests.fakes import FakeKernel, service
+from tests.fakes import FakeKernel, fake_app, kernel_of, service
 
 TOKEN = "cli-secret-0123456789"
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
@@ -29,7 +28,7 @@ NAMES = Names(services={"web": WEB}, real_servers={WEB: {"rs1": RS1}})
 def served(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
     settings = ActuatorSettings(tokens={"alice": TOKEN}, hold_down=0.0, names=NAMES, min_healthy=Quorum(2))
     kernel = FakeKernel([service(str(WEB), ("10.0.1.1:80", 5), ("10.0.1.2:80", 5), ("10.0.1.3:80", 5))])
-    app = create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
+    app = fake_app(settings, kernel, str(tmp_path / "ledger.db"))
     with serving(app) as url:
         yield app, url
 
@@ -57,14 +56,14 @@ def test_quarantine_and_restore_from_the_cli(served: tuple[Flask, str], token_fi
     args = cli(url, "quarantine", "web", "rs1", "--reason", "disk full", token_file=token_file)
     assert args.func(args, out) == 0
     assert out.getvalue() == "real server 10.0.1.1:80 of TCP 192.0.2.10:80: weight 5 -> 0 (original 5 recorded)\n"
-    assert app.extensions["lvsguard"].actions.kernel.weight(WEB, RS1) == 0
+    assert kernel_of(app).weight(WEB, RS1) == 0
     ledger_out = io.StringIO()
     args = cli(url, "ledger", "--active", token_file=token_file)
     args.func(args, ledger_out)
     assert "cli alice" in ledger_out.getvalue() and "disk full" in ledger_out.getvalue()
     args = cli(url, "restore", "web", "10.0.1.1:80", token_file=token_file)
     assert args.func(args, io.StringIO()) == 0
-    assert app.extensions["lvsguard"].actions.kernel.weight(WEB, RS1) == 5
+    assert kernel_of(app).weight(WEB, RS1) == 5
 
 
 def test_refusal_reads_plainly(served: tuple[Flask, str], token_file: Path) -> None:
@@ -87,7 +86,7 @@ def test_bad_field_names_the_field(served: tuple[Flask, str]) -> None:
 
 def test_drain_shows_progress_until_done(served: tuple[Flask, str], token_file: Path) -> None:
     app, url = served
-    kernel = app.extensions["lvsguard"].actions.kernel
+    kernel = kernel_of(app)
     kernel.set_connections(WEB, RS1, active=4)
     ledger = Ledger.open(app.config["LVSGUARD_LEDGER"])
     remaining = iter([2, 0])

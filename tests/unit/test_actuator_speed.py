@@ -63,7 +63,7 @@ def test_webhook_requests_share_one_read_of_a_big_service_and_see_each_others_wr
     assert fire(client, "a1", BIG, 1)["result"] == "applied"
     assert fire(client, "a2", BIG, 2)["result"] == "applied"
     assert kernel.reads[BIG] == 1
-    view = app.extensions["lvsguard"].actions.views[BIG][1]
+    view = app.extensions["lvsguard"].actions.views.get(BIG)
     assert view.healthy == VIEW_CACHE_MIN + 1 - 2  # both writes are in the shared view
     assert fire(client, "a1", BIG, 1, "resolved")["weight"] == 5
     assert kernel.weight(BIG, RealServerKey.parse(rs_of(1))) == 5
@@ -104,7 +104,7 @@ def test_the_reconciliation_reads_afresh_and_reports_a_hand_change_the_shared_vi
     with app.app_context():
         outcomes = state.actions.reconcile(get_ledger())
     assert [o.result for o in outcomes] == ["drift"]
-    assert state.actions.views[BIG][1].real_server(RealServerKey.parse(rs_of(1))).weight == 3
+    assert state.actions.views.get(BIG).real_server(RealServerKey.parse(rs_of(1))).weight == 3
 
 
 def test_the_retry_loops_rounds_use_a_fresh_shared_view_and_report_a_hand_change_once_it_has_aged(
@@ -115,8 +115,9 @@ def test_the_retry_loops_rounds_use_a_fresh_shared_view_and_report_a_hand_change
         assert state.actions.reconcile(get_ledger(), cached=True) == []  # the webhook's view, read just now: no read
         assert state.actions.retry_pending(get_ledger(), cached=True) == []
         assert kernel.reads[BIG] == 1
-        read_at, view = state.actions.views[BIG]
-        state.actions.views[BIG] = (read_at - VIEW_TTL, view)  # the view ages: the next round reads afresh
+        views = state.actions.views
+        now = views.clock
+        views.clock = lambda: now() + VIEW_TTL  # the view ages: the next round reads afresh
         outcomes = state.actions.reconcile(get_ledger(), cached=True)
     assert [o.result for o in outcomes] == ["drift"]
     assert kernel.reads[BIG] == 2
@@ -126,11 +127,11 @@ def test_a_serving_thread_keeps_its_ledger_connection_and_no_transaction_survive
     app, _kernel = make_app(tmp_path)
     with app.test_request_context():
         first = get_ledger()
-        first.conn.execute("BEGIN IMMEDIATE")  # a request that failed inside a transaction
+        first.begin()  # a request that failed inside a transaction
     with app.test_request_context():
         second = get_ledger()
         assert second is first
-        assert not second.conn.in_transaction
+        assert not second.in_transaction
     client = app.test_client()
     assert fire(client, "s1", SMALL, 1)["result"] == "applied"
 

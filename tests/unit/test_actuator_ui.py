@@ -18,12 +18,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from actuator.app import create_app
 from actuator.auth import LoginLimiter
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings, Names, Quorum
 from lvsguard.model import RealServerKey, ServiceKey
-from tests.fakes import FakeClock, FakeKernel, service
+from tests.fakes import FakeClock, FakeKernel, fake_app, kernel_of, service
 from tests.unit.test_actuator_api import OpenAPI, call, openapi  # noqa: F401 - a fixture: the document's validator
 from tests.unit.test_actuator_probestate import Exporter, exporter, exposition  # noqa: F401 - a fixture: an HTTP exporter
 
@@ -41,7 +40,7 @@ def make_app(tmp_path: Path, **overrides: Any) -> Flask:
         **{"tokens": {"alice": ADMIN, "bob": BOB}, "hold_down": 0.0, "names": NAMES, **overrides}
     )
     kernel = FakeKernel([service(str(WEB), *((f"10.0.1.{i}:80", 5) for i in range(1, 5)))])
-    return create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
+    return fake_app(settings, kernel, str(tmp_path / "ledger.db"))
 
 
 @pytest.fixture
@@ -52,11 +51,6 @@ def app(tmp_path: Path) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def kernel_of(app: Flask) -> FakeKernel:
-    kernel: FakeKernel = app.extensions["lvsguard"].actions.kernel
-    return kernel
 
 
 def csrf_of(client: FlaskClient, path: str = "/ui/login") -> str:

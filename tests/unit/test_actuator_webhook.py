@@ -10,13 +10,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from actuator.app import create_app
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings, Names, Rule
 from actuator.webhook import PayloadError, parse_payload
 from lvsguard.errors import IPVSUnavailable
 from lvsguard.model import RealServerKey, ServiceKey
-from tests.fakes import FakeKernel, am_alert, am_payload, service
+from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, kernel_of, service
 
 TOKEN = "am-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,7 +29,7 @@ def quarantine_alert(fingerprint: str, rs: str = "10.0.1.1:80", **kw: str) -> di
 def make_app(tmp_path: Path, kernel: FakeKernel | None = None, **overrides: Any) -> Flask:
     settings = ActuatorSettings(**{"tokens": {"alertmanager": TOKEN}, "hold_down": 0.0, **overrides})
     kernel = kernel or FakeKernel([service(str(WEB), *((f"10.0.1.{i}:80", 5) for i in range(1, 5)))])
-    return create_app(settings, kernel=kernel, ledger_path=str(tmp_path / "ledger.db"))
+    return fake_app(settings, kernel, str(tmp_path / "ledger.db"))
 
 
 @pytest.fixture
@@ -41,11 +40,6 @@ def app(tmp_path: Path) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def kernel_of(app: Flask) -> FakeKernel:
-    kernel: FakeKernel = app.extensions["lvsguard"].actions.kernel
-    return kernel
 
 
 def weight(app: Flask, rs: str) -> int:
@@ -376,3 +370,16 @@ def test_fire_and_resolve_in_one_batch_ends_where_it_started(app: Flask, client:
     assert [w[3] for w in kernel_of(app).writes] == [5]  # a batch sends each real server's last state once
     ledger = Ledger.open(app.config["LVSGUARD_LEDGER"])
     assert ledger.backends() == [] and ledger.active_holds() == []
+
+
+def test_a_failed_batch_write_is_an_error_in_every_outcome_it_undoes_the_others_too(
+    app: Flask, client: FlaskClient
+) -> None:
+    from lvsguard.errors import InvalidRequest
+
+    post(client, am_payload(quarantine_alert("fp1"), quarantine_alert("fp1", "10.0.1.2:80")))  # one alert, two holds
+    kernel_of(app).fail_writes = InvalidRequest("invalid argument")
+    [result] = post(client, am_payload(quarantine_alert("fp1") | {"status": "resolved"})).get_json()["results"]
+    assert [result["result"], *(o["result"] for o in result["others"])] == ["error", "error"]
+    assert result["others"][0]["message"].endswith("not applied, invalid argument")
+    assert weight(app, "10.0.1.1:80") == weight(app, "10.0.1.2:80") == 0
