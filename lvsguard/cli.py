@@ -216,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--strict", action="store_true", help="exit 3 when any setting was not translated")
     imp.set_defaults(func=cmd_import)
 
+    dif = sub.add_parser(
+        "diff",
+        help="show what it takes to make the IPVS table match the config (read-only)",
+        description="Print the plan from the kernel's IPVS table to the config's (table.manage: true), "
+        "like 'terraform plan'. Exit 0 when they match, 2 when changes are pending, 1 on error.",
+    )
+    dif.add_argument("--config", "-c", required=True, metavar="FILE", help="the YAML config")
+    _add_netns(dif)
+    dif.set_defaults(func=cmd_diff)
+
     return parser
 
 
@@ -312,6 +322,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = config.load(args.file)
     print(f"{args.file}: ok ({len(cfg.services)} services)")
     return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from lvsguard.table import commands
+
+    return commands.diff(args.config, args.netns)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -18,6 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceFlags, ServiceKey, VirtualService
 from lvsguard.table.desired import (
     DEFAULT_WEIGHT,
@@ -41,6 +45,7 @@ __all__ = [
     "Problem",
     "TableSettings",
     "load_table",
+    "load_table_text",
     "real_server_name",
     "service_mapping",
     "service_name",
@@ -159,6 +164,62 @@ def load_table(config: Mapping[str, Any] | None) -> tuple[TableSettings, Desired
         seen[svc.key] = f"services[{i}]"
         services.append(svc)
     return settings, DesiredTable(tuple(services)), problems.items
+
+
+def load_table_text(text: str, filename: str = "<string>") -> tuple[TableSettings, DesiredTable, Mapping[str, Any]]:
+    """``load_table`` of a YAML config file's text; every problem a ConfigError at its file:line:column.
+
+    Also returns the whole parsed mapping (for ``director.netns``).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+        raise ConfigError(
+            [ConfigProblem(filename, *where, "", f"YAML syntax error: {exc.problem or exc.context}")]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem(filename, 0, 0, "", f"YAML error: {exc}")]) from None
+    finally:
+        loader.dispose()
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError([ConfigProblem(filename, 1, 1, "", "a config is a mapping of sections")])
+    settings, desired, problems = load_table(data)
+    if problems:
+        raise ConfigError(
+            [
+                ConfigProblem(filename, *_position(root, path, message.startswith("unknown key")), path, message)
+                for path, message in problems
+            ]
+        )
+    return settings, desired, data or {}
+
+
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _position(root: Node | None, path: str, at_key: bool = False) -> tuple[int, int]:
+    """(line, column) of the deepest node ``path`` reaches; ``at_key``: of its last key rather than its value."""
+    node = root
+    best = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (0, 0)
+    segments = _SEGMENT.findall(path)
+    for i, (name, index) in enumerate(segments):
+        nxt: Node | None = None
+        if name and isinstance(node, MappingNode):
+            for key, value in node.value:
+                if isinstance(key, ScalarNode) and key.value == name:
+                    nxt = key if at_key and i == len(segments) - 1 else value
+                    break
+        elif index and isinstance(node, SequenceNode) and int(index) < len(node.value):
+            nxt = node.value[int(index)]
+        if nxt is None:
+            return best
+        node = nxt
+        best = (node.start_mark.line + 1, node.start_mark.column + 1)
+    return best
 
 
 def _settings(value: Any, problems: _Problems) -> TableSettings:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lvsguard import cli
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.table.apply import apply
 from lvsguard.table.importers import ipvsadm as ipvsadm_importer
@@ -170,3 +171,19 @@ def test_scheduler_persistence_weight_and_threshold_changes_are_edits(ours: Netl
     assert (svc.scheduler, svc.timeout) == ("wlc", 60)
     rs = svc.real_servers[0]
     assert (rs.weight, rs.upper_threshold) == (9, 50)  # ipvsadm-save does not show thresholds: read them back
+
+
+def test_diff_says_pending_then_matches(ours: NetlinkIPVS, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "lvsguard.yaml"
+    config.write_text(render(keepalived_importer.parse((FIXTURES / "nat.conf").read_text(), "nat.conf")))
+    assert cli.main(["diff", "--config", str(config), "--netns", OURS]) == 2
+    printed = capsys.readouterr().out
+    assert printed.startswith("+ TCP 192.0.2.10:80: scheduler wrr\n    + 10.0.1.2:80: masq, weight 3")
+    assert printed.endswith("Plan: 1 service to add; 3 real servers to add.\n")
+    build_ours(ours, config.read_text())
+    assert cli.main(["diff", "--config", str(config), "--netns", OURS]) == 0
+    assert capsys.readouterr().out == "No changes: the kernel's table matches the config.\n"
+    # a hand change: ipvsadm -e sets every setting, so the thresholds go back to 0 with it
+    run("ip", "netns", "exec", OURS, "ipvsadm", "-e", "-t", "192.0.2.10:80", "-r", "10.0.1.2:80", "-m", "-w", "1")
+    assert cli.main(["diff", "--config", str(config), "--netns", OURS]) == 2
+    assert "~ 10.0.1.2:80: weight 1 → 3; upper threshold 0 → 100; lower threshold 0 → 10" in capsys.readouterr().out

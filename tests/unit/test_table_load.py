@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
+from lvsguard.errors import ConfigError
 from lvsguard.model import Forward, RealServerKey, ServiceFlags, ServiceKey
-from lvsguard.table.load import TableSettings, load_table, service_mapping
+from lvsguard.table.load import TableSettings, load_table, load_table_text, service_mapping
 
 FULL = """
 table: {manage: true, prune: exact}
@@ -144,3 +145,27 @@ def test_duplicates_and_table_section_problems_all_reported() -> None:
         "services[0].real_servers[1].address",
         "services[1].service",
     ]
+
+
+def test_a_config_file_s_problems_name_line_and_column() -> None:
+    text = """table:
+  manage: yes please
+services:
+  - name: web
+    service: TCP 192.0.2.10:80
+    schedular: rr
+    real_servers:
+      - name: a
+        address: 10.0.1.2:80
+        weight: -1
+"""
+    with pytest.raises(ConfigError) as caught:
+        load_table_text(text, "lvsguard.yaml")
+    assert str(caught.value).splitlines() == [
+        "lvsguard.yaml:2:11: table.manage: must be true or false, got the string 'yes please'",
+        "lvsguard.yaml:6:5: services[0].schedular: unknown key (one of name, service, scheduler, scheduler_flags,"
+        " persistence, one_packet, forward, real_servers)",
+        "lvsguard.yaml:10:17: services[0].real_servers[0].weight: must be 0..65535, got -1",
+    ]
+    with pytest.raises(ConfigError, match="lvsguard.yaml:2:1: YAML syntax error"):
+        load_table_text("table: [\n", "lvsguard.yaml")
