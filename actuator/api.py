@@ -438,6 +438,7 @@ def director_json() -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
+@read_only
 def openapi() -> dict[str, Any]:
     return document()
 

@@ -17,12 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import waitress
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from actuator import api, ledger, ui, webhook
+from actuator import api, auth, ledger, limits, ui, webhook
 from actuator import reload as reloading
 from actuator.actions import Actions, Kernel
 from actuator.httperrors import handle_error
@@ -36,7 +35,7 @@ from lvsguard.logs import event
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = ACTUATOR_LISTEN
-MAX_BODY = 16 * 1024 * 1024  # bytes; 1 000 alerts are about 1 MB
+MAX_BODY = limits.MAX_BODY  # bytes; 1 000 alerts are about 1 MB
 
 
 @dataclass
@@ -80,7 +79,9 @@ def create_app(
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
     ui.init_app(app)
-    app.add_url_rule("/metrics", "metrics", _metrics)
+    auth.init_app(app)
+    limits.init_app(app)
+    app.add_url_rule("/metrics", "metrics", auth.read_only(_metrics))
     app.register_error_handler(Exception, handle_error)
     app.after_request(_after)
     return app
@@ -175,8 +176,11 @@ def serve(
         tokens=",".join(sorted(settings.tokens)),
         dry_run=settings.dry_run,
     )
+    limits.warn_exposure(host, settings)
     try:
-        waitress.serve(app, host=host, port=port, threads=threads, ident="lvsguard", _quiet=True)
+        limits.create_server(app, host=host, port=port, threads=threads).run()
+    except KeyboardInterrupt:  # as waitress.serve: Ctrl-C stops serving
+        pass
     finally:
         state.runner.stop()
         kernel.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import math
 import re
 import threading
 import time
@@ -22,9 +23,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from flask import current_app, g, request
+from flask import Flask, current_app, g, request
 
-from lvsguard.errors import TokenFileError, Unauthorized
+from lvsguard.errors import TokenFileError, TooManyFailures, Unauthorized
 from lvsguard.secretfile import read_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -154,16 +155,46 @@ class LoginLimiter:
             del self._seen[client]
 
 
+BEARER_FAILURES = 10  # wrong bearer tokens per client address ...
+BEARER_PER = 60.0  # ... in any this many seconds, then 429 until the oldest is that old
+
+
 def authenticate() -> str:
-    """The calling token's name (also on ``g.token_name``); Unauthorized otherwise."""
+    """The calling token's name (also on ``g.token_name``); Unauthorized otherwise.
+
+    A wrong token counts against the client's address as a failed console
+    login does: past ``BEARER_FAILURES`` in ``BEARER_PER`` seconds every token,
+    the right one too, is answered 429 before it is compared. A request with
+    no ``Authorization`` header guesses nothing and is not counted.
+    """
     tokens = current_app.config["LVSGUARD_SETTINGS"].tokens
     if not tokens:
         raise Unauthorized("this actuator has no token configured: set LVSGUARD_TOKEN or --token-file")
-    name = token_name(tokens, request.headers.get("Authorization"))
+    header = request.headers.get("Authorization")
+    limiter: LoginLimiter = current_app.extensions["lvsguard_bearer"]
+    client = request.remote_addr or "-"
+    if header:
+        wait = limiter.retry_after(client)
+        if wait > 0:
+            seconds = max(math.ceil(wait), 1)
+            raise TooManyFailures(
+                f"too many wrong tokens from {client} (at most {limiter.failures} in {limiter.per:g} s):"
+                f" try again in {seconds} s",
+                seconds,
+            )
+    name = token_name(tokens, header)
     if name is None:
+        if header:
+            limiter.failed(client)
         raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+    limiter.succeeded(client)
     g.token_name = name
     return name
+
+
+def init_app(app: Flask) -> None:
+    """The bearer tokens' failure limiter (called by ``create_app``)."""
+    app.extensions["lvsguard_bearer"] = LoginLimiter(BEARER_FAILURES, BEARER_PER)
 
 
 def require_token(view: F) -> F:

@@ -14,7 +14,6 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import HTTPException
 
-from actuator.auth import Unauthorized
 from lvsguard.errors import (
     AlreadyExists,
     ApiError,
@@ -27,12 +26,15 @@ from lvsguard.errors import (
     NotPermitted,
     PayloadError,
     PolicyRefused,
+    TooManyFailures,
+    Unauthorized,
 )
 
 log = logging.getLogger(__name__)
 
 ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (PayloadError, 400),
+    (TooManyFailures, 429),
     (Unauthorized, 401),
     (PolicyRefused, 409),
     (NoSuchService, 404),
@@ -67,6 +69,8 @@ def handle_error(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
         body = {"error": exc.message, "path": exc.path}
     elif isinstance(exc, PolicyRefused):
         body["reason"] = exc.reason
+    elif isinstance(exc, TooManyFailures):
+        headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="lvsguard"'
     elif isinstance(exc, sqlite3.OperationalError):

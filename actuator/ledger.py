@@ -453,6 +453,17 @@ class Ledger:
         )
         return int(cur.lastrowid or 0)
 
+    # console sessions
+
+    def end_session(self, sid: str, *, until: float) -> None:
+        """Refuse console session ``sid`` from now on (until ``until``); expired entries go."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM ended_sessions WHERE until <= ?", (self.now(),))
+            self.conn.execute("INSERT OR REPLACE INTO ended_sessions (sid, until) VALUES (?, ?)", (sid, until))
+
+    def session_ended(self, sid: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM ended_sessions WHERE sid = ?", (sid,)).fetchone() is not None
+
     def audit_events(self, *, limit: int = 100, after: int = 0) -> list[AuditEvent]:
         """Newest first; ``after`` gives only events with a larger id (for polling)."""
         after = min(after, SQLITE_MAX_INT)

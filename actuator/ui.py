@@ -13,7 +13,9 @@ Security:
   SameSite=Strict) keeps only the token's *name* and a CSRF token. The token
   itself is never stored, logged or rendered. The cookie is signed with the
   config's ``session_secret_file`` (read again on reload), else with a key
-  random per process, so that a restart logs everybody out.
+  random per process, so that a restart logs everybody out. A session ends
+  12 h after its login, when its token's secret changes, and at logout, for
+  every copy of the cookie (``actuator/sessions.py``).
 - Failed logins are limited per client address (:class:`LoginLimiter`): then
   429 with ``Retry-After``, before the token is even compared.
 - Every POST carries the session's CSRF token (compared in constant time).
@@ -54,7 +56,7 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
-from actuator import api
+from actuator import api, sessions
 from actuator.actions import Actions, Actor, Outcome, Result, Source
 from actuator.auth import LoginLimiter, token_name
 from actuator.httperrors import error_status
@@ -77,7 +79,6 @@ FORWARDS = ("nat", "dr", "tunnel")
 AUDIT_FILTERS = ("service", "real_server", "action", "result", "source", "actor")
 AUDIT_SCAN = 1000  # newest audit events the filters look through
 REFRESH_SECONDS = 2  # the kernel's rate estimator updates every 2 s
-SESSION_HOURS = 12  # a console session ends this long after the login, whatever the key
 LOGIN_FAILURES = 5  # failed logins per client address ...
 LOGIN_PER = 60.0  # ... in any this many seconds, then 429 until the oldest is that old
 
@@ -128,7 +129,7 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_PATH="/ui",
-        PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=SESSION_HOURS),
+        PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=sessions.SESSION_HOURS),
     )
     app.session_interface = SettingsSessionInterface()
     app.extensions["lvsguard_login"] = LoginLimiter(LOGIN_FAILURES, LOGIN_PER)
@@ -149,11 +150,12 @@ def _actions() -> Actions:
 
 
 def user() -> str | None:
-    """The logged-in token's name, if its token is still configured."""
-    name = session.get("user")
-    if isinstance(name, str) and name in _settings().tokens:
-        return name
-    return None
+    """The logged-in token's name while the session lasts (``actuator.sessions``); once per request."""
+    if "ui_user" not in g:
+        now = current_app.config["LVSGUARD_CLOCK"]()
+        g.ui_user = sessions.current_user(session, _settings().tokens, now, get_ledger())
+    name: str | None = g.ui_user
+    return name
 
 
 def csrf_token() -> str:
@@ -241,9 +243,8 @@ def login_post() -> Any:
             "ui/login.html", next=target, error="That token is not one of this actuator's tokens."
         ), 401
     limiter.succeeded(client)
-    session.clear()
-    session["user"] = name
-    session["csrf"] = secrets.token_urlsafe(32)
+    sessions.start(session, name, _settings().tokens[name], current_app.config["LVSGUARD_CLOCK"]())
+    g.pop("ui_user", None)
     g.token_name = name
     event(log, logging.INFO, "ui_login", token=name, remote=request.remote_addr or "-")
     return redirect(target or url_for("ui.overview"))
@@ -253,7 +254,8 @@ def login_post() -> Any:
 def logout() -> Any:
     _check_csrf()
     name = user()
-    session.clear()
+    sessions.end(session, get_ledger())
+    g.pop("ui_user", None)
     if name:
         event(log, logging.INFO, "ui_logout", token=name)
     flash("Logged out.", "info")

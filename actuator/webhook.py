@@ -26,6 +26,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
+from actuator import limits
 from actuator.actions import Actions, Actor, Batch, Outcome, Result, Source
 from actuator.auth import require_token
 from actuator.ledger import locked_ledger
@@ -223,10 +224,12 @@ def reply_entry(alert: Alert, outcomes: list[Outcome]) -> dict[str, Any]:
 @require_token
 def alertmanager() -> tuple[dict[str, Any], int]:
     raw = request.get_data(cache=False)
+    limits.check_webhook_body(raw)
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PayloadError(f"the body is not JSON: {exc}", "") from None
+    limits.check_alert_count(body)
     note = parse_payload(body)
     if note.truncated_alerts:
         event(
@@ -235,7 +238,7 @@ def alertmanager() -> tuple[dict[str, Any], int]:
             "webhook_truncated",
             receiver=note.receiver,
             truncated=note.truncated_alerts,
-            hint="raise or remove max_alerts in the Alertmanager webhook config",
+            hint=f"raise max_alerts in the Alertmanager webhook config (at most {limits.MAX_ALERTS})",
         )
     actions: Actions = current_app.extensions["lvsguard"].actions
     settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import waitress
-
+from actuator import limits
 from actuator.app import create_app
 from actuator.settings import ActuatorSettings
 from lvsguard.ipvs.netlink import NetlinkIPVS
@@ -23,7 +22,9 @@ from lvsguard.ipvs.netlink import NetlinkIPVS
 
 @contextmanager
 def serving(app: Any, *, port: int = 0, threads: int = 4) -> Iterator[str]:
-    """Serve a WSGI ``app`` over waitress on 127.0.0.1 in a thread; yields its base URL, and stops it for good.
+    """Serve a WSGI ``app`` over waitress on 127.0.0.1 in a thread, with the actuator's limits; yields its base URL.
+
+    Stops it for good.
 
     The stop order matters: waitress's worker threads pull the loop's trigger
     after each response, so they go first (a pull on a closed trigger is an
@@ -31,7 +32,7 @@ def serving(app: Any, *, port: int = 0, threads: int = 4) -> Iterator[str]:
     then the loop closes every channel from its own thread (closing from here
     races its select) and ends when none is left.
     """
-    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=threads, asyncore_loop_timeout=0.05)
+    server = limits.create_server(app, host="127.0.0.1", port=port, threads=threads, asyncore_loop_timeout=0.05)
     thread = threading.Thread(target=server.run, name="waitress-loop", daemon=True)
     thread.start()
     try:

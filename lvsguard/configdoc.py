@@ -54,6 +54,7 @@ PARSER_TYPES: Mapping[str, str] = {
     "check_entry": "check",
     "file_path": "path",
     "secret_file": "path",
+    "host_name": "host name",
     "quorum": 'count, fraction 0..1 or percentage (`"50%"`)',
     "quorums": "mapping of service name (or `TCP 192.0.2.10:80`) to `min_healthy`",
     "labels": "mapping of label names to strings",

@@ -38,6 +38,7 @@
      ├── DNSFormatError       a DNS reply that cannot be decoded (also a ValueError)
      ├── ClientError          the actuator could not be reached or refused a request (``status``, ``body``)
      ├── Unauthorized         no or a wrong bearer token (401)
+     │   └── TooManyFailures  too many wrong tokens from one address (429, ``retry_after``)
      └── TokenFileError       a token file or LVSGUARD_TOKEN is unusable
 
 An exception carries the objects it is about (``service``, ``real_server``,
@@ -300,6 +301,14 @@ class ClientError(LvsguardError):
 
 class Unauthorized(LvsguardError):
     """No or a wrong bearer token (401)."""
+
+
+class TooManyFailures(Unauthorized):
+    """Too many wrong bearer tokens from one client address (429); ``retry_after`` in whole seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class TokenFileError(LvsguardError):

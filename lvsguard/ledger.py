@@ -22,6 +22,7 @@ Tables:
 - ``jobs``: drains and slow-start restores, with progress.
 - ``failovers``: who asks this director to give its VIPs up (same holders as ``holds``).
 - ``audit``: every decision, applied or refused, with the actor.
+- ``ended_sessions``: console sessions logged out, until they would have expired.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ CREATE TABLE IF NOT EXISTS audit (
     reason TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL DEFAULT '',
     details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS ended_sessions (
+    sid TEXT PRIMARY KEY,
+    until REAL NOT NULL
 );
 """
 

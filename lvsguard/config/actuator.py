@@ -31,6 +31,7 @@ from lvsguard.config.schema import (
     integer,
     join,
     kind_of,
+    list_of,
     listen,
     parse_data,
     records,
@@ -178,6 +179,8 @@ class ActuatorSettings:
     session_secret: bytes = field(default=b"", repr=False)
     """Signing key of the console's session cookie (from ``session_secret_file``); b"" = random per process."""
     secure_cookie: bool = False  # the console is reached over HTTPS (a TLS proxy): its session cookie is marked Secure
+    trusted_hosts: tuple[str, ...] = ()
+    """Host names clients may reach the actuator by, besides IP addresses, localhost and this host's name; "*": any."""
 
     def quorum_for(self, service: ServiceKey) -> Quorum:
         return self.service_min_healthy.get(service, self.min_healthy)
@@ -278,6 +281,14 @@ def pattern(node: Node, path: str, ctx: Context) -> re.Pattern[str]:
         raise Invalid(f"invalid regex {value!r}: {exc}") from None
 
 
+def host_name(node: Node, path: str, ctx: Context) -> str:
+    """A DNS name as a Host header carries it (without port), or ``*``; kept in lower case."""
+    value = scalar_text(node).strip().lower().rstrip(".")
+    if value != "*" and not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*", value):
+        raise Invalid(f"must be a host name like lvs1.example.org (no port, no scheme) or *, got {value!r}")
+    return value
+
+
 def file_path(node: Node, path: str, ctx: Context) -> str:
     return scalar_text(node)
 
@@ -376,6 +387,10 @@ ACTUATOR = Schema(
         "session_secret_file": Key(
             secret_file,
             doc="A file holding the signing key of the console's session cookie (at least 32 bytes, private to the service); absent: a random key per process.",
+        ),
+        "trusted_hosts": Key(
+            list_of(host_name),
+            doc="Names clients reach the actuator by (`lvs1.example.org`), besides any IP address, `localhost` and this host's name; another `Host` header is refused (400) against DNS rebinding; `*`: any.",
         ),
         "secure_cookie": Key(
             boolean,
