@@ -39,6 +39,7 @@ __all__ = [
     "parse_scheduler_flag",
     "real_server_changes",
     "real_server_settings",
+    "same_real_server",
     "service_changes",
     "service_settings",
     "strip_real_servers",
@@ -193,6 +194,17 @@ def real_server_settings(rs: RealServer, weight: int | None = None) -> RealServe
         rs.tunnel_type if tunnelled else 0,
         rs.tunnel_port if tunnelled else 0,
         rs.tunnel_flags if tunnelled else 0,
+    )
+
+
+def same_real_server(a: RealServer, b: RealServer) -> bool:
+    """``real_server_settings(a) == real_server_settings(b)``, without building the tuples (100 000 per plan)."""
+    if a.weight != b.weight or a.forward is not b.forward:
+        return False
+    if a.upper_threshold != b.upper_threshold or a.lower_threshold != b.lower_threshold:
+        return False
+    return a.forward is not Forward.TUNNEL or (
+        a.tunnel_type == b.tunnel_type and a.tunnel_port == b.tunnel_port and a.tunnel_flags == b.tunnel_flags
     )
 
 

@@ -38,13 +38,13 @@ from lvsguard.table.desired import (
     describe_real_server,
     describe_service,
     real_server_changes,
-    real_server_settings,
+    same_real_server,
     service_changes,
     service_settings,
     strip_real_servers,
 )
 
-__all__ = ["PRUNE_POLICIES", "Op", "Plan", "RealServerStep", "ServiceStep", "Step", "plan"]
+__all__ = ["PRUNE_POLICIES", "Op", "Plan", "RealServerStep", "ServiceStep", "Step", "changed", "plan"]
 
 PRUNE_POLICIES = ("owned", "exact")
 
@@ -232,18 +232,26 @@ def plan(
     owned: Owned = frozenset(),
     weights: Weights | None = None,
     drain: bool = True,
+    only: Collection[ServiceKey] | None = None,
 ) -> Plan:
     """The steps from ``kernel`` to ``desired``.
 
     ``prune``: ``owned`` removes only the services and real servers in
     ``owned`` (what lvsguard created), ``exact`` everything not desired.
     ``weights``: per (service, real server), a weight that wins over the
-    config's. ``drain=False`` removes busy real servers at once.
+    config's. ``drain=False`` removes busy real servers at once. ``only``:
+    plan these services alone (``changed`` between two configs); ``kernel``
+    then need hold no more than them, so a reload reads and compares what
+    changed, not the whole table.
     """
     if prune not in PRUNE_POLICIES:
         raise ValueError(f"prune must be one of {', '.join(PRUNE_POLICIES)}, got {prune!r}")
     weights = weights or {}
     current = {svc.key: svc for svc in _services(kernel)}
+    if only is not None:
+        keys = set(only)
+        desired = DesiredTable(tuple(svc for svc in desired if svc.key in keys))
+        current = {key: svc for key, svc in current.items() if key in keys}
     exact = prune == "exact"
     service_steps: list[Step] = []
     server_steps: list[RealServerStep] = []
@@ -258,13 +266,13 @@ def plan(
             service_steps.append(ServiceStep(Op.EDIT_SERVICE, strip_real_servers(have), strip_real_servers(want)))
         existing = {rs.key: rs for rs in have.real_servers} if have is not None else {}
         for rs in want.real_servers:
-            held = weights.get((want.key, rs.key))
+            held = weights.get((want.key, rs.key)) if weights else None  # hashing two keys per server: only when held
             config_weight = rs.weight if held is not None and held != rs.weight else None
             target = rs if held is None else replace(rs, weight=held)
             old = existing.pop(rs.key, None)
             if old is None:
                 server_steps.append(RealServerStep(Op.ADD_REAL_SERVER, want.key, None, target, config_weight))
-            elif real_server_settings(old) != real_server_settings(target):
+            elif not same_real_server(old, target):
                 server_steps.append(RealServerStep(Op.EDIT_REAL_SERVER, want.key, old, target, config_weight))
         for old in existing.values():
             if exact or (want.key, old.key) in owned:
@@ -293,6 +301,13 @@ def plan(
     steps: list[Step] = sorted([*service_steps, *server_steps], key=lambda s: s.op.value)
     steps += removals
     return Plan(tuple(steps), tuple(left_alone))
+
+
+def changed(old: DesiredTable, new: DesiredTable) -> frozenset[ServiceKey]:
+    """The services added, removed or changed (any setting, any real server) from one config to the next."""
+    keys = {svc.key for svc in new if old.service(svc.key) != svc}
+    keys.update(svc.key for svc in old if svc.key not in new)
+    return frozenset(keys)
 
 
 def _zero(step: RealServerStep) -> RealServerStep:

@@ -10,7 +10,7 @@ from lvsguard.errors import InvalidRequest
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, VirtualService
 from lvsguard.table.apply import apply
 from lvsguard.table.desired import DesiredTable, make_real_server, make_service
-from lvsguard.table.plan import Op, plan
+from lvsguard.table.plan import Op, changed, plan
 from tests.fakes import FakeKernel
 
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
@@ -202,3 +202,21 @@ def test_apply_twice_is_harmless_for_removals() -> None:
     p = plan(DesiredTable((web(rs(RS1)),)), kernel.read(), prune="exact")
     assert apply(p, kernel).ok
     assert apply(p, kernel).ok  # already gone counts as done
+
+
+def test_a_reload_plans_only_the_services_that_changed() -> None:
+    """Work proportional to the change: two configs compared first, then only those services read and planned."""
+    before = DesiredTable((web(rs(RS1), rs(RS2)), make_service(DNS, "rr", real_servers=(rs(RS1),))))
+    after = DesiredTable((web(rs(RS1), rs(RS2, 9)), make_service(DNS, "rr", real_servers=(rs(RS1),))))
+    kernel = FakeKernel(before.services)
+    keys = changed(before, after)
+    assert keys == {WEB}
+    partial = [kernel.read_service(key) for key in keys]
+    p = plan(after, partial, prune="exact", only=keys)
+    assert ops(p) == [("EDIT_REAL_SERVER", "TCP 192.0.2.10:80", "10.0.1.2:80")]
+    assert p == plan(after, kernel.read(), prune="exact")  # the same as a full plan
+    gone = DesiredTable((after.services[0],))
+    assert changed(after, gone) == {DNS}
+    assert ops(plan(gone, [kernel.read_service(DNS)], prune="exact", only={DNS})) == [
+        ("REMOVE_SERVICE", "UDP 192.0.2.10:53", "")
+    ]
