@@ -16,6 +16,7 @@ from lvsguard.logs import event
 if TYPE_CHECKING:
     from exporter.collector import ExtraFamilies
     from exporter.keepalived import KeepalivedFifo
+    from exporter.passive.runner import PassiveDetector
     from exporter.probes.runner import ProbeRunner
     from exporter.snmp.feeds import FeedingProvider
     from exporter.snmp.runner import RunningAgent
@@ -34,6 +35,7 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
     """
     options = config.exporter
     probes = start_probes(config, netns)
+    passive = start_passive(config, netns)
     agent = None
     try:
         fifo = start_fifo(config)
@@ -46,13 +48,15 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
             names=config,
             addresses=lambda: local_addresses(netns),
             reload=reloader(config, listen=listen, netns=netns) if config.file else None,
-            probes=extras(probes, fifo),
+            probes=extras(probes, fifo, passive),
         )
     finally:
         if agent is not None:  # first: a stopping engine is no news to send
             agent.stop()
         if probes is not None:
             probes.stop()
+        if passive is not None:
+            passive.stop()
 
 
 def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[], Reloadable]:
@@ -78,6 +82,7 @@ def reloader(running: Config, *, listen: str, netns: str | None) -> Callable[[],
                 ("director.netns", running.director.netns, new.director.netns),
                 ("snmp", running.snmp, new.snmp),
                 ("probes", running.probes, new.probes),
+                ("passive", running.passive, new.passive),
                 ("director.keepalived_fifo", running.director.keepalived_fifo, new.director.keepalived_fifo),
                 *_snmp_actuator_keys(running, new),
             )
@@ -185,14 +190,26 @@ def start_fifo(config: Config) -> KeepalivedFifo | None:
     return fifo
 
 
-def extras(probes: ProbeRunner | None, fifo: KeepalivedFifo | None) -> ExtraFamilies | None:
-    """The families served after the IPVS ones: the probes' and keepalived's VRRP state."""
+def extras(
+    probes: ProbeRunner | None, fifo: KeepalivedFifo | None, passive: PassiveDetector | None = None
+) -> ExtraFamilies | None:
+    """The families served after the IPVS ones: the probes', keepalived's VRRP state and the passive detector's."""
     metrics = probes.engine.metrics if probes is not None else None
-    if fifo is None:
+    if fifo is None and passive is None:
         return metrics
     from exporter.keepalived import Extras
 
-    return Extras(metrics, fifo)
+    return Extras(metrics, fifo, passive.metrics if passive is not None else None)
+
+
+def start_passive(config: Config, netns: str | None) -> PassiveDetector | None:
+    """Start the passive detector of the ``passive`` section (off by default); None when disabled."""
+    if not config.passive.enabled:
+        return None
+    from exporter.passive.metrics import PassiveMetrics
+    from exporter.passive.runner import PassiveDetector
+
+    return PassiveDetector(config.passive, netns, PassiveMetrics(names=config)).start()
 
 
 def start_probes(config: Config, netns: str | None) -> ProbeRunner | None:

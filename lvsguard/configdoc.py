@@ -66,6 +66,8 @@ PARSER_TYPES: Mapping[str, str] = {
     "oid": "OID",
     "engine_id": "hexadecimal string, 5..32 octets",
     "positive_number": "number (seconds, > 0)",
+    "fraction": "number 0..1",
+    "handshake_timeout": "duration below 60 s",
 }
 """How each parser of lvsguard/config/ is named in the reference (keyed by function name)."""
 

@@ -15,6 +15,7 @@ from lvsguard.config.actuator import SECTION as ACTUATOR_SECTION
 from lvsguard.config.actuator import ActuatorSettings
 from lvsguard.config.director import DIRECTOR, DirectorConfig
 from lvsguard.config.exporter import EXPORTER, ExporterConfig
+from lvsguard.config.passive import PASSIVE, PassiveConfig
 from lvsguard.config.probes import PROBES, ProbesConfig
 from lvsguard.config.schema import Context, Key, Schema, is_null, kind_of, record, records, section
 from lvsguard.config.services import SERVICE, ServiceConfig, named_services
@@ -34,6 +35,7 @@ class Config:
     actuator: ActuatorSettings | None = None  # section ``actuator`` (lvsguard.config.actuator); None: defaults
     probes: ProbesConfig = ProbesConfig()
     snmp: AgentSettings | None = None  # section ``snmp`` (lvsguard.config.snmp); None: no SNMP agent
+    passive: PassiveConfig = PassiveConfig()
     file: str = ""  # where it was loaded from ("" for Config())
     _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
     _real_server_names: Mapping[tuple[ServiceKey, RealServerKey], str] = field(init=False, repr=False, compare=False)
@@ -64,6 +66,7 @@ SECTIONS: Mapping[str, Key] = {
     "probes": Key(
         section(PROBES), doc="Health checks of the real servers (docs/probes.md)."
     ),  # after `services`, whose names its checks use
+    "passive": Key(section(PASSIVE), doc="Passive detection of failed handshakes in the exporter (docs/probes.md)."),
 }
 """The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
 

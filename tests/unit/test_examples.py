@@ -10,6 +10,7 @@ import yaml
 
 from lvsguard import config
 from lvsguard.config import DEFAULT_LISTEN, Schema
+from lvsguard.config.passive import PASSIVE
 from lvsguard.model import RealServerKey, ServiceKey
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -22,6 +23,7 @@ SCHEMAS: dict[str, Schema] = {
     "exporter": config.EXPORTER,
     "services[]": config.SERVICE,
     "services[].real_servers[]": config.REAL_SERVER,
+    "passive": PASSIVE,
 }
 
 

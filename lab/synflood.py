@@ -1,0 +1,76 @@
+"""Raw TCP segments from spoofed client addresses: a SYN flood, and filler entries for the connection table.
+
+The segments are sent from the lab's client namespace through a raw socket,
+with source addresses of ``SPOOF_PREFIX`` (on no lab link, so the real
+servers' answers go nowhere, as a flood's do). IPVS schedules each SYN like a
+client's, so the director's connection table fills with SYN_RECV entries
+(``syn_flood``), or with ESTABLISHED ones when an ACK follows and the real
+servers are told to drop the spoofed range (``fill``).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+from collections.abc import Iterable
+
+from lvsguard.ipvs.netns import entered
+
+SPOOF_PREFIX = "198.51.101."  # TEST-NET-2's neighbour in the lab: on no link
+SYN, ACK = 0x02, 0x10
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def segment(src: str, sport: int, dst: str, dport: int, flags: int, seq: int = 1000, ack: int = 0) -> bytes:
+    """An IPv4 packet with one TCP segment (no options, no payload), checksums filled in."""
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
+    csum = _checksum(s + d + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp)) + tcp)
+    tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, socket.IPPROTO_TCP, 0, s, d) + tcp
+
+
+def spoofed(i: int) -> tuple[str, int]:
+    """The ``i``-th spoofed client address and port (60 000 ports per address)."""
+    return SPOOF_PREFIX + str(1 + i // 60000), 1024 + i % 60000
+
+
+def send(netns: str, packets: Iterable[tuple[bytes, str]]) -> int:
+    """Send (packet, destination) pairs from a raw socket in ``netns``; how many were sent."""
+    n = 0
+    with entered(netns), socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+        for packet, dst in packets:
+            sock.sendto(packet, (dst, 0))
+            n += 1
+    return n
+
+
+def syn_flood(netns: str, vip: str, port: int, start: int, count: int) -> int:
+    """``count`` SYNs to ``vip:port`` from spoofed clients ``start``..``start+count-1``."""
+    return send(netns, ((segment(*spoofed(i), vip, port, SYN), vip) for i in range(start, start + count)))
+
+
+def fill(client_netns: str, real_server_netns: Iterable[str], vip: str, port: int, count: int, start: int = 0) -> int:
+    """``count`` ESTABLISHED entries for ``vip:port``: a SYN and an ACK each; the real servers drop the spoofed range."""
+    for netns in real_server_netns:
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "iptables-legacy", "-I", "INPUT", "-s", SPOOF_PREFIX + "0/24", "-j", "DROP"],
+            check=True,
+        )
+
+    def packets() -> Iterable[tuple[bytes, str]]:
+        for i in range(start, start + count):
+            src, sport = spoofed(i)
+            yield segment(src, sport, vip, port, SYN, 1000), vip
+            yield segment(src, sport, vip, port, ACK, 1001, 1), vip
+
+    return send(client_netns, packets()) // 2

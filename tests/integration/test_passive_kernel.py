@@ -1,0 +1,217 @@
+"""Passive detection against the real kernel: a refused real server is judged, clients' own failures are not.
+
+The detector (exporter.passive) reads the director's /proc/net/ip_vs_conn
+every 0.2 s while a client makes 40 new connections a second. A real server
+whose listener is gone (its kernel answers the SYN with a RST, as for a closed
+port: an iptables REJECT --reject-with tcp-reset on the port) is judged within
+a few failed requests, for NAT and for direct routing; clients that reset their
+own connections, abandon their handshakes, and a SYN flood from a spoofed
+range get no verdict at all. The lab's real servers send their DR replies back
+through the director; ``direct_return`` gives one a leg on the client LAN, so
+that the director sees only the client's side, as in a textbook DR setup.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from exporter.passive.metrics import PassiveMetrics
+from exporter.passive.rule import Verdict
+from exporter.passive.runner import PassiveDetector
+from lab import synflood
+from lab.topology import Lab, LabService, Node
+from lvsguard.config.passive import PassiveConfig
+from lvsguard.ipvs.netns import entered
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.kernel
+
+RATE = 40.0  # new connections a second
+CONFIG = PassiveConfig(enabled=True, interval=0.2, handshake_timeout=2.0)
+
+
+def _sh(netns: str, *args: str) -> None:
+    subprocess.run(["ip", "netns", "exec", netns, *args], check=True, capture_output=True)
+
+
+@contextmanager
+def refused(node: Node, port: int) -> Iterator[None]:
+    """The real server's listener on ``port`` is gone: its kernel answers each SYN with a RST."""
+    rule = ["INPUT", "-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with", "tcp-reset"]
+    _sh(node.netns, "iptables-legacy", "-I", *rule)
+    try:
+        yield
+    finally:
+        _sh(node.netns, "iptables-legacy", "-D", *rule)
+
+
+@contextmanager
+def direct_return(lab: Lab, node: Node, address: str = "198.51.100.31") -> Iterator[None]:
+    """Give ``node`` a leg on the client LAN: its replies to clients bypass the director (textbook DR)."""
+    port = f"c-{node.name}x"
+    _sh(lab.switch, "ip", "link", "add", port, "type", "veth", "peer", "name", "eth9", "netns", node.netns)
+    _sh(lab.switch, "ip", "link", "set", port, "master", "br-client", "up")
+    _sh(node.netns, "ip", "addr", "add", f"{address}/24", "dev", "eth9")
+    _sh(node.netns, "ip", "link", "set", "eth9", "up")
+    try:
+        yield
+    finally:
+        _sh(lab.switch, "ip", "link", "del", port)
+
+
+@dataclass
+class Client:
+    """New connections at ``rate`` a second in a thread: one HTTP request each, or a reset or abandoned handshake."""
+
+    lab: Lab
+    service: LabService
+    rate: float = RATE
+    mode: str = "request"  # request | reset (RST right after the handshake) | abandon (closed before the SYN-ACK)
+    failures: list[float] = field(default_factory=list)  # monotonic times of failed requests
+    done: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _one(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if self.mode == "abandon":
+                sock.setblocking(False)
+                try:
+                    sock.connect((self.service.address, self.service.port))
+                except BlockingIOError:
+                    pass
+                return
+            sock.settimeout(1.0)
+            sock.connect((self.service.address, self.service.port))
+            if self.mode == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")
+            while sock.recv(4096):
+                pass
+        except OSError:
+            self.failures.append(time.monotonic())
+        finally:
+            sock.close()
+            self.done += 1
+
+    def _run(self) -> None:
+        with entered(self.lab.client.netns):
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                self._one()
+                next_at += 1.0 / self.rate
+                self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> Client:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@dataclass
+class Watch:
+    """The detector on its thread, its verdicts collected."""
+
+    detector: PassiveDetector
+    verdicts: list[tuple[float, Verdict]] = field(default_factory=list)
+
+
+@pytest.fixture
+def watch(lab: Lab) -> Iterator[Watch]:
+    holder: list[Watch] = []
+    detector = PassiveDetector(
+        CONFIG,
+        lab.director.netns,
+        PassiveMetrics(),
+        on_verdict=lambda v: holder[0].verdicts.append((time.monotonic(), v)),
+    )
+    holder.append(Watch(detector))
+    detector.start()
+    try:
+        time.sleep(0.5)  # the baseline pass
+        yield holder[0]
+    finally:
+        detector.stop()
+
+
+def _kill_and_wait(lab: Lab, watch: Watch, service: LabService, node: Node, port: int) -> tuple[Verdict, int]:
+    """Refuse on ``node`` under client traffic; the verdict and how many client requests failed before it."""
+    with Client(lab, service) as client:
+        time.sleep(2.0)  # the peers' history
+        assert client.failures == [] and watch.verdicts == []
+        with refused(node, port):
+            killed_at = time.monotonic()
+            wait_for(
+                lambda: watch.verdicts,
+                f"a passive verdict on {node.name} of {service}",
+                timeout=10.0,
+                detail=lambda: (
+                    f"client: {client.done} done, {len(client.failures)} failed\n"
+                    + "".join(watch.detector.metrics.chunks())
+                ),
+            )
+        at, verdict = watch.verdicts[0]
+        failed = sum(1 for t in client.failures if killed_at <= t <= at)
+        time.sleep(0.5)
+    return verdict, failed
+
+
+@pytest.mark.parametrize("name", ["nat", "dr"])
+def test_a_refused_real_server_is_judged_alone(lab: Lab, watch: Watch, name: str) -> None:
+    service = lab.services[name]
+    node = lab.real_servers[0]
+    verdict, failed = _kill_and_wait(lab, watch, service, node, service.backends[0][0].port)
+    assert (verdict.service, verdict.real_server, verdict.reason) == (
+        service.key,
+        service.real_server("rs1"),
+        "refused",
+    )
+    assert {v.real_server for _, v in watch.verdicts} == {service.real_server("rs1")}
+    assert failed <= 12, f"{failed} failed requests before the verdict"
+    print(f"\n{name}: verdict after {failed} failed requests at {RATE:g} new connections/s: {verdict.message()}")
+
+
+def test_refused_behind_direct_routing_is_a_timeout(lab: Lab, watch: Watch) -> None:
+    """The RST goes straight to the client: the director sees the SYN only, and judges by the handshake timeout."""
+    service, node = lab.dr, lab.real_servers[2]
+    with direct_return(lab, node):
+        verdict, failed = _kill_and_wait(lab, watch, service, node, 80)
+    assert (verdict.real_server, verdict.reason) == (service.real_server("rs3"), "timeout")
+    assert failed <= 2 * RATE / len(lab.real_servers) * (CONFIG.handshake_timeout + 1.0)
+    print(f"\ndr, direct return: verdict after {failed} failed requests: {verdict.message()}")
+
+
+@pytest.mark.parametrize("name", ["nat", "dr"])
+def test_clients_failing_their_own_handshakes_get_no_verdict(lab: Lab, watch: Watch, name: str) -> None:
+    """Resets, abandoned handshakes and a spoofed SYN flood, over normal traffic: they fail on every peer alike."""
+    service = lab.services[name]
+    with (
+        Client(lab, service),
+        Client(lab, service, mode="reset", rate=15),
+        Client(lab, service, mode="abandon", rate=10),
+    ):
+        flooded = 0
+        for _ in range(20):
+            flooded += synflood.syn_flood(lab.client.netns, service.address, service.port, flooded, 100)
+            time.sleep(1.0)
+    time.sleep(CONFIG.handshake_timeout + 1.0)
+    failures = watch.detector.metrics.families()
+    total = sum(s.value for s in next(failures).samples)
+    assert total > 2000, f"the detector saw only {total} failed handshakes"
+    assert watch.verdicts == []

@@ -1,0 +1,165 @@
+"""The passive verdict rule: a real server judged by its failure share against its peers, with doubling hold-downs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+
+from exporter.passive.conntable import REFUSED, TIMEOUT, PassCounts
+from exporter.passive.rule import Judge, RuleSettings, Verdict, binomial_tail
+from lvsguard.model import RealServerKey, ServiceKey
+
+SVC = ServiceKey.parse("TCP 192.0.2.10:80")
+OTHER = ServiceKey.parse("TCP 192.0.2.20:80")
+RS = {f"rs{i}": RealServerKey.parse(f"10.0.1.{i + 1}:8080") for i in range(1, 5)}
+
+# One pass: real server name -> (attempts, refused, timed out); a service prefix "other/" selects OTHER.
+Pass = dict[str, tuple[int, int, int]]
+
+
+def counts(p: Pass) -> PassCounts:
+    c = PassCounts()
+    for name, (attempts, refused, timeout) in p.items():
+        service, _, rs = name.rpartition("/")
+        backend = (OTHER if service == "other" else SVC, RS[rs])
+        c.attempts[backend] += attempts
+        c.failures[REFUSED][backend] += refused
+        c.failures[TIMEOUT][backend] += timeout
+    return c
+
+
+def run(passes: list[Pass], settings: RuleSettings = RuleSettings(), step: float = 1.0) -> list[tuple[float, Verdict]]:
+    """Feed the passes one ``step`` apart; every verdict with the time it came."""
+    judge = Judge(settings)
+    out = []
+    for i, p in enumerate(passes):
+        now = 100.0 + i * step
+        out += [(now, v) for v in judge.observe(counts(p), now)]
+    return out
+
+
+def healthy(n: int, per_pass: int = 10, names: tuple[str, ...] = ("rs1", "rs2", "rs3")) -> list[Pass]:
+    return [{name: (per_pass, 0, 0) for name in names} for _ in range(n)]
+
+
+def killed(n: int, per_pass: int = 10, reason: int = 1) -> list[Pass]:
+    """rs1 fails every attempt (refused: reason 1, timeout: reason 2), rs2 and rs3 are fine."""
+    dead = (per_pass, per_pass, 0) if reason == 1 else (per_pass, 0, per_pass)
+    return [{"rs1": dead, "rs2": (per_pass, 0, 0), "rs3": (per_pass, 0, 0)} for _ in range(n)]
+
+
+def client_noise(n: int, share: float, seed: int = 7, per_pass: int = 10, reason: int = 1) -> list[Pass]:
+    """Every real server's attempts fail at random with the same ``share`` (resets, a flood, a scan)."""
+    rng = random.Random(seed)
+    out: list[Pass] = []
+    for _ in range(n):
+        p: Pass = {}
+        for name in ("rs1", "rs2", "rs3"):
+            failed = sum(rng.random() < share for _ in range(per_pass))
+            p[name] = (per_pass, failed, 0) if reason == 1 else (per_pass, 0, failed)
+        out.append(p)
+    return out
+
+
+Check = Callable[[list[tuple[float, Verdict]]], None]
+
+
+def first(name: str, at: float, reason: str = REFUSED) -> Check:
+    def check(verdicts: list[tuple[float, Verdict]]) -> None:
+        assert verdicts, "no verdict"
+        when, v = verdicts[0]
+        assert (v.real_server, when, v.reason) == (RS[name], at, reason)
+        assert {v.real_server for _, v in verdicts} == {RS[name]}
+
+    return check
+
+
+def none(verdicts: list[tuple[float, Verdict]]) -> None:
+    assert verdicts == []
+
+
+CASES = [
+    pytest.param(healthy(5) + killed(3), first("rs1", 105.0), id="refused-kill-verdict-on-the-first-failing-pass"),
+    pytest.param(
+        healthy(5) + [{"rs1": (10, 4, 0), "rs2": (10, 0, 0), "rs3": (10, 0, 0)}] + killed(2),
+        first("rs1", 106.0),
+        id="kill-mid-pass-waits-for-a-failing-majority",
+    ),
+    pytest.param(healthy(5) + killed(3, reason=2), first("rs1", 105.0, TIMEOUT), id="blackhole-verdict-as-timeout"),
+    pytest.param(
+        healthy(12, per_pass=1) + killed(8, per_pass=1),
+        first("rs1", 116.0),
+        id="one-connection-a-second-needs-five-failures",
+    ),
+    pytest.param(
+        [{"rs1": (10, 0, 9), "rs2": (10, 0, 9), "rs3": (10, 0, 9)}] * 60, none, id="syn-flood-across-all-peers"
+    ),
+    pytest.param(
+        (healthy(5, per_pass=2) + [{"rs1": (15, 0, 13), "rs2": (10, 0, 9), "rs3": (5, 0, 4)}]) * 20,
+        none,
+        id="flood-bursts-time-out-together-on-weighted-peers",
+    ),
+    pytest.param(client_noise(600, 0.3), none, id="clients-reset-30-percent-everywhere-ten-minutes"),
+    pytest.param(client_noise(600, 0.05), none, id="clients-reset-5-percent-everywhere-ten-minutes"),
+    pytest.param(client_noise(600, 0.9, reason=2), none, id="syn-flood-90-percent-everywhere-ten-minutes"),
+    pytest.param(
+        [{"rs1": (10, 0, 2), "rs2": (10, 0, 0), "rs3": (10, 0, 0)}] * 60, none, id="one-slow-server-some-timeouts"
+    ),
+    pytest.param(healthy(5, names=("rs1",)) + [{"rs1": (10, 10, 0)}] * 5, none, id="no-peer-with-traffic-no-verdict"),
+    pytest.param(
+        healthy(5, names=("rs1", "rs2", "rs3", "other/rs1")) + [{"rs1": (10, 0, 0), "other/rs1": (10, 10, 0)}] * 5,
+        none,
+        id="another-service-is-no-peer",
+    ),
+    pytest.param(
+        healthy(5) + [{"rs1": (10, 10, 0), "rs2": (10, 10, 0), "rs3": (10, 0, 0)}] * 3,
+        lambda vs: (none(vs[1:]), first("rs1", 105.0)(vs[:1])),
+        id="two-of-three-dead-at-most-half-flagged",
+    ),
+]
+
+
+@pytest.mark.parametrize(("passes", "check"), CASES)
+def test_rule(passes: list[Pass], check: Check) -> None:
+    check(run(passes))
+
+
+def test_flapping_server_doubles_its_holddown() -> None:
+    """Still dead each time its hold-down ends: 5 s, 10 s, 20 s, then the ceiling."""
+    verdicts = run(killed(120), RuleSettings(holddown_min=5.0, holddown_max=30.0))
+    assert [(t, v.holddown) for t, v in verdicts] == [
+        (100.0, 5.0),  # released at 105, failing again at once: twice the last
+        (105.0, 10.0),
+        (115.0, 20.0),
+        (135.0, 30.0),  # the ceiling
+        (165.0, 30.0),
+        (195.0, 30.0),
+    ]
+
+
+def test_a_server_stable_for_a_holddown_starts_again_at_the_minimum() -> None:
+    passes = killed(3) + healthy(40) + killed(3)
+    assert [(t, v.holddown) for t, v in run(passes)] == [(100.0, 5.0), (143.0, 5.0)]
+
+
+def test_no_verdict_while_held_and_holddown_reported() -> None:
+    judge = Judge(RuleSettings(holddown_min=5.0))
+    for i, p in enumerate(healthy(3)):
+        judge.observe(counts(p), 100.0 + i)
+    (v,) = judge.observe(counts(killed(1)[0]), 103.0)
+    assert judge.observe(counts(killed(1)[0]), 104.0) == []
+    assert judge.holddown((SVC, RS["rs1"]), 104.0) == 4.0
+    assert judge.held(104.0) == {(SVC, RS["rs1"]): 4.0}
+    assert v.message() == (
+        "real server 10.0.1.2:8080 of TCP 192.0.2.10:80: 10 of 10 handshakes failed (refused), peers 0%; held down 5 s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "p", "expected"),
+    [(2, 2, 0.1, 0.01), (3, 0, 0.5, 1.0), (3, 4, 0.5, 0.0), (4, 1, 0.5, 0.9375), (5, 5, 1.0, 1.0), (5, 1, 0.0, 0.0)],
+)
+def test_binomial_tail(n: int, k: int, p: float, expected: float) -> None:
+    assert binomial_tail(n, k, p) == pytest.approx(expected)

@@ -1,0 +1,57 @@
+"""The detector's tick: read, judge, count, log and hand each verdict on; a table it cannot read pauses it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from exporter.passive.metrics import PassiveMetrics
+from exporter.passive.rule import Verdict
+from exporter.passive.runner import PassiveDetector
+from lvsguard.config.passive import PassiveConfig
+from lvsguard.model import RealServerKey
+
+HEADER = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n"
+
+
+def line(cport: int, state: str, dest: str) -> str:
+    return f"TCP C633640A {cport:04X} C000020A 0050 {dest} 1F90 {state:<11} {10:7d}\n"
+
+
+def test_a_refused_real_server_is_handed_on_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    table = tmp_path / "ip_vs_conn"
+    table.write_text(HEADER)
+    now = [0.0]
+    got: list[Verdict] = []
+    detector = PassiveDetector(
+        PassiveConfig(enabled=True),
+        None,
+        PassiveMetrics(),
+        on_verdict=got.append,
+        path=str(table),
+        clock=lambda: now[0],
+    )
+    detector.tick()  # the baseline
+    port = 1000
+    for _ in range(5):
+        now[0] += 1.0
+        rows = []
+        for dest, state in (("0A000102", "CLOSE"), ("0A000103", "TIME_WAIT"), ("0A000104", "TIME_WAIT")):
+            rows += [line(port + i, state, dest) for i in range(10)]
+            port += 10
+        table.write_text(HEADER + "".join(rows))
+        with caplog.at_level(logging.WARNING, logger="lvsguard.exporter.passive"):
+            detector.tick()
+    assert [v.real_server for v in got] == [RealServerKey.parse("10.0.1.2:8080")]
+    assert "passive_verdict" in caplog.text and "real_server=10.0.1.2:8080" in caplog.text
+
+
+def test_a_missing_table_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    detector = PassiveDetector(PassiveConfig(enabled=True), None, PassiveMetrics(), path=str(tmp_path / "none"))
+    with caplog.at_level(logging.INFO, logger="lvsguard.exporter.passive"):
+        assert detector.tick() == [] and detector.tick() == []
+        (tmp_path / "none").write_text(HEADER)
+        detector.tick()
+    assert caplog.text.count("passive_paused") == 1 and "passive_resumed" in caplog.text
