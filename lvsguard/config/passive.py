@@ -39,7 +39,7 @@ def fraction(node: Node, path: str, ctx: Context) -> float:
 
 def handshake_timeout(node: Node, path: str, ctx: Context) -> float:
     """A duration below the kernel's 60 s of SYN_RECV, after which the entry is gone and nothing is seen."""
-    value = duration(node, path, ctx)
+    value = float(duration(node, path, ctx))
     if value >= 60.0:
         raise Invalid(f"must be below 60 s (a connection leaves SYN_RECV after 60 s), got {value:g}")
     return value
