@@ -18,13 +18,14 @@ from flask import Blueprint, current_app, g, request
 
 from actuator.actions import Actions, Actor, Outcome, Result, Source
 from actuator.auth import read_only, require_token
-from actuator.failover import read_role_file, read_track_file
+from actuator.failover import read_track_file
 from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger, locked_ledger
 from actuator.openapi import document
 from actuator.probestate import CheckState, ProbeView, probe_view
 from actuator.settings import ActuatorSettings
 from actuator.targets import Target
 from lvsguard.errors import ApiError
+from lvsguard.keepalived import read_role_file
 from lvsguard.model import (
     MAX_WEIGHT,
     Forward,

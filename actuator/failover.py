@@ -80,35 +80,6 @@ def read_track_file(path: str) -> bool | None:
     return text not in (b"", b"0")
 
 
-ROLES = ("master", "backup", "fault", "stop")
-
-
-def read_role_file(path: str) -> str:
-    """This director's VRRP role from its ``role_file``: master, backup, fault, stop, or unknown.
-
-    The file holds a state word as keepalived names it (``MASTER``) or a whole
-    notify FIFO line (``INSTANCE "VI_1" MASTER 150``). keepalived also reports
-    ``MASTER_RX_LOWER_PRI`` (a master heard a lower-priority advert, as when a
-    split brain heals): it stays master, so that reads master. Anything else,
-    a missing or unreadable file, reads unknown: the peer check then refuses a
-    failover, which is the safe side.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            words = os.read(fd, 256).decode("ascii", "replace").split()
-        finally:
-            os.close(fd)
-    except OSError:
-        return "unknown"
-    if len(words) >= 3 and words[0] == "INSTANCE":
-        words = words[2:]
-    state = words[0].lower() if words else ""
-    if state == "master_rx_lower_pri":
-        return "master"
-    return state if state in ROLES else "unknown"
-
-
 class PeerCheck:
     """Asks the peer director's actuator whether it can take the VIPs over, on one kept-alive connection.
 

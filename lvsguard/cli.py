@@ -162,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     chk.set_defaults(func=cmd_config_check)
     cfg.set_defaults(func=lambda _args: _print_help(cfg))
 
+    doc = sub.add_parser(
+        "doctor",
+        help="check this director's setup, each failure with its fix",
+        description="Check what lvsguard needs on this director: the config, ip_vs, capabilities, netlink, "
+        "listen addresses, keepalived's FIFO and state, the sync daemon against the VRRP role, the peer's actuator, "
+        "the token and ledger files. One line per check; exit status 1 when any failed.",
+    )
+    _add_config(doc)
+    _add_netns(doc)
+    doc.add_argument("--token-file", metavar="FILE", help="the actuator's token file (default: /etc/lvsguard/tokens)")
+    doc.add_argument(
+        "--ledger", metavar="FILE", help="the actuator's ledger (default: config or /var/lib/lvsguard/actuator.db)"
+    )
+    doc.set_defaults(func=cmd_doctor)
+
     kad = sub.add_parser(
         "keepalived",
         help="keepalived's side of a director",
@@ -334,6 +349,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     from lvsguard.table import importers
 
     return importers.run(args.format, args.file, strict=args.strict)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from lvsguard import doctor
+
+    checks = doctor.Doctor(
+        config_path=str(args.config) if args.config else None,
+        netns=args.netns,
+        token_file=args.token_file,
+        ledger=args.ledger,
+    )
+    results = checks.run()
+    print(doctor.render(results), end="")
+    return doctor.exit_status(results)
 
 
 def cmd_keepalived_snippet(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ are the operator's: options with the lab's defaults.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 TRACK_FILE_WEIGHT = 0  # a non-zero value in the track file = FAULT (see the docstring)
 TRACK_NAME = "lvsguard_failover"
+ROLES = ("master", "backup", "fault", "stop")  # the VRRP states, as the actuator and the doctor name them
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +112,29 @@ def snippet(cfg: Config, options: SnippetOptions = SnippetOptions()) -> str:
         lines += ["    virtual_ipaddress_excluded {", *(f"        {a} dev {options.interface}" for a in six), "    }"]
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def read_role_file(path: str) -> str:
+    """This director's VRRP role from its ``role_file`` (the actuator's peer check, the doctor): master, backup, fault, stop, or unknown.
+
+    The file holds a state word as keepalived names it (``MASTER``) or a whole
+    notify FIFO line (``INSTANCE "VI_1" MASTER 150``). keepalived also reports
+    ``MASTER_RX_LOWER_PRI`` (a master heard a lower-priority advert, as when a
+    split brain heals): it stays master, so that reads master. Anything else,
+    a missing or unreadable file, reads unknown: the peer check then refuses a
+    failover, which is the safe side.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            words = os.read(fd, 256).decode("ascii", "replace").split()
+        finally:
+            os.close(fd)
+    except OSError:
+        return "unknown"
+    if len(words) >= 3 and words[0] == "INSTANCE":
+        words = words[2:]
+    state = words[0].lower() if words else ""
+    if state == "master_rx_lower_pri":
+        return "master"
+    return state if state in ROLES else "unknown"

@@ -953,6 +953,19 @@ class NetlinkIPVS:
         with self._lock, self._kernel("daemon", subject=subject):
             self._ack(CMD_DEL_DAEMON, nla(ATTR_DAEMON, nla(DAEMON_STATE, U32.pack(state))))
 
+    def check_write(self) -> None:
+        """Prove the right to write IPVS without writing: a delete that names no service.
+
+        The kernel checks CAP_NET_ADMIN (GENL_ADMIN_PERM) before it reads the
+        request, then refuses the missing service with EINVAL, which is the
+        answer wanted here; without the right it raises NotPermitted.
+        """
+        try:
+            with self._lock, self._kernel("service", subject="write check"):
+                self._ack(CMD_DEL_SERVICE, b"")
+        except InvalidRequest:
+            return
+
     def flush(self) -> None:
         """Delete every service (and so every real server) of the namespace."""
         with self._lock, self._kernel("service"):

@@ -27,6 +27,7 @@ COMMANDS = [
     "failover",
     "config",
     "keepalived",
+    "doctor",
 ]
 CLIENT_COMMANDS = ["quarantine", "restore", "drain", "weight", "add", "remove", "ledger", "failover", "status"]
 

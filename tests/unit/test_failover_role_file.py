@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actuator.failover import read_role_file
+from lvsguard.keepalived import read_role_file
 
 
 @pytest.mark.parametrize(
