@@ -563,13 +563,14 @@ def get_ledger() -> Ledger:
 
 
 def locked_ledger() -> Ledger:
-    """The app's one connection for the webhook, whose sessions run under the actions lock.
+    """The app's one connection for the webhook and failover, whose sessions run under the action layer's lock.
 
-    Only used while holding ``Actions.lock``, so one connection is enough; being
-    the same one every time keeps its page cache warm (a connection re-reads the
-    pages another connection changed, a system call each, and with one
-    connection per serving thread a burst of webhooks lands on a different cold
-    connection each time). The caller rolls back what an error leaves open.
+    Passed as a function (``actions.alerts(locked_ledger, ...)``): the action layer
+    calls it under its lock, so one connection is enough; being the same one every
+    time keeps its page cache warm (a connection re-reads the pages another
+    connection changed, a system call each, and with one connection per serving
+    thread a burst of webhooks lands on a different cold connection each time).
+    The action layer rolls back what an error leaves open.
     """
     ledger: Ledger | None = current_app.extensions.get("lvsguard_locked_ledger")
     if ledger is None:
