@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lvsguard.errors import AlreadyExists, BulkFailed, KernelError, NoSuchDestination, NoSuchService
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, SyncDaemon, Table, VirtualService
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -101,6 +103,30 @@ class FakeKernel:
         for rs in servers:
             self.add_real_server(service, rs)
             count += 1
+        return count
+
+    def add_services(self, services: Iterable[VirtualService]) -> int:
+        """The pipelined form: each on its own, the failures in one BulkFailed (as netlink does)."""
+        return self._each(services, self.add_service, "services not added")
+
+    def add_real_servers_to(self, servers: Iterable[tuple[ServiceKey, RealServer]]) -> int:
+        return self._each(servers, lambda pair: self.add_real_server(*pair), "real servers not added")
+
+    def edit_real_servers_to(self, servers: Iterable[tuple[ServiceKey, RealServer]]) -> int:
+        return self._each(servers, lambda pair: self.edit_real_server(*pair), "real servers not changed")
+
+    @staticmethod
+    def _each(items: Iterable[T], write: Callable[[T], None], what: str) -> int:
+        failures: list[KernelError] = []
+        count = 0
+        for item in items:
+            count += 1
+            try:
+                write(item)
+            except KernelError as exc:
+                failures.append(exc)
+        if failures:
+            raise BulkFailed(f"{len(failures)} of {count} {what}", failures)
         return count
 
     def edit_real_server(self, service: ServiceKey, rs: RealServer) -> None:

@@ -187,3 +187,23 @@ def test_diff_says_pending_then_matches(ours: NetlinkIPVS, tmp_path: Path, capsy
     run("ip", "netns", "exec", OURS, "ipvsadm", "-e", "-t", "192.0.2.10:80", "-r", "10.0.1.2:80", "-m", "-w", "1")
     assert cli.main(["diff", "--config", str(config), "--netns", OURS]) == 2
     assert "~ 10.0.1.2:80: weight 1 → 3; upper threshold 0 → 100; lower threshold 0 → 10" in capsys.readouterr().out
+
+
+def test_a_refused_service_fails_alone_in_a_pipelined_build(ours: NetlinkIPVS) -> None:
+    """One request of a batch refused (no such scheduler): its service and real servers fail, named; the rest is built."""
+    rules = "".join(
+        f"-A -t 192.0.2.{i}:80 -s {'nosuch' if i == 2 else 'rr'}\n-a -t 192.0.2.{i}:80 -r 10.0.1.{i}:80 -m -w 1\n"
+        for i in (1, 2, 3)
+    )
+    _, desired, _ = load_table(yaml.safe_load(render(ipvsadm_importer.parse(rules, "rules"))))
+    result = apply(plan(desired, ours.read(), prune="exact"), ours)
+    assert [str(f) for f in result.failures] == [
+        "service TCP 192.0.2.2:80: no scheduler 'nosuch' in this kernel",
+        "service TCP 192.0.2.2:80: no scheduler 'nosuch' in this kernel",
+    ]
+    assert len(result.applied) == 4
+    assert saved(OURS) == sorted(
+        f"-{c} -t 192.0.2.{i}:80" + (f" -r 10.0.1.{i}:80 -m -w 1" if c == "a" else " -s rr")
+        for i in (1, 3)
+        for c in "Aa"
+    )
