@@ -29,6 +29,7 @@ from lvsguard.errors import (
     TooManyFailures,
     Unauthorized,
 )
+from lvsguard.logs import logfmt_value
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def handle_error(exc: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
     if status == 503:
         headers["Retry-After"] = "5"
     if status == 500 or not isinstance(exc, (LvsguardError, sqlite3.OperationalError)):
-        log.exception("internal error on %s %s", request.method, request.path)
+        log.exception("internal error on %s %s", request.method, logfmt_value(request.path))
         body = {"error": "internal error; the actuator's log has the details"}
         status = 500
     return body, status, headers

@@ -65,7 +65,7 @@ from actuator.settings import ActuatorSettings
 from actuator.states import HoldKind
 from actuator.targets import Target
 from lvsguard.errors import ApiError, LvsguardError, UiError
-from lvsguard.logs import event
+from lvsguard.logs import event, logfmt_value
 from lvsguard.model import Forward
 
 log = logging.getLogger(__name__)
@@ -622,7 +622,7 @@ def error_page(exc: Exception) -> Any:
         status = error_status(exc)
         message = str(exc)
         if status == 500 or not isinstance(exc, LvsguardError):
-            log.exception("internal error on %s %s", request.method, request.path)
+            log.exception("internal error on %s %s", request.method, logfmt_value(request.path))
             status, message = 500, "internal error; the actuator's log has the details"
     if request.path.endswith(".json"):
         return {"error": message}, status

@@ -22,11 +22,10 @@ from lvsguard.ipvs.netlink import NetlinkIPVS
 
 @contextmanager
 def serving(app: Any, *, port: int = 0, threads: int = 4) -> Iterator[str]:
-    """Serve a WSGI ``app`` over waitress on 127.0.0.1 in a thread, with the actuator's limits; yields its base URL.
+    """Serve a WSGI ``app`` over waitress on 127.0.0.1 in a thread; yields its base URL, and stops it for good.
 
-    Stops it for good.
-
-    The stop order matters: waitress's worker threads pull the loop's trigger
+    The server is built as ``lvsguard actuator`` builds it (``actuator.limits``),
+    so tests meet the same connection, timeout and body limits. The stop order matters: waitress's worker threads pull the loop's trigger
     after each response, so they go first (a pull on a closed trigger is an
     EBADF in a worker, or a byte written into whatever file took its number);
     then the loop closes every channel from its own thread (closing from here
