@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lvsguard import cli
 from lvsguard.errors import ConfigError
 from lvsguard.model import Forward, ServiceFlags, ServiceKey
 from lvsguard.table.importers import render
@@ -73,3 +75,13 @@ def test_tunnel_options_ipvsadm_refuses_are_refused(rule: str, message: str) -> 
     with pytest.raises(ConfigError, match=message):
         parse(f"-A -f 1\n-a -f 1 -r 10.0.1.2:0 {rule}\n", "t")
     assert parse("-A -f 1\n-a -f 1 -r 10.0.1.2:0 -i --tun-type ipip --tun-nocsum\n").services
+
+
+def test_cli_reads_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("-A -t 192.0.2.10:80 -s rr\n-a -t 192.0.2.10:80 -r 10.0.1.2:80 -m\n"))
+    assert cli.main(["import", "ipvsadm"]) == 0
+    out = capsys.readouterr().out
+    assert "# lvsguard config imported from ipvsadm <stdin>" in out
+    assert "- {name: 10.0.1.2-80, address: '10.0.1.2:80', weight: 1}" in out
+    assert cli.main(["import", "ipvsadm", str(FIXTURES / "no-such.save")]) == 1
+    assert "no-such.save: cannot read: No such file or directory" in capsys.readouterr().err
