@@ -17,8 +17,11 @@ the console alike, and a new route gets them without a line of its own.
 - **JSON**: nesting too deep for the parser is a 400, not a RecursionError;
   a webhook payload is counted before it is parsed (:func:`check_webhook_body`).
 
-None of this limits one client against the others: waitress has no per-client
-limit. docs/actuator.md shows the reverse proxy that adds one.
+- **Per client** (:func:`admit`): at most ``MAX_PER_CLIENT`` connections per
+  address, so one host's slow clients cannot take all of ``CONNECTION_LIMIT``.
+
+Requests per client, and connections from many addresses, are a reverse
+proxy's to limit: docs/actuator.md shows one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any
 
 from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
 from waitress.server import create_server as waitress_server
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
@@ -53,6 +58,9 @@ CONTAINERS_PER_ALERT = 32
 
 CONNECTION_LIMIT = 500
 """Connections waitress serves at once (its default is 100: 110 slow clients took the actuator down)."""
+MAX_PER_CLIENT = 64
+"""Connections one client address may hold; more get 503 and are closed. 127.0.0.1 and ::1 are exempt:
+a reverse proxy on the director connects from there for every client (it limits per client itself)."""
 CHANNEL_TIMEOUT = 15
 """Seconds a connection may stay silent, mid-header or idle, before waitress closes it (default 120)."""
 SERVER_OPTIONS: dict[str, Any] = {
@@ -66,9 +74,41 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
+BUSY_REPLY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+EXEMPT = ("127.0.0.1", "::1")
+
+
 def create_server(app: Any, *, host: str, port: int, threads: int, **overrides: Any) -> Any:
     """The waitress server of ``lvsguard actuator`` (``run()`` serves until interrupted)."""
-    return waitress_server(app, host=host, port=port, threads=threads, **{**SERVER_OPTIONS, **overrides})
+    server = waitress_server(app, host=host, port=port, threads=threads, **{**SERVER_OPTIONS, **overrides})
+    listeners = [server] if isinstance(server, BaseWSGIServer) else list((server.map or {}).values())  # v4 and v6
+    for listener in listeners:
+        if isinstance(listener, BaseWSGIServer):
+            # waitress calls channel_class with each accepted connection and keeps nothing it returns:
+            # a function that may refuse stands in for the class waitress's stubs expect here
+            listener.channel_class = admit  # type: ignore[assignment]
+    return server
+
+
+def admit(server: Any, conn: socket.socket, addr: Any, adj: Any, map: dict[int, Any]) -> HTTPChannel | None:
+    """A channel for ``conn``, or a 503 and close when its address holds ``MAX_PER_CLIENT`` connections already.
+
+    Counted from waitress's own map of open channels (at most ``CONNECTION_LIMIT``),
+    so nothing is left to forget when a connection closes.
+    """
+    client = addr[0] if isinstance(addr, tuple) else ""
+    if client and client not in EXEMPT:
+        held = sum(1 for ch in map.values() if isinstance(ch, HTTPChannel) and ch.addr and ch.addr[0] == client)
+        if held >= MAX_PER_CLIENT:
+            try:
+                conn.setblocking(False)  # the server's one loop never waits on a client
+                conn.send(BUSY_REPLY)
+            except OSError:
+                pass
+            conn.close()
+            event(log, logging.DEBUG, "connection_refused", client=client, held=held)
+            return None
+    return HTTPChannel(server, conn, addr, adj, map=map)
 
 
 class JSONProvider(DefaultJSONProvider):

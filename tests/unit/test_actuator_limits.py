@@ -122,6 +122,25 @@ def test_slow_clients_do_not_lock_everybody_else_out(tmp_path: Path) -> None:
                 sock.close()
 
 
+def test_one_client_address_cannot_take_every_connection(tmp_path: Path) -> None:
+    """600 slow connections from one address: the ones past its share get 503 at once, another address is served."""
+    with served(tmp_path) as (url, port):
+        slow = []
+        try:
+            for _ in range(600):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0))
+                sock.sendall(b"GET /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                slow.append(sock)
+            assert slow[-1].recv(4096).startswith(b"HTTP/1.1 503")  # told at once, not left hanging
+            other = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.3", 0))
+            with other:
+                other.sendall(b"GET /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                assert other.recv(4096).startswith(b"HTTP/1.1 200")
+        finally:
+            for sock in slow:
+                sock.close()
+
+
 # 3. large bodies
 
 
