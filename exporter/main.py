@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from exporter.probes.metrics import no_report
 from exporter.server import Reloadable, run
 from exporter.source import ExporterReader
 from lvsguard.errors import LvsguardError
@@ -49,6 +50,7 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
             addresses=lambda: local_addresses(netns),
             reload=reloader(config, listen=listen, netns=netns) if config.file else None,
             probes=extras(probes, fifo, passive),
+            probe_report=probes.engine.metrics.report if probes is not None else no_report,
         )
     finally:
         if agent is not None:  # first: a stopping engine is no news to send

@@ -1,11 +1,13 @@
-"""The exporter's HTTP server: ``/metrics``, ``/`` and ``/-/healthy``.
+"""The exporter's HTTP server: ``/metrics``, ``/probes.json``, ``/`` and ``/-/healthy``.
 
 The standard library's threading HTTP server is enough: a scrape is one
 request, and the work is rendering, not connection handling. ``/metrics``
 streams the fast exposition as HTTP/1.1 chunks (gzip-compressed when the
 scraper accepts it), so a 165 MB scrape is never held in memory at once. A
 table that cannot be read is not an HTTP error: the scrape answers 200 with
-``ipvs_up 0``, and the exporter keeps serving.
+``ipvs_up 0``, and the exporter keeps serving. ``/probes.json`` is the
+health checks' state as JSON (``ProbeMetrics.report``), for the actuator's
+console: the probes alone, not the whole table.
 
 SIGHUP reloads what a config may change without a restart (names,
 ``backend_labels``, the ``services`` allow-list): the new settings get a new
@@ -15,6 +17,7 @@ sees half of each. A reload that fails is logged and the old settings stay.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
@@ -30,6 +33,7 @@ from urllib.parse import urlsplit
 
 from exporter.collector import BACKEND_LABELS, ExtraFamilies, IPVSCollector, Names
 from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
+from exporter.probes.metrics import Report, no_report
 from lvsguard import __version__
 from lvsguard.errors import ListenError, LvsguardError
 from lvsguard.ipvs import TableReader
@@ -53,6 +57,7 @@ INDEX_HTML = """<!DOCTYPE html>
 <body><h1>lvsguard exporter</h1>
 <p>IPVS metrics of this director, version {version}.</p>
 <ul><li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
+<li><a href="/probes.json">/probes.json</a>: the health checks' state (JSON)</li>
 <li><a href="/-/healthy">/-/healthy</a>: liveness</li></ul>
 </body></html>
 """
@@ -103,11 +108,12 @@ class ExporterServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128  # listen backlog: a burst of connections is accepted (and refused), not dropped as SYNs
 
-    def __init__(self, listen: str, exposition: Exposition):
+    def __init__(self, listen: str, exposition: Exposition, probe_report: Callable[[], Report] = no_report):
         host, port = parse_listen(listen)
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.exposition = exposition
+        self.probe_report = probe_report
         self.listen = listen
         try:
             super().__init__((host, port), _Handler)
@@ -219,6 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/metrics":
             self._metrics()
+        elif path == "/probes.json":
+            report = json.dumps(self.server.probe_report(), separators=(",", ":")).encode()
+            self._reply(HTTPStatus.OK, "application/json", report)
         elif path == "/":
             self._reply(HTTPStatus.OK, "text/html; charset=utf-8", INDEX_HTML.format(version=__version__).encode())
         elif path == "/-/healthy":
@@ -317,13 +326,15 @@ def run(
     ready: Callable[[ExporterServer], None] | None = None,
     reload: Callable[[], Reloadable] | None = None,
     probes: ExtraFamilies | None = None,
+    probe_report: Callable[[], Report] = no_report,
 ) -> None:
     """Serve the IPVS metrics on ``listen`` until SIGTERM or SIGINT (or ``server.shutdown()``).
 
     ``ready`` is called with the listening server (tests use it to learn the port
     and to stop it). ``reload`` (on SIGHUP) returns the new settings, or raises
     an LvsguardError to keep the running ones. ``probes`` adds the health-check
-    series (``exporter.probes.metrics.ProbeMetrics``).
+    series (``exporter.probes.metrics.ProbeMetrics``), ``probe_report`` their
+    state for ``/probes.json`` (``ProbeMetrics.report``).
     """
     collector = IPVSCollector(
         reader_factory(),
@@ -334,7 +345,7 @@ def run(
         probes=probes,
     )
     try:
-        server = ExporterServer(listen, Exposition(collector))
+        server = ExporterServer(listen, Exposition(collector), probe_report)
     except ListenError:
         collector.reader.close()
         raise

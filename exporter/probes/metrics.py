@@ -6,7 +6,8 @@ they join with the IPVS series and two checks of one real server never
 collide. ``chunks()`` renders them as Prometheus text for the exporter's
 ``/metrics``, each check's lines kept between scrapes while its values stay
 the same; the tests hold that text to prometheus_client's families of the same
-state (``tests/exposition_oracle.py``).
+state (``tests/exposition_oracle.py``). ``report()`` gives the same state as
+the exporter's ``/probes.json``, which the actuator's console reads.
 
 A check added ``shared`` (the default tcp checks of a table over the engine's
 budget) keeps its own success, health and change series, but its durations go
@@ -53,6 +54,12 @@ LAST_CHANGE = (
 FAMILIES = (SUCCESS, DURATION, HEALTHY, CHANGES, LAST_CHANGE)
 
 JobKey = tuple[ServiceKey, RealServerKey, str]
+Report = dict[str, list[dict[str, object]]]
+
+
+def no_report() -> Report:
+    """The probe report of an exporter whose probes are off: no check."""
+    return {"checks": []}
 
 
 @dataclass(slots=True)
@@ -157,6 +164,36 @@ class ProbeMetrics:
             s.healthy = healthy
             s.changes = health.changes
             s.changed_at = health.changed_at
+
+    def report(self) -> Report:
+        """Every check's state, as ``/probes.json`` serves it (docs/probes.md describes the document).
+
+        One object per check: its service and real server as an operator
+        writes them, its name, ``healthy`` (after rise/fall), ``success`` (the
+        last result), ``last_change`` (Unix time of the last transition, 0 =
+        never), and the sum and count of its durations, null for a check whose
+        durations go to its service's histogram (``shared``).
+        """
+        with self._lock:
+            values = [
+                (key, s.healthy, s.success, s.changed_at, s.shared is None, s.total, s.count)
+                for key, s in self._series.items()
+            ]
+        return {
+            "checks": [
+                {
+                    "service": str(service),
+                    "real_server": str(real_server),
+                    "check": check,
+                    "healthy": healthy == 1,
+                    "success": success == 1,
+                    "last_change": changed_at,
+                    "duration_seconds_sum": total if own else None,
+                    "duration_seconds_count": count if own else None,
+                }
+                for (service, real_server, check), healthy, success, changed_at, own, total, count in values
+            ]
+        }
 
     def _lines(self) -> tuple[list[tuple[str, str, str, str]], list[_Hist]]:
         """The per-check lines of the four gauge/counter families (kept between scrapes while unchanged), and the histograms."""

@@ -10,7 +10,7 @@ A real exporter runs beside it (``exporter.main.start_probes`` and the
 exporter's HTTP server, from a config as ``lvsguard exporter`` reads it) with
 tcp checks of the NAT service's real servers, plus a check of rs3 on a port
 where nothing listens; the actuator reads the probe state from its
-``/metrics`` (``actuator.exporter_url``).
+``/probes.json`` beside its ``/metrics`` (``actuator.exporter_url``).
 
 Screenshots go to ``$LVSGUARD_UI_SCREENSHOTS`` when set (``docs/screenshots``
 is made that way), else to the test's temporary directory.
@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,10 +29,11 @@ from typing import Any
 
 import pytest
 
-from actuator.probestate import parse_probe_metrics
+from actuator.probestate import fetch_report, parse_probe_report, report_url
 from actuator.settings import ActuatorSettings, Names, Quorum
 from actuator.targets import Target
 from exporter.main import start_probes
+from exporter.probes.metrics import no_report
 from exporter.server import ExporterServer, run
 from exporter.source import ExporterReader
 from lab import traffic
@@ -112,7 +112,12 @@ probes:
     thread = threading.Thread(
         target=run,
         args=(lambda: ExporterReader(netns, "auto"), "127.0.0.1:0"),
-        kwargs={"ready": ready, "names": cfg, "probes": probes.engine.metrics if probes else None},
+        kwargs={
+            "ready": ready,
+            "names": cfg,
+            "probes": probes.engine.metrics if probes else None,
+            "probe_report": probes.engine.metrics.report if probes else no_report,
+        },
         daemon=True,
     )
     thread.start()
@@ -129,8 +134,7 @@ probes:
 
 def exporter_health(url: str, lab: Lab) -> dict[str, str]:
     """Each NAT real server's health as the exporter itself says it (read straight, not through the actuator)."""
-    with urllib.request.urlopen(url, timeout=30) as response:
-        raw = parse_probe_metrics(response.read().decode().splitlines())
+    raw = parse_probe_report(fetch_report(report_url(url), 30.0))
     nat = lab.nat
     out = {}
     for name in nat.weights:

@@ -1,7 +1,7 @@
-"""Probe state read from the exporter's ``/metrics`` (``actuator/probestate.py``).
+"""Probe state read from the exporter's ``/probes.json`` (``actuator/probestate.py``).
 
-The exposition is the exporter's own: ``exporter.probes.metrics.ProbeMetrics``
-fed real ``ProbeResult``/``Health`` values renders it, so a change of the
+The report is the exporter's own: ``exporter.probes.metrics.ProbeMetrics``
+fed real ``ProbeResult``/``Health`` values writes it, so a change of the
 exporter's format breaks these tests, not the console in production.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 
@@ -19,11 +20,12 @@ from actuator.probestate import (
     SLOW_FACTOR,
     CheckState,
     ProbeSource,
+    Raw,
     checks_of,
-    fetch_lines,
-    parse_probe_metrics,
+    fetch_report,
+    parse_probe_report,
+    report_url,
 )
-from actuator.settings import Names
 from actuator.targets import Target
 from exporter.probes.metrics import ProbeMetrics
 from exporter.probes.result import ProbeResult
@@ -39,23 +41,23 @@ RS6 = RealServerKey.parse("[2001:db8::1]:443")
 
 
 def exposition(*observations: tuple[ServiceKey, RealServerKey, str, bool, float, bool, float]) -> str:
-    """The exporter's probe families after ``(service, real server, check, ok, duration, healthy, changed_at)`` results."""
+    """The exporter's probe report after ``(service, real server, check, ok, duration, healthy, changed_at)`` results."""
     metrics = ProbeMetrics()
     for service, rs, check, ok, duration, healthy, changed_at in observations:
         metrics.add((service, rs, check))
         health = Health(rise=2, fall=1, healthy=healthy, changes=1 if changed_at else 0, changed_at=changed_at)
         metrics.observe((service, rs, check), ProbeResult(ok, "", duration), health)
-    return "".join(metrics.chunks())
+    return json.dumps(metrics.report())
 
 
 def test_parse_reads_state_success_latency_and_change_of_every_check() -> None:
-    text = 'ipvs_backend_weight{x="1"} 5\n' + exposition(
+    text = exposition(
         (WEB, RS1, "tcp", True, 0.002, True, 0.0),
         (WEB, RS1, "http", False, 0.5, False, 1_700_000_100.0),
         (V6, RS6, "tcp", True, 0.004, True, 0.0),
         (MARK, RS2, "tcp", True, 0.001, True, 0.0),
     )
-    raw = parse_probe_metrics(text.splitlines())
+    raw = parse_probe_report(json.loads(text))
     assert set(raw) == {
         (Target(WEB, RS1), "tcp"),
         (Target(WEB, RS1), "http"),
@@ -84,40 +86,81 @@ def test_latency_is_the_mean_of_the_checks_between_two_reads() -> None:
     metrics.add(key)
     for duration in (0.1, 0.1):
         metrics.observe(key, ProbeResult(True, "", duration), Health(2, 1))
-    before = parse_probe_metrics("".join(metrics.chunks()).splitlines())
+    before = parse_probe_report(metrics.report())
     for duration in (0.002, 0.004):
         metrics.observe(key, ProbeResult(True, "", duration), Health(2, 1))
-    now = parse_probe_metrics("".join(metrics.chunks()).splitlines())
+    now = parse_probe_report(metrics.report())
     assert checks_of(now, before)[Target(WEB, RS1)][0].latency == pytest.approx(0.003)
     assert checks_of(now, now)[Target(WEB, RS1)][0].latency == pytest.approx(0.206 / 4)  # no new check: the mean of all
 
 
+GOOD = {
+    "service": "TCP 192.0.2.10:80",
+    "real_server": "10.0.1.1:80",
+    "check": "tcp",
+    "healthy": True,
+    "success": True,
+    "duration_seconds_sum": 0.5,
+    "duration_seconds_count": 2,
+    "last_change": 0.0,
+}
+
+
 @pytest.mark.parametrize(
-    "line",
+    "check",
     [
-        'lvs_backend_healthy{proto="TCP",local_port="80",remote_address="10.0.1.1",remote_port="80",check="tcp"} 1',
-        'lvs_backend_healthy{local_address="192.0.2.10",local_port="80",proto="TCP",remote_address="10.0.1.1",remote_port="80",check="tcp"} up',
-        'lvs_backend_healthy{local_address="192.0.2.10",local_port="80",proto="BOGUS",remote_address="10.0.1.1",remote_port="80",check="tcp"} 1',
-        "lvs_backend_healthy 1",
-        "# HELP lvs_backend_healthy {",
+        {**GOOD, "service": "192.0.2.10:80"},
+        {**GOOD, "real_server": "10.0.1.1"},
+        {**GOOD, "service": "BOGUS 192.0.2.10:80"},
+        {**GOOD, "healthy": "up"},
+        {**GOOD, "duration_seconds_sum": "0.5"},
+        {k: v for k, v in GOOD.items() if k != "success"},
+        "tcp",
     ],
-    ids=["no-local-address", "bad-value", "bad-proto", "no-labels", "comment"],
+    ids=["no-protocol", "no-port", "bad-proto", "bad-healthy", "bad-sum", "no-success", "not-an-object"],
 )
-def test_lines_that_name_no_real_server_are_skipped(line: str) -> None:
-    assert parse_probe_metrics([line]) == {}
+def test_checks_that_name_no_real_server_or_garble_a_value_are_skipped(check: object) -> None:
+    assert parse_probe_report({"checks": [check, GOOD]}) == {(Target(WEB, RS1), "tcp"): Raw(True, True, 0.5, 2.0, 0.0)}
 
 
-def test_escaped_label_values_and_config_names() -> None:
-    names = Names(services={'we"b': WEB}, real_servers={WEB: {"rs\\1": RS1}})
-    line = 'lvs_probe_success{service="we\\"b",real_server="rs\\\\1",check="a\\"b"} 0 1700000000000'
-    raw = parse_probe_metrics([line], names)
-    assert list(raw) == [(Target(WEB, RS1), 'a"b')]
-    assert raw[(Target(WEB, RS1), 'a"b')].success is False
+@pytest.mark.parametrize("doc", [[], {}, {"checks": {}}, "checks", None], ids=["list", "empty", "map", "text", "null"])
+def test_a_document_that_is_no_report_is_an_error(doc: object) -> None:
+    with pytest.raises(ValueError, match="not the exporter's probe report"):
+        parse_probe_report(doc)
+
+
+def test_any_check_name_and_a_fwmark_service_come_through() -> None:
+    raw = parse_probe_report(json.loads(exposition((MARK, RS2, 'a"b\\c\n', False, 0.1, True, 0.0))))
+    assert list(raw) == [(Target(MARK, RS2), 'a"b\\c\n')]
+    assert raw[(Target(MARK, RS2), 'a"b\\c\n')].success is False
+
+
+def test_a_shared_check_has_no_latency_of_its_own() -> None:
+    metrics = ProbeMetrics()
+    key = (WEB, RS1, "tcp")
+    metrics.add(key, shared=True)  # its durations go to its service's histogram
+    metrics.observe(key, ProbeResult(True, "", 0.01), Health(2, 1))
+    assert checks_of(parse_probe_report(metrics.report()), {})[Target(WEB, RS1)] == (
+        CheckState("tcp", True, True, None, 0.0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("exporter_url", "expected"),
+    [
+        ("http://127.0.0.1:9910/metrics", "http://127.0.0.1:9910/probes.json"),
+        ("http://127.0.0.1:9910", "http://127.0.0.1:9910/probes.json"),
+        ("https://director/lvs/metrics", "https://director/lvs/probes.json"),
+    ],
+    ids=["metrics", "bare", "behind-a-prefix"],
+)
+def test_the_report_is_read_beside_the_metrics(exporter_url: str, expected: str) -> None:
+    assert report_url(exporter_url) == expected
 
 
 def test_view_states() -> None:
-    fetch = lambda _url, _timeout: exposition((WEB, RS1, "tcp", False, 0.01, False, 5.0)).splitlines()
-    view = ProbeSource("http://exporter/metrics", 1.0, fetch=fetch, clock=FakeClock()).view(Names())
+    fetch = lambda _url, _timeout: json.loads(exposition((WEB, RS1, "tcp", False, 0.01, False, 5.0)))
+    view = ProbeSource("http://exporter/metrics", 1.0, fetch=fetch, clock=FakeClock()).view()
     assert view.state == "ok"
     assert view.of(Target(WEB, RS1))[0] == "unhealthy"
     assert view.of(Target(WEB, RS2)) == ("unchecked", ())
@@ -133,13 +176,13 @@ class Flaky:
         self.took = 0.0
         self.clock: FakeClock | None = None
 
-    def __call__(self, _url: str, _timeout: float) -> list[str]:
+    def __call__(self, _url: str, _timeout: float) -> object:
         self.calls += 1
         if self.clock is not None:
             self.clock.advance(self.took)
         if self.error is not None:
             raise self.error
-        return self.text.splitlines()
+        return json.loads(self.text)
 
 
 def test_source_reads_at_most_every_min_age_and_longer_after_a_slow_read() -> None:
@@ -147,18 +190,18 @@ def test_source_reads_at_most_every_min_age_and_longer_after_a_slow_read() -> No
     fetch = Flaky(exposition((WEB, RS1, "tcp", True, 0.01, True, 0.0)))
     fetch.clock = clock
     source = ProbeSource("http://exporter/metrics", 1.0, fetch=fetch, clock=clock)
-    source.view(Names())
-    source.view(Names())
+    source.view()
+    source.view()
     assert fetch.calls == 1
     clock.advance(MIN_AGE)
     fetch.took = 0.5  # a slow exporter (a big table): read again only after SLOW_FACTOR times as long
-    source.view(Names())
+    source.view()
     assert fetch.calls == 2
     clock.advance(SLOW_FACTOR * 0.5 - 0.1)
-    source.view(Names())
+    source.view()
     assert fetch.calls == 2
     clock.advance(0.2)
-    source.view(Names())
+    source.view()
     assert fetch.calls == 3
 
 
@@ -167,18 +210,18 @@ def test_an_unreachable_exporter_makes_the_state_unknown_then_known_again() -> N
     fetch = Flaky(exposition((WEB, RS1, "tcp", True, 0.01, True, 0.0)))
     source = ProbeSource("http://exporter/metrics", 1.0, fetch=fetch, clock=clock)
     fetch.error = ConnectionRefusedError(111, "Connection refused")
-    view = source.view(Names())
+    view = source.view()
     assert (view.state, view.error, view.of(Target(WEB, RS1))) == ("unreachable", "Connection refused", ("unknown", ()))
     clock.advance(MIN_AGE)
     fetch.error = None
-    view = source.view(Names())
+    view = source.view()
     assert (view.state, view.of(Target(WEB, RS1))[0]) == ("ok", "healthy")
     clock.advance(MIN_AGE)
     fetch.error = TimeoutError("not read within 1 s")
-    assert source.view(Names()).of(Target(WEB, RS1)) == ("unknown", ())
+    assert source.view().of(Target(WEB, RS1)) == ("unknown", ())
     clock.advance(MIN_AGE)
     fetch.error = http.client.IncompleteRead(b"", 100)  # the exporter died in the middle of its reply
-    view = source.view(Names())
+    view = source.view()
     assert view.state == "unreachable" and "IncompleteRead" in view.error
 
 
@@ -190,7 +233,7 @@ class Exporter(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.send_response(self.status)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
         self.wfile.write(self.body)
@@ -212,18 +255,23 @@ def exporter() -> Iterator[tuple[str, type[Exporter]]]:
         server.server_close()
 
 
-def test_fetch_lines_keeps_the_probe_lines_over_http(exporter: tuple[str, type[Exporter]]) -> None:
+def test_fetch_report_reads_the_report_over_http(exporter: tuple[str, type[Exporter]]) -> None:
     url, handler = exporter
-    handler.body = ("ipvs_up 1\n" + exposition((WEB, RS1, "tcp", True, 0.01, True, 0.0))).encode()
-    lines = list(fetch_lines(url, 2.0))
-    assert lines and all(line.startswith("lvs_") for line in lines)
-    assert parse_probe_metrics(lines)[(Target(WEB, RS1), "tcp")].healthy is True
+    handler.body = exposition((WEB, RS1, "tcp", True, 0.01, True, 0.0)).encode()
+    assert parse_probe_report(fetch_report(report_url(url), 2.0))[(Target(WEB, RS1), "tcp")].healthy is True
 
 
-def test_fetch_lines_refuses_an_error_status(exporter: tuple[str, type[Exporter]]) -> None:
+def test_a_reply_that_is_not_json_is_unknown(exporter: tuple[str, type[Exporter]]) -> None:
+    url, handler = exporter
+    handler.body = b"ipvs_up 1\n"  # an exporter that answers with something else
+    view = ProbeSource(url, 2.0).view()
+    assert view.state == "unreachable" and "Expecting value" in view.error
+
+
+def test_fetch_report_refuses_an_error_status(exporter: tuple[str, type[Exporter]]) -> None:
     url, handler = exporter
     handler.status = 500
-    view = ProbeSource(url, 2.0).view(Names())
+    view = ProbeSource(url, 2.0).view()
     assert view.state == "unreachable" and "500" in view.error
 
 
@@ -233,5 +281,5 @@ def test_nothing_listening_is_unknown_with_the_reason() -> None:
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    view = ProbeSource(f"http://127.0.0.1:{port}/metrics", 1.0).view(Names())
+    view = ProbeSource(f"http://127.0.0.1:{port}/metrics", 1.0).view()
     assert view.state == "unreachable" and view.error == "Connection refused"

@@ -428,14 +428,11 @@ def test_no_token_is_rendered_into_any_page(app: Flask, client: FlaskClient) -> 
 
 
 def serve_probes(handler: type[Exporter]) -> None:
-    """The exporter's probe families: rs1 healthy (two checks), rs2 unhealthy since a transition; rs3, rs4 unchecked."""
-    handler.body = (
-        "ipvs_up 1\n"
-        + exposition(
-            (WEB, RS1, "tcp", True, 0.0012, True, 0.0),
-            (WEB, RS1, "http", True, 0.0034, True, 0.0),
-            (WEB, RS2, "tcp", False, 0.25, False, 1_700_000_123.0),
-        )
+    """The exporter's probe report: rs1 healthy (two checks), rs2 unhealthy since a transition; rs3, rs4 unchecked."""
+    handler.body = exposition(
+        (WEB, RS1, "tcp", True, 0.0012, True, 0.0),
+        (WEB, RS1, "http", True, 0.0034, True, 0.0),
+        (WEB, RS2, "tcp", False, 0.25, False, 1_700_000_123.0),
     ).encode()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import json
 import socket
 import struct
 import threading
@@ -15,6 +16,11 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.collector import IPVSCollector
+from exporter.exposition import Exposition
+from exporter.probes.metrics import ProbeMetrics
+from exporter.probes.result import ProbeResult
+from exporter.probes.state import Health
 from exporter.server import ExporterServer, ListenError, accepts_gzip, parse_listen, run
 from lvsguard.errors import NotPermitted
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
@@ -165,14 +171,57 @@ def test_http_1_0_gets_the_body_until_close(served: tuple[ExporterServer, Switch
 
 @pytest.mark.parametrize(
     ("path", "status", "needle"),
-    [("/", 200, b'<a href="/metrics">'), ("/-/healthy", 200, b"OK\n"), ("/nope", 404, b"/nope: not found")],
-    ids=["index links metrics", "healthy", "unknown path"],
+    [
+        ("/", 200, b'<a href="/metrics">'),
+        ("/", 200, b'<a href="/probes.json">'),
+        ("/-/healthy", 200, b"OK\n"),
+        ("/nope", 404, b"/nope: not found"),
+    ],
+    ids=["index links metrics", "index links the probe report", "healthy", "unknown path"],
 )
 def test_other_paths(served: tuple[ExporterServer, SwitchableReader], path: str, status: int, needle: bytes) -> None:
     server, _ = served
     got_status, _, body = get(server.url + path)
     assert got_status == status
     assert needle in body
+
+
+def test_probe_report_without_probes_has_no_check(served: tuple[ExporterServer, SwitchableReader]) -> None:
+    server, _ = served
+    status, headers, body = get(server.url + "/probes.json")
+    assert (status, headers["Content-Type"], json.loads(body)) == (200, "application/json", {"checks": []})
+
+
+def test_probe_report_carries_every_check_and_its_durations() -> None:
+    metrics = ProbeMetrics()
+    web = ServiceKey("TCP", "192.0.2.10", 80)
+    own, shared = (web, RealServerKey("10.0.1.2", 8080), "tcp"), (web, RealServerKey("10.0.1.3", 8080), "tcp")
+    metrics.add(own)
+    metrics.add(shared, shared=True)
+    health = Health(1, 1)
+    health.update(False, 1_700_000_000.5)
+    for key in (own, shared):
+        metrics.observe(key, ProbeResult(False, "refused", 0.25), health)
+    server = ExporterServer("127.0.0.1:0", Exposition(IPVSCollector(SwitchableReader())), metrics.report)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, _, body = get(server.url + "/probes.json")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 200
+    check = {
+        "service": "TCP 192.0.2.10:80",
+        "check": "tcp",
+        "healthy": False,
+        "success": False,
+        "last_change": 1_700_000_000.5,
+    }
+    assert json.loads(body)["checks"] == [
+        {**check, "real_server": "10.0.1.2:8080", "duration_seconds_sum": 0.25, "duration_seconds_count": 1},
+        {**check, "real_server": "10.0.1.3:8080", "duration_seconds_sum": None, "duration_seconds_count": None},
+    ]
 
 
 def test_busy_port_is_a_clear_error() -> None:
