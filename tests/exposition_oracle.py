@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from exporter.collector import (
     ALL_METRICS,
+    BACKEND_LABELS,
     BACKEND_METRICS,
     COUNTER,
     EXPORTER_INFO,
@@ -43,6 +44,16 @@ from exporter.collector import (
     summed,
 )
 from exporter.keepalived import PRIORITY, STATE, STATES, TRANSITIONS, Extras, KeepalivedFifo
+from exporter.passive.conntable import REASONS
+from exporter.passive.metrics import (
+    ENTRIES,
+    FAILURE_LABELS,
+    HANDSHAKE_FAILURES,
+    HOLDDOWN,
+    PASSES,
+    VERDICTS,
+    PassiveMetrics,
+)
 from exporter.probes.metrics import (
     BUCKETS,
     CHANGES,
@@ -147,7 +158,7 @@ def _filled(fam: Family) -> CounterMetricFamily | GaugeMetricFamily:
 
 
 def extra_families(extras: object) -> Iterator[Metric]:
-    """The families of what the exporter serves after the IPVS ones: probes, keepalived, or both (``Extras``)."""
+    """The families of what the exporter serves after the IPVS ones: probes, keepalived, passive, or several (``Extras``)."""
     if isinstance(extras, Extras):
         for source in extras.sources:
             yield from extra_families(source)
@@ -155,6 +166,8 @@ def extra_families(extras: object) -> Iterator[Metric]:
         yield from probe_families(extras)
     elif isinstance(extras, KeepalivedFifo):
         yield from vrrp_families(extras)
+    elif isinstance(extras, PassiveMetrics):
+        yield from passive_families(extras)
     else:
         raise TypeError(f"no oracle for {type(extras).__name__}")
 
@@ -205,6 +218,22 @@ def vrrp_families(fifo: KeepalivedFifo) -> Iterator[Metric]:
             priority.add_metric((instance,), s.priority)
         transitions.add_metric((instance,), s.transitions)
     yield from (state, priority, transitions)
+
+
+def passive_families(metrics: PassiveMetrics) -> Iterator[Metric]:
+    """The passive detector's series as prometheus_client families, from the state ``PassiveMetrics.chunks`` renders."""
+    rows, holds, passes, entries = metrics._snapshot()
+    failures = CounterMetricFamily(HANDSHAKE_FAILURES.name, HANDSHAKE_FAILURES.help, labels=FAILURE_LABELS)
+    verdicts = CounterMetricFamily(VERDICTS.name, VERDICTS.help, labels=BACKEND_LABELS)
+    holddown = GaugeMetricFamily(HOLDDOWN.name, HOLDDOWN.help, labels=BACKEND_LABELS)
+    for backend, series, counts, n in rows:
+        for reason, count in zip(REASONS, counts):
+            failures.add_metric(series.labels + (reason,), count)
+        verdicts.add_metric(series.labels, n)
+        holddown.add_metric(series.labels, holds.get(backend, 0.0))
+    yield from (failures, verdicts, holddown)
+    yield CounterMetricFamily(PASSES.name, PASSES.help, value=passes)
+    yield GaugeMetricFamily(ENTRIES.name, ENTRIES.help, value=entries)
 
 
 class Families(Collector):

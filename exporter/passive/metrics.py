@@ -4,8 +4,9 @@ Every series carries all backend labels (``BACKEND_LABELS``, as the probe
 series), so it joins with ``ipvs_backend_*``; the failures add ``reason``
 (``refused``, ``timeout``). A real server gets its series the first time the
 detector sees a connection of it, both reasons at once, so ``rate()`` has a
-zero to start from. Both exposition paths read the same state: ``families()``
-for prometheus_client, ``chunks()`` for the exporter's fast text path.
+zero to start from. ``chunks()`` renders them as Prometheus text for the
+exporter's ``/metrics``; the tests hold that text to prometheus_client's
+families of the same state (``tests/exposition_oracle.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.collector import BACKEND_LABELS, COUNTER, GAUGE, MetricDef, Names, NoNames, backend_label_values
 from exporter.exposition import format_value, header, label_string
@@ -98,24 +97,8 @@ class PassiveMetrics:
             left = {k: max(0.0, until - now) for k, until in self._holddowns.items()}
             return rows, left, self._passes, self._entries
 
-    def families(self) -> Iterator[Metric]:
-        rows, holds, passes, entries = self._snapshot()
-        failures = CounterMetricFamily(HANDSHAKE_FAILURES.name, HANDSHAKE_FAILURES.help, labels=FAILURE_LABELS)
-        verdicts = CounterMetricFamily(VERDICTS.name, VERDICTS.help, labels=BACKEND_LABELS)
-        holddown = GaugeMetricFamily(HOLDDOWN.name, HOLDDOWN.help, labels=BACKEND_LABELS)
-        for backend, series, counts, n in rows:
-            for reason, count in zip(REASONS, counts):
-                failures.add_metric(series.labels + (reason,), count)
-            verdicts.add_metric(series.labels, n)
-            holddown.add_metric(series.labels, holds.get(backend, 0.0))
-        yield failures
-        yield verdicts
-        yield holddown
-        yield CounterMetricFamily(PASSES.name, PASSES.help, value=passes)
-        yield GaugeMetricFamily(ENTRIES.name, ENTRIES.help, value=entries)
-
     def chunks(self) -> Iterator[str]:
-        """The same series as Prometheus text (the exporter's fast path)."""
+        """The passive series as Prometheus text (the exporter's ``/metrics``)."""
         rows, holds, passes, entries = self._snapshot()
         out = [header(HANDSHAKE_FAILURES)]
         for _, series, counts, _ in rows:

@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.passive.metrics import PassiveMetrics
+from exporter.passive.metrics import HANDSHAKE_FAILURES, PassiveMetrics
 from exporter.passive.rule import Verdict
 from exporter.passive.runner import PassiveDetector
 from lab import synflood
@@ -211,7 +212,8 @@ def test_clients_failing_their_own_handshakes_get_no_verdict(lab: Lab, watch: Wa
             flooded += synflood.syn_flood(lab.client.netns, service.address, service.port, flooded, 100)
             time.sleep(1.0)
     time.sleep(CONFIG.handshake_timeout + 1.0)
-    failures = watch.detector.metrics.families()
-    total = sum(s.value for s in next(failures).samples)
+    text = "".join(watch.detector.metrics.chunks())  # what /metrics serves
+    failures = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == HANDSHAKE_FAILURES.name]
+    total = sum(s.value for s in failures)
     assert total > 2000, f"the detector saw only {total} failed handshakes"
     assert watch.verdicts == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,6 +10,7 @@ from exporter.passive.metrics import PassiveMetrics
 from exporter.passive.rule import Verdict
 from lvsguard.config import loads
 from lvsguard.model import RealServerKey, ServiceKey
+from tests.exposition_oracle import Families, passive_families
 
 SVC = ServiceKey.parse("TCP 192.0.2.10:80")
 RS1, RS2 = RealServerKey.parse("10.0.1.2:8080"), RealServerKey.parse("10.0.1.3:8080")
@@ -24,12 +23,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def both(metrics: PassiveMetrics) -> tuple[Samples, Samples]:
-    class Wrap:
-        def collect(self) -> Any:
-            return metrics.families()
-
+    """The samples of the exporter's text and of the oracle's families (``tests/exposition_oracle.py``)."""
     registry = CollectorRegistry()
-    registry.register(Wrap())  # type: ignore[arg-type]  # a collector by duck typing, as prometheus_client allows
+    registry.register(Families(passive_families(metrics)))
     fast = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for f in text_string_to_metric_families("".join(metrics.chunks()))
