@@ -116,8 +116,8 @@ def parse_probe_report(doc: object) -> dict[CheckKey, Raw]:
     found: dict[CheckKey, Raw] = {}
     for check in checks:
         try:
-            target = Target.parse(check["service"], check["real_server"])
-            found[(target, str(check["check"]))] = Raw(
+            target = Target.parse(_text(check["service"]), _text(check["real_server"]))
+            found[(target, _text(check["check"]))] = Raw(
                 _flag(check["healthy"]),
                 _flag(check["success"]),
                 _number(check["duration_seconds_sum"]),
@@ -127,6 +127,12 @@ def parse_probe_report(doc: object) -> dict[CheckKey, Raw]:
         except (KeyError, TypeError, ValueError, TargetError):
             continue
     return found
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not a string: {value!r}")
+    return value
 
 
 def _flag(value: object) -> bool:

@@ -115,9 +115,21 @@ GOOD = {
         {**GOOD, "healthy": "up"},
         {**GOOD, "duration_seconds_sum": "0.5"},
         {k: v for k, v in GOOD.items() if k != "success"},
+        {**GOOD, "service": 80},
+        {**GOOD, "check": ["tcp"]},
         "tcp",
     ],
-    ids=["no-protocol", "no-port", "bad-proto", "bad-healthy", "bad-sum", "no-success", "not-an-object"],
+    ids=[
+        "no-protocol",
+        "no-port",
+        "bad-proto",
+        "bad-healthy",
+        "bad-sum",
+        "no-success",
+        "service-number",
+        "check-list",
+        "not-an-object",
+    ],
 )
 def test_checks_that_name_no_real_server_or_garble_a_value_are_skipped(check: object) -> None:
     assert parse_probe_report({"checks": [check, GOOD]}) == {(Target(WEB, RS1), "tcp"): Raw(True, True, 0.5, 2.0, 0.0)}
