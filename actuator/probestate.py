@@ -217,7 +217,12 @@ class ProbeSource:
         started = self._clock()
         try:
             raw = parse_probe_report(self._fetch(report_url(self.url), self.timeout))
-        except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, cut short, garbled
+        except (
+            OSError,
+            ValueError,
+            RecursionError,
+            http.client.HTTPException,
+        ) as exc:  # refused, timed out, cut short, garbled
             reason = _reason(exc)
             if self._view.state != "unreachable" or self._view.error != reason:
                 event(log, logging.WARNING, "probe_state_unknown", exporter_url=self.url, reason=reason)

@@ -280,6 +280,12 @@ def test_a_reply_that_is_not_json_is_unknown(exporter: tuple[str, type[Exporter]
     assert view.state == "unreachable" and "Expecting value" in view.error
 
 
+def test_json_nested_too_deep_is_unknown(exporter: tuple[str, type[Exporter]]) -> None:
+    url, handler = exporter
+    handler.body = b"[" * 100_000  # json.loads gives up with RecursionError, not ValueError
+    assert ProbeSource(url, 2.0).view().state == "unreachable"
+
+
 def test_fetch_report_refuses_an_error_status(exporter: tuple[str, type[Exporter]]) -> None:
     url, handler = exporter
     handler.status = 500
