@@ -17,6 +17,7 @@ keepalived and ldirectord also use.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -25,6 +26,9 @@ from lvsguard.model import Forward, RealServer, RealServerKey, ServiceFlags, Ser
 
 __all__ = [
     "DEFAULT_WEIGHT",
+    "check_engine",
+    "check_scheduler",
+    "check_thresholds",
     "DesiredTable",
     "TUNNEL_CHECKSUMS",
     "TUNNEL_TYPES",
@@ -58,6 +62,29 @@ TUNNEL_TYPES = {"ipip": 0, "gue": 1, "gre": 2}  # IP_VS_CONN_F_TUNNEL_TYPE_*
 TUNNEL_TYPE_NAMES = {v: k for k, v in TUNNEL_TYPES.items()}
 TUNNEL_CHECKSUMS = {"nocsum": 0, "csum": 1, "remcsum": 2}  # IP_VS_TUNNEL_ENCAP_FLAG_*
 TUNNEL_CHECKSUM_NAMES = {v: k for k, v in TUNNEL_CHECKSUMS.items()}
+
+
+_MODULE_NAME = re.compile(r"[a-z][a-z0-9_]{0,14}")  # IP_VS_SCHEDNAME_MAXLEN / IP_VS_PENAME_MAXLEN are 16 with the NUL
+
+
+def check_scheduler(name: str) -> str:
+    """``name`` when it can be a scheduler's (``rr``, ``mh``...); ValueError otherwise."""
+    if not _MODULE_NAME.fullmatch(name):
+        raise ValueError(f"not a scheduler name: {name!r} (rr, wrr, wlc, sh, mh, ...)")
+    return name
+
+
+def check_engine(name: str) -> str:
+    """``name`` when it can be a persistence engine's (``sip``); ValueError otherwise."""
+    if not _MODULE_NAME.fullmatch(name):
+        raise ValueError(f"not a persistence engine name: {name!r} (sip)")
+    return name
+
+
+def check_thresholds(upper: int, lower: int) -> None:
+    """The kernel refuses a lower threshold above the upper one (ERANGE); 0 is no upper limit but still counts."""
+    if lower > upper:
+        raise ValueError(f"the lower threshold ({lower}) is above the upper one ({upper})")
 
 
 def full_netmask(family: int) -> int:

@@ -30,6 +30,8 @@ from lvsguard.table.desired import (
     TUNNEL_TYPE_NAMES,
     TUNNEL_TYPES,
     DesiredTable,
+    check_engine,
+    check_scheduler,
     flag_names,
     full_netmask,
     make_real_server,
@@ -72,8 +74,6 @@ TABLE_KEYS = ("manage", "prune")
 PERSISTENCE_KEYS = ("timeout", "netmask", "engine")
 TUNNEL_KEYS = ("type", "port", "checksum")
 
-_SCHEDULER = re.compile(r"[a-z][a-z0-9_]{0,14}")  # IP_VS_SCHEDNAME_MAXLEN is 16 with the NUL
-_ENGINE = re.compile(r"[a-z][a-z0-9_]{0,14}")
 
 Problem = tuple[str, str]
 
@@ -253,10 +253,10 @@ def _service(item: Any, path: str, problems: _Problems) -> VirtualService | None
     scheduler = DEFAULT_SCHEDULER
     if "scheduler" in entry:
         value = _string(entry["scheduler"], f"{path}.scheduler", problems)
-        if value is not None and not _SCHEDULER.fullmatch(value):
-            problems.add(f"{path}.scheduler", f"not a scheduler name: {value!r} (rr, wrr, wlc, sh, mh, ...)")
-        elif value is not None:
-            scheduler = value
+        try:
+            scheduler = check_scheduler(value) if value is not None else scheduler
+        except ValueError as exc:
+            problems.add(f"{path}.scheduler", str(exc))
     flags = _scheduler_flags(entry.get("scheduler_flags"), scheduler, f"{path}.scheduler_flags", problems)
     timeout, netmask, engine = _persistence(entry.get("persistence"), key.family, f"{path}.persistence", problems)
     one_packet = _boolean(entry["one_packet"], f"{path}.one_packet", problems) if "one_packet" in entry else False
@@ -320,10 +320,10 @@ def _persistence(value: Any, family: int, path: str, problems: _Problems) -> tup
     engine = ""
     if "engine" in entry:
         text = _string(entry["engine"], f"{path}.engine", problems)
-        if text is not None and not _ENGINE.fullmatch(text):
-            problems.add(f"{path}.engine", f"not a persistence engine name: {text!r} (sip)")
-        elif text is not None:
-            engine = text
+        try:
+            engine = check_engine(text) if text is not None else ""
+        except ValueError as exc:
+            problems.add(f"{path}.engine", str(exc))
     return timeout, netmask, engine
 
 

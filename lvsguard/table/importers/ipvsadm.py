@@ -20,6 +20,9 @@ from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Virtu
 from lvsguard.table.desired import (
     TUNNEL_CHECKSUMS,
     TUNNEL_TYPES,
+    check_engine,
+    check_scheduler,
+    check_thresholds,
     make_real_server,
     make_service,
     parse_netmask,
@@ -173,7 +176,11 @@ def _service_key(rule: _Rule) -> ServiceKey:
 
 def _service(rule: _Rule) -> VirtualService:
     key = _service_key(rule)
-    scheduler = rule.values.get("scheduler", "wlc")
+    try:
+        scheduler = check_scheduler(rule.values.get("scheduler", "wlc"))
+        engine = check_engine(rule.values["pe"]) if "pe" in rule.values else ""
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
     flags = 0
     for name in filter(None, rule.values.get("flags", "").split(",")):
         try:
@@ -195,7 +202,7 @@ def _service(rule: _Rule) -> VirtualService:
         scheduler_flags=flags,
         persistence=timeout,
         netmask=netmask,
-        pe_name=rule.values.get("pe", ""),
+        pe_name=engine,
         one_packet=rule.one_packet,
     )
 
@@ -221,12 +228,18 @@ def _real_server(rule: _Rule, service: ServiceKey) -> RealServer:
         raise _Bad(f"--tun-{rule.checksum} does not apply to a {kind} tunnel")
     if kind == "gue" and "tun_port" not in rule.values:
         raise _Bad("a gue tunnel needs --tun-port")
+    upper = _number(rule, "upper", "-x", 0xFFFFFFFF) or 0
+    lower = _number(rule, "lower", "-y", 0xFFFFFFFF) or 0
+    try:
+        check_thresholds(upper, lower)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
     return make_real_server(
         RealServerKey(address, port, family),
         forward,
         1 if (w := _number(rule, "weight", "-w", 65535)) is None else w,
-        upper_threshold=_number(rule, "upper", "-x", 0xFFFFFFFF) or 0,
-        lower_threshold=_number(rule, "lower", "-y", 0xFFFFFFFF) or 0,
+        upper_threshold=upper,
+        lower_threshold=lower,
         tunnel_type=TUNNEL_TYPES[kind],
         tunnel_port=_number(rule, "tun_port", "--tun-port", 65535) or 0,
         tunnel_flags=TUNNEL_CHECKSUMS[rule.checksum or "nocsum"],

@@ -30,7 +30,7 @@ import glob
 import ipaddress
 import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,6 +39,9 @@ from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Virtu
 from lvsguard.table.desired import (
     TUNNEL_CHECKSUMS,
     TUNNEL_TYPES,
+    check_engine,
+    check_scheduler,
+    check_thresholds,
     make_real_server,
     make_service,
     parse_netmask,
@@ -350,7 +353,7 @@ class _Translator:
         for child in node.children:
             kw = child.keyword
             if kw in ("lb_algo", "lvs_sched"):
-                scheduler = self.word(child)
+                scheduler = self.checked(child, check_scheduler)
             elif kw in ("lb_kind", "lvs_method"):
                 forward = self.forwarding(child)
             elif kw == "protocol":
@@ -362,7 +365,7 @@ class _Translator:
             elif kw == "persistence_granularity":
                 granularity = child
             elif kw == "persistence_engine":
-                engine = self.word(child)
+                engine = self.checked(child, check_engine)
             elif kw == "ops":
                 one_packet = child
             elif kw in SCHED_FLAG_WORDS:
@@ -503,6 +506,12 @@ class _Translator:
             tunnel_flags=tun_flags,
         )
 
+    def checked(self, node: Node, check: Callable[[str], str]) -> str:
+        try:
+            return check(self.word(node))
+        except ValueError as exc:
+            raise _Bad(node.file, node.line, f"{node.keyword}: {exc}") from None
+
     def word(self, node: Node) -> str:
         if not node.args:
             raise _Bad(node.file, node.line, f"{node.keyword} needs a value")
@@ -585,6 +594,10 @@ class _Translator:
                 rs.checks.append(child)
             else:
                 raise _Bad(child.file, child.line, f"unknown keyword {kw!r} in real_server")
+        try:
+            check_thresholds(rs.upper, rs.lower)
+        except ValueError as exc:
+            raise _Bad(node.file, node.line, f"real_server: {exc}") from None
         return rs
 
     # checks

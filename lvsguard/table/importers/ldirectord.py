@@ -29,7 +29,14 @@ from typing import Any
 
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, parse_endpoint
-from lvsguard.table.desired import make_real_server, make_service, parse_netmask, parse_scheduler_flag
+from lvsguard.table.desired import (
+    check_scheduler,
+    check_thresholds,
+    make_real_server,
+    make_service,
+    parse_netmask,
+    parse_scheduler_flag,
+)
 from lvsguard.table.importers._emit import Imported, ImportedCheck, ImportedService, Note
 from lvsguard.table.load import real_server_name, service_name
 
@@ -192,6 +199,11 @@ class _Translator:
             raise _Bad(line, f"{key} must be {low}..{high}, got {value!r}")
         return int(value)
 
+    def count(self, virtual: _Virtual, key: str) -> int:
+        """A whole number of seconds or checks, the virtual service's, else the global one, else ldirectord's."""
+        found = self.setting(virtual, key)
+        return DEFAULTS[key] if found is None else self.number(key, found[0], found[1], 1, 86400)
+
     def setting(self, virtual: _Virtual, key: str) -> tuple[str, int] | None:
         return virtual.settings.get(key) or self.globals.get(key)
 
@@ -232,7 +244,11 @@ class _Translator:
             key = ServiceKey(protocol, address, port, 0, family)
         if key.is_fwmark and "protocol" in v.settings and v.settings["protocol"][0] != "fwm":
             raise _Bad(v.settings["protocol"][1], "protocol must be fwm for a fwmark service")
-        scheduler = v.settings.get("scheduler", ("wrr", 0))[0]
+        scheduler, line = v.settings.get("scheduler", ("wrr", v.line))
+        try:
+            check_scheduler(scheduler)
+        except ValueError as exc:
+            raise _Bad(line, f"scheduler: {exc}") from None
         flags = 0
         if "schedflags" in v.settings:
             value, line = v.settings["schedflags"]
@@ -301,6 +317,10 @@ class _Translator:
                 upper = int(word[2:])
             else:
                 raise _Bad(line, f"real: unexpected {word!r}")
+        try:
+            check_thresholds(upper, lower)
+        except ValueError as exc:
+            raise _Bad(line, f"real: {exc}") from None
         port = int(match.group("port")) if match.group("port") else service.port
         if port > 65535:
             raise _Bad(line, f"real: port must be 0..65535, got {port}")
@@ -325,10 +345,10 @@ class _Translator:
             raise _Bad(line, f"checktype must be one of {', '.join(CHECKTYPES)} or a number, got {checktype!r}")
         if checktype in ("off", "on"):
             return
-        interval = int((self.setting(v, "checkinterval") or (str(DEFAULTS["checkinterval"]), 0))[0])
+        interval = self.count(v, "checkinterval")
         timeout_key = "negotiatetimeout" if checktype == "negotiate" else "checktimeout"
-        timeout = int((self.setting(v, timeout_key) or (str(DEFAULTS[timeout_key]), 0))[0])
-        fall = int((self.setting(v, "failurecount") or (str(DEFAULTS["failurecount"]), 0))[0])
+        timeout = self.count(v, timeout_key)
+        fall = self.count(v, "failurecount")
         notes: list[Note] = []
         if timeout > interval:
             notes.append(self.note(line, f"{timeout_key} {timeout} s cut to the interval, {interval} s", True))
