@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lvsguard import __version__, defaults
+from lvsguard import __version__, defaults, keepalived
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import LineHandler, set_levels
 
@@ -216,7 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS[/PREFIX]",
         help="another address to move with the director (repeatable): a gateway, a service not in the config",
     )
+    snip.add_argument(
+        "--role-fifo",
+        default=keepalived.ROLE_FIFO,
+        metavar="FIFO",
+        help=f"with actuator.role_file: keepalived's notify_fifo for the follower (default: {keepalived.ROLE_FIFO})",
+    )
+    snip.add_argument(
+        "--lvsguard",
+        default=keepalived.LVSGUARD,
+        metavar="COMMAND",
+        help=f"the lvsguard command keepalived runs as notify_fifo_script (default: {keepalived.LVSGUARD})",
+    )
     snip.set_defaults(func=cmd_keepalived_snippet)
+    fol = kad_sub.add_parser(
+        "follow",
+        help="copy keepalived's VRRP state to the actuator's role_file",
+        description="Read keepalived's notify FIFO and write each state of the instance (MASTER, BACKUP, FAULT, "
+        "STOP) to the role file, in order; keepalived runs it as notify_fifo_script and passes the FIFO last.",
+    )
+    fol.add_argument("--role-file", required=True, metavar="FILE", help="the actuator's role_file")
+    fol.add_argument("--instance", default="", help="only this VRRP instance (default: every instance)")
+    fol.add_argument("fifo", metavar="FIFO", help="keepalived's notify FIFO")
+    fol.set_defaults(func=cmd_keepalived_follow)
     kad.set_defaults(func=lambda _args: _print_help(kad))
 
     imp = sub.add_parser(
@@ -365,11 +387,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.exit_status(results)
 
 
-def cmd_keepalived_snippet(args: argparse.Namespace) -> int:
-    from lvsguard import keepalived
+def cmd_keepalived_follow(args: argparse.Namespace) -> int:
+    keepalived.follow(args.fifo, args.role_file, args.instance)
+    return 0
 
+
+def cmd_keepalived_snippet(args: argparse.Namespace) -> int:
     options = keepalived.SnippetOptions(
-        args.instance, args.interface, args.sync_interface, args.virtual_router_id, args.priority, tuple(args.vip)
+        args.instance,
+        args.interface,
+        args.sync_interface,
+        args.virtual_router_id,
+        args.priority,
+        tuple(args.vip),
+        args.role_fifo,
+        args.lvsguard,
     )
     print(keepalived.snippet(_load_config(args.config), options), end="")
     return 0

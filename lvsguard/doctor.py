@@ -274,7 +274,7 @@ class Doctor:
             return fail(
                 "vrrp state",
                 f"{role_file} names no VRRP state: the other director refuses every failover towards this one",
-                "have keepalived's notify FIFO copied to it (MASTER, BACKUP, FAULT or STOP), see docs/ha.md",
+                "let keepalived run lvsguard keepalived follow as notify_fifo_script (lvsguard keepalived snippet)",
             )
         return ok("vrrp state", f"{self.role} ({role_file})")
 

@@ -12,6 +12,12 @@ keepalived lines for each from the config (``lvsguard keepalived snippet``):
 - the VRRP notify FIFO (``director.keepalived_fifo``): the exporter reads the
   instance's state from it (exporter/keepalived.py); keepalived's
   ``vrrp_notify_fifo``, a FIFO of the exporter's own (a FIFO has one reader);
+- the VRRP role (``actuator.role_file``), which the other director's actuator
+  asks for before it fails over: keepalived runs ``lvsguard keepalived
+  follow`` as its ``notify_fifo_script``, which copies every state of the
+  instance from the notify FIFO to the role file, in order (a ``notify``
+  script per transition would not keep the order: keepalived forks one per
+  transition, so a quick MASTER -> BACKUP could leave MASTER in the file);
 - the IPVS sync daemon: keepalived's ``lvs_sync_daemon`` runs it as master on
   the MASTER and as backup elsewhere, so connections survive a failover; the
   exporter reports it (``ipvs_sync_daemon_*``).
@@ -36,6 +42,9 @@ if TYPE_CHECKING:
 
 TRACK_FILE_WEIGHT = 0  # a non-zero value in the track file = FAULT (see the docstring)
 TRACK_NAME = "lvsguard_failover"
+ROLE_FIFO = "/run/keepalived/lvsguard-role.fifo"
+LVSGUARD = "/opt/lvsguard/bin/lvsguard"  # the install of docs/install.md
+STATES = ("MASTER", "BACKUP", "FAULT", "STOP")  # what keepalived's notify FIFO reports as an instance's state
 ROLES = ("master", "backup", "fault", "stop")  # the VRRP states, as the actuator and the doctor name them
 
 
@@ -49,6 +58,8 @@ class SnippetOptions:
     virtual_router_id: int = 51  # also the sync daemon's id
     priority: int = 100  # the other director's must differ
     extra_vips: tuple[str, ...] = ()  # more addresses to move (ADDRESS or ADDRESS/PREFIX): gateways, services to come
+    role_fifo: str = ROLE_FIFO  # keepalived's notify_fifo, read by `lvsguard keepalived follow`
+    lvsguard: str = LVSGUARD  # the command keepalived runs as the notify_fifo_script
 
 
 def vips(cfg: Config, extra: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -71,6 +82,7 @@ def snippet(cfg: Config, options: SnippetOptions = SnippetOptions()) -> str:
     """keepalived.conf text for this director: global_defs lines, the track file, and the VRRP instance."""
     fifo = cfg.director.keepalived_fifo
     track = cfg.actuator.failover_track_file if cfg.actuator else ""
+    role_file = cfg.actuator.role_file if cfg.actuator else ""
     source = cfg.file or "the defaults (no config file)"
     lines = [f"# keepalived lines for the lvsguard config {source}", "global_defs {", "    vrrp_version 3"]
     lines += [
@@ -82,6 +94,15 @@ def snippet(cfg: Config, options: SnippetOptions = SnippetOptions()) -> str:
         lines += ["    # director.keepalived_fifo: the exporter's VRRP state", f"    vrrp_notify_fifo {fifo}"]
     else:
         lines.append("    # no director.keepalived_fifo: the exporter shows no VRRP state")
+    if role_file:
+        follow = f"{options.lvsguard} keepalived follow --role-file {role_file} --instance {options.instance}"
+        lines += [
+            "    # actuator.role_file: keepalived runs the follower, which copies each state to it in order",
+            f"    notify_fifo {options.role_fifo}",
+            f'    notify_fifo_script "{follow}"',
+        ]
+    else:
+        lines.append("    # no actuator.role_file: the other director's peer check sees this one as unknown")
     lines.append("}")
     if track:
         lines += [
@@ -138,3 +159,41 @@ def read_role_file(path: str) -> str:
     if state == "master_rx_lower_pri":
         return "master"
     return state if state in ROLES else "unknown"
+
+
+def follow(fifo: str, role_file: str, instance: str = "") -> None:
+    """Copy every state of ``instance`` (any instance when "") from keepalived's notify FIFO to ``role_file``.
+
+    Runs until keepalived ends it (SIGTERM). The FIFO is opened read-write, so
+    it never reads end-of-file while keepalived restarts. Only states are
+    copied: ``MASTER_RX_LOWER_PRI`` is an event, not a transition. Each write
+    is a rename, so the actuator never reads half a state.
+    """
+    try:
+        fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LvsguardError(f"keepalived notify FIFO {fifo}: {exc.strerror}") from None
+    with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            state = instance_state(line, instance)
+            if state:
+                write_role_file(role_file, state)
+
+
+def instance_state(line: str, instance: str = "") -> str:
+    """``INSTANCE "VI_1" MASTER 150`` -> ``MASTER`` (when ``instance`` is "" or VI_1); "" for anything else."""
+    parts = line.split()
+    if len(parts) < 3 or parts[0] != "INSTANCE" or parts[2] not in STATES:
+        return ""
+    return parts[2] if not instance or parts[1].strip('"') == instance else ""
+
+
+def write_role_file(path: str, state: str) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(state + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise LvsguardError(f"role file {path}: {exc.strerror}") from None

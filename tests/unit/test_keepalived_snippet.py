@@ -10,12 +10,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from lvsguard import config, keepalived
 from lvsguard.cli import main
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = """\
@@ -29,6 +31,7 @@ services:
   - {name: marked, service: FWM 7}
 actuator:
   failover_track_file: /run/lvsguard/failover
+  role_file: /run/keepalived/state
 """
 
 
@@ -59,6 +62,9 @@ def test_the_snippet_says_what_lvsguard_reads_and_writes(cfg: config.Config) -> 
     assert re.search(r"track_file lvsguard_failover \{\n    file /run/lvsguard/failover\n    weight 0\n\}", text)
     assert re.search(r"    track_file \{\n        lvsguard_failover\n    \}", text)
     assert "    priority 150\n" in text
+    assert "    notify_fifo /run/keepalived/lvsguard-role.fifo\n" in text
+    follow = "/opt/lvsguard/bin/lvsguard keepalived follow --role-file /run/keepalived/state --instance VI_1"
+    assert f'    notify_fifo_script "{follow}"\n' in text
     v4 = re.search(r"    virtual_ipaddress \{\n(.*?)    \}", text, re.S)
     v6 = re.search(r"    virtual_ipaddress_excluded \{\n(.*?)    \}", text, re.S)
     assert v4 and v4.group(1).split("\n")[:-1] == ["        192.0.2.10/32 dev bond0", "        192.0.2.20/32 dev bond0"]
@@ -74,6 +80,7 @@ def test_keepalived_accepts_the_snippet_of_no_config_and_vips_given(tmp_path: Pa
     options = keepalived.SnippetOptions(extra_vips=("198.51.100.1/24", "2001:db8::10"))
     text = keepalived.snippet(config.Config(), options)
     assert "track_file lvsguard_failover" not in text and "    vrrp_notify_fifo" not in text
+    assert "    notify_fifo" not in text
     assert "        198.51.100.1/24 dev eth0\n" in text and "        2001:db8::10/128 dev eth0\n" in text
     status, log = config_test(text, tmp_path)
     assert status == 0, log
@@ -131,3 +138,45 @@ def test_every_doc_gives_the_track_file_the_snippets_weight(path: Path) -> None:
 
 def test_a_negative_track_file_weight_is_found() -> None:
     assert track_file_weights("track_file lvsguard_failover {\n    file /run/x\n    weight -100\n}") == ["-100"]
+
+
+@pytest.mark.parametrize(
+    "line, instance, state",
+    [
+        ('INSTANCE "VI_1" MASTER 150', "", "MASTER"),
+        ('INSTANCE "VI_1" FAULT 150', "VI_1", "FAULT"),
+        ('INSTANCE "VI_2" BACKUP 100', "VI_1", ""),
+        ('INSTANCE "VI_1" MASTER_RX_LOWER_PRI 150', "", ""),
+        ('GROUP "G1" BACKUP', "", ""),
+        ("garbage", "", ""),
+    ],
+    ids=["any-instance", "this-instance", "other-instance", "event-not-state", "group", "garbage"],
+)
+def test_instance_state(line: str, instance: str, state: str) -> None:
+    assert keepalived.instance_state(line + "\n", instance) == state
+
+
+def test_follow_copies_each_state_in_order(tmp_path: Path) -> None:
+    """The follower as keepalived runs it: a process on the FIFO, ended with SIGTERM."""
+    fifo, role = tmp_path / "role.fifo", tmp_path / "state"
+    os.mkfifo(fifo)
+    argv = [sys.executable, "-m", "lvsguard.cli", "keepalived", "follow", "--role-file", str(role), "--instance"]
+    proc = subprocess.Popen([*argv, "VI_1", str(fifo)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        with open(fifo, "w") as writer:
+            for line in ('INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_2" FAULT 100', 'INSTANCE "VI_1" MASTER 100'):
+                writer.write(line + "\n")
+                writer.flush()
+        wait_for(lambda: role.exists() and role.read_text() == "MASTER\n", "the role file to say MASTER")
+        with open(fifo, "w") as writer:  # keepalived restarted: the follower still reads
+            writer.write('INSTANCE "VI_1" BACKUP 100\n')
+        wait_for(lambda: role.read_text() == "BACKUP\n", "the role file to say BACKUP")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_follow_without_the_fifo_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "absent.fifo"
+    assert main(["keepalived", "follow", "--role-file", str(tmp_path / "state"), str(missing)]) == 1
+    assert capsys.readouterr().err == f"lvsguard: keepalived notify FIFO {missing}: No such file or directory\n"
