@@ -63,15 +63,18 @@ def call(
 
 
 def raw(port: int, head: bytes, body: bytes = b"", timeout: float = 5.0) -> bytes:
-    """Send ``head`` (and ``body``) on a fresh connection; the start of the answer, b"" when none came in time."""
+    """Send ``head`` (and ``body``) on a fresh connection; the answer until the server closes or ``timeout``."""
+    answer = b""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head)
         try:
             if body:
                 sock.sendall(body)
-            return sock.recv(65536)
+            while part := sock.recv(65536):
+                answer += part
         except (TimeoutError, ConnectionError):
-            return b""
+            pass
+    return answer
 
 
 class Lines(logging.Handler):
