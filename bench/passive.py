@@ -82,7 +82,7 @@ def conntrack_events(lab: Lab, connections: int, events: str | None) -> dict[str
     args = ["ip", "netns", "exec", lab.director.netns, "stdbuf", "-oL", "conntrack", "-E"]
     if events:
         args += ["-e", events]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(0.5)
     lines = 0
     try:
@@ -94,9 +94,10 @@ def conntrack_events(lab: Lab, connections: int, events: str | None) -> dict[str
         cpu = _cpu_seconds(proc.pid) - before
     finally:
         proc.terminate()
-        out = proc.communicate()[0]
+        out, err = proc.communicate()
         lines = out.count(b"\n")
-    return {"events": lines, "cpu": cpu, "wall": wall}
+    lost = err.decode(errors="replace").count("ENOBUFS")
+    return {"events": lines, "cpu": cpu, "wall": wall, "enobufs": lost}
 
 
 def main(argv: list[str]) -> int:
@@ -117,7 +118,7 @@ def main(argv: list[str]) -> int:
             fill(lab, size - filled, filled)
             filled = size
             n = entries(lab)
-            t = time_reads(lab)
+            t = time_reads(lab, repeat=5 if size <= 20000 else 3)
             print(
                 f"| {n:,} | {t['bytes'] / 1e6:.1f} MB | {t['read_wall'] * 1e3:.1f} ms | {t['read_cpu'] * 1e3:.1f} ms "
                 f"| {t['pass_wall'] * 1e3:.1f} ms | {t['pass_cpu'] * 1e3:.1f} ms | {t['capped_wall'] * 1e3:.1f} ms |"
@@ -132,12 +133,14 @@ def main(argv: list[str]) -> int:
         ):
             subprocess.run(["ip", "netns", "exec", lab.director.netns, *cmd], check=True)
         print()
-        print("| conntrack -E | connections | events | conntrack CPU | CPU per 1 000 connections | client rate |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print(
+            "| conntrack -E | connections | events | ENOBUFS | conntrack CPU | CPU per 1 000 connections | client rate |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for events in (None, "DESTROY"):
             r = conntrack_events(lab, args.connections, events)
             print(
-                f"| {events or 'all'} | {args.connections} | {r['events']} | {r['cpu']:.2f} s "
+                f"| {events or 'all'} | {args.connections} | {r['events']} | {r['enobufs']} | {r['cpu']:.2f} s "
                 f"| {r['cpu'] / args.connections * 1000:.2f} s | {args.connections / r['wall']:.0f}/s |"
             )
     finally:

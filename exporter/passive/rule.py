@@ -7,8 +7,9 @@ a service alike; a dead real server fails alone. So a real server is judged by
 its failure *share*, against the shares of its peers in the same service:
 
 1. its newest passes (any number of them within ``window`` seconds) hold at
-   least ``min_failures`` failed handshakes, at least ``min_share`` of its
-   attempts in them;
+   least ``min_failures`` failed handshakes, in at least ``min_passes`` of
+   them (a dead server keeps failing; a burst in one pass is what floods and
+   scheduler artifacts look like), at least ``min_share`` of its attempts;
 2. its peers (the other real servers of the service with traffic in the
    window) failed a share at least ``margin`` lower: their median share over
    the window, and over the same passes (clients' failures come in bursts);
@@ -45,6 +46,7 @@ class RuleSettings:
     """The rule's parameters (the config's ``passive`` section)."""
 
     min_failures: int = 2  # failed handshakes a verdict needs at least
+    min_passes: int = 2  # passes in which they failed, at least: one burst is the clients' signature
     min_share: float = 0.5  # of the real server's recent attempts that failed
     margin: float = 0.4  # how much the real server's share exceeds its peers' median share
     chance: float = 1e-6  # most probability that the failures are the clients' doing, for a verdict
@@ -93,13 +95,14 @@ class _Backend:
     held_until: float = -math.inf
     verdicts: int = 0
 
-    def spans(self) -> Iterator[tuple[float, int, Counter[str]]]:
-        """(Start, attempts, failures) of the newest pass, of the two newest, and so on back through the window."""
-        attempts, failures = 0, Counter[str]()
+    def spans(self) -> Iterator[tuple[float, int, Counter[str], int]]:
+        """(Start, attempts, failures, passes with failures) of the newest pass, the two newest, ... back through the window."""
+        attempts, failures, failing = 0, Counter[str](), 0
         for p in reversed(self.history):
             attempts += p.attempts
             failures += p.failures
-            yield p.at, max(attempts, sum(failures.values())), failures.copy()
+            failing += 1 if p.failures else 0
+            yield p.at, max(attempts, sum(failures.values())), failures.copy(), failing
 
     def share_since(self, start: float) -> float | None:
         """The failure share of the passes from ``start`` on; None without attempts."""
@@ -181,10 +184,10 @@ class Judge:
                 continue
             peer_attempts = sum(self._backends[(service, p)].window_attempts() for p in members if p != rs)
             window_share = statistics.median_low(peers)
-            for start, attempts, failures in b.spans():
+            for start, attempts, failures, failing in b.spans():
                 failed = sum(failures.values())
                 share = failed / attempts
-                if failed < s.min_failures or share < s.min_share:
+                if failed < s.min_failures or share < s.min_share or failing < s.min_passes:
                     continue
                 peer_share = max(window_share, self._peer_share(service, members, rs, start))
                 rate = max(peer_share, 1.0 / (peer_attempts + 1))

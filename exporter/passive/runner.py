@@ -29,6 +29,7 @@ CONN_TABLE = "/proc/thread-self/net/ip_vs_conn"  # /proc/net is the main thread'
 def rule_settings(config: PassiveConfig) -> RuleSettings:
     return RuleSettings(
         min_failures=config.min_failures,
+        min_passes=config.min_passes,
         min_share=config.min_share,
         margin=config.margin,
         chance=config.chance,

@@ -18,6 +18,7 @@ class PassiveConfig:
     max_entries: int = 10_000  # a bigger connection table pauses the detector (a read's cost grows as its square)
     handshake_timeout: float = 3.0  # seconds in SYN_RECV that count as a failed handshake
     min_failures: int = 2
+    min_passes: int = 2
     min_share: float = 0.5
     margin: float = 0.4
     chance: float = 1e-6
@@ -58,6 +59,10 @@ PASSIVE = Schema(
             handshake_timeout, doc="Time in SYN_RECV after which a handshake counts as failed (`timeout`); below 60 s."
         ),
         "min_failures": Key(integer(1, 1000), doc="Failed handshakes a verdict needs at least."),
+        "min_passes": Key(
+            integer(1, 100),
+            doc="Reads of the table in which they failed, at least: a burst in one read is what floods look like.",
+        ),
         "min_share": Key(fraction, doc="Share of the real server's recent handshakes that failed, at least."),
         "margin": Key(fraction, doc="How far the real server's failure share must exceed its peers' median share."),
         "chance": Key(

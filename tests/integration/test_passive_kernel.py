@@ -4,7 +4,7 @@ The detector (exporter.passive) reads the director's /proc/net/ip_vs_conn
 every 0.2 s while a client makes 40 new connections a second. A real server
 whose listener is gone (its kernel answers the SYN with a RST, as for a closed
 port: an iptables REJECT --reject-with tcp-reset on the port) is judged within
-a few failed requests, for NAT and for direct routing; clients that reset their
+a few failed requests, for NAT (IPv4 and IPv6) and for direct routing; clients that reset their
 own connections, abandon their handshakes, and a SYN flood from a spoofed
 range get no verdict at all. The lab's real servers send their DR replies back
 through the director; ``direct_return`` gives one a leg on the client LAN, so
@@ -13,6 +13,7 @@ that the director sees only the client's side, as in a textbook DR setup.
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import subprocess
@@ -45,14 +46,15 @@ def _sh(netns: str, *args: str) -> None:
 
 
 @contextmanager
-def refused(node: Node, port: int) -> Iterator[None]:
+def refused(node: Node, port: int, *, ipv6: bool = False) -> Iterator[None]:
     """The real server's listener on ``port`` is gone: its kernel answers each SYN with a RST."""
     rule = ["INPUT", "-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with", "tcp-reset"]
-    _sh(node.netns, "iptables-legacy", "-I", *rule)
+    tool = "ip6tables-legacy" if ipv6 else "iptables-legacy"
+    _sh(node.netns, tool, "-I", *rule)
     try:
         yield
     finally:
-        _sh(node.netns, "iptables-legacy", "-D", *rule)
+        _sh(node.netns, tool, "-D", *rule)
 
 
 @contextmanager
@@ -71,7 +73,7 @@ def direct_return(lab: Lab, node: Node, address: str = "198.51.100.31") -> Itera
 
 @dataclass
 class Client:
-    """New connections at ``rate`` a second in a thread: one HTTP request each, or a reset or abandoned handshake."""
+    """New connections at ``rate`` a second on average, in a thread: one HTTP request each, or a reset or abandoned handshake."""
 
     lab: Lab
     service: LabService
@@ -83,7 +85,8 @@ class Client:
     _thread: threading.Thread | None = None
 
     def _one(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in self.service.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             if self.mode == "abandon":
                 sock.setblocking(False)
@@ -107,11 +110,13 @@ class Client:
             self.done += 1
 
     def _run(self) -> None:
+        """Poisson arrivals: evenly paced clients would fall in step with the round-robin scheduler."""
+        rng = random.Random(self.mode)
         with entered(self.lab.client.netns):
             next_at = time.monotonic()
             while not self._stop.is_set():
                 self._one()
-                next_at += 1.0 / self.rate
+                next_at += rng.expovariate(self.rate)
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def __enter__(self) -> Client:
@@ -154,9 +159,9 @@ def watch(lab: Lab) -> Iterator[Watch]:
 def _kill_and_wait(lab: Lab, watch: Watch, service: LabService, node: Node, port: int) -> tuple[Verdict, int]:
     """Refuse on ``node`` under client traffic; the verdict and how many client requests failed before it."""
     with Client(lab, service) as client:
-        time.sleep(2.0)  # the peers' history
+        time.sleep(5.0)  # the peers' history: half the window
         assert client.failures == [] and watch.verdicts == []
-        with refused(node, port):
+        with refused(node, port, ipv6=":" in service.address):
             killed_at = time.monotonic()
             wait_for(
                 lambda: watch.verdicts,
@@ -173,7 +178,7 @@ def _kill_and_wait(lab: Lab, watch: Watch, service: LabService, node: Node, port
     return verdict, failed
 
 
-@pytest.mark.parametrize("name", ["nat", "dr"])
+@pytest.mark.parametrize("name", ["nat", "dr", "nat6"])
 def test_a_refused_real_server_is_judged_alone(lab: Lab, watch: Watch, name: str) -> None:
     service = lab.services[name]
     node = lab.real_servers[0]
@@ -184,7 +189,7 @@ def test_a_refused_real_server_is_judged_alone(lab: Lab, watch: Watch, name: str
         "refused",
     )
     assert {v.real_server for _, v in watch.verdicts} == {service.real_server("rs1")}
-    assert failed <= 12, f"{failed} failed requests before the verdict"
+    assert failed <= 15, f"{failed} failed requests before the verdict"
     print(f"\n{name}: verdict after {failed} failed requests at {RATE:g} new connections/s: {verdict.message()}")
 
 
@@ -216,4 +221,13 @@ def test_clients_failing_their_own_handshakes_get_no_verdict(lab: Lab, watch: Wa
     failures = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == HANDSHAKE_FAILURES.name]
     total = sum(s.value for s in failures)
     assert total > 2000, f"the detector saw only {total} failed handshakes"
-    assert watch.verdicts == []
+    assert watch.verdicts == [], _history(watch)
+
+
+def _history(watch: Watch) -> str:
+    """What the rule saw of each real server: (attempts, failures) of its recent passes, oldest first."""
+    lines = [v.message() for _, v in watch.verdicts]
+    for (service, rs), b in watch.detector.judge._backends.items():
+        passes = " ".join(f"{p.attempts}/{sum(p.failures.values())}" for p in b.history)
+        lines.append(f"{service} {rs}: {passes}")
+    return "\n".join(lines)

@@ -81,13 +81,18 @@ def none(verdicts: list[tuple[float, Verdict]]) -> None:
 
 
 CASES = [
-    pytest.param(healthy(5) + killed(3), first("rs1", 105.0), id="refused-kill-verdict-on-the-first-failing-pass"),
+    pytest.param(healthy(5) + killed(3), first("rs1", 106.0), id="refused-kill-verdict-on-the-second-failing-pass"),
+    pytest.param(
+        (healthy(5) + [{"rs1": (10, 8, 0), "rs2": (10, 0, 0), "rs3": (10, 0, 0)}]) * 20,
+        none,
+        id="a-burst-in-one-pass-is-no-dead-server",
+    ),
     pytest.param(
         healthy(5) + [{"rs1": (10, 4, 0), "rs2": (10, 0, 0), "rs3": (10, 0, 0)}] + killed(2),
         first("rs1", 106.0),
         id="kill-mid-pass-waits-for-a-failing-majority",
     ),
-    pytest.param(healthy(5) + killed(3, reason=2), first("rs1", 105.0, TIMEOUT), id="blackhole-verdict-as-timeout"),
+    pytest.param(healthy(5) + killed(3, reason=2), first("rs1", 106.0, TIMEOUT), id="blackhole-verdict-as-timeout"),
     pytest.param(
         healthy(12, per_pass=1) + killed(8, per_pass=1),
         first("rs1", 116.0),
@@ -115,7 +120,7 @@ CASES = [
     ),
     pytest.param(
         healthy(5) + [{"rs1": (10, 10, 0), "rs2": (10, 10, 0), "rs3": (10, 0, 0)}] * 3,
-        lambda vs: (none(vs[1:]), first("rs1", 105.0)(vs[:1])),
+        lambda vs: (none(vs[1:]), first("rs1", 106.0)(vs[:1])),
         id="two-of-three-dead-at-most-half-flagged",
     ),
 ]
@@ -130,30 +135,31 @@ def test_flapping_server_doubles_its_holddown() -> None:
     """Still dead each time its hold-down ends: 5 s, 10 s, 20 s, then the ceiling."""
     verdicts = run(killed(120), RuleSettings(holddown_min=5.0, holddown_max=30.0))
     assert [(t, v.holddown) for t, v in verdicts] == [
-        (100.0, 5.0),  # released at 105, failing again at once: twice the last
-        (105.0, 10.0),
-        (115.0, 20.0),
-        (135.0, 30.0),  # the ceiling
-        (165.0, 30.0),
-        (195.0, 30.0),
+        (101.0, 5.0),  # released at 106, failing again at once: twice the last
+        (106.0, 10.0),
+        (116.0, 20.0),
+        (136.0, 30.0),  # the ceiling
+        (166.0, 30.0),
+        (196.0, 30.0),
     ]
 
 
 def test_a_server_stable_for_a_holddown_starts_again_at_the_minimum() -> None:
     passes = killed(3) + healthy(40) + killed(3)
-    assert [(t, v.holddown) for t, v in run(passes)] == [(100.0, 5.0), (143.0, 5.0)]
+    assert [(t, v.holddown) for t, v in run(passes)] == [(101.0, 5.0), (144.0, 5.0)]
 
 
 def test_no_verdict_while_held_and_holddown_reported() -> None:
     judge = Judge(RuleSettings(holddown_min=5.0))
     for i, p in enumerate(healthy(3)):
         judge.observe(counts(p), 100.0 + i)
-    (v,) = judge.observe(counts(killed(1)[0]), 103.0)
-    assert judge.observe(counts(killed(1)[0]), 104.0) == []
-    assert judge.holddown((SVC, RS["rs1"]), 104.0) == 4.0
-    assert judge.held(104.0) == {(SVC, RS["rs1"]): 4.0}
+    assert judge.observe(counts(killed(1)[0]), 103.0) == []
+    (v,) = judge.observe(counts(killed(1)[0]), 104.0)
+    assert judge.observe(counts(killed(1)[0]), 105.0) == []
+    assert judge.holddown((SVC, RS["rs1"]), 105.0) == 4.0
+    assert judge.held(105.0) == {(SVC, RS["rs1"]): 4.0}
     assert v.message() == (
-        "real server 10.0.1.2:8080 of TCP 192.0.2.10:80: 10 of 10 handshakes failed (refused), peers 0%; held down 5 s"
+        "real server 10.0.1.2:8080 of TCP 192.0.2.10:80: 20 of 20 handshakes failed (refused), peers 0%; held down 5 s"
     )
 
 
