@@ -288,7 +288,10 @@ def bigtable_scrapes(services: int, per_service: int, scrapes: int, settle: floa
     big = bigtable.build(services, per_service, netns=scrape.NETNS, progress=lambda m: print("  " + m, flush=True))
     out: dict[str, Any] = {"real_servers": big.real_server_count}
     try:
-        for name, config in (("probes off", "probes:\n  enabled: false\n"), ("default probes", "")):
+        for name, config in (
+            ("probes off", "probes:\n  enabled: false\n"),
+            ("default probes", "probes:\n  default_tcp: true\n"),
+        ):
             path = Path(f"/tmp/lvsguard-bench-probes-{len(config)}.yaml")
             path.write_text(config or "exporter: {}\n")
             cmd = [

@@ -2,7 +2,7 @@
 
     lab/vm.sh --mem 1024 .venv/bin/python bench/soak.py [--minutes 10]
 
-Builds the lab, starts ``lvsguard exporter`` (its default probes: a tcp
+Builds the lab, starts ``lvsguard exporter`` (``probes.default_tcp: true``: a tcp
 check on every real server) and ``lvsguard actuator`` as real processes for
 the lab's director, then for ``--minutes`` keeps sending HTTP requests
 through the NAT service, scraping ``/metrics`` of both, and quarantining and
@@ -99,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     logs = {
         name: (state / f"{name}.log").open("wb") for name in ("exporter", "actuator")
     }  # refusals are expected: kept out of the report
+    exporter_config = state / "exporter.yaml"
+    exporter_config.write_text("probes:\n  default_tcp: true\n")  # probes are opt-in
     procs = {
         "exporter": subprocess.Popen(
-            [*cli, "exporter", "--netns", lab.director.netns, "--listen", exporter_url[7:]],
+            [*cli, "exporter", "--config", str(exporter_config), "--netns", lab.director.netns]
+            + ["--listen", exporter_url[7:]],
             env=env,
             stderr=logs["exporter"],
         ),

@@ -215,8 +215,14 @@ def start_passive(config: Config, netns: str | None) -> PassiveDetector | None:
 
 
 def start_probes(config: Config, netns: str | None) -> ProbeRunner | None:
-    """Start the health checks of the ``probes`` section (on by default: tcp on every TCP real server); None when disabled."""
-    if not config.probes.enabled:
+    """Start the health checks the ``probes`` section names; None when disabled or when it names none.
+
+    Nothing is probed unless asked: no ``checks`` and no ``default_tcp`` means no engine, no
+    probe traffic and no ``lvs_probe_*`` series (the table is still exported).
+    """
+    if not config.probes.enabled or not (config.probes.checks or config.probes.default_tcp):
+        reason = "disabled" if not config.probes.enabled else "no_checks_configured"
+        event(log, logging.INFO, "probes_off", reason=reason)
         return None
     from exporter.probes.metrics import ProbeMetrics
     from exporter.probes.runner import start

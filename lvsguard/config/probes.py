@@ -89,7 +89,7 @@ class ProbesConfig:
     """Section ``probes``: health checks of the real servers (docs/probes.md)."""
 
     enabled: bool = True
-    default_tcp: bool = True  # a tcp check on every real server of a TCP/SCTP service that no check names
+    default_tcp: bool = False  # opt-in: a tcp check on every real server of a TCP/SCTP service that no check names
     refresh: float = 2.0  # seconds between two reads of the kernel table (the checked set follows it)
     default_rate: int = 1000  # default tcp probes per second at most, all together (their interval stretches beyond)
     weight_min_step: int = 1  # damping of agent/prometheus/script weights: smallest change published
@@ -256,7 +256,8 @@ PROBES = Schema(
     {
         "enabled": Key(boolean, doc="Run health checks at all."),
         "default_tcp": Key(
-            boolean, doc="A tcp check on every real server of a TCP/SCTP service that no entry of `checks` names."
+            boolean,
+            doc="Opt-in: a tcp check on every real server of a TCP/SCTP service that no entry of `checks` names. Off by default: only what `checks` names is probed.",
         ),
         "refresh": Key(duration, doc="How often the kernel table is re-read to follow real servers that come and go."),
         "default_rate": Key(

@@ -35,8 +35,9 @@ from exporter.probes.script import ScriptChecker
 from exporter.probes.udp import UDPChecker
 from exporter.source import ExporterReader
 from lab.topology import Lab
-from lvsguard.config import Config
+from lvsguard.config import Config, ProbesConfig
 from lvsguard.ipvs.netns import entered
+from tests.integration.test_reload import Exporter
 
 pytestmark = pytest.mark.kernel
 
@@ -227,8 +228,35 @@ def test_script_exit_codes_against_the_real_server(lab: Lab) -> None:
     assert not refused.ok
 
 
+def tcp_active_opens(netns: str) -> int:
+    """The kernel's count of TCP connects made from ``netns`` (``TcpActiveOpens`` of its /proc/net/snmp)."""
+    text = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True, text=True, check=True
+    ).stdout
+    header, values = (line.split() for line in text.splitlines() if line.startswith("Tcp:"))
+    return int(values[header.index("ActiveOpens")])
+
+
+def test_without_config_the_exporter_probes_nothing(lab: Lab, tmp_path: Path) -> None:
+    """No ``probes`` section: the table is exported, no probe leaves the director, no lvs_probe_* series."""
+    config = tmp_path / "lvsguard.yaml"
+    config.write_text(lab.config_yaml())  # services and names, no probes section
+    before = tcp_active_opens(lab.director.netns)
+    exporter = Exporter(config, "--netns", lab.director.netns)
+    try:
+        time.sleep(3.0)  # three intervals of the old default check
+        text = exporter.metrics()
+        assert "ipvs_backend_weight{" in text
+        assert "lvs_probe_" not in text and "lvs_backend_healthy" not in text
+        assert tcp_active_opens(lab.director.netns) == before  # not one connect from the director's namespace
+        assert exporter.stop() == 0
+    finally:
+        exporter.stop()
+    assert any("probes_off reason=no_checks_configured" in line for line in exporter.log), exporter.log
+
+
 def test_exporter_serves_default_tcp_checks_of_the_lab(lab: Lab) -> None:
-    runner = start_probes(Config(), lab.director.netns)
+    runner = start_probes(Config(probes=ProbesConfig(default_tcp=True)), lab.director.netns)
     assert runner is not None
     collector = IPVSCollector(ExporterReader(lab.director.netns), probes=runner.engine.metrics)
     try:

@@ -189,7 +189,7 @@ def lab_config(lab, names: dict[str, str], only: list[str] | None) -> str:
         rs = "\n".join(f'      - {{name: {names[svc.name]}-{node}, address: "{key}"}}' for key, node in svc.backends)
         services.append(f'  - name: {names[svc.name]}\n    service: "{svc.key}"\n    real_servers:\n{rs}\n')
     allow = f"exporter:\n  services: [{', '.join(only)}]\n" if only else ""
-    return allow + "services:\n" + "".join(services)
+    return allow + "probes:\n  default_tcp: true\n" + "services:\n" + "".join(services)
 
 
 def probe_lines(exporter: Exporter) -> int:

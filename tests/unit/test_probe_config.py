@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exporter.main import start_probes
 from exporter.probes.plan import build_plan
 from lvsguard import config
 from lvsguard.errors import ConfigError
@@ -48,7 +49,15 @@ def test_checks_become_a_plan() -> None:
     assert [s.name for s in plan(WEB, WEB1)] == ["http", "agent"]
     assert [(s.name, s.port) for s in plan(WEB, WEB2)] == [("agent", 5555)]
     assert plan(DNS, RealServerKey.parse("10.0.1.2:53")) == ()  # UDP: no default tcp check
-    assert [s.name for s in build_plan(config.Config().probes)(WEB, WEB2)] == ["tcp"]
+    assert build_plan(config.Config().probes)(WEB, WEB2) == ()  # nothing is probed unless asked
+
+
+def test_nothing_is_probed_without_config_and_default_tcp_is_an_opt_in() -> None:
+    assert config.Config().probes.default_tcp is False
+    assert start_probes(config.Config(), None) is None  # no engine: no probe traffic, no lvs_probe_* series
+    opted = config.loads("probes:\n  default_tcp: true\n", "lvsguard.yaml")
+    assert [s.name for s in build_plan(opted.probes)(WEB, WEB2)] == ["tcp"]
+    assert build_plan(opted.probes)(DNS, RealServerKey.parse("10.0.1.2:53")) == ()  # UDP: no default tcp check
 
 
 @pytest.mark.parametrize(
