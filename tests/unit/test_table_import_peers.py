@@ -11,7 +11,7 @@ import yaml
 from lvsguard import cli, config
 from lvsguard.errors import ConfigError
 from lvsguard.model import Forward, RealServerKey, ServiceFlags, ServiceKey, VirtualService
-from lvsguard.table.importers import keepalived, ldirectord, render
+from lvsguard.table.importers import ipvsadm, keepalived, ldirectord, render
 from lvsguard.table.importers._emit import Imported
 from lvsguard.table.load import load_table
 
@@ -227,3 +227,20 @@ def test_keepalived_tunnel_options_the_kernel_refuses_are_errors(method: str, me
     )
     with pytest.raises(ConfigError, match=f"k.conf:4: (lvs_method: )?{message}"):
         keepalived.parse(text, "k.conf")
+
+
+@pytest.mark.parametrize(
+    "directory, source, module",
+    [
+        ("keepalived", "nat.conf", keepalived),
+        ("ldirectord", "ldirectord.cf", ldirectord),
+        (".", "ipvsadm-all-options.save", ipvsadm),
+    ],
+    ids=["keepalived", "ldirectord", "ipvsadm"],
+)
+def test_output_matches_the_golden_file(directory: str, source: str, module: Any) -> None:
+    """The printed config, comments and layout included (regenerate by hand when it changes on purpose)."""
+    folder = FIXTURES / directory
+    text = render(module.parse((folder / source).read_text(), source))
+    golden = folder / (source.rsplit(".", 1)[0] + ".expected.yaml")
+    assert text == golden.read_text()
