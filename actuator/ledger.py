@@ -395,7 +395,8 @@ class Ledger:
         message: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> None:
-        sets, args = ["updated_at = ?"], [self.now()]
+        sets: list[str] = ["updated_at = ?"]
+        args: list[float | str] = [self.now()]
         if progress is not None:
             sets.append("progress = ?")
             args.append(max(0.0, min(1.0, progress)))

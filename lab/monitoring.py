@@ -91,11 +91,11 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(url: str, process: subprocess.Popen[bytes], name: str, log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise MonitoringError(f"{process.args[0]} exited {process.returncode}: {log.read_text()[-2000:]}")
+            raise MonitoringError(f"{name} exited {process.returncode}: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -111,7 +111,7 @@ def running_process(argv: list[str], ready_url: str, log: Path) -> Iterator[subp
     with open(log, "w") as err:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        _wait_ready(ready_url, process, log)
+        _wait_ready(ready_url, process, argv[0], log)
         yield process
     finally:
         stop(process, timeout=15.0)

@@ -11,6 +11,7 @@ same way (the panels' queries, the metric names in a query, Grafana's
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -137,7 +138,7 @@ def actuator_has_acted(lab: Lab, actuator: str, prometheus: str, token: str, rea
             expr = f"count_over_time({series}[{RATE_WINDOW}]) >= 2"
             poll(
                 f"two samples of {series} in Prometheus",
-                lambda expr=expr: monitoring.query(prometheus, expr),
+                functools.partial(monitoring.query, prometheus, expr),
                 bool,
                 WAIT,
                 0.5,

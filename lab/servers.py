@@ -21,6 +21,7 @@ on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import socket
@@ -155,7 +156,7 @@ async def serve(spec: ServerSpec) -> None:
             handler = lambda r, w, name=name: _serve_http(name, r, w)
             servers.append(await asyncio.start_server(handler, sock=sock))
         else:
-            await loop.create_datagram_endpoint(lambda name=name: _Echo(name), sock=sock)
+            await loop.create_datagram_endpoint(functools.partial(_Echo, name), sock=sock)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True).start()
     print("ready", flush=True)

@@ -230,7 +230,7 @@ class ProbeEngine:
         metrics = self.metrics
         for key, (spec, target) in wanted.items():
             job = jobs.get(key)
-            interval = default_interval if spec.default and stretched else spec.interval
+            interval = default_interval if spec.default and default_interval is not None else spec.interval
             if job is None:
                 job = _Job(
                     key,

@@ -34,14 +34,14 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def echo_request(family: int, ident: int, seq: int, payload: bytes) -> bytes:
+def echo_request(family: socket.AddressFamily, ident: int, seq: int, payload: bytes) -> bytes:
     header = struct.pack("!BBHHH", ECHO_REQUEST[family], 0, 0, ident, seq)
     if family == socket.AF_INET6:  # the kernel fills the ICMPv6 checksum
         return header + payload
     return struct.pack("!BBHHH", ECHO_REQUEST[family], 0, checksum(header + payload), ident, seq) + payload
 
 
-def parse_reply(family: int, packet: bytes, raw: bool) -> tuple[int, int, int] | None:
+def parse_reply(family: socket.AddressFamily, packet: bytes, raw: bool) -> tuple[int, int, int] | None:
     """(type, ident, seq) of an ICMP packet; a raw IPv4 socket's packet starts with the IP header."""
     if raw and family == socket.AF_INET and packet:
         packet = packet[(packet[0] & 0x0F) * 4 :]
@@ -51,7 +51,7 @@ def parse_reply(family: int, packet: bytes, raw: bool) -> tuple[int, int, int] |
     return kind, ident, seq
 
 
-def open_socket(family: int) -> tuple[socket.socket, bool]:
+def open_socket(family: socket.AddressFamily) -> tuple[socket.socket, bool]:
     """An ICMP socket and whether it is raw (datagram first, raw when datagram ICMP is not allowed)."""
     try:
         return socket.socket(family, socket.SOCK_DGRAM, PROTO[family]), False

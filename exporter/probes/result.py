@@ -8,6 +8,7 @@ server's full weight or as an absolute weight.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,9 +23,7 @@ class Target:
     port: int
 
     @property
-    def family(self) -> int:
-        import socket
-
+    def family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if ":" in self.address else socket.AF_INET
 
     def __str__(self) -> str:
@@ -53,7 +52,10 @@ class ProbeResult:
 class Checker(Protocol):
     """A check type: probes one target once; never raises (a failure is a ProbeResult)."""
 
-    kind: str
+    @property
+    def kind(self) -> str:
+        """The check type's name as configured (``tcp``, ``http``, ``https``, ...)."""
+        ...
 
     async def check(self, target: Target) -> ProbeResult: ...
 

@@ -71,33 +71,46 @@ class _OnceLog:
 
 
 class _Result(Protocol):
-    ok: bool
-    message: str
-    duration: float
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def duration(self) -> float: ...
 
 
 class _RiseFall(Protocol):
-    healthy: bool
-    changes: int
-    changed_at: float
+    @property
+    def healthy(self) -> bool: ...
+    @property
+    def changes(self) -> int: ...
+    @property
+    def changed_at(self) -> float: ...
 
 
 class _Checker(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
 
 class _Spec(Protocol):
-    name: str
-    checker: _Checker
+    @property
+    def name(self) -> str: ...
+    @property
+    def checker(self) -> _Checker: ...
 
 
 class ProbeJob(Protocol):
-    """What the feed reads of one check of the probe engine (``ProbeEngine.jobs`` values)."""
+    """What the feed reads of one check of the probe engine (``ProbeEngine.jobs`` values), read-only."""
 
-    key: tuple[ServiceKey, RealServerKey, str]
-    spec: _Spec
-    health: _RiseFall
-    last: _Result | None
+    @property
+    def key(self) -> tuple[ServiceKey, RealServerKey, str]: ...
+    @property
+    def spec(self) -> _Spec: ...
+    @property
+    def health(self) -> _RiseFall: ...
+    @property
+    def last(self) -> _Result | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +419,7 @@ def compose(
             changes = [
                 t for t in (h.last_change, held.since if held is not None and held.hold is not Hold.NONE else None) if t
             ]
+            hold: Hold  # not narrowed to the held kinds by the test below
             if held is not None and held.hold is not Hold.NONE:
                 reason, actor, original, hold = held.reason, held.actor, held.original_weight, held.hold
             else:
