@@ -228,8 +228,9 @@ class ConnTableReader:
 
     def _finish(self) -> PassCounts:
         counts = self._counts
-        if not self._primed:
+        if not self._primed:  # handshakes already under way were never attempts of ours: never failures either
             self._primed = True
+            self._counted_now |= self._seen_pending
             counts = PassCounts(entries=counts.entries, bytes=counts.bytes)
         else:
             self._deferred |= self._keys - self._previous

@@ -58,6 +58,17 @@ def refused(node: Node, port: int, *, ipv6: bool = False) -> Iterator[None]:
 
 
 @contextmanager
+def blackholed(node: Node, port: int) -> Iterator[None]:
+    """The real server drops the SYNs to ``port``: no answer at all."""
+    rule = ["INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"]
+    _sh(node.netns, "iptables-legacy", "-I", *rule)
+    try:
+        yield
+    finally:
+        _sh(node.netns, "iptables-legacy", "-D", *rule)
+
+
+@contextmanager
 def direct_return(lab: Lab, node: Node, address: str = "198.51.100.31") -> Iterator[None]:
     """Give ``node`` a leg on the client LAN: its replies to clients bypass the director (textbook DR)."""
     port = f"c-{node.name}x"
@@ -156,12 +167,14 @@ def watch(lab: Lab) -> Iterator[Watch]:
         detector.stop()
 
 
-def _kill_and_wait(lab: Lab, watch: Watch, service: LabService, node: Node, port: int) -> tuple[Verdict, int]:
-    """Refuse on ``node`` under client traffic; the verdict and how many client requests failed before it."""
+def _kill_and_wait(
+    lab: Lab, watch: Watch, service: LabService, node: Node, port: int, *, drop: bool = False
+) -> tuple[Verdict, int]:
+    """Refuse (or drop) on ``node`` under client traffic; the verdict and how many client requests failed before it."""
     with Client(lab, service) as client:
         time.sleep(5.0)  # the peers' history: half the window
         assert client.failures == [] and watch.verdicts == []
-        with refused(node, port, ipv6=":" in service.address):
+        with blackholed(node, port) if drop else refused(node, port, ipv6=":" in service.address):
             killed_at = time.monotonic()
             wait_for(
                 lambda: watch.verdicts,
@@ -201,6 +214,14 @@ def test_refused_behind_direct_routing_is_a_timeout(lab: Lab, watch: Watch) -> N
     assert (verdict.real_server, verdict.reason) == (service.real_server("rs3"), "timeout")
     assert failed <= 2 * RATE / len(lab.real_servers) * (CONFIG.handshake_timeout + 1.0)
     print(f"\ndr, direct return: verdict after {failed} failed requests: {verdict.message()}")
+
+
+def test_a_blackholed_real_server_is_judged_by_the_handshake_timeout(lab: Lab, watch: Watch) -> None:
+    service, node = lab.nat, lab.real_servers[1]
+    verdict, failed = _kill_and_wait(lab, watch, service, node, 8080, drop=True)
+    assert (verdict.real_server, verdict.reason) == (service.real_server("rs2"), "timeout")
+    assert {v.real_server for _, v in watch.verdicts} == {service.real_server("rs2")}
+    print(f"\nnat, blackholed: verdict after {failed} failed requests: {verdict.message()}")
 
 
 @pytest.mark.parametrize("name", ["nat", "dr"])

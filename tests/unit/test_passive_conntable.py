@@ -145,3 +145,11 @@ def test_a_handshake_in_progress_is_counted_when_it_ends(tmp_path: Path) -> None
     ended = t.read(line(30, "SYN_RECV", 56), line(31, "ESTABLISHED", 900), after=3.0)
     assert dict(ended.attempts) == {(NAT, RS1): 2}
     assert failures(ended) == {(TIMEOUT, RS1): 1}
+
+
+def test_a_handshake_under_way_at_the_baseline_never_counts(tmp_path: Path) -> None:
+    """Its attempt was never counted (it predates the detector), so its timeout is not a failure either."""
+    t = Table(tmp_path)
+    t.read(line(40, "SYN_RECV", 59))
+    c = t.read(line(40, "SYN_RECV", 50), after=9.0)
+    assert (failures(c), dict(c.attempts)) == ({}, {})
