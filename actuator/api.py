@@ -16,13 +16,13 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
-from actuator.actions import Actions, Actor, Outcome, Result, Source
+from actuator.actions import Actor, Outcome, Result, Source
 from actuator.auth import read_only, require_token
+from actuator.current import current_actions, current_settings
 from actuator.failover import read_track_file
 from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger, locked_ledger
 from actuator.openapi import document
 from actuator.probestate import CheckState, ProbeView, probe_view
-from actuator.settings import ActuatorSettings
 from actuator.targets import Target
 from lvsguard.errors import ApiError
 from lvsguard.keepalived import read_role_file
@@ -56,16 +56,6 @@ MAX_LIMIT = 1000
 # request helpers
 
 
-def _settings() -> ActuatorSettings:
-    settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
-    return settings
-
-
-def _actions() -> Actions:
-    actions: Actions = current_app.extensions["lvsguard"].actions
-    return actions
-
-
 def _body() -> dict[str, Any]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -93,7 +83,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _service(text: str) -> ServiceKey:
-    names = _settings().names
+    names = current_settings().names
     if text in names.services:
         return names.services[text]
     try:
@@ -106,7 +96,7 @@ def target_of(body: dict[str, Any]) -> Target:
     """The real server a request body names (``service`` + ``real_server``, by name or key); ApiError naming the field."""
     service = _service(_field(body, "service", str))
     text = _field(body, "real_server", str)
-    named = _settings().names.real_servers.get(service, {})
+    named = current_settings().names.real_servers.get(service, {})
     if text in named:
         return Target(service, named[text])
     try:
@@ -264,7 +254,7 @@ def probes_json(view: ProbeView) -> dict[str, Any]:
 def _real_server_json(
     svc: VirtualService, rs: RealServer, holds: list[Hold], backend: Backend | None, probes: ProbeView
 ) -> dict[str, Any]:
-    names = _settings().names
+    names = current_settings().names
     if backend is None:
         state = "in"
     elif backend.drift:
@@ -293,7 +283,7 @@ def _real_server_json(
 def _service_json(
     svc: VirtualService, holds: dict[Target, list[Hold]], backends: dict[Target, Backend], probes: ProbeView
 ) -> dict[str, Any]:
-    settings = _settings()
+    settings = current_settings()
     quorum = settings.quorum_for(svc.key)
     healthy = sum(1 for rs in svc.real_servers if rs.weight > 0)
     return {
@@ -325,7 +315,7 @@ def services() -> dict[str, Any]:
 
 def services_json() -> dict[str, Any]:
     """The kernel table with names, holds and probe state (``GET /services``; the console's pages)."""
-    table = _actions().read_table()
+    table = current_actions().read_table()
     ledger = get_ledger()
     holds: dict[Target, list[Hold]] = {}
     for hold in ledger.active_holds():
@@ -334,7 +324,7 @@ def services_json() -> dict[str, Any]:
     probes = probe_view(current_app)
     return {
         "source": table.source,
-        "dry_run": _settings().dry_run,
+        "dry_run": current_settings().dry_run,
         "probes": probes_json(probes),
         "services": [_service_json(svc, holds, backends, probes) for svc in table.services],
     }
@@ -399,11 +389,11 @@ def director() -> dict[str, Any]:
 
 def director_json() -> dict[str, Any]:
     """This director's role, failover requests and sync daemons (``GET /director``; the console's pages)."""
-    settings = _settings()
+    settings = current_settings()
     role = read_role_file(settings.role_file) if settings.role_file else "unknown"
     # The peer director's failover check asks this at every failover: one netlink
     # request for the sync daemons, not a read of the whole table, whose cost grows with it.
-    daemons = _actions().sync_daemons()
+    daemons = current_actions().sync_daemons()
     path = settings.failover_track_file
     failovers = get_ledger().active_failovers()
     return {
@@ -454,7 +444,9 @@ def quarantine() -> Any:
     target = target_of(body)
     reason = _field(body, "reason", str, "")
     force = _field(body, "force", bool, False)
-    return reply(_actions().hold(get_ledger(), target, _actor(), action="quarantine", reason=reason, force=force))
+    return reply(
+        current_actions().hold(get_ledger(), target, _actor(), action="quarantine", reason=reason, force=force)
+    )
 
 
 @bp.post("/restore")
@@ -464,7 +456,7 @@ def restore() -> Any:
     target = target_of(body)
     scope = "all" if _field(body, "all_holders", bool, False) else "own"
     force = _field(body, "force", bool, False)
-    return reply(_actions().release(get_ledger(), target, _actor(), scope=scope, force=force))
+    return reply(current_actions().release(get_ledger(), target, _actor(), scope=scope, force=force))
 
 
 @bp.post("/drain")
@@ -478,7 +470,7 @@ def drain() -> Any:
     delete = _field(body, "delete", bool, False)
     reason = _field(body, "reason", str, "")
     force = _field(body, "force", bool, False)
-    outcome = _actions().hold(
+    outcome = current_actions().hold(
         get_ledger(),
         target,
         _actor(),
@@ -498,7 +490,7 @@ def weight() -> Any:
     target = target_of(body)
     value = weight_of(body)
     force = _field(body, "force", bool, False)
-    return reply(_actions().set_weight(get_ledger(), target, value, _actor(), force=force))
+    return reply(current_actions().set_weight(get_ledger(), target, value, _actor(), force=force))
 
 
 @bp.post("/add")
@@ -518,7 +510,7 @@ def add() -> Any:
         if not 0 <= value_ < 2**32:
             raise ApiError(400, f"must be 0..4294967295, got {value_}", name)
     try:
-        outcome = _actions().add(
+        outcome = current_actions().add(
             get_ledger(), target, _actor(), weight=value, forward=forward, upper_threshold=upper, lower_threshold=lower
         )
     except ValueError as exc:
@@ -537,7 +529,7 @@ def add() -> Any:
 def failover() -> Any:
     body = _body()
     reason = _field(body, "reason", str, "")
-    return reply(_actions().failover(locked_ledger, _actor(), reason=reason))
+    return reply(current_actions().failover(locked_ledger, _actor(), reason=reason))
 
 
 @bp.post("/failover/release")
@@ -545,7 +537,7 @@ def failover() -> Any:
 def failover_release() -> Any:
     body = _body()
     scope = "all" if _field(body, "all_holders", bool, False) else "own"
-    return reply(_actions().end_failover(locked_ledger, _actor(), scope=scope))
+    return reply(current_actions().end_failover(locked_ledger, _actor(), scope=scope))
 
 
 @bp.post("/remove")
@@ -554,4 +546,4 @@ def remove() -> Any:
     body = _body()
     target = target_of(body)
     force = _field(body, "force", bool, False)
-    return reply(_actions().remove(get_ledger(), target, _actor(), force=force))
+    return reply(current_actions().remove(get_ledger(), target, _actor(), force=force))

@@ -34,6 +34,17 @@ class Target:
         return f"real server {self.real_server} of {self.service}"
 
 
+def _endpoint(labels: Mapping[str, str], address_label: str, port_label: str) -> tuple[str, int, int]:
+    """(address, port, family) of an address label and a port label; TargetError names both."""
+    address, port = labels.get(address_label, ""), labels.get(port_label, "")
+    try:
+        return parse_endpoint(format_endpoint(address, int(port) if port.isdigit() else -1))
+    except ValueError:
+        raise TargetError(
+            f"labels {address_label}={address!r} {port_label}={port!r} are not an address and a port"
+        ) from None
+
+
 def service_from_labels(labels: Mapping[str, str], names: Names) -> ServiceKey:
     """The virtual service named by the labels (exporter labels first, then the config name)."""
     mark = labels.get("local_mark", "")
@@ -49,13 +60,7 @@ def service_from_labels(labels: Mapping[str, str], names: Names) -> ServiceKey:
         proto = labels.get("proto", "").upper()
         if proto not in PROTOCOLS:
             raise TargetError(f"label proto={labels.get('proto', '')!r} must be TCP, UDP or SCTP")
-        port = labels.get("local_port", "")
-        try:
-            address, port_number, family = parse_endpoint(format_endpoint(address, int(port) if port.isdigit() else -1))
-        except ValueError:
-            raise TargetError(
-                f"labels local_address={address!r} local_port={port!r} are not an address and a port"
-            ) from None
+        address, port_number, family = _endpoint(labels, "local_address", "local_port")
         return ServiceKey(proto, address, port_number, 0, family)
     name = labels.get("service", "")
     if name:
@@ -71,13 +76,7 @@ def target_from_labels(labels: Mapping[str, str], names: Names) -> Target:
     service = service_from_labels(labels, names)
     address = labels.get("remote_address", "")
     if address:
-        port = labels.get("remote_port", "")
-        try:
-            addr, port_number, family = parse_endpoint(format_endpoint(address, int(port) if port.isdigit() else -1))
-        except ValueError:
-            raise TargetError(
-                f"labels remote_address={address!r} remote_port={port!r} are not an address and a port"
-            ) from None
+        addr, port_number, family = _endpoint(labels, "remote_address", "remote_port")
         return Target(service, RealServerKey(addr, port_number, family))
     name = labels.get("real_server", "")
     if name:

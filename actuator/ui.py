@@ -57,11 +57,11 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
 from actuator import api, sessions
-from actuator.actions import Actions, Actor, Outcome, Result, Source
+from actuator.actions import Actor, Outcome, Result, Source
 from actuator.auth import LoginLimiter, token_name
+from actuator.current import current_actions, current_settings
 from actuator.httperrors import error_status
 from actuator.ledger import get_ledger
-from actuator.settings import ActuatorSettings
 from actuator.states import HoldKind
 from actuator.targets import Target
 from lvsguard.errors import ApiError, LvsguardError, UiError
@@ -139,21 +139,11 @@ def init_app(app: Flask) -> None:
 # session, login and CSRF
 
 
-def _settings() -> ActuatorSettings:
-    settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
-    return settings
-
-
-def _actions() -> Actions:
-    actions: Actions = current_app.extensions["lvsguard"].actions
-    return actions
-
-
 def user() -> str | None:
     """The logged-in token's name while the session lasts (``actuator.sessions``); once per request."""
     if "ui_user" not in g:
         now = current_app.config["LVSGUARD_CLOCK"]()
-        g.ui_user = sessions.current_user(session, _settings().tokens, now, get_ledger())
+        g.ui_user = sessions.current_user(session, current_settings().tokens, now, get_ledger())
     name: str | None = g.ui_user
     return name
 
@@ -180,7 +170,7 @@ def viewer(view: F) -> F:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         g.token_name = user() or "-"
-        if user() is None and not _settings().read_only_open:
+        if user() is None and not current_settings().read_only_open:
             if request.path.endswith(".json"):
                 return {"error": "log in first"}, 401
             return redirect(url_for("ui.login", next=request.full_path))
@@ -235,7 +225,7 @@ def login_post() -> Any:
         )
         return render_template("ui/login.html", next=target, error=error), 429, {"Retry-After": str(seconds)}
     given = request.form.get("token", "").strip()
-    name = token_name(_settings().tokens, f"Bearer {given}") if given else None
+    name = token_name(current_settings().tokens, f"Bearer {given}") if given else None
     if name is None:
         limiter.failed(client)
         event(log, logging.WARNING, "ui_login_failed", remote=client)
@@ -243,7 +233,7 @@ def login_post() -> Any:
             "ui/login.html", next=target, error="That token is not one of this actuator's tokens."
         ), 401
     limiter.succeeded(client)
-    sessions.start(session, name, _settings().tokens[name], current_app.config["LVSGUARD_CLOCK"]())
+    sessions.start(session, name, current_settings().tokens[name], current_app.config["LVSGUARD_CLOCK"]())
     g.pop("ui_user", None)
     g.token_name = name
     event(log, logging.INFO, "ui_login", token=name, remote=request.remote_addr or "-")
@@ -525,7 +515,7 @@ def parse_action(action: str, body: dict[str, Any]) -> ActionRequest:
 
 def run_action(req: ActionRequest, actor: Actor) -> Outcome:
     """Hand a checked request to the action layer, as the API's view of the same action does."""
-    body, target, actions, ledger = req.body, req.target, _actions(), get_ledger()
+    body, target, actions, ledger = req.body, req.target, current_actions(), get_ledger()
     if req.action == "quarantine":
         return actions.hold(ledger, target, actor, action="quarantine", reason=body["reason"], force=body["force"])
     if req.action == "drain":

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, g, request
 
 from actuator import limits
-from actuator.actions import Actions, Actor, Batch, Outcome, Result, Source
+from actuator.actions import Actor, Batch, Outcome, Result, Source
 from actuator.auth import require_token
+from actuator.current import current_actions, current_settings
 from actuator.ledger import locked_ledger
 from actuator.settings import ACTIONS, ActuatorSettings
 from actuator.targets import TargetError, target_from_labels
@@ -240,9 +241,8 @@ def alertmanager() -> tuple[dict[str, Any], int]:
             truncated=note.truncated_alerts,
             hint=f"raise max_alerts in the Alertmanager webhook config (at most {limits.MAX_ALERTS})",
         )
-    actions: Actions = current_app.extensions["lvsguard"].actions
-    settings: ActuatorSettings = current_app.config["LVSGUARD_SETTINGS"]
-    outcomes = actions.alerts(
+    settings = current_settings()
+    outcomes = current_actions().alerts(
         locked_ledger, note.alerts, partial(_handle_one, settings), preload=len(note.alerts) > PRELOAD_TABLE
     )
     results = [reply_entry(alert, done) for alert, done in zip(note.alerts, outcomes, strict=True)]
