@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, g, request
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from actuator import api, auth, ledger, limits, ui, webhook
@@ -31,6 +31,7 @@ from actuator.settings import ActuatorSettings
 from lvsguard.defaults import ACTUATOR_LISTEN
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
+from lvsguard.webconfig import NO_WEB_CONFIG, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ def create_app(
     kernel: Kernel | None = None,
     ledger_path: str | None = None,
     clock: Callable[[], float] = time.time,
+    web: WebConfig = NO_WEB_CONFIG,
 ) -> Flask:
-    """The WSGI app. ``kernel`` defaults to netlink in the current namespace."""
+    """The WSGI app. ``kernel`` defaults to netlink in the current namespace; ``web``: basic auth and headers."""
     if kernel is None:
         from lvsguard.ipvs.netlink import NetlinkIPVS  # only here: a given kernel (a test's) needs no netlink
 
@@ -66,11 +68,13 @@ def create_app(
         LVSGUARD_SETTINGS=settings,
         LVSGUARD_LEDGER=ledger_path or settings.ledger_path,
         LVSGUARD_CLOCK=clock,
+        LVSGUARD_WEB=web,
         MAX_CONTENT_LENGTH=MAX_BODY,
     )
     ledger.init_app(app)
     registry = CollectorRegistry(auto_describe=True)
     metrics = ActuatorMetrics(registry)
+    ProcessCollector(registry=registry)  # process_*: CPU, memory, open files, start time
     quarantine = QuarantineCollector(app.config["LVSGUARD_LEDGER"], settings.names)
     registry.register(quarantine)
     actions = Actions(kernel, settings, clock=clock, metrics=metrics)
@@ -127,12 +131,14 @@ def serve(
     ledger_path: str | None = None,
     threads: int = 8,
     reload: Callable[[], ActuatorSettings] | None = None,
+    web: WebConfig = NO_WEB_CONFIG,
 ) -> None:
     """Run the actuator until interrupted (the CLI's ``lvsguard actuator``).
 
     Refuses to start without a token: the webhook and every mutating call need one.
     On SIGHUP, ``reload`` returns the new settings (config and tokens) or raises
     an LvsguardError to keep the running ones (``actuator/reload.py``).
+    ``web`` is the ``--web.config.file``: TLS, basic auth and headers (read at start).
     """
     from lvsguard.ipvs.netlink import NetlinkIPVS  # only here: importing the app needs no netlink
 
@@ -153,7 +159,7 @@ def serve(
     logging.logProcesses = False  # the log format has no process id: spare a getpid() per line
     kernel = NetlinkIPVS(netns)
     try:
-        app = create_app(settings, kernel=kernel, ledger_path=path)
+        app = create_app(settings, kernel=kernel, ledger_path=path, web=web)
         state: ActuatorState = app.extensions["lvsguard"]
         state.runner.begin()
     except sqlite3.Error as exc:  # unreadable, corrupt or locked at start: say which file, no traceback
@@ -174,11 +180,14 @@ def serve(
         netns=netns or "-",
         ledger=path,
         tokens=",".join(sorted(settings.tokens)),
+        scheme=web.scheme,
+        web_config=web.path or "-",
+        basic_auth="on" if web.users else "off",
         dry_run=settings.dry_run,
     )
     limits.warn_exposure(host, settings)
     try:
-        limits.create_server(app, host=host, port=port, threads=threads).run()
+        limits.create_server(app, host=host, port=port, threads=threads, tls=web.tls).run()
     except KeyboardInterrupt:  # as waitress.serve: Ctrl-C stops serving
         pass
     finally:

@@ -23,10 +23,11 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, jsonify, request
 
 from lvsguard.errors import TokenFileError, TooManyFailures, Unauthorized
 from lvsguard.secretfile import read_secret
+from lvsguard.webconfig import NO_WEB_CONFIG, WebConfig, basic_credentials
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -193,8 +194,44 @@ def authenticate() -> str:
 
 
 def init_app(app: Flask) -> None:
-    """The bearer tokens' failure limiter (called by ``create_app``)."""
+    """The bearer tokens' failure limiter and the web config's basic-auth gate (called by ``create_app``)."""
     app.extensions["lvsguard_bearer"] = LoginLimiter(BEARER_FAILURES, BEARER_PER)
+    app.config.setdefault("LVSGUARD_WEB", NO_WEB_CONFIG)
+    app.before_request(basic_gate)
+    app.after_request(web_headers)
+
+
+def basic_gate() -> Response | None:
+    """With ``basic_auth_users`` in the web config, every request needs a user's password or a bearer token.
+
+    As exporter-toolkit does, basic auth closes the whole port (the metrics, the
+    console, the API, the webhook). HTTP has one ``Authorization`` header, so a
+    caller sends one of the two: valid ``Basic`` credentials let it read (a
+    scraper), a valid ``Bearer`` token is checked here as everywhere and also
+    lets it change things; a basic user never may, a token still must.
+    """
+    web: WebConfig = current_app.config["LVSGUARD_WEB"]
+    if not web.users:
+        return None
+    header = request.headers.get("Authorization")
+    credentials = basic_credentials(header)
+    if credentials is not None and web.authorized(header):
+        g.basic_user = credentials[0]
+        return None
+    if credentials is None and header and header.strip().lower().startswith("bearer "):
+        authenticate()  # a wrong token is 401 (or 429) from the one error handler, and counted
+        return None
+    response = jsonify(error="missing or wrong credentials: basic auth (a scraper) or a bearer token")
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Basic realm="lvsguard actuator", charset="UTF-8"'
+    return response
+
+
+def web_headers(response: Response) -> Response:
+    """The web config's ``http_server_config.headers`` on every answer."""
+    for name, value in current_app.config["LVSGUARD_WEB"].headers.items():
+        response.headers[name] = value
+    return response
 
 
 def require_token(view: F) -> F:
@@ -209,12 +246,12 @@ def require_token(view: F) -> F:
 
 
 def read_only(view: F) -> F:
-    """GET endpoints: open unless the settings protect them (``read_only_open: false``)."""
+    """GET endpoints: open unless the settings protect them (``read_only_open: false``); a basic user may read."""
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if not current_app.config["LVSGUARD_SETTINGS"].read_only_open:
-            authenticate()
+        if not current_app.config["LVSGUARD_SETTINGS"].read_only_open and not g.get("basic_user"):
+            authenticate()  # a web config's basic user may read (basic_gate)
         return view(*args, **kwargs)
 
     return wrapped  # type: ignore[return-value]

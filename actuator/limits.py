@@ -19,6 +19,10 @@ the console alike, and a new route gets them without a line of its own.
 
 - **Per client** (:func:`admit`): at most ``MAX_PER_CLIENT`` connections per
   address, so one host's slow clients cannot take all of ``CONNECTION_LIMIT``.
+- **TLS** (:class:`TLSChannel`, with ``tls_server_config`` in the web config):
+  the handshake is one more non-blocking step in waitress's own loop, so a
+  client that never finishes it holds one channel until ``CHANNEL_TIMEOUT``,
+  as a silent plain connection does, and never the loop.
 
 Requests per client, and connections from many addresses, are a reverse
 proxy's to limit: docs/actuator.md shows one.
@@ -30,6 +34,8 @@ import functools
 import ipaddress
 import logging
 import socket
+import ssl
+import time
 from typing import Any
 
 from flask import Flask, current_app, request
@@ -78,19 +84,104 @@ BUSY_REPLY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnecti
 EXEMPT = ("127.0.0.1", "::1")
 
 
-def create_server(app: Any, *, host: str, port: int, threads: int, **overrides: Any) -> Any:
-    """The waitress server of ``lvsguard actuator`` (``run()`` serves until interrupted)."""
+def create_server(
+    app: Any, *, host: str, port: int, threads: int, tls: ssl.SSLContext | None = None, **overrides: Any
+) -> Any:
+    """The waitress server of ``lvsguard actuator`` (``run()`` serves until interrupted); HTTPS with ``tls``."""
+    if tls is not None:
+        overrides.setdefault("url_scheme", "https")  # what the app's URLs say (redirects, the console's links)
     server = waitress_server(app, host=host, port=port, threads=threads, **{**SERVER_OPTIONS, **overrides})
     listeners = [server] if isinstance(server, BaseWSGIServer) else list((server.map or {}).values())  # v4 and v6
     for listener in listeners:
         if isinstance(listener, BaseWSGIServer):
             # waitress calls channel_class with each accepted connection and keeps nothing it returns:
             # a function that may refuse stands in for the class waitress's stubs expect here
-            listener.channel_class = admit  # type: ignore[assignment]
+            listener.channel_class = functools.partial(admit, tls=tls)  # type: ignore[assignment]
     return server
 
 
-def admit(server: Any, conn: socket.socket, addr: Any, adj: Any, map: dict[int, Any]) -> HTTPChannel | None:
+class TLSChannel(HTTPChannel):
+    """A waitress channel over a non-blocking TLS socket: the handshake, then HTTP as ever.
+
+    Waitress's loop calls ``handle_read``/``handle_write`` when the socket is
+    ready; until the handshake is done they drive it. A read takes everything
+    the TLS layer has decrypted (``pending()``), so no request waits in
+    OpenSSL's buffer for a poll event that will not come. ``SSLWant*`` is
+    "not now", as EWOULDBLOCK is for a plain socket.
+    """
+
+    def __init__(self, server: Any, sock: ssl.SSLSocket, addr: Any, adj: Any, map: dict[int, Any] | None = None):
+        self.handshaken = False
+        self.handshake_wants_write = False
+        self.tls = sock  # the same object as ``self.socket``, typed
+        super().__init__(server, sock, addr, adj, map=map)
+
+    def readable(self) -> bool:
+        return True if not self.handshaken else bool(super().readable())
+
+    def writable(self) -> bool:
+        return self.handshake_wants_write if not self.handshaken else bool(super().writable())
+
+    def handle_write(self) -> None:
+        if not self.handshaken:
+            self._handshake()
+            return
+        super().handle_write()
+
+    def handle_read(self) -> None:
+        if not self.handshaken:
+            self._handshake()
+            if not self.handshaken:
+                return
+        tls = self.tls
+        try:
+            data = tls.recv(self.adj.recv_bytes)
+            while data and tls.pending():
+                data += tls.recv(tls.pending())
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError as exc:  # ssl.SSLError too: a broken record is the end of the connection
+            event(log, logging.DEBUG, "tls_read_failed", client=self.addr[0], reason=str(exc))
+            self.handle_close()
+            return
+        if data:
+            self.last_activity = time.time()
+            self.received(data)
+        else:
+            self.connected = False  # the client closed the connection
+
+    def send(self, data: bytes, do_close: bool = True) -> int:
+        try:
+            return int(super().send(data, do_close))
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return 0
+        except ssl.SSLError as exc:
+            event(log, logging.DEBUG, "tls_write_failed", client=self.addr[0], reason=str(exc))
+            if do_close:
+                self.handle_close()
+            return 0
+
+    def _handshake(self) -> None:
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self.handshake_wants_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self.handshake_wants_write = True
+            return
+        except OSError as exc:  # a plain-HTTP client, an unknown CA, no client certificate, a reset
+            event(log, logging.DEBUG, "tls_handshake_failed", client=self.addr[0], reason=str(exc))
+            self.handle_close()
+            return
+        self.handshaken = True
+        self.handshake_wants_write = False
+        self.last_activity = time.time()
+
+
+def admit(
+    server: Any, conn: socket.socket, addr: Any, adj: Any, map: dict[int, Any], tls: ssl.SSLContext | None = None
+) -> HTTPChannel | None:
     """A channel for ``conn``, or a 503 and close when its address holds ``MAX_PER_CLIENT`` connections already.
 
     Counted from waitress's own map of open channels (at most ``CONNECTION_LIMIT``),
@@ -108,6 +199,9 @@ def admit(server: Any, conn: socket.socket, addr: Any, adj: Any, map: dict[int, 
             conn.close()
             event(log, logging.DEBUG, "connection_refused", client=client, held=held)
             return None
+    if tls is not None:
+        wrapped = tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return TLSChannel(server, wrapped, addr, adj, map=map)
     return HTTPChannel(server, conn, addr, adj, map=map)
 
 

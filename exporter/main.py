@@ -13,6 +13,7 @@ from exporter.source import ExporterReader
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.logs import event
+from lvsguard.webconfig import NO_WEB_CONFIG, WebConfig
 
 if TYPE_CHECKING:
     from exporter.collector import ExtraFamilies
@@ -26,13 +27,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | None = None) -> None:
+def serve(
+    config: Config, *, listen: str, netns: str | None, snmp_listen: str | None = None, web: WebConfig = NO_WEB_CONFIG
+) -> None:
     """Serve the IPVS metrics of ``netns`` on ``listen`` until SIGTERM/SIGINT.
 
     Names of services and real servers, ``backend_labels``, the ``services``
     allow-list and ``ipvs_source`` come from ``config``. With an ``snmp``
     section the SNMP agent serves the same table (its own reader, so a slow
     walk never holds up a scrape); ``snmp_listen`` overrides its address.
+    ``web`` is the ``--web.config.file``: TLS, basic auth and headers.
     """
     options = config.exporter
     probes = start_probes(config, netns)
@@ -51,6 +55,7 @@ def serve(config: Config, *, listen: str, netns: str | None, snmp_listen: str | 
             reload=reloader(config, listen=listen, netns=netns) if config.file else None,
             probes=extras(probes, fifo, passive),
             probe_report=probes.engine.metrics.report if probes is not None else no_report,
+            web=web,
         )
     finally:
         if agent is not None:  # first: a stopping engine is no news to send

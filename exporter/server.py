@@ -21,15 +21,18 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 from exporter.collector import BACKEND_LABELS, ExtraFamilies, IPVSCollector, Names
 from exporter.exposition import CONTENT_TYPE, Exposition, encoded, gzipped
@@ -39,6 +42,7 @@ from lvsguard.errors import ListenError, LvsguardError
 from lvsguard.ipvs import TableReader
 from lvsguard.logs import event
 from lvsguard.model import ServiceKey
+from lvsguard.webconfig import NO_WEB_CONFIG, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +112,31 @@ class ExporterServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128  # listen backlog: a burst of connections is accepted (and refused), not dropped as SYNs
 
-    def __init__(self, listen: str, exposition: Exposition, probe_report: Callable[[], Report] = no_report):
+    def __init__(
+        self,
+        listen: str,
+        exposition: Exposition,
+        probe_report: Callable[[], Report] = no_report,
+        web: WebConfig = NO_WEB_CONFIG,
+    ):
         host, port = parse_listen(listen)
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.exposition = exposition
         self.probe_report = probe_report
         self.listen = listen
+        self.web = web
+        self.process = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.process)  # process_*: CPU, memory, open files, start time
         try:
             super().__init__((host, port), _Handler)
         except OSError as exc:
             raise ListenError(listen, exc.strerror or str(exc)) from None
         bound_host, bound_port = self.socket.getsockname()[:2]
-        self.url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
+        scheme = web.scheme
+        self.url = (
+            f"{scheme}://[{bound_host}]:{bound_port}" if ":" in bound_host else f"{scheme}://{bound_host}:{bound_port}"
+        )
         self._reload_lock = threading.Lock()
         self._slots_lock = threading.Lock()
         self._open: dict[str, int] = {}  # client address -> connections being served
@@ -139,6 +155,27 @@ class ExporterServer(ThreadingHTTPServer):
             super().process_request(request, client_address)
             return
         self._refuse(request, client)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """With TLS, the handshake runs here, in the connection's own thread, within ``IDLE_TIMEOUT``."""
+        tls = self.web.tls
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(IDLE_TIMEOUT)
+        try:
+            wrapped = tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            event(log, logging.DEBUG, "tls_handshake_failed", client=client_address[0], reason=str(exc))
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            try:
+                wrapped.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            wrapped.close()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -221,7 +258,22 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = IDLE_TIMEOUT
     server: ExporterServer
 
+    def end_headers(self) -> None:
+        for name, value in self.server.web.headers.items():  # http_server_config.headers of the web config
+            self.send_header(name, value)
+        super().end_headers()
+
     def do_GET(self) -> None:
+        if not self.server.web.authorized(self.headers.get("Authorization")):
+            self.send_response(HTTPStatus.UNAUTHORIZED)
+            self.send_header("WWW-Authenticate", 'Basic realm="lvsguard exporter", charset="UTF-8"')
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            body = b"Unauthorized\n"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            event(log, logging.DEBUG, "http_unauthorized", client=self.client_address[0], path=self.path)
+            return
         path = urlsplit(self.path).path
         if path == "/metrics":
             self._metrics()
@@ -250,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         gzip = accepts_gzip(self.headers.get("Accept-Encoding", ""))
         chunked = self.request_version == "HTTP/1.1"
-        rendered = encoded(self.server.exposition.chunks())
+        rendered = encoded(self._families())
         body = gzipped(rendered) if gzip else rendered
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", CONTENT_TYPE)
@@ -276,6 +328,11 @@ class _Handler(BaseHTTPRequestHandler):
             gzip=gzip,
             seconds=f"{time.perf_counter() - started:.3f}",
         )
+
+    def _families(self) -> Iterator[str]:
+        """The exposition, then the process_* families (``yield from``: closing the stream stops the rendering)."""
+        yield from self.server.exposition.chunks()
+        yield generate_latest(self.server.process).decode()
 
     def _stream(self, body: Iterable[bytes], chunked: bool) -> int:
         sent = 0
@@ -327,6 +384,7 @@ def run(
     reload: Callable[[], Reloadable] | None = None,
     probes: ExtraFamilies | None = None,
     probe_report: Callable[[], Report] = no_report,
+    web: WebConfig = NO_WEB_CONFIG,
 ) -> None:
     """Serve the IPVS metrics on ``listen`` until SIGTERM or SIGINT (or ``server.shutdown()``).
 
@@ -334,7 +392,8 @@ def run(
     and to stop it). ``reload`` (on SIGHUP) returns the new settings, or raises
     an LvsguardError to keep the running ones. ``probes`` adds the health-check
     series (``exporter.probes.metrics.ProbeMetrics``), ``probe_report`` their
-    state for ``/probes.json`` (``ProbeMetrics.report``).
+    state for ``/probes.json`` (``ProbeMetrics.report``). ``web`` is the
+    ``--web.config.file`` (TLS, basic auth, headers: ``lvsguard.webconfig``).
     """
     collector = IPVSCollector(
         reader_factory(),
@@ -345,7 +404,7 @@ def run(
         probes=probes,
     )
     try:
-        server = ExporterServer(listen, Exposition(collector), probe_report)
+        server = ExporterServer(listen, Exposition(collector), probe_report, web)
     except ListenError:
         collector.reader.close()
         raise
@@ -356,6 +415,8 @@ def run(
         "exporter_started",
         url=server.url,
         version=__version__,
+        web_config=web.path or "-",
+        basic_auth="on" if web.users else "off",
         backend_labels=",".join(collector.backend_labels),
         services="all" if services is None else len(collector.services or ()),
     )

@@ -9,6 +9,7 @@ costs about 2 s under UML.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from lvsguard.ipvs.netlink import NetlinkIPVS
 
 
 @contextmanager
-def serving(app: Any, *, port: int = 0, threads: int = 4) -> Iterator[str]:
+def serving(app: Any, *, port: int = 0, threads: int = 4, tls: ssl.SSLContext | None = None) -> Iterator[str]:
     """Serve a WSGI ``app`` over waitress on 127.0.0.1 in a thread; yields its base URL, and stops it for good.
 
     The server is built as ``lvsguard actuator`` builds it (``actuator.limits``),
@@ -31,11 +32,13 @@ def serving(app: Any, *, port: int = 0, threads: int = 4) -> Iterator[str]:
     then the loop closes every channel from its own thread (closing from here
     races its select) and ends when none is left.
     """
-    server = limits.create_server(app, host="127.0.0.1", port=port, threads=threads, asyncore_loop_timeout=0.05)
+    server = limits.create_server(
+        app, host="127.0.0.1", port=port, threads=threads, tls=tls, asyncore_loop_timeout=0.05
+    )
     thread = threading.Thread(target=server.run, name="waitress-loop", daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.effective_port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.effective_port}"
     finally:
         server.task_dispatcher.shutdown(timeout=5)
         try:

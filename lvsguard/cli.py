@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address of the SNMP agent (needs an 'snmp' config section; default: its listen)",
     )
     _add_netns(exp)
+    _add_web_config(exp)
     exp.set_defaults(func=cmd_exporter)
 
     act = sub.add_parser(
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", metavar="HOST:PORT", help=f"address to serve on (default: config or {defaults.ACTUATOR_LISTEN})"
     )
     _add_netns(act)
+    _add_web_config(act)
     act.add_argument("--token-file", metavar="FILE", help="bearer tokens, one 'NAME:TOKEN' per line")
     act.add_argument("--ledger", metavar="FILE", help=f"the SQLite ledger (default: config or {defaults.LEDGER_PATH})")
     act.set_defaults(func=cmd_actuator)
@@ -270,6 +272,15 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", type=Path, metavar="FILE", help="YAML config (names, exporter options); optional")
 
 
+def _add_web_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="TLS, basic auth and headers in the Prometheus exporter-toolkit format (docs/install.md)",
+    )
+
+
 def _add_netns(p: argparse.ArgumentParser) -> None:
     p.add_argument("--netns", metavar="NAME", help="read the IPVS table of this network namespace (as 'ip netns')")
 
@@ -297,21 +308,25 @@ def _load_config(path: Path | None) -> Config:
 
 def cmd_exporter(args: argparse.Namespace) -> int:
     from exporter import main as exporter_main
+    from lvsguard import webconfig
 
     cfg = _load_config(args.config)
+    web = webconfig.load(args.web_config)  # read once, before anything starts
     listen = args.listen or cfg.exporter.listen
     netns = args.netns or cfg.director.netns
-    exporter_main.serve(cfg, listen=listen, netns=netns, snmp_listen=args.snmp_listen)
+    exporter_main.serve(cfg, listen=listen, netns=netns, snmp_listen=args.snmp_listen, web=web)
     return 0
 
 
 def cmd_actuator(args: argparse.Namespace) -> int:
     from actuator import app
+    from lvsguard import webconfig
 
     cfg = _load_config(args.config)
     settings = _actuator_settings(args)
     app.serve(
         settings,
+        web=webconfig.load(args.web_config),
         listen=args.listen or settings.listen,  # actuator.listen, else defaults.ACTUATOR_LISTEN
         netns=args.netns or cfg.director.netns,
         ledger_path=args.ledger,

@@ -39,7 +39,8 @@
      ├── ClientError          the actuator could not be reached or refused a request (``status``, ``body``)
      ├── Unauthorized         no or a wrong bearer token (401)
      │   └── TooManyFailures  too many wrong tokens from one address (429, ``retry_after``)
-     └── TokenFileError       a token file or LVSGUARD_TOKEN is unusable
+     ├── TokenFileError       a token file or LVSGUARD_TOKEN is unusable
+     └── WebConfigError       a --web.config.file (TLS, basic auth, headers) is unusable
 
 An exception carries the objects it is about (``service``, ``real_server``,
 ``errno``) and its message names them the way an operator writes them:
@@ -313,3 +314,7 @@ class TooManyFailures(Unauthorized):
 
 class TokenFileError(LvsguardError):
     """A token file or LVSGUARD_TOKEN is unusable; the message names the file and line."""
+
+
+class WebConfigError(LvsguardError):
+    """A ``--web.config.file`` is unusable; the message names the file and the key."""
