@@ -35,24 +35,28 @@ NUM_OR_NULL: S = {"type": "number", "nullable": True}
 BOOL_OR_NULL: S = {"type": "boolean", "nullable": True}
 STRMAP: S = {"type": "object", "additionalProperties": {"type": "string"}}
 
+OUTCOME_REQUIRED = ["action", "result", "message", "reason", "service", "real_server", "weight", "job_id", "holders"]
+
+
+def _outcome_props(results: list[str]) -> S:
+    """The fields of an action's outcome, in the API's replies and in the webhook's results."""
+    return {
+        "action": STR,
+        "result": {"type": "string", "enum": results},
+        "message": STR,
+        "reason": STR,
+        "service": STR,
+        "real_server": STR,
+        "weight": {"type": "integer", "nullable": True},
+        "job_id": {"type": "integer", "nullable": True},
+        "holders": {"type": "array", "items": STR},
+        "retry_after": INT,
+    }
+
+
 SCHEMAS: S = {
     "Error": _obj(["error"], {"error": STR, "path": STR}, extra=True),
-    "Outcome": _obj(
-        ["action", "result", "message", "reason", "service", "real_server", "weight", "job_id", "holders"],
-        {
-            "action": STR,
-            "result": {"type": "string", "enum": list(RESULTS)},
-            "message": STR,
-            "reason": STR,
-            "service": STR,
-            "real_server": STR,
-            "weight": {"type": "integer", "nullable": True},
-            "job_id": {"type": "integer", "nullable": True},
-            "holders": {"type": "array", "items": STR},
-            "retry_after": INT,
-            "error": STR,
-        },
-    ),
+    "Outcome": _obj(OUTCOME_REQUIRED, {**_outcome_props(list(RESULTS)), "error": STR}),
     "Stats": _obj(
         ["connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes"],
         {
@@ -322,34 +326,12 @@ SCHEMAS: S = {
         extra=True,
     ),
     "WebhookResult": _obj(
-        [
-            "fingerprint",
-            "alertname",
-            "status",
-            "action",
-            "result",
-            "message",
-            "reason",
-            "service",
-            "real_server",
-            "weight",
-            "job_id",
-            "holders",
-        ],
+        ["fingerprint", "alertname", "status", *OUTCOME_REQUIRED],
         {
             "fingerprint": STR,
             "alertname": STR,
             "status": {"type": "string", "enum": ["firing", "resolved"]},
-            "action": STR,
-            "result": {"type": "string", "enum": [r.value for r in Result]},
-            "message": STR,
-            "reason": STR,
-            "service": STR,
-            "real_server": STR,
-            "weight": {"type": "integer", "nullable": True},
-            "job_id": {"type": "integer", "nullable": True},
-            "holders": {"type": "array", "items": STR},
-            "retry_after": INT,
+            **_outcome_props([r.value for r in Result]),
             "others": {"type": "array", "items": _ref("Outcome")},
         },
     ),

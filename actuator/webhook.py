@@ -81,6 +81,14 @@ class Notification:
     alerts: tuple[Alert, ...]
 
 
+def _required(obj: Mapping[str, Any], key: str, path: str) -> tuple[Any, str]:
+    """A required field's value, and where it is for an error (``alerts[0].labels``)."""
+    where = f"{path}.{key}" if path else key
+    if key not in obj:
+        raise PayloadError("required field is missing", where)
+    return obj[key], where
+
+
 def _string(
     obj: Mapping[str, Any],
     key: str,
@@ -89,10 +97,7 @@ def _string(
     choices: tuple[str, ...] = (),
     pattern: re.Pattern[str] | None = None,
 ) -> str:
-    where = f"{path}.{key}" if path else key
-    if key not in obj:
-        raise PayloadError("required field is missing", where)
-    value = obj[key]
+    value, where = _required(obj, key, path)
     if not isinstance(value, str):
         raise PayloadError(f"must be a string, got {_json_type(value)}", where)
     if choices and value not in choices:
@@ -103,10 +108,7 @@ def _string(
 
 
 def _labels(obj: Mapping[str, Any], key: str, path: str, *, names: bool) -> dict[str, str]:
-    where = f"{path}.{key}" if path else key
-    if key not in obj:
-        raise PayloadError("required field is missing", where)
-    value = obj[key]
+    value, where = _required(obj, key, path)
     if not isinstance(value, dict):
         raise PayloadError(f"must be an object of strings, got {_json_type(value)}", where)
     for name, text in value.items():

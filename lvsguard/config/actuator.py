@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from yaml.nodes import Node, ScalarNode
 
@@ -22,6 +23,7 @@ from lvsguard.config.schema import (
     Context,
     Invalid,
     Key,
+    Parser,
     Recorded,
     Schema,
     boolean,
@@ -253,22 +255,21 @@ def quorums(node: Node, path: str, ctx: Context) -> dict[ServiceKey, Quorum]:
 
 def labels(node: Node, path: str, ctx: Context) -> tuple[tuple[str, str], ...]:
     """Label name -> the exact value an alert must have."""
-    pairs = ctx.pairs(node, path)
-    if pairs is None:
-        raise Recorded()
-    values = [(name, ctx.parse(text, value_node, join(path, name))) for name, (_, value_node) in pairs.items()]
-    if any(value is FAILED for _, value in values):
-        raise Recorded()
-    return tuple(values)
+    return _label_map(node, path, ctx, text)
 
 
 def label_patterns(node: Node, path: str, ctx: Context) -> tuple[tuple[str, re.Pattern[str]], ...]:
     """Label name -> a regular expression the alert's value must match in full."""
+    return _label_map(node, path, ctx, pattern)
+
+
+def _label_map(node: Node, path: str, ctx: Context, value: Parser) -> tuple[tuple[str, Any], ...]:
+    """A mapping of label names to what ``value`` parses, as pairs; every problem recorded before it fails."""
     pairs = ctx.pairs(node, path)
     if pairs is None:
         raise Recorded()
-    values = [(name, ctx.parse(pattern, value_node, join(path, name))) for name, (_, value_node) in pairs.items()]
-    if any(value is FAILED for _, value in values):
+    values = [(name, ctx.parse(value, value_node, join(path, name))) for name, (_, value_node) in pairs.items()]
+    if any(parsed is FAILED for _, parsed in values):
         raise Recorded()
     return tuple(values)
 

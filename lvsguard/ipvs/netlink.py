@@ -762,6 +762,11 @@ def _dest_payload(service: ServiceKey, rs: RealServer) -> bytes:
     return nla(ATTR_SERVICE, service_id_attrs(service)) + nla(ATTR_DEST, dest_attrs(rs))
 
 
+def _ident_dest_payload(ident: bytes, rs: RealServer) -> bytes:
+    """The NEW/SET_DEST payload of one real server of a service whose identity is encoded once (``ident``)."""
+    return ident + nla(ATTR_DEST, dest_attrs(rs))
+
+
 def _invalid(
     exc: ValueError, service: ServiceKey | None = None, real_server: RealServerKey | None = None, subject: str = ""
 ) -> InvalidRequest:
@@ -936,23 +941,8 @@ class NetlinkIPVS:
         """Send ``cmd`` for each real server, ``BATCH`` to a sendmsg, an ack asked only of the last of each batch."""
         with self._lock, self._kernel("dest", service=service):
             ident = nla(ATTR_SERVICE, self._encode(service_id_attrs, service, service=service))
-            failures: list[KernelError] = []
-            attempted = 0
-            batch: list[tuple[RealServer, bytes]] = []
-            for rs in servers:
-                try:
-                    batch.append((rs, ident + nla(ATTR_DEST, dest_attrs(rs))))
-                except ValueError as exc:
-                    failures.append(_invalid(exc, service, rs.key))
-                    attempted += 1
-                    continue
-                if len(batch) == BATCH:
-                    failures += self._send_batch(service, batch, cmd)
-                    attempted += len(batch)
-                    batch = []
-            if batch:
-                failures += self._send_batch(service, batch, cmd)
-                attempted += len(batch)
+            items = ((service, rs.key, partial(_ident_dest_payload, ident, rs), "") for rs in servers)
+            failures, attempted = self._pipeline(cmd, "dest", items)
         if failures:
             raise BulkFailed(f"{len(failures)} of {attempted} real servers not {done}", failures, service=service)
         return attempted
@@ -988,26 +978,36 @@ class NetlinkIPVS:
     ) -> int:
         """Send ``cmd`` for each item (service, real server, payload, hint), ``BATCH`` to a sendmsg."""
         with self._lock, self._kernel(op):
-            failures: list[KernelError] = []
-            attempted = 0
-            batch: list[tuple[ServiceKey, RealServerKey | None, bytes, str]] = []
-            for service, rs_key, encode, hint in items:
-                try:
-                    batch.append((service, rs_key, encode(), hint))
-                except ValueError as exc:
-                    failures.append(_invalid(exc, service, rs_key))
-                    attempted += 1
-                    continue
-                if len(batch) == BATCH:
-                    failures += self._send_many(cmd, op, batch)
-                    attempted += len(batch)
-                    batch = []
-            if batch:
-                failures += self._send_many(cmd, op, batch)
-                attempted += len(batch)
+            failures, attempted = self._pipeline(cmd, op, items)
         if failures:
             raise BulkFailed(f"{len(failures)} of {attempted} {noun} not {done}", failures)
         return attempted
+
+    def _pipeline(
+        self, cmd: int, op: str, items: Iterable[tuple[ServiceKey, RealServerKey | None, Callable[[], bytes], str]]
+    ) -> tuple[list[KernelError], int]:
+        """Send ``cmd`` for each item, ``BATCH`` to a sendmsg (under the lock); the typed errors and the count sent.
+
+        A payload that does not encode is an error of its own item; the others still go.
+        """
+        failures: list[KernelError] = []
+        attempted = 0
+        batch: list[tuple[ServiceKey, RealServerKey | None, bytes, str]] = []
+        for service, rs_key, encode, hint in items:
+            try:
+                batch.append((service, rs_key, encode(), hint))
+            except ValueError as exc:
+                failures.append(_invalid(exc, service, rs_key))
+                attempted += 1
+                continue
+            if len(batch) == BATCH:
+                failures += self._send_many(cmd, op, batch)
+                attempted += len(batch)
+                batch = []
+        if batch:
+            failures += self._send_many(cmd, op, batch)
+            attempted += len(batch)
+        return failures, attempted
 
     def _send_many(
         self, cmd: int, op: str, batch: Sequence[tuple[ServiceKey, RealServerKey | None, bytes, str]]
@@ -1218,31 +1218,6 @@ class NetlinkIPVS:
             payload = nla(ATTR_SERVICE, self._encode(service_id_attrs, service, service=service))
             payload += nla(ATTR_DEST, self._encode(dest_attrs, rs, service=service, real_server=rs.key))
             self._ack(cmd, payload)
-
-    def _send_batch(
-        self, service: ServiceKey, batch: Sequence[tuple[RealServer, bytes]], cmd: int = CMD_NEW_DEST
-    ) -> list[KernelError]:
-        """One sendmsg of ``cmd`` (NEW_DEST, SET_DEST) requests; the typed errors of those that failed."""
-        seqs: dict[int, RealServer] = {}
-        parts = []
-        last = 0
-        for i, (rs, payload) in enumerate(batch):
-            last = next(self._seq)
-            seqs[last] = rs
-            flags = NLM_F_REQUEST | (NLM_F_ACK if i == len(batch) - 1 else 0)
-            parts.append(_genl.message(self._family, cmd, flags, last, payload))
-        self._send(b"".join(parts))
-        failures: list[KernelError] = []
-        while True:
-            chunk = self._recv()
-            for kind, mflags, mseq, start, end in iter_messages(chunk):
-                if kind != NLMSG_ERROR or mseq not in seqs:
-                    continue
-                err = error_of(chunk, kind, mflags, mseq, start, end)
-                if err is not None:
-                    failures.append(translate(err, "dest", service, seqs[mseq].key))
-                if mseq == last:
-                    return failures
 
     def _totals(self) -> Stats | None:
         if self._totals_fd is None:
