@@ -14,6 +14,7 @@ that the director sees only the client's side, as in a textbook DR setup.
 from __future__ import annotations
 
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,6 +35,7 @@ from lab import synflood
 from lab.topology import Lab, LabService, Node
 from lvsguard.config.passive import PassiveConfig
 from lvsguard.ipvs.netns import entered
+from tests.integration.test_reload import Exporter
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -252,3 +255,28 @@ def _history(watch: Watch) -> str:
         passes = " ".join(f"{p.attempts}/{sum(p.failures.values())}" for p in b.history)
         lines.append(f"{service} {rs}: {passes}")
     return "\n".join(lines)
+
+
+def test_the_exporter_serves_the_verdict(lab: Lab, tmp_path: Path) -> None:
+    """``lvsguard exporter`` with ``passive.enabled``: the verdict in its log and the series on /metrics."""
+    config = tmp_path / "lvsguard.yaml"
+    config.write_text(
+        lab.config_yaml(listen="127.0.0.1:0") + "probes: {enabled: false}\npassive: {enabled: true, interval: 0.2s}\n"
+    )
+    exporter = Exporter(config)  # it logs passive_started before exporter_started
+    try:
+        assert any("passive_started" in line for line in exporter.log)
+        with Client(lab, lab.nat):
+            time.sleep(3.0)
+            with refused(lab.real_servers[0], 8080):
+                exporter.wait_for(r"passive_verdict service=\"TCP 192.0.2.10:80\" real_server=10.0.1.2:8080 ")
+        text = exporter.metrics()
+    finally:
+        exporter.stop()
+    labels = (
+        'local_address="192.0.2.10",local_port="80",remote_address="10.0.1.2",remote_port="8080",'
+        'proto="TCP",local_mark="",service="nat",real_server="rs1"'
+    )
+    refusals = re.search(rf'lvs_backend_handshake_failures_total{{{labels},reason="refused"}} (\d+)', text)
+    assert refusals is not None and int(refusals.group(1)) >= 2, text
+    assert f"lvs_backend_passive_verdicts_total{{{labels}}} 1" in text
