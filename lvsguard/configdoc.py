@@ -68,6 +68,13 @@ PARSER_TYPES: Mapping[str, str] = {
     "positive_number": "number (seconds, > 0)",
     "fraction": "number 0..1",
     "handshake_timeout": "duration below 60 s",
+    "scheduler_name": "scheduler name (`rr`, `wlc`, `mh`...)",
+    "scheduler_flag_list": "list of flag names",
+    "persistence_spec": "seconds, or a mapping (`timeout`, `netmask`, `engine`)",
+    "forward_method": "`masq`, `route` or `tunnel`",
+    "weight_value": "integer 0..65535",
+    "threshold": "integer 0..4294967295",
+    "tunnel_spec": "mapping of `type`, `port`, `checksum`",
 }
 """How each parser of lvsguard/config/ is named in the reference (keyed by function name)."""
 

@@ -7,7 +7,7 @@ column and key::
     lvsguard.yaml:14:7: services[0].real_servers[2].adress: unknown key; did you mean 'address'?
 
 One module per section (``director``, ``services``, ``exporter``,
-``actuator``, ``snmp``, ``probes``), each a frozen dataclass and the
+``actuator``, ``snmp``, ``probes``, ``table``), each a frozen dataclass and the
 ``Schema`` it is read with; ``schema`` is the one driver they all go through
 and ``loader`` puts the sections together. Adding a section is a module, a
 line in ``loader.SECTIONS`` and, when others need its names, a re-export
@@ -33,6 +33,7 @@ from lvsguard.config.probes import (
 )
 from lvsguard.config.schema import Invalid, Key, Parser, Schema, integer, text
 from lvsguard.config.services import REAL_SERVER, SERVICE, RealServerConfig, ServiceConfig
+from lvsguard.config.table import TABLE, TableSettings
 from lvsguard.errors import ConfigError, ConfigProblem
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "REAL_SERVER",
     "SECTIONS",
     "SERVICE",
+    "TABLE",
     "CheckConfig",
     "Config",
     "ConfigError",
@@ -63,6 +65,7 @@ __all__ = [
     "RealServerConfig",
     "Schema",
     "ServiceConfig",
+    "TableSettings",
     "check_entry",
     "integer",
     "load",

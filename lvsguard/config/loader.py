@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from os import PathLike
 from types import MappingProxyType
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode
@@ -21,8 +22,10 @@ from lvsguard.config.schema import Context, Key, Schema, is_null, kind_of, recor
 from lvsguard.config.services import SERVICE, ServiceConfig, named_services
 from lvsguard.config.snmp import SECTION as SNMP_SECTION
 from lvsguard.config.snmp import AgentSettings
+from lvsguard.config.table import TABLE, TableSettings
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.model import RealServerKey, ServiceKey
+from lvsguard.table.desired import DesiredTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class Config:
     """A whole config. ``Config()`` is the config of no file: every default, no names."""
 
     director: DirectorConfig = DirectorConfig()
+    table: TableSettings = TableSettings()
     exporter: ExporterConfig = ExporterConfig()
     services: tuple[ServiceConfig, ...] = ()
     actuator: ActuatorSettings | None = None  # section ``actuator`` (lvsguard.config.actuator); None: defaults
@@ -37,6 +41,9 @@ class Config:
     snmp: AgentSettings | None = None  # section ``snmp`` (lvsguard.config.snmp); None: no SNMP agent
     passive: PassiveConfig = PassiveConfig()
     file: str = ""  # where it was loaded from ("" for Config())
+    desired: DesiredTable = field(
+        default=DesiredTable(), compare=False
+    )  # derived from `services`; used with table.manage
     _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
     _real_server_names: Mapping[tuple[ServiceKey, RealServerKey], str] = field(init=False, repr=False, compare=False)
 
@@ -56,6 +63,11 @@ class Config:
 
 SECTIONS: Mapping[str, Key] = {
     "director": Key(section(DIRECTOR), doc="Which IPVS table this director is."),
+    "table": Key(
+        section(TABLE),
+        doc="Whether lvsguard owns the IPVS table: off by default, `services` only name what the kernel has "
+        "(docs/table.md).",
+    ),
     "services": Key(
         named_services(records(SERVICE)),
         doc="Names for virtual services and their real servers (labels, status, actuator targets).",
@@ -91,7 +103,8 @@ def loads(text: str, filename: str = "<string>") -> Config:
             return Config(file=filename)
         ctx = Context(filename)
         if isinstance(root, MappingNode):
-            config, _, _ = record(root, "", Schema(partial(Config, file=filename), SECTIONS), ctx)
+            build = partial(_build, file=filename, ctx=ctx)
+            config, _, _ = record(root, "", Schema(build, SECTIONS), ctx)
         else:
             ctx.problem(root, "", f"a config is a mapping of sections ({', '.join(SECTIONS)}), got {kind_of(root)}")
     finally:
@@ -100,6 +113,11 @@ def loads(text: str, filename: str = "<string>") -> Config:
         raise ConfigError(ctx.problems)
     loaded: Config = config
     return loaded
+
+
+def _build(*, file: str, ctx: Context, **sections: Any) -> Config:
+    """The Config of the parsed sections, with the desired table ``services`` left in the load's context."""
+    return Config(file=file, desired=ctx.desired or DesiredTable(), **sections)
 
 
 def _reader_problem(filename: str, text: str, exc: yaml.reader.ReaderError) -> ConfigProblem:

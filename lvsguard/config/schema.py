@@ -33,6 +33,7 @@ from lvsguard.model import RealServerKey, ServiceKey
 
 if TYPE_CHECKING:
     from lvsguard.config.services import ServiceConfig
+    from lvsguard.table.desired import DesiredTable
 
 
 class Invalid(ValueError):
@@ -129,6 +130,7 @@ class Context:
         self.service_names: dict[str, ServiceKey] = {}  # filled by `services`, read by `exporter.services`
         self.services: tuple[ServiceConfig, ...] = ()  # filled by `services`, read by `actuator`
         self.service_names_complete = True  # False when `services` had problems: a name may be in a broken entry
+        self.desired: DesiredTable | None = None  # the table `services` describe (filled by `services`)
 
     def problem(self, node: Node | None, key: str, message: str) -> None:
         mark = node.start_mark if node is not None else None  # None: a node built from Python data (`parse_data`)

@@ -1,4 +1,4 @@
-"""Section ``services``: names for virtual services and their real servers.
+"""Section ``services``: names for virtual services and their real servers, and with ``table.manage`` the table.
 
 The names become the ``service`` and ``real_server`` labels and what an
 operator types; later sections (``exporter.services``, ``actuator.quorum``,
@@ -9,6 +9,7 @@ leaves in the ``Context`` of the load.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from yaml.nodes import Node
 
@@ -19,6 +20,7 @@ from lvsguard.config.schema import (
     Parser,
     Recorded,
     Schema,
+    boolean,
     list_of,
     name,
     real_server_key,
@@ -27,24 +29,48 @@ from lvsguard.config.schema import (
     service_key,
     suggest,
 )
+from lvsguard.config.table import (
+    check_table,
+    forward_method,
+    persistence_spec,
+    scheduler_flag_list,
+    scheduler_name,
+    threshold,
+    tunnel_spec,
+    weight_value,
+)
 from lvsguard.model import FWM, PROTOCOLS, RealServerKey, ServiceKey
 
 
 @dataclass(frozen=True, slots=True)
 class RealServerConfig:
-    """A named real server of a service (``services[].real_servers[]``)."""
+    """A named real server of a service (``services[].real_servers[]``).
+
+    The table keys keep the values as given: ``lvsguard.table.load`` checks
+    them and builds the desired table (``Config.desired``) from them.
+    """
 
     name: str
     address: RealServerKey
+    weight: Any = 1
+    forward: Any = None  # None: the service's
+    upper_threshold: Any = 0
+    lower_threshold: Any = 0
+    tunnel: Any = None
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    """A named virtual service (``services[]``) and the names of its real servers."""
+    """A named virtual service (``services[]``) and the names of its real servers; table keys as in RealServerConfig."""
 
     name: str
     service: ServiceKey
     real_servers: tuple[RealServerConfig, ...] = ()
+    scheduler: Any = "wlc"
+    scheduler_flags: Any = ()
+    persistence: Any = None
+    one_packet: Any = False
+    forward: Any = "route"
 
 
 REAL_SERVER = Schema(
@@ -57,6 +83,23 @@ REAL_SERVER = Schema(
             real_server_key,
             required=True,
             doc='The real server as the kernel knows it (`10.0.1.2:80`, `"[2001:db8:1::2]:80"`); unique within its service.',
+        ),
+        "weight": Key(weight_value, doc="With `table.manage`: its weight (`ipvsadm -w`)."),
+        "forward": Key(
+            forward_method,
+            doc="With `table.manage`: its forwarding method (`-m`, `-g`, `-i`); an IPv4 real server of an IPv6 "
+            "service (or the reverse) must be tunnelled.",
+        ),
+        "upper_threshold": Key(
+            threshold, doc="With `table.manage`: no new connection above this many (`-x`); 0: no limit."
+        ),
+        "lower_threshold": Key(
+            threshold, doc="With `table.manage`: connections again once below this many (`-y`); at most the upper."
+        ),
+        "tunnel": Key(
+            tunnel_spec,
+            doc="With `forward: tunnel`: `{type: ipip|gue|gre, port: P, checksum: nocsum|csum|remcsum}` "
+            "(`--tun-type`, `--tun-port`, `--tun-*csum`); `port` is required for `gue` (docs/table.md).",
         ),
     },
     unique=("name", "address"),
@@ -72,6 +115,25 @@ SERVICE = Schema(
             doc='The virtual service: `TCP 192.0.2.10:80`, `"UDP [2001:db8::10]:53"`, `FWM 1`; unique among services.',
         ),
         "real_servers": Key(records(REAL_SERVER), doc="Names of this service's real servers."),
+        "scheduler": Key(scheduler_name, doc="With `table.manage`: the scheduler (`ipvsadm -s`)."),
+        "scheduler_flags": Key(
+            scheduler_flag_list,
+            doc="With `table.manage`: scheduler flags (`-b`): `sh-fallback`, `sh-port`, `mh-fallback`, `mh-port`, "
+            "`flag-1`..`flag-3`.",
+        ),
+        "persistence": Key(
+            persistence_spec,
+            doc="With `table.manage`: seconds of persistence (`-p`), or `{timeout: S, netmask: M, engine: E}` "
+            "(`-M`, `--pe`) (docs/table.md).",
+        ),
+        "one_packet": Key(
+            boolean, doc="With `table.manage`: one-packet scheduling (`-o`), UDP and fwmark services only."
+        ),
+        "forward": Key(
+            forward_method,
+            doc="With `table.manage`: the forwarding method of its real servers that set none: `masq`, `route`, "
+            "`tunnel` (or `nat`, `dr`, `gate`, `ipip`).",
+        ),
     },
     unique=("name", "service"),
 )
@@ -107,11 +169,19 @@ def named_services(parser: Parser) -> Parser:
     def parse(node: Node, path: str, ctx: Context) -> tuple[ServiceConfig, ...]:
         try:
             services: tuple[ServiceConfig, ...] = parser(node, path, ctx)
-        except (Invalid, Recorded):
+        except Invalid:  # not a list: the driver records it
             ctx.service_names_complete = False
+            raise
+        except Recorded:
+            ctx.service_names_complete = False
+            check_table(node, path, ctx)  # the table keys' problems too, in the same report
             raise
         ctx.service_names.update((s.name, s.service) for s in services)
         ctx.services = services
+        count = len(ctx.problems)
+        ctx.desired = check_table(node, path, ctx)
+        if len(ctx.problems) > count:
+            raise Recorded()  # the names are sound: later sections may still refer to them
         return services
 
     return parse

@@ -1,7 +1,8 @@
 """The table commands of the CLI: ``lvsguard diff`` (read-only).
 
-``diff`` loads only the ``table`` section and the services of the config, reads
-the kernel over netlink and prints the plan. Exit 0 when the kernel already
+``diff`` loads the config as every command does (``lvsguard.config``: every
+problem with its file and line), reads the kernel over netlink and prints the
+plan. Exit 0 when the kernel already
 matches, 2 when changes are pending; errors raise (the CLI prints them, exit 1).
 Without the ledger it knows of nothing lvsguard created, so under ``prune:
 owned`` it removes nothing and counts what it leaves alone.
@@ -12,9 +13,9 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from lvsguard.config import loads
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.table.importers import read_source
-from lvsguard.table.load import load_table_text
 from lvsguard.table.plan import plan
 
 EXIT_MATCHES = 0
@@ -26,13 +27,11 @@ def diff(config: str, netns: str | None = None, *, out: TextIO | None = None) ->
     from lvsguard.ipvs.netlink import NetlinkIPVS
 
     text, name = read_source(config)
-    settings, desired, data = load_table_text(text, name)
-    if not settings.manage:
+    cfg = loads(text, name)
+    if not cfg.table.manage:
         raise ConfigError([ConfigProblem(name, 0, 0, "table.manage", "is not true: this config only names services")])
-    director = data.get("director") or {}
-    netns = netns or (director.get("netns") if isinstance(director, dict) else None)
-    with NetlinkIPVS(netns) as ipvs:
+    with NetlinkIPVS(netns or cfg.director.netns) as ipvs:
         table = ipvs.read()
-    steps = plan(desired, table, prune=settings.prune)
+    steps = plan(cfg.desired, table, prune=cfg.table.prune)
     (out or sys.stdout).write(str(steps))
     return EXIT_MATCHES if steps.empty else EXIT_PENDING

@@ -176,12 +176,12 @@ def case(id: str, text: str, *problems: str) -> object:
         case(
             "root-is-a-list",
             "- director\n",
-            "1:1: a config is a mapping of sections (director, services, exporter, actuator, snmp, probes, passive), got a list",
+            "1:1: a config is a mapping of sections (director, table, services, exporter, actuator, snmp, probes, passive), got a list",
         ),
         case(
             "root-is-a-string",
             "director\n",
-            "1:1: a config is a mapping of sections (director, services, exporter, actuator, snmp, probes, passive), got a string 'director'",
+            "1:1: a config is a mapping of sections (director, table, services, exporter, actuator, snmp, probes, passive), got a string 'director'",
         ),
         case(
             "unknown-section-did-you-mean",
@@ -191,7 +191,7 @@ def case(id: str, text: str, *problems: str) -> object:
         case(
             "unknown-section-listed",
             "balancer: {}\n",
-            "1:1: balancer: unknown key (known keys: director, services, exporter, actuator, snmp, probes, passive)",
+            "1:1: balancer: unknown key (known keys: director, table, services, exporter, actuator, snmp, probes, passive)",
         ),
         case(
             "section-not-a-mapping",
@@ -366,8 +366,8 @@ def case(id: str, text: str, *problems: str) -> object:
         ),
         case(
             "service-unknown-key",
-            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    scheduler: wrr\n",
-            "4:5: services[0].scheduler: unknown key (known keys: name, service, real_servers)",
+            "services:\n  - name: web\n    service: TCP 192.0.2.10:80\n    schedular: wrr\n",
+            "4:5: services[0].schedular: unknown key; did you mean 'scheduler'?",
         ),
         case(
             "duplicate-service-name",

@@ -64,7 +64,7 @@ def test_full_example_sets_what_it_says() -> None:
         ServiceKey.parse("UDP [2001:db8::10]:53"),
         ServiceKey.parse("FWM 1"),
     )
-    assert [s.name for s in cfg.services] == ["web", "web-tls", "dns6", "marked"]
+    assert [s.name for s in cfg.services] == ["web", "web-tls", "dns6", "marked", "mail"]
     assert cfg.real_server_name(ServiceKey.parse("FWM 1"), RealServerKey.parse("10.0.1.2:0")) == "web1"
 
 

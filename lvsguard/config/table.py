@@ -1,0 +1,127 @@
+"""Section ``table`` and the table keys of ``services``: whether lvsguard owns the IPVS table, and what it holds.
+
+The ``table`` section (``manage``, ``prune``) is read by the driver like
+every other. The table keys of a ``services`` entry (``scheduler``,
+``persistence``, ``weight``, ``tunnel``...) are declared in the services'
+schemas so that the driver knows them (an unknown key is still an error, the
+reference documents them), but their values are checked once, by
+``lvsguard.table.load``, which turns the whole ``services`` list into the
+desired table. ``check_table`` runs it over the ``services`` node and records
+each of its (path, message) problems at its node, as a ``ConfigProblem`` with
+file and line, unless the driver already reported one at that path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from lvsguard.config.schema import Context, Key, Schema, boolean, choice, is_null
+from lvsguard.table.desired import DesiredTable
+from lvsguard.table.load import TableSettings, load_table
+from lvsguard.table.plan import PRUNE_POLICIES
+
+__all__ = [
+    "TABLE",
+    "TableSettings",
+    "check_table",
+    "forward_method",
+    "persistence_spec",
+    "scheduler_flag_list",
+    "scheduler_name",
+    "threshold",
+    "tunnel_spec",
+    "weight_value",
+]
+
+TABLE = Schema(
+    TableSettings,
+    {
+        "manage": Key(
+            boolean,
+            doc="`true`: `services` describe the kernel's IPVS table and the actuator makes the kernel match them "
+            "(docs/table.md). `false`: `services` only name what the kernel has.",
+        ),
+        "prune": Key(
+            choice(PRUNE_POLICIES),
+            doc="A kernel entry not in the config: `owned` removes it only when lvsguard created it (recorded in "
+            "the ledger); `exact` removes it whoever made it.",
+        ),
+    },
+)
+
+
+def _data(node: Node) -> Any:
+    """The Python value of a node, as ``yaml.safe_load`` gives it; ``lvsguard.table.load`` checks it."""
+    return yaml.constructor.SafeConstructor().construct_document(node)
+
+
+# One parser per table key, each only carrying the value to ``check_table``; their names give the
+# reference its type column (``lvsguard.configdoc.PARSER_TYPES``).
+
+
+def scheduler_name(node: Node, path: str, ctx: Context) -> Any:
+    return _data(node)
+
+
+def scheduler_flag_list(node: Node, path: str, ctx: Context) -> Any:
+    return _data(node)
+
+
+def persistence_spec(node: Node, path: str, ctx: Context) -> Any:
+    return _data(node)
+
+
+def forward_method(node: Node, path: str, ctx: Context) -> Any:
+    return _data(node)
+
+
+def weight_value(node: Node, path: str, ctx: Context) -> Any:
+    return _data(node)
+
+
+def threshold(node: Node, path: str, ctx: Context) -> Any:
+    return _data(node)
+
+
+def tunnel_spec(node: Node, path: str, ctx: Context) -> Any:
+    return _data(node)
+
+
+def check_table(node: Node, path: str, ctx: Context) -> DesiredTable:
+    """The desired table of the ``services`` node; its problems recorded in ``ctx`` at their nodes.
+
+    A problem at a path where the driver already recorded one (a bad address,
+    a duplicate service, an unknown key) is the same problem seen twice: it is
+    dropped.
+    """
+    if is_null(node):
+        return DesiredTable()
+    _, desired, problems = load_table({"services": _data(node)})
+    reported = {p.key for p in ctx.problems}
+    for key, message in problems:
+        if key in reported or message.startswith("unknown key"):
+            continue
+        ctx.problem(_node_at(node, key.removeprefix(path)), key, message)
+    return desired
+
+
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _node_at(root: Node, path: str) -> Node:
+    """The deepest node ``path`` (``[0].real_servers[2].weight``) reaches from ``root``."""
+    node = root
+    for name, index in _SEGMENT.findall(path):
+        nxt: Node | None = None
+        if name and isinstance(node, MappingNode):
+            nxt = next((v for k, v in node.value if isinstance(k, ScalarNode) and k.value == name), None)
+        elif index and isinstance(node, SequenceNode) and int(index) < len(node.value):
+            nxt = node.value[int(index)]
+        if nxt is None:
+            return node
+        node = nxt
+    return node
