@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,9 +83,9 @@ def conntrack_events(lab: Lab, connections: int, events: str | None) -> dict[str
     args = ["ip", "netns", "exec", lab.director.netns, "stdbuf", "-oL", "conntrack", "-E"]
     if events:
         args += ["-e", events]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe (64 KiB) would stall the tool and lose events
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.PIPE)
     time.sleep(0.5)
-    lines = 0
     try:
         before = _cpu_seconds(proc.pid)
         t0 = time.monotonic()
@@ -94,8 +95,10 @@ def conntrack_events(lab: Lab, connections: int, events: str | None) -> dict[str
         cpu = _cpu_seconds(proc.pid) - before
     finally:
         proc.terminate()
-        out, err = proc.communicate()
-        lines = out.count(b"\n")
+        _, err = proc.communicate()
+        out.seek(0)
+        lines = out.read().count(b"\n")
+        out.close()
     lost = err.decode(errors="replace").count("ENOBUFS")
     return {"events": lines, "cpu": cpu, "wall": wall, "enobufs": lost}
 
