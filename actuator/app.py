@@ -132,13 +132,15 @@ def serve(
     threads: int = 8,
     reload: Callable[[], ActuatorSettings] | None = None,
     web: WebConfig = NO_WEB_CONFIG,
+    reload_web: Callable[[], WebConfig] | None = None,
 ) -> None:
     """Run the actuator until interrupted (the CLI's ``lvsguard actuator``).
 
     Refuses to start without a token: the webhook and every mutating call need one.
     On SIGHUP, ``reload`` returns the new settings (config and tokens) or raises
     an LvsguardError to keep the running ones (``actuator/reload.py``).
-    ``web`` is the ``--web.config.file``: TLS, basic auth and headers (read at start).
+    ``web`` is the ``--web.config.file``: TLS, basic auth and headers;
+    ``reload_web`` reads it again on SIGHUP.
     """
     from lvsguard.ipvs.netlink import NetlinkIPVS  # only here: importing the app needs no netlink
 
@@ -165,12 +167,17 @@ def serve(
     except sqlite3.Error as exc:  # unreadable, corrupt or locked at start: say which file, no traceback
         kernel.close()
         raise LvsguardError(f"ledger {path}: {exc}") from None
+    tls = limits.CurrentTLS(web.tls) if web.tls is not None else None
     if reload is not None and threading.current_thread() is threading.main_thread():
+
+        def hup() -> None:
+            reloading.reload(app, reload)
+            if reload_web is not None:
+                reloading.reload_web(app, reload_web, tls)
+
         signal.signal(
             signal.SIGHUP,
-            lambda _sig, _frame: threading.Thread(
-                target=reloading.reload, args=(app, reload), name="actuator-reload", daemon=True
-            ).start(),
+            lambda _sig, _frame: threading.Thread(target=hup, name="actuator-reload", daemon=True).start(),
         )
     event(
         log,
@@ -187,7 +194,7 @@ def serve(
     )
     limits.warn_exposure(host, settings)
     try:
-        limits.create_server(app, host=host, port=port, threads=threads, tls=web.tls).run()
+        limits.create_server(app, host=host, port=port, threads=threads, tls=tls).run()
     except KeyboardInterrupt:  # as waitress.serve: Ctrl-C stops serving
         pass
     finally:

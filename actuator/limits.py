@@ -84,10 +84,19 @@ BUSY_REPLY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnecti
 EXEMPT = ("127.0.0.1", "::1")
 
 
+class CurrentTLS:
+    """The TLS context new connections get; a reload of the web config swaps ``context`` (a new certificate)."""
+
+    def __init__(self, context: ssl.SSLContext):
+        self.context = context
+
+
 def create_server(
-    app: Any, *, host: str, port: int, threads: int, tls: ssl.SSLContext | None = None, **overrides: Any
+    app: Any, *, host: str, port: int, threads: int, tls: ssl.SSLContext | CurrentTLS | None = None, **overrides: Any
 ) -> Any:
     """The waitress server of ``lvsguard actuator`` (``run()`` serves until interrupted); HTTPS with ``tls``."""
+    if isinstance(tls, ssl.SSLContext):
+        tls = CurrentTLS(tls)
     if tls is not None:
         overrides.setdefault("url_scheme", "https")  # what the app's URLs say (redirects, the console's links)
     server = waitress_server(app, host=host, port=port, threads=threads, **{**SERVER_OPTIONS, **overrides})
@@ -180,7 +189,7 @@ class TLSChannel(HTTPChannel):
 
 
 def admit(
-    server: Any, conn: socket.socket, addr: Any, adj: Any, map: dict[int, Any], tls: ssl.SSLContext | None = None
+    server: Any, conn: socket.socket, addr: Any, adj: Any, map: dict[int, Any], tls: CurrentTLS | None = None
 ) -> HTTPChannel | None:
     """A channel for ``conn``, or a 503 and close when its address holds ``MAX_PER_CLIENT`` connections already.
 
@@ -200,7 +209,7 @@ def admit(
             event(log, logging.DEBUG, "connection_refused", client=client, held=held)
             return None
     if tls is not None:
-        wrapped = tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        wrapped = tls.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         return TLSChannel(server, wrapped, addr, adj, map=map)
     return HTTPChannel(server, conn, addr, adj, map=map)
 

@@ -6,6 +6,10 @@ of each. What lives outside the settings is kept as it is: the ledger
 (holds, jobs, audit), the kernel socket, the running jobs, the rate-limit
 window and the hold-down clocks. A new config or token file that does not
 load is logged with every problem (file:line:key) and nothing changes.
+
+The ``--web.config.file`` is read again too (:func:`reload_web`): users,
+headers and the certificate change for the next request and connection;
+turning TLS on or off needs a restart (the scheme clients use changes).
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from collections.abc import Callable
 
 from flask import Flask
 
+from actuator.limits import CurrentTLS
 from actuator.settings import ActuatorSettings
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
+from lvsguard.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,4 +65,24 @@ def reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
     event(
         log, logging.INFO, "reload_done", tokens=",".join(sorted(new.tokens)), rules=len(new.rules), dry_run=new.dry_run
     )
+    return True
+
+
+def reload_web(app: Flask, load: Callable[[], WebConfig], tls: CurrentTLS | None) -> bool:
+    """Take a new web config (``load()``): basic-auth users and headers at once, ``tls`` for new connections.
+
+    A file that does not load, or that turns TLS on or off, is logged and the running one stays.
+    """
+    old: WebConfig = app.config["LVSGUARD_WEB"]
+    try:
+        new = load()
+        if (new.tls is None) != (old.tls is None):
+            raise LvsguardError(f"{new.path}: turning TLS {'off' if new.tls is None else 'on'} needs a restart")
+    except LvsguardError as exc:
+        event(log, logging.ERROR, "reload_failed", reason=str(exc), kept="the running web config")
+        return False
+    app.config["LVSGUARD_WEB"] = new  # one assignment: a request sees the old or the new file, never a mix
+    if tls is not None and new.tls is not None:
+        tls.context = new.tls
+    event(log, logging.INFO, "web_config_reloaded", web_config=new.path, basic_auth="on" if new.users else "off")
     return True

@@ -326,11 +326,12 @@ def cmd_actuator(args: argparse.Namespace) -> int:
     settings = _actuator_settings(args)
     app.serve(
         settings,
-        web=webconfig.load(args.web_config),
+        web=webconfig.load(args.web_config),  # read before anything starts: a bad file is one line, no traceback
         listen=args.listen or settings.listen,  # actuator.listen, else defaults.ACTUATOR_LISTEN
         netns=args.netns or cfg.director.netns,
         ledger_path=args.ledger,
         reload=lambda: _actuator_settings(args),  # SIGHUP: the config and the tokens again
+        reload_web=(lambda: webconfig.load(args.web_config)) if args.web_config else None,  # and the web config
     )
     return 0
 

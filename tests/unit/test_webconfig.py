@@ -22,6 +22,8 @@ import bcrypt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from actuator import limits
+from actuator import reload as reloading
 from actuator.app import create_app
 from actuator.settings import ActuatorSettings
 from exporter.server import ExporterServer, run
@@ -348,3 +350,31 @@ def test_large_requests_and_answers_cross_tls_whole(actuator: str, tls: tlsfiles
     finally:
         conn.close()
     assert reply.status == 200, answer
+
+
+def test_sighup_gives_the_actuator_new_users_a_new_certificate_and_keeps_a_bad_file_out(
+    tls: tlsfiles.TLSFiles, tmp_path: Path
+) -> None:
+    path = write(tmp_path, full_config(tls).replace(tls.cert.name, str(tls.cert)).replace(tls.key.name, str(tls.key)))
+    web = webconfig.load(path)
+    assert web.tls is not None
+    app = create_app(
+        ActuatorSettings(tokens={"ops": SECRET}), kernel=FakeKernel([]), ledger_path=str(tmp_path / "l.db"), web=web
+    )
+    current = limits.CurrentTLS(web.tls)
+    client = app.test_client()
+    assert client.get("/metrics", headers={"Authorization": basic("prometheus", PASSWORD)}).status_code == 200
+
+    other = bcrypt.hashpw(b"another-password", bcrypt.gensalt(4)).decode()
+    path.write_text(path.read_text().replace(f"prometheus: {HASH}", f"scraper: {other}"))
+    assert reloading.reload_web(app, lambda: webconfig.load(path), current)
+    assert client.get("/metrics", headers={"Authorization": basic("prometheus", PASSWORD)}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": basic("scraper", "another-password")}).status_code == 200
+    assert current.context is app.config["LVSGUARD_WEB"].tls is not web.tls  # new connections: the new context
+
+    kept = app.config["LVSGUARD_WEB"]
+    path.write_text("basic_auth_users: {scraper: not-a-hash}\n")
+    assert not reloading.reload_web(app, lambda: webconfig.load(path), current)
+    path.write_text(f"basic_auth_users:\n  scraper: {other}\n")  # valid, but without TLS
+    assert not reloading.reload_web(app, lambda: webconfig.load(path), current)
+    assert app.config["LVSGUARD_WEB"] is kept and current.context is kept.tls
