@@ -161,7 +161,7 @@ REASON: Option = (("--reason",), {"default": "", "help": "why, for the ledger"})
 
 
 def _command(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     run: Callable[..., int],
     *options: Option,
@@ -180,7 +180,7 @@ def _command(
     return p
 
 
-def setup_quarantine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def setup_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     return _command(
         sub,
         "quarantine",
@@ -197,7 +197,7 @@ def run_quarantine(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return _action(args, "/api/v1/quarantine", {"reason": args.reason, "force": args.force}, out)
 
 
-def setup_restore(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def setup_restore(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     return _command(
         sub,
         "restore",
@@ -217,7 +217,7 @@ def run_restore(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return _action(args, "/api/v1/restore", {"all_holders": args.all_holders, "force": args.force}, out)
 
 
-def setup_weight(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def setup_weight(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     return _command(
         sub,
         "weight",
@@ -233,7 +233,7 @@ def run_weight(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return _action(args, "/api/v1/weight", {"weight": args.weight, "force": args.force}, out)
 
 
-def setup_add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def setup_add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     return _command(
         sub,
         "add",
@@ -276,7 +276,7 @@ def run_add(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return _action(args, "/api/v1/add", body, out)
 
 
-def setup_remove(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def setup_remove(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     return _command(
         sub,
         "remove",
@@ -291,7 +291,7 @@ def run_remove(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return _action(args, "/api/v1/remove", {"force": args.force}, out)
 
 
-def setup_drain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def setup_drain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     return _command(
         sub,
         "drain",
@@ -369,7 +369,7 @@ class ProgressBar:
             self.out.flush()
 
 
-def setup_ledger(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def setup_ledger(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     return _command(
         sub,
         "ledger",
@@ -462,7 +462,7 @@ def status_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def setup_failover(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def setup_failover(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     return _command(
         sub,
         "failover",

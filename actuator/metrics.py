@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from actuator.ledger import Ledger
 from actuator.settings import Names
 from actuator.states import BackendState, Result, Source
+from actuator.targets import Target
 from lvsguard.labels import mark_label
 from lvsguard.model import FWM
 
@@ -70,7 +71,7 @@ class QuarantineCollector(Collector):
         yield quarantined
         yield holds
 
-    def _labels(self, target) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
+    def _labels(self, target: Target) -> tuple[str, ...]:
         svc, rs = target.service, target.real_server
         fwm = svc.protocol == FWM
         return (

@@ -169,9 +169,9 @@ class Exposition:
                     if labels[i] is None:
                         labels[i] = known[rs.key] = self._backend_labels(svc.key, rs.key)
             if len(known) > len(real_servers):  # some left the table: keep only the current ones
-                entry.backends = dict(zip((rs.key for rs in real_servers), labels))  # type: ignore[arg-type]
+                entry.backends = dict(zip((rs.key for rs in real_servers), labels))  # type: ignore[arg-type]  # no None left: filled above
             servers += real_servers
-            server_labels += labels  # type: ignore[arg-type]
+            server_labels += labels  # type: ignore[arg-type]  # no None left: filled above
         if len(cache) > len(services):  # services left the table
             self._cache = {svc.key: entry for svc, entry in zip(services, entries)}
         return _Frame(services, [e.pairs for e in entries], servers, server_labels)

@@ -28,6 +28,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from lvsguard.errors import FifoError
 from lvsguard.logs import event
@@ -142,12 +143,18 @@ class KeepalivedFifo:
         yield "".join(out)
 
 
+class Chunks(Protocol):
+    """A source of extra families: text chunks of the exposition format."""
+
+    def chunks(self) -> Iterator[str]: ...
+
+
 class Extras:
     """Several extra-family sources served one after the other (probes, keepalived)."""
 
-    def __init__(self, *sources: object) -> None:
+    def __init__(self, *sources: Chunks | None) -> None:
         self.sources = tuple(s for s in sources if s is not None)
 
     def chunks(self) -> Iterator[str]:
         for source in self.sources:
-            yield from source.chunks()  # type: ignore[attr-defined]
+            yield from source.chunks()

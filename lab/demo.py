@@ -34,7 +34,7 @@ from lab import demo_ha, traffic
 from lab.ha import ACTUATOR_PORTS, EXPORTER_PORTS, HALab, alertmanager_config
 from lab.keepalived import KeepalivedError
 from lab.monitoring import running_alertmanager
-from lab.topology import Lab, LabError
+from lab.topology import ConnectionCounts, Lab, LabError
 
 LISTEN = f"127.0.0.1:{EXPORTER_PORTS['dir1']}"  # the active director's exporter
 COUNTERS_TIMEOUT = 10.0  # seconds: the kernel folds its counters every 2 s
@@ -123,10 +123,10 @@ def send_traffic(lab: Lab) -> dict[str, Counter[str]]:
     return seen
 
 
-def show_kernel_agrees(lab: Lab, seen: dict[str, Counter[str]], before: dict[str, object]) -> None:
+def show_kernel_agrees(lab: Lab, seen: dict[str, Counter[str]], before: dict[str, ConnectionCounts]) -> None:
     section("the kernel's connection counters against what the client did (exact)")
     for service in lab.services.values():
-        delta = lab.wait_for_connections(service, before[service.name], seen[service.name], COUNTERS_TIMEOUT)  # type: ignore[arg-type]
+        delta = lab.wait_for_connections(service, before[service.name], seen[service.name], COUNTERS_TIMEOUT)
         check(
             delta.by_real_server == seen[service.name] and delta.total == sum(seen[service.name].values()),
             f"{service.name:6} {service.key}: kernel counted {split(delta.by_real_server)} (total {delta.total})",
@@ -248,7 +248,7 @@ def single_director(lab: Lab) -> None:
     before = {s.name: lab.connections(s) for s in lab.services.values()}
     exporter_before = samples(scrape(), "ipvs_backend_connections_total")
     seen = send_traffic(lab)
-    show_kernel_agrees(lab, seen, before)  # type: ignore[arg-type]
+    show_kernel_agrees(lab, seen, before)
     show_status(lab)
     show_exporter(lab, seen, exporter_before)
     show_active(lab, True)

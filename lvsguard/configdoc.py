@@ -140,7 +140,7 @@ def shown(value: Any, kind: str = "") -> str:
 
 def _defaults(build: Callable[..., Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(build):  # type: ignore[arg-type]
+    for f in dataclasses.fields(build):  # type: ignore[arg-type]  # every Schema builds a dataclass
         if f.default is not dataclasses.MISSING:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:

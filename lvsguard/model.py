@@ -16,14 +16,17 @@ import enum
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 """Transport protocols of an address:port service; ``FWM`` marks a fwmark service."""
 
 FWM = "FWM"
 
-T = TypeVar("T")
+D = TypeVar("D", bound="DataclassInstance")
 
 
 class Forward(enum.Enum):
@@ -254,7 +257,7 @@ class Table:
         return sum(len(s.real_servers) for s in self.services)
 
 
-def fast_constructor(cls: type[T]) -> Callable[..., T]:
+def fast_constructor(cls: type[D]) -> Callable[..., D]:
     """Return ``make(*values)`` that builds a frozen slots dataclass without its ``__init__``.
 
     A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once per
@@ -265,7 +268,7 @@ def fast_constructor(cls: type[T]) -> Callable[..., T]:
     frozen ``cls`` instance. Values are positional in field order and are not
     validated: only decoders that produce well-typed values use this.
     """
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    names = [f.name for f in fields(cls)]
     args = ", ".join(names)
     body = "\n".join(f"        self.{n} = {n}" for n in names)
     src = (
@@ -274,6 +277,6 @@ def fast_constructor(cls: type[T]) -> Callable[..., T]:
     )
     namespace: dict[str, Any] = {"cls": cls}
     exec(src, namespace)
-    make: Callable[..., T] = namespace["make"]
+    make: Callable[..., D] = namespace["make"]
     make.__doc__ = f"Build a {cls.__name__} from positional field values (no validation)."
     return make

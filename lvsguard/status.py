@@ -44,11 +44,12 @@ def human(n: int, *, unit: str = "") -> str:
     """1234 -> 1.2K, 5_000_000 -> 5.0M (SI, as traffic is usually counted)."""
     if n < 1000:
         return f"{n}{unit}"
+    scaled = float(n)
     for prefix in "KMGTPE":
-        n /= 1000  # type: ignore[assignment]
-        if n < 1000:
-            return f"{n:.1f}{prefix}{unit}"
-    return f"{n:.1f}Z{unit}"
+        scaled /= 1000
+        if scaled < 1000:
+            return f"{scaled:.1f}{prefix}{unit}"
+    return f"{scaled:.1f}Z{unit}"
 
 
 def render(table: Table, config: Config | None = None, *, exact: bool = False) -> str:

@@ -33,12 +33,12 @@ def hold(
 ) -> Outcome:
     """Record ``actor``'s hold on the real server and take it out (weight 0); a drain also starts a job."""
     svc, rs = s.real_server(target)
-    if rs is None:
+    if svc is None or rs is None:  # no real server without its service: the same test, as mypy sees it
         return s.absent(action, target, svc, actor)
     if s.policy.dry_run:
         try:
             if s.ledger.backend(target) is None:
-                s.policy.check_take_out(target, svc, s.ledger.changed_at(target), force=force)  # type: ignore[arg-type]
+                s.policy.check_take_out(target, svc, s.ledger.changed_at(target), force=force)
         except PolicyRefused as exc:
             return s.refused(action, target, exc, actor)
         return s.finish(

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 def _transport_class(version: int) -> type[udp.UdpAsyncioTransport]:
     base: type[Any] = udp.UdpAsyncioTransport if version == 4 else udp6.Udp6AsyncioTransport
 
-    class AgentTransport(base):  # type: ignore[misc, valid-type]
+    class AgentTransport(base):
         """pysnmp's UDP transport, with every datagram routed through the agent first."""
 
         agent: SnmpAgent

@@ -196,7 +196,7 @@ class V2cResponder:
             return exception_varbind(oid, NO_SUCH_OBJECT)
         if pos is False:
             return exception_varbind(oid, NO_SUCH_INSTANCE)
-        return view.varbind(pos)  # type: ignore[arg-type]
+        return view.varbind(pos)
 
     @staticmethod
     def _next(view: MibView, oid: Oid) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from exporter.snmp import ber
 from exporter.snmp.ber import Oid
@@ -133,7 +133,7 @@ class MibView:
 
     # --- lookups ------------------------------------------------------------
 
-    def find(self, oid: Oid) -> Position | None | bool:
+    def find(self, oid: Oid) -> Position | None | Literal[False]:
         """Exact cell of ``oid``; None for no such object, False for no such instance."""
         i = bisect.bisect_right(self.entries, oid) - 1
         if i < 0:

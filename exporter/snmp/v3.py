@@ -91,7 +91,7 @@ class ViewInstrumentation:
             elif pos is False:
                 out.append((name, rfc1905.noSuchInstance))
             else:
-                out.append(self._answer(view, pos))  # type: ignore[arg-type]
+                out.append(self._answer(view, pos))
         return out
 
     def read_next_variables(self, *var_binds: tuple[Any, Any], **_: Any) -> list[tuple[Any, Any]]:
@@ -135,7 +135,7 @@ def make_engine(
             user.priv_key,
         )
     snmp_context = context.SnmpContext(snmp_engine)
-    snmp_context.context_names[b""] = ViewInstrumentation(snmp_engine, current_view)  # type: ignore[assignment]
+    snmp_context.context_names[b""] = ViewInstrumentation(snmp_engine, current_view)
     cmdrsp.GetCommandResponder(snmp_engine, snmp_context)
     cmdrsp.NextCommandResponder(snmp_engine, snmp_context)
     bulk = cmdrsp.BulkCommandResponder(snmp_engine, snmp_context)
