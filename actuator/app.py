@@ -162,6 +162,7 @@ def serve(
     kernel = NetlinkIPVS(netns)
     try:
         app = create_app(settings, kernel=kernel, ledger_path=path, web=web)
+        app.config[auth.LISTEN_HOST] = host  # reads need a token beyond loopback unless the config says otherwise
         state: ActuatorState = app.extensions["lvsguard"]
         state.runner.begin()
     except sqlite3.Error as exc:  # unreadable, corrupt or locked at start: say which file, no traceback
@@ -190,6 +191,7 @@ def serve(
         scheme=web.scheme,
         web_config=web.path or "-",
         basic_auth="on" if web.users else "off",
+        reads="open" if auth.reads_open(app) else "token",
         dry_run=settings.dry_run,
     )
     limits.warn_exposure(host, settings)

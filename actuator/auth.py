@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import math
 import re
 import threading
@@ -245,12 +246,38 @@ def require_token(view: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
+LISTEN_HOST = "LVSGUARD_LISTEN_HOST"
+"""``app.config`` key: the address the actuator listens on (set by ``serve``; absent: loopback)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def reads_open(app: Flask | None = None) -> bool:
+    """Whether GET endpoints and the console's pages need no token.
+
+    ``actuator.read_only_open`` when the config sets it; absent, reads are open
+    only when the actuator listens on loopback (only the director itself reaches it).
+    """
+    app = app or current_app
+    setting = app.config["LVSGUARD_SETTINGS"].read_only_open
+    if setting is not None:
+        return bool(setting)
+    return is_loopback(app.config.get(LISTEN_HOST, "127.0.0.1"))
+
+
 def read_only(view: F) -> F:
-    """GET endpoints: open unless the settings protect them (``read_only_open: false``); a basic user may read."""
+    """GET endpoints: open when :func:`reads_open`, else a token first; a basic user may read."""
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if not current_app.config["LVSGUARD_SETTINGS"].read_only_open and not g.get("basic_user"):
+        if not reads_open() and not g.get("basic_user"):
             authenticate()  # a web config's basic user may read (basic_gate)
         return view(*args, **kwargs)
 

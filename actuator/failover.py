@@ -20,7 +20,9 @@ With ``failover_peer_url`` (the other director's actuator), a request that
 would write ``1`` is refused unless the peer says it is a healthy BACKUP
 (``GET /api/v1/director``: role ``backup``, no failover requested there):
 giving the VIPs up with no director ready to take them would leave nobody
-holding them.
+holding them. The request carries this actuator's own token (the first of its
+token file): a peer that listens beyond loopback needs a token for reads, so
+the two directors share one (as the Alertmanager receivers that post to both do).
 
 The peer is asked afresh at every request that would write ``1``: no cached
 view, so a peer whose keepalived stopped a moment ago is seen as stopped. What
@@ -91,8 +93,9 @@ class PeerCheck:
     it is a peer that does not answer.
     """
 
-    def __init__(self, url: str, timeout: float = PEER_TIMEOUT) -> None:
+    def __init__(self, url: str, timeout: float = PEER_TIMEOUT, token: str = "") -> None:
         self.where = url.rstrip("/") + "/api/v1/director"
+        self.token = token  # sent as a bearer token when set: the peer's reads may need one
         parts = urllib.parse.urlsplit(self.where)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -111,6 +114,12 @@ class PeerCheck:
                 self.close()
                 reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
                 return f"the peer director's actuator ({self.where}) cannot be reached: {reason}"
+        if status == 401:
+            return (
+                f"the peer director's actuator ({self.where}) answered HTTP 401: it needs a token for reads;"
+                " give both directors the same token (LVSGUARD_TOKEN or --token-file)"
+                " or set actuator.read_only_open: true on the peer"
+            )
         if status != 200:
             return f"the peer director's actuator ({self.where}) answered HTTP {status}"
         try:
@@ -141,7 +150,10 @@ class PeerCheck:
             conn.timeout = timeout
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
-        conn.request("GET", self._path, headers={"Accept": "application/json"})
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn.request("GET", self._path, headers=headers)
         response = conn.getresponse()
         body = response.read()  # read to the end, or the connection cannot carry the next request
         if response.will_close:
@@ -153,15 +165,17 @@ _checks: dict[str, PeerCheck] = {}
 _checks_lock = threading.Lock()
 
 
-def peer_problem(url: str, timeout: float = PEER_TIMEOUT) -> str | None:
+def peer_problem(url: str, timeout: float = PEER_TIMEOUT, token: str = "") -> str | None:
     """Why the peer director at ``url`` (its actuator) could not take the VIPs over; None when it can.
 
-    One :class:`PeerCheck` (one kept connection) per peer URL for the life of the process.
+    One :class:`PeerCheck` (one kept connection) per peer URL for the life of the process;
+    ``token`` (this actuator's own) goes with the request, the latest one given.
     """
     with _checks_lock:
         check = _checks.get(url)
         if check is None:
             check = _checks[url] = PeerCheck(url)
+        check.token = token
     return check.problem(timeout)
 
 

@@ -45,6 +45,7 @@ from waitress.server import BaseWSGIServer
 from waitress.server import create_server as waitress_server
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
+from actuator.auth import is_loopback
 from actuator.settings import ActuatorSettings
 from lvsguard.errors import PayloadError
 from lvsguard.logs import event
@@ -295,7 +296,7 @@ def check_alert_count(body: Any) -> None:
 
 
 def warn_exposure(host: str, settings: ActuatorSettings) -> None:
-    """Log a warning when reads are open (``read_only_open``) and the actuator listens beyond loopback."""
+    """Log a warning when the config opens reads (``read_only_open: true``) and the actuator listens beyond loopback."""
     if not settings.read_only_open or _loopback(host):
         return
     event(
@@ -309,12 +310,7 @@ def warn_exposure(host: str, settings: ActuatorSettings) -> None:
 
 
 def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host)
 
 
 def _size(limit: int) -> str:

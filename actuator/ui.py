@@ -58,7 +58,7 @@ from werkzeug.exceptions import HTTPException
 
 from actuator import api, sessions
 from actuator.actions import Actor, Outcome, Result, Source
-from actuator.auth import LoginLimiter, token_name
+from actuator.auth import LoginLimiter, reads_open, token_name
 from actuator.current import current_actions, current_settings
 from actuator.httperrors import error_status
 from actuator.ledger import get_ledger
@@ -170,7 +170,7 @@ def viewer(view: F) -> F:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         g.token_name = user() or "-"
-        if user() is None and not current_settings().read_only_open:
+        if user() is None and not reads_open():
             if request.path.endswith(".json"):
                 return {"error": "log in first"}, 401
             return redirect(url_for("ui.login", next=request.full_path))

@@ -22,8 +22,10 @@ from lvsguard.ipvs.netlink import NetlinkIPVS
 
 
 @contextmanager
-def serving(app: Any, *, port: int = 0, threads: int = 4, tls: ssl.SSLContext | None = None) -> Iterator[str]:
-    """Serve a WSGI ``app`` over waitress on 127.0.0.1 in a thread; yields its base URL, and stops it for good.
+def serving(
+    app: Any, *, port: int = 0, threads: int = 4, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """Serve a WSGI ``app`` over waitress on ``host`` in a thread; yields its base URL (on 127.0.0.1), and stops it for good.
 
     The server is built as ``lvsguard actuator`` builds it (``actuator.limits``),
     so tests meet the same connection, timeout and body limits. The stop order matters: waitress's worker threads pull the loop's trigger
@@ -32,9 +34,7 @@ def serving(app: Any, *, port: int = 0, threads: int = 4, tls: ssl.SSLContext | 
     then the loop closes every channel from its own thread (closing from here
     races its select) and ends when none is left.
     """
-    server = limits.create_server(
-        app, host="127.0.0.1", port=port, threads=threads, tls=tls, asyncore_loop_timeout=0.05
-    )
+    server = limits.create_server(app, host=host, port=port, threads=threads, tls=tls, asyncore_loop_timeout=0.05)
     thread = threading.Thread(target=server.run, name="waitress-loop", daemon=True)
     thread.start()
     try:

@@ -200,6 +200,8 @@ def _default(key_name: str, defaults: Mapping[str, Any], kind: str) -> str:
     value = defaults[key_name]
     if key_name == "backend_labels":
         return "all eight: " + ", ".join(f"`{label}`" for label in BACKEND_LABELS)
+    if key_name == "read_only_open":
+        return "by the listen address: `true` on loopback, else `false`"
     if key_name == "base_oid":
         return shown(format_oid(value))
     return shown(value, kind)

@@ -24,7 +24,8 @@ def failover(s: Session, actor: Actor, *, reason: str = "") -> Outcome:
         )
     peer = s.settings.failover_peer_url
     requested = read_track_file(path)  # under the lock: only this actuator writes the file
-    problem = peer_problem(peer) if peer and not requested else None
+    token = next(iter(s.settings.tokens.values()), "")  # the peer's reads need one beyond loopback
+    problem = peer_problem(peer, token=token) if peer and not requested else None
     if problem:
         return s.finish(Outcome("failover", None, Result.REFUSED, f"refused: {problem}", "peer"), actor)
     if s.policy.dry_run:

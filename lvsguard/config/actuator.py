@@ -160,7 +160,7 @@ class ActuatorSettings:
     hold_down: float = 30.0  # seconds between two weight changes of one real server
     dry_run: bool = False
     tokens: Mapping[str, str] = field(default_factory=dict)  # token name -> secret
-    read_only_open: bool = True  # GET endpoints need no token
+    read_only_open: bool | None = None  # GET endpoints need no token; None: only when bound to loopback
     slow_start: float = 0.0  # seconds to ramp a restored weight up; 0 = restore at once
     slow_start_steps: int = 10
     drain_timeout: float = 300.0  # seconds a drain waits for active connections to reach 0
@@ -342,7 +342,10 @@ ACTUATOR = Schema(
             doc="The SQLite ledger (holds, jobs, audit); its directory must be writable (SQLite writes `-wal` and `-shm` files beside it).",
         ),
         "dry_run": Key(boolean, doc="Decide and record everything, write nothing to the kernel."),
-        "read_only_open": Key(boolean, doc="GET endpoints need no token (mutating calls always need one)."),
+        "read_only_open": Key(
+            boolean,
+            doc="GET endpoints and the console's pages need no token (mutating calls always need one). Absent: open when the actuator listens on loopback, closed elsewhere.",
+        ),
         "min_healthy": Key(
             quorum,
             doc="Real servers of a service that must keep a non-zero weight (a fraction is rounded up); an action that would leave fewer is refused.",

@@ -269,8 +269,9 @@ def test_metrics_and_the_openapi_document_follow_read_only_open(tmp_path: Path) 
 def test_open_reads_on_a_public_address_are_warned_about(logged: Lines) -> None:
     from actuator.limits import warn_exposure
 
-    warn_exposure("0.0.0.0", ActuatorSettings(tokens={"ops": SECRET}))
-    warn_exposure("127.0.0.1", ActuatorSettings(tokens={"ops": SECRET}))
+    warn_exposure("0.0.0.0", ActuatorSettings(tokens={"ops": SECRET}, read_only_open=True))
+    warn_exposure("0.0.0.0", ActuatorSettings(tokens={"ops": SECRET}))  # the default: reads need a token there
+    warn_exposure("127.0.0.1", ActuatorSettings(tokens={"ops": SECRET}, read_only_open=True))
     warn_exposure("192.0.2.1", ActuatorSettings(tokens={"ops": SECRET}, read_only_open=False))
     warnings = [r.getMessage() for r in logged.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith("read_access_open listen=0.0.0.0")
