@@ -12,10 +12,15 @@ Debian's ``prometheus`` scrapes, every second:
 
 with a CA made in the test. ``up`` must be 1 for both with the right password,
 and 0 with a wrong one, the target's error saying 401. Both serve ``process_*``.
+
+In the lab VM (``-m kernel``) both run as the units run them, ``lvsguard
+exporter`` and ``lvsguard actuator`` processes on the lab director's table,
+and Prometheus reads the kernel table through TLS.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import subprocess
@@ -23,6 +28,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ from lab.actuator import serving
 from lab.monitoring import free_port, get_json, prometheus_server, query
 from lab.polling import poll
 from lab.processes import stop
+from lab.topology import Lab
 from lvsguard import webconfig
 from tests import tlsfiles
 from tests.fakes import FakeKernel, service
@@ -79,24 +86,33 @@ def status_of(url: str, tls: tlsfiles.TLSFiles) -> int:
         return 0
 
 
-@pytest.fixture(scope="module")
-def exporter(workdir: Path, web_file: Path, tls: tlsfiles.TLSFiles) -> Iterator[str]:
-    """``lvsguard exporter --web.config.file``; yields host:port once it answers over TLS."""
-    address = f"127.0.0.1:{free_port()}"
-    argv = [str(Path(sys.executable).with_name("lvsguard")), "exporter", "--listen", address]
-    log = workdir / "exporter.log"
+@contextmanager
+def lvsguard(
+    argv: list[str], address: str, tls: tlsfiles.TLSFiles, log: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run ``lvsguard ARGV``; yields ``address`` once it answers over TLS (401: basic auth closes every path)."""
+    command = [str(Path(sys.executable).with_name("lvsguard")), *argv]
     with open(log, "w") as err:
-        process = subprocess.Popen([*argv, "--web.config.file", str(web_file)], stdout=subprocess.DEVNULL, stderr=err)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
 
         def answer() -> int:
             assert process.poll() is None, log.read_text()
-            return status_of(f"https://{address}/-/healthy", tls)
+            return status_of(f"https://{address}/metrics", tls)
 
-        poll("the exporter answers over TLS", answer, lambda status: status == 401, WAIT)
+        poll(f"lvsguard {argv[0]} answers over TLS", answer, lambda status: status == 401, WAIT)
         yield address
     finally:
         stop(process, timeout=15.0)
+
+
+@pytest.fixture(scope="module")
+def exporter(workdir: Path, web_file: Path, tls: tlsfiles.TLSFiles) -> Iterator[str]:
+    """``lvsguard exporter --web.config.file`` (no kernel table here: ``ipvs_up 0``); yields host:port."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = ["exporter", "--listen", address, "--web.config.file", str(web_file)]
+    with lvsguard(argv, address, tls, workdir / "exporter.log"):
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +136,9 @@ def job(name: str, target: str, ca: Path, password: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def prometheus(workdir: Path, tls: tlsfiles.TLSFiles, exporter: str, actuator: str) -> Iterator[str]:
-    config = {
+def scrape_config(tls: tlsfiles.TLSFiles, exporter: str, actuator: str) -> dict[str, Any]:
+    """Both services with the password, and both again with a wrong one."""
+    return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
             job("lvsguard-exporter", exporter, tls.ca, PASSWORD),
@@ -131,7 +147,11 @@ def prometheus(workdir: Path, tls: tlsfiles.TLSFiles, exporter: str, actuator: s
             job("wrong-password-actuator", actuator, tls.ca, "not-the-password"),
         ],
     }
-    with prometheus_server(workdir / "prometheus", config) as server:
+
+
+@pytest.fixture(scope="module")
+def prometheus(workdir: Path, tls: tlsfiles.TLSFiles, exporter: str, actuator: str) -> Iterator[str]:
+    with prometheus_server(workdir / "prometheus", scrape_config(tls, exporter, actuator)) as server:
         yield server.url
 
 
@@ -139,14 +159,18 @@ def up(prometheus: str) -> dict[str, float]:
     return {r["metric"]["job"]: float(r["value"][1]) for r in query(prometheus, "up")}
 
 
-def test_prometheus_scrapes_both_over_tls_with_basic_auth(prometheus: str) -> None:
-    seen = poll("every target scraped once", lambda: up(prometheus), lambda found: len(found) == 4, WAIT)
-    seen = poll(
+def both_up(prometheus: str) -> dict[str, float]:
+    poll("every target scraped once", lambda: up(prometheus), lambda found: len(found) == 4, WAIT)
+    return poll(
         "both services up",
         lambda: up(prometheus),
         lambda found: found.get("lvsguard-exporter") == 1 and found.get("lvsguard-actuator") == 1,
         WAIT,
     )
+
+
+def test_prometheus_scrapes_both_over_tls_with_basic_auth(prometheus: str) -> None:
+    seen = both_up(prometheus)
     assert seen["wrong-password-exporter"] == 0 and seen["wrong-password-actuator"] == 0
 
 
@@ -175,3 +199,37 @@ def test_both_serve_process_metrics_to_prometheus(prometheus: str) -> None:
 
     found = poll("process_* of both", jobs, lambda found: {"lvsguard-exporter", "lvsguard-actuator"} <= found, WAIT)
     assert not found & {"wrong-password-exporter", "wrong-password-actuator"}
+
+
+@pytest.mark.kernel
+def test_prometheus_scrapes_both_processes_on_the_lab_director(
+    lab: Lab, workdir: Path, web_file: Path, tls: tlsfiles.TLSFiles
+) -> None:
+    """Both as the units run them: ``lvsguard exporter`` and ``lvsguard actuator`` processes on the director's table."""
+    netns = lab.director.netns
+    exporter_address, actuator_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    web = ["--netns", netns, "--web.config.file", str(web_file)]
+    env = {**os.environ, "LVSGUARD_TOKEN": TOKEN}
+    ledger = workdir / "kernel-ledger.db"
+    with (
+        lvsguard(["exporter", "--listen", exporter_address, *web], exporter_address, tls, workdir / "exp-k.log"),
+        lvsguard(
+            ["actuator", "--listen", actuator_address, "--ledger", str(ledger), *web],
+            actuator_address,
+            tls,
+            workdir / "act-k.log",
+            env,
+        ),
+        prometheus_server(
+            workdir / "prometheus-kernel", scrape_config(tls, exporter_address, actuator_address)
+        ) as server,
+    ):
+        seen = both_up(server.url)
+        assert seen["wrong-password-exporter"] == 0 and seen["wrong-password-actuator"] == 0
+        table = poll(
+            "the kernel table through TLS",
+            lambda: query(server.url, 'ipvs_up{job="lvsguard-exporter"} == 1 and on() count(ipvs_backend_weight) > 0'),
+            bool,
+            WAIT,
+        )
+        assert table
