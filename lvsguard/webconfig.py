@@ -220,6 +220,7 @@ def _tls(section: Mapping[str, Any], path: str, base: str) -> ssl.SSLContext | N
         missing = "cert_file" if not cert else "key_file"
         raise WebConfigError(f"{path}: {where}.{missing}: missing (TLS needs both cert_file and key_file)")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.options |= ssl.OP_NO_RENEGOTIATION  # TLS 1.2: a client may not make the server redo handshakes
     cert, key = os.path.join(base, cert), os.path.join(base, key)
     try:
         context.load_cert_chain(cert, key)
