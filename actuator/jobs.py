@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from actuator.actions import Actions, Result
+from actuator.actions import Actions, Outcome, Result
 from actuator.ledger import Ledger
 from lvsguard.logs import event
 
@@ -96,28 +96,16 @@ class JobRunner:
         try:
             while not self._stop.wait(self.actions.settings.retry_interval):
                 try:
-                    for outcome in self.actions.reconcile(
-                        ledger, cached=True
-                    ):  # a weight changed by hand since: reported once
-                        event(
-                            log,
-                            logging.WARNING,
-                            "reconcile",
-                            result=outcome.result,
-                            target=outcome.target,
-                            message=outcome.message,
-                        )
+                    for outcome in self.actions.reconcile(ledger, cached=True):  # a weight changed by hand: once
+                        _log_outcome(logging.WARNING, "reconcile", outcome)
                     for outcome in self.actions.retry_pending(ledger, cached=True):
                         if outcome.result != Result.REFUSED:
-                            event(
-                                log,
-                                logging.INFO,
-                                "retry",
-                                result=outcome.result,
-                                target=outcome.target,
-                                message=outcome.message,
-                            )
+                            _log_outcome(logging.INFO, "retry", outcome)
                 except Exception as exc:  # the loop outlives a failed round; the reason is logged
                     event(log, logging.ERROR, "retry_failed", error=exc)
         finally:
             ledger.close()
+
+
+def _log_outcome(level: int, name: str, outcome: Outcome) -> None:
+    event(log, level, name, result=outcome.result, target=outcome.target, message=outcome.message)

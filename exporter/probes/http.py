@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.probes import httpclient
-from exporter.probes.poller import FAILED, IN, OUT, Poller
+from exporter.probes.poller import IN, Poller
 from exporter.probes.result import ProbeResult, Target, failed, guarded
-from exporter.probes.tcp import ABORT, IN_PROGRESS, Done, open_nonblocking
+from exporter.probes.tcp import ABORT, Connect, Done
 
 DEFAULT_STATUSES = frozenset(range(200, 400))
 
@@ -88,40 +88,22 @@ class HTTPChecker:
         return self.judge(answer, time.perf_counter() - started)
 
 
-class Exchange:
-    """One plain-http probe in flight on the engine's poller: connect, send, read, judge."""
+class Exchange(Connect):
+    """One plain-http probe in flight on the engine's poller: connect (as tcp), send, read, judge."""
 
-    __slots__ = ("checker", "poller", "target", "done", "token", "started", "sock", "fd", "data")
+    __slots__ = ("checker", "data")
 
     def __init__(self, checker: HTTPChecker, poller: Poller, target: Target, done: Done, token: Any):
         self.checker = checker
-        self.poller = poller
-        self.target = target
-        self.done = done
-        self.token = token
-        self.started = poller.now  # the poller's batch time: no clock read per probe (tcp.Connect)
         self.data = b""
-        self.fd = -1
-        try:
-            self.sock = sock = open_nonblocking(target)
-            self.fd = sock.fileno()
-            code = sock.connect_ex((target.address, target.port))
-            if code in IN_PROGRESS:
-                poller.watch(self.fd, OUT, self._connected)
-            elif code:
-                self._fail(OSError(code, os.strerror(code)))
-            else:
-                self._connected(OUT)
-        except OSError as exc:
-            self._fail(exc)
+        super().__init__(poller, target, done, token)
 
     def _what(self) -> str:
         c = self.checker
         return f"{c.method} http://{self.target}{c.path}"
 
-    def _connected(self, events: int) -> None:
+    def _connected(self, code: int) -> None:
         sock = self.sock
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & FAILED else 0  # as tcp.Connect._writable
         try:
             if code:
                 raise OSError(code, os.strerror(code))
@@ -164,6 +146,4 @@ class Exchange:
             self.sock.close()
         self.done(self.token, failed(exc, self.started, self._what()))
 
-    def cancel(self) -> None:
-        self.poller.forget(self.fd)
-        self.sock.close()
+    _failed_start = _fail

@@ -52,7 +52,11 @@ def open_nonblocking(target: Target) -> _socket.socket:
 
 
 class Connect:
-    """One tcp probe in flight on the engine's poller; ``cancel()`` drops it without a result."""
+    """One tcp probe in flight on the engine's poller; ``cancel()`` drops it without a result.
+
+    Its connect is also the start of an http probe (``http.Exchange``), which
+    says what a finished connect (``_connected``) and a failed start do.
+    """
 
     __slots__ = ("sock", "fd", "target", "done", "token", "started", "poller")
 
@@ -71,17 +75,21 @@ class Connect:
                 poller.watch(self.fd, OUT, self._writable)
                 return
         except OSError as exc:  # no descriptor left, an address the family refuses
-            if self.fd >= 0:
-                self.sock.close()
-            done(token, failed(exc, self.started, f"connect to {target}"))
+            self._failed_start(exc)
             return
-        self._end(code)
+        self._connected(code)
 
     def _writable(self, events: int) -> None:
         # writable without an error event: connected (the kernel flags a pending SO_ERROR as EPOLLERR), no getsockopt
-        self._end(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & FAILED else 0)
+        self._connected(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & FAILED else 0)
 
-    def _end(self, code: int) -> None:
+    def _failed_start(self, exc: OSError) -> None:
+        if self.fd >= 0:
+            self.sock.close()
+        self.done(self.token, failed(exc, self.started, f"connect to {self.target}"))
+
+    def _connected(self, code: int) -> None:
+        """The connect finished: ``code`` is 0 or its errno."""
         sock = self.sock
         took = self.poller.now - self.started
         if code == 0:
