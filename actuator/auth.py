@@ -243,7 +243,7 @@ def require_token(view: F) -> F:
         authenticate()
         return view(*args, **kwargs)
 
-    return wrapped  # type: ignore[return-value]
+    return wrapped  # type: ignore[return-value]  # wrapped takes and returns what the view does
 
 
 LISTEN_HOST = "LVSGUARD_LISTEN_HOST"
@@ -281,4 +281,4 @@ def read_only(view: F) -> F:
             authenticate()  # a web config's basic user may read (basic_gate)
         return view(*args, **kwargs)
 
-    return wrapped  # type: ignore[return-value]
+    return wrapped  # type: ignore[return-value]  # wrapped takes and returns what the view does

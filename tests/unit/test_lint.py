@@ -3,11 +3,13 @@
 ruff must be clean: formatted (``ruff format``) and no finding (``ruff check``).
 mypy must report nothing on the files ``[tool.mypy]`` in pyproject.toml names
 (the core strict, the applications and the lab at mypy's default level), and
-its configuration has no section that matches no module.
+its configuration has no section that matches no module. A ``type: ignore``
+in the code mypy checks says why: in a comment after it, or on the line above.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -49,3 +51,21 @@ def test_mypy_reports_no_error() -> None:
         pytest.fail(f"mypy did not run: {result.stdout}{result.stderr}")
     assert result.returncode == 0, f"run: mypy\n{result.stdout}"
     assert "unused section" not in result.stdout, f"pyproject.toml [tool.mypy]:\n{result.stdout}"
+
+
+IGNORE = re.compile(r"#\s*type:\s*ignore(\[[^\]]*\])?(?P<rest>.*)")
+
+
+def test_every_type_ignore_says_why() -> None:
+    bare = []
+    for folder in ("lvsguard", "exporter", "actuator", "lab"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            lines = path.read_text().splitlines()
+            for i, line in enumerate(lines):
+                found = IGNORE.search(line)
+                if found is None or found["rest"].strip().startswith("#"):
+                    continue
+                if i > 0 and lines[i - 1].strip().startswith("#"):
+                    continue
+                bare.append(f"{path.relative_to(ROOT)}:{i + 1}: {line.strip()}")
+    assert bare == [], "type: ignore without a reason (add `# why` after it):\n" + "\n".join(bare)
