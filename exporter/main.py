@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from exporter.probes.metrics import no_report
 from exporter.server import Reloadable, run
 from exporter.source import ExporterReader
+from lvsguard import webconfig
 from lvsguard.errors import LvsguardError
 from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.logs import event
@@ -36,7 +37,7 @@ def serve(
     allow-list and ``ipvs_source`` come from ``config``. With an ``snmp``
     section the SNMP agent serves the same table (its own reader, so a slow
     walk never holds up a scrape); ``snmp_listen`` overrides its address.
-    ``web`` is the ``--web.config.file``: TLS, basic auth and headers.
+    ``web`` is the ``--web.config.file``: TLS, basic auth and headers (read again on SIGHUP).
     """
     options = config.exporter
     probes = start_probes(config, netns)
@@ -56,6 +57,7 @@ def serve(
             probes=extras(probes, fifo, passive),
             probe_report=probes.engine.metrics.report if probes is not None else no_report,
             web=web,
+            reload_web=(lambda: webconfig.load(web.path)) if web.path else None,
         )
     finally:
         if agent is not None:  # first: a stopping engine is no news to send

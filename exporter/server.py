@@ -231,6 +231,25 @@ class ExporterServer(ThreadingHTTPServer):
         )
         self.exposition = Exposition(collector)  # one assignment: a scrape uses the old or the new, never a mix
 
+    def reload_web(self, load: Callable[[], WebConfig]) -> bool:
+        """Take a new web config: users and headers from the next request, the certificate from the next connection.
+
+        A file that does not load, or that turns TLS on or off (the URL's scheme), is logged and the running one stays.
+        """
+        with self._reload_lock:
+            try:
+                new = load()
+                if (new.tls is None) != (self.web.tls is None):
+                    raise LvsguardError(f"{new.path}: turning TLS {'off' if new.tls is None else 'on'} needs a restart")
+            except LvsguardError as exc:
+                event(log, logging.ERROR, "reload_failed", reason=str(exc), kept="the running web config")
+                return False
+            self.web = new  # one assignment: a connection takes the old or the new context
+            event(
+                log, logging.INFO, "web_config_reloaded", web_config=new.path, basic_auth="on" if new.users else "off"
+            )
+            return True
+
     def reload(self, load: Callable[[], Reloadable]) -> bool:
         """Apply ``load()``; when it raises an LvsguardError (a bad config) log why and keep serving as before."""
         with self._reload_lock:
@@ -385,6 +404,7 @@ def run(
     probes: ExtraFamilies | None = None,
     probe_report: Callable[[], Report] = no_report,
     web: WebConfig = NO_WEB_CONFIG,
+    reload_web: Callable[[], WebConfig] | None = None,
 ) -> None:
     """Serve the IPVS metrics on ``listen`` until SIGTERM or SIGINT (or ``server.shutdown()``).
 
@@ -393,7 +413,8 @@ def run(
     an LvsguardError to keep the running ones. ``probes`` adds the health-check
     series (``exporter.probes.metrics.ProbeMetrics``), ``probe_report`` their
     state for ``/probes.json`` (``ProbeMetrics.report``). ``web`` is the
-    ``--web.config.file`` (TLS, basic auth, headers: ``lvsguard.webconfig``).
+    ``--web.config.file`` (TLS, basic auth, headers: ``lvsguard.webconfig``),
+    ``reload_web`` reads it again on SIGHUP.
     """
     collector = IPVSCollector(
         reader_factory(),
@@ -408,7 +429,7 @@ def run(
     except ListenError:
         collector.reader.close()
         raise
-    restore = _stop_on_signals(server, reload)
+    restore = _stop_on_signals(server, reload, reload_web)
     event(
         log,
         logging.INFO,
@@ -431,7 +452,11 @@ def run(
         event(log, logging.INFO, "exporter_stopped", url=server.url)
 
 
-def _stop_on_signals(server: ExporterServer, reload: Callable[[], Reloadable] | None = None) -> Callable[[], None]:
+def _stop_on_signals(
+    server: ExporterServer,
+    reload: Callable[[], Reloadable] | None = None,
+    reload_web: Callable[[], WebConfig] | None = None,
+) -> Callable[[], None]:
     """SIGTERM/SIGINT stop ``serve_forever`` (from another thread: shutdown() waits for the loop); SIGHUP reloads."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -441,8 +466,11 @@ def _stop_on_signals(server: ExporterServer, reload: Callable[[], Reloadable] | 
         threading.Thread(target=server.shutdown, name="exporter-shutdown", daemon=True).start()
 
     def hup(_signum: int, _frame: object) -> None:
+        if reload_web is not None:
+            threading.Thread(target=server.reload_web, args=(reload_web,), name="exporter-web", daemon=True).start()
         if reload is None:
-            event(log, logging.WARNING, "reload_skipped", reason="started without --config: nothing to reload")
+            if reload_web is None:
+                event(log, logging.WARNING, "reload_skipped", reason="started without --config: nothing to reload")
             return
         threading.Thread(target=server.reload, args=(reload,), name="exporter-reload", daemon=True).start()
 

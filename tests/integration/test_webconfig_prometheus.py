@@ -20,8 +20,10 @@ and Prometheus reads the kernel table through TLS.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -89,8 +91,8 @@ def status_of(url: str, tls: tlsfiles.TLSFiles) -> int:
 @contextmanager
 def lvsguard(
     argv: list[str], address: str, tls: tlsfiles.TLSFiles, log: Path, env: dict[str, str] | None = None
-) -> Iterator[str]:
-    """Run ``lvsguard ARGV``; yields ``address`` once it answers over TLS (401: basic auth closes every path)."""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``lvsguard ARGV``; yields the process once ``address`` answers over TLS (401: basic auth closes every path)."""
     command = [str(Path(sys.executable).with_name("lvsguard")), *argv]
     with open(log, "w") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
@@ -101,7 +103,7 @@ def lvsguard(
             return status_of(f"https://{address}/metrics", tls)
 
         poll(f"lvsguard {argv[0]} answers over TLS", answer, lambda status: status == 401, WAIT)
-        yield address
+        yield process
     finally:
         stop(process, timeout=15.0)
 
@@ -233,3 +235,31 @@ def test_prometheus_scrapes_both_processes_on_the_lab_director(
             WAIT,
         )
         assert table
+
+
+def test_sighup_gives_the_exporter_process_new_users(workdir: Path, tls: tlsfiles.TLSFiles) -> None:
+    """``systemctl reload``: the exporter reads its web config again (the wiring of the signal, on a real process)."""
+    path = workdir / "reloaded-web.yml"
+    first = bcrypt.hashpw(b"first-password", bcrypt.gensalt(4)).decode()
+    tls_lines = f"tls_server_config:\n  cert_file: {tls.cert}\n  key_file: {tls.key}\n"
+    path.write_text(f"{tls_lines}basic_auth_users:\n  prometheus: '{first}'\n")
+    address = f"127.0.0.1:{free_port()}"
+    argv = ["exporter", "--listen", address, "--web.config.file", str(path)]
+    context = ssl.create_default_context(cafile=str(tls.ca))
+
+    def status(password: str) -> int:
+        token = base64.b64encode(f"prometheus:{password}".encode()).decode()
+        request = urllib.request.Request(f"https://{address}/metrics", headers={"Authorization": f"Basic {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=context) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    with lvsguard(argv, address, tls, workdir / "reloaded.log") as process:
+        assert status("first-password") == 200
+        second = bcrypt.hashpw(b"second-password", bcrypt.gensalt(4)).decode()
+        path.write_text(f"{tls_lines}basic_auth_users:\n  prometheus: '{second}'\n")
+        process.send_signal(signal.SIGHUP)
+        poll("the new password", lambda: status("second-password"), lambda code: code == 200, WAIT)
+        assert status("first-password") == 401

@@ -378,3 +378,24 @@ def test_sighup_gives_the_actuator_new_users_a_new_certificate_and_keeps_a_bad_f
     path.write_text(f"basic_auth_users:\n  scraper: {other}\n")  # valid, but without TLS
     assert not reloading.reload_web(app, lambda: webconfig.load(path), current)
     assert app.config["LVSGUARD_WEB"] is kept and current.context is kept.tls
+
+
+def test_the_exporter_takes_new_users_and_a_new_certificate_and_keeps_a_bad_file_out(
+    exporter: ExporterServer, tls: tlsfiles.TLSFiles, tmp_path: Path
+) -> None:
+    context = client_context(tls)
+    other = bcrypt.hashpw(b"another-password", bcrypt.gensalt(4)).decode()
+    path = write(tmp_path, full_config(tls).replace(tls.cert.name, str(tls.cert)).replace(tls.key.name, str(tls.key)))
+    path.write_text(path.read_text().replace(f"prometheus: {HASH}", f"scraper: {other}"))
+    before = exporter.web
+    assert exporter.reload_web(lambda: webconfig.load(path))
+    assert exporter.web.tls is not before.tls
+    assert get(exporter.url + "/metrics", context, {"Authorization": basic("prometheus", PASSWORD)})[0] == 401
+    assert get(exporter.url + "/metrics", context, {"Authorization": basic("scraper", "another-password")})[0] == 200
+
+    kept = exporter.web
+    path.write_text("basic_auth_users: {scraper: not-a-hash}\n")
+    assert not exporter.reload_web(lambda: webconfig.load(path))
+    path.write_text(f"basic_auth_users:\n  scraper: {other}\n")  # valid, but turns TLS off
+    assert not exporter.reload_web(lambda: webconfig.load(path))
+    assert exporter.web is kept
