@@ -399,3 +399,16 @@ def test_the_exporter_takes_new_users_and_a_new_certificate_and_keeps_a_bad_file
     path.write_text(f"basic_auth_users:\n  scraper: {other}\n")  # valid, but turns TLS off
     assert not exporter.reload_web(lambda: webconfig.load(path))
     assert exporter.web is kept
+
+
+def test_an_unknown_user_costs_a_bcrypt_comparison_as_a_wrong_password_does() -> None:
+    """No shortcut that tells a scanner which user names exist (cost 12: about 0.2 s a comparison)."""
+    slow = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(12)).decode()
+    web = webconfig.parse({"basic_auth_users": {"prometheus": slow}}, "web.yml")
+    started = time.perf_counter()
+    assert not web.authorized(basic("nobody", "guess"))
+    unknown = time.perf_counter() - started
+    started = time.perf_counter()
+    assert not web.authorized(basic("prometheus", "guess"))
+    wrong = time.perf_counter() - started
+    assert unknown > wrong / 3, (unknown, wrong)
