@@ -130,10 +130,15 @@ class TLSChannel(HTTPChannel):
         return True if not self.handshaken else bool(super().readable())
 
     def writable(self) -> bool:
-        return self.handshake_wants_write if not self.handshaken else bool(super().writable())
+        if not self.handshaken:  # will_close: waitress's sweep gave up on a silent connection
+            return self.handshake_wants_write or bool(self.will_close)
+        return bool(super().writable())
 
     def handle_write(self) -> None:
         if not self.handshaken:
+            if self.will_close:
+                self.handle_close()
+                return
             self._handshake()
             return
         super().handle_write()

@@ -412,3 +412,33 @@ def test_an_unknown_user_costs_a_bcrypt_comparison_as_a_wrong_password_does() ->
     assert not web.authorized(basic("prometheus", "guess"))
     wrong = time.perf_counter() - started
     assert unknown > wrong / 3, (unknown, wrong)
+
+
+def test_the_actuator_closes_a_handshake_that_never_comes_after_the_channel_timeout(
+    tls: tlsfiles.TLSFiles, tmp_path: Path
+) -> None:
+    """A client that connects and says nothing holds its connection as long as a silent plain one, no longer."""
+    web = webconfig.load(write(tls.ca.parent, full_config(tls)))
+    app = create_app(
+        ActuatorSettings(tokens={"ops": SECRET}), kernel=FakeKernel([]), ledger_path=str(tmp_path / "l.db"), web=web
+    )
+    server = limits.create_server(
+        app,
+        host="127.0.0.1",
+        port=0,
+        threads=2,
+        tls=web.tls,
+        channel_timeout=1,
+        cleanup_interval=1,
+        asyncore_loop_timeout=0.05,
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.effective_port), timeout=10) as silent:
+            started = time.monotonic()
+            assert silent.recv(100) == b""  # closed by the server
+            assert time.monotonic() - started < 5
+    finally:
+        server.close()
+        thread.join(5)
