@@ -95,7 +95,7 @@ UNSUPPORTED = {
     "key": "not supported: give the key as key_file",
 }
 AUTH_CACHE = 1024
-"""Credentials remembered as checked, so that a scrape does not pay bcrypt's cost (about 50 ms at cost 10)."""
+"""Credentials remembered as passed, so that a scrape does not pay bcrypt's cost (about 50 ms at cost 10)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class WebConfig:
     tls: ssl.SSLContext | None = None
     users: Mapping[str, bytes] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
-    _checked: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)
+    _checked: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)  # credentials that passed
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
@@ -124,15 +124,15 @@ class WebConfig:
         hashed = self.users.get(user)
         key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed or b""))).digest()
         with self._lock:
-            known = self._checked.get(key)
-        if known is not None:
-            return known
+            if key in self._checked:
+                return True
         # an unknown user is checked against a known user's hash: a wrong name costs as long as a wrong password
         ok = _checkpw(password.encode(), hashed or next(iter(self.users.values()))) and hashed is not None
-        with self._lock:
-            if len(self._checked) >= AUTH_CACHE:
-                self._checked.clear()
-            self._checked[key] = ok
+        if ok:  # only what passed is remembered: a flood of guesses never evicts the scraper's entry
+            with self._lock:
+                if len(self._checked) >= AUTH_CACHE:
+                    self._checked.clear()
+                self._checked[key] = True
         return ok
 
 
