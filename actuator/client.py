@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from actuator.auth import load_tokens
+from actuator.health import real_server_health, service_health
 from lvsguard.defaults import ACTUATOR_URL
 from lvsguard.errors import ClientError, TokenFileError
 from lvsguard.model import MAX_THRESHOLD, MAX_WEIGHT
@@ -432,10 +433,11 @@ def status_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 0
     if reply.get("dry_run"):
         print("actuator in dry-run mode: nothing is written to the kernel", file=out)
+    probes = reply.get("probes", {}).get("state", "off")
     for svc in reply["services"]:
         name = f"{svc['name']} " if svc["name"] else ""
         print(
-            f"{name}{svc['service']} ({svc['scheduler']})  healthy {svc['healthy']}/{len(svc['real_servers'])}, "
+            f"{name}{svc['service']} ({svc['scheduler']})  healthy {service_health(svc, probes)}, "
             f"min {svc['min_healthy']}",
             file=out,
         )
@@ -456,9 +458,11 @@ def status_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                     rs["inactive_connections"],
                     rs["stats"]["connections"],
                     state,
+                    real_server_health(rs["probe"]["state"]),
                 ]
             )
-        _table(["  REAL SERVER", "ADDRESS", "WEIGHT", "ORIGINAL", "ACTIVE", "INACTIVE", "CONNS", "STATE"], rows, out)
+        header = ["  REAL SERVER", "ADDRESS", "WEIGHT", "ORIGINAL", "ACTIVE", "INACTIVE", "CONNS", "STATE", "HEALTH"]
+        _table(header, rows, out)
     return 0
 
 

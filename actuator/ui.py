@@ -60,6 +60,7 @@ from actuator import api, sessions
 from actuator.actions import Actor, Outcome, Result, Source
 from actuator.auth import LoginLimiter, reads_open, token_name
 from actuator.current import current_actions, current_settings
+from actuator.health import real_server_health, service_health
 from actuator.httperrors import error_status
 from actuator.ledger import get_ledger
 from actuator.states import HoldKind
@@ -300,7 +301,7 @@ def live_view() -> Live:
         svc["bytes_per_second"] = stats["incoming_bps"] + stats["outgoing_bps"]
         values[f"{key}|cps"] = rate(stats["cps"])
         values[f"{key}|bps"] = rate(svc["bytes_per_second"], "B/s")
-        values[f"{key}|healthy"] = f"{svc['healthy']}/{len(svc['real_servers'])}"
+        values[f"{key}|healthy"] = service_health(svc, table["probes"]["state"])
         total_cps = sum(rs["stats"]["cps"] for rs in svc["real_servers"])
         total_active = sum(rs["active_connections"] for rs in svc["real_servers"])
         chart[key] = {}
@@ -322,7 +323,7 @@ def live_view() -> Live:
             values[f"{prefix}|share"] = f"{share:.0%}"
             values[f"{prefix}|state"] = rs["state"]
             values[f"{prefix}|holders"] = rs["holders"] or "—"
-            values[f"{prefix}|health"] = rs["probe"]["state"]
+            values[f"{prefix}|health"] = real_server_health(rs["probe"]["state"])
             values[f"{prefix}|latency"] = seconds(rs["probe"]["latency_seconds"])
             values[f"{prefix}|checks"] = checks_text(rs["probe"]["checks"])
             chart[key][rs["name"] or rs["real_server"]] = float(rs["stats"]["cps"])

@@ -448,10 +448,51 @@ def test_service_page_shows_probe_state_and_latency_from_the_exporter(
     assert 'data-live="TCP 192.0.2.10:80|10.0.1.1:80|checks">http ok · tcp ok<' in page
     assert 'data-live="TCP 192.0.2.10:80|10.0.1.2:80|health" data-value="unhealthy" class="health">unhealthy<' in page
     assert 'data-live="TCP 192.0.2.10:80|10.0.1.2:80|checks">tcp failed, down since 22:15:23Z<' in page
-    assert 'data-live="TCP 192.0.2.10:80|10.0.1.3:80|health" data-value="unchecked" class="health">unchecked<' in page
+    assert (
+        'data-live="TCP 192.0.2.10:80|10.0.1.3:80|health" data-value="not checked" class="health">not checked<' in page
+    )
     assert f"Health from the exporter's probes ({url})" in page
     values = client.get("/ui/live.json").get_json()["values"]
+    assert values["TCP 192.0.2.10:80|healthy"] == "1/2 (+2 not checked)"  # rs1 of rs1, rs2; rs3, rs4 have no check
     assert values["TCP 192.0.2.10:80|10.0.1.2:80|latency"] == "250.0 ms"
+
+
+def test_services_without_checks_are_not_shown_unhealthy(tmp_path: Path, exporter: tuple[str, type[Exporter]]) -> None:
+    """A UDP and a fwmark service no check watches: "no checks" and "not checked", in the console and the status."""
+    import argparse
+    import io
+
+    from actuator.client import status_from_api
+    from lab.actuator import serving
+
+    url, handler = exporter
+    serve_probes(handler)  # checks of web only
+    dns, mark = "UDP 192.0.2.10:53", "FWM 7"
+    kernel = FakeKernel(
+        [
+            service(str(WEB), *((f"10.0.1.{i}:80", 5) for i in range(1, 5))),
+            service(dns, *((f"10.0.1.{i}:53", 5) for i in range(1, 4))),
+            service(mark, *((f"10.0.1.{i}:0", 5) for i in range(1, 4))),
+        ]
+    )
+    settings = ActuatorSettings(tokens={"alice": ADMIN}, hold_down=0.0, names=NAMES, exporter_url=url)
+    app = fake_app(settings, kernel, str(tmp_path / "ledger.db"))
+    client = app.test_client()
+    overview = client.get("/ui/").get_data(as_text=True)
+    for key in (dns, mark):
+        assert f'data-live="{key}|healthy">no checks<' in overview
+        assert "0/3" not in overview
+    page = html.unescape(client.get(f"/ui/service?s={dns}").get_data(as_text=True))
+    assert page.count('data-value="not checked" class="health">not checked<') == 3
+    with serving(app) as base:
+        out = io.StringIO()
+        status_from_api(argparse.Namespace(url=base, token_file=None, token_name=None), out)
+    lines = out.getvalue().splitlines()
+    assert f"{dns} (wrr)  healthy no checks, min 1" in lines
+    assert f"{mark} (wrr)  healthy no checks, min 1" in lines
+    assert "web TCP 192.0.2.10:80 (wrr)  healthy 1/2 (+2 not checked), min 1" in lines
+    rows = [line.split() for line in lines if line.startswith("  10.0.1.")]
+    assert [r[-2:] for r in rows if r[0].endswith(":53")] == [["not", "checked"]] * 3
 
 
 def test_probe_state_is_unknown_when_the_exporter_does_not_answer(tmp_path: Path) -> None:
