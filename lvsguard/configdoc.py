@@ -244,10 +244,7 @@ def render() -> str:
     for section_name, key in SECTIONS.items():
         out.append(f"## `{section_name}`\n")
         out.append(f"{_section_doc(section_name, key)}\n")
-        nested = _nested(key.parse)
-        if nested is None:
-            raise ConfigDocError(f"lvsguard.configdoc: section {section_name!r} has no schema the reference can walk")
-        rows = list(schema_rows(nested[0], section_name + nested[1]))
+        rows = section_rows(section_name, key)
         if section_name == "probes":
             checks = [r for r in rows if r.path.startswith("probes.checks[].")]
             out += table([r for r in rows if r not in checks]) + ["", "### `probes.checks[]`\n"] + table(checks)
@@ -255,6 +252,14 @@ def render() -> str:
             out += table(rows)
         out.append("")
     return "\n".join(out)
+
+
+def section_rows(section_name: str, key: Key) -> list[Row]:
+    """The rows of one top-level section, its nested keys included (``probes.checks[].sni``)."""
+    nested = _nested(key.parse)
+    if nested is None:
+        raise ConfigDocError(f"lvsguard.configdoc: section {section_name!r} has no schema the reference can walk")
+    return list(schema_rows(nested[0], section_name + nested[1]))
 
 
 def _section_doc(section_name: str, key: Key) -> str:
