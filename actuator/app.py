@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
 import sqlite3
 import threading
@@ -123,6 +124,42 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+STATE_DIRECTORY_MODE = 0o750
+
+
+def ledger_directory(path: str) -> str:
+    """The ledger's directory; created (mode 0750) when only it is missing and this user may create it.
+
+    ``lvsguard actuator`` run by hand, as the README shows, then starts where
+    only the systemd unit (``StateDirectory=``) used to make ``/var/lib/lvsguard``.
+    A directory that cannot be made is an error that says the command to run.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(directory):
+        return directory
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    fix = f"create it with: install -d -m 0750 -o {user} {directory}"
+    parent = os.path.dirname(directory)
+    if not os.path.isdir(parent):
+        raise LvsguardError(f"ledger {path}: directory {directory} does not exist, nor {parent}: {fix}")
+    try:
+        os.mkdir(directory, STATE_DIRECTORY_MODE)
+    except FileExistsError:
+        pass  # another process made it meanwhile (or it is a file: the access check below says so)
+    except OSError as exc:
+        raise LvsguardError(
+            f"ledger {path}: directory {directory} does not exist and this user ({user}) cannot create it"
+            f" ({exc.strerror}): {fix}"
+        ) from None
+    else:
+        os.chmod(directory, STATE_DIRECTORY_MODE)  # mkdir's mode passes through the umask
+        event(log, logging.INFO, "ledger_directory_created", directory=directory, mode="0750", owner=user)
+    return directory
+
+
 def serve(
     settings: ActuatorSettings,
     *,
@@ -153,9 +190,7 @@ def serve(
     except ValueError as exc:
         raise LvsguardError(str(exc)) from None
     path = ledger_path or settings.ledger_path
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise LvsguardError(f"ledger {path}: directory {directory} does not exist")
+    directory = ledger_directory(path)
     if not os.access(directory, os.W_OK | os.X_OK):  # SQLite writes its -wal and -shm files next to the ledger
         raise LvsguardError(f"ledger {path}: directory {directory} is not writable by this user (uid {os.geteuid()})")
     logging.logProcesses = False  # the log format has no process id: spare a getpid() per line

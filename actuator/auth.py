@@ -34,6 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MIN_SECRET = 16  # characters; shorter secrets are refused at load
+MAKE_ONE = "make one with: head -c 24 /dev/urandom | base64"
 
 
 def parse_tokens(text: str, source: str) -> dict[str, str]:
@@ -51,7 +52,8 @@ def parse_tokens(text: str, source: str) -> dict[str, str]:
             raise TokenFileError(f"{source}:{number}: token name {name!r} must be 1-64 of A-Z a-z 0-9 _ . @ -")
         if len(secret) < MIN_SECRET or any(c.isspace() for c in secret):
             raise TokenFileError(
-                f"{source}:{number}: token {name!r} must be at least {MIN_SECRET} characters without spaces"
+                f"{source}:{number}: token {name!r} must be at least {MIN_SECRET} characters without spaces,"
+                f" got {len(secret)}{' with spaces' if any(c.isspace() for c in secret) else ''} ({MAKE_ONE})"
             )
         if name in tokens:
             raise TokenFileError(f"{source}:{number}: token name {name!r} appears twice")
@@ -73,7 +75,9 @@ def load_tokens(env: Mapping[str, str], token_file: str | None) -> dict[str, str
     secret = env.get("LVSGUARD_TOKEN", "").strip()
     if secret:
         if len(secret) < MIN_SECRET:
-            raise TokenFileError(f"LVSGUARD_TOKEN must be at least {MIN_SECRET} characters")
+            raise TokenFileError(
+                f"LVSGUARD_TOKEN must be at least {MIN_SECRET} characters, got {len(secret)} ({MAKE_ONE})"
+            )
         tokens.setdefault("env", secret)
     return tokens
 

@@ -174,7 +174,11 @@ def test_token_names_and_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("short", "t.txt:1: token 'token1' must be at least 16 characters"),
+        (
+            "short",
+            "t.txt:1: token 'token1' must be at least 16 characters without spaces, got 5"
+            " (make one with: head -c 24 /dev/urandom | base64)",
+        ),
         ("a b: xxxxxxxxxxxxxxxxxxx", "t.txt:1: token name 'a b' must be"),
         ("a: xxxxxxxxxxxxxxxxxxx\na: yyyyyyyyyyyyyyyyyyyy", "t.txt:2: token name 'a' appears twice"),
     ],

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import re
+import stat
 import time
 from pathlib import Path
 
 import pytest
 
-from actuator.app import create_app, parse_listen, serve
+from actuator.app import create_app, ledger_directory, parse_listen, serve
 from actuator.ledger import Ledger
 from actuator.settings import ActuatorSettings
 from lvsguard.errors import LvsguardError
@@ -23,9 +27,41 @@ def test_serve_refuses_to_start_without_a_token(tmp_path: Path) -> None:
         serve(ActuatorSettings(), ledger_path=str(tmp_path / "l.db"))
 
 
-def test_serve_names_a_missing_ledger_directory(tmp_path: Path) -> None:
-    with pytest.raises(LvsguardError, match=f"ledger {tmp_path}/no/l.db: directory {tmp_path}/no does not exist"):
-        serve(ActuatorSettings(tokens={"a": "x" * 16}), ledger_path=str(tmp_path / "no" / "l.db"))
+def test_serve_names_a_missing_ledger_directory_and_the_command(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "state"
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    expected = (
+        f"ledger {missing}/l.db: directory {missing} does not exist, nor {tmp_path}/no:"
+        f" create it with: install -d -m 0750 -o {user} {missing}"
+    )
+    with pytest.raises(LvsguardError, match=re.escape(expected)):
+        serve(ActuatorSettings(tokens={"a": "x" * 16}), ledger_path=str(missing / "l.db"))
+    assert not missing.parent.exists()
+
+
+def test_the_ledger_directory_is_created_when_only_it_is_missing(tmp_path: Path) -> None:
+    state = tmp_path / "lib" / "lvsguard"
+    state.parent.mkdir()
+    old = os.umask(0o022)
+    try:
+        assert ledger_directory(str(state / "actuator.db")) == str(state)
+    finally:
+        os.umask(old)
+    assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o750
+    assert state.stat().st_uid == os.geteuid()
+    assert ledger_directory(str(state / "actuator.db")) == str(state)  # there already: left as it is
+    Ledger.open(str(state / "actuator.db")).close()  # and the ledger opens in it
+
+
+def test_a_ledger_directory_that_cannot_be_created_says_the_command(tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root may create a directory anywhere but in /proc
+        where = Path("/proc/lvsguard-test")
+    else:
+        (tmp_path / "lib").mkdir(mode=0o555)
+        where = tmp_path / "lib" / "lvsguard"
+    with pytest.raises(LvsguardError, match=r"cannot create it \(.+\): create it with: install -d -m 0750 -o "):
+        ledger_directory(str(where / "actuator.db"))
+    assert not where.exists()
 
 
 @pytest.mark.parametrize(
