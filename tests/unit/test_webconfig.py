@@ -442,3 +442,15 @@ def test_the_actuator_closes_a_handshake_that_never_comes_after_the_channel_time
     finally:
         server.close()
         thread.join(5)
+
+
+def test_the_actuator_requires_a_client_certificate_when_told(tls: tlsfiles.TLSFiles, tmp_path: Path) -> None:
+    web = webconfig.load(write(tls.ca.parent, full_config(tls, client_auth="RequireAndVerifyClientCert")))
+    app = create_app(
+        ActuatorSettings(tokens={"ops": SECRET}), kernel=FakeKernel([]), ledger_path=str(tmp_path / "l.db"), web=web
+    )
+    auth = {"Authorization": basic("prometheus", PASSWORD)}
+    with serving(app, tls=web.tls) as url:
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            get(url + "/metrics", client_context(tls), auth)
+        assert get(url + "/metrics", client_context(tls, with_cert=True), auth)[0] == 200
