@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
+from actuator import reload as reloading
 from actuator.actions import Actor, Outcome, Result, Source
 from actuator.auth import read_only, require_token
 from actuator.current import current_actions, current_settings
@@ -24,7 +25,7 @@ from actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger, locked_l
 from actuator.openapi import document
 from actuator.probestate import CheckState, ProbeView, probe_view
 from actuator.targets import Target
-from lvsguard.errors import ApiError
+from lvsguard.errors import ApiError, LvsguardError
 from lvsguard.keepalived import read_role_file
 from lvsguard.model import (
     MAX_WEIGHT,
@@ -547,3 +548,39 @@ def remove() -> Any:
     target = target_of(body)
     force = _field(body, "force", bool, False)
     return reply(current_actions().remove(get_ledger(), target, _actor(), force=force))
+
+
+# the table (``table.manage``; docs/table.md)
+
+
+def _managed() -> None:
+    if not current_settings().table.manage:
+        raise ApiError(409, "table.manage is not true in the config: lvsguard does not own the IPVS table")
+
+
+@bp.get("/table/diff")
+@read_only
+def table_diff() -> dict[str, Any]:
+    """The plan from the kernel's table to the running config's, read-only."""
+    if not current_settings().table.manage:
+        return {"manage": False, "pending": False, "summary": "table.manage is not true: nothing to plan", "plan": ""}
+    plan = current_actions().plan_table(get_ledger())
+    return {"manage": True, "pending": not plan.empty, "summary": plan.summary(), "plan": str(plan)}
+
+
+@bp.post("/table/apply")
+@require_token
+def table_apply() -> Any:
+    """Reload the config (as SIGHUP: a bad one is refused whole, 422) and make the kernel's table match it."""
+    load = current_app.extensions["lvsguard"].reload
+    if load is not None:
+        try:
+            new = reloading.load_settings(load)
+        except LvsguardError as exc:
+            raise ApiError(
+                422, "the config is refused, the running one is kept: " + "; ".join(str(exc).splitlines())
+            ) from None
+        reloading.apply(current_app, new)
+    _managed()
+    outcome = current_actions().apply_table(get_ledger(), _actor())
+    return outcome.to_json(), RESULT_STATUS.get(outcome.outcome, 200)

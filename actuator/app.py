@@ -37,6 +37,7 @@ from lvsguard.webconfig import NO_WEB_CONFIG, WebConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = ACTUATOR_LISTEN
+LOCK_WAIT = 30.0  # seconds the actuator waits at start for an in-process `lvsguard apply` to finish
 MAX_BODY = limits.MAX_BODY  # bytes; 1 000 alerts are about 1 MB
 
 
@@ -49,6 +50,7 @@ class ActuatorState:
     metrics: ActuatorMetrics
     registry: CollectorRegistry
     quarantine: QuarantineCollector | None = None  # its names change on reload
+    reload: Callable[[], ActuatorSettings] | None = None  # the config and tokens again (serve's; None in tests)
 
 
 def create_app(
@@ -196,9 +198,17 @@ def serve(
     logging.logProcesses = False  # the log format has no process id: spare a getpid() per line
     kernel = NetlinkIPVS(netns)
     try:
+        lock = ledger.writer_lock(path, wait=LOCK_WAIT)
+        if lock is None:
+            kernel.close()
+            raise LvsguardError(
+                f"ledger {path}: another actuator or an in-process 'lvsguard apply' has held {path}.lock "
+                f"for {LOCK_WAIT:g} s; one writer at a time"
+            )
         app = create_app(settings, kernel=kernel, ledger_path=path, web=web)
         app.config[auth.LISTEN_HOST] = host  # reads need a token beyond loopback unless the config says otherwise
         state: ActuatorState = app.extensions["lvsguard"]
+        state.reload = reload
         state.runner.begin()
     except sqlite3.Error as exc:  # unreadable, corrupt or locked at start: say which file, no traceback
         kernel.close()
@@ -237,3 +247,4 @@ def serve(
     finally:
         state.runner.stop()
         kernel.close()
+        lock.close()

@@ -5,8 +5,12 @@ connection, calling ``Actions.step_job`` every ``job_poll_interval`` seconds
 until the job ends; the step is the unit of work, so tests drive it directly
 and a restarted actuator resumes a job by starting its thread again. One more
 thread, every ``retry_interval`` seconds, compares the ledger with the kernel
-(a weight changed by hand is reported once, never overwritten) and retries the
-alert actions that the safety rules refused.
+(a weight changed by hand is reported once, never overwritten), retries the
+alert actions that the safety rules refused, and, with ``table.manage``, the
+table entries the kernel refused and the drains of real servers that left the
+config. At start, the table is applied before the ledger is compared with the
+kernel: after a reboot, the held real servers are back (at weight 0) before
+the ledger looks for them.
 
 Threads start only after :meth:`JobRunner.begin` (``serve`` calls it): an app
 built for a test records new jobs and runs nothing behind the test's back.
@@ -17,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from actuator.actions import Actions, Outcome, Result
+from actuator.actions import Actions, Actor, Outcome, Result, Source
 from actuator.ledger import Ledger
 from lvsguard.logs import event
 
@@ -54,6 +58,8 @@ class JobRunner:
         """Reconcile the ledger with the kernel, resume open jobs, start the retry loop."""
         ledger = Ledger.open(self.ledger_path, clock=self.actions.clock)
         try:
+            if self.actions.settings.table.manage:  # first: after a reboot the held real servers must be there
+                self.actions.apply_table(ledger, Actor(Source.ACTUATOR, "start"))
             for outcome in self.actions.reconcile(ledger):
                 event(
                     log,
@@ -98,6 +104,7 @@ class JobRunner:
                 try:
                     for outcome in self.actions.reconcile(ledger, cached=True):  # a weight changed by hand: once
                         _log_outcome(logging.WARNING, "reconcile", outcome)
+                    self.actions.retry_table(ledger, Actor(Source.ACTUATOR, "retry"))
                     for outcome in self.actions.retry_pending(ledger, cached=True):
                         if outcome.result != Result.REFUSED:
                             _log_outcome(logging.INFO, "retry", outcome)

@@ -23,20 +23,22 @@ queries below are the writer's own.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from flask import Flask, current_app, g
 
 from actuator.targets import Target
 from lvsguard.ledger import SCHEMA
+from lvsguard.model import RealServerKey, ServiceKey
 
 SQLITE_MAX_INT = 2**63 - 1  # a larger Python int bound to a query is an OverflowError, not "no row"
 
@@ -423,6 +425,31 @@ class Ledger:
                 (state, message, progress, now, now, job_id),
             )
 
+    # the table reconciler's entries
+
+    def owned(self) -> frozenset[ServiceKey | tuple[ServiceKey, RealServerKey]]:
+        """What the table reconciler created or adopted: service keys and (service, real server) pairs."""
+        out: set[ServiceKey | tuple[ServiceKey, RealServerKey]] = set()
+        for row in self.conn.execute("SELECT service, real_server FROM owned"):
+            service = ServiceKey.parse(row["service"])
+            out.add((service, RealServerKey.parse(row["real_server"])) if row["real_server"] else service)
+        return frozenset(out)
+
+    def own(self, keys: Iterable[ServiceKey | tuple[ServiceKey, RealServerKey]]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO owned (service, real_server, since) VALUES (?, ?, ?)",
+            [(*_owned_columns(key), self.now()) for key in keys],
+        )
+
+    def disown(self, keys: Iterable[ServiceKey | tuple[ServiceKey, RealServerKey]]) -> None:
+        """Forget entries that are gone; a service takes its real servers' rows with it."""
+        for key in keys:
+            service, real_server = _owned_columns(key)
+            if real_server:
+                self.conn.execute("DELETE FROM owned WHERE service = ? AND real_server = ?", (service, real_server))
+            else:
+                self.conn.execute("DELETE FROM owned WHERE service = ?", (service,))
+
     # audit
 
     def audit(
@@ -470,6 +497,32 @@ class Ledger:
         after = min(after, SQLITE_MAX_INT)
         rows = self.conn.execute("SELECT * FROM audit WHERE id > ? ORDER BY id DESC LIMIT ?", (after, limit)).fetchall()
         return [_audit(r) for r in rows]
+
+
+def writer_lock(path: str, *, wait: float = 0.0) -> IO[bytes] | None:
+    """The one-writer lock of the ledger at ``path``: an exclusive ``flock`` on ``<path>.lock``.
+
+    The running actuator holds it for its whole life, and ``lvsguard apply``
+    holds it while it applies the table in-process (when no actuator runs), so
+    the two never write the table at once. The lock goes with the process (a
+    kill -9 frees it). Returns the open lock file (keep it open to keep the
+    lock), or None when another process still holds it after ``wait`` seconds.
+    """
+    lock = open(f"{path}.lock", "ab")  # noqa: SIM115 - the caller keeps it open as long as it holds the lock
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock.close()
+                return None
+            time.sleep(0.1)
+
+
+def _owned_columns(key: ServiceKey | tuple[ServiceKey, RealServerKey]) -> tuple[str, str]:
+    return (str(key[0]), str(key[1])) if isinstance(key, tuple) else (str(key), "")
 
 
 @functools.lru_cache(maxsize=65536)

@@ -54,8 +54,30 @@ def _outcome_props(results: list[str]) -> S:
     }
 
 
+_TABLE_ENTRY: S = _obj(["service", "real_server"], {"service": STR, "real_server": STR})
+
 SCHEMAS: S = {
     "Error": _obj(["error"], {"error": STR, "path": STR}, extra=True),
+    "TableDiff": _obj(
+        ["manage", "pending", "summary", "plan"], {"manage": BOOL, "pending": BOOL, "summary": STR, "plan": STR}
+    ),
+    "TableApply": _obj(
+        ["result", "message", "summary", "plan", "applied", "failures", "held"],
+        {
+            "result": {"type": "string", "enum": ["applied", "noop", "dry_run", "error"]},
+            "message": STR,
+            "summary": STR,
+            "plan": STR,
+            "applied": INT,
+            "failures": {
+                "type": "array",
+                "items": _obj(
+                    ["service", "real_server", "message"], {"service": STR, "real_server": STR, "message": STR}
+                ),
+            },
+            "held": {"type": "array", "items": _TABLE_ENTRY},
+        },
+    ),
     "Outcome": _obj(OUTCOME_REQUIRED, {**_outcome_props(list(RESULTS)), "error": STR}),
     "Stats": _obj(
         ["connections", "incoming_packets", "outgoing_packets", "incoming_bytes", "outgoing_bytes"],
@@ -471,6 +493,7 @@ GETS: dict[str, tuple[str, str, list[S]]] = {
         ],
     ),
     "/director": ("This director's VRRP role and sync daemons", "Director", []),
+    "/table/diff": ("The plan from the kernel's IPVS table to the config's (table.manage), read-only", "TableDiff", []),
 }
 
 
@@ -511,6 +534,21 @@ def _paths() -> S:
         if "{" in path:
             responses["404"] = _json(_ref("Error"), "no such job")
         paths[path] = {"get": {"summary": summary, "parameters": params, "responses": responses}}
+    paths["/table/apply"] = {
+        "post": {
+            "summary": "Reload the config (as SIGHUP) and make the kernel's IPVS table match it (table.manage)",
+            "security": secured,
+            "responses": {
+                "200": _json(_ref("TableApply"), "applied, or nothing to do"),
+                "409": _json(_ref("Error"), "table.manage is not true"),
+                "422": _json(
+                    _ref("Error"), "the config is refused (every problem with its file:line); nothing changed"
+                ),
+                "502": _json(_ref("TableApply"), "the kernel refused some entries (each named); the rest is applied"),
+                **ERROR_RESPONSES,
+            },
+        }
+    }
     paths["/webhook/alertmanager"] = {
         "servers": [{"url": "/"}],
         "post": {

@@ -5,7 +5,10 @@ job step, so a reload is one swap under the action lock: no request sees half
 of each. What lives outside the settings is kept as it is: the ledger
 (holds, jobs, audit), the kernel socket, the running jobs, the rate-limit
 window and the hold-down clocks. A new config or token file that does not
-load is logged with every problem (file:line:key) and nothing changes.
+load is logged with every problem (file:line:key) and nothing changes. With
+``table.manage``, a reload that took then makes the kernel's table the new
+config's (``actuator.actions.table``); ``POST /api/v1/table/apply`` does the
+same reload on request.
 
 The ``--web.config.file`` is read again too (:func:`reload_web`): users,
 headers and the certificate change for the next request and connection;
@@ -20,6 +23,9 @@ from collections.abc import Callable
 
 from flask import Flask
 
+from actuator.actions import Actor, Source
+from actuator.actions.table import TableOutcome
+from actuator.ledger import Ledger
 from actuator.limits import CurrentTLS
 from actuator.settings import ActuatorSettings
 from lvsguard.errors import LvsguardError
@@ -50,11 +56,7 @@ def apply(app: Flask, new: ActuatorSettings) -> list[str]:
 def reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
     """``apply(app, load())``; a ``load`` that raises LvsguardError is logged and the running settings stay."""
     try:
-        new = load()
-        if not new.tokens:
-            raise LvsguardError(
-                "no token: set LVSGUARD_TOKEN or --token-file (the webhook and every mutating call need one)"
-            )
+        new = load_settings(load)
     except LvsguardError as exc:
         for line in str(exc).splitlines():
             event(log, logging.ERROR, "reload_failed", reason=line, kept="the running config and tokens")
@@ -65,7 +67,30 @@ def reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
     event(
         log, logging.INFO, "reload_done", tokens=",".join(sorted(new.tokens)), rules=len(new.rules), dry_run=new.dry_run
     )
+    if new.table.manage:
+        apply_table(app, Actor(Source.ACTUATOR, "reload"))
     return True
+
+
+def load_settings(load: Callable[[], ActuatorSettings]) -> ActuatorSettings:
+    """``load()``, refused (LvsguardError) without a token; a ConfigError has every problem with its file:line."""
+    new = load()
+    if not new.tokens:
+        raise LvsguardError(
+            "no token: set LVSGUARD_TOKEN or --token-file (the webhook and every mutating call need one)"
+        )
+    return new
+
+
+def apply_table(app: Flask, actor: Actor) -> TableOutcome:
+    """Make the kernel's table the running config's (``table.manage``), through the action layer's door."""
+    state = app.extensions["lvsguard"]
+    ledger = Ledger.open(app.config["LVSGUARD_LEDGER"], clock=state.actions.clock, create=False)
+    try:
+        outcome: TableOutcome = state.actions.apply_table(ledger, actor)
+    finally:
+        ledger.close()
+    return outcome
 
 
 def reload_web(app: Flask, load: Callable[[], WebConfig], tls: CurrentTLS | None) -> bool:

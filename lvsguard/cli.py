@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for setup in client.COMMANDS.values():
         setup(sub)
+    from actuator import tableapply
+
+    tableapply.setup_apply(sub)
 
     cfg = sub.add_parser("config", help="work with config files", description="Work with lvsguard config files.")
     cfg_sub = cfg.add_subparsers(title="config commands", metavar="COMMAND")
@@ -342,9 +345,10 @@ def _actuator_settings(args: argparse.Namespace) -> ActuatorSettings:
 
     from actuator import auth, settings
 
-    actuator_settings = _load_config(args.config).actuator or settings.from_mapping(None)
+    cfg = _load_config(args.config)
+    actuator_settings = cfg.actuator or settings.from_mapping(None)
     tokens = auth.load_tokens(os.environ, args.token_file)  # TokenFileError is an LvsguardError
-    return dataclasses.replace(actuator_settings, tokens=tokens)
+    return dataclasses.replace(actuator_settings, tokens=tokens, table=cfg.table, desired=cfg.desired)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -23,6 +23,9 @@ Tables:
 - ``failovers``: who asks this director to give its VIPs up (same holders as ``holds``).
 - ``audit``: every decision, applied or refused, with the actor.
 - ``ended_sessions``: console sessions logged out, until they would have expired.
+- ``owned``: the services and real servers the table reconciler created or
+  adopted from the config (``table.prune: owned`` removes only these); a
+  service's own row has ``real_server`` ''.
 """
 
 from __future__ import annotations
@@ -109,6 +112,12 @@ CREATE TABLE IF NOT EXISTS audit (
     reason TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL DEFAULT '',
     details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS owned (
+    service TEXT NOT NULL,
+    real_server TEXT NOT NULL DEFAULT '',
+    since REAL NOT NULL,
+    PRIMARY KEY (service, real_server)
 );
 CREATE TABLE IF NOT EXISTS ended_sessions (
     sid TEXT PRIMARY KEY,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lvsguard.errors import AlreadyExists, BulkFailed, KernelError, NoSuchDestination, NoSuchService
+from lvsguard.errors import AlreadyExists, BulkFailed, InvalidRequest, KernelError, NoSuchDestination, NoSuchService
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, SyncDaemon, Table, VirtualService
 
 T = TypeVar("T")
@@ -44,6 +44,8 @@ class FakeKernel:
         """When set, every write raises it (a kernel that refuses)."""
         self.fail_reads: KernelError | None = None
         """When set, every read raises it (IPVS unavailable)."""
+        self.missing_schedulers: set[str] = set()
+        """Schedulers this kernel has no module for: a service using one is refused (as netlink's EINVAL)."""
 
     # reads
 
@@ -74,6 +76,7 @@ class FakeKernel:
             self._check_write()
             if svc.key in self._services:
                 raise AlreadyExists("service already exists", service=svc.key)
+            self._check_scheduler(svc)
             self._services[svc.key] = replace(svc, real_servers=())
             self._servers[svc.key] = {rs.key: rs for rs in svc.real_servers}
             self.writes.append(("add_service", str(svc.key), "", None))
@@ -81,6 +84,7 @@ class FakeKernel:
     def edit_service(self, svc: VirtualService) -> None:
         with self._lock:
             self._servers_of(svc.key)
+            self._check_scheduler(svc)
             self._services[svc.key] = replace(svc, real_servers=())
             self.writes.append(("edit_service", str(svc.key), "", None))
 
@@ -210,6 +214,10 @@ class FakeKernel:
 
     def _build(self, key: ServiceKey) -> VirtualService:
         return replace(self._services[key], real_servers=tuple(self._servers[key].values()))
+
+    def _check_scheduler(self, svc: VirtualService) -> None:
+        if svc.scheduler in self.missing_schedulers:
+            raise InvalidRequest(f"no scheduler {svc.scheduler!r} in this kernel", service=svc.key)
 
     def _check_read(self) -> None:
         if self.fail_reads is not None:

@@ -27,6 +27,7 @@ One module per job:
 - ``members``: weights and membership (set a weight, add, remove);
 - ``director``: failover;
 - ``reconcile``: the reconciliation at start and in every retry round;
+- ``table``: the table reconciler (``table.manage``): the config's table applied, the holds winning;
 - ``session``: the view of the kernel, the crash-safe writes and the record of each decision;
 - ``writer``: :class:`Actions`, the door.
 """

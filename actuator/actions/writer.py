@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, TypeVar, runtime_checkable
 
-from actuator.actions import director, holds, members, steps
+from actuator.actions import director, holds, members, steps, table
 from actuator.actions.outcome import Actor, Kernel, NoMetrics, Outcome, Recorder
 from actuator.actions.reconcile import reconcile
 from actuator.actions.session import Session
@@ -24,6 +24,7 @@ from actuator.settings import ActuatorSettings
 from actuator.states import Result
 from actuator.targets import Target
 from lvsguard.model import Forward, SyncDaemon, Table
+from lvsguard.table.plan import Plan
 
 T = TypeVar("T")
 
@@ -103,6 +104,8 @@ class Actions:
         self.refusals: dict[tuple[Target, str], str] = {}
         """The last refusal reason per real server and action (a repeat is audited once)."""
         self._job_started: Callable[[int], None] = lambda job_id: None
+        self.table = table.TableState()
+        """The table reconciler's drains and pending services (``apply_table``, ``retry_table``)."""
 
     # wiring
 
@@ -249,6 +252,33 @@ class Actions:
         """
         with self._session(ledger, cached=cached) as s:
             return reconcile(s)
+
+    # the table (``table.manage``)
+
+    def apply_table(self, ledger: LedgerSource, actor: Actor) -> table.TableOutcome:
+        """Make the kernel's table the config's (``settings.desired``), the holds winning; every step audited."""
+        with self._session(ledger) as s:
+            try:
+                return table.apply_table(s, s.settings.desired, s.settings.table, self.table, actor)
+            finally:
+                self.views.clear()  # big services' cached views may miss what was just written
+
+    def plan_table(self, ledger: LedgerSource) -> Plan:
+        """What ``apply_table`` would do now (read-only)."""
+        with self._session(ledger) as s:
+            return table.plan_table(s, s.settings.desired, s.settings.table, self.table)
+
+    def retry_table(self, ledger: LedgerSource, actor: Actor) -> table.TableOutcome | None:
+        """Plan and apply again the services the last run left unfinished; None when there is none."""
+        with self._session(ledger) as s:
+            if not self.table.pending or not s.settings.table.manage:
+                return None
+            try:
+                return table.apply_table(
+                    s, s.settings.desired, s.settings.table, self.table, actor, only=set(self.table.pending)
+                )
+            finally:
+                self.views.clear()
 
     def step_job(self, ledger: LedgerSource, job_id: int) -> bool:
         """Advance one job by one step; True when it has finished."""

@@ -46,6 +46,8 @@ from lvsguard.config.schema import (
 from lvsguard.defaults import ACTUATOR_LISTEN, LEDGER_PATH
 from lvsguard.model import RealServerKey, ServiceKey
 from lvsguard.secretfile import read_secret
+from lvsguard.table.desired import DesiredTable
+from lvsguard.table.load import TableSettings
 
 ACTIONS = ("quarantine", "drain", "restore", "failover", "none")
 """What an alert can ask for (rules' ``action`` and the ``lvsguard_action`` label)."""
@@ -183,6 +185,10 @@ class ActuatorSettings:
     secure_cookie: bool = False  # the console is reached over HTTPS (a TLS proxy): its session cookie is marked Secure
     trusted_hosts: tuple[str, ...] = ()
     """Host names clients may reach the actuator by, besides IP addresses, localhost and this host's name; "*": any."""
+    table: TableSettings = TableSettings()
+    """Section ``table`` of the config: whether the actuator owns the IPVS table (not an ``actuator`` key)."""
+    desired: DesiredTable = field(default=DesiredTable(), compare=False)
+    """The table the config's ``services`` describe; the actuator applies it with ``table.manage``."""
 
     def quorum_for(self, service: ServiceKey) -> Quorum:
         return self.service_min_healthy.get(service, self.min_healthy)
