@@ -65,11 +65,18 @@ def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: 
     return lab_poll(what, probe, done, timeout, interval=0.5)
 
 
+PROBES = "probes:\n  default_tcp: true\n"
+
+
 @pytest.fixture(scope="module")
 def exporter(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``lvsguard exporter`` process on the lab director's table; yields its host:port."""
+    """A real ``lvsguard exporter`` process on the lab director's table, probing it; yields its host:port.
+
+    Probes are opt-in: ``default_tcp`` makes the lvs_probe_* and lvs_backend_healthy series the
+    dashboards and rules read.
+    """
     with running_exporter(
-        tmp_path_factory.mktemp("exporter"), lambda listen: lab.config_yaml(listen=listen)
+        tmp_path_factory.mktemp("exporter"), lambda listen: lab.config_yaml(listen=listen) + PROBES
     ) as address:
         yield address
 
