@@ -1,0 +1,220 @@
+"""The actuator owns the lab's NAT service (``table.manage``): a reboot and a reload, on the lab's kernel.
+
+- Reboot: the actuator quarantines a real server and stops; the table is
+  flushed (as a reboot leaves it); the actuator started again rebuilds the
+  service from the config, with the quarantined real server at weight 0 and
+  its hold still in the ledger.
+- Reload under traffic: a new weight in the config and SIGHUP reach the
+  kernel with no failed client request, the service's counters not reset and
+  the long-lived connections still established.
+
+The actuator is the real one (``python -m lvsguard.cli actuator`` in the
+lab's director namespace); the lab's table is put back after each test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lab import traffic
+from lab.topology import Lab
+from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.model import VirtualService
+from lvsguard.table.load import service_mapping
+from tests.integration.test_reload_actuator import call, free_port, wait_until
+from tests.integration.test_table_hitless_kernel import Client
+
+pytestmark = pytest.mark.kernel
+
+TOKEN = "table-secret-0123456789"
+
+
+def write_config(path: Path, svc: VirtualService, lab: Lab, weights: dict[str, int] | None = None) -> None:
+    """A managed config holding the NAT service as the kernel has it (``weights`` by node name wins)."""
+    nat = lab.nat
+    mapping = service_mapping(svc, "web", {key: node for key, node in nat.backends})
+    for rs in mapping["real_servers"]:
+        rs["weight"] = (weights or {}).get(rs["name"], rs["weight"])
+    doc = {"table": {"manage": True, "prune": "owned"}, "services": [mapping], "actuator": {"hold_down": "0s"}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+class Actuator:
+    """``lvsguard actuator`` in the director's namespace, on a ledger and config of the test's."""
+
+    def __init__(self, lab: Lab, tmp: Path):
+        self.lab, self.tmp = lab, tmp
+        self.config, self.log = tmp / "lvsguard.yaml", tmp / "actuator.log"
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "LVSGUARD_TOKEN": TOKEN}
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lvsguard.cli",
+                    "actuator",
+                    "--netns",
+                    self.lab.director.netns,
+                    "--config",
+                    str(self.config),
+                    "--ledger",
+                    str(self.tmp / "actuator.db"),
+                    "--listen",
+                    self.url.removeprefix("http://"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        wait_until(lambda: self.call("/api/v1/services")[0] == 200, "the actuator answering", self.log)
+
+    def call(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        return call(self.url, TOKEN, path, body)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def hup(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+
+@pytest.fixture
+def director(lab: Lab) -> Iterator[NetlinkIPVS]:
+    with NetlinkIPVS(lab.director.netns) as ipvs:
+        try:
+            yield ipvs
+        finally:
+            lab.reset_services()
+
+
+@pytest.fixture
+def actuator(lab: Lab, tmp_path: Path, director: NetlinkIPVS) -> Iterator[Actuator]:
+    running = Actuator(lab, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+        assert "Traceback" not in running.log.read_text()
+
+
+def test_a_flushed_table_is_rebuilt_at_start_with_the_quarantine_kept(
+    lab: Lab, director: NetlinkIPVS, actuator: Actuator
+) -> None:
+    nat = lab.nat
+    before = director.read_service(nat.key)
+    write_config(actuator.config, before, lab)
+    actuator.start()
+    status, body = actuator.call("/api/v1/quarantine", {"service": "web", "real_server": "rs1", "reason": "disk"})
+    assert (status, body["result"]) == (200, "applied")
+    actuator.stop()
+
+    director.delete_service(nat.key)  # the reboot: the service and its real servers are gone
+    actuator.start()
+    after = director.read_service(nat.key)
+    weights = {nat.name_of(rs.key): rs.weight for rs in after.real_servers}
+    expected = {nat.name_of(rs.key): rs.weight for rs in before.real_servers}
+    assert weights == {**expected, "rs1": 0}, "rebuilt, the quarantined real server still out"
+    assert after.scheduler == before.scheduler
+    holds = actuator.call("/api/v1/ledger?active=true")[1]["holds"]
+    assert [(h["real_server"], h["reason"]) for h in holds] == [(str(nat.real_server("rs1")), "disk")]
+    log = actuator.log.read_text()
+    assert "table_apply" in log and "not_found" not in log, "the hold was not closed as gone"
+
+
+def test_a_reload_with_a_new_weight_under_traffic_loses_nothing(
+    lab: Lab, director: NetlinkIPVS, actuator: Actuator
+) -> None:
+    nat = lab.nat
+    before = director.read_service(nat.key)
+    write_config(actuator.config, before, lab)
+    actuator.start()
+    rs2 = nat.real_server("rs2")
+    weight = next(rs.weight for rs in before.real_servers if rs.key == rs2)
+    traffic.http_get(lab, nat.address, nat.port, 6)
+    with traffic.hold_connections(lab, nat.address, nat.port, 6) as held:
+        client = Client(lab, nat.address, nat.port)
+        client.start()
+        try:
+            answered = client.answered
+            while client.answered < answered + 5:
+                client.stopping.wait(0.05)
+            write_config(actuator.config, before, lab, {"rs2": weight + 4})
+            actuator.hup()
+            deadline = time.monotonic() + 20
+            while (
+                time.monotonic() < deadline
+                and {rs.key: rs.weight for rs in director.read_service(nat.key).real_servers}[rs2] != weight + 4
+            ):
+                time.sleep(0.1)
+            answered = client.answered
+            while client.answered < answered + 20:
+                client.stopping.wait(0.05)
+        finally:
+            client.stop()
+        after = director.read_service(nat.key)
+        assert {rs.key: rs.weight for rs in after.real_servers}[rs2] == weight + 4, actuator.log.read_text()
+        assert client.failures == []
+        for rs in after.real_servers:
+            name = nat.name_of(rs.key)
+            assert rs.active_connections >= held[name], f"{name}: held connections lost"
+        made = 6 + sum(held.values()) + client.answered
+        deadline = time.monotonic() + 6
+        while director.read_service(nat.key).stats.connections < made and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert director.read_service(nat.key).stats.connections >= made, "the service was not replaced"
+    audit = actuator.call("/api/v1/audit")[1]["events"]
+    assert [e["actor"] for e in audit if e["action"] == "table_apply"][:1] == ["reload"]
+
+
+def test_apply_in_process_when_no_actuator_runs_then_through_the_actuator(
+    lab: Lab, director: NetlinkIPVS, actuator: Actuator
+) -> None:
+    nat = lab.nat
+    before = director.read_service(nat.key)
+    write_config(actuator.config, before, lab, {"rs2": 7})
+    director.delete_service(nat.key)
+    command = [
+        sys.executable,
+        "-m",
+        "lvsguard.cli",
+        "apply",
+        "--config",
+        str(actuator.config),
+        "--netns",
+        lab.director.netns,
+        "--ledger",
+        str(actuator.tmp / "actuator.db"),
+        "--url",
+        actuator.url,  # nobody listens there yet
+    ]
+    env = {**os.environ, "LVSGUARD_TOKEN": TOKEN}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "applied in this process" in done.stdout
+    assert {nat.name_of(rs.key): rs.weight for rs in director.read_service(nat.key).real_servers}["rs2"] == 7
+
+    actuator.start()  # the in-process apply released the ledger's lock
+    write_config(actuator.config, before, lab, {"rs2": 8})
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "applied in this process" not in done.stdout
+    assert {nat.name_of(rs.key): rs.weight for rs in director.read_service(nat.key).real_servers}["rs2"] == 8
+    actors = [e["actor"] for e in actuator.call("/api/v1/audit")[1]["events"] if e["action"] == "table_apply"]
+    assert actors[0] == "env" and len(actors) >= 2  # the token's name (LVSGUARD_TOKEN), then the CLI user's run
