@@ -13,6 +13,8 @@ the write came from Alertmanager, the API or the CLI. A refusal is a
   than ``min_healthy`` (a count, or a fraction of its real servers rounded up);
 - ``hold_down``: the actuator changed this real server's weight less than
   ``hold_down`` seconds ago (against flapping; both directions);
+- ``managed``: ``weight``, ``add`` or ``remove`` on a service whose table the
+  config owns (``table.manage``): the config decides (``actuator.actions.table``).
 - ``rate_limit``: more than ``rate_limit.actions`` capacity-removing writes in
   ``rate_limit.per`` seconds, over all services.
 
@@ -36,7 +38,7 @@ from actuator.targets import Target
 from lvsguard.errors import PolicyRefused, RefusedForNow
 from lvsguard.model import RealServer, RealServerKey
 
-REASONS = ("allow_list", "quorum", "hold_down", "rate_limit")
+REASONS = ("allow_list", "quorum", "hold_down", "rate_limit", "managed")
 
 
 class Standing(Protocol):
@@ -70,6 +72,21 @@ class Policy:
         raise PolicyRefused(
             f"refused: {self._name(target)} is neither in the kernel table nor in the config", reason="allow_list"
         )
+
+    def check_unmanaged(self, target: Target) -> None:
+        """``weight``, ``add``, ``remove``, ``drain --delete`` on a service the config's table owns: the config decides.
+
+        A change made here would be undone by the next apply (a reload, a
+        restart): it is refused instead, so no reboot silently undoes an
+        operator's action. Holds (quarantine, drain, restore) are not refused:
+        the apply keeps them.
+        """
+        if self.settings.table.manage and target.service in self.settings.desired:
+            raise PolicyRefused(
+                f"refused: {self.settings.names.describe_service(target.service)} is managed by the config "
+                "(table.manage): change the config and run 'lvsguard apply'; a quarantine or a drain is kept",
+                reason="managed",
+            )
 
     def check_add(self, target: Target) -> None:
         """``add`` of a real server: a service whose config lists real servers accepts only those."""

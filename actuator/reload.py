@@ -68,7 +68,10 @@ def reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
         log, logging.INFO, "reload_done", tokens=",".join(sorted(new.tokens)), rules=len(new.rules), dry_run=new.dry_run
     )
     if new.table.manage:
-        apply_table(app, Actor(Source.ACTUATOR, "reload"))
+        try:
+            apply_table(app, Actor(Source.ACTUATOR, "reload"))
+        except LvsguardError as exc:  # the kernel out of reach: the retry loop and the next reload try again
+            event(log, logging.ERROR, "table_apply_failed", error=exc)
     return True
 
 

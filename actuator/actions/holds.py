@@ -35,6 +35,11 @@ def hold(
     svc, rs = s.real_server(target)
     if svc is None or rs is None:  # no real server without its service: the same test, as mypy sees it
         return s.absent(action, target, svc, actor)
+    if drain_delete:
+        try:
+            s.policy.check_unmanaged(target)  # the config's table would add it back
+        except PolicyRefused as exc:
+            return s.refused(action, target, exc, actor)
     if s.policy.dry_run:
         try:
             if s.ledger.backend(target) is None:

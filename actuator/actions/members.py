@@ -18,6 +18,10 @@ def set_weight(s: Session, target: Target, weight: int, actor: Actor, *, force: 
     svc, rs = s.real_server(target)
     if svc is None or rs is None:
         return s.absent("weight", target, svc, actor)
+    try:
+        s.policy.check_unmanaged(target)
+    except PolicyRefused as exc:
+        return s.refused("weight", target, exc, actor)
     backend = s.ledger.backend(target)
     if backend is not None:
         with s.ledger.transaction():
@@ -92,6 +96,7 @@ def add(
         )
         return s.finish(outcome, actor, audit=False)
     try:
+        s.policy.check_unmanaged(target)
         s.policy.check_add(target)
     except PolicyRefused as exc:
         return s.refused("add", target, exc, actor)
@@ -130,6 +135,7 @@ def remove(s: Session, target: Target, actor: Actor, *, force: bool = False) -> 
     if svc is None or rs is None:
         return s.absent("remove", target, svc, actor)
     try:
+        s.policy.check_unmanaged(target)
         s.policy.check_take_out(target, svc, s.ledger.changed_at(target), force=force, removing=True)
     except PolicyRefused as exc:
         return s.refused("remove", target, exc, actor)

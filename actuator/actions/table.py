@@ -62,6 +62,7 @@ class TableOutcome:
     result: ApplyResult | None
     held: tuple[Target, ...] = ()
     dry_run: bool = False
+    restore: tuple[str, ...] = ()  # held real servers whose restore weight the config changed
 
     @property
     def outcome(self) -> Result:
@@ -93,6 +94,8 @@ class TableOutcome:
                 text += f", {len(self.result.failures)} failed: " + "; ".join(str(f) for f in self.result.failures)
         if self.held:
             text += f"; {len(self.held)} held real server(s) kept at their held weight"
+        if self.restore:
+            text += "; " + "; ".join(self.restore)
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -182,7 +185,7 @@ def apply_table(
     now = s.clock()
     with s.ledger.transaction():
         s.ledger.disown(removed)
-        _restore_weights(s, desired)
+        restore = _restore_weights(s, desired)
     for key in removed:
         if isinstance(key, tuple):
             state.drains.pop(key, None)
@@ -196,7 +199,7 @@ def apply_table(
     state.pending = (failed | waiting) if only is None else (state.pending - set(only)) | failed | waiting
     for key in {step.service for step in steps.operations}:
         s.forget(key)
-    outcome = TableOutcome(steps, result, held)
+    outcome = TableOutcome(steps, result, held, restore=restore)
     _audit(s, outcome, actor)
     return outcome
 
@@ -237,8 +240,12 @@ def _forget_drains(state: TableState, service: ServiceKey) -> None:
         del state.drains[key]
 
 
-def _restore_weights(s: Session, desired: DesiredTable) -> None:
-    """A held real server comes back at the config's weight: it becomes the backend's original weight."""
+def _restore_weights(s: Session, desired: DesiredTable) -> tuple[str, ...]:
+    """A held real server comes back at the config's weight: it becomes the backend's original weight.
+
+    Returns what changed (``real server 10.0.1.2:80 of TCP ...: back at 10, was 5``) for the audit.
+    """
+    changed = []
     for backend in s.ledger.backends():
         svc = desired.service(backend.target.service)
         if svc is None:
@@ -246,11 +253,13 @@ def _restore_weights(s: Session, desired: DesiredTable) -> None:
         for rs in svc.real_servers:
             if rs.key == backend.target.real_server and rs.weight != backend.original_weight:
                 s.ledger.set_original_weight(backend.target, rs.weight)
+                changed.append(f"{backend.target}: back at weight {rs.weight}, was {backend.original_weight}")
+    return tuple(changed)
 
 
 def _audit(s: Session, outcome: TableOutcome, actor: Actor) -> None:
     result = outcome.outcome
-    if result is Result.NOOP and not outcome.plan.steps:
+    if result is Result.NOOP and not outcome.plan.steps and not outcome.restore:
         return  # nothing to say: the kernel matched
     with s.ledger.transaction():
         s.ledger.audit(

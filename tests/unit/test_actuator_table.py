@@ -119,6 +119,7 @@ def test_a_held_real_server_stays_at_0_and_comes_back_at_the_new_config_weight(
     assert outcome.held == (target,) and "1 held real server(s)" in outcome.message
     backend = ledger.backend(target)
     assert backend is not None and backend.original_weight == 10
+    assert "back at weight 10, was 5" in ledger.audit_events()[0].message, "the new restore weight is audited"
     assert actions.plan_table(ledger).empty, "a held weight is not a pending change"
     assert actions.release(ledger, target, ALICE).result == "applied"
     assert kernel.weight(WEB, WEB2) == 10
@@ -353,3 +354,23 @@ def test_apply_in_process_waits_for_no_one_while_an_actuator_holds_the_lock(tmp_
     reopened = writer_lock(ledger_path)
     assert reopened is not None
     reopened.close()
+
+
+def test_an_operators_change_to_a_managed_service_is_refused_not_silently_undone(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger
+) -> None:
+    actions = actions_for(kernel, clock)
+    actions.apply_table(ledger, ALICE)
+    target = Target(WEB, WEB2)
+    refusals = [
+        actions.set_weight(ledger, target, 9, ALICE),
+        actions.remove(ledger, target, ALICE),
+        actions.add(ledger, Target(WEB, RealServerKey.parse("10.0.1.9:80")), ALICE),
+        actions.hold(ledger, target, ALICE, action="drain", drain_delete=True),
+    ]
+    assert [(o.result, o.reason) for o in refusals] == [("refused", "managed")] * 4
+    assert "change the config and run 'lvsguard apply'" in refusals[0].message
+    assert kernel.weight(WEB, WEB2) == 5
+    assert actions.hold(ledger, target, ALICE, action="drain").result == "applied", "a hold is still taken"
+    unmanaged = Actions(kernel, dataclasses.replace(settings_of(), table=config.TableSettings()), clock=clock)
+    assert unmanaged.set_weight(ledger, Target(WEB, WEB1), 9, ALICE).result == "applied"
