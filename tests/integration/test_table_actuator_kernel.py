@@ -182,6 +182,34 @@ def test_a_reload_with_a_new_weight_under_traffic_loses_nothing(
     audit = actuator.call("/api/v1/audit")[1]["events"]
     assert [e["actor"] for e in audit if e["action"] == "table_apply"][:1] == ["reload"]
 
+    kept = director.read_service(nat.key)
+    write_config(actuator.config, before, lab, {"rs2": -1})  # refused whole: the running table stays
+    actuator.hup()
+    wait_until(lambda: "reload_failed" in actuator.log.read_text(), "the refused reload", actuator.log)
+    assert f"{actuator.config}:" in actuator.log.read_text() and "must be 0..65535, got -1" in actuator.log.read_text()
+    assert [(rs.key, rs.weight) for rs in director.read_service(nat.key).real_servers] == [
+        (rs.key, rs.weight) for rs in kept.real_servers
+    ]
+
+
+def test_a_service_the_kernel_refuses_is_named_and_the_rest_applied(
+    lab: Lab, director: NetlinkIPVS, actuator: Actuator
+) -> None:
+    nat = lab.nat
+    before = director.read_service(nat.key)
+    write_config(actuator.config, before, lab)
+    actuator.start()
+    doc = yaml.safe_load(actuator.config.read_text())
+    doc["services"].append({"name": "odd", "service": "TCP 192.0.2.250:81", "scheduler": "nosuch"})
+    doc["services"][0]["real_servers"][1]["weight"] = 6
+    actuator.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    status, body = actuator.call("/api/v1/table/apply", {})
+    assert status == 502, body
+    assert [f["service"] for f in body["failures"]] == ["TCP 192.0.2.250:81"]
+    assert "no scheduler 'nosuch'" in body["failures"][0]["message"]
+    name = doc["services"][0]["real_servers"][1]["name"]
+    assert {nat.name_of(rs.key): rs.weight for rs in director.read_service(nat.key).real_servers}[name] == 6
+
 
 def test_apply_in_process_when_no_actuator_runs_then_through_the_actuator(
     lab: Lab, director: NetlinkIPVS, actuator: Actuator
