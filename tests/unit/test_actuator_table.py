@@ -217,6 +217,10 @@ def test_a_refused_entry_is_named_the_rest_applied_and_retried(
     assert kernel.weight(WEB, WEB1) == 5, "the rest is applied"
     assert audit_of(ledger) == [("table_apply", "alice", "error")]
 
+    for _ in range(3):  # the retry loop's rounds: the same failure is audited once
+        actions.retry_table(ledger, Actor(Source.ACTUATOR, "retry"))
+    assert audit_of(ledger) == [("table_apply", "alice", "error"), ("table_apply", "retry", "error")]
+
     kernel.missing_schedulers = set()  # the module is there now
     retried = actions.retry_table(ledger, Actor(Source.ACTUATOR, "retry"))
     assert retried is not None and retried.outcome == "applied"
