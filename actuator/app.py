@@ -27,7 +27,7 @@ from actuator import reload as reloading
 from actuator.actions import Actions, Kernel
 from actuator.httperrors import handle_error
 from actuator.jobs import JobRunner
-from actuator.metrics import ActuatorMetrics, QuarantineCollector
+from actuator.metrics import ActuatorMetrics, DriftCollector, QuarantineCollector
 from actuator.settings import ActuatorSettings
 from lvsguard.defaults import ACTUATOR_LISTEN
 from lvsguard.errors import LvsguardError
@@ -81,6 +81,7 @@ def create_app(
     quarantine = QuarantineCollector(app.config["LVSGUARD_LEDGER"], settings.names)
     registry.register(quarantine)
     actions = Actions(kernel, settings, clock=clock, metrics=metrics)
+    registry.register(DriftCollector(actions))
     runner = JobRunner(actions, app.config["LVSGUARD_LEDGER"])
     app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry, quarantine)
     app.register_blueprint(webhook.bp)

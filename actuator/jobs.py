@@ -8,7 +8,8 @@ thread, every ``retry_interval`` seconds, compares the ledger with the kernel
 (a weight changed by hand is reported once, never overwritten), retries the
 alert actions that the safety rules refused, and, with ``table.manage``, the
 table entries the kernel refused and the drains of real servers that left the
-config. At start, the table is applied before the ledger is compared with the
+config; and every ``table.drift_interval``, the managed entries changed by hand
+(``actuator.actions.drift``). At start, the table is applied before the ledger is compared with the
 kernel: after a reboot, the held real servers are back (at weight 0) before
 the ledger looks for them.
 
@@ -105,6 +106,7 @@ class JobRunner:
                     for outcome in self.actions.reconcile(ledger, cached=True):  # a weight changed by hand: once
                         _log_outcome(logging.WARNING, "reconcile", outcome)
                     self.actions.retry_table(ledger, Actor(Source.ACTUATOR, "retry"))
+                    self.actions.check_drift(ledger, Actor(Source.ACTUATOR, "drift"))  # every table.drift_interval
                     for outcome in self.actions.retry_pending(ledger, cached=True):
                         if outcome.result != Result.REFUSED:
                             _log_outcome(logging.INFO, "retry", outcome)

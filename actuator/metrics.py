@@ -13,12 +13,13 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from actuator.actions import Actions
 from actuator.ledger import Ledger
 from actuator.settings import Names
 from actuator.states import BackendState, Result, Source
 from actuator.targets import Target
 from lvsguard.labels import mark_label
-from lvsguard.model import FWM
+from lvsguard.model import FWM, RealServerKey, ServiceKey
 
 BACKEND_LABELS = (
     "local_address",
@@ -72,18 +73,42 @@ class QuarantineCollector(Collector):
         yield holds
 
     def _labels(self, target: Target) -> tuple[str, ...]:
-        svc, rs = target.service, target.real_server
-        fwm = svc.protocol == FWM
-        return (
-            "" if fwm else svc.address,
-            "0" if fwm else str(svc.port),
-            svc.protocol,
-            mark_label(svc.fwmark) if fwm else "",
-            rs.address,
-            str(rs.port),
-            self.names.service_name(svc),
-            self.names.real_server_name(svc, rs),
-        )
+        return backend_labels(self.names, target.service, target.real_server)
+
+
+def backend_labels(names: Names, svc: ServiceKey, rs: RealServerKey | None) -> tuple[str, ...]:
+    """The values of ``BACKEND_LABELS``; a service alone (``rs`` None) has empty real server labels."""
+    fwm = svc.protocol == FWM
+    return (
+        "" if fwm else svc.address,
+        "0" if fwm else str(svc.port),
+        svc.protocol,
+        mark_label(svc.fwmark) if fwm else "",
+        rs.address if rs is not None else "",
+        str(rs.port) if rs is not None else "",
+        names.service_name(svc),
+        names.real_server_name(svc, rs) if rs is not None else "",
+    )
+
+
+DRIFT_HELP = "Managed table entries changed by hand (1 per entry and field while it differs from the config)."
+
+
+class DriftCollector(Collector):
+    """``lvsguard_table_drift``: what the last drift check found (``table.drift_interval``), gone once fixed."""
+
+    def __init__(self, actions: Actions):
+        self.actions = actions
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("lvsguard_table_drift", DRIFT_HELP, labels=(*BACKEND_LABELS, "field"))
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("lvsguard_table_drift", DRIFT_HELP, labels=(*BACKEND_LABELS, "field"))
+        names = self.actions.settings.names
+        for drift in list(self.actions.table.drift.values()):  # replaced whole by the check: a safe snapshot
+            family.add_metric((*backend_labels(names, drift.service, drift.real_server), drift.field), 1)
+        yield family
 
 
 ZERO_ACTIONS = ("quarantine", "restore", "drain")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actuator.actions.outcome import Actor
 from actuator.actions.session import Session
@@ -37,6 +37,9 @@ from lvsguard.table.apply import ApplyResult, apply
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.load import TableSettings
 from lvsguard.table.plan import Op, Plan, RealServerStep, ServiceStep, Step, plan
+
+if TYPE_CHECKING:
+    from actuator.actions.drift import Drift, DriftKey
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,14 @@ class TableState:
     """Services the last run left unfinished (a failure, a drain): the retry loop plans them again."""
     last: str = ""
     """The last run's message: a retry that fails the same way again is not audited again."""
+    failed: set[tuple[ServiceKey, RealServerKey | None]] = field(default_factory=set)
+    """The entries the kernel refused (a real server, or a service: None): retried, not drift."""
+    applied: DesiredTable | None = None
+    """The desired table the last whole run applied: a drift check compares the kernel with this one only."""
+    drift: dict[DriftKey, Drift] = field(default_factory=dict)
+    """The managed entries found changed by hand (``actuator.actions.drift.Drift``); replaced whole, never mutated."""
+    checked: float = float("-inf")
+    """When the drift was last compared (the actions' clock)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +183,13 @@ def apply_table(
     actor: Actor,
     *,
     only: Collection[ServiceKey] | None = None,
+    audit_repeats: bool = False,
 ) -> TableOutcome:
-    """Plan and apply; record what is owned, the held weights to restore, the drains; audit the run."""
+    """Plan and apply; record what is owned, the held weights to restore, the drains; audit the run.
+
+    A run with ``only`` whose message is the last run's is not audited again
+    (the retry loop), unless ``audit_repeats`` (a drift corrected twice the same way is two events).
+    """
     steps = plan_table(s, desired, settings, state, only=only)
     held = _held_apart(desired, held_weights(s, desired))
     if s.policy.dry_run:
@@ -199,14 +215,28 @@ def apply_table(
     failed = {f.step.service for f in result.failures}
     waiting = {step.service for step in steps.steps if step.op in DRAINS}
     state.pending = (failed | waiting) if only is None else (state.pending - set(only)) | failed | waiting
+    refused = {_entry(f.step) for f in result.failures}
+    kept = {e for e in state.failed if only is not None and e[0] not in only}
+    state.failed = kept | refused
+    state.drift = {
+        key: found
+        for key, found in state.drift.items()
+        if (only is not None and key[0] not in only) or (key[0], key[1]) in refused
+    }
+    if only is None:
+        state.applied = desired
     for key in {step.service for step in steps.operations}:
         s.forget(key)
     outcome = TableOutcome(steps, result, held, restore=restore)
-    repeat = only is not None and outcome.message == state.last  # the retry loop, every few seconds
+    repeat = only is not None and not audit_repeats and outcome.message == state.last  # the retry loop
     state.last = outcome.message
     if not repeat:
         _audit(s, outcome, actor)
     return outcome
+
+
+def _entry(step: Step) -> tuple[ServiceKey, RealServerKey | None]:
+    return (step.service, step.real_server if isinstance(step, RealServerStep) else None)
 
 
 def _held_apart(desired: DesiredTable, weights: dict[tuple[ServiceKey, RealServerKey], int]) -> tuple[Target, ...]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, TypeVar, runtime_checkable
 
-from actuator.actions import director, holds, members, steps, table
+from actuator.actions import director, drift, holds, members, steps, table
 from actuator.actions.outcome import Actor, Kernel, NoMetrics, Outcome, Recorder
 from actuator.actions.reconcile import reconcile
 from actuator.actions.session import Session
@@ -279,6 +279,26 @@ class Actions:
                 )
             finally:
                 self.views.clear()
+
+    def check_drift(self, ledger: LedgerSource, actor: Actor) -> list[drift.Drift] | None:
+        """Compare the managed entries of the kernel with the config once ``table.drift_interval`` has passed.
+
+        Returns the drift left (after a correction with ``table.drift: correct``), or None when no check was due.
+        """
+        wanted = self.settings.table
+        if not wanted.manage or not wanted.drift_interval:
+            self.table.drift = {}
+            return None
+        if self.clock() - self.table.checked < wanted.drift_interval:
+            return None
+        with self._session(ledger) as s:
+            if self.table.applied is not s.settings.desired:  # a reload between its new settings and its apply
+                return None
+            try:
+                return drift.check(s, s.settings.desired, s.settings.table, self.table, actor)
+            finally:
+                if s.settings.table.drift == "correct":
+                    self.views.clear()
 
     def step_job(self, ledger: LedgerSource, job_id: int) -> bool:
         """Advance one job by one step; True when it has finished."""

@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from lvsguard.config.schema import Context, Key, Schema, boolean, choice, is_null
+from lvsguard.config.schema import Context, Key, Schema, boolean, choice, duration_range, is_null
 from lvsguard.table.desired import DesiredTable
-from lvsguard.table.load import TableSettings, load_table
+from lvsguard.table.load import DRIFT_POLICIES, TableSettings, load_table
 from lvsguard.table.plan import PRUNE_POLICIES
 
 __all__ = [
@@ -49,6 +49,15 @@ TABLE = Schema(
             choice(PRUNE_POLICIES),
             doc="A kernel entry not in the config: `owned` removes it only when lvsguard created it (recorded in "
             "the ledger); `exact` removes it whoever made it.",
+        ),
+        "drift": Key(
+            choice(DRIFT_POLICIES),
+            doc="A hand change (`ipvsadm`) to a managed entry: `report` leaves it as it is and reports it (a log "
+            "line, `lvsguard_table_drift`); `correct` also puts the config's back at once (docs/table.md).",
+        ),
+        "drift_interval": Key(
+            duration_range(86400.0, zero=True),
+            doc="How often the actuator compares the managed services in the kernel with the config; 0: never.",
         ),
     },
 )

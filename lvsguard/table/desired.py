@@ -42,9 +42,11 @@ __all__ = [
     "parse_netmask",
     "parse_scheduler_flag",
     "real_server_changes",
+    "real_server_differences",
     "real_server_settings",
     "same_real_server",
     "service_changes",
+    "service_differences",
     "service_settings",
     "strip_real_servers",
 ]
@@ -271,10 +273,15 @@ def describe_service(svc: VirtualService) -> str:
     return ", ".join(parts)
 
 
+def service_differences(old: VirtualService, new: VirtualService) -> list[tuple[str, str, str]]:
+    """``(scheduler, rr, wlc)``: the name, old and new text of each setting that differs."""
+    before, after = _service_fields(old), _service_fields(new)
+    return [(name, before[name], after[name]) for name in before if before[name] != after[name]]
+
+
 def service_changes(old: VirtualService, new: VirtualService) -> list[str]:
     """``scheduler rr → wlc``, one item per setting that differs."""
-    before, after = _service_fields(old), _service_fields(new)
-    return [f"{name} {before[name]} → {after[name]}" for name in before if before[name] != after[name]]
+    return [f"{name} {a} → {b}" for name, a, b in service_differences(old, new)]
 
 
 def _tunnel(rs: RealServer) -> str:
@@ -315,8 +322,15 @@ def real_server_changes(
     old: RealServer, new: RealServer, *, old_weight: int | None = None, new_weight: int | None = None
 ) -> list[str]:
     """``weight 5 → 10``, one item per setting that differs."""
+    return [f"{name} {a} → {b}" for name, a, b in real_server_differences(old, new, old_weight, new_weight)]
+
+
+def real_server_differences(
+    old: RealServer, new: RealServer, old_weight: int | None = None, new_weight: int | None = None
+) -> list[tuple[str, str, str]]:
+    """``(weight, 5, 10)``: the name, old and new text of each setting that differs."""
     before, after = _real_server_fields(old, old_weight), _real_server_fields(new, new_weight)
-    return [f"{name} {before[name]} → {after[name]}" for name in before if before[name] != after[name]]
+    return [(name, before[name], after[name]) for name in before if before[name] != after[name]]
 
 
 # --- the table ------------------------------------------------------------------------------

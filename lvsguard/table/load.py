@@ -42,8 +42,11 @@ from lvsguard.table.desired import (
 )
 from lvsguard.table.plan import PRUNE_POLICIES
 
+DRIFT_POLICIES = ("report", "correct")
+
 __all__ = [
     "DEFAULT_SCHEDULER",
+    "DRIFT_POLICIES",
     "Problem",
     "TableSettings",
     "load_table",
@@ -70,7 +73,7 @@ SERVICE_KEYS = (
     "real_servers",
 )
 REAL_SERVER_KEYS = ("name", "address", "weight", "forward", "upper_threshold", "lower_threshold", "tunnel")
-TABLE_KEYS = ("manage", "prune")
+TABLE_KEYS = ("manage", "prune", "drift", "drift_interval")
 PERSISTENCE_KEYS = ("timeout", "netmask", "engine")
 TUNNEL_KEYS = ("type", "port", "checksum")
 
@@ -84,6 +87,8 @@ class TableSettings:
 
     manage: bool = False  # False: ``services`` only names what the kernel has
     prune: str = "owned"  # owned: remove only what lvsguard created; exact: everything not in the config
+    drift: str = "report"  # a hand change to a managed entry: report (left as it is) or correct (applied back)
+    drift_interval: float = 30.0  # seconds between two comparisons of the managed entries; 0: never
 
 
 class _Problems:
@@ -223,6 +228,8 @@ def _position(root: Node | None, path: str, at_key: bool = False) -> tuple[int, 
 
 
 def _settings(value: Any, problems: _Problems) -> TableSettings:
+    from lvsguard.config.schema import seconds  # here: lvsguard.config imports this module
+
     section = _mapping(value, "table", TABLE_KEYS, problems)
     if not section:
         return TableSettings()
@@ -231,7 +238,20 @@ def _settings(value: Any, problems: _Problems) -> TableSettings:
     if prune not in PRUNE_POLICIES:
         problems.add("table.prune", f"must be one of {', '.join(PRUNE_POLICIES)}, got {_kind(prune)}")
         prune = "owned"
-    return TableSettings(manage=manage, prune=prune)
+    drift = section.get("drift", "report")
+    if drift not in DRIFT_POLICIES:
+        problems.add("table.drift", f"must be one of {', '.join(DRIFT_POLICIES)}, got {_kind(drift)}")
+        drift = "report"
+    interval = section.get("drift_interval", 30.0)
+    try:
+        interval = seconds(interval)
+    except ValueError as exc:
+        problems.add("table.drift_interval", str(exc))
+        interval = 30.0
+    if interval < 0:
+        problems.add("table.drift_interval", f"must be at least 0 seconds, got {interval:g}")
+        interval = 30.0
+    return TableSettings(manage=manage, prune=prune, drift=drift, drift_interval=interval)
 
 
 def _service(item: Any, path: str, problems: _Problems) -> VirtualService | None:

@@ -1,0 +1,248 @@
+"""Drift on the fake kernel: a managed entry changed by hand is reported once, shown as a metric, corrected by policy.
+
+Each test drives the door (``Actions.check_drift``) as the retry loop does,
+with the clock of the actions moved past ``table.drift_interval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from actuator.actions import Actions, Actor, Source
+from actuator.ledger import Ledger
+from actuator.metrics import DriftCollector
+from actuator.targets import Target
+from lvsguard import config
+from lvsguard.errors import ConfigError
+from lvsguard.model import RealServerKey
+from tests.fakes import FakeClock, FakeKernel, fake_app, service
+from tests.unit.test_actuator_table import DNS, WEB, WEB1, WEB2, settings_of
+
+DRIFT = Actor(Source.ACTUATOR, "drift")
+ALICE = Actor(Source.API, "alice")
+INTERVAL = 30.0
+
+
+def drift_settings(policy: str = "report", **overrides: Any) -> Any:
+    base = settings_of(**overrides)
+    table = dataclasses.replace(base.table, drift=policy, drift_interval=INTERVAL)
+    return dataclasses.replace(base, table=table)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def kernel() -> FakeKernel:
+    return FakeKernel()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
+    ledger = Ledger.open(str(tmp_path / "ledger.db"), clock=clock)
+    yield ledger
+    ledger.close()
+
+
+def applied(kernel: FakeKernel, clock: FakeClock, ledger: Ledger, policy: str = "report", **settings: Any) -> Actions:
+    actions = Actions(kernel, drift_settings(policy, **settings), clock=clock)
+    actions.apply_table(ledger, ALICE)
+    assert actions.check_drift(ledger, DRIFT) == [], "the kernel matches right after an apply"
+    return actions
+
+
+def check(actions: Actions, ledger: Ledger, clock: FakeClock) -> list[str]:
+    clock.advance(INTERVAL)
+    found = actions.check_drift(ledger, DRIFT)
+    assert found is not None, "a check was due"
+    return sorted(str(d) for d in found)
+
+
+def scrape(actions: Actions) -> str:
+    registry = CollectorRegistry()
+    registry.register(DriftCollector(actions))
+    return generate_latest(registry).decode()
+
+
+def drift_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("table_drift ")]
+
+
+def test_report_names_a_weight_changed_by_hand_once_and_leaves_it(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    actions = applied(kernel, clock, ledger)
+    caplog.set_level(logging.INFO)
+    kernel.set_weight_by_hand(WEB, WEB2, 3)
+    expected = ["real server 10.0.1.2:80 of TCP 192.0.2.10:80: weight is 3 in the kernel, lvsguard wants 5"]
+    for _ in range(3):
+        assert check(actions, ledger, clock) == expected
+    assert kernel.weight(WEB, WEB2) == 3, "report leaves the hand change"
+    lines = drift_lines(caplog)
+    assert len(lines) == 1, "one line when it starts, not one per interval"
+    assert 'service="TCP 192.0.2.10:80" real_server=10.0.1.2:80 field=weight kernel=3 config=5' in lines[0]
+    assert "policy=report" in lines[0]
+    assert (
+        'lvsguard_table_drift{field="weight",local_address="192.0.2.10",local_mark="",local_port="80",proto="TCP",'
+        'real_server="web2",remote_address="10.0.1.2",remote_port="80",service="web"} 1.0'
+    ) in scrape(actions)
+    assert not [e for e in ledger.audit_events() if e.actor == "drift"], "nothing applied, nothing audited"
+
+    kernel.set_weight_by_hand(WEB, WEB2, 5)  # put back by hand
+    assert check(actions, ledger, clock) == []
+    assert "lvsguard_table_drift{" not in scrape(actions), "gone once fixed"
+    assert any(r.getMessage().startswith("table_drift_ended ") for r in caplog.records)
+
+
+def test_correct_puts_the_config_back_audits_it_and_the_metric_drops(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    actions = applied(kernel, clock, ledger, "correct")
+    caplog.set_level(logging.INFO)
+    kernel.set_weight_by_hand(WEB, WEB2, 3)
+    assert check(actions, ledger, clock) == [], "corrected in the same round"
+    assert kernel.weight(WEB, WEB2) == 5
+    assert len(drift_lines(caplog)) == 1 and "policy=correct" in drift_lines(caplog)[0]
+    assert "lvsguard_table_drift{" not in scrape(actions)
+    events = [e for e in ledger.audit_events() if e.action == "table_apply" and e.actor == "drift"]
+    assert [(e.source, e.result) for e in events] == [("actuator", "applied")]
+    assert "1 real server to change" in events[0].message
+
+    kernel.set_weight_by_hand(WEB, WEB2, 3)  # the same hand change again: a second event, not a repeat
+    check(actions, ledger, clock)
+    assert len([e for e in ledger.audit_events() if e.actor == "drift"]) == 2
+    assert len(drift_lines(caplog)) == 2
+
+
+def test_a_held_real_server_at_0_is_not_drift_but_a_hand_change_to_it_is(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger
+) -> None:
+    actions = applied(kernel, clock, ledger)
+    assert actions.hold(ledger, Target(WEB, WEB2), ALICE, reason="maintenance").result == "applied"
+    assert kernel.weight(WEB, WEB2) == 0
+    assert check(actions, ledger, clock) == [], "the hold is desired"
+    kernel.set_weight_by_hand(WEB, WEB2, 5)
+    assert check(actions, ledger, clock) == [
+        "real server 10.0.1.2:80 of TCP 192.0.2.10:80: weight is 5 in the kernel, lvsguard wants 0 (held; "
+        "the config says 5)"
+    ]
+
+
+def test_a_real_server_the_reconciler_drains_is_not_drift(kernel: FakeKernel, clock: FakeClock, ledger: Ledger) -> None:
+    actions = applied(kernel, clock, ledger, dns="rr")
+    dns1 = RealServerKey.parse("10.0.1.1:53")
+    kernel.set_connections(DNS, dns1, active=0, inactive=4)
+    actions.replace_settings(drift_settings())  # dns leaves the config: drained while busy
+    actions.apply_table(ledger, ALICE)
+    assert kernel.weight(DNS, dns1) == 0
+    assert check(actions, ledger, clock) == []
+
+
+def test_a_service_and_real_servers_changed_by_hand(kernel: FakeKernel, clock: FakeClock, ledger: Ledger) -> None:
+    actions = applied(kernel, clock, ledger, prune="exact")
+    web = kernel.read_service(WEB)
+    kernel.edit_service(dataclasses.replace(web, scheduler="rr"))
+    kernel.delete_real_server(WEB, WEB1)
+    kernel.add_real_server(WEB, dataclasses.replace(web.real_servers[0], key=RealServerKey.parse("10.0.1.9:80")))
+    kernel.add_service(service("TCP 192.0.2.99:80", ("10.0.9.9:80", 1)))
+    assert check(actions, ledger, clock) == [
+        "real server 10.0.1.1:80 of TCP 192.0.2.10:80 is not in the kernel (changed by hand; the config has it: "
+        "present)",
+        "real server 10.0.1.9:80 of TCP 192.0.2.10:80 is in the kernel, not in the config (added by hand)",
+        "service TCP 192.0.2.10:80: scheduler is rr in the kernel, lvsguard wants wrr",
+        "service TCP 192.0.2.99:80 is in the kernel, not in the config (added by hand)",
+    ]
+
+
+def test_with_prune_owned_only_the_managed_services_are_read(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger
+) -> None:
+    kernel.add_service(service("TCP 192.0.2.99:80", ("10.0.9.9:80", 1)))
+    actions = applied(kernel, clock, ledger)
+    kernel.add_real_server(
+        WEB, dataclasses.replace(kernel.read_service(WEB).real_servers[0], key=RealServerKey.parse("10.0.1.9:80"))
+    )
+    reads: list[str] = []
+    original = kernel.read_service
+    kernel.read_service = lambda key: reads.append(str(key)) or original(key)  # type: ignore[method-assign]  # count
+    kernel.read = lambda: pytest.fail("the whole table was read")  # type: ignore[method-assign]  # must not
+    assert check(actions, ledger, clock) == [], "a real server added by hand is not lvsguard's under owned"
+    assert reads == [str(WEB)]
+
+
+def test_an_entry_the_kernel_refuses_is_retried_not_drift(kernel: FakeKernel, clock: FakeClock, ledger: Ledger) -> None:
+    kernel.missing_schedulers = {"nosuch"}
+    actions = Actions(kernel, drift_settings(dns="nosuch"), clock=clock)
+    assert actions.apply_table(ledger, ALICE).outcome == "error"
+    assert check(actions, ledger, clock) == []
+
+
+def test_no_check_before_the_interval_nor_without_manage(kernel: FakeKernel, clock: FakeClock, ledger: Ledger) -> None:
+    actions = applied(kernel, clock, ledger)
+    kernel.set_weight_by_hand(WEB, WEB2, 3)
+    clock.advance(INTERVAL - 1)
+    assert actions.check_drift(ledger, DRIFT) is None
+    clock.advance(1)
+    assert actions.check_drift(ledger, DRIFT)
+    off = drift_settings()
+    actions.replace_settings(dataclasses.replace(off, table=dataclasses.replace(off.table, drift_interval=0.0)))
+    clock.advance(INTERVAL)
+    assert actions.check_drift(ledger, DRIFT) is None and not actions.table.drift, "off: the metric goes"
+
+
+def test_a_reload_between_its_settings_and_its_apply_is_not_drift(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger
+) -> None:
+    actions = applied(kernel, clock, ledger)
+    actions.replace_settings(drift_settings(web2=9))  # the apply has not run yet
+    clock.advance(INTERVAL)
+    assert actions.check_drift(ledger, DRIFT) is None
+    actions.apply_table(ledger, Actor(Source.ACTUATOR, "reload"))
+    assert check(actions, ledger, clock) == []
+
+
+def test_a_reload_that_applies_clears_the_drift_at_once(kernel: FakeKernel, clock: FakeClock, ledger: Ledger) -> None:
+    actions = applied(kernel, clock, ledger)
+    kernel.set_weight_by_hand(WEB, WEB2, 3)
+    assert check(actions, ledger, clock)
+    actions.apply_table(ledger, Actor(Source.ACTUATOR, "reload"))
+    assert kernel.weight(WEB, WEB2) == 5 and not actions.table.drift
+
+
+def test_the_app_serves_the_drift_metric(tmp_path: Path) -> None:
+    app = fake_app(drift_settings(), FakeKernel(), str(tmp_path / "ledger.db"))
+    body = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "# TYPE lvsguard_table_drift gauge" in body
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        pytest.param(
+            "{manage: true, drift: fix}", "lvsguard.yaml:1:30: table.drift: must be one of report, correct", id="policy"
+        ),
+        pytest.param(
+            "{manage: true, drift_interval: -5s}",
+            "lvsguard.yaml:1:39: table.drift_interval: must be a duration such as 1s",
+            id="negative-interval",
+        ),
+    ],
+)
+def test_bad_drift_keys_are_config_errors(table: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.loads(f"table: {table}\n", "lvsguard.yaml")
+    assert problem in str(caught.value)
+
+
+def test_the_defaults_report_every_30_seconds() -> None:
+    cfg = config.loads("table: {manage: true}\n", "lvsguard.yaml")
+    assert (cfg.table.drift, cfg.table.drift_interval) == ("report", 30.0)
