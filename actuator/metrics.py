@@ -158,6 +158,7 @@ class ActuatorMetrics:
             for result in ZERO_RESULTS:
                 for source in ZERO_SOURCES:
                     self.actions.labels(action, result, source)
+        self.actions.labels("table_drift", Result.DRIFT, Source.ACTUATOR)  # the first hand change is an increase
         for action, reason in ZERO_REFUSALS:
             self.refusals.labels(action, reason)
         for status in ("200", "400"):

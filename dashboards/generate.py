@@ -65,6 +65,7 @@ METRICS = {
     "lvsguard_quarantined",
     "lvsguard_webhook_requests_total",
     "lvsguard_failover_requested_total",
+    "lvsguard_table_drift",
     # Prometheus itself
     "up",
 }
