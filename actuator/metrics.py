@@ -113,7 +113,7 @@ class DriftCollector(Collector):
 
 ZERO_ACTIONS = ("quarantine", "restore", "drain")
 ZERO_RESULTS = (Result.APPLIED, Result.REFUSED, Result.ERROR)
-ZERO_SOURCES = (Source.ALERTMANAGER, Source.API)
+ZERO_SOURCES = (Source.ALERTMANAGER, Source.PASSIVE, Source.API)
 ZERO_REFUSALS = (
     ("quarantine", "quorum"),
     ("quarantine", "rate_limit"),

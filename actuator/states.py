@@ -46,6 +46,8 @@ class Source(StrEnum):
     """Who asked (``Actor.source``; the ``source`` label and audit column)."""
 
     ALERTMANAGER = "alertmanager"
+    PASSIVE = "passive"
+    """An alert from the exporter's passive detector (``lvsguard_source=passive``): held and released as an alert."""
     API = "api"
     CLI = "cli"
     UI = "ui"

@@ -8,6 +8,9 @@ in a later version are ignored, so an upgrade does not break the receiver.
 Each alert is handled on its own, keyed by its fingerprint: ``firing`` applies
 the action the rules (or the ``lvsguard_action`` label) give; ``resolved``
 releases what that fingerprint holds, whatever the rules say now. An alert
+labelled ``lvsguard_source=passive`` (the exporter's passive detector) is
+recorded with source ``passive`` in the ledger, the audit trail and
+``lvsguard_actions_total``; it is held and released as any alert. An alert
 whose target is missing or unknown is recorded in the audit trail and answered
 in the reply, never an error for the batch. The reply is 200 with one result
 per alert; 503 only when a retry can help (the kernel table or the ledger
@@ -34,6 +37,7 @@ from actuator.ledger import locked_ledger
 from actuator.settings import ACTIONS, ActuatorSettings
 from actuator.targets import TargetError, target_from_labels
 from lvsguard.errors import IPVSUnavailable, KernelError, NotPermitted, PayloadError
+from lvsguard.labels import PASSIVE_SOURCE, SOURCE_LABEL
 from lvsguard.logs import event
 
 bp = Blueprint("webhook", __name__)
@@ -175,11 +179,20 @@ def parse_payload(obj: Any) -> Notification:
     )
 
 
+def source_of(alert: Alert) -> Source:
+    """``passive`` for the exporter's passive verdicts (label ``lvsguard_source=passive``), else ``alertmanager``."""
+    return Source.PASSIVE if alert.labels.get(SOURCE_LABEL) == PASSIVE_SOURCE else Source.ALERTMANAGER
+
+
 def handle_alert(batch: Batch, settings: ActuatorSettings, alert: Alert) -> list[Outcome]:
     """Apply or undo one alert; the first outcome is the reply's, the rest its ``others``."""
-    actor = Actor(Source.ALERTMANAGER, alert.fingerprint, alert.alertname)
+    actor = Actor(source_of(alert), alert.fingerprint, alert.alertname)
     if alert.status == "resolved":
         return batch.resolve(actor) or [NOTHING_HELD]
+    source = alert.labels.get(SOURCE_LABEL, "")
+    if source and source != PASSIVE_SOURCE:
+        message = f"label {SOURCE_LABEL}={source!r} is not {PASSIVE_SOURCE!r} (leave it out for an alert rule's alert)"
+        return [batch.ignore(actor, "none", message, Result.IGNORED)]
     action, rule = settings.action_for(alert.labels)
     label = alert.labels.get("lvsguard_action", "")
     if rule is None and label and label not in ACTIONS:
@@ -210,7 +223,7 @@ def _handle_one(settings: ActuatorSettings, batch: Batch, alert: Alert) -> list[
     except (IPVSUnavailable, NotPermitted):
         raise  # the whole kernel is out of reach: 503, Alertmanager retries
     except KernelError as exc:
-        actor = Actor(Source.ALERTMANAGER, alert.fingerprint, alert.alertname)
+        actor = Actor(source_of(alert), alert.fingerprint, alert.alertname)
         return [batch.ignore(actor, settings.action_for(alert.labels)[0], str(exc), Result.ERROR)]
 
 

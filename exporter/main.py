@@ -41,7 +41,7 @@ def serve(
     """
     options = config.exporter
     probes = start_probes(config, netns)
-    passive = start_passive(config, netns)
+    passive = start_passive(config, netns, probes)
     agent = None
     try:
         fifo = start_fifo(config)
@@ -211,14 +211,31 @@ def extras(
     return Extras(metrics, fifo, passive.metrics if passive is not None else None)
 
 
-def start_passive(config: Config, netns: str | None) -> PassiveDetector | None:
-    """Start the passive detector of the ``passive`` section (off by default); None when disabled."""
+def start_passive(config: Config, netns: str | None, probes: ProbeRunner | None = None) -> PassiveDetector | None:
+    """Start the passive detector of the ``passive`` section (off by default); None when disabled.
+
+    Its verdicts go to the actuator the way the probes' transitions go
+    (``probes.publish``), and an active check releases them; without a
+    publishing probe engine they are only reported.
+    """
     if not config.passive.enabled:
         return None
+    from exporter.passive.fusion import Fusion
     from exporter.passive.metrics import PassiveMetrics
     from exporter.passive.runner import PassiveDetector
 
-    return PassiveDetector(config.passive, netns, PassiveMetrics(names=config)).start()
+    fusion = None
+    if probes is not None and probes.publisher is not None:
+        fusion = Fusion(probes.publisher, probes.engine.standing)
+    else:
+        reason = "no probes run" if probes is None else "probes.publish is not set"
+        event(
+            log,
+            logging.WARNING,
+            "passive_report_only",
+            reason=f"{reason}: verdicts are logged and counted, not acted on",
+        )
+    return PassiveDetector(config.passive, netns, PassiveMetrics(names=config), fusion=fusion).start()
 
 
 def start_probes(config: Config, netns: str | None) -> ProbeRunner | None:

@@ -34,6 +34,11 @@ BACKEND_LABELS: tuple[str, ...] = (
 """Every label of an ``ipvs_backend_*`` series, in output order; ``backend_labels`` picks from these."""
 SERVICE_LABELS: tuple[str, ...] = (LOCAL_ADDRESS, LOCAL_PORT, PROTO, LOCAL_MARK, SERVICE)
 
+SOURCE_LABEL = "lvsguard_source"
+"""The alert label that names who judged the real server, when it is not an alert rule (the actuator's ``source``)."""
+PASSIVE_SOURCE = "passive"
+"""``lvsguard_source`` of the exporter's passive verdicts: the actuator records them as source ``passive``."""
+
 
 def parse_backend_labels(labels: str | Iterable[str]) -> tuple[str, ...]:
     """Validate ``backend_labels`` (a list, or a comma-separated string as node_exporter's flag).

@@ -75,6 +75,10 @@ def holder_text(hold: Holder) -> str:
     return f"manual ({hold.source} {hold.holder})"
 
 
+ALERT_SOURCES = (Source.ALERTMANAGER, Source.PASSIVE)
+"""Sources whose actor is an alert: its hold is the fingerprint's, and only its resolve releases it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who asked: an alert (``name`` = fingerprint), an API token or the CLI (``name`` = token name)."""
@@ -85,7 +89,7 @@ class Actor:
 
     @property
     def hold_kind(self) -> HoldKind:
-        return HoldKind.ALERT if self.source == Source.ALERTMANAGER else HoldKind.MANUAL
+        return HoldKind.ALERT if self.source in ALERT_SOURCES else HoldKind.MANUAL
 
     @property
     def audit_name(self) -> str:
@@ -93,7 +97,7 @@ class Actor:
         return self.name if not self.alertname else f"{self.alertname}/{self.name}"
 
     def __str__(self) -> str:
-        if self.source == Source.ALERTMANAGER:
+        if self.source in ALERT_SOURCES:
             return alert_text(self.alertname, self.name)
         return f"{self.source} {self.name}"
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from actuator.actions.outcome import Actor, Outcome
+from actuator.actions.outcome import ALERT_SOURCES, Actor, Outcome
 from actuator.actions.view import ServiceView
 from actuator.ledger import Backend, Ledger
 from actuator.states import WARNINGS, HoldState, JobKind, JobState, Result, Source
@@ -170,7 +170,7 @@ class Session:
         refusals = self._actions.refusals
         key = (outcome.target, outcome.action) if outcome.target else None
         if outcome.result == Result.REFUSED and key is not None:
-            if refusals.get(key) == outcome.reason and actor.source in (Source.ACTUATOR, Source.ALERTMANAGER):
+            if refusals.get(key) == outcome.reason and actor.source in (Source.ACTUATOR, *ALERT_SOURCES):
                 return outcome
             refusals[key] = outcome.reason
             self.metrics.refusal(outcome.action, outcome.reason)

@@ -138,6 +138,17 @@ class Judge:
         """When each real server's last hold-down ends (the rule's clock), for those that ever had one."""
         return {k: b.held_until for k, b in self._backends.items() if b.verdicts}
 
+    def released(self, backend: Backend, now: float) -> None:
+        """The real server came back at ``now``, perhaps after its hold-down ended: the doubling counts from here.
+
+        A real server that fails again within one hold-down of its return gets
+        twice the last one; its return, not the end of its hold-down, is when
+        its active check let it back in.
+        """
+        b = self._backends.get(backend)
+        if b is not None and b.verdicts:
+            b.held_until = max(b.held_until, now)
+
     def held(self, now: float) -> dict[Backend, float]:
         """Every real server under a hold-down now, with its seconds left."""
         return {k: b.held_until - now for k, b in self._backends.items() if b.held_until > now}

@@ -1,9 +1,9 @@
 """The passive detector's thread: read the connection table every interval, judge, count, log the verdicts.
 
-The verdicts are not sent to the actuator yet: they are a log line
-(``passive_verdict``), the ``lvs_backend_passive_*`` series, and
-``on_verdict``, the hook through which the actuator fusion will receive each
-``Verdict``.
+Each verdict is a log line (``passive_verdict``), the ``lvs_backend_passive_*``
+series, and, with a ``Fusion`` (probes publishing to the actuator), a
+quarantine through the actuator that an active check releases
+(``exporter.passive.fusion``); ``on_verdict`` sees every ``Verdict`` too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from exporter.passive.conntable import ConnTableReader
+from exporter.passive.fusion import Fusion
 from exporter.passive.metrics import PassiveMetrics
 from exporter.passive.rule import Judge, RuleSettings, Verdict
 from lvsguard.config.passive import PassiveConfig
@@ -62,12 +63,14 @@ class PassiveDetector:
         metrics: PassiveMetrics,
         *,
         on_verdict: Callable[[Verdict], None] | None = None,
+        fusion: Fusion | None = None,
         path: str = CONN_TABLE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.on_verdict = on_verdict
+        self.fusion = fusion
         self.clock = clock
         self.judge = Judge(rule_settings(config))
         self.reader = ConnTableReader(
@@ -83,7 +86,13 @@ class PassiveDetector:
         self._failing = ""
 
     def tick(self) -> list[Verdict]:
-        """Read the table once and judge what it shows; the verdicts of this pass."""
+        """Read the table once and judge what it shows; the verdicts of this pass. Then release what is up again."""
+        verdicts = self._judge()
+        if self.fusion is not None:  # also while paused: a release waits on the active checks, not on the table
+            self.fusion.poll(self.judge, self.clock())
+        return verdicts
+
+    def _judge(self) -> list[Verdict]:
         try:
             counts = self.reader.read_pass()
         except OSError as exc:
@@ -98,6 +107,8 @@ class PassiveDetector:
         verdicts = self.judge.observe(counts, now)
         self.metrics.record(counts, verdicts, self.judge.held_until())
         for v in verdicts:
+            if self.fusion is not None:  # first: the publisher's thread posts while this one logs
+                self.fusion.verdict(v)
             event(
                 log,
                 logging.WARNING,

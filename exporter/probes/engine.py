@@ -43,7 +43,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,19 @@ class _Job:
     inflight: Any = None  # the hot-path probe in flight (has cancel()), _PENDING while it starts, or None
     due: float = 0.0  # the slot of the check in flight or next
     live: bool = True  # False once the real server left: a late result is dropped
+    results: int = 0  # results so far
+    passed: int = 0  # consecutive passing results, the newest last
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """One check of a real server as another thread sees it (the passive detector's release asks this)."""
+
+    check: str
+    healthy: bool  # after rise/fall
+    results: int  # results so far: compared with an earlier reading, how many came since
+    passed: int  # consecutive passing results, the newest last
+    rise: int
 
 
 _PENDING = object()
@@ -196,6 +209,23 @@ class ProbeEngine:
     @property
     def jobs(self) -> dict[JobKey, _Job]:
         return self._jobs
+
+    def standing(
+        self, backends: Collection[tuple[ServiceKey, RealServerKey]]
+    ) -> dict[tuple[ServiceKey, RealServerKey], list[Standing]]:
+        """The checks of each of ``backends`` that has any, read from another thread.
+
+        The job dictionary is copied in one step first (the engine's thread
+        adds and drops jobs); each job's fields are read as they are.
+        """
+        wanted = set(backends)
+        out: dict[tuple[ServiceKey, RealServerKey], list[Standing]] = {}
+        for (service, real_server, check), job in list(self._jobs.items()):
+            if (service, real_server) in wanted and job.live:
+                out.setdefault((service, real_server), []).append(
+                    Standing(check, job.health.healthy, job.results, job.passed, job.spec.rise)
+                )
+        return out
 
     def sync(self, table: Table) -> None:
         """Start checks for new real servers and cancel those of real servers that left (call on the loop)."""
@@ -512,6 +542,8 @@ class ProbeEngine:
         """Rise/fall, metrics, and what to publish, for one result of ``job``."""
         self.stats.probes += 1
         job.last = result
+        job.results += 1
+        job.passed = job.passed + 1 if result.ok else 0
         reports_weight = result.weight is not None or result.weight_percent is not None
         # the wall clock only where it is used (a transition's time, the damper): most results change nothing
         now = self.clock() if result.ok != job.health.healthy or reports_weight else 0.0

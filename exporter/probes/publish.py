@@ -40,12 +40,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from exporter.collector import BACKEND_LABELS, Names, NoNames, backend_label_values
+from lvsguard.labels import PASSIVE_SOURCE, SOURCE_LABEL
 from lvsguard.logs import event
 from lvsguard.model import RealServerKey, ServiceKey
 
 log = logging.getLogger(__name__)
 
 ALERTNAME = "LvsguardProbeFailed"
+PASSIVE_ALERTNAME = "LvsguardPassiveVerdict"
+"""The alert of a passive verdict (``exporter.passive.fusion``), labelled ``lvsguard_source=passive``."""
 RETRIES = 3
 RETRY_DELAY = 0.5
 HTTP_TIMEOUT = 5.0
@@ -59,6 +62,7 @@ class Transition:
     check: str
     healthy: bool
     message: str
+    source: str = ""  # "": a check's transition; PASSIVE_SOURCE: a passive verdict (falling) or its release (rising)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +89,14 @@ class Publisher(Protocol):
     def close(self) -> None: ...
 
 
-def fingerprint(service: ServiceKey, real_server: RealServerKey, check: str) -> str:
-    """Stable per real server and check: the same across restarts and exporters."""
-    return hashlib.sha256(f"{service}|{real_server}|{check}".encode()).hexdigest()[:16]
+def fingerprint(service: ServiceKey, real_server: RealServerKey, check: str, source: str = "") -> str:
+    """Stable per real server and check (and source): the same across restarts and exporters.
+
+    A passive verdict's fingerprint differs from any check's, also from a
+    check a config names ``passive``: their holds are apart.
+    """
+    key = f"{service}|{real_server}|{check}" + (f"|{source}" if source else "")
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _rfc3339(t: float) -> str:
@@ -99,22 +108,25 @@ def alert(change: Transition, names: Names, now: float) -> dict[str, Any]:
     labels = dict(zip(BACKEND_LABELS, backend_label_values(change.service, change.real_server, names)))
     labels = {k: v for k, v in labels.items() if v}
     labels.update(alertname=ALERTNAME, check=change.check, lvsguard_action="quarantine")
+    summary = f"{change.check} check of {change.real_server} of {change.service}: {change.message}"
+    if change.source == PASSIVE_SOURCE:
+        labels.update(alertname=PASSIVE_ALERTNAME, **{SOURCE_LABEL: change.source})
+        summary = f"passive verdict on {change.message}"
     return {
         "status": "resolved" if change.healthy else "firing",
         "labels": labels,
-        "annotations": {
-            "summary": f"{change.check} check of {change.real_server} of {change.service}: {change.message}"[:500]
-        },
+        "annotations": {"summary": summary[:500]},
         "startsAt": _rfc3339(now),
         "endsAt": _rfc3339(now) if change.healthy else "0001-01-01T00:00:00Z",
         "generatorURL": "",
-        "fingerprint": fingerprint(change.service, change.real_server, change.check),
+        "fingerprint": fingerprint(change.service, change.real_server, change.check, change.source),
     }
 
 
 def webhook_payload(alerts: list[dict[str, Any]]) -> dict[str, Any]:
     """An Alertmanager version-4 webhook body around ``alerts``."""
     firing = any(a["status"] == "firing" for a in alerts)
+    names = {a["labels"]["alertname"] for a in alerts}
     return {
         "version": "4",
         "groupKey": "lvsguard-probes",
@@ -122,7 +134,7 @@ def webhook_payload(alerts: list[dict[str, Any]]) -> dict[str, Any]:
         "status": "firing" if firing else "resolved",
         "receiver": "lvsguard-probes",
         "groupLabels": {},
-        "commonLabels": {"alertname": ALERTNAME},
+        "commonLabels": {"alertname": names.pop()} if len(names) == 1 else {},
         "commonAnnotations": {},
         "externalURL": "",
         "alerts": alerts,
