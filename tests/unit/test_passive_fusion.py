@@ -24,6 +24,7 @@ from actuator.ledger import Ledger, locked_ledger
 from actuator.settings import ActuatorSettings, Quorum
 from actuator.webhook import parse_payload
 from exporter.collector import NoNames
+from exporter.main import start_passive
 from exporter.passive.fusion import CHECK, Fusion, up_since
 from exporter.passive.metrics import PassiveMetrics
 from exporter.passive.rule import Verdict
@@ -41,6 +42,7 @@ from exporter.probes.publish import (
 from exporter.probes.result import ProbeResult
 from exporter.probes.tcp import TCPChecker
 from lab.actuator import serving
+from lvsguard.config import loads
 from lvsguard.config.passive import PassiveConfig
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, kernel_of, service
@@ -308,3 +310,15 @@ def test_the_webhook_refuses_a_source_it_does_not_know(rig: Rig) -> None:
 )
 def test_up_since(standing: Standing, then: int, up: bool) -> None:
     assert up_since(standing, then) is up
+
+
+def test_the_exporter_without_publishing_probes_only_reports(caplog: pytest.LogCaptureFixture) -> None:
+    config = loads("passive: {enabled: true}\nprobes: {enabled: false}\n")
+    with caplog.at_level(logging.WARNING, logger="exporter.main"):
+        detector = start_passive(config, None, None)
+    assert detector is not None
+    try:
+        assert detector.fusion is None
+        assert "passive_report_only" in caplog.text and "no probes run" in caplog.text
+    finally:
+        detector.stop()

@@ -1,0 +1,151 @@
+"""Passive detection fused with an active check, end to end: a real exporter, a real actuator, the lab's kernel.
+
+``lvsguard exporter`` runs with ``passive.enabled`` and a tcp check of the NAT
+service's real servers every 5 s, publishing to a real actuator (in this
+process, on loopback). A client makes 40 new connections a second through
+the VIP. rs1's listener is killed (its kernel answers each SYN with a RST:
+``refused`` from test_passive_kernel): the passive verdict sets its weight to
+0 in the kernel long before the 5 s check could, recorded with source
+``passive``. The listener stays dead past the verdict's hold-down: the weight
+stays 0, since the check still fails. Then it listens again, and the weight
+comes back only after the check has passed ``rise`` times. The check's own
+``fall`` (3 at 5 s) is longer than the outage, so the passive verdict is the
+only hold on rs1: what brings it back is the passive release.
+
+Figures are printed (pytest -s): failed client requests per kill, time to
+weight 0, time from the listener's return to the weight's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from actuator.ledger import Ledger
+from actuator.settings import ActuatorSettings
+from lab.actuator import running_actuator
+from lab.topology import Lab
+from lvsguard.ipvs.netlink import NetlinkIPVS
+from tests.integration.test_passive_kernel import RATE, Client, refused
+from tests.integration.test_reload import Exporter
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.kernel
+
+TOKEN = "passive-fusion-kernel-token-0123456789"
+INTERVAL = 5.0  # the active check's
+RISE = 2
+HOLDDOWN = 5.0
+OUTAGE = HOLDDOWN + 3.0  # the listener stays dead past the hold-down: the check, not the clock, decides
+KILLS = 3
+
+
+@dataclass
+class Kill:
+    failed_before_zero: int  # client requests that failed from the kill until the weight was 0
+    failed_after_zero: int  # and after (connections already on their way to rs1)
+    to_zero: float  # seconds from the kill command's return to weight 0 in the kernel
+    first_failure_to_zero: float  # seconds from the first failed request to weight 0
+    back_after: float  # seconds from the listener's return to the weight's
+
+
+@pytest.fixture
+def rig(lab: Lab, tmp_path: Path) -> Iterator[tuple[Exporter, str, NetlinkIPVS]]:
+    token = tmp_path / "token"
+    token.write_text(f"probes:{TOKEN}\n")
+    token.chmod(0o600)
+    settings = ActuatorSettings(tokens={"probes": TOKEN}, hold_down=0.0, job_poll_interval=0.2)
+    ledger = str(tmp_path / "ledger.db")
+    reader = NetlinkIPVS(lab.director.netns)
+    with running_actuator(settings, lab.director.netns, ledger) as url:
+        config = tmp_path / "lvsguard.yaml"
+        config.write_text(
+            lab.config_yaml(listen="127.0.0.1:0")
+            + "probes:\n"
+            + f"  checks: [{{type: tcp, service: nat, interval: {INTERVAL:g}s, timeout: 1s, rise: {RISE}, fall: 3}}]\n"
+            + f"  publish: {{url: '{url}', token_file: '{token}'}}\n"
+            + f"passive: {{enabled: true, interval: 0.2s, handshake_timeout: 2s, holddown_min: {HOLDDOWN:g}s}}\n"
+        )
+        exporter = Exporter(config)
+        try:
+            yield exporter, ledger, reader
+        finally:
+            exporter.stop()
+            for name, w in lab.nat.weights.items():
+                if _weight(reader, lab, name) != w:
+                    lab.set_weight(lab.nat, name, w)
+            reader.close()
+
+
+def _weight(reader: NetlinkIPVS, lab: Lab, name: str) -> int:
+    svc = reader.read().service(lab.nat.key)
+    assert svc is not None
+    rs = svc.real_server(lab.nat.real_server(name))
+    assert rs is not None
+    return rs.weight
+
+
+def test_a_killed_listener_is_out_at_once_and_back_when_the_check_sees_it(
+    lab: Lab, rig: tuple[Exporter, str, NetlinkIPVS]
+) -> None:
+    exporter, ledger_path, reader = rig
+    service, node = lab.nat, lab.real_servers[0]
+    full = service.weights["rs1"]
+    kills: list[Kill] = []
+    with Client(lab, service) as client:
+        for _ in range(KILLS):
+            time.sleep(5.0)  # the peers' history, and more than one hold-down since the last return
+            assert _weight(reader, lab, "rs1") == full
+            before = len(client.failures)
+            with refused(node, 8080):
+                killed_at = time.monotonic()
+                wait_for(lambda: _weight(reader, lab, "rs1") == 0, "rs1 at weight 0", timeout=10.0, step=0.02)
+                zero_at = time.monotonic()
+                time.sleep(max(0.0, killed_at + OUTAGE - time.monotonic()))
+                assert _weight(reader, lab, "rs1") == 0, "rs1 came back while its listener was dead"
+            reopened_at = time.monotonic()
+            wait_for(
+                lambda: _weight(reader, lab, "rs1") == full,
+                "rs1 back",
+                timeout=RISE * INTERVAL + 10.0,
+                step=0.05,
+            )
+            back_at = time.monotonic()
+            failures = client.failures[before:]
+            kills.append(
+                Kill(
+                    failed_before_zero=sum(1 for t in failures if t <= zero_at),
+                    failed_after_zero=sum(1 for t in failures if t > zero_at),
+                    to_zero=zero_at - killed_at,
+                    first_failure_to_zero=zero_at - failures[0] if failures else 0.0,
+                    back_after=back_at - reopened_at,
+                )
+            )
+            exporter.wait_for(
+                r'passive_released service="TCP 192\.0\.2\.10:80" real_server=10\.0\.1\.2:8080 reason="tcp up"'
+            )
+    for n, k in enumerate(kills, 1):
+        print(
+            f"\nkill {n} at {RATE:g} new connections/s, check every {INTERVAL:g} s: {k.failed_before_zero} failed "
+            f"requests before weight 0 (+{k.failed_after_zero} after), weight 0 {k.to_zero:.2f} s after the kill "
+            f"command returned ({k.first_failure_to_zero:.2f} s after the first failed request), back "
+            f"{k.back_after:.1f} s after the listener"
+        )
+    assert all(k.to_zero < INTERVAL for k in kills), kills  # before a 5 s check could have seen it
+    assert all(k.back_after >= 0.5 for k in kills), kills  # not at the listener's return: at the check's passes
+    ledger = Ledger.open(ledger_path)
+    try:
+        events = [
+            (e.source, e.action, e.result) for e in ledger.audit_events(limit=1000) if e.real_server == "10.0.1.2:8080"
+        ]
+    finally:
+        ledger.close()
+    assert events.count(("passive", "quarantine", "applied")) == KILLS, events
+    assert events.count(("passive", "restore", "applied")) == KILLS, events
+    assert {source for source, _, _ in events} == {"passive"}, events  # the check never fell: the verdict's hold only
+    text = exporter.metrics()
+    assert "lvs_backend_passive_verdicts_total" in text
