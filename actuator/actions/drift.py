@@ -82,7 +82,9 @@ def find(
     """The differences between the managed part of the kernel and ``desired`` (holds, drains, refusals apart)."""
     if only is None and settings.prune != "exact":
         only = [svc.key for svc in desired]
-    return _read(plan_table(s, desired, settings, state, only=only), state)
+    # Nothing owned: what lvsguard owns and the config no longer has is the reconciler's to drain and remove, not
+    # drift; under ``exact`` everything not desired is planned out anyway.
+    return _read(plan_table(s, desired, settings, state, only=only, owned=()), state)
 
 
 def _read(plan: Plan, state: TableState) -> dict[DriftKey, Drift]:

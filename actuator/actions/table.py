@@ -141,11 +141,16 @@ def plan_table(
     state: TableState,
     *,
     only: Collection[ServiceKey] | None = None,
+    owned: Collection[ServiceKey | tuple[ServiceKey, RealServerKey]] | None = None,
 ) -> Plan:
-    """The plan from the kernel to ``desired``; a drain past its deadline becomes a removal."""
+    """The plan from the kernel to ``desired``; a drain past its deadline becomes a removal.
+
+    ``owned``: what ``prune: owned`` may remove; None: the ledger's (reading it costs 0.3 s for 11 000 entries).
+    """
     kernel = _read(s, only)
     weights = held_weights(s, desired)
-    owned = s.ledger.owned()
+    if owned is None:
+        owned = s.ledger.owned()
     steps = plan(desired, kernel, prune=settings.prune, owned=owned, weights=weights, only=only)
     now = s.clock()
     expired = {
