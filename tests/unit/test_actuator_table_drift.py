@@ -246,3 +246,21 @@ def test_bad_drift_keys_are_config_errors(table: str, problem: str) -> None:
 def test_the_defaults_report_every_30_seconds() -> None:
     cfg = config.loads("table: {manage: true}\n", "lvsguard.yaml")
     assert (cfg.table.drift, cfg.table.drift_interval) == ("report", 30.0)
+
+
+def test_correct_puts_a_held_real_server_back_at_its_held_weight(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger
+) -> None:
+    actions = applied(kernel, clock, ledger, "correct")
+    actions.hold(ledger, Target(WEB, WEB2), ALICE, reason="maintenance")
+    kernel.set_weight_by_hand(WEB, WEB2, 5)
+    assert check(actions, ledger, clock) == []
+    assert kernel.weight(WEB, WEB2) == 0, "the hold wins"
+    assert [h.reason for h in ledger.active_holds(Target(WEB, WEB2))] == ["maintenance"]
+
+
+def test_under_dry_run_nothing_is_compared(kernel: FakeKernel, clock: FakeClock, ledger: Ledger) -> None:
+    actions = Actions(kernel, drift_settings("correct", dry_run=True), clock=clock)
+    actions.apply_table(ledger, ALICE)
+    clock.advance(INTERVAL)
+    assert actions.check_drift(ledger, DRIFT) is None
