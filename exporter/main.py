@@ -220,13 +220,17 @@ def start_passive(config: Config, netns: str | None, probes: ProbeRunner | None 
     """
     if not config.passive.enabled:
         return None
-    from exporter.passive.fusion import Fusion
+    from exporter.passive.fusion import Fusion, actuator_holds
     from exporter.passive.metrics import PassiveMetrics
     from exporter.passive.runner import PassiveDetector
 
     fusion = None
-    if probes is not None and probes.publisher is not None:
-        fusion = Fusion(probes.publisher, probes.engine.standing)
+    publish = config.probes.publish
+    if probes is not None and probes.publisher is not None and publish is not None:
+        from exporter.probes.runner import read_token
+
+        holds = actuator_holds(publish.url, read_token(publish)) if publish.mode == "actuator" else None
+        fusion = Fusion(probes.publisher, probes.engine.standing, holds=holds)
     else:
         reason = "no probes run" if probes is None else "probes.publish is not set"
         event(

@@ -147,5 +147,6 @@ def test_a_killed_listener_is_out_at_once_and_back_when_the_check_sees_it(
     assert events.count(("passive", "quarantine", "applied")) == KILLS, events
     assert events.count(("passive", "restore", "applied")) == KILLS, events
     assert {source for source, _, _ in events} == {"passive"}, events  # the check never fell: the verdict's hold only
+    assert not [line for line in exporter.log if "passive_holds_unread" in line]  # it read the actuator's holds
     text = exporter.metrics()
     assert "lvs_backend_passive_verdicts_total" in text

@@ -25,9 +25,9 @@ from actuator.settings import ActuatorSettings, Quorum
 from actuator.webhook import parse_payload
 from exporter.collector import NoNames
 from exporter.main import start_passive
-from exporter.passive.fusion import CHECK, Fusion, up_since
+from exporter.passive.fusion import CHECK, Fusion, actuator_holds, up_since
 from exporter.passive.metrics import PassiveMetrics
-from exporter.passive.rule import Verdict
+from exporter.passive.rule import Judge, Verdict
 from exporter.passive.runner import PassiveDetector
 from exporter.probes.engine import CheckSpec, ProbeEngine, Standing
 from exporter.probes.publish import (
@@ -71,6 +71,7 @@ class Rig:
     engine: ProbeEngine
     table: Path
     now: list[float]
+    url: str
     port: int = 1000
     verdicts: list[Verdict] = field(default_factory=list)
 
@@ -142,7 +143,7 @@ def _rig(tmp_path: Path, settings: ActuatorSettings, *, with_checks: bool = True
             path=str(table),
             clock=lambda: now[0],
         )
-        rig = Rig(app, detector, engine, table, now)
+        rig = Rig(app, detector, engine, table, now, url)
         detector.on_verdict = rig.verdicts.append
         detector.tick()  # the baseline
         try:
@@ -252,6 +253,54 @@ def test_a_verdict_soon_after_the_release_holds_twice_as_long(rig: Rig) -> None:
     second = rig.kill()  # dead again within one hold-down of its return
     assert second.holddown == 2 * first.holddown
     rig.wait_weight(0)
+
+
+def test_a_restarted_exporter_finds_its_holds_and_releases_them(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig.pass_(dead=False)
+    rig.kill()
+    rig.wait_weight(0)
+    publisher = HTTPPublisher(rig.url, token=TOKEN)  # the new process: nothing in memory
+    fusion = Fusion(publisher, rig.engine.standing, holds=actuator_holds(rig.url, TOKEN))
+    try:
+        with caplog.at_level(logging.INFO, logger="lvsguard.exporter.passive"):
+            assert fusion.poll(rig.detector.judge, rig.now[0] + 60.0) == []  # found, but no check passed yet
+            assert list(fusion.out) == [(SVC, DEAD)] and "passive_holds_found count=1" in caplog.text
+            rig.check(True)
+            rig.check(True)
+            assert fusion.poll(rig.detector.judge, rig.now[0] + 61.0) == [(SVC, DEAD)]
+        rig.wait_weight(5)
+    finally:
+        publisher.close()
+
+
+def test_an_actuator_out_of_reach_is_asked_again_later(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[float] = []
+
+    def holds() -> list[tuple[ServiceKey, RealServerKey]]:
+        calls.append(0.0)
+        if len(calls) == 1:
+            raise OSError("connection refused")
+        return []
+
+    fusion = Fusion(_NoPublisher(), lambda backends: {}, holds=holds)
+    judge = Judge()
+    with caplog.at_level(logging.WARNING, logger="lvsguard.exporter.passive"):
+        fusion.poll(judge, 0.0)
+        fusion.poll(judge, 10.0)
+        fusion.poll(judge, 31.0)
+        fusion.poll(judge, 90.0)
+    assert len(calls) == 2 and caplog.text.count("passive_holds_unread") == 1
+
+
+class _NoPublisher:
+    def transition(self, change: Transition) -> None:
+        raise AssertionError(change)
+
+    def weight(self, change: object) -> None:
+        raise AssertionError(change)
+
+    def close(self) -> None:
+        pass
 
 
 def test_without_an_active_check_a_verdict_is_only_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
