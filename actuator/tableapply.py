@@ -26,10 +26,15 @@ import dataclasses
 import getpass
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from actuator.client import add_client_options, client_from_args
 from lvsguard.errors import ClientError, ConfigError, ConfigProblem, LvsguardError
+
+if TYPE_CHECKING:
+    from actuator.actions import Actor
+    from actuator.actions.table import TableOutcome
+    from lvsguard.config.loader import Config
 
 
 def setup_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -74,31 +79,48 @@ def _print(reply: dict[str, Any], out: TextIO) -> int:
     return 1 if reply.get("failures") else 0
 
 
-def _in_process(cfg: Any, args: argparse.Namespace, out: TextIO, *, reached: str) -> int:
+def _in_process(cfg: Config, args: argparse.Namespace, out: TextIO, *, reached: str) -> int:
+    from actuator.actions import Actor, Source
+
+    try:
+        outcome = apply_here(cfg, netns=args.netns, ledger_path=args.ledger, actor=Actor(Source.CLI, _user()))
+    except LvsguardError as exc:
+        raise LvsguardError(f"{reached}; but {exc}") from None
+    print(f"no actuator answered ({reached}): applied in this process", file=out)
+    return _print(outcome.to_json(), out)
+
+
+def apply_here(
+    cfg: Config, *, netns: str | None = None, ledger_path: str | None = None, actor: Actor | None = None
+) -> TableOutcome:
+    """Apply ``cfg``'s table (a loaded ``lvsguard.config`` with ``table.manage``) in this process.
+
+    The same reconciler and ledger as the actuator's, under the ledger's writer
+    lock; ``netns`` defaults to the config's ``director.netns``, ``ledger_path``
+    to its ``actuator.ledger``. Returns the ``TableOutcome``; raises
+    LvsguardError, writing nothing, when another process (an actuator) holds the
+    lock. The lab builds its directors' tables through this.
+    """
     from actuator.actions import Actions, Actor, Source
     from actuator.ledger import Ledger, writer_lock
     from actuator.settings import from_mapping
     from lvsguard.ipvs.netlink import NetlinkIPVS
 
     settings = dataclasses.replace(cfg.actuator or from_mapping(None), table=cfg.table, desired=cfg.desired)
-    path = args.ledger or settings.ledger_path
+    path = ledger_path or settings.ledger_path
     lock = writer_lock(path)
     if lock is None:
-        raise LvsguardError(
-            f"{reached}; but an actuator holds {path}.lock: it runs and does not answer, nothing was applied"
-        )
+        raise LvsguardError(f"an actuator holds {path}.lock: it runs and does not answer, nothing was applied")
     try:
-        with NetlinkIPVS(args.netns or cfg.director.netns) as kernel:
+        with NetlinkIPVS(netns or cfg.director.netns) as kernel:
             actions = Actions(kernel, settings)
             ledger = Ledger.open(path)
             try:
-                outcome = actions.apply_table(ledger, Actor(Source.CLI, _user()))
+                return actions.apply_table(ledger, actor or Actor(Source.CLI, _user()))
             finally:
                 ledger.close()
     finally:
         lock.close()
-    print(f"no actuator answered ({reached}): applied in this process", file=out)
-    return _print(outcome.to_json(), out)
 
 
 def _user() -> str:

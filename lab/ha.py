@@ -11,8 +11,13 @@ the active director only: the four VIPs, the client LAN's gateway 198.51.100.1 /
 2001:db8:c::1 and the inside address 10.0.1.1 / 2001:db8:1::1 through which the
 NAT real servers route back. So the client and the real servers are configured
 exactly as in the single-director lab. Both directors carry the same IPVS
-services and the same fwmark rule; keepalived's ``lvs_sync_daemon`` replicates
-connections from the active to the standby director over the server LAN.
+services and the same fwmark rule. The table is lvsguard's on both: each
+director's lvsguard config has ``table: {manage: true}`` and the services' table
+keys, and its actuator builds the table at start (``lvsguard_token`` set), or the
+lab applies the config in-process as ``lvsguard apply`` does (no actuator runs).
+keepalived does VRRP and the sync daemon only, with no ``virtual_server``: its
+``lvs_sync_daemon`` replicates connections from the active to the standby
+director over the server LAN.
 
 ``dir1`` has priority 150 and ``dir2`` 100. ``preempt=True``: dir1 takes the VIPs
 back when it returns; ``preempt=False`` (``nopreempt`` on both): whoever holds
@@ -22,12 +27,10 @@ them keeps them. ``restart_keepalived(preempt=...)`` switches policy.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -205,7 +208,6 @@ class HALab(Lab):
         self.sync = True  # keepalived runs the IPVS sync daemons
         self.directors = (_director("dir1", self.director.netns, 251), _director("dir2", DIRECTOR2_NETNS, 252))
         self.director = self.directors[0]
-        self._tmp: Path | None = None
         self.keepalived: dict[str, Keepalived] = {}
         self.lvsguard: dict[str, Lvsguard] = {}  # the exporter and actuator processes (start_lvsguard)
         self.token = lvsguard_token
@@ -234,15 +236,13 @@ class HALab(Lab):
     def build(self, progress: Progress | None = None) -> None:
         if not available():
             raise LabError("the HA lab needs keepalived (Debian package keepalived, /usr/sbin/keepalived)")
-        super().build(progress)
+        super().build(progress)  # create_services: the tables, unless the actuators will build them
         say = progress or (lambda _msg: None)
         try:
             for director in self.directors[1:]:
                 self._mark_fwmark_traffic(director.netns)
-                self.create_services(director.netns)
-            self._tmp = Path(tempfile.mkdtemp(prefix="lvsguard-ha-"))
             if self.token:  # before keepalived: their heavy start must not starve VRRP into a flap (SETTLE)
-                say("starting lvsguard exporter and lvsguard actuator for both directors")
+                say("starting lvsguard exporter and lvsguard actuator for both directors (they build the tables)")
                 self.start_lvsguard(self.token)
             say("starting keepalived in both directors")
             self.restart_keepalived(preempt=self.preempt)
@@ -258,9 +258,6 @@ class HALab(Lab):
         for instance in self.keepalived.values():
             instance.stop()
         self.keepalived = {}
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
         super().teardown()
 
     def _create_network(self) -> None:
@@ -308,6 +305,20 @@ class HALab(Lab):
             "link set eth0 up",
             "link set eth1 up",
         ]
+
+    # --- the tables -------------------------------------------------------------------
+
+    def create_services(self, progress: Progress | None = None) -> None:
+        """Build both directors' tables from their lvsguard configs; with ``lvsguard_token``, their actuators do at start."""
+        if self.token:
+            return
+        for director in self.directors:
+            if progress:
+                progress(f"building the IPVS table of {director.netns} from its lvsguard config")
+            self.apply_table(director)
+
+    def director_config(self, name: str) -> str:
+        return self.lvsguard_config(name, self.probes)
 
     # --- keepalived -------------------------------------------------------------------
 
@@ -372,9 +383,7 @@ class HALab(Lab):
         self.wait_for_vip_owner("dir1")
 
     def _files(self, name: str) -> InstanceFiles:
-        if self._tmp is None:
-            raise LabError("the HA lab is not built")
-        return InstanceFiles(self._tmp / self.director_named(name).name)
+        return InstanceFiles(self.director_files(self.director_named(name).name))
 
     def track_file(self, name: str) -> Path:
         """Director ``name``'s keepalived track file: its actuator's ``failover_track_file``."""
@@ -387,14 +396,15 @@ class HALab(Lab):
     # --- lvsguard processes and whole-director crashes ---------------------------------
 
     def lvsguard_config(self, name: str, probes: str = "probes:\n  enabled: false\n") -> str:
-        """The config of director ``name``'s exporter and actuator: names, its FIFO, track and role files, its peer.
+        """The config of director ``name``'s exporter and actuator: its table, its FIFO, track and role files, its peer.
 
-        ``probes`` is the config's ``probes`` section (YAML); by default none run.
+        The table is the config's (``table.manage``): the actuator builds it at
+        start. ``probes`` is the config's ``probes`` section (YAML); by default none run.
         """
         peer = next(d.name for d in self.directors if d.name != name)
         files = self._files(name)
         return (
-            self.config_yaml_for(name, listen=f"127.0.0.1:{EXPORTER_PORTS[name]}").replace(
+            self.config_yaml_for(name, listen=f"127.0.0.1:{EXPORTER_PORTS[name]}", table=True).replace(
                 "director:\n", f"director:\n  keepalived_fifo: {files.exporter_fifo}\n", 1
             )
             + probes
@@ -423,8 +433,7 @@ class HALab(Lab):
         for director in self.directors:
             if names is not None and director.name not in names:
                 continue
-            directory = self._tmp / director.name
-            directory.mkdir(mode=0o700, exist_ok=True)
+            directory = self.director_files(director.name)
             fifo = InstanceFiles(directory).exporter_fifo
             if not fifo.exists():  # keepalived may not run yet: the exporter opens its FIFO at start
                 os.mkfifo(fifo, 0o600)
@@ -461,8 +470,8 @@ class HALab(Lab):
 
         A rebooted director starts with its own addresses only (the VRRP ones are
         keepalived's to add) and no kernel sync daemon (keepalived starts it in
-        the role VRRP gives it). Its IPVS table is kept, as provisioning would
-        restore it.
+        the role VRRP gives it). Its IPVS table is kept; its actuator, started
+        again, applies its config to it (nothing to do unless it changed).
         """
         director = self.director_named(name)
         config = self.vrrp_config(director, preempt=self.preempt)
@@ -516,9 +525,9 @@ class HALab(Lab):
                 )
             time.sleep(poll)
 
-    def config_yaml_for(self, name: str, *, listen: str = "127.0.0.1:9910") -> str:
+    def config_yaml_for(self, name: str, *, listen: str = "127.0.0.1:9910", table: bool = False) -> str:
         """``config_yaml`` for director ``name``."""
-        return self.config_yaml(listen=listen).replace(
+        return self.config_yaml(listen=listen, table=table).replace(
             f"netns: {self.director.netns}", f"netns: {self.director_named(name).netns}", 1
         )
 

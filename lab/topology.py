@@ -19,8 +19,13 @@ docs/lab.md has the full address plan. The services (``Lab.services``):
 
 Building uses ``ip -batch`` once per namespace, run from a thread that entered the
 namespace, because every process start costs 30-60 ms under User-Mode Linux.
-The real servers are one process (``lab.servers``). The IPVS services are created
-with ``ipvsadm -R``. It refuses to run outside the lab VM unless ``FORCE=1``.
+The real servers are one process (``lab.servers``). The IPVS table is lvsguard's:
+the lab writes the director's lvsguard config (``table: {manage: true}`` and the
+services' table keys, ``config_yaml(table=True)``) and the table reconciler builds
+the table from it, in this process, as ``lvsguard apply`` does when no actuator
+runs (``apply_table``). ipvsadm (lab.ipvsadm) stays the independent witness that
+reads the table back, and the tool of "hand changes". It refuses to run outside
+the lab VM unless ``FORCE=1``.
 """
 
 from __future__ import annotations
@@ -36,12 +41,20 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+import yaml
 
 from lab import ipvsadm
 from lab.servers import ServerSpec
+from lvsguard.errors import LvsguardError
+from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import NETNS_RUN_DIR, entered
 from lvsguard.model import FWM, Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
+from lvsguard.table.load import service_mapping
+
+if TYPE_CHECKING:
+    from actuator.actions.table import TableOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,6 +222,7 @@ class Lab:
         self._servers_listening = False
         self._servers_log: IO[bytes] | None = None
         self._servers_error = ""  # what lab.servers printed on stderr, once stopped
+        self._tmp: Path | None = None  # per director: its lvsguard config and ledger (``director_files``)
 
     # --- the services ---------------------------------------------------------------
 
@@ -331,13 +345,13 @@ class Lab:
         self.teardown()
         t0 = time.monotonic()
         try:
+            self._tmp = Path(tempfile.mkdtemp(prefix="lvsguard-lab-"))
             self._spawn_servers()  # Python's start-up overlaps the network set-up
             say(f"creating {len(self.namespaces)} network namespaces, bridges and veth links")
             self._create_network()
             say(f"starting the HTTP and UDP echo servers in {len(self.real_servers)} real servers")
             self.start_servers()
-            say(f"creating {len(self.services)} IPVS services in {self.director.netns}")
-            self.create_services()
+            self.create_services(progress)
         except BaseException:
             self.teardown()
             raise
@@ -349,6 +363,9 @@ class Lab:
         existing = [ns for ns in self.namespaces if _namespace_exists(ns)]
         if existing:
             _ip_batch((f"netns del {ns}" for ns in existing), force=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     def _create_network(self) -> None:
         _ip_batch(f"netns add {ns}" for ns in self.namespaces)
@@ -545,14 +562,58 @@ class Lab:
 
     # --- the IPVS table ----------------------------------------------------------------
 
-    def create_services(self, netns: str | None = None) -> None:
-        """Create the lab's services as configured (``ipvsadm -R`` in the director, or in ``netns``)."""
-        ipvsadm.restore((s.config for s in self.services.values()), netns=netns or self.director.netns)
+    def create_services(self, progress: Progress | None = None) -> None:
+        """Build the director's table from its lvsguard config (``apply_table``)."""
+        if progress:
+            progress(f"building the IPVS table of {self.director.netns} from its lvsguard config")
+        self.apply_table(self.director)
 
     def reset_services(self) -> None:
-        """Delete every service of the director and create the lab's again (counters start at 0)."""
-        ipvsadm.clear(netns=self.director.netns)
+        """Delete every service of the director and build the lab's again (counters start at 0)."""
+        with NetlinkIPVS(self.director.netns) as kernel:
+            kernel.flush()
         self.create_services()
+
+    def director_files(self, name: str) -> Path:
+        """The directory of director ``name``'s lvsguard files: ``lvsguard.yaml``, the ledger ``actuator.db``."""
+        if self._tmp is None:
+            raise LabError("the lab is not built")
+        directory = self._tmp / name
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return directory
+
+    def director_config(self, name: str) -> str:
+        """Director ``name``'s lvsguard config: the table (``table.manage``) and the services with their table keys."""
+        return self.config_yaml(table=True)
+
+    def apply_table(self, director: Director) -> TableOutcome:
+        """Make ``director``'s table its lvsguard config's, as ``lvsguard apply --config FILE --netns NS`` does.
+
+        The config is written to ``director_files`` and applied in this process
+        by the table reconciler (``actuator.tableapply.apply_here``), with the
+        director's ledger (the one its actuator uses, if one starts later): no
+        process to start, which costs 1-2 s under User-Mode Linux. Raises
+        LabError when the kernel refuses an entry.
+        """
+        from actuator.actions import Actor, Source
+        from actuator.tableapply import apply_here
+        from lvsguard import config
+
+        directory = self.director_files(director.name)
+        path = directory / "lvsguard.yaml"
+        path.write_text(self.director_config(director.name))
+        try:
+            outcome = apply_here(
+                config.load(path),
+                netns=director.netns,
+                ledger_path=str(directory / "actuator.db"),
+                actor=Actor(Source.CLI, "lab"),
+            )
+        except LvsguardError as exc:
+            raise LabError(f"the table of {director.name} from {path}: {exc}") from None
+        if outcome.failures:
+            raise LabError(f"the table of {director.name} from {path}: {outcome.message}")
+        return outcome
 
     def ipvsadm(self, *args: str) -> str:
         """Run ipvsadm in the director; its stdout."""
@@ -598,9 +659,19 @@ class Lab:
                 return delta
             time.sleep(0.25)
 
-    def config_yaml(self, *, listen: str = "127.0.0.1:9910") -> str:
-        """An lvsguard config for this lab: the director's netns, and services and real servers named as here."""
-        lines = ["director:", f"  netns: {self.director.netns}", "exporter:", f'  listen: "{listen}"', "services:"]
+    def config_yaml(self, *, listen: str = "127.0.0.1:9910", table: bool = False) -> str:
+        """An lvsguard config for this lab: the director's netns, and services and real servers named as here.
+
+        ``table=True``: the config that owns the table (``table: {manage: true,
+        prune: owned}``, every service with its scheduler, forwarding and
+        weights), from which the lab builds its directors' tables.
+        """
+        lines = ["director:", f"  netns: {self.director.netns}", "exporter:", f'  listen: "{listen}"']
+        if table:
+            mappings = [service_mapping(s.config, s.name, dict(s.backends)) for s in self.services.values()]
+            text = yaml.safe_dump({"services": mappings}, sort_keys=False, default_flow_style=None, width=1000)
+            return "\n".join([*lines, "table:", "  manage: true", "  prune: owned"]) + "\n" + text
+        lines.append("services:")
         for service in self.services.values():
             lines += [f"  - name: {service.name}", f'    service: "{service.key}"', "    real_servers:"]
             lines += [f'      - {{name: {name}, address: "{key}"}}' for key, name in service.backends]
