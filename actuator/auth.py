@@ -34,6 +34,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MIN_SECRET = 16  # characters; shorter secrets are refused at load
+MIN_DISTINCT = 5  # different characters; "aaaa..." or "abab..." is a guessable secret whatever its length
 MAKE_ONE = "make one with: head -c 24 /dev/urandom | base64"
 
 
@@ -55,10 +56,19 @@ def parse_tokens(text: str, source: str) -> dict[str, str]:
                 f"{source}:{number}: token {name!r} must be at least {MIN_SECRET} characters without spaces,"
                 f" got {len(secret)}{' with spaces' if any(c.isspace() for c in secret) else ''} ({MAKE_ONE})"
             )
+        if len(set(secret)) < MIN_DISTINCT:
+            raise TokenFileError(f"{source}:{number}: token {name!r} {_weak(secret)}")
         if name in tokens:
             raise TokenFileError(f"{source}:{number}: token name {name!r} appears twice")
         tokens[name] = secret
     return tokens
+
+
+def _weak(secret: str) -> str:
+    return (
+        f"uses {len(set(secret))} different characters; at least {MIN_DISTINCT} are needed,"
+        f" a repeated pattern is guessed first ({MAKE_ONE})"
+    )
 
 
 def load_tokens(env: Mapping[str, str], token_file: str | None) -> dict[str, str]:
@@ -78,6 +88,8 @@ def load_tokens(env: Mapping[str, str], token_file: str | None) -> dict[str, str
             raise TokenFileError(
                 f"LVSGUARD_TOKEN must be at least {MIN_SECRET} characters, got {len(secret)} ({MAKE_ONE})"
             )
+        if len(set(secret)) < MIN_DISTINCT:
+            raise TokenFileError(f"LVSGUARD_TOKEN {_weak(secret)}")
         tokens.setdefault("env", secret)
     return tokens
 

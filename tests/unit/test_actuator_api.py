@@ -157,17 +157,17 @@ def test_read_only_endpoints_are_open_or_protected_by_config(tmp_path: Path) -> 
 
 
 def test_token_names_and_files(tmp_path: Path) -> None:
-    tokens = parse_tokens("# comment\nalice: aaaaaaaaaaaaaaaa1\n\nbbbbbbbbbbbbbbbb2\n", "t.txt")
-    assert tokens == {"alice": "aaaaaaaaaaaaaaaa1", "token4": "bbbbbbbbbbbbbbbb2"}
-    assert token_name(tokens, "Bearer bbbbbbbbbbbbbbbb2") == "token4"
-    assert token_name(tokens, "bearer aaaaaaaaaaaaaaaa1") == "alice"
-    assert token_name(tokens, "Bearer aaaaaaaaaaaaaaaa") is None
+    tokens = parse_tokens("# comment\nalice: a1b2c3d4e5f6g7h8i9\n\nb2c3d4e5f6g7h8i9j0\n", "t.txt")
+    assert tokens == {"alice": "a1b2c3d4e5f6g7h8i9", "token4": "b2c3d4e5f6g7h8i9j0"}
+    assert token_name(tokens, "Bearer b2c3d4e5f6g7h8i9j0") == "token4"
+    assert token_name(tokens, "bearer a1b2c3d4e5f6g7h8i9") == "alice"
+    assert token_name(tokens, "Bearer a1b2c3d4e5f6g7h8") is None
     path = tmp_path / "tokens"
-    path.write_text("am: cccccccccccccccc3\n")
+    path.write_text("am: c3d4e5f6g7h8i9j0k1\n")
     path.chmod(0o600)  # a token file others can read is refused
-    assert load_tokens({"LVSGUARD_TOKEN": "dddddddddddddddd4"}, str(path)) == {
-        "am": "cccccccccccccccc3",
-        "env": "dddddddddddddddd4",
+    assert load_tokens({"LVSGUARD_TOKEN": "d4e5f6g7h8i9j0k1l2"}, str(path)) == {
+        "am": "c3d4e5f6g7h8i9j0k1",
+        "env": "d4e5f6g7h8i9j0k1l2",
     }
 
 
@@ -179,14 +179,25 @@ def test_token_names_and_files(tmp_path: Path) -> None:
             "t.txt:1: token 'token1' must be at least 16 characters without spaces, got 5"
             " (make one with: head -c 24 /dev/urandom | base64)",
         ),
-        ("a b: xxxxxxxxxxxxxxxxxxx", "t.txt:1: token name 'a b' must be"),
-        ("a: xxxxxxxxxxxxxxxxxxx\na: yyyyyyyyyyyyyyyyyyyy", "t.txt:2: token name 'a' appears twice"),
+        ("a b: x9y8z7w6v5u4t3s2r1", "t.txt:1: token name 'a b' must be"),
+        ("a: x9y8z7w6v5u4t3s2r1\na: y8z7w6v5u4t3s2r1q0", "t.txt:2: token name 'a' appears twice"),
+        ("am: aaaaaaaaaaaaaaaaaaaaaaaa", "t.txt:1: token 'am' uses 1 different characters; at least 5 are needed"),
+        ("am: abcdabcdabcdabcdabcd", "t.txt:1: token 'am' uses 4 different characters; at least 5 are needed"),
     ],
-    ids=["too-short", "bad-name", "duplicate"],
+    ids=["too-short", "bad-name", "duplicate", "one-character-repeated", "short-pattern-repeated"],
 )
 def test_token_file_errors_name_the_line(text: str, message: str) -> None:
     with pytest.raises(TokenFileError, match=re.escape(message)):
         parse_tokens(text, "t.txt")
+
+
+def test_a_weak_lvsguard_token_is_refused() -> None:
+    with pytest.raises(TokenFileError, match=re.escape("LVSGUARD_TOKEN uses 1 different characters")):
+        load_tokens({"LVSGUARD_TOKEN": "0" * 32}, None)
+
+
+def test_a_random_hex_token_is_accepted() -> None:
+    assert load_tokens({"LVSGUARD_TOKEN": "3f9a0c71e2b84d56"}, None) == {"env": "3f9a0c71e2b84d56"}
 
 
 def test_missing_token_file_is_named(tmp_path: Path) -> None:
