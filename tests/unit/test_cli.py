@@ -188,7 +188,7 @@ def test_actuator_listens_where_the_config_says_unless_the_flag_says_otherwise(
 
     served: dict[str, object] = {}
     monkeypatch.setattr(app, "serve", lambda settings, **kwargs: served.update(kwargs))
-    monkeypatch.setenv("LVSGUARD_TOKEN", "am:" + "x" * 20)
+    monkeypatch.setenv("LVSGUARD_TOKEN", "am:7f3a9c2e41b8d056")
     cfg = tmp_path / "lvsguard.yaml"
     cfg.write_text("actuator:\n" + (section or "  dry_run: false\n"))
     assert main(["actuator", "--config", str(cfg), *flag]) == 0
