@@ -16,39 +16,23 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
 
 from lab.topology import Lab
 from lvsguard.ipvs.netlink import NetlinkIPVS
-from tests.integration.test_table_actuator_kernel import Actuator, write_config
+from tests.integration.test_table_actuator_kernel import (  # noqa: F401 - director and actuator are fixtures
+    Actuator,
+    actuator,
+    director,
+    write_config,
+)
 
 pytestmark = pytest.mark.kernel
 
 INTERVAL = 2.0
 BOUND = INTERVAL + 1.0 + 5.0  # drift_interval + retry_interval + a margin for the lab VM
-
-
-@pytest.fixture
-def director(lab: Lab) -> Iterator[NetlinkIPVS]:
-    with NetlinkIPVS(lab.director.netns) as ipvs:
-        try:
-            yield ipvs
-        finally:
-            lab.reset_services()
-
-
-@pytest.fixture
-def actuator(lab: Lab, tmp_path: Path, director: NetlinkIPVS) -> Iterator[Actuator]:
-    running = Actuator(lab, tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop()
-        assert "Traceback" not in running.log.read_text()
 
 
 def start(lab: Lab, director: NetlinkIPVS, actuator: Actuator, policy: str) -> int:
