@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,16 @@ from lvsguard import config
 from lvsguard.errors import ConfigError
 from lvsguard.model import RealServerKey
 from tests.fakes import FakeClock, FakeKernel, fake_app, service
-from tests.unit.test_actuator_table import DNS, WEB, WEB1, WEB2, settings_of
+from tests.unit.test_actuator_table import (  # noqa: F401 - clock, kernel and ledger are fixtures
+    DNS,
+    WEB,
+    WEB1,
+    WEB2,
+    clock,
+    kernel,
+    ledger,
+    settings_of,
+)
 
 DRIFT = Actor(Source.ACTUATOR, "drift")
 ALICE = Actor(Source.API, "alice")
@@ -34,23 +42,6 @@ def drift_settings(policy: str = "report", **overrides: Any) -> Any:
     base = settings_of(**overrides)
     table = dataclasses.replace(base.table, drift=policy, drift_interval=INTERVAL)
     return dataclasses.replace(base, table=table)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def kernel() -> FakeKernel:
-    return FakeKernel()
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
-    ledger = Ledger.open(str(tmp_path / "ledger.db"), clock=clock)
-    yield ledger
-    ledger.close()
 
 
 def applied(kernel: FakeKernel, clock: FakeClock, ledger: Ledger, policy: str = "report", **settings: Any) -> Actions:
