@@ -584,6 +584,55 @@ def open_held(lab: HALab, service: LabService, n: int) -> list[socket.socket]:
     return socks
 
 
+def sync_state(lab: HALab) -> str:
+    """Both directors' sync daemons and keepalived's lines about them: the message of a failed wait."""
+    lines = [
+        f"{name}: {sorted(sync_roles(lab, name))}, role {k.role()!r}, keepalived log: "
+        + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
+        for name, k in lab.keepalived.items()
+    ]
+    return "\n".join(lines)
+
+
+def open_synced(
+    lab: HALab, services: list[LabService], n: int, master: str = "dir1", backup: str = "dir2", timeout: float = 15.0
+) -> dict[str, list[socket.socket]]:
+    """``n`` held connections per service, opened once ``master`` and ``backup`` run their sync daemons, and synced.
+
+    Waits for both daemons first: keepalived adds the VIPs before it swaps the
+    sync daemon, so a connection opened in between is never sent to the
+    backup. Returns the sockets by service name once ``backup`` has every one
+    of them as ESTABLISHED; AssertionError (with both daemons' state) if not
+    within ``timeout`` s. The caller closes the sockets.
+    """
+    roles = {master: {"master"}, backup: {"backup"}}
+    deadline = time.monotonic() + timeout
+    while {name: sync_roles(lab, name) for name in roles} != roles:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for sync daemons {roles}\n{sync_state(lab)}")
+        time.sleep(0.05)
+    held: dict[str, list[socket.socket]] = {}
+    try:
+        for service in services:
+            held[service.name] = open_held(lab, service, n)
+        deadline = time.monotonic() + timeout
+        while (synced := {name: synced_connections(lab, backup, socks) for name, socks in held.items()}) != {
+            name: n for name in held
+        }:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout:g} s waiting for {n} connections per service synced to {backup}: "
+                    f"{synced}\n{sync_state(lab)}"
+                )
+            time.sleep(0.05)
+    except BaseException:
+        for socks in held.values():
+            for sock in socks:
+                sock.close()
+        raise
+    return held
+
+
 def served_again(lab: HALab, service: LabService, since: float, timeout: float = 15.0, attempt: float = 1.0) -> float:
     """Retry one HTTP request through ``service`` until it is answered; seconds from ``since`` (monotonic).
 

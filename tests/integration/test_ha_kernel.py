@@ -32,7 +32,17 @@ from exporter.exposition import Exposition
 from exporter.keepalived import KeepalivedFifo
 from lab import traffic
 from lab.actuator import running_actuator
-from lab.ha import HALab, alertmanager_config, open_held, served_again, survivors, sync_roles, synced_connections
+from lab.ha import (
+    HALab,
+    alertmanager_config,
+    open_held,
+    open_synced,
+    served_again,
+    survivors,
+    sync_roles,
+    sync_state,
+    synced_connections,
+)
 from lab.keepalived import available as keepalived_available
 from lab.monitoring import running_alertmanager
 from lab.topology import LabService, in_lab_vm
@@ -107,16 +117,6 @@ def primary(ha_lab: HALab) -> Iterator[HALab]:
         or not ha_lab.sync
     ):
         ha_lab.restart_keepalived(preempt=True)
-
-
-def sync_state(lab: HALab) -> str:
-    """Both directors' sync daemons and keepalived's lines about them: the message of a failed wait."""
-    lines = [
-        f"{name}: {sorted(sync_roles(lab, name))}, role {k.role()!r}, keepalived log: "
-        + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
-        for name, k in lab.keepalived.items()
-    ]
-    return "\n".join(lines)
 
 
 # --- the cluster -----------------------------------------------------------------------
@@ -238,13 +238,8 @@ def test_failover_through_the_actuator_moves_the_vips_and_release_brings_them_ba
 
 def test_long_lived_connections_survive_a_failover_with_connection_sync(primary: HALab) -> None:
     lab = primary
-    assert wait_for(
-        lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab)
-    )
-    held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
+    held = open_synced(lab, [lab.nat, lab.dr], HELD)
     try:
-        for name, socks in held.items():
-            wait_for(lambda s=socks: synced_connections(lab, "dir2", s) == HELD, f"{name}: connections synced to dir2")
         lab.track_file("dir1").write_text("1\n")
         lab.wait_for_vip_owner("dir2")
         served_again(lab, lab.nat, time.monotonic())

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab import traffic
-from lab.ha import HALab, Lvsguard, open_held, served_again, survivors, sync_roles, synced_connections
+from lab.ha import HALab, Lvsguard, open_synced, served_again, survivors, sync_state
 from lab.keepalived import available as keepalived_available
 from lab.topology import in_lab_vm
 from tests.waiting import json_request, wait_for
@@ -87,16 +87,6 @@ def primary(ha_lab: HALab) -> Iterator[HALab]:
         or not ha_lab.sync
     ):
         ha_lab.restart_keepalived(preempt=True)
-
-
-def sync_state(lab: HALab) -> str:
-    """Both directors' sync daemons and keepalived's lines about them: the message of a failed wait."""
-    lines = [
-        f"{name}: {sorted(sync_roles(lab, name))}, role {k.role()!r}, keepalived log: "
-        + " | ".join(line for line in k.log_tail(400).splitlines() if "sync" in line.lower() or "ipvs" in line.lower())
-        for name, k in lab.keepalived.items()
-    ]
-    return "\n".join(lines)
 
 
 # --- the cluster -----------------------------------------------------------------------
@@ -185,13 +175,8 @@ def test_a_whole_director_crash_the_backup_serves_connections_survive_and_the_pr
     primary: HALab, lvsguard: dict[str, Lvsguard], actuators: dict[str, str]
 ) -> None:
     lab = primary
-    assert wait_for(
-        lambda: sync_roles(lab, "dir2") == {"backup"}, "dir2: backup sync daemon", detail=lambda: sync_state(lab)
-    )
-    held = {service.name: open_held(lab, service, HELD) for service in (lab.nat, lab.dr)}
+    held = open_synced(lab, [lab.nat, lab.dr], HELD)
     try:
-        for name, socks in held.items():
-            wait_for(lambda s=socks: synced_connections(lab, "dir2", s) == HELD, f"{name}: connections synced to dir2")
         crashed = lab.crash("dir1")  # keepalived, exporter and actuator killed with SIGKILL, links down
         # None left: a VRRP child respawned by its dying parent once outlived the crash and took the VIPs back.
         assert lab.keepalived["dir1"].processes() == []
