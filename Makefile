@@ -33,7 +33,7 @@ setup: apt venv lab-prepare mibs
 # The IETF base MIBs that LVSGUARD-MIB imports (from Debian's erlang-snmp .deb;
 # not committed). Fetched on the host: the lab VM has no network.
 mibs: apt
-	@exporter/snmp/mibs/fetch-base-mibs.sh "$${LVSGUARD_MIB_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/lvsguard/base-mibs}"
+	@lvsguard/exporter/snmp/mibs/fetch-base-mibs.sh "$${LVSGUARD_MIB_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/lvsguard/base-mibs}"
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do \

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.passive.conntable import ConnTableReader
 from lab import synflood, traffic
 from lab.topology import VIP_DR, Lab
+from lvsguard.exporter.passive.conntable import ConnTableReader
 from lvsguard.ipvs.netns import entered
 
 CONN_TABLE = "/proc/thread-self/net/ip_vs_conn"

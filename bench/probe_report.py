@@ -36,12 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from actuator.probestate import OPENER, fetch_report, parse_probe_report, report_url
-from actuator.settings import Names
-from actuator.targets import TargetError, target_from_labels
-from exporter.probes.metrics import ProbeMetrics
-from exporter.probes.result import ProbeResult
-from exporter.probes.state import Health
+from lvsguard.actuator.probestate import OPENER, fetch_report, parse_probe_report, report_url
+from lvsguard.actuator.settings import Names
+from lvsguard.actuator.targets import TargetError, target_from_labels
+from lvsguard.exporter.probes.metrics import ProbeMetrics
+from lvsguard.exporter.probes.result import ProbeResult
+from lvsguard.exporter.probes.state import Health
 from lvsguard.model import RealServerKey, ServiceKey
 
 WANTED = tuple(

@@ -138,9 +138,9 @@ def cpu_of(pid: int) -> float:
 def run_engine(
     kind: str, ports: list[int], per_port: int, interval: float, seconds: float, address: str, timeout: float
 ) -> dict[str, Any]:
-    from exporter.probes.engine import CheckSpec, ProbeEngine
-    from exporter.probes.http import HTTPChecker
-    from exporter.probes.tcp import TCPChecker
+    from lvsguard.exporter.probes.engine import CheckSpec, ProbeEngine
+    from lvsguard.exporter.probes.http import HTTPChecker
+    from lvsguard.exporter.probes.tcp import TCPChecker
     from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
     checker = TCPChecker() if kind == "tcp" else HTTPChecker()
@@ -236,7 +236,7 @@ def blackbox(kind: str, ports: list[int], probes: int) -> dict[str, Any]:
                 return f"127.0.0.1:{p}" if kind == "tcp" else f"http://127.0.0.1:{p}/"
 
             async def fire(n: int) -> int:
-                from exporter.probes import httpclient
+                from lvsguard.exporter.probes import httpclient
 
                 sem = asyncio.Semaphore(32)
                 ok = 0

@@ -42,10 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.snmp import layout
-from exporter.snmp.agent import SnmpAgent
-from exporter.snmp.settings import build_settings
-from exporter.snmp.snapshot import Snapshot
+from lvsguard.exporter.snmp import layout
+from lvsguard.exporter.snmp.agent import SnmpAgent
+from lvsguard.exporter.snmp.settings import build_settings
+from lvsguard.exporter.snmp.snapshot import Snapshot
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
 
 COMMUNITY = "bench"

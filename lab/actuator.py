@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from actuator import limits
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
+from lvsguard.actuator import limits
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.ipvs.netlink import NetlinkIPVS
 
 

@@ -44,10 +44,10 @@ from typing import Any, TypeVar
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from actuator.settings import ActuatorSettings, RateLimit
 from lab import monitoring
 from lab.actuator import running_actuator
 from lab.topology import ROOT, VIP_NAT, Lab
+from lvsguard.actuator.settings import ActuatorSettings, RateLimit
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, VirtualService
 

@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
-from actuator.settings import ActuatorSettings, Names, Quorum
 from lab import monitoring
 from lab.actuator import running_actuator
 from lab.polling import poll
 from lab.topology import ROOT, Lab
+from lvsguard.actuator.settings import ActuatorSettings, Names, Quorum
 
 GENERATOR_PATH = ROOT / "dashboards" / "generate.py"
 RATE_WINDOW = "15s"  # $__rate_interval at a 1 s scrape interval, with room for UML's slowness

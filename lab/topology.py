@@ -54,7 +54,7 @@ from lvsguard.model import FWM, Forward, RealServer, RealServerKey, ServiceKey, 
 from lvsguard.table.load import service_mapping
 
 if TYPE_CHECKING:
-    from actuator.actions.table import TableOutcome
+    from lvsguard.actuator.actions.table import TableOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -595,9 +595,9 @@ class Lab:
         process to start, which costs 1-2 s under User-Mode Linux. Raises
         LabError when the kernel refuses an entry.
         """
-        from actuator.actions import Actor, Source
-        from actuator.tableapply import apply_here
         from lvsguard import config
+        from lvsguard.actuator.actions import Actor, Source
+        from lvsguard.actuator.tableapply import apply_here
 
         directory = self.director_files(director.name)
         path = directory / "lvsguard.yaml"

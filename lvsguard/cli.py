@@ -148,11 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--undrain", dest="drain", action="store_const", const=False, help="remove --drain-file and exit")
     ag.set_defaults(func=cmd_agent)
 
-    from actuator import client
+    from lvsguard.actuator import client
 
     for setup in client.COMMANDS.values():
         setup(sub)
-    from actuator import tableapply
+    from lvsguard.actuator import tableapply
 
     tableapply.setup_apply(sub)
 
@@ -310,8 +310,8 @@ def _load_config(path: Path | None) -> Config:
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    from exporter import main as exporter_main
     from lvsguard import webconfig
+    from lvsguard.exporter import main as exporter_main
 
     cfg = _load_config(args.config)
     web = webconfig.load(args.web_config)  # read once, before anything starts
@@ -322,8 +322,8 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def cmd_actuator(args: argparse.Namespace) -> int:
-    from actuator import app
     from lvsguard import webconfig
+    from lvsguard.actuator import app
 
     cfg = _load_config(args.config)
     settings = _actuator_settings(args)
@@ -343,7 +343,7 @@ def _actuator_settings(args: argparse.Namespace) -> ActuatorSettings:
     """The actuator's settings from the config and the tokens (LVSGUARD_TOKEN, --token-file)."""
     import dataclasses
 
-    from actuator import auth, settings
+    from lvsguard.actuator import auth, settings
 
     cfg = _load_config(args.config)
     actuator_settings = cfg.actuator or settings.from_mapping(None)
@@ -355,7 +355,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from lvsguard import status
 
     if args.url:
-        from actuator.client import status_from_api
+        from lvsguard.actuator.client import status_from_api
 
         return status_from_api(args)
     cfg = _load_config(args.config)

@@ -5,12 +5,12 @@ keepalived lines for each from the config (``lvsguard keepalived snippet``):
 
 - the failover track file (``actuator.failover_track_file``): the actuator
   writes ``1`` to give the VIPs up and ``0`` to take them back
-  (actuator/failover.py). keepalived tracks it with weight 0, so a non-zero
+  (lvsguard/actuator/failover.py). keepalived tracks it with weight 0, so a non-zero
   value puts the instance in FAULT: the VIPs go at once and the peer takes
   over even when it is ``nopreempt`` (a negative weight only lowers the
   priority, which a ``nopreempt`` backup ignores; docs/ha.md);
 - the VRRP notify FIFO (``director.keepalived_fifo``): the exporter reads the
-  instance's state from it (exporter/keepalived.py); keepalived's
+  instance's state from it (lvsguard/exporter/keepalived.py); keepalived's
   ``vrrp_notify_fifo``, a FIFO of the exporter's own (a FIFO has one reader);
 - the VRRP role (``actuator.role_file``), which the other director's actuator
   asks for before it fails over: keepalived runs ``lvsguard keepalived

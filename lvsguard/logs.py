@@ -48,10 +48,10 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 
 def set_levels(spec: str) -> None:
-    """Set the levels of ``LOGGER=LEVEL,...`` (``exporter.probes=debug,actuator=warning``).
+    """Set the levels of ``LOGGER=LEVEL,...`` (``lvsguard.exporter.probes=debug,lvsguard.actuator=warning``).
 
-    A logger is a module's import name or a package above it (``exporter.probes``
-    covers ``exporter.probes.engine``); its level overrides the process's
+    A logger is a module's import name or a package above it (``lvsguard.exporter.probes``
+    covers ``lvsguard.exporter.probes.engine``); its level overrides the process's
     ``--log-level`` for it. A malformed entry is logged and skipped: a logging
     setting never stops a service.
     """

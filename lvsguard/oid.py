@@ -1,4 +1,4 @@
-"""SNMP object identifiers as tuples: parsed once for the config, encoded by the agent (exporter/snmp/ber.py)."""
+"""SNMP object identifiers as tuples: parsed once for the config, encoded by the agent (lvsguard/exporter/snmp/ber.py)."""
 
 from __future__ import annotations
 

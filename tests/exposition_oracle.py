@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporter.collector import (
+from lvsguard.exporter.collector import (
     ALL_METRICS,
     BACKEND_LABELS,
     BACKEND_METRICS,
@@ -43,9 +43,9 @@ from exporter.collector import (
     service_label_values,
     summed,
 )
-from exporter.keepalived import PRIORITY, STATE, STATES, TRANSITIONS, Extras, KeepalivedFifo
-from exporter.passive.conntable import REASONS
-from exporter.passive.metrics import (
+from lvsguard.exporter.keepalived import PRIORITY, STATE, STATES, TRANSITIONS, Extras, KeepalivedFifo
+from lvsguard.exporter.passive.conntable import REASONS
+from lvsguard.exporter.passive.metrics import (
     ENTRIES,
     FAILURE_LABELS,
     HANDSHAKE_FAILURES,
@@ -54,7 +54,7 @@ from exporter.passive.metrics import (
     VERDICTS,
     PassiveMetrics,
 )
-from exporter.probes.metrics import (
+from lvsguard.exporter.probes.metrics import (
     BUCKETS,
     CHANGES,
     DURATION,

@@ -22,7 +22,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from flask import Flask
 
-    from actuator.settings import ActuatorSettings
+    from lvsguard.actuator.settings import ActuatorSettings
 
 
 class FakeKernel:
@@ -314,7 +314,7 @@ _APP_KERNELS: weakref.WeakKeyDictionary[Flask, FakeKernel] = weakref.WeakKeyDict
 
 def fake_app(settings: ActuatorSettings, kernel: FakeKernel, ledger_path: str, **kwargs: Any) -> Flask:
     """``create_app`` on ``kernel``; :func:`kernel_of` gives it back (the app keeps its kernel to itself)."""
-    from actuator.app import create_app
+    from lvsguard.actuator.app import create_app
 
     app = create_app(settings, kernel=kernel, ledger_path=ledger_path, **kwargs)
     _APP_KERNELS[app] = kernel

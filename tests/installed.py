@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("lvsguard", "exporter", "actuator")
+PACKAGES = ("lvsguard",)
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 

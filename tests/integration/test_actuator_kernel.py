@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from actuator.settings import ActuatorSettings, Quorum
 from lab import traffic
 from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
+from lvsguard.actuator.settings import ActuatorSettings, Quorum
 from tests.fakes import am_alert, am_payload
 from tests.waiting import json_request
 from tests.waiting import wait_for as shared_wait_for
@@ -156,8 +156,8 @@ def test_quorum_refusal_is_applied_later_when_another_server_returns(lab: Lab, n
 
 ACTUATOR_MAIN = """
 import sys
-from actuator.app import serve
-from actuator.settings import ActuatorSettings, Quorum
+from lvsguard.actuator.app import serve
+from lvsguard.actuator.settings import ActuatorSettings, Quorum
 serve(ActuatorSettings(tokens={"test": sys.argv[1]}, hold_down=0.0, job_poll_interval=0.2, slow_start=float(sys.argv[5])),
       listen=sys.argv[2], netns=sys.argv[3], ledger_path=sys.argv[4])
 """

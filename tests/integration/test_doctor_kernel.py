@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from actuator.settings import ActuatorSettings
 from lab.actuator import running_actuator
 from lab.topology import in_lab_vm
+from lvsguard.actuator.settings import ActuatorSettings
 from tests.integration.test_actuator_kernel import TOKEN
 from tests.waiting import wait_for
 

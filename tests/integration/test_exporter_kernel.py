@@ -29,13 +29,13 @@ from typing import TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import BACKEND_METRICS, IPVSCollector
-from exporter.exposition import Exposition
-from exporter.server import ExporterServer, run
-from exporter.source import ExporterReader
 from lab import traffic
 from lab.polling import poll as lab_poll
 from lab.topology import Lab, LabError, LabService
+from lvsguard.exporter.collector import BACKEND_METRICS, IPVSCollector
+from lvsguard.exporter.exposition import Exposition
+from lvsguard.exporter.server import ExporterServer, run
+from lvsguard.exporter.source import ExporterReader
 from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
@@ -410,9 +410,9 @@ def test_procfs_source(lab: Lab, exporter: ExporterServer) -> None:
 
 FALLBACK_SCRIPT = """
 import sys
-from exporter.collector import BACKEND_METRICS, IPVSCollector
-from exporter.exposition import Exposition
-from exporter.source import ExporterReader
+from lvsguard.exporter.collector import BACKEND_METRICS, IPVSCollector
+from lvsguard.exporter.exposition import Exposition
+from lvsguard.exporter.source import ExporterReader
 sys.stdout.write(Exposition(IPVSCollector(ExporterReader(sys.argv[1], "auto"))).render())
 """
 

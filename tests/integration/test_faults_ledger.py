@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.model import ServiceKey
 from tests.fakes import FakeKernel, am_alert, am_payload, service
 

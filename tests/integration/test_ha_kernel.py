@@ -26,10 +26,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actuator.settings import ActuatorSettings
-from exporter.collector import IPVSCollector
-from exporter.exposition import Exposition
-from exporter.keepalived import KeepalivedFifo
 from lab import traffic
 from lab.actuator import running_actuator
 from lab.ha import (
@@ -46,6 +42,10 @@ from lab.ha import (
 from lab.keepalived import available as keepalived_available
 from lab.monitoring import running_alertmanager
 from lab.topology import LabService, in_lab_vm
+from lvsguard.actuator.settings import ActuatorSettings
+from lvsguard.exporter.collector import IPVSCollector
+from lvsguard.exporter.exposition import Exposition
+from lvsguard.exporter.keepalived import KeepalivedFifo
 from lvsguard.ipvs.addresses import local_addresses
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from tests.fakes import am_alert, am_payload

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from actuator.ledger import Ledger
-from actuator.settings import ActuatorSettings
 from lab.actuator import running_actuator
 from lab.topology import Lab
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from tests.integration.test_passive_kernel import RATE, Client, refused
 from tests.integration.test_reload import Exporter

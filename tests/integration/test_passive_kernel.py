@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.passive.metrics import HANDSHAKE_FAILURES, PassiveMetrics
-from exporter.passive.rule import Verdict
-from exporter.passive.runner import PassiveDetector
 from lab import synflood
 from lab.topology import Lab, LabService, Node
 from lvsguard.config.passive import PassiveConfig
+from lvsguard.exporter.passive.metrics import HANDSHAKE_FAILURES, PassiveMetrics
+from lvsguard.exporter.passive.rule import Verdict
+from lvsguard.exporter.passive.runner import PassiveDetector
 from lvsguard.ipvs.netns import entered
 from tests.integration.test_reload import Exporter
 from tests.waiting import wait_for

@@ -23,19 +23,19 @@ from typing import Any, TypeVar
 
 import pytest
 
-from exporter.collector import IPVSCollector
-from exporter.exposition import Exposition
-from exporter.main import start_probes
-from exporter.probes.dns import DNSChecker
-from exporter.probes.engine import CheckSpec, probe
-from exporter.probes.http import HTTPChecker, tls_context
-from exporter.probes.icmp import ICMPChecker
-from exporter.probes.result import Checker, ProbeResult, Target
-from exporter.probes.script import ScriptChecker
-from exporter.probes.udp import UDPChecker
-from exporter.source import ExporterReader
 from lab.topology import Lab
 from lvsguard.config import Config, ProbesConfig
+from lvsguard.exporter.collector import IPVSCollector
+from lvsguard.exporter.exposition import Exposition
+from lvsguard.exporter.main import start_probes
+from lvsguard.exporter.probes.dns import DNSChecker
+from lvsguard.exporter.probes.engine import CheckSpec, probe
+from lvsguard.exporter.probes.http import HTTPChecker, tls_context
+from lvsguard.exporter.probes.icmp import ICMPChecker
+from lvsguard.exporter.probes.result import Checker, ProbeResult, Target
+from lvsguard.exporter.probes.script import ScriptChecker
+from lvsguard.exporter.probes.udp import UDPChecker
+from lvsguard.exporter.source import ExporterReader
 from lvsguard.ipvs.netns import entered
 from tests.integration.test_reload import Exporter
 

@@ -22,17 +22,17 @@ from typing import Any
 
 import pytest
 
-from actuator.settings import ActuatorSettings
-from exporter.probes.agent import AgentChecker
-from exporter.probes.engine import CheckSpec, Damping, Plan, ProbeEngine
-from exporter.probes.metrics import ProbeMetrics
-from exporter.probes.publish import HTTPPublisher
-from exporter.probes.tcp import TCPChecker
 from lab import traffic
 from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
+from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.agent import Agent, AgentOptions
 from lvsguard.agent import serve as serve_agent
+from lvsguard.exporter.probes.agent import AgentChecker
+from lvsguard.exporter.probes.engine import CheckSpec, Damping, Plan, ProbeEngine
+from lvsguard.exporter.probes.metrics import ProbeMetrics
+from lvsguard.exporter.probes.publish import HTTPPublisher
+from lvsguard.exporter.probes.tcp import TCPChecker
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered
 from tests.integration.test_actuator_alertmanager import alertmanager_for  # noqa: F401 - a fixture: the project's Alertmanager config

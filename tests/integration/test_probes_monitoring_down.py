@@ -31,15 +31,15 @@ from typing import Any
 
 import pytest
 
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
-from exporter.probes.engine import CheckSpec, Damping, ProbeEngine
-from exporter.probes.prometheus import UNREACHABLE, PrometheusChecker
-from exporter.probes.publish import HTTPPublisher
-from exporter.probes.tcp import TCPChecker
 from lab.actuator import serving
 from lab.monitoring import alertmanager_server, prometheus_config, prometheus_server, running_node_exporter
 from lab.polling import poll as lab_poll
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
+from lvsguard.exporter.probes.engine import CheckSpec, Damping, ProbeEngine
+from lvsguard.exporter.probes.prometheus import UNREACHABLE, PrometheusChecker
+from lvsguard.exporter.probes.publish import HTTPPublisher
+from lvsguard.exporter.probes.tcp import TCPChecker
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, service
 from tests.integration.test_probes_prometheus import scraped

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.probes.prometheus import PrometheusChecker
-from exporter.probes.result import ProbeResult, Target
 from lab.monitoring import prometheus_config, query, running_node_exporter, running_prometheus
 from lab.polling import poll
+from lvsguard.exporter.probes.prometheus import PrometheusChecker
+from lvsguard.exporter.probes.result import ProbeResult, Target
 
 WAIT = 60.0
 

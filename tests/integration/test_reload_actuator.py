@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from actuator import reload as reloading
-from actuator.app import create_app
+from lvsguard.actuator import reload as reloading
+from lvsguard.actuator.app import create_app
 from lvsguard.cli import _actuator_settings
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, service

@@ -23,16 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from exporter.main import start_probes, start_snmp
-from exporter.probes.runner import ProbeRunner
-from exporter.snmp import layout
-from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
-from exporter.snmp.runner import RunningAgent
 from lab.actuator import running_actuator
 from lab.polling import poll
 from lab.topology import Lab
 from lvsguard import config as config_module
 from lvsguard.config import Config
+from lvsguard.exporter.main import start_probes, start_snmp
+from lvsguard.exporter.probes.runner import ProbeRunner
+from lvsguard.exporter.snmp import layout
+from lvsguard.exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
+from lvsguard.exporter.snmp.runner import RunningAgent
 from lvsguard.model import Forward, RealServer, RealServerKey
 from tests.integration.test_probes_kernel import port_closed
 from tests.integration.test_snmp_kernel import trapd  # noqa: F401 - a fixture: a real snmptrapd logging to a file

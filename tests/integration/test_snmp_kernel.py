@@ -20,14 +20,14 @@ from typing import TypeVar
 
 import pytest
 
-from exporter.snmp import layout
-from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
-from exporter.snmp.runner import RunningAgent, start_in_thread
-from exporter.snmp.settings import build_settings
-from exporter.snmp.snapshot import Health, RealServerState, ServiceState, Snapshot
 from lab import traffic
 from lab.polling import poll as lab_poll
 from lab.topology import Lab
+from lvsguard.exporter.snmp import layout
+from lvsguard.exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
+from lvsguard.exporter.snmp.runner import RunningAgent, start_in_thread
+from lvsguard.exporter.snmp.settings import build_settings
+from lvsguard.exporter.snmp.snapshot import Health, RealServerState, ServiceState, Snapshot
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
@@ -207,7 +207,7 @@ def test_prometheus_snmp_exporter_reads_the_kernel_counters(
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from exporter.snmp.mibfiles import MIB_DIR
+    from lvsguard.exporter.snmp.mibfiles import MIB_DIR
 
     module = (MIB_DIR.parent / "snmp_exporter" / "snmp.yml").read_text().replace("community: public", "community: lab")
     (tmp_path / "snmp.yml").write_text(module)
@@ -363,7 +363,7 @@ def _wait_until_listening(port: int, log_file: Path, proc: subprocess.Popen) -> 
     """Send a v2c trap until snmptrapd logs it: then it has bound its port (the agent must not get it first)."""
     import socket
 
-    from exporter.snmp.notify import Notification, encode_notification
+    from lvsguard.exporter.snmp.notify import Notification, encode_notification
 
     ready = Notification("lvsgDirectorRoleChange", ((layout.DEFAULT_BASE + (1, 7, 1, 0), "text", "snmptrapd-ready"),))
     data = encode_notification(ready, layout.DEFAULT_BASE, b"traps", 1, 0, inform=False)

@@ -29,17 +29,17 @@ from typing import Any
 
 import pytest
 
-from actuator.probestate import fetch_report, parse_probe_report, report_url
-from actuator.settings import ActuatorSettings, Names, Quorum
-from actuator.targets import Target
-from exporter.main import start_probes
-from exporter.probes.metrics import no_report
-from exporter.server import ExporterServer, run
-from exporter.source import ExporterReader
 from lab import traffic
 from lab.actuator import running_actuator
 from lab.topology import Lab, LabService
 from lvsguard import config
+from lvsguard.actuator.probestate import fetch_report, parse_probe_report, report_url
+from lvsguard.actuator.settings import ActuatorSettings, Names, Quorum
+from lvsguard.actuator.targets import Target
+from lvsguard.exporter.main import start_probes
+from lvsguard.exporter.probes.metrics import no_report
+from lvsguard.exporter.server import ExporterServer, run
+from lvsguard.exporter.source import ExporterReader
 
 MIN_MEMORY_KIB = 1_800_000  # Chromium's tab crashes in the lab VM's default 512 MiB
 

@@ -37,14 +37,14 @@ from typing import Any
 import bcrypt
 import pytest
 
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
 from lab.actuator import serving
 from lab.monitoring import free_port, get_json, prometheus_server, query
 from lab.polling import poll
 from lab.processes import stop
 from lab.topology import Lab
 from lvsguard import webconfig
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
 from tests import tlsfiles
 from tests.fakes import FakeKernel, service
 

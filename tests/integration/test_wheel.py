@@ -91,7 +91,7 @@ def test_the_wheel_holds_every_packaged_file_of_the_checkout(wheel: Path) -> Non
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f for f in tracked_files() if f.split("/")[0] in PACKAGES and "__pycache__" not in f}
     assert sorted(expected - names) == []
-    assert "exporter/snmp/mibs/LVSGUARD-MIB.txt" in names
+    assert "lvsguard/exporter/snmp/mibs/LVSGUARD-MIB.txt" in names
     assert not [n for n in names if n.startswith(("tests/", "lab/", "bench/"))]
     licenses = [n for n in names if ".dist-info/" in n and n.rsplit("/", 1)[1] == "LICENSE"]
     assert len(licenses) == 1 and zipfile.ZipFile(wheel).read(licenses[0]) == (ROOT / "LICENSE").read_bytes()
@@ -113,7 +113,7 @@ def test_config_check_of_the_example_from_the_venv(venv: Path, tmp_path: Path) -
 
 
 def test_the_installed_code_is_the_wheel_and_finds_its_mib(venv: Path, tmp_path: Path) -> None:
-    code = "import exporter.snmp.mibfiles as m, lvsguard; print(lvsguard.__file__); print((m.MIB_DIR / 'LVSGUARD-MIB.txt').is_file())"
+    code = "import lvsguard.exporter.snmp.mibfiles as m, lvsguard; print(lvsguard.__file__); print((m.MIB_DIR / 'LVSGUARD-MIB.txt').is_file())"
     where, mib = run(venv / "bin" / "python", "-c", code, cwd=tmp_path).split()
     assert where.startswith(str(venv))  # not the source tree
     assert mib == "True"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from actuator.actions import Actions, Actor, ramp_weight
-from actuator.ledger import Ledger
-from actuator.settings import ActuatorSettings, Names, Quorum, RateLimit
-from actuator.targets import Target
+from lvsguard.actuator.actions import Actions, Actor, ramp_weight
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.settings import ActuatorSettings, Names, Quorum, RateLimit
+from lvsguard.actuator.targets import Target
 from lvsguard.errors import NotPermitted
 from lvsguard.model import Forward, RealServerKey, ServiceKey
 from tests.fakes import FakeClock, FakeKernel, service

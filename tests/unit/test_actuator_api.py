@@ -10,9 +10,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from actuator.auth import TokenFileError, load_tokens, parse_tokens, token_name
-from actuator.openapi import BODIES, document
-from actuator.settings import ActuatorSettings, Names, Quorum
+from lvsguard.actuator.auth import TokenFileError, load_tokens, parse_tokens, token_name
+from lvsguard.actuator.openapi import BODIES, document
+from lvsguard.actuator.settings import ActuatorSettings, Names, Quorum
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, kernel_of, service
 
@@ -275,7 +275,7 @@ def test_drain_is_a_job_visible_with_progress(app: Flask, client: FlaskClient, o
     job_id = r.get_json()["job_id"]
     kernel.set_connections(WEB, RealServerKey.parse("10.0.1.2:80"), active=1)
     actions = app.extensions["lvsguard"].actions
-    from actuator.ledger import Ledger
+    from lvsguard.actuator.ledger import Ledger
 
     ledger = Ledger.open(app.config["LVSGUARD_LEDGER"])
     assert actions.step_job(ledger, job_id) is False

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from actuator.app import create_app, ledger_directory, parse_listen, serve
-from actuator.ledger import Ledger
-from actuator.settings import ActuatorSettings
+from lvsguard.actuator.app import create_app, ledger_directory, parse_listen, serve
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.errors import LvsguardError
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, service

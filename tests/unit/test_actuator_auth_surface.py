@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
 from tests.fakes import FakeKernel, service
 
 SECRET = "s3cret-of-the-ops-token-42"

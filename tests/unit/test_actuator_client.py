@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from actuator.client import COMMANDS, ActuatorClient, ClientError, ProgressBar, status_from_api
-from actuator.ledger import Ledger
-from actuator.settings import ActuatorSettings, Names, Quorum
 from lab.actuator import serving
+from lvsguard.actuator.client import COMMANDS, ActuatorClient, ClientError, ProgressBar, status_from_api
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.settings import ActuatorSettings, Names, Quorum
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, fake_app, kernel_of, service
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actuator.ledger import Ledger
-from actuator.targets import Target
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.targets import Target
 
 T = Target.parse("TCP 192.0.2.10:80", "10.0.1.1:80")
 T6 = Target.parse("FWM 3 IPv6", "[2001:db8::5]:443")

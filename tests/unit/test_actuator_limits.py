@@ -26,9 +26,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
 from lab.actuator import serving
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
 from tests.fakes import FakeClock, FakeKernel, am_alert, am_payload, service
 
 SECRET = "ops-secret-0123456789abcdef"
@@ -267,7 +267,7 @@ def test_metrics_and_the_openapi_document_follow_read_only_open(tmp_path: Path) 
 
 
 def test_open_reads_on_a_public_address_are_warned_about(logged: Lines) -> None:
-    from actuator.limits import warn_exposure
+    from lvsguard.actuator.limits import warn_exposure
 
     warn_exposure("0.0.0.0", ActuatorSettings(tokens={"ops": SECRET}, read_only_open=True))
     warn_exposure("0.0.0.0", ActuatorSettings(tokens={"ops": SECRET}))  # the default: reads need a token there

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from actuator.settings import (
+from lvsguard.actuator.settings import (
     ActuatorSettings,
     Names,
     Quorum,
@@ -15,7 +15,7 @@ from actuator.settings import (
     from_mapping,
     parse_duration,
 )
-from actuator.targets import Target, TargetError, target_from_labels
+from lvsguard.actuator.targets import Target, TargetError, target_from_labels
 from lvsguard.errors import ConfigError
 from lvsguard.model import RealServerKey, ServiceKey
 

@@ -1,4 +1,4 @@
-"""Probe state read from the exporter's ``/probes.json`` (``actuator/probestate.py``).
+"""Probe state read from the exporter's ``/probes.json`` (``lvsguard/actuator/probestate.py``).
 
 The report is the exporter's own: ``exporter.probes.metrics.ProbeMetrics``
 fed real ``ProbeResult``/``Health`` values writes it, so a change of the
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actuator.probestate import (
+from lvsguard.actuator.probestate import (
     MIN_AGE,
     SLOW_FACTOR,
     CheckState,
@@ -26,10 +26,10 @@ from actuator.probestate import (
     parse_probe_report,
     report_url,
 )
-from actuator.targets import Target
-from exporter.probes.metrics import ProbeMetrics
-from exporter.probes.result import ProbeResult
-from exporter.probes.state import Health
+from lvsguard.actuator.targets import Target
+from lvsguard.exporter.probes.metrics import ProbeMetrics
+from lvsguard.exporter.probes.result import ProbeResult
+from lvsguard.exporter.probes.state import Health
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeClock
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from actuator import auth
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
 from lab.actuator import serving
 from lvsguard import config
+from lvsguard.actuator import auth
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
 from tests.fakes import FakeKernel, service
 
 TOKEN = "read-access-token-0123456789"

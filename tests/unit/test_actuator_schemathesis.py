@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from schemathesis import checks as st_checks
 from schemathesis.generation import GenerationMode
 
-from actuator.app import create_app
-from actuator.openapi import document
-from actuator.settings import ActuatorSettings
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.openapi import document
+from lvsguard.actuator.settings import ActuatorSettings
 from tests.fakes import FakeKernel, service
 
 TOKEN = "schemathesis-0123456789"
@@ -87,7 +87,7 @@ def schema(app: Flask) -> Any:
 @pytest.fixture(scope="module")
 def errors() -> Any:
     handler = _Errors()
-    logger = logging.getLogger("actuator")
+    logger = logging.getLogger("lvsguard.actuator")
     logger.addHandler(handler)
     yield handler
     logger.removeHandler(handler)

@@ -8,10 +8,10 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from actuator.actions import VIEW_CACHE_MIN, VIEW_TTL
-from actuator.app import ActuatorState, create_app
-from actuator.ledger import Ledger, get_ledger
-from actuator.settings import ActuatorSettings
+from lvsguard.actuator.actions import VIEW_CACHE_MIN, VIEW_TTL
+from lvsguard.actuator.app import ActuatorState, create_app
+from lvsguard.actuator.ledger import Ledger, get_ledger
+from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.errors import InvalidRequest, NotPermitted
 from lvsguard.model import RealServer, RealServerKey, ServiceKey, VirtualService
 from tests.fakes import FakeKernel, am_alert, am_payload, service

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from actuator import reload as reloading
-from actuator.actions import Actions, Actor, Source
-from actuator.jobs import JobRunner
-from actuator.ledger import Ledger
-from actuator.openapi import document
-from actuator.settings import ActuatorSettings
-from actuator.targets import Target
 from lvsguard import config
+from lvsguard.actuator import reload as reloading
+from lvsguard.actuator.actions import Actions, Actor, Source
+from lvsguard.actuator.jobs import JobRunner
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.openapi import document
+from lvsguard.actuator.settings import ActuatorSettings
+from lvsguard.actuator.targets import Target
 from lvsguard.errors import ConfigError, LvsguardError
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeClock, FakeKernel, fake_app, kernel_of, service
@@ -314,8 +314,8 @@ def apply_args(config_file: Path, url: str, *extra: str) -> Any:
 
 
 def test_apply_makes_the_running_actuator_reload_and_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from actuator.tableapply import run_apply
     from lab.actuator import serving
+    from lvsguard.actuator.tableapply import run_apply
 
     config_file = tmp_path / "lvsguard.yaml"
     config_file.write_text(CONFIG % {"prune": "owned", "web2": 9, "more": ""})
@@ -330,7 +330,7 @@ def test_apply_makes_the_running_actuator_reload_and_apply(tmp_path: Path, monke
 
 
 def test_apply_checks_the_config_before_anything(tmp_path: Path) -> None:
-    from actuator.tableapply import run_apply
+    from lvsguard.actuator.tableapply import run_apply
 
     config_file = tmp_path / "lvsguard.yaml"
     config_file.write_text(CONFIG % {"prune": "owned", "web2": "heavy", "more": ""})
@@ -341,8 +341,8 @@ def test_apply_checks_the_config_before_anything(tmp_path: Path) -> None:
 
 def test_apply_in_process_waits_for_no_one_while_an_actuator_holds_the_lock(tmp_path: Path) -> None:
     """An actuator that holds the ledger's lock but does not answer: nothing is written, the message says why."""
-    from actuator.ledger import writer_lock
-    from actuator.tableapply import run_apply
+    from lvsguard.actuator.ledger import writer_lock
+    from lvsguard.actuator.tableapply import run_apply
 
     config_file = tmp_path / "lvsguard.yaml"
     config_file.write_text(CONFIG % {"prune": "owned", "web2": 5, "more": ""})

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from actuator.actions import Actions, Actor, Source
-from actuator.ledger import Ledger
-from actuator.metrics import DriftCollector
-from actuator.targets import Target
 from lvsguard import config
+from lvsguard.actuator.actions import Actions, Actor, Source
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.metrics import DriftCollector
+from lvsguard.actuator.targets import Target
 from lvsguard.errors import ConfigError
 from lvsguard.model import RealServerKey
 from tests.fakes import FakeClock, FakeKernel, fake_app, service

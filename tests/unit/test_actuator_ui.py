@@ -18,9 +18,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from actuator.auth import LoginLimiter
-from actuator.ledger import Ledger
-from actuator.settings import ActuatorSettings, Names, Quorum
+from lvsguard.actuator.auth import LoginLimiter
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.settings import ActuatorSettings, Names, Quorum
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeClock, FakeKernel, fake_app, kernel_of, service
 from tests.unit.test_actuator_api import OpenAPI, call, openapi  # noqa: F401 - a fixture: the document's validator
@@ -462,8 +462,8 @@ def test_services_without_checks_are_not_shown_unhealthy(tmp_path: Path, exporte
     import argparse
     import io
 
-    from actuator.client import status_from_api
     from lab.actuator import serving
+    from lvsguard.actuator.client import status_from_api
 
     url, handler = exporter
     serve_probes(handler)  # checks of web only

@@ -10,9 +10,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from actuator.ledger import Ledger
-from actuator.settings import ActuatorSettings, Names, Rule
-from actuator.webhook import PayloadError, parse_payload
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.settings import ActuatorSettings, Names, RateLimit, Rule
+from lvsguard.actuator.webhook import PayloadError, parse_payload
 from lvsguard.errors import IPVSUnavailable
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, kernel_of, service
@@ -232,7 +232,7 @@ def test_restore_action_lifts_alert_holds_only(app: Flask, client: FlaskClient) 
 
 def test_large_batch_reads_the_table_once(tmp_path: Path) -> None:
     kernel = FakeKernel([service(str(WEB), *((f"10.0.{i // 250}.{i % 250 + 1}:80", 1) for i in range(1000)))])
-    app = make_app(tmp_path, kernel=kernel, rate_limit=__import__("actuator.settings").settings.RateLimit(0, 1))
+    app = make_app(tmp_path, kernel=kernel, rate_limit=RateLimit(0, 1))
     calls = {"read": 0, "read_service": 0}
     for name in calls:
         original = getattr(kernel, name)

@@ -10,8 +10,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
 from tests.fakes import FakeKernel, am_alert, am_payload, service
 
 pytest.importorskip("hypothesis")

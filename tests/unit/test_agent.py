@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from exporter.probes.agent import AgentChecker
-from exporter.probes.result import ProbeResult, Target
 from lvsguard.agent import (
     Agent,
     AgentError,
@@ -20,6 +18,8 @@ from lvsguard.agent import (
     request_drain,
     serve,
 )
+from lvsguard.exporter.probes.agent import AgentChecker
+from lvsguard.exporter.probes.result import ProbeResult, Target
 
 
 def test_percent_from_loadavg() -> None:
@@ -248,7 +248,7 @@ def test_a_source_failing_later_answers_bare_up(caplog: pytest.LogCaptureFixture
 
 
 def test_bare_up_keeps_the_directors_weight() -> None:
-    from exporter.probes.agent import parse_reply
+    from lvsguard.exporter.probes.agent import parse_reply
 
     reply = parse_reply("up")
     assert (reply.state, reply.percent) == ("up", None)

@@ -27,8 +27,8 @@ hypothesis = pytest.importorskip("hypothesis", reason="property-based tests need
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.probes.agent import MAX_REPLY, AgentChecker, parse_reply
-from exporter.probes.result import ProbeResult, Target
+from lvsguard.exporter.probes.agent import MAX_REPLY, AgentChecker, parse_reply
+from lvsguard.exporter.probes.result import ProbeResult, Target
 
 EXAMPLES = int(os.environ.get("LVSGUARD_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -184,7 +184,7 @@ def test_actuator_listens_where_the_config_says_unless_the_flag_says_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str, flag: list[str], expected: str
 ) -> None:
     """``actuator.listen`` is documented as the actuator's address (``--listen`` wins); it was read by nobody."""
-    from actuator import app
+    from lvsguard.actuator import app
 
     served: dict[str, object] = {}
     monkeypatch.setattr(app, "serve", lambda settings, **kwargs: served.update(kwargs))

@@ -25,9 +25,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import ALL_METRICS, BACKEND_LABELS, IPVSCollector, parse_backend_labels
-from exporter.exposition import Exposition, encoded, gzipped
 from lvsguard.errors import IPVSUnavailable, KernelError, NotPermitted
+from lvsguard.exporter.collector import ALL_METRICS, BACKEND_LABELS, IPVSCollector, parse_backend_labels
+from lvsguard.exporter.exposition import Exposition, encoded, gzipped
 from lvsguard.labels import UnknownBackendLabels
 from lvsguard.model import (
     Forward,
@@ -353,7 +353,7 @@ def test_registering_does_not_read_the_table() -> None:
 def test_read_failure_is_ipvs_up_0_and_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
     reader = FakeReader(NotPermitted("netlink IPVS needs CAP_NET_ADMIN"))
     exposition = Exposition(IPVSCollector(reader))
-    caplog.set_level(logging.INFO, logger="exporter.collector")
+    caplog.set_level(logging.INFO, logger="lvsguard.exporter.collector")
 
     def scrape() -> str:
         return exposition.render()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.collector import BACKEND_LABELS
 from lvsguard import config
 from lvsguard.config import Config, DirectorConfig, ExporterConfig, RealServerConfig, ServiceConfig
 from lvsguard.errors import ConfigError, ConfigProblem
+from lvsguard.exporter.collector import BACKEND_LABELS
 from lvsguard.model import RealServerKey, ServiceKey
 
 FULL = """\

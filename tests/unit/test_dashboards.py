@@ -191,7 +191,7 @@ def test_queries_name_only_known_metrics(name: str) -> None:
 
 
 def test_exporter_metrics_of_the_contract_exist_in_the_exporter() -> None:
-    collector = pytest.importorskip("exporter.collector")
+    collector = pytest.importorskip("lvsguard.exporter.collector")
     exported = {metric.name for metric in collector.ALL_METRICS}
     ours = {name for name in GENERATOR.METRICS if name.startswith("ipvs_") or name in exported}
     assert ours <= exported, sorted(ours - exported)

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from exporter.collector import IPVSCollector
-from exporter.exposition import Exposition, escape_label_value, format_value
-from exporter.server import ExporterServer
+from lvsguard.exporter.collector import IPVSCollector
+from lvsguard.exporter.exposition import Exposition, escape_label_value, format_value
+from lvsguard.exporter.server import ExporterServer
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
 
 
@@ -72,7 +72,7 @@ class BigReader:
 
 
 def test_a_scraper_that_leaves_mid_scrape_is_logged_and_the_server_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="exporter.server")
+    caplog.set_level(logging.DEBUG, logger="lvsguard.exporter.server")
     server = ExporterServer("127.0.0.1:0", Exposition(IPVSCollector(BigReader())))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

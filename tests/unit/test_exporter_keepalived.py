@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.keepalived import Extras, FifoError, KeepalivedFifo, parse_line
 from lvsguard.config import ConfigError, loads
+from lvsguard.exporter.keepalived import Extras, FifoError, KeepalivedFifo, parse_line
 from tests.exposition_oracle import Families, client_text, vrrp_families
 
 # What keepalived 2.2.7 wrote to notify_fifo in the lab (lab/keepalived.py), in order.

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import IPVSCollector
-from exporter.exposition import Exposition
-from exporter.probes.metrics import ProbeMetrics
-from exporter.probes.result import ProbeResult
-from exporter.probes.state import Health
-from exporter.server import ExporterServer, ListenError, accepts_gzip, parse_listen, run
 from lvsguard.errors import NotPermitted
+from lvsguard.exporter.collector import IPVSCollector
+from lvsguard.exporter.exposition import Exposition
+from lvsguard.exporter.probes.metrics import ProbeMetrics
+from lvsguard.exporter.probes.result import ProbeResult
+from lvsguard.exporter.probes.state import Health
+from lvsguard.exporter.server import ExporterServer, ListenError, accepts_gzip, parse_listen, run
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
 
 BIG = 2**64 - 1

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from exporter.source import ExporterReader
 from lvsguard.errors import IPVSUnavailable, KernelError, NamespaceError, NotPermitted
+from lvsguard.exporter.source import ExporterReader
 from lvsguard.model import Table
 
 NETLINK_TABLE = Table((), source="netlink")
@@ -62,7 +62,7 @@ def test_auto_falls_back_to_procfs_when_netlink_read_is_refused(caplog: pytest.L
     netlink = Stub("netlink", NETLINK_TABLE, [NotPermitted("netlink IPVS needs CAP_NET_ADMIN", errno=1)])
     opener = Opener(netlink, Stub("procfs", PROCFS_TABLE))
     reader = ExporterReader(None, "auto", opener=opener)
-    caplog.set_level(logging.WARNING, logger="exporter.source")
+    caplog.set_level(logging.WARNING, logger="lvsguard.exporter.source")
     assert reader.read() is PROCFS_TABLE
     assert reader.read() is PROCFS_TABLE
     assert opener.calls == [(None, "auto"), (None, "procfs")]

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from actuator.app import create_app
-from actuator.failover import PeerCheck, peer_problem
-from actuator.settings import ActuatorSettings, from_mapping
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.failover import PeerCheck, peer_problem
+from lvsguard.actuator.settings import ActuatorSettings, from_mapping
 from lvsguard.errors import ConfigError
 from lvsguard.model import SyncDaemon, Table
 from tests.fakes import FakeKernel, service

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actuator.failover import TrackFileError, read_track_file, write_track_file
+from lvsguard.actuator.failover import TrackFileError, read_track_file, write_track_file
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_no_temporary_file(tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def track_file_weights(text: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "path",
-    [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "actuator" / "failover.py"],
+    [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "lvsguard" / "actuator" / "failover.py"],
     ids=lambda p: p.name,
 )
 def test_every_doc_gives_the_track_file_the_snippets_weight(path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from actuator.ledger import Ledger
-from actuator.targets import Target
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.targets import Target
 from lvsguard.ledger import BackendRow, DrainRow, HoldRow, read_holds
 from lvsguard.model import RealServerKey, ServiceKey
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.passive import conntable
-from exporter.passive.conntable import REFUSED, TIMEOUT, ConnTableReader, PassCounts, parse_backend
+from lvsguard.exporter.passive import conntable
+from lvsguard.exporter.passive.conntable import REFUSED, TIMEOUT, ConnTableReader, PassCounts, parse_backend
 from lvsguard.model import RealServerKey, ServiceKey
 
 HEADER = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n"

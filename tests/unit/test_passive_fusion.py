@@ -19,18 +19,21 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from actuator.current import current_actions
-from actuator.ledger import Ledger, locked_ledger
-from actuator.settings import ActuatorSettings, Quorum
-from actuator.webhook import parse_payload
-from exporter.collector import NoNames
-from exporter.main import start_passive
-from exporter.passive.fusion import CHECK, Fusion, actuator_holds, up_since
-from exporter.passive.metrics import PassiveMetrics
-from exporter.passive.rule import Judge, Verdict
-from exporter.passive.runner import PassiveDetector
-from exporter.probes.engine import CheckSpec, ProbeEngine, Standing
-from exporter.probes.publish import (
+from lab.actuator import serving
+from lvsguard.actuator.current import current_actions
+from lvsguard.actuator.ledger import Ledger, locked_ledger
+from lvsguard.actuator.settings import ActuatorSettings, Quorum
+from lvsguard.actuator.webhook import parse_payload
+from lvsguard.config import loads
+from lvsguard.config.passive import PassiveConfig
+from lvsguard.exporter.collector import NoNames
+from lvsguard.exporter.main import start_passive
+from lvsguard.exporter.passive.fusion import CHECK, Fusion, actuator_holds, up_since
+from lvsguard.exporter.passive.metrics import PassiveMetrics
+from lvsguard.exporter.passive.rule import Judge, Verdict
+from lvsguard.exporter.passive.runner import PassiveDetector
+from lvsguard.exporter.probes.engine import CheckSpec, ProbeEngine, Standing
+from lvsguard.exporter.probes.publish import (
     ALERTNAME,
     PASSIVE_ALERTNAME,
     HTTPPublisher,
@@ -39,11 +42,8 @@ from exporter.probes.publish import (
     fingerprint,
     webhook_payload,
 )
-from exporter.probes.result import ProbeResult
-from exporter.probes.tcp import TCPChecker
-from lab.actuator import serving
-from lvsguard.config import loads
-from lvsguard.config.passive import PassiveConfig
+from lvsguard.exporter.probes.result import ProbeResult
+from lvsguard.exporter.probes.tcp import TCPChecker
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, kernel_of, service
 from tests.waiting import wait_for
@@ -363,7 +363,7 @@ def test_up_since(standing: Standing, then: int, up: bool) -> None:
 
 def test_the_exporter_without_publishing_probes_only_reports(caplog: pytest.LogCaptureFixture) -> None:
     config = loads("passive: {enabled: true}\nprobes: {enabled: false}\n")
-    with caplog.at_level(logging.WARNING, logger="exporter.main"):
+    with caplog.at_level(logging.WARNING, logger="lvsguard.exporter.main"):
         detector = start_passive(config, None, None)
     assert detector is not None
     try:

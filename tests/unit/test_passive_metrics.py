@@ -5,10 +5,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.passive.conntable import REFUSED, TIMEOUT, PassCounts
-from exporter.passive.metrics import PassiveMetrics
-from exporter.passive.rule import Verdict
 from lvsguard.config import loads
+from lvsguard.exporter.passive.conntable import REFUSED, TIMEOUT, PassCounts
+from lvsguard.exporter.passive.metrics import PassiveMetrics
+from lvsguard.exporter.passive.rule import Verdict
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.exposition_oracle import Families, passive_families
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from exporter.passive.conntable import REFUSED, TIMEOUT, PassCounts
-from exporter.passive.rule import Judge, RuleSettings, Verdict, binomial_tail
+from lvsguard.exporter.passive.conntable import REFUSED, TIMEOUT, PassCounts
+from lvsguard.exporter.passive.rule import Judge, RuleSettings, Verdict, binomial_tail
 from lvsguard.model import RealServerKey, ServiceKey
 
 SVC = ServiceKey.parse("TCP 192.0.2.10:80")

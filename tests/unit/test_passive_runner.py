@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.passive.metrics import PassiveMetrics
-from exporter.passive.rule import Verdict
-from exporter.passive.runner import PassiveDetector
 from lvsguard.config.passive import PassiveConfig
+from lvsguard.exporter.passive.metrics import PassiveMetrics
+from lvsguard.exporter.passive.rule import Verdict
+from lvsguard.exporter.passive.runner import PassiveDetector
 from lvsguard.model import RealServerKey
 
 HEADER = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n"

@@ -11,18 +11,18 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from exporter.probes import dnswire
-from exporter.probes.agent import AgentChecker, parse_reply
-from exporter.probes.dns import DNSChecker
-from exporter.probes.engine import CheckSpec, probe
-from exporter.probes.http import HTTPChecker
-from exporter.probes.icmp import ICMPChecker, checksum, echo_request
-from exporter.probes.icmp import parse_reply as parse_icmp
-from exporter.probes.prometheus import PrometheusChecker, value_of
-from exporter.probes.result import ProbeResult, Target
-from exporter.probes.script import ScriptChecker, verdict
-from exporter.probes.tcp import TCPChecker
-from exporter.probes.udp import UDPChecker
+from lvsguard.exporter.probes import dnswire
+from lvsguard.exporter.probes.agent import AgentChecker, parse_reply
+from lvsguard.exporter.probes.dns import DNSChecker
+from lvsguard.exporter.probes.engine import CheckSpec, probe
+from lvsguard.exporter.probes.http import HTTPChecker
+from lvsguard.exporter.probes.icmp import ICMPChecker, checksum, echo_request
+from lvsguard.exporter.probes.icmp import parse_reply as parse_icmp
+from lvsguard.exporter.probes.prometheus import PrometheusChecker, value_of
+from lvsguard.exporter.probes.result import ProbeResult, Target
+from lvsguard.exporter.probes.script import ScriptChecker, verdict
+from lvsguard.exporter.probes.tcp import TCPChecker
+from lvsguard.exporter.probes.udp import UDPChecker
 
 
 def run(coro: Awaitable[ProbeResult]) -> ProbeResult:
@@ -205,7 +205,7 @@ def test_icmp_codec() -> None:
 
 
 def _icmp_allowed() -> bool:
-    from exporter.probes.icmp import open_socket
+    from lvsguard.exporter.probes.icmp import open_socket
 
     try:
         open_socket(socket.AF_INET)[0].close()

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.main import start_probes
-from exporter.probes.plan import build_plan
 from lvsguard import config
 from lvsguard.errors import ConfigError
+from lvsguard.exporter.main import start_probes
+from lvsguard.exporter.probes.plan import build_plan
 from lvsguard.model import RealServerKey, ServiceKey
 
 ROOT = Path(__file__).resolve().parent.parent.parent

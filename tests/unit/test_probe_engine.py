@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actuator.webhook import parse_payload
-from exporter.probes.engine import CheckSpec, Damping, ProbeEngine, default_plan
-from exporter.probes.metrics import ProbeMetrics
-from exporter.probes.publish import HTTPPublisher, Transition, WeightChange, fingerprint
-from exporter.probes.result import ProbeResult, Target
-from exporter.probes.state import Damper, Health, weight_of
+from lvsguard.actuator.webhook import parse_payload
+from lvsguard.exporter.probes.engine import CheckSpec, Damping, ProbeEngine, default_plan
+from lvsguard.exporter.probes.metrics import ProbeMetrics
+from lvsguard.exporter.probes.publish import HTTPPublisher, Transition, WeightChange, fingerprint
+from lvsguard.exporter.probes.result import ProbeResult, Target
+from lvsguard.exporter.probes.state import Damper, Health, weight_of
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 from tests.exposition_oracle import fast_and_slow
 

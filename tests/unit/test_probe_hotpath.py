@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from exporter.probes.engine import DEFAULT_RATE, CheckSpec, ProbeEngine, default_plan, stretched_interval
-from exporter.probes.http import HTTPChecker
-from exporter.probes.httpclient import HTTPProtocolError, parse_response
-from exporter.probes.poller import Poller
-from exporter.probes.result import ProbeResult, Target
-from exporter.probes.tcp import TCPChecker
+from lvsguard.exporter.probes.engine import DEFAULT_RATE, CheckSpec, ProbeEngine, default_plan, stretched_interval
+from lvsguard.exporter.probes.http import HTTPChecker
+from lvsguard.exporter.probes.httpclient import HTTPProtocolError, parse_response
+from lvsguard.exporter.probes.poller import Poller
+from lvsguard.exporter.probes.result import ProbeResult, Target
+from lvsguard.exporter.probes.tcp import TCPChecker
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 from tests.exposition_oracle import fast_and_slow
 
@@ -316,7 +316,7 @@ def test_default_checks_stretch_under_the_budget_and_configured_ones_do_not(capl
         await engine.stop()
         return out
 
-    with caplog.at_level(logging.INFO, logger="exporter.probes"):
+    with caplog.at_level(logging.INFO, logger="lvsguard.exporter.probes"):
         out = asyncio.run(body())
     assert out["big"] == {"tcp": 2.99, "http": 2.0} and out["big_interval"] == 2.99
     assert out["small"] == {"tcp": 1.0, "http": 2.0} and out["small_interval"] is None
@@ -379,8 +379,8 @@ def test_stretched_default_checks_share_a_histogram_per_service() -> None:
 
 
 def test_shared_histogram_counts_every_member_and_matches_the_registry_path() -> None:
-    from exporter.probes.metrics import ProbeMetrics
-    from exporter.probes.state import Health
+    from lvsguard.exporter.probes.metrics import ProbeMetrics
+    from lvsguard.exporter.probes.state import Health
 
     metrics = ProbeMetrics()
     keys = [(SVC, RealServerKey("10.0.0.1", p), "tcp") for p in (1, 2, 3)]

@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from exporter.probes.prometheus import UNREACHABLE, PrometheusChecker, value_of
-from exporter.probes.result import ProbeResult, Target
+from lvsguard.exporter.probes.prometheus import UNREACHABLE, PrometheusChecker, value_of
+from lvsguard.exporter.probes.result import ProbeResult, Target
 
 VECTOR = b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"%s"]}]}}'
 EMPTY = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
@@ -61,7 +61,7 @@ async def scenario(steps: list[tuple[str, int, bytes]]) -> list[ProbeResult]:
 
 
 def test_a_dead_prometheus_holds_the_last_answer_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "exporter.probes")
+    caplog.set_level(logging.INFO, "lvsguard.exporter.probes")
     good, held, held_again, back = asyncio.run(
         scenario([("up", 200, VECTOR % b"50"), ("down", 0, b""), ("down", 0, b""), ("up", 200, VECTOR % b"75")])
     )

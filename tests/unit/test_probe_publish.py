@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from exporter.probes.engine import CheckSpec, ProbeEngine
-from exporter.probes.publish import Poster, Transition, WeightChange
-from exporter.probes.result import ProbeResult
-from exporter.probes.tcp import TCPChecker
+from lvsguard.exporter.probes.engine import CheckSpec, ProbeEngine
+from lvsguard.exporter.probes.publish import Poster, Transition, WeightChange
+from lvsguard.exporter.probes.result import ProbeResult
+from lvsguard.exporter.probes.tcp import TCPChecker
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
 
@@ -140,7 +140,7 @@ class _OrderRecorder:
 
 
 def test_the_engine_hands_a_transition_to_the_publisher_before_it_logs_it(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="exporter.probes")
+    caplog.set_level(logging.INFO, logger="lvsguard.exporter.probes")
     publisher = _OrderRecorder(caplog)
     spec = CheckSpec("tcp", TCPChecker(), rise=1, fall=1)
     engine = ProbeEngine(lambda s, r: (spec,), publisher=publisher, hot_path=False)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from actuator.auth import TokenFileError, load_tokens
-from actuator.settings import from_mapping
-from exporter.probes.runner import read_token
+from lvsguard.actuator.auth import TokenFileError, load_tokens
+from lvsguard.actuator.settings import from_mapping
 from lvsguard.config import PublishConfig
 from lvsguard.errors import ConfigError
+from lvsguard.exporter.probes.runner import read_token
 
 TOKENS = "am:c3d4e5f6g7h8i9j0k1\n"
 SESSION_KEY = "k" * 44 + "\n"

@@ -16,13 +16,13 @@ from pyasn1.codec.ber import encoder
 from pyasn1.type import univ
 from pysnmp.proto import api
 
-from exporter.snmp import layout
-from exporter.snmp.agent import SnmpAgent, SnmpAgentError
-from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
-from exporter.snmp.runner import start_in_thread
-from exporter.snmp.settings import V3User, build_settings
-from exporter.snmp.snapshot import Health, RealServerState, Snapshot
-from exporter.snmp.v3 import crypto_available
+from lvsguard.exporter.snmp import layout
+from lvsguard.exporter.snmp.agent import SnmpAgent, SnmpAgentError
+from lvsguard.exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
+from lvsguard.exporter.snmp.runner import start_in_thread
+from lvsguard.exporter.snmp.settings import V3User, build_settings
+from lvsguard.exporter.snmp.snapshot import Health, RealServerState, Snapshot
+from lvsguard.exporter.snmp.v3 import crypto_available
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, Table, VirtualService
 
 pytestmark = pytest.mark.skipif(

@@ -9,9 +9,9 @@ from pyasn1.codec.ber import encoder
 from pyasn1.type import univ
 from pysnmp.proto import rfc1902
 
-from exporter.snmp import ber
-from exporter.snmp.ber import BerError
 from lvsguard import oid as oids
+from lvsguard.exporter.snmp import ber
+from lvsguard.exporter.snmp.ber import BerError
 
 INTEGERS = [0, 1, 127, 128, 255, 256, -1, -128, -129, 32767, 32768, 2**31 - 1, -(2**31)]
 

@@ -8,11 +8,11 @@ import pytest
 from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api
 
-from exporter.snmp import layout
-from exporter.snmp.fastpath import MAX_REPETITIONS, AgentStats, V2cResponder
-from exporter.snmp.layout import FirstSeen, Uptime, build_subtrees
-from exporter.snmp.mibview import MibView
-from exporter.snmp.snapshot import Health, Hold, ProbeState, RealServerState, ServiceState, Snapshot
+from lvsguard.exporter.snmp import layout
+from lvsguard.exporter.snmp.fastpath import MAX_REPETITIONS, AgentStats, V2cResponder
+from lvsguard.exporter.snmp.layout import FirstSeen, Uptime, build_subtrees
+from lvsguard.exporter.snmp.mibview import MibView
+from lvsguard.exporter.snmp.snapshot import Health, Hold, ProbeState, RealServerState, ServiceState, Snapshot
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, Table, VirtualService
 
 P = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
@@ -311,7 +311,7 @@ def _positions(view: MibView):
 
 
 def test_duplicate_rows_are_rejected() -> None:
-    from exporter.snmp.mibview import Column, Subtree
+    from lvsguard.exporter.snmp.mibview import Column, Subtree
 
     with pytest.raises(ValueError, match="duplicate row index 1.2"):
         Subtree((1, 3, 9), [Column(1, "x", "integer")], [((1, 2), [1]), ((1, 2), [2])])

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from actuator.ledger import Ledger
-from actuator.targets import Target
-from exporter.keepalived import KeepalivedFifo
-from exporter.probes.engine import CheckSpec, ProbeEngine
-from exporter.probes.result import ProbeResult
-from exporter.probes.result import Target as ProbeTarget
-from exporter.snmp import layout
-from exporter.snmp.agent import quiet_after
-from exporter.snmp.feeds import (
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.targets import Target
+from lvsguard.exporter.keepalived import KeepalivedFifo
+from lvsguard.exporter.probes.engine import CheckSpec, ProbeEngine
+from lvsguard.exporter.probes.result import ProbeResult
+from lvsguard.exporter.probes.result import Target as ProbeTarget
+from lvsguard.exporter.snmp import layout
+from lvsguard.exporter.snmp.agent import quiet_after
+from lvsguard.exporter.snmp.feeds import (
     CheckView,
     DirectorFeed,
     FeedingProvider,
@@ -36,8 +36,8 @@ from exporter.snmp.feeds import (
     probe_states,
     rs_health,
 )
-from exporter.snmp.notify import changes
-from exporter.snmp.snapshot import Health, Hold, RealServerState, Role, ServiceState, Snapshot
+from lvsguard.exporter.snmp.notify import changes
+from lvsguard.exporter.snmp.snapshot import Health, Hold, RealServerState, Role, ServiceState, Snapshot
 from lvsguard.ledger import BackendRow, DrainRow, HoldRow, LedgerHolds
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
@@ -183,7 +183,7 @@ def test_a_running_drain_is_draining() -> None:
 
 
 def test_absent_or_broken_ledger_is_unknown_with_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "exporter.snmp")
+    caplog.set_level(logging.INFO, "lvsguard.exporter.snmp")
     absent = LedgerFeed(str(tmp_path / "none.db"))
     assert absent.read() is None and absent.read() is None
     broken = tmp_path / "broken.db"
@@ -357,8 +357,8 @@ def test_holds_from_a_ledger_that_comes_back_are_no_news() -> None:
 
 
 def test_a_reload_that_moves_the_ledger_asks_for_a_restart(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from exporter.main import reloader
     from lvsguard import config as config_module
+    from lvsguard.exporter.main import reloader
 
     path = tmp_path / "lvsguard.yaml"
     path.write_text(f"snmp: {{communities: [x]}}\nactuator: {{ledger: {tmp_path / 'a.db'}}}\n")
@@ -377,8 +377,8 @@ def test_the_quiet_set_is_seeded_by_the_first_readable_table() -> None:
 
 
 def test_the_exporters_provider_reads_the_configured_ledger(tmp_path: Path) -> None:
-    from exporter.main import snmp_provider
     from lvsguard import config as config_module
+    from lvsguard.exporter.main import snmp_provider
 
     write_ledger(tmp_path / "actuator.db")
     config = config_module.loads(

@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_snmp_fastpath import P, make_table, request
 
-from exporter.snmp import ber, layout
-from exporter.snmp.fastpath import AgentStats, V2cResponder, decode_request
-from exporter.snmp.layout import FirstSeen, Uptime, build_subtrees
-from exporter.snmp.mibview import MibView
-from exporter.snmp.snapshot import Snapshot
+from lvsguard.exporter.snmp import ber, layout
+from lvsguard.exporter.snmp.fastpath import AgentStats, V2cResponder, decode_request
+from lvsguard.exporter.snmp.layout import FirstSeen, Uptime, build_subtrees
+from lvsguard.exporter.snmp.mibview import MibView
+from lvsguard.exporter.snmp.snapshot import Snapshot
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, Table, VirtualService
 
 VIEW = MibView(build_subtrees(Snapshot(make_table(5)), layout.DEFAULT_BASE, Uptime(), FirstSeen()))

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from exporter.snmp import layout, snapshot
-from exporter.snmp.mibfiles import MIB_DIR, MIB_FILE, BaseMibsUnavailable, base_mib_dir
+from lvsguard.exporter.snmp import layout, snapshot
+from lvsguard.exporter.snmp.mibfiles import MIB_DIR, MIB_FILE, BaseMibsUnavailable, base_mib_dir
 
 pytestmark = pytest.mark.skipif(shutil.which("smilint") is None, reason="smilint not installed (Debian smitools)")
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from test_snmp_agent import AgentThread  # the threaded agent harness
 
-from exporter.snmp import layout
-from exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
-from exporter.snmp.notify import changes, encode_notification, response_request_id
-from exporter.snmp.settings import V3User
-from exporter.snmp.snapshot import DirectorState, Health, Hold, RealServerState, Role, ServiceState, Snapshot
-from exporter.snmp.v3 import crypto_available
+from lvsguard.exporter.snmp import layout
+from lvsguard.exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
+from lvsguard.exporter.snmp.notify import changes, encode_notification, response_request_id
+from lvsguard.exporter.snmp.settings import V3User
+from lvsguard.exporter.snmp.snapshot import DirectorState, Health, Hold, RealServerState, Role, ServiceState, Snapshot
+from lvsguard.exporter.snmp.v3 import crypto_available
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
 BASE = layout.DEFAULT_BASE
@@ -241,7 +241,7 @@ def _wait_until_listening(port: int, log_file: Path, proc: subprocess.Popen) -> 
     """Send a v2c trap until snmptrapd logs it: then it has bound its port (the agent must not get it first)."""
     import socket
 
-    from exporter.snmp.notify import Notification, encode_notification
+    from lvsguard.exporter.snmp.notify import Notification, encode_notification
 
     ready = Notification("lvsgDirectorRoleChange", ((layout.DEFAULT_BASE + (1, 7, 1, 0), "text", "snmptrapd-ready"),))
     data = encode_notification(ready, layout.DEFAULT_BASE, b"traps", 1, 0, inform=False)

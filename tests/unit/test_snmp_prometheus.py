@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_snmp_agent import WEB, AgentThread, make_table
 
-from exporter.snmp.mibfiles import MIB_DIR, BaseMibsUnavailable, base_mib_dir
-from exporter.snmp.snapshot import Health, RealServerState, ServiceState, Snapshot
+from lvsguard.exporter.snmp.mibfiles import MIB_DIR, BaseMibsUnavailable, base_mib_dir
+from lvsguard.exporter.snmp.snapshot import Health, RealServerState, ServiceState, Snapshot
 
 MODULE_DIR = MIB_DIR.parent / "snmp_exporter"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.snmp.layout import DEFAULT_BASE
-from exporter.snmp.settings import V3User, build_settings
 from lvsguard.errors import ConfigError
+from lvsguard.exporter.snmp.layout import DEFAULT_BASE
+from lvsguard.exporter.snmp.settings import V3User, build_settings
 
 
 def test_defaults() -> None:
@@ -53,8 +53,8 @@ def test_keys_never_show_in_repr() -> None:
 
 
 def test_reader_provider_serves_the_table_or_nothing_on_a_kernel_error(caplog) -> None:
-    from exporter.snmp.snapshot import reader_provider
     from lvsguard.errors import IPVSUnavailable
+    from lvsguard.exporter.snmp.snapshot import reader_provider
     from lvsguard.model import Table
 
     class Reader:
@@ -77,7 +77,7 @@ def test_reader_provider_serves_the_table_or_nothing_on_a_kernel_error(caplog) -
 
 
 def test_reader_provider_takes_the_config_names() -> None:
-    from exporter.snmp.snapshot import Health, reader_provider
+    from lvsguard.exporter.snmp.snapshot import Health, reader_provider
     from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 
     web, rs1, rs2 = ServiceKey("TCP", "192.0.2.10", 80), RealServerKey("10.0.0.1", 80), RealServerKey("10.0.0.2", 80)

@@ -22,14 +22,14 @@ import bcrypt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actuator import limits
-from actuator import reload as reloading
-from actuator.app import create_app
-from actuator.settings import ActuatorSettings
-from exporter.server import ExporterServer, run
 from lab.actuator import serving
 from lvsguard import cli, webconfig
+from lvsguard.actuator import limits
+from lvsguard.actuator import reload as reloading
+from lvsguard.actuator.app import create_app
+from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.errors import WebConfigError
+from lvsguard.exporter.server import ExporterServer, run
 from lvsguard.model import Stats, Table
 from tests import tlsfiles
 from tests.fakes import FakeKernel, am_alert, am_payload, service

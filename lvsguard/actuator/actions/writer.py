@@ -1,0 +1,350 @@
+"""The door into the action layer: :class:`Actions`, the one writer of IPVS, behind its own lock.
+
+Every caller (the webhook, the admin API, the console, the job threads and the
+retry loop) makes one call here and gets an :class:`Outcome` (or a list) back.
+The lock, the kernel, the shared views and the refusal memory stay inside.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Protocol, TypeVar, runtime_checkable
+
+from lvsguard.actuator.actions import director, drift, holds, members, steps, table
+from lvsguard.actuator.actions.outcome import Actor, Kernel, NoMetrics, Outcome, Recorder
+from lvsguard.actuator.actions.reconcile import reconcile
+from lvsguard.actuator.actions.session import Session
+from lvsguard.actuator.actions.view import SharedViews
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.policy import Policy
+from lvsguard.actuator.settings import ActuatorSettings
+from lvsguard.actuator.states import Result
+from lvsguard.actuator.targets import Target
+from lvsguard.model import Forward, SyncDaemon, Table
+from lvsguard.table.plan import Plan
+
+T = TypeVar("T")
+
+LedgerSource = Ledger | Callable[[], Ledger]
+"""A ledger connection, or a function that gives one and is called under the lock
+(``actuator.ledger.locked_ledger``: the app's one warm connection, only used under the lock)."""
+
+
+@runtime_checkable
+class _SyncDaemonReader(Protocol):
+    """A kernel that reads the sync daemons alone (``NetlinkIPVS``, the tests' fake)."""
+
+    def sync_daemons(self) -> tuple[SyncDaemon, ...]: ...
+
+
+class Batch:
+    """What one alert of a webhook payload may do inside the payload's batch session (:meth:`Actions.alerts`)."""
+
+    def __init__(self, session: Session):
+        self._session = session
+
+    def hold(
+        self,
+        target: Target,
+        actor: Actor,
+        *,
+        action: str,
+        reason: str = "",
+        drain_timeout: float | None = None,
+        drain_delete: bool = False,
+    ) -> Outcome:
+        return holds.hold(
+            self._session,
+            target,
+            actor,
+            action=action,
+            reason=reason,
+            drain_timeout=drain_timeout,
+            drain_delete=drain_delete,
+        )
+
+    def release(self, target: Target, actor: Actor, *, scope: str = "own") -> Outcome:
+        return holds.release(self._session, target, actor, scope=scope)
+
+    def resolve(self, actor: Actor) -> list[Outcome]:
+        """Release everything the alert ``actor`` holds; an empty list when it holds nothing."""
+        return holds.resolve(self._session, actor)
+
+    def failover(self, actor: Actor, *, reason: str = "") -> Outcome:
+        return director.failover(self._session, actor, reason=reason)
+
+    def ignore(self, actor: Actor, action: str, message: str, result: Result, *, audit: bool = True) -> Outcome:
+        """An alert the layer does nothing for (no rule, bad labels, a kernel error about it)."""
+        return self._session.ignore(actor, action, message, result, audit=audit)
+
+
+class Actions:
+    """The action layer: one per actuator process, shared by every request and job thread."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        settings: ActuatorSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: Recorder | None = None,
+    ):
+        self._kernel = kernel
+        self._lock = threading.RLock()
+        self.settings = settings
+        """Read by every session; :meth:`replace_settings` swaps it (a reload)."""
+        self.clock = clock
+        self.policy = Policy(settings, clock=clock)
+        self.metrics: Recorder = metrics or NoMetrics()
+        self.views = SharedViews()
+        """Views of big services shared by cached sessions (``VIEW_TTL``)."""
+        self.refusals: dict[tuple[Target, str], str] = {}
+        """The last refusal reason per real server and action (a repeat is audited once)."""
+        self._job_started: Callable[[int], None] = lambda job_id: None
+        self.table = table.TableState()
+        """The table reconciler's drains and pending services (``apply_table``, ``retry_table``)."""
+
+    # wiring
+
+    def on_new_job(self, start: Callable[[int], None]) -> None:
+        """Call ``start`` with each new job's id, once its row is committed (the app's JobRunner starts a thread)."""
+        self._job_started = start
+
+    def start_job(self, job_id: int) -> None:
+        self._job_started(job_id)
+
+    def replace_settings(self, new: ActuatorSettings, also: Callable[[], None] = lambda: None) -> None:
+        """Make ``new`` the settings of every later session, and run ``also``, under the lock (a reload).
+
+        The Policy stays the same object: its rate-limit window and hold-down clocks carry over.
+        """
+        with self._lock:
+            self.settings = new
+            self.policy.settings = new
+            also()
+
+    # reads (no lock: a read does not change the kernel or the ledger)
+
+    def read_table(self) -> Table:
+        """The kernel table, read afresh."""
+        return self._kernel.read()
+
+    def sync_daemons(self) -> tuple[SyncDaemon, ...]:
+        """The sync daemons: one netlink request where the kernel can, not a read of the whole table."""
+        if isinstance(self._kernel, _SyncDaemonReader):
+            return self._kernel.sync_daemons()
+        return self._kernel.read().sync_daemons
+
+    # one call, one outcome
+
+    def hold(
+        self,
+        ledger: LedgerSource,
+        target: Target,
+        actor: Actor,
+        *,
+        action: str = "quarantine",
+        reason: str = "",
+        force: bool = False,
+        drain_timeout: float | None = None,
+        drain_delete: bool = False,
+    ) -> Outcome:
+        """Quarantine or drain (``action``): ``actor``'s hold on the real server, which goes to weight 0."""
+        with self._session(ledger) as s:
+            return holds.hold(
+                s,
+                target,
+                actor,
+                action=action,
+                reason=reason,
+                force=force,
+                drain_timeout=drain_timeout,
+                drain_delete=drain_delete,
+            )
+
+    def release(
+        self, ledger: LedgerSource, target: Target, actor: Actor, *, scope: str = "own", force: bool = False
+    ) -> Outcome:
+        """Restore: drop holds (``scope``), and bring the real server back once none is left."""
+        with self._session(ledger) as s:
+            return holds.release(s, target, actor, scope=scope, force=force)
+
+    def set_weight(
+        self, ledger: LedgerSource, target: Target, weight: int, actor: Actor, *, force: bool = False
+    ) -> Outcome:
+        with self._session(ledger) as s:
+            return members.set_weight(s, target, weight, actor, force=force)
+
+    def add(
+        self,
+        ledger: LedgerSource,
+        target: Target,
+        actor: Actor,
+        *,
+        weight: int = 1,
+        forward: Forward | None = None,
+        upper_threshold: int = 0,
+        lower_threshold: int = 0,
+    ) -> Outcome:
+        """Add a real server; ValueError when ``forward`` is needed (its service's real servers disagree)."""
+        with self._session(ledger) as s:
+            return members.add(
+                s,
+                target,
+                actor,
+                weight=weight,
+                forward=forward,
+                upper_threshold=upper_threshold,
+                lower_threshold=lower_threshold,
+            )
+
+    def remove(self, ledger: LedgerSource, target: Target, actor: Actor, *, force: bool = False) -> Outcome:
+        with self._session(ledger) as s:
+            return members.remove(s, target, actor, force=force)
+
+    def failover(self, ledger: LedgerSource, actor: Actor, *, reason: str = "") -> Outcome:
+        with self._session(ledger) as s:
+            return director.failover(s, actor, reason=reason)
+
+    def end_failover(self, ledger: LedgerSource, actor: Actor, *, scope: str = "own") -> Outcome:
+        with self._session(ledger) as s:
+            return director.end_failover(s, actor, scope=scope)
+
+    def alerts(
+        self,
+        ledger: LedgerSource,
+        items: Sequence[T],
+        handle: Callable[[Batch, T], list[Outcome]],
+        *,
+        preload: bool = False,
+    ) -> list[list[Outcome]]:
+        """Handle a webhook payload in one batch session; each item's outcomes as the batch's end left them.
+
+        ``preload``: read the whole table once (many alerts) instead of each service
+        they touch. A big service's view read by an earlier session less than
+        ``VIEW_TTL`` seconds ago is used instead of a new read.
+        """
+        with self._lock:
+            table = self._kernel.read() if preload else None
+            with self._session(ledger, table=table, batch=True, cached=True) as s:
+                batch = Batch(s)
+                results = [handle(batch, item) for item in items]
+        return [[s.settled(o) for o in outcomes] for outcomes in results]
+
+    # background work
+
+    def retry_pending(self, ledger: LedgerSource, *, cached: bool = False) -> list[Outcome]:
+        """Converge every real server whose holds and kernel state disagree (refused earlier)."""
+        with self._session(ledger, cached=cached) as s:
+            return holds.converge_all(s)
+
+    def reconcile(self, ledger: LedgerSource, *, cached: bool = False) -> list[Outcome]:
+        """Finish or report what a crash interrupted, and report weights changed by hand; returns what was found.
+
+        ``cached``: the retry loop's periodic rounds may use a big service's view
+        that a webhook session read less than ``VIEW_TTL`` seconds ago. Reading a
+        service of 1 000 real servers afresh under the lock every round stalled
+        every webhook request behind it; a weight changed by hand is then
+        reported one round later at worst. The round at start reads afresh.
+        """
+        with self._session(ledger, cached=cached) as s:
+            return reconcile(s)
+
+    # the table (``table.manage``)
+
+    def apply_table(self, ledger: LedgerSource, actor: Actor) -> table.TableOutcome:
+        """Make the kernel's table the config's (``settings.desired``), the holds winning; every step audited."""
+        with self._session(ledger) as s:
+            try:
+                return table.apply_table(s, s.settings.desired, s.settings.table, self.table, actor)
+            finally:
+                self.views.clear()  # big services' cached views may miss what was just written
+
+    def plan_table(self, ledger: LedgerSource) -> Plan:
+        """What ``apply_table`` would do now (read-only)."""
+        with self._session(ledger) as s:
+            return table.plan_table(s, s.settings.desired, s.settings.table, self.table)
+
+    def retry_table(self, ledger: LedgerSource, actor: Actor) -> table.TableOutcome | None:
+        """Plan and apply again the services the last run left unfinished; None when there is none."""
+        with self._session(ledger) as s:
+            if not self.table.pending or not s.settings.table.manage:
+                return None
+            try:
+                return table.apply_table(
+                    s, s.settings.desired, s.settings.table, self.table, actor, only=set(self.table.pending)
+                )
+            finally:
+                self.views.clear()
+
+    def check_drift(self, ledger: LedgerSource, actor: Actor) -> list[drift.Drift] | None:
+        """Compare the managed entries of the kernel with the config once ``table.drift_interval`` has passed.
+
+        Returns the drift left (after a correction with ``table.drift: correct``), or None when no check was due.
+        """
+        wanted = self.settings.table
+        if not wanted.manage or not wanted.drift_interval:
+            self.table.drift = {}
+            return None
+        if self.clock() - self.table.checked < wanted.drift_interval:
+            return None
+        with self._session(ledger) as s:
+            if self.table.applied is not s.settings.desired:  # a reload between its new settings and its apply
+                return None
+            try:
+                return drift.check(s, s.settings.desired, s.settings.table, self.table, actor)
+            finally:
+                if s.settings.table.drift == "correct":
+                    self.views.clear()
+
+    def step_job(self, ledger: LedgerSource, job_id: int) -> bool:
+        """Advance one job by one step; True when it has finished."""
+        with self._session(ledger) as s:
+            return steps.step_job(s, job_id)
+
+    @contextmanager
+    def _session(
+        self, source: LedgerSource, *, table: Table | None = None, batch: bool = False, cached: bool = False
+    ) -> Iterator[Session]:
+        """Hold the lock for actions that share one view of the kernel table.
+
+        ``cached``: a big service's view read less than ``VIEW_TTL`` seconds ago by
+        another session is used instead of a new read (the webhook at a high rate:
+        reading a service of 1 000 real servers costs more than the rest of the
+        request). Every session's writes update the shared view in place, and a
+        failed write or a rolled-back batch drops it, so the cache only misses
+        what another program wrote in the last ``VIEW_TTL`` seconds. Sessions of
+        the API, the jobs and the reconciliation at start always read afresh; the
+        retry loop's rounds use a fresh shared view too (``reconcile``).
+
+        ``batch``: one ledger transaction for the whole session. Kernel writes
+        wait until its end: the holds and intents are committed first, then
+        the kernel is written, then every confirmation and audit event goes in
+        one more transaction. The crash-safety order is the same as one write at
+        a time, with two commits per batch instead of four per action (a webhook
+        payload of 1 000 alerts).
+
+        A transaction that a failed commit (disk full, locked) leaves open is
+        rolled back, so the connection's next session starts clean.
+        """
+        with self._lock:
+            ledger = source if isinstance(source, Ledger) else source()
+            try:
+                session = Session(self, ledger, table, batch=batch, cached=cached)
+                if not batch:
+                    yield session
+                    return
+                ledger.begin()
+                try:
+                    yield session
+                except BaseException:
+                    ledger.rollback()  # nothing reached the kernel yet
+                    self.views.clear()  # the session's views have writes that never happened
+                    raise
+                session.flush()
+            finally:
+                if ledger.in_transaction:
+                    ledger.rollback()

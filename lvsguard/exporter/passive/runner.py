@@ -1,0 +1,164 @@
+"""The passive detector's thread: read the connection table every interval, judge, count, log the verdicts.
+
+Each verdict is a log line (``passive_verdict``), the ``lvs_backend_passive_*``
+series, and, with a ``Fusion`` (probes publishing to the actuator), a
+quarantine through the actuator that an active check releases
+(``exporter.passive.fusion``); ``on_verdict`` sees every ``Verdict`` too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from lvsguard.config.passive import PassiveConfig
+from lvsguard.exporter.passive.conntable import ConnTableReader
+from lvsguard.exporter.passive.fusion import Fusion
+from lvsguard.exporter.passive.metrics import PassiveMetrics
+from lvsguard.exporter.passive.rule import Judge, RuleSettings, Verdict
+from lvsguard.ipvs.netns import entered
+from lvsguard.logs import event
+
+log = logging.getLogger("lvsguard.exporter.passive")
+
+CONN_TABLE = "/proc/thread-self/net/ip_vs_conn"  # /proc/net is the main thread's namespace, not this one's
+
+
+def rule_settings(config: PassiveConfig) -> RuleSettings:
+    return RuleSettings(
+        min_failures=config.min_failures,
+        min_passes=config.min_passes,
+        min_share=config.min_share,
+        margin=config.margin,
+        chance=config.chance,
+        window=config.window,
+        max_out=config.max_out,
+        holddown_min=config.holddown_min,
+        holddown_max=config.holddown_max,
+    )
+
+
+def opener(netns: str | None) -> Callable[[str], int]:
+    """Opens the table as seen from ``netns``: a /proc/net file shows the namespace of the thread that opens it."""
+
+    def open_in(path: str) -> int:
+        if netns is None:
+            return os.open(path, os.O_RDONLY)
+        with entered(netns):
+            return os.open(path, os.O_RDONLY)
+
+    return open_in
+
+
+class PassiveDetector:
+    """Reads, judges and records on its own thread; ``tick`` is one interval's work (tests call it directly)."""
+
+    def __init__(
+        self,
+        config: PassiveConfig,
+        netns: str | None,
+        metrics: PassiveMetrics,
+        *,
+        on_verdict: Callable[[Verdict], None] | None = None,
+        fusion: Fusion | None = None,
+        path: str = CONN_TABLE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.on_verdict = on_verdict
+        self.fusion = fusion
+        self.clock = clock
+        self.judge = Judge(rule_settings(config))
+        self.reader = ConnTableReader(
+            path,
+            max_entries=config.max_entries,
+            handshake_timeout=config.handshake_timeout,
+            clock=clock,
+            opener=opener(netns),
+        )
+        self.verdicts: list[Verdict] = []  # every verdict so far, newest last (bounded below)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = ""
+
+    def tick(self) -> list[Verdict]:
+        """Read the table once and judge what it shows; the verdicts of this pass. Then release what is up again."""
+        verdicts = self._judge()
+        if self.fusion is not None:  # also while paused: a release waits on the active checks, not on the table
+            self.fusion.poll(self.judge, self.clock())
+        return verdicts
+
+    def _judge(self) -> list[Verdict]:
+        try:
+            counts = self.reader.read_pass()
+        except OSError as exc:
+            self._state(f"cannot read {self.reader.path}: {exc.strerror or exc}")
+            return []
+        if not counts.complete:
+            self._state(f"more than {self.reader.max_entries} connections in the table: passive detection paused")
+            self.metrics.record(counts, [], self.judge.held_until())
+            return []
+        self._state("")
+        now = self.clock()
+        verdicts = self.judge.observe(counts, now)
+        self.metrics.record(counts, verdicts, self.judge.held_until())
+        for v in verdicts:
+            if self.fusion is not None:  # first: the publisher's thread posts while this one logs
+                self.fusion.verdict(v)
+            event(
+                log,
+                logging.WARNING,
+                "passive_verdict",
+                service=str(v.service),
+                real_server=str(v.real_server),
+                reason=v.reason,
+                failures=v.failures,
+                attempts=v.attempts,
+                share=f"{v.share:.2f}",
+                peer_share=f"{v.peer_share:.2f}",
+                holddown=f"{v.holddown:g}",
+            )
+            if self.on_verdict is not None:
+                self.on_verdict(v)
+        self.verdicts = (self.verdicts + verdicts)[-1000:]
+        return verdicts
+
+    def _state(self, problem: str) -> None:
+        """Log a problem once per change, and its end."""
+        if problem == self._failing:
+            return
+        if problem:
+            event(log, logging.WARNING, "passive_paused", reason=problem)
+        else:
+            event(log, logging.INFO, "passive_resumed")
+        self._failing = problem
+
+    def run(self) -> None:
+        next_at = self.clock()
+        while not self._stop.is_set():
+            self.tick()
+            next_at += self.config.interval
+            self._stop.wait(max(0.0, next_at - self.clock()))
+            next_at = max(next_at, self.clock() - self.config.interval)  # after a stall, no burst of catch-up ticks
+
+    def start(self) -> PassiveDetector:
+        self._thread = threading.Thread(target=self.run, name="passive-detector", daemon=True)
+        self._thread.start()
+        event(
+            log,
+            logging.INFO,
+            "passive_started",
+            interval=f"{self.config.interval:g}",
+            max_entries=self.config.max_entries,
+            handshake_timeout=f"{self.config.handshake_timeout:g}",
+        )
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
