@@ -16,7 +16,8 @@ UI_TEST := tests/integration/test_ui_kernel.py
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
 	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived \
-	chromium chromium-driver dnsmasq-base prometheus-blackbox-exporter systemd
+	chromium chromium-driver dnsmasq-base prometheus-blackbox-exporter systemd \
+	etcd-server etcd-client
 
 .PHONY: all setup apt mibs venv lab-prepare test test-unit test-kernel demo bench fuzz previews clean help
 
