@@ -40,6 +40,7 @@
      ├── Unauthorized         no or a wrong bearer token (401)
      │   └── TooManyFailures  too many wrong tokens from one address (429, ``retry_after``)
      ├── TokenFileError       a token file or LVSGUARD_TOKEN is unusable
+     ├── ClusterStoreError    no etcd endpoint answered, or etcd refused a request (``endpoint``)
      └── WebConfigError       a --web.config.file (TLS, basic auth, headers) is unusable
 
 An exception carries the objects it is about (``service``, ``real_server``,
@@ -314,6 +315,15 @@ class TooManyFailures(Unauthorized):
 
 class TokenFileError(LvsguardError):
     """A token file or LVSGUARD_TOKEN is unusable; the message names the file and line."""
+
+
+class ClusterStoreError(LvsguardError):
+    """The cluster store (etcd) cannot be reached or refused a request; ``endpoint`` is the last one tried."""
+
+    def __init__(self, message: str, *, endpoint: str = "", status: int = 0):
+        self.endpoint = endpoint
+        self.status = status
+        super().__init__(message)
 
 
 class WebConfigError(LvsguardError):

@@ -61,8 +61,10 @@ def _issue(
             x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if kind.get("client") else ExtendedKeyUsageOID.SERVER_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH if kind.get("client") else ExtendedKeyUsageOID.SERVER_AUTH]
+        if kind.get("also_client"):
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     else:
         builder = builder.add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -70,8 +72,12 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def make(directory: Path) -> TLSFiles:
-    """Write ca.crt, server.crt/key (for 127.0.0.1 and localhost) and client.crt/key into ``directory``."""
+def make(directory: Path, *, server_also_client: bool = False) -> TLSFiles:
+    """Write ca.crt, server.crt/key (for 127.0.0.1 and localhost) and client.crt/key into ``directory``.
+
+    ``server_also_client``: the server certificate is good for client authentication too
+    (etcd's JSON gateway presents it to etcd's own gRPC server).
+    """
     ca_key = _key()
     ca = _issue("lvsguard test CA", ca_key, None, ca_key)
     files = TLSFiles(
@@ -85,7 +91,9 @@ def make(directory: Path) -> TLSFiles:
     for cert_path, key_path, client in ((files.cert, files.key, False), (files.client_cert, files.client_key, True)):
         key = _key()
         cert_path.write_bytes(
-            _issue("127.0.0.1", key, ca, ca_key, client=client).public_bytes(serialization.Encoding.PEM)
+            _issue(
+                "127.0.0.1", key, ca, ca_key, client=client, also_client=server_also_client and not client
+            ).public_bytes(serialization.Encoding.PEM)
         )
         _write_key(key_path, key)
     return files
