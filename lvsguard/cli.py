@@ -348,7 +348,9 @@ def _actuator_settings(args: argparse.Namespace) -> ActuatorSettings:
     cfg = _load_config(args.config)
     actuator_settings = cfg.actuator or settings.from_mapping(None)
     tokens = auth.load_tokens(os.environ, args.token_file)  # TokenFileError is an LvsguardError
-    return dataclasses.replace(actuator_settings, tokens=tokens, table=cfg.table, desired=cfg.desired)
+    return dataclasses.replace(
+        actuator_settings, tokens=tokens, table=cfg.table, desired=cfg.desired, cluster=cfg.cluster
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

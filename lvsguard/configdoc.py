@@ -75,6 +75,7 @@ PARSER_TYPES: Mapping[str, str] = {
     "weight_value": "integer 0..65535",
     "threshold": "integer 0..4294967295",
     "tunnel_spec": "mapping of `type`, `port`, `checksum`",
+    "key_prefix": "etcd key prefix (`/lvsguard/`)",
 }
 """How each parser of lvsguard/config/ is named in the reference (keyed by function name)."""
 

@@ -106,7 +106,9 @@ def apply_here(
     from lvsguard.actuator.settings import from_mapping
     from lvsguard.ipvs.netlink import NetlinkIPVS
 
-    settings = dataclasses.replace(cfg.actuator or from_mapping(None), table=cfg.table, desired=cfg.desired)
+    settings = dataclasses.replace(
+        cfg.actuator or from_mapping(None), table=cfg.table, desired=cfg.desired, cluster=cfg.cluster
+    )
     path = ledger_path or settings.ledger_path
     lock = writer_lock(path)
     if lock is None:

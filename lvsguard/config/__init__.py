@@ -7,7 +7,7 @@ column and key::
     lvsguard.yaml:14:7: services[0].real_servers[2].adress: unknown key; did you mean 'address'?
 
 One module per section (``director``, ``services``, ``exporter``,
-``actuator``, ``snmp``, ``probes``, ``table``), each a frozen dataclass and the
+``actuator``, ``snmp``, ``probes``, ``table``, ``passive``, ``cluster``), each a frozen dataclass and the
 ``Schema`` it is read with; ``schema`` is the one driver they all go through
 and ``loader`` puts the sections together. Adding a section is a module, a
 line in ``loader.SECTIONS`` and, when others need its names, a re-export
@@ -15,6 +15,7 @@ here. The YAML keys are the dataclass field names. Nothing reads raw YAML
 after ``load``: the result is a ``Config`` of frozen dataclasses.
 """
 
+from lvsguard.config.cluster import CLUSTER, ClusterConfig
 from lvsguard.config.director import DIRECTOR, DirectorConfig
 from lvsguard.config.exporter import DEFAULT_LISTEN, EXPORTER, ExporterConfig
 from lvsguard.config.loader import SECTIONS, Config, load, loads
@@ -38,6 +39,7 @@ from lvsguard.errors import ConfigError, ConfigProblem
 
 __all__ = [
     "CHECK",
+    "CLUSTER",
     "CHECK_COMMON",
     "CHECK_KEYS",
     "CHECK_REQUIRED",
@@ -52,6 +54,7 @@ __all__ = [
     "SERVICE",
     "TABLE",
     "CheckConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "ConfigProblem",

@@ -18,6 +18,7 @@ from typing import Any
 
 from yaml.nodes import Node, ScalarNode
 
+from lvsguard.config.cluster import ClusterConfig
 from lvsguard.config.schema import (
     FAILED,
     Context,
@@ -29,6 +30,7 @@ from lvsguard.config.schema import (
     boolean,
     choice,
     duration_range,
+    file_path,
     http_url,
     integer,
     join,
@@ -189,6 +191,8 @@ class ActuatorSettings:
     """Section ``table`` of the config: whether the actuator owns the IPVS table (not an ``actuator`` key)."""
     desired: DesiredTable = field(default=DesiredTable(), compare=False)
     """The table the config's ``services`` describe; the actuator applies it with ``table.manage``."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Section ``cluster`` of the config: where holds shared by several directors live (not an ``actuator`` key)."""
 
     def quorum_for(self, service: ServiceKey) -> Quorum:
         return self.service_min_healthy.get(service, self.min_healthy)
@@ -294,10 +298,6 @@ def host_name(node: Node, path: str, ctx: Context) -> str:
     if value != "*" and not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*", value):
         raise Invalid(f"must be a host name like lvs1.example.org (no port, no scheme) or *, got {value!r}")
     return value
-
-
-def file_path(node: Node, path: str, ctx: Context) -> str:
-    return scalar_text(node)
 
 
 def secret_file(node: Node, path: str, ctx: Context) -> bytes:

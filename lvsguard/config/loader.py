@@ -14,6 +14,7 @@ from yaml.nodes import MappingNode
 
 from lvsguard.config.actuator import SECTION as ACTUATOR_SECTION
 from lvsguard.config.actuator import ActuatorSettings
+from lvsguard.config.cluster import CLUSTER, ClusterConfig
 from lvsguard.config.director import DIRECTOR, DirectorConfig
 from lvsguard.config.exporter import EXPORTER, ExporterConfig
 from lvsguard.config.passive import PASSIVE, PassiveConfig
@@ -40,6 +41,7 @@ class Config:
     probes: ProbesConfig = ProbesConfig()
     snmp: AgentSettings | None = None  # section ``snmp`` (lvsguard.config.snmp); None: no SNMP agent
     passive: PassiveConfig = PassiveConfig()
+    cluster: ClusterConfig = ClusterConfig()
     file: str = ""  # where it was loaded from ("" for Config())
     desired: DesiredTable = field(
         default=DesiredTable(), compare=False
@@ -79,6 +81,10 @@ SECTIONS: Mapping[str, Key] = {
         section(PROBES), doc="Health checks of the real servers (docs/probes.md)."
     ),  # after `services`, whose names its checks use
     "passive": Key(section(PASSIVE), doc="Passive detection of failed handshakes in the exporter (docs/probes.md)."),
+    "cluster": Key(
+        section(CLUSTER),
+        doc="Where the state shared by several directors lives: `local` (default) or etcd (docs/cluster.md).",
+    ),
 }
 """The top-level sections, in the order they are parsed (a section may refer to one parsed before it)."""
 

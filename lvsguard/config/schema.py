@@ -298,6 +298,10 @@ def text(node: Node, path: str, ctx: Context) -> str:
     return scalar_text(node)
 
 
+def file_path(node: Node, path: str, ctx: Context) -> str:
+    return scalar_text(node)
+
+
 def name(node: Node, path: str, ctx: Context) -> str:
     """A name of a service or real server: it becomes a label value and is typed on command lines."""
     value = scalar_text(node)

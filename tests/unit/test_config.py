@@ -176,12 +176,12 @@ def case(id: str, text: str, *problems: str) -> object:
         case(
             "root-is-a-list",
             "- director\n",
-            "1:1: a config is a mapping of sections (director, table, services, exporter, actuator, snmp, probes, passive), got a list",
+            "1:1: a config is a mapping of sections (director, table, services, exporter, actuator, snmp, probes, passive, cluster), got a list",
         ),
         case(
             "root-is-a-string",
             "director\n",
-            "1:1: a config is a mapping of sections (director, table, services, exporter, actuator, snmp, probes, passive), got a string 'director'",
+            "1:1: a config is a mapping of sections (director, table, services, exporter, actuator, snmp, probes, passive, cluster), got a string 'director'",
         ),
         case(
             "unknown-section-did-you-mean",
@@ -191,7 +191,7 @@ def case(id: str, text: str, *problems: str) -> object:
         case(
             "unknown-section-listed",
             "balancer: {}\n",
-            "1:1: balancer: unknown key (known keys: director, table, services, exporter, actuator, snmp, probes, passive)",
+            "1:1: balancer: unknown key (known keys: director, table, services, exporter, actuator, snmp, probes, passive, cluster)",
         ),
         case(
             "section-not-a-mapping",

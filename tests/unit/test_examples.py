@@ -25,6 +25,7 @@ SCHEMAS: dict[str, Schema] = {
     "services[]": config.SERVICE,
     "services[].real_servers[]": config.REAL_SERVER,
     "passive": PASSIVE,
+    "cluster": config.CLUSTER,
 }
 
 
