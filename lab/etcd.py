@@ -17,7 +17,7 @@ member with its data, as a crashed and rebooted etcd host would.
 The processes follow lab.keepalived's pattern: one ``ip netns exec`` child per
 member in the foreground, its log in the member's directory. Under User-Mode
 Linux a process start costs 30-60 ms and an fsync is slow, so the heartbeat and
-election timeout are five times etcd's defaults (a member that misses a
+election timeout are 2.5 times etcd's defaults (a member that misses a
 heartbeat because the VM is busy must not start an election).
 """
 
@@ -45,7 +45,7 @@ BRIDGE = "br-etcd"
 PREFIX4 = "10.0.9."
 CLIENT_PORT, PEER_PORT = 2379, 2380
 CLUSTER_TOKEN = "lvsguard-lab"
-HEARTBEAT_MS, ELECTION_MS = 500, 5000
+HEARTBEAT_MS, ELECTION_MS = 250, 2500
 # The members' data: on the host's disk (the checkout is shared read-write with the VM), not on the
 # VM's tmpfs: each member preallocates a 64 MB write-ahead log, three of them filled the overlay.
 DATA_ROOT = Path(__file__).resolve().parent.parent / ".lab"
@@ -319,6 +319,27 @@ class EtcdLab:
             body["serializable"] = True
         kvs = self.call(member, "kv/range", body, timeout=timeout).get("kvs", [])
         return base64.b64decode(kvs[0].get("value", "")).decode() if kvs else None
+
+    def wait_leader(self, names: tuple[str, ...], timeout: float = 30.0) -> str:
+        """Poll the members ``names`` until they all follow one leader among them; its name.
+
+        After the leader is lost, the others elect a new one within one to two
+        election timeouts; until then a write through any member waits or fails.
+        """
+        ids: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                statuses = {n: self.call(n, "maintenance/status", {}, timeout=2.0) for n in names}
+                ids = {str(st.get("header", {}).get("member_id")): n for n, st in statuses.items()}
+                leaders = {str(st.get("leader")) for st in statuses.values()}
+                if len(leaders) == 1 and (leader := leaders.pop()) in ids:
+                    return ids[leader]
+            except LabError:
+                pass
+            if time.monotonic() > deadline:
+                raise LabError(f"etcd members {', '.join(names)}: no common leader after {timeout:g} s")
+            time.sleep(0.2)
 
     def members_list(self, member: str) -> list[str]:
         """Names of the cluster's members as ``member`` knows them."""
