@@ -50,7 +50,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@echo "== creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[director,test]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@touch $@
 
 lab-prepare: apt

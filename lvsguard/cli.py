@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
+# The import names of the `director` extra's packages (pyproject.toml) and of what they pull in:
+# a command that needs one of them on a bare install (the agent's) says which extra brings it.
+DIRECTOR_IMPORTS = frozenset(
+    {"yaml", "pyroute2", "prometheus_client", "pysnmp", "pyasn1", "flask", "werkzeug", "jinja2", "itsdangerous"}
+    | {"waitress", "cryptography", "bcrypt"}
+)
+DIRECTOR_HINT = "pip install 'lvsguard[director]'"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -40,8 +48,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lvsguard: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except ModuleNotFoundError as exc:
+        if args.debug or (exc.name or "").partition(".")[0] not in DIRECTOR_IMPORTS:
+            raise
+        print(
+            f"lvsguard: {_command(args)} needs the director's packages (no module {exc.name!r}): {DIRECTOR_HINT}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command that ran, as typed ('lvsguard exporter', 'lvsguard keepalived snippet'), for messages."""
+    name = getattr(args.func, "__name__", "")
+    return "lvsguard " + name.removeprefix("cmd_").replace("_", " ") if name.startswith("cmd_") else "this command"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,9 @@ where other users cannot read it (a clone under /root, or in a ``mktemp -d``
 directory: both mode 0700). The units run lvsguard as an unprivileged user from
 a world-readable install (/opt/lvsguard), so these tests do the same: a venv in
 a world-readable directory with lvsguard's packages and its runtime
-dependencies (the closure of its requirements without extras, taken from the
-test venv: no package index needed, as the lab VM has no network).
+dependencies (the closure of its requirements with the ``director`` extra, as
+the units' install has them, taken from the test venv: no package index needed,
+as the lab VM has no network).
 """
 
 from __future__ import annotations
@@ -26,20 +27,24 @@ PACKAGES = ("lvsguard",)
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
-def runtime_distributions(name: str = "lvsguard") -> list[importlib.metadata.Distribution]:
-    """The distributions ``name`` needs at run time (its requirements without extras, transitively), itself excluded."""
+def runtime_distributions(
+    name: str = "lvsguard", extras: tuple[str, ...] = ("director",)
+) -> list[importlib.metadata.Distribution]:
+    """The distributions ``name`` with ``extras`` needs at run time (transitively, the others' extras
+    left out), itself excluded."""
     seen: dict[str, importlib.metadata.Distribution] = {}
-    todo = [name]
+    todo = [(name, ("", *extras))]
     while todo:
-        dist = importlib.metadata.distribution(todo.pop())
+        wanted, with_extras = todo.pop()
+        dist = importlib.metadata.distribution(wanted)
         key = canonicalize_name(dist.metadata["Name"])
         if key in seen:
             continue
         seen[key] = dist
         for line in dist.requires or []:
             requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in with_extras):
+                todo.append((requirement.name, ("",)))
     del seen[canonicalize_name(name)]
     return list(seen.values())
 

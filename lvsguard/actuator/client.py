@@ -23,7 +23,6 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from lvsguard.actuator.auth import load_tokens
 from lvsguard.actuator.health import real_server_health, service_health
 from lvsguard.defaults import ACTUATOR_URL
 from lvsguard.errors import ClientError, TokenFileError
@@ -101,6 +100,8 @@ def client_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
     env = os.environ if env is None else env
     token = env.get("LVSGUARD_TOKEN", "").strip() or None
     if args.token_file:
+        from lvsguard.actuator.auth import load_tokens  # imports Flask: not when the command line is parsed
+
         try:
             tokens = load_tokens({}, args.token_file)
         except TokenFileError as exc:

@@ -3,9 +3,11 @@
 Host-side (no kernel). The checkout's tracked files are copied to a temporary
 directory first, so nothing that only exists in this working tree (egg-info,
 caches, untracked files) can end up in the wheel or make it work. The venv is
-laid out as docs/install.md says (``/opt/lvsguard``), so the units' ExecStart
-is checked against a real install. It needs the package index (PyPI) for the
-build backend and the dependencies; without it the module skips.
+laid out as docs/install.md says (``/opt/lvsguard``, the wheel with its
+``director`` extra), so the units' ExecStart is checked against a real install;
+a second venv gets the bare wheel, the agent of a real server, which installs
+nothing but lvsguard. It needs the package index (PyPI) for the build backend
+and the dependencies; without it the module skips.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("lvsguard", "exporter", "actuator")
+PACKAGES = ("lvsguard",)
+HINT = "pip install 'lvsguard[director]'"
 INSTALL_PREFIX = "/opt/lvsguard"  # the venv of docs/install.md and packaging/systemd
 
 
@@ -41,8 +45,8 @@ pytestmark = [
 ]
 
 
-def run(*argv: str | Path, cwd: Path, timeout: float = 600) -> str:
-    done = subprocess.run(
+def attempt(*argv: str | Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [str(a) for a in argv],
         cwd=cwd,
         capture_output=True,
@@ -50,6 +54,10 @@ def run(*argv: str | Path, cwd: Path, timeout: float = 600) -> str:
         timeout=timeout,
         env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
     )
+
+
+def run(*argv: str | Path, cwd: Path, timeout: float = 600) -> str:
+    done = attempt(*argv, cwd=cwd, timeout=timeout)
     assert done.returncode == 0, (
         f"{' '.join(map(str, argv))} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     )
@@ -76,15 +84,32 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheels[0]
 
 
+def installed_distributions(prefix: Path) -> set[str]:
+    code = "import importlib.metadata as m; print(*sorted({d.metadata['Name'].lower() for d in m.distributions()}))"
+    return set(run(prefix / "bin" / "python", "-c", code, cwd=prefix).split())
+
+
+def pip_install(prefix: Path, requirement: str) -> None:
+    run(prefix / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", requirement, cwd=prefix)
+
+
 @pytest.fixture(scope="module")
 def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean venv (no system site-packages) with the wheel and its dependencies installed."""
+    """A clean venv (no system site-packages) with the wheel and its director extra installed (docs/install.md)."""
     prefix = tmp_path_factory.mktemp("opt") / "lvsguard"
     run(sys.executable, "-m", "venv", prefix, cwd=prefix.parent)
-    run(
-        prefix / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel, cwd=prefix.parent
-    )
+    pip_install(prefix, f"{wheel}[director]")
     return prefix
+
+
+@pytest.fixture(scope="module")
+def bare(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
+    """A clean venv with the bare wheel (a real server's agent), and what it held before the install."""
+    prefix = tmp_path_factory.mktemp("bare") / "venv"
+    run(sys.executable, "-m", "venv", prefix, cwd=prefix.parent)
+    before = installed_distributions(prefix)
+    pip_install(prefix, str(wheel))
+    return prefix, before
 
 
 def test_the_wheel_holds_every_packaged_file_of_the_checkout(wheel: Path) -> None:
@@ -131,3 +156,59 @@ def test_the_units_exec_start_exists_in_the_installed_layout(venv: Path, tmp_pat
     done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert [line for line in done.stderr.splitlines() if str(tmp_path) in line] == []
+
+
+def test_the_bare_wheel_installs_nothing_but_lvsguard(bare: tuple[Path, set[str]]) -> None:
+    prefix, before = bare
+    assert installed_distributions(prefix) - before == {"lvsguard"}
+
+
+def test_the_bare_wheel_runs_the_agent(bare: tuple[Path, set[str]], tmp_path: Path) -> None:
+    prefix, _ = bare
+    lvsguard = prefix / "bin" / "lvsguard"
+    assert run(lvsguard, "agent", "--help", cwd=tmp_path).startswith("usage: lvsguard agent")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    maint = tmp_path / "maint"
+    maint.touch()
+    agent = subprocess.Popen(
+        [lvsguard, "agent", "--listen", f"127.0.0.1:{port}", "--maint-file", maint],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        reply = b""
+        for _ in range(100):  # up to 10 s for the agent to listen
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                    reply = conn.makefile("rb").read()
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.1)
+        assert reply.strip() == b"maint"
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+@pytest.mark.parametrize("name", ["exporter", "actuator"])
+def test_no_top_level_exporter_or_actuator_in_either_venv(
+    name: str, bare: tuple[Path, set[str]], venv: Path, tmp_path: Path
+) -> None:
+    for prefix in (bare[0], venv):
+        done = attempt(prefix / "bin" / "python", "-c", f"import {name}", cwd=tmp_path)
+        assert done.returncode == 1 and f"No module named '{name}'" in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["exporter"], ["actuator"], ["config", "check", "lvsguard.yaml"], ["doctor"]])
+def test_a_director_command_on_the_bare_wheel_names_the_extra(
+    argv: list[str], bare: tuple[Path, set[str]], tmp_path: Path
+) -> None:
+    (tmp_path / "lvsguard.yaml").write_text("services: []\n")
+    done = attempt(bare[0] / "bin" / "lvsguard", *argv, cwd=tmp_path, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"lvsguard: lvsguard {' '.join(argv[:2])} needs the director's packages")
+    assert done.stderr.rstrip().endswith(HINT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lvsguard import __version__
-from lvsguard.cli import build_parser, main
+from lvsguard.cli import DIRECTOR_IMPORTS, build_parser, main
 
 COMMANDS = [
     "exporter",
@@ -169,6 +170,50 @@ def test_no_traceback_reaches_the_user(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("lvsguard: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+# A process without the director extra's packages: each import of one fails as on a bare install.
+WITHOUT_DIRECTOR = (
+    "import sys\n"
+    "from lvsguard import cli\n"
+    "for name in cli.DIRECTOR_IMPORTS:\n"
+    "    sys.modules[name] = None\n"
+    "cli.build_parser()\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.parametrize("argv", [["exporter"], ["actuator"], ["status"], ["keepalived", "snippet"], ["doctor"]])
+def test_without_the_director_extra_a_director_command_names_it(argv: list[str], tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DIRECTOR, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr.startswith(f"lvsguard: lvsguard {' '.join(argv)} needs the director's packages (no module ")
+    assert proc.stderr.endswith(": pip install 'lvsguard[director]'\n") and len(proc.stderr.splitlines()) == 1
+
+
+def test_without_the_director_extra_the_agent_and_every_help_work(tmp_path: Path) -> None:
+    for argv in (["agent", "--help"], ["--help"], ["drain", "--help"], ["agent", "--drain", "--drain-file", "d"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", WITHOUT_DIRECTOR, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=60
+        )
+        assert (proc.returncode, proc.stderr) == (0, ""), argv
+    assert (tmp_path / "d").exists()
+
+
+def test_the_director_imports_name_every_library_lvsguard_imports() -> None:
+    """Each module outside the standard library that lvsguard's code imports is one the hint covers."""
+    root = Path(__file__).resolve().parents[2] / "lvsguard"
+    found = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.partition(".")[0])
+    outside = found - set(sys.stdlib_module_names) - {"lvsguard", "__future__", "_typeshed"}  # _typeshed: for mypy only
+    assert sorted(outside - DIRECTOR_IMPORTS) == []
 
 
 @pytest.mark.parametrize(
