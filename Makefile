@@ -15,7 +15,7 @@ UI_TEST := tests/integration/test_ui_kernel.py
 # file system), the real peers the tests run against, and the benchmark's peers.
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
-	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived \
+	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived ldirectord \
 	chromium chromium-driver dnsmasq-base prometheus-blackbox-exporter systemd \
 	etcd-server etcd-client
 

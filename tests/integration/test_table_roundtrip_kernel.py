@@ -9,7 +9,9 @@ plans and applies it through netlink in a second namespace. ``ipvsadm -Sn``
 of the two must be the same lines, and a plan of the imported config against
 keepalived's own table must be empty. The same for a table written with
 ``ipvsadm`` commands and read back with ``ipvsadm-save -n`` (which leaves
-the thresholds out: the plans compare those, over netlink).
+the thresholds out: the plans compare those, over netlink). The same for
+the ldirectord.cf files under tests/fixtures/import/ldirectord-kernel, built
+by Debian's ldirectord (``checktype = on``: every real server counts as up).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,9 @@ from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.table.apply import apply
 from lvsguard.table.importers import ipvsadm as ipvsadm_importer
 from lvsguard.table.importers import keepalived as keepalived_importer
+from lvsguard.table.importers import ldirectord as ldirectord_importer
 from lvsguard.table.importers import render
+from lvsguard.table.importers._emit import Imported
 from lvsguard.table.load import load_table
 from lvsguard.table.plan import plan
 
@@ -40,7 +45,9 @@ pytestmark = pytest.mark.kernel
 THEIRS = "lvsg-rt-peer"
 OURS = "lvsg-rt-ours"
 KEEPALIVED = "/usr/sbin/keepalived"
+LDIRECTORD = "/usr/sbin/ldirectord"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "import" / "keepalived-kernel"
+LDIRECTORD_FIXTURES = FIXTURES.parent / "ldirectord-kernel"
 BUILD_TIMEOUT = 30.0
 
 IPVSADM_RULES = [
@@ -103,51 +110,69 @@ def build_ours(ipvs: NetlinkIPVS, text: str) -> None:
     assert left.empty, f"the kernel reads back something else than was asked:\n{left}"
 
 
-def wait_for_lines(netns: str, count: int, proc: subprocess.Popen[bytes], log: Path) -> list[str]:
+def wait_for_lines(netns: str, count: int, proc: subprocess.Popen[bytes], log: Path, name: str) -> list[str]:
     """Poll ``ipvsadm -Sn`` until it has ``count`` rules twice in a row."""
     deadline = time.monotonic() + BUILD_TIMEOUT
     last: list[str] = []
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"keepalived exited with {proc.returncode}:\n{log.read_text()}")
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{log.read_text()}")
         lines = saved(netns)
         if len(lines) == count and lines == last:
             return lines
         last = lines
         time.sleep(0.5)
-    raise AssertionError(f"keepalived built {len(last)} of {count} rules in {BUILD_TIMEOUT:.0f} s:\n{log.read_text()}")
+    raise AssertionError(f"{name} built {len(last)} of {count} rules in {BUILD_TIMEOUT:.0f} s:\n{log.read_text()}")
+
+
+@contextmanager
+def peer(argv: list[str], tmp: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """The peer daemon ``argv`` running in the foreground in THEIRS, stopped (SIGTERM) at the end."""
+    log = Path(tmp) / "peer.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", THEIRS, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield proc, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def same_table(imported: Imported, argv: list[str], tmp: str, ours: NetlinkIPVS) -> None:
+    """The peer started with ``argv`` and lvsguard applying ``imported`` build the same ``ipvsadm -Sn``."""
+    rules = sum(1 + len(s.service.real_servers) for s in imported.services)
+    _, desired, _ = load_table(yaml.safe_load(render(imported)))
+    with peer(argv, tmp) as (proc, log):
+        theirs = wait_for_lines(THEIRS, rules, proc, log, Path(argv[0]).name)
+        with NetlinkIPVS(THEIRS) as other:
+            left = plan(desired, other.read(), prune="exact")
+            assert left.empty, f"{Path(argv[0]).name}'s table differs from the import:\n{left}{theirs}"
+    build_ours(ours, render(imported))
+    assert saved(OURS) == theirs
 
 
 @pytest.mark.skipif(not os.access(KEEPALIVED, os.X_OK), reason="needs Debian's keepalived")
 @pytest.mark.parametrize("conf", sorted(FIXTURES.glob("*.conf")), ids=lambda p: p.stem)
 def test_keepalived_conf_builds_the_same_table(conf: Path, ours: NetlinkIPVS) -> None:
     imported = keepalived_importer.parse(conf.read_text(), str(conf))
-    rules = sum(1 + len(s.service.real_servers) for s in imported.services)
     with tempfile.TemporaryDirectory(prefix="lvsg-rt-") as tmp:
-        log = Path(tmp) / "keepalived.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", THEIRS, KEEPALIVED, "--check", "--dont-fork", "-l", "-D", "-f", str(conf)]
-                + ["-p", f"{tmp}/k.pid", "-c", f"{tmp}/c.pid", "-r", f"{tmp}/v.pid"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            theirs = wait_for_lines(THEIRS, rules, proc, log)
-            _, desired, _ = load_table(yaml.safe_load(render(imported)))
-            with NetlinkIPVS(THEIRS) as peer:
-                left = plan(desired, peer.read(), prune="exact")
-                assert left.empty, f"keepalived's table differs from the import:\n{left}{theirs}"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    build_ours(ours, render(imported))
-    assert saved(OURS) == theirs
+        argv = [KEEPALIVED, "--check", "--dont-fork", "-l", "-D", "-f", str(conf)]
+        same_table(imported, argv + ["-p", f"{tmp}/k.pid", "-c", f"{tmp}/c.pid", "-r", f"{tmp}/v.pid"], tmp, ours)
+
+
+@pytest.mark.skipif(not os.access(LDIRECTORD, os.X_OK), reason="needs Debian's ldirectord")
+@pytest.mark.parametrize("conf", sorted(LDIRECTORD_FIXTURES.glob("*.cf")), ids=lambda p: p.stem)
+def test_ldirectord_cf_builds_the_same_table(conf: Path, ours: NetlinkIPVS) -> None:
+    """ldirectord -d stays in the foreground, writes no pid file and removes its services when stopped."""
+    imported = ldirectord_importer.parse(conf.read_text(), str(conf))
+    with tempfile.TemporaryDirectory(prefix="lvsg-rt-") as tmp:
+        same_table(imported, [LDIRECTORD, "-d", str(conf), "start"], tmp, ours)
 
 
 def test_ipvsadm_save_round_trip(ours: NetlinkIPVS) -> None:

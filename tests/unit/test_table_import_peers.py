@@ -202,6 +202,30 @@ def test_ldirectord_table_and_checks() -> None:
     assert (checks[5].type, checks[5].port, checks[5].tls_verify) == ("https", 8443, False)
 
 
+@pytest.mark.parametrize(
+    "virtual, one_packet, noted",
+    [("192.0.2.10:53", True, False), ("7", False, True), ("192.0.2.10:80", False, True)],
+    ids=["udp", "fwmark", "tcp"],
+)
+def test_ldirectord_ops_is_for_udp_services_only(virtual: str, one_packet: bool, noted: bool) -> None:
+    """ldirectord passes -o for a UDP service alone (a fwmark service with ops = yes gets none)."""
+    found = ldirectord.parse(f"virtual={virtual}\n\treal=10.0.1.2 gate\n\tops=yes\n", "l.cf").services[0]
+    assert found.service.flags & ServiceFlags.ONEPACKET == (ServiceFlags.ONEPACKET if one_packet else 0)
+    assert [n.message for n in found.notes] == (
+        ["ops = yes: ldirectord schedules one packet at a time on UDP services only"] if noted else []
+    )
+
+
+@pytest.mark.parametrize(
+    "method, port", [("masq", 0), ("gate", 80), ("ipip", 80)], ids=["nat-keeps-port-0", "dr-on-80", "tunnel-on-80"]
+)
+def test_ldirectord_real_server_without_a_port(method: str, port: int) -> None:
+    """ldirectord adds it on port 0: the kernel puts the service's port in its place unless NAT."""
+    found = ldirectord.parse(f"virtual=192.0.2.10:80\n\treal=10.0.1.2 {method}\n\tchecktype=connect\n", "l.cf")
+    assert found.services[0].service.real_servers[0].key == RealServerKey("10.0.1.2", port)
+    assert found.checks[0].check.get("port", port) == 80  # ldirectord checks the service's port
+
+
 def test_malformed_ldirectord_cf_reports_every_line() -> None:
     with pytest.raises(ConfigError) as caught:
         imported(LDIRECTORD / "malformed.cf")

@@ -7,7 +7,8 @@ opening a virtual service whose settings are the indented lines below it
 ``real=ADDRESS[->LAST][:PORT] gate|masq|ipip [WEIGHT] ["request", "receive"]
 [l:LOWER] [u:UPPER]``. Defaults are ldirectord's: scheduler ``wrr``, protocol
 ``tcp`` (``udp`` for port 53), weight 1, a real server without a port on the
-service's port.
+service's port (port 0, the client's destination port, when NAT), ``ops``
+on UDP services only.
 
 Checks: ``checktype=connect`` is a ``tcp`` probe, ``ping`` an ``icmp`` one,
 ``external`` a ``script`` (``checkcommand`` with the virtual and real
@@ -267,7 +268,11 @@ class _Translator:
                 netmask = parse_netmask(key.family, value)
             except ValueError as exc:
                 raise _Bad(line, f"netmask: {exc}") from None
-        ops = v.settings.get("ops", ("no", 0))[0] == "yes"
+        ops, line = v.settings.get("ops", ("no", 0))
+        if ops == "yes" and key.protocol != "UDP":
+            notes.append(
+                self.note(line, "ops = yes: ldirectord schedules one packet at a time on UDP services only", True)
+            )
         for name, (value, line) in v.settings.items():
             if name in VIRTUAL_UNTRANSLATED and VIRTUAL_UNTRANSLATED[name]:
                 notes.append(self.note(line, f"{name} = {value}: {VIRTUAL_UNTRANSLATED[name]}"))
@@ -280,7 +285,7 @@ class _Translator:
             scheduler_flags=flags,
             persistence=timeout,
             netmask=netmask if timeout else 0,
-            one_packet=ops and (key.is_fwmark or key.protocol == "UDP"),
+            one_packet=ops == "yes" and key.protocol == "UDP",
             real_servers=[rs for rs, _, _ in servers],
         )
         names = {rs.key: real_server_name(rs.key) for rs in svc.real_servers}
@@ -321,7 +326,8 @@ class _Translator:
             check_thresholds(upper, lower)
         except ValueError as exc:
             raise _Bad(line, f"real: {exc}") from None
-        port = int(match.group("port")) if match.group("port") else service.port
+        # No port: ldirectord passes :0, which the kernel replaces by the service's port unless NAT
+        port = int(match.group("port")) if match.group("port") else 0 if forward is Forward.MASQ else service.port
         if port > 65535:
             raise _Bad(line, f"real: port must be 0..65535, got {port}")
         out = []
@@ -362,10 +368,11 @@ class _Translator:
             "rise": 1,
             "fall": fall,
         }
+        port = svc.service.key.port if rs.key.port == 0 else rs.key.port  # ldirectord's ld_checkport
         if "checkport" in v.settings:
             port = self.number("checkport", *v.settings["checkport"], low=1, high=65535)
-            if port != rs.key.port:
-                entry["port"] = port
+        if port != rs.key.port:
+            entry["port"] = port
         if checktype == "connect":
             pass
         elif checktype == "ping":
