@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lvsguard import __version__, defaults, keepalived
+from lvsguard import __version__, defaults, keepalived, paths
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import LineHandler, set_levels
 
@@ -268,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     fol.set_defaults(func=cmd_keepalived_follow)
     kad.set_defaults(func=lambda _args: _print_help(kad))
 
+    pth = sub.add_parser(
+        "paths",
+        help="print where the shipped units, examples, rules, dashboards and MIB are",
+        description="Print the folders of the files that ship with lvsguard: systemd units, sysusers, example "
+        "configs, alert rules with Alertmanager's example, Grafana dashboards, the MIB. With NAME, only that "
+        'folder\'s path (for scripts: cp "$(lvsguard paths systemd)"/*.service /etc/systemd/system/).',
+    )
+    pth.add_argument("name", nargs="?", choices=[*paths.SHARE, "mib"], metavar="NAME", help="one folder: %(choices)s")
+    pth.set_defaults(func=cmd_paths)
+
     imp = sub.add_parser(
         "import",
         help="print an lvsguard config for a keepalived, ldirectord or ipvsadm-save file",
@@ -429,6 +439,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     results = checks.run()
     print(doctor.render(results), end="")
     return doctor.exit_status(results)
+
+
+def cmd_paths(args: argparse.Namespace) -> int:
+    if args.name:
+        print(paths.share(args.name))
+        return 0
+    for name, folder in paths.all_paths().items():
+        print(f"{name:<11} {folder}")
+    return 0
 
 
 def cmd_keepalived_follow(args: argparse.Namespace) -> int:

@@ -212,3 +212,53 @@ def test_a_director_command_on_the_bare_wheel_names_the_extra(
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"lvsguard: lvsguard {' '.join(argv[:2])} needs the director's packages")
     assert done.stderr.rstrip().endswith(HINT)
+
+
+def shipped_files() -> dict[str, str]:
+    """The wheel's name of each file that lvsguard.paths.SHARE ships, with its name in the checkout."""
+    from lvsguard.paths import SHARE
+
+    out = {}
+    for name, (folder, globs) in SHARE.items():
+        for pattern in globs:
+            for path in (ROOT / folder).glob(pattern):
+                out[f"lvsguard/share/{name}/{path.relative_to(ROOT / folder).as_posix()}"] = str(path.relative_to(ROOT))
+    return out
+
+
+def test_the_wheel_ships_units_sysusers_examples_rules_dashboards_as_package_data(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = shipped_files()
+    for expected in (
+        "packaging/systemd/lvsguard-exporter.service",
+        "packaging/systemd/lvsguard-actuator.service",
+        "packaging/systemd/lvsguard-agent.service",
+        "packaging/sysusers.d/lvsguard.conf",
+        "examples/lvsguard.yaml",
+        "alerts/lvsguard.rules.yml",
+        "alerts/alertmanager.yml",
+        "dashboards/lvsguard-overview.json",
+        "dashboards/provisioning/dashboards.yml",
+    ):
+        assert expected in shipped.values()
+    assert sorted(set(shipped) - names) == []
+    assert [n for n in names if n.startswith("lvsguard/share/") and n not in shipped] == []  # no .py, no tests
+
+
+@pytest.mark.parametrize("which", ["bare", "venv"])
+def test_lvsguard_paths_prints_the_installed_folders(
+    which: str, bare: tuple[Path, set[str]], venv: Path, tmp_path: Path
+) -> None:
+    prefix = bare[0] if which == "bare" else venv
+    lines = run(prefix / "bin" / "lvsguard", "paths", cwd=tmp_path).splitlines()
+    printed = {name: Path(folder) for name, folder in (line.split(maxsplit=1) for line in lines)}
+    assert list(printed) == ["systemd", "sysusers", "examples", "alerts", "dashboards", "mib"]
+    for folder in printed.values():
+        assert folder.is_relative_to(prefix) and folder.is_dir(), folder
+    for wheel_name, checkout_name in shipped_files().items():
+        name, _, rest = wheel_name.removeprefix("lvsguard/share/").partition("/")
+        assert (printed[name] / rest).read_bytes() == (ROOT / checkout_name).read_bytes()
+    assert (printed["mib"] / "LVSGUARD-MIB.txt").read_bytes() == (
+        ROOT / "lvsguard/exporter/snmp/mibs/LVSGUARD-MIB.txt"
+    ).read_bytes()
+    assert run(prefix / "bin" / "lvsguard", "paths", "alerts", cwd=tmp_path) == f"{printed['alerts']}\n"

@@ -29,6 +29,7 @@ COMMANDS = [
     "config",
     "keepalived",
     "doctor",
+    "paths",
 ]
 CLIENT_COMMANDS = ["quarantine", "restore", "drain", "weight", "add", "remove", "ledger", "failover", "status"]
 
@@ -238,3 +239,17 @@ def test_actuator_listens_where_the_config_says_unless_the_flag_says_otherwise(
     cfg.write_text("actuator:\n" + (section or "  dry_run: false\n"))
     assert main(["actuator", "--config", str(cfg), *flag]) == 0
     assert served["listen"] == expected
+
+
+def test_paths_in_a_checkout_are_the_repositorys_folders(capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert main(["paths"]) == 0
+    printed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    assert printed == {
+        "systemd": str(root / "packaging/systemd"),
+        "sysusers": str(root / "packaging/sysusers.d"),
+        "examples": str(root / "examples"),
+        "alerts": str(root / "alerts"),
+        "dashboards": str(root / "dashboards"),
+        "mib": str(root / "lvsguard/exporter/snmp/mibs"),
+    }
