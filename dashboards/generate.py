@@ -66,6 +66,12 @@ METRICS = {
     "lvsguard_webhook_requests_total",
     "lvsguard_failover_requested_total",
     "lvsguard_table_drift",
+    # actuator with cluster.store: etcd (docs/cluster.md)
+    "lvsguard_cluster_store_up",
+    "lvsguard_cluster_convergence_lag_seconds",
+    "lvsguard_cluster_apply_seconds",
+    "lvsguard_cluster_pending_holds",
+    "lvsguard_cluster_last_sync_timestamp_seconds",
     # Prometheus itself
     "up",
 }

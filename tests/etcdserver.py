@@ -44,8 +44,22 @@ def free_port() -> int:
 @dataclass
 class EtcdServer:
     url: str
-    process: subprocess.Popen[bytes]
+    argv: list[str]
     log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (again, with its data: an outage that ends) and return once it serves."""
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        _wait_ready(self, offset)
+
+    def kill(self) -> None:
+        """SIGKILL: an outage (its data stays for ``start``)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def log_tail(self, lines: int = 10) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -87,26 +101,25 @@ def running_etcd(directory: Path, *, tls: TLSFiles | None = None) -> Iterator[Et
             "--trusted-ca-file",
             str(tls.ca),
         ]
-    log = directory / "etcd.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    server = EtcdServer(url, proc, log)
+    server = EtcdServer(url, argv, directory / "etcd.log")
     try:
-        _wait_ready(server)
+        server.start()
         yield server
     finally:
-        proc.kill()
-        proc.wait()
+        server.kill()
         shutil.rmtree(directory / "data", ignore_errors=True)
 
 
-def _wait_ready(server: EtcdServer) -> None:
+def _wait_ready(server: EtcdServer, offset: int) -> None:
+    """Until this start's log (from ``offset``) says it serves clients."""
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
-        if server.process.poll() is not None:
+        if server.process is None or server.process.poll() is not None:
             raise RuntimeError(f"etcd exited: {server.log_tail()}")
-        if "serving client traffic" in server.log.read_text(errors="replace"):
-            return
+        with open(server.log, "rb") as f:
+            f.seek(offset)
+            if b"serving client traffic" in f.read():
+                return
         if time.monotonic() > deadline:
             raise RuntimeError(f"etcd not ready after {READY_TIMEOUT:g} s: {server.log_tail()}")
         time.sleep(0.05)

@@ -25,10 +25,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from lvsguard.actuator import api, auth, ledger, limits, ui, webhook
 from lvsguard.actuator import reload as reloading
 from lvsguard.actuator.actions import Actions, Kernel
+from lvsguard.actuator.cluster import ClusterMetrics, ClusterSync
 from lvsguard.actuator.httperrors import handle_error
 from lvsguard.actuator.jobs import JobRunner
 from lvsguard.actuator.metrics import ActuatorMetrics, DriftCollector, QuarantineCollector
 from lvsguard.actuator.settings import ActuatorSettings
+from lvsguard.cluster.etcd import EtcdClient
+from lvsguard.cluster.records import HoldStore
 from lvsguard.defaults import ACTUATOR_LISTEN
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
@@ -83,6 +86,8 @@ def create_app(
     actions = Actions(kernel, settings, clock=clock, metrics=metrics)
     registry.register(DriftCollector(actions))
     runner = JobRunner(actions, app.config["LVSGUARD_LEDGER"])
+    if settings.cluster.shared:
+        runner.cluster = _cluster_sync(settings, actions, app.config["LVSGUARD_LEDGER"], registry, clock)
     app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry, quarantine)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
@@ -93,6 +98,22 @@ def create_app(
     app.register_error_handler(Exception, handle_error)
     app.after_request(_after)
     return app
+
+
+def _cluster_sync(
+    settings: ActuatorSettings,
+    actions: Actions,
+    ledger_path: str,
+    registry: CollectorRegistry,
+    clock: Callable[[], float],
+) -> ClusterSync:
+    """The cluster store's client and holds for the action layer, and the watch thread (started by the runner)."""
+    cluster = settings.cluster
+    client = EtcdClient(
+        cluster.endpoints, ca_file=cluster.ca_file, cert_file=cluster.cert_file, key_file=cluster.key_file
+    )
+    actions.cluster = HoldStore(client, cluster, clock=clock)
+    return ClusterSync(actions, ledger_path, actions.cluster, ClusterMetrics(registry), clock=clock)
 
 
 def _metrics() -> Response:

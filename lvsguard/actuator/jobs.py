@@ -23,6 +23,7 @@ import logging
 import threading
 
 from lvsguard.actuator.actions import Actions, Actor, Outcome, Result, Source
+from lvsguard.actuator.cluster import ClusterSync
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.logs import event
 
@@ -40,6 +41,8 @@ class JobRunner:
         self._stop = threading.Event()
         self._threads: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
+        self.cluster: ClusterSync | None = None
+        """The cluster watch (``cluster.store: etcd``), started last by ``begin``."""
         actions.on_new_job(self.start)
 
     def start(self, job_id: int) -> None:
@@ -79,9 +82,13 @@ class JobRunner:
         for job_id in [*open_jobs, *pending]:
             self.start(job_id)
         threading.Thread(target=self._retry_loop, name="lvsguard-retry", daemon=True).start()
+        if self.cluster is not None:
+            self.cluster.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self.cluster is not None:
+            self.cluster.stop(timeout)
         for thread in list(self._threads.values()):
             thread.join(timeout)
 

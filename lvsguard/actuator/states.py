@@ -53,6 +53,9 @@ class Source(StrEnum):
     UI = "ui"
     ACTUATOR = "actuator"
     """The actuator itself: retries, reconciliation, job steps."""
+    CLUSTER = "cluster"
+    """A hold of the cluster store (``cluster.store: etcd``), holder ``<director>/<source> <name>``: held as an
+    alert's (a refusal waits), released when its cluster record goes (``actions.shared``)."""
 
 
 class HoldKind(StrEnum):

@@ -364,6 +364,8 @@ def probes_note(probes: dict[str, Any]) -> str:
 
 
 def _holder(hold: dict[str, Any]) -> str:
+    if hold["source"] == Source.CLUSTER:  # an operator's hold on some director of the cluster
+        return f"{hold['holder']} (cluster, {hold['action']})"
     if hold["kind"] == HoldKind.ALERT:
         return f"alert {hold['alertname'] or hold['holder']}"
     return f"{hold['holder']} ({hold['source']}, {hold['action']})"

@@ -70,13 +70,15 @@ def alert_text(alertname: str, fingerprint: str) -> str:
 
 def holder_text(hold: Holder) -> str:
     """A holder as replies and messages name it: ``alert BackendDown (fp)`` or ``manual (api alice)``."""
+    if hold.source == Source.CLUSTER:
+        return f"cluster ({hold.holder})"
     if hold.kind == HoldKind.ALERT:
         return alert_text(hold.alertname, hold.holder)
     return f"manual ({hold.source} {hold.holder})"
 
 
-ALERT_SOURCES = (Source.ALERTMANAGER, Source.PASSIVE)
-"""Sources whose actor is an alert: its hold is the fingerprint's, and only its resolve releases it."""
+ALERT_SOURCES = (Source.ALERTMANAGER, Source.PASSIVE, Source.CLUSTER)
+"""Sources whose hold is held as an alert's: the holder's own, released only by it, waiting when refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ class Actor:
         return self.name if not self.alertname else f"{self.alertname}/{self.name}"
 
     def __str__(self) -> str:
+        if self.source == Source.CLUSTER:
+            return f"cluster {self.name}"
         if self.source in ALERT_SOURCES:
             return alert_text(self.alertname, self.name)
         return f"{self.source} {self.name}"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, TypeVar, runtime_checkable
 
-from lvsguard.actuator.actions import director, drift, holds, members, steps, table
+from lvsguard.actuator.actions import director, drift, holds, members, shared, steps, table
 from lvsguard.actuator.actions.outcome import Actor, Kernel, NoMetrics, Outcome, Recorder
 from lvsguard.actuator.actions.reconcile import reconcile
 from lvsguard.actuator.actions.session import Session
@@ -21,8 +21,9 @@ from lvsguard.actuator.actions.view import SharedViews
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.policy import Policy
 from lvsguard.actuator.settings import ActuatorSettings
-from lvsguard.actuator.states import Result
+from lvsguard.actuator.states import HoldKind, Result
 from lvsguard.actuator.targets import Target
+from lvsguard.cluster.records import ClusterHold, HoldStore
 from lvsguard.model import Forward, SyncDaemon, Table
 from lvsguard.table.plan import Plan
 
@@ -106,6 +107,8 @@ class Actions:
         self._job_started: Callable[[int], None] = lambda job_id: None
         self.table = table.TableState()
         """The table reconciler's drains and pending services (``apply_table``, ``retry_table``)."""
+        self.cluster: HoldStore | None = None
+        """The cluster store's holds (``cluster.store: etcd``): operators' holds go there first (``shared``)."""
 
     # wiring
 
@@ -152,8 +155,22 @@ class Actions:
         drain_timeout: float | None = None,
         drain_delete: bool = False,
     ) -> Outcome:
-        """Quarantine or drain (``action``): ``actor``'s hold on the real server, which goes to weight 0."""
+        """Quarantine or drain (``action``): ``actor``'s hold on the real server, which goes to weight 0.
+
+        With a cluster store, an operator's hold (not a drain that deletes) is the whole cluster's (``shared``).
+        """
         with self._session(ledger) as s:
+            if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL and not drain_delete:
+                return shared.hold(
+                    s,
+                    self.cluster,
+                    target,
+                    actor,
+                    action=action,
+                    reason=reason,
+                    force=force,
+                    drain_timeout=drain_timeout,
+                )
             return holds.hold(
                 s,
                 target,
@@ -168,8 +185,13 @@ class Actions:
     def release(
         self, ledger: LedgerSource, target: Target, actor: Actor, *, scope: str = "own", force: bool = False
     ) -> Outcome:
-        """Restore: drop holds (``scope``), and bring the real server back once none is left."""
+        """Restore: drop holds (``scope``), and bring the real server back once none is left.
+
+        With a cluster store, an operator's restore is the whole cluster's (``shared``).
+        """
         with self._session(ledger) as s:
+            if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL and scope != "alerts":
+                return shared.release(s, self.cluster, target, actor, scope=scope, force=force)
             return holds.release(s, target, actor, scope=scope, force=force)
 
     def set_weight(
@@ -235,6 +257,11 @@ class Actions:
         return [[s.settled(o) for o in outcomes] for outcomes in results]
 
     # background work
+
+    def converge_cluster(self, ledger: LedgerSource, records: list[ClusterHold]) -> list[Outcome]:
+        """Make this director's mirrors of the cluster's holds ``records`` (the cluster watch's call)."""
+        with self._session(ledger) as s:
+            return shared.converge(s, records)
 
     def retry_pending(self, ledger: LedgerSource, *, cached: bool = False) -> list[Outcome]:
         """Converge every real server whose holds and kernel state disagree (refused earlier)."""

@@ -1,0 +1,142 @@
+"""Holds shared by every director through the cluster store (``cluster.store: etcd``; docs/cluster.md).
+
+An operator's quarantine or drain is first written to the cluster record of
+its service, in a transaction that checks the quorum against every hold of
+the cluster (``lvsguard.cluster.records``); then this director takes it like
+every other: a *mirror* hold in its ledger (source ``cluster``, holder
+``<director>/<source> <name>``), converged by ``holds``. Every other director
+sees the record through its watch and takes the same mirror hold
+(``converge``). A restore removes the records of the real server and releases
+the mirrors; a director whose mirror has no record left releases it.
+
+A mirror is held as an alert's hold: refused by this director's own rules
+(hold-down, rate limit), it waits and the retry loop applies it later. The
+ledger stays the director's audit trail and its copy of the last known
+cluster state: while etcd cannot be reached, nothing is released or taken
+from the cluster, and the operator's request is answered with an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lvsguard.actuator.actions import holds
+from lvsguard.actuator.actions.outcome import Actor, Outcome
+from lvsguard.actuator.actions.session import Session
+from lvsguard.actuator.actions.view import ServiceView
+from lvsguard.actuator.states import HoldKind, Result, Source
+from lvsguard.actuator.targets import Target
+from lvsguard.cluster.records import ClusterHold, HoldStore
+from lvsguard.errors import ClusterStoreError, PolicyRefused
+from lvsguard.model import RealServer, RealServerKey
+
+STORE_REASON = "cluster_store"  # the ``reason`` of an outcome that etcd could not be reached for
+
+
+def mirror(holder: str) -> Actor:
+    """The actor of a cluster hold in this director's ledger."""
+    return Actor(Source.CLUSTER, holder)
+
+
+class _ClusterStanding:
+    """A service as the quorum sees it across the cluster: out if out here or held anywhere."""
+
+    def __init__(self, view: ServiceView, held: frozenset[RealServerKey]):
+        self._view = view
+        self.total = view.total
+        self.healthy = sum(1 for key, rs in view.servers.items() if rs.weight > 0 and key not in held)
+
+    def real_server(self, key: RealServerKey) -> RealServer | None:
+        return self._view.real_server(key)
+
+
+def hold(
+    s: Session,
+    store: HoldStore,
+    target: Target,
+    actor: Actor,
+    *,
+    action: str,
+    reason: str = "",
+    force: bool = False,
+    drain_timeout: float | None = None,
+) -> Outcome:
+    """An operator's hold, for every director: the cluster record (quorum checked in the transaction), then here."""
+    svc, rs = s.real_server(target)
+    if svc is None or rs is None:
+        return s.absent(action, target, svc, actor)
+    if s.policy.dry_run:
+        return holds.hold(s, target, actor, action=action, reason=reason, force=force)
+    holder = store.holder(str(actor))
+
+    def check(held: frozenset[RealServerKey]) -> None:
+        s.policy.check_quorum(target, _ClusterStanding(svc, held - {target.real_server}))
+
+    try:
+        new = store.take(target.service, target.real_server, holder, action=action, reason=reason, check=check)
+    except PolicyRefused as exc:
+        return s.refused(action, target, exc, actor)
+    except ClusterStoreError as exc:
+        return _unreachable(s, action, target, actor, exc)
+    outcome = holds.hold(
+        s, target, mirror(holder), action=action, reason=reason, force=force, drain_timeout=drain_timeout
+    )
+    if outcome.result == Result.REFUSED and new:  # this director's rules said no: the operator's request leaves no hold
+        try:
+            store.release(target.service, target.real_server, lambda h: h == holder)
+        except ClusterStoreError as exc:
+            return _unreachable(s, action, target, actor, exc)
+        with s.ledger.transaction():
+            for h in s.ledger.holds_of(HoldKind.ALERT, holder):
+                if h.target == target:
+                    s.ledger.delete_hold(h.id)
+    return replace(outcome, details={**outcome.details, "cluster": holder})
+
+
+def release(s: Session, store: HoldStore, target: Target, actor: Actor, *, scope: str, force: bool = False) -> Outcome:
+    """An operator's restore, for every director: the real server's cluster records go, then its mirrors here."""
+    try:
+        store.release(target.service, target.real_server)
+    except ClusterStoreError as exc:
+        return _unreachable(s, "restore", target, actor, exc)
+    outcome: Outcome | None = None
+    for h in s.ledger.active_holds(target):
+        if h.source == Source.CLUSTER:
+            outcome = holds.release(s, target, mirror(h.holder), force=force)
+    if outcome is None or any(h.kind == HoldKind.MANUAL for h in s.ledger.active_holds(target)):
+        outcome = holds.release(s, target, actor, scope=scope, force=force)
+    return outcome
+
+
+def converge(s: Session, records: list[ClusterHold]) -> list[Outcome]:
+    """Make this director's mirror holds the cluster's ``records``; the outcome of each change.
+
+    A record of a real server this director's kernel does not have is left
+    for later (its table may not have it yet), without an audit event per round.
+    """
+    wanted = {(Target(r.service, r.real_server), r.holder): r for r in records}
+    mirrors = {(h.target, h.holder) for h in s.ledger.active_holds() if h.source == Source.CLUSTER}
+    outcomes = []
+    for (target, holder), record in sorted(wanted.items(), key=lambda item: (str(item[0][0]), item[0][1])):
+        if (target, holder) in mirrors:
+            continue
+        _svc, rs = s.real_server(target)
+        if rs is None:
+            continue
+        outcomes.append(holds.hold(s, target, mirror(holder), action=record.action, reason=record.reason))
+    for target, holder in sorted(mirrors - set(wanted), key=lambda item: (str(item[0]), item[1])):
+        outcomes.append(holds.release(s, target, mirror(holder)))
+    return outcomes
+
+
+def _unreachable(s: Session, action: str, target: Target, actor: Actor, exc: ClusterStoreError) -> Outcome:
+    return s.finish(
+        Outcome(
+            action,
+            target,
+            Result.ERROR,
+            f"{target}: nothing changed, the cluster store cannot be reached: {exc}",
+            reason=STORE_REASON,
+        ),
+        actor,
+    )

@@ -1,0 +1,220 @@
+"""Holds shared through a real etcd (on the host's loopback) by three actuators, each on its own (fake) kernel.
+
+The kernel side of the same scenario runs in the lab VM (test_cluster_kernel.py);
+here the actuators are whole apps (``create_app`` with their cluster watch
+started), so what is proven is the action layer, the records, the
+compare-and-swap quorum and the watch against a real etcd.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from lvsguard.actuator.actions import Actions, Actor, Outcome
+from lvsguard.actuator.app import ActuatorState
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.settings import ActuatorSettings, Quorum
+from lvsguard.actuator.targets import Target
+from lvsguard.cluster.etcd import EtcdClient
+from lvsguard.config.cluster import ClusterConfig
+from lvsguard.model import RealServerKey, ServiceKey
+from tests.etcdserver import EtcdServer, free_port, running_etcd
+from tests.fakes import FakeKernel, fake_app, service
+
+WEB = ServiceKey.parse("TCP 192.0.2.10:80")
+RS = [RealServerKey.parse(f"10.0.1.{i}:80") for i in range(1, 4)]
+ALICE, BOB = Actor("api", "alice"), Actor("api", "bob")
+CONVERGE_TIMEOUT = 10.0
+
+
+@dataclass
+class Director:
+    name: str
+    app: Flask
+    kernel: FakeKernel
+    ledger: Ledger
+
+    @property
+    def state(self) -> ActuatorState:
+        state: ActuatorState = self.app.extensions["lvsguard"]
+        return state
+
+    @property
+    def actions(self) -> Actions:
+        return self.state.actions
+
+    def hold(self, i: int, actor: Actor = ALICE, *, action: str = "quarantine", reason: str = "") -> Outcome:
+        return self.actions.hold(self.ledger, Target(WEB, RS[i]), actor, action=action, reason=reason)
+
+    def release(self, i: int, actor: Actor = ALICE) -> Outcome:
+        return self.actions.release(self.ledger, Target(WEB, RS[i]), actor)
+
+    def weights(self) -> list[int]:
+        return [self.kernel.weight(WEB, rs) for rs in RS]
+
+    def metric(self, name: str) -> float | None:
+        value = self.state.registry.get_sample_value(name)
+        return value
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    with running_etcd(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+Start = Callable[..., list[Director]]
+
+
+@pytest.fixture
+def directors(etcd: EtcdServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Start]:
+    """Start ``n`` directors on the cluster ``test-<name>`` (a fresh prefix per test)."""
+    started: list[Director] = []
+    name = request.node.name.replace("_", "-")[:40].strip("-")
+
+    def start(n: int = 3, *, endpoints: tuple[str, ...] | None = None, **settings: Any) -> list[Director]:
+        for i in range(1, n + 1):
+            cluster = ClusterConfig(store="etcd", endpoints=endpoints or (etcd.url,), name=name, director=f"dir{i}")
+            config = ActuatorSettings(hold_down=0.0, retry_interval=0.2, cluster=cluster, **settings)
+            kernel = FakeKernel([service(str(WEB), *((str(rs), 5) for rs in RS))])
+            path = str(tmp_path / f"dir{i}.db")
+            app = fake_app(config, kernel, path)
+            director = Director(f"dir{i}", app, kernel, Ledger.open(path))
+            sync = director.state.runner.cluster
+            assert sync is not None
+            sync.idle_timeout, sync.retry = 1.0, 0.2  # a partition is noticed within 1 s
+            director.state.runner.begin()
+            started.append(director)
+        return started
+
+    yield start
+    for director in started:
+        director.state.runner.stop(timeout=3)
+        director.ledger.close()
+
+
+def wait_weights(directors: list[Director], expected: list[int], timeout: float = CONVERGE_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {d.name: d.weights() for d in directors}
+        if all(w == expected for w in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"weights {seen}, expected {expected} on every director")
+        time.sleep(0.02)
+
+
+def test_a_quarantine_on_one_director_takes_the_real_server_out_on_all(directors: Start) -> None:
+    d1, d2, d3 = directors(3)
+    out = d1.hold(0, reason="disk")
+    assert out.result == "applied" and d1.weights() == [0, 5, 5]  # at once on the director that took it
+    assert out.details["cluster"] == "dir1/api alice"
+    wait_weights([d1, d2, d3], [0, 5, 5])
+    mirror = d2.ledger.active_holds(Target(WEB, RS[0]))
+    assert [(h.source, h.holder, h.action, h.reason) for h in mirror] == [
+        ("cluster", "dir1/api alice", "quarantine", "disk")
+    ]
+    assert d2.metric("lvsguard_cluster_store_up") == 1
+    assert d2.metric("lvsguard_cluster_pending_holds") == 0
+
+
+def test_a_restore_on_another_director_brings_it_back_everywhere(directors: Start) -> None:
+    d1, d2, d3 = directors(3)
+    d1.hold(1)
+    wait_weights([d1, d2, d3], [5, 0, 5])
+    back = d2.release(1, BOB)
+    assert back.result == "applied", back.message
+    wait_weights([d1, d2, d3], [5, 5, 5])
+    assert all(not d.ledger.active_holds() for d in (d1, d2, d3))
+
+
+def test_a_drain_is_shared_too(directors: Start) -> None:
+    d1, d2 = directors(2)
+    out = d1.hold(2, action="drain")
+    assert out.result == "applied" and out.job_id is not None
+    wait_weights([d1, d2], [5, 5, 0])
+    assert [h.action for h in d2.ledger.active_holds()] == ["drain"]
+
+
+def test_the_quorum_is_one_transaction_across_directors(directors: Start) -> None:
+    """min_healthy 2 of 3: two directors taking out a different real server at once, only one may win."""
+    d1, d2, d3 = directors(3, min_healthy=Quorum(2))
+    for _round in range(5):
+        barrier = threading.Barrier(2)
+        results: dict[str, Outcome] = {}
+
+        def take(d: Director, i: int, actor: Actor) -> None:
+            barrier.wait()
+            results[d.name] = d.hold(i, actor)
+
+        threads = [
+            threading.Thread(target=take, args=(d1, 0, ALICE)),
+            threading.Thread(target=take, args=(d2, 1, BOB)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(o.result for o in results.values()) == ["applied", "refused"], results
+        refused = next(o for o in results.values() if o.result == "refused")
+        assert refused.reason == "quorum" and "min 2" in refused.message
+        winner = 0 if results["dir1"].result == "applied" else 1
+        expected = [0 if i == winner else 5 for i in range(3)]
+        wait_weights([d1, d2, d3], expected)
+        assert d1.release(winner).result == "applied"
+        wait_weights([d1, d2, d3], [5, 5, 5])
+
+
+def test_a_refused_local_rule_leaves_no_cluster_hold(directors: Start, etcd: EtcdServer) -> None:
+    (d1,) = directors(1, min_healthy=Quorum(3))
+    out = d1.hold(0)
+    assert out.result == "refused" and out.reason == "quorum"
+    assert d1.actions.cluster is not None
+    assert d1.actions.cluster.snapshot()[0] == []
+    assert d1.weights() == [5, 5, 5]
+
+
+def test_unreachable_etcd_refuses_the_action_and_keeps_the_kernel(directors: Start) -> None:
+    (d1,) = directors(1, endpoints=(f"http://127.0.0.1:{free_port()}",))
+    out = d1.hold(0)
+    assert (out.result, out.reason) == ("error", "cluster_store")
+    assert "cannot be reached" in out.message and "Connection refused" in out.message
+    assert d1.weights() == [5, 5, 5]
+    deadline = time.monotonic() + 5
+    while d1.metric("lvsguard_cluster_store_up") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d1.metric("lvsguard_cluster_store_up") == 0
+
+
+def test_an_etcd_outage_keeps_the_last_state_and_converges_when_it_ends(directors: Start, etcd: EtcdServer) -> None:
+    d1, d2 = directors(2)
+    d1.hold(0)
+    wait_weights([d1, d2], [0, 5, 5])
+    writer = EtcdClient([etcd.url])
+    etcd.kill()
+    try:
+        deadline = time.monotonic() + 10
+        while d2.metric("lvsguard_cluster_store_up") != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d2.metric("lvsguard_cluster_store_up") == 0
+        assert d2.weights() == [0, 5, 5]  # the last known state, kept
+        assert d1.release(0).result == "error"  # an operator's action needs the store
+        assert d1.weights() == [0, 5, 5]
+    finally:
+        etcd.start()
+    # meanwhile (as another director would) a restore and a new hold land in etcd
+    assert d1.actions.cluster is not None
+    store = d1.actions.cluster
+    store.release(WEB, RS[0])
+    store.take(WEB, RS[2], "dir9/api carol", action="quarantine")
+    wait_weights([d1, d2], [5, 5, 0])
+    assert d2.metric("lvsguard_cluster_store_up") == 1
+    writer.close()
