@@ -26,6 +26,9 @@ Tables:
 - ``owned``: the services and real servers the table reconciler created or
   adopted from the config (``table.prune: owned`` removes only these); a
   service's own row has ``real_server`` ''.
+- ``table_drains``: the real servers the table reconciler drains because they
+  left the config: since when, and when they are removed at the latest
+  (``actuator.drain_timeout``); a restarted actuator resumes them.
 """
 
 from __future__ import annotations
@@ -117,6 +120,13 @@ CREATE TABLE IF NOT EXISTS owned (
     service TEXT NOT NULL,
     real_server TEXT NOT NULL DEFAULT '',
     since REAL NOT NULL,
+    PRIMARY KEY (service, real_server)
+);
+CREATE TABLE IF NOT EXISTS table_drains (
+    service TEXT NOT NULL,
+    real_server TEXT NOT NULL,
+    since REAL NOT NULL,
+    until REAL NOT NULL,
     PRIMARY KEY (service, real_server)
 );
 CREATE TABLE IF NOT EXISTS ended_sessions (

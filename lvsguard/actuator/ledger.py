@@ -450,6 +450,27 @@ class Ledger:
             else:
                 self.conn.execute("DELETE FROM owned WHERE service = ?", (service,))
 
+    def table_drains(self) -> dict[tuple[ServiceKey, RealServerKey], float]:
+        """The real servers the reconciler drains out of the table, each with the time it is removed at the latest."""
+        return {
+            (ServiceKey.parse(row["service"]), RealServerKey.parse(row["real_server"])): row["until"]
+            for row in self.conn.execute("SELECT service, real_server, until FROM table_drains")
+        }
+
+    def start_table_drains(self, drains: dict[tuple[ServiceKey, RealServerKey], float]) -> None:
+        """Record drains that begin now, with their deadlines (a drain already recorded keeps its own)."""
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO table_drains (service, real_server, since, until) VALUES (?, ?, ?, ?)",
+            [(str(service), str(rs), self.now(), until) for (service, rs), until in drains.items()],
+        )
+
+    def end_table_drains(self, keys: Iterable[tuple[ServiceKey, RealServerKey]]) -> None:
+        """Forget drains that ended: the real server was removed, or came back into the config."""
+        self.conn.executemany(
+            "DELETE FROM table_drains WHERE service = ? AND real_server = ?",
+            [(str(service), str(rs)) for service, rs in keys],
+        )
+
     # audit
 
     def audit(

@@ -7,6 +7,9 @@
 - Reload under traffic: a new weight in the config and SIGHUP reach the
   kernel with no failed client request, the service's counters not reset and
   the long-lived connections still established.
+- A drain survives kill -9: a busy real server that left the config is at
+  weight 0; the actuator killed and started again keeps draining it and
+  removes it when the first drain's timeout is up, not a whole timeout later.
 
 The actuator is the real one (``python -m lvsguard.cli actuator`` in the
 lab's director namespace); the lab's table is put back after each test.
@@ -29,7 +32,7 @@ import yaml
 from lab import traffic
 from lab.topology import Lab
 from lvsguard.ipvs.netlink import NetlinkIPVS
-from lvsguard.model import VirtualService
+from lvsguard.model import RealServerKey, ServiceKey, VirtualService
 from lvsguard.table.load import service_mapping
 from tests.integration.test_reload_actuator import call, free_port, wait_until
 from tests.integration.test_table_hitless_kernel import Client
@@ -89,6 +92,11 @@ class Actuator:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
 
     def hup(self) -> None:
         assert self.proc is not None
@@ -246,3 +254,35 @@ def test_apply_in_process_when_no_actuator_runs_then_through_the_actuator(
     assert {nat.name_of(rs.key): rs.weight for rs in director.read_service(nat.key).real_servers}["rs2"] == 8
     actors = [e["actor"] for e in actuator.call("/api/v1/audit")[1]["events"] if e["action"] == "table_apply"]
     assert actors[0] == "env" and len(actors) >= 2  # the token's name (LVSGUARD_TOKEN), then the CLI user's run
+
+
+def test_a_drain_out_of_the_config_resumes_after_kill_9(lab: Lab, director: NetlinkIPVS, actuator: Actuator) -> None:
+    nat = lab.nat
+    rs2 = nat.real_server("rs2")
+    write_config(actuator.config, director.read_service(nat.key), lab)
+    doc = yaml.safe_load(actuator.config.read_text())
+    doc["actuator"].update(drain_timeout="10s", retry_interval="1s")
+    actuator.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    actuator.start()
+    with traffic.hold_connections(lab, nat.address, nat.port, 9) as held:
+        assert held["rs2"] > 0, held
+        doc["services"][0]["real_servers"] = [r for r in doc["services"][0]["real_servers"] if r["name"] != "rs2"]
+        actuator.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+        actuator.hup()
+        wait_until(lambda: weights(director, nat.key).get(rs2) == 0, "rs2 drained", actuator.log)
+        drained = time.monotonic()
+        time.sleep(4)
+        actuator.kill()
+        actuator.start()
+        restarted = time.monotonic()
+        assert weights(director, nat.key).get(rs2) == 0, "still busy: still draining after the restart"
+        wait_until(lambda: rs2 not in weights(director, nat.key), "rs2 removed", actuator.log)
+        removed = time.monotonic()
+    assert 9 <= removed - drained <= 14, f"removed {removed - drained:.1f} s after its drain began (timeout 10 s)"
+    assert removed - restarted < 9, "the restart did not start the drain's timer again"
+    audit = actuator.call("/api/v1/audit")[1]["events"]
+    assert [e["actor"] for e in audit if e["action"] == "table_apply"][:1] == ["retry"]
+
+
+def weights(ipvs: NetlinkIPVS, key: ServiceKey) -> dict[RealServerKey, int]:
+    return {rs.key: rs.weight for rs in ipvs.read_service(key).real_servers}

@@ -205,6 +205,55 @@ def test_a_drain_that_outlasts_the_timeout_is_removed_anyway(
     assert DNS not in {s.key for s in kernel.read().services}
 
 
+def test_a_drain_out_of_the_config_survives_a_restart_with_its_deadline(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger, tmp_path: Path
+) -> None:
+    """The drain's start is in the ledger: a restarted actuator resumes it and removes it on the first deadline."""
+    actions = actions_for(kernel, clock, dns="rr", drain_timeout=60.0)
+    actions.apply_table(ledger, ALICE)
+    dns1 = RealServerKey.parse("10.0.1.1:53")
+    kernel.set_connections(DNS, dns1, active=0, inactive=4)
+    actions.replace_settings(settings_of(drain_timeout=60.0))
+    actions.apply_table(ledger, ALICE)
+    assert kernel.weight(DNS, dns1) == 0
+    assert ledger.table_drains() == {(DNS, dns1): clock() + 60}
+    clock.advance(40)
+    ledger.close()  # the actuator is killed: a new process, a new connection, new actions
+
+    again = Ledger.open(str(tmp_path / "ledger.db"), clock=clock)
+    restarted = actions_for(kernel, clock, drain_timeout=60.0)
+    start = restarted.apply_table(again, Actor(Source.ACTUATOR, "start"))
+    assert "1 real server still draining" in start.message, start.message
+    assert DNS in {s.key for s in kernel.read().services}, "20 s of its drain are left"
+    clock.advance(21)
+    restarted.retry_table(again, Actor(Source.ACTUATOR, "retry"))
+    assert DNS not in {s.key for s in kernel.read().services}, (
+        "removed 60 s after the drain began, not after the restart"
+    )
+    assert again.table_drains() == {}
+    again.close()
+
+
+def test_a_real_server_back_in_the_config_ends_its_drain(kernel: FakeKernel, clock: FakeClock, ledger: Ledger) -> None:
+    """Taken out again later, it drains for a whole drain_timeout, not what was left of the first drain."""
+    actions = actions_for(kernel, clock, dns="rr", drain_timeout=60.0)
+    actions.apply_table(ledger, ALICE)
+    dns1 = RealServerKey.parse("10.0.1.1:53")
+    kernel.set_connections(DNS, dns1, active=2)
+    actions.replace_settings(settings_of(drain_timeout=60.0))
+    actions.apply_table(ledger, ALICE)
+    assert (DNS, dns1) in ledger.table_drains()
+    actions.replace_settings(settings_of(dns="rr", drain_timeout=60.0))
+    actions.apply_table(ledger, ALICE)
+    assert kernel.weight(DNS, dns1) == 1 and ledger.table_drains() == {}
+    clock.advance(50)
+    actions.replace_settings(settings_of(drain_timeout=60.0))
+    actions.apply_table(ledger, ALICE)
+    clock.advance(30)
+    actions.retry_table(ledger, Actor(Source.ACTUATOR, "retry"))
+    assert kernel.weight(DNS, dns1) == 0, "still draining: 30 s of its new 60"
+
+
 def test_a_refused_entry_is_named_the_rest_applied_and_retried(
     kernel: FakeKernel, clock: FakeClock, ledger: Ledger
 ) -> None:

@@ -14,7 +14,9 @@ actuator start, on a reload and on ``POST /api/v1/table/apply``. One run:
 
 A real server that leaves the config while busy is drained: weight 0 now,
 removed by a later run once it is idle, or once ``actuator.drain_timeout``
-has passed since the drain started. A failed step or a drain left waiting
+has passed since the drain started. The drain is recorded in the ledger
+(``table_drains``) with the intent, before the write: a restarted actuator
+resumes it with its first deadline. A failed step or a drain left waiting
 keeps its services pending: the retry loop runs them again (``retry_table``)
 until the kernel matches.
 """
@@ -52,7 +54,7 @@ class TableState:
     """What the reconciler remembers between runs (``Actions.table``): drains started, services to retry."""
 
     drains: dict[tuple[ServiceKey, RealServerKey], float] = field(default_factory=dict)
-    """Real servers draining out of the config, with the time they are removed at the latest."""
+    """Real servers draining out of the config, with the time they are removed at the latest (the ledger's)."""
     pending: set[ServiceKey] = field(default_factory=set)
     """Services the last run left unfinished (a failure, a drain): the retry loop plans them again."""
     last: str = ""
@@ -195,28 +197,33 @@ def apply_table(
     A run with ``only`` whose message is the last run's is not audited again
     (the retry loop), unless ``audit_repeats`` (a drift corrected twice the same way is two events).
     """
+    state.drains = s.ledger.table_drains()  # a restarted actuator resumes the drains its predecessor began
     steps = plan_table(s, desired, settings, state, only=only)
     held = _held_apart(desired, held_weights(s, desired))
     if s.policy.dry_run:
         outcome = TableOutcome(steps, None, held, dry_run=True)
         _audit(s, outcome, actor)
         return outcome
+    draining = {
+        (step.service, step.real_server)
+        for step in steps.steps
+        if isinstance(step, RealServerStep) and step.op in DRAINS
+    }
+    begun = {key: s.clock() + s.settings.drain_timeout for key in draining if key not in state.drains}
     with s.ledger.transaction():  # intent first: what is created is owned even if a kill cuts the apply short
         s.ledger.own(desired.keys() if only is None else _keys_of(desired, only))
+        s.ledger.start_table_drains(begun)
     result = apply(steps, s.kernel)
     removed = _removed(result.applied)
-    now = s.clock()
+    planned = None if only is None else set(only)
+    ended = [key for key in state.drains if key not in draining and (planned is None or key[0] in planned)]
     with s.ledger.transaction():
         s.ledger.disown(removed)
+        s.ledger.end_table_drains(ended)
         restore = _restore_weights(s, desired)
-    for key in removed:
-        if isinstance(key, tuple):
-            state.drains.pop(key, None)
-        else:
-            _forget_drains(state, key)
-    for step in steps.steps:
-        if isinstance(step, RealServerStep) and step.op in DRAINS:
-            state.drains.setdefault((step.service, step.real_server), now + s.settings.drain_timeout)
+    state.drains.update(begun)
+    for entry in ended:
+        del state.drains[entry]
     failed = {f.step.service for f in result.failures}
     waiting = {step.service for step in steps.steps if step.op in DRAINS}
     state.pending = (failed | waiting) if only is None else (state.pending - set(only)) | failed | waiting
@@ -273,11 +280,6 @@ def _removed(applied: Iterable[Step]) -> list[ServiceKey | tuple[ServiceKey, Rea
         elif isinstance(step, RealServerStep) and step.op is Op.REMOVE_REAL_SERVER:
             out.append((step.service, step.real_server))
     return out
-
-
-def _forget_drains(state: TableState, service: ServiceKey) -> None:
-    for key in [k for k in state.drains if k[0] == service]:
-        del state.drains[key]
 
 
 def _restore_weights(s: Session, desired: DesiredTable) -> tuple[str, ...]:
