@@ -1,0 +1,246 @@
+"""Several directors sharing their holds through the lab's etcd (``cluster.store: etcd``; docs/cluster.md).
+
+::
+
+    lvs-cdir1 ─┐                       lvs-etcd1..3
+    lvs-cdir2 ─┼── etcd0 ── br-etcd ── (lab.etcd.EtcdLab)
+    lvs-cdir3 ─┘
+
+Each director is a network namespace with its own IPVS table and its own
+``lvsguard actuator``, a real process started with ``ip netns exec`` so that
+its netlink socket, its HTTP listener (127.0.0.1 of that namespace) and its
+etcd client all live there: ``EtcdLab.partition(director.netns)`` cuts it off
+etcd alone, its table and its API stay. The table is the actuator's: its
+config has ``table: {manage: true}`` and one NAT service, built at start.
+The directors carry no traffic (the VIP is on no interface): what the tests
+look at is each kernel's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab.etcd import EtcdLab
+from lab.topology import LabError, _ip_batch, _namespace_exists
+from lvsguard.ipvs.netlink import NetlinkIPVS
+from lvsguard.ipvs.netns import entered
+from lvsguard.model import RealServerKey, ServiceKey
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = ServiceKey.parse("TCP 192.0.2.10:80")
+REAL_SERVERS = {"rs1": ("10.0.1.2:8080", 3), "rs2": ("10.0.1.3:8080", 2), "rs3": ("10.0.1.4:8080", 1)}
+TOKEN = "cluster-lab-token-0123456789"
+ACTUATOR_PORT = 9911  # on 127.0.0.1 of each director's namespace
+READY_TIMEOUT = 90.0  # seconds: three Pythons importing pyroute2 and Flask at once under UML
+
+
+@dataclass
+class ClusterDirector:
+    """One director: its namespace, its files and its actuator process."""
+
+    name: str  # "dir1"
+    netns: str
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "actuator.log"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class ClusterLab:
+    """``EtcdLab`` plus ``n`` directors, each with its table and its actuator on the shared etcd."""
+
+    def __init__(self, directors: int = 3, *, etcd: EtcdLab | None = None, retry_interval: float = 1.0) -> None:
+        self.etcd = etcd or EtcdLab()
+        self.retry_interval = retry_interval
+        self.directors = [ClusterDirector(f"dir{i}", f"lvs-cdir{i}", Path()) for i in range(1, directors + 1)]
+
+    def director(self, name: str) -> ClusterDirector:
+        for d in self.directors:
+            if d.name == name:
+                return d
+        raise LabError(f"the cluster lab has no director {name!r}")
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def build(self) -> None:
+        """etcd, the directors' namespaces on its LAN, their actuators started and serving their tables."""
+        self.teardown_directors()
+        self.etcd.build()
+        try:
+            assert self.etcd._tmp is not None
+            _ip_batch(f"netns add {d.netns}" for d in self.directors)
+            for d in self.directors:
+                d.directory = self.etcd._tmp / d.name
+                d.directory.mkdir(mode=0o700, exist_ok=True)
+                (d.directory / "lvsguard.yaml").write_text(self.config(d))
+                self.etcd.attach(d.netns)
+            for d in self.directors:
+                self.start(d.name)
+            for d in self.directors:
+                self.wait_ready(d.name)
+        except BaseException:
+            self.teardown()
+            raise
+
+    def teardown_directors(self) -> None:
+        for d in self.directors:
+            self.kill(d.name, signal.SIGTERM)
+        existing = [d.netns for d in self.directors if _namespace_exists(d.netns)]
+        if existing:
+            _ip_batch((f"netns del {ns}" for ns in existing), force=True)
+
+    def teardown(self) -> None:
+        self.teardown_directors()
+        self.etcd.teardown()
+
+    def __enter__(self) -> ClusterLab:
+        self.build()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    def config(self, d: ClusterDirector) -> str:
+        """Director ``d``'s lvsguard config: its managed table, a short retry interval, the cluster store."""
+        doc = {
+            "table": {"manage": True, "prune": "owned"},
+            "services": [
+                {
+                    "name": "web",
+                    "service": str(SERVICE),
+                    "scheduler": "wrr",
+                    "forward": "masq",
+                    "real_servers": [
+                        {"name": name, "address": address, "weight": weight}
+                        for name, (address, weight) in REAL_SERVERS.items()
+                    ],
+                }
+            ],
+            "actuator": {"hold_down": "0s", "retry_interval": f"{self.retry_interval:g}s"},
+            "cluster": {"store": "etcd", "endpoints": list(self.etcd.endpoints), "name": "lab", "director": d.name},
+        }
+        return yaml.safe_dump(doc, sort_keys=False)
+
+    # --- actuators ----------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        """Start director ``name``'s actuator in its namespace (not waiting: ``wait_ready``)."""
+        d = self.director(name)
+        if d.proc is not None and d.proc.poll() is None:
+            return
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            d.netns,
+            sys.executable,
+            "-m",
+            "lvsguard.cli",
+            "actuator",
+            "--config",
+            str(d.directory / "lvsguard.yaml"),
+            "--ledger",
+            str(d.directory / "actuator.db"),
+            "--listen",
+            f"127.0.0.1:{ACTUATOR_PORT}",
+        ]
+        with open(d.log, "ab") as log:
+            d.proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env={**os.environ, "LVSGUARD_TOKEN": TOKEN},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Stop director ``name``'s actuator (SIGKILL: it dies mid-whatever, as ``kill -9``)."""
+        d = self.director(name)
+        proc, d.proc = d.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> None:
+        """Until the actuator answers and reports the cluster store up."""
+        d = self.director(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            if d.proc is None or d.proc.poll() is not None:
+                raise LabError(f"the actuator of {name} exited: {d.log_tail()}")
+            try:
+                if self.metric(name, "lvsguard_cluster_store_up") == 1:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise LabError(f"the actuator of {name} not ready after {timeout:g} s: {d.log_tail()}")
+            time.sleep(0.2)
+
+    # --- talking to a director ---------------------------------------------------------
+
+    def call(self, name: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """An API call to director ``name``'s actuator, from inside its namespace; (status, JSON body)."""
+        d = self.director(name)
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ACTUATOR_PORT}{path}",
+            data=data,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        with entered(d.netns):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as reply:
+                    return reply.status, json.loads(reply.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read() or b"{}")
+
+    def metric(self, name: str, metric: str) -> float | None:
+        """One unlabelled sample of director ``name``'s actuator ``/metrics``; None when absent."""
+        d = self.director(name)
+        with entered(d.netns), socket.create_connection(("127.0.0.1", ACTUATOR_PORT), timeout=5) as conn:
+            conn.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        for line in b"".join(chunks).decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == metric:
+                return float(parts[1])
+        return None
+
+    def weights(self, name: str) -> dict[str, int]:
+        """Director ``name``'s kernel weights of the service, by real server name (read through netlink)."""
+        addresses = {RealServerKey.parse(address): rs for rs, (address, _w) in REAL_SERVERS.items()}
+        with NetlinkIPVS(self.director(name).netns) as kernel:
+            svc = kernel.read().service(SERVICE)
+        if svc is None:
+            return {}
+        return {addresses[rs.key]: rs.weight for rs in svc.real_servers if rs.key in addresses}

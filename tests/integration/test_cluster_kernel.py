@@ -1,0 +1,112 @@
+"""Three directors, each with its own IPVS table and actuator, share their holds through a three-member etcd.
+
+All real: Debian's etcd 3.4 in three namespaces (lab.etcd), three
+``lvsguard actuator`` processes each in its director's namespace with its
+table built from its config (lab.cluster), the weights read back from each
+kernel through netlink.
+
+One scenario, in order (each step builds on the last): a quarantine through
+director 1 takes the real server out on all three; director 1's actuator is
+killed; a restore through director 2 brings it back on the other two, and on
+director 1 once its actuator is started again; director 3 cut off etcd keeps
+its table and its API while a quarantine happens elsewhere, says so in its
+metrics, and converges when the link comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lab.cluster import ClusterLab
+from lab.etcd import ETCD
+from lab.topology import in_lab_vm
+
+pytestmark = pytest.mark.kernel
+
+FULL = {"rs1": 3, "rs2": 2, "rs3": 1}
+CONVERGE_TIMEOUT = 30.0  # seconds; the lab's etcd commits in tens of milliseconds, the VM is slow and shared
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ClusterLab]:
+    if not (in_lab_vm() and os.geteuid() == 0):
+        pytest.skip("builds namespaces and IPVS tables: runs inside lab/vm.sh, or with FORCE=1 on a disposable host")
+    if not os.access(ETCD, os.X_OK):
+        pytest.skip(f"needs {ETCD} (Debian package etcd-server)")
+    lab = ClusterLab(3)
+    lab.build()
+    try:
+        yield lab
+    finally:
+        for d in lab.directors:
+            assert "Traceback" not in d.log.read_text(errors="replace"), d.log_tail(60)
+        lab.teardown()
+
+
+def wait_for(check: Callable[[], bool], what: str, cluster: ClusterLab, timeout: float = CONVERGE_TIMEOUT) -> float:
+    """Seconds until ``check()`` holds; fails with every director's weights and log tail."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            state = {d.name: cluster.weights(d.name) for d in cluster.directors}
+            logs = "\n".join(f"--- {d.name}\n{d.log_tail()}" for d in cluster.directors)
+            pytest.fail(f"{what} not after {timeout:g} s; weights {state}\n{logs}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def everywhere(
+    cluster: ClusterLab, expected: dict[str, int], names: tuple[str, ...] = ("dir1", "dir2", "dir3")
+) -> bool:
+    return all(cluster.weights(name) == expected for name in names)
+
+
+def test_every_director_built_its_table(cluster: ClusterLab) -> None:
+    assert everywhere(cluster, FULL)
+
+
+def test_a_quarantine_through_director_1_is_weight_0_on_all_three(cluster: ClusterLab) -> None:
+    status, reply = cluster.call(
+        "dir1", "/api/v1/quarantine", {"service": "web", "real_server": "rs2", "reason": "disk"}
+    )
+    assert (status, reply["result"]) == (200, "applied"), reply
+    assert cluster.weights("dir1")["rs2"] == 0  # at once on the director that took it
+    wait_for(lambda: everywhere(cluster, {**FULL, "rs2": 0}), "rs2 at weight 0 on all three", cluster)
+    _status, ledger = cluster.call("dir3", "/api/v1/ledger")
+    holds = [(h["source"], h["holder"]) for h in ledger["holds"]]
+    assert holds == [("cluster", "dir1/api env")]  # LVSGUARD_TOKEN is the token named "env"
+
+
+def test_killed_director_1_then_a_restore_through_director_2_restores_all(cluster: ClusterLab) -> None:
+    cluster.kill("dir1")
+    assert cluster.weights("dir1")["rs2"] == 0  # its kernel keeps what it had
+    status, reply = cluster.call("dir2", "/api/v1/restore", {"service": "web", "real_server": "rs2"})
+    assert (status, reply["result"]) == (200, "applied"), reply
+    wait_for(lambda: everywhere(cluster, FULL, ("dir2", "dir3")), "rs2 restored on dir2 and dir3", cluster)
+    assert cluster.weights("dir1")["rs2"] == 0  # no actuator, no change
+    cluster.start("dir1")
+    cluster.wait_ready("dir1")
+    wait_for(lambda: everywhere(cluster, FULL), "rs2 restored on dir1 after its restart", cluster)
+
+
+def test_a_director_cut_off_etcd_keeps_its_table_and_converges_when_it_rejoins(cluster: ClusterLab) -> None:
+    d3 = cluster.director("dir3")
+    cluster.etcd.partition(d3.netns)
+    try:
+        wait_for(lambda: cluster.metric("dir3", "lvsguard_cluster_store_up") == 0, "dir3 reporting etcd down", cluster)
+        status, reply = cluster.call("dir1", "/api/v1/quarantine", {"service": "web", "real_server": "rs3"})
+        assert (status, reply["result"]) == (200, "applied"), reply
+        wait_for(lambda: everywhere(cluster, {**FULL, "rs3": 0}, ("dir1", "dir2")), "rs3 out on dir1 and dir2", cluster)
+        assert cluster.weights("dir3") == FULL  # its last known state, kept
+        status, reply = cluster.call("dir3", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"})
+        assert (status, reply["result"], reply.get("reason")) == (502, "error", "cluster_store"), reply
+        assert cluster.weights("dir3") == FULL
+    finally:
+        cluster.etcd.heal(d3.netns)
+    seconds = wait_for(lambda: everywhere(cluster, {**FULL, "rs3": 0}), "dir3 converged after the partition", cluster)
+    assert cluster.metric("dir3", "lvsguard_cluster_store_up") == 1
+    print(f"dir3 converged {seconds:.1f} s after the partition healed")
