@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         "like 'terraform plan'. Exit 0 when they match, 2 when changes are pending, 1 on error.",
     )
     dif.add_argument("--config", "-c", required=True, metavar="FILE", help="the YAML config")
+    dif.add_argument(
+        "--ledger", metavar="FILE", help="the actuator's ledger, read-only (default: the config's, when it is there)"
+    )
     _add_netns(dif)
     dif.set_defaults(func=cmd_diff)
 
@@ -418,7 +421,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from lvsguard.table import commands
 
-    return commands.diff(args.config, args.netns)
+    return commands.diff(args.config, args.netns, ledger=args.ledger)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

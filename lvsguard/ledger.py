@@ -1,9 +1,10 @@
-"""The actuator's ledger file: its SQLite schema, and the one read-only read another process makes.
+"""The actuator's ledger file: its SQLite schema, and the read-only reads other processes make.
 
 Two processes use the file. The actuator is its only writer (``actuator.ledger``:
 the crash-safe write order, the queries of the API and the console). The
 exporter reads it, read-only, for the SNMP agent's holds, actors and original
-weights (``exporter.snmp.feeds``). Dependencies point down: the exporter must not
+weights (``exporter.snmp.feeds``), and ``lvsguard diff`` for the holds and
+what the table reconciler owns (``table.commands``). Dependencies point down: the exporter must not
 import the actuator, and the core imports neither app. So the schema and the
 exporter's read live here, in the core, where both apps can import them, and the
 layout of the file has one owner: a column renamed here is renamed for the
@@ -219,3 +220,12 @@ def read_holds(path: str) -> LedgerHolds:
             for s, r, state, actor, message, finished in drains
         ),
     )
+
+
+def read_owned(path: str) -> frozenset[tuple[str, str]]:
+    """The ledger's ``owned`` rows (service, real server; '' for a service's own), read as ``read_holds`` reads."""
+    conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=READ_TIMEOUT)
+    try:
+        return frozenset((s, r) for s, r in conn.execute("SELECT service, real_server FROM owned"))
+    finally:
+        conn.close()

@@ -7,6 +7,9 @@
 - Reload under traffic: a new weight in the config and SIGHUP reach the
   kernel with no failed client request, the service's counters not reset and
   the long-lived connections still established.
+- ``lvsguard diff`` reads the running actuator's ledger: a quarantined real
+  server whose config weight changes is held at 0 with a new restore weight,
+  not a weight to write.
 - A drain survives kill -9: a busy real server that left the config is at
   weight 0; the actuator killed and started again keeps draining it and
   removes it when the first drain's timeout is up, not a whole timeout later.
@@ -31,6 +34,7 @@ import yaml
 
 from lab import traffic
 from lab.topology import Lab
+from lvsguard import cli
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.model import RealServerKey, ServiceKey, VirtualService
 from lvsguard.table.load import service_mapping
@@ -286,3 +290,30 @@ def test_a_drain_out_of_the_config_resumes_after_kill_9(lab: Lab, director: Netl
 
 def weights(ipvs: NetlinkIPVS, key: ServiceKey) -> dict[RealServerKey, int]:
     return {rs.key: rs.weight for rs in ipvs.read_service(key).real_servers}
+
+
+def test_diff_reads_the_running_actuators_ledger(
+    lab: Lab, director: NetlinkIPVS, actuator: Actuator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nat = lab.nat
+    before = director.read_service(nat.key)
+    rs1 = nat.real_server("rs1")
+    weight = next(rs.weight for rs in before.real_servers if rs.key == rs1)
+    write_config(actuator.config, before, lab)
+    actuator.start()
+    status, body = actuator.call("/api/v1/quarantine", {"service": "web", "real_server": "rs1", "reason": "disk"})
+    assert (status, body["result"]) == (200, "applied")
+    write_config(actuator.config, before, lab, {"rs1": weight + 3})
+    command = ["diff", "--config", str(actuator.config), "--netns", lab.director.netns]
+    ledger = ["--ledger", str(actuator.tmp / "actuator.db")]
+    assert cli.main(command + ledger) == 2
+    printed = capsys.readouterr().out
+    line = f"~ {nat.key} {rs1}: held at 0, restored to {weight + 3} (the ledger says {weight}); quarantine by env (api): disk"
+    assert printed.startswith("No changes: the kernel's table matches the config.\n") and line in printed, printed
+    assert cli.main(command) == 2
+    assert f"~ {rs1}: weight 0 → {weight + 3}" in capsys.readouterr().out, "without the ledger: a weight to write"
+
+    actuator.hup()
+    wait_until(lambda: cli.main(command + ledger) == 0, "the reload recording the restore weight", actuator.log)
+    assert f"  {nat.key} {rs1}: held at 0, restored to {weight + 3}; quarantine by env" in capsys.readouterr().out
+    assert weights(director, nat.key)[rs1] == 0

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from lvsguard import config
+from lvsguard import cli, config
 from lvsguard.actuator import reload as reloading
 from lvsguard.actuator.actions import Actions, Actor, Source
 from lvsguard.actuator.jobs import JobRunner
@@ -25,6 +25,7 @@ from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.actuator.targets import Target
 from lvsguard.errors import ConfigError, LvsguardError
 from lvsguard.model import RealServerKey, ServiceKey
+from lvsguard.table import commands
 from tests.fakes import FakeClock, FakeKernel, fake_app, kernel_of, service
 from tests.unit.test_actuator_api import OpenAPI
 
@@ -427,3 +428,60 @@ def test_an_operators_change_to_a_managed_service_is_refused_not_silently_undone
     assert actions.hold(ledger, target, ALICE, action="drain").result == "applied", "a hold is still taken"
     unmanaged = Actions(kernel, dataclasses.replace(settings_of(), table=config.TableSettings()), clock=clock)
     assert unmanaged.set_weight(ledger, Target(WEB, WEB1), 9, ALICE).result == "applied"
+
+
+def test_diff_reads_the_ledger_the_actuator_wrote(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger, tmp_path: Path
+) -> None:
+    """A held real server whose config weight changes: held at 0, restored to the new weight; not a weight change."""
+    actions = actions_for(kernel, clock, dns="rr")
+    actions.apply_table(ledger, ALICE)
+    assert actions.hold(ledger, Target(WEB, WEB2), ALICE, reason="maintenance").result == "applied"
+    path = str(tmp_path / "ledger.db")
+    new = settings_of(web2=10, dns="rr")
+
+    text, pending = commands.render(new.desired, "owned", kernel.read(), commands.read_ledger(path))
+    assert pending
+    assert text == (
+        "No changes: the kernel's table matches the config.\n"
+        f"\nHeld by the actuator (ledger {path}):\n"
+        "~ TCP 192.0.2.10:80 10.0.1.2:80: held at 0, restored to 10 (the ledger says 5); quarantine by alice (api): "
+        "maintenance\n"
+        "Restore weights to record: 1 (the next apply writes them to the ledger).\n"
+    )
+    blind, _ = commands.render(new.desired, "owned", kernel.read(), None)
+    assert "~ 10.0.1.2:80: weight 0 → 10" in blind, "without the ledger the hold looks like a weight to put back"
+
+    actions.replace_settings(new)
+    actions.apply_table(ledger, ALICE)
+    text, pending = commands.render(new.desired, "owned", kernel.read(), commands.read_ledger(path))
+    assert not pending and "  TCP 192.0.2.10:80 10.0.1.2:80: held at 0, restored to 10; quarantine by alice" in text
+
+
+def test_diff_with_the_ledger_removes_what_lvsguard_owns(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger, tmp_path: Path
+) -> None:
+    """``prune: owned``: the service lvsguard created and the config dropped goes; without the ledger it is left alone."""
+    actions = actions_for(kernel, clock, dns="rr")
+    actions.apply_table(ledger, ALICE)
+    dropped = settings_of().desired
+    known = commands.read_ledger(str(tmp_path / "ledger.db"))
+    text, pending = commands.render(dropped, "owned", kernel.read(), known)
+    assert pending and "- UDP 192.0.2.10:53: remove, with 1 real server" in text and "Held" not in text
+    text, pending = commands.render(dropped, "owned", kernel.read(), None)
+    assert (text, pending) == ("No changes: the kernel's table matches the config.\n", False)
+
+
+@pytest.mark.parametrize("content", [None, b"not a database"], ids=["missing", "not-sqlite"])
+def test_diff_names_a_ledger_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None
+) -> None:
+    cfg = tmp_path / "lvsguard.yaml"
+    cfg.write_text(CONFIG % {"prune": "owned", "web2": 5, "more": ""})
+    path = tmp_path / "ledger.db"
+    if content is not None:
+        path.write_bytes(content)
+    assert cli.main(["diff", "--config", str(cfg), "--ledger", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: " in err and ("no such ledger" if content is None else "cannot read the actuator's ledger") in err
+    assert "Traceback" not in err
