@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -70,9 +72,19 @@ class ClusterDirector:
 class ClusterLab:
     """``EtcdLab`` plus ``n`` directors, each with its table and its actuator on the shared etcd."""
 
-    def __init__(self, directors: int = 3, *, etcd: EtcdLab | None = None, retry_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        directors: int = 3,
+        *,
+        etcd: EtcdLab | None = None,
+        retry_interval: float = 1.0,
+        actuator: dict[str, Any] | None = None,
+    ) -> None:
+        """``actuator``: more keys of the directors' ``actuator`` section (a benchmark lifts the rate limit)."""
         self.etcd = etcd or EtcdLab()
         self.retry_interval = retry_interval
+        self.actuator = actuator or {}
+        self._tmp: Path | None = None  # the directors' configs, ledgers and logs (the VM's tmpfs)
         self.directors = [ClusterDirector(f"dir{i}", f"lvs-cdir{i}", Path()) for i in range(1, directors + 1)]
 
     def director(self, name: str) -> ClusterDirector:
@@ -88,10 +100,10 @@ class ClusterLab:
         self.teardown_directors()
         self.etcd.build()
         try:
-            assert self.etcd._tmp is not None
+            self._tmp = Path(tempfile.mkdtemp(prefix="lvsguard-cluster-"))
             _ip_batch(f"netns add {d.netns}" for d in self.directors)
             for d in self.directors:
-                d.directory = self.etcd._tmp / d.name
+                d.directory = self._tmp / d.name
                 d.directory.mkdir(mode=0o700, exist_ok=True)
                 (d.directory / "lvsguard.yaml").write_text(self.config(d))
                 self.etcd.attach(d.netns)
@@ -113,6 +125,9 @@ class ClusterLab:
     def teardown(self) -> None:
         self.teardown_directors()
         self.etcd.teardown()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     def __enter__(self) -> ClusterLab:
         self.build()
@@ -137,7 +152,7 @@ class ClusterLab:
                     ],
                 }
             ],
-            "actuator": {"hold_down": "0s", "retry_interval": f"{self.retry_interval:g}s"},
+            "actuator": {"hold_down": "0s", "retry_interval": f"{self.retry_interval:g}s", **self.actuator},
             "cluster": {"store": "etcd", "endpoints": list(self.etcd.endpoints), "name": "lab", "director": d.name},
         }
         return yaml.safe_dump(doc, sort_keys=False)

@@ -244,8 +244,12 @@ class EtcdClient:
         """Set ``key``; the cluster's revision after the put."""
         return _revision(self.call("kv/put", put_op(key, value, lease)["request_put"]))
 
-    def get(self, key: str) -> KeyValue | None:
-        kvs = self.call("kv/range", {"key": _b64(key)}).get("kvs", [])
+    def get(self, key: str, *, serializable: bool = False) -> KeyValue | None:
+        """``key``'s value; ``serializable``: the answering member's own copy (no Raft round; may be behind)."""
+        body: dict[str, Any] = {"key": _b64(key)}
+        if serializable:
+            body["serializable"] = True
+        kvs = self.call("kv/range", body).get("kvs", [])
         return KeyValue.from_json(kvs[0]) if kvs else None
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:

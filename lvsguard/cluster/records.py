@@ -25,7 +25,7 @@ from typing import Any
 
 from lvsguard.cluster.etcd import Compare, EtcdClient, KeyValue, delete_op, put_op
 from lvsguard.config.cluster import ClusterConfig
-from lvsguard.errors import ClusterStoreError
+from lvsguard.errors import ClusterStoreError, PolicyRefused
 from lvsguard.model import RealServerKey, ServiceKey
 
 CAS_ATTEMPTS = 20  # transactions lost to concurrent writers before giving up
@@ -91,9 +91,14 @@ class HoldStore:
         except (ValueError, AttributeError, TypeError) as exc:
             raise ClusterStoreError(f"cluster record {kv.key!r} is not a record of holds: {exc}") from None
 
-    def service_holds(self, service: ServiceKey) -> tuple[HoldsOfService, int]:
-        """One service's holds and its key's ``mod_revision`` (0: no key yet)."""
-        kv = self.client.get(self.key(service))
+    def service_holds(self, service: ServiceKey, *, serializable: bool = False) -> tuple[HoldsOfService, int]:
+        """One service's holds and its key's ``mod_revision`` (0: no key yet).
+
+        ``serializable``: the answering member's copy, without a Raft round. A
+        compare-and-swap may start from it: a copy that is behind fails the
+        transaction's compare and the next attempt reads linearizably.
+        """
+        kv = self.client.get(self.key(service), serializable=serializable)
         if kv is None:
             return {}, 0
         try:
@@ -119,12 +124,22 @@ class HoldStore:
         (before this hold) and raises to refuse (the quorum: PolicyRefused);
         it runs again on every retry, against what the winning writer left.
         """
-        for _attempt in range(CAS_ATTEMPTS):
-            holds, revision = self.service_holds(service)
+        for attempt in range(CAS_ATTEMPTS):
+            holds, revision = self.service_holds(service, serializable=attempt == 0)
             rs = str(real_server)
-            if holder in holds.get(rs, {}):
+            if holder in holds.get(rs, {}) and attempt > 0:
                 return False
-            check(frozenset(RealServerKey.parse(r) for r, holders in holds.items() if holders))
+            if holder in holds.get(rs, {}):
+                continue  # maybe a stale copy: confirm with a linearizable read
+                return False
+            held = frozenset(RealServerKey.parse(r) for r, holders in holds.items() if holders)
+            if attempt == 0:
+                try:
+                    check(held)
+                except PolicyRefused:  # from a copy that may be behind: confirm with a linearizable read
+                    continue
+            else:
+                check(held)
             info = {"action": action, "reason": reason, "director": self.config.director_name, "at": self.clock()}
             holds.setdefault(rs, {})[holder] = info
             if self._swap(service, revision, holds):
@@ -135,12 +150,14 @@ class HoldStore:
         self, service: ServiceKey, real_server: RealServerKey, which: Callable[[str], bool] = lambda holder: True
     ) -> list[str]:
         """Remove the holds on the real server whose holder ``which`` accepts; the holders removed."""
-        for _attempt in range(CAS_ATTEMPTS):
-            holds, revision = self.service_holds(service)
+        for attempt in range(CAS_ATTEMPTS):
+            holds, revision = self.service_holds(service, serializable=attempt == 0)
             rs = str(real_server)
             gone = [h for h in holds.get(rs, {}) if which(h)]
-            if not gone:
+            if not gone and attempt > 0:
                 return []
+            if not gone:
+                continue  # maybe a stale copy: confirm with a linearizable read
             for h in gone:
                 del holds[rs][h]
             if not holds[rs]:

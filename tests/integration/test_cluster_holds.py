@@ -80,11 +80,17 @@ def directors(etcd: EtcdServer, tmp_path: Path, request: pytest.FixtureRequest) 
     started: list[Director] = []
     name = request.node.name.replace("_", "-")[:40].strip("-")
 
-    def start(n: int = 3, *, endpoints: tuple[str, ...] | None = None, **settings: Any) -> list[Director]:
+    def start(
+        n: int = 3,
+        *,
+        endpoints: tuple[str, ...] | None = None,
+        real_servers: list[RealServerKey] = RS,
+        **settings: Any,
+    ) -> list[Director]:
         for i in range(1, n + 1):
             cluster = ClusterConfig(store="etcd", endpoints=endpoints or (etcd.url,), name=name, director=f"dir{i}")
             config = ActuatorSettings(hold_down=0.0, retry_interval=0.2, cluster=cluster, **settings)
-            kernel = FakeKernel([service(str(WEB), *((str(rs), 5) for rs in RS))])
+            kernel = FakeKernel([service(str(WEB), *((str(rs), 5) for rs in real_servers))])
             path = str(tmp_path / f"dir{i}.db")
             app = fake_app(config, kernel, path)
             director = Director(f"dir{i}", app, kernel, Ledger.open(path))
@@ -218,3 +224,78 @@ def test_an_etcd_outage_keeps_the_last_state_and_converges_when_it_ends(director
     wait_weights([d1, d2], [5, 5, 0])
     assert d2.metric("lvsguard_cluster_store_up") == 1
     writer.close()
+
+
+def test_concurrent_conflicting_actions_keep_the_quorum_and_one_state(directors: Start) -> None:
+    """Rounds of actions from three directors at once (property-based): the quorum is never broken, no hold
+    is lost, and every director ends with the cluster's state.
+
+    Four real servers, ``min_healthy`` 2. In a round each director quarantines or restores a real server
+    of its own (three different ones), all at once behind a barrier; a quarantine may be refused only
+    for the quorum. After each round: the cluster holds exactly the real servers whose quarantine was
+    applied and not restored since, never more than two, and every kernel shows exactly those at weight 0.
+    """
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    four = [RealServerKey.parse(f"10.0.1.{i}:80") for i in range(1, 5)]
+    group = directors(3, real_servers=four, min_healthy=Quorum(2))
+    store = group[0].actions.cluster
+    assert store is not None
+    rounds = st.lists(
+        st.tuples(st.permutations(range(4)), st.tuples(st.booleans(), st.booleans(), st.booleans())),
+        min_size=1,
+        max_size=4,
+    )
+
+    def weights(d: Director) -> list[int]:
+        return [d.kernel.weight(WEB, rs) for rs in four]
+
+    def settle(expected_out: set[int]) -> None:
+        expected = [0 if i in expected_out else 5 for i in range(4)]
+        deadline = time.monotonic() + CONVERGE_TIMEOUT
+        while any(weights(d) != expected for d in group):
+            if time.monotonic() > deadline:
+                raise AssertionError({d.name: weights(d) for d in group} | {"expected": expected})
+            time.sleep(0.02)
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(rounds)
+    def run(plan: list[tuple[list[int], tuple[bool, bool, bool]]]) -> None:
+        out: set[int] = set()
+        for order, quarantines in plan:
+            barrier = threading.Barrier(3)
+            results: dict[int, Outcome] = {}
+
+            def act(d: Director, i: int, take: bool) -> None:
+                target = Target(WEB, four[i])
+                barrier.wait()
+                if take:
+                    results[i] = d.actions.hold(d.ledger, target, Actor("api", d.name))
+                else:
+                    results[i] = d.actions.release(d.ledger, target, Actor("api", d.name))
+
+            jobs = [(group[k], order[k], quarantines[k]) for k in range(3)]
+            threads = [threading.Thread(target=act, args=job) for job in jobs]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            for _d, i, take in jobs:
+                outcome = results[i]
+                if take and outcome.result in ("applied", "recorded", "noop"):
+                    out.add(i)
+                elif take:
+                    assert (outcome.result, outcome.reason) == ("refused", "quorum"), outcome
+                else:
+                    assert outcome.result in ("applied", "noop", "recorded"), outcome
+                    out.discard(i)
+            held = {r.real_server for r in store.snapshot()[0]}
+            assert held == {four[i] for i in out}, (held, out)
+            assert len(out) <= 2  # min_healthy 2 of 4
+            settle(out)
+        for i in sorted(out):
+            group[0].actions.release(group[0].ledger, Target(WEB, four[i]), Actor("api", "cleanup"))
+        settle(set())
+
+    run()

@@ -65,6 +65,10 @@ def everywhere(
     return all(cluster.weights(name) == expected for name in names)
 
 
+def store_up(cluster: ClusterLab, name: str, value: int) -> Callable[[], bool]:
+    return lambda: cluster.metric(name, "lvsguard_cluster_store_up") == value
+
+
 def test_every_director_built_its_table(cluster: ClusterLab) -> None:
     assert everywhere(cluster, FULL)
 
@@ -110,3 +114,27 @@ def test_a_director_cut_off_etcd_keeps_its_table_and_converges_when_it_rejoins(c
     seconds = wait_for(lambda: everywhere(cluster, {**FULL, "rs3": 0}), "dir3 converged after the partition", cluster)
     assert cluster.metric("dir3", "lvsguard_cluster_store_up") == 1
     print(f"dir3 converged {seconds:.1f} s after the partition healed")
+
+
+def test_one_etcd_member_lost_changes_nothing_two_lost_keep_the_last_state(cluster: ClusterLab) -> None:
+    etcd = cluster.etcd
+    etcd.kill("etcd1")  # the endpoint every director tries first: their clients fail over
+    try:
+        status, reply = cluster.call("dir2", "/api/v1/restore", {"service": "web", "real_server": "rs3"})
+        assert (status, reply["result"]) == (200, "applied"), reply
+        wait_for(lambda: everywhere(cluster, FULL), "rs3 restored on all three with one etcd member down", cluster)
+        etcd.kill("etcd2")  # no quorum left
+        status, reply = cluster.call("dir1", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"})
+        assert (status, reply["result"], reply.get("reason")) == (502, "error", "cluster_store"), reply
+        for d in cluster.directors:
+            wait_for(store_up(cluster, d.name, 0), f"{d.name} reporting etcd down", cluster, timeout=60)
+        assert everywhere(cluster, FULL)  # every director keeps its last state
+    finally:
+        etcd.start("etcd1")
+        etcd.start("etcd2")
+    etcd.wait_ready(("etcd1", "etcd2"))
+    for d in cluster.directors:
+        wait_for(store_up(cluster, d.name, 1), f"{d.name} reporting etcd up again", cluster, timeout=60)
+    status, reply = cluster.call("dir1", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"})
+    assert (status, reply["result"]) == (200, "applied"), reply
+    wait_for(lambda: everywhere(cluster, {**FULL, "rs1": 0}), "rs1 out on all three after etcd's return", cluster)
