@@ -6,7 +6,22 @@ from dataclasses import dataclass
 
 from yaml.nodes import Node, ScalarNode
 
-from lvsguard.config.schema import FLOAT, INT, Context, Invalid, Key, Schema, boolean, duration, integer, kind_of
+from lvsguard.config.schema import (
+    FLOAT,
+    INT,
+    Context,
+    Invalid,
+    Key,
+    Schema,
+    boolean,
+    choice,
+    duration,
+    integer,
+    kind_of,
+)
+
+TABLE, CONNTRACK = "table", "conntrack"
+SOURCES = (TABLE, CONNTRACK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,7 +29,8 @@ class PassiveConfig:
     """Section ``passive``: read the connection table for failed handshakes and judge real servers by them."""
 
     enabled: bool = False
-    interval: float = 1.0  # seconds between two reads of the connection table
+    source: str = TABLE  # "table": /proc/net/ip_vs_conn; "conntrack": ctnetlink events (NAT services only)
+    interval: float = 1.0  # seconds between two reads of the connection table (two passes of the events)
     max_entries: int = 10_000  # a bigger connection table pauses the detector (a read's cost grows as its square)
     handshake_timeout: float = 3.0  # seconds in SYN_RECV that count as a failed handshake
     min_failures: int = 2
@@ -50,7 +66,14 @@ PASSIVE = Schema(
     PassiveConfig,
     {
         "enabled": Key(boolean, doc="Watch the connection table for failed handshakes (off by default)."),
-        "interval": Key(duration, doc="Time between two reads of `/proc/net/ip_vs_conn`."),
+        "source": Key(
+            choice(SOURCES),
+            doc="Where failed handshakes are read: `table` (`/proc/net/ip_vs_conn`: NAT and DR, up to `max_entries` connections) or `conntrack` (ctnetlink events filtered in the kernel: NAT only, any size; needs `net.ipv4.vs.conntrack=1`).",
+        ),
+        "interval": Key(
+            duration,
+            doc="Time between two reads of `/proc/net/ip_vs_conn`; with `conntrack`, between two judgements without a failure (a failure is judged at once).",
+        ),
         "max_entries": Key(
             integer(100, 1_000_000),
             doc="Connections in the table above which detection pauses: a read of `/proc/net/ip_vs_conn` costs the square of its size (docs/probes.md).",

@@ -44,7 +44,9 @@ PASSES = MetricDef(
     "lvsguard_passive_passes_total", COUNTER, "Complete passes of the passive detector over the connection table."
 )
 ENTRIES = MetricDef(
-    "lvsguard_passive_table_entries", GAUGE, "Entries of the connection table in the passive detector's last pass."
+    "lvsguard_passive_table_entries",
+    GAUGE,
+    "Entries of the connection table in the passive detector's last pass (source conntrack: handshakes under way).",
 )
 ALL_METRICS = (HANDSHAKE_FAILURES, VERDICTS, HOLDDOWN, PASSES, ENTRIES)
 

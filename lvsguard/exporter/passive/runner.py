@@ -1,4 +1,9 @@
-"""The passive detector's thread: read the connection table every interval, judge, count, log the verdicts.
+"""The passive detector's thread: read the connection table (or conntrack events), judge, count, log the verdicts.
+
+With ``source: table`` it reads /proc/net/ip_vs_conn every interval. With
+``source: conntrack`` it reads ctnetlink events as they come
+(``exporter.passive.ctevents``) and judges every interval, and at once
+(within ``ctevents.BATCH``) when a handshake failed.
 
 Each verdict is a log line (``passive_verdict``), the ``lvs_backend_passive_*``
 series, and, with a ``Fusion`` (probes publishing to the actuator), a
@@ -14,8 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from lvsguard.config.passive import PassiveConfig
-from lvsguard.exporter.passive.conntable import ConnTableReader
+from lvsguard.config.passive import CONNTRACK, PassiveConfig
+from lvsguard.exporter.passive.conntable import ConnTableReader, PassCounts
+from lvsguard.exporter.passive.ctevents import ConntrackEvents, conntrack_enabled, open_socket
 from lvsguard.exporter.passive.fusion import Fusion
 from lvsguard.exporter.passive.metrics import PassiveMetrics
 from lvsguard.exporter.passive.rule import Judge, RuleSettings, Verdict
@@ -73,6 +79,7 @@ class PassiveDetector:
         self.fusion = fusion
         self.clock = clock
         self.judge = Judge(rule_settings(config))
+        self.netns = netns
         self.reader = ConnTableReader(
             path,
             max_entries=config.max_entries,
@@ -80,6 +87,7 @@ class PassiveDetector:
             clock=clock,
             opener=opener(netns),
         )
+        self.events: ConntrackEvents | None = None  # source conntrack: opened by the first tick
         self.verdicts: list[Verdict] = []  # every verdict so far, newest last (bounded below)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,11 +100,33 @@ class PassiveDetector:
             self.fusion.poll(self.judge, self.clock())
         return verdicts
 
+    def _events(self) -> ConntrackEvents:
+        """The ctnetlink socket, opened in the director's namespace once (an OSError says why it cannot be)."""
+        if self.events is None:
+            with entered(self.netns):
+                sock = open_socket()
+                enabled = conntrack_enabled()
+            self.events = ConntrackEvents(sock, handshake_timeout=self.config.handshake_timeout, clock=self.clock)
+            if not enabled:
+                event(
+                    log,
+                    logging.WARNING,
+                    "passive_conntrack_off",
+                    reason="net.ipv4.vs.conntrack is not 1: IPVS keeps no conntrack entries, no events will come",
+                )
+        return self.events
+
+    def _read(self) -> PassCounts:
+        if self.config.source == CONNTRACK:
+            return self._events().read_pass()
+        return self.reader.read_pass()
+
     def _judge(self) -> list[Verdict]:
         try:
-            counts = self.reader.read_pass()
+            counts = self._read()
         except OSError as exc:
-            self._state(f"cannot read {self.reader.path}: {exc.strerror or exc}")
+            what = "conntrack events" if self.config.source == CONNTRACK else self.reader.path
+            self._state(f"cannot read {what}: {exc.strerror or exc}")
             return []
         if not counts.complete:
             self._state(f"more than {self.reader.max_entries} connections in the table: passive detection paused")
@@ -141,9 +171,15 @@ class PassiveDetector:
         next_at = self.clock()
         while not self._stop.is_set():
             self.tick()
-            next_at += self.config.interval
-            self._stop.wait(max(0.0, next_at - self.clock()))
-            next_at = max(next_at, self.clock() - self.config.interval)  # after a stall, no burst of catch-up ticks
+            if self.clock() >= next_at:
+                next_at = max(next_at + self.config.interval, self.clock())  # after a stall, no burst of catch-ups
+            if self.events is not None:  # until the next pass, or a failure: judged at once
+                try:
+                    self.events.collect(next_at, self._stop.wait)
+                except OSError:
+                    self._stop.wait(max(0.0, next_at - self.clock()))  # the next tick reads and logs it
+            else:
+                self._stop.wait(max(0.0, next_at - self.clock()))
 
     def start(self) -> PassiveDetector:
         self._thread = threading.Thread(target=self.run, name="passive-detector", daemon=True)
@@ -152,6 +188,7 @@ class PassiveDetector:
             log,
             logging.INFO,
             "passive_started",
+            source=self.config.source,
             interval=f"{self.config.interval:g}",
             max_entries=self.config.max_entries,
             handshake_timeout=f"{self.config.handshake_timeout:g}",
@@ -162,3 +199,5 @@ class PassiveDetector:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.events is not None and (self._thread is None or not self._thread.is_alive()):
+            self.events.close()
