@@ -12,20 +12,23 @@ LAB_VM := lab/vm.sh
 UI_TEST := tests/integration/test_ui_kernel.py
 
 # Debian packages: the lab VM's tools (it runs commands from the host's root
-# file system), the real peers the tests run against, and the benchmark's peers.
+# file system), the real peers the tests run against, the benchmark's peers, and
+# what `make deb` builds with (debhelper; python3-venv for the package's venv).
 APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
 	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived ldirectord \
 	chromium chromium-driver dnsmasq-base prometheus-blackbox-exporter systemd \
-	etcd-server etcd-client
+	etcd-server etcd-client \
+	debhelper dpkg-dev build-essential python3-venv
 
-.PHONY: all setup apt mibs venv lab-prepare test test-unit test-kernel demo bench fuzz previews clean help
+.PHONY: all setup apt mibs venv lab-prepare deb test test-unit test-kernel demo bench fuzz previews clean help
 
 all: help
 
 help:
 	@echo "make demo    boot the lab VM, send real traffic, show the exporter's view"
 	@echo "make test    unit tests on the host + kernel tests in the lab VM"
+	@echo "make deb    the Debian package dist/lvsguard_VERSION_ARCH.deb (docs/install.md)"
 	@echo "make bench   benchmarks against the peers (not a test; takes minutes)"
 	@echo "make fuzz    every hostile-input property with 10 000 cases each, counted per surface (about 30 minutes)"
 
@@ -56,13 +59,24 @@ $(VENV)/.installed: pyproject.toml
 lab-prepare: apt
 	@$(LAB_VM) --prepare
 
+# The Debian package, built with dpkg-buildpackage (debian/) from a copy of the tracked
+# files, into dist/. Its venv's dependencies come from the package index through pip.
+DEB_BUILD := build/deb
+deb: apt
+	@echo "== building the Debian package"
+	@rm -rf $(DEB_BUILD) dist/lvsguard_*.deb && mkdir -p $(DEB_BUILD)/src dist
+	@git ls-files -z | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C $(DEB_BUILD)/src
+	@cd $(DEB_BUILD)/src && nice dpkg-buildpackage -us -uc -b >../build.log 2>&1 || { tail -40 ../build.log; exit 1; }
+	@mv $(DEB_BUILD)/lvsguard_*.deb dist/ && ls dist/lvsguard_*.deb
+
 test: setup
 	@rc=0; \
 	echo "== unit tests and host-side integration tests (host)"; \
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q -p no:cacheprovider || rc=1; \
+	$(MAKE) --no-print-directory deb || rc=1; \
 	echo "== kernel tests (lab VM)"; \
-	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider -m kernel \
-		--ignore=$(UI_TEST) || rc=1; \
+	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_DEB=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider \
+		-m kernel --ignore=$(UI_TEST) || rc=1; \
 	echo "== browser test of the console (lab VM, 2 GiB for Chromium)"; \
 	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest $(UI_TEST) -q -p no:cacheprovider -m kernel || rc=1; \
 	exit $$rc
@@ -70,8 +84,8 @@ test: setup
 test-unit: venv
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q
 
-test-kernel: setup
-	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest tests/integration -q -m kernel --ignore=$(UI_TEST)
+test-kernel: setup deb
+	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_DEB=1 $(PY) -m pytest tests/integration -q -m kernel --ignore=$(UI_TEST)
 	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest $(UI_TEST) -q -m kernel
 
 demo: setup
