@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--token-file", help="file with the bearer token for --url (default: $LVSGUARD_TOKEN)")
     st.add_argument("--token-name", help="which token of --token-file to use")
     st.add_argument("--json", action="store_true", help="with --url: print the API's JSON")
+    st.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --url: every director of the cluster (cluster.store: etcd), its role, VIPs and whether its "
+        "kernel has converged, and where each cluster hold is applied; exit 2 when a director has not converged",
+    )
     st.set_defaults(func=cmd_status)
 
     ag = sub.add_parser(
@@ -391,10 +397,12 @@ def _actuator_settings(args: argparse.Namespace) -> ActuatorSettings:
 def cmd_status(args: argparse.Namespace) -> int:
     from lvsguard import status
 
+    if args.cluster and not args.url:
+        raise LvsguardError("status --cluster asks an actuator: give --url (or set LVSGUARD_URL)")
     if args.url:
-        from lvsguard.actuator.client import status_from_api
+        from lvsguard.actuator.client import cluster_from_api, status_from_api
 
-        return status_from_api(args)
+        return cluster_from_api(args) if args.cluster else status_from_api(args)
     cfg = _load_config(args.config)
     netns = args.netns or cfg.director.netns
     print(status.render(status.read_table(netns=netns, source=args.source), cfg, exact=args.exact), end="")

@@ -19,13 +19,15 @@ from flask import Blueprint, current_app, g, request
 from lvsguard.actuator import reload as reloading
 from lvsguard.actuator.actions import Actor, Outcome, Result, Source
 from lvsguard.actuator.auth import read_only, require_token
-from lvsguard.actuator.current import current_actions, current_settings
+from lvsguard.actuator.current import current_actions, current_fleet, current_settings
 from lvsguard.actuator.failover import read_track_file
+from lvsguard.actuator.fleet import confirm
 from lvsguard.actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger, locked_ledger
 from lvsguard.actuator.openapi import document
 from lvsguard.actuator.probestate import CheckState, ProbeView, probe_view
+from lvsguard.actuator.states import Confirmed
 from lvsguard.actuator.targets import Target
-from lvsguard.errors import ApiError, LvsguardError
+from lvsguard.errors import ApiError, ClusterStoreError, LvsguardError
 from lvsguard.keepalived import read_role_file
 from lvsguard.model import (
     MAX_WEIGHT,
@@ -128,9 +130,17 @@ def _limit() -> int:
     return int(text)
 
 
-def reply(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """The outcome as JSON with the status its result calls for."""
+def reply(outcome: Outcome, *, cluster: bool = False) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The outcome as JSON with the status its result calls for.
+
+    ``cluster``: an operator's hold or restore, which with a cluster store
+    waits for every director to show it (``fleet.confirm``) and says where it
+    took effect (``directors``: name -> applied, pending or stale).
+    """
     body = outcome.to_json()
+    directors = directors_of(outcome) if cluster else None
+    if directors is not None:
+        body["directors"] = directors
     status = RESULT_STATUS[outcome.result]
     headers: dict[str, str] = {}
     if outcome.retry_after is not None:
@@ -141,6 +151,17 @@ def reply(outcome: Outcome) -> tuple[dict[str, Any], int, dict[str, str]]:
     if status >= 400:
         body["error"] = outcome.message
     return body, status, headers
+
+
+def directors_of(outcome: Outcome) -> dict[str, Confirmed] | None:
+    """With a cluster store, where an operator's hold or restore took effect, director by director; else None."""
+    shared = current_fleet()
+    if shared is None or outcome.target is None or outcome.result not in (Result.APPLIED, Result.NOOP):
+        return None
+    holder = outcome.details.get("cluster")
+    if holder is None and outcome.action != "restore":
+        return None
+    return confirm(shared[0], outcome.target, holder)
 
 
 # JSON views of model and ledger values
@@ -388,6 +409,56 @@ def director() -> dict[str, Any]:
     return director_json()
 
 
+@bp.get("/cluster")
+@read_only
+def cluster() -> dict[str, Any]:
+    return cluster_json()
+
+
+def cluster_json() -> dict[str, Any]:
+    """Every director of the cluster and the cluster's holds, each with where it is applied (``GET /cluster``)."""
+    settings = current_settings().cluster
+    out: dict[str, Any] = {
+        "store": settings.store,
+        "cluster": settings.name if settings.shared else "",
+        "director": settings.director_name,
+        "store_up": None,
+        "directors": [],
+        "holds": [],
+        "problems": [],
+    }
+    shared = current_fleet()
+    if shared is None:
+        return out
+    fleet, sync = shared
+    out["store_up"] = sync.up
+    try:
+        view = fleet.view()
+        records, _revision = sync.store.snapshot()
+    except ClusterStoreError as exc:
+        out["problems"] = [str(exc)]
+        return out
+    out["problems"] = list(view.problems)
+    out["directors"] = [
+        {**d.to_json(), "at": iso(d.at), "stale": view.stale(d), "converged": d.converged and not view.stale(d)}
+        for d in view.directors
+    ]
+    out["holds"] = [
+        {
+            "service": str(r.service),
+            "real_server": str(r.real_server),
+            "holder": r.holder,
+            "action": r.action,
+            "reason": r.reason,
+            "director": r.director,
+            "at": iso(r.at),
+            "applied": view.applied_by(str(r.service), str(r.real_server), r.holder),
+        }
+        for r in records
+    ]
+    return out
+
+
 def director_json() -> dict[str, Any]:
     """This director's role, failover requests and sync daemons (``GET /director``; the console's pages)."""
     settings = current_settings()
@@ -446,7 +517,8 @@ def quarantine() -> Any:
     reason = _field(body, "reason", str, "")
     force = _field(body, "force", bool, False)
     return reply(
-        current_actions().hold(get_ledger(), target, _actor(), action="quarantine", reason=reason, force=force)
+        current_actions().hold(get_ledger(), target, _actor(), action="quarantine", reason=reason, force=force),
+        cluster=True,
     )
 
 
@@ -457,7 +529,7 @@ def restore() -> Any:
     target = target_of(body)
     scope = "all" if _field(body, "all_holders", bool, False) else "own"
     force = _field(body, "force", bool, False)
-    return reply(current_actions().release(get_ledger(), target, _actor(), scope=scope, force=force))
+    return reply(current_actions().release(get_ledger(), target, _actor(), scope=scope, force=force), cluster=True)
 
 
 @bp.post("/drain")
@@ -481,7 +553,7 @@ def drain() -> Any:
         drain_timeout=timeout,
         drain_delete=delete,
     )
-    return reply(outcome)
+    return reply(outcome, cluster=True)
 
 
 @bp.post("/weight")

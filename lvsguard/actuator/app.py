@@ -26,14 +26,18 @@ from lvsguard.actuator import api, auth, ledger, limits, ui, webhook
 from lvsguard.actuator import reload as reloading
 from lvsguard.actuator.actions import Actions, Kernel
 from lvsguard.actuator.cluster import ClusterMetrics, ClusterSync
+from lvsguard.actuator.fleet import Announcer
 from lvsguard.actuator.httperrors import handle_error
 from lvsguard.actuator.jobs import JobRunner
 from lvsguard.actuator.metrics import ActuatorMetrics, DriftCollector, QuarantineCollector
+from lvsguard.actuator.probestate import probe_view
 from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.cluster.etcd import EtcdClient
+from lvsguard.cluster.fleet import Fleet
 from lvsguard.cluster.records import HoldStore
 from lvsguard.defaults import ACTUATOR_LISTEN
 from lvsguard.errors import LvsguardError
+from lvsguard.keepalived import read_role_file
 from lvsguard.logs import event
 from lvsguard.webconfig import NO_WEB_CONFIG, WebConfig
 
@@ -88,6 +92,7 @@ def create_app(
     runner = JobRunner(actions, app.config["LVSGUARD_LEDGER"])
     if settings.cluster.shared:
         runner.cluster = _cluster_sync(settings, actions, app.config["LVSGUARD_LEDGER"], registry, clock)
+        runner.fleet = _announcer(app, kernel, actions, runner.cluster, clock)
     app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry, quarantine)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
@@ -114,6 +119,32 @@ def _cluster_sync(
     )
     actions.cluster = HoldStore(client, cluster, clock=clock)
     return ClusterSync(actions, ledger_path, actions.cluster, ClusterMetrics(registry), clock=clock)
+
+
+def _announcer(
+    app: Flask, kernel: Kernel, actions: Actions, sync: ClusterSync, clock: Callable[[], float]
+) -> Announcer:
+    """This director's status for the fleet view, announced beside the cluster watch."""
+    from lvsguard.ipvs.addresses import local_addresses  # only here: importing the app needs no netlink
+
+    netns = getattr(kernel, "netns", None)
+
+    def role() -> str:
+        path = actions.settings.role_file
+        return read_role_file(path) if path else "unknown"
+
+    fleet = Fleet(sync.store.client, actions.settings.cluster, clock=clock)
+    app.extensions["lvsguard_fleet"] = fleet
+    return Announcer(
+        fleet,
+        sync,
+        actions,
+        app.config["LVSGUARD_LEDGER"],
+        role=role,
+        exporter=lambda: probe_view(app).state,
+        addresses=lambda: set(local_addresses(netns)),
+        advertise=actions.settings.cluster.advertise_url,
+    )
 
 
 def _metrics() -> Response:

@@ -123,8 +123,10 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 
 
 def _outcome(reply: Mapping[str, Any], out: TextIO) -> int:
-    """Print an action's outcome in one line; refusals were raised as ClientError already."""
+    """Print an action's outcome in one line (and, in a cluster, a line per director); refusals raised already."""
     print(reply.get("message", ""), file=out)
+    for name, state in sorted(reply.get("directors", {}).items()):
+        print(f"  {name}: {state}", file=out)
     return 0 if reply.get("result") in OK_RESULTS else 1
 
 
@@ -424,6 +426,59 @@ def _table(header: list[str], rows: list[list[Any]], out: TextIO) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
     if not rows:
         print("(none)", file=out)
+
+
+def cluster_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """``lvsguard status --cluster``: every director of the cluster and where each cluster hold is applied."""
+    reply = client_from_args(args).get("/api/v1/cluster")
+    if getattr(args, "json", False):
+        print(json.dumps(reply, indent=2), file=out)
+        return 0
+    if reply["store"] != "etcd":
+        print(f"{reply['director']}: no cluster store (cluster.store: {reply['store']}): one director", file=out)
+        return 0
+    up = {True: "up", False: "down", None: "unknown"}
+    print(f"cluster {reply['cluster']}: etcd {up[reply['store_up']]} from {reply['director']}", file=out)
+    for problem in reply["problems"]:
+        print(f"  problem: {problem}", file=out)
+    rows = []
+    for d in reply["directors"]:
+        if d["stale"]:
+            kernel = "stale (no announcement lately)"
+        elif d["converged"]:
+            kernel = f"converged ({len(d['applied'])} cluster holds)"
+        else:
+            kernel = ", ".join(
+                part
+                for part in (
+                    f"{d['pending']} holds pending" if d["pending"] else "",
+                    f"{d['drift']} drifted" if d["drift"] else "",
+                )
+                if part
+            )
+        rows.append(
+            [
+                d["director"],
+                d["role"],
+                ",".join(d["vips"]) or "-",
+                kernel,
+                d["exporter"],
+                up[d["store_up"]],
+                d["actuator_url"] or "-",
+            ]
+        )
+    _table(["DIRECTOR", "ROLE", "VIPS", "KERNEL", "EXPORTER", "ETCD", "ACTUATOR"], rows, out)
+    print("", file=out)
+    holds = []
+    for h in reply["holds"]:
+        applied = sorted(name for name, done in h["applied"].items() if done)
+        missing = sorted(name for name, done in h["applied"].items() if not done)
+        where = ", ".join(applied) or "-"
+        if missing:
+            where += f" (not on {', '.join(missing)})"
+        holds.append([h["service"], h["real_server"], h["action"], h["holder"], where])
+    _table(["SERVICE", "REAL SERVER", "ACTION", "HOLDER", "APPLIED ON"], holds, out)
+    return 0 if all(d["converged"] for d in reply["directors"]) else 2
 
 
 def status_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

@@ -100,6 +100,8 @@ class ClusterSync:
         self.up = False
         self._reported_down = False
         self.converged = threading.Event()  # set after each convergence (tests and the benchmark wait on it)
+        self.announce_soon = threading.Event()  # set after each convergence: the fleet announcer's cue
+        self.pending = 0  # cluster holds not applied here (the metric's value; the fleet view shows it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._records: dict[str, list[ClusterHold]] = {}  # key -> its holds
@@ -196,8 +198,10 @@ class ClusterSync:
                     message=outcome.message,
                 )
         out = {b.target for b in ledger.backends() if b.state == BackendState.OUT}
-        self.metrics.pending.set(sum(1 for r in records if Target(r.service, r.real_server) not in out))
+        self.pending = sum(1 for r in records if Target(r.service, r.real_server) not in out)
+        self.metrics.pending.set(self.pending)
         self.converged.set()
+        self.announce_soon.set()
 
     def _down(self, exc: ClusterStoreError) -> None:
         if self.up or not self._reported_down:  # once per outage (and the first failure after a start)

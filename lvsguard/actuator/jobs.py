@@ -24,6 +24,7 @@ import threading
 
 from lvsguard.actuator.actions import Actions, Actor, Outcome, Result, Source
 from lvsguard.actuator.cluster import ClusterSync
+from lvsguard.actuator.fleet import Announcer
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.logs import event
 
@@ -43,6 +44,8 @@ class JobRunner:
         self._lock = threading.Lock()
         self.cluster: ClusterSync | None = None
         """The cluster watch (``cluster.store: etcd``), started last by ``begin``."""
+        self.fleet: Announcer | None = None
+        """This director's announcements to the fleet view (``cluster.store: etcd``), started with the watch."""
         actions.on_new_job(self.start)
 
     def start(self, job_id: int) -> None:
@@ -84,9 +87,13 @@ class JobRunner:
         threading.Thread(target=self._retry_loop, name="lvsguard-retry", daemon=True).start()
         if self.cluster is not None:
             self.cluster.start()
+        if self.fleet is not None:
+            self.fleet.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self.fleet is not None:
+            self.fleet.stop(timeout)
         if self.cluster is not None:
             self.cluster.stop(timeout)
         for thread in list(self._threads.values()):

@@ -12,7 +12,7 @@ from typing import Any
 
 from lvsguard import __version__
 from lvsguard.actuator.policy import REASONS
-from lvsguard.actuator.states import RESULTS, Result
+from lvsguard.actuator.states import RESULTS, Confirmed, Result
 
 S = dict[str, Any]
 
@@ -51,6 +51,10 @@ def _outcome_props(results: list[str]) -> S:
         "job_id": {"type": "integer", "nullable": True},
         "holders": {"type": "array", "items": STR},
         "retry_after": INT,
+        "directors": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "enum": [c.value for c in Confirmed]},
+        },
     }
 
 
@@ -297,6 +301,65 @@ SCHEMAS: S = {
         },
     ),
     "Audit": _obj(["events"], {"events": {"type": "array", "items": _ref("AuditEvent")}}),
+    "Cluster": _obj(
+        ["store", "cluster", "director", "store_up", "directors", "holds", "problems"],
+        {
+            "store": {"type": "string", "enum": ["local", "etcd"]},
+            "cluster": STR,
+            "director": STR,
+            "store_up": {"type": "boolean", "nullable": True},
+            "directors": {
+                "type": "array",
+                "items": _obj(
+                    [
+                        "director",
+                        "role",
+                        "vips",
+                        "actuator_url",
+                        "store_up",
+                        "exporter",
+                        "applied",
+                        "pending",
+                        "drift",
+                        "at",
+                        "stale",
+                        "converged",
+                    ],
+                    {
+                        "director": STR,
+                        "role": STR,
+                        "vips": {"type": "array", "items": STR},
+                        "actuator_url": STR,
+                        "store_up": BOOL,
+                        "exporter": STR,
+                        "applied": {"type": "array", "items": {"type": "array", "items": STR}},
+                        "pending": INT,
+                        "drift": INT,
+                        "at": TIME,
+                        "stale": BOOL,
+                        "converged": BOOL,
+                    },
+                ),
+            },
+            "holds": {
+                "type": "array",
+                "items": _obj(
+                    ["service", "real_server", "holder", "action", "reason", "director", "at", "applied"],
+                    {
+                        "service": STR,
+                        "real_server": STR,
+                        "holder": STR,
+                        "action": STR,
+                        "reason": STR,
+                        "director": STR,
+                        "at": TIME,
+                        "applied": {"type": "object", "additionalProperties": BOOL},
+                    },
+                ),
+            },
+            "problems": {"type": "array", "items": STR},
+        },
+    ),
     "Director": _obj(
         ["role", "dry_run", "failover", "sync_daemons"],
         {
@@ -493,6 +556,11 @@ GETS: dict[str, tuple[str, str, list[S]]] = {
         ],
     ),
     "/director": ("This director's VRRP role and sync daemons", "Director", []),
+    "/cluster": (
+        "Every director of the cluster (cluster.store: etcd) and where each cluster hold is applied",
+        "Cluster",
+        [],
+    ),
     "/table/diff": ("The plan from the kernel's IPVS table to the config's (table.manage), read-only", "TableDiff", []),
 }
 

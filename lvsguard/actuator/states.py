@@ -95,3 +95,14 @@ class JobState(StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+
+
+class Confirmed(StrEnum):
+    """Where an operator's cluster action took effect, director by director (a reply's ``directors``)."""
+
+    APPLIED = "applied"
+    """That director's kernel shows it."""
+    PENDING = "pending"
+    """Not yet, after the reply's wait (refused there for now, or slow)."""
+    STALE = "stale"
+    """That director has not announced itself lately: not waited for."""

@@ -428,6 +428,12 @@ def ledger_page() -> Any:
     )
 
 
+@bp.get("/cluster")
+@viewer
+def cluster_page() -> Any:
+    return render_template("ui/cluster.html", cluster=api.cluster_json())
+
+
 @bp.get("/jobs")
 @viewer
 def jobs_page() -> Any:
@@ -590,8 +596,12 @@ def action() -> Any:
         field = exc.path if isinstance(exc, ApiError) else exc.field
         flash(f"Not done: {field.replace('_', ' ') + ': ' if field else ''}{message}", "error")
         return redirect(back)
+    directors = api.directors_of(outcome) if req.action in ("quarantine", "drain", "restore") else None
+    where = ""
+    if directors:
+        where = " Directors: " + ", ".join(f"{name} {state}" for name, state in sorted(directors.items())) + "."
     flash(
-        f"{RESULT_WORDS.get(outcome.result, outcome.result)}: {outcome.message}",
+        f"{RESULT_WORDS.get(outcome.result, outcome.result)}: {outcome.message}{where}",
         "ok" if outcome.result in (Result.APPLIED, Result.RECORDED, Result.NOOP, Result.DRY_RUN) else "error",
     )
     if outcome.action == "drain" and outcome.job_id is not None:

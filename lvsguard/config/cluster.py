@@ -4,7 +4,8 @@
 without the section. ``store: etcd`` shares the holds through an etcd cluster:
 ``endpoints`` (its members' client URLs), TLS files, the key ``prefix``, the
 cluster's ``name`` (several clusters can share one etcd) and this
-``director``'s name (default: the host name).
+``director``'s name (default: the host name), and the URL of its actuator
+that the fleet view shows (``advertise_url``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ClusterConfig:
     prefix: str = DEFAULT_PREFIX
     name: str = "default"
     director: str = ""  # "": this host's name (``director_name``)
+    advertise_url: str = ""  # this director's actuator as the fleet view links it ("": not shown)
 
     @property
     def shared(self) -> bool:
@@ -100,6 +102,11 @@ CLUSTER = Schema(
         "director": Key(
             name,
             doc='This director\'s name in the cluster (who took a hold, who converged); `""`: the host name.',
+        ),
+        "advertise_url": Key(
+            http_url,
+            doc="This director's actuator URL as the fleet view shows it to the other directors "
+            '(`http://10.0.9.1:9911`); `""`: not shown.',
         ),
     },
     check=_check,

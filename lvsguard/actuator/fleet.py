@@ -1,0 +1,159 @@
+"""This director in the fleet view (``cluster.store: etcd``; docs/cluster.md, "The fleet").
+
+``Announcer`` is one thread beside the cluster watch: every ``INTERVAL``
+seconds, and at once after each convergence of the watch, it puts this
+director's status into etcd (``lvsguard.cluster.fleet``): its VRRP role, the
+VIPs it holds, the cluster holds its kernel has applied and those it has not,
+its table drift, its exporter's and etcd's state. ``confirm`` is what an
+operator's action waits for before it answers: every director's status
+showing the hold applied (or released), for at most ``CONFIRM_TIMEOUT``
+seconds, so that the reply says, director by director, where the action
+took effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from lvsguard.actuator.actions import Actions
+from lvsguard.actuator.cluster import ClusterSync
+from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.states import BackendState, Confirmed, Source
+from lvsguard.actuator.targets import Target
+from lvsguard.cluster.fleet import INTERVAL, DirectorStatus, Fleet, FleetView
+from lvsguard.errors import ClusterStoreError
+from lvsguard.logs import event
+
+log = logging.getLogger(__name__)
+
+CONFIRM_TIMEOUT = 3.0  # seconds an operator's action waits for every director to show it
+CONFIRM_POLL = 0.05
+VIP_REFRESH = 30.0  # seconds between two reads of the table's service addresses
+
+
+class Announcer:
+    """Puts this director's status into etcd; ``start()`` with the cluster watch, ``stop()`` at exit."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        sync: ClusterSync,
+        actions: Actions,
+        ledger_path: str,
+        *,
+        role: Callable[[], str],
+        exporter: Callable[[], str],
+        addresses: Callable[[], set[str]],
+        advertise: str = "",
+        interval: float = INTERVAL,
+    ):
+        self.fleet = fleet
+        self.sync = sync
+        self.actions = actions
+        self.ledger_path = ledger_path
+        self.role = role
+        self.exporter = exporter
+        self.addresses = addresses
+        self.advertise = advertise
+        self.interval = interval
+        self.director = fleet.config.director_name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._service_addresses: set[str] = set()
+        self._addresses_read = -VIP_REFRESH
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lvsguard-fleet", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.sync.announce_soon.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            self.fleet.withdraw(self.director)  # a clean stop leaves the view at once, not after the lease
+        except ClusterStoreError:
+            pass
+
+    def status(self, ledger: Ledger) -> DirectorStatus:
+        """This director now, as the fleet view shows it."""
+        out = {b.target for b in ledger.backends() if b.state == BackendState.OUT}
+        applied = tuple(
+            sorted(
+                (str(h.target.service), str(h.target.real_server), h.holder)
+                for h in ledger.active_holds()
+                if h.source == Source.CLUSTER and h.target in out
+            )
+        )
+        return DirectorStatus(
+            director=self.director,
+            role=self.role(),
+            vips=tuple(sorted(self._vips())),
+            actuator_url=self.advertise,
+            store_up=self.sync.up,
+            exporter=self.exporter(),
+            applied=applied,
+            pending=self.sync.pending,
+            drift=len(self.actions.table.drift),
+            at=self.fleet.clock(),
+        )
+
+    def _vips(self) -> set[str]:
+        """Service addresses that are addresses of this director (the table's read again every VIP_REFRESH s)."""
+        now = time.monotonic()
+        if now - self._addresses_read >= VIP_REFRESH:
+            self._service_addresses = {svc.key.address for svc in self.actions.read_table().services if svc.key.address}
+            self._addresses_read = now
+        return self._service_addresses & self.addresses()
+
+    def _run(self) -> None:
+        ledger = Ledger.open(self.ledger_path, clock=self.actions.clock, create=False)
+        try:
+            while not self._stop.is_set():
+                self.sync.announce_soon.clear()
+                try:
+                    self.fleet.announce(self.status(ledger))
+                except ClusterStoreError:
+                    pass  # the cluster watch reports the outage (cluster_store_down) and the metric says it
+                except Exception as exc:  # a failed round must not end the announcements
+                    event(log, logging.ERROR, "fleet_announce_failed", error=exc)
+                self.sync.announce_soon.wait(self.interval)
+        finally:
+            ledger.close()
+
+
+def confirm(
+    fleet: Fleet, target: Target, holder: str | None, *, timeout: float = CONFIRM_TIMEOUT
+) -> dict[str, Confirmed]:
+    """Director -> ``applied``, ``pending`` or ``stale``: where an operator's cluster action took effect.
+
+    ``holder`` is the cluster hold just taken; None for a restore (applied
+    where no cluster hold of the real server is left). Waits until every
+    fresh director shows it, or ``timeout`` seconds; a director whose last
+    announcement is stale is not waited for.
+    """
+    service, real_server = str(target.service), str(target.real_server)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            view = fleet.view()
+        except ClusterStoreError:
+            return {}
+        result = {d.director: _state(view, d, service, real_server, holder) for d in view.directors}
+        if Confirmed.PENDING not in result.values() or time.monotonic() >= deadline:
+            return result
+        time.sleep(CONFIRM_POLL)
+
+
+def _state(view: FleetView, d: DirectorStatus, service: str, real_server: str, holder: str | None) -> Confirmed:
+    if view.stale(d):
+        return Confirmed.STALE
+    if holder is not None:
+        done = (service, real_server, holder) in d.applied
+    else:
+        done = not any(s == service and r == real_server for s, r, _h in d.applied)
+    return Confirmed.APPLIED if done else Confirmed.PENDING

@@ -1,0 +1,149 @@
+"""Every director's status in etcd: the fleet view (docs/cluster.md, "The fleet").
+
+Each director's actuator announces itself under ``<root>directors/<name>``
+(``/lvsguard/dc1/directors/lvs1``) every ``INTERVAL`` seconds and right after
+each convergence: its VRRP role, the VIPs it holds, whether its kernel
+matches what it should (cluster holds applied, pending, table drift), its
+exporter's and etcd's state, and the cluster holds it has applied. The record
+is put under a lease of ``TTL`` seconds, so a director that dies leaves the
+view on its own; a record older than ``STALE`` seconds (a director alive for
+etcd but stuck) is shown as stale.
+
+The record is JSON, one object per director::
+
+    {"director": "lvs1", "role": "master", "vips": ["192.0.2.10"], "actuator_url": "http://10.0.9.1:9911",
+     "store_up": true, "exporter": "ok", "applied": [["TCP 192.0.2.10:80", "10.0.1.2:80", "lvs2/api alice"]],
+     "pending": 0, "drift": 0, "at": 1765120000.0}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lvsguard.cluster.etcd import EtcdClient
+from lvsguard.config.cluster import ClusterConfig
+from lvsguard.errors import ClusterStoreError
+
+TTL = 10  # seconds a director's record outlives its last announcement
+INTERVAL = 2.0  # seconds between two announcements
+STALE = 3 * INTERVAL  # a record older than this is shown as stale
+
+Applied = tuple[str, str, str]
+"""(service, real server, holder): a cluster hold this director has applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorStatus:
+    """One director as the fleet view shows it."""
+
+    director: str
+    role: str = "unknown"  # its VRRP role: master, backup, fault, unknown
+    vips: tuple[str, ...] = ()  # service addresses that are local addresses of the director
+    actuator_url: str = ""  # where its API answers ("": not advertised)
+    store_up: bool = False  # whether its last read of the cluster's holds succeeded
+    exporter: str = "off"  # its probe state source: ok, unreachable, off
+    applied: tuple[Applied, ...] = ()  # cluster holds taken out of its kernel
+    pending: int = 0  # cluster holds it has not applied
+    drift: int = 0  # managed entries changed by hand (its last drift check)
+    at: float = 0.0  # epoch seconds of the announcement (its clock)
+
+    @property
+    def converged(self) -> bool:
+        """Whether its kernel is what it should be: every cluster hold applied, no drift."""
+        return self.pending == 0 and self.drift == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "director": self.director,
+            "role": self.role,
+            "vips": list(self.vips),
+            "actuator_url": self.actuator_url,
+            "store_up": self.store_up,
+            "exporter": self.exporter,
+            "applied": [list(a) for a in self.applied],
+            "pending": self.pending,
+            "drift": self.drift,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> DirectorStatus:
+        """The status in ``doc``; ClusterStoreError when it is not one."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("director"), str):
+            raise ClusterStoreError("a director record must be an object with a 'director' name")
+        try:
+            return cls(
+                director=doc["director"],
+                role=str(doc.get("role", "unknown")),
+                vips=tuple(str(v) for v in doc.get("vips", ())),
+                actuator_url=str(doc.get("actuator_url", "")),
+                store_up=bool(doc.get("store_up", False)),
+                exporter=str(doc.get("exporter", "off")),
+                applied=tuple((str(s), str(r), str(h)) for s, r, h in doc.get("applied", ())),
+                pending=int(doc.get("pending", 0)),
+                drift=int(doc.get("drift", 0)),
+                at=float(doc.get("at", 0.0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ClusterStoreError(f"director record {doc.get('director')!r}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """Every announced director at one read; ``problems`` names the records that could not be read."""
+
+    directors: tuple[DirectorStatus, ...]
+    read_at: float
+    problems: tuple[str, ...] = field(default=())
+
+    def stale(self, status: DirectorStatus) -> bool:
+        return self.read_at - status.at > STALE
+
+    def applied_by(self, service: str, real_server: str, holder: str) -> dict[str, bool]:
+        """Director -> whether it has applied this cluster hold (stale directors included, as they said)."""
+        return {d.director: (service, real_server, holder) in d.applied for d in self.directors}
+
+
+class Fleet:
+    """The directors' records of one cluster (``ClusterConfig.root``)."""
+
+    def __init__(self, client: EtcdClient, config: ClusterConfig, *, clock: Callable[[], float] = time.time):
+        self.client = client
+        self.config = config
+        self.clock = clock
+        self.prefix = f"{config.root}directors/"
+        self._lease = 0
+
+    def key(self, director: str) -> str:
+        return f"{self.prefix}{director}"
+
+    def announce(self, status: DirectorStatus) -> None:
+        """Put this director's record under a fresh lease of ``TTL`` seconds (ClusterStoreError if etcd is away).
+
+        A new lease per announcement, not a kept-alive one: the JSON gateway's
+        keep-alive is a stream, and a lease that is never renewed cannot be
+        left alive by a director that stopped announcing. The lease before
+        expires on its own (the key moved to the new one).
+        """
+        lease = self.client.lease_grant(TTL)
+        self.client.put(self.key(status.director), json.dumps(status.to_json(), sort_keys=True), lease=lease)
+        self._lease = lease
+
+    def withdraw(self, director: str) -> None:
+        """Remove ``director``'s record (a clean stop); errors are the caller's to ignore."""
+        self.client.delete(self.key(director))
+
+    def view(self) -> FleetView:
+        """Every director's last announcement, by name (ClusterStoreError if etcd cannot be read)."""
+        kvs, _revision = self.client.range(self.prefix)
+        found, problems = [], []
+        for kv in kvs:
+            try:
+                found.append(DirectorStatus.from_json(json.loads(kv.value)))
+            except (ValueError, ClusterStoreError) as exc:
+                problems.append(f"{kv.key}: {exc}")
+        return FleetView(tuple(sorted(found, key=lambda d: d.director)), self.clock(), tuple(problems))
