@@ -200,9 +200,19 @@ class HALab(Lab):
     """
 
     def __init__(
-        self, real_servers: int = 3, *, preempt: bool = True, lvsguard_token: str = "", probes: str | None = None
+        self,
+        real_servers: int = 3,
+        *,
+        preempt: bool = True,
+        lvsguard_token: str = "",
+        probes: str | None = None,
+        cluster: str = "",
     ) -> None:
-        """``lvsguard_token`` set: ``build`` starts the lvsguard processes (``start_lvsguard``) before keepalived."""
+        """``lvsguard_token`` set: ``build`` starts the lvsguard processes (``start_lvsguard``) before keepalived.
+
+        ``cluster``: a ``cluster`` section (YAML) for both directors' configs, ``{director}`` replaced by the
+        director's name (``store: etcd`` on a ``lab.etcd.EtcdLab``).
+        """
         super().__init__(real_servers)
         self.preempt = preempt
         self.sync = True  # keepalived runs the IPVS sync daemons
@@ -215,6 +225,7 @@ class HALab(Lab):
             probes or "probes:\n  enabled: false\n"
         )  # the ``probes`` section of the lvsguard processes' config
         self.crashed: set[str] = set()  # directors whose processes were killed and links taken down (crash)
+        self.cluster = cluster
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -411,6 +422,7 @@ class HALab(Lab):
             + "actuator:\n  hold_down: 0\n  job_poll_interval: 0.2\n"
             + f"  role_file: {files.role}\n  failover_track_file: {files.track}\n"
             + f"  failover_peer_url: http://127.0.0.1:{ACTUATOR_PORTS[peer]}\n"
+            + self.cluster.replace("{director}", name)
         )
 
     def start_lvsguard(
