@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,35 @@ def test_one_etcd_member_lost_changes_nothing_two_lost_keep_the_last_state(clust
     status, reply = cluster.call("dir1", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"})
     assert (status, reply["result"]) == (200, "applied"), reply
     wait_for(lambda: everywhere(cluster, {**FULL, "rs1": 0}), "rs1 out on all three after etcd's return", cluster)
+
+
+def test_the_fleet_view_shows_every_director_and_a_restore_answers_once_all_kernels_changed(
+    cluster: ClusterLab,
+) -> None:
+    def fleet(name: str = "dir3") -> dict[str, Any]:
+        status, doc = cluster.call(name, "/api/v1/cluster")
+        assert status == 200, doc
+        return doc
+
+    def directors() -> list[tuple[str, bool]]:
+        return [(d["director"], d["converged"]) for d in fleet()["directors"]]
+
+    wait_for(lambda: directors() == [("dir1", True), ("dir2", True), ("dir3", True)], "all converged", cluster)
+    assert [h["applied"] for h in fleet()["holds"]] == [{"dir1": True, "dir2": True, "dir3": True}]  # rs1
+    status, reply = cluster.call("dir3", "/api/v1/restore", {"service": "web", "real_server": "rs1"})
+    assert (status, reply["result"]) == (200, "applied"), reply
+    assert reply["directors"] == {"dir1": "applied", "dir2": "applied", "dir3": "applied"}, reply
+    assert everywhere(cluster, FULL)  # the reply came once every kernel had it back: no wait here
+    assert fleet("dir1")["holds"] == []
+
+    cluster.kill("dir2")  # SIGKILL: no withdrawal; its lease ends its record
+    try:
+        seconds = wait_for(
+            lambda: [d["director"] for d in fleet()["directors"] if not d["stale"]] == ["dir1", "dir3"],
+            "dir2 gone from the fleet view (or shown stale)",
+            cluster,
+        )
+        print(f"a killed director left the fleet view after {seconds:.1f} s")
+    finally:
+        cluster.start("dir2")
+        cluster.wait_ready("dir2")
