@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument(
         "--ledger", metavar="FILE", help="the actuator's ledger (default: config or /var/lib/lvsguard/actuator.db)"
     )
+    doc.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="the servers' web config, for the listen checks over HTTPS (default: each running server's own)",
+    )
     doc.set_defaults(func=cmd_doctor)
 
     kad = sub.add_parser(
@@ -446,6 +452,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         netns=args.netns,
         token_file=args.token_file,
         ledger=args.ledger,
+        web_config=args.web_config,
     )
     results = checks.run()
     print(doctor.render(results), end="")

@@ -12,7 +12,12 @@ The checks, in order (a later one may use what an earlier one found):
   after its permission check, so it changes nothing;
 - ``exporter listen`` and ``actuator listen``: the address (the running
   server's ``--listen``, else the config's, else the default) is not loopback
-  only (Prometheus and Alertmanager run elsewhere) and something answers there;
+  only (Prometheus and Alertmanager run elsewhere) and it answers HTTP there,
+  or HTTPS where the server's web config (its ``--web.config.file``, else the
+  doctor's) has ``tls_server_config``: a plain port where TLS is expected, or
+  the reverse, is a failure (the certificate is not verified: this checks
+  reachability, not trust; a server that requires client certificates passes
+  when it refuses the doctor's handshake for want of one);
 - ``keepalived fifo``: ``director.keepalived_fifo`` is a FIFO;
 - ``vrrp state``: ``actuator.role_file`` names a VRRP state (an unknown role
   makes the peer refuse every failover towards this director);
@@ -33,6 +38,7 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import stat
 import urllib.error
 import urllib.request
@@ -48,6 +54,7 @@ from lvsguard.secretfile import exposure
 
 if TYPE_CHECKING:
     from lvsguard.config import Config
+    from lvsguard.webconfig import WebConfig
 
 CAP_NET_ADMIN = 12
 DEFAULT_CONFIG = defaults.CONFIG_PATH
@@ -87,6 +94,7 @@ class Doctor:
     netns: str | None = None
     token_file: str | None = None
     ledger: str | None = None
+    web_config: str | None = None
     proc: Path = Path("/proc")
     sys_module: Path = Path("/sys/module")
     cfg: Config | None = None
@@ -211,19 +219,19 @@ class Doctor:
     # -- listen addresses ----------------------------------------------------------------
 
     def check_exporter_listen(self) -> Result:
-        listen = self._running_listen("exporter") or self.config.exporter.listen
+        listen = self._running_arg("exporter", "--listen") or self.config.exporter.listen
         return self._listen("exporter listen", listen, "exporter.listen", "lvsguard-exporter")
 
     def check_actuator_listen(self) -> Result:
         configured = self.config.actuator.listen if self.config.actuator else DEFAULT_ACTUATOR_LISTEN
-        listen = self._running_listen("actuator") or configured
+        listen = self._running_arg("actuator", "--listen") or configured
         return self._listen("actuator listen", listen, "actuator.listen", "lvsguard-actuator")
 
-    def _running_listen(self, command: str) -> str:
-        """The ``--listen`` of the running lvsguard ``command`` (it wins over the config), or ""."""
+    def _running_arg(self, command: str, flag: str) -> str:
+        """The value of ``flag`` of the running lvsguard ``command`` (it wins over the config), or ""."""
         for _pid, found, argv in lvsguard_processes(self.proc):
-            if found == command and "--listen" in argv[:-1]:
-                return argv[argv.index("--listen") + 1]
+            if found == command and flag in argv[:-1]:
+                return argv[argv.index(flag) + 1]
         return ""
 
     def _listen(self, name: str, listen: str, key: str, unit: str) -> Result:
@@ -240,15 +248,45 @@ class Doctor:
         target = host or outside_address()
         if target is None:
             return fail(name, "this host has no address besides loopback", "give the director a network address")
+        from lvsguard import webconfig
+        from lvsguard.errors import WebConfigError
+
+        command = unit.removeprefix("lvsguard-")
+        path = self._running_arg(command, "--web.config.file") or self.web_config
         try:
-            socket.create_connection((target, port), timeout=CONNECT_TIMEOUT).close()
+            web = webconfig.load(path)
+        except WebConfigError as exc:
+            return fail(name, str(exc), f"fix the web config the {command} runs with, or pass the right one")
+        return self.reach(name, listen, (target, port), web, unit)
+
+    def reach(self, name: str, listen: str, address: tuple[str, int], web: WebConfig, unit: str) -> Result:
+        """Whether ``address`` answers HTTP, or HTTPS when ``web`` has TLS: ok, or a failure with its fix."""
+        where = format_address(*address)
+        tls = web.tls is not None
+        try:
+            status = http_status_line(address, tls=tls)
+        except ssl.SSLError as exc:
+            if web.tls is not None and web.tls.verify_mode == ssl.CERT_REQUIRED:
+                return ok(name, f"{listen}: answers https on {where}, and requires a client certificate")
+            return fail(
+                name,
+                f"no TLS on {where} ({exc.reason or exc}): the server speaks plain HTTP",
+                f"start {unit} with the --web.config.file that has tls_server_config, or give the doctor the one "
+                "it runs with",
+            )
         except OSError as exc:
             return fail(
                 name,
-                f"nothing answers on {format_address(target, port)}: {exc.strerror or exc}",
+                f"nothing answers on {where}: {exc.strerror or exc}",
                 f"systemctl start {unit} (and check its log: journalctl -u {unit})",
             )
-        return ok(name, f"{listen}: answers on {format_address(target, port)}")
+        except ValueError:
+            return fail(
+                name,
+                f"{where} does not answer plain HTTP: it may speak TLS",
+                "give the doctor the server's web config: lvsguard doctor --web.config.file FILE",
+            )
+        return ok(name, f"{listen}: answers {'https' if tls else 'http'} on {where} ({status})")
 
     # -- keepalived ----------------------------------------------------------------------
 
@@ -439,6 +477,33 @@ def outside_address() -> str | None:
         if not (parsed.is_loopback or parsed.is_link_local):
             return address
     return None
+
+
+def http_status_line(address: tuple[str, int], *, tls: bool) -> str:
+    """The status of ``GET /`` at ``address`` ("200 OK"), over TLS when ``tls`` (the certificate is not verified).
+
+    OSError when nothing accepts the connection; once connected, ssl.SSLError when
+    the TLS exchange fails, ValueError when a plain exchange gets no HTTP answer.
+    """
+    with socket.create_connection(address, timeout=CONNECT_TIMEOUT) as raw:
+        try:
+            conn: socket.socket = raw
+            if tls:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE  # reachability, not trust
+                conn = context.wrap_socket(raw, server_hostname=address[0])
+            conn.sendall(f"GET / HTTP/1.0\r\nHost: {format_address(*address)}\r\n\r\n".encode())
+            first = conn.recv(256).split(b"\r\n", 1)[0].decode("latin-1")
+        except ssl.SSLError:
+            raise
+        except OSError as exc:  # reset or timed out once connected
+            if tls:
+                raise ssl.SSLError(f"the TLS connection failed: {exc.strerror or exc}") from None
+            raise ValueError(f"no HTTP answer: {exc.strerror or exc}") from None
+    if not first.startswith("HTTP/"):
+        raise ValueError(f"not an HTTP answer: {first[:40]!r}")
+    return first.split(" ", 1)[1] if " " in first else first
 
 
 def format_address(host: str, port: int) -> str:

@@ -7,12 +7,19 @@ daemon) and every planted fault are in tests/integration/test_doctor_kernel.py.
 from __future__ import annotations
 
 import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from lvsguard import config
+from lvsguard import config, webconfig
 from lvsguard.doctor import Doctor, Result, exit_status, has_net_admin, lvsguard_command, render, split_listen
+from lvsguard.webconfig import NO_WEB_CONFIG, WebConfig
+from tests import tlsfiles
 
 
 def doctor_for(tmp_path: Path, text: str, **kwargs: object) -> Doctor:
@@ -134,3 +141,100 @@ def test_the_report_and_the_exit_status() -> None:
     )
     assert exit_status(results) == 1
     assert exit_status([r for r in results if r.status != "fail"]) == 0
+
+
+# -- the listen checks over HTTP and HTTPS (--web.config.file) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tlsfiles.TLSFiles:
+    return tlsfiles.make(tmp_path_factory.mktemp("tls"))
+
+
+def web_config(tls: tlsfiles.TLSFiles, client_auth: str = "NoClientCert") -> WebConfig:
+    ca = f"\n  client_ca_file: {tls.ca}" if client_auth != "NoClientCert" else ""
+    path = tls.ca.parent / f"web-{client_auth}.yml"
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {tls.cert}\n  key_file: {tls.key}\n  client_auth_type: {client_auth}{ca}\n"
+    )
+    return webconfig.load(path)
+
+
+@contextmanager
+def http_server(web: WebConfig) -> Iterator[tuple[str, int]]:
+    """A server on 127.0.0.1 that answers 200, over TLS as ``web`` says; yields its address."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if web.tls is not None:
+        server.socket = web.tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def reach(server_web: WebConfig, doctor_web: WebConfig) -> Result:
+    with http_server(server_web) as address:
+        return Doctor().reach("exporter listen", "0.0.0.0:9910", address, doctor_web, "lvsguard-exporter")
+
+
+def test_a_plain_server_is_checked_over_http(tls: tlsfiles.TLSFiles) -> None:
+    result = reach(NO_WEB_CONFIG, NO_WEB_CONFIG)
+    assert result.status == "ok" and result.detail.startswith("0.0.0.0:9910: answers http on 127.0.0.1:")
+    assert result.detail.endswith("(200 OK)")
+
+
+def test_a_tls_server_is_checked_over_https(tls: tlsfiles.TLSFiles) -> None:
+    result = reach(web_config(tls), web_config(tls))
+    assert result.status == "ok" and " answers https on 127.0.0.1:" in result.detail and "(200 OK)" in result.detail
+
+
+def test_a_server_that_requires_client_certificates_answers_https(tls: tlsfiles.TLSFiles) -> None:
+    web = web_config(tls, "RequireAndVerifyClientCert")
+    result = reach(web, web)
+    assert result.status == "ok" and result.detail.endswith("and requires a client certificate")
+
+
+def test_tls_expected_where_the_server_speaks_plain_http_fails(tls: tlsfiles.TLSFiles) -> None:
+    result = reach(NO_WEB_CONFIG, web_config(tls))
+    assert result.status == "fail" and "the server speaks plain HTTP" in result.detail
+    assert "--web.config.file" in result.fix
+
+
+def test_plain_http_expected_where_the_server_speaks_tls_fails(tls: tlsfiles.TLSFiles) -> None:
+    result = reach(web_config(tls), NO_WEB_CONFIG)
+    assert result.status == "fail" and "does not answer plain HTTP: it may speak TLS" in result.detail
+    assert result.fix == "give the doctor the server's web config: lvsguard doctor --web.config.file FILE"
+
+
+def test_nothing_listening_fails_with_the_unit_to_start() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = Doctor().reach("exporter listen", "0.0.0.0:9910", ("127.0.0.1", port), NO_WEB_CONFIG, "lvsguard-exporter")
+    assert result.status == "fail" and result.detail.startswith(f"nothing answers on 127.0.0.1:{port}")
+
+
+def test_the_web_config_of_the_running_server_wins_over_the_doctors(tmp_path: Path, tls: tlsfiles.TLSFiles) -> None:
+    proc = tmp_path / "proc"
+    (proc / "4242").mkdir(parents=True)
+    argv = ["/opt/lvsguard/bin/lvsguard", "exporter", "--listen", "0.0.0.0:1", "--web.config.file", "/srv/web.yml"]
+    (proc / "4242" / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
+    doctor = doctor_for(tmp_path, "", proc=proc, web_config=str(tmp_path / "doctors.yml"))
+    assert doctor._running_arg("exporter", "--web.config.file") == "/srv/web.yml"
+    assert doctor._running_arg("actuator", "--web.config.file") == ""
+    bad = doctor_for(tmp_path, "exporter:\n  listen: 192.0.2.1:9910\n", proc=tmp_path, web_config=str(tmp_path / "no"))
+    result = bad.check_exporter_listen()
+    assert result.status == "fail" and "no" in result.detail and result.fix.startswith("fix the web config")
