@@ -502,6 +502,13 @@ class Ledger:
         )
         return int(cur.lastrowid or 0)
 
+    def complete_audit(self, event_id: int, *, result: str, message: str, details: dict[str, Any]) -> None:
+        """Give an event written ahead of its work (a table apply's intent) the outcome of that work."""
+        self.conn.execute(
+            "UPDATE audit SET result = ?, message = ?, details = ? WHERE id = ?",
+            (result, message, json.dumps(details), event_id),
+        )
+
     # console sessions
 
     def end_session(self, sid: str, *, until: float) -> None:

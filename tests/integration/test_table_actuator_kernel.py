@@ -10,6 +10,9 @@
 - ``lvsguard diff`` reads the running actuator's ledger: a quarantined real
   server whose config weight changes is held at 0 with a new restore weight,
   not a weight to write.
+- kill -9 during a large apply (2 000 services x 10 real servers, the
+  actuator's start): the restarted actuator writes only what is missing, and
+  the audit has both runs, the first one saying it did not finish.
 - A drain survives kill -9: a busy real server that left the config is at
   weight 0; the actuator killed and started again keeps draining it and
   removes it when the first drain's timeout is up, not a whole timeout later.
@@ -37,13 +40,29 @@ from lab.topology import Lab
 from lvsguard import cli
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.model import RealServerKey, ServiceKey, VirtualService
-from lvsguard.table.load import service_mapping
+from lvsguard.table.importers import ipvsadm as ipvsadm_importer
+from lvsguard.table.importers import render
+from lvsguard.table.load import load_table, service_mapping
+from lvsguard.table.plan import plan
 from tests.integration.test_reload_actuator import call, free_port, wait_until
 from tests.integration.test_table_hitless_kernel import Client
 
 pytestmark = pytest.mark.kernel
 
 TOKEN = "table-secret-0123456789"
+DYING = """\
+import os, signal, sys
+from lvsguard import cli
+from lvsguard.ipvs.netlink import NetlinkIPVS
+whole = NetlinkIPVS.add_real_servers_to
+def half_then_die(self, servers):
+    servers = list(servers)
+    whole(self, servers[: len(servers) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+NetlinkIPVS.add_real_servers_to = half_then_die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+"""``lvsguard actuator`` killed between two pipelined batches of its first apply, on every run however fast."""
 
 
 def write_config(path: Path, svc: VirtualService, lab: Lab, weights: dict[str, int] | None = None) -> None:
@@ -65,14 +84,15 @@ class Actuator:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *, dying: bool = False, within: float = 30.0) -> None:
+        """Start it and wait ``within`` seconds until it answers; ``dying``: it SIGKILLs itself in its first batch
+        of real servers."""
         env = {**os.environ, "LVSGUARD_TOKEN": TOKEN}
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "lvsguard.cli",
+                    *(["-c", DYING] if dying else ["-m", "lvsguard.cli"]),
                     "actuator",
                     "--netns",
                     self.lab.director.netns,
@@ -87,7 +107,20 @@ class Actuator:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        wait_until(lambda: self.call("/api/v1/services")[0] == 200, "the actuator answering", self.log)
+        if dying:
+            self.proc.wait(timeout=120)
+            return
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if self.call("/api/v1/services")[0] == 200:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"the actuator did not answer within {within:.0f} s; its log:\n{self.log.read_text()}")
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         return call(self.url, TOKEN, path, body)
@@ -317,3 +350,38 @@ def test_diff_reads_the_running_actuators_ledger(
     wait_until(lambda: cli.main(command + ledger) == 0, "the reload recording the restore weight", actuator.log)
     assert f"  {nat.key} {rs1}: held at 0, restored to {weight + 3}; quarantine by env" in capsys.readouterr().out
     assert weights(director, nat.key)[rs1] == 0
+
+
+def test_killed_during_a_large_apply_the_restarted_actuator_converges(
+    lab: Lab, director: NetlinkIPVS, actuator: Actuator
+) -> None:
+    rules = []
+    for i in range(2000):
+        vip = f"198.18.{i // 250}.{i % 250 + 1}:80"
+        rules.append(f"-A -t {vip} -s wrr")
+        rules += [f"-a -t {vip} -r 198.19.{(i * 10 + j) // 250}.{(i * 10 + j) % 250 + 1}:80 -m -w 1" for j in range(10)]
+    doc = yaml.safe_load(render(ipvsadm_importer.parse("\n".join(rules) + "\n", "rules")))
+    doc["actuator"] = {"hold_down": "0s"}
+    actuator.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    _, desired, _ = load_table(doc)
+    lab_services = len(director.read().services)
+
+    actuator.start(dying=True)
+    assert actuator.proc is not None and actuator.proc.returncode == -signal.SIGKILL, actuator.log.read_text()
+    table = director.read()
+    assert len(table.services) == lab_services + 2000
+    ours = [svc for svc in table.services if svc.key in desired]
+    assert sum(len(svc.real_servers) for svc in ours) == 10_000, "half the real servers, then the kill"
+
+    actuator.start(within=120)  # it answers once its start apply is done (20-40 s here: 7 s of them load the config)
+    table = director.read()
+    assert plan(desired, table, prune="owned").empty, "the table complete"
+    ours = [svc for svc in table.services if svc.key in desired]
+    assert len(table.services) == lab_services + 2000 and sum(len(svc.real_servers) for svc in ours) == 20_000
+    assert all(len(svc.real_servers) == 10 for svc in ours), "a service with its real servers, no more, no less"
+    events = [e for e in actuator.call("/api/v1/audit")[1]["events"] if e["action"] == "table_apply"]
+    assert [(e["actor"], e["result"]) for e in events] == [("start", "applied"), ("start", "error")]
+    assert events[0]["message"] == "table: 10000 real servers to add; 10000 applied"
+    assert events[1]["message"] == (
+        "table: 2000 services to add; 20000 real servers to add; not finished: the actuator stopped during the apply"
+    )

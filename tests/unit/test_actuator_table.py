@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from lvsguard.actuator.openapi import document
 from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.actuator.targets import Target
 from lvsguard.errors import ConfigError, LvsguardError
-from lvsguard.model import RealServerKey, ServiceKey
+from lvsguard.model import RealServer, RealServerKey, ServiceKey
 from lvsguard.table import commands
 from tests.fakes import FakeClock, FakeKernel, fake_app, kernel_of, service
 from tests.unit.test_actuator_api import OpenAPI
@@ -253,6 +253,50 @@ def test_a_real_server_back_in_the_config_ends_its_drain(kernel: FakeKernel, clo
     clock.advance(30)
     actions.retry_table(ledger, Actor(Source.ACTUATOR, "retry"))
     assert kernel.weight(DNS, dns1) == 0, "still draining: 30 s of its new 60"
+
+
+class Killed(BaseException):
+    """The process dies here (kill -9): nothing after this line of the apply runs, not even a finally of ours."""
+
+
+class DyingKernel(FakeKernel):
+    """While ``dying``, writes the first real server of a batch, then the process is gone (the kernel stays)."""
+
+    dying = True
+
+    def add_real_servers_to(self, servers: Iterable[tuple[ServiceKey, RealServer]]) -> int:
+        if not self.dying:
+            return super().add_real_servers_to(servers)
+        super().add_real_servers_to(list(servers)[:1])
+        raise Killed
+
+
+def test_an_apply_cut_short_is_in_the_audit_and_the_restart_finishes_it(
+    clock: FakeClock, ledger: Ledger, tmp_path: Path
+) -> None:
+    """The audit event is written before the first write: a killed run leaves it saying it did not finish."""
+    kernel = DyingKernel()
+    with pytest.raises(Killed):
+        actions_for(kernel, clock, dns="rr").apply_table(ledger, Actor(Source.ACTUATOR, "start"))
+    ledger.close()
+    kernel.dying = False
+    assert len(kernel.read().services) == 2 and kernel.read().real_server_count == 1
+
+    again = Ledger.open(str(tmp_path / "ledger.db"), clock=clock)
+    restarted = actions_for(kernel, clock, dns="rr")
+    outcome = restarted.apply_table(again, Actor(Source.ACTUATOR, "start"))
+    assert outcome.plan.summary() == "2 real servers to add", "only what is missing"
+    assert restarted.apply_table(again, ALICE).plan.empty
+    events = [(e.actor, e.result, e.message) for e in reversed(again.audit_events()) if e.action == "table_apply"]
+    assert events == [
+        (
+            "start",
+            "error",
+            "table: 2 services to add; 3 real servers to add; not finished: the actuator stopped during the apply",
+        ),
+        ("start", "applied", "table: 2 real servers to add; 2 applied"),
+    ]
+    again.close()
 
 
 def test_a_refused_entry_is_named_the_rest_applied_and_retried(

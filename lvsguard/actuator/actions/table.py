@@ -8,9 +8,17 @@ actuator start, on a reload and on ``POST /api/v1/table/apply``. One run:
    ledger says the kernel has; the config's weight becomes the one a restore
    returns to (``backends.original_weight``);
 2. record in the ledger, before any write, the entries it is about to create
-   or adopt (``owned``, what ``prune: owned`` may remove later);
+   or adopt (``owned``, what ``prune: owned`` may remove later), the drains it
+   begins, and the run's audit event (who, when, the summary of the plan) as
+   not finished;
 3. apply through the netlink writer: every step tried, each failure named;
-4. forget what it removed, and write one audit event (who, when, the summary).
+4. forget what it removed, and give the audit event its outcome.
+
+A kill -9 between 2 and 4 leaves the audit event saying the run did not
+finish, and the kernel with whole entries only: the next run (the restarted
+actuator's) plans from the kernel and writes only what is missing. A retry of
+the pending services is audited after the fact, and only when it differs
+from the last one.
 
 A real server that leaves the config while busy is drained: weight 0 now,
 removed by a later run once it is idle, or once ``actuator.drain_timeout``
@@ -46,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACTION = "table_apply"
+UNFINISHED = "not finished: the actuator stopped during the apply"
 DRAINS = (Op.DRAIN_REAL_SERVER, Op.DRAINING)
 
 
@@ -210,9 +219,11 @@ def apply_table(
         if isinstance(step, RealServerStep) and step.op in DRAINS
     }
     begun = {key: s.clock() + s.settings.drain_timeout for key in draining if key not in state.drains}
+    ahead = (only is None or audit_repeats) and bool(steps.operations)
     with s.ledger.transaction():  # intent first: what is created is owned even if a kill cuts the apply short
         s.ledger.own(desired.keys() if only is None else _keys_of(desired, only))
         s.ledger.start_table_drains(begun)
+        event_id = _audit_ahead(s, steps, actor) if ahead else 0
     result = apply(steps, s.kernel)
     removed = _removed(result.applied)
     planned = None if only is None else set(only)
@@ -243,7 +254,7 @@ def apply_table(
     repeat = only is not None and not audit_repeats and outcome.message == state.last  # the retry loop
     state.last = outcome.message
     if not repeat:
-        _audit(s, outcome, actor)
+        _audit(s, outcome, actor, event_id)
     return outcome
 
 
@@ -299,23 +310,39 @@ def _restore_weights(s: Session, desired: DesiredTable) -> tuple[str, ...]:
     return tuple(changed)
 
 
-def _audit(s: Session, outcome: TableOutcome, actor: Actor) -> None:
+def _audit_ahead(s: Session, steps: Plan, actor: Actor) -> int:
+    """The run's audit event before its first write: an error unless the run lives to complete it."""
+    return s.ledger.audit(
+        source=actor.source,
+        actor=actor.audit_name,
+        action=ACTION,
+        result=Result.ERROR,
+        message=f"table: {steps.summary()}; {UNFINISHED}",
+        details={"summary": steps.summary(), "applied": 0, "failures": [UNFINISHED]},
+    )
+
+
+def _audit(s: Session, outcome: TableOutcome, actor: Actor, event_id: int = 0) -> None:
     result = outcome.outcome
     if result is Result.NOOP and not outcome.plan.steps and not outcome.restore:
         return  # nothing to say: the kernel matched
+    details = {
+        "summary": outcome.plan.summary(),
+        "applied": len(outcome.result.applied) if outcome.result is not None else 0,
+        "failures": [f["message"] for f in outcome.failures],
+    }
     with s.ledger.transaction():
-        s.ledger.audit(
-            source=actor.source,
-            actor=actor.audit_name,
-            action=ACTION,
-            result=result,
-            message=outcome.message,
-            details={
-                "summary": outcome.plan.summary(),
-                "applied": len(outcome.result.applied) if outcome.result is not None else 0,
-                "failures": [f["message"] for f in outcome.failures],
-            },
-        )
+        if event_id:
+            s.ledger.complete_audit(event_id, result=result, message=outcome.message, details=details)
+        else:
+            s.ledger.audit(
+                source=actor.source,
+                actor=actor.audit_name,
+                action=ACTION,
+                result=result,
+                message=outcome.message,
+                details=details,
+            )
     s.metrics.action(ACTION, result, actor.source)
     event(
         log,
