@@ -21,7 +21,7 @@ APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
 	etcd-server etcd-client \
 	debhelper dpkg-dev build-essential python3-venv
 
-.PHONY: all setup apt mibs venv lab-prepare deb test test-unit test-kernel demo bench fuzz previews clean help
+.PHONY: all setup apt mibs venv lab-prepare deb wheelhouse test test-unit test-kernel demo bench fuzz previews clean help
 
 all: help
 
@@ -69,13 +69,20 @@ deb: apt
 	@cd $(DEB_BUILD)/src && nice dpkg-buildpackage -us -uc -b >../build.log 2>&1 || { tail -40 ../build.log; exit 1; }
 	@mv $(DEB_BUILD)/lvsguard_*.deb dist/ && ls dist/lvsguard_*.deb
 
+# The wheel and its director dependencies as files, for the kernel test that follows
+# docs/install.md in the lab VM (which has no network) through pip's PIP_FIND_LINKS.
+WHEELHOUSE := build/wheelhouse
+wheelhouse: venv
+	@echo "== building the wheelhouse"
+	@rm -rf $(WHEELHOUSE) && $(PY) -m pip wheel -q --disable-pip-version-check -w $(WHEELHOUSE) '.[director]'
+
 test: setup
 	@rc=0; \
 	echo "== unit tests and host-side integration tests (host)"; \
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q -p no:cacheprovider || rc=1; \
-	$(MAKE) --no-print-directory deb || rc=1; \
+	$(MAKE) --no-print-directory deb wheelhouse || rc=1; \
 	echo "== kernel tests (lab VM)"; \
-	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_DEB=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider \
+	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_PACKAGES=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider \
 		-m kernel --ignore=$(UI_TEST) || rc=1; \
 	echo "== browser test of the console (lab VM, 2 GiB for Chromium)"; \
 	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest $(UI_TEST) -q -p no:cacheprovider -m kernel || rc=1; \
@@ -84,8 +91,8 @@ test: setup
 test-unit: venv
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q
 
-test-kernel: setup deb
-	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_DEB=1 $(PY) -m pytest tests/integration -q -m kernel --ignore=$(UI_TEST)
+test-kernel: setup deb wheelhouse
+	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_PACKAGES=1 $(PY) -m pytest tests/integration -q -m kernel --ignore=$(UI_TEST)
 	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest $(UI_TEST) -q -m kernel
 
 demo: setup

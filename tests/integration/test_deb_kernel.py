@@ -2,8 +2,8 @@
 
 ``make deb`` builds ``dist/lvsguard_VERSION_ARCH.deb`` on the host (pip needs the
 package index, which the VM cannot reach); ``make test`` builds it before the
-kernel tests and sets LVSGUARD_REQUIRE_DEB=1, so that a missing package fails
-there instead of skipping.
+kernel tests and sets LVSGUARD_REQUIRE_PACKAGES=1, so that a missing package
+fails there instead of skipping.
 
 In the lab VM the root file system is the host's, read-only, under a tmpfs
 overlay (lab/vm.sh): ``dpkg -i`` installs for real (maintainer scripts, the
@@ -49,7 +49,7 @@ def the_deb() -> Path:
     debs = sorted((ROOT / "dist").glob(f"lvsguard_{__version__}_*.deb"))
     if not debs:
         message = f"no dist/lvsguard_{__version__}_*.deb: build it on the host with make deb"
-        if os.environ.get("LVSGUARD_REQUIRE_DEB") == "1":
+        if os.environ.get("LVSGUARD_REQUIRE_PACKAGES") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return debs[-1]

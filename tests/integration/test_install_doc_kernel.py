@@ -1,0 +1,153 @@
+"""docs/install.md, followed literally on a clean director of the lab.
+
+Every ```sh block of the doc (tests/unit/test_install_doc.py says which blocks are
+steps and why the others are not) runs, in order, as one root shell script inside
+the lab director's network namespace: the wheel into /opt/lvsguard, the lvsguard
+user from the sysusers file, the config and the tokens, the units installed and
+started, ``lvsguard doctor`` (whose exit status must be 0), and at the end the
+uninstall. The wheel and its dependencies come from ``build/wheelhouse`` (``make
+wheelhouse`` on the host: the VM has no network) through pip's own
+``PIP_NO_INDEX``/``PIP_FIND_LINKS``, as a director behind a mirror would use them.
+
+The VM has no systemd: ``systemctl`` is tests/integration/systemctl_shim.py, which
+starts a unit's ``ExecStart=`` as its user with its capabilities, umask and
+directories, as systemd does. Between the start and the uninstall the test scrapes
+the exporter and asks the actuator's API, over the addresses the doc configured.
+
+It installs system-wide, so it runs only inside the lab VM, whose root is a
+throw-away overlay, and removes every trace (user, files, processes) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.topology import Lab
+from lvsguard import __version__
+from tests.unit.test_install_doc import DOC, steps
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parents[2]
+WHEELHOUSE = ROOT / "build" / "wheelhouse"
+SHIM = Path(__file__).resolve().parent / "systemctl_shim.py"
+UNITS = ("lvsguard-exporter.service", "lvsguard-actuator.service")
+TRACES = (
+    Path("/opt/lvsguard"),
+    Path("/usr/local/bin/lvsguard"),
+    Path("/etc/lvsguard"),
+    Path("/etc/sysusers.d/lvsguard.conf"),
+    Path("/var/lib/lvsguard"),
+    Path("/run/lvsguard"),
+    *(Path("/etc/systemd/system") / unit for unit in UNITS),
+)
+
+
+def the_wheel() -> Path:
+    wheels = sorted(WHEELHOUSE.glob(f"lvsguard-{__version__}-*.whl"))
+    if not wheels:
+        message = f"no {WHEELHOUSE.relative_to(ROOT)}/lvsguard-{__version__}-*.whl: run make wheelhouse on the host"
+        if os.environ.get("LVSGUARD_REQUIRE_PACKAGES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return wheels[-1]
+
+
+@pytest.fixture
+def director(lab: Lab) -> Iterator[tuple[Lab, Path]]:
+    """The lab and a working directory holding ``dist/`` and ``systemctl``; every trace removed afterwards."""
+    if os.environ.get("IPVS_VM_GUEST") != "1":
+        pytest.skip("installs system-wide: only inside the lab VM, whose root is a throw-away overlay")
+    wheel = the_wheel()
+    assert [p for p in TRACES if p.exists()] == [], "lvsguard is installed in this VM already"
+    work = Path(tempfile.mkdtemp(prefix="lvsguard-install-", dir="/tmp"))
+    (work / "dist").mkdir()
+    shutil.copy(wheel, work / "dist")
+    (work / "bin").mkdir()
+    (work / "bin" / "systemctl").write_text(f'#!/bin/sh\nexec /usr/bin/python3 {SHIM} "$@"\n')
+    (work / "bin" / "systemctl").chmod(0o755)
+    try:
+        yield lab, work
+    finally:
+        shell(lab, work, f"systemctl stop {' '.join(UNITS)}", check=False)
+        for path in TRACES:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for command in (["userdel", "lvsguard"], ["groupdel", "lvsguard"]):
+            subprocess.run(command, capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def shell(lab: Lab, work: Path, script: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``script`` as root in the director's namespace, in ``work``, with the doc reader's environment."""
+    env = {
+        "PATH": f"{work / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(work),
+        "LANG": "C.UTF-8",
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(WHEELHOUSE),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "LVSGUARD_SYSTEMCTL_STATE": str(work / "systemd"),
+    }
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.director.netns, "bash", "-c", f"set -eo pipefail\n{script}"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check:
+        logs = "".join(f"\n--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((work / "systemd").glob("*.log")))
+        assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}{logs}"
+    return done
+
+
+WAIT_FOR_THE_UNITS = """for i in $(seq 300); do
+    curl -s -o /dev/null http://127.0.0.1:9910/ && curl -s -o /dev/null http://127.0.0.1:9911/ && exit 0; sleep 0.2
+done; exit 1"""
+
+
+def test_install_md_step_by_step_on_a_clean_director(director: tuple[Lab, Path]) -> None:
+    """Each step in its own root shell, as a reader types it; before the doctor, the started units get to listen
+    (systemd returns from ``enable --now`` before a ``Type=simple`` service is up, and so does the shim)."""
+    lab, work = director
+    output = []
+    uninstall = []
+    for section, body in steps(DOC.read_text()):
+        if section == "Uninstall":
+            uninstall.append(body)
+            continue
+        if section.startswith("Check the director"):
+            shell(lab, work, WAIT_FOR_THE_UNITS)
+        output.append(shell(lab, work, body).stdout)
+    text = "".join(output)
+    assert f"lvsguard {__version__}" in text
+    assert "\n0 failed, " in text  # the doctor's summary; its exit status 0 let the step pass
+
+    token = Path("/etc/lvsguard/tokens").read_text().split(":", 1)[1].strip()
+    metrics = shell(lab, work, "curl -fsS http://127.0.0.1:9910/metrics").stdout
+    assert 'ipvs_source="netlink"' in metrics
+    backends = [line for line in metrics.splitlines() if line.startswith("ipvs_backend_weight{")]
+    assert len(backends) >= len(lab.nat.backends)
+    api = "http://127.0.0.1:9911/api/v1/services"
+    assert shell(lab, work, f"curl -s -o /dev/null -w '%{{http_code}}' {api}").stdout == "401"  # reads need a token
+    answer = shell(lab, work, f"curl -fsS -H 'Authorization: Bearer {token}' {api}").stdout
+    assert lab.nat.key.address in answer
+    owner = shell(lab, work, "stat -c '%U %a' /var/lib/lvsguard/actuator.db").stdout.split()
+    assert owner[0] == "lvsguard" and owner[1].endswith("0")  # the unit's user; closed to others
+
+    pids = {unit: int((work / "systemd" / f"{unit}.pid").read_text()) for unit in UNITS}
+    for body in uninstall:
+        shell(lab, work, body)
+    assert not Path("/opt/lvsguard").exists()
+    assert [unit for unit, pid in pids.items() if Path(f"/proc/{pid}").exists()] == []
