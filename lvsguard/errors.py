@@ -318,11 +318,16 @@ class TokenFileError(LvsguardError):
 
 
 class ClusterStoreError(LvsguardError):
-    """The cluster store (etcd) cannot be reached or refused a request; ``endpoint`` is the last one tried."""
+    """The cluster store (etcd) cannot be reached or refused a request; ``endpoint`` is the last one tried.
 
-    def __init__(self, message: str, *, endpoint: str = "", status: int = 0):
+    ``maybe_applied``: a member received the request and did not answer in time (or answered 5xx): a write
+    may still be committed once etcd's quorum is back.
+    """
+
+    def __init__(self, message: str, *, endpoint: str = "", status: int = 0, maybe_applied: bool = False):
         self.endpoint = endpoint
         self.status = status
+        self.maybe_applied = maybe_applied
         super().__init__(message)
 
 

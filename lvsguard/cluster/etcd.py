@@ -172,6 +172,7 @@ class EtcdClient:
         """POST ``body`` to ``/v3/<path>``, failing over between endpoints; the JSON reply."""
         payload = json.dumps(body).encode()
         errors: list[str] = []
+        sent = False
         with self._lock:
             for index in self._order():
                 ep = self.endpoints[index]
@@ -179,11 +180,14 @@ class EtcdClient:
                     reply = self._post(ep, path, payload, timeout or self.timeout)
                 except _Unreachable as exc:
                     errors.append(f"{ep.url}: {exc}")
+                    sent = sent or exc.sent
                     continue
                 self._first = index
                 return reply
         raise ClusterStoreError(
-            f"no etcd endpoint answered /v3/{path}: " + "; ".join(errors), endpoint=self.endpoints[-1].url
+            f"no etcd endpoint answered /v3/{path}: " + "; ".join(errors),
+            endpoint=self.endpoints[-1].url,
+            maybe_applied=sent,
         )
 
     def _post(self, ep: _Endpoint, path: str, payload: bytes, timeout: float) -> dict[str, Any]:
@@ -195,18 +199,20 @@ class EtcdClient:
             conn.timeout = timeout
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
+            requested = False
             try:
                 conn.request("POST", f"/v3/{path}", payload, {"Content-Type": "application/json"})
+                requested = True
                 response = conn.getresponse()
                 text = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._drop(ep)
                 if fresh or attempt == 2:
-                    raise _Unreachable(str(exc) or type(exc).__name__) from None
+                    raise _Unreachable(str(exc) or type(exc).__name__, sent=requested) from None
                 continue
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(ep)
-                raise _Unreachable(_describe(exc)) from None
+                raise _Unreachable(_describe(exc), sent=requested) from None
             return self._reply(ep, path, response.status, text)
         raise AssertionError("unreachable")
 
@@ -224,7 +230,7 @@ class EtcdClient:
         if not isinstance(reply, dict):
             raise ClusterStoreError(f"etcd {ep.url}/v3/{path}: not a JSON object", endpoint=ep.url, status=status)
         if status >= 500:
-            raise _Unreachable(f"HTTP {status}: {reply.get('message') or reply.get('error') or ''}".strip())
+            raise _Unreachable(f"HTTP {status}: {reply.get('message') or reply.get('error') or ''}".strip(), sent=True)
         if status >= 400:
             raise ClusterStoreError(
                 f"etcd {ep.url}/v3/{path}: HTTP {status}: {reply.get('message') or reply.get('error') or ''}",
@@ -327,7 +333,11 @@ class EtcdClient:
 
 
 class _Unreachable(Exception):
-    """This endpoint did not answer usefully: try the next one."""
+    """This endpoint did not answer usefully: try the next one. ``sent``: it may have received the request."""
+
+    def __init__(self, message: str, *, sent: bool):
+        self.sent = sent
+        super().__init__(message)
 
 
 def _describe(exc: BaseException) -> str:

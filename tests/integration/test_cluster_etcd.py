@@ -141,3 +141,20 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
         without = EtcdClient([server.url], ca_file=str(files.ca), timeout=2.0)
         with pytest.raises(ClusterStoreError, match=server.url):
             without.get("/t/tls")
+
+
+def test_a_request_a_member_got_without_answering_may_still_apply() -> None:
+    """Refused connections: the request never left, nothing can come of it. A silent member: it may commit later."""
+    import socket
+
+    refused = EtcdClient([f"http://127.0.0.1:{free_port()}"], timeout=0.5)
+    with pytest.raises(ClusterStoreError) as never_sent:
+        refused.put("/t/x", "1")
+    assert never_sent.value.maybe_applied is False
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        client = EtcdClient([f"http://127.0.0.1:{silent.getsockname()[1]}"], timeout=0.5)
+        with pytest.raises(ClusterStoreError, match="timed out") as unanswered:
+            client.put("/t/x", "1")
+    assert unanswered.value.maybe_applied is True

@@ -130,13 +130,12 @@ def converge(s: Session, records: list[ClusterHold]) -> list[Outcome]:
 
 
 def _unreachable(s: Session, action: str, target: Target, actor: Actor, exc: ClusterStoreError) -> Outcome:
-    return s.finish(
-        Outcome(
-            action,
-            target,
-            Result.ERROR,
-            f"{target}: nothing changed, the cluster store cannot be reached: {exc}",
-            reason=STORE_REASON,
-        ),
-        actor,
-    )
+    """Nothing changed here. A write that an etcd member received without answering may still commit."""
+    if exc.maybe_applied:
+        message = (
+            f"{target}: not confirmed by the cluster store, nothing changed here yet: {exc}; etcd may still "
+            "record it once its quorum is back, and then every director applies it (see lvsguard status --cluster)"
+        )
+    else:
+        message = f"{target}: nothing changed, the cluster store cannot be reached: {exc}"
+    return s.finish(Outcome(action, target, Result.ERROR, message, reason=STORE_REASON), actor)
