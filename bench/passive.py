@@ -7,9 +7,23 @@ the state) and times full reads of /proc/net/ip_vs_conn, one pass of the
 detector's reader over all of it, and one pass capped at 10 000 entries. Part 2 makes real HTTP connections through the NAT service
 with ``net.ipv4.vs.conntrack=1`` and measures the CPU of ``conntrack -E``
 (Debian's conntrack package) per 1 000 connections, for all events and for
-the DESTROY group alone (the kernel filters by multicast group).
+the DESTROY group alone (the kernel filters by multicast group). Part 3
+runs the detector with ``source: conntrack`` (its kernel-filtered ctnetlink
+socket) in a thread and reads that thread's CPU time from
+/proc/self/task/TID/stat: while HTTP requests go through the NAT service as
+fast as the client makes them, and while spoofed SYNs come at 1 000 a second
+(the real servers answer each: a NEW and a SYN_RECV event, what a real
+connection leaves after the filter), with the table empty and with 100 000
+ESTABLISHED entries (``--established``).
 
     lab/vm.sh --mem 1024 .venv/bin/python bench/passive.py [--sizes 10000 100000] [--connections 2000]
+    lab/vm.sh --mem 1024 .venv/bin/python bench/passive.py --only-detector [--established 100000]
+    .venv/bin/python bench/passive.py --replay [--rate 1000]     # on the host, no VM
+
+``--replay`` measures the detector's own work without UML's costs: another
+process sends recorded, filtered events (``tests/fixtures/netlink/
+conntrack_events.bin``: a NEW and a SYN_RECV per handshake) over a datagram
+socket at ``--rate`` handshakes a second to the same detector thread.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,9 +40,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import synflood, traffic
-from lab.topology import VIP_DR, Lab
-from lvsguard.exporter.passive.conntable import ConnTableReader
+from lab import conntrack, synflood, traffic
+from lab.topology import VIP_DR, VIP_NAT, Lab
+from lvsguard.config.passive import CONNTRACK, PassiveConfig
+from lvsguard.exporter.passive.conntable import ConnTableReader, PassCounts
+from lvsguard.exporter.passive.metrics import PassiveMetrics
+from lvsguard.exporter.passive.runner import PassiveDetector
 from lvsguard.ipvs.netns import entered
 
 CONN_TABLE = "/proc/thread-self/net/ip_vs_conn"
@@ -103,14 +121,190 @@ def conntrack_events(lab: Lab, connections: int, events: str | None) -> dict[str
     return {"events": lines, "cpu": cpu, "wall": wall, "enobufs": lost}
 
 
+def _thread_cpu(tid: int) -> float:
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Detector:
+    """The conntrack-source detector on its thread, the handshakes it counted, its thread's CPU seconds."""
+
+    def __init__(self, lab: Lab) -> None:
+        config = PassiveConfig(enabled=True, source=CONNTRACK, min_failures=1, min_passes=1, chance=0.05)
+        self.detector = PassiveDetector(config, lab.director.netns, PassiveMetrics())
+        self.handshakes = 0
+        observe = self.detector.judge.observe
+
+        def counting(counts: PassCounts, now: float) -> list:  # type: ignore[type-arg]  # the rule's own list
+            self.handshakes += sum(counts.attempts.values())
+            return observe(counts, now)
+
+        self.detector.judge.observe = counting  # type: ignore[method-assign]  # a bench's probe, not production
+        self.detector.start()
+        time.sleep(1.0)
+        assert self.detector._thread is not None and self.detector._thread.native_id is not None
+        self.tid = self.detector._thread.native_id
+
+    def cpu(self) -> float:
+        return _thread_cpu(self.tid)
+
+    def stop(self) -> None:
+        self.detector.stop()
+
+
+def syn_load(lab: Lab, rate: float, seconds: float, start: int) -> int:
+    """Spoofed SYNs to the NAT service at ``rate`` a second (in batches every 50 ms); how many were sent."""
+    sent, t0 = 0, time.monotonic()
+    while (elapsed := time.monotonic() - t0) < seconds:
+        due = int(rate * elapsed) - sent
+        if due > 0:
+            sent += synflood.syn_flood(lab.client.netns, VIP_NAT, 80, start + sent, due)
+        time.sleep(0.05)
+    return sent
+
+
+def detector_costs(lab: Lab, established: int, seconds: float, connections: int) -> list[str]:
+    """Rows of the detector's CPU table: HTTP as fast as the client goes, 1 000 SYNs/s, with and without a full table."""
+    conntrack.track(lab.director.netns)
+    rows = []
+    d = Detector(lab)
+    try:
+        c0, t0, h0 = d.cpu(), time.monotonic(), d.handshakes
+        traffic.http_get(lab, VIP_NAT, 80, connections)
+        wall = time.monotonic() - t0
+        time.sleep(1.5)
+        cpu = d.cpu() - c0
+        rows.append(
+            f"| HTTP requests, {connections / wall:.0f}/s | {entries(lab):,} | {d.handshakes - h0} "
+            f"| {cpu:.2f} s | {100 * cpu / (wall + 1.5):.1f} % | {1e6 * cpu / max(1, d.handshakes - h0):.0f} µs |"
+        )
+        for size in (0, established):
+            if size:
+                fill(lab, size, 0)
+                for rs in lab.real_servers:  # let the real servers answer the SYNs of the load again
+                    subprocess.run(
+                        ["ip", "netns", "exec", rs.netns, "iptables-legacy", "-D", "INPUT", "-s"]
+                        + [synflood.SPOOF_PREFIX + "0/24", "-j", "DROP"],
+                        check=True,
+                    )
+            n = entries(lab)
+            c0, t0, h0 = d.cpu(), time.monotonic(), d.handshakes
+            sent = syn_load(lab, 1000.0, seconds, 10_000_000 + 100_000 * len(rows))
+            wall = time.monotonic() - t0
+            cpu = d.cpu() - c0
+            rows.append(
+                f"| spoofed SYNs, {sent / wall:.0f}/s | {n:,} | {d.handshakes - h0} | {cpu:.2f} s "
+                f"| {100 * cpu / wall:.1f} % | {1e6 * cpu / max(1, d.handshakes - h0):.0f} µs |"
+            )
+    finally:
+        d.stop()
+        conntrack.untrack(lab.director.netns)
+    return rows
+
+
+FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "netlink" / "conntrack_events.bin"
+
+
+def _handshakes() -> list[tuple[bytes, bytes]]:
+    """(NEW, SYN_RECV) message pairs of the recording, for NAT connections."""
+    from lvsguard.exporter.passive.ctevents import ANSWERED, NEW, parse_event
+
+    data, messages, i = FIXTURE.read_bytes(), [], 0
+    while i < len(data):
+        length = int.from_bytes(data[i : i + 4], sys.byteorder)
+        messages.append(data[i : i + length])
+        i += (length + 3) & ~3
+    new: dict[bytes, bytes] = {}
+    pairs = []
+    for m in messages:
+        e = parse_event(m)
+        if e is None or e.backend is None:
+            continue
+        if e.kind == NEW:
+            new[e.key] = m
+        elif e.kind == ANSWERED and e.key in new:
+            pairs.append((new.pop(e.key), m))
+    return pairs
+
+
+def _send(sock: socket.socket, rate: float, seconds: float) -> None:
+    pairs = _handshakes()
+    sent, t0 = 0, time.monotonic()
+    while (elapsed := time.monotonic() - t0) < seconds:
+        for _ in range(int(rate * elapsed) - sent):
+            first, second = pairs[sent % len(pairs)]
+            sock.send(first)
+            sock.send(second)
+            sent += 1
+        time.sleep(0.01)
+
+
+def replay(rate: float, seconds: float) -> str:
+    """The detector thread's CPU while another process sends ``rate`` recorded handshakes a second."""
+    import multiprocessing
+
+    from lvsguard.exporter.passive.ctevents import ConntrackEvents
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    config = PassiveConfig(enabled=True, source=CONNTRACK, min_failures=1, min_passes=1, chance=0.05)
+    detector = PassiveDetector(config, None, PassiveMetrics())
+    detector.events = ConntrackEvents(ours, handshake_timeout=config.handshake_timeout)
+    counted = [0]
+    observe = detector.judge.observe
+
+    def counting(counts: PassCounts, now: float) -> list:  # type: ignore[type-arg]  # the rule's own list
+        counted[0] += sum(counts.attempts.values())
+        return observe(counts, now)
+
+    detector.judge.observe = counting  # type: ignore[method-assign]  # a bench's probe, not production
+    detector.start()
+    time.sleep(0.5)
+    assert detector._thread is not None and detector._thread.native_id is not None
+    tid = detector._thread.native_id
+    sender = multiprocessing.get_context("fork").Process(target=_send, args=(theirs, rate, seconds))
+    c0, t0 = _thread_cpu(tid), time.monotonic()
+    sender.start()
+    sender.join()
+    time.sleep(1.2)  # the last events and a pass
+    cpu, wall = _thread_cpu(tid) - c0, time.monotonic() - t0
+    detector.stop()
+    n = counted[0]
+    return (
+        f"| replayed handshakes, {rate:.0f}/s | {n} | {cpu:.2f} s | {100 * cpu / wall:.1f} % "
+        f"| {1e6 * cpu / max(1, n):.0f} µs |"
+    )
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000, 10000, 20000, 40000, 100000])
     ap.add_argument("--connections", type=int, default=2000)
+    ap.add_argument("--only-detector", action="store_true", help="part 3 only")
+    ap.add_argument("--established", type=int, default=100_000, help="part 3: entries in the full table")
+    ap.add_argument("--seconds", type=float, default=10.0, help="part 3: seconds of SYN load")
+    ap.add_argument("--replay", action="store_true", help="the detector's own CPU on the host, recorded events")
+    ap.add_argument("--rate", type=float, nargs="*", default=[1000.0, 5000.0], help="--replay: handshakes a second")
     args = ap.parse_args(argv)
+    if args.replay:
+        print(
+            "| load (conntrack source, host) | handshakes counted | detector thread CPU | share of a core | per handshake |"
+        )
+        print("|---|---:|---:|---:|---:|")
+        for rate in args.rate:
+            print(replay(rate, args.seconds), flush=True)
+        return 0
     lab = Lab(3)
     lab.build()
     try:
+        if args.only_detector:
+            print(
+                "| load (conntrack source) | IPVS entries | handshakes counted | detector thread CPU | share of a core | per handshake |"
+            )
+            print("|---|---:|---:|---:|---:|---:|")
+            for row in detector_costs(lab, args.established, args.seconds, args.connections):
+                print(row, flush=True)
+            return 0
         print(
             "| entries in the table | text | full read: wall | CPU | detector pass: wall | CPU "
             "| pass capped at 10 000: wall |"

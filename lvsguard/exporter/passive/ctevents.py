@@ -45,8 +45,10 @@ IPv4 and for IPv6, or NAT rules). docs/probes.md has the comparison.
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import errno
 import ipaddress
+import os
 import select
 import socket
 import struct
@@ -104,54 +106,106 @@ def _attrs(buf: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
     return out
 
 
-def _tuple(buf: bytes, span: tuple[int, int]) -> tuple[str, int, str, int, int] | None:
-    """(source, source port, destination, destination port, family) of a CTA_TUPLE_*; None if not TCP."""
-    parts = _attrs(buf, *span)
-    if CTA_TUPLE_IP not in parts or CTA_TUPLE_PROTO not in parts:
+def _tuple(buf: bytes, start: int, end: int) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """The raw (source address, source port, destination address, destination port) of a TCP CTA_TUPLE_*."""
+    src = dst = sport = dport = b""
+    tcp = False
+    unpack = _ATTR.unpack_from
+    while start + 4 <= end:
+        length, kind = unpack(buf, start)
+        if length < 4:
+            return None
+        inner, stop = start + 4, min(start + length, end)
+        kind &= 0x3FFF
+        while inner + 4 <= stop:
+            n, k = unpack(buf, inner)
+            if n < 4:
+                return None
+            value = buf[inner + 4 : inner + n]
+            if kind == CTA_TUPLE_IP:
+                if k in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
+                    src = value
+                elif k in (CTA_IP_V4_DST, CTA_IP_V6_DST):
+                    dst = value
+            elif kind == CTA_TUPLE_PROTO:
+                if k == CTA_PROTO_NUM:
+                    tcp = value[:1] == b"\x06"
+                elif k == CTA_PROTO_SRC_PORT:
+                    sport = value[:2]
+                elif k == CTA_PROTO_DST_PORT:
+                    dport = value[:2]
+            inner += (n + 3) & ~3
+        start += (length + 3) & ~3
+    if not tcp or len(src) not in (4, 16) or len(dst) != len(src) or len(sport) != 2 or len(dport) != 2:
         return None
-    proto = _attrs(buf, *parts[CTA_TUPLE_PROTO])
-    if CTA_PROTO_NUM not in proto or buf[proto[CTA_PROTO_NUM][0]] != socket.IPPROTO_TCP:
-        return None
-    ip = _attrs(buf, *parts[CTA_TUPLE_IP])
-    if CTA_IP_V4_SRC in ip and CTA_IP_V4_DST in ip:
-        (s0, s1), (d0, d1), family = ip[CTA_IP_V4_SRC], ip[CTA_IP_V4_DST], 4
-        src, dst = str(ipaddress.IPv4Address(buf[s0:s1])), str(ipaddress.IPv4Address(buf[d0:d1]))
-    elif CTA_IP_V6_SRC in ip and CTA_IP_V6_DST in ip:
-        (s0, s1), (d0, d1), family = ip[CTA_IP_V6_SRC], ip[CTA_IP_V6_DST], 6
-        src, dst = str(ipaddress.IPv6Address(buf[s0:s1])), str(ipaddress.IPv6Address(buf[d0:d1]))
-    else:
-        return None
-    sport = _PORT.unpack_from(buf, proto[CTA_PROTO_SRC_PORT][0])[0] if CTA_PROTO_SRC_PORT in proto else 0
-    dport = _PORT.unpack_from(buf, proto[CTA_PROTO_DST_PORT][0])[0] if CTA_PROTO_DST_PORT in proto else 0
-    return src, sport, dst, dport, family
+    return src, sport, dst, dport
 
 
-def _tcp_state(buf: bytes, top: dict[int, tuple[int, int]]) -> int | None:
-    if CTA_PROTOINFO not in top:
+def _tcp_state(buf: bytes, start: int, end: int) -> int | None:
+    """CTA_PROTOINFO_TCP_STATE in a CTA_PROTOINFO: the kernel puts CTA_PROTOINFO_TCP first and the state first in it."""
+    if start + 9 > end:
         return None
-    tcp = _attrs(buf, *top[CTA_PROTOINFO]).get(CTA_PROTOINFO_TCP)
-    if tcp is None:
-        return None
-    state = _attrs(buf, *tcp).get(CTA_PROTOINFO_TCP_STATE)
+    outer, inner = _ATTR.unpack_from(buf, start), _ATTR.unpack_from(buf, start + 4)
+    if outer[1] & 0x3FFF == CTA_PROTOINFO_TCP and inner[1] & 0x3FFF == CTA_PROTOINFO_TCP_STATE and inner[0] >= 5:
+        return buf[start + 8]
+    tcp = _attrs(buf, start, end).get(CTA_PROTOINFO_TCP)
+    state = _attrs(buf, *tcp).get(CTA_PROTOINFO_TCP_STATE) if tcp is not None else None
     return buf[state[0]] if state is not None else None
+
+
+_BACKENDS: dict[bytes, Backend] = {}  # raw VIP, port, real server, port -> the keys (the same few, parsed once)
+MAX_BACKENDS = 100_000
+
+
+def _backend(vip: bytes, vport: bytes, rip: bytes, rport: bytes) -> Backend:
+    raw = vip + vport + rip + rport
+    found = _BACKENDS.get(raw)
+    if found is None:
+        family = 4 if len(vip) == 4 else 6
+        address = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        found = (
+            ServiceKey("TCP", str(address(vip)), _PORT.unpack(vport)[0], family=family),
+            RealServerKey(str(address(rip)), _PORT.unpack(rport)[0], family),
+        )
+        if len(_BACKENDS) >= MAX_BACKENDS:
+            _BACKENDS.clear()
+        _BACKENDS[raw] = found
+    return found
 
 
 def parse_event(buf: bytes, start: int = 0) -> Event | None:
     """The event of the netlink message at ``buf[start:]``; None for one this source does not count.
 
     The same test as the socket filter, so that an unfiltered socket (tests,
-    a kernel that refused the filter) counts the same.
+    a kernel that refused the filter) counts the same. About 10 µs a message
+    on the host: the tuples are compared as raw bytes and the keys of a
+    service and real server are built once.
     """
     length, kind, flags, _, _ = NLMSG_HDR.unpack_from(buf, start)
     end = start + length
-    top = _attrs(buf, start + ATTRS_AT, end)
-    if CTA_TUPLE_ORIG not in top or CTA_TUPLE_REPLY not in top:
+    orig = reply = status = protoinfo = None
+    at = start + ATTRS_AT
+    unpack = _ATTR.unpack_from
+    while at + 4 <= end:
+        n, k = unpack(buf, at)
+        if n < 4:
+            return None
+        k &= 0x3FFF
+        if k == CTA_TUPLE_ORIG:
+            orig = (at + 4, min(at + n, end))
+        elif k == CTA_TUPLE_REPLY:
+            reply = (at + 4, min(at + n, end))
+        elif k == CTA_STATUS:
+            status = _STATUS.unpack_from(buf, at + 4)[0]
+        elif k == CTA_PROTOINFO:
+            protoinfo = (at + 4, min(at + n, end))
+        at += (n + 3) & ~3
+    if orig is None or reply is None or protoinfo is None:
         return None
-    state = _tcp_state(buf, top)
+    state = _tcp_state(buf, *protoinfo)
     message = kind & 0xFF
     if message == IPCTNL_MSG_CT_DELETE:
-        status = _STATUS.unpack_from(buf, top[CTA_STATUS][0])[0] if CTA_STATUS in top else IPS_SEEN_REPLY
-        if state != CLOSE or status & IPS_SEEN_REPLY:
+        if state != CLOSE or status is None or status & IPS_SEEN_REPLY:
             return None
         what = REFUSED_EVENT
     elif message == IPCTNL_MSG_CT_NEW and state == SYN_SENT and flags & NLM_F_CREATE:
@@ -160,16 +214,16 @@ def parse_event(buf: bytes, start: int = 0) -> Event | None:
         what = ANSWERED
     else:
         return None
-    orig = _tuple(buf, top[CTA_TUPLE_ORIG])
-    reply = _tuple(buf, top[CTA_TUPLE_REPLY])
-    if orig is None or reply is None:
+    forward = _tuple(buf, *orig)
+    backward = _tuple(buf, *reply)
+    if forward is None or backward is None:
         return None
-    key = buf[top[CTA_TUPLE_ORIG][0] : top[CTA_TUPLE_ORIG][1]]
-    _, _, vip, vport, family = orig
-    rip, rport, _, _, _ = reply
-    if (rip, rport) == (vip, vport):  # not rewritten: direct routing, tunnelling, or no IPVS at all
+    key = buf[orig[0] : orig[1]]
+    _, _, vip, vport = forward
+    rip, rport, _, _ = backward
+    if rip == vip and rport == vport:  # not rewritten: direct routing, tunnelling, or no IPVS at all
         return Event(what, key, None)
-    return Event(what, key, (ServiceKey("TCP", vip, vport, family=family), RealServerKey(rip, rport, family)))
+    return Event(what, key, _backend(vip, vport, rip, rport))
 
 
 # --- the socket filter (classic BPF) ------------------------------------------------------------------------------
@@ -259,6 +313,77 @@ def open_socket(kernel_filter: bool = True) -> socket.socket:
     return sock
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_Iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+SLOT = 4096  # bytes per message received: an event is 200-300
+VLEN = 64  # messages per recvmmsg(2)
+MAX_DRAIN = 64  # recvmmsg(2) calls per drain at most (4 096 events)
+MSG_DONTWAIT, MSG_TRUNC = 0x40, 0x20
+
+
+class Receiver:
+    """Up to ``VLEN`` netlink messages per system call (recvmmsg(2) through libc); ``recv`` without it.
+
+    Each event is a datagram of its own, and a system call costs tens of
+    microseconds under UML: one call for a batch instead of one per event.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = ctypes.create_string_buffer(SLOT * VLEN)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._recvmmsg = getattr(libc, "recvmmsg", None)
+        self._vec = (_Mmsghdr * VLEN)()
+        self._iov = (_Iovec * VLEN)()
+        base = ctypes.addressof(self.buf)
+        for i in range(VLEN):
+            self._iov[i].iov_base = base + i * SLOT
+            self._iov[i].iov_len = SLOT
+            self._vec[i].msg_hdr.msg_iov = ctypes.pointer(self._iov[i])
+            self._vec[i].msg_hdr.msg_iovlen = 1
+
+    def receive(self) -> list[bytes]:
+        """The messages waiting, at most ``VLEN``; [] when none. Raises OSError (ENOBUFS: events were lost)."""
+        if self._recvmmsg is None:
+            try:
+                return [self.sock.recv(SLOT)]
+            except BlockingIOError:
+                return []
+        n = self._recvmmsg(self.sock.fileno(), self._vec, VLEN, MSG_DONTWAIT, None)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return []
+            raise OSError(err, os.strerror(err))
+        raw = self.buf.raw if n > 8 else None
+        out = []
+        for i in range(n):
+            size = self._vec[i].msg_len
+            if self._vec[i].msg_hdr.msg_flags & MSG_TRUNC:
+                continue
+            at = i * SLOT
+            out.append(raw[at : at + size] if raw is not None else ctypes.string_at(self._iov[i].iov_base, size))
+        return out
+
+
 class ConntrackEvents:
     """Counts handshakes from a ctnetlink socket; ``read_pass`` returns what ended since the last call.
 
@@ -285,34 +410,35 @@ class ConntrackEvents:
         self._pending: dict[bytes, tuple[Backend, float]] = {}  # handshakes under way, oldest first
         self._late: dict[bytes, float] = {}  # timed out: a late answer is not counted again
         self._counts = PassCounts()
-        self._buf = bytearray(1 << 16)
+        self._receiver = Receiver(sock)
 
     def close(self) -> None:
         self.sock.close()
 
     def _drain(self) -> None:
-        view = memoryview(self._buf)
-        while True:
+        """Read and count what is waiting, at most ``MAX_DRAIN`` batches: a flood must not starve the judging."""
+        now = self.clock()  # one reading per drain: a clock read is a system call under UML
+        for _ in range(MAX_DRAIN):
             try:
-                n = self.sock.recv_into(self._buf)
-            except BlockingIOError:
-                return
+                batch = self._receiver.receive()
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
                 self.lost += 1
                 self._pending.clear()  # an answer may be among the lost events: no timeout from these
                 continue
-            data = bytes(view[:n])
-            start = 0
-            while start + NLMSG_HDR.size <= n:
-                length = NLMSG_HDR.unpack_from(data, start)[0]
-                if length < NLMSG_HDR.size:
-                    break
-                event = parse_event(data, start)
-                if event is not None:
-                    self._count(event, self.clock())
-                start += (length + 3) & ~3
+            if not batch:
+                return
+            for data in batch:
+                start, n = 0, len(data)
+                while start + NLMSG_HDR.size <= n:
+                    length = NLMSG_HDR.unpack_from(data, start)[0]
+                    if length < NLMSG_HDR.size:
+                        break
+                    event = parse_event(data, start)
+                    if event is not None:
+                        self._count(event, now)
+                    start += (length + 3) & ~3
 
     def _count(self, event: Event, now: float) -> None:
         counts = self._counts
