@@ -55,3 +55,37 @@ def test_a_missing_table_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptur
         (tmp_path / "none").write_text(HEADER)
         detector.tick()
     assert caplog.text.count("passive_paused") == 1 and "passive_resumed" in caplog.text
+
+
+def test_conntrack_events_are_judged_as_they_come(caplog: pytest.LogCaptureFixture) -> None:
+    """``source: conntrack``: answered handshakes on two peers, then one refusal: a verdict on it at the next tick."""
+    import socket
+
+    from lvsguard.exporter.passive.ctevents import ConntrackEvents
+    from tests.unit.test_passive_ctevents import messages
+
+    recorded = messages()  # 0/1: rs1 NEW, refused; 4/5: rs2 NEW, answered; 12/13: rs3 NEW, answered
+    now = [0.0]
+    got: list[Verdict] = []
+    config = PassiveConfig(enabled=True, source="conntrack", min_failures=1, min_passes=1, chance=0.05)
+    detector = PassiveDetector(config, None, PassiveMetrics(), on_verdict=got.append, clock=lambda: now[0])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    detector.events = ConntrackEvents(ours, clock=lambda: now[0])
+    try:
+        for _ in range(30):  # 30 s of two clean peers: their window is full
+            now[0] += 1.0
+            for i in (4, 5, 12, 13):
+                theirs.send(recorded[i])
+            assert detector.tick() == []
+        theirs.send(recorded[0])
+        theirs.send(recorded[1])
+        with caplog.at_level(logging.WARNING, logger="lvsguard.exporter.passive"):
+            detector.tick()
+    finally:
+        ours.close()
+        theirs.close()
+    assert [(v.real_server, v.reason, v.failures) for v in got] == [
+        (RealServerKey.parse("10.0.1.2:8080"), "refused", 1)
+    ]
+    assert "passive_verdict" in caplog.text
