@@ -2,17 +2,17 @@
 
 Runs inside the lab VM (by hand: ``lab/vm.sh --mem 1024 .venv/bin/python
 bench/cluster_converge.py --runs 30``). It builds ``lab.cluster.ClusterLab``:
-a three-member etcd 3.4 (Debian's etcd-server) in namespaces and three
-directors, each with its own IPVS table and a real ``lvsguard actuator``
-process with ``cluster.store: etcd``. Then, ``--runs`` times, alternating:
+a three-member etcd 3.4 (Debian's etcd-server) in namespaces and the
+directors (``--directors``, default 3), each with its own IPVS table and a
+real ``lvsguard actuator`` process with ``cluster.store: etcd``. Then, ``--runs`` times, alternating:
 
 1. **etcd put (the floor)**: one put through the JSON gateway from the VM's
    own namespace (``lvsguard.cluster.etcd.EtcdClient``, a kept-alive
    connection), as the actuator's own client does it: what etcd's commit (a
    Raft round and an fsync on the members) costs at this moment;
-2. **quarantine**: ``POST /api/v1/quarantine`` to one director (dir1, dir2,
-   dir3 in turn); from the request, the time until each director's kernel has
-   the real server at weight 0 (netlink, each kernel polled every 2 ms);
+2. **quarantine**: ``POST /api/v1/quarantine`` to one director (each in
+   turn); from the request, the time until each director's kernel has the
+   real server at weight 0 (netlink, each kernel polled every 2 ms);
 3. **restore**: ``POST /api/v1/restore`` to the next director; the time until
    every kernel has the weight back.
 
@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -84,9 +85,12 @@ def wait_kernels(kernels: dict[str, NetlinkIPVS], weight: int, started: float) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument(
+        "--directors", type=int, default=3, help="directors (each its own actuator); 10 needs --mem 2048"
+    )
     args = parser.parse_args(argv)
-    lab = ClusterLab(3, actuator={"rate_limit": {"actions": 0}})
-    print("building the cluster lab (etcd + 3 directors with their actuators) ...", flush=True)
+    lab = ClusterLab(args.directors, actuator={"rate_limit": {"actions": 0}})
+    print(f"building the cluster lab (etcd + {args.directors} directors with their actuators) ...", flush=True)
     lab.build()
     names = [d.name for d in lab.directors]
     kernels = {d.name: NetlinkIPVS(d.netns) for d in lab.directors}
@@ -113,16 +117,25 @@ def main(argv: list[str] | None = None) -> int:
             client.put("/bench/floor", str(run))
             results["put"].append(time.monotonic() - started)
             for action, weight, origin in (
-                ("quarantine", 0, names[run % 3]),
-                ("restore", REAL_SERVERS[TARGET][1], names[(run + 1) % 3]),
+                ("quarantine", 0, names[run % len(names)]),
+                ("restore", REAL_SERVERS[TARGET][1], names[(run + 1) % len(names)]),
             ):
                 seen_before = len(events)
+                replies: list[tuple[tuple[int, dict[str, Any]], float]] = []
+
+                def request(origin: str = origin, action: str = action) -> None:
+                    body = {"service": "web", "real_server": TARGET}
+                    replies.append((lab.call(origin, f"/api/v1/{action}", body), time.monotonic()))
+
                 started = time.monotonic()
-                status, reply = lab.call(origin, f"/api/v1/{action}", {"service": "web", "real_server": TARGET})
-                answered = time.monotonic() - started
+                caller = threading.Thread(target=request)
+                caller.start()  # the reply waits for every director (the fleet's confirmation): poll meanwhile
+                seen = wait_kernels(kernels, weight, started)
+                caller.join()
+                (status, reply), at = replies[0]
+                answered = at - started
                 if status != 200 or reply.get("result") != "applied":
                     raise RuntimeError(f"{action} through {origin}: {status} {reply}")
-                seen = wait_kernels(kernels, weight, started)
                 results[f"{action}_all"].append(max(seen.values()))
                 if len(events) > seen_before:
                     results["record"].append(events[seen_before] - started)
@@ -150,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| measure | p50 | p99 | min-max | n |")
     print("|---|---:|---:|---:|---:|")
     print(row("etcd put round trip (the floor)", results["put"]))
-    print(row("quarantine -> weight 0 on all 3 directors", results["quarantine_all"]))
-    print(row("restore -> weight back on all 3 directors", results["restore_all"]))
+    n = len(names)
+    print(row(f"quarantine -> weight 0 on all {n} directors", results["quarantine_all"]))
+    print(row(f"restore -> weight back on all {n} directors", results["restore_all"]))
     print(row("request -> the record's change seen by a watch", results["record"]))
     print(row("API reply on the director that acted", origin_share))
     print(row("a watching director's share (watch event -> kernel)", results["apply"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "cluster_converge.json"
+    out = RESULTS / f"cluster_converge_{len(names)}.json"
     out.write_text(json.dumps({"results": results, "per_director": per_director, "origin": origin_share}, indent=1))
     print(f"\nwrote {out}")
     return 0
