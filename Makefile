@@ -72,6 +72,8 @@ deb: apt
 # The wheel and its director dependencies as files, for the kernel test that follows
 # docs/install.md in the lab VM (which has no network) through pip's PIP_FIND_LINKS.
 WHEELHOUSE := build/wheelhouse
+# Not $(MAKE): a recipe line that names it runs even under `make -n`, and this one runs the tests.
+SUBMAKE := $(MAKE)
 wheelhouse: venv
 	@echo "== building the wheelhouse"
 	@rm -rf $(WHEELHOUSE) && $(PY) -m pip wheel -q --disable-pip-version-check -w $(WHEELHOUSE) '.[director]'
@@ -80,7 +82,7 @@ test: setup
 	@rc=0; \
 	echo "== unit tests and host-side integration tests (host)"; \
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q -p no:cacheprovider || rc=1; \
-	$(MAKE) --no-print-directory deb wheelhouse || rc=1; \
+	$(SUBMAKE) --no-print-directory deb wheelhouse || rc=1; \
 	echo "== kernel tests (lab VM)"; \
 	$(LAB_VM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_PACKAGES=1 $(PY) -m pytest tests/integration -q -p no:cacheprovider \
 		-m kernel --ignore=$(UI_TEST) || rc=1; \
