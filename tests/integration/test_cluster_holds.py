@@ -8,6 +8,7 @@ compare-and-swap quorum and the watch against a real etcd.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from flask import Flask
 from lvsguard.actuator.actions import Actions, Actor, Outcome
 from lvsguard.actuator.app import ActuatorState
 from lvsguard.actuator.ledger import Ledger
-from lvsguard.actuator.settings import ActuatorSettings, Quorum
+from lvsguard.actuator.settings import ActuatorSettings, Quorum, RateLimit
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.etcd import EtcdClient
 from lvsguard.config.cluster import ClusterConfig
@@ -299,3 +300,25 @@ def test_concurrent_conflicting_actions_keep_the_quorum_and_one_state(directors:
         settle(set())
 
     run()
+
+
+def test_many_holds_in_one_record_converge_in_one_batch(directors: Start) -> None:
+    """300 holds written at once (one record, one watch event): every director applies them all, and releases them."""
+    many = [RealServerKey.parse(f"10.1.{i // 250}.{i % 250 + 1}:80") for i in range(301)]
+    (d1,) = directors(1, real_servers=many, rate_limit=RateLimit(0, 60.0))
+    store = d1.actions.cluster
+    assert store is not None
+    holds = {
+        str(rs): {"dir9/api carol": {"action": "quarantine", "director": "dir9", "at": time.time()}} for rs in many[:-1]
+    }
+    store.client.put(store.key(WEB), json.dumps(holds))  # as a director with a bulk action would
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    while sum(d1.kernel.weight(WEB, rs) == 0 for rs in many) < 300:
+        assert time.monotonic() < deadline, sum(d1.kernel.weight(WEB, rs) == 0 for rs in many)
+        time.sleep(0.02)
+    assert d1.kernel.weight(WEB, many[-1]) == 5
+    assert len(d1.ledger.active_holds()) == 300
+    store.client.delete(store.key(WEB))
+    while sum(d1.kernel.weight(WEB, rs) == 5 for rs in many) < 301:
+        assert time.monotonic() < deadline + CONVERGE_TIMEOUT
+        time.sleep(0.02)
