@@ -12,7 +12,9 @@ wheelhouse`` on the host: the VM has no network) through pip's own
 The VM has no systemd: ``systemctl`` is tests/integration/systemctl_shim.py, which
 starts a unit's ``ExecStart=`` as its user with its capabilities, umask and
 directories, as systemd does. Between the start and the uninstall the test scrapes
-the exporter and asks the actuator's API, over the addresses the doc configured.
+the exporter and asks the actuator's API, over the addresses the doc configured, and
+a real Prometheus (Debian's) in the director's namespace scrapes both with the
+README's scrape jobs (targets and token file swapped for the lab's): both ``up``.
 
 It installs system-wide, so it runs only inside the lab VM, whose root is a
 throw-away overlay, and removes every trace (user, files, processes) at the end.
@@ -20,18 +22,25 @@ throw-away overlay, and removes every trace (user, files, processes) at the end.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from lab import monitoring
 from lab.topology import Lab
 from lvsguard import __version__
 from tests.unit.test_install_doc import DOC, steps
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -146,8 +155,62 @@ def test_install_md_step_by_step_on_a_clean_director(director: tuple[Lab, Path])
     owner = shell(lab, work, "stat -c '%U %a' /var/lib/lvsguard/actuator.db").stdout.split()
     assert owner[0] == "lvsguard" and owner[1].endswith("0")  # the unit's user; closed to others
 
+    prometheus_scrapes_both_with_the_readmes_jobs(lab, work, token)
+
     pids = {unit: int((work / "systemd" / f"{unit}.pid").read_text()) for unit in UNITS}
     for body in uninstall:
         shell(lab, work, body)
     assert not Path("/opt/lvsguard").exists()
     assert [unit for unit, pid in pids.items() if Path(f"/proc/{pid}").exists()] == []
+
+
+def readme_scrape_configs() -> list[dict[str, Any]]:
+    blocks = re.findall(r"^```ya?ml\n(.*?)^```", (ROOT / "README.md").read_text(), re.M | re.S)
+    configs = [yaml.safe_load(b) for b in blocks if "scrape_configs:" in b]
+    assert configs, "README.md has no scrape_configs block"
+    jobs: list[dict[str, Any]] = configs[0]["scrape_configs"]
+    return jobs
+
+
+def prometheus_scrapes_both_with_the_readmes_jobs(lab: Lab, work: Path, token: str) -> None:
+    """Debian's Prometheus, in the director's namespace, with the README's jobs pointed at this director."""
+    (work / "token").write_text(token)
+    jobs = readme_scrape_configs()
+    for job in jobs:
+        for static in job["static_configs"]:
+            static["targets"] = [f"127.0.0.1:{target.rsplit(':', 1)[1]}" for target in static["targets"][:1]]
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(work / "token")
+    assert sorted(job["job_name"] for job in jobs) == ["lvsguard-actuator", "lvsguard-exporter"]
+    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = monitoring.free_port()
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        lab.director.netns,
+        monitoring.binary(["prometheus"], "prometheus"),
+        f"--config.file={work / 'prometheus.yml'}",
+        f"--storage.tsdb.path={work / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    with open(work / "prometheus.log", "wb") as log:
+        prometheus = subprocess.Popen(argv, stdout=log, stderr=log)
+    try:
+        query = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": "up == 1"})
+
+        def up_jobs() -> list[str]:
+            assert prometheus.poll() is None, (work / "prometheus.log").read_text()[-2000:]
+            done = shell(lab, work, f"curl -s '{query}' || true")
+            try:
+                result = json.loads(done.stdout)["data"]["result"]
+            except (ValueError, KeyError):
+                return []
+            return sorted(row["metric"]["job"] for row in result)
+
+        wait_for(lambda: up_jobs() == ["lvsguard-actuator", "lvsguard-exporter"], "both jobs up", timeout=90, step=1)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
