@@ -26,7 +26,9 @@ The checks, in order (a later one may use what an earlier one found):
 - ``peer``: the other director's actuator (``actuator.failover_peer_url``)
   answers and knows its role;
 - ``tokens``: the token file is private (as the actuator requires);
-- ``ledger``: the ledger's directory exists and the ledger is not open to others.
+- ``ledger``: the ledger's directory exists and the ledger is not open to others;
+- ``cluster store``: with ``cluster.store: etcd``, every endpoint answers
+  (with the configured TLS files) and etcd has a leader (docs/cluster.md).
 
 A check that does not apply (nothing configured for it) is skipped, not
 failed. The exit status is 1 when any check failed.
@@ -116,6 +118,7 @@ class Doctor:
             self.check_peer,
             self.check_tokens,
             self.check_ledger,
+            self.check_cluster_store,
         ]
         results: list[Result] = []
         try:
@@ -413,6 +416,41 @@ class Doctor:
                     f"chmod o-rwx {file}",
                 )
         return ok("ledger", f"{path}: not open to others")
+
+    def check_cluster_store(self) -> Result:
+        """Each etcd endpoint on its own: one that does not answer is a failover the actuator will make."""
+        from lvsguard.cluster.etcd import EtcdClient
+
+        cluster = self.config.cluster
+        if not cluster.shared:
+            return skip("cluster store", f"cluster.store: {cluster.store}: holds stay in this director's ledger")
+        problems, leaders = [], set()
+        for endpoint in cluster.endpoints:
+            try:
+                client = EtcdClient(
+                    [endpoint],
+                    ca_file=cluster.ca_file,
+                    cert_file=cluster.cert_file,
+                    key_file=cluster.key_file,
+                    timeout=3.0,
+                )
+                leaders.add(str(client.status().get("leader", "")))
+                client.close()
+            except LvsguardError as exc:
+                problems.append(str(exc))
+        if problems:
+            return fail(
+                "cluster store",
+                f"{len(problems)} of {len(cluster.endpoints)} etcd endpoints: " + "; ".join(problems),
+                "start the etcd member, let this host reach it (firewall, https and the TLS files in cluster.*)",
+            )
+        if len(leaders) != 1 or "" in leaders or "0" in leaders:
+            return fail(
+                "cluster store",
+                f"the etcd members do not agree on a leader ({', '.join(sorted(leaders))})",
+                "etcdctl endpoint status --cluster: a member partitioned or a cluster without quorum",
+            )
+        return ok("cluster store", f"{len(cluster.endpoints)} etcd endpoints answer, one leader")
 
 
 # -- helpers ---------------------------------------------------------------------------------

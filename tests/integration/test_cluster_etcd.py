@@ -158,3 +158,21 @@ def test_a_request_a_member_got_without_answering_may_still_apply() -> None:
         with pytest.raises(ClusterStoreError, match="timed out") as unanswered:
             client.put("/t/x", "1")
     assert unanswered.value.maybe_applied is True
+
+
+def test_doctor_checks_every_etcd_endpoint(etcd: EtcdServer, tmp_path: Path) -> None:
+    from lvsguard.doctor import Doctor
+
+    def doctor(section: str) -> Doctor:
+        path = tmp_path / "lvsguard.yaml"
+        path.write_text(section)
+        d = Doctor(config_path=str(path))
+        assert d.check_config().status == "ok"
+        return d
+
+    assert doctor("cluster: {store: local}\n").check_cluster_store().status == "skip"
+    live = doctor(f"cluster: {{store: etcd, endpoints: ['{etcd.url}']}}\n").check_cluster_store()
+    assert (live.status, live.detail) == ("ok", "1 etcd endpoints answer, one leader")
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = doctor(f"cluster: {{store: etcd, endpoints: ['{etcd.url}', '{dead}']}}\n").check_cluster_store()
+    assert result.status == "fail" and result.detail.startswith("1 of 2 etcd endpoints: ") and dead in result.detail
