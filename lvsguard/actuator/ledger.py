@@ -429,17 +429,18 @@ class Ledger:
 
     def owned(self) -> frozenset[ServiceKey | tuple[ServiceKey, RealServerKey]]:
         """What the table reconciler created or adopted: service keys and (service, real server) pairs."""
-        out: set[ServiceKey | tuple[ServiceKey, RealServerKey]] = set()
-        for row in self.conn.execute("SELECT service, real_server FROM owned"):
-            service = ServiceKey.parse(row["service"])
-            out.add((service, RealServerKey.parse(row["real_server"])) if row["real_server"] else service)
-        return frozenset(out)
+        rows = self.conn.execute("SELECT service, real_server FROM owned")
+        return frozenset(_OWNED.get((s, r)) or _owned_key(s, r) for s, r in rows)
 
     def own(self, keys: Iterable[ServiceKey | tuple[ServiceKey, RealServerKey]]) -> None:
-        self.conn.executemany(
-            "INSERT OR IGNORE INTO owned (service, real_server, since) VALUES (?, ?, ?)",
-            [(*_owned_columns(key), self.now()) for key in keys],
-        )
+        rows = []
+        for key in keys:
+            columns = _owned_columns(key)
+            _OWNED[columns] = key  # the next ``owned`` need not parse what this process wrote
+            rows.append((*columns, self.now()))
+        if len(_OWNED) > OWNED_CACHE:
+            _OWNED.clear()
+        self.conn.executemany("INSERT OR IGNORE INTO owned (service, real_server, since) VALUES (?, ?, ?)", rows)
 
     def disown(self, keys: Iterable[ServiceKey | tuple[ServiceKey, RealServerKey]]) -> None:
         """Forget entries that are gone; a service takes its real servers' rows with it."""
@@ -547,6 +548,17 @@ def writer_lock(path: str, *, wait: float = 0.0) -> IO[bytes] | None:
                 lock.close()
                 return None
             time.sleep(0.1)
+
+
+OWNED_CACHE = 1 << 18
+_OWNED: dict[tuple[str, str], ServiceKey | tuple[ServiceKey, RealServerKey]] = {}
+"""The ``owned`` rows' keys this process wrote or read: every table run reads them all, 0.7 s for 11 000 to parse."""
+
+
+def _owned_key(service: str, real_server: str) -> ServiceKey | tuple[ServiceKey, RealServerKey]:
+    key = (ServiceKey.parse(service), RealServerKey.parse(real_server)) if real_server else ServiceKey.parse(service)
+    _OWNED[(service, real_server)] = key
+    return key
 
 
 def _owned_columns(key: ServiceKey | tuple[ServiceKey, RealServerKey]) -> tuple[str, str]:
