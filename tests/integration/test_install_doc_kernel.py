@@ -14,7 +14,10 @@ starts a unit's ``ExecStart=`` as its user with its capabilities, umask and
 directories, as systemd does. Between the start and the uninstall the test scrapes
 the exporter and asks the actuator's API, over the addresses the doc configured, and
 a real Prometheus (Debian's) in the director's namespace scrapes both with the
-README's scrape jobs (targets and token file swapped for the lab's): both ``up``.
+README's scrape jobs (targets and token file swapped for the lab's): both ``up``;
+and a real Alertmanager there, with the shipped alerts/alertmanager.yml (the
+actuator's URL and token file swapped), delivers a firing LvsRealServerDown to the
+installed actuator, which sets the real server's weight to 0 in the kernel.
 
 It installs system-wide, so it runs only inside the lab VM, whose root is a
 throw-away overlay, and removes every trace (user, files, processes) at the end.
@@ -30,6 +33,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +160,7 @@ def test_install_md_step_by_step_on_a_clean_director(director: tuple[Lab, Path])
     assert owner[0] == "lvsguard" and owner[1].endswith("0")  # the unit's user; closed to others
 
     prometheus_scrapes_both_with_the_readmes_jobs(lab, work, token)
+    alertmanager_reaches_the_actuator(lab, work)
 
     pids = {unit: int((work / "systemd" / f"{unit}.pid").read_text()) for unit in UNITS}
     for body in uninstall:
@@ -214,3 +219,63 @@ def prometheus_scrapes_both_with_the_readmes_jobs(lab: Lab, work: Path, token: s
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
+
+
+def alertmanager_reaches_the_actuator(lab: Lab, work: Path) -> None:
+    """Debian's Alertmanager, in the director's namespace, with the shipped example: a firing alert quarantines."""
+    config = monitoring.alertmanager_config(["http://127.0.0.1:9911/webhook/alertmanager"], work / "token")
+    (work / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = monitoring.free_port()
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        lab.director.netns,
+        monitoring.binary(["prometheus-alertmanager", "alertmanager"], "prometheus-alertmanager"),
+        f"--config.file={work / 'alertmanager.yml'}",
+        f"--storage.path={work / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+    nat = lab.nat
+    rs2 = nat.real_server("rs2")
+    now = datetime.now(UTC)
+    alert = {
+        "labels": {
+            "alertname": "LvsRealServerDown",
+            "instance": "director:9910",
+            "severity": "warning",
+            "proto": "TCP",
+            "local_address": nat.key.address,
+            "local_port": str(nat.key.port),
+            "remote_address": rs2.address,
+            "remote_port": str(rs2.port),
+            "lvsguard_action": "quarantine",
+        },
+        "annotations": {"summary": "real server does not answer"},
+        "startsAt": (now - timedelta(minutes=1)).isoformat(),
+    }
+    (work / "alert.json").write_text(json.dumps([alert]))
+    url = f"http://127.0.0.1:{port}"
+    with open(work / "alertmanager.log", "wb") as log:
+        alertmanager = subprocess.Popen(argv, stdout=log, stderr=log)
+    try:
+
+        def ready() -> bool:
+            assert alertmanager.poll() is None, (work / "alertmanager.log").read_text()[-2000:]
+            return shell(lab, work, f"curl -fs -o /dev/null {url}/-/ready", check=False).returncode == 0
+
+        wait_for(ready, "Alertmanager to be ready", timeout=60, step=0.5)
+        shell(lab, work, f"curl -fsS -H 'Content-Type: application/json' --data @alert.json {url}/api/v2/alerts")
+
+        def weight() -> int | None:
+            service = lab.read_table().service(nat.key)
+            real_server = service.real_server(rs2) if service else None
+            return real_server.weight if real_server else None
+
+        wait_for(lambda: weight() == 0, "the notification to quarantine rs2", timeout=90, step=0.5)
+    finally:
+        alertmanager.terminate()
+        alertmanager.wait(timeout=30)
+        lab.reset_services()
