@@ -18,7 +18,6 @@ import json
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -385,16 +384,3 @@ def _stream(ep: _Endpoint, response: http.client.HTTPResponse) -> Iterator[list[
                 Event("delete" if e.get("type") == "DELETE" else "put", KeyValue.from_json(e.get("kv", {})))
                 for e in result.get("events", [])
             ]
-
-
-def wait_until_up(client: EtcdClient, timeout: float) -> None:
-    """Poll ``status`` until an endpoint answers; ClusterStoreError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.status()
-            return
-        except ClusterStoreError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)

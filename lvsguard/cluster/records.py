@@ -125,21 +125,19 @@ class HoldStore:
         it runs again on every retry, against what the winning writer left.
         """
         for attempt in range(CAS_ATTEMPTS):
-            holds, revision = self.service_holds(service, serializable=attempt == 0)
+            fresh = attempt > 0  # the first attempt starts from the answering member's copy (serializable)
+            holds, revision = self.service_holds(service, serializable=not fresh)
             rs = str(real_server)
-            if holder in holds.get(rs, {}) and attempt > 0:
-                return False
             if holder in holds.get(rs, {}):
-                continue  # maybe a stale copy: confirm with a linearizable read
-                return False
-            held = frozenset(RealServerKey.parse(r) for r, holders in holds.items() if holders)
-            if attempt == 0:
-                try:
-                    check(held)
-                except PolicyRefused:  # from a copy that may be behind: confirm with a linearizable read
-                    continue
-            else:
-                check(held)
+                if fresh:
+                    return False
+                continue  # maybe a copy that is behind: confirm with a linearizable read
+            try:
+                check(frozenset(RealServerKey.parse(r) for r, holders in holds.items() if holders))
+            except PolicyRefused:
+                if fresh:
+                    raise
+                continue  # a refusal from a copy that may be behind: confirm with a linearizable read
             info = {"action": action, "reason": reason, "director": self.config.director_name, "at": self.clock()}
             holds.setdefault(rs, {})[holder] = info
             if self._swap(service, revision, holds):
@@ -151,13 +149,14 @@ class HoldStore:
     ) -> list[str]:
         """Remove the holds on the real server whose holder ``which`` accepts; the holders removed."""
         for attempt in range(CAS_ATTEMPTS):
-            holds, revision = self.service_holds(service, serializable=attempt == 0)
+            fresh = attempt > 0
+            holds, revision = self.service_holds(service, serializable=not fresh)
             rs = str(real_server)
             gone = [h for h in holds.get(rs, {}) if which(h)]
-            if not gone and attempt > 0:
-                return []
             if not gone:
-                continue  # maybe a stale copy: confirm with a linearizable read
+                if fresh:
+                    return []
+                continue  # maybe a copy that is behind: confirm with a linearizable read
             for h in gone:
                 del holds[rs][h]
             if not holds[rs]:
