@@ -15,9 +15,11 @@ directories, as systemd does. Between the start and the uninstall the test scrap
 the exporter and asks the actuator's API, over the addresses the doc configured, and
 a real Prometheus (Debian's) in the director's namespace scrapes both with the
 README's scrape jobs (targets and token file swapped for the lab's): both ``up``;
-and a real Alertmanager there, with the shipped alerts/alertmanager.yml (the
-actuator's URL and token file swapped), delivers a firing LvsRealServerDown to the
-installed actuator, which sets the real server's weight to 0 in the kernel.
+then, with the lab's services and a tcp check in the config (the units restarted),
+the shipped rules in that Prometheus and a real Alertmanager there with the shipped
+alerts/alertmanager.yml (the actuator's URL and token file swapped): a real server
+whose port is closed (iptables REJECT in its namespace) is quarantined in the kernel
+through probe -> Prometheus -> Alertmanager -> the installed actuator.
 
 It installs system-wide, so it runs only inside the lab VM, whose root is a
 throw-away overlay, and removes every trace (user, files, processes) at the end.
@@ -33,7 +35,6 @@ import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
 SHIM = Path(__file__).resolve().parent / "systemctl_shim.py"
 UNITS = ("lvsguard-exporter.service", "lvsguard-actuator.service")
+IPTABLES = "iptables-legacy" if shutil.which("iptables-legacy") else "iptables"  # the lab kernel has no nf_tables
 TRACES = (
     Path("/opt/lvsguard"),
     Path("/usr/local/bin/lvsguard"),
@@ -159,8 +161,7 @@ def test_install_md_step_by_step_on_a_clean_director(director: tuple[Lab, Path])
     owner = shell(lab, work, "stat -c '%U %a' /var/lib/lvsguard/actuator.db").stdout.split()
     assert owner[0] == "lvsguard" and owner[1].endswith("0")  # the unit's user; closed to others
 
-    prometheus_scrapes_both_with_the_readmes_jobs(lab, work, token)
-    alertmanager_reaches_the_actuator(lab, work)
+    the_alert_loop(lab, work, token)
 
     pids = {unit: int((work / "systemd" / f"{unit}.pid").read_text()) for unit in UNITS}
     for body in uninstall:
@@ -177,9 +178,45 @@ def readme_scrape_configs() -> list[dict[str, Any]]:
     return jobs
 
 
-def prometheus_scrapes_both_with_the_readmes_jobs(lab: Lab, work: Path, token: str) -> None:
-    """Debian's Prometheus, in the director's namespace, with the README's jobs pointed at this director."""
+def in_the_director(lab: Lab, work: Path, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    """``argv`` running in the director's namespace, its output in ``work/NAME.log``."""
+    with open(work / f"{name}.log", "wb") as log:
+        return subprocess.Popen(["ip", "netns", "exec", lab.director.netns, *argv], stdout=log, stderr=log)
+
+
+def get(lab: Lab, work: Path, url: str) -> Any:
+    """The JSON at ``url`` (in the director's namespace), or None while it does not answer."""
+    done = shell(lab, work, f"curl -fsS '{url}' || true")
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        return None
+
+
+def lab_config(lab: Lab) -> str:
+    """The doc's listen lines with the lab's services and a tcp check of the NAT service (no netns: the
+    units run inside the director's namespace)."""
+    config = yaml.safe_load(lab.config_yaml())
+    del config["director"]
+    config["exporter"] = {"listen": "0.0.0.0:9910"}
+    config["actuator"] = {"listen": "0.0.0.0:9911"}
+    check = {"service": lab.nat.name, "type": "tcp", "interval": "250ms", "timeout": "250ms", "rise": 2, "fall": 2}
+    config["probes"] = {"default_tcp": False, "refresh": "1s", "checks": [check]}
+    return yaml.safe_dump(config)
+
+
+def the_alert_loop(lab: Lab, work: Path, token: str) -> None:
+    """The installed units with the lab's services, Debian's Prometheus (the README's scrape jobs, the shipped
+    rules) and Alertmanager (the shipped example) in the director's namespace: rs2's port closed -> quarantined."""
+    Path("/etc/lvsguard/lvsguard.yaml").write_text(lab_config(lab))
+    shell(lab, work, "lvsguard config check /etc/lvsguard/lvsguard.yaml && systemctl restart " + " ".join(UNITS))
+    shell(lab, work, WAIT_FOR_THE_UNITS)
     (work / "token").write_text(token)
+    rules = Path(shell(lab, work, "lvsguard paths alerts").stdout.strip())
+
+    am_port, prom_port = monitoring.free_port(), monitoring.free_port()
+    am_config = monitoring.alertmanager_config(["http://127.0.0.1:9911/webhook/alertmanager"], work / "token")
+    (work / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
     jobs = readme_scrape_configs()
     for job in jobs:
         for static in job["static_configs"]:
@@ -187,95 +224,78 @@ def prometheus_scrapes_both_with_the_readmes_jobs(lab: Lab, work: Path, token: s
         if "authorization" in job:
             job["authorization"]["credentials_file"] = str(work / "token")
     assert sorted(job["job_name"] for job in jobs) == ["lvsguard-actuator", "lvsguard-exporter"]
-    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = monitoring.free_port()
-    argv = [
-        "ip",
-        "netns",
-        "exec",
-        lab.director.netns,
-        monitoring.binary(["prometheus"], "prometheus"),
-        f"--config.file={work / 'prometheus.yml'}",
-        f"--storage.tsdb.path={work / 'prometheus-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    with open(work / "prometheus.log", "wb") as log:
-        prometheus = subprocess.Popen(argv, stdout=log, stderr=log)
-    try:
-        query = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": "up == 1"})
-
-        def up_jobs() -> list[str]:
-            assert prometheus.poll() is None, (work / "prometheus.log").read_text()[-2000:]
-            done = shell(lab, work, f"curl -s '{query}' || true")
-            try:
-                result = json.loads(done.stdout)["data"]["result"]
-            except (ValueError, KeyError):
-                return []
-            return sorted(row["metric"]["job"] for row in result)
-
-        wait_for(lambda: up_jobs() == ["lvsguard-actuator", "lvsguard-exporter"], "both jobs up", timeout=90, step=1)
-    finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=30)
-
-
-def alertmanager_reaches_the_actuator(lab: Lab, work: Path) -> None:
-    """Debian's Alertmanager, in the director's namespace, with the shipped example: a firing alert quarantines."""
-    config = monitoring.alertmanager_config(["http://127.0.0.1:9911/webhook/alertmanager"], work / "token")
-    (work / "alertmanager.yml").write_text(yaml.safe_dump(config))
-    port = monitoring.free_port()
-    argv = [
-        "ip",
-        "netns",
-        "exec",
-        lab.director.netns,
-        monitoring.binary(["prometheus-alertmanager", "alertmanager"], "prometheus-alertmanager"),
-        f"--config.file={work / 'alertmanager.yml'}",
-        f"--storage.path={work / 'alertmanager-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",
-        "--log.level=warn",
-    ]
-    nat = lab.nat
-    rs2 = nat.real_server("rs2")
-    now = datetime.now(UTC)
-    alert = {
-        "labels": {
-            "alertname": "LvsRealServerDown",
-            "instance": "director:9910",
-            "severity": "warning",
-            "proto": "TCP",
-            "local_address": nat.key.address,
-            "local_port": str(nat.key.port),
-            "remote_address": rs2.address,
-            "remote_port": str(rs2.port),
-            "lvsguard_action": "quarantine",
-        },
-        "annotations": {"summary": "real server does not answer"},
-        "startsAt": (now - timedelta(minutes=1)).isoformat(),
+    prom_config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules / "lvsguard.rules.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": jobs,
     }
-    (work / "alert.json").write_text(json.dumps([alert]))
-    url = f"http://127.0.0.1:{port}"
-    with open(work / "alertmanager.log", "wb") as log:
-        alertmanager = subprocess.Popen(argv, stdout=log, stderr=log)
+    (work / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
+    processes = [
+        in_the_director(
+            lab,
+            work,
+            "alertmanager",
+            [
+                monitoring.binary(["prometheus-alertmanager", "alertmanager"], "prometheus-alertmanager"),
+                f"--config.file={work / 'alertmanager.yml'}",
+                f"--storage.path={work / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+        ),
+        in_the_director(
+            lab,
+            work,
+            "prometheus",
+            [
+                monitoring.binary(["prometheus"], "prometheus"),
+                f"--config.file={work / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--log.level=warn",
+            ],
+        ),
+    ]
+    nat, rs2 = lab.nat, lab.node("rs2")
+    remote = nat.real_server("rs2")
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        for name, proc in zip(("alertmanager", "prometheus"), processes):
+            assert proc.poll() is None, (work / f"{name}.log").read_text()[-2000:]
+        url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        body = get(lab, work, url)
+        return list(body["data"]["result"]) if body else []
+
+    def weight() -> int | None:
+        service = lab.read_table().service(nat.key)
+        real_server = service.real_server(remote) if service else None
+        return real_server.weight if real_server else None
+
+    def cut_off(verb: str) -> list[str]:
+        """rs2's service port refusing every connection (``-I``), or not any more (``-D``)."""
+        return [verb, "INPUT", "-p", "tcp", "--dport", str(remote.port), "-j", "REJECT", "--reject-with", "tcp-reset"]
+
+    healthy = f'lvs_backend_healthy{{remote_address="{remote.address}",remote_port="{remote.port}"}} == 1'
     try:
-
-        def ready() -> bool:
-            assert alertmanager.poll() is None, (work / "alertmanager.log").read_text()[-2000:]
-            return shell(lab, work, f"curl -fs -o /dev/null {url}/-/ready", check=False).returncode == 0
-
-        wait_for(ready, "Alertmanager to be ready", timeout=60, step=0.5)
-        shell(lab, work, f"curl -fsS -H 'Content-Type: application/json' --data @alert.json {url}/api/v2/alerts")
-
-        def weight() -> int | None:
-            service = lab.read_table().service(nat.key)
-            real_server = service.real_server(rs2) if service else None
-            return real_server.weight if real_server else None
-
-        wait_for(lambda: weight() == 0, "the notification to quarantine rs2", timeout=90, step=0.5)
+        up = lambda: sorted(row["metric"]["job"] for row in query("up == 1"))
+        wait_for(lambda: up() == ["lvsguard-actuator", "lvsguard-exporter"], "both README jobs up", timeout=90, step=1)
+        wait_for(lambda: query(healthy), "rs2 healthy in Prometheus", timeout=60, step=1)
+        assert weight() not in (None, 0)
+        subprocess.run(["ip", "netns", "exec", rs2.netns, IPTABLES, *cut_off("-I")], check=True)
+        wait_for(lambda: weight() == 0, "rs2 quarantined through Prometheus and Alertmanager", timeout=90, step=0.5)
     finally:
-        alertmanager.terminate()
-        alertmanager.wait(timeout=30)
+        subprocess.run(["ip", "netns", "exec", rs2.netns, IPTABLES, *cut_off("-D")], check=False)
+        for proc in processes:
+            proc.terminate()
+            proc.wait(timeout=30)
         lab.reset_services()
+
+
+def readme_scrape_configs() -> list[dict[str, Any]]:
+    blocks = re.findall(r"^```ya?ml\n(.*?)^```", (ROOT / "README.md").read_text(), re.M | re.S)
+    configs = [yaml.safe_load(b) for b in blocks if "scrape_configs:" in b]
+    assert configs, "README.md has no scrape_configs block"
+    jobs: list[dict[str, Any]] = configs[0]["scrape_configs"]
+    return jobs
