@@ -66,7 +66,7 @@ class JobRunner:
         ledger = Ledger.open(self.ledger_path, clock=self.actions.clock)
         try:
             if self.actions.settings.table.manage:  # first: after a reboot the held real servers must be there
-                self.actions.apply_table(ledger, Actor(Source.ACTUATOR, "start"))
+                self.actions.apply_table(ledger, Actor(Source.ACTUATOR, "start"), whole=True)
             for outcome in self.actions.reconcile(ledger):
                 event(
                     log,

@@ -152,12 +152,13 @@ def test_prune_owned_removes_only_what_lvsguard_created(kernel: FakeKernel, cloc
     hand_made = service("TCP 192.0.2.99:80", ("10.0.9.9:80", 1))
     kernel.add_service(hand_made)
     actions = actions_for(kernel, clock, dns="rr")
-    actions.apply_table(ledger, ALICE)
+    first = actions.apply_table(ledger, ALICE)
+    assert first.plan.left_alone == (hand_made.key,), "the whole run lists what it leaves alone"
     actions.replace_settings(settings_of())  # dns leaves the config
     outcome = actions.apply_table(ledger, ALICE)
     services = {svc.key for svc in kernel.read().services}
     assert services == {WEB, hand_made.key}
-    assert outcome.plan.left_alone == (hand_made.key,)
+    assert outcome.plan.left_alone == (), "a reload reads only what the config changed"
     assert DNS not in ledger.owned()
 
     actions.replace_settings(settings_of(prune="exact"))

@@ -20,7 +20,7 @@ from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.metrics import DriftCollector
 from lvsguard.actuator.targets import Target
 from lvsguard.errors import ConfigError
-from lvsguard.model import RealServerKey
+from lvsguard.model import RealServerKey, ServiceKey, Table, VirtualService
 from tests.fakes import FakeClock, FakeKernel, fake_app, service
 from tests.unit.test_actuator_table import (  # noqa: F401 - clock, kernel and ledger are fixtures
     DNS,
@@ -255,3 +255,98 @@ def test_under_dry_run_nothing_is_compared(kernel: FakeKernel, clock: FakeClock,
     actions.apply_table(ledger, ALICE)
     clock.advance(INTERVAL)
     assert actions.check_drift(ledger, DRIFT) is None
+
+
+class CountingKernel(FakeKernel):
+    """The fake kernel, counting what a run reads: whole-table dumps, and each service read alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dumps = 0
+        self.services_read: list[ServiceKey] = []
+
+    def read(self) -> Table:
+        self.dumps += 1
+        return super().read()
+
+    def read_service(self, key: ServiceKey) -> VirtualService:
+        self.services_read.append(key)
+        return super().read_service(key)
+
+    def counted(self) -> tuple[int, list[ServiceKey], list[tuple[str, str, str, int | None]]]:
+        """Dumps, services read and writes since the last call."""
+        out = (self.dumps, self.services_read, self.writes)
+        self.dumps, self.services_read, self.writes = 0, [], []
+        return out
+
+
+def many_settings(weights: dict[int, int] | None = None, prune: str = "owned") -> Any:
+    """20 services ``TCP 192.0.2.<n>:80`` of 3 real servers each; ``weights``: service n's first real server's."""
+    weights = weights or {}
+    lines = [f"table: {{manage: true, prune: {prune}, drift: report, drift_interval: {int(INTERVAL)}s}}", "services:"]
+    for n in range(1, 21):
+        lines += [f"  - name: s{n}", f"    service: TCP 192.0.2.{n}:80", "    forward: masq", "    real_servers:"]
+        lines += [
+            f'      - {{name: s{n}r{i}, address: "10.0.{n}.{i}:80", weight: {weights.get(n, 1) if i == 1 else 1}}}'
+            for i in range(1, 4)
+        ]
+    lines += ["actuator:", "  hold_down: 0s"]
+    cfg = config.loads("\n".join(lines) + "\n", "lvsguard.yaml")
+    assert cfg.actuator is not None
+    return dataclasses.replace(cfg.actuator, tokens={"alice": "x" * 20}, table=cfg.table, desired=cfg.desired)
+
+
+def svc(n: int) -> ServiceKey:
+    return ServiceKey.parse(f"TCP 192.0.2.{n}:80")
+
+
+def first(n: int) -> RealServerKey:
+    return RealServerKey.parse(f"10.0.{n}.1:80")
+
+
+@pytest.mark.parametrize("prune", ["owned", "exact"])
+def test_a_reload_reads_and_writes_only_the_service_it_changed_and_the_drift_check_still_sees_the_rest(
+    clock: FakeClock, ledger: Ledger, prune: str
+) -> None:
+    kernel = CountingKernel()
+    actions = Actions(kernel, many_settings(prune=prune), clock=clock)
+    actions.apply_table(ledger, Actor(Source.ACTUATOR, "start"), whole=True)
+    dumps, _read, writes = kernel.counted()
+    assert dumps == 1 and len(writes) == 20 + 60, "the start reads and builds the whole table"
+
+    reload = Actor(Source.ACTUATOR, "reload")
+    actions.replace_settings(many_settings({7: 4}, prune))
+    outcome = actions.apply_table(ledger, reload)
+    assert kernel.counted() == (0, [svc(7)], [("edit_real_server", str(svc(7)), str(first(7)), 4)])
+    assert "1 real server to change" in outcome.message
+    event = ledger.audit_events()[0]
+    assert (event.action, event.actor, event.result) == ("table_apply", "reload", "applied"), "one audit per apply"
+
+    kernel.set_weight_by_hand(svc(3), first(3), 9)  # a hand change where the config does not change
+    kernel.counted()
+    actions.replace_settings(many_settings({7: 4, 12: 2}, prune))
+    actions.apply_table(ledger, reload)
+    assert kernel.counted() == (0, [svc(12)], [("edit_real_server", str(svc(12)), str(first(12)), 2)])
+    assert kernel.weight(svc(3), first(3)) == 9, "not read, not touched"
+
+    assert check(actions, ledger, clock) == [
+        "real server 10.0.3.1:80 of TCP 192.0.2.3:80: weight is 9 in the kernel, lvsguard wants 1"
+    ], "the drift check compares the whole managed table"
+    kernel.counted()
+
+    actions.apply_table(ledger, reload)  # the same config again: only the drifted service is planned, and put back
+    _dumps, read, writes = kernel.counted()
+    assert read == [svc(3)] and writes == [("edit_real_server", str(svc(3)), str(first(3)), 1)]
+    assert check(actions, ledger, clock) == []
+
+
+def test_a_reload_that_changes_prune_plans_the_whole_table(clock: FakeClock, ledger: Ledger) -> None:
+    kernel = CountingKernel()
+    actions = Actions(kernel, many_settings(), clock=clock)
+    actions.apply_table(ledger, ALICE, whole=True)
+    kernel.add_service(service("TCP 192.0.2.99:80", ("10.0.9.9:80", 1)))  # by hand: owned leaves it
+    kernel.counted()
+    actions.replace_settings(many_settings(prune="exact"))
+    actions.apply_table(ledger, ALICE)
+    dumps, _read, writes = kernel.counted()
+    assert dumps == 1 and ("delete_service", "TCP 192.0.2.99:80", "", None) in writes

@@ -46,7 +46,7 @@ from lvsguard.model import RealServerKey, ServiceKey, Table, VirtualService
 from lvsguard.table.apply import ApplyResult, apply
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.load import TableSettings
-from lvsguard.table.plan import Op, Plan, RealServerStep, ServiceStep, Step, plan
+from lvsguard.table.plan import Op, Plan, RealServerStep, ServiceStep, Step, changed, plan
 
 if TYPE_CHECKING:
     from lvsguard.actuator.actions.drift import Drift, DriftKey
@@ -71,7 +71,9 @@ class TableState:
     failed: set[tuple[ServiceKey, RealServerKey | None]] = field(default_factory=set)
     """The entries the kernel refused (a real server, or a service: None): retried, not drift."""
     applied: DesiredTable | None = None
-    """The desired table the last whole run applied: a drift check compares the kernel with this one only."""
+    """The desired table last applied: a drift check compares the kernel with it, a reload plans what differs."""
+    applied_prune: str = ""
+    """The ``table.prune`` of that run: a reload that changes it plans the whole table."""
     drift: dict[DriftKey, Drift] = field(default_factory=dict)
     """The managed entries found changed by hand (``actuator.actions.drift.Drift``); replaced whole, never mutated."""
     checked: float = float("-inf")
@@ -247,7 +249,7 @@ def apply_table(
         if (only is not None and key[0] not in only) or (key[0], key[1]) in refused
     }
     if only is None:
-        state.applied = desired
+        state.applied, state.applied_prune = desired, settings.prune
     for key in {step.service for step in steps.operations}:
         s.forget(key)
     outcome = TableOutcome(steps, result, held, restore=restore)
@@ -255,6 +257,28 @@ def apply_table(
     state.last = outcome.message
     if not repeat:
         _audit(s, outcome, actor, event_id)
+    return outcome
+
+
+def apply_changes(
+    s: Session, desired: DesiredTable, settings: TableSettings, state: TableState, actor: Actor
+) -> TableOutcome:
+    """A reload's run: plan and apply only what differs from the desired table last applied.
+
+    The services the two configs disagree on (added, removed, any setting or
+    real server changed), with those the last run left unfinished, refused or
+    found drifted, are read and planned; the rest of the kernel is not read. A
+    whole run when the last applied table is unknown (the first run, a dry run,
+    ``table.manage`` turned on again) or ``table.prune`` changed. A hand change
+    elsewhere is the drift check's to find (``actuator.actions.drift``).
+    """
+    if state.applied is None or state.applied_prune != settings.prune or s.policy.dry_run:
+        return apply_table(s, desired, settings, state, actor)
+    only = set(changed(state.applied, desired)) | state.pending
+    only.update(key[0] for key in state.drift)
+    only.update(entry[0] for entry in state.failed)
+    outcome = apply_table(s, desired, settings, state, actor, only=only, audit_repeats=True)
+    state.applied = desired
     return outcome
 
 
@@ -355,4 +379,4 @@ def _audit(s: Session, outcome: TableOutcome, actor: Actor, event_id: int = 0) -
     )
 
 
-__all__ = ["ACTION", "TableOutcome", "TableState", "apply_table", "held_weights", "plan_table"]
+__all__ = ["ACTION", "TableOutcome", "TableState", "apply_changes", "apply_table", "held_weights", "plan_table"]

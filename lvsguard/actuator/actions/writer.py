@@ -127,6 +127,8 @@ class Actions:
         with self._lock:
             self.settings = new
             self.policy.settings = new
+            if not new.table.manage:  # unmanaged meanwhile: the kernel may be anything when management comes back
+                self.table.applied = None
             also()
 
     # reads (no lock: a read does not change the kernel or the ledger)
@@ -288,11 +290,17 @@ class Actions:
 
     # the table (``table.manage``)
 
-    def apply_table(self, ledger: LedgerSource, actor: Actor) -> table.TableOutcome:
-        """Make the kernel's table the config's (``settings.desired``), the holds winning; every step audited."""
+    def apply_table(self, ledger: LedgerSource, actor: Actor, *, whole: bool = False) -> table.TableOutcome:
+        """Make the kernel's table the config's (``settings.desired``), the holds winning; every step audited.
+
+        ``whole`` (the actuator's start) reads and plans the whole table; else (a reload) only what the config
+        changed since the last run applied (``apply_changes``), the whole table when that is unknown.
+        """
         with self._session(ledger) as s:
             try:
-                return table.apply_table(s, s.settings.desired, s.settings.table, self.table, actor)
+                if whole:
+                    return table.apply_table(s, s.settings.desired, s.settings.table, self.table, actor)
+                return table.apply_changes(s, s.settings.desired, s.settings.table, self.table, actor)
             finally:
                 self.views.clear()  # big services' cached views may miss what was just written
 
