@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lvsguard import config
 from lvsguard.config import ConfigError, TableSettings
+from lvsguard.config.table import _data as table_data
 from lvsguard.model import Forward, RealServerKey, ServiceKey
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "import"
@@ -122,3 +124,21 @@ def test_what_the_importers_print_is_a_config_the_loader_takes(golden: str) -> N
     cfg = config.load(FIXTURES / golden)
     assert cfg.table.manage is True
     assert len(cfg.desired) == len(cfg.services) > 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x {b: 1, c: [0x10, 1_000, yes, no, ~, '5', !!str 3]}\nd: *x\n",
+        "a: {b: 1}\nd: {<<: {b: 2}, e: 1.5}\n",  # a merge key, a float: PyYAML's constructor
+        "{1: a, true: b, null: c, 2020-01-01: d}\n",
+        "&a [*a]\n",
+    ],
+)
+def test_table_values_are_what_safe_load_gives(text: str) -> None:
+    node = yaml.CSafeLoader(text).get_single_node()
+    got, want = table_data(node), yaml.safe_load(text)
+    if isinstance(want, list):  # the recursive list
+        assert got[0] is got and want[0] is want
+    else:
+        assert got == want

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 import pytest
 
@@ -50,6 +51,23 @@ def test_service_key_parses_and_prints(text: str, key: ServiceKey, printed: str)
 def test_service_key_rejects_bad_text(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[")):
         ServiceKey.parse(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["10.0.1.2:80", "0.0.0.0:0", "255.255.255.255:65535", "[::ffff:10.0.1.2]:80", " 10.0.1.2:80 "]
+)
+def test_real_server_key_parses_as_ipaddress_does(text: str) -> None:
+    host, _, port = text.strip().removeprefix("[").rpartition(":")
+    address = ipaddress.ip_address(host.removesuffix("]"))
+    assert RealServerKey.parse(text) == RealServerKey(address.compressed, int(port), address.version)
+
+
+@pytest.mark.parametrize(
+    "host", ["010.0.1.2", "10.0.1", "10.0.1.2.3", "256.0.1.2", "10.0.1.-2", "१0.0.1.2", "10.0.1.2 "]
+)
+def test_real_server_key_refuses_what_ipaddress_refuses(host: str) -> None:
+    with pytest.raises(ValueError, match=f"{host!r} is not an IP address"):
+        RealServerKey.parse(f"{host}:80")
 
 
 def test_real_server_key_v6_prints_brackets() -> None:
