@@ -82,7 +82,7 @@ def test_watch_sees_puts_and_deletes_from_a_revision_on(client: EtcdClient, etcd
     client.put("/t/w/two", "2")
     client.put("/t/x", "not watched")
     client.delete("/t/w/one")
-    thread.join(10)
+    thread.join(30)
     assert [(e.kind, e.kv.key, e.kv.value) for e in seen] == [
         ("put", "/t/w/one", "1"),
         ("put", "/t/w/two", "2"),
@@ -96,7 +96,7 @@ def test_a_silent_watch_raises_after_its_idle_timeout(client: EtcdClient) -> Non
     with pytest.raises(ClusterStoreError, match="timed out"):
         for _batch in client.watch("/t/idle-nothing/", revision + 1, idle_timeout=0.5):
             pass
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # 0.5 s and the time a loaded host takes to notice
 
 
 def test_a_dead_endpoint_fails_over_to_the_next(etcd: EtcdServer) -> None:
