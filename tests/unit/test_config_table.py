@@ -9,6 +9,7 @@ import yaml
 
 from lvsguard import config
 from lvsguard.config import ConfigError, TableSettings
+from lvsguard.config.loader import _Loader as ConfigLoader
 from lvsguard.config.table import _data as table_data
 from lvsguard.model import Forward, RealServerKey, ServiceKey
 
@@ -133,12 +134,13 @@ def test_what_the_importers_print_is_a_config_the_loader_takes(golden: str) -> N
         "a: {b: 1}\nd: {<<: {b: 2}, e: 1.5}\n",  # a merge key, a float: PyYAML's constructor
         "{1: a, true: b, null: c, 2020-01-01: d}\n",
         "&a [*a]\n",
+        "[5, '5', 5, \"5\", yes, 'yes', yes, ~, '~', ~]\n",  # a tag remembered per value and quoting
     ],
 )
 def test_table_values_are_what_safe_load_gives(text: str) -> None:
-    node = yaml.CSafeLoader(text).get_single_node()
+    node = ConfigLoader(text).get_single_node()
     got, want = table_data(node), yaml.safe_load(text)
-    if isinstance(want, list):  # the recursive list
+    if text.startswith("&a"):  # the recursive list
         assert got[0] is got and want[0] is want
     else:
         assert got == want
