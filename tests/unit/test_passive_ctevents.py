@@ -171,3 +171,42 @@ def test_direct_routing_events_are_counted_as_unattributed(feed: Feed) -> None:
     feed.send(*range(53, 93))
     counts = feed.source.read_pass()
     assert not counts.attempts and feed.source.unattributed == 15
+
+
+def test_no_timeout_while_events_wait_unread(feed: Feed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A detector that fell behind reads its backlog before it calls a handshake unanswered."""
+    feed.send(4)  # rs2: NEW
+    feed.source.read_pass()
+    feed.now += 3.0
+    monkeypatch.setattr(ctevents, "MAX_DRAIN", 1)
+    monkeypatch.setattr(ctevents, "VLEN", 1)  # one message a drain: the answer stays behind the filler
+    feed.send(12, 5)  # rs3's NEW, then rs2's answer
+    first = feed.source.read_pass()
+    assert not first.failures[TIMEOUT]
+    second = feed.source.read_pass()
+    assert dict(second.attempts) == {(NAT, RS2): 1} and not second.failures[TIMEOUT]
+
+
+def test_a_refusal_after_answers_starts_a_pass_of_its_own(feed: Feed) -> None:
+    """rs2 answered a handshake, then refused one: the refusal is judged alone, not diluted; a timeout is not split."""
+    feed.send(4, 5, 0, 1)  # rs2: NEW, answered; rs1: NEW, refused
+    feed.source.read_passes()
+    refused = _with_backend(messages()[1], RS2)
+    feed.send(4, 5)
+    feed.theirs.send(_with_backend(messages()[0], RS2))
+    feed.theirs.send(refused)
+    passes = feed.source.read_passes()
+    assert [(dict(p.attempts), dict(p.failures[REFUSED])) for p in passes] == [
+        ({(NAT, RS2): 1}, {}),
+        ({(NAT, RS2): 1}, {(NAT, RS2): 1}),
+    ]
+    feed.send(18)  # rs2: NEW, never answered here
+    feed.source.read_passes()
+    feed.now += 3.0
+    feed.send(4, 5)
+    assert len(feed.source.read_passes()) == 1
+
+
+def _with_backend(message: bytes, rs: RealServerKey) -> bytes:
+    """The recorded event of rs1 (10.0.1.2) rewritten to name ``rs`` instead."""
+    return message.replace(bytes([10, 0, 1, 2]), bytes(int(x) for x in rs.address.split(".")))

@@ -411,6 +411,8 @@ class ConntrackEvents:
         self._late: dict[bytes, float] = {}  # timed out: a late answer is not counted again
         self._counts = PassCounts()
         self._receiver = Receiver(sock)
+        self._done: list[PassCounts] = []  # passes cut before a failure (``_fail``), oldest first
+        self._behind = True  # events may wait unread: set by each drain
 
     def close(self) -> None:
         self.sock.close()
@@ -418,6 +420,7 @@ class ConntrackEvents:
     def _drain(self) -> None:
         """Read and count what is waiting, at most ``MAX_DRAIN`` batches: a flood must not starve the judging."""
         now = self.clock()  # one reading per drain: a clock read is a system call under UML
+        self._behind = True
         for _ in range(MAX_DRAIN):
             try:
                 batch = self._receiver.receive()
@@ -428,6 +431,7 @@ class ConntrackEvents:
                 self._pending.clear()  # an answer may be among the lost events: no timeout from these
                 continue
             if not batch:
+                self._behind = False
                 return
             for data in batch:
                 start, n = 0, len(data)
@@ -454,11 +458,33 @@ class ConntrackEvents:
             if self._late.pop(event.key, None) is None:
                 counts.attempts[event.backend] += 1
         else:
-            counts.attempts[event.backend] += 1
-            counts.failures[REFUSED][event.backend] += 1
+            self._fail(event.backend, REFUSED)
+
+    def _fail(self, backend: Backend, reason: str) -> None:
+        """Count a failed handshake; a refusal in a pass of its own when the current one holds answers of ``backend``.
+
+        A pass is judged by its failure share: the real server's answers
+        before it died must not dilute its first refusal, which is its own
+        doing. Timeouts are not split off: clients cause them too (a SYN
+        flood's unanswered SYNs time out in bursts), and a burst cut out of
+        its pass would look like a dead server.
+        """
+        counts = self._counts
+        if reason == REFUSED and counts.attempts[backend] > counts.failed(backend):
+            self._done.append(counts)
+            counts = self._counts = PassCounts()
+        counts.attempts[backend] += 1
+        counts.failures[reason][backend] += 1
 
     def _expire(self, now: float) -> None:
-        """Count the handshakes unanswered for ``handshake_timeout`` as failed (``timeout``)."""
+        """Count the handshakes unanswered for ``handshake_timeout`` as failed (``timeout``).
+
+        Not while events wait unread: their answers may be among them (a
+        detector that fell behind would otherwise count every handshake of the
+        backlog as timed out).
+        """
+        if self._behind:
+            return
         limit = now - self.handshake_timeout
         pending = self._pending
         while pending:
@@ -467,8 +493,7 @@ class ConntrackEvents:
             if at > limit:
                 break
             del pending[key]
-            self._counts.attempts[backend] += 1
-            self._counts.failures[TIMEOUT][backend] += 1
+            self._fail(backend, TIMEOUT)
             self._late[key] = now
         late = self._late
         while late:
@@ -493,10 +518,13 @@ class ConntrackEvents:
         (the detector's stop event); a failure waits at most ``BATCH``.
         """
         while True:
+            self._drain()
             now = self.clock()
             self._expire(now)
             if self._failed() or now >= until:
                 return
+            if self._behind:
+                continue
             wake = until
             deadline = self.next_timeout()
             if deadline is not None:
@@ -507,13 +535,29 @@ class ConntrackEvents:
                 if not self._failed() and stop(BATCH):
                     return
 
-    def read_pass(self) -> PassCounts:
-        """The handshakes that ended since the last call (drains the socket first)."""
+    def read_passes(self) -> list[PassCounts]:
+        """The handshakes that ended since the last call (drains the socket first), in one pass or more.
+
+        More when a real server's first failure came after answered
+        handshakes of it: the failure starts a pass of its own (``_fail``).
+        """
         self._drain()
         self._expire(self.clock())
-        counts, self._counts = self._counts, PassCounts()
-        counts.entries = len(self._pending)
-        return counts
+        passes = [*self._done, self._counts]
+        self._done, self._counts = [], PassCounts()
+        for counts in passes:
+            counts.entries = len(self._pending)
+        return passes
+
+    def read_pass(self) -> PassCounts:
+        """All the handshakes that ended since the last call, in one pass."""
+        passes = self.read_passes()
+        total = passes[-1]
+        for counts in passes[:-1]:
+            total.attempts.update(counts.attempts)
+            for reason, counter in counts.failures.items():
+                total.failures[reason].update(counter)
+        return total
 
     def following(self) -> int:
         """Handshakes under way now."""

@@ -116,18 +116,24 @@ class PassiveDetector:
                 )
         return self.events
 
-    def _read(self) -> PassCounts:
+    def _read(self) -> list[PassCounts]:
         if self.config.source == CONNTRACK:
-            return self._events().read_pass()
-        return self.reader.read_pass()
+            return self._events().read_passes()
+        return [self.reader.read_pass()]
 
     def _judge(self) -> list[Verdict]:
         try:
-            counts = self._read()
+            passes = self._read()
         except OSError as exc:
             what = "conntrack events" if self.config.source == CONNTRACK else self.reader.path
             self._state(f"cannot read {what}: {exc.strerror or exc}")
             return []
+        verdicts = []
+        for counts in passes:
+            verdicts += self._judge_pass(counts)
+        return verdicts
+
+    def _judge_pass(self, counts: PassCounts) -> list[Verdict]:
         if not counts.complete:
             self._state(f"more than {self.reader.max_entries} connections in the table: passive detection paused")
             self.metrics.record(counts, [], self.judge.held_until())
