@@ -14,7 +14,7 @@ fixed wait would kill at the same phase every time, one fixed by the
 previous restore (which comes right after a successful check), and so
 measure one point of the cycle instead of the spread: in runs with a fixed
 1 s wait lvsguard's probes met the kill 0.06-0.08 s after it nearly every
-time. Two checkers, one after the other, at two settings each:
+time. Two checkers (three with ``--checkers``), one after the other, at each setting:
 
 - keepalived's checker (Debian ``keepalived -C``): ``virtual_server`` with a
   ``TCP_CHECK`` per real server and ``inhibit_on_failure`` (weight 0 instead
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -63,6 +64,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lab import conntrack
 from lab.e2e_loop import BACKEND_PORT, HTTPService
 from lab.processes import stop
 from lab.topology import VIP_NAT, Lab
@@ -92,7 +94,12 @@ class Setting:
         return self.retry + 1
 
 
-SETTINGS = (Setting("common", 1.0, 1.0, 1), Setting("fast", 0.1, 0.1, 0))
+SETTINGS = (Setting("slow", 5.0, 1.0, 1), Setting("common", 1.0, 1.0, 1), Setting("fast", 0.1, 0.1, 0))
+PASSIVE = "lvsguard+passive"  # lvsguard with passive detection from conntrack events beside its checks
+PASSIVE_CONFIG = (  # a fixed 2 s hold-down: kills seconds apart would double it each time (a flapping server)
+    "passive: {enabled: true, source: conntrack, handshake_timeout: 2s, min_failures: 1, min_passes: 1,"
+    " chance: 0.05, holddown_min: 2s, holddown_max: 2s}\n"
+)
 
 
 @dataclass
@@ -114,6 +121,7 @@ class Result:
     setting: str
     kills: list[Kill] = field(default_factory=list)
     cpu_percent: float = 0.0
+    rate: float = 0.0  # new client connections a second made during the kills
 
     def summary(self) -> dict[str, float]:
         zero = [k.to_zero for k in self.kills]
@@ -138,6 +146,7 @@ class Result:
             "restore_median_s": statistics.median(k.restore for k in self.kills),
             "restore_max_s": max(k.restore for k in self.kills),
             "cpu_percent": self.cpu_percent,
+            "rate": self.rate,
             **parts,
         }
 
@@ -150,21 +159,37 @@ class BenchError(RuntimeError):
 
 
 class Load:
-    """``rate`` new connections a second to the VIP from the client's namespace; each one GET, its outcome kept."""
+    """``rate`` new connections a second to the VIP from the client's namespace; each one GET, its outcome kept.
+
+    One thread per 50 connections a second: a thread waits for each answer.
+    """
+
+    PER_THREAD = 50.0
 
     def __init__(self, netns: str, address: str, port: int, rate: float):
-        self.netns, self.address, self.port, self.interval = netns, address, port, 1.0 / rate
+        threads = max(1, math.ceil(rate / self.PER_THREAD))
+        self.netns, self.address, self.port, self.interval = netns, address, port, threads / rate
         self.outcomes: list[tuple[float, bool]] = []  # (start time, ok)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="client-load", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"client-load-{i}", daemon=True) for i in range(threads)
+        ]
+        self.started = 0.0
 
     def __enter__(self) -> Load:
-        self._thread.start()
+        self.started = time.time()
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(10)
+        for t in self._threads:
+            t.join(10)
+
+    def rate(self) -> float:
+        """New connections a second made so far."""
+        return len(self.outcomes) / max(1e-9, time.time() - self.started)
 
     def _run(self) -> None:
         with entered(self.netns):
@@ -315,7 +340,13 @@ def free_port() -> int:
 
 @contextmanager
 def lvsguard(
-    lab: Lab, kernel: NetlinkIPVS, key: ServiceKey, servers: list[RealServer], setting: Setting, workdir: Path
+    lab: Lab,
+    kernel: NetlinkIPVS,
+    key: ServiceKey,
+    servers: list[RealServer],
+    setting: Setting,
+    workdir: Path,
+    passive: bool = False,
 ) -> Iterator[Lvsguard]:
     """The bench service in the kernel, a real ``lvsguard actuator`` process, and an ``lvsguard exporter`` whose tcp checks publish to it.
 
@@ -337,8 +368,9 @@ def lvsguard(
         tokens.chmod(0o600)
         listen, actuator_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         url = f"http://{actuator_listen}"
-        ledger = workdir / f"actuator-{setting.name}.db"
-        config = workdir / f"lvsguard-{setting.name}.yaml"
+        name = setting.name + ("-passive" if passive else "")
+        ledger = workdir / f"actuator-{name}.db"
+        config = workdir / f"lvsguard-{name}.yaml"
         config.write_text(
             f'director:\n  netns: {lab.director.netns}\nexporter:\n  listen: "{listen}"\n'
             f"actuator:\n  hold_down: 0\n  job_poll_interval: 0.2\n  rate_limit: {{actions: 0}}\n"
@@ -346,6 +378,7 @@ def lvsguard(
             f'  publish: {{mode: actuator, url: "{url}", token_file: "{token}"}}\n'
             f'  checks:\n    - {{type: tcp, service: "{key}", interval: {setting.delay_loop * 1000:g}ms,'
             f" timeout: {setting.connect_timeout * 1000:g}ms, fall: {setting.fall}, rise: 1}}\n"
+            + (PASSIVE_CONFIG if passive else "")
         )
         commands = {
             "actuator": [
@@ -363,7 +396,7 @@ def lvsguard(
         }
         pids = []
         for what, argv in commands.items():
-            log = open(workdir / f"{what}-{setting.name}.log", "ab")
+            log = open(workdir / f"{what}-{name}.log", "ab")
             stack.callback(log.close)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "lvsguard.cli", *argv],
@@ -380,14 +413,14 @@ def lvsguard(
                 )
                 if proc.poll() is not None:
                     raise BenchError(
-                        f"lvsguard actuator exited: {(workdir / f'actuator-{setting.name}.log').read_text()[-2000:]}"
+                        f"lvsguard actuator exited: {(workdir / f'actuator-{name}.log').read_text()[-2000:]}"
                     )
         until(
             lambda: b"lvs_backend_healthy" in answers(f"http://{listen}/metrics"),
             "the exporter's first probes",
             timeout=120,
         )
-        yield Lvsguard(pids, f"http://{listen}/metrics", ledger, workdir / f"exporter-{setting.name}.log")
+        yield Lvsguard(pids, f"http://{listen}/metrics", ledger, workdir / f"exporter-{name}.log")
 
 
 def judged_at(metrics: bytes, victim: RealServerKey) -> float:
@@ -413,17 +446,24 @@ def last_post(log: Path, victim: RealServerKey) -> tuple[float, float] | None:
 
 
 def audited_at(ledger: Path, victim: RealServerKey, since: float) -> float:
-    """When the actuator recorded its first decision about the victim after ``since`` (its audit log)."""
-    conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
-    try:
-        row = conn.execute(
-            "SELECT MIN(at) FROM audit WHERE real_server = ? AND at >= ?", (str(victim), since)
-        ).fetchone()
-    finally:
-        conn.close()
-    if row is None or row[0] is None:
-        raise BenchError(f"the actuator's ledger {ledger} has no audit row for {victim} since the kill")
-    return float(row[0])
+    """When the actuator recorded its first decision about the victim after ``since`` (its audit log).
+
+    Polled: the weight can be 0 in the kernel a moment before the audit row is committed.
+    """
+    deadline = time.monotonic() + 5.0
+    while True:
+        conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(
+                "SELECT MIN(at) FROM audit WHERE real_server = ? AND at >= ?", (str(victim), since)
+            ).fetchone()
+        finally:
+            conn.close()
+        if row is not None and row[0] is not None:
+            return float(row[0])
+        if time.monotonic() > deadline:
+            raise BenchError(f"the actuator's ledger {ledger} has no audit row for {victim} since the kill")
+        time.sleep(POLL)
 
 
 def answers(url: str) -> bytes:
@@ -474,7 +514,7 @@ def measure(
     running = (
         keepalived(lab, key, servers, setting, workdir)
         if checker == "keepalived"
-        else lvsguard(lab, kernel, key, servers, setting, workdir)
+        else lvsguard(lab, kernel, key, servers, setting, workdir, passive=checker == PASSIVE)
     )
     with running as started:
         pids = started.pids if isinstance(started, Lvsguard) else started
@@ -498,8 +538,9 @@ def measure(
                 )
                 judged = audited = None
                 if isinstance(started, Lvsguard):  # the exporter's transition time, read before the restore replaces it
-                    judged = judged_at(answers(started.metrics_url), victim) - killed
                     audited = audited_at(started.ledger, victim, killed) - killed
+                    if checker != PASSIVE:  # a passive verdict is no health transition: its post is the audit
+                        judged = judged_at(answers(started.metrics_url), victim) - killed
                 time.sleep(max(1.0, 2 * setting.delay_loop))  # requests now go to the others only
                 post = last_post(started.exporter_log, victim) if isinstance(started, Lvsguard) else None
                 listening = services["rs1"].start()
@@ -535,18 +576,19 @@ def measure(
                     f" after listening, {len(failed)} failed requests",
                     flush=True,
                 )
+            result.rate = load.rate()
     return result
 
 
 def report(results: list[Result]) -> str:
     lines = [
-        "| checker | setting | kill -> weight 0 (median / max) | failed requests / kill (median / max) | failed after weight 0 | CPU | restore (median / max) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| checker | setting | client rate | kill -> weight 0 (median / max) | failed requests / kill (median / max) | failed after weight 0 | CPU | restore (median / max) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         s = r.summary()
         lines.append(
-            f"| {r.checker} | {r.setting} | {s['median_to_zero_s']:.3f} / {s['max_to_zero_s']:.3f} s"
+            f"| {r.checker} | {r.setting} | {s['rate']:.0f}/s | {s['median_to_zero_s']:.3f} / {s['max_to_zero_s']:.3f} s"
             f" | {s['failed_per_kill_median']:g} / {s['failed_per_kill_max']:g} | {s['failed_after_zero_total']:g}"
             f" | {s['cpu_percent']:.1f} % | {s['restore_median_s']:.3f} / {s['restore_max_s']:.3f} s |"
         )
@@ -557,7 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=5, help="kills per checker and setting")
     parser.add_argument("--rate", type=float, default=40.0, help="new client connections a second through the VIP")
-    parser.add_argument("--settings", default="common,fast")
+    parser.add_argument("--settings", default="common,fast", help="of slow (5 s), common (1 s), fast (0.1 s)")
+    parser.add_argument(
+        "--checkers", default="keepalived,lvsguard", help=f"of keepalived, lvsguard, {PASSIVE} (conntrack on for all)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the random wait before each kill")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "keepalived_checker.json"))
     args = parser.parse_args(argv)
@@ -576,8 +621,13 @@ def main(argv: list[str] | None = None) -> int:
             service.ready()
         kernel = NetlinkIPVS(lab.director.netns)
         stack.callback(kernel.close)
+        checkers = args.checkers.split(",")
+        if PASSIVE in checkers:  # for every checker of the run: conntrack's cost is the same for all
+            conntrack.track(lab.director.netns)
         for setting in chosen:
-            for checker in ("keepalived", "lvsguard"):
+            for checker in checkers:
+                if checker == PASSIVE and setting.name == "fast":
+                    continue
                 print(f"== {checker}, {setting.name} setting", flush=True)
                 results.append(
                     measure(checker, setting, lab, kernel, services, args.kills, args.rate, workdir, args.seed)

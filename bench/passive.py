@@ -45,6 +45,7 @@ from lab.topology import VIP_DR, VIP_NAT, Lab
 from lvsguard.config.passive import CONNTRACK, PassiveConfig
 from lvsguard.exporter.passive.conntable import ConnTableReader, PassCounts
 from lvsguard.exporter.passive.metrics import PassiveMetrics
+from lvsguard.exporter.passive.rule import Verdict
 from lvsguard.exporter.passive.runner import PassiveDetector
 from lvsguard.ipvs.netns import entered
 
@@ -135,7 +136,7 @@ class Detector:
         self.handshakes = 0
         observe = self.detector.judge.observe
 
-        def counting(counts: PassCounts, now: float) -> list:  # type: ignore[type-arg]  # the rule's own list
+        def counting(counts: PassCounts, now: float) -> list[Verdict]:
             self.handshakes += sum(counts.attempts.values())
             return observe(counts, now)
 
@@ -253,7 +254,7 @@ def replay(rate: float, seconds: float) -> str:
     counted = [0]
     observe = detector.judge.observe
 
-    def counting(counts: PassCounts, now: float) -> list:  # type: ignore[type-arg]  # the rule's own list
+    def counting(counts: PassCounts, now: float) -> list[Verdict]:
         counted[0] += sum(counts.attempts.values())
         return observe(counts, now)
 
