@@ -1,8 +1,8 @@
 """This director in the fleet view (``cluster.store: etcd``; docs/cluster.md, "The fleet").
 
 ``Announcer`` is one thread beside the cluster watch: every ``INTERVAL``
-seconds, and at once after each convergence of the watch, it puts this
-director's status into etcd (``lvsguard.cluster.fleet``): its VRRP role, the
+seconds, and at once after each convergence of the watch, it keeps this
+director's status in etcd (``lvsguard.cluster.fleet``): its VRRP role, the
 VIPs it holds, the cluster holds its kernel has applied and those it has not,
 its table drift, its exporter's and etcd's state. ``confirm`` is what an
 operator's action waits for before it answers: every director's status
@@ -140,7 +140,7 @@ def confirm(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            view = fleet.view()
+            view = fleet.view(serializable=True)
         except ClusterStoreError:
             return {}
         result = {d.director: _state(view, d, service, real_server, holder) for d in view.directors}

@@ -257,9 +257,12 @@ class EtcdClient:
         kvs = self.call("kv/range", body).get("kvs", [])
         return KeyValue.from_json(kvs[0]) if kvs else None
 
-    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        """Every key under ``prefix`` (a linearizable read) and the revision it was read at."""
-        reply = self.call("kv/range", {"key": _b64(prefix), "range_end": _b64_end(prefix)})
+    def range(self, prefix: str, *, serializable: bool = False) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` and the revision it was read at; linearizable unless ``serializable``."""
+        body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64_end(prefix)}
+        if serializable:
+            body["serializable"] = True
+        reply = self.call("kv/range", body)
         return [KeyValue.from_json(kv) for kv in reply.get("kvs", [])], _revision(reply)
 
     def delete(self, key: str, *, prefix: bool = False) -> int:
@@ -280,6 +283,14 @@ class EtcdClient:
     def lease_grant(self, ttl: int) -> int:
         """A new lease of ``ttl`` seconds; its id."""
         return int(self.call("lease/grant", {"TTL": str(ttl)}).get("ID", 0))
+
+    def lease_keepalive(self, lease: int) -> int:
+        """Renew ``lease``; its TTL in seconds, 0 when it is gone (expired or revoked).
+
+        One request and one reply through the gateway's stream (the leader
+        renews it in memory: no Raft write, unlike a grant or a put).
+        """
+        return int(self.call("lease/keepalive", {"ID": str(lease)}).get("result", {}).get("TTL", 0))
 
     def status(self) -> dict[str, Any]:
         """The answering member's status (``header``, ``leader``, ``version``)."""

@@ -1,13 +1,16 @@
 """Every director's status in etcd: the fleet view (docs/cluster.md, "The fleet").
 
 Each director's actuator announces itself under ``<root>directors/<name>``
-(``/lvsguard/dc1/directors/lvs1``) every ``INTERVAL`` seconds and right after
-each convergence: its VRRP role, the VIPs it holds, whether its kernel
-matches what it should (cluster holds applied, pending, table drift), its
-exporter's and etcd's state, and the cluster holds it has applied. The record
-is put under a lease of ``TTL`` seconds, so a director that dies leaves the
-view on its own; a record older than ``STALE`` seconds (a director alive for
-etcd but stuck) is shown as stale.
+(``/lvsguard/dc1/directors/lvs1``): its VRRP role, the VIPs it holds, whether
+its kernel matches what it should (cluster holds applied, pending, table
+drift), its exporter's and etcd's state, and the cluster holds it has
+applied. It looks every ``INTERVAL`` seconds and right after each
+convergence, and puts the record only when it changed (or every ``REFRESH``
+seconds, so that ``at`` says it is alive): a put is a Raft write, which etcd
+fsyncs. The record lives under one lease of ``TTL`` seconds, renewed at every
+look (no Raft write), so a director that dies leaves the view on its own; a
+record older than ``STALE`` seconds (a director alive for etcd but whose
+announcements stopped) is shown as stale.
 
 The record is JSON, one object per director::
 
@@ -21,16 +24,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lvsguard.cluster.etcd import EtcdClient
 from lvsguard.config.cluster import ClusterConfig
 from lvsguard.errors import ClusterStoreError
 
-TTL = 10  # seconds a director's record outlives its last announcement
-INTERVAL = 2.0  # seconds between two announcements
-STALE = 3 * INTERVAL  # a record older than this is shown as stale
+TTL = 10  # seconds a director's record outlives its last renewal
+INTERVAL = 2.0  # seconds between two looks (lease renewed, record put if changed)
+REFRESH = 30.0  # seconds after which the record is put even if unchanged
+STALE = 2.5 * REFRESH  # a record older than this is shown as stale
 
 Applied = tuple[str, str, str]
 """(service, real server, holder): a cluster hold this director has applied."""
@@ -117,29 +121,41 @@ class Fleet:
         self.clock = clock
         self.prefix = f"{config.root}directors/"
         self._lease = 0
+        self._last: DirectorStatus | None = None  # the record last put, ``at`` left out
+        self._put_at = 0.0
 
     def key(self, director: str) -> str:
         return f"{self.prefix}{director}"
 
-    def announce(self, status: DirectorStatus) -> None:
-        """Put this director's record under a fresh lease of ``TTL`` seconds (ClusterStoreError if etcd is away).
+    def announce(self, status: DirectorStatus, *, force: bool = False) -> bool:
+        """Keep this director's record: renew its lease, put it if it changed; whether it was put.
 
-        A new lease per announcement, not a kept-alive one: the JSON gateway's
-        keep-alive is a stream, and a lease that is never renewed cannot be
-        left alive by a director that stopped announcing. The lease before
-        expires on its own (the key moved to the new one).
+        ClusterStoreError if etcd is away. A lease found gone (etcd was away
+        longer than ``TTL``) is granted anew and the record put again.
         """
-        lease = self.client.lease_grant(TTL)
-        self.client.put(self.key(status.director), json.dumps(status.to_json(), sort_keys=True), lease=lease)
-        self._lease = lease
+        if self._lease and self.client.lease_keepalive(self._lease) <= 0:
+            self._lease = 0
+        if not self._lease:
+            self._lease = self.client.lease_grant(TTL)
+            force = True
+        same = replace(status, at=0.0) == self._last
+        if same and not force and status.at - self._put_at < REFRESH:
+            return False
+        self.client.put(self.key(status.director), json.dumps(status.to_json(), sort_keys=True), lease=self._lease)
+        self._last, self._put_at = replace(status, at=0.0), status.at
+        return True
 
     def withdraw(self, director: str) -> None:
         """Remove ``director``'s record (a clean stop); errors are the caller's to ignore."""
         self.client.delete(self.key(director))
 
-    def view(self) -> FleetView:
-        """Every director's last announcement, by name (ClusterStoreError if etcd cannot be read)."""
-        kvs, _revision = self.client.range(self.prefix)
+    def view(self, *, serializable: bool = False) -> FleetView:
+        """Every director's last announcement, by name (ClusterStoreError if etcd cannot be read).
+
+        ``serializable``: the answering member's copy, without a Raft round (a
+        poll that waits for the others' announcements needs no more).
+        """
+        kvs, _revision = self.client.range(self.prefix, serializable=serializable)
         found, problems = [], []
         for kv in kvs:
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from lvsguard.actuator import client as cli_client
 from lvsguard.actuator.fleet import confirm
 from lvsguard.actuator.settings import Quorum
 from lvsguard.actuator.targets import Target
-from lvsguard.cluster.fleet import DirectorStatus, Fleet
+from lvsguard.cluster.etcd import EtcdClient
+from lvsguard.cluster.fleet import REFRESH, DirectorStatus, Fleet
+from lvsguard.config.cluster import ClusterConfig
 from tests.integration.test_cluster_holds import RS, WEB, Director, Start, directors, etcd, wait_weights  # noqa: F401
 
 TOKEN = "fleet-test-token-0123456789"
@@ -116,7 +119,7 @@ def test_a_stopped_director_leaves_the_view_and_a_silent_one_is_stale(directors:
 
     assert d1.actions.cluster is not None
     fleet = Fleet(d1.actions.cluster.client, d1.actions.settings.cluster)
-    fleet.announce(DirectorStatus("dir9", at=time.time() - 60))  # alive for etcd, silent for a minute
+    fleet.announce(DirectorStatus("dir9", at=time.time() - 600))  # alive for etcd, silent for 10 minutes
     doc = view(d1)
     assert {x["director"]: x["stale"] for x in doc["directors"]} == {"dir1": False, "dir2": False, "dir9": True}
     assert confirm(fleet, Target(WEB, RS[1]), None, timeout=0.5)["dir9"] == "stale"  # not waited for
@@ -166,3 +169,29 @@ def test_a_local_store_has_no_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     out = io.StringIO()
     assert cli_client.cluster_from_api(argparse.Namespace(json=False), out) == 0
     assert "no cluster store (cluster.store: local)" in out.getvalue()
+
+
+def test_a_director_is_written_only_when_it_changes_and_its_lease_comes_back(etcd: Any) -> None:
+    """A put is a Raft write etcd fsyncs: an unchanged status only renews the lease; a lost lease is granted anew."""
+    client = EtcdClient([etcd.url])
+    fleet = Fleet(client, ClusterConfig(store="etcd", endpoints=(etcd.url,), name="announce-test"))
+    key = fleet.key("lvs1")
+    status = DirectorStatus("lvs1", role="master", at=1000.0)
+    try:
+        assert fleet.announce(status) is True
+        first = client.get(key)
+        assert first is not None and first.lease != 0
+        assert fleet.announce(dataclasses.replace(status, at=1001.0)) is False  # the same but for the time
+        assert client.get(key).mod_revision == first.mod_revision  # type: ignore[union-attr]
+        assert fleet.announce(dataclasses.replace(status, role="backup", at=1002.0)) is True
+        assert fleet.announce(dataclasses.replace(status, role="backup", at=1002.0 + REFRESH)) is True  # refreshed
+
+        client.call("lease/revoke", {"ID": str(first.lease)})  # as if etcd had been away longer than the TTL
+        assert client.get(key) is None
+        assert fleet.announce(dataclasses.replace(status, role="backup", at=1003.0 + REFRESH)) is True
+        again = client.get(key)
+        assert again is not None and again.lease not in (0, first.lease)
+        assert DirectorStatus.from_json(json.loads(again.value)).role == "backup"
+    finally:
+        client.delete(key)
+        client.close()
