@@ -59,6 +59,10 @@ METRICS = {
     "lvs_probe_duration_seconds_bucket",
     "lvs_backend_healthy",
     "lvs_backend_health_changes_total",
+    # exporter passive detection (docs/probes.md#passive-detection)
+    "lvs_backend_handshake_failures_total",
+    "lvs_backend_passive_verdicts_total",
+    "lvs_backend_passive_holddown_seconds",
     # actuator (docs/actuator.md)
     "lvsguard_actions_total",
     "lvsguard_refusals_total",
@@ -812,6 +816,40 @@ def virtual_service() -> dict[str, Any]:
             [target(f"sum by ({RS}) (increase(lvs_backend_health_changes_total{{{S}}}[$__rate_interval]))", RS_LEGEND)],
             unit="short",
             bars=True,
+        ),
+        timeseries(
+            "Failed handshakes (passive)",
+            "Client handshakes to each real server that failed, per second, as the passive detector saw them: "
+            "refused (reset before established) or timeout (no answer within passive.handshake_timeout).",
+            [
+                target(
+                    f"sum by ({RS}, reason) (rate(lvs_backend_handshake_failures_total{{{S}}}[$__rate_interval]))",
+                    RS_LEGEND + " {{reason}}",
+                )
+            ],
+            unit="short",
+            w=8,
+        ),
+        timeseries(
+            "Passive verdicts",
+            "Verdicts of the passive detector per real server: its handshakes failed far more than its peers'.",
+            [
+                target(
+                    f"sum by ({RS}) (increase(lvs_backend_passive_verdicts_total{{{S}}}[$__rate_interval]))",
+                    RS_LEGEND,
+                )
+            ],
+            unit="short",
+            bars=True,
+            w=8,
+        ),
+        timeseries(
+            "Passive hold-downs",
+            "Seconds left of each real server's passive hold-down (0: none); it doubles on repeated verdicts.",
+            [target(f"max by ({RS}) (lvs_backend_passive_holddown_seconds{{{S}}})", RS_LEGEND)],
+            unit="s",
+            steps=True,
+            w=8,
         ),
         timeseries(
             "Quarantined by the actuators",

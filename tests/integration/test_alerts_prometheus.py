@@ -65,7 +65,7 @@ def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: 
     return lab_poll(what, probe, done, timeout, interval=0.5)
 
 
-PROBES = "probes:\n  default_tcp: true\n"
+PROBES = "probes:\n  default_tcp: true\npassive:\n  enabled: true\n"
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,8 @@ def exporter(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     """A real ``lvsguard exporter`` process on the lab director's table, probing it; yields its host:port.
 
     Probes are opt-in: ``default_tcp`` makes the lvs_probe_* and lvs_backend_healthy series the
-    dashboards and rules read.
+    dashboards and rules read; passive detection, the lvs_backend_handshake_failures_total and
+    lvs_backend_passive_* series of the passive panels.
     """
     with running_exporter(
         tmp_path_factory.mktemp("exporter"), lambda listen: lab.config_yaml(listen=listen) + PROBES
