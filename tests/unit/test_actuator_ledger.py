@@ -9,6 +9,7 @@ import pytest
 
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.targets import Target
+from lvsguard.model import RealServerKey, ServiceKey
 
 T = Target.parse("TCP 192.0.2.10:80", "10.0.1.1:80")
 T6 = Target.parse("FWM 3 IPv6", "[2001:db8::5]:443")
@@ -81,3 +82,13 @@ def test_audit_is_newest_first_and_pollable(ledger: Ledger) -> None:
     ]
     assert [e.id for e in ledger.audit_events()] == ids[::-1]
     assert [e.details["n"] for e in ledger.audit_events(after=ids[0])] == [2, 1]
+
+
+def test_owned_of_some_services_reads_only_theirs(ledger: Ledger) -> None:
+    web, dns = ServiceKey.parse("TCP 192.0.2.10:80"), ServiceKey.parse("UDP 192.0.2.10:53")
+    web1 = RealServerKey.parse("10.0.1.1:80")
+    with ledger.transaction():
+        ledger.own([web, (web, web1), dns])
+    assert ledger.owned() == {web, (web, web1), dns}
+    assert ledger.owned([web]) == {web, (web, web1)}
+    assert ledger.owned([]) == frozenset()

@@ -163,7 +163,7 @@ def plan_table(
     kernel = _read(s, only)
     weights = held_weights(s, desired)
     if owned is None:
-        owned = s.ledger.owned()
+        owned = s.ledger.owned(only)
     steps = plan(desired, kernel, prune=settings.prune, owned=owned, weights=weights, only=only)
     now = s.clock()
     expired = {
@@ -230,10 +230,6 @@ def apply_table(
     removed = _removed(result.applied)
     planned = None if only is None else set(only)
     ended = [key for key in state.drains if key not in draining and (planned is None or key[0] in planned)]
-    with s.ledger.transaction():
-        s.ledger.disown(removed)
-        s.ledger.end_table_drains(ended)
-        restore = _restore_weights(s, desired)
     state.drains.update(begun)
     for entry in ended:
         del state.drains[entry]
@@ -252,11 +248,14 @@ def apply_table(
         state.applied, state.applied_prune = desired, settings.prune
     for key in {step.service for step in steps.operations}:
         s.forget(key)
-    outcome = TableOutcome(steps, result, held, restore=restore)
-    repeat = only is not None and not audit_repeats and outcome.message == state.last  # the retry loop
-    state.last = outcome.message
-    if not repeat:
-        _audit(s, outcome, actor, event_id)
+    with s.ledger.transaction():  # one commit: what the run removed and ended, the restore weights, its audit event
+        s.ledger.disown(removed)
+        s.ledger.end_table_drains(ended)
+        outcome = TableOutcome(steps, result, held, restore=_restore_weights(s, desired))
+        repeat = only is not None and not audit_repeats and outcome.message == state.last  # the retry loop
+        state.last = outcome.message
+        if not repeat:
+            _audit(s, outcome, actor, event_id)
     return outcome
 
 
