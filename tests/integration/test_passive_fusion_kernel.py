@@ -12,6 +12,10 @@ comes back only after the check has passed ``rise`` times. The check's own
 ``fall`` (3 at 5 s) is longer than the outage, so the passive verdict is the
 only hold on rs1: what brings it back is the passive release.
 
+Both sources: ``table`` (the connection table read every 0.2 s) and
+``conntrack`` (events, judged on the first refusal; conntrack on in the
+director, ``lab.conntrack``).
+
 Figures are printed (pytest -s): failed client requests per kill, time to
 weight 0, time from the listener's return to the weight's.
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import conntrack
 from lab.actuator import running_actuator
 from lab.topology import Lab
 from lvsguard.actuator.ledger import Ledger
@@ -42,6 +47,11 @@ RISE = 2
 HOLDDOWN = 5.0
 OUTAGE = HOLDDOWN + 3.0  # the listener stays dead past the hold-down: the check, not the clock, decides
 KILLS = 3
+SOURCES = {
+    "table": "{enabled: true, interval: 0.2s, handshake_timeout: 2s, holddown_min: %gs}",
+    "conntrack": "{enabled: true, source: conntrack, handshake_timeout: 2s, min_failures: 1, min_passes: 1,"
+    " chance: 0.05, holddown_min: %gs}",
+}
 
 
 @dataclass
@@ -53,8 +63,12 @@ class Kill:
     back_after: float  # seconds from the listener's return to the weight's
 
 
-@pytest.fixture
-def rig(lab: Lab, tmp_path: Path) -> Iterator[tuple[Exporter, str, NetlinkIPVS]]:
+@pytest.fixture(params=sorted(SOURCES))
+def rig(lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Exporter, str, NetlinkIPVS]]:
+    source = request.param
+    if source == "conntrack":
+        conntrack.track(lab.director.netns)
+        request.addfinalizer(lambda: conntrack.untrack(lab.director.netns))
     token = tmp_path / "token"
     token.write_text(f"probes:{TOKEN}\n")
     token.chmod(0o600)
@@ -68,7 +82,7 @@ def rig(lab: Lab, tmp_path: Path) -> Iterator[tuple[Exporter, str, NetlinkIPVS]]
             + "probes:\n"
             + f"  checks: [{{type: tcp, service: nat, interval: {INTERVAL:g}s, timeout: 1s, rise: {RISE}, fall: 3}}]\n"
             + f"  publish: {{url: '{url}', token_file: '{token}'}}\n"
-            + f"passive: {{enabled: true, interval: 0.2s, handshake_timeout: 2s, holddown_min: {HOLDDOWN:g}s}}\n"
+            + f"passive: {SOURCES[source] % HOLDDOWN}\n"
         )
         exporter = Exporter(config)
         try:
@@ -79,6 +93,10 @@ def rig(lab: Lab, tmp_path: Path) -> Iterator[tuple[Exporter, str, NetlinkIPVS]]
                 if _weight(reader, lab, name) != w:
                     lab.set_weight(lab.nat, name, w)
             reader.close()
+
+
+def exporter_source(exporter: Exporter) -> str:
+    return "conntrack" if any("source=conntrack" in line for line in exporter.log) else "table"
 
 
 def _weight(reader: NetlinkIPVS, lab: Lab, name: str) -> int:
@@ -113,6 +131,7 @@ def test_a_killed_listener_is_out_at_once_and_back_when_the_check_sees_it(
                 "rs1 back",
                 timeout=RISE * INTERVAL + 10.0,
                 step=0.05,
+                detail=lambda: "\n".join(line for line in exporter.log if "passive" in line)[-4000:],
             )
             back_at = time.monotonic()
             failures = client.failures[before:]
@@ -130,7 +149,7 @@ def test_a_killed_listener_is_out_at_once_and_back_when_the_check_sees_it(
             )
     for n, k in enumerate(kills, 1):
         print(
-            f"\nkill {n} at {RATE:g} new connections/s, check every {INTERVAL:g} s: {k.failed_before_zero} failed "
+            f"\n{exporter_source(exporter)}: kill {n} at {RATE:g} new connections/s, check every {INTERVAL:g} s: {k.failed_before_zero} failed "
             f"requests before weight 0 (+{k.failed_after_zero} after), weight 0 {k.to_zero:.2f} s after the kill "
             f"command returned ({k.first_failure_to_zero:.2f} s after the first failed request), back "
             f"{k.back_after:.1f} s after the listener"

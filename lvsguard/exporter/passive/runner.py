@@ -17,10 +17,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from lvsguard.config.passive import CONNTRACK, PassiveConfig
-from lvsguard.exporter.passive.conntable import ConnTableReader, PassCounts
+from lvsguard.exporter.passive.conntable import Backend, ConnTableReader, PassCounts
 from lvsguard.exporter.passive.ctevents import ConntrackEvents, conntrack_enabled, open_socket
 from lvsguard.exporter.passive.fusion import Fusion
 from lvsguard.exporter.passive.metrics import PassiveMetrics
@@ -57,6 +57,22 @@ def opener(netns: str | None) -> Callable[[str], int]:
             return os.open(path, os.O_RDONLY)
 
     return open_in
+
+
+def without(counts: PassCounts, out: Collection[Backend]) -> PassCounts:
+    """``counts`` less the real servers a verdict holds out: their active check, not a stray connection, judges them.
+
+    IPVS can still send a held real server a connection (a client port
+    reused while its old entry lives): its refusal must not renew the
+    verdict and double the hold-down of a server that never came back.
+    """
+    if not out:
+        return counts
+    kept = PassCounts(entries=counts.entries, bytes=counts.bytes, complete=counts.complete)
+    kept.attempts.update({b: n for b, n in counts.attempts.items() if b not in out})
+    for reason, counter in counts.failures.items():
+        kept.failures[reason].update({b: n for b, n in counter.items() if b not in out})
+    return kept
 
 
 class PassiveDetector:
@@ -140,7 +156,7 @@ class PassiveDetector:
             return []
         self._state("")
         now = self.clock()
-        verdicts = self.judge.observe(counts, now)
+        verdicts = self.judge.observe(without(counts, self.fusion.out) if self.fusion else counts, now)
         self.metrics.record(counts, verdicts, self.judge.held_until())
         for v in verdicts:
             if self.fusion is not None:  # first: the publisher's thread posts while this one logs
