@@ -24,6 +24,22 @@ STATE = Path(os.environ.get("LVSGUARD_SYSTEMCTL_STATE", "/run/lvsguard-systemctl
 UNIT_DIRS = (Path("/etc/systemd/system"), Path("/lib/systemd/system"))
 
 
+def service_settings(path: Path, into: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """The ``[Service]`` keys of a unit file or drop-in, each with its values in order (added to ``into``)."""
+    found: dict[str, list[str]] = {} if into is None else into
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            found.setdefault(key, []).append(value)
+    return found
+
+
 def settings(unit: str) -> dict[str, list[str]]:
     """The ``[Service]`` keys of ``unit`` and its drop-ins, each with its values in order."""
     files = [d / unit for d in UNIT_DIRS if (d / unit).is_file()][:1]
@@ -32,16 +48,7 @@ def settings(unit: str) -> dict[str, list[str]]:
     files += sorted((UNIT_DIRS[0] / f"{unit}.d").glob("*.conf"))
     found: dict[str, list[str]] = {}
     for path in files:
-        section = ""
-        for raw in path.read_text().splitlines():
-            line = raw.strip()
-            if not line or line.startswith(("#", ";")):
-                continue
-            if line.startswith("["):
-                section = line
-            elif section == "[Service]":
-                key, _, value = line.partition("=")
-                found.setdefault(key, []).append(value)
+        service_settings(path, found)
     return found
 
 

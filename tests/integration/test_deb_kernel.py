@@ -32,6 +32,7 @@ import pytest
 
 from lab.topology import Lab
 from lvsguard import __version__
+from tests.integration.systemctl_shim import service_settings
 from tests.integration.test_actuator_kernel import TOKEN, http
 from tests.waiting import wait_for
 
@@ -84,27 +85,11 @@ def installed() -> Iterator[Path]:
                 path.unlink(missing_ok=True)
 
 
-def unit_settings(path: Path) -> dict[str, list[str]]:
-    """The ``[Service]`` keys of a unit file or drop-in, each with its values in order."""
-    settings: dict[str, list[str]] = {}
-    section = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]":
-            key, _, value = line.partition("=")
-            settings.setdefault(key, []).append(value)
-    return settings
-
-
 def as_the_unit(unit: Path, *drop_ins: Path) -> tuple[list[str], dict[str, str]]:
     """The unit's ExecStart as its user with its (and the drop-ins') ambient capabilities, and its environment."""
-    settings = unit_settings(unit)
+    settings = service_settings(unit)
     caps: list[str] = []
-    for source in (settings, *(unit_settings(d) for d in drop_ins)):
+    for source in (settings, *(service_settings(d) for d in drop_ins)):
         for value in source.get("AmbientCapabilities", []):
             caps += [c.removeprefix("CAP_").lower() for c in value.split()]
     spec = ",".join(f"+{c}" for c in caps)
@@ -128,7 +113,7 @@ def as_the_unit(unit: Path, *drop_ins: Path) -> tuple[list[str], dict[str, str]]
 
 def directories(unit: Path) -> None:
     """``StateDirectory=`` and ``RuntimeDirectory=`` as systemd makes them: owned by the unit's user, its modes."""
-    settings = unit_settings(unit)
+    settings = service_settings(unit)
     for kind, top in (("StateDirectory", "/var/lib"), ("RuntimeDirectory", "/run")):
         for name in settings.get(kind, []):
             mode = settings.get(f"{kind}Mode", ["0755"])[0]
