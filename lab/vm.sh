@@ -296,6 +296,21 @@ cat "$CTL/stdout" 9>&- & CAT1=$!
 cat "$CTL/stderr" >&2 9>&- & CAT2=$!
 exec 7>"$CTL/stdout" 8>"$CTL/stderr"
 
+# A host with AVX-512 or AMX has an XSAVE area bigger than UML 6.1's 832-byte
+# buffer and refuses UML's PTRACE_SETREGSET (the guest's init dies at boot:
+# "ptrace set fp regs failed, errno = 14"): lab/uml_xstate.c, preloaded into
+# linux.uml, sets the whole area. Guest threads of one process share the state
+# UML does not save, so the guest's glibc and OpenSSL leave AVX-512 alone.
+PRELOAD=()
+if grep -qwE 'avx512f|amx_tile' /proc/cpuinfo 2>/dev/null; then
+    command -v cc >/dev/null || die "this host has AVX-512: lab/vm.sh needs a C compiler (cc) for lab/uml_xstate.c"
+    cc -O2 -shared -fPIC -o "$CTL/uml_xstate.so" "$(dirname "$SELF")/uml_xstate.c" -ldl ||
+        die "cannot build lab/uml_xstate.c"
+    PRELOAD=(env "LD_PRELOAD=$CTL/uml_xstate.so")
+    printf '%s\0' "GLIBC_TUNABLES=${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD" \
+        "OPENSSL_ia32cap=${OPENSSL_ia32cap:-:~0x10000}" >> "$CTL/env"
+fi
+
 # UML keeps guest RAM in an unlinked file under TMPDIR that it maps executable:
 # use /dev/shm (tmpfs) unless it is mounted noexec.
 if [ -d /dev/shm ] && [ -w /dev/shm ] && ! findmnt -no OPTIONS /dev/shm | grep -qw noexec; then
@@ -305,7 +320,7 @@ TO=()
 [ -z "$TIMEOUT" ] || TO=(timeout -k 5 "$TIMEOUT")
 # con0 -> our stdout, con1 -> our stderr, con2 = kernel console -> log.
 # initcall_blacklist: the built-in raid6 boot benchmark alone costs ~0.7 s.
-setsid -w "${TO[@]}" "$D/pkg/usr/bin/linux.uml" \
+setsid -w "${TO[@]}" "${PRELOAD[@]}" "$D/pkg/usr/bin/linux.uml" \
     mem="${MEM}M" root=/dev/root rootfstype=hostfs hostfs=/ ro init="$SELF" \
     quiet initcall_blacklist=raid6_select_algo \
     console=tty2 con=null con0=null,fd:3 con1=null,fd:4 con2=null,fd:5 ssl=null \
