@@ -312,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     dif.add_argument(
         "--ledger", metavar="FILE", help="the actuator's ledger, read-only (default: the config's, when it is there)"
     )
+    dif.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the plan from the cluster's desired table in etcd to the config's (what 'apply --cluster' writes)",
+    )
     _add_netns(dif)
     dif.set_defaults(func=cmd_diff)
 
@@ -433,6 +438,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    if args.cluster:
+        from lvsguard import config
+        from lvsguard.cluster import commands as cluster
+
+        return cluster.diff(config.load(args.config))
     from lvsguard.table import commands
 
     return commands.diff(args.config, args.netns, ledger=args.ledger)

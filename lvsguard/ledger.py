@@ -130,6 +130,12 @@ CREATE TABLE IF NOT EXISTS table_drains (
     until REAL NOT NULL,
     PRIMARY KEY (service, real_server)
 );
+CREATE TABLE IF NOT EXISTS cluster_table (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    applied REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ended_sessions (
     sid TEXT PRIMARY KEY,
     until REAL NOT NULL

@@ -27,6 +27,7 @@ from lvsguard.actuator.openapi import document
 from lvsguard.actuator.probestate import CheckState, ProbeView, probe_view
 from lvsguard.actuator.states import Confirmed
 from lvsguard.actuator.targets import Target
+from lvsguard.cluster.table import TableStore
 from lvsguard.errors import ApiError, ClusterStoreError, LvsguardError
 from lvsguard.keepalived import read_role_file
 from lvsguard.model import (
@@ -425,6 +426,7 @@ def cluster_json() -> dict[str, Any]:
         "store_up": None,
         "directors": [],
         "holds": [],
+        "table": None,
         "problems": [],
     }
     shared = current_fleet()
@@ -435,12 +437,30 @@ def cluster_json() -> dict[str, Any]:
     try:
         view = fleet.view()
         records, _revision = sync.store.snapshot()
+        table = TableStore(sync.store.client, settings).read()
     except ClusterStoreError as exc:
         out["problems"] = [str(exc)]
         return out
     out["problems"] = list(view.problems)
+    revision = table.revision if table is not None else 0
+    out["table"] = None
+    if table is not None:
+        out["table"] = {
+            "revision": table.revision,
+            "by": table.by,
+            "at": iso(table.at),
+            "file": table.file,
+            "services": len(table.desired),
+            "real_servers": table.desired.real_server_count,
+        }
     out["directors"] = [
-        {**d.to_json(), "at": iso(d.at), "stale": view.stale(d), "converged": d.converged and not view.stale(d)}
+        {
+            **d.to_json(),
+            "at": iso(d.at),
+            "stale": view.stale(d),
+            "table_matches": d.table_matches(revision),
+            "converged": d.converged and d.table_matches(revision) and not view.stale(d),
+        }
         for d in view.directors
     ]
     out["holds"] = [

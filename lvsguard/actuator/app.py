@@ -26,6 +26,7 @@ from lvsguard.actuator import api, auth, ledger, limits, ui, webhook
 from lvsguard.actuator import reload as reloading
 from lvsguard.actuator.actions import Actions, Kernel
 from lvsguard.actuator.cluster import ClusterMetrics, ClusterSync
+from lvsguard.actuator.clustertable import TableMetrics, TableSync
 from lvsguard.actuator.fleet import Announcer
 from lvsguard.actuator.httperrors import handle_error
 from lvsguard.actuator.jobs import JobRunner
@@ -35,6 +36,7 @@ from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.cluster.etcd import EtcdClient
 from lvsguard.cluster.fleet import Fleet
 from lvsguard.cluster.records import HoldStore
+from lvsguard.cluster.table import TableStore
 from lvsguard.defaults import ACTUATOR_LISTEN
 from lvsguard.errors import LvsguardError
 from lvsguard.keepalived import read_role_file
@@ -92,6 +94,16 @@ def create_app(
     runner = JobRunner(actions, app.config["LVSGUARD_LEDGER"])
     if settings.cluster.shared:
         runner.cluster = _cluster_sync(settings, actions, app.config["LVSGUARD_LEDGER"], registry, clock)
+        if settings.table.source == "cluster":
+            store = TableStore(runner.cluster.store.client, settings.cluster, clock=clock)
+            runner.table = TableSync(
+                actions,
+                app.config["LVSGUARD_LEDGER"],
+                store,
+                TableMetrics(registry, actions),
+                applied=runner.cluster.announce_soon,
+                clock=clock,
+            )
         runner.fleet = _announcer(app, kernel, actions, runner.cluster, clock)
     app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry, quarantine)
     app.register_blueprint(webhook.bp)

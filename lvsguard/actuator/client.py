@@ -439,6 +439,13 @@ def cluster_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 0
     up = {True: "up", False: "down", None: "unknown"}
     print(f"cluster {reply['cluster']}: etcd {up[reply['store_up']]} from {reply['director']}", file=out)
+    table = reply.get("table")
+    if table:
+        print(
+            f"table: revision {table['revision']} by {table['by'] or 'unknown'} at {table['at']} "
+            f"({table['services']} services, {table['real_servers']} real servers)",
+            file=out,
+        )
     for problem in reply["problems"]:
         print(f"  problem: {problem}", file=out)
     rows = []
@@ -453,21 +460,25 @@ def cluster_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 for part in (
                     f"{d['pending']} holds pending" if d["pending"] else "",
                     f"{d['drift']} drifted" if d["drift"] else "",
+                    f"{d.get('table_pending', 0)} services unfinished" if d.get("table_pending") else "",
+                    "" if d.get("table_matches", True) else "table behind",
                 )
                 if part
             )
+        source = d.get("table_source", "config")
         rows.append(
             [
                 d["director"],
                 d["role"],
                 ",".join(d["vips"]) or "-",
                 kernel,
+                f"r{d.get('table_revision', 0)}" if source == "cluster" else "own config",
                 d["exporter"],
                 up[d["store_up"]],
                 d["actuator_url"] or "-",
             ]
         )
-    _table(["DIRECTOR", "ROLE", "VIPS", "KERNEL", "EXPORTER", "ETCD", "ACTUATOR"], rows, out)
+    _table(["DIRECTOR", "ROLE", "VIPS", "KERNEL", "TABLE", "EXPORTER", "ETCD", "ACTUATOR"], rows, out)
     print("", file=out)
     holds = []
     for h in reply["holds"]:

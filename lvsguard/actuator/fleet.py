@@ -82,6 +82,7 @@ class Announcer:
     def status(self, ledger: Ledger) -> DirectorStatus:
         """This director now, as the fleet view shows it."""
         out = {b.target for b in ledger.backends() if b.state == BackendState.OUT}
+        table = self.actions.cluster_table
         applied = tuple(
             sorted(
                 (str(h.target.service), str(h.target.real_server), h.holder)
@@ -100,6 +101,9 @@ class Announcer:
             pending=self.sync.pending,
             drift=len(self.actions.table.drift),
             at=self.fleet.clock(),
+            table_source=self.actions.settings.table.source,
+            table_revision=table.revision if table is not None else 0,
+            table_pending=len(self.actions.table.pending),
         )
 
     def _vips(self) -> set[str]:

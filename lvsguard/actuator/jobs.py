@@ -24,6 +24,7 @@ import threading
 
 from lvsguard.actuator.actions import Actions, Actor, Outcome, Result, Source
 from lvsguard.actuator.cluster import ClusterSync
+from lvsguard.actuator.clustertable import TableSync
 from lvsguard.actuator.fleet import Announcer
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.logs import event
@@ -46,6 +47,8 @@ class JobRunner:
         """The cluster watch (``cluster.store: etcd``), started last by ``begin``."""
         self.fleet: Announcer | None = None
         """This director's announcements to the fleet view (``cluster.store: etcd``), started with the watch."""
+        self.table: TableSync | None = None
+        """The cluster's table watch (``table.source: cluster``), started with the cluster watch."""
         actions.on_new_job(self.start)
 
     def start(self, job_id: int) -> None:
@@ -65,6 +68,7 @@ class JobRunner:
         """Reconcile the ledger with the kernel, resume open jobs, start the retry loop."""
         ledger = Ledger.open(self.ledger_path, clock=self.actions.clock)
         try:
+            self.actions.load_cached_cluster_table(ledger)  # table.source: cluster: the table last applied
             if self.actions.settings.table.manage:  # first: after a reboot the held real servers must be there
                 self.actions.apply_table(ledger, Actor(Source.ACTUATOR, "start"), whole=True)
             for outcome in self.actions.reconcile(ledger):
@@ -87,6 +91,8 @@ class JobRunner:
         threading.Thread(target=self._retry_loop, name="lvsguard-retry", daemon=True).start()
         if self.cluster is not None:
             self.cluster.start()
+        if self.table is not None:
+            self.table.start()
         if self.fleet is not None:
             self.fleet.start()
 
@@ -94,6 +100,8 @@ class JobRunner:
         self._stop.set()
         if self.fleet is not None:
             self.fleet.stop(timeout)
+        if self.table is not None:
+            self.table.stop(timeout)
         if self.cluster is not None:
             self.cluster.stop(timeout)
         for thread in list(self._threads.values()):

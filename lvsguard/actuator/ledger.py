@@ -462,6 +462,18 @@ class Ledger:
             else:
                 self.conn.execute("DELETE FROM owned WHERE service = ?", (service,))
 
+    def cache_cluster_table(self, revision: int, record: str) -> None:
+        """Keep the cluster's table last applied (``table.source: cluster``): a start without etcd builds it."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO cluster_table (id, revision, record, applied) VALUES (1, ?, ?, ?)",
+            (revision, record, self.now()),
+        )
+
+    def cached_cluster_table(self) -> tuple[int, str] | None:
+        """(revision, record) of the cluster's table last applied; None when none was."""
+        row = self.conn.execute("SELECT revision, record FROM cluster_table WHERE id = 1").fetchone()
+        return None if row is None else (int(row["revision"]), str(row["record"]))
+
     def table_drains(self) -> dict[tuple[ServiceKey, RealServerKey], float]:
         """The real servers the reconciler drains out of the table, each with the time it is removed at the latest."""
         return {

@@ -302,7 +302,7 @@ SCHEMAS: S = {
     ),
     "Audit": _obj(["events"], {"events": {"type": "array", "items": _ref("AuditEvent")}}),
     "Cluster": _obj(
-        ["store", "cluster", "director", "store_up", "directors", "holds", "problems"],
+        ["store", "cluster", "director", "store_up", "directors", "holds", "table", "problems"],
         {
             "store": {"type": "string", "enum": ["local", "etcd"]},
             "cluster": STR,
@@ -322,7 +322,11 @@ SCHEMAS: S = {
                         "pending",
                         "drift",
                         "at",
+                        "table_source",
+                        "table_revision",
+                        "table_pending",
                         "stale",
+                        "table_matches",
                         "converged",
                     ],
                     {
@@ -336,7 +340,11 @@ SCHEMAS: S = {
                         "pending": INT,
                         "drift": INT,
                         "at": TIME,
+                        "table_source": {"type": "string", "enum": ["config", "cluster"]},
+                        "table_revision": INT,
+                        "table_pending": INT,
                         "stale": BOOL,
+                        "table_matches": BOOL,
                         "converged": BOOL,
                     },
                 ),
@@ -356,6 +364,13 @@ SCHEMAS: S = {
                         "applied": {"type": "object", "additionalProperties": BOOL},
                     },
                 ),
+            },
+            "table": {
+                **_obj(
+                    ["revision", "by", "at", "file", "services", "real_servers"],
+                    {"revision": INT, "by": STR, "at": TIME, "file": STR, "services": INT, "real_servers": INT},
+                ),
+                "nullable": True,
             },
             "problems": {"type": "array", "items": STR},
         },

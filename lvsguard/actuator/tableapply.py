@@ -17,6 +17,10 @@ The config is checked first, in full (every problem with its file:line; exit
 
 Exit 0 when the kernel matches (or all went in), 1 on an error or when the
 kernel refused some entries (each named).
+
+``--cluster`` writes the config's table to etcd instead, as the cluster's
+desired table (``lvsguard.cluster.commands``): every director with
+``table.source: cluster`` applies it to its own kernel.
 """
 
 from __future__ import annotations
@@ -48,15 +52,26 @@ def setup_apply(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> arg
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="the YAML config")
     p.add_argument("--netns", metavar="NAME", help="the IPVS table of this network namespace (in-process only)")
     p.add_argument("--ledger", metavar="FILE", help="the actuator's ledger (in-process; default: the config's)")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="write the config's table as the cluster's desired table in etcd (cluster.store: etcd); every "
+        "director with table.source: cluster applies it to its own kernel",
+    )
     add_client_options(p)
     p.set_defaults(func=run_apply)
     return p
 
 
-def run_apply(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_apply(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from lvsguard import config
 
+    out = out or sys.stdout
     cfg = config.load(Path(args.config))
+    if args.cluster:
+        from lvsguard.cluster import commands
+
+        return commands.apply(cfg, out)
     if not cfg.table.manage:
         raise ConfigError(
             [ConfigProblem(cfg.file, 0, 0, "table.manage", "is not true: this config only names services")]
@@ -118,6 +133,7 @@ def apply_here(
             actions = Actions(kernel, settings)
             ledger = Ledger.open(path)
             try:
+                actions.load_cached_cluster_table(ledger)  # table.source: cluster: the last one the actuator applied
                 return actions.apply_table(ledger, actor or Actor(Source.CLI, _user()))
             finally:
                 ledger.close()

@@ -16,7 +16,8 @@ The record is JSON, one object per director::
 
     {"director": "lvs1", "role": "master", "vips": ["192.0.2.10"], "actuator_url": "http://10.0.9.1:9911",
      "store_up": true, "exporter": "ok", "applied": [["TCP 192.0.2.10:80", "10.0.1.2:80", "lvs2/api alice"]],
-     "pending": 0, "drift": 0, "at": 1765120000.0}
+     "pending": 0, "drift": 0, "at": 1765120000.0, "table_source": "cluster", "table_revision": 12,
+     "table_pending": 0}
 """
 
 from __future__ import annotations
@@ -54,11 +55,18 @@ class DirectorStatus:
     pending: int = 0  # cluster holds it has not applied
     drift: int = 0  # managed entries changed by hand (its last drift check)
     at: float = 0.0  # epoch seconds of the announcement (its clock)
+    table_source: str = "config"  # where its table comes from: config, or cluster (the cluster's record)
+    table_revision: int = 0  # with table_source cluster: the revision of the cluster's table its kernel applied
+    table_pending: int = 0  # services its last table apply left unfinished (refused, draining)
 
     @property
     def converged(self) -> bool:
-        """Whether its kernel is what it should be: every cluster hold applied, no drift."""
-        return self.pending == 0 and self.drift == 0
+        """Whether its kernel is what it should be: every cluster hold applied, no drift, its table finished."""
+        return self.pending == 0 and self.drift == 0 and self.table_pending == 0
+
+    def table_matches(self, revision: int) -> bool:
+        """Whether its kernel has the cluster's table at ``revision`` (always, when it follows its own config)."""
+        return self.table_source != "cluster" or self.table_revision == revision
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +80,9 @@ class DirectorStatus:
             "pending": self.pending,
             "drift": self.drift,
             "at": self.at,
+            "table_source": self.table_source,
+            "table_revision": self.table_revision,
+            "table_pending": self.table_pending,
         }
 
     @classmethod
@@ -91,6 +102,9 @@ class DirectorStatus:
                 pending=int(doc.get("pending", 0)),
                 drift=int(doc.get("drift", 0)),
                 at=float(doc.get("at", 0.0)),
+                table_source=str(doc.get("table_source", "config")),
+                table_revision=int(doc.get("table_revision", 0)),
+                table_pending=int(doc.get("table_pending", 0)),
             )
         except (TypeError, ValueError) as exc:
             raise ClusterStoreError(f"director record {doc.get('director')!r}: {exc}") from None

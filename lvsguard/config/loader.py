@@ -164,7 +164,7 @@ def _loads(text: str, filename: str) -> Config:
         ctx = Context(filename)
         if isinstance(root, MappingNode):
             build = partial(_build, file=filename, ctx=ctx)
-            config, _, _ = record(root, "", Schema(build, SECTIONS), ctx)
+            config, _, _ = record(root, "", Schema(build, SECTIONS, check=_check_sections), ctx)
         else:
             ctx.problem(root, "", f"a config is a mapping of sections ({', '.join(SECTIONS)}), got {kind_of(root)}")
     finally:
@@ -192,6 +192,15 @@ def _compose_slowly(text: str, filename: str) -> Node | None:
 def _build(*, file: str, ctx: Context, **sections: Any) -> Config:
     """The Config of the parsed sections, with the desired table ``services`` left in the load's context."""
     return Config(file=file, desired=ctx.desired or DesiredTable(), **sections)
+
+
+def _check_sections(config: Config) -> Iterator[tuple[str, str]]:
+    """Problems between sections: the cluster's table needs the cluster store and management."""
+    if config.table.source == "cluster":
+        if not config.cluster.shared:
+            yield "table.source", "cluster needs cluster.store: etcd (the cluster's table lives in etcd)"
+        if not config.table.manage:
+            yield "table.source", "cluster needs table.manage: true (the cluster's table is applied to the kernel)"
 
 
 def _reader_problem(filename: str, text: str, exc: yaml.reader.ReaderError) -> ConfigProblem:

@@ -21,7 +21,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from lvsguard.config.schema import Context, Key, Schema, boolean, choice, duration_range, is_null
 from lvsguard.table.desired import DesiredTable
-from lvsguard.table.load import DRIFT_POLICIES, TableSettings, load_table
+from lvsguard.table.load import DRIFT_POLICIES, TABLE_SOURCES, TableSettings, load_table
 from lvsguard.table.plan import PRUNE_POLICIES
 
 __all__ = [
@@ -58,6 +58,12 @@ TABLE = Schema(
         "drift_interval": Key(
             duration_range(86400.0, zero=True),
             doc="How often the actuator compares the managed services in the kernel with the config; 0: never.",
+        ),
+        "source": Key(
+            choice(TABLE_SOURCES),
+            doc="Where the table comes from: `config`: this file's `services`; `cluster`: the cluster's desired "
+            "table in etcd (`lvsguard apply --cluster`), with `cluster.store: etcd`; this file's `services` then "
+            "only give names and probes (docs/cluster.md).",
         ),
     },
 )

@@ -43,10 +43,12 @@ from lvsguard.table.desired import (
 from lvsguard.table.plan import PRUNE_POLICIES
 
 DRIFT_POLICIES = ("report", "correct")
+TABLE_SOURCES = ("config", "cluster")
 
 __all__ = [
     "DEFAULT_SCHEDULER",
     "DRIFT_POLICIES",
+    "TABLE_SOURCES",
     "Problem",
     "TableSettings",
     "load_table",
@@ -73,7 +75,7 @@ SERVICE_KEYS = (
     "real_servers",
 )
 REAL_SERVER_KEYS = ("name", "address", "weight", "forward", "upper_threshold", "lower_threshold", "tunnel")
-TABLE_KEYS = ("manage", "prune", "drift", "drift_interval")
+TABLE_KEYS = ("manage", "prune", "drift", "drift_interval", "source")
 PERSISTENCE_KEYS = ("timeout", "netmask", "engine")
 TUNNEL_KEYS = ("type", "port", "checksum")
 
@@ -89,6 +91,7 @@ class TableSettings:
     prune: str = "owned"  # owned: remove only what lvsguard created; exact: everything not in the config
     drift: str = "report"  # a hand change to a managed entry: report (left as it is) or correct (applied back)
     drift_interval: float = 30.0  # seconds between two comparisons of the managed entries; 0: never
+    source: str = "config"  # config: this file's services are the table; cluster: the cluster's record (etcd)
 
 
 class _Problems:
@@ -251,7 +254,11 @@ def _settings(value: Any, problems: _Problems) -> TableSettings:
     if interval < 0:
         problems.add("table.drift_interval", f"must be at least 0 seconds, got {interval:g}")
         interval = 30.0
-    return TableSettings(manage=manage, prune=prune, drift=drift, drift_interval=interval)
+    source = section.get("source", "config")
+    if source not in TABLE_SOURCES:
+        problems.add("table.source", f"must be one of {', '.join(TABLE_SOURCES)}, got {_kind(source)}")
+        source = "config"
+    return TableSettings(manage=manage, prune=prune, drift=drift, drift_interval=interval, source=source)
 
 
 def _service(item: Any, path: str, problems: _Problems) -> VirtualService | None:

@@ -7,6 +7,7 @@ The lock, the kernel, the shared views and the refusal memory stay inside.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +25,9 @@ from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.actuator.states import HoldKind, Result
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.records import ClusterHold, HoldStore
+from lvsguard.cluster.table import TableRecord, decode
 from lvsguard.model import Forward, SyncDaemon, Table
+from lvsguard.table.desired import DesiredTable
 from lvsguard.table.plan import Plan
 
 T = TypeVar("T")
@@ -109,6 +112,10 @@ class Actions:
         """The table reconciler's drains and pending services (``apply_table``, ``retry_table``)."""
         self.cluster: HoldStore | None = None
         """The cluster store's holds (``cluster.store: etcd``): operators' holds go there first (``shared``)."""
+        self.cluster_table: TableRecord | None = None
+        """The cluster's desired table (``table.source: cluster``) this director applies; None: none known yet."""
+        self.settings = self._with_cluster_table(settings)
+        self.policy.settings = self.settings
 
     # wiring
 
@@ -125,11 +132,54 @@ class Actions:
         The Policy stays the same object: its rate-limit window and hold-down clocks carry over.
         """
         with self._lock:
+            new = self._with_cluster_table(new)
             self.settings = new
             self.policy.settings = new
             if not new.table.manage:  # unmanaged meanwhile: the kernel may be anything when management comes back
                 self.table.applied = None
             also()
+
+    def _with_cluster_table(self, settings: ActuatorSettings) -> ActuatorSettings:
+        """With ``table.source: cluster`` the desired table is the cluster's, not the config's ``services``."""
+        if settings.table.source != "cluster":
+            return settings
+        desired = self.cluster_table.desired if self.cluster_table is not None else DesiredTable()
+        return dataclasses.replace(settings, desired=desired)
+
+    def _no_table(self) -> bool:
+        """The table comes from the cluster and none is known yet (no record, no cache): nothing to apply."""
+        return self.settings.table.source == "cluster" and self.cluster_table is None
+
+    def load_cached_cluster_table(self, ledger: Ledger) -> TableRecord | None:
+        """At start (``table.source: cluster``): the cluster's table last applied, from the ledger, as the desired.
+
+        So a director that starts with etcd out of reach (a reboot in an
+        outage) builds the table it had; the watch brings the newer one later.
+        """
+        if self.settings.table.source != "cluster" or self.cluster_table is not None:
+            return self.cluster_table
+        cached = ledger.cached_cluster_table()
+        if cached is None:
+            return None
+        with self._lock:
+            self.cluster_table = decode(cached[1], cached[0], "the ledger's cached cluster table")
+            self.replace_settings(self.settings)
+        return self.cluster_table
+
+    def apply_cluster_table(self, ledger: LedgerSource, record: TableRecord, actor: Actor) -> table.TableOutcome:
+        """Make ``record`` the desired table and apply what it changed (``apply_table``); cache it in the ledger.
+
+        The cache is the director's last known cluster table: a start with etcd
+        out of reach builds it (``JobRunner.begin``).
+        """
+        with self._lock:
+            self.cluster_table = record
+            self.replace_settings(self.settings)
+            outcome = self.apply_table(ledger, actor)
+            lg = ledger if isinstance(ledger, Ledger) else ledger()
+            with lg.transaction():
+                lg.cache_cluster_table(record.revision, record.text)
+            return outcome
 
     # reads (no lock: a read does not change the kernel or the ledger)
 
@@ -296,6 +346,8 @@ class Actions:
         ``whole`` (the actuator's start) reads and plans the whole table; else (a reload) only what the config
         changed since the last run applied (``apply_changes``), the whole table when that is unknown.
         """
+        if self._no_table():
+            return table.TableOutcome(Plan(), None)
         with self._session(ledger) as s:
             try:
                 if whole:
@@ -306,13 +358,15 @@ class Actions:
 
     def plan_table(self, ledger: LedgerSource) -> Plan:
         """What ``apply_table`` would do now (read-only)."""
+        if self._no_table():
+            return Plan()
         with self._session(ledger) as s:
             return table.plan_table(s, s.settings.desired, s.settings.table, self.table)
 
     def retry_table(self, ledger: LedgerSource, actor: Actor) -> table.TableOutcome | None:
         """Plan and apply again the services the last run left unfinished; None when there is none."""
         with self._session(ledger) as s:
-            if not self.table.pending or not s.settings.table.manage:
+            if not self.table.pending or not s.settings.table.manage or self._no_table():
                 return None
             try:
                 return table.apply_table(
@@ -327,7 +381,7 @@ class Actions:
         Returns the drift left (after a correction with ``table.drift: correct``), or None when no check was due.
         """
         wanted = self.settings.table
-        if not wanted.manage or not wanted.drift_interval:
+        if not wanted.manage or not wanted.drift_interval or self._no_table():
             self.table.drift = {}
             return None
         if self.clock() - self.table.checked < wanted.drift_interval:
