@@ -45,7 +45,7 @@ def serve(
     agent = None
     try:
         fifo = start_fifo(config)
-        agent = start_snmp(config, netns, snmp_listen, probes=probes, fifo=fifo)
+        agent = start_snmp(config, netns, snmp_listen, probes=probes, fifo=fifo, passive=passive)
         run(
             lambda: ExporterReader(netns, options.ipvs_source),
             listen,
@@ -135,6 +135,7 @@ def start_snmp(
     *,
     probes: ProbeRunner | None = None,
     fifo: KeepalivedFifo | None = None,
+    passive: PassiveDetector | None = None,
 ) -> RunningAgent | None:
     """Start the SNMP agent of the config's ``snmp`` section in a thread; None without one.
 
@@ -143,7 +144,8 @@ def start_snmp(
     (``actuator.ledger``: holds, actors, original weights), keepalived's FIFO
     reader shared with /metrics (the role) and the namespace's addresses (VIPs
     held). Quorums are the actuator's ``min_healthy``/``quorum`` when the
-    config has an ``actuator`` section.
+    config has an ``actuator`` section. The passive detector (``passive``)
+    fills the real servers' handshake failure, verdict and hold-down columns.
     """
     if config.snmp is None:
         if listen:
@@ -152,7 +154,7 @@ def start_snmp(
     from lvsguard.exporter.snmp.runner import start_in_thread
 
     settings = dataclasses.replace(config.snmp, listen=listen) if listen else config.snmp
-    provider = snmp_provider(config, netns, probes=probes, fifo=fifo)
+    provider = snmp_provider(config, netns, probes=probes, fifo=fifo, passive=passive)
     agent = start_in_thread(settings, provider)
     event(
         log,
@@ -165,16 +167,22 @@ def start_snmp(
         probes="on" if probes is not None else "off",
         ledger=provider.ledger.path if provider.ledger else "-",
         keepalived=config.director.keepalived_fifo or "-",
+        passive="on" if passive is not None else "off",
     )
     return agent
 
 
 def snmp_provider(
-    config: Config, netns: str | None, *, probes: ProbeRunner | None, fifo: KeepalivedFifo | None
+    config: Config,
+    netns: str | None,
+    *,
+    probes: ProbeRunner | None,
+    fifo: KeepalivedFifo | None,
+    passive: PassiveDetector | None = None,
 ) -> FeedingProvider:
-    """The agent's snapshots: the kernel table with the config's names, fed by the probes, the ledger and keepalived."""
+    """The agent's snapshots: the kernel table with the config's names, fed by the probes, the ledger, keepalived and the passive detector."""
     from lvsguard.config.actuator import ActuatorSettings
-    from lvsguard.exporter.snmp.feeds import DirectorFeed, FeedingProvider, LedgerFeed, ProbeFeed
+    from lvsguard.exporter.snmp.feeds import DirectorFeed, FeedingProvider, LedgerFeed, PassiveFeed, ProbeFeed
     from lvsguard.exporter.snmp.snapshot import reader_provider
 
     actuator = config.actuator
@@ -185,6 +193,7 @@ def snmp_provider(
         ledger=LedgerFeed((actuator or ActuatorSettings()).ledger_path),
         director=DirectorFeed(fifo, lambda: local_addresses(netns), configured=[s.service for s in config.services]),
         quorum=(lambda key, total: actuator.quorum_for(key).required(total)) if actuator is not None else None,
+        passive=PassiveFeed(passive.metrics) if passive is not None else None,
     )
 
 

@@ -17,6 +17,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +29,13 @@ from lab.polling import poll
 from lab.topology import Lab
 from lvsguard import config as config_module
 from lvsguard.config import Config
-from lvsguard.exporter.main import start_probes, start_snmp
+from lvsguard.exporter.main import start_passive, start_probes, start_snmp
 from lvsguard.exporter.probes.runner import ProbeRunner
 from lvsguard.exporter.snmp import layout
 from lvsguard.exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
 from lvsguard.exporter.snmp.runner import RunningAgent
 from lvsguard.model import Forward, RealServer, RealServerKey
+from tests.integration.test_passive_kernel import Client, refused
 from tests.integration.test_probes_kernel import port_closed
 from tests.integration.test_snmp_kernel import trapd  # noqa: F401 - a fixture: a real snmptrapd logging to a file
 
@@ -223,3 +225,48 @@ def test_probe_health_ledger_holds_and_traps_from_a_running_exporter(lab: Lab, e
     health = rs1_traps("lvsgRsHealthChange")  # dead, then alive: nothing twice, nothing at start
     assert len(health) == 2 and f"lvsgRsStatus.{instance} = INTEGER: alive(1)" in health[1], health
     assert "Unknown" not in log_file.read_text()
+
+
+def test_passive_columns_from_a_running_exporter(lab: Lab, tmp_path: Path, mibs: str) -> None:
+    """The exporter's passive detector (``passive.enabled``) and its SNMP agent: a refused rs1 under client traffic.
+
+    No probes: the verdict is reported only, and its hold-down runs
+    (``holddown_min``) without touching the weight; lvsgRsTable serves the
+    refused handshakes, the verdict and the seconds left of the hold-down.
+    """
+    path = tmp_path / "lvsguard.yaml"
+    path.write_text(
+        lab.config_yaml(listen="127.0.0.1:0")
+        + "probes: {enabled: false}\n"
+        + "passive: {enabled: true, interval: 0.2s, handshake_timeout: 2s, holddown_min: 120s}\n"
+        + "snmp: {listen: 127.0.0.1:0, communities: [lab], max_age: 0.3}\n"
+    )
+    config = config_module.load(path)
+    passive = start_passive(config, lab.director.netns)
+    assert passive is not None
+    agent = start_snmp(config, lab.director.netns, None, passive=passive)
+    assert agent is not None
+    columns = ("lvsgRsHandshakeRefused", "lvsgRsHandshakeTimeouts", "lvsgRsPassiveVerdicts", "lvsgRsPassiveHoldDown")
+    oids = {f"{node} {c}": oid(c, rs_index(lab, key)) for key, node in lab.nat.backends for c in columns}
+    values = lambda: {k: int(v.rpartition(": ")[2].split()[0]) for k, v in get(agent, mibs, oids).items()}
+    try:
+        assert set(values().values()) == {0}  # nothing failed yet
+        with Client(lab, lab.nat):
+            time.sleep(3.0)  # the peers' history
+            with refused(lab.real_servers[0], lab.nat.real_server("rs1").port):
+                judged = poll(
+                    "a passive verdict on rs1 over SNMP",
+                    values,
+                    lambda v: v["rs1 lvsgRsPassiveVerdicts"] >= 1,
+                    20,
+                    interval=0.3,
+                )
+        types = {k: v.split(" = ", 1)[1].split(":", 1)[0] for k, v in get(agent, mibs, oids).items()}
+    finally:
+        agent.stop()
+        passive.stop()
+    assert {types[f"rs1 {c}"] for c in columns[:3]} == {"Counter64"} and types["rs1 lvsgRsPassiveHoldDown"] == "Gauge32"
+    assert judged["rs1 lvsgRsHandshakeRefused"] >= 2, judged
+    assert 0 < judged["rs1 lvsgRsPassiveHoldDown"] <= 120, judged
+    for node in ("rs2", "rs3"):  # the peers served their clients
+        assert [judged[f"{node} {c}"] for c in columns] == [0, 0, 0, 0], judged

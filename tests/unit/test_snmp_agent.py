@@ -21,7 +21,7 @@ from lvsguard.exporter.snmp.agent import SnmpAgent, SnmpAgentError
 from lvsguard.exporter.snmp.mibfiles import BaseMibsUnavailable, mib_search_path
 from lvsguard.exporter.snmp.runner import start_in_thread
 from lvsguard.exporter.snmp.settings import V3User, build_settings
-from lvsguard.exporter.snmp.snapshot import Health, RealServerState, Snapshot
+from lvsguard.exporter.snmp.snapshot import Health, PassiveState, RealServerState, Snapshot
 from lvsguard.exporter.snmp.v3 import crypto_available
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Stats, SyncDaemon, Table, VirtualService
 
@@ -87,8 +87,10 @@ def mibs() -> list[str]:
 @pytest.fixture(scope="module")
 def running():
     table = make_table()
-    state = {(WEB, table.services[0].real_servers[0].key): RealServerState(Health.ALIVE, name="web-1")}
-    agent = AgentThread(lambda: Snapshot(table, real_servers=state))
+    rs1 = (WEB, table.services[0].real_servers[0].key)
+    state = {rs1: RealServerState(Health.ALIVE, name="web-1")}
+    passive = {rs1: PassiveState(refused=2**33, timeouts=2, verdicts=1, holddown=4.2)}
+    agent = AgentThread(lambda: Snapshot(table, real_servers=state, passive=passive))
     yield agent
     agent.close()
 
@@ -158,6 +160,12 @@ def test_bulkwalk_resolves_every_name_and_reads_model_values(running: AgentThrea
     rs1 = rs3.replace('"10.0.0.3"', '"10.0.0.1"')
     assert values[f"LVSGUARD-MIB::lvsgRsStatus.{rs1}"] == "alive(1)"
     assert values[f"LVSGUARD-MIB::lvsgRsName.{rs1}"] == "web-1"
+    assert values[f"LVSGUARD-MIB::lvsgRsHandshakeRefused.{rs1}"] == f"{2**33} handshakes"
+    assert values[f"LVSGUARD-MIB::lvsgRsHandshakeTimeouts.{rs1}"] == "2 handshakes"
+    assert values[f"LVSGUARD-MIB::lvsgRsPassiveVerdicts.{rs1}"] == "1 verdicts"
+    assert values[f"LVSGUARD-MIB::lvsgRsPassiveHoldDown.{rs1}"] == "5 seconds"  # rounded up: a running hold-down
+    assert values[f"LVSGUARD-MIB::lvsgRsHandshakeRefused.{rs3}"] == "0 handshakes"  # none seen, or passive off
+    assert values[f"LVSGUARD-MIB::lvsgRsPassiveHoldDown.{rs3}"] == "0 seconds"
     assert values['LVSGUARD-MIB::lvsgVsRealServersUp.tcp.ipv4."192.0.2.10".80.0'] == "1 real servers"
     assert values['LVSGUARD-MIB::lvsgVsScheduler.fwmark.ipv4."0.0.0.0".0.7'] == "sh"
     assert values['LVSGUARD-MIB::lvsgVsPersistGranularity.fwmark.ipv4."0.0.0.0".0.7'] == "24"

@@ -19,6 +19,9 @@ import pytest
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.targets import Target
 from lvsguard.exporter.keepalived import KeepalivedFifo
+from lvsguard.exporter.passive.conntable import REFUSED, TIMEOUT, PassCounts
+from lvsguard.exporter.passive.metrics import PassiveMetrics
+from lvsguard.exporter.passive.rule import Verdict
 from lvsguard.exporter.probes.engine import CheckSpec, ProbeEngine
 from lvsguard.exporter.probes.result import ProbeResult
 from lvsguard.exporter.probes.result import Target as ProbeTarget
@@ -29,6 +32,7 @@ from lvsguard.exporter.snmp.feeds import (
     DirectorFeed,
     FeedingProvider,
     LedgerFeed,
+    PassiveFeed,
     ProbeFeed,
     compose,
     director_role,
@@ -391,3 +395,38 @@ def test_the_exporters_provider_reads_the_configured_ledger(tmp_path: Path) -> N
     assert holds is not None and holds[(WEB, KEYS[0])].hold is Hold.QUARANTINED
     without = snmp_provider(config_module.loads("snmp: {communities: [x]}\n"), None, probes=None, fifo=None)
     assert without.quorum is None and without.ledger is not None and without.ledger.path.endswith("actuator.db")
+
+
+# --- the passive detector ---------------------------------------------------------------------
+
+
+def test_passive_feed_serves_the_detectors_counters_in_the_real_server_table() -> None:
+    """The detector's own metrics object, recorded as its passes do, read into lvsgRsTable's passive columns."""
+    now = [100.0]
+    metrics = PassiveMetrics(clock=lambda: now[0])
+    counts = PassCounts()
+    counts.attempts.update({(WEB, KEYS[0]): 9, (WEB, KEYS[1]): 9})
+    counts.failures[REFUSED][(WEB, KEYS[0])] = 4
+    counts.failures[TIMEOUT][(WEB, KEYS[0])] = 1
+    verdict = Verdict(WEB, KEYS[0], REFUSED, 5, 9, 0.55, 0.0, 30.0, now[0])
+    metrics.record(counts, [verdict], {(WEB, KEYS[0]): now[0] + 30.0})
+    now[0] += 12.5
+    provider = FeedingProvider(lambda: Snapshot(TABLE), passive=PassiveFeed(metrics))
+    tree = next(
+        t
+        for t in layout.build_subtrees(provider(), BASE, layout.Uptime(), layout.FirstSeen())
+        if t.entry == BASE + layout.RS_ENTRY
+    )
+    names = [c.name for c in tree.columns]
+    columns = ("lvsgRsHandshakeRefused", "lvsgRsHandshakeTimeouts", "lvsgRsPassiveVerdicts", "lvsgRsPassiveHoldDown")
+
+    def passive(rs: int) -> list[int]:
+        row = tree.rows[tree.indexes.index(layout.real_server_index(WEB, RealServer(KEYS[rs], 5, Forward.MASQ)))]
+        return [row[names.index(c)] for c in columns]
+
+    assert passive(0) == [4, 1, 1, 18]  # 17.5 s left, rounded up
+    assert passive(1) == [0, 0, 0, 0]  # seen, clean
+    assert passive(2) == [0, 0, 0, 0]  # never seen
+    now[0] += 60.0
+    assert provider().passive[(WEB, KEYS[0])].holddown == 0.0
+    assert FeedingProvider(lambda: Snapshot(TABLE))().passive == {}  # passive detection off

@@ -99,6 +99,14 @@ class PassiveMetrics:
             left = {k: max(0.0, until - now) for k, until in self._holddowns.items()}
             return rows, left, self._passes, self._entries
 
+    def per_backend(self) -> dict[Backend, tuple[dict[str, int], int, float]]:
+        """Per real server seen: its failed handshakes by reason, its verdicts and the seconds left of its hold-down.
+
+        What the SNMP agent serves in ``lvsgRsTable`` (``exporter.snmp.feeds.PassiveFeed``).
+        """
+        rows, holds, _, _ = self._snapshot()
+        return {k: (dict(zip(REASONS, counts)), n, holds.get(k, 0.0)) for k, _, counts, n in rows}
+
     def chunks(self) -> Iterator[str]:
         """The passive series as Prometheus text (the exporter's ``/metrics``)."""
         rows, holds, passes, entries = self._snapshot()

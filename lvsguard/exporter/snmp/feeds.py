@@ -1,6 +1,6 @@
 """What a running exporter feeds into the SNMP snapshot besides the kernel table.
 
-Three sources, each read once per snapshot, each optional, none able to stop the agent:
+Four sources, each read once per snapshot, each optional, none able to stop the agent:
 
 - the probe engine of the same process (``ProbeFeed``): per real server the
   health after rise/fall, and per check the last result, latency and message;
@@ -9,7 +9,9 @@ Three sources, each read once per snapshot, each optional, none able to stop the
   never writes it and never waits for the actuator (WAL lets a reader see the
   last committed state while the actuator writes);
 - keepalived's notify FIFO (``DirectorFeed``): the VRRP role, with the VIPs
-  (the addresses of the virtual services) and whether this director holds them.
+  (the addresses of the virtual services) and whether this director holds them;
+- the passive detector of the same process (``PassiveFeed``): per real server its
+  failed handshakes by reason, its verdicts and the seconds left of its hold-down.
 
 ``FeedingProvider`` puts them on top of the table snapshot. The pieces that
 decide (``rs_health``, ``hold_of``, ``director_role``, ``compose``) are pure
@@ -29,10 +31,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from lvsguard.errors import LvsguardError
+from lvsguard.exporter.passive.conntable import REFUSED, TIMEOUT
 from lvsguard.exporter.snmp.snapshot import (
     DirectorState,
     Health,
     Hold,
+    PassiveState,
     ProbeState,
     RealServerState,
     Role,
@@ -213,6 +217,28 @@ def probe_states(checks: Iterable[CheckView]) -> tuple[dict[RsRef, RsHealth], di
         for ref, group in grouped.items()
     }
     return health, probes
+
+
+# --- the passive detector ----------------------------------------------------------------------
+
+
+class PassiveCounts(Protocol):
+    """``exporter.passive.metrics.PassiveMetrics``: per real server, failures by reason, verdicts, hold-down left."""
+
+    def per_backend(self) -> Mapping[RsRef, tuple[Mapping[str, int], int, float]]: ...
+
+
+class PassiveFeed:
+    """Reads the passive detector's counters (its own lock: one copy per snapshot, never waiting on a pass)."""
+
+    def __init__(self, metrics: PassiveCounts) -> None:
+        self.metrics = metrics
+
+    def read(self) -> dict[RsRef, PassiveState]:
+        return {
+            ref: PassiveState(failures.get(REFUSED, 0), failures.get(TIMEOUT, 0), verdicts, holddown)
+            for ref, (failures, verdicts, holddown) in self.metrics.per_backend().items()
+        }
 
 
 # --- the actuator's ledger ---------------------------------------------------------------------
@@ -444,7 +470,7 @@ def compose(
 
 
 class FeedingProvider:
-    """A snapshot provider: the table provider's snapshot, fed by the probes, the ledger and keepalived.
+    """A snapshot provider: the table provider's snapshot, fed by the probes, the ledger, keepalived and the passive detector.
 
     Called from the agent's worker thread, one call at a time (the agent
     shares one refresh between all requests); the lock makes that a rule
@@ -459,9 +485,11 @@ class FeedingProvider:
         ledger: LedgerFeed | None = None,
         director: DirectorFeed | None = None,
         quorum: Callable[[ServiceKey, int], int] | None = None,
+        passive: PassiveFeed | None = None,
     ) -> None:
         self.table = table
         self.probes = probes
+        self.passive = passive
         self.ledger = ledger
         self.director = director
         self.quorum = quorum
@@ -473,4 +501,5 @@ class FeedingProvider:
             health, probes = probe_states(self.probes.checks()) if self.probes is not None else ({}, {})
             holds = self.ledger.read() if self.ledger is not None else {}
             director = self.director.read(snap.table) if self.director is not None else None
-            return compose(snap, health=health, probes=probes, holds=holds, director=director, quorum=self.quorum)
+            snap = compose(snap, health=health, probes=probes, holds=holds, director=director, quorum=self.quorum)
+            return dataclasses.replace(snap, passive=self.passive.read()) if self.passive is not None else snap

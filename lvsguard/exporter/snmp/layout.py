@@ -11,6 +11,7 @@ the same way.
 from __future__ import annotations
 
 import functools
+import math
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +21,14 @@ from typing import Any
 from lvsguard.defaults import SNMP_BASE_OID
 from lvsguard.exporter.snmp.ber import Oid
 from lvsguard.exporter.snmp.mibview import Column, Subtree
-from lvsguard.exporter.snmp.snapshot import PROBE_TYPES, Health, RealServerState, ServiceState, Snapshot
+from lvsguard.exporter.snmp.snapshot import (
+    PROBE_TYPES,
+    Health,
+    PassiveState,
+    RealServerState,
+    ServiceState,
+    Snapshot,
+)
 from lvsguard.model import FWM, RealServer, ServiceKey, Stats, VirtualService
 
 DEFAULT_BASE: Oid = SNMP_BASE_OID
@@ -115,6 +123,10 @@ RS_COLUMNS = _columns(
         ("StatsInactiveConns", "gauge32"),
         ("StatsPersistentConns", "gauge32"),
         *_STATS,
+        ("HandshakeRefused", "counter64"),
+        ("HandshakeTimeouts", "counter64"),
+        ("PassiveVerdicts", "counter64"),
+        ("PassiveHoldDown", "gauge32"),
     ),
 )
 
@@ -254,6 +266,7 @@ def build_subtrees(
     rs_rows: list[tuple[Oid, list[Any]]] = []
     probe_rows: list[tuple[Oid, list[Any]]] = []
     no_state = RealServerState()
+    no_passive = PassiveState()
     for svc in services:
         state = snap.services.get(svc.key, ServiceState())
         svc_index = service_index(svc.key)
@@ -262,7 +275,8 @@ def build_subtrees(
             rs_state = snap.real_servers.get((svc.key, rs.key), no_state)
             up += rs_state.health is Health.ALIVE
             index = real_server_index(svc_index, rs)
-            rs_rows.append((index, _rs_row(rs, rs_state, uptime, seen[(svc.key, rs.key)])))
+            passive = snap.passive.get((svc.key, rs.key), no_passive)
+            rs_rows.append((index, _rs_row(rs, rs_state, passive, uptime, seen[(svc.key, rs.key)])))
             for probe in snap.probes.get((svc.key, rs.key), ()):
                 probe_rows.append((index + text_index(probe.name), _probe_row(probe)))
         vs_rows.append((svc_index, _vs_row(svc, state, up, uptime, seen[svc.key])))
@@ -349,7 +363,9 @@ def _vs_row(svc: VirtualService, state: ServiceState, up: int, uptime: Uptime, f
     ]
 
 
-def _rs_row(rs: RealServer, state: RealServerState, uptime: Uptime, first: float | None) -> list[Any]:
+def _rs_row(
+    rs: RealServer, state: RealServerState, passive: PassiveState, uptime: Uptime, first: float | None
+) -> list[Any]:
     return [
         state.name or str(rs.key),
         rs.forward.value + 1,
@@ -364,6 +380,10 @@ def _rs_row(rs: RealServer, state: RealServerState, uptime: Uptime, first: float
         rs.inactive_connections,
         rs.persistent_connections,
         *_stats(rs.stats),
+        passive.refused,
+        passive.timeouts,
+        passive.verdicts,
+        math.ceil(passive.holddown),  # a hold-down that runs never reads 0
     ]
 
 

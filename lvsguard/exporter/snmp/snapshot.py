@@ -85,6 +85,16 @@ class ProbeState:
 
 
 @dataclass(frozen=True, slots=True)
+class PassiveState:
+    """The passive detector's view of one real server (``exporter.passive.metrics``)."""
+
+    refused: int = 0  # failed handshakes since the detector started, by reason
+    timeouts: int = 0
+    verdicts: int = 0
+    holddown: float = 0.0  # seconds left of its hold-down, 0 = none
+
+
+@dataclass(frozen=True, slots=True)
 class Vip:
     """A virtual IP address and whether this director holds it."""
 
@@ -113,6 +123,7 @@ class Snapshot:
     services: Mapping[ServiceKey, ServiceState] = field(default_factory=dict)
     real_servers: Mapping[RsRef, RealServerState] = field(default_factory=dict)
     probes: Mapping[RsRef, tuple[ProbeState, ...]] = field(default_factory=dict)
+    passive: Mapping[RsRef, PassiveState] = field(default_factory=dict)  # empty: passive detection off
     director: DirectorState = DirectorState()
     holds_known: bool = True  # False: the actuator's ledger could not be read (holds read none, and are no news)
 
