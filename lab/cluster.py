@@ -69,6 +69,19 @@ class ClusterDirector:
             return ""
 
 
+def web_service(real_servers: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """The lab's ``web`` service (NAT, wrr) with these real servers (name -> (address, weight)), as config."""
+    return {
+        "name": "web",
+        "service": str(SERVICE),
+        "scheduler": "wrr",
+        "forward": "masq",
+        "real_servers": [
+            {"name": name, "address": address, "weight": weight} for name, (address, weight) in real_servers.items()
+        ],
+    }
+
+
 class ClusterLab:
     """``EtcdLab`` plus ``n`` directors, each with its table and its actuator on the shared etcd."""
 
@@ -79,8 +92,14 @@ class ClusterLab:
         etcd: EtcdLab | None = None,
         retry_interval: float = 1.0,
         actuator: dict[str, Any] | None = None,
+        table_source: str = "config",
     ) -> None:
-        """``actuator``: more keys of the directors' ``actuator`` section (a benchmark lifts the rate limit)."""
+        """``actuator``: more keys of the directors' ``actuator`` section (a benchmark lifts the rate limit).
+
+        ``table_source``: ``config`` (each director's table from its own config) or ``cluster`` (the
+        cluster's record in etcd, pushed with :meth:`push`; until then the tables stay empty).
+        """
+        self.table_source = table_source
         self.etcd = etcd or EtcdLab()
         self.retry_interval = retry_interval
         self.actuator = actuator or {}
@@ -139,23 +158,42 @@ class ClusterLab:
     def config(self, d: ClusterDirector) -> str:
         """Director ``d``'s lvsguard config: its managed table, a short retry interval, the cluster store."""
         doc = {
-            "table": {"manage": True, "prune": "owned"},
-            "services": [
-                {
-                    "name": "web",
-                    "service": str(SERVICE),
-                    "scheduler": "wrr",
-                    "forward": "masq",
-                    "real_servers": [
-                        {"name": name, "address": address, "weight": weight}
-                        for name, (address, weight) in REAL_SERVERS.items()
-                    ],
-                }
-            ],
+            "table": {"manage": True, "prune": "owned", "source": self.table_source},
+            "services": [web_service(REAL_SERVERS)],
             "actuator": {"hold_down": "0s", "retry_interval": f"{self.retry_interval:g}s", **self.actuator},
             "cluster": {"store": "etcd", "endpoints": list(self.etcd.endpoints), "name": "lab", "director": d.name},
         }
         return yaml.safe_dump(doc, sort_keys=False)
+
+    def push(self, services: list[dict[str, Any]], *, via: str = "dir1") -> str:
+        """``lvsguard apply --cluster`` of a config with ``services``, run in director ``via``'s namespace; its output."""
+        if self._tmp is None:
+            raise LabError("the cluster lab is not built")
+        path = self._tmp / "cluster-table.yaml"
+        doc = {
+            "table": {"manage": True},
+            "services": services,
+            "cluster": {"store": "etcd", "endpoints": list(self.etcd.endpoints), "name": "lab", "director": via},
+        }
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        argv = ["ip", "netns", "exec", self.director(via).netns, sys.executable, "-m", "lvsguard.cli"]
+        done = subprocess.run(
+            [*argv, "apply", "--cluster", "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            raise LabError(f"apply --cluster exited {done.returncode}: {done.stderr or done.stdout}")
+        return done.stdout
+
+    def saved(self, name: str) -> str:
+        """Director ``name``'s IPVS table as ``ipvsadm -Sn`` writes it."""
+        netns = self.director(name).netns
+        return subprocess.run(
+            ["ip", "netns", "exec", netns, "ipvsadm", "-Sn"], check=True, capture_output=True, text=True
+        ).stdout
+
+    def flush(self, name: str) -> None:
+        """Empty director ``name``'s IPVS table (``ipvsadm -C``), as a reboot leaves it."""
+        subprocess.run(["ip", "netns", "exec", self.director(name).netns, "ipvsadm", "-C"], check=True)
 
     # --- actuators ----------------------------------------------------------------------
 
@@ -203,15 +241,15 @@ class ClusterLab:
             proc.kill()
             proc.wait()
 
-    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> None:
-        """Until the actuator answers and reports the cluster store up."""
+    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT, *, store_up: bool = True) -> None:
+        """Until the actuator answers and reports the cluster store up (``store_up=False``: only answers)."""
         d = self.director(name)
         deadline = time.monotonic() + timeout
         while True:
             if d.proc is None or d.proc.poll() is not None:
                 raise LabError(f"the actuator of {name} exited: {d.log_tail()}")
             try:
-                if self.metric(name, "lvsguard_cluster_store_up") == 1:
+                if self.metric(name, "lvsguard_cluster_store_up") in ((1,) if store_up else (0, 1)):
                     return
             except OSError:
                 pass
