@@ -21,7 +21,7 @@ from lvsguard.actuator.actions import Actor, Outcome, Result, Source
 from lvsguard.actuator.auth import read_only, require_token
 from lvsguard.actuator.current import current_actions, current_fleet, current_settings
 from lvsguard.actuator.failover import read_track_file
-from lvsguard.actuator.fleet import confirm
+from lvsguard.actuator.fleet import confirm, confirm_many
 from lvsguard.actuator.ledger import AuditEvent, Backend, Hold, Job, get_ledger, locked_ledger
 from lvsguard.actuator.openapi import document
 from lvsguard.actuator.probestate import CheckState, ProbeView, probe_view
@@ -55,6 +55,8 @@ RESULT_STATUS = {
 """HTTP status of each outcome; a refusal that time lifts (hold-down, rate limit) is 429."""
 
 MAX_LIMIT = 1000
+MAX_BULK = 10_000  # targets in one bulk action
+OK_RESULTS = (Result.APPLIED, Result.RECORDED, Result.NOOP, Result.DRY_RUN)
 
 
 # request helpers
@@ -81,7 +83,7 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defau
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "a boolean", float: "a number"}
+    names = {str: "a string", int: "an integer", bool: "a boolean", float: "a number", list: "a list"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
@@ -109,6 +111,22 @@ def target_of(body: dict[str, Any]) -> Target:
         raise ApiError(
             400, f"neither a real server name from the config nor ADDRESS:PORT: {exc}", "real_server"
         ) from None
+
+
+def targets_of(body: dict[str, Any]) -> list[Target]:
+    """The real servers of a bulk action (``targets``: a list of ``service`` + ``real_server``); ApiError naming the item."""
+    items = _field(body, "targets", list)
+    if not 1 <= len(items) <= MAX_BULK:
+        raise ApiError(400, f"must list 1..{MAX_BULK} real servers, got {len(items)}", "targets")
+    targets = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ApiError(400, "must be an object with service and real_server", f"targets[{i}]")
+        try:
+            targets.append(target_of(item))
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.message, f"targets[{i}].{exc.path}") from None
+    return targets
 
 
 def weight_of(body: dict[str, Any], default: Any = ...) -> int:
@@ -152,6 +170,29 @@ def reply(outcome: Outcome, *, cluster: bool = False) -> tuple[dict[str, Any], i
     if status >= 400:
         body["error"] = outcome.message
     return body, status, headers
+
+
+def bulk_reply(action: str, outcomes: list[Outcome]) -> tuple[dict[str, Any], int]:
+    """A bulk action's outcomes: 200 when every one is fine, 207 when some are not (the first named in ``error``).
+
+    With a cluster store, ``directors`` says where the whole action took effect (every item shown).
+    """
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.result] = counts.get(outcome.result, 0) + 1
+    body: dict[str, Any] = {"action": action, "counts": counts, "results": [o.to_json() for o in outcomes]}
+    shared = current_fleet()
+    done = [o for o in outcomes if o.target is not None and o.result in (Result.APPLIED, Result.NOOP)]
+    if shared is not None and done:
+        items = [(o.target, o.details.get("cluster")) for o in done if o.target is not None]
+        if action == "restore" or all(holder is not None for _t, holder in items):
+            body["directors"] = confirm_many(shared[0], items)
+    bad = [(i, o) for i, o in enumerate(outcomes) if o.result not in OK_RESULTS]
+    if not bad:
+        return body, 200
+    i, first = bad[0]
+    body["error"] = f"{len(bad)} of {len(outcomes)} not done; targets[{i}]: {first.message}"
+    return body, 207
 
 
 def directors_of(outcome: Outcome) -> dict[str, Confirmed] | None:
@@ -550,6 +591,30 @@ def restore() -> Any:
     scope = "all" if _field(body, "all_holders", bool, False) else "own"
     force = _field(body, "force", bool, False)
     return reply(current_actions().release(get_ledger(), target, _actor(), scope=scope, force=force), cluster=True)
+
+
+@bp.post("/bulk/quarantine")
+@require_token
+def bulk_quarantine() -> Any:
+    """Quarantine many real servers at once: one batch here, one etcd transaction with a cluster store."""
+    body = _body()
+    targets = targets_of(body)
+    reason = _field(body, "reason", str, "")
+    force = _field(body, "force", bool, False)
+    outcomes = current_actions().hold_many(get_ledger(), targets, _actor(), reason=reason, force=force)
+    return bulk_reply("quarantine", outcomes)
+
+
+@bp.post("/bulk/restore")
+@require_token
+def bulk_restore() -> Any:
+    """Restore many real servers at once (``bulk_quarantine``)."""
+    body = _body()
+    targets = targets_of(body)
+    scope = "all" if _field(body, "all_holders", bool, False) else "own"
+    force = _field(body, "force", bool, False)
+    outcomes = current_actions().release_many(get_ledger(), targets, _actor(), scope=scope, force=force)
+    return bulk_reply("restore", outcomes)
 
 
 @bp.post("/drain")

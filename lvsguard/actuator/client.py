@@ -135,6 +135,72 @@ def _action(args: argparse.Namespace, path: str, body: dict[str, Any], out: Text
     return _outcome(reply, out)
 
 
+def _add_targets(p: argparse.ArgumentParser) -> None:
+    """A bulk-capable command: one service and one or more of its real servers, or ``--file``."""
+    p.add_argument("service", nargs="?", help="service name from the config, or 'TCP 192.0.2.10:80' / 'FWM 1' (quoted)")
+    p.add_argument(
+        "real_server", nargs="*", help="real server names from the config, or ADDRESS:PORT (several: one bulk action)"
+    )
+    p.add_argument(
+        "--file",
+        help="act on every real server this file lists, one 'SERVICE REAL_SERVER' a line ('-': standard input; "
+        "# starts a comment): one bulk action",
+    )
+
+
+def read_targets(path: str, text: str) -> list[dict[str, str]]:
+    """The targets of a ``--file``: one ``SERVICE REAL_SERVER`` a line; ClientError naming the line."""
+    targets = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        service, _, real_server = line.rpartition(" ")
+        if not service.strip():
+            raise ClientError(f"{path}:{number}: expected 'SERVICE REAL_SERVER', got {line!r}")
+        targets.append({"service": service.strip(), "real_server": real_server})
+    if not targets:
+        raise ClientError(f"{path}: lists no real server")
+    return targets
+
+
+def _targets(args: argparse.Namespace) -> list[dict[str, str]]:
+    if args.file:
+        if args.service or args.real_server:
+            raise ClientError("give either --file or SERVICE REAL_SERVER..., not both")
+        try:
+            if args.file == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.file, encoding="utf-8") as f:
+                    text = f.read()
+        except OSError as exc:
+            raise ClientError(f"{args.file}: {exc.strerror or exc}") from None
+        return read_targets(args.file, text)
+    if not args.service or not args.real_server:
+        raise ClientError("name a service and at least one of its real servers, or give --file")
+    return [{"service": args.service, "real_server": rs} for rs in args.real_server]
+
+
+def _bulk_action(args: argparse.Namespace, action: str, body: dict[str, Any], out: TextIO) -> int:
+    """One real server: the plain action; several: one bulk action, a line per target that was not done."""
+    targets = _targets(args)
+    client = client_from_args(args)
+    if len(targets) == 1:
+        return _outcome(client.post(f"/api/v1/{action}", {**targets[0], **body}), out)
+    reply = client.post(f"/api/v1/bulk/{action}", {"targets": targets, **body})  # 207: some not done
+    counts = reply.get("counts", {})
+    print(f"{action}: " + ", ".join(f"{n} {result}" for result, n in sorted(counts.items())), file=out)
+    failed = 0
+    for target, result in zip(targets, reply.get("results", []), strict=False):
+        if result.get("result") not in OK_RESULTS:
+            failed += 1
+            print(f"  {target['service']} {target['real_server']}: {result.get('message', '')}", file=out)
+    for name, state in sorted(reply.get("directors", {}).items()):
+        print(f"  {name}: {state}", file=out)
+    return 1 if failed else 0
+
+
 def _bounded(name: str, low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in ``low..high``, checked before anything is sent to the actuator."""
 
@@ -185,24 +251,28 @@ def _command(
 
 
 def setup_quarantine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    return _command(
+    p = _command(
         sub,
         "quarantine",
         run_quarantine,
         REASON,
         FORCE,
-        help="take a real server out (weight 0) until restored",
+        help="take real servers out (weight 0) until restored",
         description="Set a real server's weight to 0 with a manual hold; existing connections finish. "
-        "The original weight is recorded; an alert never lifts a manual hold.",
+        "The original weight is recorded; an alert never lifts a manual hold. Several real servers "
+        "(or --file) are one bulk action: one batch, one etcd transaction with a cluster store.",
+        target=False,
     )
+    _add_targets(p)
+    return p
 
 
 def run_quarantine(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    return _action(args, "/api/v1/quarantine", {"reason": args.reason, "force": args.force}, out)
+    return _bulk_action(args, "quarantine", {"reason": args.reason, "force": args.force}, out)
 
 
 def setup_restore(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    return _command(
+    p = _command(
         sub,
         "restore",
         run_restore,
@@ -211,14 +281,18 @@ def setup_restore(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> a
             {"action": "store_true", "help": "also release the holds of alerts (they come back if still firing)"},
         ),
         (("--force",), {"action": "store_true", "help": "skip the hold-down"}),
-        help="release the manual hold and bring a real server back",
+        help="release the manual holds and bring real servers back",
         description="Release the manual holds of a real server; it comes back at its recorded weight "
-        "(ramped when slow start is configured) once no alert holds it either.",
+        "(ramped when slow start is configured) once no alert holds it either. Several real servers "
+        "(or --file) are one bulk action.",
+        target=False,
     )
+    _add_targets(p)
+    return p
 
 
 def run_restore(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    return _action(args, "/api/v1/restore", {"all_holders": args.all_holders, "force": args.force}, out)
+    return _bulk_action(args, "restore", {"all_holders": args.all_holders, "force": args.force}, out)
 
 
 def setup_weight(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

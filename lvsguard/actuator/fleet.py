@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from lvsguard.actuator.actions import Actions
 from lvsguard.actuator.cluster import ClusterSync
@@ -140,24 +140,33 @@ def confirm(
     fresh director shows it, or ``timeout`` seconds; a director whose last
     announcement is stale is not waited for.
     """
-    service, real_server = str(target.service), str(target.real_server)
+    return confirm_many(fleet, [(target, holder)], timeout=timeout)
+
+
+def confirm_many(
+    fleet: Fleet, items: Sequence[tuple[Target, str | None]], *, timeout: float = CONFIRM_TIMEOUT
+) -> dict[str, Confirmed]:
+    """``confirm`` for many actions at once (a bulk action): ``applied`` where every one of them shows."""
+    wanted = [(str(t.service), str(t.real_server), holder) for t, holder in items]
     deadline = time.monotonic() + timeout
     while True:
         try:
             view = fleet.view(serializable=True)
         except ClusterStoreError:
             return {}
-        result = {d.director: _state(view, d, service, real_server, holder) for d in view.directors}
+        result = {d.director: _state(view, d, wanted) for d in view.directors}
         if Confirmed.PENDING not in result.values() or time.monotonic() >= deadline:
             return result
         time.sleep(CONFIRM_POLL)
 
 
-def _state(view: FleetView, d: DirectorStatus, service: str, real_server: str, holder: str | None) -> Confirmed:
+def _state(view: FleetView, d: DirectorStatus, wanted: list[tuple[str, str, str | None]]) -> Confirmed:
     if view.stale(d):
         return Confirmed.STALE
-    if holder is not None:
-        done = (service, real_server, holder) in d.applied
-    else:
-        done = not any(s == service and r == real_server for s, r, _h in d.applied)
-    return Confirmed.APPLIED if done else Confirmed.PENDING
+    applied = set(d.applied)
+    held = {(s, r) for s, r, _h in d.applied}
+    for service, real_server, holder in wanted:
+        done = (service, real_server, holder) in applied if holder is not None else (service, real_server) not in held
+        if not done:
+            return Confirmed.PENDING
+    return Confirmed.APPLIED

@@ -56,7 +56,9 @@ MAX_BODY = 16 * 1024 * 1024
 """Bytes of the largest request (a webhook: 1 000 alerts are about 1 MB); waitress refuses more unread."""
 ROUTE_BODY = 64 * 1024
 """Bytes of any other request body: an API call or a console form is a few hundred."""
-BODY_LIMITS = {"webhook.alertmanager": MAX_BODY}
+BULK_BODY = 2 * 1024 * 1024
+"""Bytes of a bulk action's body (``MAX_BULK`` targets of about 60 bytes each, names or addresses)."""
+BODY_LIMITS = {"webhook.alertmanager": MAX_BODY, "api.bulk_quarantine": BULK_BODY, "api.bulk_restore": BULK_BODY}
 """Endpoint -> bytes, where it differs from ``ROUTE_BODY``."""
 MAX_ALERTS = 10_000
 """Alerts in one webhook payload; Alertmanager's ``max_alerts`` on the receiver keeps a group below it."""

@@ -425,6 +425,16 @@ SCHEMAS: S = {
         },
         extra=True,
     ),
+    "BulkOutcome": _obj(
+        ["action", "counts", "results"],
+        {
+            "action": {"type": "string", "enum": ["quarantine", "restore"]},
+            "counts": {"type": "object", "additionalProperties": INT, "description": "result -> how many"},
+            "results": {"type": "array", "items": _ref("Outcome"), "description": "one per target, in their order"},
+            "directors": _outcome_props([])["directors"],
+            "error": STR,
+        },
+    ),
     "WebhookResult": _obj(
         ["fingerprint", "alertname", "status", *OUTCOME_REQUIRED],
         {
@@ -580,6 +590,23 @@ GETS: dict[str, tuple[str, str, list[S]]] = {
 }
 
 
+def _bulk_body(extra: S) -> S:
+    targets = {"type": "array", "minItems": 1, "maxItems": 10_000, "items": _ref("Target")}
+    return {"type": "object", "required": ["targets"], "properties": {"targets": targets, **extra}}
+
+
+BULK: dict[str, tuple[str, S]] = {
+    "/bulk/quarantine": (
+        "Quarantine many real servers at once (one batch; with a cluster store one etcd transaction)",
+        _bulk_body({"reason": STR, "force": FORCE}),
+    ),
+    "/bulk/restore": (
+        "Restore many real servers at once (one batch; with a cluster store one etcd transaction)",
+        _bulk_body({"all_holders": BOOL, "force": FORCE}),
+    ),
+}
+
+
 def _json(schema: S, description: str) -> S:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -608,6 +635,20 @@ def _paths() -> S:
                     "409": _json(_ref("Outcome"), "refused by a safety rule, or the weight was changed by hand"),
                     "429": _json(_ref("Outcome"), "refused for now (hold-down, rate limit); see Retry-After"),
                     "502": _json(_ref("Outcome"), "the kernel failed"),
+                    **ERROR_RESPONSES,
+                },
+            }
+        }
+    for path, (summary, schema) in BULK.items():
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+                "responses": {
+                    "200": _json(_ref("BulkOutcome"), "every target done (applied, recorded, noop, dry run)"),
+                    "207": _json(_ref("BulkOutcome"), "some targets not done (refused, not found, error); see error"),
+                    "413": _json(_ref("Error"), "body too large"),
                     **ERROR_RESPONSES,
                 },
             }

@@ -13,13 +13,20 @@ read (``Compare(key, "mod", "=", revision)``, or ``create = 0`` for a key not
 there yet). Two directors taking out the last two spare real servers of a
 service at once both read revision r; one transaction wins, the other finds
 revision r+1, reads again, sees the first hold and is refused by the quorum.
+
+Many holds at once (an operator's bulk action) are one transaction: one
+compare per service key they touch, one put per key they change
+(``take_many``, ``release_many``). etcd refuses a transaction of more than
+``--max-txn-ops`` (128 by default) compares or operations, so more services
+than ``TXN_KEYS`` are written ``TXN_KEYS`` at a time, each group a
+transaction of its own.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +36,13 @@ from lvsguard.errors import ClusterStoreError, PolicyRefused
 from lvsguard.model import RealServerKey, ServiceKey
 
 CAS_ATTEMPTS = 20  # transactions lost to concurrent writers before giving up
+TXN_KEYS = 128  # service keys in one transaction (etcd's default --max-txn-ops)
 
 HoldsOfService = dict[str, dict[str, dict[str, Any]]]
 """real server text -> holder -> {action, reason, director, at}: one service's key, decoded."""
+
+Item = tuple[ServiceKey, RealServerKey]
+"""One real server of a service, as a bulk action names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +176,153 @@ class HoldStore:
                 return gone
         raise ClusterStoreError(f"cluster record of {service}: {CAS_ATTEMPTS} concurrent writers won in a row")
 
-    def _swap(self, service: ServiceKey, revision: int, holds: Mapping[str, Any]) -> bool:
+    def take_many(
+        self,
+        items: Sequence[Item],
+        holder: str,
+        *,
+        action: str,
+        reason: str = "",
+        check: Callable[[ServiceKey, RealServerKey, frozenset[RealServerKey]], None] = lambda s, r, held: None,
+    ) -> dict[Item, bool | PolicyRefused | ClusterStoreError]:
+        """``holder``'s hold on every item, in one transaction per ``TXN_KEYS`` services; each item's fate.
+
+        True: held now; False: ``holder`` held it already; a PolicyRefused:
+        ``check(service, real_server, held)`` refused it, ``held`` being what
+        the cluster holds in the service with the items before it in this
+        call (so the quorum counts them). A ClusterStoreError: etcd could not
+        be reached for the item's group (and every later one; the earlier
+        groups are written).
+        """
+        fates: dict[Item, bool | PolicyRefused | ClusterStoreError] = {}
+        failed: ClusterStoreError | None = None
+        for group in _groups(items):
+            if failed is not None:
+                fates.update(dict.fromkeys(group, failed))
+                continue
+
+            def plan(records: dict[ServiceKey, HoldsOfService], group: list[Item] = group) -> set[ServiceKey]:
+                changed: set[ServiceKey] = set()
+                for service, real_server in group:
+                    holds, rs = records[service], str(real_server)
+                    if holder in holds.get(rs, {}):
+                        fates[(service, real_server)] = False
+                        continue
+                    held = frozenset(RealServerKey.parse(r) for r, holders in holds.items() if holders)
+                    try:
+                        check(service, real_server, held)
+                    except PolicyRefused as exc:
+                        fates[(service, real_server)] = exc
+                        continue
+                    info = {"action": action, "reason": reason, "director": self.config.director_name}
+                    holds.setdefault(rs, {})[holder] = {**info, "at": self.clock()}
+                    fates[(service, real_server)] = True
+                    changed.add(service)
+                return changed
+
+            try:
+                self._swap_many({service for service, _rs in group}, plan)
+            except ClusterStoreError as exc:
+                failed = exc
+                fates.update(dict.fromkeys(group, exc))
+        return fates
+
+    def release_many(
+        self, items: Sequence[Item], which: Callable[[str], bool] = lambda holder: True
+    ) -> dict[Item, list[str]]:
+        """Remove the holds on the items whose holder ``which`` accepts, one transaction per ``TXN_KEYS`` services.
+
+        The holders removed, per item. ClusterStoreError when etcd cannot be reached (the earlier groups are written).
+        """
+        gone: dict[Item, list[str]] = {}
+        for group in _groups(items):
+
+            def plan(records: dict[ServiceKey, HoldsOfService], group: list[Item] = group) -> set[ServiceKey]:
+                changed: set[ServiceKey] = set()
+                for service, real_server in group:
+                    holds, rs = records[service], str(real_server)
+                    gone[(service, real_server)] = [h for h in holds.get(rs, {}) if which(h)]
+                    for h in gone[(service, real_server)]:
+                        del holds[rs][h]
+                        changed.add(service)
+                    if rs in holds and not holds[rs]:
+                        del holds[rs]
+                return changed
+
+            self._swap_many({service for service, _rs in group}, plan)
+        return gone
+
+    def _swap_many(
+        self, services: set[ServiceKey], plan: Callable[[dict[ServiceKey, HoldsOfService]], set[ServiceKey]]
+    ) -> None:
+        """Read the services' keys, ``plan`` the changes (the services it changed), write them in one transaction.
+
+        The transaction compares every key read, changed or not, so that a
+        decision made on a copy that is behind (the first attempt reads the
+        answering member's copy) or that another writer overtook is made again
+        on a linearizable read. A plan that changes nothing made from a copy
+        that may be behind is confirmed the same way.
+        """
+        for attempt in range(CAS_ATTEMPTS):
+            fresh = attempt > 0
+            records, revisions = self._read_services(services, serializable=not fresh)
+            changed = plan(records)
+            if not changed:
+                if fresh:
+                    return
+                continue
+            compare = [self._compare(service, revisions[service]) for service in sorted(services, key=str)]
+            ops = [self._op(service, records[service]) for service in sorted(changed, key=str)]
+            ok, _ = self.client.txn(compare, ops)
+            if ok:
+                return
+        raise ClusterStoreError(f"cluster records of {len(services)} services: {CAS_ATTEMPTS} concurrent writers won")
+
+    def _read_services(
+        self, services: set[ServiceKey], *, serializable: bool
+    ) -> tuple[dict[ServiceKey, HoldsOfService], dict[ServiceKey, int]]:
+        """The services' holds and their keys' revisions (0: no key): one request for one, a range for more."""
+        if len(services) == 1:
+            (service,) = services
+            holds, revision = self.service_holds(service, serializable=serializable)
+            return {service: holds}, {service: revision}
+        kvs, _revision = self.client.range(self.prefix, serializable=serializable)
+        records: dict[ServiceKey, HoldsOfService] = {service: {} for service in services}
+        revisions = dict.fromkeys(services, 0)
+        keys = {self.key(service): service for service in services}
+        for kv in kvs:
+            found = keys.get(kv.key)
+            if found is None:
+                continue
+            try:
+                records[found], revisions[found] = _decode(kv.value), kv.mod_revision
+            except ValueError as exc:
+                raise ClusterStoreError(f"cluster record {kv.key!r} is not a record of holds: {exc}") from None
+        return records, revisions
+
+    def _compare(self, service: ServiceKey, revision: int) -> Compare:
         key = self.key(service)
-        compare = Compare(key, "mod", "=", revision) if revision else Compare(key, "create", "=", 0)
-        op = put_op(key, json.dumps(holds, sort_keys=True)) if holds else delete_op(key)
-        ok, _ = self.client.txn([compare], [op])
+        return Compare(key, "mod", "=", revision) if revision else Compare(key, "create", "=", 0)
+
+    def _op(self, service: ServiceKey, holds: Mapping[str, Any]) -> dict[str, Any]:
+        key = self.key(service)
+        return put_op(key, json.dumps(holds, sort_keys=True)) if holds else delete_op(key)
+
+    def _swap(self, service: ServiceKey, revision: int, holds: Mapping[str, Any]) -> bool:
+        ok, _ = self.client.txn([self._compare(service, revision)], [self._op(service, holds)])
         return ok
+
+
+def _groups(items: Sequence[Item]) -> list[list[Item]]:
+    """The items in groups of at most ``TXN_KEYS`` services, each service's items together, in their order."""
+    by_service: dict[ServiceKey, list[Item]] = {}
+    for item in items:
+        by_service.setdefault(item[0], []).append(item)
+    services = list(by_service)
+    return [
+        [item for service in services[i : i + TXN_KEYS] for item in by_service[service]]
+        for i in range(0, len(services), TXN_KEYS)
+    ]
 
 
 def _decode(text: str) -> HoldsOfService:

@@ -322,3 +322,51 @@ def test_many_holds_in_one_record_converge_in_one_batch(directors: Start) -> Non
     while sum(d1.kernel.weight(WEB, rs) == 5 for rs in many) < 301:
         assert time.monotonic() < deadline + CONVERGE_TIMEOUT
         time.sleep(0.02)
+
+
+def test_a_bulk_quarantine_is_one_transaction_and_reaches_every_director(directors: Start) -> None:
+    """200 real servers held through one director in one call: one write of the record, every kernel follows."""
+    many = [RealServerKey.parse(f"10.1.{i // 250}.{i % 250 + 1}:80") for i in range(201)]
+    d1, d2, d3 = directors(3, real_servers=many, rate_limit=RateLimit(0, 60.0))
+    store = d1.actions.cluster
+    assert store is not None
+    targets = [Target(WEB, rs) for rs in many[:-1]]
+    outcomes = d1.actions.hold_many(d1.ledger, targets, ALICE, reason="rack 7")
+    assert {o.result for o in outcomes} == {"applied"} and len(outcomes) == 200
+    assert {o.details["cluster"] for o in outcomes} == {"dir1/api alice"}
+    kv = store.client.get(store.key(WEB))
+    assert kv is not None and kv.create_revision == kv.mod_revision  # written once: one transaction
+    assert len(json.loads(kv.value)) == 200
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    for d in (d1, d2, d3):
+        while sum(d.kernel.weight(WEB, rs) == 0 for rs in many) < 200:
+            assert time.monotonic() < deadline, (d.name, sum(d.kernel.weight(WEB, rs) == 0 for rs in many))
+            time.sleep(0.02)
+        assert d.kernel.weight(WEB, many[-1]) == 5
+
+    back = d2.actions.release_many(d2.ledger, targets, BOB)
+    assert {o.result for o in back} == {"applied"}
+    assert store.client.get(store.key(WEB)) is None  # every hold of the record gone, in one transaction
+    for d in (d1, d2, d3):
+        while sum(d.kernel.weight(WEB, rs) == 5 for rs in many) < 201:
+            assert time.monotonic() < deadline + CONVERGE_TIMEOUT
+            time.sleep(0.02)
+        assert d.ledger.active_holds() == []
+
+
+def test_a_bulk_quarantine_keeps_the_quorum_item_by_item(directors: Start) -> None:
+    """min_healthy 2 of 3, a hold on rs0 by another director: a bulk of rs1, rs2 takes rs1 only and names rs2."""
+    d1, d2 = directors(2, min_healthy=Quorum(2))
+    assert d2.hold(0, BOB).result == "applied"
+    wait_weights([d1, d2], [0, 5, 5])
+    outcomes = d1.actions.hold_many(d1.ledger, [Target(WEB, RS[1]), Target(WEB, RS[2])], ALICE)
+    assert [o.result for o in outcomes] == ["refused", "refused"]  # rs0 is out anywhere: neither may go
+    assert outcomes[0].reason == "quorum" and "min 2" in outcomes[0].message
+    assert d1.release(0, ALICE).result == "applied"
+    wait_weights([d1, d2], [5, 5, 5])
+    outcomes = d1.actions.hold_many(d1.ledger, [Target(WEB, RS[1]), Target(WEB, RS[2])], ALICE)
+    assert [(o.result, o.reason) for o in outcomes] == [("applied", ""), ("refused", "quorum")]
+    wait_weights([d1, d2], [5, 0, 5])
+    store = d1.actions.cluster
+    assert store is not None
+    assert [(h.real_server, h.holder) for h in store.snapshot()[0]] == [(RS[1], "dir1/api alice")]

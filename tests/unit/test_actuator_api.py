@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from lvsguard.actuator.auth import TokenFileError, load_tokens, parse_tokens, token_name
-from lvsguard.actuator.openapi import BODIES, document
+from lvsguard.actuator.openapi import BODIES, BULK, document
 from lvsguard.actuator.settings import ActuatorSettings, Names, Quorum
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, kernel_of, service
@@ -21,7 +21,7 @@ AM = "am-secret-01234567890"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
 NAMES = Names(services={"web": WEB}, real_servers={WEB: {"rs1": RealServerKey.parse("10.0.1.1:80")}})
-MUTATING = sorted(BODIES)
+MUTATING = sorted({**BODIES, **BULK})
 
 
 def make_app(tmp_path: Path, **overrides: Any) -> Flask:
@@ -135,7 +135,12 @@ def test_every_mutating_endpoint_needs_a_token(
     body = (
         am_payload(am_alert("a", lvsguard_action="quarantine"))
         if path == "/webhook"
-        else {"service": "web", "real_server": "rs1", "weight": 0}
+        else {
+            "service": "web",
+            "real_server": "rs1",
+            "weight": 0,
+            "targets": [{"service": "web", "real_server": "rs1"}],
+        }
     )
     r = client.post(url, json=body, headers=headers)
     assert r.status_code == 401 and r.get_json()["error"].startswith("missing or wrong bearer token")
@@ -227,6 +232,65 @@ def test_quarantine_restore_round_trip(app: Flask, client: FlaskClient, openapi:
         ("restore", "alice", "api"),
         ("quarantine", "alice", "api"),
     ]
+
+
+def test_a_bulk_quarantine_is_one_batch_of_kernel_writes(app: Flask, client: FlaskClient, openapi: OpenAPI) -> None:
+    kernel = kernel_of(app)
+    batches: list[int] = []
+    edit_many = kernel.edit_real_servers
+
+    def counted(service: ServiceKey, servers: Any) -> int:
+        batches.append(n := edit_many(service, servers))
+        return n
+
+    kernel.edit_real_servers = counted  # type: ignore[method-assign]
+    targets = [
+        {"service": "web", "real_server": "rs1"},
+        *({"service": "web", "real_server": f"10.0.1.{i}:80"} for i in (2, 3)),
+    ]
+    r = call(client, openapi, "post", "/api/v1/bulk/quarantine", {"targets": targets, "reason": "rack"}, AUTH)
+    body = r.get_json()
+    assert (r.status_code, body["counts"]) == (200, {"applied": 3})
+    assert [o["real_server"] for o in body["results"]] == ["10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:80"]
+    assert batches == [3]  # one pipelined write of the service's three real servers
+    assert [kernel.weight(WEB, RealServerKey.parse(f"10.0.1.{i}:80")) for i in range(1, 5)] == [0, 0, 0, 5]
+    r = call(client, openapi, "post", "/api/v1/bulk/restore", {"targets": targets}, AUTH)
+    assert (r.status_code, r.get_json()["counts"], batches) == (200, {"applied": 3}, [3, 3])
+
+
+def test_a_bulk_quarantine_applies_what_the_rules_allow_and_names_the_rest(
+    client: FlaskClient, openapi: OpenAPI
+) -> None:
+    targets = [{"service": "web", "real_server": f"10.0.1.{i}:80"} for i in range(1, 6)]  # .5 is not in the table
+    r = call(client, openapi, "post", "/api/v1/bulk/quarantine", {"targets": targets}, AUTH)
+    body = r.get_json()
+    assert r.status_code == 207
+    assert [o["result"] for o in body["results"]] == ["applied", "applied", "applied", "refused", "not_found"]
+    assert body["counts"] == {"applied": 3, "refused": 1, "not_found": 1}
+    assert body["error"].startswith("2 of 5 not done; targets[3]: refused: service web would have 0 healthy")
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "message"),
+    [
+        ({}, "targets", "required field is missing"),
+        ({"targets": []}, "targets", "must list 1..10000 real servers, got 0"),
+        ({"targets": "web rs1"}, "targets", "must be a list"),
+        ({"targets": [{"service": "web", "real_server": "rs1"}, "rs2"]}, "targets[1]", "must be an object"),
+        (
+            {"targets": [{"service": "web", "real_server": "rs1"}, {"service": "web", "real_server": "nope"}]},
+            "targets[1].real_server",
+            "neither a real server name",
+        ),
+        ({"targets": [{"real_server": "rs1"}]}, "targets[0].service", "required field is missing"),
+    ],
+)
+def test_a_bad_bulk_body_is_refused_whole_naming_the_item(
+    app: Flask, client: FlaskClient, openapi: OpenAPI, body: dict[str, Any], path: str, message: str
+) -> None:
+    r = call(client, openapi, "post", "/api/v1/bulk/quarantine", body, AUTH)
+    assert r.status_code == 400 and r.get_json()["path"] == path and message in r.get_json()["error"], r.get_json()
+    assert kernel_of(app).writes == []
 
 
 def test_cli_header_is_recorded_as_the_source(client: FlaskClient, openapi: OpenAPI) -> None:

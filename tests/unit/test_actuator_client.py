@@ -77,6 +77,38 @@ def test_refusal_reads_plainly(served: tuple[Flask, str], token_file: Path) -> N
     assert info.value.status == 409
 
 
+def test_several_real_servers_or_a_file_are_one_bulk_action(
+    served: tuple[Flask, str], token_file: Path, tmp_path: Path
+) -> None:
+    app, url = served
+    listed = tmp_path / "rack7"
+    listed.write_text("# rack 7\nweb rs1\nTCP 192.0.2.10:80 10.0.1.2:80  # the second one\n\n")
+    out = io.StringIO()
+    args = cli(url, "quarantine", "--file", str(listed), token_file=token_file)
+    assert args.func(args, out) == 1  # min 2 of 3: the second is refused, and named
+    assert out.getvalue() == (
+        "quarantine: 1 applied, 1 refused\n"
+        "  TCP 192.0.2.10:80 10.0.1.2:80: refused: service web would have 1 healthy real server, min 2\n"
+    )
+    assert kernel_of(app).weight(WEB, RS1) == 0
+    args = cli(url, "restore", "web", "rs1", "10.0.1.2:80", token_file=token_file)
+    out = io.StringIO()
+    assert args.func(args, out) == 0 and out.getvalue() == "restore: 1 applied, 1 noop\n"
+    assert kernel_of(app).weight(WEB, RS1) == 5
+
+
+def test_a_bad_file_of_targets_names_its_line(served: tuple[Flask, str], token_file: Path, tmp_path: Path) -> None:
+    _app, url = served
+    listed = tmp_path / "rack7"
+    listed.write_text("web rs1\nrs2\n")
+    args = cli(url, "quarantine", "--file", str(listed), token_file=token_file)
+    with pytest.raises(ClientError, match=f"{listed}:2: expected 'SERVICE REAL_SERVER', got 'rs2'"):
+        args.func(args, io.StringIO())
+    args = cli(url, "quarantine", "web", token_file=token_file)
+    with pytest.raises(ClientError, match="name a service and at least one of its real servers"):
+        args.func(args, io.StringIO())
+
+
 def test_bad_field_names_the_field(served: tuple[Flask, str]) -> None:
     """The actuator's 400 names the field (the CLI checks the range first: a client of its own sends it)."""
     client = ActuatorClient(served[1], TOKEN)

@@ -18,6 +18,7 @@ from the cluster, and the operator's request is answered with an error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from lvsguard.actuator.actions import holds
@@ -28,7 +29,7 @@ from lvsguard.actuator.states import HoldKind, Result, Source
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.records import ClusterHold, HoldStore
 from lvsguard.errors import ClusterStoreError, PolicyRefused
-from lvsguard.model import RealServer, RealServerKey
+from lvsguard.model import RealServer, RealServerKey, ServiceKey
 
 STORE_REASON = "cluster_store"  # the ``reason`` of an outcome that etcd could not be reached for
 
@@ -86,11 +87,89 @@ def hold(
             store.release(target.service, target.real_server, lambda h: h == holder)
         except ClusterStoreError as exc:
             return _unreachable(s, action, target, actor, exc)
-        with s.ledger.transaction():
-            for h in s.ledger.holds_of(HoldKind.ALERT, holder):
-                if h.target == target:
-                    s.ledger.delete_hold(h.id)
+        _drop_mirrors(s, holder, {target})
     return replace(outcome, details={**outcome.details, "cluster": holder})
+
+
+def hold_many(
+    s: Session,
+    store: HoldStore,
+    targets: Sequence[Target],
+    actor: Actor,
+    *,
+    action: str,
+    reason: str = "",
+    force: bool = False,
+) -> list[Outcome]:
+    """An operator's holds on many real servers, for every director: one transaction, then here in the session's batch.
+
+    Each item as ``hold`` would do it alone, in the order given: the quorum
+    of a service counts the items before it. One compare-and-swap covers
+    every service record touched (``HoldStore.take_many``); the holds this
+    director's own rules then refuse leave the cluster again in one more.
+    """
+    if s.policy.dry_run:
+        return [holds.hold(s, t, actor, action=action, reason=reason, force=force) for t in targets]
+    holder = store.holder(str(actor))
+    found: list[Target] = []
+    for target in dict.fromkeys(targets):
+        svc, rs = s.real_server(target)
+        if svc is not None and rs is not None:
+            found.append(target)
+
+    def check(service: ServiceKey, real_server: RealServerKey, held: frozenset[RealServerKey]) -> None:
+        view = s.service(service)
+        if view is not None:
+            s.policy.check_quorum(Target(service, real_server), _ClusterStanding(view, held - {real_server}))
+
+    fates = store.take_many(
+        [(t.service, t.real_server) for t in found], holder, action=action, reason=reason, check=check
+    )
+    outcomes: list[Outcome] = []
+    undo: list[Target] = []
+    for target in targets:
+        fate = fates.get((target.service, target.real_server))
+        if fate is None:
+            svc, _rs = s.real_server(target)
+            outcomes.append(s.absent(action, target, svc, actor))
+        elif isinstance(fate, PolicyRefused):
+            outcomes.append(s.refused(action, target, fate, actor))
+        elif isinstance(fate, ClusterStoreError):
+            outcomes.append(_unreachable(s, action, target, actor, fate))
+        else:
+            outcome = holds.hold(s, target, mirror(holder), action=action, reason=reason, force=force)
+            if outcome.result == Result.REFUSED and fate:
+                undo.append(target)
+            outcomes.append(replace(outcome, details={**outcome.details, "cluster": holder}))
+    if undo:  # this director's rules said no: the operator's request leaves no hold
+        try:
+            store.release_many([(t.service, t.real_server) for t in undo], lambda h: h == holder)
+        except ClusterStoreError as exc:
+            return [
+                _unreachable(s, action, o.target, actor, exc) if o.target is not None and o.target in undo else o
+                for o in outcomes
+            ]
+        _drop_mirrors(s, holder, set(undo))
+    return outcomes
+
+
+def release_many(
+    s: Session, store: HoldStore, targets: Sequence[Target], actor: Actor, *, scope: str, force: bool = False
+) -> list[Outcome]:
+    """An operator's restore of many real servers, for every director: one transaction, then each here."""
+    try:
+        store.release_many([(t.service, t.real_server) for t in dict.fromkeys(targets)])
+    except ClusterStoreError as exc:
+        return [_unreachable(s, "restore", t, actor, exc) for t in targets]
+    return [_release_here(s, t, actor, scope=scope, force=force) for t in targets]
+
+
+def _drop_mirrors(s: Session, holder: str, targets: set[Target]) -> None:
+    """Forget ``holder``'s mirror holds on ``targets`` (a mirror waits as an alert's hold would; these must not)."""
+    with s.ledger.transaction():
+        for h in s.ledger.holds_of(HoldKind.ALERT, holder):
+            if h.target in targets:
+                s.ledger.delete_hold(h.id)
 
 
 def release(s: Session, store: HoldStore, target: Target, actor: Actor, *, scope: str, force: bool = False) -> Outcome:
@@ -99,6 +178,11 @@ def release(s: Session, store: HoldStore, target: Target, actor: Actor, *, scope
         store.release(target.service, target.real_server)
     except ClusterStoreError as exc:
         return _unreachable(s, "restore", target, actor, exc)
+    return _release_here(s, target, actor, scope=scope, force=force)
+
+
+def _release_here(s: Session, target: Target, actor: Actor, *, scope: str, force: bool) -> Outcome:
+    """The real server's cluster records are gone: release its mirrors here, and the operator's own holds."""
     outcome: Outcome | None = None
     for h in s.ledger.active_holds(target):
         if h.source == Source.CLUSTER:

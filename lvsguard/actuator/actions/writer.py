@@ -246,6 +246,46 @@ class Actions:
                 return shared.release(s, self.cluster, target, actor, scope=scope, force=force)
             return holds.release(s, target, actor, scope=scope, force=force)
 
+    def hold_many(
+        self,
+        ledger: LedgerSource,
+        targets: Sequence[Target],
+        actor: Actor,
+        *,
+        action: str = "quarantine",
+        reason: str = "",
+        force: bool = False,
+    ) -> list[Outcome]:
+        """An operator's quarantine of many real servers at once: one outcome per target, in their order.
+
+        One batch session (as a webhook payload: two ledger commits and one
+        round of kernel writes, each service's in one request), the same rules
+        as one at a time, the quorum of a service counting the targets before
+        it. With a cluster store, one etcd transaction for every service
+        record touched (``shared.hold_many``).
+        """
+        with self._lock:
+            with self._session(ledger, batch=True) as s:
+                if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL:
+                    outcomes = shared.hold_many(
+                        s, self.cluster, targets, actor, action=action, reason=reason, force=force
+                    )
+                else:
+                    outcomes = [holds.hold(s, t, actor, action=action, reason=reason, force=force) for t in targets]
+            return [s.settled(o) for o in outcomes]
+
+    def release_many(
+        self, ledger: LedgerSource, targets: Sequence[Target], actor: Actor, *, scope: str = "own", force: bool = False
+    ) -> list[Outcome]:
+        """An operator's restore of many real servers at once, in one batch session (``hold_many``)."""
+        with self._lock:
+            with self._session(ledger, batch=True) as s:
+                if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL and scope != "alerts":
+                    outcomes = shared.release_many(s, self.cluster, targets, actor, scope=scope, force=force)
+                else:
+                    outcomes = [holds.release(s, t, actor, scope=scope, force=force) for t in targets]
+            return [s.settled(o) for o in outcomes]
+
     def set_weight(
         self, ledger: LedgerSource, target: Target, weight: int, actor: Actor, *, force: bool = False
     ) -> Outcome:
