@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CONFIRM_TIMEOUT = 3.0  # seconds an operator's action waits for every director to show it
 CONFIRM_POLL = 0.05
-VIP_REFRESH = 30.0  # seconds between two reads of the table's service addresses
+VIP_REFRESH = 30.0  # seconds between two reads of the table's service addresses, when nothing else says them
 
 
 class Announcer:
@@ -107,7 +107,18 @@ class Announcer:
         )
 
     def _vips(self) -> set[str]:
-        """Service addresses that are addresses of this director (the table's read again every VIP_REFRESH s)."""
+        """Service addresses that are addresses of this director.
+
+        The services are the config's table and those the action layer's
+        sessions read (``Actions.service_keys``), not a read of the kernel's
+        table of its own: a dump of a big table every ``VIP_REFRESH`` seconds
+        held the interpreter long enough to delay the cluster watch's kernel
+        writes (its p99). Only when neither knows a service (no table in the
+        config, no action yet) is the table read, every ``VIP_REFRESH`` seconds.
+        """
+        keys = self.actions.service_keys()
+        if keys:
+            return {key.address for key in keys if key.address} & self.addresses()
         now = time.monotonic()
         if now - self._addresses_read >= VIP_REFRESH:
             self._service_addresses = {svc.key.address for svc in self.actions.read_table().services if svc.key.address}

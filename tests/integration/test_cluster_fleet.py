@@ -195,3 +195,18 @@ def test_a_director_is_written_only_when_it_changes_and_its_lease_comes_back(etc
     finally:
         client.delete(key)
         client.close()
+
+
+def test_the_vips_come_from_what_the_action_layer_read_not_a_table_dump(directors: Start) -> None:
+    """A dump of the whole table every 30 s held the interpreter and delayed the watch's kernel writes (p99)."""
+    (d1,) = directors(1, tokens={"alice": TOKEN})
+    announcer = d1.state.runner.fleet
+    assert announcer is not None
+    announcer.addresses = lambda: {"192.0.2.10", "10.0.9.1"}
+    assert d1.hold(0).result == "applied"  # its session read the service
+
+    def no_dump() -> Any:
+        raise AssertionError("the announcer read the whole kernel table")
+
+    d1.kernel.read = no_dump  # type: ignore[method-assign]
+    assert announcer.status(d1.ledger).vips == ("192.0.2.10",)

@@ -109,6 +109,7 @@ class Session:
         self._services: dict[ServiceKey, ServiceView | None] = {}
         if table is not None:
             self._services = {svc.key: ServiceView(svc.key, svc.real_servers) for svc in table.services}
+            actions.services_seen = set(self._services)
             self._complete = True
             now = self._views.clock()
             for view in self._services.values():
@@ -136,9 +137,11 @@ class Session:
         except NoSuchService:
             svc = None
             self._views.forget(key)
+            self._actions.services_seen.discard(key)
         self._services[key] = svc
         if svc is not None:
             self._views.remember(svc, now)
+            self._actions.services_seen.add(key)
         return svc
 
     def real_server(self, target: Target) -> tuple[ServiceView | None, RealServer | None]:

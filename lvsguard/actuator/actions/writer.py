@@ -26,7 +26,7 @@ from lvsguard.actuator.states import HoldKind, Result
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.records import ClusterHold, HoldStore
 from lvsguard.cluster.table import TableRecord, decode
-from lvsguard.model import Forward, SyncDaemon, Table
+from lvsguard.model import Forward, ServiceKey, SyncDaemon, Table
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.plan import Plan
 
@@ -116,6 +116,8 @@ class Actions:
         """The cluster's desired table (``table.source: cluster``) this director applies; None: none known yet."""
         self.settings = self._with_cluster_table(settings)
         self.policy.settings = self.settings
+        self.services_seen: set[ServiceKey] = set()
+        """The services the kernel had at the sessions' last reads (the fleet's VIPs come from them, no read)."""
 
     # wiring
 
@@ -186,6 +188,10 @@ class Actions:
     def read_table(self) -> Table:
         """The kernel table, read afresh."""
         return self._kernel.read()
+
+    def service_keys(self) -> set[ServiceKey]:
+        """The services this director has, without reading the kernel: the config's table and what sessions read."""
+        return {svc.key for svc in self.settings.desired} | self.services_seen
 
     def sync_daemons(self) -> tuple[SyncDaemon, ...]:
         """The sync daemons: one netlink request where the kernel can, not a read of the whole table."""
