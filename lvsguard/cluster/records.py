@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,14 +184,16 @@ class HoldStore:
         *,
         action: str,
         reason: str = "",
-        check: Callable[[ServiceKey, RealServerKey, frozenset[RealServerKey]], None] = lambda s, r, held: None,
+        check: Callable[[ServiceKey, RealServerKey, AbstractSet[RealServerKey]], None] = lambda s, r, held: None,
     ) -> dict[Item, bool | PolicyRefused | ClusterStoreError]:
         """``holder``'s hold on every item, in one transaction per ``TXN_KEYS`` services; each item's fate.
 
         True: held now; False: ``holder`` held it already; a PolicyRefused:
         ``check(service, real_server, held)`` refused it, ``held`` being what
         the cluster holds in the service with the items before it in this
-        call (so the quorum counts them). A ClusterStoreError: etcd could not
+        call (so the quorum counts them). ``held`` is one live set per
+        service and attempt, which grows by each item whose check passed:
+        read it during the call, do not keep or change it. A ClusterStoreError: etcd could not
         be reached for the item's group (and every later one; the earlier
         groups are written).
         """
@@ -203,19 +206,22 @@ class HoldStore:
 
             def plan(records: dict[ServiceKey, HoldsOfService], group: list[Item] = group) -> set[ServiceKey]:
                 changed: set[ServiceKey] = set()
+                held: dict[ServiceKey, set[RealServerKey]] = {}  # parsed once per service, then kept up to date
                 for service, real_server in group:
                     holds, rs = records[service], str(real_server)
                     if holder in holds.get(rs, {}):
                         fates[(service, real_server)] = False
                         continue
-                    held = frozenset(RealServerKey.parse(r) for r, holders in holds.items() if holders)
+                    if service not in held:
+                        held[service] = {RealServerKey.parse(r) for r, holders in holds.items() if holders}
                     try:
-                        check(service, real_server, held)
+                        check(service, real_server, held[service])
                     except PolicyRefused as exc:
                         fates[(service, real_server)] = exc
                         continue
                     info = {"action": action, "reason": reason, "director": self.config.director_name}
                     holds.setdefault(rs, {})[holder] = {**info, "at": self.clock()}
+                    held[service].add(real_server)
                     fates[(service, real_server)] = True
                     changed.add(service)
                 return changed
