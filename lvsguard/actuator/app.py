@@ -8,6 +8,7 @@ Flask's development server is never used.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pwd
@@ -275,6 +276,7 @@ def serve(
         state: ActuatorState = app.extensions["lvsguard"]
         state.reload = reload
         state.runner.begin()
+        gc.freeze()  # what the start built lives as long as the process: full collections need not walk it
     except sqlite3.Error as exc:  # unreadable, corrupt or locked at start: say which file, no traceback
         kernel.close()
         raise LvsguardError(f"ledger {path}: {exc}") from None

@@ -151,7 +151,7 @@ class ClusterSync:
         self._reported_down = False
         self.metrics.up.set(1)
         self.metrics.synced.set(self.clock())
-        self._converge(ledger, time.monotonic())
+        self._converge(ledger, time.monotonic(), time.thread_time())
         return revision
 
     def _follow(self, ledger: Ledger, revision: int) -> None:
@@ -161,13 +161,13 @@ class ClusterSync:
             self.metrics.synced.set(self.clock())
             if not batch:
                 continue
-            received = time.monotonic()
+            received, cpu = time.monotonic(), time.thread_time()
             for ev in batch:
                 if ev.kind == "delete":
                     self._records.pop(ev.kv.key, None)
                 else:
                     self._decode_into(ev.kv.key, ev.kv)
-            self._converge(ledger, received)
+            self._converge(ledger, received, cpu)
 
     def _decode_into(self, key: str, kv: KeyValue) -> None:
         try:
@@ -176,13 +176,24 @@ class ClusterSync:
             self._records.pop(key, None)
             event(log, logging.WARNING, "cluster_record_skipped", key=key, error=exc)
 
-    def _converge(self, ledger: Ledger, received: float) -> None:
+    def _converge(self, ledger: Ledger, received: float, cpu: float) -> None:
+        """Converge to the records; ``received``: when the change arrived (monotonic), ``cpu``: this thread's CPU then."""
         records = [hold for holds in self._records.values() for hold in holds]
         outcomes = self.actions.converge_cluster(ledger, records)
         now = self.clock()
         written = [o for o in outcomes if o.result == Result.APPLIED]
         if written:
-            self.metrics.apply.set(time.monotonic() - received)
+            seconds = time.monotonic() - received
+            self.metrics.apply.set(seconds)
+            event(  # where the time went: this thread's CPU, the wait for the action lock, the rest waiting to run
+                log,
+                logging.INFO,
+                "cluster_applied",
+                written=len(written),
+                seconds=round(seconds, 4),
+                cpu=round(time.thread_time() - cpu, 4),
+                lock_wait=round(self.actions.lock_waited, 4),
+            )
             taken = {(o.target, o.action) for o in written}
             ats = [r.at for r in records if (Target(r.service, r.real_server), r.action) in taken]
             if ats:

@@ -118,6 +118,8 @@ class Actions:
         self.policy.settings = self.settings
         self.services_seen: set[ServiceKey] = set()
         """The services the kernel had at the sessions' last reads (the fleet's VIPs come from them, no read)."""
+        self.lock_waited = 0.0
+        """Seconds the last ``converge_cluster`` waited for the lock (the cluster watch logs it)."""
 
     # wiring
 
@@ -362,7 +364,9 @@ class Actions:
         One batch session, as a webhook payload: 1 000 holds that arrive at once (one record, one
         watch event) are two ledger commits and one round of kernel writes, not 1 000 of each.
         """
+        asked = time.monotonic()
         with self._lock:
+            self.lock_waited = time.monotonic() - asked
             with self._session(ledger, batch=True) as s:
                 outcomes = shared.converge(s, records)
             return [s.settled(o) for o in outcomes]
