@@ -19,6 +19,13 @@ real ``lvsguard actuator`` process with ``cluster.store: etcd``. Then, ``--runs`
 A watch of the benchmark's own on the holds' prefix times when each action's
 record change reached etcd (request -> record), which splits the acting
 director's share from the propagation to the others.
+
+Then, ``--bulk-runs`` times, many holds at once (``--bulk``, default 1 000,
+on a second service of ``--bulk`` + 1 real servers): ``POST
+/api/v1/bulk/quarantine`` naming them all to one director (one batch there,
+one etcd transaction), timed until every director's kernel has every one at
+weight 0; then ``POST /api/v1/bulk/restore`` to the next director, until
+every kernel has them back.
 For the directors that did not take the action, the actuator's own share
 (``lvsguard_cluster_apply_seconds``: watch event -> kernel written) is read
 from its metrics after each action.
@@ -40,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.cluster import REAL_SERVERS, SERVICE, ClusterLab
+from lab.cluster import BULK_SERVICE, REAL_SERVERS, SERVICE, ClusterLab, bulk_real_servers
 from lvsguard.cluster.etcd import EtcdClient
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.model import RealServerKey
@@ -48,6 +55,7 @@ from lvsguard.model import RealServerKey
 RESULTS = ROOT / "bench" / "results"
 TARGET = "rs2"
 POLL = 0.002  # seconds between two reads of each kernel
+BULK_POLL = 0.05  # the same for a bulk action (a read of 1 000 real servers costs more: poll less, disturb less)
 TIMEOUT = 30.0
 
 
@@ -57,6 +65,8 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def row(name: str, values: list[float]) -> str:
+    if not values:
+        return f"| {name} | - | - | - | 0 |"
     ms = [v * 1000 for v in values]
     return (
         f"| {name} | {statistics.median(ms):.0f} ms | {percentile(ms, 99):.0f} ms | "
@@ -72,8 +82,7 @@ def wait_kernels(kernels: dict[str, NetlinkIPVS], weight: int, started: float) -
         for name, kernel in kernels.items():
             if name in seen:
                 continue
-            svc = kernel.read().service(SERVICE)
-            rs = svc.real_server(key) if svc is not None else None
+            rs = next((r for r in kernel.read_real_servers(SERVICE) if r.key == key), None)  # its service only
             if rs is not None and rs.weight == weight:
                 seen[name] = time.monotonic() - started
         if time.monotonic() - started > TIMEOUT:
@@ -82,14 +91,111 @@ def wait_kernels(kernels: dict[str, NetlinkIPVS], weight: int, started: float) -
     return seen
 
 
+def wait_bulk(kernels: dict[str, NetlinkIPVS], keys: set[RealServerKey], out: bool, started: float) -> dict[str, float]:
+    """Seconds from ``started`` until each director's kernel has every one of ``keys`` out (weight 0) or back in."""
+    seen: dict[str, float] = {}
+    while len(seen) < len(kernels):
+        for name, kernel in kernels.items():
+            if name in seen:
+                continue
+            done = sum(1 for rs in kernel.read_real_servers(BULK_SERVICE) if rs.key in keys and (rs.weight == 0) == out)
+            if done == len(keys):
+                seen[name] = time.monotonic() - started
+        if time.monotonic() - started > TIMEOUT * 4:
+            raise RuntimeError(f"bulk not converged after {TIMEOUT * 4:g} s: {seen}")
+        time.sleep(BULK_POLL)
+    return seen
+
+
+def bulk_runs(
+    lab: ClusterLab, kernels: dict[str, NetlinkIPVS], names: list[str], n: int, runs: int
+) -> dict[str, list[float]]:
+    """``runs`` times: ``n`` holds in one bulk quarantine through one director, then one bulk restore through the next."""
+    keys = bulk_real_servers(n)[:n]
+    targets = [{"service": "bulk", "real_server": str(rs)} for rs in keys]
+    results: dict[str, list[float]] = {
+        "bulk_quarantine_all": [],
+        "bulk_restore_all": [],
+        "bulk_reply": [],
+        "bulk_apply": [],
+    }
+    for run in range(runs):
+        for action, out, origin in (
+            ("quarantine", True, names[run % len(names)]),
+            ("restore", False, names[(run + 1) % len(names)]),
+        ):
+            replies: list[tuple[tuple[int, dict[str, Any]], float]] = []
+
+            def request(origin: str = origin, action: str = action) -> None:
+                replies.append((lab.call(origin, f"/api/v1/bulk/{action}", {"targets": targets}), time.monotonic()))
+
+            started = time.monotonic()
+            caller = threading.Thread(target=request)
+            caller.start()
+            seen = wait_bulk(kernels, set(keys), out, started)
+            caller.join()
+            (status, reply), at = replies[0]
+            if status != 200 or reply.get("counts") != {"applied": n}:
+                raise RuntimeError(
+                    f"bulk {action} through {origin}: {status} {reply.get('counts')} {reply.get('error')}"
+                )
+            results[f"bulk_{action}_all"].append(max(seen.values()))
+            results["bulk_reply"].append(at - started)
+            for name in names:
+                if name != origin:
+                    value = lab.metric(name, "lvsguard_cluster_apply_seconds")
+                    if value is not None:
+                        results["bulk_apply"].append(value)
+        print(
+            f"bulk run {run + 1}/{runs}: {n} holds on all {results['bulk_quarantine_all'][-1] * 1000:.0f} ms, "
+            f"released on all {results['bulk_restore_all'][-1] * 1000:.0f} ms",
+            flush=True,
+        )
+    return results
+
+
+def applied_lines(lab: ClusterLab) -> list[dict[str, float]]:
+    """Every director's ``cluster_applied`` log lines: its convergences' wall time, CPU time and lock wait."""
+    found = []
+    for d in lab.directors:
+        try:
+            text = d.log.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if " cluster_applied " not in line:
+                continue
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            try:
+                found.append({k: float(fields[k]) for k in ("written", "seconds", "cpu", "lock_wait")})
+            except (KeyError, ValueError):
+                continue
+    return found
+
+
+def breakdown(lines: list[dict[str, float]], many: bool) -> None:
+    """Where a watching director's share goes: its thread's CPU, the lock, and the rest (waiting to run)."""
+    picked = [line for line in lines if (line["written"] > 1) == many]
+    if not picked:
+        return
+    label = "bulk" if many else "one hold"
+    print(row(f"{label}: a director's share, wall (its log)", [x["seconds"] for x in picked]))
+    print(row(f"{label}: of which its thread's CPU", [x["cpu"] for x in picked]))
+    print(row(f"{label}: of which the wait for the action lock", [x["lock_wait"] for x in picked]))
+    rest = [max(0.0, x["seconds"] - x["cpu"] - x["lock_wait"]) for x in picked]
+    print(row(f"{label}: the rest (waiting for the CPU or the GIL)", rest))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument(
         "--directors", type=int, default=3, help="directors (each its own actuator); 10 needs --mem 2048"
     )
+    parser.add_argument("--bulk", type=int, default=1000, help="holds in one bulk action (default 1000)")
+    parser.add_argument("--bulk-runs", type=int, default=3, help="bulk quarantine + restore rounds (0: none)")
     args = parser.parse_args(argv)
-    lab = ClusterLab(args.directors, actuator={"rate_limit": {"actions": 0}})
+    lab = ClusterLab(args.directors, actuator={"rate_limit": {"actions": 0}}, bulk=args.bulk if args.bulk_runs else 0)
     print(f"building the cluster lab (etcd + {args.directors} directors with their actuators) ...", flush=True)
     lab.build()
     names = [d.name for d in lab.directors]
@@ -153,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"restore on all {results['restore_all'][-1] * 1000:.0f} ms",
                 flush=True,
             )
+        if args.bulk_runs:
+            results.update(bulk_runs(lab, kernels, names, args.bulk, args.bulk_runs))
+        lines = applied_lines(lab)
     finally:
         for kernel in kernels.values():
             kernel.close()
@@ -169,9 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     print(row("request -> the record's change seen by a watch", results["record"]))
     print(row("API reply on the director that acted", origin_share))
     print(row("a watching director's share (watch event -> kernel)", results["apply"]))
+    if results.get("bulk_quarantine_all"):
+        print(row(f"bulk quarantine of {args.bulk} -> all at weight 0 on all {n}", results["bulk_quarantine_all"]))
+        print(row(f"bulk restore of {args.bulk} -> all back on all {n}", results["bulk_restore_all"]))
+        print(row("bulk: API reply on the director that acted", results["bulk_reply"]))
+        print(row(f"bulk: a watching director's share ({args.bulk} holds)", results["bulk_apply"]))
+    breakdown(lines, many=False)
+    breakdown(lines, many=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"cluster_converge_{len(names)}.json"
-    out.write_text(json.dumps({"results": results, "per_director": per_director, "origin": origin_share}, indent=1))
+    doc = {"results": results, "per_director": per_director, "origin": origin_share, "applied": lines}
+    out.write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {out}")
     return 0
 

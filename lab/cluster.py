@@ -44,6 +44,14 @@ from lvsguard.model import RealServerKey, ServiceKey
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ServiceKey.parse("TCP 192.0.2.10:80")
 REAL_SERVERS = {"rs1": ("10.0.1.2:8080", 3), "rs2": ("10.0.1.3:8080", 2), "rs3": ("10.0.1.4:8080", 1)}
+BULK_SERVICE = ServiceKey.parse("TCP 192.0.2.11:80")  # ``ClusterLab(bulk=n)``: n + 1 real servers, for bulk actions
+
+
+def bulk_real_servers(n: int) -> list[RealServerKey]:
+    """The real servers of ``BULK_SERVICE`` in a lab built with ``bulk=n``: 10.2.0.1:8080 ..."""
+    return [RealServerKey.parse(f"10.2.{i // 250}.{i % 250 + 1}:8080") for i in range(n + 1)]
+
+
 TOKEN = "cluster-lab-token-0123456789"
 ACTUATOR_PORT = 9911  # on 127.0.0.1 of each director's namespace
 READY_TIMEOUT = 90.0  # seconds: three Pythons importing pyroute2 and Flask at once under UML
@@ -93,14 +101,17 @@ class ClusterLab:
         retry_interval: float = 1.0,
         actuator: dict[str, Any] | None = None,
         table_source: str = "config",
+        bulk: int = 0,
     ) -> None:
         """``actuator``: more keys of the directors' ``actuator`` section (a benchmark lifts the rate limit).
 
         ``table_source``: ``config`` (each director's table from its own config) or ``cluster`` (the
         cluster's record in etcd, pushed with :meth:`push`; until then the tables stay empty).
+        ``bulk``: a second service, ``BULK_SERVICE``, with ``bulk + 1`` real servers of weight 1 (bulk actions).
         """
         self.table_source = table_source
         self.etcd = etcd or EtcdLab()
+        self.bulk = bulk
         self.retry_interval = retry_interval
         self.actuator = actuator or {}
         self._tmp: Path | None = None  # the directors' configs, ledgers and logs (the VM's tmpfs)
@@ -155,11 +166,24 @@ class ClusterLab:
     def __exit__(self, *exc: object) -> None:
         self.teardown()
 
+    def bulk_service(self) -> dict[str, Any]:
+        """The ``bulk`` service (``BULK_SERVICE``: ``self.bulk + 1`` real servers of weight 1), as config."""
+        return {
+            "name": "bulk",
+            "service": str(BULK_SERVICE),
+            "scheduler": "wrr",
+            "forward": "masq",
+            "real_servers": [
+                {"name": f"b{i}", "address": str(rs), "weight": 1}
+                for i, rs in enumerate(bulk_real_servers(self.bulk), 1)
+            ],
+        }
+
     def config(self, d: ClusterDirector) -> str:
         """Director ``d``'s lvsguard config: its managed table, a short retry interval, the cluster store."""
         doc = {
             "table": {"manage": True, "prune": "owned", "source": self.table_source},
-            "services": [web_service(REAL_SERVERS)],
+            "services": [web_service(REAL_SERVERS), *([self.bulk_service()] if self.bulk else [])],
             "actuator": {"hold_down": "0s", "retry_interval": f"{self.retry_interval:g}s", **self.actuator},
             "cluster": {"store": "etcd", "endpoints": list(self.etcd.endpoints), "name": "lab", "director": d.name},
         }
