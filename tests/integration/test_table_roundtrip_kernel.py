@@ -12,6 +12,17 @@ keepalived's own table must be empty. The same for a table written with
 the thresholds out: the plans compare those, over netlink). The same for
 the ldirectord.cf files under tests/fixtures/import/ldirectord-kernel, built
 by Debian's ldirectord (``checktype = on``: every real server counts as up).
+
+The ldirectord.cf files under tests/fixtures/import/ldirectord-negotiate
+check the lab's real servers (``negotiate`` over HTTP with request and
+receive, ``connect``): ldirectord runs in the lab's director namespace and
+its checks decide its table; lvsguard's probes, translated by the importer,
+run from the same namespace against the same real servers. A real server
+whose answer does not match the receive regex is down for both: removed
+from ldirectord's table (``quiescent = no``, its default), judged down by
+lvsguard's probe; and the two tables, lvsguard's without what its probes
+judged down, are the same lines. (lvsguard's actuator would keep such a real
+server at weight 0, which ldirectord does with ``quiescent = yes``.)
 """
 
 from __future__ import annotations
@@ -29,7 +40,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lvsguard import cli
+from lab.topology import Lab
+from lvsguard import cli, config
+from lvsguard.exporter.probes.engine import probe
+from lvsguard.exporter.probes.plan import spec
+from lvsguard.exporter.probes.result import Target
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.table.apply import apply
 from lvsguard.table.importers import ipvsadm as ipvsadm_importer
@@ -39,6 +54,7 @@ from lvsguard.table.importers import render
 from lvsguard.table.importers._emit import Imported
 from lvsguard.table.load import load_table
 from lvsguard.table.plan import plan
+from tests.integration.test_probes_checks_kernel import in_netns
 
 pytestmark = pytest.mark.kernel
 
@@ -48,6 +64,12 @@ KEEPALIVED = "/usr/sbin/keepalived"
 LDIRECTORD = "/usr/sbin/ldirectord"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "import" / "keepalived-kernel"
 LDIRECTORD_FIXTURES = FIXTURES.parent / "ldirectord-kernel"
+NEGOTIATE_FIXTURES = FIXTURES.parent / "ldirectord-negotiate"
+NEGOTIATE_DOWN = {"negotiate": set(), "mismatch": {("TCP 192.0.2.43:80", "10.0.1.4:8080")}}
+"""The real servers each negotiate fixture's checks find down (the lab's real servers answer their name)."""
+NEGOTIATE_TIMEOUT = 120.0
+"""ldirectord starts with one ipvsadm process per entry, and more when it adds and removes: 30 s were too few in a
+loaded lab VM."""
 BUILD_TIMEOUT = 30.0
 
 IPVSADM_RULES = [
@@ -126,12 +148,12 @@ def wait_for_lines(netns: str, count: int, proc: subprocess.Popen[bytes], log: P
 
 
 @contextmanager
-def peer(argv: list[str], tmp: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """The peer daemon ``argv`` running in the foreground in THEIRS, stopped (SIGTERM) at the end."""
+def peer(argv: list[str], tmp: str, netns: str = THEIRS) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """The peer daemon ``argv`` running in the foreground in ``netns``, stopped (SIGTERM) at the end."""
     log = Path(tmp) / "peer.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", THEIRS, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            ["ip", "netns", "exec", netns, *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         yield proc, log
@@ -173,6 +195,48 @@ def test_ldirectord_cf_builds_the_same_table(conf: Path, ours: NetlinkIPVS) -> N
     imported = ldirectord_importer.parse(conf.read_text(), str(conf))
     with tempfile.TemporaryDirectory(prefix="lvsg-rt-") as tmp:
         same_table(imported, [LDIRECTORD, "-d", str(conf), "start"], tmp, ours)
+
+
+def verdicts(lab: Lab, cfg: config.Config) -> dict[tuple[str, str], bool]:
+    """Each (service, real server) judged by every probe of the config, once, from the director's namespace."""
+    out: dict[tuple[str, str], bool] = {}
+    for check in cfg.probes.checks:
+        assert check.real_server is not None and check.service is not None, "the importer names both"
+        address, port = check.real_server.address, check.port or check.real_server.port
+        result = in_netns(lab.director.netns, lambda: probe(spec(check), Target(address, port)))
+        key = (str(check.service), str(check.real_server))
+        out[key] = out.get(key, True) and result.ok
+    return out
+
+
+@pytest.mark.skipif(not os.access(LDIRECTORD, os.X_OK), reason="needs Debian's ldirectord")
+@pytest.mark.parametrize("conf", sorted(NEGOTIATE_FIXTURES.glob("*.cf")), ids=lambda p: p.stem)
+def test_ldirectord_negotiate_checks_decide_the_same_table(conf: Path, lab: Lab, ours: NetlinkIPVS) -> None:
+    text = render(ldirectord_importer.parse(conf.read_text(), str(conf)))
+    judged = verdicts(lab, config.loads(text, str(conf)))
+    assert {rs for rs, ok in judged.items() if not ok} == NEGOTIATE_DOWN[conf.stem], judged
+    doc = yaml.safe_load(text)
+    for svc in doc["services"]:  # what ldirectord does with a failed real server (quiescent = no): removed
+        svc["real_servers"] = [rs for rs in svc["real_servers"] if judged[(svc["service"], rs["address"])]]
+    build_ours(ours, yaml.safe_dump(doc, sort_keys=False))
+    expected = saved(OURS)
+    vips = {svc["service"].split()[1] for svc in doc["services"]}
+    netns = lab.director.netns
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="lvsg-rt-") as tmp,
+            peer([LDIRECTORD, "-d", str(conf), "start"], tmp, netns) as (proc, log),
+        ):
+            deadline = time.monotonic() + NEGOTIATE_TIMEOUT
+            theirs: list[str] = []
+            while time.monotonic() < deadline and theirs != expected:
+                assert proc.poll() is None, f"ldirectord exited with {proc.returncode}:\n{log.read_text()}"
+                time.sleep(0.5)
+                theirs = [line for line in saved(netns) if line.split()[2] in vips]
+            assert theirs == expected, f"ldirectord's table (its log:\n{log.read_text()})"
+    finally:
+        for vip in vips:
+            run("ip", "netns", "exec", netns, "ipvsadm", "-D", "-t", vip, check=False)
 
 
 def test_ipvsadm_save_round_trip(ours: NetlinkIPVS) -> None:

@@ -18,6 +18,7 @@ from lvsguard.table.load import load_table
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "import"
 KEEPALIVED = FIXTURES / "keepalived"
 LDIRECTORD = FIXTURES / "ldirectord"
+NEGOTIATE = FIXTURES / "ldirectord-negotiate"
 
 
 def imported(path: Path) -> Imported:
@@ -200,6 +201,51 @@ def test_ldirectord_table_and_checks() -> None:
     assert (checks[3].type, checks[3].query_name, checks[3].answer) == ("dns", "www.example.com", "192.0.2")
     assert checks[4].command[-4:] == ("7", "0", "{address}", "{port}")
     assert (checks[5].type, checks[5].port, checks[5].tls_verify) == ("https", 8443, False)
+
+
+def test_ldirectord_negotiate_and_connect_become_http_and_tcp_probes() -> None:
+    """negotiate.cf and mismatch.cf, which the kernel test runs Debian's ldirectord on against the lab's servers."""
+    checks = names_and_probes_load(output(NEGOTIATE / "negotiate.cf"), "negotiate.cf").probes.checks
+    assert [(str(c.real_server), c.type, c.path, c.body, c.port, c.timeout, c.interval, c.fall) for c in checks] == [
+        *((f"10.0.1.{i}:8080", "http", "/health", "^rs[0-9]+$", None, 2.0, 3.0, 1) for i in (2, 3, 4)),
+        *((f"10.0.1.{i}:80", "tcp", "/", "", None, 2.0, 3.0, 1) for i in (2, 3, 4)),
+    ]
+    assert all(c.statuses == tuple(range(200, 209)) + (226,) for c in checks[:3])
+    checks = names_and_probes_load(output(NEGOTIATE / "mismatch.cf"), "mismatch.cf").probes.checks
+    assert [(str(c.real_server), c.type, c.path, c.body) for c in checks] == [
+        ("10.0.1.2:8080", "http", "/", "^rs1$"),  # the virtual's request and receive
+        ("10.0.1.3:8080", "http", "/health", ""),  # its own, the receive empty: any 2xx answer
+        ("10.0.1.4:8080", "http", "/index.html", "^rs2$"),  # its own, with the leading / ldirectord adds
+        ("10.0.1.2:8080", "http", "/", "^rs1$"),  # its own begins with /: ldirectord checks the virtual's
+    ]
+
+
+@pytest.mark.parametrize(
+    "real, path, body",
+    [
+        ("10.0.1.2:80 gate", "/virtual", "v"),
+        ('10.0.1.2:80 gate 1 "own", "o"', "/own", "o"),
+        ('10.0.1.2:80 gate 1 "own", ""', "/own", ""),
+        ('10.0.1.2:80 gate 1 "", ""', "/", ""),
+        ('10.0.1.2:80 gate 1 "/own", "o"', "/virtual", "v"),
+    ],
+    ids=["virtuals", "own", "own-empty-receive", "own-empty-request", "own-with-a-slash-is-ignored"],
+)
+def test_ldirectord_a_real_servers_request_and_receive_replace_the_virtuals(real: str, path: str, body: str) -> None:
+    """As ldirectord 4.12 reads them: a pair taken whole, empty strings included (an empty receive: any 2xx); a pair
+    whose request begins with "/" ignored (its receive is lost, and the check is the virtual's), with a comment."""
+    text = f'virtual=192.0.2.10:80\n\treal={real}\n\tservice=http\n\trequest="virtual"\n\treceive="v"\n'
+    [found] = ldirectord.parse(text, "l.cf").checks
+    assert (found.check["path"], found.check.get("body", "")) == (path, body)
+    ignored = [n.message for n in found.notes if "ignores" in n.message]
+    assert ignored == (
+        [
+            'real "/own", "o": ldirectord ignores a real server\'s request and receive when the request begins with'
+            ' "/" and checks the virtual\'s; write "own" to have it checked'
+        ]
+        if '"/own"' in real
+        else []
+    )
 
 
 @pytest.mark.parametrize(

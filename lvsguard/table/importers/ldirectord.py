@@ -16,7 +16,10 @@ addresses and ports, as ldirectord passes them), ``negotiate`` (the default)
 by ``service`` (the default from the port): ``http``/``https`` with
 ``request`` as the path, ``receive`` as the body regex, ``virtualhost`` and
 ``httpmethod``; ``dns`` with ``request`` as the name asked and ``receive`` as
-the answer; other services a ``tcp`` probe, with a comment. ``off`` and ``on``
+the answer; other services a ``tcp`` probe, with a comment. A real server's
+own ``"request", "receive"`` replaces the virtual's whole (an empty receive:
+any answer), unless its request begins with "/": ldirectord 4.12 then checks
+the virtual's, and so does the import, with a comment. ``off`` and ``on``
 make no probe. ``checkinterval``, ``checktimeout``/``negotiatetimeout``
 and ``failurecount`` become ``interval``, ``timeout`` and ``fall``.
 """
@@ -123,6 +126,10 @@ _REAL = re.compile(
     r"(?P<first>\[[0-9A-Fa-f:.]+\]|[0-9.]+)(?:->(?P<last>\[[0-9A-Fa-f:.]+\]|[0-9.]+))?(?::(?P<port>\d+))?"
     r"(?:\s+(?P<flags>.*))?$"
 )
+
+
+_Pair = tuple[str, str, int] | None
+"""A real server's own ``"request", "receive"`` and its line; None: the virtual service's."""
 
 
 class _Bad(Exception):
@@ -276,7 +283,7 @@ class _Translator:
         for name, (value, line) in v.settings.items():
             if name in VIRTUAL_UNTRANSLATED and VIRTUAL_UNTRANSLATED[name]:
                 notes.append(self.note(line, f"{name} = {value}: {VIRTUAL_UNTRANSLATED[name]}"))
-        servers: list[tuple[RealServer, str, str]] = []
+        servers: list[tuple[RealServer, _Pair]] = []
         for text, line in v.reals:
             servers += self.reals(text, line, key)
         svc = make_service(
@@ -286,15 +293,15 @@ class _Translator:
             persistence=timeout,
             netmask=netmask if timeout else 0,
             one_packet=ops == "yes" and key.protocol == "UDP",
-            real_servers=[rs for rs, _, _ in servers],
+            real_servers=[rs for rs, _ in servers],
         )
         names = {rs.key: real_server_name(rs.key) for rs in svc.real_servers}
         imported = ImportedService(svc, service_name(key), names, notes)
         self.imported.services.append(imported)
-        for rs, request, receive in servers:
-            self.check(v, imported, rs, request, receive)
+        for rs, pair in servers:
+            self.check(v, imported, rs, pair)
 
-    def reals(self, text: str, line: int, service: ServiceKey) -> list[tuple[RealServer, str, str]]:
+    def reals(self, text: str, line: int, service: ServiceKey) -> list[tuple[RealServer, _Pair]]:
         match = _REAL.match(text.strip())
         if not match:
             raise _Bad(line, f"real: not ADDRESS[->LAST][:PORT] METHOD ...: {text!r}")
@@ -308,10 +315,10 @@ class _Translator:
         if number:
             weight = self.number("weight", number.group(1), line, 0, 65535)
             rest = number.group(2)
-        request = receive = ""
+        pair: _Pair = None
         quoted = re.match(r'"([^"]*)"\s*[, ]\s*"([^"]*)"\s*(.*)', rest)
         if quoted:
-            request, receive, rest = quoted.group(1), quoted.group(2), quoted.group(3)
+            pair, rest = (quoted.group(1), quoted.group(2), line), quoted.group(3)
         elif rest.startswith('"'):
             raise _Bad(line, 'real: expected "request", "receive"')
         lower = upper = 0
@@ -339,10 +346,10 @@ class _Translator:
                 upper_threshold=upper,
                 lower_threshold=lower,
             )
-            out.append((rs, request, receive))
+            out.append((rs, pair))
         return out
 
-    def check(self, v: _Virtual, svc: ImportedService, rs: RealServer, request: str, receive: str) -> None:
+    def check(self, v: _Virtual, svc: ImportedService, rs: RealServer, pair: _Pair) -> None:
         checktype, line = self.setting(v, "checktype") or ("negotiate", v.line)
         if checktype.isdigit():
             svc.notes.append(self.note(line, f"checktype = {checktype}: lvsguard negotiates on every check"))
@@ -389,20 +396,25 @@ class _Translator:
             argv = [*_unquote(command).split(), vip, str(key.port), "{address}", "{port}"]
             entry.update(type="script", command=["/bin/sh", "-c", '"$@" || exit 1', "sh", *argv])
         else:
-            self.negotiate(v, svc, rs, entry, notes, request, receive, line)
+            self.negotiate(v, svc, entry, notes, pair, line)
         self.imported.checks.append(ImportedCheck(entry, notes))
 
     def negotiate(
         self,
         v: _Virtual,
         svc: ImportedService,
-        rs: RealServer,
         entry: dict[str, Any],
         notes: list[Note],
-        request: str,
-        receive: str,
+        pair: _Pair,
         line: int,
     ) -> None:
+        """``pair``: the real server's own quoted request and receive, as ldirectord 4.12 reads them.
+
+        Taken whole, an empty receive included (any answer), unless the request
+        begins with "/": ldirectord then loses the receive (a regex match between
+        reading it and storing it resets Perl's ``$2``) and checks the virtual's
+        request (HTTP) and receive.
+        """
         key = svc.service.key
         service = v.settings.get("service", (PORT_SERVICES.get(key.port, "none") if not key.is_fwmark else "none", 0))[
             0
@@ -411,8 +423,20 @@ class _Translator:
             raise _Bad(
                 v.settings["service"][1], f"service must be one of {', '.join(sorted(SERVICES))}, got {service!r}"
             )
-        request = request or _unquote(v.settings.get("request", ("/", 0))[0])
-        receive = receive or _unquote(v.settings.get("receive", ("", 0))[0])
+        request = _unquote(v.settings.get("request", ("/", 0))[0])
+        receive = _unquote(v.settings.get("receive", ("", 0))[0])
+        if pair is not None and pair[0].startswith("/"):
+            own = f'"{pair[0]}", "{pair[1]}"'
+            notes.append(
+                self.note(
+                    pair[2],
+                    f"real {own}: ldirectord ignores a real server's request and receive when the request begins with"
+                    f' "/" and checks the virtual\'s; write "{pair[0][1:]}" to have it checked',
+                )
+            )
+            request = request if service in ("http", "https") else pair[0]
+        elif pair is not None:
+            request, receive = pair[0], pair[1]
         if service in ("http", "https"):
             path = request if request.startswith("/") else "/" + request
             entry.update(type=service, path=path, statuses=HTTP_2XX)
