@@ -282,6 +282,61 @@ def test_malformed_ldirectord_cf_reports_every_line() -> None:
 
 
 @pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "frobnicate=yes\nvirtual=192.0.2.10:80\n\treal=10.0.1.2:80 gate\n",
+            "l.cf:1: unknown global setting 'frobnicate'",
+        ),
+        ("virtual=192.0.2.10:80\n\treal=10.0.1.2:80 gate\n\tchecktype=sometimes\n", "l.cf:3: checktype must be one of"),
+        ("virtual=192.0.2.10:80\n\treal=10.0.1.2:80 gate\n\tservice=gopher\n", "l.cf:3: service must be one of"),
+        ("virtual=192.0.2.10:80\n\treal=10.0.1.2:80 gate heavy\n", "l.cf:2: real: unexpected 'heavy'"),
+        ('virtual=192.0.2.10:80\n\treal=10.0.1.2:80 gate 1 "/only-a-request"\n', 'l.cf:2: real: expected "request"'),
+        ("virtual=192.0.2.300:80\n\treal=10.0.1.2:80 gate\n", "l.cf:1: virtual: "),
+        ("virtual=192.0.2.10:80\n\treal6=[2001:db8::2]:80 gate\n", "l.cf:2: real6 in a virtual: write real"),
+        ("virtual=192.0.2.10:80\n\treal=10.0.1.2:80 gate\n\tpersistent=forever\n", "l.cf:3: persistent must be 1.."),
+        ("    checkinterval=2\n", "l.cf:1: indented 'checkinterval' outside a virtual service"),
+        ("virtual 192.0.2.10:80\n", "l.cf:1: not a 'key = value' line"),
+    ],
+    ids=[
+        "unknown-global",
+        "bad-checktype",
+        "unknown-service",
+        "bad-weight",
+        "request-without-receive",
+        "bad-address",
+        "real6-in-virtual",
+        "bad-persistent",
+        "indented-outside",
+        "no-equals",
+    ],
+)
+def test_broken_ldirectord_cf_is_a_file_line_error(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ldirectord.parse(text, "l.cf")
+    assert str(caught.value).startswith(expected), str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["keepalived", "ldirectord", "ipvsadm"])
+def test_import_of_a_file_that_is_not_there_names_it(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["import", kind, str(tmp_path / "gone.conf")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"lvsguard: {tmp_path / 'gone.conf'}") and "cannot read" in err and "Traceback" not in err
+
+
+def test_ldirectord_errors_and_strict_through_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["import", "ldirectord", str(LDIRECTORD / "malformed.cf")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"lvsguard: {LDIRECTORD / 'malformed.cf'}:3: ") and "Traceback" not in err, err
+    assert cli.main(["import", "ldirectord", str(LDIRECTORD / "ldirectord.cf"), "--strict"]) == 3
+    assert f"{LDIRECTORD / 'ldirectord.cf'}:6: not translated: emailalert" in capsys.readouterr().err
+    assert cli.main(["import", "ldirectord", str(NEGOTIATE / "negotiate.cf"), "--strict"]) == 0
+    assert cli.main(["import", "ldirectord", str(NEGOTIATE / "mismatch.cf"), "--strict"]) == 3, "the ignored pair"
+
+
+@pytest.mark.parametrize(
     "method, message",
     [
         ("TUN type gre remcsum", "remcsum is for gue tunnels only"),
