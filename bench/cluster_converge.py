@@ -30,6 +30,14 @@ For the directors that did not take the action, the actuator's own share
 (``lvsguard_cluster_apply_seconds``: watch event -> kernel written) is read
 from its metrics after each action.
 
+With ``--table`` the directors take their table from the cluster
+(``table.source: cluster``) and each run, after the same etcd put (the
+floor), writes the cluster's table with one real server's weight changed, as
+``lvsguard apply --cluster`` does (``TableStore.write``), and times it until
+every director's kernel has the new weight; each director's own lag (record
+written -> its kernel written) is read from
+``lvsguard_cluster_table_lag_seconds``.
+
 Not a test: the figures depend on the machine (keep other VMs quiet).
 """
 
@@ -72,6 +80,14 @@ def row(name: str, values: list[float]) -> str:
         f"| {name} | {statistics.median(ms):.0f} ms | {percentile(ms, 99):.0f} ms | "
         f"{min(ms):.0f}-{max(ms):.0f} ms | {len(ms)} |"
     )
+
+
+def print_head(put: list[float]) -> None:
+    """The Markdown table's head and its first row: the floor."""
+    print()
+    print("| measure | p50 | p99 | min-max | n |")
+    print("|---|---:|---:|---:|---:|")
+    print(row("etcd put round trip (the floor)", put))
 
 
 def wait_kernels(kernels: dict[str, NetlinkIPVS], weight: int, started: float) -> dict[str, float]:
@@ -194,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bulk", type=int, default=1000, help="holds in one bulk action (default 1000)")
     parser.add_argument("--bulk-runs", type=int, default=3, help="bulk quarantine + restore rounds (0: none)")
+    parser.add_argument(
+        "--table", action="store_true", help="time a push of the cluster's table (apply --cluster) instead of holds"
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        return table_main(args)
     lab = ClusterLab(args.directors, actuator={"rate_limit": {"actions": 0}}, bulk=args.bulk if args.bulk_runs else 0)
     print(f"building the cluster lab (etcd + {args.directors} directors with their actuators) ...", flush=True)
     lab.build()
@@ -268,10 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
         lab.teardown()
         watcher.close()
-    print()
-    print("| measure | p50 | p99 | min-max | n |")
-    print("|---|---:|---:|---:|---:|")
-    print(row("etcd put round trip (the floor)", results["put"]))
+    print_head(results["put"])
     n = len(names)
     print(row(f"quarantine -> weight 0 on all {n} directors", results["quarantine_all"]))
     print(row(f"restore -> weight back on all {n} directors", results["restore_all"]))
@@ -289,6 +307,66 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"cluster_converge_{len(names)}.json"
     doc = {"results": results, "per_director": per_director, "origin": origin_share, "applied": lines}
     out.write_text(json.dumps(doc, indent=1))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def table_main(args: argparse.Namespace) -> int:
+    """``--table``: ``apply --cluster`` (the record written) -> every director's kernel changed."""
+    from lab.cluster import web_service
+    from lvsguard.cluster.table import TableStore
+    from lvsguard.config.cluster import ClusterConfig
+    from lvsguard.table.load import load_table
+
+    lab = ClusterLab(args.directors, table_source="cluster")
+    print(f"building the cluster lab (etcd + {args.directors} directors, table.source: cluster) ...", flush=True)
+    lab.build()
+    names = [d.name for d in lab.directors]
+    kernels = {d.name: NetlinkIPVS(d.netns) for d in lab.directors}
+    client = EtcdClient(lab.etcd.endpoints)
+    store = TableStore(client, ClusterConfig(store="etcd", endpoints=lab.etcd.endpoints, name="lab"))
+    results: dict[str, list[float]] = {"put": [], "push": [], "table_all": [], "lag": []}
+
+    def push(weight: int) -> float:
+        servers = {**REAL_SERVERS, TARGET: (REAL_SERVERS[TARGET][0], weight)}
+        _settings, desired, problems = load_table({"services": [web_service(servers)]})
+        assert not problems, problems
+        started = time.monotonic()
+        store.write(desired, lambda key: "web", by="bench")
+        results["push"].append(time.monotonic() - started)
+        return started
+
+    try:
+        client.put("/bench/warm", "0")
+        wait_kernels(kernels, REAL_SERVERS[TARGET][1], push(REAL_SERVERS[TARGET][1]))  # the first build
+        for run in range(args.runs):
+            started = time.monotonic()
+            client.put("/bench/floor", str(run))
+            results["put"].append(time.monotonic() - started)
+            weight = 10 + run % 2  # a weight change each run: one real server edited in place
+            seen = wait_kernels(kernels, weight, push(weight))
+            results["table_all"].append(max(seen.values()))
+            for name in names:
+                value = lab.metric(name, "lvsguard_cluster_table_lag_seconds")
+                if value is not None:
+                    results["lag"].append(value)
+            print(
+                f"run {run + 1}/{args.runs}: put {results['put'][-1] * 1000:.0f} ms, "
+                f"apply --cluster on all {results['table_all'][-1] * 1000:.0f} ms",
+                flush=True,
+            )
+    finally:
+        for kernel in kernels.values():
+            kernel.close()
+        client.close()
+        lab.teardown()
+    print_head(results["put"])
+    print(row("the table record written (apply --cluster's put)", results["push"]))
+    print(row(f"apply --cluster -> weight changed on all {len(names)} directors", results["table_all"]))
+    print(row("a director's lag (record written -> its kernel written)", results["lag"]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"cluster_table_{len(names)}.json"
+    out.write_text(json.dumps({"results": results}, indent=1))
     print(f"\nwrote {out}")
     return 0
 

@@ -38,6 +38,8 @@ WEB = ServiceKey.parse("TCP 192.0.2.10:80")
 API = ServiceKey.parse("TCP 192.0.2.11:443")
 RS = [RealServerKey.parse(f"10.0.1.{i}:80") for i in range(1, 4)]
 ALICE = Actor("api", "alice")
+TOKEN = "table-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TIMEOUT = 30.0  # seconds; generous: a loaded host slows every thread
 
 
@@ -111,6 +113,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
         settings = ActuatorSettings(
             hold_down=0.0,
             retry_interval=0.2,
+            tokens={"alice": TOKEN},
             table=TableSettings(manage=True, source="cluster"),
             cluster=ClusterConfig(store="etcd", endpoints=(url,), name=cluster, director=name),
         )
@@ -210,6 +213,21 @@ def test_three_directors_converge_on_every_push_with_the_holds_winning(
     while any(d.metric("lvsguard_cluster_table_revision") != record.revision for d in directors):
         assert time.monotonic() < deadline, "the revision metric"
         time.sleep(0.02)
+
+    def fleet() -> dict[str, Any]:
+        doc: dict[str, Any] = directors[0].app.test_client().get("/api/v1/cluster", headers=AUTH).get_json()
+        return doc
+
+    while {d["director"]: d["table_revision"] for d in fleet()["directors"]} != {
+        d.name: record.revision for d in directors
+    }:
+        assert time.monotonic() < deadline, f"the fleet records: {fleet()}"
+        time.sleep(0.05)
+    doc = fleet()
+    assert doc["table"]["revision"] == record.revision and doc["table"]["services"] == 2
+    assert all(d["table_matches"] and d["table_source"] == "cluster" for d in doc["directors"])
+    page = directors[0].app.test_client().get("/ui/cluster", headers=AUTH).get_data(as_text=True)
+    assert f"revision <b>{record.revision}</b>" in page and page.count(f"revision {record.revision}<") == 3
 
     # the restore brings it back at the cluster table's new weight, everywhere
     assert directors[1].actions.release(directors[1].ledger, Target(WEB, RS[1]), ALICE).result
