@@ -38,7 +38,7 @@ from lab.topology import ConnectionCounts, Lab, LabError
 
 LISTEN = f"127.0.0.1:{EXPORTER_PORTS['dir1']}"  # the active director's exporter
 COUNTERS_TIMEOUT = 10.0  # seconds: the kernel folds its counters every 2 s
-REQUESTS_PER_PORT = {"nat": 60, "dr": 30, "fwmark": 30, "nat6": 24, "udp": 30}
+REQUESTS_PER_PORT = {"nat": 60, "dr": 30, "fwmark": 30, "nat6": 24, "dr6": 24, "udp": 30}
 
 T0 = time.monotonic()
 failures: list[str] = []

@@ -15,6 +15,7 @@ docs/lab.md has the full address plan. The services (``Lab.services``):
 - ``fwmark`` FWM 1 wrr (iptables marks TCP 192.0.2.30 ports 80 and 443) -> real servers,
   masquerading, port kept, weights 1..N
 - ``nat6``   TCP [2001:db8::10]:80 wrr -> real servers [..]:8080, masquerading
+- ``dr6``    TCP [2001:db8::20]:80 rr -> real servers [..]:80, direct routing (VIP on their lo)
 - ``udp``    UDP 192.0.2.10:53 rr -> real servers :53 (echo), masquerading
 
 Building uses ``ip -batch`` once per namespace, run from a thread that entered the
@@ -70,6 +71,7 @@ VIP_NAT = "192.0.2.10"  # the NAT service and the UDP service
 VIP_DR = "192.0.2.20"
 VIP_FWMARK = "192.0.2.30"
 VIP6 = "2001:db8::10"
+VIP6_DR = "2001:db8::20"
 FWMARK = 1
 HTTP_PORT, HTTPS_PORT, BACKEND_PORT, UDP_PORT = 80, 443, 8080, 53
 NFT_TABLE = "lvsguard_lab"
@@ -108,7 +110,7 @@ class Director:
 class LabService:
     """One virtual service: how the kernel is configured, and where clients send traffic."""
 
-    name: str  # "nat", "dr", "fwmark", "nat6", "udp"
+    name: str  # "nat", "dr", "fwmark", "nat6", "dr6", "udp"
     config: VirtualService  # key, scheduler, real servers with weight and forwarding method
     address: str  # the VIP clients connect to
     ports: tuple[int, ...]  # the client-side ports; a fwmark service has several
@@ -210,7 +212,7 @@ class Lab:
             client_ipv6=CLIENT_PREFIX6 + "1",
             server_ipv4=SERVER_PREFIX4 + "1",
             server_ipv6=SERVER_PREFIX6 + "1",
-            vips=(VIP_NAT, VIP_DR, VIP_FWMARK, VIP6),
+            vips=(VIP_NAT, VIP_DR, VIP_FWMARK, VIP6, VIP6_DR),
         )
         self.client = Node("cli1", CLIENT_NETNS, CLIENT_PREFIX4 + "10", CLIENT_PREFIX6 + "10")
         self.real_servers = tuple(
@@ -290,6 +292,17 @@ class Lab:
                 ipv6=True,
             ),
             self._service(
+                "dr6",
+                ServiceKey("TCP", VIP6_DR, HTTP_PORT, family=6),
+                "rr",
+                Forward.ROUTE,
+                VIP6_DR,
+                (HTTP_PORT,),
+                [1] * n,
+                HTTP_PORT,
+                ipv6=True,
+            ),
+            self._service(
                 "udp", ServiceKey("UDP", VIP_NAT, UDP_PORT), "rr", Forward.MASQ, VIP_NAT, (UDP_PORT,), [1] * n, UDP_PORT
             ),
         ]
@@ -309,6 +322,10 @@ class Lab:
     @property
     def nat6(self) -> LabService:
         return self.services["nat6"]
+
+    @property
+    def dr6(self) -> LabService:
+        return self.services["dr6"]
 
     @property
     def udp(self) -> LabService:
@@ -382,7 +399,7 @@ class Lab:
         )
         for rs in self.real_servers:
             commands = self._host_commands(rs, self.director.server_ipv4, self.director.server_ipv6)
-            _ip_batch([*commands, f"addr add {VIP_DR}/32 dev lo"], netns=rs.netns)
+            _ip_batch([*commands, f"addr add {VIP_DR}/32 dev lo", f"addr add {VIP6_DR}/128 dev lo"], netns=rs.netns)
 
     def _host_sysctls(self) -> dict[str, dict[str, str]]:
         # No duplicate address detection: while a link-local address is tentative
@@ -503,7 +520,7 @@ class Lab:
         return ServerSpec(
             servers=tuple((rs.name, rs.netns) for rs in self.real_servers),
             tcp=(HTTP_PORT, HTTPS_PORT, BACKEND_PORT),
-            tcp6=(BACKEND_PORT,),
+            tcp6=(BACKEND_PORT, HTTP_PORT),
             udp=(UDP_PORT,),
         )
 
@@ -522,7 +539,7 @@ class Lab:
             self._servers_listening = False
 
     def start_servers(self) -> None:
-        """HTTP on 80, 443, 8080 and [::]:8080, UDP echo on 53 in every real server; return once they listen."""
+        """HTTP on 80, 443, 8080, [::]:80 and [::]:8080, UDP echo on 53 in every real server; return once they listen."""
         self._spawn_servers()
         proc = self._servers
         assert proc is not None and proc.stdin is not None and proc.stdout is not None

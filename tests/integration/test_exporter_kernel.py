@@ -140,6 +140,11 @@ def value(found: Series, name: str, **labels: str) -> float:
     return next(iter(matches.values()))
 
 
+def lab_real_servers(lab: Lab) -> int:
+    """Real servers in the lab's table: each service's (18 with the default 3 real servers and 6 services)."""
+    return sum(len(s.backends) for s in lab.services.values())
+
+
 def poll(what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0) -> T:
     return lab_poll(what, probe, done, timeout, interval=0.3)
 
@@ -173,7 +178,7 @@ def test_scrape_shows_the_table_ipvsadm_lists(lab: Lab, exporter: ExporterServer
     witness = lab.read_table()
     assert value(found, "ipvs_up") == 1
     assert value(found, "lvsguard_exporter_info", ipvs_source="netlink") == 1
-    assert len(pick(found, "ipvs_backend_weight")) == witness.real_server_count == 15
+    assert len(pick(found, "ipvs_backend_weight")) == witness.real_server_count == lab_real_servers(lab)
     for svc in witness.services:
         name = names.service_name(svc.key)
         methods = {rs.forward.label for rs in svc.real_servers}
@@ -405,7 +410,7 @@ def test_procfs_source(lab: Lab, exporter: ExporterServer) -> None:
     assert not pick(found, "ipvs_backend_connections_total") and not pick(found, "ipvs_service_connections_total")
     from_netlink = series(fetch(exporter))
     assert pick(found, "ipvs_backend_weight") == pick(from_netlink, "ipvs_backend_weight")
-    assert len(pick(found, "ipvs_backend_weight")) == 15
+    assert len(pick(found, "ipvs_backend_weight")) == lab_real_servers(lab)
 
 
 FALLBACK_SCRIPT = """
@@ -437,7 +442,7 @@ def test_without_cap_net_admin_the_exporter_falls_back_to_procfs(lab: Lab) -> No
     found = series(result.stdout)
     assert value(found, "ipvs_up") == 1
     assert value(found, "lvsguard_exporter_info", ipvs_source="procfs") == 1
-    assert len(pick(found, "ipvs_backend_weight")) == 15
+    assert len(pick(found, "ipvs_backend_weight")) == lab_real_servers(lab)
 
 
 def test_missing_namespace_is_ipvs_up_0_and_the_exporter_recovers() -> None:

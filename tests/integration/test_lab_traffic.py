@@ -66,7 +66,7 @@ def sent(lab: Lab) -> dict[str, Sent]:
     return result
 
 
-SERVICES = ["nat", "dr", "fwmark", "nat6", "udp"]
+SERVICES = ["nat", "dr", "fwmark", "nat6", "dr6", "udp"]
 
 
 @pytest.mark.parametrize("name", SERVICES)

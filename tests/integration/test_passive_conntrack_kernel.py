@@ -157,10 +157,11 @@ def test_clients_failing_their_own_handshakes_get_no_verdict(tracked: Lab, watch
     assert watch.verdicts == [], _history(watch)
 
 
-def test_direct_routing_is_not_attributed(tracked: Lab, watch: Watch) -> None:
+@pytest.mark.parametrize("name", ["dr", "dr6"])
+def test_direct_routing_is_not_attributed(tracked: Lab, watch: Watch, name: str) -> None:
     """A DR connection's reply tuple is the VIP: its events are seen and dropped, no real server is judged."""
-    service = tracked.dr
-    with Client(tracked, service) as client, refused(tracked.real_servers[0], 80):
+    service = tracked.services[name]
+    with Client(tracked, service) as client, refused(tracked.real_servers[0], 80, ipv6=":" in service.address):
         time.sleep(3.0)
     events = watch.detector.events
     assert events is not None and events.unattributed >= client.done

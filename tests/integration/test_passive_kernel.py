@@ -4,7 +4,7 @@ The detector (exporter.passive) reads the director's /proc/net/ip_vs_conn
 every 0.2 s while a client makes 40 new connections a second. A real server
 whose listener is gone (its kernel answers the SYN with a RST, as for a closed
 port: an iptables REJECT --reject-with tcp-reset on the port) is judged within
-a few failed requests, for NAT (IPv4 and IPv6) and for direct routing; clients that reset their
+a few failed requests, for NAT and for direct routing, over IPv4 and IPv6; clients that reset their
 own connections, abandon their handshakes, and a SYN flood from a spoofed
 range get no verdict at all. The lab's real servers send their DR replies back
 through the director; ``direct_return`` gives one a leg on the client LAN, so
@@ -72,12 +72,15 @@ def blackholed(node: Node, port: int) -> Iterator[None]:
 
 
 @contextmanager
-def direct_return(lab: Lab, node: Node, address: str = "198.51.100.31") -> Iterator[None]:
-    """Give ``node`` a leg on the client LAN: its replies to clients bypass the director (textbook DR)."""
+def direct_return(
+    lab: Lab, node: Node, address: str = "198.51.100.31", address6: str = "2001:db8:c::31"
+) -> Iterator[None]:
+    """Give ``node`` a leg on the client LAN: its replies to clients bypass the director (textbook DR), both families."""
     port = f"c-{node.name}x"
     _sh(lab.switch, "ip", "link", "add", port, "type", "veth", "peer", "name", "eth9", "netns", node.netns)
     _sh(lab.switch, "ip", "link", "set", port, "master", "br-client", "up")
     _sh(node.netns, "ip", "addr", "add", f"{address}/24", "dev", "eth9")
+    _sh(node.netns, "ip", "addr", "add", f"{address6}/64", "dev", "eth9", "nodad")
     _sh(node.netns, "ip", "link", "set", "eth9", "up")
     try:
         yield
@@ -194,7 +197,7 @@ def _kill_and_wait(
     return verdict, failed
 
 
-@pytest.mark.parametrize("name", ["nat", "dr", "nat6"])
+@pytest.mark.parametrize("name", ["nat", "dr", "nat6", "dr6"])
 def test_a_refused_real_server_is_judged_alone(lab: Lab, watch: Watch, name: str) -> None:
     service = lab.services[name]
     node = lab.real_servers[0]
@@ -209,14 +212,15 @@ def test_a_refused_real_server_is_judged_alone(lab: Lab, watch: Watch, name: str
     print(f"\n{name}: verdict after {failed} failed requests at {RATE:g} new connections/s: {verdict.message()}")
 
 
-def test_refused_behind_direct_routing_is_a_timeout(lab: Lab, watch: Watch) -> None:
+@pytest.mark.parametrize("name", ["dr", "dr6"])
+def test_refused_behind_direct_routing_is_a_timeout(lab: Lab, watch: Watch, name: str) -> None:
     """The RST goes straight to the client: the director sees the SYN only, and judges by the handshake timeout."""
-    service, node = lab.dr, lab.real_servers[2]
+    service, node = lab.services[name], lab.real_servers[2]
     with direct_return(lab, node):
         verdict, failed = _kill_and_wait(lab, watch, service, node, 80)
     assert (verdict.real_server, verdict.reason) == (service.real_server("rs3"), "timeout")
     assert failed <= 2 * RATE / len(lab.real_servers) * (CONFIG.handshake_timeout + 1.0)
-    print(f"\ndr, direct return: verdict after {failed} failed requests: {verdict.message()}")
+    print(f"\n{name}, direct return: verdict after {failed} failed requests: {verdict.message()}")
 
 
 def test_a_blackholed_real_server_is_judged_by_the_handshake_timeout(lab: Lab, watch: Watch) -> None:
@@ -279,4 +283,5 @@ def test_the_exporter_serves_the_verdict(lab: Lab, tmp_path: Path) -> None:
     )
     refusals = re.search(rf'lvs_backend_handshake_failures_total{{{labels},reason="refused"}} (\d+)', text)
     assert refusals is not None and int(refusals.group(1)) >= 2, text
-    assert f"lvs_backend_passive_verdicts_total{{{labels}}} 1" in text
+    verdicts = re.search(rf"lvs_backend_passive_verdicts_total{{{labels}}} (\d+)", text)
+    assert verdicts is not None and int(verdicts.group(1)) >= 1, text  # 2 when the refusal outlasted a hold-down
