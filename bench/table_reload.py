@@ -132,7 +132,8 @@ class Actuator:
         wait(self.answers, within, "the actuator answering", every=0.1)
 
     def answers(self) -> bool:
-        req = urllib.request.Request(self.url + "/api/v1/services", headers={"Authorization": f"Bearer {TOKEN}"})
+        """The API answers (after the start's apply). Not ``/services``: 56 MB of JSON at 100 000 real servers."""
+        req = urllib.request.Request(self.url + "/api/v1/jobs?limit=1", headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(req, timeout=5) as reply:
             return bool(reply.status == 200)
 
