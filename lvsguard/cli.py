@@ -21,6 +21,7 @@ from lvsguard.logs import LineHandler, set_levels
 if TYPE_CHECKING:
     from lvsguard.config import Config
     from lvsguard.config.actuator import ActuatorSettings
+    from lvsguard.config.reuse import Reuse
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -355,10 +356,10 @@ def configure_logging(level: str) -> None:
     set_levels(os.environ.get("LVSGUARD_LOG_LEVELS", ""))  # one module's level: docs/install.md, "Logs"
 
 
-def _load_config(path: Path | None) -> Config:
+def _load_config(path: Path | None, reuse: Reuse | None = None) -> Config:
     from lvsguard import config
 
-    return config.load(path) if path else config.Config()
+    return config.load(path, reuse=reuse) if path else config.Config()
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
@@ -376,28 +377,30 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 def cmd_actuator(args: argparse.Namespace) -> int:
     from lvsguard import webconfig
     from lvsguard.actuator import app
+    from lvsguard.config.reuse import Reuse
 
-    cfg = _load_config(args.config)
-    settings = _actuator_settings(args)
+    reuse = Reuse()  # a reload parses again only the services whose text changed
+    cfg = _load_config(args.config, reuse)
+    settings = _actuator_settings(args, reuse)
     app.serve(
         settings,
         web=webconfig.load(args.web_config),  # read before anything starts: a bad file is one line, no traceback
         listen=args.listen or settings.listen,  # actuator.listen, else defaults.ACTUATOR_LISTEN
         netns=args.netns or cfg.director.netns,
         ledger_path=args.ledger,
-        reload=lambda: _actuator_settings(args),  # SIGHUP: the config and the tokens again
+        reload=lambda: _actuator_settings(args, reuse),  # SIGHUP: the config and the tokens again
         reload_web=(lambda: webconfig.load(args.web_config)) if args.web_config else None,  # and the web config
     )
     return 0
 
 
-def _actuator_settings(args: argparse.Namespace) -> ActuatorSettings:
+def _actuator_settings(args: argparse.Namespace, reuse: Reuse | None = None) -> ActuatorSettings:
     """The actuator's settings from the config and the tokens (LVSGUARD_TOKEN, --token-file)."""
     import dataclasses
 
     from lvsguard.actuator import auth, settings
 
-    cfg = _load_config(args.config)
+    cfg = _load_config(args.config, reuse)
     actuator_settings = cfg.actuator or settings.from_mapping(None)
     tokens = auth.load_tokens(os.environ, args.token_file)  # TokenFileError is an LvsguardError
     return dataclasses.replace(

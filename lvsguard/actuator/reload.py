@@ -28,6 +28,7 @@ from lvsguard.actuator.actions.table import TableOutcome
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.limits import CurrentTLS
 from lvsguard.actuator.settings import ActuatorSettings
+from lvsguard.config.loader import collector_paused
 from lvsguard.errors import LvsguardError
 from lvsguard.logs import event
 from lvsguard.webconfig import WebConfig
@@ -54,7 +55,17 @@ def apply(app: Flask, new: ActuatorSettings) -> list[str]:
 
 
 def reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
-    """``apply(app, load())``; a ``load`` that raises LvsguardError is logged and the running settings stay."""
+    """``apply(app, load())``; a ``load`` that raises LvsguardError is logged and the running settings stay.
+
+    No cyclic garbage collection until the table is applied: with a big table
+    one walks millions of live objects (1 s for 100 000 real servers), and the
+    kernel's change should not wait for it.
+    """
+    with collector_paused():
+        return _reload(app, load)
+
+
+def _reload(app: Flask, load: Callable[[], ActuatorSettings]) -> bool:
     try:
         new = load_settings(load)
     except LvsguardError as exc:

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from os import PathLike
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -21,8 +20,9 @@ from lvsguard.config.director import DIRECTOR, DirectorConfig
 from lvsguard.config.exporter import EXPORTER, ExporterConfig
 from lvsguard.config.passive import PASSIVE, PassiveConfig
 from lvsguard.config.probes import PROBES, ProbesConfig
+from lvsguard.config.reuse import Reuse, Shortened, cut, entry_lines, matches, remember, services_node, shorten
 from lvsguard.config.schema import Context, Key, Schema, is_null, kind_of, record, records, section
-from lvsguard.config.services import SERVICE, ServiceConfig, named_services
+from lvsguard.config.services import SERVICE, NameIndex, ServiceConfig, named_services, reused_entry
 from lvsguard.config.snmp import SECTION as SNMP_SECTION
 from lvsguard.config.snmp import AgentSettings
 from lvsguard.config.table import TABLE, TableSettings
@@ -48,21 +48,23 @@ class Config:
     desired: DesiredTable = field(
         default=DesiredTable(), compare=False
     )  # derived from `services`; used with table.manage
-    _service_names: Mapping[ServiceKey, str] = field(init=False, repr=False, compare=False)
-    _real_server_names: Mapping[tuple[ServiceKey, RealServerKey], str] = field(init=False, repr=False, compare=False)
+    _names: NameIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_service_names", MappingProxyType({s.service: s.name for s in self.services}))
-        real_servers = {(s.service, rs.address): rs.name for s in self.services for rs in s.real_servers}
-        object.__setattr__(self, "_real_server_names", MappingProxyType(real_servers))
+        services = self.services
+        index = NameIndex(
+            lambda: ((s.name, s.service) for s in services),
+            lambda: ((s.service, rs.name, rs.address) for s in services for rs in s.real_servers),
+        )
+        object.__setattr__(self, "_names", index)
 
     def service_name(self, key: ServiceKey) -> str:
         """The configured name of service ``key``; "" when it has none."""
-        return self._service_names.get(key, "")
+        return self._names.service_name(key)
 
     def real_server_name(self, service: ServiceKey, key: RealServerKey) -> str:
         """The configured name of real server ``key`` of ``service``; "" when it has none."""
-        return self._real_server_names.get((service, key), "")
+        return self._names.real_server_name(service, key)
 
 
 SECTIONS: Mapping[str, Key] = {
@@ -73,7 +75,7 @@ SECTIONS: Mapping[str, Key] = {
         "(docs/table.md).",
     ),
     "services": Key(
-        named_services(records(SERVICE)),
+        named_services(records(SERVICE, reused_entry)),
         doc="Names for virtual services and their real servers (labels, status, actuator targets).",
     ),  # before `exporter`, whose allow-list names them
     "exporter": Key(section(EXPORTER), doc="The Prometheus exporter, `lvsguard exporter` (docs/metrics.md)."),
@@ -123,18 +125,35 @@ class _Loader(_Composer):
         return tag
 
 
-def loads(text: str, filename: str = "<string>") -> Config:
-    """Parse and validate a config; raises ConfigError with every problem found."""
+def loads(text: str, filename: str = "<string>", *, reuse: Reuse | None = None) -> Config:
+    """Parse and validate a config; raises ConfigError with every problem found.
+
+    ``reuse`` (a daemon's, kept across its reloads): the ``services`` entries
+    whose text the last load that went through had are not parsed again
+    (``lvsguard.config.reuse``); the result and the problems are the same.
+    """
     try:
         yaml.reader.Reader(text)  # refuses control characters before any parsing
     except yaml.reader.ReaderError as exc:
         raise ConfigError([_reader_problem(filename, text, exc)]) from None
-    with _collector_paused():
-        return _loads(text, filename)
+    with collector_paused():
+        if reuse is None:
+            return _loads(text, filename)[0]
+        found = cut(text)
+        short = shorten(text, found, reuse) if found is not None else None
+        config = _loads_shortened(short, filename) if short is not None else None
+        if config is None:
+            config, root = _loads(text, filename)
+            if found is None or not matches(services_node(root), entry_lines(text, found), {}):
+                reuse.entries = {}
+                return config
+        assert found is not None
+        remember(reuse, found, config.services, config.desired.services)
+        return config
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while a config loads.
 
     A load makes hundreds of thousands of objects (nodes, then the table), none
@@ -152,27 +171,53 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _loads(text: str, filename: str) -> Config:
+def _loads(text: str, filename: str) -> tuple[Config, Node | None]:
+    """The config and the root node of its text."""
     loader = _Loader(text)
     try:
         try:
             root = loader.get_single_node()
         except yaml.YAMLError:
             root = _compose_slowly(text, filename)  # raises the error in PyYAML's words
-        if root is None or is_null(root):
-            return Config(file=filename)
-        ctx = Context(filename)
-        if isinstance(root, MappingNode):
-            build = partial(_build, file=filename, ctx=ctx)
-            config, _, _ = record(root, "", Schema(build, SECTIONS, check=_check_sections), ctx)
-        else:
-            ctx.problem(root, "", f"a config is a mapping of sections ({', '.join(SECTIONS)}), got {kind_of(root)}")
     finally:
         loader.dispose()
+    if root is None or is_null(root):
+        return Config(file=filename), root
+    ctx = Context(filename)
+    if isinstance(root, MappingNode):
+        config = _sections(root, filename, ctx)
+    else:
+        ctx.problem(root, "", f"a config is a mapping of sections ({', '.join(SECTIONS)}), got {kind_of(root)}")
     if ctx.problems:
         raise ConfigError(ctx.problems)
-    loaded: Config = config
-    return loaded
+    return config, root
+
+
+def _sections(root: MappingNode, filename: str, ctx: Context) -> Config:
+    build = partial(_build, file=filename, ctx=ctx)
+    config: Config = record(root, "", Schema(build, SECTIONS, check=_check_sections), ctx)[0]
+    return config
+
+
+def _loads_shortened(short: Shortened, filename: str) -> Config | None:
+    """The config of a text whose unchanged ``services`` entries are placeholders; None: load the whole text.
+
+    None when the parse does not give the entries as they were cut, or on any
+    problem: the whole load then reports it in its own words and places.
+    """
+    loader = _Loader(short.text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+    if not isinstance(root, MappingNode) or not matches(services_node(root), short.lines, short.reused):
+        return None
+    ctx = Context(filename)
+    ctx.reused = short.reused
+    config = _sections(root, filename, ctx)
+    return None if ctx.problems else config
 
 
 def _compose_slowly(text: str, filename: str) -> Node | None:
@@ -220,8 +265,11 @@ def _syntax_problem(filename: str, exc: yaml.MarkedYAMLError) -> ConfigProblem:
     return ConfigProblem(filename, line, column, "", message)
 
 
-def load(path: str | PathLike[str]) -> Config:
-    """Read and validate the config file at ``path``; every failure is a ConfigError naming the file."""
+def load(path: str | PathLike[str], *, reuse: Reuse | None = None) -> Config:
+    """Read and validate the config file at ``path``; every failure is a ConfigError naming the file.
+
+    ``reuse``: what the last load parsed, for a daemon's reload (``loads``).
+    """
     filename = str(path)
     try:
         with open(path, "rb") as f:
@@ -235,4 +283,4 @@ def load(path: str | PathLike[str]) -> Config:
         raise ConfigError(
             [ConfigProblem(filename, line, 0, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
         ) from None
-    return loads(text, filename)
+    return loads(text, filename, reuse=reuse)

@@ -32,6 +32,7 @@ from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.model import RealServerKey, ServiceKey
 
 if TYPE_CHECKING:
+    from lvsguard.config.reuse import Entry
     from lvsguard.config.services import ServiceConfig
     from lvsguard.table.desired import DesiredTable
 
@@ -131,6 +132,7 @@ class Context:
         self.services: tuple[ServiceConfig, ...] = ()  # filled by `services`, read by `actuator`
         self.service_names_complete = True  # False when `services` had problems: a name may be in a broken entry
         self.desired: DesiredTable | None = None  # the table `services` describe (filled by `services`)
+        self.reused: Mapping[int, Entry] = {}  # `services` entries left as placeholders (lvsguard.config.reuse)
 
     def problem(self, node: Node | None, key: str, message: str) -> None:
         mark = node.start_mark if node is not None else None  # None: a node built from Python data (`parse_data`)
@@ -175,7 +177,7 @@ class Context:
         return {k.value: (k, v) for k, v in node.value if is_text(k)}
 
 
-def record(node: Node, path: str, schema: Schema, ctx: Context) -> tuple[Any, Pairs, dict[str, Any]]:
+def record(node: Node, path: str, schema: Schema, ctx: Context) -> Built:
     """Build ``schema``'s class from a mapping node.
 
     Returns (object or FAILED, the key/value nodes, the values that parsed):
@@ -230,11 +232,22 @@ def section(schema: Schema, finish: Callable[[Any, Context], Any] | None = None)
     return parse
 
 
-def records(schema: Schema) -> Parser:
-    """A parser of a list of ``schema`` mappings; values of ``schema.unique`` keys must differ between items."""
+Built = tuple[Any, Pairs, dict[str, Any]]
+"""What ``record`` returns: the object or FAILED, the key/value nodes, the values that parsed."""
+
+
+def records(schema: Schema, reused: Callable[[Node, Context], Built | None] | None = None) -> Parser:
+    """A parser of a list of ``schema`` mappings; values of ``schema.unique`` keys must differ between items.
+
+    ``reused(item, ctx)``: an item built by an earlier load (``lvsguard.config.reuse``), or None to build it.
+    """
+
+    def build(item: Node, path: str, ctx: Context) -> Built:
+        done = reused(item, ctx) if reused is not None else None
+        return done if done is not None else record(item, path, schema, ctx)
 
     def parse(node: Node, path: str, ctx: Context) -> tuple[Any, ...]:
-        built = [record(item, f"{path}[{i}]", schema, ctx) for i, item in enumerate(items(node))]
+        built = [build(item, f"{path}[{i}]", ctx) for i, item in enumerate(items(node))]
         failed = any(value is FAILED for value, _, _ in built)
         for key in schema.unique:
             first: dict[Any, int] = {}

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from lvsguard.config.reuse import TAG as REUSED
 from lvsguard.config.schema import Context, Key, Schema, boolean, choice, duration_range, is_null
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.load import DRIFT_POLICIES, TABLE_SOURCES, TableSettings, load_table
@@ -157,13 +158,19 @@ def check_table(node: Node, path: str, ctx: Context) -> DesiredTable:
     """
     if is_null(node):
         return DesiredTable()
-    _, desired, problems = load_table({"services": _data(node)})
+    data = _data(node) if not ctx.reused else [_entry_data(item, ctx) for item in node.value]
+    _, desired, problems = load_table({"services": data})
     reported = {p.key for p in ctx.problems}
     for key, message in problems:
         if key in reported or message.startswith("unknown key"):
             continue
         ctx.problem(_node_at(node, key.removeprefix(path)), key, message)
     return desired
+
+
+def _entry_data(item: Node, ctx: Context) -> Any:
+    """An entry's data, or its desired service when it is a placeholder of ``lvsguard.config.reuse``."""
+    return ctx.reused[int(item.value)].desired if item.tag == REUSED else _data(item)
 
 
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")

@@ -153,7 +153,11 @@ def _string(value: Any, path: str, problems: _Problems) -> str | None:
 
 
 def load_table(config: Mapping[str, Any] | None) -> tuple[TableSettings, DesiredTable, list[Problem]]:
-    """The ``table`` section, the desired table of ``services``, and every problem found."""
+    """The ``table`` section, the desired table of ``services``, and every problem found.
+
+    An item of ``services`` that is already a desired service (one a reload did not change,
+    ``lvsguard.config.reuse``) is taken as it is.
+    """
     problems = _Problems()
     settings = _settings((config or {}).get("table"), problems)
     services: list[VirtualService] = []
@@ -163,7 +167,7 @@ def load_table(config: Mapping[str, Any] | None) -> tuple[TableSettings, Desired
         raw = None
     seen: dict[ServiceKey, str] = {}
     for i, item in enumerate(raw or ()):
-        svc = _service(item, f"services[{i}]", problems)
+        svc = item if isinstance(item, VirtualService) else _service(item, f"services[{i}]", problems)
         if svc is None:
             continue
         if svc.key in seen:

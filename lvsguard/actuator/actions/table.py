@@ -287,7 +287,9 @@ def _entry(step: Step) -> tuple[ServiceKey, RealServerKey | None]:
 
 def _held_apart(desired: DesiredTable, weights: dict[tuple[ServiceKey, RealServerKey], int]) -> tuple[Target, ...]:
     """The held real servers whose held weight is not the config's (the config's waits for the restore)."""
-    out = []
+    out: list[Target] = []
+    if not weights:  # the common case: no need to walk a table of 100 000 real servers
+        return ()
     for svc in desired:
         for rs in svc.real_servers:
             held = weights.get((svc.key, rs.key))
