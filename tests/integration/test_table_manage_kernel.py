@@ -155,3 +155,24 @@ def test_apply_refuses_a_config_that_does_not_manage(lab: Lab, tmp_path: Path) -
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"lvsguard: {config}") and "table.manage: is not true" in done.stderr, done.stderr
     assert {(svc.key, rs.key, rs.weight) for svc in lab.read_table().services for rs in svc.real_servers} == before
+
+
+def test_a_quarantined_real_server_deleted_by_hand_comes_back_at_0(
+    lab: Lab, director: NetlinkIPVS, actuator: Actuator
+) -> None:
+    """ipvsadm -d of a managed, quarantined real server: the drift correction adds it back held, the hold kept."""
+    nat = lab.nat
+    write_config(actuator.config, director.read_service(nat.key), lab)
+    doc = yaml.safe_load(actuator.config.read_text())
+    doc["table"].update(drift="correct", drift_interval="1s")
+    doc["actuator"]["retry_interval"] = "1s"
+    save(actuator, doc)
+    actuator.start()
+    status, body = actuator.call("/api/v1/quarantine", {"service": "web", "real_server": "rs1", "reason": "disk"})
+    assert (status, body["result"]) == (200, "applied")
+    rs1 = nat.real_server("rs1")
+    lab.ipvsadm("-d", "-t", f"{nat.address}:{nat.port}", "-r", str(rs1))
+    wait_until(lambda: "rs1" in table_of(director, lab)["weights"], "rs1 back", actuator.log)
+    assert table_of(director, lab)["weights"]["rs1"] == 0, "back in rotation: the quarantine was lost"
+    holds = actuator.call("/api/v1/ledger?active=true")[1]["holds"]
+    assert [(h["real_server"], h["reason"]) for h in holds] == [(str(rs1), "disk")]

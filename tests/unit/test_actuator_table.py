@@ -126,6 +126,29 @@ def test_a_held_real_server_stays_at_0_and_comes_back_at_the_new_config_weight(
     assert kernel.weight(WEB, WEB2) == 10
 
 
+@pytest.mark.parametrize("drift", ["report", "correct"])
+def test_a_held_real_server_deleted_by_hand_comes_back_held(
+    drift: str, kernel: FakeKernel, clock: FakeClock, ledger: Ledger
+) -> None:
+    """ipvsadm -d of a quarantined managed real server: the config puts it back, at 0, its hold kept."""
+    settings = settings_of()
+    actions = Actions(
+        kernel, dataclasses.replace(settings, table=dataclasses.replace(settings.table, drift=drift)), clock=clock
+    )
+    actions.apply_table(ledger, ALICE)
+    target = Target(WEB, WEB2)
+    assert actions.hold(ledger, target, ALICE, reason="broken disk").result == "applied"
+    kernel.delete_real_server(WEB, WEB2)  # by hand
+    actions.reconcile(ledger)  # the retry loop's round
+    clock.advance(60)
+    actions.check_drift(ledger, Actor(Source.ACTUATOR, "drift"))  # drift: correct puts it back now
+    actions.apply_table(ledger, Actor(Source.ACTUATOR, "reload"), whole=True)  # a reload or a restart
+    assert kernel.weight(WEB, WEB2) == 0, "the quarantined real server is back in rotation"
+    assert [(h.target, h.reason) for h in ledger.active_holds()] == [(target, "broken disk")]
+    assert actions.release(ledger, target, ALICE).result == "applied"
+    assert kernel.weight(WEB, WEB2) == 5
+
+
 def test_after_a_reboot_the_table_is_rebuilt_with_the_holds_before_the_ledger_looks(
     tmp_path: Path, kernel: FakeKernel, clock: FakeClock
 ) -> None:

@@ -8,6 +8,7 @@ from lvsguard.actuator.actions.session import Session
 from lvsguard.actuator.failover import read_track_file, write_track_file
 from lvsguard.actuator.ledger import Backend
 from lvsguard.actuator.states import BackendState, HoldKind, HoldState, JobState, Result
+from lvsguard.actuator.targets import Target
 
 
 def reconcile(s: Session) -> list[Outcome]:
@@ -40,6 +41,8 @@ def reconcile(s: Session) -> list[Outcome]:
 def _reconcile_backend(s: Session, backend: Backend) -> Outcome | None:
     target = backend.target
     _svc, rs = s.real_server(target)
+    if rs is None and _in_the_table(s, target):
+        return None  # deleted by hand: the config's table puts it back at its held weight; the drift check reports it
     if rs is None:
         with s.ledger.transaction():
             s.ledger.delete_backend(target)
@@ -101,3 +104,11 @@ def _reconcile_backend(s: Session, backend: Backend) -> Outcome | None:
         reason="changed_by_hand",
         weight=rs.weight,
     )
+
+
+def _in_the_table(s: Session, target: Target) -> bool:
+    """Whether ``target`` is a real server of the config's table (``table.manage``): its holds outlive the kernel's."""
+    if not s.settings.table.manage:
+        return False
+    svc = s.settings.desired.service(target.service)
+    return svc is not None and svc.real_server(target.real_server) is not None
