@@ -208,6 +208,14 @@ class ClusterLab:
             raise LabError(f"apply --cluster exited {done.returncode}: {done.stderr or done.stdout}")
         return done.stdout
 
+    def diff(self, name: str) -> tuple[int, str]:
+        """``lvsguard diff`` of director ``name``'s config, kernel and ledger, in its namespace: (exit status, output)."""
+        d = self.director(name)
+        argv = ["ip", "netns", "exec", d.netns, sys.executable, "-m", "lvsguard.cli", "diff"]
+        argv += ["--config", str(d.directory / "lvsguard.yaml"), "--ledger", str(d.directory / "actuator.db")]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout + done.stderr
+
     def saved(self, name: str) -> str:
         """Director ``name``'s IPVS table as ``ipvsadm -Sn`` writes it."""
         netns = self.director(name).netns

@@ -235,3 +235,15 @@ def read_owned(path: str) -> frozenset[tuple[str, str]]:
         return frozenset((s, r) for s, r in conn.execute("SELECT service, real_server FROM owned"))
     finally:
         conn.close()
+
+
+def read_cluster_table(path: str) -> tuple[int, str] | None:
+    """(revision, record) of the cluster's table the actuator last applied (``table.source: cluster``); None: none."""
+    conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=READ_TIMEOUT)
+    try:
+        row = conn.execute("SELECT revision, record FROM cluster_table WHERE id = 1").fetchone()
+    except sqlite3.OperationalError:  # a ledger from before the table
+        return None
+    finally:
+        conn.close()
+    return None if row is None else (int(row[0]), str(row[1]))

@@ -21,16 +21,19 @@ import os
 import sqlite3
 import sys
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from lvsguard.config import loads
 from lvsguard.defaults import LEDGER_PATH
-from lvsguard.errors import ConfigError, ConfigProblem, LvsguardError
-from lvsguard.ledger import LedgerHolds, read_holds, read_owned
+from lvsguard.errors import ClusterStoreError, ConfigError, ConfigProblem, LvsguardError
+from lvsguard.ledger import LedgerHolds, read_cluster_table, read_holds, read_owned
 from lvsguard.model import RealServerKey, ServiceKey, Table
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.importers import read_source
 from lvsguard.table.plan import Owned, plan
+
+if TYPE_CHECKING:
+    from lvsguard.config.loader import Config
 
 EXIT_MATCHES = 0
 EXIT_PENDING = 2
@@ -112,6 +115,34 @@ def held_lines(known: Known, desired: DesiredTable, table: Table) -> tuple[list[
     return lines, restores
 
 
+def cluster_table(cfg: Config, ledger: str) -> tuple[DesiredTable, str]:
+    """``table.source: cluster``: the cluster's table from etcd, else the one the ledger cached; and a heading.
+
+    LvsguardError when neither is there.
+    """
+    from lvsguard.cluster.commands import table_store
+    from lvsguard.cluster.table import decode
+
+    store = table_store(cfg)
+    try:
+        record = store.read()
+        if record is not None:
+            return record.desired, f"The cluster's table: {record.summary} (etcd).\n\n"
+        away = "etcd has no table yet"
+    except ClusterStoreError as exc:
+        away = str(exc)
+    finally:
+        store.client.close()
+    try:
+        cached = read_cluster_table(ledger) if os.path.exists(ledger) else None
+    except sqlite3.Error as exc:
+        raise LvsguardError(f"{ledger}: cannot read the actuator's ledger: {exc}") from None
+    if cached is None:
+        raise LvsguardError(f"table.source is cluster: {away}, and the ledger {ledger} has no cached table")
+    record = decode(cached[1], cached[0], f"{ledger}: the cached cluster table")
+    return record.desired, f"The cluster's table: {record.summary}, cached in {ledger} ({away}).\n\n"
+
+
 def diff(config: str, netns: str | None = None, *, ledger: str | None = None, out: TextIO | None = None) -> int:
     """Print the plan from the kernel's table (of ``netns``, else the config's) to the config's."""
     from lvsguard.ipvs.netlink import NetlinkIPVS
@@ -124,8 +155,11 @@ def diff(config: str, netns: str | None = None, *, ledger: str | None = None, ou
     if ledger is not None and not os.path.exists(ledger):
         raise LvsguardError(f"{ledger}: no such ledger")
     known = read_ledger(path) if os.path.exists(path) else None
+    desired, heading = cfg.desired, ""
+    if cfg.table.source == "cluster":
+        desired, heading = cluster_table(cfg, path)
     with NetlinkIPVS(netns or cfg.director.netns) as ipvs:
         table = ipvs.read()
-    printed, pending = render(cfg.desired, cfg.table.prune, table, known)
-    (out or sys.stdout).write(printed)
+    printed, pending = render(desired, cfg.table.prune, table, known)
+    (out or sys.stdout).write(heading + printed)
     return EXIT_PENDING if pending else EXIT_MATCHES

@@ -113,6 +113,9 @@ def test_a_director_down_during_a_push_converges_when_it_starts(cluster: Cluster
     cluster.wait_ready("dir3")
     wait_for(tables_equal(cluster, NAMES, "-A -t 192.0.2.11:443 -s rr"), "dir3 converged after its start", cluster)
     wait_for(lambda: len(revisions(cluster)) == 1, "one revision", cluster)
+    status, out = cluster.diff("dir3")  # a director's own diff plans its kernel against the cluster's table
+    assert status == 0, out
+    assert "The cluster's table: revision" in out and "(etcd)" in out
 
 
 def test_a_director_started_without_etcd_builds_its_cached_table_and_converges(cluster: ClusterLab) -> None:
@@ -131,6 +134,9 @@ def test_a_director_started_without_etcd_builds_its_cached_table_and_converges(c
             tables_equal(cluster, ("dir1", "dir3"), "-r 10.0.1.3:8080 -m -w 7"), "the third table elsewhere", cluster
         )
         assert "-r 10.0.1.3:8080 -m -w 2" in cluster.saved("dir2")  # cut off: still the table it had
+        status, out = cluster.diff("dir2")  # etcd out of reach: against the table the ledger cached
+        assert status == 0, out
+        assert "cached in" in out
     finally:
         cluster.etcd.heal(d2.netns)
     seconds = wait_for(tables_equal(cluster, NAMES, "-r 10.0.1.3:8080 -m -w 7"), "dir2 converged", cluster)
