@@ -19,6 +19,12 @@ ESTABLISHED entries (``--established``).
     lab/vm.sh --mem 1024 .venv/bin/python bench/passive.py [--sizes 10000 100000] [--connections 2000]
     lab/vm.sh --mem 1024 .venv/bin/python bench/passive.py --only-detector [--established 100000]
     .venv/bin/python bench/passive.py --replay [--rate 1000]     # on the host, no VM
+    lab/vm.sh --mem 1024 .venv/bin/python bench/passive.py --false-positives [--seconds 600]
+
+``--false-positives`` runs ``lab.passive_soak``: clients that reset and
+abandon their own connections and a spoofed SYN flood beside normal requests,
+with both detectors and the actuator on, and reports what was taken out
+(nothing, if the rule holds) and what the detectors counted.
 
 ``--replay`` measures the detector's own work without UML's costs: another
 process sends recorded, filtered events (``tests/fixtures/netlink/
@@ -40,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import conntrack, synflood, traffic
+from lab import conntrack, passive_soak, synflood, traffic
 from lab.topology import VIP_DR, VIP_NAT, Lab
 from lvsguard.config.passive import CONNTRACK, PassiveConfig
 from lvsguard.exporter.passive.conntable import ConnTableReader, PassCounts
@@ -128,16 +134,17 @@ def _thread_cpu(tid: int) -> float:
 
 
 class Detector:
-    """The conntrack-source detector on its thread, the handshakes it counted, its thread's CPU seconds."""
+    """The conntrack-source detector on its thread, the handshakes (and refusals) it counted, its thread's CPU seconds."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, netns: str) -> None:
         config = PassiveConfig(enabled=True, source=CONNTRACK, min_failures=1, min_passes=1, chance=0.05)
-        self.detector = PassiveDetector(config, lab.director.netns, PassiveMetrics())
-        self.handshakes = 0
+        self.detector = PassiveDetector(config, netns, PassiveMetrics())
+        self.handshakes = self.refused = 0
         observe = self.detector.judge.observe
 
         def counting(counts: PassCounts, now: float) -> list[Verdict]:
             self.handshakes += sum(counts.attempts.values())
+            self.refused += sum(counts.failures["refused"].values())
             return observe(counts, now)
 
         self.detector.judge.observe = counting  # type: ignore[method-assign]  # a bench's probe, not production
@@ -168,7 +175,7 @@ def detector_costs(lab: Lab, established: int, seconds: float, connections: int)
     """Rows of the detector's CPU table: HTTP as fast as the client goes, 1 000 SYNs/s, with and without a full table."""
     conntrack.track(lab.director.netns)
     rows = []
-    d = Detector(lab)
+    d = Detector(lab.director.netns)
     try:
         c0, t0, h0 = d.cpu(), time.monotonic(), d.handshakes
         traffic.http_get(lab, VIP_NAT, 80, connections)
@@ -277,16 +284,257 @@ def replay(rate: float, seconds: float) -> str:
     )
 
 
+# --- on the host: real handshakes through conntrack, no IPVS ----------------------------------------------------------
+
+HOST_VIP, HOST_CLIENT, HOST_RS = "10.99.2.10", "10.99.0.2", "10.99.1.2"
+
+
+class HostNet:
+    """Three namespaces on the host: client -> director (conntrack, DNAT of the VIP) -> real server.
+
+    The host kernel has no IPVS. A DNAT rule rewrites the conntrack entry's
+    reply tuple to the real server exactly as IPVS does with
+    ``net.ipv4.vs.conntrack=1`` for a NAT service, so the director's events
+    are the ones the detector reads on a director (docs/probes.md): VIP:80 ->
+    RS:8080 (a listener: answered), VIP:81 -> RS:8081 (nothing listens:
+    refused), VIP:10000-10099 -> RS, same port (held connections).
+    """
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100000
+        self.client, self.director, self.server = (f"lvsg-pb{tag}-{n}" for n in "cds")
+
+    def _ns(self, netns: str, *args: str) -> None:
+        subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True)
+
+    def _exec(self, netns: str, *args: str) -> None:
+        subprocess.run(["ip", "netns", "exec", netns, *args], check=True, capture_output=True)
+
+    def build(self) -> None:
+        for ns in (self.client, self.director, self.server):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            self._ns(ns, "link", "set", "lo", "up")
+        subprocess.run(
+            ["ip", "link", "add", "pbc0", "netns", self.client, "type", "veth", "peer", "pbd0", "netns", self.director],
+            check=True,
+        )
+        subprocess.run(
+            ["ip", "link", "add", "pbs0", "netns", self.server, "type", "veth", "peer", "pbd1", "netns", self.director],
+            check=True,
+        )
+        for ns, dev, address in (
+            (self.client, "pbc0", f"{HOST_CLIENT}/24"),
+            (self.director, "pbd0", "10.99.0.1/24"),
+            (self.director, "pbd1", "10.99.1.1/24"),
+            (self.server, "pbs0", f"{HOST_RS}/24"),
+        ):
+            self._ns(ns, "addr", "add", address, "dev", dev)
+            self._ns(ns, "link", "set", dev, "up")
+        self._ns(self.client, "route", "add", "default", "via", "10.99.0.1")
+        self._ns(self.server, "route", "add", "default", "via", "10.99.1.1")
+        self._exec(self.director, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self._exec(self.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535")
+        self._exec(self.client, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+        for vport, to in ((80, ":8080"), (81, ":8081"), (f"{HELD_PORT}:{HELD_PORT + 99}", "")):
+            self._exec(
+                self.director,
+                *("iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-d", HOST_VIP, "-p", "tcp"),
+                *("--dport", str(vport), "-j", "DNAT", "--to-destination", f"{HOST_RS}{to}"),
+            )
+
+    def teardown(self) -> None:
+        for ns in (self.client, self.director, self.server):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def entries(self) -> int:
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.director, "conntrack", "-C"], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.strip())
+
+
+def _serve(netns: str, ports: tuple[int, ...], stop: object) -> None:
+    """Accept and close, on ``ports`` in ``netns`` (a child process)."""
+    import select as select_
+
+    with entered(netns):
+        listeners = []
+        for port in ports:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", port))
+            sock.listen(4096)
+            sock.setblocking(False)
+            listeners.append(sock)
+    while not stop.is_set():  # type: ignore[attr-defined]
+        ready, _, _ = select_.select(listeners, [], [], 0.2)
+        for sock in ready:
+            for _ in range(256):
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+
+
+def _connect_load(netns: str, rates: dict[int, float], seconds: float, made: object) -> None:
+    """New connections to the VIP's ports at ``rates`` a second, each closed once open (a child process)."""
+    with entered(netns):
+        sent = dict.fromkeys(rates, 0)
+        t0 = time.monotonic()
+        while (elapsed := time.monotonic() - t0) < seconds:
+            for port, rate in rates.items():
+                for _ in range(int(rate * elapsed) - sent[port]):
+                    sent[port] += 1
+                    try:
+                        socket.create_connection((HOST_VIP, port), timeout=1.0).close()
+                    except OSError:
+                        pass
+            time.sleep(0.002)
+    made.value = sum(sent.values())  # type: ignore[attr-defined]
+
+
+HELD_PORT = 10_000  # VIP ports HELD_PORT.. are DNATed to the same port of the real server: one per holder
+PER_HOLDER = 9_000  # connections a holder process keeps: both ends, within a hard limit of 20 000 descriptors
+
+
+def _holder(net: HostNet, port: int, n: int, ready: object, stop: object) -> None:
+    """``n`` connections VIP:port -> RS:port, held open on both ends until ``stop`` (a child process)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with entered(net.server):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", port))
+        listener.listen(4096)
+        listener.setblocking(False)
+    held = []
+    with entered(net.client):
+        for i in range(n):
+            held.append(socket.create_connection((HOST_VIP, port), timeout=5.0))
+            if i % 1000 == 999 or i == n - 1:
+                while True:
+                    try:
+                        held.append(listener.accept()[0])
+                    except BlockingIOError:
+                        break
+    ready.set()  # type: ignore[attr-defined]
+    stop.wait()  # type: ignore[attr-defined]
+
+
+def _hold(net: HostNet, n: int, stop: object) -> list[object]:
+    """``n`` ESTABLISHED connections through the director, held by child processes until ``stop`` (them)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    holders = []
+    for k in range(0, n, PER_HOLDER):
+        ready = ctx.Event()
+        p = ctx.Process(target=_holder, args=(net, HELD_PORT + k // PER_HOLDER, min(PER_HOLDER, n - k), ready, stop))
+        p.start()
+        holders.append((p, ready))
+    for _, ready in holders:
+        if not ready.wait(300):
+            raise RuntimeError("a holder of established connections did not finish")
+    return [p for p, _ in holders]
+
+
+def host_costs(rate: float, refused: float, established: int, seconds: float) -> list[str]:
+    """Rows: the detector thread's CPU and ``conntrack -E``'s (all events, same run) at ``rate`` handshakes a second."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    net = HostNet()
+    rows: list[str] = []
+    holders: list[object] = []
+    stop = ctx.Event()
+    try:
+        net.build()
+        server = ctx.Process(target=_serve, args=(net.server, (8080,), stop))
+        server.start()
+        d = Detector(net.director)
+        try:
+            for size in (0, established):
+                if size:
+                    holders = _hold(net, size, stop)
+                    time.sleep(2.0)  # their events drained
+                out = tempfile.TemporaryFile()
+                tool = subprocess.Popen(
+                    ["ip", "netns", "exec", net.director, "conntrack", "-E"], stdout=out, stderr=subprocess.PIPE
+                )
+                time.sleep(0.5)
+                entries = net.entries()
+                made = ctx.Value("q", 0)
+                load = ctx.Process(target=_connect_load, args=(net.client, {80: rate, 81: refused}, seconds, made))
+                c0, t0, h0, r0, k0 = d.cpu(), time.monotonic(), d.handshakes, d.refused, _cpu_seconds(tool.pid)
+                load.start()
+                load.join()
+                time.sleep(1.0)  # the last events, one pass
+                wall = time.monotonic() - t0
+                cpu, tool_cpu = d.cpu() - c0, _cpu_seconds(tool.pid) - k0
+                tool.terminate()
+                _, err = tool.communicate()
+                out.seek(0)
+                lines = out.read().count(b"\n")
+                out.close()
+                lost = err.decode(errors="replace").count("ENOBUFS")
+                n, refusals = d.handshakes - h0, d.refused - r0
+                rows.append(
+                    f"| {made.value / seconds:.0f}/s ({refused:g}/s refused) | {entries:,} | {n} ({refusals} refused) "
+                    f"| {cpu:.2f} s | {100 * cpu / wall:.1f} % | {1e6 * cpu / max(1, n):.0f} µs "
+                    f"| {tool_cpu:.2f} s | {100 * tool_cpu / wall:.1f} % | {lines}{f' (ENOBUFS {lost})' if lost else ''} |"
+                )
+                print(rows[-1], flush=True)
+        finally:
+            d.stop()
+            stop.set()
+            server.join(5)
+            for p in holders:
+                p.join(30)  # type: ignore[attr-defined]
+    finally:
+        net.teardown()
+    return rows
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000, 10000, 20000, 40000, 100000])
     ap.add_argument("--connections", type=int, default=2000)
     ap.add_argument("--only-detector", action="store_true", help="part 3 only")
     ap.add_argument("--established", type=int, default=100_000, help="part 3: entries in the full table")
-    ap.add_argument("--seconds", type=float, default=10.0, help="part 3: seconds of SYN load")
+    ap.add_argument(
+        "--seconds", type=float, help="part 3: seconds of SYN load (10); --false-positives: of the run (600)"
+    )
+    ap.add_argument("--false-positives", action="store_true", help="clients' failures and a SYN flood, actuator on")
+    ap.add_argument("--host", action="store_true", help="real handshakes through the host's conntrack (no IPVS)")
+    ap.add_argument("--refused", type=float, default=50.0, help="--host: refused handshakes a second beside --rate")
     ap.add_argument("--replay", action="store_true", help="the detector's own CPU on the host, recorded events")
-    ap.add_argument("--rate", type=float, nargs="*", default=[1000.0, 5000.0], help="--replay: handshakes a second")
+    ap.add_argument(
+        "--rate", type=float, nargs="*", default=[1000.0, 5000.0], help="--replay, --host: handshakes a second"
+    )
     args = ap.parse_args(argv)
+    if args.false_positives:
+        lab = Lab(3)
+        lab.build()
+        try:
+            with tempfile.TemporaryDirectory(prefix="lvsguard-soak-") as tmp:
+                result = passive_soak.run(lab, args.seconds or 600.0, Path(tmp))
+        finally:
+            lab.teardown()
+        print(result.report())
+        return 0 if result.clean() else 1
+    args.seconds = args.seconds or 10.0
+    if args.host:
+        print(
+            "| handshakes a second | conntrack entries | handshakes counted | detector thread CPU | share of a core "
+            "| per handshake | conntrack -E CPU | share of a core | events printed |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for rate in args.rate:
+            host_costs(rate, args.refused, args.established, args.seconds)
+        return 0
     if args.replay:
         print(
             "| load (conntrack source, host) | handshakes counted | detector thread CPU | share of a core | per handshake |"
