@@ -31,7 +31,10 @@ fall 1``). Both bring a real server back on its first success (lvsguard
 
 Reported per checker and setting: median and max time from the kill to
 weight 0, failed client requests per kill (and how many of them started
-after the weight was 0), CPU of the checker's processes (utime+stime over a
+after the weight was 0), split by how they failed: cut (connected, then
+reset or closed before a full answer: in progress when the process died, no
+checker can save those), refused (the connect got a RST: sent to the dead
+real server) and timed out (no answer within the client's 1 s), CPU of the checker's processes (utime+stime over a
 quiet stretch with the checks running: keepalived's processes; the exporter
 and the actuator processes, the actuator being the part that writes the weight)
 and the restore time (the process listens again -> weight back).
@@ -80,6 +83,11 @@ POLL = 0.005  # seconds between two reads of the victim's weight
 WAIT = 30.0  # seconds: a guard against a hung part, not a measurement
 CPU_WINDOW = 10.0  # seconds of checks without kills over which CPU is measured
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# How a client request ended. CUT: connected, then reset or closed before a full answer (the request in
+# progress when the process died: no checker can save it); REFUSED: the connect got a RST (a connection
+# sent to the dead real server); TIMEOUT: no answer within the client's 1 s; OTHER: another connect error.
+OK, CUT, REFUSED, TIMEOUT, OTHER = "ok", "cut", "refused", "timeout", "other"
+FAILURES = (CUT, REFUSED, TIMEOUT, OTHER)
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class Kill:
     restore: float  # seconds from listening again to the weight back
     failed: int  # client requests that failed between the kill and the weight back
     failed_after_zero: int  # of them, those started after the weight was 0
+    how: dict[str, int]  # of them, how many ended in each of FAILURES
     judged: float | None = None  # lvsguard: seconds from the kill to the exporter's transition (probe and fall)
     audited: float | None = None  # lvsguard: seconds from the kill to the actuator's first ledger record of it
     post: tuple[float, float] | None = (
@@ -143,6 +152,8 @@ class Result:
             "failed_per_kill_median": statistics.median(k.failed for k in self.kills),
             "failed_per_kill_max": max(k.failed for k in self.kills),
             "failed_after_zero_total": sum(k.failed_after_zero for k in self.kills),
+            **{f"{how}_per_kill_median": statistics.median(k.how[how] for k in self.kills) for how in FAILURES},
+            **{f"{how}_per_kill_max": max(k.how[how] for k in self.kills) for how in FAILURES},
             "restore_median_s": statistics.median(k.restore for k in self.kills),
             "restore_max_s": max(k.restore for k in self.kills),
             "cpu_percent": self.cpu_percent,
@@ -169,7 +180,7 @@ class Load:
     def __init__(self, netns: str, address: str, port: int, rate: float):
         threads = max(1, math.ceil(rate / self.PER_THREAD))
         self.netns, self.address, self.port, self.interval = netns, address, port, threads / rate
-        self.outcomes: list[tuple[float, bool]] = []  # (start time, ok)
+        self.outcomes: list[tuple[float, str]] = []  # (start time, OK or how the request failed)
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, name=f"client-load-{i}", daemon=True) for i in range(threads)
@@ -204,19 +215,27 @@ class Load:
                 else:
                     slot = time.monotonic()
 
-    def _one(self) -> bool:
+    def _one(self) -> str:
+        """One request: ``OK`` or how it failed (``CUT``, ``REFUSED``, ``TIMEOUT``, ``OTHER``)."""
+        connected = False
         try:
             with socket.create_connection((self.address, self.port), timeout=1.0) as sock:
+                connected = True
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
                 data = b""
                 while chunk := sock.recv(4096):
                     data += chunk
-                return data.split(b"\r\n", 1)[0].split(b" ")[1:2] == [b"200"]
+                return OK if data.split(b"\r\n", 1)[0].split(b" ")[1:2] == [b"200"] else CUT
+        except TimeoutError:
+            return TIMEOUT
+        except ConnectionRefusedError:
+            return CUT if connected else REFUSED
         except OSError:
-            return False
+            return CUT if connected else OTHER
 
-    def failures(self, since: float, until: float) -> list[float]:
-        return [t for t, ok in list(self.outcomes) if since <= t < until and not ok]
+    def failures(self, since: float, until: float) -> list[tuple[float, str]]:
+        """(start time, how it failed) of the requests started in [since, until) that failed."""
+        return [(t, how) for t, how in list(self.outcomes) if since <= t < until and how != OK]
 
 
 # --- the two checkers ------------------------------------------------------------------------
@@ -448,14 +467,17 @@ def last_post(log: Path, victim: RealServerKey) -> tuple[float, float] | None:
 def audited_at(ledger: Path, victim: RealServerKey, since: float) -> float:
     """When the actuator recorded its first decision about the victim after ``since`` (its audit log).
 
-    Polled: the weight can be 0 in the kernel a moment before the audit row is committed.
+    Polled: the weight can be 0 in the kernel a moment before the audit row is committed. A passive
+    verdict can come before ``since`` (the kill's time is taken once the process is reaped, and its port
+    refuses before that): the first quarantine from 1 s before ``since`` on.
     """
     deadline = time.monotonic() + 5.0
     while True:
         conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
         try:
             row = conn.execute(
-                "SELECT MIN(at) FROM audit WHERE real_server = ? AND at >= ?", (str(victim), since)
+                "SELECT MIN(at) FROM audit WHERE real_server = ? AND action = 'quarantine' AND at >= ?",
+                (str(victim), since - 1.0),
             ).fetchone()
         finally:
             conn.close()
@@ -555,7 +577,8 @@ def measure(
                     zero - killed,
                     back - listening,
                     len(failed),
-                    sum(1 for t in failed if t >= zero),
+                    sum(1 for t, _ in failed if t >= zero),
+                    {how: sum(1 for _, h in failed if h == how) for how in FAILURES},
                     judged,
                     audited,
                     post,
@@ -566,14 +589,15 @@ def measure(
                     else ""
                 )
                 parts += (
-                    f", publisher queued {post[0]:g} ms, POST {post[1]:g} ms)"
+                    f"{', ' if parts else ' ('}publisher queued {post[0]:g} ms, POST {post[1]:g} ms)"
                     if post is not None
                     else (")" if parts else "")
                 )
                 result.kills.append(kill)
                 print(
                     f"  {checker} {setting.name} kill {i + 1}: weight 0 after {zero - killed:.3f} s{parts}, back {back - listening:.3f} s"
-                    f" after listening, {len(failed)} failed requests",
+                    f" after listening, {len(failed)} failed requests"
+                    f" ({', '.join(f'{n} {how}' for how, n in kill.how.items() if n)})",
                     flush=True,
                 )
             result.rate = load.rate()
@@ -581,16 +605,20 @@ def measure(
 
 
 def report(results: list[Result]) -> str:
+    """The table: failed requests per kill in all, then by how they failed (cut at the kill, refused, timed out)."""
     lines = [
-        "| checker | setting | client rate | kill -> weight 0 (median / max) | failed requests / kill (median / max) | failed after weight 0 | CPU | restore (median / max) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| checker | setting | client rate | kill -> weight 0 (median / max) | failed requests / kill (median / max)"
+        " | cut at the kill | refused | timed out | failed after weight 0 | CPU | restore (median / max) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         s = r.summary()
+        how = " | ".join(f"{s[f'{h}_per_kill_median']:g} / {s[f'{h}_per_kill_max']:g}" for h in (CUT, REFUSED, TIMEOUT))
+        other = f" (+{s['other_per_kill_max']:g} other)" if s["other_per_kill_max"] else ""
         lines.append(
             f"| {r.checker} | {r.setting} | {s['rate']:.0f}/s | {s['median_to_zero_s']:.3f} / {s['max_to_zero_s']:.3f} s"
-            f" | {s['failed_per_kill_median']:g} / {s['failed_per_kill_max']:g} | {s['failed_after_zero_total']:g}"
-            f" | {s['cpu_percent']:.1f} % | {s['restore_median_s']:.3f} / {s['restore_max_s']:.3f} s |"
+            f" | {s['failed_per_kill_median']:g} / {s['failed_per_kill_max']:g}{other} | {how}"
+            f" | {s['failed_after_zero_total']:g} | {s['cpu_percent']:.1f} % | {s['restore_median_s']:.3f} / {s['restore_max_s']:.3f} s |"
         )
     return "\n".join(lines)
 
@@ -632,10 +660,17 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(
                     measure(checker, setting, lab, kernel, services, args.kills, args.rate, workdir, args.seed)
                 )
+                save(results, args.json)
+                print(report(results[-1:]).splitlines()[-1], flush=True)
     print()
     print(report(results))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(
+    return 0
+
+
+def save(results: list[Result], path: str) -> None:
+    """The results so far as JSON: written after each checker, so a run cut short keeps what it measured."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(
         json.dumps(
             [
                 {"checker": r.checker, "setting": r.setting, **r.summary(), "kills": [asdict(k) for k in r.kills]}
@@ -645,7 +680,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
-    return 0
 
 
 if __name__ == "__main__":
