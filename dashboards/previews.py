@@ -13,8 +13,10 @@ The scenario (about 4 minutes): HTTP and UDP clients with a varying rate, a
 connection-sync daemon, long-lived connections, the real actuator quarantining
 a real server through its API (and refusing a quarantine against a quorum, and
 rejecting a malformed webhook), one real server taken out (weight 0) and put
-back, and a VIP that disappears from the director for a while. Panels whose
-metrics no running component serves say so.
+back, the same real server refusing connections for a while (its listener
+gone: tcp checks fail and the passive detector gives a verdict), and a VIP that
+disappears from the director for a while. Panels whose metrics no running
+component serves say so.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ RULES = ROOT / "alerts" / "lvsguard.rules.yml"
 STEP = 2  # seconds between points of a range query
 RATE_WINDOW = "15s"  # $__rate_interval at the 1 s scrape interval of the collection (lab.panels.RATE_WINDOW)
 ACTUATOR_TOKEN = "previews-token-0123456789abcdef"
+# The exporter's probes (default tcp checks) and passive detection, whose panels need them; a hold-down
+# long enough to be seen at the previews' 2 s step. Nothing publishes: the verdict is reported, not acted on.
+EXPORTER_EXTRA = (
+    "probes:\n  default_tcp: true\npassive: {enabled: true, interval: 0.2s, handshake_timeout: 2s, holddown_min: 20s}\n"
+)
 
 
 # --- collect (inside the lab VM) ---------------------------------------------
@@ -119,6 +126,14 @@ def _scenario(lab: Any, actuator: str, prometheus: str, seconds: float, log: Cal
     at(150)
     log("rs1 of nat back")
     lab.set_weight(lab.nat, "rs1", lab.nat.weights["rs1"])
+    at(155)
+    rs1, port = lab.node("rs1"), str(lab.nat.real_server("rs1").port)
+    reject = ["INPUT", "-p", "tcp", "--dport", port, "-j", "REJECT", "--reject-with", "tcp-reset"]
+    log("rs1 of nat refuses connections (its listener gone)")
+    subprocess.run(["ip", "netns", "exec", rs1.netns, "iptables-legacy", "-I", *reject], check=True)
+    at(165)
+    log("rs1 of nat accepts connections again")
+    subprocess.run(["ip", "netns", "exec", rs1.netns, "iptables-legacy", "-D", *reject], check=True)
     at(170)
     log(f"VIP {vip} removed from the director")
     subprocess.run(["ip", "-n", netns, "addr", "del", vip_cidr, "dev", vip_dev], check=True)
@@ -130,7 +145,7 @@ def _scenario(lab: Any, actuator: str, prometheus: str, seconds: float, log: Cal
     stop.set()
     thread.join(30)
     lab.ipvsadm("--stop-daemon", "master")
-    log(f"{failures[0]} client calls failed (the VIP was gone)")
+    log(f"{failures[0]} client calls failed (the DR VIP was gone, rs1 of nat refused)")
 
 
 def collect(out: Path, seconds: float) -> None:
@@ -144,7 +159,7 @@ def collect(out: Path, seconds: float) -> None:
     with Lab(real_servers=3) as lab, tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
         exporter = stack.enter_context(
-            running_exporter(tmp / "exporter", lambda listen: lab.config_yaml(listen=listen))
+            running_exporter(tmp / "exporter", lambda listen: lab.config_yaml(listen=listen) + EXPORTER_EXTRA)
         )
         actuator = stack.enter_context(running_lab_actuator(lab, str(tmp / "ledger.db"), ACTUATOR_TOKEN))
         jobs = {"lvsguard-exporter": [exporter], "lvsguard-actuator": [actuator.removeprefix("http://")]}
