@@ -27,6 +27,7 @@ from lvsguard.actuator.openapi import document
 from lvsguard.actuator.probestate import CheckState, ProbeView, probe_view
 from lvsguard.actuator.states import Confirmed
 from lvsguard.actuator.targets import Target
+from lvsguard.cluster.drains import DrainsView
 from lvsguard.cluster.table import TableStore
 from lvsguard.errors import ApiError, ClusterStoreError, LvsguardError
 from lvsguard.keepalived import read_role_file
@@ -468,6 +469,7 @@ def cluster_json() -> dict[str, Any]:
         "directors": [],
         "holds": [],
         "table": None,
+        "drains": [],
         "problems": [],
     }
     shared = current_fleet()
@@ -475,14 +477,16 @@ def cluster_json() -> dict[str, Any]:
         return out
     fleet, sync = shared
     out["store_up"] = sync.up
+    drains = current_actions().drains.store
     try:
         view = fleet.view()
         records, _revision = sync.store.snapshot()
         table = TableStore(sync.store.client, settings).read()
+        jobs = drains.view() if drains is not None else DrainsView()
     except ClusterStoreError as exc:
         out["problems"] = [str(exc)]
         return out
-    out["problems"] = list(view.problems)
+    out["problems"] = [*view.problems, *jobs.problems]
     revision = table.revision if table is not None else 0
     out["table"] = None
     if table is not None:
@@ -516,6 +520,22 @@ def cluster_json() -> dict[str, Any]:
             "applied": view.applied_by(str(r.service), str(r.real_server), r.holder),
         }
         for r in records
+    ]
+    out["drains"] = [
+        {
+            "job": j.id,
+            "service": str(j.service),
+            "real_server": str(j.real_server),
+            "holder": j.holder,
+            "state": j.state,
+            "owner": jobs.owners.get(j.id),
+            "owners": list(j.owners),
+            "deadline": iso(j.deadline),
+            "delete": j.delete,
+            "message": j.message,
+            "active": {d.director: dict(d.draining).get(j.id) for d in view.directors} if j.running else {},
+        }
+        for j in jobs.jobs
     ]
     return out
 

@@ -28,12 +28,14 @@ from lvsguard.actuator import reload as reloading
 from lvsguard.actuator.actions import Actions, Kernel
 from lvsguard.actuator.cluster import ClusterMetrics, ClusterSync
 from lvsguard.actuator.clustertable import TableMetrics, TableSync
+from lvsguard.actuator.drains import DrainMetrics, DrainWorker
 from lvsguard.actuator.fleet import Announcer
 from lvsguard.actuator.httperrors import handle_error
 from lvsguard.actuator.jobs import JobRunner
 from lvsguard.actuator.metrics import ActuatorMetrics, DriftCollector, QuarantineCollector
 from lvsguard.actuator.probestate import probe_view
 from lvsguard.actuator.settings import ActuatorSettings
+from lvsguard.cluster.drains import DrainStore
 from lvsguard.cluster.etcd import EtcdClient
 from lvsguard.cluster.fleet import Fleet
 from lvsguard.cluster.records import HoldStore
@@ -106,6 +108,7 @@ def create_app(
                 clock=clock,
             )
         runner.fleet = _announcer(app, kernel, actions, runner.cluster, clock)
+        runner.drains = _drains(runner.fleet, actions, app.config["LVSGUARD_LEDGER"], registry, clock)
     app.extensions["lvsguard"] = ActuatorState(actions, runner, metrics, registry, quarantine)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(api.bp)
@@ -158,6 +161,18 @@ def _announcer(
         addresses=lambda: set(local_addresses(netns)),
         advertise=actions.settings.cluster.advertise_url,
     )
+
+
+def _drains(
+    announcer: Announcer, actions: Actions, ledger_path: str, registry: CollectorRegistry, clock: Callable[[], float]
+) -> DrainWorker:
+    """The cluster's drain jobs: written by operators' drains, claimed and ended by the worker (started by the runner)."""
+    assert actions.cluster is not None
+    store = DrainStore(actions.cluster.client, actions.settings.cluster, clock=clock)
+    worker = DrainWorker(store, actions.cluster, announcer.fleet, actions, ledger_path, DrainMetrics(registry))
+    actions.drains.store, actions.drains.job = store, worker.job
+    announcer.draining = worker.report
+    return worker
 
 
 def _metrics() -> Response:

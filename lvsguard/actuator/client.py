@@ -563,6 +563,20 @@ def cluster_from_api(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             where += f" (not on {', '.join(missing)})"
         holds.append([h["service"], h["real_server"], h["action"], h["holder"], where])
     _table(["SERVICE", "REAL SERVER", "ACTION", "HOLDER", "APPLIED ON"], holds, out)
+    if reply.get("drains"):
+        print("", file=out)
+        drains = []
+        for j in reply["drains"]:
+            if j["state"] == "running":
+                left = ", ".join(f"{name} {'-' if n is None else n}" for name, n in sorted(j["active"].items()))
+                state = f"running until {j['deadline']} (active: {left or '-'})"
+            else:
+                state = f"{j['state']}: {j['message']}"
+            owner = j["owner"] or ("-" if j["state"] != "running" else "none (being taken over)")
+            drains.append(
+                [j["service"], j["real_server"], "yes" if j["delete"] else "no", owner, " > ".join(j["owners"]), state]
+            )
+        _table(["SERVICE", "REAL SERVER", "DELETE", "OWNER", "OWNERS", "DRAIN"], drains, out)
     return 0 if all(d["converged"] for d in reply["directors"]) else 2
 
 

@@ -36,7 +36,7 @@ from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.states import BackendState
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.etcd import KeyValue
-from lvsguard.cluster.records import ClusterHold, HoldStore
+from lvsguard.cluster.records import DELETE, ClusterHold, HoldStore
 from lvsguard.errors import ClusterStoreError
 from lvsguard.logs import event
 
@@ -209,7 +209,7 @@ class ClusterSync:
                     message=outcome.message,
                 )
         out = {b.target for b in ledger.backends() if b.state == BackendState.OUT}
-        self.pending = sum(1 for r in records if Target(r.service, r.real_server) not in out)
+        self.pending = sum(1 for r in records if r.action != DELETE and Target(r.service, r.real_server) not in out)
         self.metrics.pending.set(self.pending)
         self.converged.set()
         self.announce_soon.set()

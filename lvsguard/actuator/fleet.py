@@ -49,6 +49,7 @@ class Announcer:
         addresses: Callable[[], set[str]],
         advertise: str = "",
         interval: float = INTERVAL,
+        draining: Callable[[Ledger], tuple[tuple[str, int], ...]] = lambda ledger: (),
     ):
         self.fleet = fleet
         self.sync = sync
@@ -59,6 +60,7 @@ class Announcer:
         self.addresses = addresses
         self.advertise = advertise
         self.interval = interval
+        self.draining = draining
         self.director = fleet.config.director_name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,6 +102,7 @@ class Announcer:
             applied=applied,
             pending=self.sync.pending,
             drift=len(self.actions.table.drift),
+            draining=self.draining(ledger),
             at=self.fleet.clock(),
             table_source=self.actions.settings.table.source,
             table_revision=table.revision if table is not None else 0,

@@ -25,6 +25,7 @@ import threading
 from lvsguard.actuator.actions import Actions, Actor, Outcome, Result, Source
 from lvsguard.actuator.cluster import ClusterSync
 from lvsguard.actuator.clustertable import TableSync
+from lvsguard.actuator.drains import DrainWorker
 from lvsguard.actuator.fleet import Announcer
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.logs import event
@@ -49,6 +50,8 @@ class JobRunner:
         """This director's announcements to the fleet view (``cluster.store: etcd``), started with the watch."""
         self.table: TableSync | None = None
         """The cluster's table watch (``table.source: cluster``), started with the cluster watch."""
+        self.drains: DrainWorker | None = None
+        """The cluster's drain jobs: claimed, decided and ended (``cluster.store: etcd``), started with the watch."""
         actions.on_new_job(self.start)
 
     def start(self, job_id: int) -> None:
@@ -95,9 +98,13 @@ class JobRunner:
             self.table.start()
         if self.fleet is not None:
             self.fleet.start()
+        if self.drains is not None:
+            self.drains.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self.drains is not None:
+            self.drains.stop(timeout)
         if self.fleet is not None:
             self.fleet.stop(timeout)
         if self.table is not None:

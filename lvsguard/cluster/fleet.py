@@ -16,8 +16,12 @@ The record is JSON, one object per director::
 
     {"director": "lvs1", "role": "master", "vips": ["192.0.2.10"], "actuator_url": "http://10.0.9.1:9911",
      "store_up": true, "exporter": "ok", "applied": [["TCP 192.0.2.10:80", "10.0.1.2:80", "lvs2/api alice"]],
-     "pending": 0, "drift": 0, "at": 1765120000.0, "table_source": "cluster", "table_revision": 12,
-     "table_pending": 0}
+     "pending": 0, "drift": 0, "draining": {"TCP 192.0.2.10:80 10.0.1.3:80": 12}, "at": 1765120000.0,
+     "table_source": "cluster", "table_revision": 12, "table_pending": 0}
+
+``draining``: the cluster's drain jobs (``drains``) whose weight 0 this
+director has applied, with the real server's active connections in its kernel
+(0 when its table lacks it): what a drain's owner decides the end from.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class DirectorStatus:
     applied: tuple[Applied, ...] = ()  # cluster holds taken out of its kernel
     pending: int = 0  # cluster holds it has not applied
     drift: int = 0  # managed entries changed by hand (its last drift check)
+    draining: tuple[tuple[str, int], ...] = ()  # (drain job, active connections here) once weight 0 is applied
     at: float = 0.0  # epoch seconds of the announcement (its clock)
     table_source: str = "config"  # where its table comes from: config, or cluster (the cluster's record)
     table_revision: int = 0  # with table_source cluster: the revision of the cluster's table its kernel applied
@@ -79,6 +84,7 @@ class DirectorStatus:
             "applied": [list(a) for a in self.applied],
             "pending": self.pending,
             "drift": self.drift,
+            "draining": dict(self.draining),
             "at": self.at,
             "table_source": self.table_source,
             "table_revision": self.table_revision,
@@ -101,6 +107,7 @@ class DirectorStatus:
                 applied=tuple((str(s), str(r), str(h)) for s, r, h in doc.get("applied", ())),
                 pending=int(doc.get("pending", 0)),
                 drift=int(doc.get("drift", 0)),
+                draining=tuple(sorted((str(j), int(n)) for j, n in dict(doc.get("draining", {})).items())),
                 at=float(doc.get("at", 0.0)),
                 table_source=str(doc.get("table_source", "config")),
                 table_revision=int(doc.get("table_revision", 0)),

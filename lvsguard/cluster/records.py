@@ -36,6 +36,7 @@ from lvsguard.config.cluster import ClusterConfig
 from lvsguard.errors import ClusterStoreError, PolicyRefused
 from lvsguard.model import RealServerKey, ServiceKey
 
+DELETE = "delete"  # the action of a hold whose drain ended with a deletion: every director removes the real server
 CAS_ATTEMPTS = 20  # transactions lost to concurrent writers before giving up
 TXN_KEYS = 128  # service keys in one transaction (etcd's default --max-txn-ops)
 
@@ -53,7 +54,7 @@ class ClusterHold:
     service: ServiceKey
     real_server: RealServerKey
     holder: str  # "<director>/<source> <name>"
-    action: str  # quarantine | drain
+    action: str  # quarantine | drain | delete (a drain that ended deleting it: every director removes it)
     reason: str = ""
     director: str = ""  # where it was taken
     at: float = 0.0  # epoch seconds of the write (the origin's clock)
@@ -314,8 +315,46 @@ class HoldStore:
         key = self.key(service)
         return put_op(key, json.dumps(holds, sort_keys=True)) if holds else delete_op(key)
 
-    def _swap(self, service: ServiceKey, revision: int, holds: Mapping[str, Any]) -> bool:
-        ok, _ = self.client.txn([self._compare(service, revision)], [self._op(service, holds)])
+    def delete_drained(
+        self,
+        service: ServiceKey,
+        real_server: RealServerKey,
+        *,
+        check: Callable[[frozenset[RealServerKey]], None],
+        compare: Sequence[Compare] = (),
+        also: Sequence[dict[str, Any]] = (),
+    ) -> bool:
+        """Turn the holds on a drained real server into a deletion (action ``delete``): every director removes it.
+
+        ``check(held)`` is the quorum, as for ``take``; ``compare`` and ``also``
+        go into the same transaction (a drain job's owner ends its job with it).
+        False when a ``compare`` of the caller's failed (the job is not its own
+        any more); a concurrent write to the service's key is read again.
+        """
+        for _attempt in range(CAS_ATTEMPTS):
+            holds, revision = self.service_holds(service)
+            check(frozenset(RealServerKey.parse(r) for r, holders in holds.items() if holders))
+            info = {"action": DELETE, "reason": "drained", "director": self.config.director_name, "at": self.clock()}
+            rs = str(real_server)
+            holds[rs] = {holder: {**old, **info} for holder, old in holds.get(rs, {}).items()}
+            if not holds[rs]:
+                del holds[rs]
+            if self._swap(service, revision, holds, compare=compare, also=also):
+                return True
+            if compare and not self.client.txn(list(compare), [])[0]:
+                return False
+        raise ClusterStoreError(f"cluster record of {service}: {CAS_ATTEMPTS} concurrent writers won in a row")
+
+    def _swap(
+        self,
+        service: ServiceKey,
+        revision: int,
+        holds: Mapping[str, Any],
+        *,
+        compare: Sequence[Compare] = (),
+        also: Sequence[dict[str, Any]] = (),
+    ) -> bool:
+        ok, _ = self.client.txn([self._compare(service, revision), *compare], [self._op(service, holds), *also])
         return ok
 
 

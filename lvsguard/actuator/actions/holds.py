@@ -17,6 +17,7 @@ from lvsguard.actuator.actions.steps import start_slow_start
 from lvsguard.actuator.ledger import Hold, Job
 from lvsguard.actuator.states import BackendState, HoldKind, JobKind, JobState, Result, Source
 from lvsguard.actuator.targets import Target
+from lvsguard.cluster.drains import job_id
 from lvsguard.errors import PolicyRefused
 
 
@@ -253,7 +254,14 @@ def _ensure_drain_job(s: Session, target: Target, actor: Actor, *, timeout: floa
     _svc, rs = s.real_server(target)
     timeout = s.settings.drain_timeout if timeout is None else timeout
     initial = rs.active_connections if rs else 0
-    params = {"timeout": timeout, "delete": delete, "deadline": s.clock() + timeout, "initial_active": initial}
+    params: dict[str, object] = {
+        "timeout": timeout,
+        "delete": delete,
+        "deadline": s.clock() + timeout,
+        "initial_active": initial,
+    }
+    if actor.source == Source.CLUSTER and s.drains.store is not None:
+        params["cluster"] = job_id(target.service, target.real_server)  # it follows the cluster's job (steps)
     with s.ledger.transaction():
         job = s.ledger.create_job(
             JobKind.DRAIN, target, params=params, actor=str(actor), message=f"waiting for {initial} active connections"

@@ -105,6 +105,7 @@ class Session:
         self.settings = actions.settings
         self.metrics = actions.metrics
         self.clock = actions.clock
+        self.drains = actions.drains
         self._views = actions.views
         self._services: dict[ServiceKey, ServiceView | None] = {}
         if table is not None:

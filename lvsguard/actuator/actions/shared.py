@@ -18,7 +18,7 @@ from the cluster, and the operator's request is answered with an error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
@@ -26,13 +26,25 @@ from lvsguard.actuator.actions import holds
 from lvsguard.actuator.actions.outcome import Actor, Outcome
 from lvsguard.actuator.actions.session import Session
 from lvsguard.actuator.actions.view import ServiceView
+from lvsguard.actuator.policy import Policy
 from lvsguard.actuator.states import HoldKind, Result, Source
 from lvsguard.actuator.targets import Target
-from lvsguard.cluster.records import ClusterHold, HoldStore
+from lvsguard.cluster.drains import DrainJob, DrainStore
+from lvsguard.cluster.records import DELETE, ClusterHold, HoldStore
 from lvsguard.errors import ClusterStoreError, PolicyRefused
 from lvsguard.model import RealServer, RealServerKey, ServiceKey
 
 STORE_REASON = "cluster_store"  # the ``reason`` of an outcome that etcd could not be reached for
+
+
+class ClusterDrains:
+    """The cluster's drain jobs as the action layer sees them: where they are written, and the last read of them."""
+
+    def __init__(self) -> None:
+        self.store: DrainStore | None = None
+        """Set with ``cluster.store: etcd``: an operator's drain starts a job there."""
+        self.job: Callable[[str], DrainJob | None] = lambda name: None
+        """The job of that name as this director last read it (``actuator.drains.DrainWorker``)."""
 
 
 def mirror(holder: str) -> Actor:
@@ -64,6 +76,11 @@ def _in(view: ServiceView, key: RealServerKey) -> bool:
 
 def _out(view: ServiceView, held: AbstractSet[RealServerKey], but: RealServerKey) -> int:
     return sum(1 for key in held if key != but and _in(view, key))
+
+
+def check_removal(policy: Policy, view: ServiceView, target: Target, held: AbstractSet[RealServerKey]) -> None:
+    """The quorum for deleting ``target`` (a drain with ``delete`` that ended), ``held`` what the cluster holds."""
+    policy.check_quorum(target, _ClusterStanding(view, _out(view, held, but=target.real_server)), removing=True)
 
 
 class _BulkQuorum:
@@ -105,13 +122,23 @@ def hold(
     reason: str = "",
     force: bool = False,
     drain_timeout: float | None = None,
+    drain_delete: bool = False,
 ) -> Outcome:
-    """An operator's hold, for every director: the cluster record (quorum checked in the transaction), then here."""
+    """An operator's hold, for every director: the cluster record (quorum checked in the transaction), then here.
+
+    A drain is also a job of the cluster (``lvsguard.cluster.drains``), owned
+    by this director until it ends or this director dies.
+    """
     svc, rs = s.real_server(target)
     if svc is None or rs is None:
         return s.absent(action, target, svc, actor)
     if s.policy.dry_run:
         return holds.hold(s, target, actor, action=action, reason=reason, force=force)
+    if drain_delete:
+        try:
+            s.policy.check_unmanaged(target)  # the config's table would add it back
+        except PolicyRefused as exc:
+            return s.refused(action, target, exc, actor)
     holder = store.holder(str(actor))
 
     def check(held: frozenset[RealServerKey]) -> None:
@@ -132,6 +159,22 @@ def hold(
         except ClusterStoreError as exc:
             return _unreachable(s, action, target, actor, exc)
         _drop_mirrors(s, holder, {target})
+        return replace(outcome, details={**outcome.details, "cluster": holder})
+    if action == "drain" and s.drains.store is not None and outcome.result in (Result.APPLIED, Result.RECORDED):
+        timeout = s.settings.drain_timeout if drain_timeout is None else drain_timeout
+        try:
+            job, _new = s.drains.store.start(
+                target.service, target.real_server, holder, timeout=timeout, delete=drain_delete
+            )
+        except ClusterStoreError as exc:
+            return _unreachable(s, action, target, actor, exc)
+        owner = job.owners[-1] if job.owners else "?"
+        outcome = replace(
+            outcome,
+            message=f"{outcome.message}; cluster drain {job.id} owned by {owner}"
+            + (", deletes the real server at the end" if job.delete else ""),
+            details={**outcome.details, "drain": job.id, "deadline": job.deadline, "delete": job.delete},
+        )
     return replace(outcome, details={**outcome.details, "cluster": holder})
 
 
@@ -197,8 +240,11 @@ def release_many(
     s: Session, store: HoldStore, targets: Sequence[Target], actor: Actor, *, scope: str, force: bool = False
 ) -> list[Outcome]:
     """An operator's restore of many real servers, for every director: one transaction, then each here."""
+    items = [(t.service, t.real_server) for t in dict.fromkeys(targets)]
     try:
-        store.release_many([(t.service, t.real_server) for t in dict.fromkeys(targets)])
+        store.release_many(items)
+        if s.drains.store is not None:
+            s.drains.store.remove(items)
     except ClusterStoreError as exc:
         return [_unreachable(s, "restore", t, actor, exc) for t in targets]
     return [_release_here(s, t, actor, scope=scope, force=force) for t in targets]
@@ -213,9 +259,14 @@ def _drop_mirrors(s: Session, holder: str, targets: set[Target]) -> None:
 
 
 def release(s: Session, store: HoldStore, target: Target, actor: Actor, *, scope: str, force: bool = False) -> Outcome:
-    """An operator's restore, for every director: the real server's cluster records go, then its mirrors here."""
+    """An operator's restore, for every director: the real server's cluster records go, then its mirrors here.
+
+    Its drain job goes too (a deletion that ended one is forgotten: the real server may be added again).
+    """
     try:
         store.release(target.service, target.real_server)
+        if s.drains.store is not None:
+            s.drains.store.remove([(target.service, target.real_server)])
     except ClusterStoreError as exc:
         return _unreachable(s, "restore", target, actor, exc)
     return _release_here(s, target, actor, scope=scope, force=force)
@@ -241,7 +292,14 @@ def converge(s: Session, records: list[ClusterHold]) -> list[Outcome]:
     wanted = {(Target(r.service, r.real_server), r.holder): r for r in records}
     mirrors = {(h.target, h.holder) for h in s.ledger.active_holds() if h.source == Source.CLUSTER}
     outcomes = []
+    deleted: set[Target] = set()
     for (target, holder), record in sorted(wanted.items(), key=lambda item: (str(item[0][0]), item[0][1])):
+        if record.action == DELETE:
+            _svc, rs = s.real_server(target)
+            if rs is not None and target not in deleted:
+                deleted.add(target)
+                outcomes.append(_delete(s, target, holder, rs))
+            continue
         if (target, holder) in mirrors:
             continue
         _svc, rs = s.real_server(target)
@@ -251,6 +309,16 @@ def converge(s: Session, records: list[ClusterHold]) -> list[Outcome]:
     for target, holder in sorted(mirrors - set(wanted), key=lambda item: (str(item[0]), item[1])):
         outcomes.append(holds.release(s, target, mirror(holder)))
     return outcomes
+
+
+def _delete(s: Session, target: Target, holder: str, rs: RealServer) -> Outcome:
+    """A drain with ``delete`` ended in the cluster: remove the real server from this kernel too."""
+    actor = mirror(holder)
+    try:
+        s.policy.check_unmanaged(target)  # this director's config owns it: its table would add it back
+    except PolicyRefused as exc:
+        return s.refused("remove", target, exc, actor)
+    return s.finish(s.delete(target, actor, rs), actor)
 
 
 def _unreachable(s: Session, action: str, target: Target, actor: Actor, exc: ClusterStoreError) -> Outcome:

@@ -93,6 +93,8 @@ def _step_drain(s: Session, job: Job) -> bool:
     initial = int(job.params.get("initial_active", 0))
     active = rs.active_connections
     progress = 1.0 if initial <= 0 else max(0.0, 1.0 - active / initial)
+    if job.params.get("cluster"):
+        return _follow_cluster(s, job, str(job.params["cluster"]), active, progress)
     if active == 0:
         if job.params.get("delete"):
             try:
@@ -111,13 +113,23 @@ def _step_drain(s: Session, job: Job) -> bool:
             f"{float(job.params['timeout']):g} s; it stays at weight 0",
             progress=progress,
         )
+    return _progress(s, job, progress, f"{active} active connections left", active)
+
+
+def _follow_cluster(s: Session, job: Job, name: str, active: int, progress: float) -> bool:
+    """A drain of the cluster (``cluster.store: etcd``): its owner decides the end, this job shows it here."""
+    cluster = s.drains.job(name)
+    if cluster is not None and not cluster.running:
+        state = JobState(cluster.state) if cluster.state in {j.value for j in JobState} else JobState.DONE
+        return _end_job(s, job, state, f"cluster drain: {cluster.message}", progress=1.0 if active == 0 else progress)
+    owner = cluster.owners[-1] if cluster is not None and cluster.owners else "?"
+    return _progress(s, job, progress, f"{active} active connections left here; cluster drain owned by {owner}", active)
+
+
+def _progress(s: Session, job: Job, progress: float, message: str, active: int) -> bool:
+    """A drain goes on: its progress and its active connections recorded."""
     with s.ledger.transaction():
-        s.ledger.update_job(
-            job.id,
-            progress=progress,
-            message=f"{active} active connections left",
-            params={**job.params, "active": active},
-        )
+        s.ledger.update_job(job.id, progress=progress, message=message, params={**job.params, "active": active})
     return False
 
 

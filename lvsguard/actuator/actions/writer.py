@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -18,7 +18,8 @@ from lvsguard.actuator.actions import director, drift, holds, members, shared, s
 from lvsguard.actuator.actions.outcome import Actor, Kernel, NoMetrics, Outcome, Recorder
 from lvsguard.actuator.actions.reconcile import reconcile
 from lvsguard.actuator.actions.session import Session
-from lvsguard.actuator.actions.view import SharedViews
+from lvsguard.actuator.actions.shared import ClusterDrains
+from lvsguard.actuator.actions.view import ServiceView, SharedViews
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.policy import Policy
 from lvsguard.actuator.settings import ActuatorSettings
@@ -26,7 +27,8 @@ from lvsguard.actuator.states import HoldKind, Result
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.records import ClusterHold, HoldStore
 from lvsguard.cluster.table import TableRecord, decode
-from lvsguard.model import Forward, ServiceKey, SyncDaemon, Table
+from lvsguard.errors import NoSuchService
+from lvsguard.model import Forward, RealServerKey, ServiceKey, SyncDaemon, Table
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.plan import Plan
 
@@ -112,6 +114,8 @@ class Actions:
         """The table reconciler's drains and pending services (``apply_table``, ``retry_table``)."""
         self.cluster: HoldStore | None = None
         """The cluster store's holds (``cluster.store: etcd``): operators' holds go there first (``shared``)."""
+        self.drains = ClusterDrains()
+        """The cluster's drain jobs (``cluster.store: etcd``): an operator's drain is one for every director."""
         self.cluster_table: TableRecord | None = None
         """The cluster's desired table (``table.source: cluster``) this director applies; None: none known yet."""
         self.settings = self._with_cluster_table(settings)
@@ -187,6 +191,31 @@ class Actions:
 
     # reads (no lock: a read does not change the kernel or the ledger)
 
+    def active_connections(self, targets: Iterable[Target]) -> dict[Target, int]:
+        """The active connections of each real server in the kernel (one read per service); absent: not there."""
+        found: dict[Target, int] = {}
+        by_service: dict[ServiceKey, list[Target]] = {}
+        for target in targets:
+            by_service.setdefault(target.service, []).append(target)
+        for key, wanted in by_service.items():
+            try:
+                servers = {rs.key: rs for rs in self._kernel.read_real_servers(key)}
+            except NoSuchService:
+                continue
+            for target in wanted:
+                rs = servers.get(target.real_server)
+                if rs is not None:
+                    found[target] = rs.active_connections
+        return found
+
+    def removal_check(self, target: Target) -> Callable[[frozenset[RealServerKey]], None]:
+        """The quorum for deleting a drained real server across the cluster (``held``: the cluster's holds)."""
+        try:
+            view = ServiceView(target.service, self._kernel.read_real_servers(target.service))
+        except NoSuchService:
+            return lambda held: None
+        return lambda held: shared.check_removal(self.policy, view, target, held)
+
     def read_table(self) -> Table:
         """The kernel table, read afresh."""
         return self._kernel.read()
@@ -217,10 +246,11 @@ class Actions:
     ) -> Outcome:
         """Quarantine or drain (``action``): ``actor``'s hold on the real server, which goes to weight 0.
 
-        With a cluster store, an operator's hold (not a drain that deletes) is the whole cluster's (``shared``).
+        With a cluster store, an operator's hold is the whole cluster's (``shared``), a drain a cluster job.
         """
         with self._session(ledger) as s:
-            if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL and not drain_delete:
+            shared_drains = not drain_delete or self.drains.store is not None
+            if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL and shared_drains:
                 return shared.hold(
                     s,
                     self.cluster,
@@ -230,6 +260,7 @@ class Actions:
                     reason=reason,
                     force=force,
                     drain_timeout=drain_timeout,
+                    drain_delete=drain_delete,
                 )
             return holds.hold(
                 s,
