@@ -12,14 +12,22 @@ its netlink socket, its HTTP listener (127.0.0.1 of that namespace) and its
 etcd client all live there: ``EtcdLab.partition(director.netns)`` cuts it off
 etcd alone, its table and its API stay. The table is the actuator's: its
 config has ``table: {manage: true}`` and one NAT service, built at start.
-The directors carry no traffic (the VIP is on no interface): what the tests
-look at is each kernel's weights.
+By default the directors carry no traffic (the VIP is on no interface): what
+the tests look at is each kernel's weights. With ``traffic=True`` each director
+gets its own client namespace (``lvs-ccliN``, 10.0.2.2, routed through the
+director) and its own real-server namespace (``lvs-crsN`` with the three real
+servers' addresses, served by one ``lab.servers`` process), and the VIP on its
+``lo``: ``hold(name, n)`` opens long-lived connections through that director's
+IPVS (NAT), so each kernel has its own active connections. With
+``manage=False`` the actuators do not own the table (a drain with ``delete``
+is refused on a table the config manages): the lab builds it through netlink.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -29,6 +37,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +46,12 @@ from typing import Any
 import yaml
 
 from lab.etcd import EtcdLab
-from lab.topology import LabError, _ip_batch, _namespace_exists
+from lab.servers import ServerSpec
+from lab.topology import LabError, _ip_batch, _namespace_exists, _sysctl
+from lab.traffic import hold_connections
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered
-from lvsguard.model import RealServerKey, ServiceKey
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, VirtualService
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ServiceKey.parse("TCP 192.0.2.10:80")
@@ -55,6 +67,8 @@ def bulk_real_servers(n: int) -> list[RealServerKey]:
 TOKEN = "cluster-lab-token-0123456789"
 ACTUATOR_PORT = 9911  # on 127.0.0.1 of each director's namespace
 READY_TIMEOUT = 90.0  # seconds: three Pythons importing pyroute2 and Flask at once under UML
+RS_PORT = 8080
+SERVERS_READY_TIMEOUT = 30.0
 
 
 @dataclass
@@ -65,6 +79,14 @@ class ClusterDirector:
     netns: str
     directory: Path
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client_netns(self) -> str:
+        return self.netns.replace("cdir", "ccli")
+
+    @property
+    def server_netns(self) -> str:
+        return self.netns.replace("cdir", "crs")
 
     @property
     def log(self) -> Path:
@@ -90,6 +112,22 @@ def web_service(real_servers: dict[str, tuple[str, int]]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Node:
+    netns: str
+
+
+@dataclass(frozen=True)
+class _Lab:
+    """What ``lab.traffic`` needs: the namespace its client runs in."""
+
+    netns: str
+
+    @property
+    def client(self) -> _Node:
+        return _Node(self.netns)
+
+
 class ClusterLab:
     """``EtcdLab`` plus ``n`` directors, each with its table and its actuator on the shared etcd."""
 
@@ -102,6 +140,8 @@ class ClusterLab:
         actuator: dict[str, Any] | None = None,
         table_source: str = "config",
         bulk: int = 0,
+        traffic: bool = False,
+        manage: bool = True,
     ) -> None:
         """``actuator``: more keys of the directors' ``actuator`` section (a benchmark lifts the rate limit).
 
@@ -114,6 +154,9 @@ class ClusterLab:
         self.bulk = bulk
         self.retry_interval = retry_interval
         self.actuator = actuator or {}
+        self.traffic = traffic
+        self.manage = manage
+        self._servers: subprocess.Popen[str] | None = None
         self._tmp: Path | None = None  # the directors' configs, ledgers and logs (the VM's tmpfs)
         self.directors = [ClusterDirector(f"dir{i}", f"lvs-cdir{i}", Path()) for i in range(1, directors + 1)]
 
@@ -137,6 +180,10 @@ class ClusterLab:
                 d.directory.mkdir(mode=0o700, exist_ok=True)
                 (d.directory / "lvsguard.yaml").write_text(self.config(d))
                 self.etcd.attach(d.netns)
+            if self.traffic:
+                self._plumb()
+            if not self.manage:
+                self._build_tables()
             for d in self.directors:
                 self.start(d.name)
             for d in self.directors:
@@ -148,7 +195,9 @@ class ClusterLab:
     def teardown_directors(self) -> None:
         for d in self.directors:
             self.kill(d.name, signal.SIGTERM)
-        existing = [d.netns for d in self.directors if _namespace_exists(d.netns)]
+        self._stop_servers()
+        namespaces = [ns for d in self.directors for ns in (d.netns, d.client_netns, d.server_netns)]
+        existing = [ns for ns in namespaces if _namespace_exists(ns)]
         if existing:
             _ip_batch((f"netns del {ns}" for ns in existing), force=True)
 
@@ -182,7 +231,9 @@ class ClusterLab:
     def config(self, d: ClusterDirector) -> str:
         """Director ``d``'s lvsguard config: its managed table, a short retry interval, the cluster store."""
         doc = {
-            "table": {"manage": True, "prune": "owned", "source": self.table_source},
+            "table": {"manage": True, "prune": "owned", "source": self.table_source}
+            if self.manage
+            else {"manage": False},
             "services": [web_service(REAL_SERVERS), *([self.bulk_service()] if self.bulk else [])],
             "actuator": {"hold_down": "0s", "retry_interval": f"{self.retry_interval:g}s", **self.actuator},
             "cluster": {"store": "etcd", "endpoints": list(self.etcd.endpoints), "name": "lab", "director": d.name},
@@ -226,6 +277,92 @@ class ClusterLab:
     def flush(self, name: str) -> None:
         """Empty director ``name``'s IPVS table (``ipvsadm -C``), as a reboot leaves it."""
         subprocess.run(["ip", "netns", "exec", self.director(name).netns, "ipvsadm", "-C"], check=True)
+
+    # --- traffic (``traffic=True``) ---------------------------------------------------------
+
+    def _plumb(self) -> None:
+        """Each director: a client namespace and a real-server namespace on veths, the VIP on its lo."""
+        _ip_batch(f"netns add {ns}" for d in self.directors for ns in (d.client_netns, d.server_netns))
+        for d in self.directors:
+            _ip_batch(
+                [
+                    f"link add cli0 type veth peer name eth0 netns {d.client_netns}",
+                    f"link add rs0 type veth peer name eth0 netns {d.server_netns}",
+                    "link set lo up",
+                    f"addr add {SERVICE.address}/32 dev lo",
+                    "addr add 10.0.2.1/24 dev cli0",
+                    "addr add 10.0.1.1/24 dev rs0",
+                    "link set cli0 up",
+                    "link set rs0 up",
+                ],
+                netns=d.netns,
+            )
+            _sysctl(d.netns, {"net.ipv4.ip_forward": "1"})
+            _ip_batch(
+                [
+                    "link set lo up",
+                    "addr add 10.0.2.2/24 dev eth0",
+                    "link set eth0 up",
+                    "route add default via 10.0.2.1",
+                ],
+                netns=d.client_netns,
+            )
+            addresses = [f"addr add {RealServerKey.parse(a).address}/24 dev eth0" for a, _w in REAL_SERVERS.values()]
+            _ip_batch(
+                ["link set lo up", *addresses, "link set eth0 up", "route add default via 10.0.1.1"],
+                netns=d.server_netns,
+            )
+        spec = ServerSpec(tuple((f"rs-{d.name}", d.server_netns) for d in self.directors), (RS_PORT,), (), ())
+        self._servers = subprocess.Popen(
+            [sys.executable, "-m", "lab.servers"],
+            cwd=ROOT,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self._servers.stdin is not None and self._servers.stdout is not None
+        self._servers.stdin.write(spec.to_json() + "\n")
+        self._servers.stdin.flush()
+        ready, _, _ = select.select([self._servers.stdout], [], [], SERVERS_READY_TIMEOUT)
+        if not ready or self._servers.stdout.readline().strip() != "ready":
+            raise LabError("the cluster lab's real servers (lab.servers) did not start")
+
+    def _stop_servers(self) -> None:
+        proc, self._servers = self._servers, None
+        if proc is None:
+            return
+        if proc.stdin:
+            proc.stdin.close()  # lab.servers exits at EOF on stdin
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _build_tables(self) -> None:
+        """``manage=False``: the service and its real servers in each director's kernel, as an operator would."""
+        for d in self.directors:
+            with NetlinkIPVS(d.netns) as kernel:
+                kernel.add_service(VirtualService(SERVICE, "wrr"))
+                for address, weight in REAL_SERVERS.values():
+                    kernel.add_real_server(SERVICE, RealServer(RealServerKey.parse(address), weight, Forward.MASQ))
+
+    @contextmanager
+    def hold(self, name: str, n: int, *, seconds: float = 600.0) -> Iterator[dict[str, int]]:
+        """``n`` long-lived connections through director ``name``'s IPVS, open inside the block; count by real server."""
+        d = self.director(name)
+        with hold_connections(_Lab(d.client_netns), SERVICE.address, SERVICE.port, n, seconds=seconds) as held:
+            yield dict(held)
+
+    def active(self, name: str) -> dict[str, int]:
+        """Director ``name``'s active connections by real server name (netlink)."""
+        addresses = {RealServerKey.parse(address): rs for rs, (address, _w) in REAL_SERVERS.items()}
+        with NetlinkIPVS(self.director(name).netns) as kernel:
+            svc = kernel.read().service(SERVICE)
+        if svc is None:
+            return {}
+        return {addresses[rs.key]: rs.active_connections for rs in svc.real_servers if rs.key in addresses}
 
     # --- actuators ----------------------------------------------------------------------
 

@@ -531,6 +531,7 @@ def cluster_json() -> dict[str, Any]:
             "owner": jobs.owners.get(j.id),
             "owners": list(j.owners),
             "deadline": iso(j.deadline),
+            "ended_at": iso(j.ended_at) if j.ended_at else None,
             "delete": j.delete,
             "message": j.message,
             "active": {d.director: dict(d.draining).get(j.id) for d in view.directors} if j.running else {},

@@ -9,7 +9,7 @@ ends when every director reports 0 active connections, a drain with
 ``delete`` removes the real server from every kernel, an owner that dies
 (its threads stopped without a word, as a kill -9) is replaced by one other
 director which keeps the deadline. The kernel side runs in the lab VM
-(test_cluster_kernel.py).
+(test_cluster_drain_kernel.py).
 """
 
 from __future__ import annotations
