@@ -106,6 +106,10 @@ class ClusterSync:
         self._thread: threading.Thread | None = None
         self._records: dict[str, list[ClusterHold]] = {}  # key -> its holds
 
+    def deletions(self) -> list[ClusterHold]:
+        """The cluster's holds that are deletions (a drain with ``delete`` ended), as last read."""
+        return [h for holds in list(self._records.values()) for h in holds if h.action == DELETE]
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lvsguard-cluster", daemon=True)
         self._thread.start()

@@ -31,7 +31,7 @@ from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.states import BackendState
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.drains import DrainJob, DrainStore, DrainsView
-from lvsguard.cluster.fleet import Fleet
+from lvsguard.cluster.fleet import Fleet, FleetView
 from lvsguard.cluster.records import HoldStore
 from lvsguard.errors import ClusterStoreError, PolicyRefused
 from lvsguard.logs import event
@@ -117,6 +117,7 @@ class DrainWorker:
         self.read_once.set()
         running = [j for j in view.jobs if j.running]
         owned = 0
+        fleet: FleetView | None = None  # read once per round, when some job is this director's
         for job in running:
             owner = view.owners.get(job.id)
             if owner is None:
@@ -134,13 +135,13 @@ class DrainWorker:
             elif owner != self.director:
                 continue
             owned += 1
-            self.decide(job)
+            fleet = fleet or self.fleet.view(serializable=True)
+            self.decide(job, fleet)
         self.metrics.running.set(len(running))
         self.metrics.owned.set(owned)
 
-    def decide(self, job: DrainJob) -> None:
+    def decide(self, job: DrainJob, fleet: FleetView) -> None:
         """End an owned job when every director drained it (or at its deadline); else leave it running."""
-        fleet = self.fleet.view(serializable=True)
         active = {d.director: dict(d.draining).get(job.id) for d in fleet.directors}
         waiting = {name: n for name, n in active.items() if n != 0}
         if active and not waiting:

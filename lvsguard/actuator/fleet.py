@@ -85,11 +85,20 @@ class Announcer:
         """This director now, as the fleet view shows it."""
         out = {b.target for b in ledger.backends() if b.state == BackendState.OUT}
         table = self.actions.cluster_table
+        deletions = self.sync.deletions()
+        present = self.actions.active_connections(Target(d.service, d.real_server) for d in deletions)
         applied = tuple(
             sorted(
-                (str(h.target.service), str(h.target.real_server), h.holder)
-                for h in ledger.active_holds()
-                if h.source == Source.CLUSTER and h.target in out
+                {
+                    (str(h.target.service), str(h.target.real_server), h.holder)
+                    for h in ledger.active_holds()
+                    if h.source == Source.CLUSTER and h.target in out
+                }
+                | {  # a deletion is applied where the real server is gone
+                    (str(d.service), str(d.real_server), d.holder)
+                    for d in deletions
+                    if Target(d.service, d.real_server) not in present
+                }
             )
         )
         return DirectorStatus(

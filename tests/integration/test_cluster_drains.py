@@ -252,7 +252,7 @@ def test_a_drain_through_one_director_ends_when_every_director_has_no_connection
 def test_an_owner_killed_mid_drain_is_replaced_by_one_director_which_deletes_everywhere(
     directors: Start, short_lease: None
 ) -> None:
-    dir1, dir2, dir3 = fast(directors(3, job_poll_interval=0.2))
+    dir1, dir2, dir3 = fast(directors(3, job_poll_interval=0.2, tokens={"alice": TOKEN}))
     dir2.kernel.set_connections(WEB, RS[1], 4)
     target = Target(WEB, RS[1])
     outcome = dir1.actions.hold(dir1.ledger, target, ALICE, action="drain", drain_timeout=120, drain_delete=True)
@@ -273,6 +273,12 @@ def test_an_owner_killed_mid_drain_is_replaced_by_one_director_which_deletes_eve
     assert job is not None and job.state == "done" and job.owners == ("dir1", new_owner)
     assert present(dir1, 1)  # its actuator is dead: its kernel as it was
     assert [h.state for h in dir2.ledger.holds() if h.target == target] == ["removed"]
+    doc = wait_doc(  # the deletion shows as applied where the real server is gone; dir1 left with its lease
+        dir2,
+        lambda doc: [h["applied"] for h in doc["holds"]] == [{"dir2": True, "dir3": True}],
+    )
+    assert [(h["real_server"], h["action"]) for h in doc["holds"]] == [(str(RS[1]), "delete")]
+    assert all(d["converged"] for d in doc["directors"])
     # a restore forgets the deletion: the cluster's records of rs2 are gone
     dir3.kernel.add_real_server(WEB, dir1.kernel.read().service(WEB).real_server(RS[1]))  # type: ignore[union-attr]
     assert dir3.actions.release(dir3.ledger, target, ALICE).result in ("noop", "applied", "not_found")
