@@ -167,8 +167,14 @@ def _drains(
     announcer: Announcer, actions: Actions, ledger_path: str, registry: CollectorRegistry, clock: Callable[[], float]
 ) -> DrainWorker:
     """The cluster's drain jobs: written by operators' drains, claimed and ended by the worker (started by the runner)."""
+    cluster = actions.settings.cluster
+    # its own client: its calls every second, each up to 5 s per endpoint while etcd is away,
+    # must not queue an operator's request behind the client's lock
+    client = EtcdClient(
+        cluster.endpoints, ca_file=cluster.ca_file, cert_file=cluster.cert_file, key_file=cluster.key_file
+    )
+    store = DrainStore(client, cluster, clock=clock)
     assert actions.cluster is not None
-    store = DrainStore(actions.cluster.client, actions.settings.cluster, clock=clock)
     worker = DrainWorker(store, actions.cluster, announcer.fleet, actions, ledger_path, DrainMetrics(registry))
     actions.drains.store, actions.drains.job = store, worker.job
     announcer.draining = worker.report
