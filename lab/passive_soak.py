@@ -61,7 +61,6 @@ CLIENTS = (
     ("dr", "request", 10.0),
     ("dr", "reset", 5.0),
 )
-SPOOF_GATEWAY = "198.51.100.99"  # on the client LAN, answered by nobody
 FLOOD = 50.0  # spoofed SYNs a second, half to each VIP
 
 
@@ -252,12 +251,7 @@ def run(lab: Lab, seconds: float, workdir: Path, log: bool = True) -> SoakResult
     with ExitStack() as stack:
         conntrack.track(lab.director.netns)
         stack.callback(conntrack.untrack, lab.director.netns)
-        # A director has a route back to any client; the lab's has none to the spoofed range, so it would drop the
-        # real servers' SYN-ACKs before conntrack sends their event (events go out when a packet leaves), and every
-        # flooded SYN would look timed out. Through an address nobody has on the client LAN they die at ARP instead.
-        route = ["ip", "netns", "exec", lab.director.netns, "ip", "route"]
-        subprocess.run([*route, "add", synflood.SPOOF_PREFIX + "0/24", "via", SPOOF_GATEWAY], check=True)
-        stack.callback(subprocess.run, [*route, "del", synflood.SPOOF_PREFIX + "0/24"], check=True)
+        stack.enter_context(synflood.routed(lab.director.netns))  # the SYN-ACKs leave, as from a real director
         reader = NetlinkIPVS(lab.director.netns)
         stack.callback(reader.close)
         first = _weights(reader, lab, services)

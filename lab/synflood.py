@@ -13,11 +13,13 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from lvsguard.ipvs.netns import entered
 
 SPOOF_PREFIX = "198.51.101."  # TEST-NET-2's neighbour in the lab: on no link
+NOBODY = "198.51.100.99"  # on the lab's client LAN, answered by nobody
 SYN, ACK = 0x02, 0x10
 
 
@@ -74,3 +76,21 @@ def fill(client_netns: str, real_server_netns: Iterable[str], vip: str, port: in
             yield segment(src, sport, vip, port, ACK, 1001, 1), vip
 
     return send(client_netns, packets()) // 2
+
+
+@contextmanager
+def routed(director_netns: str) -> Iterator[None]:
+    """Route the spoofed range out of the director, to an address nobody has on the client LAN.
+
+    A director has a route back to any client (its default route); the lab's
+    has none to this range, so it would drop the real servers' SYN-ACKs, and
+    conntrack, which sends an entry's events when a packet of it leaves,
+    would never report those handshakes answered. Routed, the SYN-ACKs leave
+    and die at ARP, as a flood's answers die beyond a real director.
+    """
+    route = ["ip", "netns", "exec", director_netns, "ip", "route"]
+    subprocess.run([*route, "add", SPOOF_PREFIX + "0/24", "via", NOBODY], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*route, "del", SPOOF_PREFIX + "0/24"], check=True)

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lab import conntrack, synflood
 from lab.topology import Lab, LabService, Node
 from lvsguard.config.passive import PassiveConfig
-from lvsguard.exporter.passive.metrics import PassiveMetrics
+from lvsguard.exporter.passive.metrics import HANDSHAKE_FAILURES, PassiveMetrics
 from lvsguard.exporter.passive.rule import Verdict
 from lvsguard.exporter.passive.runner import PassiveDetector
 from tests.integration.test_passive_kernel import RATE, Client, Watch, _history, blackholed, refused
@@ -145,6 +146,7 @@ def test_clients_failing_their_own_handshakes_get_no_verdict(tracked: Lab, watch
     """Resets, abandoned handshakes and a spoofed SYN flood over normal traffic: all answered, none a failure."""
     service = tracked.nat
     with (
+        synflood.routed(tracked.director.netns),
         Client(tracked, service),
         Client(tracked, service, mode="reset", rate=15),
         Client(tracked, service, mode="abandon", rate=10),
@@ -153,8 +155,11 @@ def test_clients_failing_their_own_handshakes_get_no_verdict(tracked: Lab, watch
         for _ in range(20):
             flooded += synflood.syn_flood(tracked.client.netns, service.address, service.port, flooded, 100)
             time.sleep(1.0)
-    time.sleep(CONFIG.handshake_timeout + 1.0)
+        time.sleep(CONFIG.handshake_timeout + 1.0)
     assert watch.verdicts == [], _history(watch)
+    text = "".join(watch.detector.metrics.chunks())
+    failed = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == HANDSHAKE_FAILURES.name]
+    assert failed and not [s for s in failed if s.value], failed  # all answered: the clients' and the flood's
 
 
 @pytest.mark.parametrize("name", ["dr", "dr6"])
