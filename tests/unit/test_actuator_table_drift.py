@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -350,3 +351,43 @@ def test_a_reload_that_changes_prune_plans_the_whole_table(clock: FakeClock, led
     actions.apply_table(ledger, ALICE)
     dumps, _read, writes = kernel.counted()
     assert dumps == 1 and ("delete_service", "TCP 192.0.2.99:80", "", None) in writes
+
+
+def test_the_table_is_read_for_drift_without_the_lock_a_reload_waits_for(
+    kernel: FakeKernel, clock: FakeClock, ledger: Ledger
+) -> None:
+    """The check's read of the table (seconds at 100 000 real servers) does not hold up a reload or an action.
+
+    A reload applied while the table was being read leaves that read stale: what it shows unlike the
+    config is read again under the lock, so the reload is not taken for drift.
+    """
+    actions = applied(kernel, clock, ledger, prune="exact")
+    original = kernel.read
+    locked: list[bool] = []
+
+    def read() -> Table:
+        table = original()
+        locked.append(held_elsewhere(actions))
+        actions.replace_settings(drift_settings(prune="exact", web2=9))  # a reload meanwhile
+        actions.apply_table(ledger, ALICE)
+        return table
+
+    kernel.read = read  # type: ignore[method-assign]  # a read during which a reload runs
+    assert check(actions, ledger, clock) == []
+    assert locked == [False], "the whole table is read without the action lock"
+    assert kernel.weight(WEB, WEB2) == 9
+
+
+def held_elsewhere(actions: Actions) -> bool:
+    """Whether another thread (a reload's) would wait for the actions' lock now."""
+    free: list[bool] = []
+
+    def take() -> None:
+        if actions._lock.acquire(blocking=False):
+            actions._lock.release()
+            free.append(True)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    return not free

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 from lvsguard.actuator.actions.outcome import Actor
 from lvsguard.actuator.actions.session import Session
-from lvsguard.actuator.actions.table import TableState, apply_table, plan_table
+from lvsguard.actuator.actions.table import TableState, apply_table, held_weights, plan_table
 from lvsguard.actuator.states import Result
 from lvsguard.logs import event
-from lvsguard.model import RealServerKey, ServiceKey
+from lvsguard.model import RealServerKey, ServiceKey, Table, VirtualService
 from lvsguard.table.desired import DesiredTable, describe_service, real_server_differences, service_differences
 from lvsguard.table.load import TableSettings
-from lvsguard.table.plan import Op, Plan, RealServerStep, ServiceStep
+from lvsguard.table.plan import Op, Plan, RealServerStep, ServiceStep, plan
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,35 @@ def _field(name: str) -> str:
     return name.replace(" ", "_").replace("-", "_")
 
 
-def check(s: Session, desired: DesiredTable, settings: TableSettings, state: TableState, actor: Actor) -> list[Drift]:
-    """Compare, log what started drifting, correct it by policy; returns the drift left (the metric's)."""
+def suspects(
+    s: Session, kernel: Table | list[VirtualService], desired: DesiredTable, settings: TableSettings
+) -> frozenset[ServiceKey]:
+    """The services a read of the whole table, made without the lock, shows unlike the config (the holds winning).
+
+    Drains and the kernel's changes while it was read are not told apart
+    here: ``check`` reads each suspect again, under the lock, and judges it as
+    always. The others matched the config when read.
+    """
+    only = None if settings.prune == "exact" else [svc.key for svc in desired]
+    steps = plan(desired, kernel, prune=settings.prune, weights=held_weights(s, desired), only=only).steps
+    return frozenset(step.service for step in steps)
+
+
+def check(
+    s: Session,
+    desired: DesiredTable,
+    settings: TableSettings,
+    state: TableState,
+    actor: Actor,
+    *,
+    only: Collection[ServiceKey] | None = None,
+) -> list[Drift]:
+    """Compare, log what started drifting, correct it by policy; returns the drift left (the metric's).
+
+    ``only``: the services to read and compare (``suspects``); the rest is taken as matching.
+    """
     state.checked = s.clock()
-    found = find(s, desired, settings, state)
+    found = find(s, desired, settings, state, only=only)
     known = state.drift
     for key, drift in found.items():
         if key not in known:

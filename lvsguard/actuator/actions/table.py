@@ -36,7 +36,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lvsguard.actuator.actions.outcome import Actor
+from lvsguard.actuator.actions.outcome import Actor, Kernel
 from lvsguard.actuator.actions.session import Session
 from lvsguard.actuator.states import Result
 from lvsguard.actuator.targets import Target
@@ -181,13 +181,17 @@ def plan_table(
 
 
 def _read(s: Session, only: Collection[ServiceKey] | None) -> Table | list[VirtualService]:
+    return read_part(s.kernel, only)
+
+
+def read_part(kernel: Kernel, only: Collection[ServiceKey] | None) -> Table | list[VirtualService]:
     """The whole table, or only the services ``only`` names that the kernel has (a retry's few)."""
     if only is None:
-        return s.kernel.read()
+        return kernel.read()
     services = []
     for key in only:
         try:
-            services.append(s.kernel.read_service(key))
+            services.append(kernel.read_service(key))
         except NoSuchService:  # not in the kernel: one to add
             continue
     return services
@@ -380,4 +384,13 @@ def _audit(s: Session, outcome: TableOutcome, actor: Actor, event_id: int = 0) -
     )
 
 
-__all__ = ["ACTION", "TableOutcome", "TableState", "apply_changes", "apply_table", "held_weights", "plan_table"]
+__all__ = [
+    "ACTION",
+    "TableOutcome",
+    "TableState",
+    "apply_changes",
+    "apply_table",
+    "held_weights",
+    "plan_table",
+    "read_part",
+]

@@ -467,11 +467,16 @@ class Actions:
             return None
         if self.clock() - self.table.checked < wanted.drift_interval:
             return None
+        # The table is read without the lock (a reload or an alert's action does not wait for 100 000 real servers
+        # to be read); only the services that read shows unlike the config are read again and judged under it.
+        managed = None if wanted.prune == "exact" else [svc.key for svc in self.settings.desired]  # owned: those only
+        kernel = table.read_part(self._kernel, managed)
         with self._session(ledger) as s:
             if self.table.applied is not s.settings.desired:  # a reload between its new settings and its apply
                 return None
+            only = drift.suspects(s, kernel, s.settings.desired, s.settings.table)
             try:
-                return drift.check(s, s.settings.desired, s.settings.table, self.table, actor)
+                return drift.check(s, s.settings.desired, s.settings.table, self.table, actor, only=only)
             finally:
                 if s.settings.table.drift == "correct":
                     self.views.clear()
