@@ -105,6 +105,7 @@ class ClusterSync:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._records: dict[str, list[ClusterHold]] = {}  # key -> its holds
+        self.revision = 0  # the cluster's revision that ``_records`` are at
 
     def deletions(self) -> list[ClusterHold]:
         """The cluster's holds that are deletions (a drain with ``delete`` ended), as last read."""
@@ -149,6 +150,7 @@ class ClusterSync:
         self._records = {}
         for kv in kvs:
             self._decode_into(kv.key, kv)
+        self.revision = revision
         if not self.up:
             event(log, logging.INFO, "cluster_store_up", endpoint=self.store.client.endpoint, revision=revision)
         self.up = True
@@ -167,6 +169,7 @@ class ClusterSync:
                 continue
             received, cpu = time.monotonic(), time.thread_time()
             for ev in batch:
+                self.revision = max(self.revision, ev.kv.mod_revision)
                 if ev.kind == "delete":
                     self._records.pop(ev.kv.key, None)
                 else:
@@ -183,7 +186,11 @@ class ClusterSync:
     def _converge(self, ledger: Ledger, received: float, cpu: float) -> None:
         """Converge to the records; ``received``: when the change arrived (monotonic), ``cpu``: this thread's CPU then."""
         records = [hold for holds in self._records.values() for hold in holds]
-        outcomes = self.actions.converge_cluster(ledger, records)
+        # When this director wrote holds after what the watch has seen (its API, meanwhile), converging
+        # now would undo them until their own event arrives, which the watch delivers next: skipped.
+        outcomes = self.actions.converge_cluster(ledger, records, behind=lambda: self.revision < self.store.written)
+        if outcomes is None:
+            return
         now = self.clock()
         written = [o for o in outcomes if o.result == Result.APPLIED]
         if written:

@@ -68,6 +68,8 @@ class HoldStore:
         self.config = config
         self.clock = clock
         self.prefix = f"{config.root}holds/"
+        self.written = 0
+        """The cluster's revision after this director's last write of holds (the watch must have seen it)."""
 
     def key(self, service: ServiceKey) -> str:
         return f"{self.prefix}{service}"
@@ -280,7 +282,9 @@ class HoldStore:
                 continue
             compare = [self._compare(service, revisions[service]) for service in sorted(services, key=str)]
             ops = [self._op(service, records[service]) for service in sorted(changed, key=str)]
-            ok, _ = self.client.txn(compare, ops)
+            ok, revision = self.client.txn(compare, ops)
+            if ok:
+                self.written = max(self.written, revision)
             if ok:
                 return
         raise ClusterStoreError(f"cluster records of {len(services)} services: {CAS_ATTEMPTS} concurrent writers won")
@@ -354,7 +358,9 @@ class HoldStore:
         compare: Sequence[Compare] = (),
         also: Sequence[dict[str, Any]] = (),
     ) -> bool:
-        ok, _ = self.client.txn([self._compare(service, revision), *compare], [self._op(service, holds), *also])
+        ok, written = self.client.txn([self._compare(service, revision), *compare], [self._op(service, holds), *also])
+        if ok:
+            self.written = max(self.written, written)
         return ok
 
 

@@ -370,3 +370,25 @@ def test_a_bulk_quarantine_keeps_the_quorum_item_by_item(directors: Start) -> No
     store = d1.actions.cluster
     assert store is not None
     assert [(h.real_server, h.holder) for h in store.snapshot()[0]] == [(RS[1], "dir1/api alice")]
+
+
+def test_a_watch_behind_this_directors_own_write_does_not_undo_it(directors: Start) -> None:
+    """The watch converging to a state older than this director's own hold must not release it (a flap).
+
+    The watch thread may have decoded a change of revision r1 and wait for the
+    action lock while this director takes a hold at r2 > r1 through its API;
+    converging to r1 then would bring the real server back until r2 arrives.
+    """
+    (d1,) = directors(1)
+    sync = d1.state.runner.cluster
+    assert sync is not None
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    while not sync.up:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    sync.stop()  # the thread ends: what it knows stays as it was before the hold
+    out = d1.hold(0)
+    assert out.result == "applied" and d1.weights() == [0, 5, 5]
+    sync._converge(d1.ledger, time.monotonic(), time.thread_time())  # as the thread would, one event late
+    assert d1.weights() == [0, 5, 5]
+    assert [h.holder for h in d1.ledger.active_holds()] == ["dir1/api alice"]

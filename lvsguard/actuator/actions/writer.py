@@ -389,15 +389,21 @@ class Actions:
 
     # background work
 
-    def converge_cluster(self, ledger: LedgerSource, records: list[ClusterHold]) -> list[Outcome]:
+    def converge_cluster(
+        self, ledger: LedgerSource, records: list[ClusterHold], *, behind: Callable[[], bool] = lambda: False
+    ) -> list[Outcome] | None:
         """Make this director's mirrors of the cluster's holds ``records`` (the cluster watch's call).
 
         One batch session, as a webhook payload: 1 000 holds that arrive at once (one record, one
         watch event) are two ledger commits and one round of kernel writes, not 1 000 of each.
+        ``behind()`` true under the lock: the records are older than a write of this director's own;
+        nothing is done (None).
         """
         asked = time.monotonic()
         with self._lock:
             self.lock_waited = time.monotonic() - asked
+            if behind():  # asked under the lock, where this director's own writes of holds happen: None
+                return None
             with self._session(ledger, batch=True) as s:
                 outcomes = shared.converge(s, records)
             return [s.settled(o) for o in outcomes]
