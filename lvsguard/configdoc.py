@@ -50,6 +50,7 @@ PARSER_TYPES: Mapping[str, str] = {
     "regex": "regular expression",
     "http_url": "`http://` or `https://` URL",
     "statuses": "list of integers 100..599",
+    "md5_hex": "MD5 as 32 hex digits",
     "command": "list of strings, or one string split as a shell would",
     "check_entry": "check",
     "file_path": "path",

@@ -7,6 +7,7 @@ server a check names once the check's service is known.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -57,6 +58,7 @@ class CheckConfig:
     host: str = ""  # Host header; "" = the real server's address
     statuses: tuple[int, ...] = ()  # () = 200-399
     body: str = ""  # regex the body must match; "" = any body
+    digest: str = ""  # lowercase MD5 hex the body must have; "" = any body
     tls_verify: bool = True  # https
     sni: str = ""  # https: TLS server name; "" = host, else the address
     payload: str = "lvsguard-probe\n"  # udp
@@ -102,8 +104,8 @@ CHECK_TYPES = ("tcp", "http", "https", "udp", "icmp", "dns", "script", "agent", 
 CHECK_COMMON = ("type", "service", "real_server", "name", "interval", "timeout", "rise", "fall", "port")
 CHECK_KEYS: Mapping[str, tuple[str, ...]] = {
     "tcp": (),
-    "http": ("method", "path", "host", "statuses", "body"),
-    "https": ("method", "path", "host", "statuses", "body", "tls_verify", "sni"),
+    "http": ("method", "path", "host", "statuses", "body", "digest"),
+    "https": ("method", "path", "host", "statuses", "body", "digest", "tls_verify", "sni"),
     "udp": ("payload", "expect"),
     "icmp": (),
     "dns": ("query_name", "query_type", "rcode", "answer"),
@@ -122,6 +124,18 @@ CHECK_REQUIRED: Mapping[str, tuple[str, ...]] = {
 
 def statuses(node: Node, path: str, ctx: Context) -> tuple[int, ...]:
     return tuple(sorted(set(list_of(integer(100, 599))(node, path, ctx))))
+
+
+MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+"""An MD5 as keepalived's ``digest`` and the http check's ``digest`` take it (either case)."""
+
+
+def md5_hex(node: Node, path: str, ctx: Context) -> str:
+    """32 hex digits (either case), kept in lowercase."""
+    value = scalar_text(node)
+    if not MD5_HEX.fullmatch(value):
+        raise Invalid(f"must be an MD5 as 32 hex digits, got {value!r}")
+    return value.lower()
 
 
 def command(node: Node, path: str, ctx: Context) -> tuple[str, ...]:
@@ -171,6 +185,10 @@ CHECK = Schema(
         "host": Key(text, doc="The Host header; empty: the real server's address."),
         "statuses": Key(statuses, doc="The statuses that pass; empty: 200..399."),
         "body": Key(regex, doc="A regular expression the body (first 64 KiB) must match; empty: any body."),
+        "digest": Key(
+            md5_hex,
+            doc="The MD5 of the body as 32 hex digits (keepalived's `digest`): another MD5 fails the check, so does a body over 64 KiB; empty: any body.",
+        ),
         "tls_verify": Key(boolean, doc="Verify the real server's certificate (false for self-signed real servers)."),
         "sni": Key(text, doc="The TLS server name; empty: `host`, else none."),
         "payload": Key(text, doc="The datagram sent."),

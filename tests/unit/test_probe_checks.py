@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import socket
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from lvsguard.exporter.probes import dnswire
+from lvsguard.exporter.probes import dnswire, httpclient
 from lvsguard.exporter.probes.agent import AgentChecker, parse_reply
 from lvsguard.exporter.probes.dns import DNSChecker
 from lvsguard.exporter.probes.engine import CheckSpec, probe
@@ -99,6 +100,35 @@ def test_http_chunked_body_and_expected_statuses() -> None:
         with_tcp_server(http_handler(418, b"teapot", chunked=True), lambda p: checker.check(Target("127.0.0.1", p)))
     )
     assert ok.ok, ok.message
+
+
+def test_http_digest_right_passes_wrong_fails_with_both_md5s() -> None:
+    page = b"<html>rs1</html>\n"
+    right = hashlib.md5(page).hexdigest()
+    wrong = "0" * 32
+
+    def against(checker: HTTPChecker, chunked: bool = False) -> ProbeResult:
+        handler = http_handler(200, page, chunked=chunked)
+        return run(with_tcp_server(handler, lambda p: checker.check(Target("127.0.0.1", p))))
+
+    assert against(HTTPChecker(digest=right)).ok
+    assert against(HTTPChecker(digest=right), chunked=True).ok  # the MD5 of the body, not of its chunks
+    failed = against(HTTPChecker(path="/index.html", digest=wrong))
+    assert (failed.ok, failed.error) == (False, "DigestMismatch")
+    assert failed.message == f"GET /index.html: 200 X, body MD5 {right}, expected {wrong}"
+    regex_and_digest = against(HTTPChecker(body=re.compile(rb"rs2"), digest=right))
+    assert regex_and_digest.error == "BodyMismatch"  # both must hold
+
+
+def test_http_digest_of_a_body_over_the_limit_fails_as_too_long() -> None:
+    page = b"x" * (httpclient.MAX_BODY + 1)
+    checker = HTTPChecker(digest=hashlib.md5(page).hexdigest())
+    too_long = run(with_tcp_server(http_handler(200, page), lambda p: checker.check(Target("127.0.0.1", p))))
+    assert (too_long.ok, too_long.error) == (False, "BodyTooLong")
+    assert "body longer than 65536 bytes: no digest is taken of it" in too_long.message
+    at_limit = b"x" * httpclient.MAX_BODY
+    exact = HTTPChecker(digest=hashlib.md5(at_limit).hexdigest())
+    assert run(with_tcp_server(http_handler(200, at_limit), lambda p: exact.check(Target("127.0.0.1", p)))).ok
 
 
 def test_http_refused_and_not_http() -> None:

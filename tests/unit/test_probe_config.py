@@ -103,10 +103,27 @@ def test_nothing_is_probed_without_config_and_default_tcp_is_an_opt_in() -> None
                 "lvsguard.yaml:11:26: probes.checks[0].body: is not a regular expression: missing ), unterminated subpattern at position 0"
             ],
         ),
+        (
+            "probes:\n  checks:\n    - {type: http, digest: 9b3a0c85}\n    - {type: tcp, digest: 9b3a0c85a887a256d6939da88aabd8cd}\n",
+            [
+                "lvsguard.yaml:11:28: probes.checks[0].digest: must be an MD5 as 32 hex digits, got '9b3a0c85'",
+                "lvsguard.yaml:12:19: probes.checks[1].digest: does not apply to a tcp check (it takes only the common keys)",
+            ],
+        ),
     ],
 )
 def test_bad_checks_name_file_line_and_key(text: str, expected: list[str]) -> None:
     assert problems(text) == expected
+
+
+def test_digest_is_kept_in_lowercase_and_reaches_the_checker() -> None:
+    cfg = config.loads(
+        SERVICES + "probes:\n  checks:\n    - {service: web, type: http, digest: 9B3A0C85A887A256D6939DA88AABD8CD}\n",
+        "lvsguard.yaml",
+    )
+    assert cfg.probes.checks[0].digest == "9b3a0c85a887a256d6939da88aabd8cd"
+    (spec,) = build_plan(cfg.probes)(WEB, WEB1)
+    assert spec.checker.digest == "9b3a0c85a887a256d6939da88aabd8cd"  # type: ignore[attr-defined]
 
 
 def test_every_key_is_documented_and_in_the_full_example() -> None:

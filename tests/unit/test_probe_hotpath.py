@@ -6,6 +6,7 @@ Real sockets on 127.0.0.1; no timing is asserted, only outcomes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 from lvsguard.exporter.probes.engine import DEFAULT_RATE, CheckSpec, ProbeEngine, default_plan, stretched_interval
 from lvsguard.exporter.probes.http import HTTPChecker
-from lvsguard.exporter.probes.httpclient import HTTPProtocolError, parse_response
+from lvsguard.exporter.probes.httpclient import MAX_BODY, HTTPProtocolError, parse_response
 from lvsguard.exporter.probes.poller import Poller
 from lvsguard.exporter.probes.result import ProbeResult, Target
 from lvsguard.exporter.probes.tcp import TCPChecker
@@ -127,6 +128,19 @@ def test_tcp_hot_path_bad_address_is_a_failed_result() -> None:
         ),
         (b"HTTP/1.0 200 OK\r\n\r\nuntil eof", HTTPChecker(body=re.compile(rb"nothing")), False, "BodyMismatch"),
         (b"SSH-2.0-OpenSSH_9\r\n", HTTPChecker(), False, "HTTPProtocolError"),
+        (b"HTTP/1.0 200 OK\r\n\r\nhello", HTTPChecker(digest=hashlib.md5(b"hello").hexdigest()), True, ""),
+        (
+            b"HTTP/1.0 200 OK\r\n\r\nhello!",
+            HTTPChecker(digest=hashlib.md5(b"hello").hexdigest()),
+            False,
+            "DigestMismatch",
+        ),
+        (  # no Content-Length: the body ends at EOF, past the limit
+            b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * (MAX_BODY + 10),
+            HTTPChecker(digest=hashlib.md5(b"x" * MAX_BODY).hexdigest()),
+            False,
+            "BodyTooLong",
+        ),
     ],
 )
 def test_http_hot_path_judges_as_the_coroutine(raw: bytes, checker: HTTPChecker, ok: bool, error: str) -> None:
@@ -165,7 +179,13 @@ def test_parse_response_waits_for_a_complete_answer() -> None:
     last = parse_response(chunked + b"0\r\n\r\n", "GET", 100, eof=False)
     assert last is not None and last.body == b"abcd"
     capped = parse_response(chunked, "GET", 3, eof=False)  # the body limit reached: complete enough
-    assert capped is not None and capped.body == b"abc"
+    assert capped is not None and capped.body == b"abc" and capped.truncated
+    assert last is not None and not last.truncated and not done.truncated
+    long = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc", "GET", 3, eof=False)
+    assert long is not None and (long.body, long.truncated) == (b"abc", True)
+    until_eof = b"HTTP/1.0 200 OK\r\n\r\nabc"
+    assert parse_response(until_eof, "GET", 3, eof=False).truncated  # type: ignore[union-attr]  # more may come
+    assert not parse_response(until_eof, "GET", 3, eof=True).truncated  # type: ignore[union-attr]  # exactly the limit
     head_only = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", "GET", 100, eof=False)
     assert head_only is not None and head_only.body == b""
     with pytest.raises(HTTPProtocolError, match="not an HTTP answer: 'SSH-2.0'"):

@@ -1,4 +1,4 @@
-"""``http`` and ``https``: a request whose status is in the expected set and whose body matches a regex.
+"""``http`` and ``https``: a request whose status is in the expected set and whose body matches a regex and an MD5.
 
 Plain ``http`` has a hot path for the engine, ``begin``: the request on a bare
 socket in the engine's epoll set (connect, send, read until the answer is
@@ -8,6 +8,7 @@ one-off checks use ``check`` (asyncio streams, TLS).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -35,7 +36,10 @@ def tls_context(verify: bool, ca_file: str | None = None) -> ssl.SSLContext:
 
 @dataclass(frozen=True, slots=True)
 class HTTPChecker:
-    """``tls`` makes it https. ``host`` is the Host header ("" = the target), ``sni`` the TLS server name."""
+    """``tls`` makes it https. ``host`` is the Host header ("" = the target), ``sni`` the TLS server name.
+
+    ``digest`` is the lowercase MD5 hex the body must have (keepalived's ``digest``; "" = any).
+    """
 
     method: str = "GET"
     path: str = "/"
@@ -44,6 +48,7 @@ class HTTPChecker:
     body: re.Pattern[bytes] | None = None
     tls: ssl.SSLContext | None = None
     sni: str | None = None
+    digest: str = ""
 
     @property
     def kind(self) -> str:
@@ -69,6 +74,17 @@ class HTTPChecker:
                 took,
                 "BodyMismatch",
             )
+        if self.digest:
+            if answer.truncated:
+                return ProbeResult(
+                    False,
+                    f"{what}, body longer than {httpclient.MAX_BODY} bytes: no digest is taken of it",
+                    took,
+                    "BodyTooLong",
+                )
+            got = hashlib.md5(answer.body, usedforsecurity=False).hexdigest()
+            if got != self.digest:
+                return ProbeResult(False, f"{what}, body MD5 {got}, expected {self.digest}", took, "DigestMismatch")
         return ProbeResult(True, what, took)
 
     async def check(self, target: Target) -> ProbeResult:

@@ -28,6 +28,7 @@ class Response:
     reason: str
     headers: dict[str, str]  # lower-case names; the last value of a repeated header
     body: bytes
+    truncated: bool = False  # the body went on past ``max_body``: ``body`` is its beginning
 
 
 @functools.lru_cache(maxsize=65536)
@@ -105,20 +106,25 @@ def parse_response(data: bytes, method: str, max_body: int, eof: bool) -> Respon
     status = int(parts[1])
     rest = data[end + skip :]
     reason = parts[2].rstrip("\r") if len(parts) > 2 else ""
+    truncated = False
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         body: bytes | None = b""
     elif headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(rest, max_body, eof)
+        chunked = _dechunk(rest, max_body, eof)
+        body, truncated = chunked if chunked is not None else (None, False)
     elif "content-length" in headers and headers["content-length"].isdigit():
-        want = min(int(headers["content-length"]), max_body)
+        length = int(headers["content-length"])
+        want = min(length, max_body)
         body = rest[:want] if len(rest) >= want or eof else None
+        truncated = length > max_body
     else:
         body = rest[:max_body] if eof or len(rest) >= max_body else None
-    return None if body is None else Response(status, reason, headers, body)
+        truncated = len(rest) > max_body or (len(rest) == max_body and not eof)
+    return None if body is None else Response(status, reason, headers, body, truncated)
 
 
-def _dechunk(data: bytes, limit: int, eof: bool) -> bytes | None:
-    """The body of a chunked message, None while its last chunk has not arrived (and the limit is not reached)."""
+def _dechunk(data: bytes, limit: int, eof: bool) -> tuple[bytes, bool] | None:
+    """The body of a chunked message and whether it was cut at ``limit``; None while its last chunk has not arrived."""
     out = bytearray()
     pos = 0
     while len(out) < limit:
@@ -131,7 +137,7 @@ def _dechunk(data: bytes, limit: int, eof: bool) -> bytes | None:
         except ValueError:
             raise HTTPProtocolError(f"bad chunk size {size_text[:20]!r}") from None
         if size == 0:
-            return bytes(out[:limit])
+            return bytes(out[:limit]), len(out) > limit
         start = line_end + 1
         if len(data) < start + size:
             out += data[start:]
@@ -142,5 +148,5 @@ def _dechunk(data: bytes, limit: int, eof: bool) -> bytes | None:
             break
         pos += 1
     if len(out) >= limit or eof:
-        return bytes(out[:limit])
+        return bytes(out[:limit]), len(out) >= limit
     return None

@@ -37,6 +37,7 @@ def checker(check: CheckConfig) -> Checker:
             body=re.compile(check.body.encode()) if check.body else None,
             tls=tls_context(check.tls_verify) if kind == "https" else None,
             sni=check.sni or None,
+            digest=check.digest,
         )
     if kind == "udp":
         return UDPChecker(check.payload.encode(), re.compile(check.expect.encode()) if check.expect else None)
