@@ -91,6 +91,8 @@ def test_keepalived_nat_weights_thresholds_and_checks() -> None:
         ("script", "script", "/", None, 5.0, 3.0, 1, 3),
     ]
     assert checks[0].statuses == (200, 201, 202, 203, 204, 301)
+    # Several url blocks stay several checks (http, http-2), each with its own url's digest: the first has one.
+    assert [c.digest for c in checks[:2]] == ["9b3a0c85a887a256d6939da88aabd8cd", ""]
     assert checks[3].command == ("/usr/local/bin/check-web", "10.0.1.3")  # misc_dynamic: lvsguard's exit codes
 
 
@@ -142,12 +144,13 @@ def test_keepalived_defaults_are_keepalived_s() -> None:
 
 def test_untranslated_settings_are_comments_and_strict_fails(capsys: pytest.CaptureFixture[str]) -> None:
     text = render(imported(KEEPALIVED / "nat.conf"))
-    assert "# 4 settings not translated: see the comments." in text
+    assert "# 3 settings not translated: see the comments." in text
     assert f"# {KEEPALIVED / 'nat.conf'}:12: not translated: sorry_server 10.0.9.9 80:" in text
     assert cli.main(["import", "keepalived", str(KEEPALIVED / "nat.conf")]) == 0
     assert cli.main(["import", "keepalived", str(KEEPALIVED / "nat.conf"), "--strict"]) == 3
     err = capsys.readouterr().err
-    assert f"{KEEPALIVED / 'nat.conf'}:22: not translated: HTTP_GET digest" in err
+    assert f"{KEEPALIVED / 'nat.conf'}:12: not translated: sorry_server" in err
+    assert ":22:" not in err  # nat.conf:22 (digest) is translated: the check's digest key
     assert cli.main(["import", "keepalived", str(KEEPALIVED / "tunnel-fwmark.conf"), "--strict"]) == 0
 
 
@@ -177,6 +180,29 @@ def test_malformed_keepalived_conf_gets_file_line_errors(
     assert cli.main(["import", "keepalived", str(KEEPALIVED / name)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lvsguard: ") and "Traceback" not in err
+
+
+def test_keepalived_digest_becomes_the_checks_md5_and_strict_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "k.conf"
+    conf.write_text(
+        "virtual_server 192.0.2.10 443 {\n lb_kind NAT\n protocol TCP\n"
+        " real_server 10.0.1.2 443 {\n  SSL_GET {\n   url {\n    path /\n"
+        "    digest 9B3A0C85A887A256D6939DA88AABD8CD\n   }\n  }\n }\n}\n"
+    )
+    assert cli.main(["import", "keepalived", str(conf), "--strict"]) == 0
+    out = capsys.readouterr().out
+    (check,) = names_and_probes_load(yaml.safe_load(out), "k.yaml").probes.checks
+    assert (check.type, check.digest) == ("https", "9b3a0c85a887a256d6939da88aabd8cd")
+
+
+@pytest.mark.parametrize("value", ["9b3a0c85", "9b3a0c85a887a256d6939da88aabd8cz", ""])
+def test_keepalived_digest_that_is_not_an_md5_is_a_file_line_error(value: str) -> None:
+    text = f"virtual_server 192.0.2.10 80 {{\n real_server 10.0.1.2 80 {{\n  HTTP_GET {{\n   url {{\n    digest {value}\n   }}\n  }}\n }}\n}}\n"
+    with pytest.raises(ConfigError) as caught:
+        keepalived.parse(text, "k.conf")
+    assert str(caught.value).startswith("k.conf:5: digest")
 
 
 def test_ldirectord_table_and_checks() -> None:

@@ -16,12 +16,12 @@ scheduling only for UDP and fwmark services, each ``virtual_server_group``
 entry a service of its own with the same real servers.
 
 Checks become probes: TCP_CHECK ``tcp``, HTTP_GET/SSL_GET one ``http``/``https``
-per ``url``, DNS_CHECK ``dns``, MISC_CHECK ``script`` (``misc_dynamic``'s exit
+per ``url`` (its ``digest`` the check's MD5), DNS_CHECK ``dns``, MISC_CHECK ``script`` (``misc_dynamic``'s exit
 codes are lvsguard's own; without it any failure is made exit 1), PING_CHECK
 ``icmp``, UDP_CHECK ``udp``. keepalived's ``delay_loop``, ``connect_timeout``
 and ``retry`` become ``interval``, ``timeout`` and ``fall`` (``rise`` is 1, as
 in keepalived). Whatever has no lvsguard meaning (``sorry_server``,
-``quorum``, ``digest``, ``notify_up``...) becomes a comment that says so.
+``quorum``, ``notify_up``...) becomes a comment that says so.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lvsguard.config.probes import MD5_HEX
 from lvsguard.errors import ConfigError, ConfigProblem
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, VirtualService
 from lvsguard.table.desired import (
@@ -732,9 +733,7 @@ class _Translator:
                 elif kw == "status_code":
                     statuses += self.statuses(child)
                 elif kw == "digest":
-                    url_notes.append(
-                        self.note(child, f"{node.keyword} digest: lvsguard matches a body regex, not an MD5")
-                    )
+                    check["digest"] = self.digest(child)
                 elif kw == "regex":
                     check["body"] = self.word(child)
                 elif kw == "virtualhost":
@@ -752,6 +751,12 @@ class _Translator:
                 if sni and host:
                     check["sni"] = host
             yield check, url_notes
+
+    def digest(self, node: Node) -> str:
+        value = self.word(node)
+        if not MD5_HEX.fullmatch(value):
+            raise _Bad(node.file, node.line, f"digest: not an MD5 (32 hex digits): {value!r}")
+        return value.lower()
 
     def statuses(self, node: Node) -> list[int]:
         out: list[int] = []
