@@ -14,6 +14,8 @@ the ldirectord.cf files under tests/fixtures/import/ldirectord-kernel, built
 by Debian's ldirectord (``checktype = on``: every real server counts as up).
 
 The ldirectord.cf files under tests/fixtures/import/ldirectord-negotiate
+(and the keepalived.conf files under tests/fixtures/import/keepalived-checks:
+HTTP_GET with a ``digest``)
 check the lab's real servers (``negotiate`` over HTTP with request and
 receive, ``connect``): ldirectord runs in the lab's director namespace and
 its checks decide its table; lvsguard's probes, translated by the importer,
@@ -67,6 +69,9 @@ LDIRECTORD_FIXTURES = FIXTURES.parent / "ldirectord-kernel"
 NEGOTIATE_FIXTURES = FIXTURES.parent / "ldirectord-negotiate"
 NEGOTIATE_DOWN = {"negotiate": set(), "mismatch": {("TCP 192.0.2.43:80", "10.0.1.4:8080")}}
 """The real servers each negotiate fixture's checks find down (the lab's real servers answer their name)."""
+CHECKS_FIXTURES = FIXTURES.parent / "keepalived-checks"
+CHECKS_DOWN = {"digest": {("TCP 192.0.2.45:80", "10.0.1.4:8080")}}
+"""The real servers each keepalived-checks fixture's checks find down."""
 NEGOTIATE_TIMEOUT = 120.0
 """ldirectord starts with one ipvsadm process per entry, and more when it adds and removes: 30 s were too few in a
 loaded lab VM."""
@@ -209,34 +214,55 @@ def verdicts(lab: Lab, cfg: config.Config) -> dict[tuple[str, str], bool]:
     return out
 
 
-@pytest.mark.skipif(not os.access(LDIRECTORD, os.X_OK), reason="needs Debian's ldirectord")
-@pytest.mark.parametrize("conf", sorted(NEGOTIATE_FIXTURES.glob("*.cf")), ids=lambda p: p.stem)
-def test_ldirectord_negotiate_checks_decide_the_same_table(conf: Path, lab: Lab, ours: NetlinkIPVS) -> None:
-    text = render(ldirectord_importer.parse(conf.read_text(), str(conf)))
-    judged = verdicts(lab, config.loads(text, str(conf)))
-    assert {rs for rs, ok in judged.items() if not ok} == NEGOTIATE_DOWN[conf.stem], judged
+def checks_decide_the_same_table(
+    text: str, name: str, down: set[tuple[str, str]], argv: list[str], lab: Lab, ours: NetlinkIPVS
+) -> None:
+    """The peer (``argv``) and lvsguard's probes of its import ``text`` judge the lab's real servers alike.
+
+    The peer runs in the director's namespace and removes what its checks find down; lvsguard's table is the import
+    without what its probes judged down: the two must become the same lines.
+    """
+    judged = verdicts(lab, config.loads(text, name))
+    assert {rs for rs, ok in judged.items() if not ok} == down, judged
     doc = yaml.safe_load(text)
-    for svc in doc["services"]:  # what ldirectord does with a failed real server (quiescent = no): removed
+    for svc in doc["services"]:  # what the peer does with a failed real server: removed
         svc["real_servers"] = [rs for rs in svc["real_servers"] if judged[(svc["service"], rs["address"])]]
     build_ours(ours, yaml.safe_dump(doc, sort_keys=False))
     expected = saved(OURS)
     vips = {svc["service"].split()[1] for svc in doc["services"]}
     netns = lab.director.netns
+    peer_name = Path(argv[0]).name
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="lvsg-rt-") as tmp,
-            peer([LDIRECTORD, "-d", str(conf), "start"], tmp, netns) as (proc, log),
-        ):
+        with tempfile.TemporaryDirectory(prefix="lvsg-rt-") as tmp, peer(argv, tmp, netns) as (proc, log):
             deadline = time.monotonic() + NEGOTIATE_TIMEOUT
             theirs: list[str] = []
             while time.monotonic() < deadline and theirs != expected:
-                assert proc.poll() is None, f"ldirectord exited with {proc.returncode}:\n{log.read_text()}"
+                assert proc.poll() is None, f"{peer_name} exited with {proc.returncode}:\n{log.read_text()}"
                 time.sleep(0.5)
                 theirs = [line for line in saved(netns) if line.split()[2] in vips]
-            assert theirs == expected, f"ldirectord's table (its log:\n{log.read_text()})"
+            assert theirs == expected, f"{peer_name}'s table (its log:\n{log.read_text()})"
     finally:
         for vip in vips:
             run("ip", "netns", "exec", netns, "ipvsadm", "-D", "-t", vip, check=False)
+
+
+@pytest.mark.skipif(not os.access(LDIRECTORD, os.X_OK), reason="needs Debian's ldirectord")
+@pytest.mark.parametrize("conf", sorted(NEGOTIATE_FIXTURES.glob("*.cf")), ids=lambda p: p.stem)
+def test_ldirectord_negotiate_checks_decide_the_same_table(conf: Path, lab: Lab, ours: NetlinkIPVS) -> None:
+    text = render(ldirectord_importer.parse(conf.read_text(), str(conf)))
+    argv = [LDIRECTORD, "-d", str(conf), "start"]
+    checks_decide_the_same_table(text, str(conf), NEGOTIATE_DOWN[conf.stem], argv, lab, ours)
+
+
+@pytest.mark.skipif(not os.access(KEEPALIVED, os.X_OK), reason="needs Debian's keepalived")
+@pytest.mark.parametrize("conf", sorted(CHECKS_FIXTURES.glob("*.conf")), ids=lambda p: p.stem)
+def test_keepalived_checks_decide_the_same_table(conf: Path, lab: Lab, ours: NetlinkIPVS, tmp_path: Path) -> None:
+    """keepalived's HTTP_GET digest and the imported probe's digest find the same real server down."""
+    text = render(keepalived_importer.parse(conf.read_text(), str(conf)))
+    assert "digest:" in text and "not translated" not in text
+    pids = ["-p", f"{tmp_path}/k.pid", "-c", f"{tmp_path}/c.pid", "-r", f"{tmp_path}/v.pid"]
+    argv = [KEEPALIVED, "--check", "--dont-fork", "-l", "-D", "-f", str(conf), *pids]
+    checks_decide_the_same_table(text, str(conf), CHECKS_DOWN[conf.stem], argv, lab, ours)
 
 
 def test_ipvsadm_save_round_trip(ours: NetlinkIPVS) -> None:
