@@ -132,15 +132,13 @@ def loads(text: str, filename: str = "<string>", *, reuse: Reuse | None = None) 
     whose text the last load that went through had are not parsed again
     (``lvsguard.config.reuse``); the result and the problems are the same.
     """
-    try:
-        yaml.reader.Reader(text)  # refuses control characters before any parsing
-    except yaml.reader.ReaderError as exc:
-        raise ConfigError([_reader_problem(filename, text, exc)]) from None
+    found = cut(text) if reuse is not None else None
+    short = shorten(text, found, reuse) if found is not None and reuse is not None else None
+    # The remembered entries passed this check in the load that took them: their placeholders' text is enough.
+    _check_characters(short.text if short is not None else text, text, filename)
     with collector_paused():
         if reuse is None:
             return _loads(text, filename)[0]
-        found = cut(text)
-        short = shorten(text, found, reuse) if found is not None else None
         config = _loads_shortened(short, filename) if short is not None else None
         if config is None:
             config, root = _loads(text, filename)
@@ -150,6 +148,16 @@ def loads(text: str, filename: str = "<string>", *, reuse: Reuse | None = None) 
         assert found is not None
         remember(reuse, found, config.services, config.desired.services)
         return config
+
+
+def _check_characters(checked: str, text: str, filename: str) -> None:
+    """Refuse control characters before any parsing (``checked`` is ``text`` or its shortened copy)."""
+    try:
+        yaml.reader.Reader(checked)
+    except yaml.reader.ReaderError as exc:
+        if checked is not text:
+            _check_characters(text, text, filename)  # the same character, at its place in the file
+        raise ConfigError([_reader_problem(filename, text, exc)]) from None
 
 
 @contextmanager

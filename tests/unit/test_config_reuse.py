@@ -115,6 +115,7 @@ BAD = {
     "a service taken by an unchanged entry": table([entry(1), *BASE[1:], entry(6).replace("192.0.2.6", "192.0.2.3")]),
     "a later section naming no service": table(BASE, tail="actuator:\n  quorum: {svc9: 1}\n"),
     "a placeholder's text as an entry": table([*BASE[:2], "- lvsguard-reused 2\n", *BASE[3:]]),
+    "a control character": table([entry(1), entry(2).replace("wrr", "w\x07rr"), *BASE[2:]]),
     "a YAML error": table([*BASE[:2], "- name: [svc\n", *BASE[3:]]),
     "lines added above a bad entry": "# one\n# two\n" + table([*BASE[:3], "- name: svc9\n  sevrice: x\n"]),
 }

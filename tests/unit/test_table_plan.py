@@ -220,3 +220,15 @@ def test_a_reload_plans_only_the_services_that_changed() -> None:
     assert ops(plan(gone, [kernel.read_service(DNS)], prune="exact", only={DNS})) == [
         ("REMOVE_SERVICE", "UDP 192.0.2.10:53", "")
     ]
+
+
+def test_the_services_a_reload_kept_are_the_same_objects_and_unchanged() -> None:
+    """A reload's unchanged services are the last load's objects (lvsguard.config.reuse), moved or not."""
+    a, b, c = web(rs(RS1)), make_service(DNS, "rr"), make_service(ServiceKey.parse("TCP 192.0.2.20:80"), "rr")
+    before = DesiredTable((a, b, c))
+    assert changed(before, DesiredTable((a, b, c))) == set()
+    assert changed(before, DesiredTable((b, a, c))) == set(), "moved, not changed"
+    assert changed(before, DesiredTable((a, c))) == {DNS}
+    edited = make_service(DNS, "wrr")
+    assert changed(before, DesiredTable((a, edited, c))) == {DNS}
+    assert changed(DesiredTable((a, c)), before) == {DNS}
