@@ -30,6 +30,8 @@ from lvsguard.config.schema import (
 )
 
 STORES = ("local", "etcd")
+SHARES = ("operator", "alertmanager", "passive")
+"""What ``share`` may name: operators' holds (api, cli, ui) and the alert sources (``actuator.states.Source``)."""
 DEFAULT_PREFIX = "/lvsguard/"
 
 
@@ -46,11 +48,16 @@ class ClusterConfig:
     name: str = "default"
     director: str = ""  # "": this host's name (``director_name``)
     advertise_url: str = ""  # this director's actuator as the fleet view links it ("": not shown)
+    share: tuple[str, ...] = ("operator",)  # whose holds go through the cluster store (``SHARES``)
 
     @property
     def shared(self) -> bool:
         """Whether the holds are shared through etcd."""
         return self.store == "etcd"
+
+    def shares(self, who: str) -> bool:
+        """Whether the holds of ``who`` (``operator``, ``alertmanager``, ``passive``) go through the cluster store."""
+        return self.shared and who in self.share
 
     @property
     def director_name(self) -> str:
@@ -102,6 +109,14 @@ CLUSTER = Schema(
         "director": Key(
             name,
             doc='This director\'s name in the cluster (who took a hold, who converged); `""`: the host name.',
+        ),
+        "share": Key(
+            list_of(choice(SHARES)),
+            doc="Whose holds go through the cluster store with `store: etcd`: `operator` (quarantines, drains and "
+            "restores from the console, the API or the CLI), `alertmanager` (alert-driven holds from the webhook, "
+            "probe verdicts published to it included) and `passive` (the exporter's passive verdicts, "
+            "`lvsguard_source=passive`). A source left out stays on the director that got it; an alert's shared "
+            "hold is one per fingerprint, released when any director gets it resolved (docs/cluster.md).",
         ),
         "advertise_url": Key(
             http_url,

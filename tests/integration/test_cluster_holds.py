@@ -28,11 +28,12 @@ from lvsguard.cluster.etcd import EtcdClient
 from lvsguard.config.cluster import ClusterConfig
 from lvsguard.model import RealServerKey, ServiceKey
 from tests.etcdserver import EtcdServer, free_port, running_etcd
-from tests.fakes import FakeKernel, fake_app, service
+from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, service
 
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
 RS = [RealServerKey.parse(f"10.0.1.{i}:80") for i in range(1, 4)]
 ALICE, BOB = Actor("api", "alice"), Actor("api", "bob")
+AM_TOKEN = "am-secret-01234567890"
 CONVERGE_TIMEOUT = 30.0  # seconds; generous: a loaded host (lab VMs beside it) slows every thread
 
 
@@ -57,6 +58,16 @@ class Director:
 
     def release(self, i: int, actor: Actor = ALICE) -> Outcome:
         return self.actions.release(self.ledger, Target(WEB, RS[i]), actor)
+
+    def alert(self, status: str, fingerprint: str = "fp1", i: int = 0, **labels: str) -> dict[str, Any]:
+        """One Alertmanager notification to this director's webhook (quarantine ``RS[i]``); its reply entry."""
+        alert = am_alert(fingerprint, status=status, real_server=str(RS[i]), lvsguard_action="quarantine", **labels)
+        reply = self.app.test_client().post(
+            "/webhook/alertmanager", json=am_payload(alert), headers={"Authorization": f"Bearer {AM_TOKEN}"}
+        )
+        assert reply.status_code == 200, reply.get_json()
+        entry: dict[str, Any] = reply.get_json()["results"][0]
+        return entry
 
     def weights(self) -> list[int]:
         return [self.kernel.weight(WEB, rs) for rs in RS]
@@ -86,11 +97,17 @@ def directors(etcd: EtcdServer, tmp_path: Path, request: pytest.FixtureRequest) 
         *,
         endpoints: tuple[str, ...] | None = None,
         real_servers: list[RealServerKey] = RS,
+        share: tuple[str, ...] = ("operator",),
         **settings: Any,
     ) -> list[Director]:
         for i in range(1, n + 1):
-            cluster = ClusterConfig(store="etcd", endpoints=endpoints or (etcd.url,), name=name, director=f"dir{i}")
-            config = ActuatorSettings(hold_down=0.0, retry_interval=0.2, cluster=cluster, **settings)
+            cluster = ClusterConfig(
+                store="etcd", endpoints=endpoints or (etcd.url,), name=name, director=f"dir{i}", share=share
+            )
+            tokens = {"alertmanager": AM_TOKEN, **settings.get("tokens", {})}
+            config = ActuatorSettings(
+                hold_down=0.0, retry_interval=0.2, cluster=cluster, **(settings | {"tokens": tokens})
+            )
             kernel = FakeKernel([service(str(WEB), *((str(rs), 5) for rs in real_servers))])
             path = str(tmp_path / f"dir{i}.db")
             app = fake_app(config, kernel, path)
@@ -392,3 +409,56 @@ def test_a_watch_behind_this_directors_own_write_does_not_undo_it(directors: Sta
     sync._converge(d1.ledger, time.monotonic(), time.thread_time())  # as the thread would, one event late
     assert d1.weights() == [0, 5, 5]
     assert [h.holder for h in d1.ledger.active_holds()] == ["dir1/api alice"]
+
+
+def test_an_alert_is_held_by_every_director_when_alerts_are_shared(directors: Start, etcd: EtcdServer) -> None:
+    d1, d2, d3 = directors(3, share=("operator", "alertmanager"))
+    out = d1.alert("firing")
+    assert out["result"] == "applied", out
+    wait_weights([d1, d2, d3], [0, 5, 5])
+    assert [(h.source, h.holder) for h in d3.ledger.active_holds()] == [("cluster", "alertmanager IPVSBackendDown/fp1")]
+    assert d1.alert("resolved")["result"] == "applied"
+    wait_weights([d1, d2, d3], [5, 5, 5])
+    assert all(not d.ledger.active_holds() for d in (d1, d2, d3))
+    store = d1.actions.cluster
+    assert store is not None and store.snapshot()[0] == []
+
+
+def test_the_same_alert_on_two_directors_is_one_hold_released_by_either(directors: Start) -> None:
+    """Alertmanager sends each alert to every director: one cluster hold, and the first resolve ends it."""
+    d1, d2 = directors(2, share=("operator", "alertmanager"))
+    assert d1.alert("firing")["result"] == "applied"
+    assert d2.alert("firing")["result"] in ("applied", "noop", "recorded")
+    wait_weights([d1, d2], [0, 5, 5])
+    store = d1.actions.cluster
+    assert store is not None
+    assert [(h.real_server, h.holder) for h in store.snapshot()[0]] == [(RS[0], "alertmanager IPVSBackendDown/fp1")]
+    assert d2.alert("resolved")["result"] == "applied"  # not the director that wrote it first
+    wait_weights([d1, d2], [5, 5, 5])
+    assert d1.alert("resolved")["result"] == "noop"  # the late copy of the same resolve: nothing left
+    assert store.snapshot()[0] == [] and d1.weights() == [5, 5, 5]
+
+
+def test_a_passive_verdict_is_shared_only_when_passive_is_named(directors: Start) -> None:
+    d1, d2 = directors(2, share=("operator", "passive"))
+    assert d1.alert("firing", "fp2", 1, lvsguard_source="passive")["result"] == "applied"
+    wait_weights([d1, d2], [5, 0, 5])
+    assert d1.alert("firing", "fp3", 2)["result"] == "applied"  # an alert rule's alert: alertmanager, not shared
+    store = d1.actions.cluster
+    assert store is not None
+    assert [h.holder for h in store.snapshot()[0]] == ["passive IPVSBackendDown/fp2"]
+    assert d2.weights() == [5, 0, 5] and d1.weights() == [5, 0, 0]
+    assert d1.alert("resolved", "fp2", 1, lvsguard_source="passive")["result"] == "applied"
+    wait_weights([d2], [5, 5, 5])
+
+
+def test_alerts_stay_on_their_director_by_default(directors: Start) -> None:
+    d1, d2, d3 = directors(3)
+    assert d1.alert("firing")["result"] == "applied"
+    assert d1.weights() == [0, 5, 5]
+    store = d1.actions.cluster
+    assert store is not None and store.snapshot()[0] == []
+    d1.hold(2)  # an operator's hold still goes everywhere: once it has, the alert's would have too
+    wait_weights([d2, d3], [5, 5, 0])
+    assert d1.weights() == [0, 5, 0]
+    assert [h.source for h in d1.ledger.active_holds(Target(WEB, RS[0]))] == ["alertmanager"]

@@ -45,6 +45,15 @@ def test_an_etcd_store_with_every_key() -> None:
     assert cluster.shared and cluster.root == "/lb/dc1/" and cluster.director_name == "lvs1"
 
 
+def test_operators_holds_alone_are_shared_unless_the_section_says_more() -> None:
+    cluster = config.loads(ETCD).cluster
+    assert cluster.share == ("operator",)
+    assert cluster.shares("operator") and not cluster.shares("alertmanager") and not cluster.shares("passive")
+    more = config.loads(ETCD + "  share: [alertmanager, passive]\n").cluster
+    assert more.shares("alertmanager") and more.shares("passive") and not more.shares("operator")
+    assert not ClusterConfig(share=("operator", "alertmanager")).shares("alertmanager")  # store: local shares nothing
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -66,6 +75,10 @@ def test_an_etcd_store_with_every_key() -> None:
             "lvsguard.yaml:2:3: cluster.endpoints: TLS files are set but an endpoint is http://",
         ),
         ("cluster:\n  stor: etcd\n", "lvsguard.yaml:2:3: cluster.stor: unknown key; did you mean 'store'?"),
+        (
+            "cluster:\n  share: [operator, alert]\n",
+            "lvsguard.yaml:2:21: cluster.share[1]: must be one of operator, alertmanager, passive, got 'alert'",
+        ),
     ],
     ids=[
         "unknown_store",
@@ -77,6 +90,7 @@ def test_an_etcd_store_with_every_key() -> None:
         "cert_without_key",
         "tls_files_with_http",
         "misspelt_key",
+        "unknown_share",
     ],
 )
 def test_bad_values_name_file_line_and_key(text: str, problem: str) -> None:

@@ -28,7 +28,7 @@ from lvsguard.config import loads
 from lvsguard.config.passive import PassiveConfig
 from lvsguard.exporter.collector import NoNames
 from lvsguard.exporter.main import start_passive
-from lvsguard.exporter.passive.fusion import CHECK, Fusion, actuator_holds, up_since
+from lvsguard.exporter.passive.fusion import CHECK, Fusion, actuator_holds, passive_backends, up_since
 from lvsguard.exporter.passive.metrics import PassiveMetrics
 from lvsguard.exporter.passive.rule import Judge, Verdict
 from lvsguard.exporter.passive.runner import PassiveDetector
@@ -44,6 +44,7 @@ from lvsguard.exporter.probes.publish import (
 )
 from lvsguard.exporter.probes.result import ProbeResult
 from lvsguard.exporter.probes.tcp import TCPChecker
+from lvsguard.labels import PASSIVE_SOURCE
 from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, Table, VirtualService
 from tests.fakes import FakeKernel, am_alert, am_payload, fake_app, kernel_of, service
 from tests.waiting import wait_for
@@ -371,3 +372,28 @@ def test_the_exporter_without_publishing_probes_only_reports(caplog: pytest.LogC
         assert "passive_report_only" in caplog.text and "no probes run" in caplog.text
     finally:
         detector.stop()
+
+
+def test_a_restarted_exporter_finds_its_holds_shared_through_the_cluster_too() -> None:
+    """``cluster.share: [passive]``: the actuator's ledger has the hold as a cluster mirror, found all the same."""
+    fp = fingerprint(SVC, DEAD, CHECK, PASSIVE_SOURCE)
+    other = fingerprint(SVC, RS[1], CHECK, "")
+
+    def hold(source: str, holder: str, real_server: RealServerKey = DEAD, state: str = "active") -> dict[str, str]:
+        return {
+            "source": source,
+            "holder": holder,
+            "service": str(SVC),
+            "real_server": str(real_server),
+            "state": state,
+        }
+
+    holds = [
+        hold("passive", fp),
+        hold("cluster", f"passive IPVSBackendPassiveDown/{fp}", RS[1]),  # a fingerprint of another real server
+        hold("cluster", f"passive IPVSBackendPassiveDown/{fp}"),
+        hold("cluster", f"alertmanager IPVSBackendDown/{other}", RS[1]),
+        hold("cluster", f"dir1/api alice/{fp}"),
+        hold("passive", fp, state="released"),
+    ]
+    assert passive_backends(holds) == [(SVC, DEAD)]

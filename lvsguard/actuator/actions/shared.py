@@ -47,6 +47,27 @@ class ClusterDrains:
         """The job of that name as this director last read it (``actuator.drains.DrainWorker``)."""
 
 
+def store_for(store: HoldStore | None, actor: Actor) -> HoldStore | None:
+    """``store`` when ``cluster.share`` names whose hold ``actor``'s is (``operator`` or its alert source), else None."""
+    if store is None:
+        return None
+    who = "operator" if actor.hold_kind == HoldKind.MANUAL else str(actor.source)
+    return store if store.config.shares(who) else None
+
+
+def holder_of(store: HoldStore, actor: Actor) -> str:
+    """The cluster holder of ``actor``'s hold.
+
+    An operator's names the director it was taken on (``lvs1/api alice``).
+    An alert's names no director (``alertmanager BackendDown/<fingerprint>``):
+    Alertmanager sends the same alert to every director, and each one's
+    webhook makes the same hold, one in the cluster, not one per director.
+    """
+    if actor.hold_kind == HoldKind.ALERT:
+        return f"{actor.source} {actor.audit_name}"
+    return store.holder(str(actor))
+
+
 def mirror(holder: str) -> Actor:
     """The actor of a cluster hold in this director's ledger."""
     return Actor(Source.CLUSTER, holder)
@@ -124,10 +145,13 @@ def hold(
     drain_timeout: float | None = None,
     drain_delete: bool = False,
 ) -> Outcome:
-    """An operator's hold, for every director: the cluster record (quorum checked in the transaction), then here.
+    """An operator's or a shared alert's hold, for every director: the cluster record (quorum checked in the
+    transaction), then here.
 
     A drain is also a job of the cluster (``lvsguard.cluster.drains``), owned
-    by this director until it ends or this director dies.
+    by this director until it ends or this director dies. An operator's hold
+    this director's rules refuse leaves the cluster again; an alert's stays
+    and waits there, as an alert's hold waits in a director's own ledger.
     """
     svc, rs = s.real_server(target)
     if svc is None or rs is None:
@@ -139,7 +163,7 @@ def hold(
             s.policy.check_unmanaged(target)  # the config's table would add it back
         except PolicyRefused as exc:
             return s.refused(action, target, exc, actor)
-    holder = store.holder(str(actor))
+    holder = holder_of(store, actor)
 
     def check(held: frozenset[RealServerKey]) -> None:
         s.policy.check_quorum(target, _ClusterStanding(svc, _out(svc, held, but=target.real_server)))
@@ -153,7 +177,8 @@ def hold(
     outcome = holds.hold(
         s, target, mirror(holder), action=action, reason=reason, force=force, drain_timeout=drain_timeout
     )
-    if outcome.result == Result.REFUSED and new:  # this director's rules said no: the operator's request leaves no hold
+    manual = actor.hold_kind == HoldKind.MANUAL
+    if outcome.result == Result.REFUSED and new and manual:  # this director's rules said no: the request leaves no hold
         try:
             store.release(target.service, target.real_server, lambda h: h == holder)
         except ClusterStoreError as exc:
@@ -250,6 +275,29 @@ def release_many(
     return [_release_here(s, t, actor, scope=scope, force=force) for t in targets]
 
 
+def resolve(s: Session, store: HoldStore, actor: Actor) -> list[Outcome]:
+    """A shared alert resolved on this director: its holds leave the cluster, then their mirrors here.
+
+    Any director's resolve counts (every director gets the same alert from
+    Alertmanager). The cluster's holds are read, not this director's
+    mirrors: a hold this director has not applied yet goes too. What the
+    alert holds in this director's own ledger (taken before it was shared, a
+    failover) is released as without a cluster.
+    """
+    holder = holder_of(store, actor)
+    try:
+        records, _revision = store.snapshot()
+        items = list(dict.fromkeys((r.service, r.real_server) for r in records if r.holder == holder))
+        if items:
+            store.release_many(items, lambda h: h == holder)
+    except ClusterStoreError as exc:
+        return [_unreachable(s, "restore", None, actor, exc)]
+    targets = {Target(service, rs) for service, rs in items}
+    targets |= {h.target for h in s.ledger.holds_of(HoldKind.ALERT, holder)}
+    outcomes = [holds.release(s, t, mirror(holder)) for t in sorted(targets, key=str)]
+    return outcomes + holds.resolve(s, actor)
+
+
 def _drop_mirrors(s: Session, holder: str, targets: set[Target]) -> None:
     """Forget ``holder``'s mirror holds on ``targets`` (a mirror waits as an alert's hold would; these must not)."""
     with s.ledger.transaction():
@@ -321,13 +369,13 @@ def _delete(s: Session, target: Target, holder: str, rs: RealServer) -> Outcome:
     return s.finish(s.delete(target, actor, rs), actor)
 
 
-def _unreachable(s: Session, action: str, target: Target, actor: Actor, exc: ClusterStoreError) -> Outcome:
+def _unreachable(s: Session, action: str, target: Target | None, actor: Actor, exc: ClusterStoreError) -> Outcome:
     """Nothing changed here. A write that an etcd member received without answering may still commit."""
     if exc.maybe_applied:
         message = (
-            f"{target}: not confirmed by the cluster store, nothing changed here yet: {exc}; etcd may still "
+            f"{target or actor}: not confirmed by the cluster store, nothing changed here yet: {exc}; etcd may still "
             "record it once its quorum is back, and then every director applies it (see lvsguard status --cluster)"
         )
     else:
-        message = f"{target}: nothing changed, the cluster store cannot be reached: {exc}"
+        message = f"{target or actor}: nothing changed, the cluster store cannot be reached: {exc}"
     return s.finish(Outcome(action, target, Result.ERROR, message, reason=STORE_REASON), actor)

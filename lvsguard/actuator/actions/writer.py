@@ -49,8 +49,10 @@ class _SyncDaemonReader(Protocol):
 class Batch:
     """What one alert of a webhook payload may do inside the payload's batch session (:meth:`Actions.alerts`)."""
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, cluster: HoldStore | None = None):
         self._session = session
+        self._cluster = cluster
+        """The cluster store's holds; an alert's hold goes there when ``cluster.share`` names its source."""
 
     def hold(
         self,
@@ -62,6 +64,18 @@ class Batch:
         drain_timeout: float | None = None,
         drain_delete: bool = False,
     ) -> Outcome:
+        store = shared.store_for(self._cluster, actor)
+        if store is not None and (not drain_delete or self._session.drains.store is not None):
+            return shared.hold(
+                self._session,
+                store,
+                target,
+                actor,
+                action=action,
+                reason=reason,
+                drain_timeout=drain_timeout,
+                drain_delete=drain_delete,
+            )
         return holds.hold(
             self._session,
             target,
@@ -77,6 +91,9 @@ class Batch:
 
     def resolve(self, actor: Actor) -> list[Outcome]:
         """Release everything the alert ``actor`` holds; an empty list when it holds nothing."""
+        store = shared.store_for(self._cluster, actor)
+        if store is not None:
+            return shared.resolve(self._session, store, actor)
         return holds.resolve(self._session, actor)
 
     def failover(self, actor: Actor, *, reason: str = "") -> Outcome:
@@ -250,10 +267,11 @@ class Actions:
         """
         with self._session(ledger) as s:
             shared_drains = not drain_delete or self.drains.store is not None
-            if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL and shared_drains:
+            store = shared.store_for(self.cluster, actor)
+            if store is not None and actor.hold_kind == HoldKind.MANUAL and shared_drains:
                 return shared.hold(
                     s,
-                    self.cluster,
+                    store,
                     target,
                     actor,
                     action=action,
@@ -281,8 +299,9 @@ class Actions:
         With a cluster store, an operator's restore is the whole cluster's (``shared``).
         """
         with self._session(ledger) as s:
-            if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL and scope != "alerts":
-                return shared.release(s, self.cluster, target, actor, scope=scope, force=force)
+            store = shared.store_for(self.cluster, actor)
+            if store is not None and actor.hold_kind == HoldKind.MANUAL and scope != "alerts":
+                return shared.release(s, store, target, actor, scope=scope, force=force)
             return holds.release(s, target, actor, scope=scope, force=force)
 
     def hold_many(
@@ -305,10 +324,9 @@ class Actions:
         """
         with self._lock:
             with self._session(ledger, batch=True) as s:
-                if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL:
-                    outcomes = shared.hold_many(
-                        s, self.cluster, targets, actor, action=action, reason=reason, force=force
-                    )
+                store = shared.store_for(self.cluster, actor)
+                if store is not None and actor.hold_kind == HoldKind.MANUAL:
+                    outcomes = shared.hold_many(s, store, targets, actor, action=action, reason=reason, force=force)
                 else:
                     outcomes = [holds.hold(s, t, actor, action=action, reason=reason, force=force) for t in targets]
             return [s.settled(o) for o in outcomes]
@@ -319,8 +337,9 @@ class Actions:
         """An operator's restore of many real servers at once, in one batch session (``hold_many``)."""
         with self._lock:
             with self._session(ledger, batch=True) as s:
-                if self.cluster is not None and actor.hold_kind == HoldKind.MANUAL and scope != "alerts":
-                    outcomes = shared.release_many(s, self.cluster, targets, actor, scope=scope, force=force)
+                store = shared.store_for(self.cluster, actor)
+                if store is not None and actor.hold_kind == HoldKind.MANUAL and scope != "alerts":
+                    outcomes = shared.release_many(s, store, targets, actor, scope=scope, force=force)
                 else:
                     outcomes = [holds.release(s, t, actor, scope=scope, force=force) for t in targets]
             return [s.settled(o) for o in outcomes]
@@ -383,7 +402,7 @@ class Actions:
         with self._lock:
             table = self._kernel.read() if preload else None
             with self._session(ledger, table=table, batch=True, cached=True) as s:
-                batch = Batch(s)
+                batch = Batch(s, self.cluster)
                 results = [handle(batch, item) for item in items]
         return [[s.settled(o) for o in outcomes] for outcomes in results]
 

@@ -30,6 +30,7 @@ import logging
 import urllib.request
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from lvsguard.exporter.passive.conntable import Backend
 from lvsguard.exporter.passive.rule import Judge, Verdict
@@ -67,16 +68,31 @@ def actuator_holds(url: str, token: str) -> Holds:
         )
         with opener.open(request, timeout=HTTP_TIMEOUT) as reply:
             doc = json.load(reply)
-        out = []
-        for h in doc["holds"]:
-            if h["source"] != PASSIVE_SOURCE or h["state"] != "active":
-                continue
-            backend = (ServiceKey.parse(h["service"]), RealServerKey.parse(h["real_server"]))
-            if h["holder"] == fingerprint(*backend, CHECK, PASSIVE_SOURCE):
-                out.append(backend)
-        return out
+        return passive_backends(doc["holds"])
 
     return read
+
+
+def passive_backends(holds: list[dict[str, Any]]) -> list[Backend]:
+    """The real servers of the active passive holds among the actuator ledger's ``holds``.
+
+    A passive hold shared through the cluster store (``cluster.share: [passive]``)
+    is in the ledger as source ``cluster``, holder ``passive <alertname>/<fingerprint>``.
+    """
+    out = []
+    for h in holds:
+        if h["state"] != "active":
+            continue
+        if h["source"] == PASSIVE_SOURCE:
+            holder = h["holder"]
+        elif h["source"] == "cluster" and h["holder"].startswith(f"{PASSIVE_SOURCE} "):
+            holder = h["holder"].rsplit("/", 1)[-1]
+        else:
+            continue
+        backend = (ServiceKey.parse(h["service"]), RealServerKey.parse(h["real_server"]))
+        if holder == fingerprint(*backend, CHECK, PASSIVE_SOURCE):
+            out.append(backend)
+    return list(dict.fromkeys(out))  # a local hold and a cluster mirror of the same verdict: one
 
 
 def up_since(check: Standing, results_then: int) -> bool:
