@@ -20,7 +20,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from lvsguard.config.reuse import TAG as REUSED
-from lvsguard.config.schema import Context, Key, Schema, boolean, choice, duration_range, is_null
+from lvsguard.config.schema import Context, Invalid, Key, Schema, boolean, choice, duration_range, is_null
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.load import DRIFT_POLICIES, TABLE_SOURCES, TableSettings, load_table
 from lvsguard.table.plan import PRUNE_POLICIES
@@ -76,6 +76,14 @@ _SCALARS = yaml.constructor.SafeConstructor()
 """Only its stateless scalar constructors are used (int, bool): shared by every load."""
 
 
+class _Unbuildable(Invalid):
+    """A value YAML cannot build, with the position of the node at fault (which may lie below the key's)."""
+
+    def __init__(self, message: str, mark: Any):
+        super().__init__(message)
+        self.node = ScalarNode(_STR, "", start_mark=mark)
+
+
 class _Unusual(Exception):
     """A node ``_plain`` leaves to PyYAML's constructor: another tag, a merge key, a key that is not a scalar."""
 
@@ -90,7 +98,13 @@ def _data(node: Node) -> Any:
     try:
         return _plain(node, 0)
     except _Unusual:
+        pass
+    try:
         return yaml.constructor.SafeConstructor().construct_document(node)
+    except yaml.constructor.ConstructorError as exc:  # a tag PyYAML's safe loader does not know (`!foo`)
+        raise _Unbuildable(exc.problem or "a value YAML cannot build", exc.problem_mark or node.start_mark) from None
+    except ValueError as exc:  # an explicit tag on a value that is not one (`!!float abc`)
+        raise Invalid(f"a value YAML cannot build: {exc}") from None
 
 
 def _plain(node: Node, depth: int) -> Any:
@@ -109,7 +123,10 @@ def _plain(node: Node, depth: int) -> Any:
     if tag == _SEQ and isinstance(node, SequenceNode):
         return [_plain(item, depth + 1) for item in node.value]
     if tag == _INT and isinstance(node, ScalarNode):
-        return _SCALARS.construct_yaml_int(node)
+        try:
+            return _SCALARS.construct_yaml_int(node)
+        except ValueError:  # `!!int abc`: the tag forced a string that is no integer
+            raise Invalid(f"{node.value!r} is not an integer") from None
     if tag == _BOOL and isinstance(node, ScalarNode):
         return _SCALARS.construct_yaml_bool(node)
     if tag == _NULL and isinstance(node, ScalarNode):
@@ -158,7 +175,12 @@ def check_table(node: Node, path: str, ctx: Context) -> DesiredTable:
     """
     if is_null(node):
         return DesiredTable()
-    data = _data(node) if not ctx.reused else [_entry_data(item, ctx) for item in node.value]
+    try:
+        data = _data(node) if not ctx.reused else [_entry_data(item, ctx) for item in node.value]
+    except Invalid as exc:  # a value YAML cannot build: its key's own parser recorded it, unless it had none
+        if not ctx.problems:
+            ctx.problem(exc.node if isinstance(exc, _Unbuildable) else node, path, str(exc))
+        return DesiredTable()
     _, desired, problems = load_table({"services": data})
     reported = {p.key for p in ctx.problems}
     for key, message in problems:

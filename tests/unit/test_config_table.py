@@ -144,3 +144,38 @@ def test_table_values_are_what_safe_load_gives(text: str) -> None:
         assert got[0] is got and want[0] is want
     else:
         assert got == want
+
+
+TAGGED = """\
+table:
+  manage: true
+services:
+  - name: web
+    service: TCP 192.0.2.10:80
+    scheduler: wrr
+    real_servers:
+      - name: web1
+        address: "10.0.1.2:80"
+        weight: 3
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "message"),
+    [
+        ("weight: 3", "weight: !!int abc", "10:17: services[0].real_servers[0].weight", "'abc' is not an integer"),
+        ("weight: 3", "weight: !foo 3", "10:17: services[0].real_servers[0].weight", "tag '!foo'"),
+        ("weight: 3", "weight: !!float abc", "10:17: services[0].real_servers[0].weight", "cannot build"),
+        ("scheduler: wrr", "scheduler: !foo wrr", "6:16: services[0].scheduler", "tag '!foo'"),
+        ("real_servers:\n", "real_servers: !foo\n", "7:19: services", "tag '!foo'"),
+        ("  - name: web\n", "  - !foo\n    name: web\n", "4:5: services", "tag '!foo'"),
+        ("services:\n", "services: !foo\n", "3:11: services", "tag '!foo'"),
+    ],
+)
+def test_a_value_yaml_cannot_build_is_a_problem_at_its_line(old: str, new: str, where: str, message: str) -> None:
+    text = TAGGED.replace(old, new, 1)
+    assert text != TAGGED
+    with pytest.raises(ConfigError) as caught:
+        config.loads(text, "lvsguard.yaml")  # before: ValueError or ConstructorError, a traceback
+    shown = str(caught.value)
+    assert f"lvsguard.yaml:{where}: " in shown and message in shown, shown
