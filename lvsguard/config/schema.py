@@ -415,7 +415,13 @@ def integer(low: int, high: int) -> Parser:
 def boolean(node: Node, path: str, ctx: Context) -> bool:
     if not (isinstance(node, ScalarNode) and node.tag == BOOL):
         raise Invalid(f"must be true or false, got {kind_of(node)}")
-    return node.value.lower() in ("true", "yes", "on")
+    word = node.value.lower()
+    if word not in _BOOLEAN_WORDS:  # an explicit `!!bool maybe`: YAML's resolver never tags such a word
+        raise Invalid(f"must be true or false, got {node.value!r}")
+    return word in ("true", "yes", "on")
+
+
+_BOOLEAN_WORDS = frozenset(("true", "yes", "on", "false", "no", "off"))
 
 
 def seconds(value: object) -> float:

@@ -103,7 +103,7 @@ def _data(node: Node) -> Any:
         return yaml.constructor.SafeConstructor().construct_document(node)
     except yaml.constructor.ConstructorError as exc:  # a tag PyYAML's safe loader does not know (`!foo`)
         raise _Unbuildable(exc.problem or "a value YAML cannot build", exc.problem_mark or node.start_mark) from None
-    except ValueError as exc:  # an explicit tag on a value that is not one (`!!float abc`)
+    except Exception as exc:  # an explicit tag on a value that is not one (`!!float abc`): PyYAML raises anything
         raise Invalid(f"a value YAML cannot build: {exc}") from None
 
 
@@ -125,10 +125,13 @@ def _plain(node: Node, depth: int) -> Any:
     if tag == _INT and isinstance(node, ScalarNode):
         try:
             return _SCALARS.construct_yaml_int(node)
-        except ValueError:  # `!!int abc`: the tag forced a string that is no integer
+        except (ValueError, IndexError):  # `!!int abc`, `!!int ''`: the tag forced a string that is no integer
             raise Invalid(f"{node.value!r} is not an integer") from None
     if tag == _BOOL and isinstance(node, ScalarNode):
-        return _SCALARS.construct_yaml_bool(node)
+        try:
+            return _SCALARS.construct_yaml_bool(node)
+        except KeyError:  # `!!bool maybe`
+            raise Invalid(f"must be true or false, got {node.value!r}") from None
     if tag == _NULL and isinstance(node, ScalarNode):
         return None
     raise _Unusual

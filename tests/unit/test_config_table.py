@@ -166,6 +166,7 @@ services:
         ("weight: 3", "weight: !!int abc", "10:17: services[0].real_servers[0].weight", "'abc' is not an integer"),
         ("weight: 3", "weight: !foo 3", "10:17: services[0].real_servers[0].weight", "tag '!foo'"),
         ("weight: 3", "weight: !!float abc", "10:17: services[0].real_servers[0].weight", "cannot build"),
+        ("scheduler: wrr", "scheduler: wrr\n    one_packet: !!bool maybe", "7:17: services[0].one_packet", "'maybe'"),
         ("scheduler: wrr", "scheduler: !foo wrr", "6:16: services[0].scheduler", "tag '!foo'"),
         ("real_servers:\n", "real_servers: !foo\n", "7:19: services", "tag '!foo'"),
         ("  - name: web\n", "  - !foo\n    name: web\n", "4:5: services", "tag '!foo'"),
@@ -179,3 +180,28 @@ def test_a_value_yaml_cannot_build_is_a_problem_at_its_line(old: str, new: str, 
         config.loads(text, "lvsguard.yaml")  # before: ValueError or ConstructorError, a traceback
     shown = str(caught.value)
     assert f"lvsguard.yaml:{where}: " in shown and message in shown, shown
+
+
+@pytest.mark.parametrize("tagged", ["!!bool maybe", "!!bool 1", '!!bool ""'])
+def test_an_explicit_bool_tag_on_a_word_that_is_no_boolean_is_a_problem(tagged: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.loads(f"table:\n  manage: {tagged}\n", "lvsguard.yaml")  # before: read as false, silently
+    assert "lvsguard.yaml:2:11: table.manage: must be true or false, got " in str(caught.value)
+
+
+def test_an_explicit_bool_tag_on_a_boolean_is_that_boolean() -> None:
+    assert config.loads("table:\n  manage: !!bool yes\n", "lvsguard.yaml").table.manage is True
+
+
+@pytest.mark.parametrize("tag", ["!!int", "!!float", "!!bool", "!!timestamp", "!!binary", "!!set", "!!omap", "!foo"])
+@pytest.mark.parametrize("merge", [False, True], ids=["plain", "merge-key"])
+def test_no_tagged_table_value_ends_in_a_traceback(tag: str, merge: bool) -> None:
+    """PyYAML's constructors raise ValueError, KeyError, IndexError or AttributeError on a forced tag."""
+    for value in ["abc", "1", "[1, 2]", "{a: 1}", "''", "2001-13-45", "0x", ".inf"]:
+        text = TAGGED.replace("weight: 3", f"weight: 3\n        lower_threshold: {tag} {value}")
+        if merge:  # a merge key sends the entry through PyYAML's own constructor
+            text = "defaults: &d {upper_threshold: 9}\n" + text.replace("weight: 3", "weight: 3\n        <<: *d")
+        try:
+            config.loads(text, "lvsguard.yaml")
+        except ConfigError as exc:
+            assert "lvsguard.yaml:" in str(exc)
