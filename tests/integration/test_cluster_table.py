@@ -12,17 +12,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from flask import Flask
 
 from lvsguard import cli
-from lvsguard.actuator.actions import Actions, Actor
-from lvsguard.actuator.app import ActuatorState
+from lvsguard.actuator.actions import Actor
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.actuator.targets import Target
@@ -33,6 +30,7 @@ from lvsguard.model import RealServerKey, ServiceKey
 from lvsguard.table.load import TableSettings
 from tests.etcdserver import EtcdServer, running_etcd
 from tests.fakes import FakeKernel, fake_app
+from tests.integration.test_cluster_holds import Director as HoldsDirector
 
 WEB = ServiceKey.parse("TCP 192.0.2.10:80")
 API = ServiceKey.parse("TCP 192.0.2.11:443")
@@ -69,21 +67,8 @@ def write(path: Path, doc: dict[str, Any]) -> str:
     return str(path)
 
 
-@dataclass
-class Director:
-    name: str
-    app: Flask
-    kernel: FakeKernel
-    ledger: Ledger
-
-    @property
-    def state(self) -> ActuatorState:
-        state: ActuatorState = self.app.extensions["lvsguard"]
-        return state
-
-    @property
-    def actions(self) -> Actions:
-        return self.state.actions
+class Director(HoldsDirector):
+    """A director of test_cluster_holds, with its kernel's table and its metrics."""
 
     def table(self) -> dict[str, dict[str, int]]:
         return {
