@@ -1,7 +1,9 @@
 """Cluster-wide drain jobs: one record per drained real server, one owner under an etcd lease (docs/cluster.md).
 
 An operator's drain with ``cluster.store: etcd`` is a hold of the cluster
-(``records``) and a *job* of the cluster: ``<root>drains/jobs/<service> <real
+(``records``) and a *job* of the cluster, written in the hold's own
+transaction (``DrainStore.starting``: no death between two writes leaves a
+hold that no job ends): ``<root>drains/jobs/<service> <real
 server>`` (``/lvsguard/dc1/drains/jobs/TCP 192.0.2.10:80 10.0.1.2:80``), a JSON
 document with its deadline (the epoch second it times out, fixed when it
 starts), whether it deletes the real server at the end, its state and who
@@ -205,31 +207,46 @@ class DrainStore:
         A drain already running on it is joined as it is (its deadline and
         owner stay); one that ended is replaced.
         """
-        name = job_id(service, real_server)
         for _attempt in range(20):
-            current = self.get(name)
-            if current is not None and current.running:
-                return current, False
-            lease = self.lease()
-            now = self.clock()
-            job = DrainJob(
-                service,
-                real_server,
-                holder,
-                deadline=now + timeout,
-                timeout=timeout,
-                delete=delete,
-                director=self.director,
-                started_at=now,
-                owners=(self.director,),
-            )
-            key = self.job_key(name)
-            compare = Compare(key, "mod", "=", current.revision) if current else Compare(key, "create", "=", 0)
-            ops = [put_op(key, _dump(job)), put_op(self.owner_key(name), self._mine(lease), lease)]
-            ok, revision = self.client.txn([compare], ops)
+            job, new, compare, ops = self.starting(service, real_server, holder, timeout=timeout, delete=delete)
+            if not new:
+                return job, False
+            ok, revision = self.client.txn(compare, ops)
             if ok:
                 return replace(job, revision=revision), True
-        raise ClusterStoreError(f"drain job {name}: 20 concurrent writers won in a row")
+        raise ClusterStoreError(f"drain job {job_id(service, real_server)}: 20 concurrent writers won in a row")
+
+    def starting(
+        self, service: ServiceKey, real_server: RealServerKey, holder: str, *, timeout: float, delete: bool
+    ) -> tuple[DrainJob, bool, list[Compare], list[dict[str, Any]]]:
+        """What starting a drain writes: (the job, whether it is new, the transaction's compares and writes).
+
+        The writes go into the transaction of the drain's hold
+        (``HoldStore.take``), so that no death between two writes leaves a
+        hold without the job that ends it. A running drain is joined: no
+        write, and a compare that it is still as read.
+        """
+        name = job_id(service, real_server)
+        key = self.job_key(name)
+        current = self.get(name)
+        if current is not None and current.running:
+            return current, False, [Compare(key, "mod", "=", current.revision)], []
+        lease = self.lease()
+        now = self.clock()
+        job = DrainJob(
+            service,
+            real_server,
+            holder,
+            deadline=now + timeout,
+            timeout=timeout,
+            delete=delete,
+            director=self.director,
+            started_at=now,
+            owners=(self.director,),
+        )
+        compare = Compare(key, "mod", "=", current.revision) if current else Compare(key, "create", "=", 0)
+        ops = [put_op(key, _dump(job)), put_op(self.owner_key(name), self._mine(lease), lease)]
+        return job, True, [compare], ops
 
     def claim(self, job: DrainJob) -> bool:
         """Take an ownerless running job: True for the one director whose transaction wins."""
@@ -271,12 +288,14 @@ class DrainStore:
 
     def remove(self, items: Sequence[tuple[ServiceKey, RealServerKey]]) -> None:
         """Forget the drains of the real servers (a restore): their records and owners, 64 per transaction."""
+        ops = self.remove_ops(items)
+        for start in range(0, len(ops), 2 * TXN_ITEMS):
+            self.client.txn([], ops[start : start + 2 * TXN_ITEMS])
+
+    def remove_ops(self, items: Sequence[tuple[ServiceKey, RealServerKey]]) -> list[dict[str, Any]]:
+        """The writes that forget the drains of the real servers: two per real server."""
         names = [job_id(service, real_server) for service, real_server in items]
-        for start in range(0, len(names), TXN_ITEMS):
-            chunk = names[start : start + TXN_ITEMS]
-            self.client.txn(
-                [], [op for n in chunk for op in (delete_op(self.job_key(n)), delete_op(self.owner_key(n)))]
-            )
+        return [op for n in names for op in (delete_op(self.job_key(n)), delete_op(self.owner_key(n)))]
 
 
 def _dump(job: DrainJob) -> str:

@@ -132,12 +132,16 @@ class HoldStore:
         action: str,
         reason: str = "",
         check: Callable[[frozenset[RealServerKey]], None] = lambda held: None,
+        extra: Callable[[], tuple[Sequence[Compare], Sequence[dict[str, Any]]]] | None = None,
     ) -> bool:
         """Add ``holder``'s hold on the real server; False when it was there already.
 
         ``check(held)`` gets the real servers the cluster holds in the service
         (before this hold) and raises to refuse (the quorum: PolicyRefused);
         it runs again on every retry, against what the winning writer left.
+        ``extra()`` gives more compares and writes for the same transaction (a
+        drain's job: ``DrainStore.starting``); it is asked again on every
+        retry, so a compare of its own that failed is made again on a fresh read.
         """
         for attempt in range(CAS_ATTEMPTS):
             fresh = attempt > 0  # the first attempt starts from the answering member's copy (serializable)
@@ -155,14 +159,23 @@ class HoldStore:
                 continue  # a refusal from a copy that may be behind: confirm with a linearizable read
             info = {"action": action, "reason": reason, "director": self.config.director_name, "at": self.clock()}
             holds.setdefault(rs, {})[holder] = info
-            if self._swap(service, revision, holds):
+            compare, also = extra() if extra is not None else ((), ())
+            if self._swap(service, revision, holds, compare=compare, also=also):
                 return True
         raise ClusterStoreError(f"cluster record of {service}: {CAS_ATTEMPTS} concurrent writers won in a row")
 
     def release(
-        self, service: ServiceKey, real_server: RealServerKey, which: Callable[[str], bool] = lambda holder: True
+        self,
+        service: ServiceKey,
+        real_server: RealServerKey,
+        which: Callable[[str], bool] = lambda holder: True,
+        *,
+        also: Sequence[dict[str, Any]] = (),
     ) -> list[str]:
-        """Remove the holds on the real server whose holder ``which`` accepts; the holders removed."""
+        """Remove the holds on the real server whose holder ``which`` accepts; the holders removed.
+
+        ``also``: more writes for the same transaction (the real server's drain job forgotten with its holds).
+        """
         for attempt in range(CAS_ATTEMPTS):
             fresh = attempt > 0
             holds, revision = self.service_holds(service, serializable=not fresh)
@@ -176,7 +189,7 @@ class HoldStore:
                 del holds[rs][h]
             if not holds[rs]:
                 del holds[rs]
-            if self._swap(service, revision, holds):
+            if self._swap(service, revision, holds, also=also):
                 return gone
         raise ClusterStoreError(f"cluster record of {service}: {CAS_ATTEMPTS} concurrent writers won in a row")
 

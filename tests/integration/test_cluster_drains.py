@@ -25,6 +25,7 @@ import pytest
 
 from lvsguard.actuator import client as cli_client
 from lvsguard.actuator.openapi import document
+from lvsguard.actuator.settings import RateLimit
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster import drains
 from lvsguard.cluster.drains import DrainJob, DrainStore
@@ -298,3 +299,37 @@ def test_a_drain_whose_connections_last_times_out_at_its_deadline(directors: Sta
     assert "dir2: 3" in job.message
     assert present(dir1, 2) and present(dir2, 2)  # not deleted: it stays at weight 0
     wait_weights([dir1, dir2], [5, 5, 0])
+
+
+class Killed(BaseException):
+    """The director's process ends here (a kill -9): nothing after this point runs, nothing is answered."""
+
+
+def test_a_director_killed_right_after_its_cluster_write_leaves_a_drain_the_others_finish(
+    directors: Start, short_lease: None
+) -> None:
+    """The hold and the drain job are one etcd transaction: no death leaves a held real server that no job ends."""
+    dir1, dir2, dir3 = fast(directors(3, job_poll_interval=0.2))
+    dir1.kernel.fail_writes = Killed()  # type: ignore[assignment]  # its first kernel write, after the cluster's
+    with pytest.raises(Killed):
+        dir1.actions.hold(dir1.ledger, Target(WEB, RS[1]), ALICE, action="drain", drain_timeout=120, drain_delete=True)
+    die(dir1)
+    assert dir1.weights() == [5, 5, 5]  # it never wrote its kernel
+    wait_weights([dir2, dir3], [5, 0, 5])  # the hold is the cluster's: the others take it out
+    wait(lambda: owner(dir2, 1) in ("dir2", "dir3"), "another director owning the drain once dir1's lease ended")
+    job = cluster_job(dir2, 1)
+    assert job is not None and job.owners == ("dir1", owner(dir2, 1)) and job.delete
+    wait(lambda: not present(dir2, 1) and not present(dir3, 1), "rs2 drained and deleted on dir2 and dir3")
+    job = cluster_job(dir2, 1)
+    assert job is not None and job.state == "done"
+
+
+def test_a_drain_this_directors_rules_refuse_leaves_neither_hold_nor_job(directors: Start) -> None:
+    """The cluster's quorum allows it, this director's rate limit does not: the hold and its job leave together."""
+    (dir1,) = directors(1, rate_limit=RateLimit(1, 600.0))
+    assert dir1.actions.hold(dir1.ledger, Target(WEB, RS[1]), ALICE).result == "applied"  # the one write allowed
+    outcome = dir1.actions.hold(dir1.ledger, Target(WEB, RS[0]), ALICE, action="drain", drain_timeout=60)
+    assert (outcome.result, outcome.reason) == ("refused", "rate_limit"), outcome
+    assert dir1.actions.cluster is not None
+    assert [(h.real_server, h.action) for h in dir1.actions.cluster.snapshot()[0]] == [(RS[1], "quarantine")]
+    assert cluster_job(dir1, 0) is None and owner(dir1, 0) is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
+from typing import Any
 
 from lvsguard.actuator.actions import holds
 from lvsguard.actuator.actions.outcome import Actor, Outcome
@@ -30,6 +31,7 @@ from lvsguard.actuator.policy import Policy
 from lvsguard.actuator.states import HoldKind, Result, Source
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.drains import DrainJob, DrainStore
+from lvsguard.cluster.etcd import Compare
 from lvsguard.cluster.records import DELETE, ClusterHold, HoldStore
 from lvsguard.errors import ClusterStoreError, PolicyRefused
 from lvsguard.model import RealServer, RealServerKey, ServiceKey
@@ -149,7 +151,8 @@ def hold(
     transaction), then here.
 
     A drain is also a job of the cluster (``lvsguard.cluster.drains``), owned
-    by this director until it ends or this director dies. An operator's hold
+    by this director until it ends or this director dies, written in the
+    hold's own transaction. An operator's hold
     this director's rules refuse leaves the cluster again; an alert's stays
     and waits there, as an alert's hold waits in a director's own ledger.
     """
@@ -164,12 +167,31 @@ def hold(
         except PolicyRefused as exc:
             return s.refused(action, target, exc, actor)
     holder = holder_of(store, actor)
+    drains = s.drains.store if action == "drain" else None
+    timeout = s.settings.drain_timeout if drain_timeout is None else drain_timeout
+    started: list[tuple[DrainJob, bool]] = []  # the drain job the last attempt of the transaction wrote or joined
 
     def check(held: frozenset[RealServerKey]) -> None:
         s.policy.check_quorum(target, _ClusterStanding(svc, _out(svc, held, but=target.real_server)))
 
+    def with_job() -> tuple[list[Compare], list[dict[str, Any]]]:
+        assert drains is not None
+        job, created, compare, ops = drains.starting(
+            target.service, target.real_server, holder, timeout=timeout, delete=drain_delete
+        )
+        started[:] = [(job, created)]
+        return compare, ops
+
     try:
-        new = store.take(target.service, target.real_server, holder, action=action, reason=reason, check=check)
+        new = store.take(
+            target.service,
+            target.real_server,
+            holder,
+            action=action,
+            reason=reason,
+            check=check,
+            extra=with_job if drains is not None else None,
+        )
     except PolicyRefused as exc:
         return s.refused(action, target, exc, actor)
     except ClusterStoreError as exc:
@@ -179,20 +201,24 @@ def hold(
     )
     manual = actor.hold_kind == HoldKind.MANUAL
     if outcome.result == Result.REFUSED and new and manual:  # this director's rules said no: the request leaves no hold
-        try:
-            store.release(target.service, target.real_server, lambda h: h == holder)
+        ours = [(target.service, target.real_server)] if started and started[0][1] else []
+        try:  # the hold and the drain job it started go in one transaction, as they came
+            also = drains.remove_ops(ours) if drains is not None else []
+            store.release(target.service, target.real_server, lambda h: h == holder, also=also)
         except ClusterStoreError as exc:
             return _unreachable(s, action, target, actor, exc)
         _drop_mirrors(s, holder, {target})
         return replace(outcome, details={**outcome.details, "cluster": holder})
-    if action == "drain" and s.drains.store is not None and outcome.result in (Result.APPLIED, Result.RECORDED):
-        timeout = s.settings.drain_timeout if drain_timeout is None else drain_timeout
-        try:
-            job, _new = s.drains.store.start(
-                target.service, target.real_server, holder, timeout=timeout, delete=drain_delete
-            )
-        except ClusterStoreError as exc:
-            return _unreachable(s, action, target, actor, exc)
+    if drains is not None and (new or outcome.result in (Result.APPLIED, Result.RECORDED)):
+        if new:
+            job = started[0][0]  # written with the hold
+        else:  # the hold was there already (another director's webhook got the same alert): join or start its job
+            try:
+                job, _new = drains.start(
+                    target.service, target.real_server, holder, timeout=timeout, delete=drain_delete
+                )
+            except ClusterStoreError as exc:
+                return _unreachable(s, action, target, actor, exc)
         owner = job.owners[-1] if job.owners else "?"
         outcome = replace(
             outcome,
@@ -311,10 +337,11 @@ def release(s: Session, store: HoldStore, target: Target, actor: Actor, *, scope
 
     Its drain job goes too (a deletion that ended one is forgotten: the real server may be added again).
     """
-    try:
-        store.release(target.service, target.real_server)
-        if s.drains.store is not None:
-            s.drains.store.remove([(target.service, target.real_server)])
+    drains, item = s.drains.store, [(target.service, target.real_server)]
+    try:  # the holds and the drain job in one transaction; a job without a hold (nothing released) goes alone
+        released = store.release(*item[0], also=drains.remove_ops(item) if drains is not None else ())
+        if not released and drains is not None:
+            drains.remove(item)
     except ClusterStoreError as exc:
         return _unreachable(s, "restore", target, actor, exc)
     return _release_here(s, target, actor, scope=scope, force=force)
