@@ -35,9 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,10 @@ from typing import Any
 
 import yaml
 
-from lab.etcd import EtcdLab
+from lab.etcd import ETCD, EtcdLab
+from lab.polling import poll
 from lab.servers import ServerSpec
-from lab.topology import LabError, _ip_batch, _namespace_exists, _sysctl
+from lab.topology import LabError, _ip_batch, _namespace_exists, _sysctl, in_lab_vm
 from lab.traffic import hold_connections
 from lvsguard.ipvs.netlink import NetlinkIPVS
 from lvsguard.ipvs.netns import entered
@@ -69,6 +71,7 @@ ACTUATOR_PORT = 9911  # on 127.0.0.1 of each director's namespace
 READY_TIMEOUT = 90.0  # seconds: three Pythons importing pyroute2 and Flask at once under UML
 RS_PORT = 8080
 SERVERS_READY_TIMEOUT = 30.0
+CONVERGE_TIMEOUT = 60.0  # seconds: ``ClusterLab.wait``'s default; etcd commits in tens of ms, the VM is slow and shared
 
 
 @dataclass
@@ -214,6 +217,22 @@ class ClusterLab:
 
     def __exit__(self, *exc: object) -> None:
         self.teardown()
+
+    def wait(self, check: Callable[[], bool], what: str, timeout: float = CONVERGE_TIMEOUT) -> float:
+        """Seconds until ``check()`` holds; AssertionError naming ``what``, with every director's state, after ``timeout``."""
+        started = time.monotonic()
+        poll(what, check, bool, timeout, interval=0.1, detail=self.describe)
+        return time.monotonic() - started
+
+    def describe(self) -> str:
+        """Every director's IPVS table (``ipvsadm -Ln``: weights and connections) and its actuator's log tail."""
+        parts = []
+        for d in self.directors:
+            table = subprocess.run(
+                ["ip", "netns", "exec", d.netns, "ipvsadm", "-Ln"], capture_output=True, text=True, check=False
+            )
+            parts.append(f"--- {d.name}\n{table.stdout}{table.stderr}{d.log_tail()}")
+        return "\n".join(parts)
 
     def bulk_service(self) -> dict[str, Any]:
         """The ``bulk`` service (``BULK_SERVICE``: ``self.bulk + 1`` real servers of weight 1), as config."""
@@ -466,3 +485,30 @@ class ClusterLab:
         if svc is None:
             return {}
         return {addresses[rs.key]: rs.weight for rs in svc.real_servers if rs.key in addresses}
+
+
+@contextmanager
+def running(directors: int = 3, **options: Any) -> Iterator[ClusterLab]:
+    """``ClusterLab(directors, **options)`` built for the block, then torn down: a kernel test module's lab.
+
+    Raises ``unittest.SkipTest`` (pytest: a skip) where it cannot be built:
+    outside the lab VM or without root, or without Debian's etcd. After the
+    block, a traceback in any director's actuator log fails it.
+    """
+    if not (in_lab_vm() and os.geteuid() == 0):
+        raise unittest.SkipTest(
+            "builds namespaces and IPVS tables: runs inside lab/vm.sh, or with FORCE=1 on a disposable host"
+        )
+    if not os.access(ETCD, os.X_OK):
+        raise unittest.SkipTest(f"needs {ETCD} (Debian package etcd-server)")
+    lab = ClusterLab(directors, **options)
+    lab.build()
+    try:
+        yield lab
+    finally:
+        try:
+            for d in lab.directors:
+                if "Traceback" in d.log.read_text(errors="replace"):
+                    raise AssertionError(f"the actuator of {d.name} logged a traceback:\n{d.log_tail(60)}")
+        finally:
+            lab.teardown()

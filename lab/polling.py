@@ -16,14 +16,25 @@ T = TypeVar("T")
 
 
 def poll(
-    what: str, probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 15.0, interval: float = 0.3
+    what: str,
+    probe: Callable[[], T],
+    done: Callable[[T], bool],
+    timeout: float = 15.0,
+    interval: float = 0.3,
+    *,
+    detail: Callable[[], str] | None = None,
 ) -> T:
-    """Call ``probe`` until ``done(result)``; AssertionError naming ``what`` and the last result after ``timeout`` s."""
+    """Call ``probe`` until ``done(result)``; AssertionError naming ``what`` and the last result after ``timeout`` s.
+
+    ``detail``: what else the failure should show (the state of the peers), called only then.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
         if done(result):
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {result!r} after {timeout:.0f} s")
+            raise AssertionError(
+                f"{what}: still {result!r} after {timeout:.0f} s" + (f"\n{detail()}" if detail else "")
+            )
         time.sleep(interval)

@@ -19,51 +19,26 @@ directors' connections to end and deletes the real server on both; director
 from __future__ import annotations
 
 import calendar
-import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
-from lab.cluster import ClusterLab
-from lab.etcd import ETCD
-from lab.topology import in_lab_vm
+from lab.cluster import ClusterLab, running
 
 pytestmark = pytest.mark.kernel
 
 FULL = {"rs1": 3, "rs2": 2, "rs3": 1}
-WAIT = 60.0  # seconds; a takeover is the 10 s lease plus a round, the VM is slow and shared
 HELD = 12  # long-lived connections per director: wrr 3:2:1 gives each real server some
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ClusterLab]:
-    if not (in_lab_vm() and os.geteuid() == 0):
-        pytest.skip("builds namespaces and IPVS tables: runs inside lab/vm.sh, or with FORCE=1 on a disposable host")
-    if not os.access(ETCD, os.X_OK):
-        pytest.skip(f"needs {ETCD} (Debian package etcd-server)")
-    lab = ClusterLab(3, traffic=True, manage=False)
-    lab.build()
-    try:
+    with running(3, traffic=True, manage=False) as lab:
         yield lab
-    finally:
-        for d in lab.directors:
-            assert "Traceback" not in d.log.read_text(errors="replace"), d.log_tail(60)
-        lab.teardown()
-
-
-def wait_for(check: Callable[[], bool], what: str, cluster: ClusterLab, timeout: float = WAIT) -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            state = {d.name: (cluster.weights(d.name), cluster.active(d.name)) for d in cluster.directors}
-            logs = "\n".join(f"--- {d.name}\n{d.log_tail()}" for d in cluster.directors)
-            pytest.fail(f"{what} not after {timeout:g} s; (weights, active) {state}\n{logs}")
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 def drains(cluster: ClusterLab, name: str) -> list[dict[str, Any]]:
@@ -96,23 +71,23 @@ def test_a_killed_owner_is_replaced_and_the_drain_times_out_at_its_own_deadline(
     with ExitStack() as stack:
         for d in cluster.directors:
             stack.enter_context(cluster.hold(d.name, HELD))
-        wait_for(lambda: all(cluster.active(d.name)["rs3"] > 0 for d in cluster.directors), "rs3 active", cluster)
+        cluster.wait(lambda: all(cluster.active(d.name)["rs3"] > 0 for d in cluster.directors), "rs3 active")
         status, reply = cluster.call("dir2", "/api/v1/drain", {"service": "web", "real_server": "rs3", "timeout": 40})
         assert (status, reply["result"]) == (202, "applied"), reply
-        wait_for(lambda: all(cluster.weights(d.name)["rs3"] == 0 for d in cluster.directors), "rs3 at 0", cluster)
+        cluster.wait(lambda: all(cluster.weights(d.name)["rs3"] == 0 for d in cluster.directors), "rs3 at 0")
         job = drain_of(cluster, "dir1", address)
         assert (job["state"], job["owner"], job["owners"]) == ("running", "dir2", ["dir2"]), job
         deadline = epoch(job["deadline"])
 
         cluster.kill("dir2")  # SIGKILL mid-drain: its lease runs out
         try:
-            wait_for(lambda: drain_of(cluster, "dir1", address)["owner"] in ("dir1", "dir3"), "a new owner", cluster)
+            cluster.wait(lambda: drain_of(cluster, "dir1", address)["owner"] in ("dir1", "dir3"), "a new owner")
             job = drain_of(cluster, "dir3", address)
             new_owner = job["owner"]
             assert job["owners"] == ["dir2", new_owner] and job["state"] == "running", job
             assert epoch(job["deadline"]) == deadline  # taken over from where it was, not restarted
             print(f"{new_owner} took the drain over; {deadline - time.time():.0f} s left to its deadline")
-            wait_for(lambda: drain_of(cluster, "dir1", address)["state"] != "running", "the drain's end", cluster)
+            cluster.wait(lambda: drain_of(cluster, "dir1", address)["state"] != "running", "the drain's end")
             job = drain_of(cluster, "dir1", address)
             assert (job["state"], job["owners"]) == ("timeout", ["dir2", new_owner]), job
             assert epoch(job["ended_at"]) >= deadline  # connections open: not before its deadline
@@ -124,7 +99,7 @@ def test_a_killed_owner_is_replaced_and_the_drain_times_out_at_its_own_deadline(
             cluster.wait_ready("dir2")
     status, reply = cluster.call("dir3", "/api/v1/restore", {"service": "web", "real_server": "rs3"})
     assert (status, reply["result"]) == (200, "applied"), reply
-    wait_for(lambda: all(cluster.weights(d.name) == FULL for d in cluster.directors), "rs3 restored", cluster)
+    cluster.wait(lambda: all(cluster.weights(d.name) == FULL for d in cluster.directors), "rs3 restored")
     assert drains(cluster, "dir1") == []  # the restore forgot the drain
 
 
@@ -135,23 +110,23 @@ def test_a_killed_owner_is_replaced_and_the_drain_deletes_the_real_server_everyw
         with ExitStack() as others:
             for name in ("dir2", "dir3"):
                 others.enter_context(cluster.hold(name, HELD))
-            wait_for(lambda: all(cluster.active(d.name)["rs2"] > 0 for d in cluster.directors), "rs2 active", cluster)
+            cluster.wait(lambda: all(cluster.active(d.name)["rs2"] > 0 for d in cluster.directors), "rs2 active")
             status, reply = cluster.call(
                 "dir1", "/api/v1/drain", {"service": "web", "real_server": "rs2", "timeout": 300, "delete": True}
             )
             assert (status, reply["result"]) == (202, "applied"), reply
-            wait_for(lambda: all(cluster.weights(d.name)["rs2"] == 0 for d in cluster.directors), "rs2 at 0", cluster)
+            cluster.wait(lambda: all(cluster.weights(d.name)["rs2"] == 0 for d in cluster.directors), "rs2 at 0")
             deadline = epoch(drain_of(cluster, "dir2", address)["deadline"])
 
             cluster.kill("dir1", signal.SIGKILL)
-            wait_for(lambda: drain_of(cluster, "dir2", address)["owner"] in ("dir2", "dir3"), "a new owner", cluster)
+            cluster.wait(lambda: drain_of(cluster, "dir2", address)["owner"] in ("dir2", "dir3"), "a new owner")
             job = drain_of(cluster, "dir3", address)
             assert job["owners"] == ["dir1", job["owner"]] and job["state"] == "running", job
             assert epoch(job["deadline"]) == deadline
             assert all(cluster.weights(name)["rs2"] == 0 for name in ("dir2", "dir3"))  # still there: connections
         # the live directors' connections end (dir1's stay: a dead director is not waited for)
-        seconds = wait_for(
-            lambda: all("rs2" not in cluster.weights(name) for name in ("dir2", "dir3")), "rs2 deleted", cluster
+        seconds = cluster.wait(
+            lambda: all("rs2" not in cluster.weights(name) for name in ("dir2", "dir3")), "rs2 deleted"
         )
         print(f"rs2 deleted on dir2 and dir3 {seconds:.1f} s after their connections ended")
         job = drain_of(cluster, "dir2", address)
@@ -160,5 +135,5 @@ def test_a_killed_owner_is_replaced_and_the_drain_deletes_the_real_server_everyw
         assert cluster.weights("dir1")["rs2"] == 0  # no actuator, no change
         cluster.start("dir1")
         cluster.wait_ready("dir1")
-        wait_for(lambda: "rs2" not in cluster.weights("dir1"), "rs2 deleted on dir1 after its restart", cluster)
+        cluster.wait(lambda: "rs2" not in cluster.weights("dir1"), "rs2 deleted on dir1 after its restart")
     assert all(cluster.weights(d.name) == {"rs1": 3, "rs3": 1} for d in cluster.directors)

@@ -15,49 +15,22 @@ metrics, and converges when the link comes back.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from lab.cluster import ClusterLab
-from lab.etcd import ETCD
-from lab.topology import in_lab_vm
+from lab.cluster import ClusterLab, running
 
 pytestmark = pytest.mark.kernel
 
 FULL = {"rs1": 3, "rs2": 2, "rs3": 1}
-CONVERGE_TIMEOUT = 30.0  # seconds; the lab's etcd commits in tens of milliseconds, the VM is slow and shared
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ClusterLab]:
-    if not (in_lab_vm() and os.geteuid() == 0):
-        pytest.skip("builds namespaces and IPVS tables: runs inside lab/vm.sh, or with FORCE=1 on a disposable host")
-    if not os.access(ETCD, os.X_OK):
-        pytest.skip(f"needs {ETCD} (Debian package etcd-server)")
-    lab = ClusterLab(3)
-    lab.build()
-    try:
+    with running(3) as lab:
         yield lab
-    finally:
-        for d in lab.directors:
-            assert "Traceback" not in d.log.read_text(errors="replace"), d.log_tail(60)
-        lab.teardown()
-
-
-def wait_for(check: Callable[[], bool], what: str, cluster: ClusterLab, timeout: float = CONVERGE_TIMEOUT) -> float:
-    """Seconds until ``check()`` holds; fails with every director's weights and log tail."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            state = {d.name: cluster.weights(d.name) for d in cluster.directors}
-            logs = "\n".join(f"--- {d.name}\n{d.log_tail()}" for d in cluster.directors)
-            pytest.fail(f"{what} not after {timeout:g} s; weights {state}\n{logs}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def everywhere(
@@ -80,7 +53,7 @@ def test_a_quarantine_through_director_1_is_weight_0_on_all_three(cluster: Clust
     )
     assert (status, reply["result"]) == (200, "applied"), reply
     assert cluster.weights("dir1")["rs2"] == 0  # at once on the director that took it
-    wait_for(lambda: everywhere(cluster, {**FULL, "rs2": 0}), "rs2 at weight 0 on all three", cluster)
+    cluster.wait(lambda: everywhere(cluster, {**FULL, "rs2": 0}), "rs2 at weight 0 on all three")
     _status, ledger = cluster.call("dir3", "/api/v1/ledger")
     holds = [(h["source"], h["holder"]) for h in ledger["holds"]]
     assert holds == [("cluster", "dir1/api env")]  # LVSGUARD_TOKEN is the token named "env"
@@ -91,28 +64,28 @@ def test_killed_director_1_then_a_restore_through_director_2_restores_all(cluste
     assert cluster.weights("dir1")["rs2"] == 0  # its kernel keeps what it had
     status, reply = cluster.call("dir2", "/api/v1/restore", {"service": "web", "real_server": "rs2"})
     assert (status, reply["result"]) == (200, "applied"), reply
-    wait_for(lambda: everywhere(cluster, FULL, ("dir2", "dir3")), "rs2 restored on dir2 and dir3", cluster)
+    cluster.wait(lambda: everywhere(cluster, FULL, ("dir2", "dir3")), "rs2 restored on dir2 and dir3")
     assert cluster.weights("dir1")["rs2"] == 0  # no actuator, no change
     cluster.start("dir1")
     cluster.wait_ready("dir1")
-    wait_for(lambda: everywhere(cluster, FULL), "rs2 restored on dir1 after its restart", cluster)
+    cluster.wait(lambda: everywhere(cluster, FULL), "rs2 restored on dir1 after its restart")
 
 
 def test_a_director_cut_off_etcd_keeps_its_table_and_converges_when_it_rejoins(cluster: ClusterLab) -> None:
     d3 = cluster.director("dir3")
     cluster.etcd.partition(d3.netns)
     try:
-        wait_for(lambda: cluster.metric("dir3", "lvsguard_cluster_store_up") == 0, "dir3 reporting etcd down", cluster)
+        cluster.wait(lambda: cluster.metric("dir3", "lvsguard_cluster_store_up") == 0, "dir3 reporting etcd down")
         status, reply = cluster.call("dir1", "/api/v1/quarantine", {"service": "web", "real_server": "rs3"})
         assert (status, reply["result"]) == (200, "applied"), reply
-        wait_for(lambda: everywhere(cluster, {**FULL, "rs3": 0}, ("dir1", "dir2")), "rs3 out on dir1 and dir2", cluster)
+        cluster.wait(lambda: everywhere(cluster, {**FULL, "rs3": 0}, ("dir1", "dir2")), "rs3 out on dir1 and dir2")
         assert cluster.weights("dir3") == FULL  # its last known state, kept
         status, reply = cluster.call("dir3", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"})
         assert (status, reply["result"], reply.get("reason")) == (502, "error", "cluster_store"), reply
         assert cluster.weights("dir3") == FULL
     finally:
         cluster.etcd.heal(d3.netns)
-    seconds = wait_for(lambda: everywhere(cluster, {**FULL, "rs3": 0}), "dir3 converged after the partition", cluster)
+    seconds = cluster.wait(lambda: everywhere(cluster, {**FULL, "rs3": 0}), "dir3 converged after the partition")
     assert cluster.metric("dir3", "lvsguard_cluster_store_up") == 1
     print(f"dir3 converged {seconds:.1f} s after the partition healed")
 
@@ -123,25 +96,25 @@ def test_one_etcd_member_lost_changes_nothing_two_lost_keep_the_last_state(clust
     try:
         status, reply = cluster.call("dir2", "/api/v1/restore", {"service": "web", "real_server": "rs3"})
         assert (status, reply["result"]) == (200, "applied"), reply
-        wait_for(lambda: everywhere(cluster, FULL), "rs3 restored on all three with one etcd member down", cluster)
+        cluster.wait(lambda: everywhere(cluster, FULL), "rs3 restored on all three with one etcd member down")
         etcd.kill("etcd2")  # no quorum left
         status, reply = cluster.call("dir1", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"})
         assert (status, reply["result"], reply.get("reason")) == (502, "error", "cluster_store"), reply
         # etcd3 got the transaction and could not commit it: it may still do so once the quorum is back
         assert "not confirmed by the cluster store" in reply["message"], reply
         for d in cluster.directors:
-            wait_for(store_up(cluster, d.name, 0), f"{d.name} reporting etcd down", cluster, timeout=60)
+            cluster.wait(store_up(cluster, d.name, 0), f"{d.name} reporting etcd down")
         assert everywhere(cluster, FULL)  # every director keeps its last state
     finally:
         etcd.start("etcd1")
         etcd.start("etcd2")
     etcd.wait_ready(("etcd1", "etcd2"))
     for d in cluster.directors:
-        wait_for(store_up(cluster, d.name, 1), f"{d.name} reporting etcd up again", cluster, timeout=60)
+        cluster.wait(store_up(cluster, d.name, 1), f"{d.name} reporting etcd up again")
     status, reply = cluster.call("dir1", "/api/v1/quarantine", {"service": "web", "real_server": "rs1"})
     # "noop" when etcd committed the unconfirmed transaction of the outage once its quorum was back
     assert (status, reply["result"]) in ((200, "applied"), (200, "noop")), reply
-    wait_for(lambda: everywhere(cluster, {**FULL, "rs1": 0}), "rs1 out on all three after etcd's return", cluster)
+    cluster.wait(lambda: everywhere(cluster, {**FULL, "rs1": 0}), "rs1 out on all three after etcd's return")
 
 
 def test_the_fleet_view_shows_every_director_and_a_restore_answers_once_all_kernels_changed(
@@ -155,7 +128,7 @@ def test_the_fleet_view_shows_every_director_and_a_restore_answers_once_all_kern
     def directors() -> list[tuple[str, bool]]:
         return [(d["director"], d["converged"]) for d in fleet()["directors"]]
 
-    wait_for(lambda: directors() == [("dir1", True), ("dir2", True), ("dir3", True)], "all converged", cluster)
+    cluster.wait(lambda: directors() == [("dir1", True), ("dir2", True), ("dir3", True)], "all converged")
     assert [h["applied"] for h in fleet()["holds"]] == [{"dir1": True, "dir2": True, "dir3": True}]  # rs1
     status, reply = cluster.call("dir3", "/api/v1/restore", {"service": "web", "real_server": "rs1"})
     assert (status, reply["result"]) == (200, "applied"), reply
@@ -165,10 +138,9 @@ def test_the_fleet_view_shows_every_director_and_a_restore_answers_once_all_kern
 
     cluster.kill("dir2")  # SIGKILL: no withdrawal; its lease ends its record
     try:
-        seconds = wait_for(
+        seconds = cluster.wait(
             lambda: [d["director"] for d in fleet()["directors"] if not d["stale"]] == ["dir1", "dir3"],
             "dir2 gone from the fleet view (or shown stale)",
-            cluster,
         )
         print(f"a killed director left the fleet view after {seconds:.1f} s")
     finally:

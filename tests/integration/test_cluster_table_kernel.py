@@ -15,20 +15,15 @@ comes back.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from lab.cluster import ClusterLab, web_service
-from lab.etcd import ETCD
-from lab.topology import in_lab_vm
+from lab.cluster import ClusterLab, running, web_service
 
 pytestmark = pytest.mark.kernel
 
 NAMES = ("dir1", "dir2", "dir3")
-CONVERGE_TIMEOUT = 60.0  # seconds; the VM is slow and shared
 FIRST = {"rs1": ("10.0.1.2:8080", 3), "rs2": ("10.0.1.3:8080", 2), "rs3": ("10.0.1.4:8080", 1)}
 SECOND = {"rs1": ("10.0.1.2:8080", 5), "rs2": ("10.0.1.3:8080", 2)}  # rs1's weight changed, rs3 removed
 API = {
@@ -43,29 +38,8 @@ THIRD = {"rs1": ("10.0.1.2:8080", 5), "rs2": ("10.0.1.3:8080", 7)}
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ClusterLab]:
-    if not (in_lab_vm() and os.geteuid() == 0):
-        pytest.skip("builds namespaces and IPVS tables: runs inside lab/vm.sh, or with FORCE=1 on a disposable host")
-    if not os.access(ETCD, os.X_OK):
-        pytest.skip(f"needs {ETCD} (Debian package etcd-server)")
-    lab = ClusterLab(3, table_source="cluster")
-    lab.build()
-    try:
+    with running(3, table_source="cluster") as lab:
         yield lab
-    finally:
-        for d in lab.directors:
-            assert "Traceback" not in d.log.read_text(errors="replace"), d.log_tail(60)
-        lab.teardown()
-
-
-def wait_for(check: Callable[[], bool], what: str, cluster: ClusterLab) -> float:
-    """Seconds until ``check()`` holds; fails with every director's table and log tail."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > CONVERGE_TIMEOUT:
-            state = "\n".join(f"--- {d.name}\n{cluster.saved(d.name)}{d.log_tail()}" for d in cluster.directors)
-            pytest.fail(f"{what} not after {CONVERGE_TIMEOUT:g} s\n{state}")
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def tables_equal(cluster: ClusterLab, names: tuple[str, ...], *needles: str) -> Callable[[], bool]:
@@ -89,30 +63,28 @@ def test_no_table_is_built_before_the_first_push(cluster: ClusterLab) -> None:
 def test_the_first_push_builds_every_table(cluster: ClusterLab) -> None:
     out = cluster.push([web_service(FIRST)])
     assert "Written" in out
-    seconds = wait_for(
+    seconds = cluster.wait(
         tables_equal(cluster, NAMES, "-A -t 192.0.2.10:80 -s wrr", "-r 10.0.1.4:8080 -m -w 1"),
         "the first table on all three",
-        cluster,
     )
     print(f"three kernels built {seconds:.2f} s after apply --cluster returned")
-    wait_for(lambda: len(revisions(cluster)) == 1 and 0 not in revisions(cluster), "one revision", cluster)
+    cluster.wait(lambda: len(revisions(cluster)) == 1 and 0 not in revisions(cluster), "one revision")
 
 
 def test_a_director_down_during_a_push_converges_when_it_starts(cluster: ClusterLab) -> None:
     cluster.kill("dir3")
     before = cluster.saved("dir3")
     cluster.push([web_service(SECOND), API])
-    wait_for(
+    cluster.wait(
         tables_equal(cluster, ("dir1", "dir2"), "-A -t 192.0.2.11:443 -s rr", "-r 10.0.1.2:8080 -m -w 5"),
         "the second table on dir1 and dir2",
-        cluster,
     )
     assert "10.0.1.4:8080" not in cluster.saved("dir1")
     assert cluster.saved("dir3") == before  # its actuator is down: its kernel is as it was
     cluster.start("dir3")
     cluster.wait_ready("dir3")
-    wait_for(tables_equal(cluster, NAMES, "-A -t 192.0.2.11:443 -s rr"), "dir3 converged after its start", cluster)
-    wait_for(lambda: len(revisions(cluster)) == 1, "one revision", cluster)
+    cluster.wait(tables_equal(cluster, NAMES, "-A -t 192.0.2.11:443 -s rr"), "dir3 converged after its start")
+    cluster.wait(lambda: len(revisions(cluster)) == 1, "one revision")
     status, out = cluster.diff("dir3")  # a director's own diff plans its kernel against the cluster's table
     assert status == 0, out
     assert "The cluster's table: revision" in out and "(etcd)" in out
@@ -127,18 +99,16 @@ def test_a_director_started_without_etcd_builds_its_cached_table_and_converges(c
     try:
         cluster.start("dir2")
         cluster.wait_ready("dir2", store_up=False)
-        wait_for(tables_equal(cluster, NAMES, "-A -t 192.0.2.11:443 -s rr"), "dir2's cached table", cluster)
+        cluster.wait(tables_equal(cluster, NAMES, "-A -t 192.0.2.11:443 -s rr"), "dir2's cached table")
         assert cluster.metric("dir2", "lvsguard_cluster_store_up") == 0
         cluster.push([web_service(THIRD), API])
-        wait_for(
-            tables_equal(cluster, ("dir1", "dir3"), "-r 10.0.1.3:8080 -m -w 7"), "the third table elsewhere", cluster
-        )
+        cluster.wait(tables_equal(cluster, ("dir1", "dir3"), "-r 10.0.1.3:8080 -m -w 7"), "the third table elsewhere")
         assert "-r 10.0.1.3:8080 -m -w 2" in cluster.saved("dir2")  # cut off: still the table it had
         status, out = cluster.diff("dir2")  # etcd out of reach: against the table the ledger cached
         assert status == 0, out
         assert "cached in" in out
     finally:
         cluster.etcd.heal(d2.netns)
-    seconds = wait_for(tables_equal(cluster, NAMES, "-r 10.0.1.3:8080 -m -w 7"), "dir2 converged", cluster)
+    seconds = cluster.wait(tables_equal(cluster, NAMES, "-r 10.0.1.3:8080 -m -w 7"), "dir2 converged")
     print(f"dir2 converged {seconds:.1f} s after the partition healed")
-    wait_for(lambda: len(revisions(cluster)) == 1, "one revision", cluster)
+    cluster.wait(lambda: len(revisions(cluster)) == 1, "one revision")
