@@ -24,6 +24,10 @@ Tables:
 - ``failovers``: who asks this director to give its VIPs up (same holders as ``holds``).
 - ``audit``: every decision, applied or refused, with the actor.
 - ``ended_sessions``: console sessions logged out, until they would have expired.
+- ``cluster_queue``: the shared alerts' holds (``op`` take) and resolves
+  (``op`` release) this director applied while etcd could not be reached, one
+  row per cluster holder (the newest news of that alert), written to etcd when
+  it answers again.
 - ``owned``: the services and real servers the table reconciler created or
   adopted from the config (``table.prune: owned`` removes only these); a
   service's own row has ``real_server`` ''.
@@ -135,6 +139,20 @@ CREATE TABLE IF NOT EXISTS cluster_table (
     revision INTEGER NOT NULL,
     record TEXT NOT NULL,
     applied REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cluster_queue (
+    holder TEXT PRIMARY KEY,
+    op TEXT NOT NULL,
+    source TEXT NOT NULL,
+    name TEXT NOT NULL,
+    alertname TEXT NOT NULL DEFAULT '',
+    service TEXT NOT NULL DEFAULT '',
+    real_server TEXT NOT NULL DEFAULT '',
+    action TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    drain_timeout REAL,
+    drain_delete INTEGER NOT NULL DEFAULT 0,
+    at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ended_sessions (
     sid TEXT PRIMARY KEY,

@@ -136,6 +136,9 @@ class JobRunner:
                         _log_outcome(logging.WARNING, "reconcile", outcome)
                     self.actions.retry_table(ledger, Actor(Source.ACTUATOR, "retry"))
                     self.actions.check_drift(ledger, Actor(Source.ACTUATOR, "drift"))  # every table.drift_interval
+                    if self.cluster is not None and self.cluster.up:  # what shared alerts queued while etcd was away
+                        for outcome in self.actions.share_queued(ledger):
+                            _log_outcome(logging.INFO, "cluster_share", outcome)
                     for outcome in self.actions.retry_pending(ledger, cached=True):
                         if outcome.result != Result.REFUSED:
                             _log_outcome(logging.INFO, "retry", outcome)

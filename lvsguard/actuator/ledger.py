@@ -110,6 +110,23 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class Queued:
+    """A shared alert's hold (``take``) or resolve (``release``) made here while etcd could not be reached."""
+
+    holder: str  # the cluster holder (``alertmanager BackendDown/<fingerprint>``): one row per alert, its newest news
+    op: str  # "take" or "release"
+    source: str  # the alert's source: "alertmanager" or "passive"
+    name: str  # its fingerprint
+    alertname: str
+    target: Target | None  # the real server a take holds; None for a release (all the alert holds)
+    action: str  # "quarantine" or "drain" (take)
+    reason: str
+    drain_timeout: float | None
+    drain_delete: bool
+    at: float  # when this director got it
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     """One decision of the actuator."""
 
@@ -473,6 +490,52 @@ class Ledger:
         """(revision, record) of the cluster's table last applied; None when none was."""
         row = self.conn.execute("SELECT revision, record FROM cluster_table WHERE id = 1").fetchone()
         return None if row is None else (int(row["revision"]), str(row["record"]))
+
+    def queue_for_cluster(self, item: Queued) -> None:
+        """Keep a shared alert's news for etcd; it replaces what was queued for the same alert (the newest wins)."""
+        service, real_server = _columns(item.target) if item.target is not None else ("", "")
+        self.conn.execute(
+            "INSERT OR REPLACE INTO cluster_queue (holder, op, source, name, alertname, service, real_server, action,"
+            " reason, drain_timeout, drain_delete, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.holder,
+                item.op,
+                item.source,
+                item.name,
+                item.alertname,
+                service,
+                real_server,
+                item.action,
+                item.reason,
+                item.drain_timeout,
+                int(item.drain_delete),
+                item.at,
+            ),
+        )
+
+    def cluster_queue(self) -> list[Queued]:
+        """What waits for etcd, oldest first."""
+        rows = self.conn.execute("SELECT * FROM cluster_queue ORDER BY at, holder").fetchall()
+        return [
+            Queued(
+                row["holder"],
+                row["op"],
+                row["source"],
+                row["name"],
+                row["alertname"],
+                _target(row) if row["service"] else None,
+                row["action"],
+                row["reason"],
+                row["drain_timeout"],
+                bool(row["drain_delete"]),
+                row["at"],
+            )
+            for row in rows
+        ]
+
+    def unqueue(self, holder: str) -> None:
+        """The alert's news reached etcd (or newer news did): forget it."""
+        self.conn.execute("DELETE FROM cluster_queue WHERE holder = ?", (holder,))
 
     def table_drains(self) -> dict[tuple[ServiceKey, RealServerKey], float]:
         """The real servers the reconciler drains out of the table, each with the time it is removed at the latest."""

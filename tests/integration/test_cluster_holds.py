@@ -462,3 +462,82 @@ def test_alerts_stay_on_their_director_by_default(directors: Start) -> None:
     wait_weights([d2, d3], [5, 5, 0])
     assert d1.weights() == [0, 5, 0]
     assert [h.source for h in d1.ledger.active_holds(Target(WEB, RS[0]))] == ["alertmanager"]
+
+
+def wait_store(directors: list[Director], up: int) -> None:
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    while any(d.metric("lvsguard_cluster_store_up") != up for d in directors):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"lvsguard_cluster_store_up is not {up} on every director")
+        time.sleep(0.05)
+
+
+def test_shared_alerts_during_an_etcd_outage_act_here_at_once_and_reach_the_cluster_when_it_returns(
+    directors: Start, etcd: EtcdServer
+) -> None:
+    """A hold or a resolve of a shared alert while etcd is down: this director acts at once (200: nothing for
+    Alertmanager to retry), queues it, and writes it when etcd answers; two directors queuing the same alert
+    make one hold, and a resolve queued on one director is not undone there by the record it removes."""
+    d1, d2 = directors(2, share=("operator", "alertmanager"), min_healthy=Quorum(0))
+    assert d1.alert("firing", "fpC", 2)["result"] == "applied"  # before the outage: the cluster's
+    wait_weights([d1, d2], [5, 5, 0])
+    etcd.kill()
+    try:
+        wait_store([d1, d2], 0)
+        a = d1.alert("firing", "fpA", 0)  # Alertmanager reached d1 only (so far)
+        assert a["result"] == "applied" and "queued for the cluster" in a["message"], a
+        assert d1.weights() == [0, 5, 0] and d2.weights() == [5, 5, 0]  # at once on d1, not on d2
+        for d in (d1, d2):  # the same alert on both directors
+            assert d.alert("firing", "fpB", 1)["result"] == "applied"
+        c = d2.alert("resolved", "fpC", 2)  # d2 got the resolve, d1 not yet
+        assert c["result"] == "applied" and "queued for the cluster" in c["message"], c
+        assert d1.weights() == [0, 0, 0] and d2.weights() == [5, 0, 5]
+        assert [q.op for q in d2.ledger.cluster_queue()] == ["take", "release"]
+    finally:
+        etcd.start()
+    wait_weights([d1, d2], [0, 0, 5])
+    for d in (d1, d2):
+        deadline = time.monotonic() + CONVERGE_TIMEOUT
+        while d.ledger.cluster_queue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.ledger.cluster_queue() == []
+        wait_weights([d], [0, 0, 5])
+        assert sorted((h.source, h.holder) for h in d.ledger.active_holds()) == [
+            ("cluster", "alertmanager IPVSBackendDown/fpA"),
+            ("cluster", "alertmanager IPVSBackendDown/fpB"),
+        ]
+    store = d1.actions.cluster
+    assert store is not None
+    assert sorted((str(h.real_server), h.holder) for h in store.snapshot()[0]) == [
+        (str(RS[0]), "alertmanager IPVSBackendDown/fpA"),
+        (str(RS[1]), "alertmanager IPVSBackendDown/fpB"),
+    ]
+    assert [w for w in d2.kernel.writes if w[2] == str(RS[2])][-1][3] == 5  # the resolve was not undone on d2
+    assert sum(1 for w in d2.kernel.writes if w[2] == str(RS[2]) and w[3] == 0) == 1  # nor retaken meanwhile
+
+
+def test_holds_queued_on_two_directors_meet_the_clusters_quorum_when_etcd_returns(
+    directors: Start, etcd: EtcdServer
+) -> None:
+    """min_healthy 2 of 3: each director alone may take one real server out while etcd is down; once it is
+    back, the cluster keeps one of the two, and the other leaves its director too (a refused alert holds nothing)."""
+    d1, d2 = directors(2, share=("operator", "alertmanager"), min_healthy=Quorum(2))
+    etcd.kill()
+    try:
+        wait_store([d1, d2], 0)
+        assert d1.alert("firing", "fpA", 0)["result"] == "applied"
+        assert d2.alert("firing", "fpB", 1)["result"] == "applied"
+        assert d1.weights() == [0, 5, 5] and d2.weights() == [5, 0, 5]
+    finally:
+        etcd.start()
+    store = d1.actions.cluster
+    assert store is not None
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    while (d1.ledger.cluster_queue() or d2.ledger.cluster_queue()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [kept] = store.snapshot()[0]
+    expected = [0 if rs == kept.real_server else 5 for rs in RS]
+    wait_weights([d1, d2], expected)
+    refused = "fpB" if kept.holder.endswith("fpA") else "fpA"
+    loser = d2 if refused == "fpB" else d1
+    assert any(e.result == "refused" and e.reason == "quorum" for e in loser.ledger.audit_events(limit=50))

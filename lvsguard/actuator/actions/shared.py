@@ -13,11 +13,14 @@ A mirror is held as an alert's hold: refused by this director's own rules
 (hold-down, rate limit), it waits and the retry loop applies it later. The
 ledger stays the director's audit trail and its copy of the last known
 cluster state: while etcd cannot be reached, nothing is released or taken
-from the cluster, and the operator's request is answered with an error.
+from the cluster, and the operator's request is answered with an error. A
+shared alert's hold or resolve is done here at once instead and queued in the
+ledger; ``share_queued`` writes the queue when etcd answers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
@@ -27,6 +30,7 @@ from lvsguard.actuator.actions import holds
 from lvsguard.actuator.actions.outcome import Actor, Outcome
 from lvsguard.actuator.actions.session import Session
 from lvsguard.actuator.actions.view import ServiceView
+from lvsguard.actuator.ledger import Queued
 from lvsguard.actuator.policy import Policy
 from lvsguard.actuator.states import HoldKind, Result, Source
 from lvsguard.actuator.targets import Target
@@ -34,7 +38,10 @@ from lvsguard.cluster.drains import DrainJob, DrainStore
 from lvsguard.cluster.etcd import Compare
 from lvsguard.cluster.records import DELETE, ClusterHold, HoldStore
 from lvsguard.errors import ClusterStoreError, PolicyRefused
+from lvsguard.logs import event
 from lvsguard.model import RealServer, RealServerKey, ServiceKey
+
+log = logging.getLogger(__name__)
 
 STORE_REASON = "cluster_store"  # the ``reason`` of an outcome that etcd could not be reached for
 
@@ -79,16 +86,20 @@ class _ClusterStanding:
     """A service as the quorum sees it across the cluster: out if out here or held anywhere.
 
     ``out``: how many of the real servers held in the cluster (the one being
-    checked left aside) have a weight above 0 here.
+    checked left aside) have a weight above 0 here. ``back``: a real server
+    counted as in although its weight here is 0 (a hold taken here while etcd
+    was away, which the cluster has not counted yet).
     """
 
-    def __init__(self, view: ServiceView, out: int):
+    def __init__(self, view: ServiceView, out: int, back: RealServerKey | None = None):
         self._view = view
+        self._back = back if back is not None and not _in(view, back) and view.real_server(back) else None
         self.total = view.total
-        self.healthy = view.healthy - out
+        self.healthy = view.healthy - out + (self._back is not None)
 
     def real_server(self, key: RealServerKey) -> RealServer | None:
-        return self._view.real_server(key)
+        rs = self._view.real_server(key)
+        return replace(rs, weight=1) if rs is not None and key == self._back else rs
 
 
 def _in(view: ServiceView, key: RealServerKey) -> bool:
@@ -146,9 +157,15 @@ def hold(
     force: bool = False,
     drain_timeout: float | None = None,
     drain_delete: bool = False,
+    later: bool = True,
 ) -> Outcome:
     """An operator's or a shared alert's hold, for every director: the cluster record (quorum checked in the
     transaction), then here.
+
+    While etcd cannot be reached, a shared alert's hold is taken here at once
+    and queued for the cluster (``later``; ``share_queued`` writes it when
+    etcd answers; else ClusterStoreError); an operator's request is answered
+    with an error.
 
     A drain is also a job of the cluster (``lvsguard.cluster.drains``), owned
     by this director until it ends or this director dies, written in the
@@ -171,8 +188,12 @@ def hold(
     timeout = s.settings.drain_timeout if drain_timeout is None else drain_timeout
     started: list[tuple[DrainJob, bool]] = []  # the drain job the last attempt of the transaction wrote or joined
 
+    # Writing a hold taken here while etcd was away: its own weight 0 here is not the cluster's yet.
+    own = not later and all(h.holder in (actor.name, holder) for h in s.ledger.active_holds(target))
+    back = target.real_server if own else None
+
     def check(held: frozenset[RealServerKey]) -> None:
-        s.policy.check_quorum(target, _ClusterStanding(svc, _out(svc, held, but=target.real_server)))
+        s.policy.check_quorum(target, _ClusterStanding(svc, _out(svc, held, but=target.real_server), back))
 
     def with_job() -> tuple[list[Compare], list[dict[str, Any]]]:
         assert drains is not None
@@ -193,12 +214,28 @@ def hold(
             extra=with_job if drains is not None else None,
         )
     except PolicyRefused as exc:
-        return s.refused(action, target, exc, actor)
+        return s.refused(action, target, exc, actor, details={"cluster": "refused"})
     except ClusterStoreError as exc:
+        if actor.hold_kind == HoldKind.ALERT:
+            if not later:
+                raise
+            return _hold_here(
+                s,
+                target,
+                actor,
+                holder,
+                exc,
+                action=action,
+                reason=reason,
+                drain_timeout=drain_timeout,
+                delete=drain_delete,
+            )
         return _unreachable(s, action, target, actor, exc)
     outcome = holds.hold(
         s, target, mirror(holder), action=action, reason=reason, force=force, drain_timeout=drain_timeout
     )
+    if actor.hold_kind == HoldKind.ALERT:
+        _shared_now(s, actor, holder, target)
     manual = actor.hold_kind == HoldKind.MANUAL
     if outcome.result == Result.REFUSED and new and manual:  # this director's rules said no: the request leaves no hold
         ours = [(target.service, target.real_server)] if started and started[0][1] else []
@@ -218,6 +255,8 @@ def hold(
                     target.service, target.real_server, holder, timeout=timeout, delete=drain_delete
                 )
             except ClusterStoreError as exc:
+                if not later:
+                    raise
                 return _unreachable(s, action, target, actor, exc)
         owner = job.owners[-1] if job.owners else "?"
         outcome = replace(
@@ -301,14 +340,17 @@ def release_many(
     return [_release_here(s, t, actor, scope=scope, force=force) for t in targets]
 
 
-def resolve(s: Session, store: HoldStore, actor: Actor) -> list[Outcome]:
+def resolve(s: Session, store: HoldStore, actor: Actor, *, later: bool = True) -> list[Outcome]:
     """A shared alert resolved on this director: its holds leave the cluster, then their mirrors here.
 
     Any director's resolve counts (every director gets the same alert from
     Alertmanager). The cluster's holds are read, not this director's
     mirrors: a hold this director has not applied yet goes too. What the
-    alert holds in this director's own ledger (taken before it was shared, a
-    failover) is released as without a cluster.
+    alert holds in this director's own ledger (taken before it was shared,
+    a failover, or while etcd was away) is released as without a cluster.
+    While etcd cannot be reached, the alert's holds here are released at
+    once and the resolve is queued for the cluster (``later``; else
+    ClusterStoreError).
     """
     holder = holder_of(store, actor)
     try:
@@ -317,11 +359,126 @@ def resolve(s: Session, store: HoldStore, actor: Actor) -> list[Outcome]:
         if items:
             store.release_many(items, lambda h: h == holder)
     except ClusterStoreError as exc:
-        return [_unreachable(s, "restore", None, actor, exc)]
+        if not later:
+            raise
+        return _resolve_here(s, actor, holder, exc)
+    with s.ledger.transaction():
+        s.ledger.unqueue(holder)  # what this director queued for the alert is older news
     targets = {Target(service, rs) for service, rs in items}
     targets |= {h.target for h in s.ledger.holds_of(HoldKind.ALERT, holder)}
     outcomes = [holds.release(s, t, mirror(holder)) for t in sorted(targets, key=str)]
     return outcomes + holds.resolve(s, actor)
+
+
+QUEUED = "the cluster store cannot be reached: done on this director, queued for the cluster until etcd answers"
+
+
+def _hold_here(
+    s: Session,
+    target: Target,
+    actor: Actor,
+    holder: str,
+    exc: ClusterStoreError,
+    *,
+    action: str,
+    reason: str,
+    drain_timeout: float | None,
+    delete: bool,
+) -> Outcome:
+    """etcd cannot be reached: the alert's own hold here at once (as without a cluster), queued for the cluster.
+
+    A drain deletes nothing before its hold is the cluster's: its cluster job, ``delete`` and all, starts then.
+    """
+    outcome = holds.hold(s, target, actor, action=action, reason=reason, drain_timeout=drain_timeout)
+    queued = Queued(
+        holder,
+        "take",
+        actor.source,
+        actor.name,
+        actor.alertname,
+        target,
+        action,
+        reason,
+        drain_timeout,
+        delete,
+        s.clock(),
+    )
+    with s.ledger.transaction():
+        s.ledger.queue_for_cluster(queued)
+    event(log, logging.WARNING, "cluster_share_queued", op="take", holder=holder, target=target, error=exc)
+    return replace(outcome, message=f"{outcome.message}; {QUEUED}", details={**outcome.details, "cluster": "queued"})
+
+
+def _resolve_here(s: Session, actor: Actor, holder: str, exc: ClusterStoreError) -> list[Outcome]:
+    """etcd cannot be reached: the alert's holds here released at once (its mirrors and its own), the resolve queued.
+
+    Until the resolve reaches etcd, the cluster's record of the alert is not taken again here (``converge``).
+    """
+    targets = sorted({h.target for h in s.ledger.holds_of(HoldKind.ALERT, holder)}, key=str)
+    outcomes = [holds.release(s, t, mirror(holder)) for t in targets] + holds.resolve(s, actor)
+    queued = Queued(holder, "release", actor.source, actor.name, actor.alertname, None, "", "", None, False, s.clock())
+    with s.ledger.transaction():
+        s.ledger.queue_for_cluster(queued)
+    event(log, logging.WARNING, "cluster_share_queued", op="release", holder=holder, error=exc)
+    if not outcomes:
+        return [s.finish(Outcome("restore", None, Result.RECORDED, f"{actor}: nothing held here; {QUEUED}"), actor)]
+    return [replace(o, message=f"{o.message}; {QUEUED}", details={**o.details, "cluster": "queued"}) for o in outcomes]
+
+
+def _shared_now(s: Session, actor: Actor, holder: str, target: Target) -> None:
+    """The alert's hold is the cluster's now: its own hold here (taken while etcd was away) gives way to the mirror."""
+    with s.ledger.transaction():
+        s.ledger.unqueue(holder)
+    if s.ledger.active_hold(target, HoldKind.ALERT, actor.name) is not None:
+        holds.release(s, target, actor)
+
+
+def _share(s: Session, store: HoldStore, item: Queued, actor: Actor) -> list[Outcome]:
+    """One queued item written to etcd (ClusterStoreError when it cannot be)."""
+    if store_for(store, actor) is None:
+        return []
+    if item.op == "release" or item.target is None:
+        return resolve(s, store, actor, later=False)
+    outcome = hold(
+        s,
+        store,
+        item.target,
+        actor,
+        action=item.action,
+        reason=item.reason,
+        drain_timeout=item.drain_timeout,
+        drain_delete=item.drain_delete,
+        later=False,
+    )
+    if outcome.details.get("cluster") == "refused" and s.ledger.active_hold(item.target, HoldKind.ALERT, actor.name):
+        return [outcome, holds.release(s, item.target, actor)]
+    return [outcome]
+
+
+def share_queued(s: Session, store: HoldStore) -> list[Outcome]:
+    """Write what the shared alerts did here while etcd could not be reached, oldest first; the outcomes.
+
+    A hold goes as the alert's webhook would have written it (the cluster's
+    quorum checked, a drain's job with it) and its own hold here gives way
+    to the mirror; one the cluster's quorum refuses is released here too, as
+    a refused alert leaves no hold anywhere. A resolve removes the alert's
+    holds from the cluster. Stops at the first item etcd does not answer
+    (kept for the next try). A source ``cluster.share`` no longer names
+    stays as it is here.
+    """
+    outcomes: list[Outcome] = []
+    for item in s.ledger.cluster_queue():
+        actor = Actor(Source(item.source), item.name, item.alertname)
+        try:
+            done = _share(s, store, item, actor)
+        except ClusterStoreError:
+            break
+        with s.ledger.transaction():
+            s.ledger.unqueue(item.holder)
+        waited = round(s.clock() - item.at, 3)
+        event(log, logging.INFO, "cluster_share_written", op=item.op, holder=item.holder, waited=waited)
+        outcomes += done
+    return outcomes
 
 
 def _drop_mirrors(s: Session, holder: str, targets: set[Target]) -> None:
@@ -363,8 +520,11 @@ def converge(s: Session, records: list[ClusterHold]) -> list[Outcome]:
 
     A record of a real server this director's kernel does not have is left
     for later (its table may not have it yet), without an audit event per round.
+    The record of an alert resolved here while etcd was away, whose resolve
+    is still queued, is not taken again.
     """
-    wanted = {(Target(r.service, r.real_server), r.holder): r for r in records}
+    resolved = {q.holder for q in s.ledger.cluster_queue() if q.op == "release"}  # resolved here, not yet in etcd
+    wanted = {(Target(r.service, r.real_server), r.holder): r for r in records if r.holder not in resolved}
     mirrors = {(h.target, h.holder) for h in s.ledger.active_holds() if h.source == Source.CLUSTER}
     outcomes = []
     deleted: set[Target] = set()

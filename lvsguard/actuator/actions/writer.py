@@ -423,9 +423,23 @@ class Actions:
             self.lock_waited = time.monotonic() - asked
             if behind():  # asked under the lock, where this director's own writes of holds happen: None
                 return None
+            if self.share_queued(ledger) and behind():  # etcd is back: the records are older than what it just took
+                return None
             with self._session(ledger, batch=True) as s:
                 outcomes = shared.converge(s, records)
             return [s.settled(o) for o in outcomes]
+
+    def share_queued(self, ledger: LedgerSource) -> list[Outcome]:
+        """Write to etcd what shared alerts did here while it could not be reached (``shared.share_queued``).
+
+        Called by the cluster watch before each convergence and by the retry loop while the watch says etcd is up.
+        """
+        if self.cluster is None:
+            return []
+        with self._session(ledger) as s:
+            if not s.ledger.cluster_queue():
+                return []
+            return shared.share_queued(s, self.cluster)
 
     def retry_pending(self, ledger: LedgerSource, *, cached: bool = False) -> list[Outcome]:
         """Converge every real server whose holds and kernel state disagree (refused earlier)."""
