@@ -310,6 +310,10 @@ def test_a_director_killed_right_after_its_cluster_write_leaves_a_drain_the_othe
 ) -> None:
     """The hold and the drain job are one etcd transaction: no death leaves a held real server that no job ends."""
     dir1, dir2, dir3 = fast(directors(3, job_poll_interval=0.2))
+    runner = dir1.state.runner
+    runner._stop.set()  # its retry loop and job threads: only the request below writes dir1's kernel
+    assert runner.cluster is not None
+    runner.cluster.stop(3)
     dir1.kernel.fail_writes = Killed()  # type: ignore[assignment]  # its first kernel write, after the cluster's
     with pytest.raises(Killed):
         dir1.actions.hold(dir1.ledger, Target(WEB, RS[1]), ALICE, action="drain", drain_timeout=120, drain_delete=True)
