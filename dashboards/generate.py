@@ -75,6 +75,7 @@ METRICS = {
     "lvsguard_cluster_convergence_lag_seconds",
     "lvsguard_cluster_apply_seconds",
     "lvsguard_cluster_pending_holds",
+    "lvsguard_cluster_queued",
     "lvsguard_cluster_last_sync_timestamp_seconds",
     # Prometheus itself
     "up",

@@ -32,7 +32,7 @@ from lvsguard.actuator.drains import DrainMetrics, DrainWorker
 from lvsguard.actuator.fleet import Announcer
 from lvsguard.actuator.httperrors import handle_error
 from lvsguard.actuator.jobs import JobRunner
-from lvsguard.actuator.metrics import ActuatorMetrics, DriftCollector, QuarantineCollector
+from lvsguard.actuator.metrics import ActuatorMetrics, ClusterQueueCollector, DriftCollector, QuarantineCollector
 from lvsguard.actuator.probestate import probe_view
 from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.cluster.drains import DrainStore
@@ -134,6 +134,7 @@ def _cluster_sync(
         cluster.endpoints, ca_file=cluster.ca_file, cert_file=cluster.cert_file, key_file=cluster.key_file
     )
     actions.cluster = HoldStore(client, cluster, clock=clock)
+    registry.register(ClusterQueueCollector(ledger_path))
     return ClusterSync(actions, ledger_path, actions.cluster, ClusterMetrics(registry), clock=clock)
 
 

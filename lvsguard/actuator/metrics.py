@@ -76,6 +76,33 @@ class QuarantineCollector(Collector):
         return backend_labels(self.names, target.service, target.real_server)
 
 
+QUEUED_HELP = (
+    "Shared alerts' holds and resolves this director applied while etcd could not be reached, not yet written to "
+    "etcd (cluster.share)."
+)
+
+
+class ClusterQueueCollector(Collector):
+    """``lvsguard_cluster_queued``: what waits in the ledger's queue for etcd (``cluster.store: etcd`` only)."""
+
+    def __init__(self, ledger_path: str):
+        self.ledger_path = ledger_path
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("lvsguard_cluster_queued", QUEUED_HELP, labels=("op",))
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("lvsguard_cluster_queued", QUEUED_HELP, labels=("op",))
+        ledger = Ledger.open(self.ledger_path, create=False)
+        try:
+            queued = ledger.cluster_queue()
+        finally:
+            ledger.close()
+        for op in ("take", "release"):
+            family.add_metric([op], sum(1 for q in queued if q.op == op))
+        yield family
+
+
 def backend_labels(names: Names, svc: ServiceKey, rs: RealServerKey | None) -> tuple[str, ...]:
     """The values of ``BACKEND_LABELS``; a service alone (``rs`` None) has empty real server labels."""
     fwm = svc.protocol == FWM

@@ -464,6 +464,11 @@ def test_alerts_stay_on_their_director_by_default(directors: Start) -> None:
     assert [h.source for h in d1.ledger.active_holds(Target(WEB, RS[0]))] == ["alertmanager"]
 
 
+def queued(d: Director, op: str) -> float | None:
+    value: float | None = d.state.registry.get_sample_value("lvsguard_cluster_queued", {"op": op})
+    return value
+
+
 def wait_store(directors: list[Director], up: int) -> None:
     deadline = time.monotonic() + CONVERGE_TIMEOUT
     while any(d.metric("lvsguard_cluster_store_up") != up for d in directors):
@@ -493,6 +498,7 @@ def test_shared_alerts_during_an_etcd_outage_act_here_at_once_and_reach_the_clus
         assert c["result"] == "applied" and "queued for the cluster" in c["message"], c
         assert d1.weights() == [0, 0, 0] and d2.weights() == [5, 0, 5]
         assert [q.op for q in d2.ledger.cluster_queue()] == ["take", "release"]
+        assert [queued(d2, op) for op in ("take", "release")] == [1, 1]
     finally:
         etcd.start()
     wait_weights([d1, d2], [0, 0, 5])
@@ -500,7 +506,7 @@ def test_shared_alerts_during_an_etcd_outage_act_here_at_once_and_reach_the_clus
         deadline = time.monotonic() + CONVERGE_TIMEOUT
         while d.ledger.cluster_queue() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert d.ledger.cluster_queue() == []
+        assert d.ledger.cluster_queue() == [] and queued(d, "take") == queued(d, "release") == 0
         wait_weights([d], [0, 0, 5])
         assert sorted((h.source, h.holder) for h in d.ledger.active_holds()) == [
             ("cluster", "alertmanager IPVSBackendDown/fpA"),
