@@ -142,11 +142,13 @@ class ClusterSync:
                     event(log, logging.ERROR, "cluster_converge_failed", error=exc)
                     self._stop.wait(self.retry)
         finally:
+            self.store.unfollow()
             ledger.close()
 
     def _read(self, ledger: Ledger) -> int:
         """Read every hold, converge; the revision read at."""
         kvs, revision = self.store.client.range(self.store.prefix)
+        self.store.follow(kvs)  # the copy a hold's compare-and-swap starts from
         self._records = {}
         for kv in kvs:
             self._decode_into(kv.key, kv)
@@ -169,6 +171,7 @@ class ClusterSync:
                 continue
             received, cpu = time.monotonic(), time.thread_time()
             for ev in batch:
+                self.store.seen(ev.kv, deleted=ev.kind == "delete")
                 self.revision = max(self.revision, ev.kv.mod_revision)
                 if ev.kind == "delete":
                     self._records.pop(ev.kv.key, None)
@@ -229,5 +232,6 @@ class ClusterSync:
         if self.up or not self._reported_down:  # once per outage (and the first failure after a start)
             event(log, logging.WARNING, "cluster_store_down", error=exc, keeping="the last known state")
         self._reported_down = True
+        self.store.unfollow()
         self.up = False
         self.metrics.up.set(0)

@@ -14,6 +14,12 @@ there yet). Two directors taking out the last two spare real servers of a
 service at once both read revision r; one transaction wins, the other finds
 revision r+1, reads again, sees the first hold and is refused by the quorum.
 
+A compare-and-swap starts from the director's cluster watch's copy of the
+key (``follow``, ``seen``) when one is kept: no request before the
+transaction. A copy that is behind fails the compare like any other loser,
+and the next attempt reads linearizably. Without a watch (the CLI, a watch
+down), the first attempt reads the answering member's copy (serializable).
+
 Many holds at once (an operator's bulk action) are one transaction: one
 compare per service key they touch, one put per key they change
 (``take_many``, ``release_many``). etcd refuses a transaction of more than
@@ -25,8 +31,9 @@ transaction of its own.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +77,9 @@ class HoldStore:
         self.prefix = f"{config.root}holds/"
         self.written = 0
         """The cluster's revision after this director's last write of holds (the watch must have seen it)."""
+        self._copy: dict[str, KeyValue] | None = None
+        """The cluster watch's copy of every service's key (``follow``); None while no watch keeps one."""
+        self._copy_lock = threading.Lock()
 
     def key(self, service: ServiceKey) -> str:
         return f"{self.prefix}{service}"
@@ -77,6 +87,46 @@ class HoldStore:
     def holder(self, who: str) -> str:
         """The holder of a hold this director takes for ``who`` (``api alice``)."""
         return f"{self.config.director_name}/{who}"
+
+    # --- the watch's copy --------------------------------------------------------------
+
+    def follow(self, kvs: Iterable[KeyValue]) -> None:
+        """The cluster watch read every key: its copy is these, kept up to date by ``seen``."""
+        copy = {kv.key: kv for kv in kvs}
+        with self._copy_lock:
+            self._copy = copy
+
+    def seen(self, kv: KeyValue, *, deleted: bool = False) -> None:
+        """A change of one key (the watch's, or this director's own write); an older one than the copy's is ignored."""
+        with self._copy_lock:
+            if self._copy is None:
+                return
+            old = self._copy.get(kv.key)
+            if old is not None and old.mod_revision > kv.mod_revision:
+                return
+            if deleted:
+                self._copy.pop(kv.key, None)
+            else:
+                self._copy[kv.key] = kv
+
+    def unfollow(self) -> None:
+        """No watch keeps the copy any more (etcd away, the watch stopped): reads start from etcd again."""
+        with self._copy_lock:
+            self._copy = None
+
+    def _start(self, service: ServiceKey) -> tuple[HoldsOfService, int]:
+        """Where a compare-and-swap of one service starts: the watch's copy, else the answering member's."""
+        with self._copy_lock:
+            copy = self._copy
+            kv = copy.get(self.key(service)) if copy is not None else None
+        if copy is None:
+            return self.service_holds(service, serializable=True)
+        if kv is None:
+            return {}, 0
+        try:
+            return _decode(kv.value), kv.mod_revision
+        except ValueError as exc:
+            raise ClusterStoreError(f"cluster record {kv.key!r} is not a record of holds: {exc}") from None
 
     # --- reading --------------------------------------------------------------------
 
@@ -144,8 +194,8 @@ class HoldStore:
         retry, so a compare of its own that failed is made again on a fresh read.
         """
         for attempt in range(CAS_ATTEMPTS):
-            fresh = attempt > 0  # the first attempt starts from the answering member's copy (serializable)
-            holds, revision = self.service_holds(service, serializable=not fresh)
+            fresh = attempt > 0  # the first attempt starts from a copy (``_start``): it may be behind
+            holds, revision = self.service_holds(service) if fresh else self._start(service)
             rs = str(real_server)
             if holder in holds.get(rs, {}):
                 if fresh:
@@ -178,7 +228,7 @@ class HoldStore:
         """
         for attempt in range(CAS_ATTEMPTS):
             fresh = attempt > 0
-            holds, revision = self.service_holds(service, serializable=not fresh)
+            holds, revision = self.service_holds(service) if fresh else self._start(service)
             rs = str(real_server)
             gone = [h for h in holds.get(rs, {}) if which(h)]
             if not gone:
@@ -298,7 +348,8 @@ class HoldStore:
             ok, revision = self.client.txn(compare, ops)
             if ok:
                 self.written = max(self.written, revision)
-            if ok:
+                for service in changed:
+                    self._wrote(service, records[service], revision)
                 return
         raise ClusterStoreError(f"cluster records of {len(services)} services: {CAS_ATTEMPTS} concurrent writers won")
 
@@ -374,7 +425,13 @@ class HoldStore:
         ok, written = self.client.txn([self._compare(service, revision), *compare], [self._op(service, holds), *also])
         if ok:
             self.written = max(self.written, written)
+            self._wrote(service, holds, written)
         return ok
+
+    def _wrote(self, service: ServiceKey, holds: Mapping[str, Any], revision: int) -> None:
+        """This director wrote ``holds`` at ``revision``: its copy has them before its watch says so."""
+        key = self.key(service)
+        self.seen(KeyValue(key, json.dumps(holds, sort_keys=True), revision), deleted=not holds)
 
 
 def _groups(items: Sequence[Item]) -> list[list[Item]]:

@@ -411,6 +411,66 @@ def test_a_watch_behind_this_directors_own_write_does_not_undo_it(directors: Sta
     assert [h.holder for h in d1.ledger.active_holds()] == ["dir1/api alice"]
 
 
+def wait_following(directors: list[Director]) -> None:
+    """Until every director's cluster watch has read the holds (and so keeps its copy of them)."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    for d in directors:
+        sync = d.state.runner.cluster
+        assert sync is not None
+        while not sync.up:
+            assert time.monotonic() < deadline, f"{d.name}'s cluster watch never read the holds"
+            time.sleep(0.02)
+
+
+def etcd_calls(d: Director) -> list[str]:
+    """The etcd requests (``kv/range``, ``kv/txn``...) this thread makes through ``d``'s client from now on."""
+    store = d.actions.cluster
+    assert store is not None
+    client, made, me = store.client, [], threading.current_thread()
+    real = client.call
+
+    def call(path: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if threading.current_thread() is me:
+            made.append(path)
+        return real(path, body, **kwargs)
+
+    client.call = call  # type: ignore[method-assign]  # seen, then passed on to the real etcd
+    return made
+
+
+def test_a_hold_starts_from_the_watchs_copy_without_a_read(directors: Start) -> None:
+    """The compare-and-swap of a hold starts from what the director's watch holds: one request, the transaction."""
+    d1, d2, d3 = directors(3)
+    wait_following([d1, d2, d3])
+    assert d1.hold(0).result == "applied"
+    wait_weights([d1, d2, d3], [0, 5, 5])  # d2's watch has seen d1's hold
+    calls = etcd_calls(d2)
+    assert d2.hold(1, BOB).result == "applied"
+    assert calls == ["kv/txn"]
+    wait_weights([d1, d2, d3], [0, 0, 5])
+    calls = etcd_calls(d3)
+    assert d3.release(1, BOB).result == "applied"  # a restore through another director: the same
+    assert calls[0] == "kv/txn"
+
+
+def test_a_watch_copy_that_is_behind_still_keeps_the_quorum(directors: Start) -> None:
+    """A copy older than the record fails the transaction's compare: the hold is decided again on a fresh read."""
+    d1, d2, d3 = directors(3, min_healthy=Quorum(2))
+    wait_following([d1, d2, d3])
+    store, sync = d2.actions.cluster, d2.state.runner.cluster
+    assert store is not None and sync is not None
+    before = dict(store._copy or {})
+    sync.stop()  # d2 sees nothing more: neither its kernel nor its copy shows d1's hold
+    store._copy = before
+    assert d1.hold(0).result == "applied"
+    wait_weights([d1, d3], [0, 5, 5])
+    calls = etcd_calls(d2)
+    out = d2.hold(1, BOB)
+    assert out.result == "refused" and out.reason == "quorum", out
+    assert calls == ["kv/txn", "kv/range"]  # the compare failed, the record read again refused it
+    assert [d.weights() for d in (d1, d2, d3)] == [[0, 5, 5], [5, 5, 5], [0, 5, 5]]
+
+
 def test_an_alert_is_held_by_every_director_when_alerts_are_shared(directors: Start, etcd: EtcdServer) -> None:
     d1, d2, d3 = directors(3, share=("operator", "alertmanager"))
     out = d1.alert("firing")
