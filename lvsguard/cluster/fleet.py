@@ -7,8 +7,10 @@ drift), its exporter's and etcd's state, and the cluster holds it has
 applied. It looks every ``INTERVAL`` seconds and right after each
 convergence, and puts the record only when it changed (or every ``REFRESH``
 seconds, so that ``at`` says it is alive): a put is a Raft write, which etcd
-fsyncs. The record lives under one lease of ``TTL`` seconds, renewed at every
-look (no Raft write), so a director that dies leaves the view on its own; a
+fsyncs. The record lives under one lease of ``TTL`` seconds, renewed once every
+``INTERVAL`` (no Raft write; not at each look after a convergence, which
+would add a request per director to every action), so a director that dies
+leaves the view on its own; a
 record older than ``STALE`` seconds (a director alive for etcd but whose
 announcements stopped) is shown as stale.
 
@@ -142,6 +144,7 @@ class Fleet:
         self.clock = clock
         self.prefix = f"{config.root}directors/"
         self._lease = 0
+        self._renewed = 0.0  # ``at`` of the lease's last renewal (or grant)
         self._last: DirectorStatus | None = None  # the record last put, ``at`` left out
         self._put_at = 0.0
 
@@ -149,22 +152,37 @@ class Fleet:
         return f"{self.prefix}{director}"
 
     def announce(self, status: DirectorStatus, *, force: bool = False) -> bool:
-        """Keep this director's record: renew its lease, put it if it changed; whether it was put.
+        """Keep this director's record: renew its lease when due, put it if it changed; whether it was put.
 
         ClusterStoreError if etcd is away. A lease found gone (etcd was away
         longer than ``TTL``) is granted anew and the record put again.
         """
-        if self._lease and self.client.lease_keepalive(self._lease) <= 0:
-            self._lease = 0
+        if self._lease and status.at - self._renewed >= INTERVAL:
+            if self.client.lease_keepalive(self._lease) > 0:
+                self._renewed = status.at
+            else:
+                self._lease = 0
         if not self._lease:
-            self._lease = self.client.lease_grant(TTL)
+            self._grant(status.at)
             force = True
         same = replace(status, at=0.0) == self._last
         if same and not force and status.at - self._put_at < REFRESH:
             return False
+        try:
+            self._put(status)
+        except ClusterStoreError as exc:
+            if not 400 <= exc.status < 500:
+                raise
+            self._grant(status.at)  # the lease went since its renewal (etcd refuses a put on a lease it lacks)
+            self._put(status)
+        return True
+
+    def _grant(self, now: float) -> None:
+        self._lease, self._renewed = self.client.lease_grant(TTL), now
+
+    def _put(self, status: DirectorStatus) -> None:
         self.client.put(self.key(status.director), json.dumps(status.to_json(), sort_keys=True), lease=self._lease)
         self._last, self._put_at = replace(status, at=0.0), status.at
-        return True
 
     def withdraw(self, director: str) -> None:
         """Remove ``director``'s record (a clean stop); errors are the caller's to ignore."""

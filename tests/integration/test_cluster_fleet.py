@@ -25,7 +25,7 @@ from lvsguard.actuator.fleet import confirm
 from lvsguard.actuator.settings import Quorum
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.etcd import EtcdClient
-from lvsguard.cluster.fleet import REFRESH, DirectorStatus, Fleet
+from lvsguard.cluster.fleet import INTERVAL, REFRESH, TTL, DirectorStatus, Fleet
 from lvsguard.config.cluster import ClusterConfig
 from tests.integration.test_cluster_holds import RS, WEB, Director, Start, directors, etcd, wait_weights  # noqa: F401
 
@@ -188,10 +188,41 @@ def test_a_director_is_written_only_when_it_changes_and_its_lease_comes_back(etc
 
         client.call("lease/revoke", {"ID": str(first.lease)})  # as if etcd had been away longer than the TTL
         assert client.get(key) is None
-        assert fleet.announce(dataclasses.replace(status, role="backup", at=1003.0 + REFRESH)) is True
+        assert fleet.announce(dataclasses.replace(status, role="backup", at=1002.0 + REFRESH + TTL)) is True
         again = client.get(key)
         assert again is not None and again.lease not in (0, first.lease)
         assert DirectorStatus.from_json(json.loads(again.value)).role == "backup"
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_an_announcement_renews_the_lease_once_an_interval_not_at_every_change(etcd: Any) -> None:
+    """Each convergence announces at once: the lease is renewed only when due, one etcd request less for each."""
+    client = EtcdClient([etcd.url])
+    fleet = Fleet(client, ClusterConfig(store="etcd", endpoints=(etcd.url,), name="renew-test"))
+    key = fleet.key("lvs1")
+    made: list[str] = []
+    real = client.call
+    client.call = lambda path, body, **kw: made.append(path) or real(path, body, **kw)  # type: ignore[method-assign]
+    status = DirectorStatus("lvs1", role="master", at=1000.0)
+    try:
+        assert fleet.announce(status) is True
+        made.clear()
+        assert fleet.announce(dataclasses.replace(status, pending=1, at=1000.5)) is True
+        assert made == ["kv/put"]  # a change within the interval: the put alone
+        made.clear()
+        assert fleet.announce(dataclasses.replace(status, pending=1, at=1000.5 + INTERVAL)) is False
+        assert made == ["lease/keepalive"]  # due: renewed, nothing put
+
+        lease = client.get(key).lease  # type: ignore[union-attr]
+        client.call("lease/revoke", {"ID": str(lease)})
+        made.clear()
+        assert fleet.announce(dataclasses.replace(status, pending=2, at=1001.0 + INTERVAL)) is True
+        assert made == ["kv/put", "lease/grant", "kv/put"]  # the put found the lease gone: a new one
+        again = client.get(key)
+        assert again is not None and again.lease not in (0, lease)
+        assert DirectorStatus.from_json(json.loads(again.value)).pending == 2
     finally:
         client.delete(key)
         client.close()
