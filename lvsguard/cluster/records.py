@@ -121,12 +121,7 @@ class HoldStore:
             kv = copy.get(self.key(service)) if copy is not None else None
         if copy is None:
             return self.service_holds(service, serializable=True)
-        if kv is None:
-            return {}, 0
-        try:
-            return _decode(kv.value), kv.mod_revision
-        except ValueError as exc:
-            raise ClusterStoreError(f"cluster record {kv.key!r} is not a record of holds: {exc}") from None
+        return _holds_of(kv)
 
     # --- reading --------------------------------------------------------------------
 
@@ -163,13 +158,7 @@ class HoldStore:
         compare-and-swap may start from it: a copy that is behind fails the
         transaction's compare and the next attempt reads linearizably.
         """
-        kv = self.client.get(self.key(service), serializable=serializable)
-        if kv is None:
-            return {}, 0
-        try:
-            return _decode(kv.value), kv.mod_revision
-        except ValueError as exc:
-            raise ClusterStoreError(f"cluster record {kv.key!r} is not a record of holds: {exc}") from None
+        return _holds_of(self.client.get(self.key(service), serializable=serializable))
 
     # --- writing, each a compare-and-swap on the service's key ----------------------------
 
@@ -444,6 +433,16 @@ def _groups(items: Sequence[Item]) -> list[list[Item]]:
         [item for service in services[i : i + TXN_KEYS] for item in by_service[service]]
         for i in range(0, len(services), TXN_KEYS)
     ]
+
+
+def _holds_of(kv: KeyValue | None) -> tuple[HoldsOfService, int]:
+    """One service's key decoded, and its ``mod_revision`` (None, no key: none, 0)."""
+    if kv is None:
+        return {}, 0
+    try:
+        return _decode(kv.value), kv.mod_revision
+    except ValueError as exc:
+        raise ClusterStoreError(f"cluster record {kv.key!r} is not a record of holds: {exc}") from None
 
 
 def _decode(text: str) -> HoldsOfService:
