@@ -13,14 +13,25 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lvsguard.exporter.passive import ctevents
 from lvsguard.exporter.passive.conntable import REFUSED, TIMEOUT
-from lvsguard.exporter.passive.ctevents import ANSWERED, NEW, REFUSED_EVENT, ConntrackEvents, Event, parse_event
+from lvsguard.exporter.passive.ctevents import (
+    ANSWERED,
+    NEW,
+    REFUSED_EVENT,
+    ConntrackEvents,
+    Event,
+    EventDecoder,
+    parse_event,
+    read_event,
+)
 from lvsguard.model import RealServerKey, ServiceKey
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "netlink" / "conntrack_events.bin"
@@ -80,6 +91,105 @@ def test_direct_routing_names_no_real_server() -> None:
 def test_a_truncated_or_foreign_message_is_no_event() -> None:
     done = struct.pack("=IHHII", 20, 3, 0, 0, 0) + b"\0" * 4  # NLMSG_DONE with an empty body
     assert parse_event(done) is None
+
+
+def test_the_compiled_layouts_read_every_recorded_event_as_the_walk_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path against its oracle: each message learns or uses a layout, and reads as ``read_event`` does.
+
+    The second round goes through the layouts learnt in the first one alone.
+    """
+    decoder = EventDecoder()
+    recorded = messages()
+    walked = [read_event(m) for m in recorded]
+    assert [decoder.decode(m, 0, len(m)) for m in recorded] == walked
+    assert decoder.layouts() == 20  # NEW, answer, refusal per family: 6; the states and destroys not counted: 14
+    monkeypatch.setattr(ctevents, "compile_layout", lambda _: pytest.fail("a layout learnt twice"))
+    assert [decoder.decode(m, 0, len(m)) for m in recorded] == walked
+
+
+def test_a_layout_is_not_taken_for_a_message_of_another_kind() -> None:
+    """An answer and a NEW of the same length and attributes: the state byte and flags tell them apart."""
+    decoder = EventDecoder()
+    recorded = messages()
+    new, answered = recorded[4], recorded[5]
+    assert len(new) == len(answered) and read_event(new) is not None and read_event(answered) is not None
+    decoder.decode(new, 0, len(new))
+    for m in (answered, new, answered):
+        assert decoder.decode(m, 0, len(m)) == read_event(m)
+    state = bytearray(new)
+    state[_state_at(new)] = ctevents.SYN_RECV  # a NEW in SYN_RECV is not counted
+    assert read_event(bytes(state)) is None and decoder.decode(bytes(state), 0, len(state)) is None
+
+
+def _state_at(message: bytes) -> int:
+    """Where the TCP state byte of a recorded message is."""
+    at = 20
+    while at < len(message):
+        length, kind = struct.unpack_from("=HH", message, at)
+        if kind & 0x3FFF == ctevents.CTA_PROTOINFO:
+            return at + 12
+        at += (length + 3) & ~3
+    raise AssertionError("no CTA_PROTOINFO")
+
+
+def _outcome(read: Callable[[bytes], object], message: bytes) -> object:
+    try:
+        return read(message)
+    except Exception as exc:  # the walk's own failures on broken bytes: both paths must fail alike
+        return type(exc)
+
+
+def _one_of_each_layout() -> list[bytes]:
+    decoder, out = EventDecoder(), []
+    for m in messages():
+        before = decoder.layouts()
+        decoder.decode(m, 0, len(m))
+        if decoder.layouts() > before:
+            out.append(m)
+    return out
+
+
+def test_every_bit_flipped_reads_alike_through_layouts_and_the_walk() -> None:
+    """One message of each layout, each of its bits flipped in turn: the layouts read it as the walk, or pass it on.
+
+    A byte the mask left out that the walk looks at (a state, a flag, a
+    protocol, an attribute header) shows here as a difference.
+    """
+    seeds = _one_of_each_layout()
+    decoder = EventDecoder()
+    for m in seeds:
+        decoder.decode(m, 0, len(m))
+    for m in seeds:
+        for at in range(len(m)):
+            for bit in range(8):
+                edited = bytearray(m)
+                edited[at] ^= 1 << bit
+                message = bytes(edited)
+                length = struct.unpack_from("=I", message)[0]
+                if 16 <= length <= len(message):
+                    fast = _outcome(lambda b: decoder.decode(b, 0, length), message)
+                    assert fast == _outcome(read_event, message), (messages().index(m), at, bit)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(range(93)),
+    st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_edited_events_read_alike_through_layouts_and_the_walk(index: int, edits: list[tuple[int, int]]) -> None:
+    """Any byte changed in a recorded event: a learnt layout reads it as the walk does, or does not take it."""
+    decoder = EventDecoder()
+    recorded = messages()
+    for m in recorded:
+        decoder.decode(m, 0, len(m))
+    edited = bytearray(recorded[index])
+    for at, byte in edits:
+        edited[at % len(edited)] = byte
+    message = bytes(edited)
+    length = struct.unpack_from("=I", message)[0]
+    if not 16 <= length <= len(message):
+        return  # the reader does not hand such a message on
+    assert _outcome(lambda m: decoder.decode(m, 0, length), message) == _outcome(read_event, message)
 
 
 def test_the_filter_jumps_forward_and_ends_in_returns() -> None:

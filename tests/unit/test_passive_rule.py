@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lvsguard.exporter.passive.conntable import REFUSED, TIMEOUT, PassCounts
 from lvsguard.exporter.passive.rule import Judge, RuleSettings, Verdict, binomial_tail
@@ -169,3 +171,34 @@ def test_no_verdict_while_held_and_holddown_reported() -> None:
 )
 def test_binomial_tail(n: int, k: int, p: float, expected: float) -> None:
     assert binomial_tail(n, k, p) == pytest.approx(expected)
+
+
+class _EveryService(Judge):
+    """The rule as written: every service judged on every pass, every share summed over the whole window."""
+
+    def _services(self, now: float) -> dict[ServiceKey, list[RealServerKey]]:
+        services: dict[ServiceKey, list[RealServerKey]] = {}
+        for service, real_server in self._backends:
+            services.setdefault(service, []).append(real_server)
+        for b in self._backends.values():
+            assert b.attempts == sum(p.attempts for p in b.history)
+            assert b.failed == sum(sum(p.failures.values()) for p in b.history)
+        return services
+
+
+_PASS = st.dictionaries(
+    st.sampled_from(["rs1", "rs2", "rs3", "rs4", "other/rs1", "other/rs2"]),
+    st.tuples(st.integers(0, 6), st.integers(0, 3), st.integers(0, 3)).map(lambda t: (max(t[0], t[1] + t[2]), *t[1:])),
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_PASS, st.floats(0.01, 4.0)), max_size=40))
+def test_judging_only_failing_services_gives_the_verdicts_of_judging_all(passes: list[tuple[Pass, float]]) -> None:
+    """The rule skips services with no new failure and keeps the window's sums as it goes: the same verdicts."""
+    quick = RuleSettings(min_failures=1, min_passes=1, chance=0.2, window=5.0, holddown_min=2.0)
+    judge, oracle, now = Judge(quick), _EveryService(quick), 100.0
+    for p, step in passes:
+        now += step
+        assert judge.observe(counts(p), now) == oracle.observe(counts(p), now)

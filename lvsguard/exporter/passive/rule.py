@@ -90,10 +90,29 @@ class _Pass:
 
 @dataclass(slots=True)
 class _Backend:
-    history: deque[_Pass] = field(default_factory=deque)
+    history: deque[_Pass] = field(default_factory=deque)  # changed through add, trim and clear: they keep the sums
     holddown: float = 0.0  # the last hold-down given; 0 before any verdict
     held_until: float = -math.inf
     verdicts: int = 0
+    attempts: int = 0  # over ``history``: kept as passes come and go, so that a peer's share costs no walk
+    failed: int = 0
+
+    def add(self, p: _Pass) -> None:
+        self.history.append(p)
+        self.attempts += p.attempts
+        self.failed += p.failures.total()
+
+    def trim(self, horizon: float) -> None:
+        """Drop the passes at or before ``horizon``."""
+        history = self.history
+        while history and history[0].at <= horizon:
+            p = history.popleft()
+            self.attempts -= p.attempts
+            self.failed -= p.failures.total()
+
+    def clear(self) -> None:
+        self.history.clear()
+        self.attempts = self.failed = 0
 
     def spans(self) -> Iterator[tuple[float, int, Counter[str], int]]:
         """(Start, attempts, failures, passes with failures) of the newest pass, the two newest, ... back through the window."""
@@ -113,13 +132,12 @@ class _Backend:
         return min(1.0, sum(sum(p.failures.values()) for p in passes) / attempts)
 
     def window_attempts(self) -> int:
-        return sum(p.attempts for p in self.history)
+        return self.attempts
 
     def window_share(self) -> float | None:
-        attempts = sum(p.attempts for p in self.history)
-        if not attempts:
+        if not self.attempts:
             return None
-        return min(1.0, sum(sum(p.failures.values()) for p in self.history) / attempts)
+        return min(1.0, self.failed / self.attempts)
 
 
 class Judge:
@@ -154,10 +172,14 @@ class Judge:
         return {k: b.held_until - now for k, b in self._backends.items() if b.held_until > now}
 
     def observe(self, counts: PassCounts, now: float) -> list[Verdict]:
-        """Record one pass and give the verdicts it warrants."""
+        """Record one pass and give the verdicts it warrants.
+
+        Only a service with a real server whose newest pass failed can get a
+        verdict (the rule's first step): the others are not judged.
+        """
         self._record(counts, now)
         verdicts: list[Verdict] = []
-        for service, members in self._services().items():
+        for service, members in self._services(now).items():
             verdicts += self._judge(service, members, now)
         return verdicts
 
@@ -168,18 +190,24 @@ class Judge:
         for backend in seen:
             failures = Counter({r: counts.failures[r][backend] for r in REASONS if counts.failures[r][backend]})
             b = self._backends.setdefault(backend, _Backend())
-            b.history.append(_Pass(now, counts.attempts[backend], failures))
+            b.add(_Pass(now, counts.attempts[backend], failures))
         horizon = now - self.settings.window
         for backend, b in list(self._backends.items()):
-            while b.history and b.history[0].at <= horizon:
-                b.history.popleft()
+            b.trim(horizon)
             if not b.history and b.held_until <= now - self.settings.holddown_max:
                 del self._backends[backend]
 
-    def _services(self) -> dict[ServiceKey, list[RealServerKey]]:
+    def _services(self, now: float) -> dict[ServiceKey, list[RealServerKey]]:
+        """The services to judge, with all their real servers: those where one not held failed in its newest pass."""
+        failing = {
+            service
+            for (service, _), b in self._backends.items()
+            if b.history and b.history[-1].failures and b.held_until <= now
+        }
         services: dict[ServiceKey, list[RealServerKey]] = {}
         for service, real_server in self._backends:
-            services.setdefault(service, []).append(real_server)
+            if service in failing:
+                services.setdefault(service, []).append(real_server)
         return services
 
     def _judge(self, service: ServiceKey, members: list[RealServerKey], now: float) -> list[Verdict]:
@@ -236,7 +264,7 @@ class Judge:
             b.holddown = s.holddown_min
         b.held_until = now + b.holddown
         b.verdicts += 1
-        b.history.clear()  # the failures behind this verdict are spent; the next one needs new ones
+        b.clear()  # the failures behind this verdict are spent; the next one needs new ones
         return b.holddown
 
 

@@ -176,7 +176,8 @@ class PassiveDetector:
             )
             if self.on_verdict is not None:
                 self.on_verdict(v)
-        self.verdicts = (self.verdicts + verdicts)[-1000:]
+        if verdicts:
+            self.verdicts = (self.verdicts + verdicts)[-1000:]
         return verdicts
 
     def _state(self, problem: str) -> None:
