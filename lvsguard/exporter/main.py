@@ -224,8 +224,10 @@ def start_passive(config: Config, netns: str | None, probes: ProbeRunner | None 
     """Start the passive detector of the ``passive`` section (off by default); None when disabled.
 
     Its verdicts go to the actuator the way the probes' transitions go
-    (``probes.publish``), and an active check releases them; without a
-    publishing probe engine they are only reported.
+    (``probes.publish``), on a sender of their own (its thread and kept-alive
+    connection), so that a verdict never waits behind a probe's post or its
+    retries; an active check releases them. Without a publishing probe engine
+    they are only reported.
     """
     if not config.passive.enabled:
         return None
@@ -236,10 +238,13 @@ def start_passive(config: Config, netns: str | None, probes: ProbeRunner | None 
     fusion = None
     publish = config.probes.publish
     if probes is not None and probes.publisher is not None and publish is not None:
+        from lvsguard.exporter.probes.publish import HTTPPublisher
         from lvsguard.exporter.probes.runner import read_token
 
-        holds = actuator_holds(publish.url, read_token(publish)) if publish.mode == "actuator" else None
-        fusion = Fusion(probes.publisher, probes.engine.standing, holds=holds)
+        token = read_token(publish)
+        holds = actuator_holds(publish.url, token) if publish.mode == "actuator" else None
+        sender = HTTPPublisher(publish.url, mode=publish.mode, token=token, names=config, name="passive-publisher")
+        fusion = Fusion(sender, probes.engine.standing, holds=holds)
     else:
         reason = "no probes run" if probes is None else "probes.publish is not set"
         event(

@@ -9,12 +9,14 @@ verdict is the production one from the table to the kernel's weight.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from flask import Flask
@@ -397,3 +399,69 @@ def test_a_restarted_exporter_finds_its_holds_shared_through_the_cluster_too() -
         hold("passive", fp, state="released"),
     ]
     assert passive_backends(holds) == [(SVC, DEAD)]
+
+
+class _Receiver:
+    """An HTTP receiver that holds every probe alert until ``release``; records what arrived, in order."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.arrived: list[str] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                name = body["alerts"][0]["labels"]["alertname"]
+                receiver.arrived.append(name)
+                if name == ALERTNAME:
+                    receiver.release.wait(20.0)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_verdict_does_not_wait_behind_a_probe_post_the_actuator_is_slow_to_answer() -> None:
+    """The verdict has its own sender: a probe's post (or its retries) in flight does not hold it back."""
+    receiver = _Receiver()
+    loop = asyncio.new_event_loop()
+    engine = ProbeEngine(lambda s, r: (SPEC,), hot_path=False, jitter=lambda: 1.0)
+    loop.run_until_complete(_sync(engine, _table()))
+    config = loads(f"passive: {{enabled: true}}\nprobes:\n  publish: {{mode: actuator, url: '{receiver.url}'}}\n")
+    probes = SimpleNamespace(publisher=HTTPPublisher(receiver.url), engine=engine)
+    detector = start_passive(config, None, probes)  # type: ignore[arg-type]  # the runner's two parts it uses
+    assert detector is not None and detector.fusion is not None
+    try:
+        probes.publisher.transition(Transition(SVC, RS[1], "tcp", False, "refused"))
+        wait_for(lambda: receiver.arrived == [ALERTNAME], "the probe's post at the receiver", timeout=10.0)
+        verdict = Verdict(SVC, DEAD, "refused", 1, 1, 1.0, 0.0, 5.0, 0.0)
+        assert detector.fusion.verdict(verdict)
+        wait_for(
+            lambda: PASSIVE_ALERTNAME in receiver.arrived,
+            "the verdict's post while the probe's is unanswered",
+            timeout=10.0,
+        )
+    finally:
+        receiver.release.set()
+        detector.stop()
+        probes.publisher.close()
+        receiver.close()
+        loop.run_until_complete(engine.stop())
+        loop.close()

@@ -1,7 +1,9 @@
 """Passive verdicts to the actuator, and back only when an active check agrees.
 
-A verdict takes the real server out at once: the probes' publisher posts a
-firing alert (``LvsguardPassiveVerdict``, ``lvsguard_source=passive``,
+A verdict takes the real server out at once: a publisher of its own (the
+probes' ``probes.publish`` URL and token, its own thread and kept-alive
+connection, so that it never waits behind a probe's post or its retries) posts
+a firing alert (``LvsguardPassiveVerdict``, ``lvsguard_source=passive``,
 ``lvsguard_action=quarantine``, a fingerprint of its own per real server) to
 the actuator's webhook, which applies its rules (quorum, rate limit,
 hold-down, ledger) as for any alert and records source ``passive``. A real
@@ -101,7 +103,10 @@ def up_since(check: Standing, results_then: int) -> bool:
 
 
 class Fusion:
-    """Sends verdicts on and releases them; runs on the detector's thread (``verdict`` and ``poll``)."""
+    """Sends verdicts on and releases them; runs on the detector's thread (``verdict`` and ``poll``).
+
+    ``publisher`` is the fusion's own: the detector closes it when it stops.
+    """
 
     def __init__(self, publisher: Publisher, checks: Checks, *, holds: Holds | None = None) -> None:
         self.publisher = publisher

@@ -222,5 +222,7 @@ class PassiveDetector:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.fusion is not None:
+            self.fusion.publisher.close()  # its own sender (``exporter.main.start_passive``): what is queued goes out
         if self.events is not None and (self._thread is None or not self._thread.is_alive()):
             self.events.close()

@@ -144,7 +144,15 @@ def webhook_payload(alerts: list[dict[str, Any]]) -> dict[str, Any]:
 class HTTPPublisher:
     """Posts events on a background thread; ``mode`` is ``actuator`` or ``alertmanager``."""
 
-    def __init__(self, url: str, *, mode: str = "actuator", token: str = "", names: Names | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        mode: str = "actuator",
+        token: str = "",
+        names: Names | None = None,
+        name: str = "probe-publisher",
+    ):
         self.url = url.rstrip("/")
         self.mode = mode
         self.token = token
@@ -157,7 +165,7 @@ class HTTPPublisher:
         self._firing_lock = threading.Lock()  # the engine's thread adds and removes, the sender's thread resends
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._poster = Poster()
-        self._thread = threading.Thread(target=self._run, name="probe-publisher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def transition(self, change: Transition) -> None:
