@@ -243,7 +243,9 @@ def start_passive(config: Config, netns: str | None, probes: ProbeRunner | None 
 
         token = read_token(publish)
         holds = actuator_holds(publish.url, token) if publish.mode == "actuator" else None
-        sender = HTTPPublisher(publish.url, mode=publish.mode, token=token, names=config, name="passive-publisher")
+        sender = HTTPPublisher(
+            publish.url, mode=publish.mode, token=token, names=config, name="passive-publisher", warm=True
+        )
         fusion = Fusion(sender, probes.engine.standing, holds=holds)
     else:
         reason = "no probes run" if probes is None else "probes.publish is not set"

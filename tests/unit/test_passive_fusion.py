@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from lvsguard.exporter.passive.fusion import CHECK, Fusion, actuator_holds, pass
 from lvsguard.exporter.passive.metrics import PassiveMetrics
 from lvsguard.exporter.passive.rule import Judge, Verdict
 from lvsguard.exporter.passive.runner import PassiveDetector
+from lvsguard.exporter.probes import publish
 from lvsguard.exporter.probes.engine import CheckSpec, ProbeEngine, Standing
 from lvsguard.exporter.probes.publish import (
     ALERTNAME,
@@ -463,5 +465,36 @@ def test_a_verdict_does_not_wait_behind_a_probe_post_the_actuator_is_slow_to_ans
         detector.stop()
         probes.publisher.close()
         receiver.close()
+        loop.run_until_complete(engine.stop())
+        loop.close()
+
+
+def test_the_verdicts_publisher_keeps_a_connection_open_to_the_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open before the first verdict, and again when the receiver closes it while idle (waitress: after 15 s).
+
+    A verdict then goes out on an open connection, not after a TCP handshake
+    and the actuator's accept: verdicts come minutes apart, far beyond any
+    receiver's idle timeout.
+    """
+    monkeypatch.setattr(publish, "KEEP_WARM", 0.1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10.0)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    loop = asyncio.new_event_loop()
+    engine = ProbeEngine(lambda s, r: (SPEC,), hot_path=False, jitter=lambda: 1.0)
+    loop.run_until_complete(_sync(engine, _table()))
+    config = loads(f"passive: {{enabled: true}}\nprobes:\n  publish: {{mode: alertmanager, url: '{url}'}}\n")
+    probes = SimpleNamespace(publisher=HTTPPublisher(url, mode="alertmanager"), engine=engine)
+    detector = start_passive(config, None, probes)  # type: ignore[arg-type]  # the runner's two parts it uses
+    try:
+        first, _ = listener.accept()  # with no verdict to send
+        first.close()  # the receiver's idle timeout
+        second, _ = listener.accept()  # opened again, still with nothing to send
+        second.close()
+    finally:
+        listener.close()
+        if detector is not None:
+            detector.stop()
+        probes.publisher.close()
         loop.run_until_complete(engine.stop())
         loop.close()

@@ -53,6 +53,11 @@ RETRIES = 3
 RETRY_DELAY = 0.5
 HTTP_TIMEOUT = 5.0
 RESEND = 60.0  # seconds between two sends of a firing alert to Alertmanager
+KEEP_WARM = 5.0
+"""Seconds between two looks, while idle, at a kept-open connection (``HTTPPublisher(warm=True)``).
+
+The actuator's waitress closes a connection silent for 15 s; a look every 5 s opens it
+again within 5 s of that."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,7 @@ class HTTPPublisher:
         token: str = "",
         names: Names | None = None,
         name: str = "probe-publisher",
+        warm: bool = False,
     ):
         self.url = url.rstrip("/")
         self.mode = mode
@@ -159,6 +165,7 @@ class HTTPPublisher:
         self.names: Names = names if names is not None else NoNames()
         self.sent = 0
         self.resend = RESEND
+        self.warm = warm  # keep a connection to the receiver open while idle: an event then needs no handshake
         self._firing: dict[
             str, tuple[dict[str, Any], str]
         ] = {}  # fingerprint -> v2 alert, real server (alertmanager mode)
@@ -209,16 +216,30 @@ class HTTPPublisher:
         self._thread.join(HTTP_TIMEOUT * RETRIES)
 
     def _next(self) -> _Item | None:
-        """The next event; on a quiet ``resend`` interval, the firing alerts again (alertmanager mode)."""
+        """The next event; on a quiet ``resend`` interval, the firing alerts again (alertmanager mode).
+
+        With ``warm``, it also looks at the connection every ``KEEP_WARM`` seconds
+        while idle and opens it again when the receiver closed it.
+        """
+        resend_at = time.monotonic() + self.resend
         while True:
+            waits = [KEEP_WARM] if self.warm else []
+            if self._firing:
+                waits.append(max(0.0, resend_at - time.monotonic()))
             try:
-                return self._queue.get(timeout=self.resend if self._firing else None)
+                return self._queue.get(timeout=min(waits) if waits else None)
             except queue.Empty:
-                with self._firing_lock:
-                    ends = _rfc3339(time.time() + 4 * self.resend)
-                    alerts = [{**v2, "endsAt": ends} for v2, _ in self._firing.values()]
-                if alerts:
-                    return (f"{self.url}/api/v2/alerts", alerts, f"{len(alerts)} firing", time.perf_counter())
+                pass
+            if self.warm:
+                self._poster.keep_open(self.url)
+            if not self._firing or time.monotonic() < resend_at:
+                continue
+            resend_at = time.monotonic() + self.resend
+            with self._firing_lock:
+                ends = _rfc3339(time.time() + 4 * self.resend)
+                alerts = [{**v2, "endsAt": ends} for v2, _ in self._firing.values()]
+            if alerts:
+                return (f"{self.url}/api/v2/alerts", alerts, f"{len(alerts)} firing", time.perf_counter())
 
     def _run(self) -> None:
         try:
@@ -311,6 +332,21 @@ class Poster:
                 self._conns.pop((parts.scheme, parts.netloc), None)
             return response.status, reply
         raise AssertionError("unreachable")  # the fresh attempt returns or raises
+
+    def keep_open(self, url: str) -> None:
+        """Have a connection to ``url``'s receiver open, before any post or again after the receiver closed it.
+
+        A failure is left to the next post, which tries again and reports it.
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return
+        conn = self._connection(parts.scheme, parts.netloc, False)
+        if conn.sock is None:
+            try:
+                conn.connect()
+            except OSError:
+                conn.close()
 
     def _connection(self, scheme: str, netloc: str, fresh: bool) -> http.client.HTTPConnection:
         conn = self._conns.get((scheme, netloc))
