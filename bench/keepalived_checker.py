@@ -103,6 +103,7 @@ class Setting:
 
 
 SETTINGS = (Setting("slow", 5.0, 1.0, 1), Setting("common", 1.0, 1.0, 1), Setting("fast", 0.1, 0.1, 0))
+SETTING_INTERVAL = {s.name: f"{s.delay_loop:g} s" for s in SETTINGS}
 PASSIVE = "lvsguard+passive"  # lvsguard with passive detection from conntrack events beside its checks
 PASSIVE_CONFIG = (  # a fixed 2 s hold-down: kills seconds apart would double it each time (a flapping server)
     "passive: {enabled: true, source: conntrack, handshake_timeout: 2s, min_failures: 1, min_passes: 1,"
@@ -131,6 +132,7 @@ class Result:
     kills: list[Kill] = field(default_factory=list)
     cpu_percent: float = 0.0
     rate: float = 0.0  # new client connections a second made during the kills
+    asked: float = 0.0  # new client connections a second asked for
 
     def summary(self) -> dict[str, float]:
         zero = [k.to_zero for k in self.kills]
@@ -158,6 +160,7 @@ class Result:
             "restore_max_s": max(k.restore for k in self.kills),
             "cpu_percent": self.cpu_percent,
             "rate": self.rate,
+            "asked_rate": self.asked,
             **parts,
         }
 
@@ -531,7 +534,7 @@ def measure(
     key = ServiceKey("TCP", VIP_NAT, SERVICE_PORT)
     servers = [RealServer(RealServerKey(lab.node(n).ipv4, BACKEND_PORT), 3, Forward.MASQ) for n in services]
     victim, full = servers[0].key, servers[0].weight
-    result = Result(checker, setting.name)
+    result = Result(checker, setting.name, asked=rate)
     rng = random.Random(seed)  # the same kill phases for both checkers of a run
     running = (
         keepalived(lab, key, servers, setting, workdir)
@@ -607,7 +610,7 @@ def measure(
 def report(results: list[Result]) -> str:
     """The table: failed requests per kill in all, then by how they failed (cut at the kill, refused, timed out)."""
     lines = [
-        "| checker | setting | client rate | kill -> weight 0 (median / max) | failed requests / kill (median / max)"
+        "| checker | setting | client rate (asked) | kill -> weight 0 (median / max) | failed requests / kill (median / max)"
         " | cut at the kill | refused | timed out | failed after weight 0 | CPU | restore (median / max) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -616,7 +619,8 @@ def report(results: list[Result]) -> str:
         how = " | ".join(f"{s[f'{h}_per_kill_median']:g} / {s[f'{h}_per_kill_max']:g}" for h in (CUT, REFUSED, TIMEOUT))
         other = f" (+{s['other_per_kill_max']:g} other)" if s["other_per_kill_max"] else ""
         lines.append(
-            f"| {r.checker} | {r.setting} | {s['rate']:.0f}/s | {s['median_to_zero_s']:.3f} / {s['max_to_zero_s']:.3f} s"
+            f"| {r.checker} | {r.setting} ({SETTING_INTERVAL[r.setting]}) | {s['rate']:.0f}/s ({r.asked:g}/s)"
+            f" | {s['median_to_zero_s']:.3f} / {s['max_to_zero_s']:.3f} s"
             f" | {s['failed_per_kill_median']:g} / {s['failed_per_kill_max']:g}{other} | {how}"
             f" | {s['failed_after_zero_total']:g} | {s['cpu_percent']:.1f} % | {s['restore_median_s']:.3f} / {s['restore_max_s']:.3f} s |"
         )
@@ -634,10 +638,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the random wait before each kill")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "keepalived_checker.json"))
     args = parser.parse_args(argv)
-    if not os.path.exists(KEEPALIVED):
-        print(f"bench: {KEEPALIVED} is not installed (Debian package keepalived)", file=sys.stderr)
-        return 1
     chosen = [s for s in SETTINGS if s.name in args.settings.split(",")]
+    plan = [
+        (checker, setting)
+        for setting in chosen
+        for checker in args.checkers.split(",")
+        if not (checker == PASSIVE and setting.name == "fast")
+    ]
+    try:
+        results = run(plan, [args.rate], args.kills, args.seed, args.json)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(report(results))
+    return 0
+
+
+def run(plan: list[tuple[str, Setting]], rates: list[float], kills: int, seed: int, json_path: str) -> list[Result]:
+    """Each (checker, setting) of ``plan`` at each of ``rates`` (new connections a second), in one lab.
+
+    Conntrack is on for every checker when the plan has lvsguard+passive: its
+    cost is then the same for all.
+    """
+    if not os.path.exists(KEEPALIVED) and any(checker == "keepalived" for checker, _ in plan):
+        raise BenchError(f"{KEEPALIVED} is not installed (Debian package keepalived)")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="lvsguard-kc-") as tmp, Lab() as lab, ExitStack() as stack:
         workdir = Path(tmp)
@@ -649,22 +674,15 @@ def main(argv: list[str] | None = None) -> int:
             service.ready()
         kernel = NetlinkIPVS(lab.director.netns)
         stack.callback(kernel.close)
-        checkers = args.checkers.split(",")
-        if PASSIVE in checkers:  # for every checker of the run: conntrack's cost is the same for all
+        if any(checker == PASSIVE for checker, _ in plan):
             conntrack.track(lab.director.netns)
-        for setting in chosen:
-            for checker in checkers:
-                if checker == PASSIVE and setting.name == "fast":
-                    continue
-                print(f"== {checker}, {setting.name} setting", flush=True)
-                results.append(
-                    measure(checker, setting, lab, kernel, services, args.kills, args.rate, workdir, args.seed)
-                )
-                save(results, args.json)
+        for rate in rates:
+            for checker, setting in plan:
+                print(f"== {checker}, {setting.name} setting, {rate:g} new connections/s", flush=True)
+                results.append(measure(checker, setting, lab, kernel, services, kills, rate, workdir, seed))
+                save(results, json_path)
                 print(report(results[-1:]).splitlines()[-1], flush=True)
-    print()
-    print(report(results))
-    return 0
+    return results
 
 
 def save(results: list[Result], path: str) -> None:

@@ -21,6 +21,16 @@ ESTABLISHED entries (``--established``).
     .venv/bin/python bench/passive.py --replay [--rate 1000]     # on the host, no VM
     lab/vm.sh --mem 1024 .venv/bin/python bench/passive.py --false-positives [--seconds 600]
 
+``--kills N`` answers the issue's question in one run (``bench.keepalived_checker``
+underneath): rs1 of a NAT service is SIGKILLed N times (its port then refuses)
+under a client load of 40 and of 200 new connections a second
+(``--kill-rates``), for lvsguard with passive detection beside tcp checks every
+5 s and every 1 s and for keepalived's checker every 5 s, 1 s and 0.1 s; per
+checker, setting and rate: failed client requests per kill (cut, refused,
+timed out) and the time from the kill to weight 0::
+
+    lab/vm.sh --mem 1024 .venv/bin/python bench/passive.py --kills 3 [--kill-rates 40 200]
+
 ``--false-positives`` runs ``lab.passive_soak``: clients that reset and
 abandon their own connections and a spoofed SYN flood beside normal requests,
 with both detectors and the actuator on, and reports what was taken out
@@ -46,6 +56,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+
+from bench import keepalived_checker
 from lab import conntrack, passive_soak, synflood, traffic
 from lab.topology import VIP_DR, VIP_NAT, Lab
 from lvsguard.config.passive import CONNTRACK, PassiveConfig
@@ -498,6 +510,30 @@ def host_costs(rate: float, refused: float, established: int, seconds: float) ->
     return rows
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+KILL_PLAN = (  # (checker, setting name): lvsguard+passive's checks at 5 s and 1 s, keepalived's at 5 s, 1 s, 0.1 s
+    (keepalived_checker.PASSIVE, "slow"),
+    ("keepalived", "slow"),
+    (keepalived_checker.PASSIVE, "common"),
+    ("keepalived", "common"),
+    ("keepalived", "fast"),
+)
+
+
+def kills(n: int, rates: list[float], json_path: str) -> int:
+    """Failed client requests per refused kill and time to weight 0, every checker of ``KILL_PLAN`` at ``rates``."""
+    settings = {s.name: s for s in keepalived_checker.SETTINGS}
+    plan = [(checker, settings[name]) for checker, name in KILL_PLAN]
+    try:
+        results = keepalived_checker.run(plan, rates, n, seed=1, json_path=json_path)
+    except keepalived_checker.BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(keepalived_checker.report(results))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000, 10000, 20000, 40000, 100000])
@@ -514,7 +550,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--rate", type=float, nargs="*", default=[1000.0, 5000.0], help="--replay, --host: handshakes a second"
     )
+    ap.add_argument(
+        "--kills",
+        type=int,
+        metavar="N",
+        help="kill a real server N times per checker, setting and rate: failed requests per kill, "
+        "lvsguard+passive (checks every 5 s, 1 s) against keepalived's checker (5 s, 1 s, 0.1 s)",
+    )
+    ap.add_argument(
+        "--kill-rates", type=float, nargs="*", default=[40.0, 200.0], help="--kills: new client connections a second"
+    )
+    ap.add_argument("--json", default=str(RESULTS / "passive_kills.json"), help="--kills: where the figures go")
     args = ap.parse_args(argv)
+    if args.kills:
+        return kills(args.kills, args.kill_rates, args.json)
     if args.false_positives:
         lab = Lab(3)
         lab.build()
