@@ -35,6 +35,7 @@ from lvsguard.actuator.actions import Actions, Result
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.states import BackendState
 from lvsguard.actuator.targets import Target
+from lvsguard.actuator.worker import Worker
 from lvsguard.cluster.etcd import KeyValue
 from lvsguard.cluster.records import DELETE, ClusterHold, HoldStore
 from lvsguard.errors import ClusterStoreError
@@ -76,8 +77,10 @@ class ClusterMetrics:
         )
 
 
-class ClusterSync:
+class ClusterSync(Worker):
     """The watch thread of one actuator: ``start()`` once the app runs (``JobRunner.begin``), ``stop()`` at exit."""
+
+    thread_name = "lvsguard-cluster"
 
     def __init__(
         self,
@@ -90,6 +93,7 @@ class ClusterSync:
         retry: float = RETRY,
         clock: Callable[[], float] = time.time,
     ):
+        super().__init__()
         self.actions = actions
         self.ledger_path = ledger_path
         self.store = store
@@ -102,23 +106,12 @@ class ClusterSync:
         self.converged = threading.Event()  # set after each convergence (tests and the benchmark wait on it)
         self.announce_soon = threading.Event()  # set after each convergence: the fleet announcer's cue
         self.pending = 0  # cluster holds not applied here (the metric's value; the fleet view shows it)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._records: dict[str, list[ClusterHold]] = {}  # key -> its holds
         self.revision = 0  # the cluster's revision that ``_records`` are at
 
     def deletions(self) -> list[ClusterHold]:
         """The cluster's holds that are deletions (a drain with ``delete`` ended), as last read."""
         return [h for holds in list(self._records.values()) for h in holds if h.action == DELETE]
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lvsguard-cluster", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         ledger = Ledger.open(self.ledger_path, clock=self.actions.clock, create=False)

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from lvsguard.actuator.actions import Actions, Actor, Source
 from lvsguard.actuator.ledger import Ledger
+from lvsguard.actuator.worker import Worker
 from lvsguard.cluster.table import TableRecord, TableStore
 from lvsguard.errors import ClusterStoreError
 from lvsguard.logs import event
@@ -62,8 +63,10 @@ class TableMetrics:
         pending.set_function(lambda: len(actions.table.pending))
 
 
-class TableSync:
+class TableSync(Worker):
     """The table watch of one actuator: ``start()`` with the cluster watch, ``stop()`` at exit."""
+
+    thread_name = "lvsguard-cluster-table"
 
     def __init__(
         self,
@@ -77,6 +80,7 @@ class TableSync:
         retry: float = RETRY,
         clock: Callable[[], float] = time.time,
     ):
+        super().__init__()
         self.actions = actions
         self.ledger_path = ledger_path
         self.store = store
@@ -86,19 +90,11 @@ class TableSync:
         self.idle_timeout = idle_timeout
         self.retry = retry
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._reported_down = False
 
     def start(self) -> None:
         self.show(self.actions.cluster_table)  # the cached one, applied at start
-        self._thread = threading.Thread(target=self._run, name="lvsguard-cluster-table", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().start()
 
     def show(self, record: TableRecord | None) -> None:
         self.metrics.revision.set(record.revision if record is not None else 0)

@@ -30,6 +30,7 @@ from lvsguard.actuator.actions import Actions
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.states import BackendState
 from lvsguard.actuator.targets import Target
+from lvsguard.actuator.worker import Worker
 from lvsguard.cluster.drains import DrainJob, DrainStore, DrainsView
 from lvsguard.cluster.fleet import Fleet, FleetView
 from lvsguard.cluster.records import HoldStore
@@ -55,8 +56,10 @@ class DrainMetrics:
         )
 
 
-class DrainWorker:
+class DrainWorker(Worker):
     """Claims, decides and ends the cluster's drain jobs; ``start()`` with the cluster watch, ``stop()`` at exit."""
+
+    thread_name = "lvsguard-drains"
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class DrainWorker:
         *,
         interval: float = INTERVAL,
     ):
+        super().__init__()
         self.store = store
         self.holds = holds
         self.fleet = fleet
@@ -79,17 +83,9 @@ class DrainWorker:
         self.director = store.director
         self.view = DrainsView()  # the last read (the announcer's and the mirror jobs' source)
         self.read_once = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lvsguard-drains", daemon=True)
-        self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
         try:
             self.store.revoke()  # a clean stop hands its drains over at once, not after the lease's TTL
         except ClusterStoreError:

@@ -14,7 +14,6 @@ took effect.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,6 +22,7 @@ from lvsguard.actuator.cluster import ClusterSync
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.states import BackendState, Confirmed, Source
 from lvsguard.actuator.targets import Target
+from lvsguard.actuator.worker import Worker
 from lvsguard.cluster.fleet import INTERVAL, DirectorStatus, Fleet, FleetView
 from lvsguard.errors import ClusterStoreError
 from lvsguard.logs import event
@@ -34,8 +34,10 @@ CONFIRM_POLL = 0.05
 VIP_REFRESH = 30.0  # seconds between two reads of the table's service addresses, when nothing else says them
 
 
-class Announcer:
+class Announcer(Worker):
     """Puts this director's status into etcd; ``start()`` with the cluster watch, ``stop()`` at exit."""
+
+    thread_name = "lvsguard-fleet"
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class Announcer:
         interval: float = INTERVAL,
         draining: Callable[[Ledger], tuple[tuple[str, int], ...]] = lambda ledger: (),
     ):
+        super().__init__()
         self.fleet = fleet
         self.sync = sync
         self.actions = actions
@@ -62,24 +65,18 @@ class Announcer:
         self.interval = interval
         self.draining = draining
         self.director = fleet.config.director_name
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._service_addresses: set[str] = set()
         self._addresses_read = -VIP_REFRESH
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lvsguard-fleet", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self.sync.announce_soon.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
         try:
             self.fleet.withdraw(self.director)  # a clean stop leaves the view at once, not after the lease
         except ClusterStoreError:
             pass
+
+    def _wake(self) -> None:
+        self.sync.announce_soon.set()  # it waits on this between two looks
 
     def status(self, ledger: Ledger) -> DirectorStatus:
         """This director now, as the fleet view shows it."""
