@@ -71,6 +71,9 @@ class Sampler:
             self._stop.wait(0.01)  # the actuators share the VM's CPU and this process's GIL
 
     def __enter__(self) -> Sampler:
+        # A first read here, before the thread: pyroute2, imported on the first read, fails with a circular
+        # ImportError when two threads import it at once (the sampler's and the test's own reads).
+        self.cluster.weights(NAMES[0])
         self._thread.start()
         return self
 
