@@ -181,8 +181,8 @@ class _EveryService(Judge):
         for service, real_server in self._backends:
             services.setdefault(service, []).append(real_server)
         for b in self._backends.values():
-            assert b.attempts == sum(p.attempts for p in b.history)
-            assert b.failed == sum(sum(p.failures.values()) for p in b.history)
+            assert b.history.attempts == sum(p.attempts for p in b.history)
+            assert b.history.failed == sum(sum(p.failures.values()) for p in b.history)
         return services
 
 

@@ -88,31 +88,42 @@ class _Pass:
     failures: Counter[str]
 
 
-@dataclass(slots=True)
-class _Backend:
-    history: deque[_Pass] = field(default_factory=deque)  # changed through add, trim and clear: they keep the sums
-    holddown: float = 0.0  # the last hold-down given; 0 before any verdict
-    held_until: float = -math.inf
-    verdicts: int = 0
-    attempts: int = 0  # over ``history``: kept as passes come and go, so that a peer's share costs no walk
-    failed: int = 0
+class _Window(deque[_Pass]):
+    """A real server's recent passes, oldest first, with their attempts and failures summed as passes come and go.
 
-    def add(self, p: _Pass) -> None:
-        self.history.append(p)
+    A peer's share is read on every judgement of its service: the sums spare
+    a walk of the window (hundreds of passes when refusals come often).
+    """
+
+    __slots__ = ("attempts", "failed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+        self.failed = 0
+
+    def append(self, p: _Pass) -> None:
+        super().append(p)
         self.attempts += p.attempts
         self.failed += p.failures.total()
 
-    def trim(self, horizon: float) -> None:
-        """Drop the passes at or before ``horizon``."""
-        history = self.history
-        while history and history[0].at <= horizon:
-            p = history.popleft()
-            self.attempts -= p.attempts
-            self.failed -= p.failures.total()
+    def popleft(self) -> _Pass:
+        p = super().popleft()
+        self.attempts -= p.attempts
+        self.failed -= p.failures.total()
+        return p
 
     def clear(self) -> None:
-        self.history.clear()
+        super().clear()
         self.attempts = self.failed = 0
+
+
+@dataclass(slots=True)
+class _Backend:
+    history: _Window = field(default_factory=_Window)  # append, popleft and clear only: they keep the sums
+    holddown: float = 0.0  # the last hold-down given; 0 before any verdict
+    held_until: float = -math.inf
+    verdicts: int = 0
 
     def spans(self) -> Iterator[tuple[float, int, Counter[str], int]]:
         """(Start, attempts, failures, passes with failures) of the newest pass, the two newest, ... back through the window."""
@@ -132,12 +143,12 @@ class _Backend:
         return min(1.0, sum(sum(p.failures.values()) for p in passes) / attempts)
 
     def window_attempts(self) -> int:
-        return self.attempts
+        return self.history.attempts
 
     def window_share(self) -> float | None:
-        if not self.attempts:
+        if not self.history.attempts:
             return None
-        return min(1.0, self.failed / self.attempts)
+        return min(1.0, self.history.failed / self.history.attempts)
 
 
 class Judge:
@@ -190,10 +201,11 @@ class Judge:
         for backend in seen:
             failures = Counter({r: counts.failures[r][backend] for r in REASONS if counts.failures[r][backend]})
             b = self._backends.setdefault(backend, _Backend())
-            b.add(_Pass(now, counts.attempts[backend], failures))
+            b.history.append(_Pass(now, counts.attempts[backend], failures))
         horizon = now - self.settings.window
         for backend, b in list(self._backends.items()):
-            b.trim(horizon)
+            while b.history and b.history[0].at <= horizon:
+                b.history.popleft()
             if not b.history and b.held_until <= now - self.settings.holddown_max:
                 del self._backends[backend]
 
@@ -264,7 +276,7 @@ class Judge:
             b.holddown = s.holddown_min
         b.held_until = now + b.holddown
         b.verdicts += 1
-        b.clear()  # the failures behind this verdict are spent; the next one needs new ones
+        b.history.clear()  # the failures behind this verdict are spent; the next one needs new ones
         return b.holddown
 
 
