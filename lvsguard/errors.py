@@ -41,6 +41,7 @@
      │   └── TooManyFailures  too many wrong tokens from one address (429, ``retry_after``)
      ├── TokenFileError       a token file or LVSGUARD_TOKEN is unusable
      ├── ClusterStoreError    no etcd endpoint answered, or etcd refused a request (``endpoint``)
+     │   └── TableRefused     the cluster's table in etcd is not a valid table (a chunk missing, bad JSON)
      └── WebConfigError       a --web.config.file (TLS, basic auth, headers) is unusable
 
 An exception carries the objects it is about (``service``, ``real_server``,
@@ -329,6 +330,10 @@ class ClusterStoreError(LvsguardError):
         self.status = status
         self.maybe_applied = maybe_applied
         super().__init__(message)
+
+
+class TableRefused(ClusterStoreError):
+    """What etcd holds as the cluster's table is not a valid table; a director keeps the one it applied."""
 
 
 class WebConfigError(LvsguardError):

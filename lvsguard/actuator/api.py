@@ -481,7 +481,7 @@ def cluster_json() -> dict[str, Any]:
     try:
         view = fleet.view()
         records, _revision = sync.store.snapshot()
-        table = TableStore(sync.store.client, settings).read()
+        table = TableStore(sync.store.client, settings).head()
         jobs = drains.view() if drains is not None else DrainsView()
     except ClusterStoreError as exc:
         out["problems"] = [str(exc)]
@@ -495,8 +495,8 @@ def cluster_json() -> dict[str, Any]:
             "by": table.by,
             "at": iso(table.at),
             "file": table.file,
-            "services": len(table.desired),
-            "real_servers": table.desired.real_server_count,
+            "services": table.services,
+            "real_servers": table.real_servers,
         }
     out["directors"] = [
         {

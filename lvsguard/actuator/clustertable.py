@@ -1,15 +1,18 @@
 """The cluster's table watch (``table.source: cluster``): this director applies the cluster's desired table.
 
-One thread reads the table record (``lvsguard.cluster.table``), applies it
+One thread reads the table's manifest and the chunks it names
+(``lvsguard.cluster.table``: only the chunks this director does not hold
+already), and once the whole table is there and checked, applies it
 through the table reconciler (``Actions.apply_cluster_table``: the same plan,
 holds winning, prune policy, drains before deletes, edits in place, only the
-services that changed), then watches the key and applies each new revision.
+services that changed), then watches the manifest and applies each new revision.
 Every record applied is cached in the ledger: at start, before etcd is asked,
 the cached table is the desired one (``JobRunner.begin``), so a director that
 reboots while etcd is out of reach still builds its table. While etcd cannot
 be reached the director keeps what it has and reads again every ``retry``
-seconds; when it answers, one read brings the newest revision. A record that
-is deleted or is not a valid table is logged and the last one applied stays.
+seconds; when it answers, one read brings the newest revision. A manifest
+that is deleted, or names a chunk that is missing or not valid, is logged and
+the last table applied stays: a director never applies half a table.
 
 Metrics (registered only with ``table.source: cluster``):
 
@@ -33,8 +36,9 @@ from prometheus_client import CollectorRegistry, Gauge
 from lvsguard.actuator.actions import Actions, Actor, Source
 from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.worker import Worker
+from lvsguard.cluster.etcd import KeyValue
 from lvsguard.cluster.table import TableRecord, TableStore
-from lvsguard.errors import ClusterStoreError
+from lvsguard.errors import ClusterStoreError, TableRefused
 from lvsguard.logs import event
 
 log = logging.getLogger(__name__)
@@ -118,16 +122,16 @@ class TableSync(Worker):
             ledger.close()
 
     def _read(self, ledger: Ledger) -> int:
-        """Read the record and apply it when it is new; the revision read at."""
-        kvs, revision = self.store.client.range(self.store.key)
+        """Read the manifest and apply its table when it is new; the revision read at."""
+        kvs, revision = self.store.client.range(self.store.key, exact=True)
         self._reported_down = False
-        kv = next((kv for kv in kvs if kv.key == self.store.key), None)
-        if kv is not None:
-            self._take(ledger, kv.value, kv.mod_revision)
+        if kvs:
+            self._take(ledger, kvs[0], revision)
         return revision
 
     def _follow(self, ledger: Ledger, revision: int) -> None:
-        for batch in self.store.client.watch(self.store.key, revision + 1, idle_timeout=self.idle_timeout):
+        watch = self.store.client.watch(self.store.key, revision + 1, idle_timeout=self.idle_timeout, exact=True)
+        for batch in watch:
             if self._stop.is_set():
                 return
             mine = [ev for ev in batch if ev.kv.key == self.store.key]
@@ -137,20 +141,32 @@ class TableSync(Worker):
             if last.kind == "delete":
                 event(log, logging.WARNING, "cluster_table_deleted", key=self.store.key, keeping="the table applied")
                 continue
-            self._take(ledger, last.kv.value, last.kv.mod_revision)
+            self._take(ledger, last.kv, last.kv.mod_revision)
 
-    def _take(self, ledger: Ledger, text: str, revision: int) -> None:
+    def _take(self, ledger: Ledger, kv: KeyValue, revision: int) -> None:
+        """Apply the table of manifest ``kv`` once all of it is fetched (its chunks read at ``revision``).
+
+        The chunks of the table applied are not fetched again. A table that
+        is not valid (a chunk missing or not matching its hash, a bad entry)
+        is logged and the last one applied stays; etcd out of reach raises
+        ClusterStoreError (the loop reads again).
+        """
         current = self.actions.cluster_table
-        if current is not None and current.revision == revision and current.text == text:
+        if current is not None and current.revision == kv.mod_revision and current.manifest.text == kv.value:
             return  # applied already (at start, from the cache)
         try:
-            record = self.store.decode_text(text, revision)
-        except ClusterStoreError as exc:
+            record = self.store.fetch(kv, revision, have=current.chunks if current is not None else None)
+        except TableRefused as exc:
             event(
-                log, logging.ERROR, "cluster_table_refused", revision=revision, error=exc, keeping="the table applied"
+                log,
+                logging.ERROR,
+                "cluster_table_refused",
+                revision=kv.mod_revision,
+                error=exc,
+                keeping="the table applied",
             )
             return
-        actor = Actor(Source.CLUSTER, f"table revision {revision} by {record.by or 'unknown'}")
+        actor = Actor(Source.CLUSTER, f"table revision {record.revision} by {record.by or 'unknown'}")
         outcome = self.actions.apply_cluster_table(ledger, record, actor)
         if record.at:
             self.metrics.lag.set(max(0.0, self.clock() - record.at))
@@ -159,7 +175,7 @@ class TableSync(Worker):
             log,
             logging.WARNING if outcome.failures else logging.INFO,
             "cluster_table_applied",
-            revision=revision,
+            revision=record.revision,
             by=record.by,
             result=outcome.outcome,
             message=outcome.message,

@@ -5,9 +5,10 @@ line; nothing is written when there is one) and talk to the etcd of its
 ``cluster`` section. ``diff --cluster`` prints the plan from the cluster's
 table to the file's, table against table (exit 0: the same, 2: changes
 pending). ``apply --cluster`` prints the same plan and, when there is a
-change, writes the file's table as the cluster's record in one
-compare-and-swap on the revision it planned against: a push that raced
-another writes nothing and says so. Every director with ``table.source:
+change, writes the chunks of the file's table that the cluster's table does
+not have, then its manifest in one compare-and-swap on the revision it
+planned against (``lvsguard.cluster.table``): a push that raced another
+writes no manifest and says so. Every director with ``table.source:
 cluster`` applies the new record to its own kernel.
 """
 
@@ -20,7 +21,7 @@ from typing import TextIO
 from lvsguard.cluster.etcd import EtcdClient
 from lvsguard.cluster.table import TableRecord, TableStore
 from lvsguard.config.loader import Config
-from lvsguard.errors import ConfigError, ConfigProblem
+from lvsguard.errors import ConfigError, ConfigProblem, TableRefused
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.plan import Plan, plan
 
@@ -74,24 +75,25 @@ def apply(cfg: Config, out: TextIO | None = None, *, by: str = "") -> int:
     out = out or sys.stdout
     store = table_store(cfg)
     try:
-        record = store.read()
+        expect = None
+        try:
+            record = store.read()
+        except TableRefused as exc:  # a broken table: replaced whole, still against its revision
+            print(f"The cluster's table in etcd is not valid ({exc}): writing this one whole.", file=out)
+            record, expect = None, store.revision()
         steps = cluster_plan(cfg.desired, record)
         out.write(heading(cfg, record) + "\n" + str(steps))
         if steps.empty and record is not None:
             print("Nothing written: the cluster's table is already this one.", file=out)
             return EXIT_MATCHES
-        written = store.write(
-            cfg.desired,
-            cfg.service_name,
-            by=by,
-            file=cfg.file,
-            expect=record.revision if record is not None else 0,
-        )
+        pushed = store.write(cfg.desired, cfg.service_name, base=record, expect=expect, by=by, file=cfg.file)
     finally:
         store.client.close()
+    written = pushed.record
     print(
-        f"Written: cluster {cfg.cluster.name}'s table is {written.summary}; every director with "
-        f"table.source: cluster applies it ('lvsguard status --cluster' shows where it is applied).",
+        f"Written: cluster {cfg.cluster.name}'s table is {written.summary}, in {len(written.manifest.chunks)} "
+        f"chunks ({pushed.written} new, {pushed.written_bytes} bytes; {pushed.deleted} old ones deleted); every "
+        f"director with table.source: cluster applies it ('lvsguard status --cluster' shows where it is applied).",
         file=out,
     )
     return EXIT_MATCHES

@@ -249,19 +249,34 @@ class EtcdClient:
         """Set ``key``; the cluster's revision after the put."""
         return _revision(self.call("kv/put", put_op(key, value, lease)["request_put"]))
 
-    def get(self, key: str, *, serializable: bool = False) -> KeyValue | None:
-        """``key``'s value; ``serializable``: the answering member's own copy (no Raft round; may be behind)."""
+    def get(self, key: str, *, serializable: bool = False, revision: int = 0) -> KeyValue | None:
+        """``key``'s value; ``serializable``: the answering member's own copy (no Raft round; may be behind).
+
+        ``revision``: as it was at that revision of the cluster (etcd keeps
+        old revisions until it compacts them; then ClusterStoreError).
+        """
         body: dict[str, Any] = {"key": _b64(key)}
         if serializable:
             body["serializable"] = True
+        if revision:
+            body["revision"] = str(revision)
         kvs = self.call("kv/range", body).get("kvs", [])
         return KeyValue.from_json(kvs[0]) if kvs else None
 
-    def range(self, prefix: str, *, serializable: bool = False) -> tuple[list[KeyValue], int]:
-        """Every key under ``prefix`` and the revision it was read at; linearizable unless ``serializable``."""
-        body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64_end(prefix)}
+    def range(
+        self, prefix: str, *, serializable: bool = False, exact: bool = False, keys_only: bool = False
+    ) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` and the revision it was read at; linearizable unless ``serializable``.
+
+        ``exact``: the key ``prefix`` alone; ``keys_only``: without their values.
+        """
+        body: dict[str, Any] = {"key": _b64(prefix)}
+        if not exact:
+            body["range_end"] = _b64_end(prefix)
         if serializable:
             body["serializable"] = True
+        if keys_only:
+            body["keys_only"] = True
         reply = self.call("kv/range", body)
         return [KeyValue.from_json(kv) for kv in reply.get("kvs", [])], _revision(reply)
 
@@ -298,8 +313,10 @@ class EtcdClient:
 
     # --- watch ----------------------------------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int, *, idle_timeout: float = 10.0) -> Iterator[list[Event]]:
-        """Yield the events under ``prefix`` from ``start_revision`` on, a batch per etcd message.
+    def watch(
+        self, prefix: str, start_revision: int, *, idle_timeout: float = 10.0, exact: bool = False
+    ) -> Iterator[list[Event]]:
+        """Yield the events under ``prefix`` (``exact``: of that key alone) from ``start_revision`` on, a batch per etcd message.
 
         Blocks between batches. Raises ClusterStoreError when no endpoint
         accepts the watch, when the stream breaks, or when it is silent for
@@ -307,16 +324,10 @@ class EtcdClient:
         mute: the caller re-reads and watches again). An empty batch is etcd's
         confirmation that the watch is in place.
         """
-        body = json.dumps(
-            {
-                "create_request": {
-                    "key": _b64(prefix),
-                    "range_end": _b64_end(prefix),
-                    "start_revision": str(start_revision),
-                    "progress_notify": True,
-                }
-            }
-        ).encode()
+        create: dict[str, Any] = {"key": _b64(prefix), "start_revision": str(start_revision), "progress_notify": True}
+        if not exact:
+            create["range_end"] = _b64_end(prefix)
+        body = json.dumps({"create_request": create}).encode()
         errors: list[str] = []
         for index in self._order():
             ep = self.endpoints[index]

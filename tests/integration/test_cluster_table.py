@@ -9,7 +9,10 @@ the ledger's cache. The kernel side runs in the lab VM
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +27,12 @@ from lvsguard.actuator.ledger import Ledger
 from lvsguard.actuator.settings import ActuatorSettings
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.etcd import EtcdClient
-from lvsguard.cluster.table import TableStore
+from lvsguard.cluster.table import MAX_CHUNK, MAX_REQUEST, Pushed, TableStore, digest, split
 from lvsguard.config.cluster import ClusterConfig
-from lvsguard.model import RealServerKey, ServiceKey
-from lvsguard.table.load import TableSettings
+from lvsguard.errors import ClusterStoreError
+from lvsguard.model import Forward, RealServerKey, ServiceKey, VirtualService
+from lvsguard.table.desired import DesiredTable, make_real_server, make_service
+from lvsguard.table.load import TableSettings, service_mapping
 from tests.etcdserver import EtcdServer, running_etcd
 from tests.fakes import FakeKernel, fake_app
 from tests.integration.test_cluster_holds import Director as HoldsDirector
@@ -242,3 +247,192 @@ def test_a_director_started_without_etcd_builds_its_cached_table_and_converges_l
         write(tmp_path / "c.yaml", config(etcd.url, "cache", {0: 5, 1: 4}))
         assert cli.main(["apply", "--cluster", "--config", path]) == 0
         wait_tables([again], {str(WEB): {str(RS[0]): 5, str(RS[1]): 4}})
+
+
+# --- a table of any size: chunks and a manifest ---------------------------------------------------------------------
+
+
+def big_table(services: int, reals: int, *, huge: int = 0, bump: int = -1) -> DesiredTable:
+    """``services`` × ``reals`` real servers (NAT, wrr), plus one service of ``huge`` real servers.
+
+    ``bump``: the index of the service whose first real server's weight is one more.
+    """
+
+    def service(i: int, count: int) -> VirtualService:
+        base = int(ipaddress.IPv4Address("172.16.0.0")) + i * 65536
+        return make_service(
+            ServiceKey("TCP", str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.0.0.1")) + i)), 80),
+            "wrr",
+            real_servers=[
+                make_real_server(
+                    RealServerKey(str(ipaddress.IPv4Address(base + j + 1)), 80),
+                    Forward.MASQ,
+                    1 + (i + j) % 10 + (1 if i == bump and j == 0 else 0),
+                )
+                for j in range(count)
+            ],
+        )
+
+    return DesiredTable(
+        tuple(service(i, reals) for i in range(services)) + ((service(services, huge),) if huge else ())
+    )
+
+
+def no_names(key: ServiceKey) -> str:
+    return ""
+
+
+@pytest.fixture(scope="module")
+def big(etcd: EtcdServer) -> Iterator[tuple[TableStore, DesiredTable, Pushed]]:
+    """100 000 real servers pushed: 700 services of 100 and one of 30 000 (more than one chunk on its own)."""
+    client = EtcdClient([etcd.url], timeout=60)
+    store = TableStore(client, ClusterConfig(store="etcd", endpoints=(etcd.url,), name="big"))
+    desired = big_table(700, 100, huge=30_000)
+    pushed = store.write(desired, no_names, base=None, by="test")
+    yield store, desired, pushed
+    client.close()
+
+
+def test_100_000_real_servers_are_pushed_in_chunks_and_read_back_identical(
+    big: tuple[TableStore, DesiredTable, Pushed],
+) -> None:
+    store, desired, pushed = big
+    assert desired.real_server_count == 100_000
+    manifest = store.head()
+    assert manifest is not None and manifest.revision == pushed.record.revision
+    assert (manifest.services, manifest.real_servers) == (701, 100_000)
+    assert pushed.written == len(manifest.chunks) == len(set(manifest.chunks)) > 100
+    assert pushed.written_bytes > 4 * MAX_REQUEST  # far above what one record could hold
+    assert set(store.chunk_names()) == set(manifest.chunks)
+    sizes = [len(store.client.get(store.chunk_prefix + h).value) for h in manifest.chunks]  # type: ignore[union-attr]  # every chunk is there (asserted above)
+    assert max(sizes) <= MAX_CHUNK + 1024
+    record = store.read()
+    assert record is not None and record.revision == manifest.revision
+    assert record.desired.services == desired.services  # every field of every real server, in order
+
+
+def test_one_weight_changed_writes_one_chunk_and_deletes_the_one_it_replaces(
+    big: tuple[TableStore, DesiredTable, Pushed],
+) -> None:
+    store, _desired, pushed = big
+    before = store.read()
+    assert before is not None
+    changed = big_table(700, 100, huge=30_000, bump=350)
+    again = store.write(changed, no_names, base=before, by="test")
+    assert (again.written, again.deleted) == (1, 1)
+    assert again.written_bytes <= MAX_CHUNK + 1024
+    chunks = store.chunk_names()
+    assert set(chunks) == set(again.record.manifest.chunks)
+    newer = [h for h, revision in chunks.items() if revision > before.revision]
+    assert len(newer) == 1, "one chunk written in etcd"
+    assert len(set(before.manifest.chunks) ^ set(again.record.manifest.chunks)) == 2
+    record = store.read(have=before.chunks)
+    assert record is not None and record.desired.services == changed.services
+
+
+def small(weight: int, services: int = 30) -> DesiredTable:
+    """A table of several chunks: ``services`` × 100 real servers, the first one's first weight ``weight``."""
+    table = big_table(services, 100)
+    first = table.services[0]
+    rs = dataclasses.replace(first.real_servers[0], weight=weight)
+    return DesiredTable((dataclasses.replace(first, real_servers=(rs, *first.real_servers[1:])), *table.services[1:]))
+
+
+def test_concurrent_pushes_one_wins_the_others_lose_their_cas_cleanly(etcd: EtcdServer) -> None:
+    config = ClusterConfig(store="etcd", endpoints=(etcd.url,), name="race")
+    first = TableStore(EtcdClient([etcd.url]), config).write(small(1), no_names, base=None)
+    assert len(first.record.manifest.chunks) > 2
+    tables = {w: small(w) for w in range(2, 6)}
+    barrier = threading.Barrier(len(tables))
+    outcomes: dict[int, str] = {}
+
+    def push(weight: int) -> None:
+        store = TableStore(EtcdClient([etcd.url]), config)
+        base = store.read()
+        barrier.wait()
+        try:
+            store.write(tables[weight], no_names, base=base)
+            outcomes[weight] = "written"
+        except ClusterStoreError as exc:
+            outcomes[weight] = str(exc)
+
+    threads = [threading.Thread(target=push, args=(w,)) for w in tables]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    won = [w for w, outcome in outcomes.items() if outcome == "written"]
+    assert len(won) == 1, outcomes
+    for w, outcome in outcomes.items():
+        if w not in won:
+            assert "changed since it was read" in outcome and "no table was written" in outcome, outcome
+    store = TableStore(EtcdClient([etcd.url]), config)
+    record = store.read()
+    assert record is not None and record.desired.services == tables[won[0]].services
+    # the losers' chunks: deleted by the winner's push when written before its manifest, else by the next push
+    assert set(store.chunk_names()) >= set(record.manifest.chunks)
+    after = store.write(small(9), no_names, base=record)
+    assert set(store.chunk_names()) == set(after.record.manifest.chunks)
+
+
+def test_a_push_under_way_keeps_its_chunks_when_another_push_collects(etcd: EtcdServer) -> None:
+    config = ClusterConfig(store="etcd", endpoints=(etcd.url,), name="underway")
+    store = TableStore(EtcdClient([etcd.url]), config)
+    base = store.write(small(1), no_names, base=None).record
+    mine = {digest(t): t for t in split(small(7), no_names)}
+    store.put_chunks({h: t for h, t in mine.items() if h not in base.manifest.chunks})  # a push between its steps
+    assert store.collect(base.manifest) == 0  # another writer's collection after the same manifest
+    assert set(mine) <= set(store.chunk_names())
+    written = store.write(small(7), no_names, base=base)
+    record = store.read()
+    assert record is not None and record.desired.services == small(7).services
+    assert written.written == 1
+
+
+def config_table(url: str, cluster: str, desired: DesiredTable) -> dict[str, Any]:
+    return {
+        "table": {"manage": True},
+        "services": [service_mapping(svc) for svc in desired],
+        "cluster": {"store": "etcd", "endpoints": [url], "name": cluster, "director": "ops"},
+    }
+
+
+def test_a_watcher_never_applies_a_partial_or_altered_table(
+    etcd: EtcdServer, tmp_path: Path, start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    director = start("watcher", etcd.url, "partial")
+    config = ClusterConfig(store="etcd", endpoints=(etcd.url,), name="partial")
+    store = TableStore(EtcdClient([etcd.url]), config)
+    first = store.write(small(1, services=20), no_names, base=None).record
+    expected = {str(s.key): {str(rs.key): rs.weight for rs in s.real_servers} for s in first.desired}
+    wait_tables([director], expected)
+
+    # a manifest naming a chunk that is not there: refused, the table applied stays
+    manifest = json.loads(first.manifest.text)
+    manifest["chunks"][-1] = "0" * 64
+    store.client.put(store.key, json.dumps(manifest))
+    # a manifest naming a chunk whose text is not what its hash says
+    altered = json.loads(first.manifest.text)
+    name = altered["chunks"][0]
+    text = first.chunks[name].replace('"weight":1', '"weight":2', 1)
+    altered["chunks"][0] = name[:-1] + ("1" if name[-1] == "0" else "0")
+    store.client.put(store.chunk_prefix + altered["chunks"][0], text)
+    store.client.put(store.key, json.dumps(altered))
+
+    def refused() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("cluster_table_refused")]
+
+    deadline = time.monotonic() + TIMEOUT
+    while len(refused()) < 2:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.05)
+    assert "is not in etcd" in refused()[0] and "does not match its hash" in refused()[1]
+    assert director.table() == expected
+    assert director.actions.cluster_table is not None and director.actions.cluster_table.revision == first.revision
+
+    # apply --cluster over the broken manifest writes the whole table again, and it is applied
+    path = write(tmp_path / "fix.yaml", config_table(etcd.url, "partial", small(5, services=20)))
+    assert cli.main(["apply", "--cluster", "--config", path]) == 0
+    wait_tables(
+        [director], {str(s.key): {str(rs.key): rs.weight for rs in s.real_servers} for s in small(5, services=20)}
+    )
