@@ -436,3 +436,17 @@ def test_a_watcher_never_applies_a_partial_or_altered_table(
     wait_tables(
         [director], {str(s.key): {str(rs.key): rs.weight for rs in s.real_servers} for s in small(5, services=20)}
     )
+
+
+def test_a_cached_table_this_version_cannot_read_is_logged_and_etcd_s_is_fetched(
+    etcd: EtcdServer, tmp_path: Path, start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "c.yaml", config(etcd.url, "oldcache", {0: 5}))
+    assert cli.main(["apply", "--cluster", "--config", path]) == 0
+    ledger = Ledger.open(str(tmp_path / "old.db"))
+    with ledger.transaction():
+        ledger.cache_cluster_table(3, json.dumps({"services": [], "by": "an older lvsguard"}))  # one record, no chunks
+    ledger.close()
+    director = start("old", etcd.url, "oldcache")
+    wait_tables([director], {str(WEB): {str(RS[0]): 5}})
+    assert "cluster_table_cache_refused" in caplog.text

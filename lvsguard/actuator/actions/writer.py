@@ -8,6 +8,7 @@ The lock, the kernel, the shared views and the refusal memory stay inside.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,11 +28,13 @@ from lvsguard.actuator.states import HoldKind, Result
 from lvsguard.actuator.targets import Target
 from lvsguard.cluster.records import ClusterHold, HoldStore
 from lvsguard.cluster.table import TableRecord, decode
-from lvsguard.errors import NoSuchService
+from lvsguard.errors import ClusterStoreError, NoSuchService
+from lvsguard.logs import event
 from lvsguard.model import Forward, RealServerKey, ServiceKey, SyncDaemon, Table
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.plan import Plan
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LedgerSource = Ledger | Callable[[], Ledger]
@@ -186,8 +189,13 @@ class Actions:
         cached = ledger.cached_cluster_table()
         if cached is None:
             return None
+        try:
+            record = decode(cached[1], cached[0], "the ledger's cached cluster table")
+        except ClusterStoreError as exc:  # not a table this version reads: etcd's is fetched whole instead
+            event(log, logging.ERROR, "cluster_table_cache_refused", error=exc, instead="the table in etcd")
+            return None
         with self._lock:
-            self.cluster_table = decode(cached[1], cached[0], "the ledger's cached cluster table")
+            self.cluster_table = record
             self.replace_settings(self.settings)
         return self.cluster_table
 
