@@ -463,15 +463,19 @@ class ClusterLab:
             except urllib.error.HTTPError as exc:
                 return exc.code, json.loads(exc.read() or b"{}")
 
-    def metric(self, name: str, metric: str) -> float | None:
-        """One unlabelled sample of director ``name``'s actuator ``/metrics``; None when absent."""
+    def metrics(self, name: str) -> str:
+        """Director ``name``'s actuator ``/metrics``, as text (the HTTP head included)."""
         d = self.director(name)
         with entered(d.netns), socket.create_connection(("127.0.0.1", ACTUATOR_PORT), timeout=5) as conn:
             conn.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             chunks = []
             while chunk := conn.recv(65536):
                 chunks.append(chunk)
-        for line in b"".join(chunks).decode(errors="replace").splitlines():
+        return b"".join(chunks).decode(errors="replace")
+
+    def metric(self, name: str, metric: str) -> float | None:
+        """One unlabelled sample of director ``name``'s actuator ``/metrics``; None when absent."""
+        for line in self.metrics(name).splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] == metric:
                 return float(parts[1])

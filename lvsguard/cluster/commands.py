@@ -91,9 +91,10 @@ def apply(cfg: Config, out: TextIO | None = None, *, by: str = "") -> int:
         store.client.close()
     written = pushed.record
     print(
-        f"Written: cluster {cfg.cluster.name}'s table is {written.summary}, in {len(written.manifest.chunks)} "
-        f"chunks ({pushed.written} new, {pushed.written_bytes} bytes; {pushed.deleted} old ones deleted); every "
-        f"director with table.source: cluster applies it ('lvsguard status --cluster' shows where it is applied).",
+        f"Written: cluster {cfg.cluster.name}'s table is {written.summary}: {pushed.written} of its "
+        f"{len(written.manifest.chunks)} chunks written ({pushed.written_bytes} bytes), {pushed.deleted} old ones "
+        f"deleted; every director with table.source: cluster applies it ('lvsguard status --cluster' shows "
+        f"where it is applied).",
         file=out,
     )
     return EXIT_MATCHES
