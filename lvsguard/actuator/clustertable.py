@@ -43,7 +43,7 @@ from lvsguard.logs import event
 
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT = 5.0  # seconds a watch may stay silent before the record is read again
+IDLE_TIMEOUT = 5.0  # seconds a watch may stay silent before the manifest is read again
 RETRY = 1.0  # seconds between two reads while etcd cannot be reached
 
 
@@ -146,7 +146,8 @@ class TableSync(Worker):
     def _take(self, ledger: Ledger, kv: KeyValue, revision: int) -> None:
         """Apply the table of manifest ``kv`` once all of it is fetched (its chunks read at ``revision``).
 
-        The chunks of the table applied are not fetched again. A table that
+        The chunks of the table applied are not fetched again, nor its
+        services parsed again. A table that
         is not valid (a chunk missing or not matching its hash, a bad entry)
         is logged and the last one applied stays; etcd out of reach raises
         ClusterStoreError (the loop reads again).
@@ -155,7 +156,7 @@ class TableSync(Worker):
         if current is not None and current.revision == kv.mod_revision and current.manifest.text == kv.value:
             return  # applied already (at start, from the cache)
         try:
-            record = self.store.fetch(kv, revision, have=current.chunks if current is not None else None)
+            record = self.store.fetch(kv, revision, held=current)
         except TableRefused as exc:
             event(
                 log,

@@ -263,6 +263,22 @@ class EtcdClient:
         kvs = self.call("kv/range", body).get("kvs", [])
         return KeyValue.from_json(kvs[0]) if kvs else None
 
+    def get_many(self, keys: Sequence[str], *, revision: int = 0) -> dict[str, KeyValue]:
+        """The keys of ``keys`` that exist (at ``revision``, as :meth:`get`), in one read-only transaction."""
+        ranges: list[dict[str, Any]] = []
+        for key in keys:
+            request: dict[str, Any] = {"key": _b64(key)}
+            if revision:
+                request["revision"] = str(revision)
+            ranges.append({"request_range": request})
+        reply = self.call("kv/txn", {"compare": [], "success": ranges, "failure": []})
+        found = [
+            KeyValue.from_json(kv)
+            for r in reply.get("responses", [])
+            for kv in r.get("response_range", {}).get("kvs", [])
+        ]
+        return {kv.key: kv for kv in found}
+
     def range(
         self, prefix: str, *, serializable: bool = False, exact: bool = False, keys_only: bool = False
     ) -> tuple[list[KeyValue], int]:

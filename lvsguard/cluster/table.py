@@ -18,7 +18,9 @@ A table of any size (100 000 real servers is about 6 MB of JSON, etcd takes
 
 A push (``lvsguard apply --cluster``) writes the chunks the current manifest
 does not name, then the manifest in one compare-and-swap on the revision it
-planned against: a push that raced another writes no manifest and says so.
+planned against, with the last chunks when they fit in that request (a small
+change is one transaction): a push that raced another writes no manifest
+and says so.
 Cuts between chunks are content-defined (after a real server whose key's
 CRC-32 is a multiple of :data:`CUT`, once a chunk has :data:`MIN_CHUNK`
 bytes), so one weight changed rewrites the one chunk that holds it, and a
@@ -48,13 +50,14 @@ import json
 import socket
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from lvsguard.cluster.etcd import Compare, EtcdClient, KeyValue, delete_op, put_op
 from lvsguard.config.cluster import ClusterConfig
 from lvsguard.errors import ClusterStoreError, TableRefused
+from lvsguard.model import VirtualService
 from lvsguard.table.desired import DesiredTable
 from lvsguard.table.load import load_table, service_mapping
 
@@ -64,6 +67,7 @@ MAX_CHUNK = 256 * 1024  # bytes of JSON: a chunk is closed here whatever its con
 CUT = 64  # a chunk may close after a real server whose key's CRC-32 is a multiple of this
 BATCH_BYTES = 700_000  # bytes of chunks put in one transaction (base64 and JSON: about 1 MiB, under the limit)
 BATCH_OPS = 100  # operations in one transaction (etcd's --max-txn-ops is 128 by default)
+FETCH_KEYS = 32  # chunks read in one transaction (about 600 KB, 8 MiB at most)
 
 
 def _json(doc: Any) -> str:
@@ -73,6 +77,10 @@ def _json(doc: Any) -> str:
 def digest(text: str) -> str:
     """The chunk's name: the SHA-256 of its text, in hex."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+Pieces = tuple[tuple[str, int], ...]
+"""Where a service's entries are: (chunk hash, entry index) each; chunks never change, so neither does it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +113,13 @@ class TableRecord:
     desired: DesiredTable
     manifest: Manifest
     chunks: Mapping[str, str] = field(default_factory=dict)  # hash -> the chunk's text
+    pieces: tuple[Pieces, ...] = ()  # where each service of ``desired`` came from (empty: not read from chunks)
+
+    def parsed(self) -> dict[Pieces, VirtualService]:
+        """Each service by where it came from: a later table's service from the same pieces is the same."""
+        if len(self.pieces) != len(self.desired.services):
+            return {}
+        return dict(zip(self.pieces, self.desired.services, strict=True))
 
     @property
     def revision(self) -> int:
@@ -203,9 +218,17 @@ def parse_manifest(text: str, revision: int, where: str) -> Manifest:
     )
 
 
-def assemble(manifest: Manifest, chunks: Mapping[str, str], where: str) -> TableRecord:
-    """The table of ``manifest`` from its chunks' texts; ClusterStoreError naming each problem."""
+def assemble(
+    manifest: Manifest, chunks: Mapping[str, str], where: str, known: Mapping[Pieces, VirtualService] | None = None
+) -> TableRecord:
+    """The table of ``manifest`` from its chunks' texts; ClusterStoreError naming each problem.
+
+    ``known``: services already parsed (``TableRecord.parsed`` of the table
+    held), taken as they are when they come from the same pieces: a new
+    revision parses the services of its new chunks only.
+    """
     services: list[dict[str, Any]] = []
+    pieces: list[list[tuple[str, int]]] = []
     for n, name in enumerate(manifest.chunks):
         text = chunks.get(name)
         if text is None:
@@ -219,9 +242,10 @@ def assemble(manifest: Manifest, chunks: Mapping[str, str], where: str) -> Table
         entries = doc.get("services") if isinstance(doc, Mapping) else None
         if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
             raise ClusterStoreError(f"{where}: chunk {name}: expected an object with a list of 'services'")
-        for entry in entries:
+        for i, entry in enumerate(entries):
             if "name" in entry:
                 services.append(dict(entry))
+                pieces.append([(name, i)])
                 continue
             last = services[-1] if services else None
             if (
@@ -231,11 +255,15 @@ def assemble(manifest: Manifest, chunks: Mapping[str, str], where: str) -> Table
             ):
                 raise ClusterStoreError(f"{where}: chunk {n + 1} ({name}): a continuation of no service before it")
             last["real_servers"] = [*last.get("real_servers", []), *entry["real_servers"]]
-    _settings, desired, problems = load_table({"services": services})
+            pieces[-1].append((name, i))
+    where_from = tuple(tuple(p) for p in pieces)
+    known = known or {}
+    items: list[Any] = [known.get(p, svc) for p, svc in zip(where_from, services, strict=True)]
+    _settings, desired, problems = load_table({"services": items})
     if problems:
         raise ClusterStoreError(f"{where}: " + "; ".join(f"{path}: {message}" for path, message in problems))
     kept = {name: chunks[name] for name in manifest.chunks}
-    return TableRecord(desired, manifest, kept)
+    return TableRecord(desired, manifest, kept, where_from)
 
 
 def decode(text: str, revision: int, where: str = "the cluster's table") -> TableRecord:
@@ -290,15 +318,15 @@ class TableStore:
         kvs, _revision = self.client.range(self.key, exact=True)
         return parse_manifest(kvs[0].value, kvs[0].mod_revision, self.where(kvs[0].mod_revision)) if kvs else None
 
-    def read(self, *, have: Mapping[str, str] | None = None) -> TableRecord | None:
+    def read(self, *, held: TableRecord | None = None) -> TableRecord | None:
         """The whole table (None when none was written); ClusterStoreError when etcd is away or it is not a table.
 
-        ``have``: chunks already held (hash -> text), not fetched again.
+        ``held``: a table read before: its chunks are not fetched again, its services not parsed again.
         """
         kvs, revision = self.client.range(self.key, exact=True)
-        return self.fetch(kvs[0], revision, have=have) if kvs else None
+        return self.fetch(kvs[0], revision, held=held) if kvs else None
 
-    def fetch(self, kv: KeyValue, revision: int, *, have: Mapping[str, str] | None = None) -> TableRecord:
+    def fetch(self, kv: KeyValue, revision: int, *, held: TableRecord | None = None) -> TableRecord:
         """The table of the manifest ``kv``, its chunks read at ``revision`` (the manifest's, or later).
 
         ClusterStoreError: from the etcd client when etcd cannot be read (a
@@ -310,18 +338,18 @@ class TableStore:
             manifest = parse_manifest(kv.value, kv.mod_revision, where)
         except ClusterStoreError as exc:
             raise TableRefused(str(exc)) from None
-        have = have or {}
-        chunks: dict[str, str] = {}
-        for name in manifest.chunks:
-            if name in have:
-                chunks[name] = have[name]
-            elif name not in chunks:
-                got = self.client.get(self.chunk_prefix + name, revision=revision)
-                if got is None:
-                    raise TableRefused(f"{where}: chunk {name} is not in etcd")
-                chunks[name] = got.value
+        have = held.chunks if held is not None else {}
+        chunks = {name: have[name] for name in manifest.chunks if name in have}
+        missing = list(dict.fromkeys(name for name in manifest.chunks if name not in chunks))
+        for start in range(0, len(missing), FETCH_KEYS):
+            keys = [self.chunk_prefix + name for name in missing[start : start + FETCH_KEYS]]
+            got = self.client.get_many(keys, revision=revision)
+            for key in keys:
+                if key not in got:
+                    raise TableRefused(f"{where}: chunk {key.removeprefix(self.chunk_prefix)} is not in etcd")
+                chunks[key.removeprefix(self.chunk_prefix)] = got[key].value
         try:
-            return assemble(manifest, chunks, where)
+            return assemble(manifest, chunks, where, held.parsed() if held is not None else None)
         except ClusterStoreError as exc:
             raise TableRefused(str(exc)) from None
 
@@ -338,7 +366,9 @@ class TableStore:
         """Put ``desired`` as the cluster's table, if the table is still ``base`` (None: there is none yet).
 
         The chunks ``base`` does not name are written first, then the
-        manifest in one compare-and-swap on ``base``'s revision (``expect``:
+        manifest in one compare-and-swap on ``base``'s revision (with the
+        last chunks when they fit in the same request: a small change is one
+        transaction, and a push that loses leaves none of them; ``expect``:
         on this revision instead, for a manifest that could not be read:
         every chunk is written); else ClusterStoreError: the table changed
         since it was read, and no manifest was written. Then the chunks no
@@ -365,16 +395,22 @@ class TableStore:
             expect = base.revision if base is not None else 0
         held = set(base.manifest.chunks) if base is not None and base.revision == expect else set()
         new = {h: t for h, t in zip(hashes, texts, strict=True) if h not in held}
-        self.put_chunks(new)
+        batches = _batches(new)
+        last = (
+            batches.pop() if batches and sum(map(len, batches[-1].values())) + len(manifest_text) <= BATCH_BYTES else {}
+        )
+        for batch in batches:
+            self.put_chunks(batch)
         compare = Compare(self.key, "mod", "=", expect) if expect else Compare(self.key, "create", "=", 0)
-        ok, revision = self.client.txn([compare], [put_op(self.key, manifest_text)])
+        puts = [put_op(self.chunk_prefix + h, t) for h, t in last.items()]
+        ok, revision = self.client.txn([compare], [*puts, put_op(self.key, manifest_text)])
         if not ok:
             raise ClusterStoreError(
                 f"the cluster's table changed since it was read (it was at revision {expect}): no table was "
                 f"written; look at 'lvsguard diff --cluster' again"
             )
         manifest = parse_manifest(manifest_text, revision, self.where(revision))
-        record = assemble(manifest, dict(zip(hashes, texts, strict=True)), self.where(revision))
+        record = TableRecord(desired, manifest, dict(zip(hashes, texts, strict=True)))
         deleted = self.collect(manifest)
         return Pushed(record, len(new), sum(len(t) for t in new.values()), deleted)
 
@@ -385,16 +421,8 @@ class TableStore:
 
     def put_chunks(self, chunks: Mapping[str, str]) -> None:
         """Write ``chunks`` in as few transactions as the request limit allows."""
-        batch: list[dict[str, Any]] = []
-        size = 0
-        for name, text in chunks.items():
-            if batch and (size + len(text) > BATCH_BYTES or len(batch) >= BATCH_OPS):
-                self.client.txn([], batch)
-                batch, size = [], 0
-            batch.append(put_op(self.chunk_prefix + name, text))
-            size += len(text)
-        if batch:
-            self.client.txn([], batch)
+        for batch in _batches(chunks):
+            self.client.txn([], [put_op(self.chunk_prefix + h, t) for h, t in batch.items()])
 
     def collect(self, manifest: Manifest) -> int:
         """Delete the chunks ``manifest`` does not name and written before it; how many were deleted.
@@ -413,7 +441,7 @@ class TableStore:
         old = [kv for kv in kvs if kv.key.removeprefix(self.chunk_prefix) not in named]
         old = [kv for kv in old if kv.mod_revision < manifest.revision]
         deleted = 0
-        for batch in _batches(old, BATCH_OPS - 1):
+        for batch in (old[i : i + BATCH_OPS - 1] for i in range(0, len(old), BATCH_OPS - 1)):
             compare = [Compare(self.key, "mod", "=", manifest.revision)]
             compare += [Compare(kv.key, "mod", "=", kv.mod_revision) for kv in batch]
             try:
@@ -430,6 +458,14 @@ class TableStore:
         return {kv.key.removeprefix(self.chunk_prefix): kv.mod_revision for kv in kvs}
 
 
-def _batches(items: list[KeyValue], size: int) -> Iterable[list[KeyValue]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batches(chunks: Mapping[str, str]) -> list[dict[str, str]]:
+    """``chunks`` in groups of at most BATCH_OPS - 1 and BATCH_BYTES (one a transaction, room for the manifest)."""
+    out: list[dict[str, str]] = []
+    size = 0
+    for name, text in chunks.items():
+        if not out or size + len(text) > BATCH_BYTES or len(out[-1]) >= BATCH_OPS - 1:
+            out.append({})
+            size = 0
+        out[-1][name] = text
+        size += len(text)
+    return out

@@ -326,8 +326,13 @@ def test_one_weight_changed_writes_one_chunk_and_deletes_the_one_it_replaces(
     newer = [h for h, revision in chunks.items() if revision > before.revision]
     assert len(newer) == 1, "one chunk written in etcd"
     assert len(set(before.manifest.chunks) ^ set(again.record.manifest.chunks)) == 2
-    record = store.read(have=before.chunks)
+    record = store.read(held=before)  # as a director that applied ``before`` reads it
     assert record is not None and record.desired.services == changed.services
+    reused = [a is b for a, b in zip(record.desired.services, before.desired.services, strict=True)]
+    new = set(record.manifest.chunks) - set(before.manifest.chunks)
+    in_new = [any(h in new for h, _entry in pieces) for pieces in record.pieces]
+    assert [not r for r in reused] == in_new and in_new[350], "only the services of the new chunk are parsed again"
+    assert sum(in_new) < 10
 
 
 def small(weight: int, services: int = 30) -> DesiredTable:
@@ -407,10 +412,21 @@ def test_a_watcher_never_applies_a_partial_or_altered_table(
     expected = {str(s.key): {str(rs.key): rs.weight for rs in s.real_servers} for s in first.desired}
     wait_tables([director], expected)
 
+    def refused(count: int) -> list[str]:
+        """Until the watcher refused ``count`` manifests (each awaited: two puts in one watch event are one)."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            seen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cluster_table_refused")]
+            if len(seen) >= count:
+                return seen
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+
     # a manifest naming a chunk that is not there: refused, the table applied stays
     manifest = json.loads(first.manifest.text)
     manifest["chunks"][-1] = "0" * 64
     store.client.put(store.key, json.dumps(manifest))
+    refused(1)
     # a manifest naming a chunk whose text is not what its hash says
     altered = json.loads(first.manifest.text)
     name = altered["chunks"][0]
@@ -418,15 +434,8 @@ def test_a_watcher_never_applies_a_partial_or_altered_table(
     altered["chunks"][0] = name[:-1] + ("1" if name[-1] == "0" else "0")
     store.client.put(store.chunk_prefix + altered["chunks"][0], text)
     store.client.put(store.key, json.dumps(altered))
-
-    def refused() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("cluster_table_refused")]
-
-    deadline = time.monotonic() + TIMEOUT
-    while len(refused()) < 2:
-        assert time.monotonic() < deadline, caplog.text
-        time.sleep(0.05)
-    assert "is not in etcd" in refused()[0] and "does not match its hash" in refused()[1]
+    refused(2)
+    assert "is not in etcd" in refused(2)[0] and "does not match its hash" in refused(2)[1]
     assert director.table() == expected
     assert director.actions.cluster_table is not None and director.actions.cluster_table.revision == first.revision
 
