@@ -34,10 +34,14 @@ from its metrics after each action.
 With ``--table`` the directors take their table from the cluster
 (``table.source: cluster``) and each run, after the same etcd put (the
 floor), writes the cluster's table with one real server's weight changed, as
-``lvsguard apply --cluster`` does (``TableStore.write``), and times it until
-every director's kernel has the new weight; each director's own lag (record
+``lvsguard apply --cluster`` does (``TableStore.write``: the table read, the
+changed chunk and the manifest written), and times it until every
+director's kernel has the new weight; each director's own lag (manifest
 written -> its kernel written) is read from
-``lvsguard_cluster_table_lag_seconds``.
+``lvsguard_cluster_table_lag_seconds``. Then (``--push-size``, default
+100 000) a table of that many real servers is pushed to a cluster name no
+director watches: the first push, the whole table read back, and one weight
+changed in it.
 
 Not a test: the figures depend on the machine (keep other VMs quiet).
 """
@@ -255,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--table", action="store_true", help="time a push of the cluster's table (apply --cluster) instead of holds"
     )
+    parser.add_argument(
+        "--push-size",
+        type=int,
+        default=100_000,
+        help="with --table: then time a push of a table of this many real servers (0: none)",
+    )
     args = parser.parse_args(argv)
     if args.table:
         return table_main(args)
@@ -357,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table_main(args: argparse.Namespace) -> int:
-    """``--table``: ``apply --cluster`` (the record written) -> every director's kernel changed."""
+    """``--table``: ``apply --cluster`` (the table written) -> every director's kernel changed."""
     from lab.cluster import web_service
     from lvsguard.cluster.table import TableStore
     from lvsguard.config.cluster import ClusterConfig
@@ -368,19 +378,21 @@ def table_main(args: argparse.Namespace) -> int:
     lab.build()
     names = [d.name for d in lab.directors]
     kernels = {d.name: ProcPoll(d.netns) for d in lab.directors}
-    client = EtcdClient(lab.etcd.endpoints)
+    client = EtcdClient(lab.etcd.endpoints, timeout=60)
     store = TableStore(client, ClusterConfig(store="etcd", endpoints=lab.etcd.endpoints, name="lab"))
     results: dict[str, list[float]] = {"put": [], "push": [], "table_all": [], "lag": []}
 
     def push(weight: int) -> float:
+        """As ``apply --cluster`` does: read the table, write its changed chunk and the manifest (CAS)."""
         servers = {**REAL_SERVERS, TARGET: (REAL_SERVERS[TARGET][0], weight)}
         _settings, desired, problems = load_table({"services": [web_service(servers)]})
         assert not problems, problems
         started = time.monotonic()
-        store.write(desired, lambda key: "web", by="bench")
+        store.write(desired, lambda key: "web", base=store.read(), by="bench")
         results["push"].append(time.monotonic() - started)
         return started
 
+    big: dict[str, float] = {}
     try:
         client.put("/bench/warm", "0")
         wait_kernels(kernels, REAL_SERVERS[TARGET][1], push(REAL_SERVERS[TARGET][1]))  # the first build
@@ -400,20 +412,73 @@ def table_main(args: argparse.Namespace) -> int:
                 f"apply --cluster on all {results['table_all'][-1] * 1000:.0f} ms",
                 flush=True,
             )
+        if args.push_size:
+            big = push_big(client, lab.etcd.endpoints, args.push_size)
     finally:
         for kernel in kernels.values():
             kernel.close()
         client.close()
         lab.teardown()
     print_head(results["put"])
-    print(row("the table record written (apply --cluster's put)", results["push"]))
+    print(row("apply --cluster's push (read the table, write a chunk and the manifest)", results["push"]))
     print(row(f"apply --cluster -> weight changed on all {len(names)} directors", results["table_all"]))
-    print(row("a director's lag (record written -> its kernel written)", results["lag"]))
+    print(row("a director's lag (manifest written -> its kernel written)", results["lag"]))
+    for what, seconds in big.items():
+        print(f"| {what} | {seconds:.2f} s | | | 1 |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"cluster_table_{len(names)}.json"
-    out.write_text(json.dumps({"results": results}, indent=1))
+    out.write_text(json.dumps({"results": results, "push_size": big}, indent=1))
     print(f"\nwrote {out}")
     return 0
+
+
+def push_big(client: EtcdClient, endpoints: tuple[str, ...], size: int) -> dict[str, float]:
+    """A table of ``size`` real servers (services of 100) pushed to a cluster no director watches: seconds each.
+
+    The first push (every chunk), the whole table read back (what a director
+    starting with no cache fetches), and one weight changed (read, one chunk,
+    the manifest).
+    """
+    from lvsguard.cluster.table import TableStore
+    from lvsguard.config.cluster import ClusterConfig
+    from lvsguard.model import Forward, ServiceKey
+    from lvsguard.table.desired import DesiredTable, make_real_server, make_service
+
+    def table(bump: int) -> DesiredTable:
+        services = []
+        for i in range(size // 100):
+            vip = f"10.{100 + i // 65536}.{i // 256 % 256}.{i % 256}"
+            reals = [
+                make_real_server(
+                    RealServerKey(f"172.{16 + j // 256}.{i // 256 % 256}.{i % 256}", 8000 + j % 256),
+                    Forward.MASQ,
+                    1 + (i + j) % 10 + (1 if (i, j) == (bump, 0) else 0),
+                )
+                for j in range(100)
+            ]
+            services.append(make_service(ServiceKey("TCP", vip, 80), "wrr", real_servers=reals))
+        return DesiredTable(tuple(services))
+
+    store = TableStore(client, ClusterConfig(store="etcd", endpoints=endpoints, name="bench-big"))
+    out: dict[str, float] = {}
+    first = table(-1)
+    started = time.monotonic()
+    pushed = store.write(first, lambda key: "", base=store.read(), by="bench")
+    out[f"push of {size} real servers ({len(pushed.record.manifest.chunks)} chunks, {pushed.written_bytes} bytes)"] = (
+        time.monotonic() - started
+    )
+    started = time.monotonic()
+    record = store.read()
+    out[f"the {size} read back whole (a director without a cache)"] = time.monotonic() - started
+    changed = table(size // 200)
+    started = time.monotonic()
+    again = store.write(changed, lambda key: "", base=record, by="bench")
+    out[f"one weight changed in the {size}: apply --cluster's push ({again.written} chunk written)"] = (
+        time.monotonic() - started
+    )
+    for what, seconds in out.items():
+        print(f"{what}: {seconds:.2f} s", flush=True)
+    return out
 
 
 if __name__ == "__main__":
