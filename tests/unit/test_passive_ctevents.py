@@ -320,3 +320,58 @@ def test_a_refusal_after_answers_starts_a_pass_of_its_own(feed: Feed) -> None:
 def _with_backend(message: bytes, rs: RealServerKey) -> bytes:
     """The recorded event of rs1 (10.0.1.2) rewritten to name ``rs`` instead."""
     return message.replace(bytes([10, 0, 1, 2]), bytes(int(x) for x in rs.address.split(".")))
+
+
+class SplitFeed(Feed):
+    """As ``Feed``, with refusals on a socket of their own (the DESTROY group), as the detector opens them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals, self.theirs_refusals = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.refusals.setblocking(False)
+        self.source = ConntrackEvents(self.ours, refusals=self.refusals, handshake_timeout=2.0, clock=lambda: self.now)
+
+    def send(self, *indices: int) -> None:
+        recorded = messages()
+        for i in indices:
+            to = self.theirs_refusals if parse_event(recorded[i]) and recorded[i][4] == 2 else self.theirs
+            to.send(recorded[i])
+
+    def close(self) -> None:
+        super().close()
+        self.refusals.close()
+        self.theirs_refusals.close()
+
+
+@pytest.fixture
+def split() -> Iterator[SplitFeed]:
+    f = SplitFeed()
+    yield f
+    f.close()
+
+
+def test_a_refusal_wakes_the_reader_after_the_handshakes_before_it(split: SplitFeed) -> None:
+    """The handshakes' socket is read first: rs2's answer falls in the pass before rs2's refusal, judged alone."""
+    split.send(4, 5)  # rs2: NEW, answered
+    split.theirs.send(_with_backend(messages()[0], RS2))  # rs2: NEW ...
+    split.theirs_refusals.send(_with_backend(messages()[1], RS2))  # ... refused
+    waited: list[float] = []
+    split.source.collect(split.now + 60.0, lambda s: waited.append(s) or False)
+    assert waited == []  # at once
+    passes = split.source.read_passes()
+    assert [(dict(p.attempts), dict(p.failures[REFUSED])) for p in passes] == [
+        ({(NAT, RS2): 1}, {}),
+        ({(NAT, RS2): 1}, {(NAT, RS2): 1}),
+    ]
+    assert passes[-1].entries == 0
+
+
+def test_a_refusal_read_before_its_new_is_not_a_timeout_later(split: SplitFeed) -> None:
+    """The NEW reached its socket after that socket was read, the refusal was read first: the NEW is not followed."""
+    split.theirs_refusals.send(messages()[1])  # rs1's refusal ...
+    assert dict(split.source.read_pass().failures[REFUSED]) == {(NAT, RS1): 1}
+    split.theirs.send(messages()[0])  # ... then its NEW
+    assert split.source.read_pass().entries == 0
+    split.now += 5.0
+    counts = split.source.read_pass()
+    assert not counts.failures[TIMEOUT] and not counts.attempts

@@ -21,7 +21,14 @@ from collections.abc import Callable, Collection
 
 from lvsguard.config.passive import CONNTRACK, PassiveConfig
 from lvsguard.exporter.passive.conntable import Backend, ConnTableReader, PassCounts
-from lvsguard.exporter.passive.ctevents import ConntrackEvents, conntrack_enabled, open_socket
+from lvsguard.exporter.passive.ctevents import (
+    GROUP_DESTROY,
+    GROUP_NEW,
+    GROUP_UPDATE,
+    ConntrackEvents,
+    conntrack_enabled,
+    open_socket,
+)
 from lvsguard.exporter.passive.fusion import Fusion
 from lvsguard.exporter.passive.metrics import PassiveMetrics
 from lvsguard.exporter.passive.rule import Judge, RuleSettings, Verdict
@@ -120,9 +127,16 @@ class PassiveDetector:
         """The ctnetlink socket, opened in the director's namespace once (an OSError says why it cannot be)."""
         if self.events is None:
             with entered(self.netns):
-                sock = open_socket()
+                sock = open_socket(groups=GROUP_NEW | GROUP_UPDATE)
+                try:
+                    refusals = open_socket(groups=GROUP_DESTROY)
+                except OSError:
+                    sock.close()
+                    raise
                 enabled = conntrack_enabled()
-            self.events = ConntrackEvents(sock, handshake_timeout=self.config.handshake_timeout, clock=self.clock)
+            self.events = ConntrackEvents(
+                sock, refusals=refusals, handshake_timeout=self.config.handshake_timeout, clock=self.clock
+            )
             if not enabled:
                 event(
                     log,
