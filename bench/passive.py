@@ -266,10 +266,12 @@ def replay(rate: float, seconds: float) -> str:
     from lvsguard.exporter.passive.ctevents import ConntrackEvents
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    ours.setblocking(False)
+    refusals, _unused = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # as the detector's: no refusal comes
+    for sock in (ours, refusals):
+        sock.setblocking(False)
     config = PassiveConfig(enabled=True, source=CONNTRACK, min_failures=1, min_passes=1, chance=0.05)
     detector = PassiveDetector(config, None, PassiveMetrics())
-    detector.events = ConntrackEvents(ours, handshake_timeout=config.handshake_timeout)
+    detector.events = ConntrackEvents(ours, refusals=refusals, handshake_timeout=config.handshake_timeout)
     counted = [0]
     observe = detector.judge.observe
 
