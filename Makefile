@@ -21,7 +21,7 @@ SOAK_SECONDS := 180
 # Debian packages: the lab VM's tools (it runs commands from the host's root
 # file system), the real peers the tests run against, the benchmark's peers, and
 # what `make deb` builds with (debhelper; python3-venv for the package's venv).
-APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl \
+APT_PACKAGES := iproute2 ipvsadm kmod procps iptables curl conntrack \
 	prometheus prometheus-node-exporter prometheus-alertmanager \
 	smitools snmp snmpd snmptrapd prometheus-snmp-exporter keepalived ldirectord \
 	chromium chromium-driver dnsmasq-base prometheus-blackbox-exporter systemd \
