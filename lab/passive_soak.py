@@ -4,16 +4,19 @@ One run on a built ``Lab``, for the kernel test
 (tests/integration/test_passive_soak_kernel.py) and the benchmark
 (``bench/passive.py --false-positives``). A real actuator (in this process,
 on loopback) owns the weights; two real ``lvsguard exporter`` processes
-publish to it, each with tcp checks of the NAT and DR services (every 5 s)
-and passive detection from one source: ``table`` (the connection table, NAT
-and DR, the default rule) and ``conntrack`` (events, NAT only, judging on a
-single refusal: ``min_failures: 1, min_passes: 1, chance: 0.05``, as the kill
+publish to it, each with tcp checks of the NAT and DR services of both
+families (``nat``, ``dr``, ``nat6``, ``dr6``; every 5 s) and passive
+detection from one source: ``table`` (the connection table, NAT and DR, the
+default rule) and ``conntrack`` (events, NAT only, judging on a single
+refusal: ``min_failures: 1, min_passes: 1, chance: 0.05``, as the kill
 benchmark does). Conntrack is on in the director (``lab.conntrack``).
 
-For ``seconds``, through both VIPs: clients making HTTP requests, clients
+For ``seconds``, through the four VIPs: clients making HTTP requests, clients
 that reset each connection right after the handshake, clients that abandon
 their handshake (NAT), all with Poisson arrivals, and a SYN flood from a
-spoofed range (``lab.synflood``) that the real servers answer into nowhere.
+spoofed range of each family (``lab.synflood``) that the real servers answer
+into nowhere: the director routes both ranges out (``synflood.routed``), as
+a director's default routes do.
 Every second the director's weights are read; at the end the actuator's
 audit log and the exporters' metrics and logs. What the detectors counted as
 failed handshakes is reported too: the flood and the resets are seen, and
@@ -53,15 +56,20 @@ SOURCES = {
     "conntrack": "{enabled: true, source: conntrack, handshake_timeout: 2s, min_failures: 1, min_passes: 1,"
     " chance: 0.05}",
 }
+SERVICES = ("nat", "dr", "nat6", "dr6")
 # (service, mode, new connections a second): what the lab VM's one CPU carries beside the two exporters
-CLIENTS = (
-    ("nat", "request", 20.0),
-    ("nat", "reset", 10.0),
-    ("nat", "abandon", 5.0),
-    ("dr", "request", 10.0),
-    ("dr", "reset", 5.0),
+CLIENTS = tuple(
+    (f"{kind}{family}", mode, rate)
+    for family in ("", "6")
+    for kind, mode, rate in (
+        ("nat", "request", 12.0),
+        ("nat", "reset", 6.0),
+        ("nat", "abandon", 3.0),
+        ("dr", "request", 6.0),
+        ("dr", "reset", 3.0),
+    )
 )
-FLOOD = 50.0  # spoofed SYNs a second, half to each VIP
+FLOOD = 60.0  # spoofed SYNs a second, a quarter to each VIP
 
 
 class SoakError(RuntimeError):
@@ -125,7 +133,7 @@ class Arrivals:
 
 
 class Flood:
-    """Spoofed SYNs at ``rate`` a second, alternately to each service, in batches every 0.1 s."""
+    """Spoofed SYNs at ``rate`` a second, to each service in turn (10 at a time), in batches every 0.1 s."""
 
     def __init__(self, lab: Lab, services: list[LabService], rate: float) -> None:
         self.lab, self.services, self.rate, self.sent = lab, services, rate, 0
@@ -193,7 +201,7 @@ class SoakResult:
     weight_changes: list[str]  # every weight seen off its first value
     quarantines: list[str]  # the actuator's audit events that took a real server out
     verdicts: dict[str, int]  # per source: lvs_backend_passive_verdicts_total, summed
-    counted: dict[str, dict[str, int]]  # per source: failed handshakes counted, by reason
+    counted: dict[str, dict[str, dict[str, int]]]  # per source and service name: failed handshakes counted, by reason
     log_verdicts: dict[str, int]  # per source: passive_verdict lines in the exporter's log
     paused: dict[str, int]  # per source: passive_paused lines in the exporter's log
     verdict_lines: list[str] = field(default_factory=list)  # the first verdicts logged, of both sources
@@ -205,7 +213,13 @@ class SoakResult:
         lines = [f"{self.seconds:.0f} s, {self.syns} spoofed SYNs"]
         lines += [f"  {s} {mode}: {n} connections, {f} failed" for s, mode, n, f in self.clients]
         for source in SOURCES:
-            reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.counted[source].items())) or "none"
+            reasons = (
+                "; ".join(
+                    f"{service} " + ", ".join(f"{n} {r}" for r, n in sorted(by_reason.items()))
+                    for service, by_reason in sorted(self.counted[source].items())
+                )
+                or "none"
+            )
             lines.append(
                 f"  {source}: {self.verdicts[source]} verdicts ({self.log_verdicts[source]} logged),"
                 f" failed handshakes counted: {reasons}; paused {self.paused[source]} times"
@@ -227,21 +241,22 @@ def _weights(reader: NetlinkIPVS, lab: Lab, services: list[LabService]) -> dict[
     return out
 
 
-def _sums(text: str) -> tuple[int, dict[str, int]]:
-    """(passive verdicts, failed handshakes by reason) from an exporter's metrics."""
-    verdicts, counted = 0.0, Counter[str]()
+def _sums(text: str) -> tuple[int, dict[str, dict[str, int]]]:
+    """(passive verdicts, failed handshakes by service name and reason, the non-zero ones) from an exporter's metrics."""
+    verdicts, counted = 0.0, dict[str, Counter[str]]()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "lvs_backend_passive_verdicts_total":
                 verdicts += sample.value
-            elif sample.name == "lvs_backend_handshake_failures_total":
-                counted[sample.labels.get("reason", "")] += int(sample.value)
-    return int(verdicts), dict(counted)
+            elif sample.name == "lvs_backend_handshake_failures_total" and sample.value:
+                by_reason = counted.setdefault(sample.labels.get("service", ""), Counter())
+                by_reason[sample.labels.get("reason", "")] += int(sample.value)
+    return int(verdicts), {service: dict(c) for service, c in counted.items()}
 
 
 def run(lab: Lab, seconds: float, workdir: Path, log: bool = True) -> SoakResult:
     """The run: ``seconds`` of traffic and flood with both detectors and the actuator; what happened."""
-    services = [lab.nat, lab.dr]
+    services = [lab.services[name] for name in SERVICES]
     token = workdir / "soak-token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
