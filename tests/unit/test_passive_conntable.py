@@ -153,3 +153,17 @@ def test_a_handshake_under_way_at_the_baseline_never_counts(tmp_path: Path) -> N
     t.read(line(40, "SYN_RECV", 59))
     c = t.read(line(40, "SYN_RECV", 50), after=9.0)
     assert (failures(c), dict(c.attempts)) == ({}, {})
+
+
+def test_a_line_missing_from_one_pass_is_not_new_again(tmp_path: Path) -> None:
+    """The kernel's walk can skip a line when entries before it go; back in the next pass, it is counted once."""
+    t = Table(tmp_path)
+    t.read(line(9, "ESTABLISHED", 900))
+    flooded = line(1, "SYN_RECV", 50)  # 9 s old: timed out
+    closed = line(2, "CLOSE", 9)
+    first = t.read(flooded, closed, line(9, "ESTABLISHED", 899))
+    assert failures(first) == {(TIMEOUT, RS1): 1, (REFUSED, RS1): 1}
+    assert dict(first.attempts) == {(NAT, RS1): 2}
+    skipped = t.read(line(9, "ESTABLISHED", 898))  # both lines missed by this pass
+    back = t.read(line(1, "SYN_RECV", 48), line(2, "CLOSE", 7), line(9, "ESTABLISHED", 897))
+    assert (failures(skipped), failures(back), dict(back.attempts)) == ({}, {}, {})

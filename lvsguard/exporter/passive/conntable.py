@@ -142,10 +142,12 @@ class ConnTableReader:
         self._header = True
         self._keys: set[bytes] = set()  # every line key of this pass so far
         self._previous: set[bytes] = set()  # of the last complete pass
+        self._skipped: set[bytes] = set()  # of the pass before it, missing from the last one (``_finish``)
         self._pending: dict[bytes, float] = {}  # SYN_RECV keys -> when first seen
         self._seen_pending: set[bytes] = set()  # SYN_RECV keys of this pass
         self._counted: set[bytes] = set()  # keys counted as failed (each failure once)
         self._counted_now: set[bytes] = set()
+        self._counted_skipped: set[bytes] = set()  # counted, and missing from the last pass
         self._deferred: set[bytes] = set()  # new connections still in their handshake: counted once it ends
         self._counts = PassCounts()
         self._backends: dict[bytes, Backend | None] = {}  # parsed keys, for this pass and the last
@@ -199,7 +201,7 @@ class ConnTableReader:
         return self._backends[key]
 
     def _fail(self, key: bytes, reason: str) -> None:
-        if key in self._counted or key in self._counted_now:
+        if key in self._counted or key in self._counted_now or key in self._counted_skipped:
             self._counted_now.add(key)
             return
         backend = self._backend(key)
@@ -221,9 +223,9 @@ class ConnTableReader:
 
     def _close(self, line: bytes) -> None:
         key = _KEY(line)
-        if key in self._counted:
+        if key in self._counted or key in self._counted_skipped:
             self._counted_now.add(key)
-        elif key not in self._previous or key in self._pending:
+        elif (key not in self._previous and key not in self._skipped) or key in self._pending:
             self._fail(key, REFUSED)
 
     def _finish(self) -> PassCounts:
@@ -233,7 +235,7 @@ class ConnTableReader:
             self._counted_now |= self._seen_pending
             counts = PassCounts(entries=counts.entries, bytes=counts.bytes)
         else:
-            self._deferred |= self._keys - self._previous
+            self._deferred |= self._keys - self._previous - self._skipped
             for key in [k for k in self._deferred if k in self._counted_now or k not in self._seen_pending]:
                 self._deferred.discard(key)
                 backend = self._backend(key)
@@ -241,6 +243,11 @@ class ConnTableReader:
                     counts.attempts[backend] += 1
         self._pending = {k: t for k, t in self._pending.items() if k in self._seen_pending}
         self._backends = {k: b for k, b in self._backends.items() if k in self._keys or k in self._deferred}
+        # A pass can miss a line that the next one shows again: the kernel's walk resumes each read() at an
+        # offset, and entries removed before it shift the rest (6.1). Missing for one pass, a connection is
+        # still known (not new again) and a failure still counted (not again).
+        self._skipped = self._previous - self._keys
+        self._counted_skipped = self._counted - self._keys
         self._previous, self._keys = self._keys, set()
         self._counted, self._counted_now = self._counted_now, set()
         self._seen_pending = set()
