@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from lvsguard.exporter.probes.runner import ProbeRunner
     from lvsguard.exporter.snmp.feeds import FeedingProvider
     from lvsguard.exporter.snmp.runner import RunningAgent
+    from lvsguard.ipvs import TableReader
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,26 @@ def start_passive(config: Config, netns: str | None, probes: ProbeRunner | None 
             "passive_report_only",
             reason=f"{reason}: verdicts are logged and counted, not acted on",
         )
-    return PassiveDetector(config.passive, netns, PassiveMetrics(names=config), fusion=fusion).start()
+    return PassiveDetector(
+        config.passive, netns, PassiveMetrics(names=config), fusion=fusion, weights=passive_weights(config, netns)
+    ).start()
+
+
+def passive_weights(config: Config, netns: str | None) -> TableReader | None:
+    """A reader of the weights for the ``table`` source, which judges only real servers taking connections.
+
+    The ``conntrack`` source needs none: there a flood's handshakes are answered, not timed out.
+    """
+    from lvsguard.config.passive import CONNTRACK
+    from lvsguard.ipvs import open_reader
+
+    if config.passive.source == CONNTRACK:
+        return None
+    try:
+        return open_reader(netns, config.exporter.ipvs_source)
+    except (OSError, LvsguardError) as exc:
+        event(log, logging.WARNING, "passive_weights_unread", reason=str(exc)[:300])
+        return None
 
 
 def start_probes(config: Config, netns: str | None) -> ProbeRunner | None:

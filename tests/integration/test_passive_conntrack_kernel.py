@@ -103,7 +103,8 @@ def _kill_and_wait(
     with Requests(lab, service) as client:
         time.sleep(5.0)  # the peers' history: half the window
         assert client.failures == [] and watch.verdicts == []
-        with blackholed(node, port) if drop else refused(node, port, ipv6=":" in service.address):
+        ipv6 = ":" in service.address
+        with blackholed(node, port, ipv6=ipv6) if drop else refused(node, port, ipv6=ipv6):
             wait_for(
                 lambda: watch.verdicts,
                 f"a passive verdict on {node.name} of {service}",
@@ -134,17 +135,22 @@ def test_a_refused_real_server_is_judged_on_its_first_refusal(tracked: Lab, watc
     print(f"\n{name}: verdict after {failed} failed handshakes at {RATE:g} new connections/s: {verdict.message()}")
 
 
-def test_a_blackholed_real_server_is_judged_by_the_handshake_timeout(tracked: Lab, watch: Watch) -> None:
-    service, node = tracked.nat, tracked.real_servers[1]
-    verdict, failed = _kill_and_wait(tracked, watch, service, node, 8080, drop=True)
+@pytest.mark.parametrize("name", ["nat", "nat6"])
+def test_a_blackholed_real_server_is_judged_by_the_handshake_timeout(tracked: Lab, watch: Watch, name: str) -> None:
+    service, node = tracked.services[name], tracked.real_servers[1]
+    verdict, failed = _kill_and_wait(tracked, watch, service, node, service.backends[1][0].port, drop=True)
     assert (verdict.real_server, verdict.reason) == (service.real_server("rs2"), "timeout")
     assert failed <= 1 + RATE * CONFIG.handshake_timeout, "the verdict came later than the handshake timeout"
-    print(f"\nnat, blackholed: verdict after {failed} failed requests: {verdict.message()}")
+    print(f"\n{name}, blackholed: verdict after {failed} failed requests: {verdict.message()}")
 
 
-def test_clients_failing_their_own_handshakes_get_no_verdict(tracked: Lab, watch: Watch) -> None:
-    """Resets, abandoned handshakes and a spoofed SYN flood over normal traffic: all answered, none a failure."""
-    service = tracked.nat
+@pytest.mark.parametrize("name", ["nat", "nat6"])
+def test_clients_failing_their_own_handshakes_get_no_verdict(tracked: Lab, watch: Watch, name: str) -> None:
+    """Resets, abandoned handshakes and a spoofed SYN flood over normal traffic: all answered, none a failure.
+
+    The flood comes from a range of the service's family, which the director routes out (``synflood.routed``).
+    """
+    service = tracked.services[name]
     with (
         synflood.routed(tracked.director.netns),
         Client(tracked, service),

@@ -1,12 +1,13 @@
 """Passive detection against the real kernel: a refused real server is judged, clients' own failures are not.
 
 The detector (exporter.passive) reads the director's /proc/net/ip_vs_conn
-every 0.2 s while a client makes 40 new connections a second. A real server
+and its weights every 0.2 s while a client makes 40 new connections a second. A real server
 whose listener is gone (its kernel answers the SYN with a RST, as for a closed
 port: an iptables REJECT --reject-with tcp-reset on the port) is judged within
-a few failed requests, for NAT and for direct routing, over IPv4 and IPv6; clients that reset their
+a few failed requests, for NAT and for direct routing, over IPv4 and IPv6, and a
+blackholed one (its SYNs dropped) by the handshake timeout; clients that reset their
 own connections, abandon their handshakes, and a SYN flood from a spoofed
-range get no verdict at all. The lab's real servers send their DR replies back
+range (of the service's family) get no verdict at all. The lab's real servers send their DR replies back
 through the director; ``direct_return`` gives one a leg on the client LAN, so
 that the director sees only the client's side, as in a textbook DR setup.
 """
@@ -28,12 +29,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lab import synflood
+from lab import passive_soak, synflood
 from lab.topology import Lab, LabService, Node
 from lvsguard.config.passive import PassiveConfig
 from lvsguard.exporter.passive.metrics import HANDSHAKE_FAILURES, PassiveMetrics
 from lvsguard.exporter.passive.rule import Verdict
 from lvsguard.exporter.passive.runner import PassiveDetector
+from lvsguard.ipvs import open_reader
 from lvsguard.ipvs.netns import entered
 from tests.integration.test_reload import Exporter
 from tests.waiting import wait_for
@@ -61,14 +63,15 @@ def refused(node: Node, port: int, *, ipv6: bool = False) -> Iterator[None]:
 
 
 @contextmanager
-def blackholed(node: Node, port: int) -> Iterator[None]:
+def blackholed(node: Node, port: int, *, ipv6: bool = False) -> Iterator[None]:
     """The real server drops the SYNs to ``port``: no answer at all."""
     rule = ["INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"]
-    _sh(node.netns, "iptables-legacy", "-I", *rule)
+    tool = "ip6tables-legacy" if ipv6 else "iptables-legacy"
+    _sh(node.netns, tool, "-I", *rule)
     try:
         yield
     finally:
-        _sh(node.netns, "iptables-legacy", "-D", *rule)
+        _sh(node.netns, tool, "-D", *rule)
 
 
 @contextmanager
@@ -163,6 +166,7 @@ def watch(lab: Lab) -> Iterator[Watch]:
         lab.director.netns,
         PassiveMetrics(),
         on_verdict=lambda v: holder[0].verdicts.append((time.monotonic(), v)),
+        weights=open_reader(lab.director.netns),  # as the exporter's table source reads them
     )
     holder.append(Watch(detector))
     detector.start()
@@ -180,7 +184,8 @@ def _kill_and_wait(
     with Client(lab, service) as client:
         time.sleep(5.0)  # the peers' history: half the window
         assert client.failures == [] and watch.verdicts == []
-        with blackholed(node, port) if drop else refused(node, port, ipv6=":" in service.address):
+        ipv6 = ":" in service.address
+        with blackholed(node, port, ipv6=ipv6) if drop else refused(node, port, ipv6=ipv6):
             killed_at = time.monotonic()
             wait_for(
                 lambda: watch.verdicts,
@@ -223,15 +228,16 @@ def test_refused_behind_direct_routing_is_a_timeout(lab: Lab, watch: Watch, name
     print(f"\n{name}, direct return: verdict after {failed} failed requests: {verdict.message()}")
 
 
-def test_a_blackholed_real_server_is_judged_by_the_handshake_timeout(lab: Lab, watch: Watch) -> None:
-    service, node = lab.nat, lab.real_servers[1]
-    verdict, failed = _kill_and_wait(lab, watch, service, node, 8080, drop=True)
+@pytest.mark.parametrize("name", ["nat", "dr", "nat6", "dr6"])
+def test_a_blackholed_real_server_is_judged_by_the_handshake_timeout(lab: Lab, watch: Watch, name: str) -> None:
+    service, node = lab.services[name], lab.real_servers[1]
+    verdict, failed = _kill_and_wait(lab, watch, service, node, service.backends[1][0].port, drop=True)
     assert (verdict.real_server, verdict.reason) == (service.real_server("rs2"), "timeout")
     assert {v.real_server for _, v in watch.verdicts} == {service.real_server("rs2")}
-    print(f"\nnat, blackholed: verdict after {failed} failed requests: {verdict.message()}")
+    print(f"\n{name}, blackholed: verdict after {failed} failed requests: {verdict.message()}")
 
 
-@pytest.mark.parametrize("name", ["nat", "dr"])
+@pytest.mark.parametrize("name", ["nat", "dr", "nat6", "dr6"])
 def test_clients_failing_their_own_handshakes_get_no_verdict(lab: Lab, watch: Watch, name: str) -> None:
     """Resets, abandoned handshakes and a spoofed SYN flood, over normal traffic: they fail on every peer alike."""
     service = lab.services[name]
@@ -285,3 +291,37 @@ def test_the_exporter_serves_the_verdict(lab: Lab, tmp_path: Path) -> None:
     assert refusals is not None and int(refusals.group(1)) >= 2, text
     verdicts = re.search(rf"lvs_backend_passive_verdicts_total{{{labels}}} (\d+)", text)
     assert verdicts is not None and int(verdicts.group(1)) >= 1, text  # 2 when the refusal outlasted a hold-down
+
+
+FLOOD = 30.0  # spoofed SYNs a second: the peers' failure share stays under 1 - margin beside 40 requests a second
+
+
+@pytest.mark.parametrize("name", ["nat", "dr6"])
+def test_a_real_server_taken_out_by_someone_else_during_a_flood_is_not_judged(
+    lab: Lab, watch: Watch, name: str
+) -> None:
+    """An operator's weight 0 on rs1 during a SYN flood, then its restore, twice: no verdict on rs1 or its peers.
+
+    Out, rs1 gets no new connection, but the flood's handshakes it had
+    (SYN_RECV, answered into nowhere) time out over the next handshake
+    timeout: every handshake of it that ends then fails, while its peers fail
+    only the flood's share. Those are the clients' doing, on a real server
+    someone else took out.
+    """
+    service = lab.services[name]
+    full = service.weights["rs1"]
+    flood = passive_soak.Flood(lab, [service], FLOOD)
+    with synflood.routed(lab.director.netns), Client(lab, service):
+        flood.start()
+        try:
+            time.sleep(CONFIG.window)  # the peers' history: a whole window of traffic and flood
+            for _ in range(2):
+                lab.set_weight(service, "rs1", 0)
+                time.sleep(CONFIG.handshake_timeout + 3.0)  # its handshakes end, all flooded ones failing
+                lab.set_weight(service, "rs1", full)
+                time.sleep(CONFIG.handshake_timeout + 3.0)  # it gets traffic and flood again
+        finally:
+            flood.stop()
+            lab.set_weight(service, "rs1", full)
+    assert flood.sent > 0
+    assert watch.verdicts == [], _history(watch)

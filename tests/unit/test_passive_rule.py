@@ -202,3 +202,16 @@ def test_judging_only_failing_services_gives_the_verdicts_of_judging_all(passes:
     for p, step in passes:
         now += step
         assert judge.observe(counts(p), now) == oracle.observe(counts(p), now)
+
+
+def test_a_peer_with_a_short_history_does_not_make_the_others_look_failing() -> None:
+    """Under a flood (40 % timeouts on all), rs1 comes back: its first passes fail little, its handshakes not ended yet.
+
+    Judging rs2 against the lower of its two peers' shares, rs1's first clean
+    pass would be that share; with ``peer_span`` it is no peer for its first
+    seconds.
+    """
+    flood = [{"rs2": (10, 0, 4), "rs3": (10, 0, 4)} for _ in range(10)]
+    back = [{"rs1": (10, 0, 0), "rs2": (10, 0, 7), "rs3": (10, 0, 4)}]
+    assert [v.real_server for _, v in run(flood + back, RuleSettings(min_passes=1))] == [RS["rs2"]]
+    assert run(flood + back, RuleSettings(min_passes=1, peer_span=2.0)) == []

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from lvsguard.config.passive import PassiveConfig
+from lvsguard.errors import KernelError
 from lvsguard.exporter.passive.metrics import PassiveMetrics
 from lvsguard.exporter.passive.rule import Verdict
 from lvsguard.exporter.passive.runner import PassiveDetector
-from lvsguard.model import RealServerKey
+from lvsguard.model import Forward, RealServer, RealServerKey, ServiceKey, VirtualService
+from tests.fakes import FakeKernel
 
 HEADER = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n"
 
@@ -89,3 +91,91 @@ def test_conntrack_events_are_judged_as_they_come(caplog: pytest.LogCaptureFixtu
         (RealServerKey.parse("10.0.1.2:8080"), "refused", 1)
     ]
     assert "passive_verdict" in caplog.text
+
+
+def _refusals_to_rs1(tmp_path: Path, weights: FakeKernel, seconds: int, start: float) -> list[Verdict]:
+    """``seconds`` of passes, each with rs1's ten refusals and its peers' twenty clean connections; the verdicts."""
+    table = tmp_path / "ip_vs_conn"
+    table.write_text(HEADER)
+    now = [start]
+    got: list[Verdict] = []
+    detector = PassiveDetector(
+        PassiveConfig(enabled=True, handshake_timeout=2.0),
+        None,
+        PassiveMetrics(),
+        on_verdict=got.append,
+        path=str(table),
+        clock=lambda: now[0],
+        weights=weights,
+    )
+    detector.tick()  # the baseline
+    port = 1000
+    for _ in range(seconds):
+        now[0] += 1.0
+        rows = []
+        for dest, state in (("0A000102", "CLOSE"), ("0A000103", "TIME_WAIT"), ("0A000104", "TIME_WAIT")):
+            rows += [line(port + i, state, dest) for i in range(10)]
+            port += 10
+        table.write_text(HEADER + "".join(rows))
+        detector.tick()
+    return got
+
+
+SERVICE = VirtualService(
+    ServiceKey.parse("TCP 192.0.2.10:80"),
+    "wrr",
+    real_servers=tuple(RealServer(RealServerKey.parse(f"10.0.1.{i}:8080"), 1, Forward.MASQ) for i in (2, 3, 4)),
+)
+RS1 = RealServerKey.parse("10.0.1.2:8080")
+
+
+def test_a_real_server_at_weight_0_is_not_judged(tmp_path: Path) -> None:
+    """Out by someone else's hand, its failures are what it had before: a flood's timeouts, not its own."""
+    kernel = FakeKernel([SERVICE])
+    kernel.set_weight(SERVICE.key, RS1, 0)
+    assert _refusals_to_rs1(tmp_path, kernel, 10, 0.0) == []
+    assert {v.real_server for v in _refusals_to_rs1(tmp_path, FakeKernel([SERVICE]), 10, 0.0)} == {RS1}
+
+
+def test_a_real_server_back_at_a_weight_is_judged_after_one_handshake_timeout(tmp_path: Path) -> None:
+    """Back, its handshakes succeed at once and a flood's fail a handshake timeout later: not compared before."""
+    kernel = FakeKernel([SERVICE])
+    kernel.set_weight(SERVICE.key, RS1, 0)
+    table = tmp_path / "ip_vs_conn"
+    table.write_text(HEADER)
+    now = [0.0]
+    got: list[Verdict] = []
+    detector = PassiveDetector(
+        PassiveConfig(enabled=True, handshake_timeout=2.0),
+        None,
+        PassiveMetrics(),
+        on_verdict=got.append,
+        path=str(table),
+        clock=lambda: now[0],
+        weights=kernel,
+    )
+    detector.tick()
+    port = 1000
+    times = []
+    for second in range(1, 8):
+        if second == 2:
+            kernel.set_weight(SERVICE.key, RS1, 1)
+        now[0] = float(second)
+        rows = []
+        for dest, state in (("0A000102", "CLOSE"), ("0A000103", "TIME_WAIT"), ("0A000104", "TIME_WAIT")):
+            rows += [line(port + i, state, dest) for i in range(10)]
+            port += 10
+        table.write_text(HEADER + "".join(rows))
+        times += [now[0] for _ in detector.tick()]
+    assert [v.real_server for v in got] == [RS1]
+    assert times[0] >= 2.0 + 2.0 + 1.0  # back at 2 s, settled at 4 s, then two failing passes
+
+
+def test_weights_that_cannot_be_read_leave_every_real_server_judged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel = FakeKernel([SERVICE])
+    kernel.fail_reads = KernelError("IPVS is not there")
+    with caplog.at_level(logging.WARNING, logger="lvsguard.exporter.passive"):
+        assert {v.real_server for v in _refusals_to_rs1(tmp_path, kernel, 10, 0.0)} == {RS1}
+    assert caplog.text.count("passive_weights_unread") == 1

@@ -11,9 +11,13 @@ its failure *share*, against the shares of its peers in the same service:
    them (a dead server keeps failing; a burst in one pass is what floods and
    scheduler artifacts look like), at least ``min_share`` of its attempts;
 2. its peers (the other real servers of the service with traffic in the
-   window) failed a share at least ``margin`` lower: their median share over
-   the window, and over the same passes (clients' failures come in bursts);
-   with no peer traffic there is nothing to compare and no verdict;
+   window, for at least ``peer_span`` seconds of it) failed a share at least
+   ``margin`` lower: their median share over the window, and over the same
+   passes (clients' failures come in bursts); with no peer traffic there is
+   nothing to compare and no verdict. A real server that only just got
+   traffic (new, back from weight 0) has a share of a pass or two, and under
+   a flood a low one (its handshakes succeed at once, the flood's fail a
+   handshake timeout later): as a peer it would make the others' look high;
 3. so many failures are unlikely to be the clients' doing: if each attempt
    failed with the peers' share (at least 1 / (the peers' attempts + 1)), the
    chance of as many failures or more is below ``chance``. Clients that fail
@@ -51,6 +55,7 @@ class RuleSettings:
     margin: float = 0.4  # how much the real server's share exceeds its peers' median share
     chance: float = 1e-6  # most probability that the failures are the clients' doing, for a verdict
     window: float = 10.0  # seconds of history: the peers' shares and the longest span
+    peer_span: float = 0.0  # seconds of history a peer needs to count (the detector: its handshake timeout)
     max_out: float = 0.5  # most of a service's real servers under a verdict at once
     holddown_min: float = 5.0  # seconds of the first hold-down
     holddown_max: float = 3600.0  # seconds: the doubling stops here
@@ -178,6 +183,12 @@ class Judge:
         if b is not None and b.verdicts:
             b.held_until = max(b.held_until, now)
 
+    def forget(self, backend: Backend) -> None:
+        """Drop ``backend``'s recent passes (not its hold-down): it stopped taking connections, so they are stale."""
+        b = self._backends.get(backend)
+        if b is not None:
+            b.history.clear()
+
     def held(self, now: float) -> dict[Backend, float]:
         """Every real server under a hold-down now, with its seconds left."""
         return {k: b.held_until - now for k, b in self._backends.items() if b.held_until > now}
@@ -224,7 +235,12 @@ class Judge:
 
     def _judge(self, service: ServiceKey, members: list[RealServerKey], now: float) -> list[Verdict]:
         s = self.settings
-        shares = {rs: self._backends[(service, rs)].window_share() for rs in members}
+        young = now - s.peer_span
+        shares = {
+            rs: self._backends[(service, rs)].window_share()
+            for rs in members
+            if (h := self._backends[(service, rs)].history) and h[0].at <= young
+        }
         candidates = []
         for rs in members:
             b = self._backends[(service, rs)]
@@ -233,14 +249,14 @@ class Judge:
             peers = [share for peer, share in shares.items() if peer != rs and share is not None]
             if not peers:
                 continue
-            peer_attempts = sum(self._backends[(service, p)].window_attempts() for p in members if p != rs)
+            peer_attempts = sum(self._backends[(service, p)].window_attempts() for p in shares if p != rs)
             window_share = statistics.median_low(peers)
             for start, attempts, failures, failing in b.spans():
                 failed = sum(failures.values())
                 share = failed / attempts
                 if failed < s.min_failures or share < s.min_share or failing < s.min_passes:
                     continue
-                peer_share = max(window_share, self._peer_share(service, members, rs, start))
+                peer_share = max(window_share, self._peer_share(service, list(shares), rs, start))
                 rate = max(peer_share, 1.0 / (peer_attempts + 1))
                 if share - peer_share >= s.margin and binomial_tail(attempts, failed, rate) < s.chance:
                     candidates.append((share, rs, attempts, failures, peer_share))

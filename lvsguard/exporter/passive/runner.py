@@ -9,17 +9,23 @@ Each verdict is a log line (``passive_verdict``), the ``lvs_backend_passive_*``
 series, and, with a ``Fusion`` (probes publishing to the actuator), a
 quarantine through the actuator that an active check releases
 (``exporter.passive.fusion``); ``on_verdict`` sees every ``Verdict`` too.
+
+With a reader of the IPVS table (``weights``; the exporter gives one to the
+``table`` source), each pass also reads the weights, and judges only the real
+servers that take new connections (``Serving``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Collection
 
 from lvsguard.config.passive import CONNTRACK, PassiveConfig
+from lvsguard.errors import LvsguardError
 from lvsguard.exporter.passive.conntable import Backend, ConnTableReader, PassCounts
 from lvsguard.exporter.passive.ctevents import (
     GROUP_DESTROY,
@@ -32,8 +38,10 @@ from lvsguard.exporter.passive.ctevents import (
 from lvsguard.exporter.passive.fusion import Fusion
 from lvsguard.exporter.passive.metrics import PassiveMetrics
 from lvsguard.exporter.passive.rule import Judge, RuleSettings, Verdict
+from lvsguard.ipvs import TableReader
 from lvsguard.ipvs.netns import entered
 from lvsguard.logs import event
+from lvsguard.model import ServiceKey, Table
 
 log = logging.getLogger("lvsguard.exporter.passive")
 
@@ -48,6 +56,7 @@ def rule_settings(config: PassiveConfig) -> RuleSettings:
         margin=config.margin,
         chance=config.chance,
         window=config.window,
+        peer_span=config.handshake_timeout,
         max_out=config.max_out,
         holddown_min=config.holddown_min,
         holddown_max=config.holddown_max,
@@ -82,6 +91,58 @@ def without(counts: PassCounts, out: Collection[Backend]) -> PassCounts:
     return kept
 
 
+class Serving:
+    """Which real servers take new connections, from the weights; the others are not judged.
+
+    A real server at weight 0 (an operator's quarantine or drain, a failed
+    check's, another director's verdict) gets no new connection, but the
+    handshakes it had still end, and under a SYN flood they all time out:
+    judged, they would look like a dead server. A real server back at a
+    weight (or new) has the opposite bias for one handshake timeout: its
+    handshakes succeed at once and the flood's fail only a handshake timeout
+    later, so its failure share is low and, as a peer, it would make the
+    others' look high. So a real server is judged, and counts as a peer, only
+    from one handshake timeout after it got a weight; when it drops to weight
+    0 its recent passes are forgotten. Only TCP services by address are read:
+    the detector names a fwmark service's real servers by address and port,
+    which the table does not, and they are judged as before.
+    """
+
+    def __init__(self, read: Callable[[], Table], settle: float) -> None:
+        self.read = read
+        self.settle = settle  # seconds from a real server's weight to its first judged pass
+        self._since: dict[Backend, float] | None = None  # real servers at a weight -> since when; None before a read
+        self._services: set[ServiceKey] = set()
+
+    def update(self, now: float) -> list[Backend]:
+        """Read the weights; the real servers that stopped taking connections since the last read."""
+        table = self.read()
+        since = {}
+        services = set()
+        for svc in table.services:
+            if svc.key.protocol != "TCP" or svc.key.fwmark:
+                continue
+            services.add(svc.key)
+            for rs in svc.real_servers:
+                if rs.weight > 0:
+                    backend = (svc.key, rs.key)
+                    known = self._since.get(backend, now) if self._since is not None else float("-inf")
+                    since[backend] = known
+        stopped = [b for b in self._since or () if b not in since]
+        self._since, self._services = since, services
+        return stopped
+
+    def unjudged(self, counts: PassCounts, now: float) -> set[Backend]:
+        """The real servers of ``counts`` not to judge: out, gone, or back for less than ``settle`` seconds."""
+        if self._since is None:
+            return set()
+        seen = set(counts.attempts)
+        for counter in counts.failures.values():
+            seen.update(counter)
+        limit = now - self.settle
+        return {b for b in seen if b[0] in self._services and self._since.get(b, math.inf) > limit}
+
+
 class PassiveDetector:
     """Reads, judges and records on its own thread; ``tick`` is one interval's work (tests call it directly)."""
 
@@ -95,6 +156,7 @@ class PassiveDetector:
         fusion: Fusion | None = None,
         path: str = CONN_TABLE,
         clock: Callable[[], float] = time.monotonic,
+        weights: TableReader | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -111,6 +173,9 @@ class PassiveDetector:
             opener=opener(netns),
         )
         self.events: ConntrackEvents | None = None  # source conntrack: opened by the first tick
+        self.weights = weights  # closed by stop()
+        self.serving = Serving(weights.read, config.handshake_timeout) if weights is not None else None
+        self._weights_failing = False
         self.verdicts: list[Verdict] = []  # every verdict so far, newest last (bounded below)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -170,7 +235,10 @@ class PassiveDetector:
             return []
         self._state("")
         now = self.clock()
-        verdicts = self.judge.observe(without(counts, self.fusion.out) if self.fusion else counts, now)
+        out = set(self.fusion.out) if self.fusion is not None else set()
+        if self.serving is not None:
+            out |= self._unjudged(self.serving, counts, now)
+        verdicts = self.judge.observe(without(counts, out), now)
         self.metrics.record(counts, verdicts, self.judge.held_until())
         for v in verdicts:
             if self.fusion is not None:  # first: the publisher's thread posts while this one logs
@@ -193,6 +261,19 @@ class PassiveDetector:
         if verdicts:
             self.verdicts = (self.verdicts + verdicts)[-1000:]
         return verdicts
+
+    def _unjudged(self, serving: Serving, counts: PassCounts, now: float) -> set[Backend]:
+        """The real servers ``serving`` leaves out of this pass (none when the weights cannot be read: logged once)."""
+        try:
+            for backend in serving.update(now):
+                self.judge.forget(backend)
+        except (OSError, LvsguardError) as exc:
+            if not self._weights_failing:
+                event(log, logging.WARNING, "passive_weights_unread", reason=str(exc)[:300])
+            self._weights_failing = True
+            return set()
+        self._weights_failing = False
+        return serving.unjudged(counts, now)
 
     def _state(self, problem: str) -> None:
         """Log a problem once per change, and its end."""
@@ -238,5 +319,8 @@ class PassiveDetector:
             self._thread.join(timeout=5)
         if self.fusion is not None:
             self.fusion.publisher.close()  # its own sender (``exporter.main.start_passive``): what is queued goes out
-        if self.events is not None and (self._thread is None or not self._thread.is_alive()):
-            self.events.close()
+        if self._thread is None or not self._thread.is_alive():
+            if self.events is not None:
+                self.events.close()
+            if self.weights is not None:
+                self.weights.close()
