@@ -14,9 +14,19 @@ UI_TEST := tests/integration/test_ui_kernel.py
 # guest died late in a loaded run (the host logged "linux.uml overflowed sigaltstack") in the
 # test whose actuator applies 20 000 real servers. 1024 MiB needs no host sysctl.
 KERNEL_TEST_MEM := 1024
-# The passive false-positive soak's length in `make test`: 3 minutes keeps CI under its
-# 45-minute budget; the ten-minute run is `bench/passive.py --false-positives`.
-SOAK_SECONDS := 180
+# The passive false-positive soak (ten minutes of traffic and a SYN flood) runs in a lab VM
+# of its own, started beside the main kernel-test VM (the soak mostly waits, so the two
+# share the host's cores), which leaves it out. Its output goes to SOAK_LOG and is printed
+# when it ends; its exit status counts in make's. `make test SOAK_SECONDS=60` shortens it.
+SOAK_TEST := tests/integration/test_passive_soak_kernel.py
+SOAK_SECONDS := 600
+SOAK_LOG := build/passive-soak.log
+SOAK_START = mkdir -p build; echo "== passive soak ($(SOAK_SECONDS) s, its own lab VM, beside the kernel tests; output in $(SOAK_LOG))"; \
+	{ $(LAB_VM) --mem $(KERNEL_TEST_MEM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_PASSIVE_SOAK_SECONDS=$(SOAK_SECONDS) \
+		$(PY) -m pytest $(SOAK_TEST) -q -s -p no:cacheprovider -m kernel >$(SOAK_LOG) 2>&1 & soak=$$!; }
+SOAK_WAIT = soak_rc=0; wait $$soak || soak_rc=$$?; \
+	echo "== passive soak (lab VM, started beside the kernel tests): exit status $$soak_rc"; cat $(SOAK_LOG); \
+	[ $$soak_rc -eq 0 ]
 
 # Debian packages: the lab VM's tools (it runs commands from the host's root
 # file system), the real peers the tests run against, the benchmark's peers, and
@@ -90,19 +100,26 @@ test: setup
 	echo "== unit tests and host-side integration tests (host)"; \
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q -p no:cacheprovider || rc=1; \
 	$(SUBMAKE) --no-print-directory deb wheelhouse || rc=1; \
+	$(SOAK_START); \
 	echo "== kernel tests (lab VM)"; \
-	$(LAB_VM) --mem $(KERNEL_TEST_MEM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_PACKAGES=1 LVSGUARD_PASSIVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/integration \
-		-q -p no:cacheprovider -m kernel --ignore=$(UI_TEST) || rc=1; \
+	$(LAB_VM) --mem $(KERNEL_TEST_MEM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_PACKAGES=1 $(PY) -m pytest tests/integration \
+		-q -p no:cacheprovider -m kernel --ignore=$(UI_TEST) --ignore=$(SOAK_TEST) || rc=1; \
 	echo "== browser test of the console (lab VM, 2 GiB for Chromium)"; \
 	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest $(UI_TEST) -q -p no:cacheprovider -m kernel || rc=1; \
+	$(SOAK_WAIT) || rc=1; \
 	exit $$rc
 
 test-unit: venv
 	$(PY) -m pytest tests/unit tests/integration -m "not kernel" -q
 
 test-kernel: setup deb wheelhouse
-	$(LAB_VM) --mem $(KERNEL_TEST_MEM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_PACKAGES=1 LVSGUARD_PASSIVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/integration -q -m kernel --ignore=$(UI_TEST)
-	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest $(UI_TEST) -q -m kernel
+	@rc=0; \
+	$(SOAK_START); \
+	$(LAB_VM) --mem $(KERNEL_TEST_MEM) env LVSGUARD_REQUIRE_KERNEL=1 LVSGUARD_REQUIRE_PACKAGES=1 $(PY) -m pytest tests/integration \
+		-q -m kernel --ignore=$(UI_TEST) --ignore=$(SOAK_TEST) || rc=1; \
+	$(LAB_VM) --mem 2048 env LVSGUARD_REQUIRE_KERNEL=1 $(PY) -m pytest $(UI_TEST) -q -m kernel || rc=1; \
+	$(SOAK_WAIT) || rc=1; \
+	exit $$rc
 
 demo: setup
 	$(LAB_VM) $(PY) lab/demo.py
