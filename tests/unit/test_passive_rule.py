@@ -215,3 +215,17 @@ def test_a_peer_with_a_short_history_does_not_make_the_others_look_failing() -> 
     back = [{"rs1": (10, 0, 0), "rs2": (10, 0, 7), "rs3": (10, 0, 4)}]
     assert [v.real_server for _, v in run(flood + back, RuleSettings(min_passes=1))] == [RS["rs2"]]
     assert run(flood + back, RuleSettings(min_passes=1, peer_span=2.0)) == []
+
+
+SINGLE = RuleSettings(min_failures=1, min_passes=1, chance=0.05)  # the conntrack source's single-failure rule
+
+
+def test_the_single_failure_rule_acts_on_one_refusal_not_on_one_timeout() -> None:
+    """A refusal is the real server's answer; an unanswered handshake may be a stall of the director."""
+    clean = healthy(10, per_pass=2)
+    assert [v.reason for _, v in run([*clean, {"rs1": (2, 1, 0), "rs2": (2, 0, 0), "rs3": (2, 0, 0)}], SINGLE)] == [
+        "refused"
+    ]
+    one = {"rs1": (2, 0, 1), "rs2": (2, 0, 0), "rs3": (2, 0, 0)}
+    assert run([*clean, one], SINGLE) == []
+    assert [v.reason for _, v in run([*clean, one, one], SINGLE)] == ["timeout"]

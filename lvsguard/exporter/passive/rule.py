@@ -41,8 +41,18 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from lvsguard.exporter.passive.conntable import REASONS, Backend, PassCounts
+from lvsguard.exporter.passive.conntable import REASONS, REFUSED, Backend, PassCounts
 from lvsguard.model import RealServerKey, ServiceKey
+
+TIMEOUTS_MIN = 2
+"""Failed handshakes, in as many passes, that timeouts alone need, whatever ``min_failures`` and ``min_passes`` say.
+
+A refusal is the real server's own answer, so a rule may act on one
+(``min_failures: 1``); an unanswered handshake may be a real server that
+died, or a director or host that stalled past the handshake timeout (seen
+in the lab under load: one timeout of two handshakes, peers clean, gave a
+verdict on the single-failure rule).
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +266,8 @@ class Judge:
                 share = failed / attempts
                 if failed < s.min_failures or share < s.min_share or failing < s.min_passes:
                     continue
+                if not failures[REFUSED] and (failed < TIMEOUTS_MIN or failing < TIMEOUTS_MIN):
+                    continue  # one timeout is no proof: a stall of the director looks the same
                 peer_share = max(window_share, self._peer_share(service, list(shares), rs, start))
                 rate = max(peer_share, 1.0 / (peer_attempts + 1))
                 if share - peer_share >= s.margin and binomial_tail(attempts, failed, rate) < s.chance:
