@@ -1,6 +1,6 @@
 """The cluster's desired table in etcd: content-addressed chunks and one manifest that names them.
 
-A table of any size (100 000 real servers is about 6 MB of JSON, etcd takes
+A table of any size (100 000 real servers is about 7 MB of JSON, etcd takes
 1.5 MiB in one request) is stored as:
 
 - **chunks**, ``<root>table/chunks/<sha256>``: each a part of the table, JSON
@@ -21,6 +21,7 @@ does not name, then the manifest in one compare-and-swap on the revision it
 planned against, with the last chunks when they fit in that request (a small
 change is one transaction): a push that raced another writes no manifest
 and says so.
+
 Cuts between chunks are content-defined (after a real server whose key's
 CRC-32 is a multiple of :data:`CUT`, once a chunk has :data:`MIN_CHUNK`
 bytes), so one weight changed rewrites the one chunk that holds it, and a
