@@ -29,7 +29,7 @@ from lvsguard.actuator.targets import Target
 from lvsguard.cluster.etcd import EtcdClient
 from lvsguard.cluster.table import MAX_CHUNK, MAX_REQUEST, Pushed, TableStore, digest, split
 from lvsguard.config.cluster import ClusterConfig
-from lvsguard.errors import ClusterStoreError
+from lvsguard.errors import ClusterStoreError, TableRefused
 from lvsguard.model import Forward, RealServerKey, ServiceKey, VirtualService
 from lvsguard.table.desired import DesiredTable, make_real_server, make_service
 from lvsguard.table.load import TableSettings, service_mapping
@@ -459,3 +459,19 @@ def test_a_cached_table_this_version_cannot_read_is_logged_and_etcd_s_is_fetched
     director = start("old", etcd.url, "oldcache")
     wait_tables([director], {str(WEB): {str(RS[0]): 5}})
     assert "cluster_table_cache_refused" in caplog.text
+
+
+def test_a_manifest_read_before_a_compaction_is_read_again_not_refused(etcd: EtcdServer) -> None:
+    store = TableStore(EtcdClient([etcd.url]), ClusterConfig(store="etcd", endpoints=(etcd.url,), name="compact"))
+    first = store.write(small(1), no_names, base=None).record
+    kvs, read_at = store.client.range(store.key, exact=True)
+    second = store.write(small(3), no_names, base=first).record  # deletes the chunk ``first`` alone named
+    assert second.manifest.chunks != first.manifest.chunks
+    before = store.fetch(kvs[0], read_at)  # a director still reading ``first``: its chunks at its revision
+    assert before.desired.services == small(1).services
+    store.client.call("kv/compaction", {"revision": str(second.revision), "physical": True})
+    with pytest.raises(ClusterStoreError, match="compacted") as refused:
+        store.fetch(kvs[0], read_at)
+    assert not isinstance(refused.value, TableRefused)  # etcd's answer, not a bad table: the watch reads again
+    again = store.read()
+    assert again is not None and again.desired.services == small(3).services
