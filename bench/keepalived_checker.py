@@ -103,6 +103,9 @@ class Setting:
 
 
 SETTINGS = (Setting("slow", 5.0, 1.0, 1), Setting("common", 1.0, 1.0, 1), Setting("fast", 0.1, 0.1, 0))
+WARMUP = 3.0
+"""Seconds of client load before the first kill: the passive rule counts a peer once it has one handshake
+timeout (2 s here) of history, so a kill in the load's first seconds measured its cold start, not a kill."""
 SETTING_INTERVAL = {s.name: f"{s.delay_loop:g} s" for s in SETTINGS}
 PASSIVE = "lvsguard+passive"  # lvsguard with passive detection from conntrack events beside its checks
 PASSIVE_CONFIG = (  # a fixed 2 s hold-down: kills seconds apart would double it each time (a flapping server)
@@ -554,6 +557,7 @@ def measure(
         time.sleep(CPU_WINDOW)
         result.cpu_percent = 100 * (cpu_seconds(tree) - cpu0) / (time.monotonic() - t0)
         with Load(lab.client.netns, VIP_NAT, SERVICE_PORT, rate) as load:
+            time.sleep(WARMUP)  # clients' history on every real server before the first kill, as in production
             for i in range(kills):
                 time.sleep(1.0 + rng.uniform(0.0, setting.delay_loop))  # any phase of the checker's cycle
                 killed = services["rs1"].kill()
