@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,8 +94,14 @@ def test_conntrack_events_are_judged_as_they_come(caplog: pytest.LogCaptureFixtu
     assert "passive_verdict" in caplog.text
 
 
-def _refusals_to_rs1(tmp_path: Path, weights: FakeKernel, seconds: int, start: float) -> list[Verdict]:
-    """``seconds`` of passes, each with rs1's ten refusals and its peers' twenty clean connections; the verdicts."""
+def _rs1_refusing(
+    tmp_path: Path, weights: FakeKernel, start: float
+) -> tuple[Callable[[float], list[Verdict]], list[Verdict]]:
+    """A detector on a table file, after its baseline pass; a function that writes one pass and ticks at a time.
+
+    Each pass holds rs1's ten refusals and its peers' twenty clean connections;
+    the function answers the verdicts of that tick, the list gathers them all.
+    """
     table = tmp_path / "ip_vs_conn"
     table.write_text(HEADER)
     now = [start]
@@ -109,15 +116,25 @@ def _refusals_to_rs1(tmp_path: Path, weights: FakeKernel, seconds: int, start: f
         weights=weights,
     )
     detector.tick()  # the baseline
-    port = 1000
-    for _ in range(seconds):
-        now[0] += 1.0
+    port = [1000]
+
+    def one_pass(at: float) -> list[Verdict]:
+        now[0] = at
         rows = []
         for dest, state in (("0A000102", "CLOSE"), ("0A000103", "TIME_WAIT"), ("0A000104", "TIME_WAIT")):
-            rows += [line(port + i, state, dest) for i in range(10)]
-            port += 10
+            rows += [line(port[0] + i, state, dest) for i in range(10)]
+            port[0] += 10
         table.write_text(HEADER + "".join(rows))
-        detector.tick()
+        return list(detector.tick())
+
+    return one_pass, got
+
+
+def _refusals_to_rs1(tmp_path: Path, weights: FakeKernel, seconds: int, start: float) -> list[Verdict]:
+    """``seconds`` of passes, each with rs1's ten refusals and its peers' twenty clean connections; the verdicts."""
+    one_pass, got = _rs1_refusing(tmp_path, weights, start)
+    for second in range(1, seconds + 1):
+        one_pass(start + second)
     return got
 
 
@@ -141,32 +158,12 @@ def test_a_real_server_back_at_a_weight_is_judged_after_one_handshake_timeout(tm
     """Back, its handshakes succeed at once and a flood's fail a handshake timeout later: not compared before."""
     kernel = FakeKernel([SERVICE])
     kernel.set_weight(SERVICE.key, RS1, 0)
-    table = tmp_path / "ip_vs_conn"
-    table.write_text(HEADER)
-    now = [0.0]
-    got: list[Verdict] = []
-    detector = PassiveDetector(
-        PassiveConfig(enabled=True, handshake_timeout=2.0),
-        None,
-        PassiveMetrics(),
-        on_verdict=got.append,
-        path=str(table),
-        clock=lambda: now[0],
-        weights=kernel,
-    )
-    detector.tick()
-    port = 1000
+    one_pass, got = _rs1_refusing(tmp_path, kernel, 0.0)
     times = []
     for second in range(1, 8):
         if second == 2:
             kernel.set_weight(SERVICE.key, RS1, 1)
-        now[0] = float(second)
-        rows = []
-        for dest, state in (("0A000102", "CLOSE"), ("0A000103", "TIME_WAIT"), ("0A000104", "TIME_WAIT")):
-            rows += [line(port + i, state, dest) for i in range(10)]
-            port += 10
-        table.write_text(HEADER + "".join(rows))
-        times += [now[0] for _ in detector.tick()]
+        times += [float(second) for _ in one_pass(float(second))]
     assert [v.real_server for v in got] == [RS1]
     assert times[0] >= 2.0 + 2.0 + 1.0  # back at 2 s, settled at 4 s, then two failing passes
 
